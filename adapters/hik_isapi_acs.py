@@ -1,0 +1,163 @@
+"""Face gate, Hikvision-ISAPI style HTTP push: ``event_log`` JSON (AccessControllerEvent) + JPEG.
+
+The device POSTs one ``multipart/form-data`` request per event to ``/push/<device id>``: a JSON part
+named ``event_log`` and, when picture upload is on, a picture part whose name varies by firmware.
+Some firmware post a bare ``application/json`` body. Only verification events (major type 5 with a
+verification minor code) become canonical events; door-state posts and heartbeats are acknowledged
+and produce nothing, since one passage makes several posts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from adapters.base import (
+    MAX_PICTURE_BYTES,
+    DeviceContext,
+    Fields,
+    MediaBlob,
+    ParseResult,
+    RawMessage,
+    Transport,
+    build_event,
+    check_picture,
+    load_json_object,
+    parse_iso_time,
+)
+from adapters.multipart import split_multipart
+from gateway.errors import PayloadRejected
+from gateway.events import (
+    AccessResult,
+    Direction,
+    EventKind,
+    FaceAccessPayload,
+    PersonType,
+    Severity,
+    VerifyMode,
+)
+
+MAJOR_EVENT = 5
+
+# HCNetSDK minor codes under major type 5 that are a verification of a person.
+MINOR_CODES: dict[int, tuple[AccessResult, VerifyMode]] = {
+    0x01: (AccessResult.GRANTED, VerifyMode.CARD),  # MINOR_LEGAL_CARD_PASS
+    0x06: (AccessResult.DENIED, VerifyMode.CARD),  # MINOR_CARD_NO_RIGHT
+    0x09: (AccessResult.DENIED, VerifyMode.CARD),  # MINOR_INVALID_CARD
+    0x26: (AccessResult.GRANTED, VerifyMode.FINGERPRINT),
+    0x27: (AccessResult.DENIED, VerifyMode.FINGERPRINT),
+    0x4B: (AccessResult.GRANTED, VerifyMode.FACE),  # MINOR_FACE_VERIFY_PASS
+    0x4C: (AccessResult.DENIED, VerifyMode.FACE),  # MINOR_FACE_VERIFY_FAIL
+    0x4D: (AccessResult.GRANTED, VerifyMode.COMBINED),  # employee no. + face
+    0x50: (AccessResult.STRANGER, VerifyMode.FACE),  # MINOR_FACE_RECOGNIZE_FAIL
+    0x69: (AccessResult.GRANTED, VerifyMode.ID_CARD),  # person and ID card match
+    0x96: (AccessResult.DENIED, VerifyMode.PASSWORD),
+    0x97: (AccessResult.DENIED, VerifyMode.PASSWORD),
+    0x9C: (AccessResult.GRANTED, VerifyMode.QR_CODE),
+    0x9D: (AccessResult.DENIED, VerifyMode.QR_CODE),
+    0x400: (AccessResult.GRANTED, VerifyMode.REMOTE),
+}
+
+USER_TYPES = {
+    "normal": PersonType.RESIDENT,
+    "visitor": PersonType.VISITOR,
+    "blacklist": PersonType.BLOCKLIST,
+    "blocklist": PersonType.BLOCKLIST,
+    "administrator": PersonType.ADMIN,
+    "admin": PersonType.ADMIN,
+}
+
+MASK = {"yes": True, "no": False}
+READER_DIRECTION = {1: Direction.IN, 2: Direction.OUT}
+IGNORED_EVENT_TYPES = {"heartbeat", "heartBeat"}
+
+
+@dataclass(frozen=True)
+class HikIsapiAcs:
+    """Hikvision ISAPI access-controller event push (face gate)."""
+
+    name: str = "hik-isapi-acs"
+    vendor: str = "hikvision"
+    kind: EventKind = EventKind.FACE_ACCESS
+    transport: Transport = Transport.HTTP_DEVICE
+    description: str = "Face gate, Hikvision ISAPI HTTP push: multipart event_log JSON (AccessControllerEvent) + JPEG"
+    topic_filter: str | None = None
+
+    def device_ref(self, raw: RawMessage) -> str:
+        """The MAC address the device reports."""
+        return Fields(self._document(raw)[0]).str("macAddress", max_len=32)
+
+    def parse(self, raw: RawMessage, ctx: DeviceContext) -> ParseResult:
+        """One access-controller post -> zero or one face_access event."""
+        document, pictures = self._document(raw)
+        doc = Fields(document)
+        event_type = doc.str("eventType", max_len=64)
+        if event_type in IGNORED_EVENT_TYPES:
+            return ParseResult(events=())
+        if event_type != "AccessControllerEvent":
+            raise PayloadRejected(
+                "unsupported_event", f"{event_type!r} is not an AccessControllerEvent", field="eventType"
+            )
+        acs = doc.sub("AccessControllerEvent")
+        major = acs.int("majorEventType", lo=0, hi=0xFFFF)
+        minor = acs.int("subEventType", lo=0, hi=0xFFFF)
+        mapped = MINOR_CODES.get(minor) if major == MAJOR_EVENT else None
+        if mapped is None:
+            return ParseResult(events=())  # door state, alarm input, operation log: not a passage
+        result, verify_mode = mapped
+        occurred_at = parse_iso_time(doc.str("dateTime", max_len=40), "dateTime", ctx.local_tz)
+        serial = acs.int("serialNo", lo=0)
+        mac = doc.opt_str("macAddress", max_len=32)
+
+        person_id = acs.opt_str("employeeNoString", max_len=64)
+        if person_id is None and acs.has("employeeNo"):
+            person_id = str(acs.int("employeeNo", lo=0))
+        user_type = acs.opt_str("userType", max_len=32)
+        mask = acs.opt_str("mask", max_len=16)
+        similarity = acs.opt_float("similarity", lo=0, hi=100)
+        reader = acs.opt_int("cardReaderNo", lo=0, hi=255)
+
+        media = tuple(
+            MediaBlob(
+                "face",
+                check_picture(part.data, part.content_type, f"part[{part.name}]", max_bytes=MAX_PICTURE_BYTES),
+                part.data,
+            )
+            for part in pictures[:1]
+        )
+        payload = FaceAccessPayload(
+            result=result,
+            direction=READER_DIRECTION.get(reader or 0, Direction.UNKNOWN),
+            verify_mode=verify_mode,
+            person_ref=ctx.pseudonymizer.person_ref(person_id) if person_id else None,
+            person_type=USER_TYPES.get((user_type or "").lower(), PersonType.UNKNOWN),
+            similarity=None if similarity is None else (similarity / 100 if similarity > 1 else similarity),
+            mask=MASK.get((mask or "").lower()),
+            door=acs.opt_int("doorNo", lo=0, hi=255),
+        )
+        event = build_event(
+            ctx,
+            self,
+            vendor_key=f"{mac or ''}|{serial}|{occurred_at.isoformat()}",
+            payload=payload,
+            severity=Severity.INFO if result is AccessResult.GRANTED else Severity.WARNING,
+            occurred_at=occurred_at,
+            event_code=f"{major}/{minor}",
+            device_ref=mac,
+            media=media,
+        )
+        return ParseResult(events=(event,), media=media)
+
+    @staticmethod
+    def _document(raw: RawMessage) -> tuple[dict[str, object], list[object]]:
+        ctype = (raw.content_type or "").lower()
+        if ctype.startswith("application/json") or (not ctype and raw.body.lstrip()[:1] == b"{"):
+            return dict(load_json_object(raw.body, what="event_log")), []
+        parts = split_multipart(raw.body, raw.content_type)
+        json_parts = [p for p in parts if p.name == "event_log" or (p.content_type or "").endswith("json")]
+        if not json_parts:
+            raise PayloadRejected("missing_field", "no event_log JSON part in the multipart body", field="event_log")
+        document = dict(load_json_object(json_parts[0].data, what="event_log"))
+        return document, [p for p in parts if p.is_picture]
+
+
+DIALECT = HikIsapiAcs()

@@ -1,0 +1,1 @@
+"""Simulated vendor devices that speak each supported dialect over its real transport."""

@@ -1,0 +1,101 @@
+"""A private Mosquitto for demos, tests and benchmarks, on its own port with deliberate queue limits.
+
+Mosquitto's default ``max_queued_messages`` is 1000 per client: a persistent session whose client
+is down loses everything past that, silently. Every broker we start sets the limits on purpose.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+from types import TracebackType
+
+
+def free_port() -> int:
+    """An unused TCP port on the loopback interface."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def mosquitto_binary() -> str:
+    """The mosquitto executable, or a clear error saying how to install it."""
+    found = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
+    if found is None:
+        raise RuntimeError("mosquitto is not installed: run 'apt-get install mosquitto' (scripts/dev does this)")
+    return found
+
+
+class Mosquitto:
+    """A Mosquitto process bound to 127.0.0.1 on a private port."""
+
+    def __init__(self, workdir: Path, port: int | None = None, *, persistence: bool = True, max_queued: int = 1_000_000) -> None:
+        self.workdir = workdir
+        self.port = port or free_port()
+        self.persistence = persistence
+        self.max_queued = max_queued
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def config_path(self) -> Path:
+        """Where the generated configuration lives."""
+        return self.workdir / "mosquitto.conf"
+
+    def start(self) -> Mosquitto:
+        """Start and wait until the port accepts connections."""
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        lines = [
+            f"listener {self.port} 127.0.0.1",
+            "allow_anonymous true",
+            f"persistence {'true' if self.persistence else 'false'}",
+            f"persistence_location {self.workdir}/",
+            "autosave_interval 1",
+            f"max_queued_messages {self.max_queued}",
+            "max_queued_bytes 0",
+            "max_inflight_messages 0",
+            "persistent_client_expiration 1d",
+            f"log_dest file {self.workdir}/mosquitto.log",
+            "log_type error",
+            "log_type warning",
+            "log_type notice",
+        ]
+        self.config_path.write_text("\n".join(lines) + "\n")
+        self._process = subprocess.Popen(  # noqa: S603 - fixed argv
+            [mosquitto_binary(), "-c", str(self.config_path)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if self._process.poll() is not None:
+                raise RuntimeError(f"mosquitto exited with {self._process.returncode}; see {self.workdir}/mosquitto.log")
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                return self
+            time.sleep(0.05)
+        raise RuntimeError(f"mosquitto did not listen on port {self.port} within 10 s")
+
+    def stop(self, *, kill: bool = False) -> None:
+        """Stop (SIGTERM saves persistence; ``kill`` loses what was not yet saved)."""
+        if self._process is None:
+            return
+        if kill:
+            self._process.kill()
+        else:
+            self._process.terminate()
+        try:
+            self._process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait()
+        self._process = None
+
+    def __enter__(self) -> Mosquitto:
+        return self.start()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.stop()

@@ -1,0 +1,479 @@
+"""Simulated vendor devices: each produces the exact bytes its real counterpart sends.
+
+One class per dialect, all with the same small interface: ``routine`` (an everyday event),
+``alarm`` (the dialect's alarm), ``malformed`` (broken payloads of the kinds seen in the field),
+and, for MQTT devices, ``status`` (the birth / last-will message). Every method takes the simulated
+time and a seeded ``random.Random`` so a scenario is reproducible.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import random
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta, timezone
+from importlib import resources
+from typing import ClassVar, Protocol
+
+CST = timezone(timedelta(hours=8))
+PROVINCES = "浙京沪粤苏赣鄂湘川"
+LETTERS = "ABCDEFGHJKLMNPQRSTUVWXYZ"
+DIGITS = "0123456789"
+
+
+def asset(name: str) -> bytes:
+    """Bytes of a picture shipped with the simulators."""
+    return resources.files("device_sims").joinpath("assets", name).read_bytes()
+
+
+@dataclass(frozen=True)
+class HttpPost:
+    """A device's HTTP push."""
+
+    path: str
+    body: bytes
+    content_type: str
+
+
+@dataclass(frozen=True)
+class MqttPublish:
+    """A device's MQTT publish (QoS 1 unless stated)."""
+
+    topic: str
+    payload: bytes
+    qos: int = 1
+
+
+Outgoing = HttpPost | MqttPublish
+
+
+@dataclass(frozen=True)
+class SimDevice:
+    """The inventory entry a simulator impersonates."""
+
+    id: str
+    dialect: str
+    ref: str | None = None
+
+
+class DeviceSim(Protocol):
+    """What every simulated device can send."""
+
+    device: SimDevice
+    transport: str
+
+    def routine(self, at: datetime, rng: random.Random) -> Outgoing: ...
+    def alarm(self, at: datetime, rng: random.Random) -> Outgoing: ...
+    def malformed(self, rng: random.Random) -> list[Outgoing]: ...
+
+
+def random_plate(rng: random.Random, *, new_energy: bool = False) -> str:
+    """A plausible civil plate (7 characters, 8 for new-energy)."""
+    head = rng.choice(PROVINCES) + rng.choice(LETTERS)
+    if new_energy:
+        return head + rng.choice("DF") + "".join(rng.choice(DIGITS) for _ in range(5))
+    return head + "".join(rng.choice(LETTERS + DIGITS) for _ in range(5))
+
+
+def _multipart(parts: list[tuple[str, str | None, str, bytes]], boundary: str = "MIME_boundary") -> tuple[bytes, str]:
+    chunks = []
+    for name, filename, ctype, data in parts:
+        disposition = f'form-data; name="{name}"' + (f'; filename="{filename}"' if filename else "")
+        head = f"--{boundary}\r\nContent-Disposition: {disposition}\r\nContent-Type: {ctype}\r\n\r\n"
+        chunks.append(head.encode() + data + b"\r\n")
+    chunks.append(f"--{boundary}--\r\n".encode())
+    return b"".join(chunks), f"multipart/form-data; boundary={boundary}"
+
+
+def _mac_for(device_id: str, oui: str) -> str:
+    tail = int(device_id[-6:]) % (1 << 24)
+    return f"{oui}:{tail >> 16:02x}:{(tail >> 8) & 0xFF:02x}:{tail & 0xFF:02x}"
+
+
+def _json(obj: object) -> bytes:
+    return json.dumps(obj, ensure_ascii=False).encode()
+
+
+class HikAcsSim:
+    """Face gate posting ISAPI AccessControllerEvent multipart pushes."""
+
+    transport = "http"
+
+    def __init__(self, device: SimDevice) -> None:
+        self.device = device
+        self.mac = _mac_for(device.id, "a4:d5:c2")
+        self.serial = 100
+
+    def _post(self, at: datetime, sub_event: int, employee: str | None, rng: random.Random, *, picture: bool = True) -> HttpPost:
+        self.serial += 1
+        acs: dict[str, object] = {
+            "deviceName": "Access Controller",
+            "majorEventType": 5,
+            "subEventType": sub_event,
+            "cardReaderKind": 1,
+            "cardReaderNo": rng.choice([1, 2]),
+            "doorNo": 1,
+            "verifyNo": rng.randint(1, 999),
+            "serialNo": self.serial,
+            "currentVerifyMode": "cardOrFaceOrFp",
+            "currentEvent": True,
+            "frontSerialNo": self.serial - 1,
+            "attendanceStatus": "undefined",
+            "statusValue": 0,
+            "mask": rng.choice(["yes", "no"]),
+            "picturesNumber": 1 if picture else 0,
+            "purePwdVerifyEnable": True,
+        }
+        if employee is not None:
+            acs |= {"employeeNoString": employee, "name": "张三", "userType": "normal"}
+        document = {
+            "ipAddress": "192.168.1.11",
+            "portNo": 80,
+            "protocol": "HTTP",
+            "macAddress": self.mac,
+            "channelID": 1,
+            "dateTime": at.astimezone(CST).isoformat(timespec="seconds"),
+            "activePostCount": 1,
+            "eventType": "AccessControllerEvent",
+            "eventState": "active",
+            "eventDescription": "Access Controller Event",
+            "AccessControllerEvent": acs,
+        }
+        parts = [("event_log", None, "application/json", _json(document))]
+        if picture:
+            parts.append(("Picture", "Picture.jpg", "image/jpeg", asset("gate-snapshot.jpg")))
+        body, ctype = _multipart(parts)
+        return HttpPost(f"/push/{self.device.id}", body, ctype)
+
+    def routine(self, at: datetime, rng: random.Random) -> Outgoing:
+        """A resident's face verified (minor 0x4b)."""
+        return self._post(at, 0x4B, f"{rng.randint(100000, 100400)}", rng)
+
+    def alarm(self, at: datetime, rng: random.Random) -> Outgoing:
+        """A stranger at the gate (minor 0x50)."""
+        return self._post(at, 0x50, None, rng)
+
+    def malformed(self, rng: random.Random) -> list[Outgoing]:
+        """Broken pushes: truncated JSON, wrong type, missing part, bad picture, no boundary."""
+        good = self._post(datetime(2025, 6, 12, 8, 30, tzinfo=CST), 0x4B, "100123", rng)
+        doc_bytes = good.body.split(b"\r\n\r\n", 1)[1].split(b"\r\n--", 1)[0]
+        bad_type = _json(json.loads(doc_bytes) | {"AccessControllerEvent": {"majorEventType": "five", "subEventType": 75}})
+        out = []
+        for parts in (
+            [("event_log", None, "application/json", doc_bytes[: len(doc_bytes) // 2])],
+            [("event_log", None, "application/json", bad_type)],
+            [("Picture", "Picture.jpg", "image/jpeg", asset("gate-snapshot.jpg"))],
+            [("event_log", None, "application/json", doc_bytes), ("Picture", "Picture.jpg", "image/jpeg", b"GIF89a....")],
+        ):
+            body, ctype = _multipart(parts)
+            out.append(HttpPost(good.path, body, ctype))
+        out.append(HttpPost(good.path, good.body, "multipart/form-data"))
+        return out
+
+
+class HikAnprSim:
+    """Barrier camera posting ISAPI ANPR EventNotificationAlert XML with pictures."""
+
+    transport = "http"
+
+    def __init__(self, device: SimDevice) -> None:
+        self.device = device
+        self.mac = _mac_for(device.id, "44:a6:42")
+
+    def _post(self, at: datetime, plate: str, color: str, list_type: str, rng: random.Random) -> HttpPost:
+        event_uuid = uuid.UUID(int=rng.getrandbits(128), version=4)
+        xml = f"""<?xml version="1.0" encoding="utf-8"?>
+<EventNotificationAlert version="2.0" xmlns="http://www.isapi.org/ver20/XMLSchema">
+<ipAddress>172.20.16.40</ipAddress><protocol>HTTP</protocol><macAddress>{self.mac}</macAddress>
+<channelID>1</channelID><dateTime>{at.astimezone(CST).isoformat(timespec="milliseconds")}</dateTime>
+<activePostCount>1</activePostCount><eventType>ANPR</eventType><eventState>active</eventState>
+<eventDescription>ANPR</eventDescription><channelName>IP CAPTURE CAMERA</channelName><deviceID>88</deviceID>
+<ANPR><country>..</country><licensePlate>{plate}</licensePlate><line>1</line>
+<direction>{rng.choice(["forward", "reverse"])}</direction><confidenceLevel>{rng.randint(80, 99)}</confidenceLevel>
+<plateType>unknown</plateType><plateColor>{color}</plateColor><licenseBright>173</licenseBright>
+<vehicleType>{rng.choice(["vehicle", "SUVMPV", "van"])}</vehicleType><detectDir>8</detectDir><detectType>2</detectType>
+<barrierGateCtrlType>1</barrierGateCtrlType><alarmDataType>0</alarmDataType>
+<pictureInfoList><pictureInfo><fileName>detectionPicture.jpg</fileName><type>detectionPicture</type></pictureInfo>
+<pictureInfo><fileName>licensePlatePicture.jpg</fileName><type>licensePlatePicture</type></pictureInfo></pictureInfoList>
+<listType>{list_type}</listType><originalLicensePlate>{plate}</originalLicensePlate></ANPR>
+<UUID>{event_uuid}</UUID><picNum>2</picNum><deviceUUID>DS-TCG405-E 20220323AIJ67694167</deviceUUID>
+</EventNotificationAlert>"""
+        body, ctype = _multipart(
+            [
+                ("anpr.xml", "anpr.xml", "text/xml", xml.encode()),
+                ("detectionPicture.jpg", "detectionPicture.jpg", "image/jpeg", asset("vehicle-scene.jpg")),
+                ("licensePlatePicture.jpg", "licensePlatePicture.jpg", "image/jpeg", asset("plate.jpg")),
+            ],
+            boundary="boundary",
+        )
+        return HttpPost(f"/push/{self.device.id}", body, ctype)
+
+    def routine(self, at: datetime, rng: random.Random) -> Outgoing:
+        """A resident's car on the allow list (one in five new-energy)."""
+        new_energy = rng.random() < 0.2
+        return self._post(at, random_plate(rng, new_energy=new_energy), "green" if new_energy else "blue", "whiteList", rng)
+
+    def alarm(self, at: datetime, rng: random.Random) -> Outgoing:
+        """A block-listed plate."""
+        return self._post(at, random_plate(rng), "yellow", "blackList", rng)
+
+    def malformed(self, rng: random.Random) -> list[Outgoing]:
+        """Broken pushes: truncated XML, an XML bomb, a garbage plate, a wrong root."""
+        good = self._post(datetime(2025, 6, 12, 8, 35, tzinfo=CST), "浙A12345", "blue", "whiteList", rng)
+        bomb = b'<?xml version="1.0"?><!DOCTYPE lolz [<!ENTITY lol "lol"><!ENTITY lol2 "&lol;&lol;&lol;">]><EventNotificationAlert>&lol2;</EventNotificationAlert>'
+        return [
+            HttpPost(good.path, good.body[: len(good.body) // 3], good.content_type),
+            HttpPost(good.path, bomb, "application/xml"),
+            HttpPost(good.path, good.body.replace("浙A12345".encode(), "DROP TABLE".encode()), good.content_type),
+            HttpPost(good.path, b"<Alert><eventType>ANPR</eventType></Alert>", "text/xml"),
+        ]
+
+
+class _MqttJsonSim:
+    """Shared pieces of the MQTT JSON devices."""
+
+    transport = "mqtt"
+    prefix: ClassVar[str]
+    event_channel: ClassVar[str]
+
+    def __init__(self, device: SimDevice) -> None:
+        self.device = device
+        self.seq = 0
+        if device.ref is None:
+            raise ValueError(f"{device.dialect} simulator needs the device ref")
+        self.ref: str = device.ref
+
+    def topic(self, channel: str) -> str:
+        """The device's topic for a channel."""
+        return f"{self.prefix}/{self.ref}/{channel}"
+
+    def status(self, *, online: bool, session: str) -> MqttPublish:
+        """Birth (online) or last-will (offline) message."""
+        return MqttPublish(self.topic("status"), _json({"online": online, "session": session}))
+
+    def malformed(self, rng: random.Random) -> list[Outgoing]:
+        """Broken messages common to the JSON dialects."""
+        return [
+            MqttPublish(self.topic(self.event_channel), b'{"type": "face_rec", "msgId": '),
+            MqttPublish(self.topic(self.event_channel), b"\xff\xfe not utf-8"),
+            MqttPublish(self.topic(self.event_channel), b"[1, 2, 3]"),
+            MqttPublish(self.topic(self.event_channel), b"[" * 5000 + b"]" * 5000),
+            MqttPublish(f"{self.prefix}/UNKNOWN-{rng.randint(1000, 9999)}/{self.event_channel}", b"{}"),
+        ]
+
+
+class UfaceSim(_MqttJsonSim):
+    """Face terminal publishing recognition records over MQTT."""
+
+    prefix = "uface"
+    event_channel = "event"
+
+    def _record(self, at: datetime, result: int, person: str | None, rng: random.Random) -> MqttPublish:
+        self.seq += 1
+        data: dict[str, object] = {
+            "recResult": result,
+            "similarity": round(rng.uniform(85, 99), 1) if person else round(rng.uniform(20, 50), 1),
+            "mask": rng.choice([0, 1]),
+            "direction": rng.choice([1, 2]),
+            "verifyMode": "face",
+            "image": base64.b64encode(asset("gate-snapshot.jpg")).decode(),
+        }
+        if person is not None:
+            data |= {"personId": person, "personName": "李四", "personType": 1}
+        doc = {
+            "msgId": f"{self.ref}-{self.seq:08d}-{rng.getrandbits(32):08x}",
+            "sn": self.ref,
+            "type": "face_rec",
+            "time": at.astimezone(CST).strftime("%Y-%m-%d %H:%M:%S"),
+            "data": data,
+        }
+        return MqttPublish(self.topic("event"), _json(doc))
+
+    def routine(self, at: datetime, rng: random.Random) -> Outgoing:
+        """A resident passes."""
+        return self._record(at, 1, f"R{rng.randint(1000, 1400)}", rng)
+
+    def alarm(self, at: datetime, rng: random.Random) -> Outgoing:
+        """A stranger (result 3)."""
+        return self._record(at, 3, None, rng)
+
+
+class VzLprSim(_MqttJsonSim):
+    """LPR camera publishing AlarmInfoPlate results over MQTT."""
+
+    prefix = "vzlpr"
+    event_channel = "result"
+
+    def _result(self, at: datetime, plate: str, color: int, list_type: str, gate: int, rng: random.Random) -> MqttPublish:
+        self.seq += 1
+        ts = at.timestamp()
+        doc = {
+            "AlarmInfoPlate": {
+                "channel": 0,
+                "deviceName": "IVS",
+                "ipaddr": "192.168.1.100",
+                "serialno": self.ref,
+                "result": {
+                    "PlateResult": {
+                        "license": plate,
+                        "colorType": color,
+                        "type": 1,
+                        "confidence": rng.randint(85, 99),
+                        "direction": rng.choice([3, 4]),
+                        "triggerType": 8,
+                        "plateid": self.seq,
+                        "carType": rng.choice([1, 2, 3]),
+                        "listType": list_type,
+                        "gateAction": gate,
+                        "timeStamp": {"Timeval": {"sec": int(ts), "usec": int((ts % 1) * 1e6)}},
+                    }
+                },
+            }
+        }
+        return MqttPublish(self.topic("result"), _json(doc))
+
+    def routine(self, at: datetime, rng: random.Random) -> Outgoing:
+        """An allow-listed car; the barrier opens."""
+        new_energy = rng.random() < 0.2
+        return self._result(at, random_plate(rng, new_energy=new_energy), 5 if new_energy else 1, "white", 1, rng)
+
+    def alarm(self, at: datetime, rng: random.Random) -> Outgoing:
+        """A block-listed car; the barrier stays shut."""
+        return self._result(at, random_plate(rng), 2, "black", 2, rng)
+
+
+class HighTossSim(_MqttJsonSim):
+    """Facade camera publishing thrown-object detections over MQTT."""
+
+    prefix = "hightoss"
+    event_channel = "alarm"
+
+    def routine(self, at: datetime, rng: random.Random) -> Outgoing:  # noqa: ARG002 - uniform interface
+        """A heartbeat (the camera's everyday traffic)."""
+        return MqttPublish(self.topic("alarm"), _json({"Code": "Heartbeat", "UTC": int(at.timestamp())}))
+
+    def alarm(self, at: datetime, rng: random.Random) -> Outgoing:
+        """An object falling from an estimated floor, with its track."""
+        self.seq += 1
+        floor = rng.randint(3, 28)
+        x0 = rng.randint(2000, 6000)
+        track = [[i * 80, x0 + rng.randint(-20, 20), min(8191, 1000 + i * i * 60)] for i in range(12)]
+        doc = {
+            "Code": "HighTossDetect",
+            "Action": "Pulse",
+            "EventID": self.seq,
+            "UTC": int(at.timestamp()),
+            "UTCMS": at.microsecond // 1000,
+            "Channel": 0,
+            "GroupID": self.seq,
+            "IndexInGroup": 1,
+            "CountInGroup": 4,
+            "Objects": [
+                {"ObjectID": 1, "ObjectType": "Unknown", "Confidence": rng.randint(70, 98),
+                 "BoundingBox": [x0, 1000, 120, 160], "Track": track}
+            ],
+            "FloorInfo": {"Building": "7幢", "Unit": "2单元", "StartFloor": floor, "FloorRange": [floor - 1, floor + 1],
+                          "Confidence": rng.randint(60, 90)},
+            "Snapshot": f"hat/{at:%Y/%m/%d}/{self.seq}-1.jpg",
+            "TrajectoryImage": f"hat/{at:%Y/%m/%d}/{self.seq}-trajectory.jpg",
+            "Clip": f"hat/{at:%Y/%m/%d}/{self.seq}.mp4",
+        }
+        return MqttPublish(self.topic("alarm"), _json(doc))
+
+
+class ShedSim(_MqttJsonSim):
+    """E-bike shed smoke/temperature sensor publishing JSON reports over MQTT."""
+
+    prefix = "shed"
+    event_channel = "up"
+
+    def report(self, at: datetime, kind: str, alert: int, *, smoke: float, temp: float, battery: float) -> MqttPublish:
+        """One report with the given alert bits."""
+        self.seq += 1
+        doc = {"imei": self.ref, "seq": self.seq, "ts": int(at.timestamp() * 1000), "type": kind, "alert": alert,
+               "devCode": 0, "smoke": smoke, "temp": temp, "battPct": battery, "volt": 3.03, "rsrp": -89}
+        return MqttPublish(self.topic("up"), _json(doc))
+
+    def routine(self, at: datetime, rng: random.Random) -> Outgoing:
+        """A heartbeat with readings."""
+        return self.report(at, "heartbeat", 0, smoke=round(rng.uniform(0, 2), 1), temp=round(rng.uniform(15, 30), 1),
+                           battery=rng.randint(60, 100))
+
+    def alarm(self, at: datetime, rng: random.Random) -> Outgoing:
+        """Smoke and over-temperature together."""
+        return self.report(at, "alarm", 0x03, smoke=round(rng.uniform(20, 60), 1), temp=round(rng.uniform(60, 90), 1),
+                           battery=rng.randint(60, 100))
+
+
+class CtwingSim:
+    """An IoT platform pushing NB-IoT smoke alarm reports for one device."""
+
+    transport = "http"
+
+    def __init__(self, device: SimDevice) -> None:
+        if device.ref is None:
+            raise ValueError("ctwing-smoke simulator needs the device ref (devId)")
+        self.device = device
+        self.platform_id = str(uuid.uuid5(uuid.NAMESPACE_OID, device.ref))
+
+    def report(self, at: datetime, cmd: str, *, temp_tenths: int, smoke: int, battery: int, dev_state: int = 0) -> HttpPost:
+        """One deviceDataChanged push."""
+        doc = {
+            "notifyType": "deviceDataChanged",
+            "deviceId": self.platform_id,
+            "gatewayId": self.platform_id,
+            "service": {
+                "serviceId": "Report",
+                "serviceType": "Report",
+                "eventTime": at.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ"),
+                "data": {"devId": self.device.ref, "electricQuantity": battery, "devState": dev_state,
+                         "temperature": temp_tenths, "signal": 12, "cmdValue": cmd, "smokescope": smoke},
+            },
+        }
+        return HttpPost("/platform/ctwing-smoke", _json(doc), "application/json")
+
+    def routine(self, at: datetime, rng: random.Random) -> Outgoing:
+        """A heartbeat."""
+        return self.report(at, "0", temp_tenths=rng.randint(150, 300), smoke=0, battery=rng.randint(50, 100))
+
+    def alarm(self, at: datetime, rng: random.Random) -> Outgoing:
+        """A fire alarm (state code 1)."""
+        return self.report(at, "1", temp_tenths=rng.randint(550, 800), smoke=rng.randint(30, 90), battery=rng.randint(50, 100))
+
+    def malformed(self, rng: random.Random) -> list[Outgoing]:
+        """Broken pushes: unknown code, NaN, wrong notify type, unknown device."""
+        good = self.report(datetime(2025, 6, 12, 8, 0, tzinfo=UTC), "1", temp_tenths=600, smoke=50, battery=90)
+        doc = json.loads(good.body)
+        unknown_code = json.loads(good.body)
+        unknown_code["service"]["data"]["cmdValue"] = "zz"
+        unknown_device = json.loads(good.body)
+        unknown_device["service"]["data"]["devId"] = f"NOPE{rng.randint(1000, 9999)}"
+        return [
+            HttpPost(good.path, _json(unknown_code), good.content_type),
+            HttpPost(good.path, good.body.replace(b'"temperature": 600', b'"temperature": NaN'), good.content_type),
+            HttpPost(good.path, _json(doc | {"notifyType": "commandRsp"}), good.content_type),
+            HttpPost(good.path, _json(unknown_device), good.content_type),
+        ]
+
+
+SIMULATORS: dict[str, type[HikAcsSim] | type[HikAnprSim] | type[UfaceSim] | type[VzLprSim] | type[HighTossSim]
+                 | type[ShedSim] | type[CtwingSim]] = {
+    "hik-isapi-acs": HikAcsSim,
+    "hik-isapi-anpr": HikAnprSim,
+    "uface-mqtt": UfaceSim,
+    "vz-lpr-mqtt": VzLprSim,
+    "hightoss-mqtt": HighTossSim,
+    "shed-mqtt": ShedSim,
+    "ctwing-smoke": CtwingSim,
+}
+
+
+def build_sim(device: SimDevice) -> DeviceSim:
+    """The simulator for a device's dialect."""
+    try:
+        factory = SIMULATORS[device.dialect]
+    except KeyError:
+        raise ValueError(f"no simulator for dialect {device.dialect!r}") from None
+    return factory(device)

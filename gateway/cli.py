@@ -1,0 +1,215 @@
+"""The ``compound-gateway`` command: run the daemon, check configs, parse payloads, simulate, demo."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import sys
+from datetime import datetime
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+from adapters import DIALECTS
+from adapters.base import DeviceContext, RawMessage, Transport
+from gateway.config import load_config
+from gateway.errors import ConfigError, PayloadRejected
+from gateway.events import event_json_schema, utc_now
+from gateway.identity import Pseudonymizer
+from gateway.logging import configure_logging
+
+PARSE_PLACEHOLDER_ID = "00000000000000000000"
+PARSE_KEY = b"compound-gateway-parse-cli-not-a-production-key"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="compound-gateway", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the gateway daemon")
+    run.add_argument("--config", type=Path, required=True)
+
+    check = sub.add_parser("check-config", help="validate a config file; names the field and the fix")
+    check.add_argument("file", type=Path)
+
+    parse = sub.add_parser("parse", help="run one raw payload file through a dialect adapter")
+    parse.add_argument("--dialect", help="dialect name (see --list-dialects)")
+    parse.add_argument("--list-dialects", action="store_true", help="list dialects with a one-line description")
+    parse.add_argument("--content-type", help="for HTTP pushes: the request's Content-Type")
+    parse.add_argument("--topic", help="for MQTT dialects: the topic the payload was published on")
+    parse.add_argument("--device-id", default=PARSE_PLACEHOLDER_ID, help="20-digit device id to stamp on events")
+    parse.add_argument("--timezone", default="Asia/Shanghai", help="device-local zone for times without offset")
+    parse.add_argument("--received-at", help="ISO time to use as received_at (default: now)")
+    parse.add_argument("file", nargs="?", type=Path)
+
+    sim = sub.add_parser("sim", help="play a simulator scenario against a running gateway")
+    sim.add_argument("--config", type=Path, required=True, help="the gateway config (devices, ports)")
+    sim.add_argument("--scenario", default="normal-day")
+    sim.add_argument("--count", type=int, default=200, help="events for scenarios that take a count")
+    sim.add_argument("--rate", type=float, default=None, help="messages per second (default: as fast as acked)")
+    sim.add_argument("--seed", type=int, default=1)
+    sim.add_argument("--device", action="append", default=[], help="only these device ids (repeatable)")
+
+    demo = sub.add_parser("demo", help="simulators + gateway on embedded defaults; shows the events arriving")
+    demo.add_argument("--count", type=int, default=300, help="events in the normal-day scenario")
+    demo.add_argument("--seed", type=int, default=7)
+    demo.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    demo.add_argument("--keep", type=Path, help="keep the gateway state (outbox, media) in this directory")
+
+    schema = sub.add_parser("schema", help="print (or write) the canonical event JSON Schema")
+    schema.add_argument("--output", type=Path)
+
+    outbox = sub.add_parser("outbox", help="inspect a gateway's outbox")
+    outbox.add_argument("what", choices=["stats", "dead-letters", "pending"])
+    outbox.add_argument("--config", type=Path, required=True)
+    outbox.add_argument("--limit", type=int, default=20)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the console script."""
+    args = _parser().parse_args(argv)
+    try:
+        match args.command:
+            case "run":
+                return _run(args.config)
+            case "check-config":
+                return _check_config(args.file)
+            case "parse":
+                return _parse(args)
+            case "sim":
+                return _sim(args)
+            case "demo":
+                from device_sims.demo import run_demo  # noqa: PLC0415 - simulators load only for the demo
+
+                return run_demo(count=args.count, seed=args.seed, as_json=args.json, keep=args.keep)
+            case "schema":
+                text = json.dumps(event_json_schema(), indent=2, ensure_ascii=False) + "\n"
+                if args.output:
+                    args.output.write_text(text, encoding="utf-8")
+                else:
+                    sys.stdout.write(text)
+                return 0
+            case "outbox":
+                return _outbox(args)
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)  # noqa: T201 - CLI output
+        return 2
+    return 2  # pragma: no cover - argparse enforces the choices
+
+
+def _run(config_path: Path) -> int:
+    config = load_config(config_path)
+    configure_logging(config.log_format)
+    from gateway.runtime import run_gateway  # noqa: PLC0415 - keep `parse`/`check-config` start-up light
+
+    async def main_task() -> None:
+        task = asyncio.current_task()
+        assert task is not None  # noqa: S101 - we are inside a task
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+        await run_gateway(config)
+
+    try:
+        asyncio.run(main_task())
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        pass
+    return 0
+
+
+def _check_config(path: Path) -> int:
+    config = load_config(path)
+    print(  # noqa: T201 - CLI output
+        f"{path}: ok: compound {config.compound.compound_id} ({config.compound.name}), {len(config.devices)} devices, "
+        f"dialects: {', '.join(sorted({d.dialect for d in config.devices}))}"
+    )
+    return 0
+
+
+def _parse(args: argparse.Namespace) -> int:
+    if args.list_dialects:
+        width = max(len(name) for name in DIALECTS)
+        for name, dialect in DIALECTS.items():
+            print(f"{name:<{width}}  {dialect.transport.value:<13}  {dialect.description}")  # noqa: T201
+        return 0
+    if not args.dialect or not args.file:
+        print("parse needs --dialect NAME and a FILE (or --list-dialects)", file=sys.stderr)  # noqa: T201
+        return 2
+    dialect = DIALECTS.get(args.dialect)
+    if dialect is None:
+        print(f"unknown dialect {args.dialect!r}; known: {', '.join(DIALECTS)}", file=sys.stderr)  # noqa: T201
+        return 2
+    if dialect.transport is Transport.MQTT and not args.topic:
+        example = (dialect.topic_filter or "").replace("+", "<device>", 1).replace("+", "<channel>")
+        print(f"{dialect.name} is an MQTT dialect: pass --topic (like {example})", file=sys.stderr)  # noqa: T201
+        return 2
+    raw = RawMessage(args.file.read_bytes(), content_type=args.content_type, topic=args.topic)
+    received = datetime.fromisoformat(args.received_at) if args.received_at else utc_now()
+    ctx = DeviceContext(
+        district_id=PARSE_PLACEHOLDER_ID,
+        compound_id=PARSE_PLACEHOLDER_ID,
+        device_id=args.device_id,
+        received_at=received,
+        local_tz=ZoneInfo(args.timezone),
+        pseudonymizer=Pseudonymizer(PARSE_KEY, PARSE_PLACEHOLDER_ID),
+    )
+    try:
+        result = dialect.parse(raw, ctx)
+    except PayloadRejected as exc:
+        rejection = exc.rejection
+        print(  # noqa: T201
+            json.dumps({"rejected": rejection.reason, "field": rejection.field, "detail": rejection.detail}, ensure_ascii=False),
+            file=sys.stderr,
+        )
+        return 1
+    events = [json.loads(event.model_dump_json()) for event in result.events]
+    print(json.dumps(events, indent=2, ensure_ascii=False))  # noqa: T201
+    return 0
+
+
+def _sim(args: argparse.Namespace) -> int:
+    from device_sims.devices import SimDevice, build_sim  # noqa: PLC0415
+    from device_sims.runner import Runner  # noqa: PLC0415
+    from device_sims.scenarios import build  # noqa: PLC0415
+
+    config = load_config(args.config)
+    devices = [d for d in config.devices if not args.device or d.id in args.device]
+    sims = [build_sim(SimDevice(id=d.id, dialect=d.dialect, ref=d.ref)) for d in devices]
+    steps = build(args.scenario, sims, args.seed, args.count)
+    host = "127.0.0.1" if config.http.host in {"0.0.0.0", "::"} else config.http.host  # noqa: S104
+    runner = Runner(f"http://{host}:{config.http.port}", config.mqtt.host, config.mqtt.port)
+    report = asyncio.run(runner.run(steps, rate=args.rate))
+    print(json.dumps(report.summary(), ensure_ascii=False))  # noqa: T201
+    return 0 if report.failed == 0 else 1
+
+
+def _outbox(args: argparse.Namespace) -> int:
+    from gateway.outbox import Outbox  # noqa: PLC0415
+
+    config = load_config(args.config)
+    with Outbox(config.state.dir / "outbox.db", max_bytes=config.state.outbox_max_bytes) as outbox:
+        if args.what == "stats":
+            stats = outbox.stats()
+            out: object = {
+                "pending": stats.pending,
+                "pending_alarms": stats.pending_alarms,
+                "pending_bytes": stats.pending_bytes,
+                "oldest_pending_received_at": stats.oldest_pending_received_at,
+                "delivered": stats.delivered,
+                "shed_total": stats.shed_total,
+                "dead_letters": stats.dead_letters,
+                "counters": [{"name": n, "a": a, "b": b, "value": v} for (n, a, b), v in sorted(stats.counters.items())],
+            }
+        elif args.what == "dead-letters":
+            out = [
+                {k: (v[:200].decode("utf-8", "replace") if isinstance(v, bytes) else v) for k, v in row.items()}
+                for row in outbox.dead_letters(args.limit)
+            ]
+        else:
+            out = [json.loads(row.body) for row in outbox.pending(args.limit)]
+    print(json.dumps(out, indent=2, ensure_ascii=False))  # noqa: T201
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,223 @@
+"""Gateway configuration: one TOML file, validated at start-up into frozen pydantic models.
+
+Every error names the file, the field and the fix, and all errors are reported at once.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import tomllib
+from pathlib import Path
+from typing import Annotated, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+
+from adapters import DIALECTS
+from adapters.base import Transport
+from gateway.errors import ConfigError
+from gateway.events import GbId, Location
+
+Port = Annotated[int, Field(ge=1, le=65535)]
+
+
+class _Config(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class CompoundConfig(_Config):
+    """Who this gateway speaks for."""
+
+    district_id: GbId
+    compound_id: GbId
+    name: str = Field(min_length=1, max_length=64)
+    timezone: str = Field(default="Asia/Shanghai", description="device-local time zone for times without offset")
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r}; use an IANA name such as Asia/Shanghai") from None
+        return value
+
+
+class StateConfig(_Config):
+    """Where durable state lives and how much of it may pile up."""
+
+    dir: Path = Path("/var/lib/compound-gateway")
+    outbox_max_bytes: int = Field(default=512 * 1024 * 1024, ge=1024)
+    dead_letter_keep: int = Field(default=10_000, ge=10)
+    commit_batch_max: int = Field(default=512, ge=1, le=10_000)
+    commit_window_ms: float = Field(default=5.0, ge=0, le=1000)
+    write_queue_size: int = Field(default=4096, ge=16)
+
+
+class PrivacyConfig(_Config):
+    """Pseudonymization of person identifiers."""
+
+    key_file: Path | None = Field(
+        default=None,
+        description="credential file with the pseudonymization key; default: $CREDENTIALS_DIRECTORY/pseudonym-key, "
+        "else <state dir>/pseudonym.key (created on first start)",
+    )
+
+
+class MqttConfig(_Config):
+    """The compound's device broker (where MQTT devices publish)."""
+
+    host: str = "127.0.0.1"
+    port: Port = 1883
+    client_id: str | None = Field(default=None, description="default: cgw-<compound id>")
+    username: str | None = None
+    password: SecretStr | None = None
+    keepalive_s: int = Field(default=30, ge=5, le=3600)
+    session_expiry_s: int = Field(default=7 * 24 * 3600, ge=60)
+    receive_maximum: int = Field(default=256, ge=1, le=65535, description="unacknowledged QoS 1 messages in flight")
+    max_payload_bytes: int = Field(default=1024 * 1024, ge=1024)
+
+
+class HttpConfig(_Config):
+    """The receiver that push devices and IoT platforms POST to."""
+
+    host: str = "0.0.0.0"  # noqa: S104 - devices on the compound network must reach it
+    port: Port = 8480
+    max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
+    commit_timeout_s: float = Field(default=10.0, gt=0)
+
+
+class BackoffConfig(_Config):
+    """Reconnect pacing: exponential, jittered, capped."""
+
+    initial_s: float = Field(default=0.5, gt=0)
+    max_s: float = Field(default=30.0, gt=0)
+    multiplier: float = Field(default=2.0, ge=1.0)
+
+
+class DeviceConfig(_Config):
+    """One device in the compound's inventory."""
+
+    id: GbId
+    name: str = Field(min_length=1, max_length=64)
+    dialect: str
+    ref: str | None = Field(
+        default=None, max_length=64, description="the vendor's identity of the device: serial, MAC or IMEI"
+    )
+    forward_is_in: bool = Field(default=True, description="cameras: movement towards the camera enters the compound")
+    location: Location | None = None
+
+    @field_validator("dialect")
+    @classmethod
+    def _known_dialect(cls, value: str) -> str:
+        if value not in DIALECTS:
+            raise ValueError(f"unknown dialect {value!r}; use one of: {', '.join(sorted(DIALECTS))}")
+        return value
+
+    @model_validator(mode="after")
+    def _shared_transports_need_ref(self) -> DeviceConfig:
+        if DIALECTS[self.dialect].transport is not Transport.HTTP_DEVICE and not self.ref:
+            raise ValueError(
+                f"dialect {self.dialect} identifies devices by their own id: set ref to the device's serial/IMEI"
+            )
+        return self
+
+
+class GatewayConfig(_Config):
+    """The whole gateway configuration."""
+
+    compound: CompoundConfig
+    state: StateConfig = StateConfig()
+    privacy: PrivacyConfig = PrivacyConfig()
+    mqtt: MqttConfig = MqttConfig()
+    http: HttpConfig = HttpConfig()
+    backoff: BackoffConfig = BackoffConfig()
+    log_format: Literal["auto", "json", "console"] = "auto"
+    devices: tuple[DeviceConfig, ...] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _unique_devices(self) -> GatewayConfig:
+        seen_ids: set[str] = set()
+        seen_refs: set[tuple[str, str]] = set()
+        for device in self.devices:
+            if device.id in seen_ids:
+                raise ValueError(f"device id {device.id} appears twice; every device needs its own id")
+            seen_ids.add(device.id)
+            if device.ref is not None:
+                key = (device.dialect, device.ref)
+                if key in seen_refs:
+                    raise ValueError(f"two {device.dialect} devices share ref {device.ref!r}")
+                seen_refs.add(key)
+        return self
+
+    @property
+    def mqtt_client_id(self) -> str:
+        """Stable client id: the broker keeps our session (and unacknowledged messages) under it."""
+        return self.mqtt.client_id or f"cgw-{self.compound.compound_id}"
+
+    def pseudonym_key_path(self) -> Path:
+        """Where the pseudonymization key is read from."""
+        if self.privacy.key_file is not None:
+            return self.privacy.key_file
+        credentials = os.environ.get("CREDENTIALS_DIRECTORY")
+        if credentials:
+            return Path(credentials) / "pseudonym-key"
+        return self.state.dir / "pseudonym.key"
+
+
+def load_config(path: Path) -> GatewayConfig:
+    """Read and validate a config file; raise ``ConfigError`` listing every problem with its fix."""
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file; pass the gateway's TOML config with --config") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text") from None
+    try:
+        config = GatewayConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_errors(path, exc)) from None
+    if not config.state.dir.is_absolute():
+        state = config.state.model_copy(update={"dir": (path.parent / config.state.dir).resolve()})
+        config = config.model_copy(update={"state": state})
+    return config
+
+
+def format_validation_errors(path: Path, exc: ValidationError) -> str:
+    """One line per error: file, dotted field path, what is wrong and how to fix it."""
+    lines = [f"{path}: {exc.error_count()} configuration error(s)"]
+    for error in exc.errors():
+        where = ".".join(str(p) for p in error["loc"]) or "(top level)"
+        kind = error["type"]
+        message = error["msg"].removeprefix("Value error, ")
+        if kind == "extra_forbidden":
+            fix = "remove it (check the spelling against docs/configuration.md)"
+        elif kind == "missing":
+            fix = "add it"
+        elif kind.startswith("string_pattern") and ("_id" in where or where.endswith(".id") or where.endswith("id")):
+            fix = "use the 20-digit GB/T 28181 id (8 centre + 2 industry + 3 type + 1 network + 6 serial digits)"
+        else:
+            fix = "correct the value"
+        lines.append(f"  {where}: {message} -> fix: {fix}")
+    return "\n".join(lines)
+
+
+def load_pseudonym_key(path: Path, *, create: bool) -> bytes:
+    """Read the key (at least 16 bytes); create a random one (mode 0600) when allowed and missing."""
+    try:
+        key = path.read_bytes().strip()
+    except FileNotFoundError:
+        if not create:
+            raise ConfigError(f"{path}: pseudonymization key file is missing; provide it via LoadCredential=") from None
+        path.parent.mkdir(parents=True, exist_ok=True)
+        key = secrets.token_hex(32).encode()
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(key)
+        return key
+    if len(key) < 16:
+        raise ConfigError(f"{path}: pseudonymization key is shorter than 16 bytes; generate a longer one")
+    return key

@@ -1,0 +1,348 @@
+"""The canonical, versioned event model every adapter produces and the district consumes.
+
+One envelope (identity, provenance, time, severity, media references) carries one payload per event
+kind. The payload union is discriminated by ``kind``; the envelope repeats ``kind`` so that stores
+and queries can filter without opening the payload. ``docs/event-schema.json`` is generated from
+these models (``compound-gateway schema``) and checked by the tests.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Annotated, Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, model_validator
+
+SCHEMA_VERSION: Literal["1.0"] = "1.0"
+
+GbId = Annotated[str, StringConstraints(pattern=r"^[0-9]{20}$")]
+"""A 20-digit GB/T 28181 style identifier (centre code 8, industry 2, type 3, network 1, serial 6)."""
+
+PLATE_PATTERN = re.compile(
+    r"^[京津沪渝冀豫云辽黑湘皖鲁新苏浙赣鄂桂甘晋蒙陕吉闽贵粤青藏川宁琼使领]"
+    r"[A-HJ-NP-Z]"
+    r"(?:[A-HJ-NP-Z0-9]{5}|[A-HJ-NP-Z0-9]{6}|[A-HJ-NP-Z0-9]{4}[挂学警港澳])$"
+)
+"""Civil Chinese plates: 7 characters, or 8 for new-energy plates (province, issuer letter, serial)."""
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class EventKind(StrEnum):
+    """What happened, at the coarsest level."""
+
+    FACE_ACCESS = "face_access"
+    VEHICLE_PASS = "vehicle_pass"
+    THROWN_OBJECT = "thrown_object"
+    EBIKE_SHED = "ebike_shed"
+    DEVICE_STATUS = "device_status"
+
+
+class Severity(StrEnum):
+    """How urgent the event is. ``critical`` events are alarms: never shed, sent first."""
+
+    INFO = "info"
+    WARNING = "warning"
+    CRITICAL = "critical"
+
+
+class Direction(StrEnum):
+    """Movement relative to the compound."""
+
+    IN = "in"
+    OUT = "out"
+    UNKNOWN = "unknown"
+
+
+# --- face access -----------------------------------------------------------------------------------
+
+
+class AccessResult(StrEnum):
+    """Outcome of a verification at a pedestrian gate."""
+
+    GRANTED = "granted"
+    DENIED = "denied"
+    STRANGER = "stranger"
+
+
+class VerifyMode(StrEnum):
+    """How the person was verified (one vocabulary across vendors)."""
+
+    FACE = "face"
+    CARD = "card"
+    FINGERPRINT = "fingerprint"
+    PASSWORD = "password"
+    QR_CODE = "qr_code"
+    ID_CARD = "id_card"
+    REMOTE = "remote"
+    COMBINED = "combined"
+    UNKNOWN = "unknown"
+
+
+class PersonType(StrEnum):
+    """The role the device has on file for the person."""
+
+    RESIDENT = "resident"
+    VISITOR = "visitor"
+    BLOCKLIST = "blocklist"
+    ADMIN = "admin"
+    UNKNOWN = "unknown"
+
+
+class FaceAccessPayload(_Model):
+    """A verification at a face-recognition pedestrian gate."""
+
+    kind: Literal[EventKind.FACE_ACCESS] = EventKind.FACE_ACCESS
+    result: AccessResult
+    direction: Direction
+    verify_mode: VerifyMode
+    person_ref: str | None = Field(
+        default=None,
+        description="Pseudonymized person identifier (keyed hash of the device's person id); never a name.",
+    )
+    person_type: PersonType = PersonType.UNKNOWN
+    similarity: float | None = Field(default=None, ge=0.0, le=1.0)
+    mask: bool | None = None
+    door: int | None = Field(default=None, ge=0)
+
+
+# --- vehicle pass ----------------------------------------------------------------------------------
+
+
+class PlateColor(StrEnum):
+    """Plate colour, one enumeration across every vendor's code table."""
+
+    BLUE = "blue"
+    YELLOW = "yellow"
+    WHITE = "white"
+    BLACK = "black"
+    GREEN = "green"
+    YELLOW_GREEN = "yellow_green"
+    OTHER = "other"
+    UNKNOWN = "unknown"
+
+    @property
+    def ga1400_code(self) -> str:
+        """The GA/T 1400 ColorType code (5 blue, 6 yellow, 2 white, 1 black, 9 green, 99 other)."""
+        return _GA1400_PLATE_COLOR[self]
+
+
+_GA1400_PLATE_COLOR = {
+    PlateColor.BLACK: "1",
+    PlateColor.WHITE: "2",
+    PlateColor.BLUE: "5",
+    PlateColor.YELLOW: "6",
+    PlateColor.GREEN: "9",
+    PlateColor.YELLOW_GREEN: "99",
+    PlateColor.OTHER: "99",
+    PlateColor.UNKNOWN: "99",
+}
+
+
+class VehicleType(StrEnum):
+    """Body class of the vehicle."""
+
+    CAR = "car"
+    SUV_MPV = "suv_mpv"
+    VAN = "van"
+    BUS = "bus"
+    TRUCK = "truck"
+    MOTORCYCLE = "motorcycle"
+    OTHER = "other"
+    UNKNOWN = "unknown"
+
+
+class BarrierAction(StrEnum):
+    """What the barrier did for this pass."""
+
+    OPENED = "opened"
+    REFUSED = "refused"
+    MANUAL = "manual"
+    NONE = "none"
+    UNKNOWN = "unknown"
+
+
+class ListType(StrEnum):
+    """Which list the plate matched on the barrier."""
+
+    ALLOW = "allow"
+    BLOCK = "block"
+    TEMPORARY = "temporary"
+    VISITOR = "visitor"
+    UNKNOWN = "unknown"
+
+
+class VehiclePassPayload(_Model):
+    """A vehicle seen by a licence-plate camera at a barrier gate."""
+
+    kind: Literal[EventKind.VEHICLE_PASS] = EventKind.VEHICLE_PASS
+    plate: Annotated[str, StringConstraints(pattern=PLATE_PATTERN.pattern)] | None = Field(
+        default=None, description="Normalized plate (7, or 8 for new-energy); null when no plate was read."
+    )
+    new_energy: bool = False
+    plate_color: PlateColor
+    vehicle_type: VehicleType
+    direction: Direction
+    barrier_action: BarrierAction
+    list_type: ListType
+    confidence: float | None = Field(default=None, ge=0.0, le=1.0)
+    lane: int | None = Field(default=None, ge=0)
+
+    @model_validator(mode="after")
+    def _new_energy_matches_plate(self) -> VehiclePassPayload:
+        if self.new_energy and (self.plate is None or len(self.plate) != 8):
+            raise ValueError("new_energy plates have 8 characters")
+        return self
+
+
+# --- thrown object ---------------------------------------------------------------------------------
+
+
+class TrajectoryPoint(_Model):
+    """One point of an object's track; coordinates normalized to 0..1 of the frame."""
+
+    t_ms: int = Field(ge=0)
+    x: float = Field(ge=0.0, le=1.0)
+    y: float = Field(ge=0.0, le=1.0)
+
+
+class ThrownObjectPayload(_Model):
+    """An object falling from height (高空抛物) seen by a facade camera."""
+
+    kind: Literal[EventKind.THROWN_OBJECT] = EventKind.THROWN_OBJECT
+    building: str | None = None
+    unit: str | None = None
+    start_floor: int | None = Field(default=None, ge=-5, le=200, description="estimated start floor")
+    floor_range: tuple[int, int] | None = None
+    confidence: float | None = Field(default=None, ge=0.0, le=1.0)
+    trajectory: tuple[TrajectoryPoint, ...] = ()
+    frames: int | None = Field(default=None, ge=0)
+
+
+# --- e-bike shed -----------------------------------------------------------------------------------
+
+
+class ShedCondition(StrEnum):
+    """What an e-bike shed fire/smoke sensor reported."""
+
+    FIRE_ALARM = "fire_alarm"
+    HIGH_TEMPERATURE = "high_temperature"
+    FAULT = "fault"
+    TAMPER = "tamper"
+    LOW_BATTERY = "low_battery"
+    SELF_TEST = "self_test"
+    RECOVERY = "recovery"
+    HEARTBEAT = "heartbeat"
+
+
+class EbikeShedPayload(_Model):
+    """A reading or alarm from a fire/smoke/temperature sensor in an e-bike shed."""
+
+    kind: Literal[EventKind.EBIKE_SHED] = EventKind.EBIKE_SHED
+    condition: ShedCondition
+    smoke_level: float | None = Field(default=None, ge=0.0, description="vendor smoke concentration reading")
+    temperature_c: float | None = Field(default=None, ge=-60.0, le=500.0)
+    battery_pct: float | None = Field(default=None, ge=0.0, le=100.0)
+    fault_detail: str | None = None
+
+
+# --- device status ---------------------------------------------------------------------------------
+
+
+class DeviceState(StrEnum):
+    """Whether a device can currently report."""
+
+    ONLINE = "online"
+    OFFLINE = "offline"
+    FAULT = "fault"
+
+
+class DeviceStatusPayload(_Model):
+    """A device came online, went offline, or reported a fault."""
+
+    kind: Literal[EventKind.DEVICE_STATUS] = EventKind.DEVICE_STATUS
+    state: DeviceState
+    reason: str | None = None
+
+
+Payload = Annotated[
+    FaceAccessPayload | VehiclePassPayload | ThrownObjectPayload | EbikeShedPayload | DeviceStatusPayload,
+    Field(discriminator="kind"),
+]
+
+
+# --- envelope --------------------------------------------------------------------------------------
+
+
+class Provenance(_Model):
+    """Where the event came from, in the vendor's own terms (for audits and debugging)."""
+
+    vendor: str
+    dialect: str
+    event_code: str | None = None
+    device_ref: str | None = Field(default=None, description="the device's own identity (MAC, serial, IMEI)")
+
+
+class MediaRef(_Model):
+    """A picture or clip that belongs to the event; bytes stay in the compound unless a rule says so."""
+
+    role: Literal["face", "scene", "plate", "trajectory", "clip", "snapshot"]
+    ref: str = Field(description="local:<path in the media store> or device:<vendor key>")
+    content_type: str | None = None
+    sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    size: int | None = Field(default=None, ge=0)
+
+
+class Location(_Model):
+    """Where the device stands, from the inventory."""
+
+    building: str | None = None
+    unit: str | None = None
+    gate: str | None = None
+    description: str | None = None
+
+
+class Event(_Model):
+    """The canonical event: one envelope, one payload."""
+
+    schema_version: Literal["1.0"] = SCHEMA_VERSION
+    event_id: str = Field(min_length=8, max_length=64)
+    kind: EventKind
+    district_id: GbId
+    compound_id: GbId
+    device_id: GbId
+    occurred_at: AwareDatetime
+    received_at: AwareDatetime
+    severity: Severity
+    source: Provenance
+    location: Location | None = None
+    media: tuple[MediaRef, ...] = ()
+    payload: Payload
+
+    @model_validator(mode="after")
+    def _kind_matches_payload(self) -> Event:
+        if self.payload.kind != self.kind:
+            raise ValueError(f"envelope kind {self.kind} does not match payload kind {self.payload.kind}")
+        return self
+
+    @property
+    def is_alarm(self) -> bool:
+        """Alarms (fire, thrown object, watch-list hits) are never shed and go up first."""
+        return self.severity is Severity.CRITICAL
+
+
+def event_json_schema() -> dict[str, object]:
+    """The JSON Schema of the canonical event, as published in ``docs/event-schema.json``."""
+    schema = Event.model_json_schema()
+    schema["$id"] = f"https://compound-gateway.invalid/schema/event/{SCHEMA_VERSION}"
+    schema["title"] = f"compound-gateway canonical event {SCHEMA_VERSION}"
+    return schema
+
+
+def utc_now() -> datetime:
+    """The current time, time-zone aware (the one clock the runtime reads)."""
+    return datetime.now(UTC)

@@ -1,0 +1,101 @@
+"""The HTTP receiver for push devices and IoT platforms.
+
+``POST /push/<device id>`` for devices that post their own events (ISAPI-style), ``POST
+/platform/<dialect>`` for vendor platforms that post for many devices. A push is answered only after
+its events (or its dead letter) are committed: 200 with the event ids, 4xx with the specific reason,
+503 when the outbox could not commit in time (the device may retry; re-sends are de-duplicated).
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import structlog
+from aiohttp import web
+
+from adapters.base import RawMessage
+from gateway.config import GatewayConfig
+from gateway.errors import OutboxError
+from gateway.intake import Intake, Outcome
+from gateway.outbox import OutboxWriter, StoreEvents
+
+log = structlog.get_logger(__name__)
+
+REJECTION_STATUS = {"unknown_device": 404, "unknown_dialect": 404, "payload_too_large": 413}
+INTAKE_KEY: web.AppKey[Intake] = web.AppKey("intake", Intake)
+WRITER_KEY: web.AppKey[OutboxWriter] = web.AppKey("writer", OutboxWriter)
+CONFIG_KEY: web.AppKey[GatewayConfig] = web.AppKey("config", GatewayConfig)
+
+
+def build_app(config: GatewayConfig, intake: Intake, writer: OutboxWriter) -> web.Application:
+    """The aiohttp application (body size limited by config, so oversized pushes never load)."""
+    app = web.Application(client_max_size=config.http.max_body_bytes)
+    app[INTAKE_KEY] = intake
+    app[WRITER_KEY] = writer
+    app[CONFIG_KEY] = config
+    app.router.add_post("/push/{device_id}", _push)
+    app.router.add_post("/platform/{dialect}", _platform)
+    app.router.add_get("/healthz", _healthz)
+    return app
+
+
+async def _read(request: web.Request) -> bytes | None:
+    try:
+        return await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        return None
+
+
+async def _push(request: web.Request) -> web.Response:
+    intake = request.app[INTAKE_KEY]
+    limit = request.app[CONFIG_KEY].http.max_body_bytes
+    device_id = request.match_info["device_id"]
+    body = await _read(request)
+    if body is None:
+        outcome = intake.oversized("http", device_id, request.content_length, limit)
+    else:
+        raw = RawMessage(body, content_type=request.headers.get("Content-Type"))
+        outcome = intake.from_http_device(raw, device_id, limit)
+    return await _commit(request, outcome)
+
+
+async def _platform(request: web.Request) -> web.Response:
+    intake = request.app[INTAKE_KEY]
+    limit = request.app[CONFIG_KEY].http.max_body_bytes
+    dialect = request.match_info["dialect"]
+    body = await _read(request)
+    if body is None:
+        outcome = intake.oversized("http", None, request.content_length, limit)
+    else:
+        raw = RawMessage(body, content_type=request.headers.get("Content-Type"))
+        outcome = intake.from_http_platform(raw, dialect, limit)
+    return await _commit(request, outcome)
+
+
+async def _commit(request: web.Request, outcome: Outcome) -> web.Response:
+    writer = request.app[WRITER_KEY]
+    timeout = request.app[CONFIG_KEY].http.commit_timeout_s
+    try:
+        async with asyncio.timeout(timeout):
+            if isinstance(outcome.operation, StoreEvents):
+                result = await writer.store(outcome.operation.events, outcome.operation.media)
+            else:
+                await writer.dead_letter(outcome.operation)
+                result = None
+    except (TimeoutError, OutboxError) as exc:
+        log.error("push_not_committed", device=outcome.device, error=str(exc) or "commit timeout")
+        return web.json_response({"error": "not_committed", "detail": "try again"}, status=503)
+    if outcome.rejection is not None:
+        rejection = outcome.rejection
+        return web.json_response(
+            {"error": rejection.reason, "field": rejection.field, "detail": rejection.detail, "device": outcome.device},
+            status=REJECTION_STATUS.get(rejection.reason, 400),
+        )
+    assert result is not None  # noqa: S101 - StoreEvents always yields a result
+    return web.json_response(
+        {"stored": list(result.stored), "duplicates": list(result.duplicates), "shed": list(result.shed)}
+    )
+
+
+async def _healthz(_: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})

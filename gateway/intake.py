@@ -1,0 +1,198 @@
+"""From a raw payload on any transport to an outbox operation: stored events, or a dead letter.
+
+The transports (MQTT intake, HTTP receiver) only move bytes; this module resolves the device, runs
+its dialect, and turns every failure into a specific rejection: which device, which field, why.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from zoneinfo import ZoneInfo
+
+import structlog
+from pydantic import ValidationError
+
+from adapters import DIALECTS
+from adapters.base import DeviceContext, Dialect, MediaBlob, RawMessage, Transport
+from gateway.config import DeviceConfig, GatewayConfig
+from gateway.errors import PayloadRejected, Rejection
+from gateway.events import Event, utc_now
+from gateway.identity import Pseudonymizer
+from gateway.outbox import DeadLetter, Operation, StoreEvents
+
+log = structlog.get_logger(__name__)
+
+REJECTION_LOG_FIRST = 5
+REJECTION_LOG_EVERY = 100
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What the intake decided for one payload."""
+
+    operation: Operation
+    events: tuple[Event, ...] = ()
+    rejection: Rejection | None = None
+    device: str | None = None
+
+
+class Intake:
+    """Resolves devices and dialects and runs the parsers; pure CPU, no I/O."""
+
+    def __init__(self, config: GatewayConfig, pseudonymizer: Pseudonymizer) -> None:
+        self._config = config
+        self._pseudonymizer = pseudonymizer
+        self._tz = ZoneInfo(config.compound.timezone)
+        self._by_id = {device.id: device for device in config.devices}
+        self._by_ref = {(d.dialect, d.ref): d for d in config.devices if d.ref is not None}
+        self._by_topic_prefix = {
+            dialect.topic_filter.split("/", 1)[0]: dialect
+            for dialect in DIALECTS.values()
+            if dialect.topic_filter is not None
+        }
+        self.accepted: Counter[tuple[str, str]] = Counter()  # (device id, kind)
+        self.rejected: Counter[tuple[str, str]] = Counter()  # (device, reason)
+
+    def mqtt_topic_filters(self) -> list[str]:
+        """Topic filters of the MQTT dialects that the inventory uses."""
+        used = {device.dialect for device in self._config.devices}
+        return sorted(
+            d.topic_filter for name, d in DIALECTS.items() if name in used and d.topic_filter is not None
+        )
+
+    def uses_mqtt(self) -> bool:
+        """Whether any device in the inventory speaks over MQTT."""
+        return bool(self.mqtt_topic_filters())
+
+    # --- entry points per transport -----------------------------------------------------------------
+
+    def from_mqtt(self, raw: RawMessage, max_bytes: int) -> Outcome:
+        """A message from the device broker; the topic's first segment names the dialect."""
+        prefix = (raw.topic or "").split("/", 1)[0]
+        dialect = self._by_topic_prefix.get(prefix)
+        if dialect is None:
+            return self._reject(raw, "mqtt", None, None, PayloadRejected("unknown_dialect", f"no dialect publishes under {prefix!r}/"))
+        return self._shared(raw, "mqtt", dialect, max_bytes)
+
+    def from_http_device(self, raw: RawMessage, device_id: str, max_bytes: int) -> Outcome:
+        """A push to ``/push/<device id>``."""
+        device = self._by_id.get(device_id)
+        if device is None:
+            return self._reject(
+                raw, "http", None, device_id, PayloadRejected("unknown_device", f"no device {device_id!r} in the inventory")
+            )
+        dialect = DIALECTS[device.dialect]
+        if dialect.transport is not Transport.HTTP_DEVICE:
+            return self._reject(
+                raw,
+                "http",
+                dialect,
+                device_id,
+                PayloadRejected("wrong_transport", f"device {device_id} speaks {dialect.name} over {dialect.transport}"),
+            )
+        if len(raw.body) > max_bytes:
+            return self._too_large(raw, "http", dialect, device_id, max_bytes)
+        return self._parse(raw, "http", dialect, device)
+
+    def from_http_platform(self, raw: RawMessage, dialect_name: str, max_bytes: int) -> Outcome:
+        """A push from a vendor platform to ``/platform/<dialect>``."""
+        dialect = DIALECTS.get(dialect_name)
+        if dialect is None or dialect.transport is not Transport.HTTP_PLATFORM:
+            return self._reject(
+                raw, "http", None, None, PayloadRejected("unknown_dialect", f"no platform dialect {dialect_name!r}")
+            )
+        return self._shared(raw, "http", dialect, max_bytes)
+
+    def oversized(self, transport: str, device: str | None, declared: int | None, limit: int) -> Outcome:
+        """A body refused before it was read because it exceeds the transport's limit."""
+        size = f"{declared} bytes" if declared is not None else "a body"
+        return self._reject(
+            RawMessage(b""), transport, None, device, PayloadRejected("payload_too_large", f"{size} > {limit}")
+        )
+
+    # --- common path --------------------------------------------------------------------------------
+
+    def _shared(self, raw: RawMessage, transport: str, dialect: Dialect, max_bytes: int) -> Outcome:
+        if len(raw.body) > max_bytes:
+            return self._too_large(raw, transport, dialect, None, max_bytes)
+        try:
+            ref = dialect.device_ref(raw)
+        except PayloadRejected as exc:
+            return self._reject(raw, transport, dialect, None, exc)
+        device = self._by_ref.get((dialect.name, ref))
+        if device is None:
+            return self._reject(
+                raw,
+                transport,
+                dialect,
+                ref,
+                PayloadRejected("unknown_device", f"no {dialect.name} device with ref {ref!r} in the inventory"),
+            )
+        return self._parse(raw, transport, dialect, device)
+
+    def _parse(self, raw: RawMessage, transport: str, dialect: Dialect, device: DeviceConfig) -> Outcome:
+        ctx = DeviceContext(
+            district_id=self._config.compound.district_id,
+            compound_id=self._config.compound.compound_id,
+            device_id=device.id,
+            received_at=utc_now(),
+            local_tz=self._tz,
+            pseudonymizer=self._pseudonymizer,
+            location=device.location,
+            forward_is_in=device.forward_is_in,
+        )
+        try:
+            result = dialect.parse(raw, ctx)
+        except PayloadRejected as exc:
+            return self._reject(raw, transport, dialect, device.id, exc)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"])
+            return self._reject(
+                raw, transport, dialect, device.id, PayloadRejected("invalid_event", first["msg"], field=where)
+            )
+        except Exception as exc:  # noqa: BLE001 - crash isolation: a parser bug must not stop the daemon
+            log.exception("parser_crashed", dialect=dialect.name, device=device.id)
+            return self._reject(
+                raw, transport, dialect, device.id, PayloadRejected("parser_error", f"{type(exc).__name__} in parser")
+            )
+        for event in result.events:
+            self.accepted[(device.id, event.kind.value)] += 1
+        media: tuple[MediaBlob, ...] = result.media
+        return Outcome(StoreEvents(result.events, media), events=result.events, device=device.id)
+
+    def _too_large(self, raw: RawMessage, transport: str, dialect: Dialect, device: str | None, limit: int) -> Outcome:
+        return self._reject(
+            raw, transport, dialect, device, PayloadRejected("payload_too_large", f"{len(raw.body)} bytes > {limit}")
+        )
+
+    def _reject(
+        self, raw: RawMessage, transport: str, dialect: Dialect | None, device: str | None, exc: PayloadRejected
+    ) -> Outcome:
+        rejection = exc.rejection
+        key = (device or "(unknown)", rejection.reason)
+        self.rejected[key] += 1
+        count = self.rejected[key]
+        if count <= REJECTION_LOG_FIRST or count % REJECTION_LOG_EVERY == 0:
+            log.warning(
+                "payload_rejected",
+                transport=transport,
+                dialect=dialect.name if dialect else None,
+                device=device,
+                topic=raw.topic,
+                reason=rejection.reason,
+                field=rejection.field,
+                detail=rejection.detail,
+                count=count,
+            )
+        letter = DeadLetter(
+            transport=transport,
+            dialect=dialect.name if dialect else None,
+            device=device,
+            reason=rejection.reason,
+            field=rejection.field,
+            detail=rejection.detail if raw.topic is None else f"{rejection.detail} (topic {raw.topic})",
+            payload=raw.body,
+        )
+        return Outcome(letter, rejection=rejection, device=device)

@@ -1,0 +1,122 @@
+"""The compound's MQTT device intake: one persistent session, acknowledged only after the commit.
+
+aiomqtt 2.5 acknowledges a QoS 1 message before application code sees it, so a crash between its
+PUBACK and our commit would lose the message. We switch the underlying paho client to manual
+acknowledgement (paho >= 2.0 ``manual_ack``; aiomqtt 2.x has no public switch yet, see aiomqtt issue
+#345) and send each PUBACK, in arrival order, only after the outbox has committed the event or its
+dead letter. Everything not yet acknowledged is redelivered by the broker when we reconnect, because
+the session is persistent (clean start off, a session expiry, a stable client id); the outbox's
+uniqueness by event id makes the redelivery harmless.
+
+Flow control: MQTT v5 Receive Maximum caps the unacknowledged messages the broker sends us, which
+bounds aiomqtt's incoming queue and our ack queue alike. This module is the only one that touches
+aiomqtt or paho on the device side.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Protocol
+
+import aiomqtt
+import structlog
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from adapters.base import RawMessage
+from gateway.config import GatewayConfig
+from gateway.errors import OutboxError, TransportError
+from gateway.intake import Intake
+from gateway.outbox import OutboxWriter, StoreResult
+
+log = structlog.get_logger(__name__)
+
+
+class _ManualAck(Protocol):
+    def manual_ack_set(self, on: bool) -> None: ...  # noqa: FBT001 - paho's signature
+    def ack(self, mid: int, qos: int) -> int: ...
+
+
+def _paho(client: aiomqtt.Client) -> _ManualAck:
+    # The one place we reach past aiomqtt's public API: enable and send manual PUBACKs on its
+    # paho client. Pinned to aiomqtt 2.5.x in pyproject; aiomqtt 3 makes this a public option.
+    paho_client: _ManualAck = client._client  # noqa: SLF001
+    return paho_client
+
+
+class MqttIntake:
+    """Subscribes to the device dialects' topics and feeds the outbox; one instance per connection."""
+
+    def __init__(self, config: GatewayConfig, intake: Intake, writer: OutboxWriter) -> None:
+        self._config = config
+        self._intake = intake
+        self._writer = writer
+        self.messages = 0
+        self.acked = 0
+
+    async def run(self, on_connected: Callable[[], None]) -> None:
+        """Connect, subscribe and process until the connection fails (raises ``TransportError``)."""
+        cfg = self._config.mqtt
+        properties = Properties(PacketTypes.CONNECT)
+        properties.SessionExpiryInterval = cfg.session_expiry_s
+        properties.ReceiveMaximum = cfg.receive_maximum
+        client = aiomqtt.Client(
+            cfg.host,
+            cfg.port,
+            identifier=self._config.mqtt_client_id,
+            username=cfg.username,
+            password=cfg.password.get_secret_value() if cfg.password else None,
+            protocol=aiomqtt.ProtocolVersion.V5,
+            clean_start=False,
+            properties=properties,
+            keepalive=cfg.keepalive_s,
+            timeout=10,
+            # QoS 1 traffic is bounded by Receive Maximum; the margin absorbs QoS 0 messages,
+            # which aiomqtt discards (with a warning) beyond this bound.
+            max_queued_incoming_messages=cfg.receive_maximum * 4,
+        )
+        _paho(client).manual_ack_set(True)
+        pending: asyncio.Queue[tuple[asyncio.Future[StoreResult | None], int, int]] = asyncio.Queue(
+            maxsize=cfg.receive_maximum * 4
+        )
+        try:
+            async with client:
+                for topic_filter in self._intake.mqtt_topic_filters():
+                    await client.subscribe(topic_filter, qos=1)
+                log.info("mqtt_intake_connected", host=cfg.host, port=cfg.port, client_id=self._config.mqtt_client_id)
+                on_connected()
+                async with asyncio.TaskGroup() as tg:
+                    tg.create_task(self._acknowledge(client, pending), name="mqtt-intake-acker")
+                    await self._receive(client, pending)
+        except* (aiomqtt.MqttError, TransportError) as group:
+            raise TransportError(f"device broker {cfg.host}:{cfg.port}: {group.exceptions[0]}") from group
+
+    async def _receive(
+        self, client: aiomqtt.Client, pending: asyncio.Queue[tuple[asyncio.Future[StoreResult | None], int, int]]
+    ) -> None:
+        max_bytes = self._config.mqtt.max_payload_bytes
+        async for message in client.messages:
+            self.messages += 1
+            payload = message.payload
+            body = payload if isinstance(payload, bytes | bytearray) else str(payload or "").encode()
+            outcome = self._intake.from_mqtt(RawMessage(bytes(body), topic=str(message.topic)), max_bytes)
+            future = await self._writer.enqueue(outcome.operation)
+            await pending.put((future, message.mid, message.qos))
+        raise TransportError("device broker closed the message stream")
+
+    async def _acknowledge(
+        self, client: aiomqtt.Client, pending: asyncio.Queue[tuple[asyncio.Future[StoreResult | None], int, int]]
+    ) -> None:
+        paho = _paho(client)
+        while True:
+            future, mid, qos = await pending.get()
+            try:
+                await future
+            except OutboxError as exc:
+                # Not committed: do not acknowledge. Dropping the connection makes the broker
+                # redeliver everything unacknowledged once we are back.
+                raise TransportError(f"outbox refused a device message, reconnecting: {exc}") from exc
+            if qos > 0:
+                paho.ack(mid, qos)
+                self.acked += 1

@@ -1,0 +1,128 @@
+"""The gateway daemon: wiring only. Behaviour lives in the intake, the transports and the outbox.
+
+Shutdown is cancellation. Transports run in an inner task group and stop first; the outbox writer
+runs in the outer one and keeps committing until they are gone, so a push in flight is still
+answered truthfully. Resources sit on an ``AsyncExitStack`` in dependency order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
+
+import structlog
+from aiohttp import web
+
+from gateway.backoff import Backoff
+from gateway.config import GatewayConfig, load_pseudonym_key
+from gateway.errors import TransportError
+from gateway.http_receiver import build_app
+from gateway.identity import Pseudonymizer
+from gateway.intake import Intake
+from gateway.mqtt_intake import MqttIntake
+from gateway.outbox import Outbox, OutboxWriter
+from gateway.systemd import sd_notify
+
+log = structlog.get_logger(__name__)
+
+HTTP_SHUTDOWN_TIMEOUT_S = 5.0
+
+
+async def supervise(
+    name: str,
+    run_once: Callable[[Callable[[], None]], Awaitable[None]],
+    backoff: Backoff,
+    up: asyncio.Event | None = None,
+) -> None:
+    """Keep one transport connected: reconnect with jittered, capped backoff; never give up.
+
+    Transport failures are expected and logged once per outage; anything else is a bug, logged with
+    its traceback and retried after the same backoff, so one broken transport never stops the rest.
+    """
+    connected_before = False
+
+    def connected() -> None:
+        nonlocal connected_before
+        connected_before = True
+        backoff.reset()
+        if up is not None:
+            up.set()
+
+    with structlog.contextvars.bound_contextvars(transport=name):
+        while True:
+            try:
+                await run_once(connected)
+                reason = "connection ended"
+            except TransportError as exc:
+                reason = str(exc)
+            except Exception:  # noqa: BLE001 - crash isolation for one transport
+                log.exception("transport_crashed")
+                reason = "crashed"
+            delay = backoff.next_delay()
+            if connected_before:
+                log.warning("transport_down", reason=reason, retry_in_s=round(delay, 2))
+            else:
+                log.info("transport_connect_failed", reason=reason, retry_in_s=round(delay, 2))
+            connected_before = False
+            await asyncio.sleep(delay)
+
+
+def build_pseudonymizer(config: GatewayConfig) -> Pseudonymizer:
+    """The keyed hash for person identifiers, from the credential file."""
+    path = config.pseudonym_key_path()
+    key = load_pseudonym_key(path, create=path.is_relative_to(config.state.dir))
+    return Pseudonymizer(key, config.compound.compound_id)
+
+
+async def run_gateway(config: GatewayConfig, *, ready: asyncio.Event | None = None) -> None:
+    """Run until cancelled."""
+    intake = Intake(config, build_pseudonymizer(config))
+    outbox = Outbox(
+        config.state.dir / "outbox.db",
+        max_bytes=config.state.outbox_max_bytes,
+        dead_letter_keep=config.state.dead_letter_keep,
+    )
+    async with AsyncExitStack() as stack:
+        writer = await stack.enter_async_context(
+            OutboxWriter(
+                outbox,
+                batch_max=config.state.commit_batch_max,
+                window_ms=config.state.commit_window_ms,
+                queue_size=config.state.write_queue_size,
+            )
+        )
+        runner = web.AppRunner(build_app(config, intake, writer), shutdown_timeout=HTTP_SHUTDOWN_TIMEOUT_S)
+        await runner.setup()
+        async with asyncio.TaskGroup() as core:
+            writer_task = core.create_task(writer.run(), name="outbox-writer")
+            try:
+                site = web.TCPSite(runner, config.http.host, config.http.port, reuse_address=True)
+                await site.start()
+                async with asyncio.TaskGroup() as transports:
+                    mqtt_up = asyncio.Event()
+                    if intake.uses_mqtt():
+                        mqtt = MqttIntake(config, intake, writer)
+                        transports.create_task(
+                            supervise("mqtt-intake", mqtt.run, Backoff(config.backoff), mqtt_up), name="mqtt-intake"
+                        )
+                    else:
+                        mqtt_up.set()
+                    log.info(
+                        "gateway_started",
+                        compound=config.compound.compound_id,
+                        devices=len(config.devices),
+                        http_port=config.http.port,
+                        mqtt_topics=intake.mqtt_topic_filters(),
+                    )
+                    # systemd: ready once we accept pushes; a broker outage must not fail the start.
+                    sd_notify("READY=1")
+                    if ready is not None:
+                        await mqtt_up.wait()  # callers that wait (demo, tests) need the subscriptions in place
+                        ready.set()
+                    await asyncio.Future()  # until cancelled
+            finally:
+                sd_notify("STOPPING=1")
+                await runner.cleanup()  # answer pushes in flight while the writer still runs
+                writer_task.cancel()
+    log.info("gateway_stopped")
