@@ -8,13 +8,29 @@ from __future__ import annotations
 
 from types import MappingProxyType
 
-from adapters import ctwing_smoke, hightoss_mqtt, hik_isapi_acs, hik_isapi_anpr, shed_mqtt, uface_mqtt, vz_lpr_mqtt
+from adapters import (
+    ctwing_smoke,
+    hightoss_mqtt,
+    hik_isapi_acs,
+    hik_isapi_anpr,
+    shed_mqtt,
+    uface_mqtt,
+    vz_lpr_mqtt,
+)
 from adapters.base import Dialect
 
 DIALECTS: MappingProxyType[str, Dialect] = MappingProxyType(
     {
         module.DIALECT.name: module.DIALECT
-        for module in (hik_isapi_acs, uface_mqtt, hik_isapi_anpr, vz_lpr_mqtt, hightoss_mqtt, ctwing_smoke, shed_mqtt)
+        for module in (
+            hik_isapi_acs,
+            uface_mqtt,
+            hik_isapi_anpr,
+            vz_lpr_mqtt,
+            hightoss_mqtt,
+            ctwing_smoke,
+            shed_mqtt,
+        )
     }
 )
 

@@ -92,7 +92,7 @@ class MediaBlob:
     def ref(self) -> MediaRef:
         """The reference an event carries instead of the bytes."""
         return MediaRef(
-            role=self.role,  # type: ignore[arg-type]  # validated by MediaRef itself
+            role=self.role,  # validated by MediaRef itself
             ref=f"local:{self.relative_path}",
             content_type=self.content_type,
             sha256=self.sha256,
@@ -103,12 +103,35 @@ class MediaBlob:
 class Dialect(Protocol):
     """One vendor dialect: how to find the device and how to read its payloads."""
 
-    name: str
-    vendor: str
-    kind: EventKind
-    transport: Transport
-    description: str
-    topic_filter: str | None  # MQTT dialects: what the gateway subscribes to
+    @property
+    def name(self) -> str:
+        """The dialect's name in configs and on the command line."""
+        ...
+
+    @property
+    def vendor(self) -> str:
+        """Whose dialect it is (provenance)."""
+        ...
+
+    @property
+    def kind(self) -> EventKind:
+        """The event kind its payloads mostly carry."""
+        ...
+
+    @property
+    def transport(self) -> Transport:
+        """How its payloads arrive."""
+        ...
+
+    @property
+    def description(self) -> str:
+        """One line for ``parse --list-dialects``."""
+        ...
+
+    @property
+    def topic_filter(self) -> str | None:
+        """MQTT dialects: what the gateway subscribes to."""
+        ...
 
     def device_ref(self, raw: RawMessage) -> str:
         """The vendor's identity of the sending device (for shared transports), or reject."""
@@ -191,12 +214,14 @@ class Fields:
         for i, item in enumerate(value):
             if not isinstance(item, dict):
                 raise PayloadRejected(
-                    "bad_field", f"expected an object, got {type(item).__name__}", field=f"{self._where(key)}[{i}]"
+                    "bad_field",
+                    f"expected an object, got {type(item).__name__}",
+                    field=f"{self._where(key)}[{i}]",
                 )
             out.append(Fields(item, f"{self._where(key)}[{i}]"))
         return out
 
-    def str(self, key: str, *, max_len: int = 256) -> str:
+    def text(self, key: str, *, max_len: int = 256) -> str:
         """A required non-empty string."""
         value = self._obj.get(key)
         if not isinstance(value, str) or not value.strip():
@@ -207,14 +232,14 @@ class Fields:
             raise PayloadRejected("bad_field", "contains control characters", field=self._where(key))
         return value.strip()
 
-    def opt_str(self, key: str, *, max_len: int = 256) -> str | None:
+    def opt_text(self, key: str, *, max_len: int = 256) -> str | None:
         """An optional string; empty strings count as absent."""
         value = self._obj.get(key)
         if value is None or value == "":
             return None
-        return self.str(key, max_len=max_len)
+        return self.text(key, max_len=max_len)
 
-    def int(self, key: str, *, lo: int | None = None, hi: int | None = None) -> int:
+    def integer(self, key: str, *, lo: int | None = None, hi: int | None = None) -> int:
         """A required integer (JSON number without fraction, or a decimal string)."""
         value = self._obj.get(key)
         if isinstance(value, bool) or value is None:
@@ -230,11 +255,11 @@ class Fields:
         self._check_range(key, number, lo, hi)
         return number
 
-    def opt_int(self, key: str, *, lo: int | None = None, hi: int | None = None) -> int | None:
+    def opt_integer(self, key: str, *, lo: int | None = None, hi: int | None = None) -> int | None:
         """An optional integer."""
-        return None if self._obj.get(key) is None else self.int(key, lo=lo, hi=hi)
+        return None if self._obj.get(key) is None else self.integer(key, lo=lo, hi=hi)
 
-    def float(self, key: str, *, lo: float | None = None, hi: float | None = None) -> float:
+    def number(self, key: str, *, lo: float | None = None, hi: float | None = None) -> float:
         """A required finite number (or numeric string)."""
         value = self._obj.get(key)
         number: float
@@ -254,16 +279,14 @@ class Fields:
         self._check_range(key, number, lo, hi)
         return number
 
-    def opt_float(self, key: str, *, lo: float | None = None, hi: float | None = None) -> float | None:
+    def opt_number(self, key: str, *, lo: float | None = None, hi: float | None = None) -> float | None:
         """An optional finite number."""
         value = self._obj.get(key)
-        return None if value is None or value == "" else self.float(key, lo=lo, hi=hi)
+        return None if value is None or value == "" else self.number(key, lo=lo, hi=hi)
 
     def _check_range(self, key: str, number: float, lo: float | None, hi: float | None) -> None:
         if (lo is not None and number < lo) or (hi is not None and number > hi):
-            raise PayloadRejected(
-                "out_of_range", f"{number} is outside {lo}..{hi}", field=self._where(key)
-            )
+            raise PayloadRejected("out_of_range", f"{number} is outside {lo}..{hi}", field=self._where(key))
 
     def _missing_or_wrong(self, key: str, value: object, expected: str) -> PayloadRejected:
         if value is None:
@@ -283,7 +306,9 @@ def plausible_time(value: datetime, field_name: str) -> datetime:
     if value.tzinfo is None:
         raise PayloadRejected("bad_timestamp", "time has no time zone", field=field_name)
     if not EARLIEST_PLAUSIBLE <= value < LATEST_PLAUSIBLE:
-        raise PayloadRejected("bad_timestamp", f"{value.isoformat()} is not a plausible time", field=field_name)
+        raise PayloadRejected(
+            "bad_timestamp", f"{value.isoformat()} is not a plausible time", field=field_name
+        )
     return value
 
 
@@ -292,7 +317,9 @@ def parse_iso_time(text: str, field_name: str, local_tz: tzinfo) -> datetime:
     try:
         value = datetime.fromisoformat(text.strip())
     except ValueError:
-        raise PayloadRejected("bad_timestamp", f"{text[:40]!r} is not an ISO 8601 time", field=field_name) from None
+        raise PayloadRejected(
+            "bad_timestamp", f"{text[:40]!r} is not an ISO 8601 time", field=field_name
+        ) from None
     if value.tzinfo is None:
         value = value.replace(tzinfo=local_tz)
     return plausible_time(value, field_name)
@@ -316,7 +343,9 @@ def parse_compact_time(text: str, field_name: str, local_tz: tzinfo) -> datetime
         else:
             value = datetime.strptime(cleaned, "%Y%m%d%H%M%S").replace(tzinfo=local_tz)
     except ValueError:
-        raise PayloadRejected("bad_timestamp", f"{cleaned[:40]!r} is not a compact time", field=field_name) from None
+        raise PayloadRejected(
+            "bad_timestamp", f"{cleaned[:40]!r} is not a compact time", field=field_name
+        ) from None
     return plausible_time(value, field_name)
 
 
@@ -329,7 +358,9 @@ def check_picture(data: bytes, declared: str | None, field_name: str, *, max_byt
     if data.startswith(PNG_MAGIC):
         return "image/png"
     raise PayloadRejected(
-        "bad_picture", f"declared {declared or 'a picture'} but the bytes are neither JPEG nor PNG", field=field_name
+        "bad_picture",
+        f"declared {declared or 'a picture'} but the bytes are neither JPEG nor PNG",
+        field=field_name,
     )
 
 
@@ -364,7 +395,9 @@ def build_event(
         occurred_at=occurred_at,
         received_at=ctx.received_at,
         severity=severity,
-        source=Provenance(vendor=dialect.vendor, dialect=dialect.name, event_code=event_code, device_ref=device_ref),
+        source=Provenance(
+            vendor=dialect.vendor, dialect=dialect.name, event_code=event_code, device_ref=device_ref
+        ),
         location=ctx.location,
         media=tuple(blob.ref() for blob in media) + device_media,
         payload=payload,
@@ -389,13 +422,15 @@ def status_event(ctx: DeviceContext, dialect: Dialect, device_ref: str, fields: 
     if not isinstance(online, bool):
         raise PayloadRejected("bad_field", "expected true or false", field=fields.path(key))
     at = ctx.received_at
-    reason = fields.opt_str("reason", max_len=120)
-    session = fields.opt_str("session", max_len=64) or at.isoformat()
+    reason = fields.opt_text("reason", max_len=120)
+    session = fields.opt_text("session", max_len=64) or at.isoformat()
     return build_event(
         ctx,
         dialect,
         vendor_key=f"status|{online}|{session}",
-        payload=DeviceStatusPayload(state=DeviceState.ONLINE if online else DeviceState.OFFLINE, reason=reason),
+        payload=DeviceStatusPayload(
+            state=DeviceState.ONLINE if online else DeviceState.OFFLINE, reason=reason
+        ),
         severity=Severity.INFO if online else Severity.WARNING,
         occurred_at=at,
         event_code="online" if online else "offline",

@@ -58,38 +58,42 @@ class CtwingSmoke:
         doc = Fields(load_json_object(raw.body))
         services = _services(doc)
         data = services[0][0].opt_sub("data")
-        ref = data.opt_str("devId", max_len=64) if data is not None else None
-        return ref or doc.str("deviceId", max_len=64)
+        ref = data.opt_text("devId", max_len=64) if data is not None else None
+        return ref or doc.text("deviceId", max_len=64)
 
     def parse(self, raw: RawMessage, ctx: DeviceContext) -> ParseResult:
         """One push -> one event per service report."""
         doc = Fields(load_json_object(raw.body))
-        platform_id = doc.str("deviceId", max_len=64)
+        platform_id = doc.text("deviceId", max_len=64)
         events: list[Event] = []
         for service, prefix in _services(doc):
-            occurred_at = parse_compact_time(service.str("eventTime", max_len=20), f"{prefix}.eventTime", ctx.local_tz)
+            occurred_at = parse_compact_time(
+                service.text("eventTime", max_len=20), f"{prefix}.eventTime", ctx.local_tz
+            )
             data = service.sub("data")
-            cmd = (data.opt_str("cmdValue", max_len=4) or "0").lower()
+            cmd = (data.opt_text("cmdValue", max_len=4) or "0").lower()
             if cmd not in CMD_VALUES:
-                raise PayloadRejected("bad_field", f"unknown state code {cmd!r}", field=f"{prefix}.data.cmdValue")
+                raise PayloadRejected(
+                    "bad_field", f"unknown state code {cmd!r}", field=f"{prefix}.data.cmdValue"
+                )
             condition = CMD_VALUES[cmd]
-            dev_state = data.opt_int("devState", lo=0, hi=255) or 0
+            dev_state = data.opt_integer("devState", lo=0, hi=255) or 0
             if dev_state and condition is ShedCondition.HEARTBEAT:
                 condition = ShedCondition.FAULT
-            temperature = data.opt_float("temperature", lo=-600, hi=5000)
+            temperature = data.opt_number("temperature", lo=-600, hi=5000)
             payload = EbikeShedPayload(
                 condition=condition,
-                smoke_level=data.opt_float("smokescope", lo=0, hi=10_000),
+                smoke_level=data.opt_number("smokescope", lo=0, hi=10_000),
                 temperature_c=None if temperature is None else temperature / 10,
-                battery_pct=data.opt_float("electricQuantity", lo=0, hi=100),
+                battery_pct=data.opt_number("electricQuantity", lo=0, hi=100),
                 fault_detail=f"devState {dev_state}" if condition is ShedCondition.FAULT else None,
             )
-            dev_id = data.opt_str("devId", max_len=64) or platform_id
+            dev_id = data.opt_text("devId", max_len=64) or platform_id
             events.append(
                 build_event(
                     ctx,
                     self,
-                    vendor_key=f"{platform_id}|{occurred_at.isoformat()}|{cmd}|{service.opt_str('serviceId')}",
+                    vendor_key=f"{platform_id}|{occurred_at.isoformat()}|{cmd}|{service.opt_text('serviceId')}",
                     payload=payload,
                     severity=SEVERITY[condition],
                     occurred_at=occurred_at,
@@ -101,7 +105,7 @@ class CtwingSmoke:
 
 
 def _services(doc: Fields) -> list[tuple[Fields, str]]:
-    notify = doc.str("notifyType", max_len=32)
+    notify = doc.text("notifyType", max_len=32)
     if notify == "deviceDataChanged":
         return [(doc.sub("service"), "service")]
     if notify == "deviceDatasChanged":
@@ -109,7 +113,9 @@ def _services(doc: Fields) -> list[tuple[Fields, str]]:
         if not 1 <= len(services) <= MAX_SERVICES:
             raise PayloadRejected("bad_field", f"expected 1..{MAX_SERVICES} reports", field="services")
         return [(s, f"services[{i}]") for i, s in enumerate(services)]
-    raise PayloadRejected("unsupported_event", f"{notify!r} is not a device data notification", field="notifyType")
+    raise PayloadRejected(
+        "unsupported_event", f"{notify!r} is not a device data notification", field="notifyType"
+    )
 
 
 DIALECT = CtwingSmoke()

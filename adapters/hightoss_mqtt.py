@@ -40,7 +40,9 @@ class HighTossMqtt:
     vendor: str = "dahua"
     kind: EventKind = EventKind.THROWN_OBJECT
     transport: Transport = Transport.MQTT
-    description: str = "Thrown-object camera, MQTT JSON HighTossDetect alarms with track, frames and floor estimate"
+    description: str = (
+        "Thrown-object camera, MQTT JSON HighTossDetect alarms with track, frames and floor estimate"
+    )
     topic_filter: str | None = f"{PREFIX}/+/+"
 
     def device_ref(self, raw: RawMessage) -> str:
@@ -55,35 +57,35 @@ class HighTossMqtt:
             return ParseResult(events=(status_event(ctx, self, sn, doc, "online"),))
         if channel != "alarm":
             raise PayloadRejected("bad_topic", f"unknown channel {channel!r}; expected alarm or status")
-        code = doc.str("Code", max_len=32)
+        code = doc.text("Code", max_len=32)
         if code == "Heartbeat":
             return ParseResult(events=())
         if code != "HighTossDetect":
             raise PayloadRejected("unsupported_event", f"{code!r} is not HighTossDetect", field="Code")
-        action = doc.opt_str("Action", max_len=16) or "Pulse"
+        action = doc.opt_text("Action", max_len=16) or "Pulse"
         if action == "Stop":
             return ParseResult(events=())  # the alarm was raised at Start/Pulse
-        index_in_group = doc.opt_int("IndexInGroup", lo=0, hi=1000) or 1
+        index_in_group = doc.opt_integer("IndexInGroup", lo=0, hi=1000) or 1
         if index_in_group > 1:
             return ParseResult(events=())
-        event_no = doc.int("EventID", lo=0)
-        seconds = doc.int("UTC", lo=0, hi=2**33)
-        millis = doc.opt_int("UTCMS", lo=0, hi=999) or 0
+        event_no = doc.integer("EventID", lo=0)
+        seconds = doc.integer("UTC", lo=0, hi=2**33)
+        millis = doc.opt_integer("UTCMS", lo=0, hi=999) or 0
         occurred_at = parse_epoch(seconds + millis / 1000, "UTC")
         objects = doc.items("Objects")
         if not objects:
             raise PayloadRejected("missing_field", "a detection needs at least one object", field="Objects")
         main = objects[0]
-        confidence = main.float("Confidence", lo=0, hi=100) / 100
+        confidence = main.number("Confidence", lo=0, hi=100) / 100
         trajectory = _track(main)
         floor = doc.opt_sub("FloorInfo")
         building = unit = None
         start_floor = None
         floor_range: tuple[int, int] | None = None
         if floor is not None:
-            building = floor.opt_str("Building", max_len=32)
-            unit = floor.opt_str("Unit", max_len=32)
-            start_floor = floor.opt_int("StartFloor", lo=-5, hi=200)
+            building = floor.opt_text("Building", max_len=32)
+            unit = floor.opt_text("Unit", max_len=32)
+            start_floor = floor.opt_integer("StartFloor", lo=-5, hi=200)
             bounds = floor.raw("FloorRange")
             if bounds is not None:
                 floor_range = _floor_range(bounds)
@@ -95,14 +97,14 @@ class HighTossMqtt:
             floor_range=floor_range,
             confidence=confidence,
             trajectory=trajectory,
-            frames=doc.opt_int("CountInGroup", lo=0, hi=1000),
+            frames=doc.opt_integer("CountInGroup", lo=0, hi=1000),
         )
         device_media = tuple(
             MediaRef(role=role, ref=f"device:{key}")
             for role, key in (
-                ("snapshot", doc.opt_str("Snapshot", max_len=256)),
-                ("trajectory", doc.opt_str("TrajectoryImage", max_len=256)),
-                ("clip", doc.opt_str("Clip", max_len=256)),
+                ("snapshot", doc.opt_text("Snapshot", max_len=256)),
+                ("trajectory", doc.opt_text("TrajectoryImage", max_len=256)),
+                ("clip", doc.opt_text("Clip", max_len=256)),
             )
             if key is not None
         )
@@ -125,7 +127,9 @@ def _track(obj: Fields) -> tuple[TrajectoryPoint, ...]:
     if raw_track is None:
         return ()
     if not isinstance(raw_track, list) or len(raw_track) > MAX_TRACK_POINTS:
-        raise PayloadRejected("bad_field", f"expected a list of at most {MAX_TRACK_POINTS} points", field=obj.path("Track"))
+        raise PayloadRejected(
+            "bad_field", f"expected a list of at most {MAX_TRACK_POINTS} points", field=obj.path("Track")
+        )
     points = []
     for i, item in enumerate(raw_track):
         where = f"{obj.path('Track')}[{i}]"

@@ -24,7 +24,7 @@ from adapters.base import (
     load_json_object,
     parse_iso_time,
 )
-from adapters.multipart import split_multipart
+from adapters.multipart import Part, split_multipart
 from gateway.errors import PayloadRejected
 from gateway.events import (
     AccessResult,
@@ -79,18 +79,20 @@ class HikIsapiAcs:
     vendor: str = "hikvision"
     kind: EventKind = EventKind.FACE_ACCESS
     transport: Transport = Transport.HTTP_DEVICE
-    description: str = "Face gate, Hikvision ISAPI HTTP push: multipart event_log JSON (AccessControllerEvent) + JPEG"
+    description: str = (
+        "Face gate, Hikvision ISAPI HTTP push: multipart event_log JSON (AccessControllerEvent) + JPEG"
+    )
     topic_filter: str | None = None
 
     def device_ref(self, raw: RawMessage) -> str:
         """The MAC address the device reports."""
-        return Fields(self._document(raw)[0]).str("macAddress", max_len=32)
+        return Fields(self._document(raw)[0]).text("macAddress", max_len=32)
 
     def parse(self, raw: RawMessage, ctx: DeviceContext) -> ParseResult:
         """One access-controller post -> zero or one face_access event."""
         document, pictures = self._document(raw)
         doc = Fields(document)
-        event_type = doc.str("eventType", max_len=64)
+        event_type = doc.text("eventType", max_len=64)
         if event_type in IGNORED_EVENT_TYPES:
             return ParseResult(events=())
         if event_type != "AccessControllerEvent":
@@ -98,28 +100,30 @@ class HikIsapiAcs:
                 "unsupported_event", f"{event_type!r} is not an AccessControllerEvent", field="eventType"
             )
         acs = doc.sub("AccessControllerEvent")
-        major = acs.int("majorEventType", lo=0, hi=0xFFFF)
-        minor = acs.int("subEventType", lo=0, hi=0xFFFF)
+        major = acs.integer("majorEventType", lo=0, hi=0xFFFF)
+        minor = acs.integer("subEventType", lo=0, hi=0xFFFF)
         mapped = MINOR_CODES.get(minor) if major == MAJOR_EVENT else None
         if mapped is None:
             return ParseResult(events=())  # door state, alarm input, operation log: not a passage
         result, verify_mode = mapped
-        occurred_at = parse_iso_time(doc.str("dateTime", max_len=40), "dateTime", ctx.local_tz)
-        serial = acs.int("serialNo", lo=0)
-        mac = doc.opt_str("macAddress", max_len=32)
+        occurred_at = parse_iso_time(doc.text("dateTime", max_len=40), "dateTime", ctx.local_tz)
+        serial = acs.integer("serialNo", lo=0)
+        mac = doc.opt_text("macAddress", max_len=32)
 
-        person_id = acs.opt_str("employeeNoString", max_len=64)
+        person_id = acs.opt_text("employeeNoString", max_len=64)
         if person_id is None and acs.has("employeeNo"):
-            person_id = str(acs.int("employeeNo", lo=0))
-        user_type = acs.opt_str("userType", max_len=32)
-        mask = acs.opt_str("mask", max_len=16)
-        similarity = acs.opt_float("similarity", lo=0, hi=100)
-        reader = acs.opt_int("cardReaderNo", lo=0, hi=255)
+            person_id = str(acs.integer("employeeNo", lo=0))
+        user_type = acs.opt_text("userType", max_len=32)
+        mask = acs.opt_text("mask", max_len=16)
+        similarity = acs.opt_number("similarity", lo=0, hi=100)
+        reader = acs.opt_integer("cardReaderNo", lo=0, hi=255)
 
         media = tuple(
             MediaBlob(
                 "face",
-                check_picture(part.data, part.content_type, f"part[{part.name}]", max_bytes=MAX_PICTURE_BYTES),
+                check_picture(
+                    part.data, part.content_type, f"part[{part.name}]", max_bytes=MAX_PICTURE_BYTES
+                ),
                 part.data,
             )
             for part in pictures[:1]
@@ -132,7 +136,7 @@ class HikIsapiAcs:
             person_type=USER_TYPES.get((user_type or "").lower(), PersonType.UNKNOWN),
             similarity=None if similarity is None else (similarity / 100 if similarity > 1 else similarity),
             mask=MASK.get((mask or "").lower()),
-            door=acs.opt_int("doorNo", lo=0, hi=255),
+            door=acs.opt_integer("doorNo", lo=0, hi=255),
         )
         event = build_event(
             ctx,
@@ -148,14 +152,16 @@ class HikIsapiAcs:
         return ParseResult(events=(event,), media=media)
 
     @staticmethod
-    def _document(raw: RawMessage) -> tuple[dict[str, object], list[object]]:
+    def _document(raw: RawMessage) -> tuple[dict[str, object], list[Part]]:
         ctype = (raw.content_type or "").lower()
         if ctype.startswith("application/json") or (not ctype and raw.body.lstrip()[:1] == b"{"):
             return dict(load_json_object(raw.body, what="event_log")), []
         parts = split_multipart(raw.body, raw.content_type)
         json_parts = [p for p in parts if p.name == "event_log" or (p.content_type or "").endswith("json")]
         if not json_parts:
-            raise PayloadRejected("missing_field", "no event_log JSON part in the multipart body", field="event_log")
+            raise PayloadRejected(
+                "missing_field", "no event_log JSON part in the multipart body", field="event_log"
+            )
         document = dict(load_json_object(json_parts[0].data, what="event_log"))
         return document, [p for p in parts if p.is_picture]
 

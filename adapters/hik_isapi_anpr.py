@@ -123,7 +123,9 @@ class HikIsapiAnpr:
     vendor: str = "hikvision"
     kind: EventKind = EventKind.VEHICLE_PASS
     transport: Transport = Transport.HTTP_DEVICE
-    description: str = "Barrier LPR camera, Hikvision ISAPI HTTP push: EventNotificationAlert XML (ANPR) + pictures"
+    description: str = (
+        "Barrier LPR camera, Hikvision ISAPI HTTP push: EventNotificationAlert XML (ANPR) + pictures"
+    )
     topic_filter: str | None = None
 
     def device_ref(self, raw: RawMessage) -> str:
@@ -138,7 +140,9 @@ class HikIsapiAnpr:
         if event_type is not None and event_type.lower() in {"heartbeat", "videoloss"}:
             return ParseResult(events=())
         if event_type != "ANPR":
-            raise PayloadRejected("unsupported_event", f"{event_type!r} is not an ANPR event", field="eventType")
+            raise PayloadRejected(
+                "unsupported_event", f"{event_type!r} is not an ANPR event", field="eventType"
+            )
         anpr = root.find("ANPR")
         if anpr is None:
             raise PayloadRejected("missing_field", "ANPR block is missing", field="ANPR")
@@ -160,8 +164,12 @@ class HikIsapiAnpr:
         uuid = _text(root, "UUID", max_len=64)
         media = tuple(
             MediaBlob(
-                PICTURE_ROLES.get((part.name or part.filename or "").lower().removesuffix(".jpg"), "snapshot"),
-                check_picture(part.data, part.content_type, f"part[{part.name}]", max_bytes=MAX_PICTURE_BYTES),
+                PICTURE_ROLES.get(
+                    (part.name or part.filename or "").lower().removesuffix(".jpg"), "snapshot"
+                ),
+                check_picture(
+                    part.data, part.content_type, f"part[{part.name}]", max_bytes=MAX_PICTURE_BYTES
+                ),
                 part.data,
             )
             for part in pictures[:4]
@@ -195,7 +203,11 @@ class HikIsapiAnpr:
         ctype = (raw.content_type or "").lower()
         if ctype.startswith("multipart/"):
             parts = split_multipart(raw.body, raw.content_type)
-            xml_parts = [p for p in parts if (p.content_type or "").endswith("xml") or (p.filename or "").endswith(".xml")]
+            xml_parts = [
+                p
+                for p in parts
+                if (p.content_type or "").endswith("xml") or (p.filename or "").endswith(".xml")
+            ]
             if not xml_parts:
                 raise PayloadRejected("missing_field", "no XML part in the multipart body", field="anpr.xml")
             xml, pictures = xml_parts[0].data, [p for p in parts if p.is_picture]
@@ -206,12 +218,16 @@ class HikIsapiAnpr:
         try:
             root = fromstring(xml, forbid_dtd=True)
         except DefusedXmlException as exc:
-            raise PayloadRejected("forbidden_xml", f"XML uses a forbidden construct: {type(exc).__name__}") from None
+            raise PayloadRejected(
+                "forbidden_xml", f"XML uses a forbidden construct: {type(exc).__name__}"
+            ) from None
         except ParseError as exc:
             raise PayloadRejected("malformed_xml", f"XML does not parse: {exc}") from None
         root = _strip_namespaces(root)
         if root.tag != "EventNotificationAlert":
-            raise PayloadRejected("unsupported_event", f"root element is {root.tag!r}, not EventNotificationAlert")
+            raise PayloadRejected(
+                "unsupported_event", f"root element is {root.tag!r}, not EventNotificationAlert"
+            )
         return root, pictures
 
 

@@ -30,7 +30,9 @@ class Part:
     def is_picture(self) -> bool:
         """Picture parts are named differently by each firmware: go by type or by filename."""
         ctype = (self.content_type or "").lower()
-        return ctype.startswith("image/") or (self.filename is not None and ctype in {"", "application/octet-stream"})
+        return ctype.startswith("image/") or (
+            self.filename is not None and ctype in {"", "application/octet-stream"}
+        )
 
 
 def boundary_of(content_type: str | None) -> str:
@@ -73,7 +75,9 @@ def _parse_part(chunk: bytes, index: int) -> Part:
         if sep:
             break
     else:
-        raise PayloadRejected("malformed_multipart", "part has no header/body separator", field=f"part[{index}]")
+        raise PayloadRejected(
+            "malformed_multipart", "part has no header/body separator", field=f"part[{index}]"
+        )
     data = data.removesuffix(b"\r\n").removesuffix(b"\n")
     name = filename = ctype = None
     for raw_line in head.splitlines():

@@ -55,7 +55,9 @@ class ShedMqtt:
     vendor: str = "huaqiang"
     kind: EventKind = EventKind.EBIKE_SHED
     transport: Transport = Transport.MQTT
-    description: str = "E-bike shed smoke/temperature sensor, MQTT JSON reports with alert bitmask (shed/<imei>/up)"
+    description: str = (
+        "E-bike shed smoke/temperature sensor, MQTT JSON reports with alert bitmask (shed/<imei>/up)"
+    )
     topic_filter: str | None = f"{PREFIX}/+/+"
 
     def device_ref(self, raw: RawMessage) -> str:
@@ -70,13 +72,15 @@ class ShedMqtt:
             return ParseResult(events=(status_event(ctx, self, imei, doc, "online"),))
         if channel != "up":
             raise PayloadRejected("bad_topic", f"unknown channel {channel!r}; expected up or status")
-        report = doc.str("type", max_len=16)
-        seq = doc.int("seq", lo=0, hi=2**32)
-        ts_ms = doc.int("ts", lo=0, hi=2**43)
+        report = doc.text("type", max_len=16)
+        seq = doc.integer("seq", lo=0, hi=2**32)
+        ts_ms = doc.integer("ts", lo=0, hi=2**43)
         occurred_at = parse_epoch(ts_ms / 1000, "ts")
-        alert = doc.int("alert", lo=0, hi=0xFF)
+        alert = doc.integer("alert", lo=0, hi=0xFF)
         if alert & ~KNOWN_BITS:
-            raise PayloadRejected("bad_field", f"unknown alert bits {alert & ~KNOWN_BITS:#04x}", field="alert")
+            raise PayloadRejected(
+                "bad_field", f"unknown alert bits {alert & ~KNOWN_BITS:#04x}", field="alert"
+            )
         conditions: list[ShedCondition]
         if report == "alarm":
             conditions = [cond for bit, cond in ALERT_BITS if alert & bit] or [ShedCondition.RECOVERY]
@@ -85,18 +89,22 @@ class ShedMqtt:
         elif report == "selftest":
             conditions = [ShedCondition.SELF_TEST]
         else:
-            raise PayloadRejected("unsupported_event", f"{report!r} is not alarm, heartbeat or selftest", field="type")
-        fault_code = doc.opt_int("devCode", lo=0, hi=255)
+            raise PayloadRejected(
+                "unsupported_event", f"{report!r} is not alarm, heartbeat or selftest", field="type"
+            )
+        fault_code = doc.opt_integer("devCode", lo=0, hi=255)
         common = {
-            "smoke_level": doc.opt_float("smoke", lo=0, hi=10_000),
-            "temperature_c": doc.opt_float("temp", lo=-60, hi=500),
-            "battery_pct": doc.opt_float("battPct", lo=0, hi=100),
+            "smoke_level": doc.opt_number("smoke", lo=0, hi=10_000),
+            "temperature_c": doc.opt_number("temp", lo=-60, hi=500),
+            "battery_pct": doc.opt_number("battPct", lo=0, hi=100),
         }
         events: list[Event] = []
         for condition in conditions:
             payload = EbikeShedPayload(
                 condition=condition,
-                fault_detail=f"devCode {fault_code}" if condition is ShedCondition.FAULT and fault_code else None,
+                fault_detail=f"devCode {fault_code}"
+                if condition is ShedCondition.FAULT and fault_code
+                else None,
                 **common,
             )
             events.append(

@@ -27,7 +27,15 @@ from adapters.base import (
     topic_parts,
 )
 from gateway.errors import PayloadRejected
-from gateway.events import AccessResult, Direction, EventKind, FaceAccessPayload, PersonType, Severity, VerifyMode
+from gateway.events import (
+    AccessResult,
+    Direction,
+    EventKind,
+    FaceAccessPayload,
+    PersonType,
+    Severity,
+    VerifyMode,
+)
 
 PREFIX = "uface"
 RESULTS = {1: AccessResult.GRANTED, 2: AccessResult.DENIED, 3: AccessResult.STRANGER}
@@ -68,36 +76,48 @@ class UfaceMqtt:
             return ParseResult(events=(status_event(ctx, self, sn, doc, "online"),))
         if channel != "event":
             raise PayloadRejected("bad_topic", f"unknown channel {channel!r}; expected event or status")
-        msg_type = doc.str("type", max_len=32)
+        msg_type = doc.text("type", max_len=32)
         if msg_type == "heartbeat":
             return ParseResult(events=())
         if msg_type != "face_rec":
-            raise PayloadRejected("unsupported_event", f"{msg_type!r} is not face_rec or heartbeat", field="type")
-        msg_id = doc.str("msgId", max_len=64)
-        occurred_at = parse_iso_time(doc.str("time", max_len=40), "time", ctx.local_tz)
+            raise PayloadRejected(
+                "unsupported_event", f"{msg_type!r} is not face_rec or heartbeat", field="type"
+            )
+        msg_id = doc.text("msgId", max_len=64)
+        occurred_at = parse_iso_time(doc.text("time", max_len=40), "time", ctx.local_tz)
         data = doc.sub("data")
-        result_code = data.int("recResult", lo=0, hi=99)
+        result_code = data.integer("recResult", lo=0, hi=99)
         if result_code not in RESULTS:
-            raise PayloadRejected("bad_field", f"unknown recognition result {result_code}", field="data.recResult")
+            raise PayloadRejected(
+                "bad_field", f"unknown recognition result {result_code}", field="data.recResult"
+            )
         result = RESULTS[result_code]
-        person_id = data.opt_str("personId", max_len=64)
-        similarity = data.opt_float("similarity", lo=0, hi=100)
-        mask = data.opt_int("mask", lo=0, hi=1)
-        verify = data.opt_str("verifyMode", max_len=16) or "face"
+        person_id = data.opt_text("personId", max_len=64)
+        similarity = data.opt_number("similarity", lo=0, hi=100)
+        mask = data.opt_integer("mask", lo=0, hi=1)
+        verify = data.opt_text("verifyMode", max_len=16) or "face"
         media: tuple[MediaBlob, ...] = ()
-        image = data.opt_str("image", max_len=MAX_IMAGE_B64)
+        image = data.opt_text("image", max_len=MAX_IMAGE_B64)
         if image is not None:
             try:
                 picture = base64.b64decode(image, validate=True)
             except (binascii.Error, ValueError):
-                raise PayloadRejected("bad_picture", "image is not valid base64", field="data.image") from None
-            media = (MediaBlob("face", check_picture(picture, None, "data.image", max_bytes=MAX_PICTURE_BYTES), picture),)
+                raise PayloadRejected(
+                    "bad_picture", "image is not valid base64", field="data.image"
+                ) from None
+            media = (
+                MediaBlob(
+                    "face", check_picture(picture, None, "data.image", max_bytes=MAX_PICTURE_BYTES), picture
+                ),
+            )
         payload = FaceAccessPayload(
             result=result,
-            direction=DIRECTIONS.get(data.opt_int("direction", lo=0, hi=9) or 0, Direction.UNKNOWN),
+            direction=DIRECTIONS.get(data.opt_integer("direction", lo=0, hi=9) or 0, Direction.UNKNOWN),
             verify_mode=VERIFY_MODES.get(verify.lower(), VerifyMode.UNKNOWN),
             person_ref=ctx.pseudonymizer.person_ref(person_id) if person_id else None,
-            person_type=PERSON_TYPES.get(data.opt_int("personType", lo=0, hi=99) or 0, PersonType.UNKNOWN),
+            person_type=PERSON_TYPES.get(
+                data.opt_integer("personType", lo=0, hi=99) or 0, PersonType.UNKNOWN
+            ),
             similarity=None if similarity is None else similarity / 100,
             mask=None if mask is None else bool(mask),
         )

@@ -25,16 +25,22 @@ def free_port() -> int:
 
 def mosquitto_binary() -> str:
     """The mosquitto executable, or a clear error saying how to install it."""
-    found = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
+    found = shutil.which("mosquitto") or (
+        "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None
+    )
     if found is None:
-        raise RuntimeError("mosquitto is not installed: run 'apt-get install mosquitto' (scripts/dev does this)")
+        raise RuntimeError(
+            "mosquitto is not installed: run 'apt-get install mosquitto' (scripts/dev does this)"
+        )
     return found
 
 
 class Mosquitto:
     """A Mosquitto process bound to 127.0.0.1 on a private port."""
 
-    def __init__(self, workdir: Path, port: int | None = None, *, persistence: bool = True, max_queued: int = 1_000_000) -> None:
+    def __init__(
+        self, workdir: Path, port: int | None = None, *, persistence: bool = True, max_queued: int = 1_000_000
+    ) -> None:
         self.workdir = workdir
         self.port = port or free_port()
         self.persistence = persistence
@@ -65,7 +71,7 @@ class Mosquitto:
             "log_type notice",
         ]
         self.config_path.write_text("\n".join(lines) + "\n")
-        self._process = subprocess.Popen(  # noqa: S603 - fixed argv
+        self._process = subprocess.Popen(
             [mosquitto_binary(), "-c", str(self.config_path)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -73,8 +79,13 @@ class Mosquitto:
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             if self._process.poll() is not None:
-                raise RuntimeError(f"mosquitto exited with {self._process.returncode}; see {self.workdir}/mosquitto.log")
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                raise RuntimeError(
+                    f"mosquitto exited with {self._process.returncode}; see {self.workdir}/mosquitto.log"
+                )
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2),
+            ):
                 return self
             time.sleep(0.05)
         raise RuntimeError(f"mosquitto did not listen on port {self.port} within 10 s")
@@ -97,5 +108,7 @@ class Mosquitto:
     def __enter__(self) -> Mosquitto:
         return self.start()
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.stop()

@@ -41,7 +41,11 @@ def expected_event_ids(config: GatewayConfig, messages: Iterable[Outgoing]) -> s
         if isinstance(message, HttpPost):
             raw = RawMessage(message.body, content_type=message.content_type)
             kind, _, name = message.path.strip("/").partition("/")
-            outcome = intake.from_http_device(raw, name, limit) if kind == "push" else intake.from_http_platform(raw, name, limit)
+            outcome = (
+                intake.from_http_device(raw, name, limit)
+                if kind == "push"
+                else intake.from_http_platform(raw, name, limit)
+            )
         else:
             outcome = intake.from_mqtt(RawMessage(message.payload, topic=message.topic), limit)
         if isinstance(outcome.operation, StoreEvents):
@@ -53,7 +57,9 @@ def stored_by_kind(db_path: Path) -> tuple[Counter[str], set[str], int]:
     """Per-kind counts, all event ids, and the raw row count, read straight from the outbox file."""
     with sqlite3.connect(db_path) as db:
         rows = db.execute("SELECT event_id, kind FROM events").fetchall()
-        (duplicates,) = db.execute("SELECT COALESCE(SUM(value), 0) FROM counters WHERE name='duplicates'").fetchone()
+        (duplicates,) = db.execute(
+            "SELECT COALESCE(SUM(value), 0) FROM counters WHERE name='duplicates'"
+        ).fetchone()
     return Counter(kind for _, kind in rows), {event_id for event_id, _ in rows}, int(duplicates)
 
 
@@ -67,19 +73,25 @@ def run_demo(*, count: int, seed: int, as_json: bool, keep: Path | None) -> int:
         return asyncio.run(_demo(Path(tmp), count, seed, as_json))
 
 
-def _say(as_json: bool, text: str) -> None:  # noqa: FBT001 - a print helper
+def _say(as_json: bool, text: str) -> None:
     if not as_json:
-        print(text, flush=True)  # noqa: T201 - the demo talks to a person
+        print(text, flush=True)
 
 
-async def _demo(workdir: Path, count: int, seed: int, as_json: bool) -> int:  # noqa: FBT001, PLR0915
+async def _demo(workdir: Path, count: int, seed: int, as_json: bool) -> int:
     with Mosquitto(workdir / "broker") as broker:
         config_path = write_sample_config(
-            workdir / "gateway.toml", state_dir=workdir / "state", http_port=free_port(), mqtt_port=broker.port
+            workdir / "gateway.toml",
+            state_dir=workdir / "state",
+            http_port=free_port(),
+            mqtt_port=broker.port,
         )
         config = load_config(config_path)
-        _say(as_json, f"compound {config.compound.compound_id} ({config.compound.name}): {len(config.devices)} devices, "
-                      f"device broker 127.0.0.1:{broker.port}, gateway http :{config.http.port}")
+        _say(
+            as_json,
+            f"compound {config.compound.compound_id} ({config.compound.name}): {len(config.devices)} devices, "
+            f"device broker 127.0.0.1:{broker.port}, gateway http :{config.http.port}",
+        )
         ready = asyncio.Event()
         async with asyncio.TaskGroup() as tg:
             gateway = tg.create_task(run_gateway(config, ready=ready), name="gateway")
@@ -88,14 +100,19 @@ async def _demo(workdir: Path, count: int, seed: int, as_json: bool) -> int:  # 
             reports: dict[str, Report] = {}
             acked: list[Outgoing] = []
             for index, phase in enumerate(PHASES):
-                steps = build(phase, sims, seed + index, count if phase in {"normal-day", "morning-rush"} else 20)
+                steps = build(
+                    phase, sims, seed + index, count if phase in {"normal-day", "morning-rush"} else 20
+                )
                 runner = Runner(f"http://127.0.0.1:{config.http.port}", "127.0.0.1", broker.port, workers=8)
                 report = await runner.run(steps)
                 reports[phase] = report
                 if phase not in {"malformed"}:
                     acked.extend(report.acked)
-                _say(as_json, f"  {phase:<14} sent {report.sent:>4}  acked {len(report.acked):>4}  "
-                              f"rejected {report.rejected:>3}  failed {report.failed}  ({report.seconds:.2f}s)")
+                _say(
+                    as_json,
+                    f"  {phase:<14} sent {report.sent:>4}  acked {len(report.acked):>4}  "
+                    f"rejected {report.rejected:>3}  failed {report.failed}  ({report.seconds:.2f}s)",
+                )
             expected = expected_event_ids(config, acked)
             db_path = config.state.dir / "outbox.db"
             for _ in range(100):  # MQTT messages are committed asynchronously after the broker acked them
@@ -125,14 +142,24 @@ async def _demo(workdir: Path, count: int, seed: int, as_json: bool) -> int:  # 
         if lost:
             summary["lost_ids"] = sorted(lost)[:10]
     if as_json:
-        print(json.dumps(summary, ensure_ascii=False))  # noqa: T201
+        print(json.dumps(summary, ensure_ascii=False))
     else:
-        _say(as_json, "\nevents in the outbox by kind: " + ", ".join(f"{k} {v}" for k, v in summary["by_kind"].items()))  # type: ignore[attr-defined]
-        _say(as_json, f"acknowledged events expected {len(expected)}, stored {len(stored_ids)}, lost {len(lost)}, "
-                      f"re-sends suppressed as duplicates {duplicates}")
+        _say(
+            as_json,
+            "\nevents in the outbox by kind: " + ", ".join(f"{k} {v}" for k, v in sorted(by_kind.items())),
+        )
+        _say(
+            as_json,
+            f"acknowledged events expected {len(expected)}, stored {len(stored_ids)}, lost {len(lost)}, "
+            f"re-sends suppressed as duplicates {duplicates}",
+        )
         _say(as_json, f"dead letters {dead_count}; first few reasons:")
         for reason, field, detail in dead:
             _say(as_json, f"  {reason:<18} {field or '-':<28} {detail[:80]}")
         if sample:
-            _say(as_json, "\na stored alarm, as the district will receive it:\n" + json.dumps(json.loads(sample[0]), indent=2, ensure_ascii=False))
+            _say(
+                as_json,
+                "\na stored alarm, as the district will receive it:\n"
+                + json.dumps(json.loads(sample[0]), indent=2, ensure_ascii=False),
+            )
     return 0 if not lost else 1

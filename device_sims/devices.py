@@ -12,6 +12,7 @@ import base64
 import json
 import random
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
 from importlib import resources
@@ -64,9 +65,17 @@ class DeviceSim(Protocol):
     device: SimDevice
     transport: str
 
-    def routine(self, at: datetime, rng: random.Random) -> Outgoing: ...
-    def alarm(self, at: datetime, rng: random.Random) -> Outgoing: ...
-    def malformed(self, rng: random.Random) -> list[Outgoing]: ...
+    def routine(self, at: datetime, rng: random.Random) -> Outgoing:
+        """An everyday message of this device."""
+        ...
+
+    def alarm(self, at: datetime, rng: random.Random) -> Outgoing:
+        """The device's alarm (or its most urgent event)."""
+        ...
+
+    def malformed(self, rng: random.Random) -> list[Outgoing]:
+        """Broken payloads of the kinds seen in the field."""
+        ...
 
 
 def random_plate(rng: random.Random, *, new_energy: bool = False) -> str:
@@ -77,7 +86,9 @@ def random_plate(rng: random.Random, *, new_energy: bool = False) -> str:
     return head + "".join(rng.choice(LETTERS + DIGITS) for _ in range(5))
 
 
-def _multipart(parts: list[tuple[str, str | None, str, bytes]], boundary: str = "MIME_boundary") -> tuple[bytes, str]:
+def _multipart(
+    parts: Sequence[tuple[str, str | None, str, bytes]], boundary: str = "MIME_boundary"
+) -> tuple[bytes, str]:
     chunks = []
     for name, filename, ctype, data in parts:
         disposition = f'form-data; name="{name}"' + (f'; filename="{filename}"' if filename else "")
@@ -106,7 +117,9 @@ class HikAcsSim:
         self.mac = _mac_for(device.id, "a4:d5:c2")
         self.serial = 100
 
-    def _post(self, at: datetime, sub_event: int, employee: str | None, rng: random.Random, *, picture: bool = True) -> HttpPost:
+    def _post(
+        self, at: datetime, sub_event: int, employee: str | None, rng: random.Random, *, picture: bool = True
+    ) -> HttpPost:
         self.serial += 1
         acs: dict[str, object] = {
             "deviceName": "Access Controller",
@@ -141,7 +154,9 @@ class HikAcsSim:
             "eventDescription": "Access Controller Event",
             "AccessControllerEvent": acs,
         }
-        parts = [("event_log", None, "application/json", _json(document))]
+        parts: list[tuple[str, str | None, str, bytes]] = [
+            ("event_log", None, "application/json", _json(document))
+        ]
         if picture:
             parts.append(("Picture", "Picture.jpg", "image/jpeg", asset("gate-snapshot.jpg")))
         body, ctype = _multipart(parts)
@@ -158,15 +173,22 @@ class HikAcsSim:
     def malformed(self, rng: random.Random) -> list[Outgoing]:
         """Broken pushes: truncated JSON, wrong type, missing part, bad picture, no boundary."""
         good = self._post(datetime(2025, 6, 12, 8, 30, tzinfo=CST), 0x4B, "100123", rng)
+        out: list[Outgoing] = []
         doc_bytes = good.body.split(b"\r\n\r\n", 1)[1].split(b"\r\n--", 1)[0]
-        bad_type = _json(json.loads(doc_bytes) | {"AccessControllerEvent": {"majorEventType": "five", "subEventType": 75}})
+        bad_type = _json(
+            json.loads(doc_bytes) | {"AccessControllerEvent": {"majorEventType": "five", "subEventType": 75}}
+        )
         out = []
-        for parts in (
+        variants: tuple[Sequence[tuple[str, str | None, str, bytes]], ...] = (
             [("event_log", None, "application/json", doc_bytes[: len(doc_bytes) // 2])],
             [("event_log", None, "application/json", bad_type)],
             [("Picture", "Picture.jpg", "image/jpeg", asset("gate-snapshot.jpg"))],
-            [("event_log", None, "application/json", doc_bytes), ("Picture", "Picture.jpg", "image/jpeg", b"GIF89a....")],
-        ):
+            [
+                ("event_log", None, "application/json", doc_bytes),
+                ("Picture", "Picture.jpg", "image/jpeg", b"GIF89a...."),
+            ],
+        )
+        for parts in variants:
             body, ctype = _multipart(parts)
             out.append(HttpPost(good.path, body, ctype))
         out.append(HttpPost(good.path, good.body, "multipart/form-data"))
@@ -213,7 +235,9 @@ class HikAnprSim:
     def routine(self, at: datetime, rng: random.Random) -> Outgoing:
         """A resident's car on the allow list (one in five new-energy)."""
         new_energy = rng.random() < 0.2
-        return self._post(at, random_plate(rng, new_energy=new_energy), "green" if new_energy else "blue", "whiteList", rng)
+        return self._post(
+            at, random_plate(rng, new_energy=new_energy), "green" if new_energy else "blue", "whiteList", rng
+        )
 
     def alarm(self, at: datetime, rng: random.Random) -> Outgoing:
         """A block-listed plate."""
@@ -226,7 +250,7 @@ class HikAnprSim:
         return [
             HttpPost(good.path, good.body[: len(good.body) // 3], good.content_type),
             HttpPost(good.path, bomb, "application/xml"),
-            HttpPost(good.path, good.body.replace("浙A12345".encode(), "DROP TABLE".encode()), good.content_type),
+            HttpPost(good.path, good.body.replace("浙A12345".encode(), b"DROP TABLE"), good.content_type),
             HttpPost(good.path, b"<Alert><eventType>ANPR</eventType></Alert>", "text/xml"),
         ]
 
@@ -306,7 +330,9 @@ class VzLprSim(_MqttJsonSim):
     prefix = "vzlpr"
     event_channel = "result"
 
-    def _result(self, at: datetime, plate: str, color: int, list_type: str, gate: int, rng: random.Random) -> MqttPublish:
+    def _result(  # noqa: PLR0917 - private builder mirroring the payload's fields
+        self, at: datetime, plate: str, color: int, list_type: str, gate: int, rng: random.Random
+    ) -> MqttPublish:
         self.seq += 1
         ts = at.timestamp()
         doc = {
@@ -337,7 +363,9 @@ class VzLprSim(_MqttJsonSim):
     def routine(self, at: datetime, rng: random.Random) -> Outgoing:
         """An allow-listed car; the barrier opens."""
         new_energy = rng.random() < 0.2
-        return self._result(at, random_plate(rng, new_energy=new_energy), 5 if new_energy else 1, "white", 1, rng)
+        return self._result(
+            at, random_plate(rng, new_energy=new_energy), 5 if new_energy else 1, "white", 1, rng
+        )
 
     def alarm(self, at: datetime, rng: random.Random) -> Outgoing:
         """A block-listed car; the barrier stays shut."""
@@ -350,7 +378,7 @@ class HighTossSim(_MqttJsonSim):
     prefix = "hightoss"
     event_channel = "alarm"
 
-    def routine(self, at: datetime, rng: random.Random) -> Outgoing:  # noqa: ARG002 - uniform interface
+    def routine(self, at: datetime, rng: random.Random) -> Outgoing:
         """A heartbeat (the camera's everyday traffic)."""
         return MqttPublish(self.topic("alarm"), _json({"Code": "Heartbeat", "UTC": int(at.timestamp())}))
 
@@ -371,11 +399,21 @@ class HighTossSim(_MqttJsonSim):
             "IndexInGroup": 1,
             "CountInGroup": 4,
             "Objects": [
-                {"ObjectID": 1, "ObjectType": "Unknown", "Confidence": rng.randint(70, 98),
-                 "BoundingBox": [x0, 1000, 120, 160], "Track": track}
+                {
+                    "ObjectID": 1,
+                    "ObjectType": "Unknown",
+                    "Confidence": rng.randint(70, 98),
+                    "BoundingBox": [x0, 1000, 120, 160],
+                    "Track": track,
+                }
             ],
-            "FloorInfo": {"Building": "7幢", "Unit": "2单元", "StartFloor": floor, "FloorRange": [floor - 1, floor + 1],
-                          "Confidence": rng.randint(60, 90)},
+            "FloorInfo": {
+                "Building": "7幢",
+                "Unit": "2单元",
+                "StartFloor": floor,
+                "FloorRange": [floor - 1, floor + 1],
+                "Confidence": rng.randint(60, 90),
+            },
             "Snapshot": f"hat/{at:%Y/%m/%d}/{self.seq}-1.jpg",
             "TrajectoryImage": f"hat/{at:%Y/%m/%d}/{self.seq}-trajectory.jpg",
             "Clip": f"hat/{at:%Y/%m/%d}/{self.seq}.mp4",
@@ -389,22 +427,47 @@ class ShedSim(_MqttJsonSim):
     prefix = "shed"
     event_channel = "up"
 
-    def report(self, at: datetime, kind: str, alert: int, *, smoke: float, temp: float, battery: float) -> MqttPublish:
+    def report(
+        self, at: datetime, kind: str, alert: int, *, smoke: float, temp: float, battery: float
+    ) -> MqttPublish:
         """One report with the given alert bits."""
         self.seq += 1
-        doc = {"imei": self.ref, "seq": self.seq, "ts": int(at.timestamp() * 1000), "type": kind, "alert": alert,
-               "devCode": 0, "smoke": smoke, "temp": temp, "battPct": battery, "volt": 3.03, "rsrp": -89}
+        doc = {
+            "imei": self.ref,
+            "seq": self.seq,
+            "ts": int(at.timestamp() * 1000),
+            "type": kind,
+            "alert": alert,
+            "devCode": 0,
+            "smoke": smoke,
+            "temp": temp,
+            "battPct": battery,
+            "volt": 3.03,
+            "rsrp": -89,
+        }
         return MqttPublish(self.topic("up"), _json(doc))
 
     def routine(self, at: datetime, rng: random.Random) -> Outgoing:
         """A heartbeat with readings."""
-        return self.report(at, "heartbeat", 0, smoke=round(rng.uniform(0, 2), 1), temp=round(rng.uniform(15, 30), 1),
-                           battery=rng.randint(60, 100))
+        return self.report(
+            at,
+            "heartbeat",
+            0,
+            smoke=round(rng.uniform(0, 2), 1),
+            temp=round(rng.uniform(15, 30), 1),
+            battery=rng.randint(60, 100),
+        )
 
     def alarm(self, at: datetime, rng: random.Random) -> Outgoing:
         """Smoke and over-temperature together."""
-        return self.report(at, "alarm", 0x03, smoke=round(rng.uniform(20, 60), 1), temp=round(rng.uniform(60, 90), 1),
-                           battery=rng.randint(60, 100))
+        return self.report(
+            at,
+            "alarm",
+            0x03,
+            smoke=round(rng.uniform(20, 60), 1),
+            temp=round(rng.uniform(60, 90), 1),
+            battery=rng.randint(60, 100),
+        )
 
 
 class CtwingSim:
@@ -418,7 +481,9 @@ class CtwingSim:
         self.device = device
         self.platform_id = str(uuid.uuid5(uuid.NAMESPACE_OID, device.ref))
 
-    def report(self, at: datetime, cmd: str, *, temp_tenths: int, smoke: int, battery: int, dev_state: int = 0) -> HttpPost:
+    def report(
+        self, at: datetime, cmd: str, *, temp_tenths: int, smoke: int, battery: int, dev_state: int = 0
+    ) -> HttpPost:
         """One deviceDataChanged push."""
         doc = {
             "notifyType": "deviceDataChanged",
@@ -428,8 +493,15 @@ class CtwingSim:
                 "serviceId": "Report",
                 "serviceType": "Report",
                 "eventTime": at.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ"),
-                "data": {"devId": self.device.ref, "electricQuantity": battery, "devState": dev_state,
-                         "temperature": temp_tenths, "signal": 12, "cmdValue": cmd, "smokescope": smoke},
+                "data": {
+                    "devId": self.device.ref,
+                    "electricQuantity": battery,
+                    "devState": dev_state,
+                    "temperature": temp_tenths,
+                    "signal": 12,
+                    "cmdValue": cmd,
+                    "smokescope": smoke,
+                },
             },
         }
         return HttpPost("/platform/ctwing-smoke", _json(doc), "application/json")
@@ -440,11 +512,19 @@ class CtwingSim:
 
     def alarm(self, at: datetime, rng: random.Random) -> Outgoing:
         """A fire alarm (state code 1)."""
-        return self.report(at, "1", temp_tenths=rng.randint(550, 800), smoke=rng.randint(30, 90), battery=rng.randint(50, 100))
+        return self.report(
+            at,
+            "1",
+            temp_tenths=rng.randint(550, 800),
+            smoke=rng.randint(30, 90),
+            battery=rng.randint(50, 100),
+        )
 
     def malformed(self, rng: random.Random) -> list[Outgoing]:
         """Broken pushes: unknown code, NaN, wrong notify type, unknown device."""
-        good = self.report(datetime(2025, 6, 12, 8, 0, tzinfo=UTC), "1", temp_tenths=600, smoke=50, battery=90)
+        good = self.report(
+            datetime(2025, 6, 12, 8, 0, tzinfo=UTC), "1", temp_tenths=600, smoke=50, battery=90
+        )
         doc = json.loads(good.body)
         unknown_code = json.loads(good.body)
         unknown_code["service"]["data"]["cmdValue"] = "zz"
@@ -452,14 +532,24 @@ class CtwingSim:
         unknown_device["service"]["data"]["devId"] = f"NOPE{rng.randint(1000, 9999)}"
         return [
             HttpPost(good.path, _json(unknown_code), good.content_type),
-            HttpPost(good.path, good.body.replace(b'"temperature": 600', b'"temperature": NaN'), good.content_type),
+            HttpPost(
+                good.path, good.body.replace(b'"temperature": 600', b'"temperature": NaN'), good.content_type
+            ),
             HttpPost(good.path, _json(doc | {"notifyType": "commandRsp"}), good.content_type),
             HttpPost(good.path, _json(unknown_device), good.content_type),
         ]
 
 
-SIMULATORS: dict[str, type[HikAcsSim] | type[HikAnprSim] | type[UfaceSim] | type[VzLprSim] | type[HighTossSim]
-                 | type[ShedSim] | type[CtwingSim]] = {
+SIMULATORS: dict[
+    str,
+    type[HikAcsSim]
+    | type[HikAnprSim]
+    | type[UfaceSim]
+    | type[VzLprSim]
+    | type[HighTossSim]
+    | type[ShedSim]
+    | type[CtwingSim],
+] = {
     "hik-isapi-acs": HikAcsSim,
     "hik-isapi-anpr": HikAnprSim,
     "uface-mqtt": UfaceSim,

@@ -15,6 +15,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
+from typing import cast
 
 import aiohttp
 import aiomqtt
@@ -185,10 +186,10 @@ class Runner:
         if known is None:
             return
         client, client_stack = known
-        sock = client._client.socket()  # noqa: SLF001 - simulating a power cut needs the raw socket
+        sock = client._client.socket()  # simulating a power cut needs the raw socket
         if sock is not None:
             with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
+                cast("socket.socket", sock).shutdown(socket.SHUT_RDWR)  # TCP transport: a real socket
         with contextlib.suppress(aiomqtt.MqttError, OSError):
             await client_stack.aclose()
 

@@ -11,7 +11,16 @@ from typing import Literal
 from device_sims.devices import CST, CtwingSim, DeviceSim, HighTossSim, Outgoing, ShedSim
 
 Expect = Literal["accept", "reject", "duplicate", "none"]
-SCENARIOS = ("normal-day", "morning-rush", "shed-fire", "thrown-object", "offline", "resend", "malformed", "burst")
+SCENARIOS = (
+    "normal-day",
+    "morning-rush",
+    "shed-fire",
+    "thrown-object",
+    "offline",
+    "resend",
+    "malformed",
+    "burst",
+)
 
 
 @dataclass(frozen=True)
@@ -28,7 +37,9 @@ def _clock(start: datetime | None) -> datetime:
     return start or datetime.now(CST).replace(microsecond=0)
 
 
-def normal_day(sims: Sequence[DeviceSim], rng: random.Random, count: int = 200, start: datetime | None = None) -> list[Step]:
+def normal_day(
+    sims: Sequence[DeviceSim], rng: random.Random, count: int = 200, start: datetime | None = None
+) -> list[Step]:
     """A day's mix compressed: mostly routine traffic, one event in twenty an alarm."""
     day = _clock(start).replace(hour=0, minute=0, second=0)
     times = sorted(day + timedelta(seconds=rng.uniform(0, 86_399)) for _ in range(count))
@@ -42,9 +53,15 @@ def normal_day(sims: Sequence[DeviceSim], rng: random.Random, count: int = 200, 
     return steps
 
 
-def morning_rush(sims: Sequence[DeviceSim], rng: random.Random, count: int = 500, start: datetime | None = None) -> list[Step]:
+def morning_rush(
+    sims: Sequence[DeviceSim], rng: random.Random, count: int = 500, start: datetime | None = None
+) -> list[Step]:
     """Residents leaving between 07:00 and 09:00: gates and barriers only, routine events."""
-    gates = [s for s in sims if s.device.dialect in {"hik-isapi-acs", "uface-mqtt", "hik-isapi-anpr", "vz-lpr-mqtt"}]
+    gates = [
+        s
+        for s in sims
+        if s.device.dialect in {"hik-isapi-acs", "uface-mqtt", "hik-isapi-anpr", "vz-lpr-mqtt"}
+    ]
     if not gates:
         return []
     base = _clock(start).replace(hour=7, minute=0, second=0)
@@ -61,13 +78,39 @@ def shed_fire(sims: Sequence[DeviceSim], rng: random.Random, start: datetime | N
     for sim in sims:
         if isinstance(sim, ShedSim):
             for i, temp in enumerate((28.0, 41.5, 57.0)):
-                steps.append(Step(sim, sim.report(at + timedelta(seconds=i * 30), "heartbeat", 0, smoke=i * 4.0, temp=temp, battery=88)))
-            steps.append(Step(sim, sim.report(at + timedelta(seconds=95), "alarm", 0x03, smoke=48.0, temp=83.0, battery=88)))
-            steps.append(Step(sim, sim.report(at + timedelta(seconds=900), "alarm", 0x00, smoke=1.0, temp=30.0, battery=87)))
+                steps.append(
+                    Step(
+                        sim,
+                        sim.report(
+                            at + timedelta(seconds=i * 30),
+                            "heartbeat",
+                            0,
+                            smoke=i * 4.0,
+                            temp=temp,
+                            battery=88,
+                        ),
+                    )
+                )
+            steps.append(
+                Step(
+                    sim,
+                    sim.report(at + timedelta(seconds=95), "alarm", 0x03, smoke=48.0, temp=83.0, battery=88),
+                )
+            )
+            steps.append(
+                Step(
+                    sim,
+                    sim.report(at + timedelta(seconds=900), "alarm", 0x00, smoke=1.0, temp=30.0, battery=87),
+                )
+            )
         elif isinstance(sim, CtwingSim):
             steps.append(Step(sim, sim.report(at, "0", temp_tenths=290, smoke=2, battery=76)))
-            steps.append(Step(sim, sim.report(at + timedelta(seconds=95), "1", temp_tenths=790, smoke=77, battery=76)))
-            steps.append(Step(sim, sim.report(at + timedelta(seconds=900), "f", temp_tenths=300, smoke=1, battery=75)))
+            steps.append(
+                Step(sim, sim.report(at + timedelta(seconds=95), "1", temp_tenths=790, smoke=77, battery=76))
+            )
+            steps.append(
+                Step(sim, sim.report(at + timedelta(seconds=900), "f", temp_tenths=300, smoke=1, battery=75))
+            )
     rng.shuffle(steps)  # arrival order across devices is not the order of occurrence
     return steps
 
@@ -87,12 +130,15 @@ def offline(sims: Sequence[DeviceSim], rng: random.Random, start: datetime | Non
     """MQTT devices report once, then lose power: the broker publishes their last will."""
     mqtt = [sim for sim in sims if sim.transport == "mqtt"]
     at = _clock(start)
-    return [Step(sim, sim.routine(at, rng), expect="none" if isinstance(sim, HighTossSim) else "accept") for sim in mqtt] + [
-        Step(sim, None, action="drop_connection") for sim in mqtt
-    ]
+    return [
+        Step(sim, sim.routine(at, rng), expect="none" if isinstance(sim, HighTossSim) else "accept")
+        for sim in mqtt
+    ] + [Step(sim, None, action="drop_connection") for sim in mqtt]
 
 
-def resend(sims: Sequence[DeviceSim], rng: random.Random, count: int = 50, start: datetime | None = None) -> list[Step]:
+def resend(
+    sims: Sequence[DeviceSim], rng: random.Random, count: int = 50, start: datetime | None = None
+) -> list[Step]:
     """Devices re-send events they think were lost: the second copy must be a duplicate."""
     steps = []
     for step in normal_day(sims, rng, count, start):
@@ -106,7 +152,9 @@ def malformed(sims: Sequence[DeviceSim], rng: random.Random) -> list[Step]:
     return [Step(sim, message, expect="reject") for sim in sims for message in sim.malformed(rng)]
 
 
-def burst(sims: Sequence[DeviceSim], rng: random.Random, count: int, start: datetime | None = None) -> list[Step]:
+def burst(
+    sims: Sequence[DeviceSim], rng: random.Random, count: int, start: datetime | None = None
+) -> list[Step]:
     """``count`` routine events round-robin over the devices, for load and crash tests."""
     at = _clock(start)
     return [

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import signal
 import sys
@@ -35,11 +36,17 @@ def _parser() -> argparse.ArgumentParser:
 
     parse = sub.add_parser("parse", help="run one raw payload file through a dialect adapter")
     parse.add_argument("--dialect", help="dialect name (see --list-dialects)")
-    parse.add_argument("--list-dialects", action="store_true", help="list dialects with a one-line description")
+    parse.add_argument(
+        "--list-dialects", action="store_true", help="list dialects with a one-line description"
+    )
     parse.add_argument("--content-type", help="for HTTP pushes: the request's Content-Type")
     parse.add_argument("--topic", help="for MQTT dialects: the topic the payload was published on")
-    parse.add_argument("--device-id", default=PARSE_PLACEHOLDER_ID, help="20-digit device id to stamp on events")
-    parse.add_argument("--timezone", default="Asia/Shanghai", help="device-local zone for times without offset")
+    parse.add_argument(
+        "--device-id", default=PARSE_PLACEHOLDER_ID, help="20-digit device id to stamp on events"
+    )
+    parse.add_argument(
+        "--timezone", default="Asia/Shanghai", help="device-local zone for times without offset"
+    )
     parse.add_argument("--received-at", help="ISO time to use as received_at (default: now)")
     parse.add_argument("file", nargs="?", type=Path)
 
@@ -47,7 +54,9 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("--config", type=Path, required=True, help="the gateway config (devices, ports)")
     sim.add_argument("--scenario", default="normal-day")
     sim.add_argument("--count", type=int, default=200, help="events for scenarios that take a count")
-    sim.add_argument("--rate", type=float, default=None, help="messages per second (default: as fast as acked)")
+    sim.add_argument(
+        "--rate", type=float, default=None, help="messages per second (default: as fast as acked)"
+    )
     sim.add_argument("--seed", type=int, default=1)
     sim.add_argument("--device", action="append", default=[], help="only these device ids (repeatable)")
 
@@ -94,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
             case "outbox":
                 return _outbox(args)
     except ConfigError as exc:
-        print(f"config error: {exc}", file=sys.stderr)  # noqa: T201 - CLI output
+        print(f"config error: {exc}", file=sys.stderr)
         return 2
     return 2  # pragma: no cover - argparse enforces the choices
 
@@ -110,16 +119,14 @@ def _run(config_path: Path) -> int:
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
         await run_gateway(config)
 
-    try:
+    with contextlib.suppress(KeyboardInterrupt, asyncio.CancelledError):
         asyncio.run(main_task())
-    except (KeyboardInterrupt, asyncio.CancelledError):
-        pass
     return 0
 
 
 def _check_config(path: Path) -> int:
     config = load_config(path)
-    print(  # noqa: T201 - CLI output
+    print(
         f"{path}: ok: compound {config.compound.compound_id} ({config.compound.name}), {len(config.devices)} devices, "
         f"dialects: {', '.join(sorted({d.dialect for d in config.devices}))}"
     )
@@ -130,18 +137,18 @@ def _parse(args: argparse.Namespace) -> int:
     if args.list_dialects:
         width = max(len(name) for name in DIALECTS)
         for name, dialect in DIALECTS.items():
-            print(f"{name:<{width}}  {dialect.transport.value:<13}  {dialect.description}")  # noqa: T201
+            print(f"{name:<{width}}  {dialect.transport.value:<13}  {dialect.description}")
         return 0
     if not args.dialect or not args.file:
-        print("parse needs --dialect NAME and a FILE (or --list-dialects)", file=sys.stderr)  # noqa: T201
+        print("parse needs --dialect NAME and a FILE (or --list-dialects)", file=sys.stderr)
         return 2
-    dialect = DIALECTS.get(args.dialect)
-    if dialect is None:
-        print(f"unknown dialect {args.dialect!r}; known: {', '.join(DIALECTS)}", file=sys.stderr)  # noqa: T201
+    found = DIALECTS.get(args.dialect)
+    if found is None:
+        print(f"unknown dialect {args.dialect!r}; known: {', '.join(DIALECTS)}", file=sys.stderr)
         return 2
     if dialect.transport is Transport.MQTT and not args.topic:
         example = (dialect.topic_filter or "").replace("+", "<device>", 1).replace("+", "<channel>")
-        print(f"{dialect.name} is an MQTT dialect: pass --topic (like {example})", file=sys.stderr)  # noqa: T201
+        print(f"{dialect.name} is an MQTT dialect: pass --topic (like {example})", file=sys.stderr)
         return 2
     raw = RawMessage(args.file.read_bytes(), content_type=args.content_type, topic=args.topic)
     received = datetime.fromisoformat(args.received_at) if args.received_at else utc_now()
@@ -157,13 +164,16 @@ def _parse(args: argparse.Namespace) -> int:
         result = dialect.parse(raw, ctx)
     except PayloadRejected as exc:
         rejection = exc.rejection
-        print(  # noqa: T201
-            json.dumps({"rejected": rejection.reason, "field": rejection.field, "detail": rejection.detail}, ensure_ascii=False),
+        print(
+            json.dumps(
+                {"rejected": rejection.reason, "field": rejection.field, "detail": rejection.detail},
+                ensure_ascii=False,
+            ),
             file=sys.stderr,
         )
         return 1
     events = [json.loads(event.model_dump_json()) for event in result.events]
-    print(json.dumps(events, indent=2, ensure_ascii=False))  # noqa: T201
+    print(json.dumps(events, indent=2, ensure_ascii=False))
     return 0
 
 
@@ -179,7 +189,7 @@ def _sim(args: argparse.Namespace) -> int:
     host = "127.0.0.1" if config.http.host in {"0.0.0.0", "::"} else config.http.host  # noqa: S104
     runner = Runner(f"http://{host}:{config.http.port}", config.mqtt.host, config.mqtt.port)
     report = asyncio.run(runner.run(steps, rate=args.rate))
-    print(json.dumps(report.summary(), ensure_ascii=False))  # noqa: T201
+    print(json.dumps(report.summary(), ensure_ascii=False))
     return 0 if report.failed == 0 else 1
 
 
@@ -198,16 +208,21 @@ def _outbox(args: argparse.Namespace) -> int:
                 "delivered": stats.delivered,
                 "shed_total": stats.shed_total,
                 "dead_letters": stats.dead_letters,
-                "counters": [{"name": n, "a": a, "b": b, "value": v} for (n, a, b), v in sorted(stats.counters.items())],
+                "counters": [
+                    {"name": n, "a": a, "b": b, "value": v} for (n, a, b), v in sorted(stats.counters.items())
+                ],
             }
         elif args.what == "dead-letters":
             out = [
-                {k: (v[:200].decode("utf-8", "replace") if isinstance(v, bytes) else v) for k, v in row.items()}
+                {
+                    k: (v[:200].decode("utf-8", "replace") if isinstance(v, bytes) else v)
+                    for k, v in row.items()
+                }
                 for row in outbox.dead_letters(args.limit)
             ]
         else:
             out = [json.loads(row.body) for row in outbox.pending(args.limit)]
-    print(json.dumps(out, indent=2, ensure_ascii=False))  # noqa: T201
+    print(json.dumps(out, indent=2, ensure_ascii=False))
     return 0
 
 

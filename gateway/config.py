@@ -12,7 +12,15 @@ from pathlib import Path
 from typing import Annotated, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from adapters import DIALECTS
 from adapters.base import Transport
@@ -32,7 +40,9 @@ class CompoundConfig(_Config):
     district_id: GbId
     compound_id: GbId
     name: str = Field(min_length=1, max_length=64)
-    timezone: str = Field(default="Asia/Shanghai", description="device-local time zone for times without offset")
+    timezone: str = Field(
+        default="Asia/Shanghai", description="device-local time zone for times without offset"
+    )
 
     @field_validator("timezone")
     @classmethod
@@ -75,7 +85,9 @@ class MqttConfig(_Config):
     password: SecretStr | None = None
     keepalive_s: int = Field(default=30, ge=5, le=3600)
     session_expiry_s: int = Field(default=7 * 24 * 3600, ge=60)
-    receive_maximum: int = Field(default=256, ge=1, le=65535, description="unacknowledged QoS 1 messages in flight")
+    receive_maximum: int = Field(
+        default=256, ge=1, le=65535, description="unacknowledged QoS 1 messages in flight"
+    )
     max_payload_bytes: int = Field(default=1024 * 1024, ge=1024)
 
 
@@ -105,7 +117,9 @@ class DeviceConfig(_Config):
     ref: str | None = Field(
         default=None, max_length=64, description="the vendor's identity of the device: serial, MAC or IMEI"
     )
-    forward_is_in: bool = Field(default=True, description="cameras: movement towards the camera enters the compound")
+    forward_is_in: bool = Field(
+        default=True, description="cameras: movement towards the camera enters the compound"
+    )
     location: Location | None = None
 
     @field_validator("dialect")
@@ -197,7 +211,9 @@ def format_validation_errors(path: Path, exc: ValidationError) -> str:
             fix = "remove it (check the spelling against docs/configuration.md)"
         elif kind == "missing":
             fix = "add it"
-        elif kind.startswith("string_pattern") and ("_id" in where or where.endswith(".id") or where.endswith("id")):
+        elif kind.startswith("string_pattern") and (
+            "_id" in where or where.endswith(".id") or where.endswith("id")
+        ):
             fix = "use the 20-digit GB/T 28181 id (8 centre + 2 industry + 3 type + 1 network + 6 serial digits)"
         else:
             fix = "correct the value"
@@ -211,7 +227,9 @@ def load_pseudonym_key(path: Path, *, create: bool) -> bytes:
         key = path.read_bytes().strip()
     except FileNotFoundError:
         if not create:
-            raise ConfigError(f"{path}: pseudonymization key file is missing; provide it via LoadCredential=") from None
+            raise ConfigError(
+                f"{path}: pseudonymization key file is missing; provide it via LoadCredential="
+            ) from None
         path.parent.mkdir(parents=True, exist_ok=True)
         key = secrets.token_hex(32).encode()
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

@@ -88,7 +88,12 @@ async def _commit(request: web.Request, outcome: Outcome) -> web.Response:
     if outcome.rejection is not None:
         rejection = outcome.rejection
         return web.json_response(
-            {"error": rejection.reason, "field": rejection.field, "detail": rejection.detail, "device": outcome.device},
+            {
+                "error": rejection.reason,
+                "field": rejection.field,
+                "detail": rejection.detail,
+                "device": outcome.device,
+            },
             status=REJECTION_STATUS.get(rejection.reason, 400),
         )
     assert result is not None  # noqa: S101 - StoreEvents always yields a result

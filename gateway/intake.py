@@ -72,7 +72,13 @@ class Intake:
         prefix = (raw.topic or "").split("/", 1)[0]
         dialect = self._by_topic_prefix.get(prefix)
         if dialect is None:
-            return self._reject(raw, "mqtt", None, None, PayloadRejected("unknown_dialect", f"no dialect publishes under {prefix!r}/"))
+            return self._reject(
+                raw,
+                "mqtt",
+                None,
+                None,
+                PayloadRejected("unknown_dialect", f"no dialect publishes under {prefix!r}/"),
+            )
         return self._shared(raw, "mqtt", dialect, max_bytes)
 
     def from_http_device(self, raw: RawMessage, device_id: str, max_bytes: int) -> Outcome:
@@ -80,7 +86,11 @@ class Intake:
         device = self._by_id.get(device_id)
         if device is None:
             return self._reject(
-                raw, "http", None, device_id, PayloadRejected("unknown_device", f"no device {device_id!r} in the inventory")
+                raw,
+                "http",
+                None,
+                device_id,
+                PayloadRejected("unknown_device", f"no device {device_id!r} in the inventory"),
             )
         dialect = DIALECTS[device.dialect]
         if dialect.transport is not Transport.HTTP_DEVICE:
@@ -89,7 +99,9 @@ class Intake:
                 "http",
                 dialect,
                 device_id,
-                PayloadRejected("wrong_transport", f"device {device_id} speaks {dialect.name} over {dialect.transport}"),
+                PayloadRejected(
+                    "wrong_transport", f"device {device_id} speaks {dialect.name} over {dialect.transport}"
+                ),
             )
         if len(raw.body) > max_bytes:
             return self._too_large(raw, "http", dialect, device_id, max_bytes)
@@ -100,7 +112,11 @@ class Intake:
         dialect = DIALECTS.get(dialect_name)
         if dialect is None or dialect.transport is not Transport.HTTP_PLATFORM:
             return self._reject(
-                raw, "http", None, None, PayloadRejected("unknown_dialect", f"no platform dialect {dialect_name!r}")
+                raw,
+                "http",
+                None,
+                None,
+                PayloadRejected("unknown_dialect", f"no platform dialect {dialect_name!r}"),
             )
         return self._shared(raw, "http", dialect, max_bytes)
 
@@ -108,7 +124,11 @@ class Intake:
         """A body refused before it was read because it exceeds the transport's limit."""
         size = f"{declared} bytes" if declared is not None else "a body"
         return self._reject(
-            RawMessage(b""), transport, None, device, PayloadRejected("payload_too_large", f"{size} > {limit}")
+            RawMessage(b""),
+            transport,
+            None,
+            device,
+            PayloadRejected("payload_too_large", f"{size} > {limit}"),
         )
 
     # --- common path --------------------------------------------------------------------------------
@@ -127,7 +147,9 @@ class Intake:
                 transport,
                 dialect,
                 ref,
-                PayloadRejected("unknown_device", f"no {dialect.name} device with ref {ref!r} in the inventory"),
+                PayloadRejected(
+                    "unknown_device", f"no {dialect.name} device with ref {ref!r} in the inventory"
+                ),
             )
         return self._parse(raw, transport, dialect, device)
 
@@ -150,25 +172,44 @@ class Intake:
             first = exc.errors()[0]
             where = ".".join(str(p) for p in first["loc"])
             return self._reject(
-                raw, transport, dialect, device.id, PayloadRejected("invalid_event", first["msg"], field=where)
+                raw,
+                transport,
+                dialect,
+                device.id,
+                PayloadRejected("invalid_event", first["msg"], field=where),
             )
-        except Exception as exc:  # noqa: BLE001 - crash isolation: a parser bug must not stop the daemon
+        except Exception as exc:
             log.exception("parser_crashed", dialect=dialect.name, device=device.id)
             return self._reject(
-                raw, transport, dialect, device.id, PayloadRejected("parser_error", f"{type(exc).__name__} in parser")
+                raw,
+                transport,
+                dialect,
+                device.id,
+                PayloadRejected("parser_error", f"{type(exc).__name__} in parser"),
             )
         for event in result.events:
             self.accepted[(device.id, event.kind.value)] += 1
         media: tuple[MediaBlob, ...] = result.media
         return Outcome(StoreEvents(result.events, media), events=result.events, device=device.id)
 
-    def _too_large(self, raw: RawMessage, transport: str, dialect: Dialect, device: str | None, limit: int) -> Outcome:
+    def _too_large(
+        self, raw: RawMessage, transport: str, dialect: Dialect, device: str | None, limit: int
+    ) -> Outcome:
         return self._reject(
-            raw, transport, dialect, device, PayloadRejected("payload_too_large", f"{len(raw.body)} bytes > {limit}")
+            raw,
+            transport,
+            dialect,
+            device,
+            PayloadRejected("payload_too_large", f"{len(raw.body)} bytes > {limit}"),
         )
 
     def _reject(
-        self, raw: RawMessage, transport: str, dialect: Dialect | None, device: str | None, exc: PayloadRejected
+        self,
+        raw: RawMessage,
+        transport: str,
+        dialect: Dialect | None,
+        device: str | None,
+        exc: PayloadRejected,
     ) -> Outcome:
         rejection = exc.rejection
         key = (device or "(unknown)", rejection.reason)

@@ -34,14 +34,14 @@ log = structlog.get_logger(__name__)
 
 
 class _ManualAck(Protocol):
-    def manual_ack_set(self, on: bool) -> None: ...  # noqa: FBT001 - paho's signature
+    def manual_ack_set(self, on: bool) -> None: ...
     def ack(self, mid: int, qos: int) -> int: ...
 
 
 def _paho(client: aiomqtt.Client) -> _ManualAck:
     # The one place we reach past aiomqtt's public API: enable and send manual PUBACKs on its
     # paho client. Pinned to aiomqtt 2.5.x in pyproject; aiomqtt 3 makes this a public option.
-    paho_client: _ManualAck = client._client  # noqa: SLF001
+    paho_client: _ManualAck = client._client
     return paho_client
 
 
@@ -58,7 +58,7 @@ class MqttIntake:
     async def run(self, on_connected: Callable[[], None]) -> None:
         """Connect, subscribe and process until the connection fails (raises ``TransportError``)."""
         cfg = self._config.mqtt
-        properties = Properties(PacketTypes.CONNECT)
+        properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         properties.SessionExpiryInterval = cfg.session_expiry_s
         properties.ReceiveMaximum = cfg.receive_maximum
         client = aiomqtt.Client(
@@ -84,7 +84,12 @@ class MqttIntake:
             async with client:
                 for topic_filter in self._intake.mqtt_topic_filters():
                     await client.subscribe(topic_filter, qos=1)
-                log.info("mqtt_intake_connected", host=cfg.host, port=cfg.port, client_id=self._config.mqtt_client_id)
+                log.info(
+                    "mqtt_intake_connected",
+                    host=cfg.host,
+                    port=cfg.port,
+                    client_id=self._config.mqtt_client_id,
+                )
                 on_connected()
                 async with asyncio.TaskGroup() as tg:
                     tg.create_task(self._acknowledge(client, pending), name="mqtt-intake-acker")
@@ -93,7 +98,9 @@ class MqttIntake:
             raise TransportError(f"device broker {cfg.host}:{cfg.port}: {group.exceptions[0]}") from group
 
     async def _receive(
-        self, client: aiomqtt.Client, pending: asyncio.Queue[tuple[asyncio.Future[StoreResult | None], int, int]]
+        self,
+        client: aiomqtt.Client,
+        pending: asyncio.Queue[tuple[asyncio.Future[StoreResult | None], int, int]],
     ) -> None:
         max_bytes = self._config.mqtt.max_payload_bytes
         async for message in client.messages:
@@ -106,7 +113,9 @@ class MqttIntake:
         raise TransportError("device broker closed the message stream")
 
     async def _acknowledge(
-        self, client: aiomqtt.Client, pending: asyncio.Queue[tuple[asyncio.Future[StoreResult | None], int, int]]
+        self,
+        client: aiomqtt.Client,
+        pending: asyncio.Queue[tuple[asyncio.Future[StoreResult | None], int, int]],
     ) -> None:
         paho = _paho(client)
         while True:

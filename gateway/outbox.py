@@ -156,7 +156,9 @@ class Outbox:
         (version,) = db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
         if int(version) != SCHEMA_VERSION:
             raise OutboxError(f"{self.path}: outbox schema {version}, this gateway reads {SCHEMA_VERSION}")
-        (pending_bytes,) = db.execute("SELECT COALESCE(SUM(size), 0) FROM events WHERE state='pending'").fetchone()
+        (pending_bytes,) = db.execute(
+            "SELECT COALESCE(SUM(size), 0) FROM events WHERE state='pending'"
+        ).fetchone()
         self._pending_bytes = int(pending_bytes)
         self._db = db
         return self
@@ -309,7 +311,8 @@ class Outbox:
 
     def _trim_dead_letters(self, db: sqlite3.Connection) -> None:
         db.execute(
-            "DELETE FROM dead_letters WHERE id <= (SELECT MAX(id) FROM dead_letters) - ?", (self.dead_letter_keep,)
+            "DELETE FROM dead_letters WHERE id <= (SELECT MAX(id) FROM dead_letters) - ?",
+            (self.dead_letter_keep,),
         )
 
     @staticmethod
@@ -346,7 +349,9 @@ class Outbox:
         done = 0
         with self._transaction() as db:
             for event_id in event_ids:
-                row = db.execute("SELECT size FROM events WHERE event_id=? AND state='pending'", (event_id,)).fetchone()
+                row = db.execute(
+                    "SELECT size FROM events WHERE event_id=? AND state='pending'", (event_id,)
+                ).fetchone()
                 if row is None:
                     continue
                 db.execute(
@@ -361,7 +366,8 @@ class Outbox:
         """Forget delivered/shed tombstones older than the de-duplication window."""
         with self._transaction() as db:
             cursor = db.execute(
-                "DELETE FROM events WHERE state != 'pending' AND settled_at < ?", (settled_before.isoformat(),)
+                "DELETE FROM events WHERE state != 'pending' AND settled_at < ?",
+                (settled_before.isoformat(),),
             )
             return cursor.rowcount
 
@@ -413,7 +419,9 @@ class OutboxWriter:
     maximum) and HTTP pushes wait, up to their commit timeout.
     """
 
-    def __init__(self, outbox: Outbox, *, batch_max: int = 512, window_ms: float = 2.0, queue_size: int = 4096) -> None:
+    def __init__(
+        self, outbox: Outbox, *, batch_max: int = 512, window_ms: float = 2.0, queue_size: int = 4096
+    ) -> None:
         self.outbox = outbox
         self._batch_max = batch_max
         self._window_s = window_ms / 1000

@@ -56,7 +56,7 @@ async def supervise(
                 reason = "connection ended"
             except TransportError as exc:
                 reason = str(exc)
-            except Exception:  # noqa: BLE001 - crash isolation for one transport
+            except Exception:
                 log.exception("transport_crashed")
                 reason = "crashed"
             delay = backoff.next_delay()
@@ -104,7 +104,8 @@ async def run_gateway(config: GatewayConfig, *, ready: asyncio.Event | None = No
                     if intake.uses_mqtt():
                         mqtt = MqttIntake(config, intake, writer)
                         transports.create_task(
-                            supervise("mqtt-intake", mqtt.run, Backoff(config.backoff), mqtt_up), name="mqtt-intake"
+                            supervise("mqtt-intake", mqtt.run, Backoff(config.backoff), mqtt_up),
+                            name="mqtt-intake",
                         )
                     else:
                         mqtt_up.set()
@@ -118,7 +119,9 @@ async def run_gateway(config: GatewayConfig, *, ready: asyncio.Event | None = No
                     # systemd: ready once we accept pushes; a broker outage must not fail the start.
                     sd_notify("READY=1")
                     if ready is not None:
-                        await mqtt_up.wait()  # callers that wait (demo, tests) need the subscriptions in place
+                        await (
+                            mqtt_up.wait()
+                        )  # callers that wait (demo, tests) need the subscriptions in place
                         ready.set()
                     await asyncio.Future()  # until cancelled
             finally:
