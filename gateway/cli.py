@@ -136,14 +136,14 @@ def _check_config(path: Path) -> int:
 def _parse(args: argparse.Namespace) -> int:
     if args.list_dialects:
         width = max(len(name) for name in DIALECTS)
-        for name, dialect in DIALECTS.items():
-            print(f"{name:<{width}}  {dialect.transport.value:<13}  {dialect.description}")
+        for name, listed in DIALECTS.items():
+            print(f"{name:<{width}}  {listed.transport.value:<13}  {listed.description}")
         return 0
     if not args.dialect or not args.file:
         print("parse needs --dialect NAME and a FILE (or --list-dialects)", file=sys.stderr)
         return 2
-    found = DIALECTS.get(args.dialect)
-    if found is None:
+    dialect = DIALECTS.get(args.dialect)
+    if dialect is None:
         print(f"unknown dialect {args.dialect!r}; known: {', '.join(DIALECTS)}", file=sys.stderr)
         return 2
     if dialect.transport is Transport.MQTT and not args.topic:

@@ -1,0 +1,109 @@
+"""Shared fixtures: real Mosquitto processes on private ports, a gateway running in-process.
+
+A missing mosquitto binary is an error, never a skip: the integration tests exist to talk to it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import structlog
+
+from device_sims.broker import Mosquitto, free_port
+from device_sims.inventory import write_sample_config
+from gateway.config import GatewayConfig, load_config
+from gateway.outbox import Outbox
+from gateway.runtime import run_gateway
+
+
+@pytest.fixture
+def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
+    """A private Mosquitto for one test."""
+    broker = Mosquitto(tmp_path / "broker").start()
+    try:
+        yield broker
+    finally:
+        broker.stop()
+
+
+@dataclass
+class RunningGateway:
+    """A gateway running in this event loop against a private broker."""
+
+    config: GatewayConfig
+    config_path: Path
+    broker: Mosquitto
+
+    @property
+    def http(self) -> str:
+        """Base URL of the HTTP receiver."""
+        return f"http://127.0.0.1:{self.config.http.port}"
+
+    def outbox(self) -> Outbox:
+        """A second connection to the outbox file (WAL allows concurrent readers)."""
+        return Outbox(self.config.state.dir / "outbox.db", max_bytes=self.config.state.outbox_max_bytes).open()
+
+    async def wait_for(self, predicate: object, timeout: float = 20.0) -> None:
+        """Poll until ``predicate(outbox)`` is true."""
+        assert callable(predicate)
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            with self.outbox() as box:
+                if predicate(box):
+                    return
+            if asyncio.get_running_loop().time() > deadline:
+                raise AssertionError("condition not reached before the timeout")
+            await asyncio.sleep(0.05)
+
+
+def sample_config(tmp_path: Path, broker_port: int, **overrides: str) -> Path:
+    """The sample compound's config on private ports, with optional extra TOML lines per section."""
+    path = write_sample_config(
+        tmp_path / "gateway.toml", state_dir=tmp_path / "state", http_port=free_port(), mqtt_port=broker_port
+    )
+    if overrides:
+        text = path.read_text(encoding="utf-8")
+        for section, extra in overrides.items():
+            text = text.replace(f"[{section}]\n", f"[{section}]\n{extra}\n", 1)
+        path.write_text(text, encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+async def gateway(tmp_path: Path, mosquitto: Mosquitto) -> AsyncIterator[RunningGateway]:
+    """The sample compound's gateway, ready (HTTP listening, MQTT subscribed)."""
+    config_path = sample_config(tmp_path, mosquitto.port)
+    config = load_config(config_path)
+    ready = asyncio.Event()
+    task = asyncio.create_task(run_gateway(config, ready=ready), name="test-gateway")
+    try:
+        async with asyncio.timeout(20):
+            await ready.wait()
+        yield RunningGateway(config, config_path, mosquitto)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+@pytest.fixture(autouse=True)
+async def no_lingering_tasks() -> AsyncIterator[None]:
+    """Fail a test that leaves tasks running (cf. Home Assistant's verify_cleanup)."""
+    before = asyncio.all_tasks()
+    yield
+    await asyncio.sleep(0)
+    leftover = {t for t in asyncio.all_tasks() - before if not t.done()} - {asyncio.current_task()}
+    for task in leftover:
+        task.cancel()
+    assert not leftover, f"lingering tasks: {leftover!r}"
+
+
+@pytest.fixture(autouse=True)
+def _reset_structlog() -> Iterator[None]:
+    yield
+    structlog.reset_defaults()
