@@ -222,26 +222,25 @@ class Outbox:
         duplicates: list[str] = []
         shed: list[str] = []
         for event in events:
+            if self._exists(db, event.event_id):
+                # Checked before any shedding: a re-send must never push out another event.
+                duplicates.append(event.event_id)
+                self._count(db, "duplicates", event.device_id, "")
+                continue
             body = event.model_dump_json().encode()
             size = len(body)
             over = self._pending_bytes + size - self.max_bytes
             if over > 0:
                 over -= self._shed_routine(db, over)
             if over > 0 and not event.is_alarm:
-                if self._exists(db, event.event_id):
-                    duplicates.append(event.event_id)
-                    continue
                 # Nothing older left to shed: this routine event is itself the oldest we can drop.
                 self._insert(db, event, None, size, state="shed")
                 self._count(db, "shed", event.kind, "")
                 shed.append(event.event_id)
                 continue
-            if self._insert(db, event, body, size, state="pending"):
-                self._pending_bytes += size
-                stored.append(event.event_id)
-            else:
-                duplicates.append(event.event_id)
-                self._count(db, "duplicates", event.device_id, "")
+            self._insert(db, event, body, size, state="pending")
+            self._pending_bytes += size
+            stored.append(event.event_id)
         return StoreResult(tuple(stored), tuple(duplicates), tuple(shed))
 
     @staticmethod
@@ -249,9 +248,9 @@ class Outbox:
         return db.execute("SELECT 1 FROM events WHERE event_id=?", (event_id,)).fetchone() is not None
 
     @staticmethod
-    def _insert(db: sqlite3.Connection, event: Event, body: bytes | None, size: int, *, state: str) -> bool:
-        cursor = db.execute(
-            "INSERT OR IGNORE INTO events (event_id, kind, severity, alarm, device_id, occurred_at, received_at,"
+    def _insert(db: sqlite3.Connection, event: Event, body: bytes | None, size: int, *, state: str) -> None:
+        db.execute(
+            "INSERT INTO events (event_id, kind, severity, alarm, device_id, occurred_at, received_at,"
             " size, body, state, settled_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
             (
                 event.event_id,
@@ -267,7 +266,6 @@ class Outbox:
                 None if state == "pending" else utc_now().isoformat(),
             ),
         )
-        return cursor.rowcount == 1
 
     def _shed_routine(self, db: sqlite3.Connection, need: int) -> int:
         freed = 0
