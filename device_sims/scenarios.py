@@ -158,7 +158,7 @@ def burst(
     """``count`` routine events round-robin over the devices, for load and crash tests."""
     at = _clock(start)
     return [
-        Step(sims[i % len(sims)], sims[i % len(sims)].routine(at + timedelta(milliseconds=i), rng))
+        Step(sims[i % len(sims)], sims[i % len(sims)].routine(at + timedelta(seconds=i), rng))
         for i in range(count)
     ]
 

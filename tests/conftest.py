@@ -46,7 +46,9 @@ class RunningGateway:
 
     def outbox(self) -> Outbox:
         """A second connection to the outbox file (WAL allows concurrent readers)."""
-        return Outbox(self.config.state.dir / "outbox.db", max_bytes=self.config.state.outbox_max_bytes).open()
+        return Outbox(
+            self.config.state.dir / "outbox.db", max_bytes=self.config.state.outbox_max_bytes
+        ).open()
 
     async def wait_for(self, predicate: object, timeout: float = 20.0) -> None:
         """Poll until ``predicate(outbox)`` is true."""

@@ -22,13 +22,21 @@ def test_list_dialects(capsys: pytest.CaptureFixture[str]) -> None:
         assert dialect.description in line
 
 
-def test_parse_rejection_exits_non_zero_with_reason(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_parse_rejection_exits_non_zero_with_reason(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """A bad payload prints the specific reason and exits 1."""
     payload = tmp_path / "bad.json"
-    payload.write_text('{"notifyType": "deviceDataChanged", "deviceId": "x", "service": {"eventTime": "soon"}}')
+    payload.write_text(
+        '{"notifyType": "deviceDataChanged", "deviceId": "x", "service": {"eventTime": "soon"}}'
+    )
     assert main(["parse", "--dialect", "ctwing-smoke", str(payload)]) == 1
     err = json.loads(capsys.readouterr().err)
-    assert err == {"rejected": "bad_timestamp", "field": "service.eventTime", "detail": "'soon' is not a compact time"}
+    assert err == {
+        "rejected": "bad_timestamp",
+        "field": "service.eventTime",
+        "detail": "'soon' is not a compact time",
+    }
 
 
 def test_parse_mqtt_dialect_needs_topic(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -82,7 +90,10 @@ def test_check_config_missing_ref_and_duplicates(tmp_path: Path, capsys: pytest.
     assert main(["check-config", str(path)]) == 2
     assert "set ref to the device's serial" in capsys.readouterr().err
     text = text.replace('id = "36010400011240000002"', 'id = "36010400011240000001"', 1)
-    text = text.replace('name = "北门人脸门禁"\ndialect = "uface-mqtt"', 'name = "北门人脸门禁"\ndialect = "uface-mqtt"\nref = "X"')
+    text = text.replace(
+        'name = "北门人脸门禁"\ndialect = "uface-mqtt"',
+        'name = "北门人脸门禁"\ndialect = "uface-mqtt"\nref = "X"',
+    )
     path.write_text(text, encoding="utf-8")
     assert main(["check-config", str(path)]) == 2
     assert "appears twice" in capsys.readouterr().err

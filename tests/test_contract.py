@@ -1,5 +1,7 @@
-"""Contract test per dialect: its simulator over the real transport (a real Mosquitto on a private port,
-the real HTTP receiver) into the outbox, as canonical events with the right fields.
+"""Contract test per dialect: its simulator over the real transport into the outbox.
+
+A real Mosquitto on a private port and the real HTTP receiver; the outbox must hold canonical events
+with the right fields.
 """
 
 from __future__ import annotations
@@ -22,8 +24,18 @@ from tests.conftest import RunningGateway
 
 Check = Callable[[dict[str, Any], bytes], None]
 REASONS = {
-    "malformed_json", "not_utf8", "bad_field", "missing_field", "bad_picture", "malformed_multipart",
-    "unknown_device", "forbidden_xml", "bad_plate", "unsupported_event", "malformed_xml", "bad_timestamp",
+    "malformed_json",
+    "not_utf8",
+    "bad_field",
+    "missing_field",
+    "bad_picture",
+    "malformed_multipart",
+    "unknown_device",
+    "forbidden_xml",
+    "bad_plate",
+    "unsupported_event",
+    "malformed_xml",
+    "bad_timestamp",
 }
 
 
@@ -37,7 +49,8 @@ def check_face(event: dict[str, Any], message: bytes) -> None:
         assert payload["similarity"] is None or 0 <= payload["similarity"] <= 1
     assert "张三" not in json.dumps(event, ensure_ascii=False)
     assert "李四" not in json.dumps(event, ensure_ascii=False)
-    assert event["media"] and event["media"][0]["role"] == "face"
+    assert event["media"]
+    assert event["media"][0]["role"] == "face"
 
 
 def check_vehicle(event: dict[str, Any], message: bytes) -> None:
@@ -113,10 +126,14 @@ async def test_dialect_contract(dialect: str, gateway: RunningGateway) -> None:
 
     await gateway.wait_for(settled)
     with gateway.outbox() as box:
-        rows = box.db.execute(
-            "SELECT event_id, body FROM events WHERE device_id IN (%s) AND kind != 'device_status'" % ",".join("?" * len(device_ids)),  # noqa: S608
-            sorted(device_ids),
-        ).fetchall()
+        rows = [
+            row
+            for device_id in sorted(device_ids)
+            for row in box.db.execute(
+                "SELECT event_id, body FROM events WHERE device_id = ? AND kind != 'device_status'",
+                (device_id,),
+            )
+        ]
         assert {row[0] for row in rows} == expected  # each exactly once: event_id is the primary key
         by_id = {row[0]: json.loads(row[1]) for row in rows}
         for message in accepted:

@@ -20,7 +20,9 @@ CASES = sorted(GOLDEN.glob("*/*.meta.json"))
 
 def _payload(meta: Path) -> Path:
     stem = meta.name.removesuffix(".meta.json")
-    (found,) = [p for p in meta.parent.glob(f"{stem}.*") if not p.name.endswith((".meta.json", ".expected.json"))]
+    (found,) = [
+        p for p in meta.parent.glob(f"{stem}.*") if not p.name.endswith((".meta.json", ".expected.json"))
+    ]
     return found
 
 
@@ -30,7 +32,9 @@ def test_every_dialect_has_golden_files() -> None:
         assert len(list((GOLDEN / name).glob("*.meta.json"))) >= 2, name
 
 
-@pytest.mark.parametrize("meta", CASES, ids=[f"{m.parent.name}/{m.name.removesuffix('.meta.json')}" for m in CASES])
+@pytest.mark.parametrize(
+    "meta", CASES, ids=[f"{m.parent.name}/{m.name.removesuffix('.meta.json')}" for m in CASES]
+)
 def test_golden(meta: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """The canonical events are exactly the recorded ones."""
     info = json.loads(meta.read_text(encoding="utf-8"))
@@ -41,5 +45,7 @@ def test_golden(meta: Path, capsys: pytest.CaptureFixture[str]) -> None:
     if info.get("topic"):
         argv += ["--topic", info["topic"]]
     assert main([*argv, str(_payload(meta))]) == 0
-    expected = json.loads(meta.with_name(meta.name.replace(".meta.json", ".expected.json")).read_text(encoding="utf-8"))
+    expected = json.loads(
+        meta.with_name(meta.name.replace(".meta.json", ".expected.json")).read_text(encoding="utf-8")
+    )
     assert json.loads(capsys.readouterr().out) == expected

@@ -37,7 +37,9 @@ def routine(n: int) -> Event:
         received_at=T0 + timedelta(seconds=n),
         severity=Severity.INFO,
         source=Provenance(vendor="test", dialect="test"),
-        payload=FaceAccessPayload(result=AccessResult.GRANTED, direction=Direction.IN, verify_mode=VerifyMode.FACE),
+        payload=FaceAccessPayload(
+            result=AccessResult.GRANTED, direction=Direction.IN, verify_mode=VerifyMode.FACE
+        ),
     )
 
 
@@ -150,7 +152,15 @@ def test_dead_letters_bounded_and_counted(tmp_path: Path) -> None:
     """Dead letters keep the newest N, truncate huge payloads, and count per device and reason."""
     with Outbox(tmp_path / "o.db", max_bytes=1 << 20, dead_letter_keep=10) as box:
         letters = [
-            DeadLetter("mqtt", "shed-mqtt", "dev", "malformed_json", None, f"case {i}", b"x" * (100_000 if i == 24 else 5))
+            DeadLetter(
+                "mqtt",
+                "shed-mqtt",
+                "dev",
+                "malformed_json",
+                None,
+                f"case {i}",
+                b"x" * (100_000 if i == 24 else 5),
+            )
             for i in range(25)
         ]
         box.commit(letters)
@@ -175,7 +185,9 @@ def test_media_written_before_rows(tmp_path: Path) -> None:
 def test_failed_batch_rolls_back_budget(tmp_path: Path) -> None:
     """A batch that fails leaves neither rows nor budget behind."""
     with Outbox(tmp_path / "o.db", max_bytes=1 << 20) as box:
-        box.db.execute("CREATE TRIGGER boom BEFORE INSERT ON dead_letters BEGIN SELECT RAISE(ABORT, 'disk'); END")
+        box.db.execute(
+            "CREATE TRIGGER boom BEFORE INSERT ON dead_letters BEGIN SELECT RAISE(ABORT, 'disk'); END"
+        )
         with pytest.raises(Exception, match="disk"):
             box.commit([StoreEvents([routine(1)]), DeadLetter("http", None, None, "x", None, "y", b"")])
         assert box.event_ids() == []

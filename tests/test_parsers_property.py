@@ -41,10 +41,14 @@ hostile_scalars = st.one_of(
     st.floats(allow_nan=False, allow_infinity=False),
     st.text(max_size=40),
     st.text(alphabet="\x00\n\r,= \"'<>&;\u202e", max_size=10),
-    st.sampled_from(["", "NaN", "1e309", "-1", "0", "2100-01-01T00:00:00", "1970-01-01T00:00:00Z", "浙A12345", "x" * 5000]),
+    st.sampled_from(
+        ["", "NaN", "1e309", "-1", "0", "2100-01-01T00:00:00", "1970-01-01T00:00:00Z", "浙A12345", "x" * 5000]
+    ),
 )
 hostile_values = st.recursive(
-    hostile_scalars, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4), max_leaves=8
+    hostile_scalars,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=8,
 )
 
 
@@ -53,7 +57,9 @@ def golden_cases(dialect: str) -> list[tuple[bytes, str | None, str | None]]:
     for meta in sorted((GOLDEN / dialect).glob("*.meta.json")):
         info = json.loads(meta.read_text(encoding="utf-8"))
         stem = meta.name.removesuffix(".meta.json")
-        (payload,) = [p for p in meta.parent.glob(f"{stem}.*") if not p.name.endswith((".meta.json", ".expected.json"))]
+        (payload,) = [
+            p for p in meta.parent.glob(f"{stem}.*") if not p.name.endswith((".meta.json", ".expected.json"))
+        ]
         cases.append((payload.read_bytes(), info.get("content_type"), info.get("topic")))
     return cases
 
@@ -89,13 +95,31 @@ def _set(doc: object, path: tuple[object, ...], new: object) -> object:
     return doc
 
 
-@given(data=st.data(), body=st.binary(max_size=2048), ctype=st.sampled_from([None, "application/json", "text/xml", "multipart/form-data; boundary=MIME_boundary", "multipart/form-data"]))
+@given(
+    data=st.data(),
+    body=st.binary(max_size=2048),
+    ctype=st.sampled_from(
+        [
+            None,
+            "application/json",
+            "text/xml",
+            "multipart/form-data; boundary=MIME_boundary",
+            "multipart/form-data",
+        ]
+    ),
+)
 @SETTINGS
 def test_arbitrary_bytes(data: st.DataObject, body: bytes, ctype: str | None) -> None:
     """Random bytes on any dialect, with or without a plausible topic."""
     dialect = data.draw(st.sampled_from(sorted(DIALECTS)))
     filt = DIALECTS[dialect].topic_filter
-    topic = data.draw(st.one_of(st.none(), st.text(max_size=30), st.just((filt or "x/+/+").replace("+", "SN1", 1).replace("+", "up"))))
+    topic = data.draw(
+        st.one_of(
+            st.none(),
+            st.text(max_size=30),
+            st.just((filt or "x/+/+").replace("+", "SN1", 1).replace("+", "up")),
+        )
+    )
     run(dialect, RawMessage(body, content_type=ctype, topic=topic))
 
 
@@ -133,7 +157,11 @@ def test_mutated_http_bodies(data: st.DataObject) -> None:
         elif op == "flip" and edited:
             edited[pos] ^= data.draw(st.integers(1, 255))
         elif op == "insert":
-            edited[pos:pos] = data.draw(st.sampled_from([b"--MIME_boundary\r\n", b"--boundary--", b"<ANPR>", b"\r\n\r\n", b"&lol;", b"\x00" * 8]))
+            edited[pos:pos] = data.draw(
+                st.sampled_from(
+                    [b"--MIME_boundary\r\n", b"--boundary--", b"<ANPR>", b"\r\n\r\n", b"&lol;", b"\x00" * 8]
+                )
+            )
         else:
             del edited[pos : pos + data.draw(st.integers(1, 64))]
     run(dialect, RawMessage(bytes(edited), content_type=ctype, topic=topic))

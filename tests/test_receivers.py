@@ -15,7 +15,7 @@ import aiohttp
 import aiomqtt
 
 from device_sims.broker import Mosquitto
-from device_sims.devices import CST, HttpPost, build_sim
+from device_sims.devices import CST, HttpPost, MqttPublish, build_sim
 from device_sims.inventory import sample_devices
 from device_sims.runner import Runner
 from device_sims.scenarios import Step
@@ -36,7 +36,9 @@ async def test_http_push_answered_after_commit(gateway: RunningGateway) -> None:
     assert isinstance(message, HttpPost)
     async with aiohttp.ClientSession() as session:
         for _ in range(20):
-            async with session.post(gateway.http + message.path, data=message.body, headers={"Content-Type": message.content_type}) as response:
+            async with session.post(
+                gateway.http + message.path, data=message.body, headers={"Content-Type": message.content_type}
+            ) as response:
                 assert response.status == 200
                 body = await response.json()
             (event_id,) = body["stored"] or body["duplicates"]
@@ -51,8 +53,12 @@ async def test_http_rejections_are_specific(gateway: RunningGateway) -> None:
     limit = gateway.config.http.max_body_bytes
     async with aiohttp.ClientSession() as session:
 
-        async def post(path: str, body: bytes, ctype: str = "application/json") -> tuple[int, dict[str, object]]:
-            async with session.post(gateway.http + path, data=io.BytesIO(body), headers={"Content-Type": ctype}) as response:
+        async def post(
+            path: str, body: bytes, ctype: str = "application/json"
+        ) -> tuple[int, dict[str, object]]:
+            async with session.post(
+                gateway.http + path, data=io.BytesIO(body), headers={"Content-Type": ctype}
+            ) as response:
                 return response.status, await response.json()
 
         status, body = await post("/push/36010400011249999999", b"{}")
@@ -63,12 +69,19 @@ async def test_http_rejections_are_specific(gateway: RunningGateway) -> None:
         assert (status, body["error"]) == (400, "wrong_transport")
         status, body = await post("/push/36010400011240000001", b"x" * (limit + 1))
         assert (status, body["error"]) == (413, "payload_too_large")
-        doc = {"eventType": "AccessControllerEvent", "dateTime": "2026-06-01T08:00:00+08:00",
-               "AccessControllerEvent": {"majorEventType": 5, "subEventType": 75, "serialNo": -4}}
+        doc = {
+            "eventType": "AccessControllerEvent",
+            "dateTime": "2026-06-01T08:00:00+08:00",
+            "AccessControllerEvent": {"majorEventType": 5, "subEventType": 75, "serialNo": -4},
+        }
         status, body = await post("/push/36010400011240000001", json.dumps(doc).encode())
         assert status == 400
-        assert body == {"error": "out_of_range", "field": "AccessControllerEvent.serialNo",
-                        "detail": "-4 is outside 0..None", "device": "36010400011240000001"}
+        assert body == {
+            "error": "out_of_range",
+            "field": "AccessControllerEvent.serialNo",
+            "detail": "-4 is outside 0..None",
+            "device": "36010400011240000001",
+        }
     with gateway.outbox() as box:
         reasons = [(d["reason"], d["device"]) for d in box.dead_letters()]
         assert ("payload_too_large", "36010400011240000001") in reasons
@@ -82,7 +95,9 @@ async def test_mqtt_will_becomes_offline_status(gateway: RunningGateway) -> None
     runner = Runner(gateway.http, "127.0.0.1", gateway.broker.port)
     rng = random.Random(3)
     at = datetime(2026, 6, 1, 9, 0, tzinfo=CST)
-    steps = [Step(s, s.routine(at, rng)) for s in sims] + [Step(s, None, action="drop_connection") for s in sims]
+    steps = [Step(s, s.routine(at, rng)) for s in sims] + [
+        Step(s, None, action="drop_connection") for s in sims
+    ]
     await runner.run(steps)
 
     def both_offline(box: object) -> bool:
@@ -94,8 +109,10 @@ async def test_mqtt_will_becomes_offline_status(gateway: RunningGateway) -> None
 
 
 async def test_mqtt_not_acknowledged_until_committed(tmp_path: Path, mosquitto: Mosquitto) -> None:
-    """While the outbox cannot commit, device messages stay unacknowledged at the broker; once it can,
-    the broker redelivers them and each is stored exactly once."""
+    """Device messages stay unacknowledged at the broker while the outbox cannot commit.
+
+    Once it can, the broker redelivers them and each is stored exactly once.
+    """
     config_path = sample_config(tmp_path, mosquitto.port)
     with config_path.open("a", encoding="utf-8") as handle:
         handle.write("\n[backoff]\ninitial_s = 0.05\nmax_s = 0.2\n")
@@ -106,7 +123,9 @@ async def test_mqtt_not_acknowledged_until_committed(tmp_path: Path, mosquitto: 
         async with asyncio.timeout(20):
             await ready.wait()
         db = sqlite3.connect(config.state.dir / "outbox.db")
-        db.execute("CREATE TRIGGER refuse BEFORE INSERT ON events BEGIN SELECT RAISE(ABORT, 'disk full'); END")
+        db.execute(
+            "CREATE TRIGGER refuse BEFORE INSERT ON events BEGIN SELECT RAISE(ABORT, 'disk full'); END"
+        )
         db.commit()
         sim = _sim("shed-mqtt")
         rng = random.Random(5)
@@ -114,17 +133,22 @@ async def test_mqtt_not_acknowledged_until_committed(tmp_path: Path, mosquitto: 
         messages = [sim.routine(at.replace(second=i), rng) for i in range(20)]
         async with aiomqtt.Client("127.0.0.1", mosquitto.port, identifier="device-under-test") as device:
             for message in messages:
-                await device.publish(message.topic, message.payload, qos=1)  # type: ignore[union-attr]
+                assert isinstance(message, MqttPublish)
+                await device.publish(message.topic, message.payload, qos=1)
         await asyncio.sleep(1.0)  # several reconnect-and-redeliver rounds against the refusing outbox
         assert db.execute("SELECT COUNT(*) FROM events").fetchone()[0] == 0
         db.execute("DROP TRIGGER refuse")
         db.commit()
         deadline = asyncio.get_running_loop().time() + 20
-        while db.execute("SELECT COUNT(*) FROM events WHERE device_id=?", (sim.device.id,)).fetchone()[0] < 20:
+        while (
+            db.execute("SELECT COUNT(*) FROM events WHERE device_id=?", (sim.device.id,)).fetchone()[0] < 20
+        ):
             assert asyncio.get_running_loop().time() < deadline, "redelivered messages were not stored"
             await asyncio.sleep(0.05)
         await asyncio.sleep(0.3)
-        assert db.execute("SELECT COUNT(*), COUNT(DISTINCT event_id) FROM events WHERE device_id=?", (sim.device.id,)).fetchone() == (20, 20)
+        assert db.execute(
+            "SELECT COUNT(*), COUNT(DISTINCT event_id) FROM events WHERE device_id=?", (sim.device.id,)
+        ).fetchone() == (20, 20)
         db.close()
     finally:
         task.cancel()
