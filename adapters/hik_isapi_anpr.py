@@ -223,6 +223,8 @@ class HikIsapiAnpr:
             ) from None
         except ParseError as exc:
             raise PayloadRejected("malformed_xml", f"XML does not parse: {exc}") from None
+        except (LookupError, ValueError) as exc:  # an unknown encoding in the XML declaration, for one
+            raise PayloadRejected("malformed_xml", f"XML cannot be decoded: {exc}") from None
         root = _strip_namespaces(root)
         if root.tag != "EventNotificationAlert":
             raise PayloadRejected(

@@ -96,6 +96,8 @@ class MqttIntake:
                     await self._receive(client, pending)
         except* (aiomqtt.MqttError, TransportError) as group:
             raise TransportError(f"device broker {cfg.host}:{cfg.port}: {group.exceptions[0]}") from group
+        finally:
+            _abandon(pending)
 
     async def _receive(
         self,
@@ -129,3 +131,19 @@ class MqttIntake:
             if qos > 0:
                 paho.ack(mid, qos)
                 self.acked += 1
+
+
+def _abandon(pending: asyncio.Queue[tuple[asyncio.Future[StoreResult | None], int, int]]) -> None:
+    """Forget outcomes nobody will acknowledge any more (the broker redelivers those messages).
+
+    Their commits may still succeed or fail; either way the result is consumed here so that a
+    failure is not reported again as an unretrieved exception.
+    """
+    while not pending.empty():
+        future, _, _ = pending.get_nowait()
+        future.add_done_callback(_consume)
+
+
+def _consume(future: asyncio.Future[StoreResult | None]) -> None:
+    if not future.cancelled():
+        future.exception()
