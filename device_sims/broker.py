@@ -63,7 +63,7 @@ class Mosquitto:
             "autosave_interval 1",
             f"max_queued_messages {self.max_queued}",
             "max_queued_bytes 0",
-            "max_inflight_messages 0",
+            "max_inflight_messages 1000",
             "persistent_client_expiration 1d",
             f"log_dest file {self.workdir}/mosquitto.log",
             "log_type error",

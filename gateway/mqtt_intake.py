@@ -8,9 +8,13 @@ dead letter. Everything not yet acknowledged is redelivered by the broker when w
 the session is persistent (clean start off, a session expiry, a stable client id); the outbox's
 uniqueness by event id makes the redelivery harmless.
 
-Flow control: MQTT v5 Receive Maximum caps the unacknowledged messages the broker sends us, which
-bounds aiomqtt's incoming queue and our ack queue alike. This module is the only one that touches
-aiomqtt or paho on the device side.
+Flow control: we ask for a Receive Maximum, but do not trust the broker with it (Mosquitto 2.0.11
+floods a reconnecting session's backlog past the quota once PUBACKs flow; measured here: 2,698 queued
+against a Receive Maximum of 10). aiomqtt's own answer to a full queue is to discard, which with
+manual acknowledgement would stall those messages until the next reconnect. So the incoming queue
+is unbounded in type but never grows past its high-water mark: reaching it stops reading the socket
+(TCP back-pressure; the broker keeps the rest queued for our session), draining to the low-water
+mark resumes. This module is the only one that touches aiomqtt or paho on the device side.
 """
 
 from __future__ import annotations
@@ -33,9 +37,79 @@ from gateway.outbox import OutboxWriter, StoreResult
 log = structlog.get_logger(__name__)
 
 
+class _PahoSocket(Protocol):
+    def fileno(self) -> int: ...
+
+
 class _ManualAck(Protocol):
     def manual_ack_set(self, on: bool) -> None: ...
     def ack(self, mid: int, qos: int) -> int: ...
+    def loop_read(self, max_packets: int = 1) -> int: ...
+    def socket(self) -> _PahoSocket | None: ...
+    def disconnect(self) -> int: ...
+
+
+class ReadThrottle:
+    """Stops reading the broker's socket while too many messages wait in the incoming queue."""
+
+    def __init__(self, high_water: int, low_water: int) -> None:
+        self.high_water = high_water
+        self.low_water = low_water
+        self.paused = False
+        self.pauses = 0
+        self.max_depth = 0
+        self._paho: _ManualAck | None = None
+        self._fd = -1
+
+    def attach(self, paho: _ManualAck) -> None:
+        """The paho client whose socket to pause."""
+        self._paho = paho
+
+    def on_depth(self, depth: int) -> None:
+        """Called with the queue depth after every put and get."""
+        self.max_depth = max(self.max_depth, depth)
+        if self._paho is None:
+            return
+        loop = asyncio.get_running_loop()
+        if not self.paused and depth >= self.high_water:
+            sock = self._paho.socket()
+            if sock is not None and sock.fileno() >= 0:
+                self._fd = sock.fileno()
+                loop.remove_reader(self._fd)
+                self.paused = True
+                self.pauses += 1
+        elif self.paused and depth <= self.low_water:
+            self.paused = False
+            sock = self._paho.socket()
+            if sock is not None and sock.fileno() == self._fd:
+                loop.add_reader(self._fd, self._read)
+                loop.call_soon(self._read)  # bytes already decrypted by TLS do not make the fd readable
+
+    def _read(self) -> None:
+        paho = self._paho
+        if paho is None or self.paused:
+            return
+        try:
+            paho.loop_read()
+        except Exception:  # noqa: BLE001 - as in aiomqtt's own reader: a failing read means a broken connection
+            log.warning("mqtt_intake_read_failed")
+            paho.disconnect()  # aiomqtt sees the disconnect and ends the message stream
+
+
+def throttled_queue(throttle: ReadThrottle) -> type[asyncio.Queue[aiomqtt.Message]]:
+    """A queue class for aiomqtt's ``queue_type`` that reports its depth to the throttle."""
+
+    class ThrottledQueue(asyncio.Queue[aiomqtt.Message]):
+        def put_nowait(self, item: aiomqtt.Message) -> None:
+            super().put_nowait(item)
+            throttle.on_depth(self.qsize())
+
+        def get_nowait(self) -> aiomqtt.Message:
+            item = super().get_nowait()
+            throttle.on_depth(self.qsize())
+            return item
+
+    return ThrottledQueue
 
 
 def _paho(client: aiomqtt.Client) -> _ManualAck:
@@ -54,10 +128,16 @@ class MqttIntake:
         self._writer = writer
         self.messages = 0
         self.acked = 0
+        self.throttle = self._new_throttle()
+
+    def _new_throttle(self) -> ReadThrottle:
+        receive_maximum = self._config.mqtt.receive_maximum
+        return ReadThrottle(high_water=max(2, receive_maximum * 2), low_water=receive_maximum // 2)
 
     async def run(self, on_connected: Callable[[], None]) -> None:
         """Connect, subscribe and process until the connection fails (raises ``TransportError``)."""
         cfg = self._config.mqtt
+        self.throttle = self._new_throttle()  # a new connection starts reading
         properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         properties.SessionExpiryInterval = cfg.session_expiry_s
         properties.ReceiveMaximum = cfg.receive_maximum
@@ -72,11 +152,11 @@ class MqttIntake:
             properties=properties,
             keepalive=cfg.keepalive_s,
             timeout=10,
-            # QoS 1 traffic is bounded by Receive Maximum; the margin absorbs QoS 0 messages,
-            # which aiomqtt discards (with a warning) beyond this bound.
-            max_queued_incoming_messages=cfg.receive_maximum * 4,
+            queue_type=throttled_queue(self.throttle),
         )
-        _paho(client).manual_ack_set(True)
+        paho = _paho(client)
+        paho.manual_ack_set(True)
+        self.throttle.attach(paho)
         pending: asyncio.Queue[tuple[asyncio.Future[StoreResult | None], int, int]] = asyncio.Queue(
             maxsize=cfg.receive_maximum * 4
         )
