@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, tzinfo
@@ -33,6 +34,7 @@ from gateway.identity import Pseudonymizer, event_id
 EARLIEST_PLAUSIBLE = datetime(2000, 1, 1, tzinfo=UTC)
 LATEST_PLAUSIBLE = datetime(2100, 1, 1, tzinfo=UTC)
 JPEG_MAGIC = b"\xff\xd8\xff"
+_CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f]")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
@@ -228,7 +230,7 @@ class Fields:
             raise self._missing_or_wrong(key, value, "a non-empty string")
         if len(value) > max_len:
             raise PayloadRejected("bad_field", f"longer than {max_len} characters", field=self._where(key))
-        if any(ord(c) < 0x20 for c in value):
+        if _CONTROL_CHARACTERS.search(value):
             raise PayloadRejected("bad_field", "contains control characters", field=self._where(key))
         return value.strip()
 

@@ -104,8 +104,6 @@ async def register_bare(port: int, client_id: str) -> None:
 
 
 async def drain_bare(port: int, client_id: str, count: int) -> Result:
-    cpu0 = time.process_time()
-    t0 = time.perf_counter()
     received = 0
     async with aiomqtt.Client(
         "127.0.0.1",
@@ -115,6 +113,8 @@ async def drain_bare(port: int, client_id: str, count: int) -> Result:
         clean_start=False,
         properties=v5_session(),
     ) as client:
+        cpu0 = time.process_time()
+        t0 = time.perf_counter()
         async for _ in client.messages:
             received += 1
             if received == count:
@@ -166,24 +166,28 @@ async def run(count: int, seed: int) -> tuple[Result, Result]:
             process.wait()
             await publish_all(broker.port, batch)
             db = work / "state" / "outbox.db"
-            t0 = time.perf_counter()
+            connects = log.read_bytes().count(b"mqtt_intake_connected")
             process = start_gateway(config, log)
             ps = psutil.Process(process.pid)
+            # The clock starts when the gateway's MQTT session is up (process start-up, imports and
+            # config loading are not ingest); the backlog is waiting at the broker by then.
+            while log.read_bytes().count(b"mqtt_intake_connected") <= connects:
+                await asyncio.sleep(0.001)
+            t0 = time.perf_counter()
             cpu = ps.cpu_times()
-            last_cpu = cpu.user + cpu.system
+            cpu0 = cpu.user + cpu.system
             while True:
-                cpu = ps.cpu_times()
-                last_cpu = cpu.user + cpu.system
-                if db.exists() and count_events(db) >= count:
+                if count_events(db) >= count:
                     break
                 if time.perf_counter() - t0 > 600:
                     raise RuntimeError("gateway did not drain in 10 minutes")
-                await asyncio.sleep(0.02)
+                await asyncio.sleep(0.01)
             seconds = time.perf_counter() - t0
+            cpu = ps.cpu_times()
+            used_cpu = cpu.user + cpu.system - cpu0
             process.terminate()
             process.wait()
-            # start-up (interpreter, imports, config) is inside the gateway's time: report it as is
-            gateway = Result("compound-gateway (parse + outbox commit + ack)", seconds, last_cpu, count)
+            gateway = Result("compound-gateway (parse + outbox commit + ack)", seconds, used_cpu, count)
     return bare, gateway
 
 
@@ -216,9 +220,10 @@ def report(bare: Result, gateway: Result, count: int) -> str:
         "",
         f"Ratio gateway / bare subscriber: **{ratio:.2f}x** (target ≥ 0.7x).",
         "",
-        "The gateway's time includes its process start (interpreter, imports, config, outbox open) and a",
-        "durable commit (WAL, synchronous=FULL) before each acknowledgement; its CPU includes the JSON",
-        "parsing, validation into the canonical model and serialization the bare subscriber does not do.",
+        "Both clocks start when the consumer's session is up and stop when the last message is handled",
+        "(the gateway's: committed to its outbox, polled every 10 ms). The gateway commits durably (WAL,",
+        "synchronous=FULL) before each acknowledgement; its CPU includes JSON parsing, validation into",
+        "the canonical model and serialization, which the bare subscriber does not do.",
         "",
     ]
     return "\n".join(lines)
