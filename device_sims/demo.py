@@ -15,6 +15,7 @@ import tempfile
 from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Literal
 
 from adapters.base import RawMessage
 from device_sims.broker import Mosquitto, free_port
@@ -24,9 +25,8 @@ from device_sims.runner import Report, Runner
 from device_sims.scenarios import build
 from gateway.config import GatewayConfig, load_config
 from gateway.identity import Pseudonymizer
-from gateway.intake import Intake
+from gateway.intake import Intake, IntakeItem
 from gateway.logging import configure_logging
-from gateway.outbox import StoreEvents
 from gateway.runtime import run_gateway
 
 PHASES = ("normal-day", "morning-rush", "shed-fire", "thrown-object", "resend", "malformed", "offline")
@@ -41,15 +41,13 @@ def expected_event_ids(config: GatewayConfig, messages: Iterable[Outgoing]) -> s
         if isinstance(message, HttpPost):
             raw = RawMessage(message.body, content_type=message.content_type)
             kind, _, name = message.path.strip("/").partition("/")
-            outcome = (
-                intake.from_http_device(raw, name, limit)
-                if kind == "push"
-                else intake.from_http_platform(raw, name, limit)
+            transport: Literal["http_device", "http_platform"] = (
+                "http_device" if kind == "push" else "http_platform"
             )
+            item = IntakeItem(transport, raw, limit, target=name)
         else:
-            outcome = intake.from_mqtt(RawMessage(message.payload, topic=message.topic), limit)
-        if isinstance(outcome.operation, StoreEvents):
-            ids.update(event.event_id for event in outcome.operation.events)
+            item = IntakeItem("mqtt", RawMessage(message.payload, topic=message.topic), limit)
+        ids.update(intake.classify(item).event_ids)
     return ids
 
 

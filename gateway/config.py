@@ -63,6 +63,12 @@ class StateConfig(_Config):
     commit_batch_max: int = Field(default=512, ge=1, le=10_000)
     commit_window_ms: float = Field(default=5.0, ge=0, le=1000)
     write_queue_size: int = Field(default=4096, ge=16)
+    parse_workers: int = Field(
+        default=1,
+        ge=0,
+        le=64,
+        description="parser processes (0: parse on the event loop, for small installations)",
+    )
 
 
 class PrivacyConfig(_Config):

@@ -9,28 +9,30 @@ its events (or its dead letter) are committed: 200 with the event ids, 4xx with 
 from __future__ import annotations
 
 import asyncio
+from typing import Literal
 
 import structlog
 from aiohttp import web
 
 from adapters.base import RawMessage
 from gateway.config import GatewayConfig
-from gateway.errors import OutboxError
-from gateway.intake import Intake, Outcome
+from gateway.errors import OutboxError, TransportError
+from gateway.intake import IntakeItem, Outcome
 from gateway.outbox import OutboxWriter, StoreEvents
+from gateway.parse_pool import ParsePool
 
 log = structlog.get_logger(__name__)
 
 REJECTION_STATUS = {"unknown_device": 404, "unknown_dialect": 404, "payload_too_large": 413}
-INTAKE_KEY: web.AppKey[Intake] = web.AppKey("intake", Intake)
+POOL_KEY: web.AppKey[ParsePool] = web.AppKey("pool", ParsePool)
 WRITER_KEY: web.AppKey[OutboxWriter] = web.AppKey("writer", OutboxWriter)
 CONFIG_KEY: web.AppKey[GatewayConfig] = web.AppKey("config", GatewayConfig)
 
 
-def build_app(config: GatewayConfig, intake: Intake, writer: OutboxWriter) -> web.Application:
+def build_app(config: GatewayConfig, pool: ParsePool, writer: OutboxWriter) -> web.Application:
     """The aiohttp application (body size limited by config, so oversized pushes never load)."""
     app = web.Application(client_max_size=config.http.max_body_bytes)
-    app[INTAKE_KEY] = intake
+    app[POOL_KEY] = pool
     app[WRITER_KEY] = writer
     app[CONFIG_KEY] = config
     app.router.add_post("/push/{device_id}", _push)
@@ -47,28 +49,28 @@ async def _read(request: web.Request) -> bytes | None:
 
 
 async def _push(request: web.Request) -> web.Response:
-    intake = request.app[INTAKE_KEY]
-    limit = request.app[CONFIG_KEY].http.max_body_bytes
-    device_id = request.match_info["device_id"]
-    body = await _read(request)
-    if body is None:
-        outcome = intake.oversized("http", device_id, request.content_length, limit)
-    else:
-        raw = RawMessage(body, content_type=request.headers.get("Content-Type"))
-        outcome = intake.from_http_device(raw, device_id, limit)
-    return await _commit(request, outcome)
+    return await _receive(request, "http_device", request.match_info["device_id"])
 
 
 async def _platform(request: web.Request) -> web.Response:
-    intake = request.app[INTAKE_KEY]
+    return await _receive(request, "http_platform", request.match_info["dialect"])
+
+
+async def _receive(
+    request: web.Request, transport: Literal["http_device", "http_platform"], target: str
+) -> web.Response:
+    pool = request.app[POOL_KEY]
     limit = request.app[CONFIG_KEY].http.max_body_bytes
-    dialect = request.match_info["dialect"]
     body = await _read(request)
     if body is None:
-        outcome = intake.oversized("http", None, request.content_length, limit)
+        device = target if transport == "http_device" else None
+        outcome = pool.intake.oversized("http", device, request.content_length, limit)
     else:
         raw = RawMessage(body, content_type=request.headers.get("Content-Type"))
-        outcome = intake.from_http_platform(raw, dialect, limit)
+        try:
+            (outcome,) = await pool.classify([IntakeItem(transport, raw, limit, target=target)])
+        except TransportError:
+            return web.json_response({"error": "not_committed", "detail": "try again"}, status=503)
     return await _commit(request, outcome)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
+from typing import Literal
 from zoneinfo import ZoneInfo
 
 import structlog
@@ -17,9 +18,9 @@ from adapters import DIALECTS
 from adapters.base import DeviceContext, Dialect, MediaBlob, RawMessage, Transport
 from gateway.config import DeviceConfig, GatewayConfig
 from gateway.errors import PayloadRejected, Rejection
-from gateway.events import Event, utc_now
+from gateway.events import utc_now
 from gateway.identity import Pseudonymizer
-from gateway.outbox import DeadLetter, Operation, StoreEvents
+from gateway.outbox import DeadLetter, EventRow, Operation, StoreEvents
 
 log = structlog.get_logger(__name__)
 
@@ -29,12 +30,28 @@ REJECTION_LOG_EVERY = 100
 
 @dataclass(frozen=True)
 class Outcome:
-    """What the intake decided for one payload."""
+    """What the intake decided for one payload (picklable: it may come from a parser process)."""
 
     operation: Operation
-    events: tuple[Event, ...] = ()
     rejection: Rejection | None = None
     device: str | None = None
+
+    @property
+    def event_ids(self) -> list[str]:
+        """Ids of the events this payload carries (none for a dead letter)."""
+        if isinstance(self.operation, StoreEvents):
+            return [row.event_id for row in self.operation.events]
+        return []
+
+
+@dataclass(frozen=True)
+class IntakeItem:
+    """One raw payload and where it came from, as handed to the parser (possibly another process)."""
+
+    transport: Literal["mqtt", "http_device", "http_platform"]
+    raw: RawMessage
+    max_bytes: int
+    target: str | None = None  # the device id of /push/<id>, the dialect of /platform/<dialect>
 
 
 class Intake:
@@ -53,6 +70,14 @@ class Intake:
         }
         self.accepted: Counter[tuple[str, str]] = Counter()  # (device id, kind)
         self.rejected: Counter[tuple[str, str]] = Counter()  # (device, reason)
+
+    def classify(self, item: IntakeItem) -> Outcome:
+        """Dispatch one item to the entry point of its transport."""
+        if item.transport == "mqtt":
+            return self.from_mqtt(item.raw, item.max_bytes)
+        if item.transport == "http_device":
+            return self.from_http_device(item.raw, item.target or "", item.max_bytes)
+        return self.from_http_platform(item.raw, item.target or "", item.max_bytes)
 
     def mqtt_topic_filters(self) -> list[str]:
         """Topic filters of the MQTT dialects that the inventory uses."""
@@ -190,7 +215,8 @@ class Intake:
         for event in result.events:
             self.accepted[(device.id, event.kind.value)] += 1
         media: tuple[MediaBlob, ...] = result.media
-        return Outcome(StoreEvents(result.events, media), events=result.events, device=device.id)
+        rows = [EventRow.from_event(event) for event in result.events]
+        return Outcome(StoreEvents(rows, media), device=device.id)
 
     def _too_large(
         self, raw: RawMessage, transport: str, dialect: Dialect, device: str | None, limit: int

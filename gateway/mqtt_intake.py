@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 import aiomqtt
 import structlog
@@ -31,8 +31,9 @@ from paho.mqtt.properties import Properties
 from adapters.base import RawMessage
 from gateway.config import GatewayConfig
 from gateway.errors import OutboxError, TransportError
-from gateway.intake import Intake
+from gateway.intake import IntakeItem, Outcome
 from gateway.outbox import OutboxWriter, StoreResult
+from gateway.parse_pool import ParsePool
 
 log = structlog.get_logger(__name__)
 
@@ -58,6 +59,7 @@ class ReadThrottle:
         self.paused = False
         self.pauses = 0
         self.max_depth = 0
+        self.queue: asyncio.Queue[aiomqtt.Message] | None = None
         self._paho: _ManualAck | None = None
         self._fd = -1
 
@@ -100,6 +102,11 @@ def throttled_queue(throttle: ReadThrottle) -> type[asyncio.Queue[aiomqtt.Messag
     """A queue class for aiomqtt's ``queue_type`` that reports its depth to the throttle."""
 
     class ThrottledQueue(asyncio.Queue[aiomqtt.Message]):
+        def __init__(self, maxsize: int = 0) -> None:
+            super().__init__(0)  # never full, so aiomqtt never discards; the throttle bounds it
+            del maxsize
+            throttle.queue = self
+
         def put_nowait(self, item: aiomqtt.Message) -> None:
             super().put_nowait(item)
             throttle.on_depth(self.qsize())
@@ -119,12 +126,23 @@ def _paho(client: aiomqtt.Client) -> _ManualAck:
     return paho_client
 
 
-class MqttIntake:
-    """Subscribes to the device dialects' topics and feeds the outbox; one instance per connection."""
+Parsed = tuple["asyncio.Future[list[Outcome]]", list[tuple[int, int]]]
+Pending = tuple["asyncio.Future[list[StoreResult | None]]", list[tuple[int, int]]]
+BATCH_MAX = 256
+PARSE_PIPELINE_DEPTH = 2
 
-    def __init__(self, config: GatewayConfig, intake: Intake, writer: OutboxWriter) -> None:
+
+class MqttIntake:
+    """Subscribes to the device dialects' topics and feeds the outbox; ``run`` is one connection.
+
+    Three stages per connection, each bounded: receive (batches what aiomqtt has queued and hands
+    each batch to the parser), commit (takes parsed batches in order and enqueues their outbox
+    operations), acknowledge (sends each PUBACK, in arrival order, once its commit is done).
+    """
+
+    def __init__(self, config: GatewayConfig, pool: ParsePool, writer: OutboxWriter) -> None:
         self._config = config
-        self._intake = intake
+        self._pool = pool
         self._writer = writer
         self.messages = 0
         self.acked = 0
@@ -157,12 +175,11 @@ class MqttIntake:
         paho = _paho(client)
         paho.manual_ack_set(True)
         self.throttle.attach(paho)
-        pending: asyncio.Queue[tuple[asyncio.Future[StoreResult | None], int, int]] = asyncio.Queue(
-            maxsize=cfg.receive_maximum * 4
-        )
+        parsed: asyncio.Queue[Parsed] = asyncio.Queue(maxsize=PARSE_PIPELINE_DEPTH)
+        pending: asyncio.Queue[Pending] = asyncio.Queue(maxsize=PARSE_PIPELINE_DEPTH * 2)
         try:
             async with client:
-                for topic_filter in self._intake.mqtt_topic_filters():
+                for topic_filter in self._pool.intake.mqtt_topic_filters():
                     await client.subscribe(topic_filter, qos=1)
                 log.info(
                     "mqtt_intake_connected",
@@ -172,58 +189,71 @@ class MqttIntake:
                 )
                 on_connected()
                 async with asyncio.TaskGroup() as tg:
-                    tg.create_task(self._acknowledge(client, pending), name="mqtt-intake-acker")
-                    await self._receive(client, pending)
+                    tg.create_task(self._acknowledge(paho, pending), name="mqtt-intake-acker")
+                    tg.create_task(self._commit(parsed, pending), name="mqtt-intake-commit")
+                    await self._receive(client, parsed)
         except* (aiomqtt.MqttError, TransportError) as group:
             raise TransportError(f"device broker {cfg.host}:{cfg.port}: {group.exceptions[0]}") from group
         finally:
-            _abandon(pending)
+            _abandon(parsed, pending)
 
-    async def _receive(
-        self,
-        client: aiomqtt.Client,
-        pending: asyncio.Queue[tuple[asyncio.Future[StoreResult | None], int, int]],
-    ) -> None:
+    async def _receive(self, client: aiomqtt.Client, parsed: asyncio.Queue[Parsed]) -> None:
         max_bytes = self._config.mqtt.max_payload_bytes
         async for message in client.messages:
-            self.messages += 1
-            payload = message.payload
-            body = payload if isinstance(payload, bytes | bytearray) else str(payload or "").encode()
-            outcome = self._intake.from_mqtt(RawMessage(bytes(body), topic=str(message.topic)), max_bytes)
-            future = await self._writer.enqueue(outcome.operation)
-            await pending.put((future, message.mid, message.qos))
+            batch = [message]
+            queue = self.throttle.queue
+            while queue is not None and len(batch) < BATCH_MAX:
+                try:
+                    batch.append(queue.get_nowait())
+                except asyncio.QueueEmpty:
+                    break
+            self.messages += len(batch)
+            items = [
+                IntakeItem("mqtt", RawMessage(_body(m.payload), topic=str(m.topic)), max_bytes) for m in batch
+            ]
+            await parsed.put((self._pool.submit(items), [(m.mid, m.qos) for m in batch]))
         raise TransportError("device broker closed the message stream")
 
-    async def _acknowledge(
-        self,
-        client: aiomqtt.Client,
-        pending: asyncio.Queue[tuple[asyncio.Future[StoreResult | None], int, int]],
-    ) -> None:
-        paho = _paho(client)
+    async def _commit(self, parsed: asyncio.Queue[Parsed], pending: asyncio.Queue[Pending]) -> None:
         while True:
-            future, mid, qos = await pending.get()
+            future, acks = await parsed.get()
+            outcomes = await self._pool.result(future)
+            committed = self._writer.enqueue([outcome.operation for outcome in outcomes])
+            await pending.put((committed, acks))
+
+    async def _acknowledge(self, paho: _ManualAck, pending: asyncio.Queue[Pending]) -> None:
+        while True:
+            future, acks = await pending.get()
             try:
                 await future
             except OutboxError as exc:
                 # Not committed: do not acknowledge. Dropping the connection makes the broker
                 # redeliver everything unacknowledged once we are back.
                 raise TransportError(f"outbox refused a device message, reconnecting: {exc}") from exc
-            if qos > 0:
-                paho.ack(mid, qos)
-                self.acked += 1
+            for mid, qos in acks:
+                if qos > 0:
+                    paho.ack(mid, qos)
+                    self.acked += 1
 
 
-def _abandon(pending: asyncio.Queue[tuple[asyncio.Future[StoreResult | None], int, int]]) -> None:
+def _body(payload: object) -> bytes:
+    if isinstance(payload, bytes | bytearray):
+        return bytes(payload)
+    return str(payload or "").encode()
+
+
+def _abandon(parsed: asyncio.Queue[Parsed], pending: asyncio.Queue[Pending]) -> None:
     """Forget outcomes nobody will acknowledge any more (the broker redelivers those messages).
 
-    Their commits may still succeed or fail; either way the result is consumed here so that a
-    failure is not reported again as an unretrieved exception.
+    Their parses and commits may still succeed or fail; either way the result is consumed here so
+    that a failure is not reported again as an unretrieved exception.
     """
+    while not parsed.empty():
+        parsed.get_nowait()[0].add_done_callback(_consume)
     while not pending.empty():
-        future, _, _ = pending.get_nowait()
-        future.add_done_callback(_consume)
+        pending.get_nowait()[0].add_done_callback(_consume)
 
 
-def _consume(future: asyncio.Future[StoreResult | None]) -> None:
+def _consume(future: asyncio.Future[Any]) -> None:
     if not future.cancelled():
         future.exception()

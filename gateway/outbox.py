@@ -74,10 +74,42 @@ CREATE TABLE IF NOT EXISTS counters (
 
 
 @dataclass(frozen=True)
+class EventRow:
+    """An event ready for the outbox: its serialized body and the columns the outbox indexes.
+
+    Serializing where the event is parsed (possibly in a parser process) keeps that work off the
+    event loop and makes the hand-over cheap to pickle.
+    """
+
+    event_id: str
+    kind: str
+    severity: str
+    alarm: bool
+    device_id: str
+    occurred_at: str
+    received_at: str
+    body: bytes
+
+    @classmethod
+    def from_event(cls, event: Event) -> EventRow:
+        """Serialize a canonical event."""
+        return cls(
+            event_id=event.event_id,
+            kind=event.kind.value,
+            severity=event.severity.value,
+            alarm=event.is_alarm,
+            device_id=event.device_id,
+            occurred_at=event.occurred_at.isoformat(),
+            received_at=event.received_at.isoformat(),
+            body=event.model_dump_json().encode(),
+        )
+
+
+@dataclass(frozen=True)
 class StoreEvents:
     """Store these events (and the pictures they reference) durably."""
 
-    events: Sequence[Event]
+    events: Sequence[EventRow]
     media: Sequence[MediaBlob] = ()
 
 
@@ -217,7 +249,7 @@ class Outbox:
             raise
         return results
 
-    def _store(self, db: sqlite3.Connection, events: Sequence[Event]) -> StoreResult:
+    def _store(self, db: sqlite3.Connection, events: Sequence[EventRow]) -> StoreResult:
         stored: list[str] = []
         duplicates: list[str] = []
         shed: list[str] = []
@@ -227,12 +259,12 @@ class Outbox:
                 duplicates.append(event.event_id)
                 self._count(db, "duplicates", event.device_id, "")
                 continue
-            body = event.model_dump_json().encode()
+            body = event.body
             size = len(body)
             over = self._pending_bytes + size - self.max_bytes
             if over > 0:
                 over -= self._shed_routine(db, over)
-            if over > 0 and not event.is_alarm:
+            if over > 0 and not event.alarm:
                 # Nothing older left to shed: this routine event is itself the oldest we can drop.
                 self._insert(db, event, None, size, state="shed")
                 self._count(db, "shed", event.kind, "")
@@ -248,18 +280,20 @@ class Outbox:
         return db.execute("SELECT 1 FROM events WHERE event_id=?", (event_id,)).fetchone() is not None
 
     @staticmethod
-    def _insert(db: sqlite3.Connection, event: Event, body: bytes | None, size: int, *, state: str) -> None:
+    def _insert(
+        db: sqlite3.Connection, event: EventRow, body: bytes | None, size: int, *, state: str
+    ) -> None:
         db.execute(
             "INSERT INTO events (event_id, kind, severity, alarm, device_id, occurred_at, received_at,"
             " size, body, state, settled_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
             (
                 event.event_id,
-                event.kind.value,
-                event.severity.value,
-                int(event.is_alarm),
+                event.kind,
+                event.severity,
+                int(event.alarm),
                 event.device_id,
-                event.occurred_at.isoformat(),
-                event.received_at.isoformat(),
+                event.occurred_at,
+                event.received_at,
                 size if body is not None else 0,
                 body,
                 state,
@@ -409,12 +443,18 @@ class Outbox:
         return OutboxStats(pending, alarms, size, oldest, delivered, shed_total, dead, counters)
 
 
+@dataclass(frozen=True)
+class _Submission:
+    operations: list[Operation]
+    future: asyncio.Future[list[StoreResult | None]]
+
+
 class OutboxWriter:
     """Asyncio front end: a bounded queue in front of one writer thread, group commit.
 
     Overflow policy of the queue: *block*. Producers wait for room, which is the back-pressure the
-    transports need: the MQTT intake stops acknowledging (the broker stops sending at the receive
-    maximum) and HTTP pushes wait, up to their commit timeout.
+    transports need: the MQTT intake stops acknowledging (its read throttle then stops reading the
+    broker's socket) and HTTP pushes wait, up to their commit timeout.
     """
 
     def __init__(
@@ -423,9 +463,8 @@ class OutboxWriter:
         self.outbox = outbox
         self._batch_max = batch_max
         self._window_s = window_ms / 1000
-        self._queue: asyncio.Queue[tuple[Operation, asyncio.Future[StoreResult | None]]] = asyncio.Queue(
-            maxsize=queue_size
-        )
+        # One entry per submission; a submission is one operation or a parsed batch of them.
+        self._queue: asyncio.Queue[_Submission] = asyncio.Queue(maxsize=queue_size)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox")
         self.commits = 0
         self.events_stored = 0
@@ -439,27 +478,35 @@ class OutboxWriter:
         await asyncio.get_running_loop().run_in_executor(self._executor, self.outbox.close)
         self._executor.shutdown(wait=True)
 
-    async def store(self, events: Sequence[Event], media: Sequence[MediaBlob] = ()) -> StoreResult:
+    async def store(self, events: Sequence[EventRow], media: Sequence[MediaBlob] = ()) -> StoreResult:
         """Durably store events; returns after the commit (raises ``OutboxError`` if it failed)."""
-        result = await self._submit(StoreEvents(events, media))
+        (result,) = await self.enqueue([StoreEvents(events, media)])
         if result is None:  # pragma: no cover - StoreEvents always yields a result
             raise OutboxError("store produced no result")
         return result
 
     async def dead_letter(self, letter: DeadLetter) -> None:
         """Durably keep a refused payload."""
-        await self._submit(letter)
+        await self.enqueue([letter])
 
-    async def _submit(self, op: Operation) -> StoreResult | None:
-        future: asyncio.Future[StoreResult | None] = asyncio.get_running_loop().create_future()
-        await self._queue.put((op, future))
-        return await future
+    def enqueue(self, operations: Sequence[Operation]) -> asyncio.Future[list[StoreResult | None]]:
+        """Queue operations for the next commit, without waiting for it.
 
-    async def enqueue(self, op: Operation) -> asyncio.Future[StoreResult | None]:
-        """Enqueue (waiting for room) and return the future that resolves after the commit."""
-        future: asyncio.Future[StoreResult | None] = asyncio.get_running_loop().create_future()
-        await self._queue.put((op, future))
+        Returns the future of their results (in order), set once they are durable. If the queue is
+        full, the future resolves only after room was made and the commit happened: awaiting it is
+        the back-pressure.
+        """
+        future: asyncio.Future[list[StoreResult | None]] = asyncio.get_running_loop().create_future()
+        submission = _Submission(list(operations), future)
+        try:
+            self._queue.put_nowait(submission)
+        except asyncio.QueueFull:
+            return asyncio.ensure_future(self._enqueue_when_room(submission))
         return future
+
+    async def _enqueue_when_room(self, submission: _Submission) -> list[StoreResult | None]:
+        await self._queue.put(submission)
+        return await submission.future
 
     async def run(self) -> None:
         """The writer task: take what is queued, commit it in one transaction, resolve the futures."""
@@ -481,18 +528,20 @@ class OutboxWriter:
                         batch.append(await self._queue.get())
                 except TimeoutError:
                     break
-            operations = [op for op, _ in batch]
+            operations = [op for submission in batch for op in submission.operations]
             try:
                 results = await loop.run_in_executor(self._executor, self.outbox.commit, operations)
             except (sqlite3.Error, OSError) as exc:
-                log.error("outbox_commit_failed", error=str(exc), operations=len(batch))
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(OutboxError(f"outbox commit failed: {exc}"))
+                log.error("outbox_commit_failed", error=str(exc), operations=len(operations))
+                for submission in batch:
+                    if not submission.future.done():
+                        submission.future.set_exception(OutboxError(f"outbox commit failed: {exc}"))
                 continue
             self.commits += 1
-            for (_, future), result in zip(batch, results, strict=True):
-                if result is not None:
-                    self.events_stored += len(result.stored)
-                if not future.done():
-                    future.set_result(result)
+            self.events_stored += sum(len(r.stored) for r in results if r is not None)
+            start = 0
+            for submission in batch:
+                end = start + len(submission.operations)
+                if not submission.future.done():
+                    submission.future.set_result(results[start:end])
+                start = end

@@ -18,10 +18,9 @@ from gateway.backoff import Backoff
 from gateway.config import GatewayConfig, load_pseudonym_key
 from gateway.errors import TransportError
 from gateway.http_receiver import build_app
-from gateway.identity import Pseudonymizer
-from gateway.intake import Intake
 from gateway.mqtt_intake import MqttIntake
 from gateway.outbox import Outbox, OutboxWriter
+from gateway.parse_pool import ParsePool
 from gateway.systemd import sd_notify
 
 log = structlog.get_logger(__name__)
@@ -68,22 +67,24 @@ async def supervise(
             await asyncio.sleep(delay)
 
 
-def build_pseudonymizer(config: GatewayConfig) -> Pseudonymizer:
-    """The keyed hash for person identifiers, from the credential file."""
+def pseudonym_key(config: GatewayConfig) -> bytes:
+    """The key for person identifiers, from the credential file (created in the state dir if allowed)."""
     path = config.pseudonym_key_path()
-    key = load_pseudonym_key(path, create=path.is_relative_to(config.state.dir))
-    return Pseudonymizer(key, config.compound.compound_id)
+    return load_pseudonym_key(path, create=path.is_relative_to(config.state.dir))
 
 
 async def run_gateway(config: GatewayConfig, *, ready: asyncio.Event | None = None) -> None:
     """Run until cancelled."""
-    intake = Intake(config, build_pseudonymizer(config))
     outbox = Outbox(
         config.state.dir / "outbox.db",
         max_bytes=config.state.outbox_max_bytes,
         dead_letter_keep=config.state.dead_letter_keep,
     )
     async with AsyncExitStack() as stack:
+        pool = await stack.enter_async_context(
+            ParsePool(config, pseudonym_key(config), workers=config.state.parse_workers)
+        )
+        intake = pool.intake
         writer = await stack.enter_async_context(
             OutboxWriter(
                 outbox,
@@ -92,7 +93,7 @@ async def run_gateway(config: GatewayConfig, *, ready: asyncio.Event | None = No
                 queue_size=config.state.write_queue_size,
             )
         )
-        runner = web.AppRunner(build_app(config, intake, writer), shutdown_timeout=HTTP_SHUTDOWN_TIMEOUT_S)
+        runner = web.AppRunner(build_app(config, pool, writer), shutdown_timeout=HTTP_SHUTDOWN_TIMEOUT_S)
         await runner.setup()
         async with asyncio.TaskGroup() as core:
             writer_task = core.create_task(writer.run(), name="outbox-writer")
@@ -102,7 +103,7 @@ async def run_gateway(config: GatewayConfig, *, ready: asyncio.Event | None = No
                 async with asyncio.TaskGroup() as transports:
                     mqtt_up = asyncio.Event()
                     if intake.uses_mqtt():
-                        mqtt = MqttIntake(config, intake, writer)
+                        mqtt = MqttIntake(config, pool, writer)
                         transports.create_task(
                             supervise("mqtt-intake", mqtt.run, Backoff(config.backoff), mqtt_up),
                             name="mqtt-intake",

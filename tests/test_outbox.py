@@ -21,9 +21,13 @@ from gateway.events import (
     VerifyMode,
 )
 from gateway.identity import event_id
-from gateway.outbox import DeadLetter, Outbox, OutboxWriter, StoreEvents
+from gateway.outbox import DeadLetter, EventRow, Outbox, OutboxWriter, StoreEvents
 
 T0 = datetime(2026, 6, 1, 8, 0, tzinfo=UTC)
+
+
+def store(*events: Event, media: tuple[MediaBlob, ...] = ()) -> StoreEvents:
+    return StoreEvents([EventRow.from_event(e) for e in events], media)
 
 
 def routine(n: int) -> Event:
@@ -58,7 +62,7 @@ def alarm(n: int) -> Event:
     )
 
 
-EVENT_SIZE = len(routine(0).model_dump_json())
+EVENT_SIZE = len(EventRow.from_event(routine(0)).body)
 
 
 def test_durability_settings(tmp_path: Path) -> None:
@@ -71,8 +75,8 @@ def test_durability_settings(tmp_path: Path) -> None:
 def test_unique_by_event_id(tmp_path: Path) -> None:
     """A re-sent event is stored once and reported as a duplicate."""
     with Outbox(tmp_path / "o.db", max_bytes=1 << 20) as box:
-        (first,) = box.commit([StoreEvents([routine(1), routine(2)])])
-        (second,) = box.commit([StoreEvents([routine(2), routine(3)])])
+        (first,) = box.commit([store(routine(1), routine(2))])
+        (second,) = box.commit([store(routine(2), routine(3))])
         assert first is not None
         assert second is not None
         assert len(first.stored) == 2
@@ -85,16 +89,16 @@ def test_unique_by_event_id(tmp_path: Path) -> None:
 def test_routine_shed_oldest_first_alarms_never(tmp_path: Path) -> None:
     """When full, the oldest routine events go first; alarms stay even beyond the budget."""
     with Outbox(tmp_path / "o.db", max_bytes=EVENT_SIZE * 5 + 10) as box:
-        box.commit([StoreEvents([routine(n) for n in range(5)])])
-        box.commit([StoreEvents([alarm(0), alarm(1)])])
+        box.commit([store(*[routine(n) for n in range(5)])])
+        box.commit([store(alarm(0), alarm(1))])
         kept = set(box.event_ids())
         assert {alarm(0).event_id, alarm(1).event_id} <= kept
         assert routine(0).event_id not in kept
         assert routine(1).event_id not in kept
         assert routine(4).event_id in kept
         # only alarms and no room left: alarms are still stored, routine events are shed on arrival
-        box.commit([StoreEvents([alarm(n) for n in range(2, 8)])])
-        (result,) = box.commit([StoreEvents([routine(99)])])
+        box.commit([store(*[alarm(n) for n in range(2, 8)])])
+        (result,) = box.commit([store(routine(99))])
         assert result is not None
         assert result.shed == (routine(99).event_id,)
         stats = box.stats()
@@ -107,9 +111,9 @@ def test_routine_shed_oldest_first_alarms_never(tmp_path: Path) -> None:
 def test_shed_tombstone_keeps_resends_out(tmp_path: Path) -> None:
     """A shed event that is re-sent stays shed (counted once), so the district never sees it twice."""
     with Outbox(tmp_path / "o.db", max_bytes=EVENT_SIZE + 10) as box:
-        box.commit([StoreEvents([routine(1)])])
-        box.commit([StoreEvents([routine(2)])])
-        (result,) = box.commit([StoreEvents([routine(1)])])
+        box.commit([store(routine(1))])
+        box.commit([store(routine(2))])
+        (result,) = box.commit([store(routine(1))])
         assert result is not None
         assert result.duplicates == (routine(1).event_id,)
         assert box.event_ids() == [routine(2).event_id]  # the re-send pushed nothing out
@@ -118,7 +122,7 @@ def test_shed_tombstone_keeps_resends_out(tmp_path: Path) -> None:
 def test_pending_order_alarms_first_then_oldest(tmp_path: Path) -> None:
     """The uplink drains alarms first, then oldest first."""
     with Outbox(tmp_path / "o.db", max_bytes=1 << 20) as box:
-        box.commit([StoreEvents([routine(1), alarm(1), routine(2), alarm(2)])])
+        box.commit([store(routine(1), alarm(1), routine(2), alarm(2))])
         ids = [row.event_id for row in box.pending()]
         assert ids == [alarm(1).event_id, alarm(2).event_id, routine(1).event_id, routine(2).event_id]
 
@@ -126,10 +130,10 @@ def test_pending_order_alarms_first_then_oldest(tmp_path: Path) -> None:
 def test_delivered_frees_budget_and_keeps_tombstone(tmp_path: Path) -> None:
     """Confirmed events leave the budget; a re-send after delivery is still a duplicate."""
     with Outbox(tmp_path / "o.db", max_bytes=1 << 20) as box:
-        box.commit([StoreEvents([routine(1), routine(2)])])
+        box.commit([store(routine(1), routine(2))])
         assert box.mark_delivered([routine(1).event_id, "unknown"]) == 1
         assert box.stats().pending == 1
-        (result,) = box.commit([StoreEvents([routine(1)])])
+        (result,) = box.commit([store(routine(1))])
         assert result is not None
         assert result.duplicates == (routine(1).event_id,)
         assert box.purge_tombstones(datetime.now(UTC) + timedelta(seconds=1)) == 1
@@ -139,10 +143,10 @@ def test_budget_survives_restart(tmp_path: Path) -> None:
     """The byte budget is recomputed from the file after a restart."""
     path = tmp_path / "o.db"
     with Outbox(path, max_bytes=EVENT_SIZE * 2 + 10) as box:
-        box.commit([StoreEvents([routine(1), routine(2)])])
+        box.commit([store(routine(1), routine(2))])
     with Outbox(path, max_bytes=EVENT_SIZE * 2 + 10) as box:
         assert box.stats().pending_bytes == 2 * EVENT_SIZE
-        (result,) = box.commit([StoreEvents([routine(3)])])
+        (result,) = box.commit([store(routine(3))])
         assert result is not None
         assert result.stored == (routine(3).event_id,)
         assert routine(1).event_id in box.event_ids("shed")
@@ -176,7 +180,7 @@ def test_media_written_before_rows(tmp_path: Path) -> None:
     """Pictures are on disk, content-addressed, when the event referencing them is committed."""
     blob = MediaBlob("face", "image/jpeg", b"\xff\xd8\xff" + b"jpeg" * 10)
     with Outbox(tmp_path / "o.db", max_bytes=1 << 20) as box:
-        box.commit([StoreEvents([routine(1)], [blob, blob])])
+        box.commit([store(routine(1), media=(blob, blob))])
         stored = box.media_dir / blob.relative_path
         assert stored.read_bytes() == blob.data
         assert not list(stored.parent.glob(".tmp-*"))
@@ -189,11 +193,11 @@ def test_failed_batch_rolls_back_budget(tmp_path: Path) -> None:
             "CREATE TRIGGER boom BEFORE INSERT ON dead_letters BEGIN SELECT RAISE(ABORT, 'disk'); END"
         )
         with pytest.raises(Exception, match="disk"):
-            box.commit([StoreEvents([routine(1)]), DeadLetter("http", None, None, "x", None, "y", b"")])
+            box.commit([store(routine(1)), DeadLetter("http", None, None, "x", None, "y", b"")])
         assert box.event_ids() == []
         assert box.stats().pending_bytes == 0
         box.db.execute("DROP TRIGGER boom")
-        box.commit([StoreEvents([routine(1)])])
+        box.commit([store(routine(1))])
         assert box.event_ids() == [routine(1).event_id]
 
 
@@ -204,7 +208,7 @@ async def test_writer_group_commits_and_resolves_after_commit(tmp_path: Path) ->
     box = Outbox(tmp_path / "o.db", max_bytes=1 << 20)
     async with OutboxWriter(box, window_ms=5) as writer:
         task = asyncio.create_task(writer.run())
-        results = await asyncio.gather(*(writer.store([routine(n)]) for n in range(200)))
+        results = await asyncio.gather(*(writer.store([EventRow.from_event(routine(n))]) for n in range(200)))
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
