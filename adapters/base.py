@@ -46,7 +46,7 @@ class Transport(StrEnum):
     HTTP_PLATFORM = "http_platform"  # a vendor platform posts for many devices: /platform/<dialect>
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class RawMessage:
     """One payload exactly as it arrived."""
 
@@ -69,7 +69,7 @@ class DeviceContext:
     forward_is_in: bool = True  # cameras: does "forward"/"towards the camera" mean entering the compound?
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class MediaBlob:
     """Picture bytes that arrived with an event; stored locally, referenced by hash."""
 

@@ -60,14 +60,10 @@ class StateConfig(_Config):
     dir: Path = Path("/var/lib/compound-gateway")
     outbox_max_bytes: int = Field(default=512 * 1024 * 1024, ge=1024)
     dead_letter_keep: int = Field(default=10_000, ge=10)
-    commit_batch_max: int = Field(default=512, ge=1, le=10_000)
-    commit_window_ms: float = Field(default=5.0, ge=0, le=1000)
     write_queue_size: int = Field(default=4096, ge=16)
-    parse_workers: int = Field(
-        default=1,
-        ge=0,
-        le=64,
-        description="parser processes (0: parse on the event loop, for small installations)",
+    worker_process: bool = Field(
+        default=True,
+        description="parse and commit in a separate process (the second core); false: in a thread of the gateway",
     )
 
 

@@ -29,7 +29,7 @@ class UplinkError(GatewayError):
     """The district transport or store failed."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Rejection:
     """Why one raw payload was refused: machine-readable, and specific enough for an installer.
 

@@ -16,24 +16,21 @@ from aiohttp import web
 
 from adapters.base import RawMessage
 from gateway.config import GatewayConfig
-from gateway.errors import OutboxError, TransportError
-from gateway.intake import IntakeItem, Outcome
-from gateway.outbox import OutboxWriter, StoreEvents
-from gateway.parse_pool import ParsePool
+from gateway.errors import OutboxError
+from gateway.intake import IntakeItem
+from gateway.pipeline import IntakePipeline
 
 log = structlog.get_logger(__name__)
 
 REJECTION_STATUS = {"unknown_device": 404, "unknown_dialect": 404, "payload_too_large": 413}
-POOL_KEY: web.AppKey[ParsePool] = web.AppKey("pool", ParsePool)
-WRITER_KEY: web.AppKey[OutboxWriter] = web.AppKey("writer", OutboxWriter)
+PIPELINE_KEY: web.AppKey[IntakePipeline] = web.AppKey("pipeline", IntakePipeline)
 CONFIG_KEY: web.AppKey[GatewayConfig] = web.AppKey("config", GatewayConfig)
 
 
-def build_app(config: GatewayConfig, pool: ParsePool, writer: OutboxWriter) -> web.Application:
+def build_app(config: GatewayConfig, pipeline: IntakePipeline) -> web.Application:
     """The aiohttp application (body size limited by config, so oversized pushes never load)."""
     app = web.Application(client_max_size=config.http.max_body_bytes)
-    app[POOL_KEY] = pool
-    app[WRITER_KEY] = writer
+    app[PIPELINE_KEY] = pipeline
     app[CONFIG_KEY] = config
     app.router.add_post("/push/{device_id}", _push)
     app.router.add_post("/platform/{dialect}", _platform)
@@ -59,46 +56,38 @@ async def _platform(request: web.Request) -> web.Response:
 async def _receive(
     request: web.Request, transport: Literal["http_device", "http_platform"], target: str
 ) -> web.Response:
-    pool = request.app[POOL_KEY]
-    limit = request.app[CONFIG_KEY].http.max_body_bytes
+    pipeline = request.app[PIPELINE_KEY]
+    http = request.app[CONFIG_KEY].http
     body = await _read(request)
     if body is None:
-        device = target if transport == "http_device" else None
-        outcome = pool.intake.oversized("http", device, request.content_length, limit)
+        item = IntakeItem(
+            transport,
+            RawMessage(b""),
+            http.max_body_bytes,
+            target,
+            oversized=True,
+            declared_size=request.content_length,
+        )
     else:
         raw = RawMessage(body, content_type=request.headers.get("Content-Type"))
-        try:
-            (outcome,) = await pool.classify([IntakeItem(transport, raw, limit, target=target)])
-        except TransportError:
-            return web.json_response({"error": "not_committed", "detail": "try again"}, status=503)
-    return await _commit(request, outcome)
-
-
-async def _commit(request: web.Request, outcome: Outcome) -> web.Response:
-    writer = request.app[WRITER_KEY]
-    timeout = request.app[CONFIG_KEY].http.commit_timeout_s
+        item = IntakeItem(transport, raw, http.max_body_bytes, target=target)
     try:
-        async with asyncio.timeout(timeout):
-            if isinstance(outcome.operation, StoreEvents):
-                result = await writer.store(outcome.operation.events, outcome.operation.media)
-            else:
-                await writer.dead_letter(outcome.operation)
-                result = None
+        async with asyncio.timeout(http.commit_timeout_s):
+            result = await pipeline.submit_one(item)
     except (TimeoutError, OutboxError) as exc:
-        log.error("push_not_committed", device=outcome.device, error=str(exc) or "commit timeout")
+        log.error("push_not_committed", target=target, error=str(exc) or "commit timeout")
         return web.json_response({"error": "not_committed", "detail": "try again"}, status=503)
-    if outcome.rejection is not None:
-        rejection = outcome.rejection
+    if result.rejection is not None:
+        rejection = result.rejection
         return web.json_response(
             {
                 "error": rejection.reason,
                 "field": rejection.field,
                 "detail": rejection.detail,
-                "device": outcome.device,
+                "device": result.device,
             },
             status=REJECTION_STATUS.get(rejection.reason, 400),
         )
-    assert result is not None  # noqa: S101 - StoreEvents always yields a result
     return web.json_response(
         {"stored": list(result.stored), "duplicates": list(result.duplicates), "shed": list(result.shed)}
     )

@@ -28,7 +28,7 @@ REJECTION_LOG_FIRST = 5
 REJECTION_LOG_EVERY = 100
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Outcome:
     """What the intake decided for one payload (picklable: it may come from a parser process)."""
 
@@ -44,7 +44,7 @@ class Outcome:
         return []
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class IntakeItem:
     """One raw payload and where it came from, as handed to the parser (possibly another process)."""
 
@@ -52,6 +52,8 @@ class IntakeItem:
     raw: RawMessage
     max_bytes: int
     target: str | None = None  # the device id of /push/<id>, the dialect of /platform/<dialect>
+    oversized: bool = False  # refused before reading: the body exceeded max_bytes
+    declared_size: int | None = None
 
 
 class Intake:
@@ -73,6 +75,9 @@ class Intake:
 
     def classify(self, item: IntakeItem) -> Outcome:
         """Dispatch one item to the entry point of its transport."""
+        if item.oversized:
+            device = item.target if item.transport == "http_device" else None
+            return self.oversized("http", device, item.declared_size, item.max_bytes)
         if item.transport == "mqtt":
             return self.from_mqtt(item.raw, item.max_bytes)
         if item.transport == "http_device":

@@ -31,9 +31,8 @@ from paho.mqtt.properties import Properties
 from adapters.base import RawMessage
 from gateway.config import GatewayConfig
 from gateway.errors import OutboxError, TransportError
-from gateway.intake import IntakeItem, Outcome
-from gateway.outbox import OutboxWriter, StoreResult
-from gateway.parse_pool import ParsePool
+from gateway.intake import IntakeItem
+from gateway.pipeline import BATCH_MAX, IntakePipeline, ItemResult
 
 log = structlog.get_logger(__name__)
 
@@ -126,24 +125,21 @@ def _paho(client: aiomqtt.Client) -> _ManualAck:
     return paho_client
 
 
-Parsed = tuple["asyncio.Future[list[Outcome]]", list[tuple[int, int]]]
-Pending = tuple["asyncio.Future[list[StoreResult | None]]", list[tuple[int, int]]]
-BATCH_MAX = 256
-PARSE_PIPELINE_DEPTH = 2
+InFlight = tuple["asyncio.Future[list[ItemResult]]", list[tuple[int, int]]]
+PIPELINE_DEPTH = 3
 
 
 class MqttIntake:
-    """Subscribes to the device dialects' topics and feeds the outbox; ``run`` is one connection.
+    """Subscribes to the device dialects' topics and feeds the intake pipeline; ``run`` is one connection.
 
-    Three stages per connection, each bounded: receive (batches what aiomqtt has queued and hands
-    each batch to the parser), commit (takes parsed batches in order and enqueues their outbox
-    operations), acknowledge (sends each PUBACK, in arrival order, once its commit is done).
+    Two stages per connection, each bounded: receive (batches what aiomqtt has queued and hands
+    each batch to the pipeline, which parses and commits it) and acknowledge (sends the batch's
+    PUBACKs, in arrival order, once its commit is done).
     """
 
-    def __init__(self, config: GatewayConfig, pool: ParsePool, writer: OutboxWriter) -> None:
+    def __init__(self, config: GatewayConfig, pipeline: IntakePipeline) -> None:
         self._config = config
-        self._pool = pool
-        self._writer = writer
+        self._pipeline = pipeline
         self.messages = 0
         self.acked = 0
         self.throttle = self._new_throttle()
@@ -175,11 +171,10 @@ class MqttIntake:
         paho = _paho(client)
         paho.manual_ack_set(True)
         self.throttle.attach(paho)
-        parsed: asyncio.Queue[Parsed] = asyncio.Queue(maxsize=PARSE_PIPELINE_DEPTH)
-        pending: asyncio.Queue[Pending] = asyncio.Queue(maxsize=PARSE_PIPELINE_DEPTH * 2)
+        in_flight: asyncio.Queue[InFlight] = asyncio.Queue(maxsize=PIPELINE_DEPTH)
         try:
             async with client:
-                for topic_filter in self._pool.intake.mqtt_topic_filters():
+                for topic_filter in self._pipeline.intake.mqtt_topic_filters():
                     await client.subscribe(topic_filter, qos=1)
                 log.info(
                     "mqtt_intake_connected",
@@ -189,15 +184,14 @@ class MqttIntake:
                 )
                 on_connected()
                 async with asyncio.TaskGroup() as tg:
-                    tg.create_task(self._acknowledge(paho, pending), name="mqtt-intake-acker")
-                    tg.create_task(self._commit(parsed, pending), name="mqtt-intake-commit")
-                    await self._receive(client, parsed)
+                    tg.create_task(self._acknowledge(paho, in_flight), name="mqtt-intake-acker")
+                    await self._receive(client, in_flight)
         except* (aiomqtt.MqttError, TransportError) as group:
             raise TransportError(f"device broker {cfg.host}:{cfg.port}: {group.exceptions[0]}") from group
         finally:
-            _abandon(parsed, pending)
+            _abandon(in_flight)
 
-    async def _receive(self, client: aiomqtt.Client, parsed: asyncio.Queue[Parsed]) -> None:
+    async def _receive(self, client: aiomqtt.Client, in_flight: asyncio.Queue[InFlight]) -> None:
         max_bytes = self._config.mqtt.max_payload_bytes
         async for message in client.messages:
             batch = [message]
@@ -211,25 +205,18 @@ class MqttIntake:
             items = [
                 IntakeItem("mqtt", RawMessage(_body(m.payload), topic=str(m.topic)), max_bytes) for m in batch
             ]
-            await parsed.put((self._pool.submit(items), [(m.mid, m.qos) for m in batch]))
+            await in_flight.put((self._pipeline.start(items), [(m.mid, m.qos) for m in batch]))
         raise TransportError("device broker closed the message stream")
 
-    async def _commit(self, parsed: asyncio.Queue[Parsed], pending: asyncio.Queue[Pending]) -> None:
+    async def _acknowledge(self, paho: _ManualAck, in_flight: asyncio.Queue[InFlight]) -> None:
         while True:
-            future, acks = await parsed.get()
-            outcomes = await self._pool.result(future)
-            committed = self._writer.enqueue([outcome.operation for outcome in outcomes])
-            await pending.put((committed, acks))
-
-    async def _acknowledge(self, paho: _ManualAck, pending: asyncio.Queue[Pending]) -> None:
-        while True:
-            future, acks = await pending.get()
+            future, acks = await in_flight.get()
             try:
-                await future
+                await self._pipeline.finish(future)
             except OutboxError as exc:
                 # Not committed: do not acknowledge. Dropping the connection makes the broker
                 # redeliver everything unacknowledged once we are back.
-                raise TransportError(f"outbox refused a device message, reconnecting: {exc}") from exc
+                raise TransportError(f"outbox refused device messages, reconnecting: {exc}") from exc
             for mid, qos in acks:
                 if qos > 0:
                     paho.ack(mid, qos)
@@ -242,16 +229,14 @@ def _body(payload: object) -> bytes:
     return str(payload or "").encode()
 
 
-def _abandon(parsed: asyncio.Queue[Parsed], pending: asyncio.Queue[Pending]) -> None:
-    """Forget outcomes nobody will acknowledge any more (the broker redelivers those messages).
+def _abandon(in_flight: asyncio.Queue[InFlight]) -> None:
+    """Forget batches nobody will acknowledge any more (the broker redelivers those messages).
 
-    Their parses and commits may still succeed or fail; either way the result is consumed here so
-    that a failure is not reported again as an unretrieved exception.
+    Their commits may still succeed or fail; either way the result is consumed here so that a
+    failure is not reported again as an unretrieved exception.
     """
-    while not parsed.empty():
-        parsed.get_nowait()[0].add_done_callback(_consume)
-    while not pending.empty():
-        pending.get_nowait()[0].add_done_callback(_consume)
+    while not in_flight.empty():
+        in_flight.get_nowait()[0].add_done_callback(_consume)
 
 
 def _consume(future: asyncio.Future[Any]) -> None:

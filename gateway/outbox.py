@@ -5,19 +5,17 @@ then is anything acknowledged to a device. Events are unique by event id (a re-s
 once). The outbox is bounded in bytes: when full, routine events are shed oldest first (recorded as
 tombstones and counted); alarms are never shed. Rejected payloads go to a bounded dead-letter table.
 
-``Outbox`` is synchronous and owned by one thread; ``OutboxWriter`` is its asyncio front end, which
-group-commits whatever accumulated while the previous commit was running.
+``Outbox`` is synchronous and owned by one worker (``gateway/pipeline.py``), which commits a whole
+batch of payloads per transaction.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import sqlite3
 import tempfile
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -73,7 +71,7 @@ CREATE TABLE IF NOT EXISTS counters (
 """
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class EventRow:
     """An event ready for the outbox: its serialized body and the columns the outbox indexes.
 
@@ -105,7 +103,7 @@ class EventRow:
         )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class StoreEvents:
     """Store these events (and the pictures they reference) durably."""
 
@@ -113,7 +111,7 @@ class StoreEvents:
     media: Sequence[MediaBlob] = ()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class DeadLetter:
     """A payload that was refused, kept for inspection."""
 
@@ -129,7 +127,7 @@ class DeadLetter:
 Operation = StoreEvents | DeadLetter
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class StoreResult:
     """What happened to each event of a ``StoreEvents``."""
 
@@ -254,25 +252,27 @@ class Outbox:
         duplicates: list[str] = []
         shed: list[str] = []
         for event in events:
-            if self._exists(db, event.event_id):
-                # Checked before any shedding: a re-send must never push out another event.
-                duplicates.append(event.event_id)
-                self._count(db, "duplicates", event.device_id, "")
-                continue
-            body = event.body
-            size = len(body)
+            size = len(event.body)
             over = self._pending_bytes + size - self.max_bytes
             if over > 0:
+                # Checked before any shedding: a re-send must never push out another event.
+                if self._exists(db, event.event_id):
+                    duplicates.append(event.event_id)
+                    self._count(db, "duplicates", event.device_id, "")
+                    continue
                 over -= self._shed_routine(db, over)
-            if over > 0 and not event.alarm:
-                # Nothing older left to shed: this routine event is itself the oldest we can drop.
-                self._insert(db, event, None, size, state="shed")
-                self._count(db, "shed", event.kind, "")
-                shed.append(event.event_id)
-                continue
-            self._insert(db, event, body, size, state="pending")
-            self._pending_bytes += size
-            stored.append(event.event_id)
+                if over > 0 and not event.alarm:
+                    # Nothing older left to shed: this routine event is itself the oldest we can drop.
+                    self._insert(db, event, None, size, state="shed")
+                    self._count(db, "shed", event.kind, "")
+                    shed.append(event.event_id)
+                    continue
+            if self._insert(db, event, event.body, size, state="pending"):
+                self._pending_bytes += size
+                stored.append(event.event_id)
+            else:
+                duplicates.append(event.event_id)
+                self._count(db, "duplicates", event.device_id, "")
         return StoreResult(tuple(stored), tuple(duplicates), tuple(shed))
 
     @staticmethod
@@ -282,9 +282,10 @@ class Outbox:
     @staticmethod
     def _insert(
         db: sqlite3.Connection, event: EventRow, body: bytes | None, size: int, *, state: str
-    ) -> None:
-        db.execute(
-            "INSERT INTO events (event_id, kind, severity, alarm, device_id, occurred_at, received_at,"
+    ) -> bool:
+        """Insert unless the event id is known; True when inserted."""
+        cursor = db.execute(
+            "INSERT OR IGNORE INTO events (event_id, kind, severity, alarm, device_id, occurred_at, received_at,"
             " size, body, state, settled_at) VALUES (?,?,?,?,?,?,?,?,?,?,?)",
             (
                 event.event_id,
@@ -300,6 +301,7 @@ class Outbox:
                 None if state == "pending" else utc_now().isoformat(),
             ),
         )
+        return cursor.rowcount == 1
 
     def _shed_routine(self, db: sqlite3.Connection, need: int) -> int:
         freed = 0
@@ -441,107 +443,3 @@ class Outbox:
         counters = {(n, a, b): v for n, a, b, v in db.execute("SELECT name, a, b, value FROM counters")}
         shed_total = sum(v for (n, _, _), v in counters.items() if n == "shed")
         return OutboxStats(pending, alarms, size, oldest, delivered, shed_total, dead, counters)
-
-
-@dataclass(frozen=True)
-class _Submission:
-    operations: list[Operation]
-    future: asyncio.Future[list[StoreResult | None]]
-
-
-class OutboxWriter:
-    """Asyncio front end: a bounded queue in front of one writer thread, group commit.
-
-    Overflow policy of the queue: *block*. Producers wait for room, which is the back-pressure the
-    transports need: the MQTT intake stops acknowledging (its read throttle then stops reading the
-    broker's socket) and HTTP pushes wait, up to their commit timeout.
-    """
-
-    def __init__(
-        self, outbox: Outbox, *, batch_max: int = 512, window_ms: float = 2.0, queue_size: int = 4096
-    ) -> None:
-        self.outbox = outbox
-        self._batch_max = batch_max
-        self._window_s = window_ms / 1000
-        # One entry per submission; a submission is one operation or a parsed batch of them.
-        self._queue: asyncio.Queue[_Submission] = asyncio.Queue(maxsize=queue_size)
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox")
-        self.commits = 0
-        self.events_stored = 0
-
-    async def __aenter__(self) -> OutboxWriter:
-        await asyncio.get_running_loop().run_in_executor(self._executor, self.outbox.open)
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        # Any commit still running in the thread finishes before the database closes.
-        await asyncio.get_running_loop().run_in_executor(self._executor, self.outbox.close)
-        self._executor.shutdown(wait=True)
-
-    async def store(self, events: Sequence[EventRow], media: Sequence[MediaBlob] = ()) -> StoreResult:
-        """Durably store events; returns after the commit (raises ``OutboxError`` if it failed)."""
-        (result,) = await self.enqueue([StoreEvents(events, media)])
-        if result is None:  # pragma: no cover - StoreEvents always yields a result
-            raise OutboxError("store produced no result")
-        return result
-
-    async def dead_letter(self, letter: DeadLetter) -> None:
-        """Durably keep a refused payload."""
-        await self.enqueue([letter])
-
-    def enqueue(self, operations: Sequence[Operation]) -> asyncio.Future[list[StoreResult | None]]:
-        """Queue operations for the next commit, without waiting for it.
-
-        Returns the future of their results (in order), set once they are durable. If the queue is
-        full, the future resolves only after room was made and the commit happened: awaiting it is
-        the back-pressure.
-        """
-        future: asyncio.Future[list[StoreResult | None]] = asyncio.get_running_loop().create_future()
-        submission = _Submission(list(operations), future)
-        try:
-            self._queue.put_nowait(submission)
-        except asyncio.QueueFull:
-            return asyncio.ensure_future(self._enqueue_when_room(submission))
-        return future
-
-    async def _enqueue_when_room(self, submission: _Submission) -> list[StoreResult | None]:
-        await self._queue.put(submission)
-        return await submission.future
-
-    async def run(self) -> None:
-        """The writer task: take what is queued, commit it in one transaction, resolve the futures."""
-        loop = asyncio.get_running_loop()
-        while True:
-            batch = [await self._queue.get()]
-            deadline = loop.time() + self._window_s
-            while len(batch) < self._batch_max:
-                try:
-                    batch.append(self._queue.get_nowait())
-                    continue
-                except asyncio.QueueEmpty:
-                    pass
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    break
-                try:
-                    async with asyncio.timeout(remaining):
-                        batch.append(await self._queue.get())
-                except TimeoutError:
-                    break
-            operations = [op for submission in batch for op in submission.operations]
-            try:
-                results = await loop.run_in_executor(self._executor, self.outbox.commit, operations)
-            except (sqlite3.Error, OSError) as exc:
-                log.error("outbox_commit_failed", error=str(exc), operations=len(operations))
-                for submission in batch:
-                    if not submission.future.done():
-                        submission.future.set_exception(OutboxError(f"outbox commit failed: {exc}"))
-                continue
-            self.commits += 1
-            self.events_stored += sum(len(r.stored) for r in results if r is not None)
-            start = 0
-            for submission in batch:
-                end = start + len(submission.operations)
-                if not submission.future.done():
-                    submission.future.set_result(results[start:end])
-                start = end

@@ -1,8 +1,9 @@
 """The gateway daemon: wiring only. Behaviour lives in the intake, the transports and the outbox.
 
-Shutdown is cancellation. Transports run in an inner task group and stop first; the outbox writer
+Shutdown is cancellation. Transports run in an inner task group and stop first; the intake batcher
 runs in the outer one and keeps committing until they are gone, so a push in flight is still
-answered truthfully. Resources sit on an ``AsyncExitStack`` in dependency order.
+answered truthfully. Resources sit on an ``AsyncExitStack`` in dependency order: the pipeline's
+worker (parsers + outbox) closes last.
 """
 
 from __future__ import annotations
@@ -19,8 +20,7 @@ from gateway.config import GatewayConfig, load_pseudonym_key
 from gateway.errors import TransportError
 from gateway.http_receiver import build_app
 from gateway.mqtt_intake import MqttIntake
-from gateway.outbox import Outbox, OutboxWriter
-from gateway.parse_pool import ParsePool
+from gateway.pipeline import IntakePipeline
 from gateway.systemd import sd_notify
 
 log = structlog.get_logger(__name__)
@@ -75,35 +75,20 @@ def pseudonym_key(config: GatewayConfig) -> bytes:
 
 async def run_gateway(config: GatewayConfig, *, ready: asyncio.Event | None = None) -> None:
     """Run until cancelled."""
-    outbox = Outbox(
-        config.state.dir / "outbox.db",
-        max_bytes=config.state.outbox_max_bytes,
-        dead_letter_keep=config.state.dead_letter_keep,
-    )
     async with AsyncExitStack() as stack:
-        pool = await stack.enter_async_context(
-            ParsePool(config, pseudonym_key(config), workers=config.state.parse_workers)
-        )
-        intake = pool.intake
-        writer = await stack.enter_async_context(
-            OutboxWriter(
-                outbox,
-                batch_max=config.state.commit_batch_max,
-                window_ms=config.state.commit_window_ms,
-                queue_size=config.state.write_queue_size,
-            )
-        )
-        runner = web.AppRunner(build_app(config, pool, writer), shutdown_timeout=HTTP_SHUTDOWN_TIMEOUT_S)
+        pipeline = await stack.enter_async_context(IntakePipeline(config, pseudonym_key(config)))
+        intake = pipeline.intake
+        runner = web.AppRunner(build_app(config, pipeline), shutdown_timeout=HTTP_SHUTDOWN_TIMEOUT_S)
         await runner.setup()
         async with asyncio.TaskGroup() as core:
-            writer_task = core.create_task(writer.run(), name="outbox-writer")
+            batcher = core.create_task(pipeline.run_batcher(), name="intake-batcher")
             try:
                 site = web.TCPSite(runner, config.http.host, config.http.port, reuse_address=True)
                 await site.start()
                 async with asyncio.TaskGroup() as transports:
                     mqtt_up = asyncio.Event()
                     if intake.uses_mqtt():
-                        mqtt = MqttIntake(config, pool, writer)
+                        mqtt = MqttIntake(config, pipeline)
                         transports.create_task(
                             supervise("mqtt-intake", mqtt.run, Backoff(config.backoff), mqtt_up),
                             name="mqtt-intake",
@@ -120,13 +105,12 @@ async def run_gateway(config: GatewayConfig, *, ready: asyncio.Event | None = No
                     # systemd: ready once we accept pushes; a broker outage must not fail the start.
                     sd_notify("READY=1")
                     if ready is not None:
-                        await (
-                            mqtt_up.wait()
-                        )  # callers that wait (demo, tests) need the subscriptions in place
+                        # callers that wait (demo, tests) need the subscriptions in place
+                        await mqtt_up.wait()
                         ready.set()
                     await asyncio.Future()  # until cancelled
             finally:
                 sd_notify("STOPPING=1")
-                await runner.cleanup()  # answer pushes in flight while the writer still runs
-                writer_task.cancel()
+                await runner.cleanup()  # answer pushes in flight while the batcher still runs
+                batcher.cancel()
     log.info("gateway_stopped")

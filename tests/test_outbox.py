@@ -21,7 +21,7 @@ from gateway.events import (
     VerifyMode,
 )
 from gateway.identity import event_id
-from gateway.outbox import DeadLetter, EventRow, Outbox, OutboxWriter, StoreEvents
+from gateway.outbox import DeadLetter, EventRow, Outbox, StoreEvents
 
 T0 = datetime(2026, 6, 1, 8, 0, tzinfo=UTC)
 
@@ -199,20 +199,3 @@ def test_failed_batch_rolls_back_budget(tmp_path: Path) -> None:
         box.db.execute("DROP TRIGGER boom")
         box.commit([store(routine(1))])
         assert box.event_ids() == [routine(1).event_id]
-
-
-async def test_writer_group_commits_and_resolves_after_commit(tmp_path: Path) -> None:
-    """Concurrent stores share commits; each caller learns its own outcome only after the commit."""
-    import asyncio  # noqa: PLC0415
-
-    box = Outbox(tmp_path / "o.db", max_bytes=1 << 20)
-    async with OutboxWriter(box, window_ms=5) as writer:
-        task = asyncio.create_task(writer.run())
-        results = await asyncio.gather(*(writer.store([EventRow.from_event(routine(n))]) for n in range(200)))
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await task
-    assert all(r.stored for r in results)
-    assert writer.commits < 200
-    with Outbox(tmp_path / "o.db", max_bytes=1 << 20) as reader:
-        assert len(reader.event_ids()) == 200

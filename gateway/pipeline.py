@@ -1,0 +1,204 @@
+"""The intake pipeline: batches of raw payloads in, parsed and durably committed outcomes out.
+
+One worker owns the parsers and the outbox. By default it is a separate process: the gateway's
+event loop already spends most of a core decoding MQTT packets and sending acknowledgements, so
+parsing, validating, serializing and committing run on the other core, a batch at a time, and the
+hand-over is just bytes one way and event ids back. A result exists only after its batch was
+committed (SQLite WAL, ``synchronous=FULL``), so a transport may acknowledge on it.
+
+With ``worker_process = false`` the same worker is a thread of the gateway process (tools, tests,
+tiny installations). Either way there is exactly one outbox writer, and batches commit in the order
+they were submitted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import sqlite3
+import threading
+from collections.abc import Sequence
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from types import TracebackType
+
+import structlog
+
+from gateway.config import GatewayConfig
+from gateway.errors import OutboxError, Rejection
+from gateway.identity import Pseudonymizer
+from gateway.intake import Intake, IntakeItem
+from gateway.logging import configure_logging
+from gateway.outbox import Outbox, StoreResult
+
+log = structlog.get_logger(__name__)
+
+BATCH_MAX = 256
+
+
+@dataclass(frozen=True, slots=True)
+class ItemResult:
+    """What became of one payload once its batch was committed."""
+
+    stored: tuple[str, ...] = ()
+    duplicates: tuple[str, ...] = ()
+    shed: tuple[str, ...] = ()
+    rejection: Rejection | None = None
+    device: str | None = None
+
+
+class _Worker:
+    """The worker's state: the intake and the open outbox (one per worker thread or process)."""
+
+    def __init__(self, config: GatewayConfig, key: bytes) -> None:
+        self.intake = Intake(config, Pseudonymizer(key, config.compound.compound_id))
+        self.outbox = Outbox(
+            config.state.dir / "outbox.db",
+            max_bytes=config.state.outbox_max_bytes,
+            dead_letter_keep=config.state.dead_letter_keep,
+        ).open()
+
+    def process(self, items: Sequence[IntakeItem]) -> list[ItemResult]:
+        outcomes = [self.intake.classify(item) for item in items]
+        results = self.outbox.commit([outcome.operation for outcome in outcomes])
+        return [
+            _item_result(result, outcome.rejection, outcome.device)
+            for outcome, result in zip(outcomes, results, strict=True)
+        ]
+
+
+def _item_result(result: StoreResult | None, rejection: Rejection | None, device: str | None) -> ItemResult:
+    if result is None:
+        return ItemResult(rejection=rejection, device=device)
+    return ItemResult(result.stored, result.duplicates, result.shed, rejection, device)
+
+
+_local = threading.local()
+
+
+def _init_worker(config: GatewayConfig, key: bytes, configure_logs: bool) -> None:
+    if configure_logs:
+        configure_logging(config.log_format)
+    _local.worker = _Worker(config, key)
+
+
+def _process(items: Sequence[IntakeItem]) -> list[ItemResult]:
+    worker: _Worker = _local.worker
+    return worker.process(items)
+
+
+def _close() -> None:
+    worker: _Worker | None = getattr(_local, "worker", None)
+    if worker is not None:
+        worker.outbox.close()
+
+
+def _ready() -> bool:
+    return getattr(_local, "worker", None) is not None
+
+
+class IntakePipeline:
+    """Submits batches to the worker; batches single HTTP pushes so that they share commits."""
+
+    def __init__(self, config: GatewayConfig, key: bytes) -> None:
+        self._config = config
+        self._key = key
+        self._executor: Executor | None = None
+        self._restart_lock = asyncio.Lock()
+        self._singles: asyncio.Queue[tuple[IntakeItem, asyncio.Future[ItemResult]]] = asyncio.Queue(
+            maxsize=config.state.write_queue_size
+        )
+        self.intake = Intake(config, Pseudonymizer(key, config.compound.compound_id))
+        self.batches = 0
+
+    async def __aenter__(self) -> IntakePipeline:
+        await self._start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        executor, self._executor = self._executor, None
+        if executor is not None:
+            # A batch still being committed finishes first; then the outbox closes in its worker.
+            await asyncio.get_running_loop().run_in_executor(executor, _close)
+            executor.shutdown(wait=True, cancel_futures=True)
+
+    async def _start(self) -> None:
+        config = self._config
+        if config.state.worker_process:
+            # spawn, not fork: this process has threads whose locks a fork would copy
+            self._executor = ProcessPoolExecutor(
+                max_workers=1,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_init_worker,
+                initargs=(config, self._key, True),
+            )
+        else:
+            self._executor = ThreadPoolExecutor(
+                max_workers=1,
+                thread_name_prefix="intake",
+                initializer=_init_worker,
+                initargs=(config, self._key, False),
+            )
+        await asyncio.get_running_loop().run_in_executor(self._executor, _ready)
+
+    def start(self, items: Sequence[IntakeItem]) -> asyncio.Future[list[ItemResult]]:
+        """Hand a batch to the worker; batches are processed, and committed, in submission order."""
+        if self._executor is None:
+            raise OutboxError("intake pipeline is not running")
+        self.batches += 1
+        return asyncio.get_running_loop().run_in_executor(self._executor, _process, list(items))
+
+    async def finish(self, future: asyncio.Future[list[ItemResult]]) -> list[ItemResult]:
+        """The results of a started batch; ``OutboxError`` if it was not committed."""
+        try:
+            return await future
+        except (sqlite3.Error, OSError) as exc:
+            log.error("outbox_commit_failed", error=str(exc))
+            raise OutboxError(f"outbox commit failed: {exc}") from exc
+        except BrokenProcessPool as exc:
+            await self._replace_broken_worker()
+            raise OutboxError("the intake worker died; the batch was not committed") from exc
+
+    async def process(self, items: Sequence[IntakeItem]) -> list[ItemResult]:
+        """Start a batch and wait for its results."""
+        return await self.finish(self.start(items))
+
+    async def submit_one(self, item: IntakeItem) -> ItemResult:
+        """One payload (an HTTP push); it shares a batch, and a commit, with whatever else is waiting."""
+        future: asyncio.Future[ItemResult] = asyncio.get_running_loop().create_future()
+        await self._singles.put((item, future))
+        return await future
+
+    async def run_batcher(self) -> None:
+        """Task: collects single submissions into batches (runs for the pipeline's lifetime)."""
+        while True:
+            batch = [await self._singles.get()]
+            while len(batch) < BATCH_MAX:
+                try:
+                    batch.append(self._singles.get_nowait())
+                except asyncio.QueueEmpty:
+                    break
+            try:
+                results = await self.process([item for item, _ in batch])
+            except OutboxError as exc:
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            for (_, future), result in zip(batch, results, strict=True):
+                if not future.done():
+                    future.set_result(result)
+
+    async def _replace_broken_worker(self) -> None:
+        async with self._restart_lock:  # several batches fail together; replace the worker once
+            if self._executor is None:
+                return
+            try:
+                await asyncio.get_running_loop().run_in_executor(self._executor, _ready)
+            except BrokenProcessPool:
+                log.error("intake_worker_died")
+                self._executor.shutdown(wait=False, cancel_futures=True)
+                await self._start()
