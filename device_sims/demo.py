@@ -106,10 +106,12 @@ async def _demo(workdir: Path, count: int, seed: int, as_json: bool) -> int:
                 reports[phase] = report
                 if phase not in {"malformed"}:
                     acked.extend(report.acked)
+                in_outbox = sum(stored_by_kind(config.state.dir / "outbox.db")[0].values())
                 _say(
                     as_json,
                     f"  {phase:<14} sent {report.sent:>4}  acked {len(report.acked):>4}  "
-                    f"rejected {report.rejected:>3}  failed {report.failed}  ({report.seconds:.2f}s)",
+                    f"rejected {report.rejected:>3}  failed {report.failed}  ({report.seconds:.2f}s)"
+                    f"  -> outbox now holds {in_outbox} events",
                 )
             expected = expected_event_ids(config, acked)
             db_path = config.state.dir / "outbox.db"

@@ -107,3 +107,10 @@ def test_check_config_bad_toml(tmp_path: Path, capsys: pytest.CaptureFixture[str
     err = capsys.readouterr().err
     assert str(path) in err
     assert "line 1" in err
+
+
+def test_example_config_is_valid(capsys: pytest.CaptureFixture[str]) -> None:
+    """docs/gateway.example.toml, which installers copy, passes check-config."""
+    example = Path(__file__).resolve().parents[1] / "docs" / "gateway.example.toml"
+    assert main(["check-config", str(example)]) == 0
+    assert "7 devices" in capsys.readouterr().out
