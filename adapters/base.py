@@ -414,6 +414,14 @@ def topic_parts(raw: RawMessage, prefix: str) -> tuple[str, str]:
     return parts[1], parts[2]
 
 
+def read_mqtt_json(raw: RawMessage, prefix: str, event_channel: str) -> tuple[str, str, Fields]:
+    """(device ref, channel, document) of a ``<prefix>/<ref>/<event channel or status>`` message."""
+    ref, channel = topic_parts(raw, prefix)
+    if channel not in {event_channel, "status"}:
+        raise PayloadRejected("bad_topic", f"unknown channel {channel!r}; expected {event_channel} or status")
+    return ref, channel, Fields(load_json_object(raw.body))
+
+
 def status_event(ctx: DeviceContext, dialect: Dialect, device_ref: str, fields: Fields, key: str) -> Event:
     """A device_status event from a vendor's status / last-will message ``{"online": bool, "session": ...}``.
 

@@ -19,8 +19,8 @@ from adapters.base import (
     Transport,
     build_event,
     clamp_unit,
-    load_json_object,
     parse_epoch,
+    read_mqtt_json,
     status_event,
     topic_parts,
 )
@@ -51,12 +51,9 @@ class HighTossMqtt:
 
     def parse(self, raw: RawMessage, ctx: DeviceContext) -> ParseResult:
         """A detection -> one thrown_object alarm; heartbeats and follow-up group posts -> none."""
-        sn, channel = topic_parts(raw, PREFIX)
-        doc = Fields(load_json_object(raw.body))
+        sn, channel, doc = read_mqtt_json(raw, PREFIX, "alarm")
         if channel == "status":
             return ParseResult(events=(status_event(ctx, self, sn, doc, "online"),))
-        if channel != "alarm":
-            raise PayloadRejected("bad_topic", f"unknown channel {channel!r}; expected alarm or status")
         code = doc.text("Code", max_len=32)
         if code == "Heartbeat":
             return ParseResult(events=())

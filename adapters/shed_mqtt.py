@@ -12,13 +12,12 @@ from dataclasses import dataclass
 
 from adapters.base import (
     DeviceContext,
-    Fields,
     ParseResult,
     RawMessage,
     Transport,
     build_event,
-    load_json_object,
     parse_epoch,
+    read_mqtt_json,
     status_event,
     topic_parts,
 )
@@ -66,12 +65,9 @@ class ShedMqtt:
 
     def parse(self, raw: RawMessage, ctx: DeviceContext) -> ParseResult:
         """One report -> one event per raised condition (or a heartbeat / recovery / self-test)."""
-        imei, channel = topic_parts(raw, PREFIX)
-        doc = Fields(load_json_object(raw.body))
+        imei, channel, doc = read_mqtt_json(raw, PREFIX, "up")
         if channel == "status":
             return ParseResult(events=(status_event(ctx, self, imei, doc, "online"),))
-        if channel != "up":
-            raise PayloadRejected("bad_topic", f"unknown channel {channel!r}; expected up or status")
         report = doc.text("type", max_len=16)
         seq = doc.integer("seq", lo=0, hi=2**32)
         ts_ms = doc.integer("ts", lo=0, hi=2**43)

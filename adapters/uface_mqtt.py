@@ -14,15 +14,14 @@ from dataclasses import dataclass
 from adapters.base import (
     MAX_PICTURE_BYTES,
     DeviceContext,
-    Fields,
     MediaBlob,
     ParseResult,
     RawMessage,
     Transport,
     build_event,
     check_picture,
-    load_json_object,
     parse_iso_time,
+    read_mqtt_json,
     status_event,
     topic_parts,
 )
@@ -70,12 +69,9 @@ class UfaceMqtt:
 
     def parse(self, raw: RawMessage, ctx: DeviceContext) -> ParseResult:
         """A recognition record -> one face_access event; a status message -> device_status."""
-        sn, channel = topic_parts(raw, PREFIX)
-        doc = Fields(load_json_object(raw.body))
+        sn, channel, doc = read_mqtt_json(raw, PREFIX, "event")
         if channel == "status":
             return ParseResult(events=(status_event(ctx, self, sn, doc, "online"),))
-        if channel != "event":
-            raise PayloadRejected("bad_topic", f"unknown channel {channel!r}; expected event or status")
         msg_type = doc.text("type", max_len=32)
         if msg_type == "heartbeat":
             return ParseResult(events=())

@@ -11,18 +11,16 @@ from dataclasses import dataclass
 
 from adapters.base import (
     DeviceContext,
-    Fields,
     ParseResult,
     RawMessage,
     Transport,
     build_event,
-    load_json_object,
     parse_epoch,
+    read_mqtt_json,
     status_event,
     topic_parts,
 )
 from adapters.plates import normalize_plate
-from gateway.errors import PayloadRejected
 from gateway.events import (
     BarrierAction,
     Direction,
@@ -86,12 +84,9 @@ class VzLprMqtt:
 
     def parse(self, raw: RawMessage, ctx: DeviceContext) -> ParseResult:
         """A plate result -> one vehicle_pass event; a status message -> device_status."""
-        serial, channel = topic_parts(raw, PREFIX)
-        doc = Fields(load_json_object(raw.body))
+        serial, channel, doc = read_mqtt_json(raw, PREFIX, "result")
         if channel == "status":
             return ParseResult(events=(status_event(ctx, self, serial, doc, "online"),))
-        if channel != "result":
-            raise PayloadRejected("bad_topic", f"unknown channel {channel!r}; expected result or status")
         alarm = doc.sub("AlarmInfoPlate")
         result = alarm.sub("result").sub("PlateResult")
         timeval = result.sub("timeStamp").sub("Timeval")
