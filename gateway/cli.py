@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import logging
 import signal
 import sys
 from datetime import datetime
@@ -79,6 +80,8 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script."""
     args = _parser().parse_args(argv)
+    # Diagnostics go to stderr, so that stdout carries only the command's output (JSON, tables).
+    configure_logging("auto", level=logging.WARNING)
     try:
         match args.command:
             case "run":

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,9 +50,8 @@ class RunningGateway:
             self.config.state.dir / "outbox.db", max_bytes=self.config.state.outbox_max_bytes
         ).open()
 
-    async def wait_for(self, predicate: object, timeout: float = 20.0) -> None:
+    async def wait_for(self, predicate: Callable[[Outbox], bool], timeout: float = 20.0) -> None:
         """Poll until ``predicate(outbox)`` is true."""
-        assert callable(predicate)
         deadline = asyncio.get_running_loop().time() + timeout
         while True:
             with self.outbox() as box:

@@ -20,6 +20,7 @@ from device_sims.devices import CST, DeviceSim, HttpPost, build_sim
 from device_sims.inventory import sample_devices
 from device_sims.runner import Runner
 from device_sims.scenarios import Step
+from gateway.outbox import Outbox
 from tests.conftest import RunningGateway
 
 Check = Callable[[dict[str, Any], bytes], None]
@@ -121,7 +122,7 @@ async def test_dialect_contract(dialect: str, gateway: RunningGateway) -> None:
     assert expected, "the simulator produced no canonical events"
     device_ids = {s.device.id for s in sims}
 
-    def settled(box: Any) -> bool:
+    def settled(box: Outbox) -> bool:
         return expected <= set(box.event_ids()) and box.stats().dead_letters >= len(bad)
 
     await gateway.wait_for(settled)

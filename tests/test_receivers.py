@@ -8,6 +8,7 @@ import io
 import json
 import random
 import sqlite3
+import sys
 from datetime import datetime
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from device_sims.inventory import sample_devices
 from device_sims.runner import Runner
 from device_sims.scenarios import Step
 from gateway.config import load_config
+from gateway.outbox import Outbox
 from gateway.runtime import run_gateway
 from tests.conftest import RunningGateway, sample_config
 
@@ -100,8 +102,8 @@ async def test_mqtt_will_becomes_offline_status(gateway: RunningGateway) -> None
     ]
     await runner.run(steps)
 
-    def both_offline(box: object) -> bool:
-        rows = box.db.execute("SELECT body FROM events WHERE kind='device_status'").fetchall()  # type: ignore[attr-defined]
+    def both_offline(box: Outbox) -> bool:
+        rows = box.db.execute("SELECT body FROM events WHERE kind='device_status'").fetchall()
         states = [(json.loads(r[0])["device_id"], json.loads(r[0])["payload"]["state"]) for r in rows]
         return all((s.device.id, "offline") in states and (s.device.id, "online") in states for s in sims)
 
@@ -154,3 +156,38 @@ async def test_mqtt_not_acknowledged_until_committed(tmp_path: Path, mosquitto: 
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+async def test_sim_command_against_running_gateway(gateway: RunningGateway) -> None:
+    """`compound-gateway sim` plays a scenario over the real transports at a configurable rate."""
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "gateway",
+        "sim",
+        "--config",
+        str(gateway.config_path),
+        "--scenario",
+        "morning-rush",
+        "--count",
+        "60",
+        "--rate",
+        "300",
+        "--seed",
+        "4",
+        stdout=asyncio.subprocess.PIPE,
+    )
+    out, _ = await process.communicate()
+    assert process.returncode == 0
+    report = json.loads(out.decode().strip().splitlines()[-1])
+    assert report["sent"] == 60
+    assert report["acked"] == 60
+    assert report["seconds"] >= 60 / 300 * 0.9  # the rate was honoured
+
+    def arrived(box: Outbox) -> bool:
+        rows = box.db.execute(
+            "SELECT COUNT(*) FROM events WHERE kind IN ('face_access', 'vehicle_pass')"
+        ).fetchone()
+        return int(rows[0]) >= 60
+
+    await gateway.wait_for(arrived)

@@ -1,0 +1,95 @@
+"""Pure pieces of the runtime: backoff, crash isolation of a parser, outbox inspection from the CLI."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+
+from adapters import DIALECTS
+from adapters.base import RawMessage
+from device_sims.inventory import write_sample_config
+from gateway.backoff import Backoff
+from gateway.cli import main
+from gateway.config import BackoffConfig, load_config
+from gateway.identity import Pseudonymizer
+from gateway.intake import Intake, IntakeItem
+from gateway.outbox import DeadLetter, Outbox, StoreEvents
+
+
+def test_backoff_is_jittered_capped_and_resets() -> None:
+    """Delays grow exponentially up to the cap, vary between attempts, and restart after success."""
+    backoff = Backoff(BackoffConfig(initial_s=0.5, max_s=4.0), rng=random.Random(1))
+    delays = [backoff.next_delay() for _ in range(40)]
+    assert all(0.05 <= d <= 4.0 for d in delays)
+    assert max(delays[10:]) > 2.0  # reached the capped range
+    assert len({round(d, 6) for d in delays}) > 30  # jittered, not lockstep
+    backoff.reset()
+    assert backoff.next_delay() <= 0.5
+
+
+def test_parser_crash_is_isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bug in one dialect's parser becomes a parser_error dead letter; other devices go on."""
+    config = load_config(
+        write_sample_config(tmp_path / "g.toml", state_dir=tmp_path / "s", http_port=1, mqtt_port=2)
+    )
+    intake = Intake(config, Pseudonymizer(b"k" * 32, config.compound.compound_id))
+    shed = DIALECTS["shed-mqtt"]
+
+    def broken(self: object, raw: RawMessage, ctx: object) -> object:
+        raise ZeroDivisionError("bug")
+
+    monkeypatch.setattr(type(shed), "parse", broken)
+    crashed = intake.classify(IntakeItem("mqtt", RawMessage(b"{}", topic="shed/860812045678901/up"), 1 << 20))
+    assert isinstance(crashed.operation, DeadLetter)
+    assert crashed.operation.reason == "parser_error"
+    assert "ZeroDivisionError" in crashed.operation.detail
+    doc = {
+        "msgId": "m1",
+        "sn": "UF20231107A01",
+        "type": "face_rec",
+        "time": "2026-06-01 08:00:00",
+        "data": {"recResult": 1},
+    }
+    ok = intake.classify(
+        IntakeItem("mqtt", RawMessage(json.dumps(doc).encode(), topic="uface/UF20231107A01/event"), 1 << 20)
+    )
+    assert isinstance(ok.operation, StoreEvents)
+    assert len(ok.event_ids) == 1
+    assert intake.rejected[("36010400011340000001", "parser_error")] == 1
+
+
+def test_outbox_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`compound-gateway outbox` shows depth, counters, dead letters and pending events."""
+    path = write_sample_config(tmp_path / "g.toml", state_dir=tmp_path / "s", http_port=1, mqtt_port=2)
+    config = load_config(path)
+    intake = Intake(config, Pseudonymizer(b"k" * 32, config.compound.compound_id))
+    doc = {
+        "msgId": "m1",
+        "sn": "UF20231107A01",
+        "type": "face_rec",
+        "time": "2026-06-01 08:00:00",
+        "data": {"recResult": 1},
+    }
+    good = intake.classify(
+        IntakeItem("mqtt", RawMessage(json.dumps(doc).encode(), topic="uface/UF20231107A01/event"), 1 << 20)
+    )
+    bad = intake.classify(IntakeItem("mqtt", RawMessage(b"{", topic="uface/UF20231107A01/event"), 1 << 20))
+    with Outbox(config.state.dir / "outbox.db", max_bytes=1 << 20) as box:
+        box.commit([good.operation, bad.operation])
+    capsys.readouterr()
+    assert main(["outbox", "stats", "--config", str(path)]) == 0
+    stats = json.loads(capsys.readouterr().out)
+    assert stats["pending"] == 1
+    assert {"name": "rejected", "a": "36010400011240000003", "b": "malformed_json", "value": 1} in stats[
+        "counters"
+    ]
+    assert main(["outbox", "dead-letters", "--config", str(path)]) == 0
+    (letter,) = json.loads(capsys.readouterr().out)
+    assert letter["reason"] == "malformed_json"
+    assert letter["payload"] == "{"
+    assert main(["outbox", "pending", "--config", str(path)]) == 0
+    (event,) = json.loads(capsys.readouterr().out)
+    assert event["event_id"] == good.event_ids[0]
