@@ -90,29 +90,27 @@ def v5_session() -> Properties:
     return props
 
 
-async def register_bare(port: int, client_id: str) -> None:
-    async with aiomqtt.Client(
+def bare_client(port: int, client_id: str) -> aiomqtt.Client:
+    """The baseline: a plain aiomqtt subscriber with the same persistent v5 session as the gateway."""
+    return aiomqtt.Client(
         "127.0.0.1",
         port,
         identifier=client_id,
         protocol=aiomqtt.ProtocolVersion.V5,
         clean_start=False,
         properties=v5_session(),
-    ) as client:
+    )
+
+
+async def register_bare(port: int, client_id: str) -> None:
+    async with bare_client(port, client_id) as client:
         for topic in TOPICS:
             await client.subscribe(topic, qos=1)
 
 
 async def drain_bare(port: int, client_id: str, count: int) -> Result:
     received = 0
-    async with aiomqtt.Client(
-        "127.0.0.1",
-        port,
-        identifier=client_id,
-        protocol=aiomqtt.ProtocolVersion.V5,
-        clean_start=False,
-        properties=v5_session(),
-    ) as client:
+    async with bare_client(port, client_id) as client:
         cpu0 = time.process_time()
         t0 = time.perf_counter()
         async for _ in client.messages:

@@ -9,16 +9,30 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 import structlog
 
+from adapters.base import DeviceContext
 from device_sims.broker import Mosquitto, free_port
 from device_sims.inventory import write_sample_config
 from gateway.config import GatewayConfig, load_config
+from gateway.identity import Pseudonymizer
 from gateway.outbox import Outbox
 from gateway.runtime import run_gateway
+
+PARSE_CONTEXT = DeviceContext(
+    district_id="36010400005000000001",
+    compound_id="36010400012160000101",
+    device_id="36010400011240000001",
+    received_at=datetime(2026, 6, 1, tzinfo=UTC),
+    local_tz=ZoneInfo("Asia/Shanghai"),
+    pseudonymizer=Pseudonymizer(b"k" * 32, "36010400012160000101"),
+)
+"""What a parser test tells a dialect about the sending device."""
 
 
 @pytest.fixture

@@ -4,23 +4,15 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
-from zoneinfo import ZoneInfo
 
 import pytest
 
 from adapters import DIALECTS
-from adapters.base import DeviceContext, ParseResult, RawMessage
+from adapters.base import ParseResult, RawMessage
 from gateway.errors import PayloadRejected
-from gateway.identity import Pseudonymizer
+from tests.conftest import PARSE_CONTEXT
 
-CTX = DeviceContext(
-    district_id="36010400005000000001",
-    compound_id="36010400012160000101",
-    device_id="36010400011240000001",
-    received_at=datetime(2026, 6, 1, tzinfo=UTC),
-    local_tz=ZoneInfo("Asia/Shanghai"),
-    pseudonymizer=Pseudonymizer(b"k" * 32, "36010400012160000101"),
-)
+CTX = PARSE_CONTEXT
 
 
 def parse(

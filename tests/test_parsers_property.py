@@ -9,29 +9,20 @@ from __future__ import annotations
 
 import copy
 import json
-from datetime import UTC, datetime
 from pathlib import Path
-from zoneinfo import ZoneInfo
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from adapters import DIALECTS
-from adapters.base import DeviceContext, RawMessage
+from adapters.base import RawMessage
 from adapters.multipart import split_multipart
 from gateway.errors import PayloadRejected
-from gateway.identity import Pseudonymizer
+from tests.conftest import PARSE_CONTEXT
 
 GOLDEN = Path(__file__).parent / "golden"
-CTX = DeviceContext(
-    district_id="36010400005000000001",
-    compound_id="36010400012160000101",
-    device_id="36010400011240000001",
-    received_at=datetime(2026, 6, 1, tzinfo=UTC),
-    local_tz=ZoneInfo("Asia/Shanghai"),
-    pseudonymizer=Pseudonymizer(b"k" * 32, "36010400012160000101"),
-)
+CTX = PARSE_CONTEXT
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 hostile_scalars = st.one_of(

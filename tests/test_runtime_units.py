@@ -18,6 +18,24 @@ from gateway.identity import Pseudonymizer
 from gateway.intake import Intake, IntakeItem
 from gateway.outbox import DeadLetter, Outbox, StoreEvents
 
+FACE_RECORD = {
+    "msgId": "m1",
+    "sn": "UF20231107A01",
+    "type": "face_rec",
+    "time": "2026-06-01 08:00:00",
+    "data": {"recResult": 1},
+}
+
+
+def sample_intake(tmp_path: Path) -> tuple[Path, Intake]:
+    path = write_sample_config(tmp_path / "g.toml", state_dir=tmp_path / "s", http_port=1, mqtt_port=2)
+    config = load_config(path)
+    return path, Intake(config, Pseudonymizer(b"k" * 32, config.compound.compound_id))
+
+
+def face_item(body: bytes) -> IntakeItem:
+    return IntakeItem("mqtt", RawMessage(body, topic="uface/UF20231107A01/event"), 1 << 20)
+
 
 def test_backoff_is_jittered_capped_and_resets() -> None:
     """Delays grow exponentially up to the cap, vary between attempts, and restart after success."""
@@ -32,10 +50,7 @@ def test_backoff_is_jittered_capped_and_resets() -> None:
 
 def test_parser_crash_is_isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A bug in one dialect's parser becomes a parser_error dead letter; other devices go on."""
-    config = load_config(
-        write_sample_config(tmp_path / "g.toml", state_dir=tmp_path / "s", http_port=1, mqtt_port=2)
-    )
-    intake = Intake(config, Pseudonymizer(b"k" * 32, config.compound.compound_id))
+    _, intake = sample_intake(tmp_path)
     shed = DIALECTS["shed-mqtt"]
 
     def broken(self: object, raw: RawMessage, ctx: object) -> object:
@@ -46,16 +61,7 @@ def test_parser_crash_is_isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     assert isinstance(crashed.operation, DeadLetter)
     assert crashed.operation.reason == "parser_error"
     assert "ZeroDivisionError" in crashed.operation.detail
-    doc = {
-        "msgId": "m1",
-        "sn": "UF20231107A01",
-        "type": "face_rec",
-        "time": "2026-06-01 08:00:00",
-        "data": {"recResult": 1},
-    }
-    ok = intake.classify(
-        IntakeItem("mqtt", RawMessage(json.dumps(doc).encode(), topic="uface/UF20231107A01/event"), 1 << 20)
-    )
+    ok = intake.classify(face_item(json.dumps(FACE_RECORD).encode()))
     assert isinstance(ok.operation, StoreEvents)
     assert len(ok.event_ids) == 1
     assert intake.rejected[("36010400011340000001", "parser_error")] == 1
@@ -63,20 +69,10 @@ def test_parser_crash_is_isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
 
 def test_outbox_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """`compound-gateway outbox` shows depth, counters, dead letters and pending events."""
-    path = write_sample_config(tmp_path / "g.toml", state_dir=tmp_path / "s", http_port=1, mqtt_port=2)
+    path, intake = sample_intake(tmp_path)
     config = load_config(path)
-    intake = Intake(config, Pseudonymizer(b"k" * 32, config.compound.compound_id))
-    doc = {
-        "msgId": "m1",
-        "sn": "UF20231107A01",
-        "type": "face_rec",
-        "time": "2026-06-01 08:00:00",
-        "data": {"recResult": 1},
-    }
-    good = intake.classify(
-        IntakeItem("mqtt", RawMessage(json.dumps(doc).encode(), topic="uface/UF20231107A01/event"), 1 << 20)
-    )
-    bad = intake.classify(IntakeItem("mqtt", RawMessage(b"{", topic="uface/UF20231107A01/event"), 1 << 20))
+    good = intake.classify(face_item(json.dumps(FACE_RECORD).encode()))
+    bad = intake.classify(face_item(b"{"))
     with Outbox(config.state.dir / "outbox.db", max_bytes=1 << 20) as box:
         box.commit([good.operation, bad.operation])
     capsys.readouterr()
