@@ -186,10 +186,11 @@ class Outbox:
         (version,) = db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
         if int(version) != SCHEMA_VERSION:
             raise OutboxError(f"{self.path}: outbox schema {version}, this gateway reads {SCHEMA_VERSION}")
-        (pending_bytes,) = db.execute(
-            "SELECT COALESCE(SUM(size), 0) FROM events WHERE state='pending'"
-        ).fetchone()
-        self._pending_bytes = int(pending_bytes)
+        # The byte budget lives in the file, so that every connection (the intake worker storing,
+        # the uplink marking delivered) works from the same figure.
+        db.execute(
+            "INSERT OR IGNORE INTO meta SELECT 'pending_bytes', COALESCE(SUM(size), 0) FROM events WHERE state='pending'"
+        )
         self._db = db
         return self
 
@@ -217,7 +218,10 @@ class Outbox:
         db = self.db
         db.execute("BEGIN IMMEDIATE")
         try:
+            (value,) = db.execute("SELECT value FROM meta WHERE key='pending_bytes'").fetchone()
+            self._pending_bytes = int(value)
             yield db
+            db.execute("UPDATE meta SET value=? WHERE key='pending_bytes'", (str(self._pending_bytes),))
         except BaseException:
             db.execute("ROLLBACK")
             raise
@@ -231,20 +235,15 @@ class Outbox:
             if isinstance(op, StoreEvents):
                 for blob in op.media:
                     self._write_media(blob)
-        pending_before = self._pending_bytes
-        try:
-            with self._transaction() as db:
-                results: list[StoreResult | None] = []
-                for op in operations:
-                    if isinstance(op, StoreEvents):
-                        results.append(self._store(db, op.events))
-                    else:
-                        self._dead_letter(db, op)
-                        results.append(None)
-                self._trim_dead_letters(db)
-        except BaseException:
-            self._pending_bytes = pending_before
-            raise
+        with self._transaction() as db:
+            results: list[StoreResult | None] = []
+            for op in operations:
+                if isinstance(op, StoreEvents):
+                    results.append(self._store(db, op.events))
+                else:
+                    self._dead_letter(db, op)
+                    results.append(None)
+            self._trim_dead_letters(db)
         return results
 
     def _store(self, db: sqlite3.Connection, events: Sequence[EventRow]) -> StoreResult:
@@ -430,6 +429,11 @@ class Outbox:
         )
         names = [d[0] for d in cursor.description]
         return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
+
+    def pending_bytes(self) -> int:
+        """The byte budget in use (shared by every connection to the file)."""
+        (value,) = self.db.execute("SELECT value FROM meta WHERE key='pending_bytes'").fetchone()
+        return int(value)
 
     def stats(self) -> OutboxStats:
         """Depth, age and counters."""

@@ -186,6 +186,22 @@ def test_media_written_before_rows(tmp_path: Path) -> None:
         assert not list(stored.parent.glob(".tmp-*"))
 
 
+def test_budget_is_shared_between_connections(tmp_path: Path) -> None:
+    """Deliveries marked by the uplink's connection free budget the storing connection sees."""
+    path = tmp_path / "o.db"
+    with (
+        Outbox(path, max_bytes=EVENT_SIZE * 2 + 10) as storing,
+        Outbox(path, max_bytes=EVENT_SIZE * 2 + 10) as uplink,
+    ):
+        storing.commit([store(routine(1), routine(2))])
+        assert uplink.mark_delivered([routine(1).event_id]) == 1
+        (result,) = storing.commit([store(routine(3))])
+        assert result is not None
+        assert result.stored == (routine(3).event_id,)
+        assert storing.event_ids("shed") == []  # nothing shed: the delivery made room
+        assert storing.pending_bytes() == uplink.pending_bytes() == 2 * EVENT_SIZE
+
+
 def test_failed_batch_rolls_back_budget(tmp_path: Path) -> None:
     """A batch that fails leaves neither rows nor budget behind."""
     with Outbox(tmp_path / "o.db", max_bytes=1 << 20) as box:
@@ -196,6 +212,7 @@ def test_failed_batch_rolls_back_budget(tmp_path: Path) -> None:
             box.commit([store(routine(1)), DeadLetter("http", None, None, "x", None, "y", b"")])
         assert box.event_ids() == []
         assert box.stats().pending_bytes == 0
+        assert box.pending_bytes() == 0
         box.db.execute("DROP TRIGGER boom")
         box.commit([store(routine(1))])
         assert box.event_ids() == [routine(1).event_id]
