@@ -26,6 +26,7 @@ from adapters import DIALECTS
 from adapters.base import Transport
 from gateway.errors import ConfigError
 from gateway.events import GbId, Location
+from uplink.config import UplinkConfig
 
 Port = Annotated[int, Field(ge=1, le=65535)]
 
@@ -149,6 +150,9 @@ class GatewayConfig(_Config):
     mqtt: MqttConfig = MqttConfig()
     http: HttpConfig = HttpConfig()
     backoff: BackoffConfig = BackoffConfig()
+    uplink: UplinkConfig | None = Field(
+        default=None, description="where events go: the district broker or store"
+    )
     log_format: Literal["auto", "json", "console"] = "auto"
     devices: tuple[DeviceConfig, ...] = Field(min_length=1)
 

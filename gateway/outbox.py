@@ -136,13 +136,15 @@ class StoreResult:
     shed: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class StoredEvent:
     """A row of the outbox as the uplink sees it."""
 
     seq: int
     event_id: str
+    kind: str
     alarm: bool
+    received_at: str
     body: bytes
 
 
@@ -407,13 +409,22 @@ class Outbox:
     # --- reads -------------------------------------------------------------------------------------
 
     def pending(self, limit: int = 1000, *, alarms_first: bool = True) -> list[StoredEvent]:
-        """Events awaiting the uplink: alarms first, then oldest first."""
-        order = "alarm DESC, seq" if alarms_first else "seq"
-        rows = self.db.execute(
-            f"SELECT seq, event_id, alarm, body FROM events WHERE state='pending' ORDER BY {order} LIMIT ?",  # noqa: S608 - order is one of two literals
-            (limit,),
-        ).fetchall()
-        return [StoredEvent(seq, event_id, bool(alarm), bytes(body)) for seq, event_id, alarm, body in rows]
+        """Events awaiting the uplink: alarms first, then oldest first.
+
+        Two index range scans on (state, alarm, seq), so a million-event backlog costs no sort.
+        """
+        columns = "SELECT seq, event_id, kind, alarm, received_at, body FROM events WHERE state='pending'"
+        if alarms_first:
+            rows = self.db.execute(f"{columns} AND alarm=1 ORDER BY seq LIMIT ?", (limit,)).fetchall()
+            rows += self.db.execute(
+                f"{columns} AND alarm=0 ORDER BY seq LIMIT ?", (limit - len(rows),)
+            ).fetchall()
+        else:
+            rows = self.db.execute(f"{columns} ORDER BY seq LIMIT ?", (limit,)).fetchall()
+        return [
+            StoredEvent(seq, eid, kind, bool(alarm), received, bytes(body))
+            for seq, eid, kind, alarm, received, body in rows
+        ]
 
     def event_ids(self, state: Literal["pending", "delivered", "shed"] = "pending") -> list[str]:
         """All event ids in a state (tests and tools)."""

@@ -22,6 +22,8 @@ from gateway.http_receiver import build_app
 from gateway.mqtt_intake import MqttIntake
 from gateway.pipeline import IntakePipeline
 from gateway.systemd import sd_notify
+from uplink.config import MqttUplinkConfig
+from uplink.publisher import DirectUplink, MqttUplink, OutboxReader
 
 log = structlog.get_logger(__name__)
 
@@ -95,6 +97,16 @@ async def run_gateway(config: GatewayConfig, *, ready: asyncio.Event | None = No
                         )
                     else:
                         mqtt_up.set()
+                    if config.uplink is not None:
+                        reader = await stack.enter_async_context(OutboxReader(config))
+                        uplink = (
+                            MqttUplink(config, config.uplink, reader)
+                            if isinstance(config.uplink, MqttUplinkConfig)
+                            else DirectUplink(config.uplink, reader)
+                        )
+                        transports.create_task(
+                            supervise("uplink", uplink.run, Backoff(config.backoff)), name="uplink"
+                        )
                     log.info(
                         "gateway_started",
                         compound=config.compound.compound_id,

@@ -1,0 +1,166 @@
+"""Configuration of the uplink (gateway side) and of the district ingester.
+
+Frozen pydantic models with ``extra="forbid"``, like the gateway's; ``load_district_config`` reports
+every error with its file, field and fix.
+"""
+
+from __future__ import annotations
+
+import ssl
+import tomllib
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, SecretStr, ValidationError
+
+from gateway.errors import ConfigError
+from gateway.events import GbId
+from uplink.protocol import DEFAULT_PREFIX
+
+Port = Annotated[int, Field(ge=1, le=65535)]
+
+
+class _Config(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class TlsConfig(_Config):
+    """TLS to a broker, optionally with a client certificate."""
+
+    ca_file: Path
+    cert_file: Path | None = None
+    key_file: Path | None = None
+
+    def context(self) -> ssl.SSLContext:
+        """A verifying client context (never falls back to insecure)."""
+        context = ssl.create_default_context(cafile=str(self.ca_file))
+        if self.cert_file is not None:
+            context.load_cert_chain(str(self.cert_file), str(self.key_file) if self.key_file else None)
+        return context
+
+
+class BrokerConfig(_Config):
+    """An MQTT broker (the district's)."""
+
+    host: str = "127.0.0.1"
+    port: Port = 1883
+    username: str | None = None
+    password: SecretStr | None = None
+    tls: TlsConfig | None = None
+    keepalive_s: int = Field(default=30, ge=5, le=3600)
+    session_expiry_s: int = Field(default=7 * 24 * 3600, ge=60)
+
+
+class SqliteStoreConfig(_Config):
+    """The embedded store: a SQLite file."""
+
+    type: Literal["sqlite"] = "sqlite"
+    path: Path
+
+
+class InfluxV1StoreConfig(_Config):
+    """InfluxDB through the 1.x API (``/write``, InfluxQL ``/query``)."""
+
+    type: Literal["influx_v1"] = "influx_v1"
+    url: AnyHttpUrl
+    database: str = Field(default="compound_events", pattern=r"^[A-Za-z0-9_\-]{1,64}$")
+    retention_policy: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_\-]{1,64}$")
+    username: str | None = None
+    password: SecretStr | None = None
+    create_database: bool = True
+    timeout_s: float = Field(default=10.0, gt=0)
+
+
+class InfluxV2StoreConfig(_Config):
+    """InfluxDB 2.x/3.x (or 1.8+) through the v2 API with influxdb-client."""
+
+    type: Literal["influx_v2"] = "influx_v2"
+    url: AnyHttpUrl
+    org: str
+    bucket: str
+    token: SecretStr
+    timeout_s: float = Field(default=10.0, gt=0)
+
+
+StoreConfig = Annotated[
+    SqliteStoreConfig | InfluxV1StoreConfig | InfluxV2StoreConfig, Field(discriminator="type")
+]
+
+
+class MqttUplinkConfig(_Config):
+    """Gateway -> district broker."""
+
+    mode: Literal["mqtt"] = "mqtt"
+    broker: BrokerConfig = BrokerConfig()
+    client_id: str | None = Field(default=None, description="default: cgw-up-<compound id>")
+    topic_prefix: str = DEFAULT_PREFIX
+    batch_max_events: int = Field(default=200, ge=1, le=5000)
+    batch_max_bytes: int = Field(default=256 * 1024, ge=1024)
+    batch_max_delay_ms: int = Field(
+        default=500, ge=0, le=60_000, description="how long routine events wait to fill a batch"
+    )
+    inflight_batches: int = Field(default=8, ge=1, le=256)
+    replay_rate: float = Field(
+        default=2000.0, gt=0, description="routine events per second at most (alarms are not paced)"
+    )
+    poll_ms: int = Field(
+        default=50, ge=5, le=5000, description="how often an idle uplink looks for new events"
+    )
+
+
+class DirectUplinkConfig(_Config):
+    """Gateway -> district store directly (small districts without a broker)."""
+
+    mode: Literal["direct"] = "direct"
+    store: StoreConfig
+    batch_max_events: int = Field(default=500, ge=1, le=5000)
+    batch_max_delay_ms: int = Field(default=500, ge=0, le=60_000)
+    replay_rate: float = Field(default=2000.0, gt=0)
+    poll_ms: int = Field(default=50, ge=5, le=5000)
+
+
+UplinkConfig = Annotated[MqttUplinkConfig | DirectUplinkConfig, Field(discriminator="mode")]
+
+
+class IngestConfig(_Config):
+    """How the district ingester consumes the uplink."""
+
+    name: str = Field(
+        default="ingester-1", pattern=r"^[A-Za-z0-9_\-]{1,64}$", description="unique per ingester"
+    )
+    group: str = Field(
+        default="district-ingesters",
+        pattern=r"^[A-Za-z0-9_\-]{1,64}$",
+        description="shared subscription group",
+    )
+    topic_prefix: str = DEFAULT_PREFIX
+    receive_maximum: int = Field(default=1000, ge=1, le=65535)
+    batch_max_events: int = Field(default=5000, ge=1, le=100_000)
+    dead_letter_path: Path = Path("/var/lib/compound-district/ingest-dead-letters.db")
+    dead_letter_keep: int = Field(default=100_000, ge=10)
+
+
+class DistrictConfig(_Config):
+    """The district ingester's configuration."""
+
+    district_id: GbId
+    broker: BrokerConfig = BrokerConfig()
+    ingest: IngestConfig = IngestConfig()
+    store: StoreConfig
+    log_format: Literal["auto", "json", "console"] = "auto"
+
+
+def load_district_config(path: Path) -> DistrictConfig:
+    """Read and validate a district config; ``ConfigError`` names the file, the fields and the fixes."""
+    from gateway.config import format_validation_errors  # noqa: PLC0415 - shared error formatting
+
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file; pass the district TOML config with --config") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    try:
+        return DistrictConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_errors(path, exc)) from None

@@ -1,0 +1,132 @@
+"""Canonical events as InfluxDB line protocol: the documented measurement / tag / field mapping.
+
+* measurement: the event kind (``face_access``, ``vehicle_pass``, ...).
+* tags (low cardinality only): district_id, compound_id, device_id, severity, dialect, and per kind
+  the few enumerations operators filter on (result and direction; direction and list type;
+  shed condition; device state).
+* fields: ``event_id`` and ``body`` (the canonical event JSON) always; per kind the values queries
+  need (person_ref, plate, similarity, confidence, floors, temperatures...). Person references,
+  plates and event ids are fields, never tags: they would explode series cardinality.
+* timestamp: occurred_at truncated to the millisecond, plus a deterministic 0..999,999 ns offset
+  derived from the event id. The same event always lands on the same point (a re-write is an
+  identical overwrite, so writes are idempotent), and two distinct events of one device in the
+  same millisecond land on different points unless their ids collide in 20 bits of the offset
+  (probability 1e-6 per such pair).
+
+Every string is escaped for its position, so no value can inject a tag, a field or a line.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta
+
+from gateway.events import (
+    DeviceStatusPayload,
+    EbikeShedPayload,
+    Event,
+    FaceAccessPayload,
+    ThrownObjectPayload,
+    VehiclePassPayload,
+)
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+FieldValue = str | float | int | bool
+
+
+def _escape_key(text: str) -> str:
+    # tag keys, tag values and field keys: comma, equals sign and space are escaped
+    return (
+        text.replace("\\", "\\\\")
+        .replace(",", "\\,")
+        .replace("=", "\\=")
+        .replace(" ", "\\ ")
+        .replace("\n", "\\n")
+    )
+
+
+def _escape_measurement(text: str) -> str:
+    return text.replace("\\", "\\\\").replace(",", "\\,").replace(" ", "\\ ").replace("\n", "\\n")
+
+
+def _field(value: FieldValue) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return f"{value}i"
+    if isinstance(value, float):
+        return repr(value)  # always with a decimal point or exponent: stays a float field
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+
+
+def point_time_ns(event: Event) -> int:
+    """The point's timestamp: millisecond of occurrence plus the event's deterministic offset."""
+    millis = (event.occurred_at - EPOCH) // timedelta(milliseconds=1)
+    offset = int.from_bytes(hashlib.sha256(event.event_id.encode()).digest()[:8], "big") % 1_000_000
+    return millis * 1_000_000 + offset
+
+
+def tags_and_fields(event: Event) -> tuple[dict[str, str], dict[str, FieldValue]]:
+    """The tag set and field set of an event."""
+    tags = {
+        "district_id": event.district_id,
+        "compound_id": event.compound_id,
+        "device_id": event.device_id,
+        "severity": event.severity.value,
+        "dialect": event.source.dialect,
+    }
+    fields: dict[str, FieldValue] = {"event_id": event.event_id, "body": event.model_dump_json()}
+    payload = event.payload
+    optional: dict[str, FieldValue | None] = {}
+    if isinstance(payload, FaceAccessPayload):
+        tags |= {"result": payload.result.value, "direction": payload.direction.value}
+        optional = {
+            "person_ref": payload.person_ref,
+            "person_type": payload.person_type.value,
+            "verify_mode": payload.verify_mode.value,
+            "similarity": payload.similarity,
+            "mask": payload.mask,
+        }
+    elif isinstance(payload, VehiclePassPayload):
+        tags |= {"direction": payload.direction.value, "list_type": payload.list_type.value}
+        optional = {
+            "plate": payload.plate,
+            "plate_color": payload.plate_color.value,
+            "new_energy": payload.new_energy,
+            "vehicle_type": payload.vehicle_type.value,
+            "barrier_action": payload.barrier_action.value,
+            "confidence": payload.confidence,
+        }
+    elif isinstance(payload, ThrownObjectPayload):
+        optional = {
+            "building": payload.building,
+            "unit": payload.unit,
+            "start_floor": payload.start_floor,
+            "confidence": payload.confidence,
+        }
+    elif isinstance(payload, EbikeShedPayload):
+        tags |= {"condition": payload.condition.value}
+        optional = {
+            "temperature_c": payload.temperature_c,
+            "smoke_level": payload.smoke_level,
+            "battery_pct": payload.battery_pct,
+        }
+    elif isinstance(payload, DeviceStatusPayload):
+        tags |= {"state": payload.state.value}
+        optional = {"reason": payload.reason}
+    fields |= {k: v for k, v in optional.items() if v is not None}
+    return tags, fields
+
+
+def to_line(event: Event) -> str:
+    """One event as one line of line protocol."""
+    tags, fields = tags_and_fields(event)
+    tag_text = ",".join(f"{_escape_key(k)}={_escape_key(v)}" for k, v in sorted(tags.items()) if v)
+    field_text = ",".join(f"{_escape_key(k)}={_field(v)}" for k, v in fields.items())
+    return f"{_escape_measurement(event.kind.value)},{tag_text} {field_text} {point_time_ns(event)}"
+
+
+def to_lines(events: Iterable[Event]) -> bytes:
+    """A write body."""
+    return "\n".join(to_line(event) for event in events).encode()

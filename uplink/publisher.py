@@ -1,0 +1,288 @@
+"""Gateway -> district: drain the outbox to the district broker (or straight into a store).
+
+Each round reads what is pending, alarms first and then oldest first; alarms go out at once in
+their own batches, routine events are batched per kind (bounded by count, bytes and a short delay)
+and paced by a token bucket, so that a backlog after an outage is replayed at a configured rate
+without ever holding back a live alarm. An event is marked delivered only after the broker's
+PUBACK (or the store's confirmation) for its batch; anything unconfirmed stays pending and is sent
+again, so a lost acknowledgement or a broker that lost our session loses nothing (the district
+store is idempotent by event id).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from types import TracebackType
+from typing import Self
+
+import aiomqtt
+import structlog
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from gateway.config import GatewayConfig
+from gateway.errors import TransportError, UplinkError
+from gateway.events import Event, utc_now
+from gateway.outbox import Outbox, StoredEvent
+from uplink.config import DirectUplinkConfig, MqttUplinkConfig
+from uplink.protocol import encode_batch, event_topic, status_topic
+from uplink.stores import StoreError, build_store
+
+log = structlog.get_logger(__name__)
+
+Send = Callable[[str, list[StoredEvent]], Awaitable[None]]
+
+
+class OutboxReader:
+    """The uplink's own connection to the outbox file, used from one thread."""
+
+    def __init__(self, config: GatewayConfig) -> None:
+        self._outbox = Outbox(config.state.dir / "outbox.db", max_bytes=config.state.outbox_max_bytes)
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="uplink-outbox")
+
+    async def __aenter__(self) -> Self:
+        await asyncio.get_running_loop().run_in_executor(self._executor, self._outbox.open)
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await asyncio.get_running_loop().run_in_executor(self._executor, self._outbox.close)
+        self._executor.shutdown(wait=True)
+
+    async def pending(self, limit: int) -> list[StoredEvent]:
+        """Alarms first, then oldest first."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, self._outbox.pending, limit)
+
+    async def delivered(self, event_ids: Sequence[str]) -> None:
+        """Confirmed by the district: tombstone them."""
+        await asyncio.get_running_loop().run_in_executor(
+            self._executor, self._outbox.mark_delivered, list(event_ids)
+        )
+
+
+class TokenBucket:
+    """Paces routine events: ``rate`` per second, bursts up to one second's worth."""
+
+    def __init__(self, rate: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.rate = rate
+        self.capacity = max(rate, 1.0)
+        self._tokens = self.capacity
+        self._clock = clock
+        self._last = clock()
+
+    def available(self) -> int:
+        """Whole tokens available now."""
+        now = self._clock()
+        self._tokens = min(self.capacity, self._tokens + (now - self._last) * self.rate)
+        self._last = now
+        return int(self._tokens)
+
+    def take(self, count: int) -> None:
+        """Spend tokens (never more than available)."""
+        self._tokens -= count
+
+    def seconds_until(self, count: int) -> float:
+        """How long until ``count`` tokens are there."""
+        return max(0.0, (count - self._tokens) / self.rate)
+
+
+@dataclass(frozen=True)
+class Pacing:
+    """Batch and pace limits common to both uplink modes."""
+
+    batch_max_events: int
+    batch_max_bytes: int
+    batch_max_delay: timedelta
+    inflight_batches: int
+    replay_rate: float
+    poll_s: float
+
+
+class Forwarder:
+    """Moves outbox rows to a sender, round after round, until the sender fails."""
+
+    def __init__(self, reader: OutboxReader, pacing: Pacing) -> None:
+        self._reader = reader
+        self._pacing = pacing
+        self._bucket = TokenBucket(pacing.replay_rate)
+        self.sent_events = 0
+        self.sent_alarms = 0
+
+    async def run(self, send: Send) -> None:
+        """Forward forever; returns only by raising (``UplinkError``) or cancellation."""
+        pacing = self._pacing
+        window = pacing.batch_max_events * pacing.inflight_batches
+        while True:
+            rows = await self._reader.pending(window)
+            alarms = [r for r in rows if r.alarm]
+            routine = [r for r in rows if not r.alarm]
+            routine = self._ready_routine(routine, alarms_waiting=bool(alarms))
+            if not alarms and not routine:
+                await asyncio.sleep(self._idle_delay(rows))
+                continue
+            batches = self._batches(alarms) + self._batches(routine)
+            await self._send_all(send, batches)
+
+    def _ready_routine(self, routine: list[StoredEvent], *, alarms_waiting: bool) -> list[StoredEvent]:
+        if not routine:
+            return []
+        pacing = self._pacing
+        full = len(routine) >= pacing.batch_max_events
+        oldest = datetime.fromisoformat(routine[0].received_at)
+        if not full and not alarms_waiting and utc_now() - oldest < pacing.batch_max_delay:
+            return []  # let a batch fill, up to the delay
+        allowed = self._bucket.available()
+        ready = routine[:allowed]
+        self._bucket.take(len(ready))
+        return ready
+
+    def _idle_delay(self, rows: list[StoredEvent]) -> float:
+        if rows:  # routine events are waiting for tokens or for their batch to fill
+            return min(self._pacing.poll_s, max(0.001, self._bucket.seconds_until(1)))
+        return self._pacing.poll_s
+
+    def _batches(self, rows: list[StoredEvent]) -> list[tuple[str, list[StoredEvent]]]:
+        by_kind: dict[str, list[StoredEvent]] = {}
+        for row in rows:
+            by_kind.setdefault(row.kind, []).append(row)
+        batches: list[tuple[str, list[StoredEvent]]] = []
+        for kind, items in by_kind.items():
+            current: list[StoredEvent] = []
+            size = 0
+            for row in items:
+                if current and (
+                    len(current) >= self._pacing.batch_max_events
+                    or size + len(row.body) > self._pacing.batch_max_bytes
+                ):
+                    batches.append((kind, current))
+                    current, size = [], 0
+                current.append(row)
+                size += len(row.body)
+            if current:
+                batches.append((kind, current))
+        return batches
+
+    async def _send_all(self, send: Send, batches: list[tuple[str, list[StoredEvent]]]) -> None:
+        limit = asyncio.Semaphore(self._pacing.inflight_batches)
+        failures: list[BaseException] = []
+
+        async def one(kind: str, rows: list[StoredEvent]) -> None:
+            async with limit:
+                try:
+                    await send(kind, rows)
+                except UplinkError as exc:
+                    failures.append(exc)
+                    return
+            await self._reader.delivered([r.event_id for r in rows])
+            self.sent_events += len(rows)
+            self.sent_alarms += sum(1 for r in rows if r.alarm)
+
+        async with asyncio.TaskGroup() as tg:
+            for kind, rows in batches:
+                tg.create_task(one(kind, rows), name=f"uplink-batch-{kind}")
+        if failures:
+            raise TransportError(f"uplink send failed: {failures[0]}")
+
+
+def _pacing(config: MqttUplinkConfig | DirectUplinkConfig) -> Pacing:
+    return Pacing(
+        batch_max_events=config.batch_max_events,
+        batch_max_bytes=getattr(config, "batch_max_bytes", 4 * 1024 * 1024),
+        batch_max_delay=timedelta(milliseconds=config.batch_max_delay_ms),
+        inflight_batches=getattr(config, "inflight_batches", 1),
+        replay_rate=config.replay_rate,
+        poll_s=config.poll_ms / 1000,
+    )
+
+
+class MqttUplink:
+    """The gateway's connection to the district broker; ``run`` is one connection."""
+
+    def __init__(self, config: GatewayConfig, uplink: MqttUplinkConfig, reader: OutboxReader) -> None:
+        self._config = config
+        self._uplink = uplink
+        self.forwarder = Forwarder(reader, _pacing(uplink))
+        compound = config.compound
+        self._status_topic = status_topic(uplink.topic_prefix, compound.district_id, compound.compound_id)
+
+    def _status(self, state: str) -> bytes:
+        return json.dumps(
+            {"state": state, "compound_id": self._config.compound.compound_id, "at": utc_now().isoformat()}
+        ).encode()
+
+    async def run(self, on_connected: Callable[[], None]) -> None:
+        """Connect, announce, forward until the connection fails (``TransportError``)."""
+        up = self._uplink
+        broker = up.broker
+        compound = self._config.compound
+        properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        properties.SessionExpiryInterval = broker.session_expiry_s
+        client = aiomqtt.Client(
+            broker.host,
+            broker.port,
+            identifier=up.client_id or f"cgw-up-{compound.compound_id}",
+            username=broker.username,
+            password=broker.password.get_secret_value() if broker.password else None,
+            protocol=aiomqtt.ProtocolVersion.V5,
+            clean_start=False,
+            properties=properties,
+            keepalive=broker.keepalive_s,
+            timeout=10,
+            tls_context=broker.tls.context() if broker.tls else None,
+            will=aiomqtt.Will(self._status_topic, self._status("offline"), qos=1, retain=True),
+            max_inflight_messages=up.inflight_batches,
+        )
+
+        async def send(kind: str, rows: list[StoredEvent]) -> None:
+            topic = event_topic(up.topic_prefix, compound.district_id, compound.compound_id, kind)
+            payload = encode_batch(compound.district_id, compound.compound_id, [r.body for r in rows])
+            try:
+                await client.publish(topic, payload, qos=1, timeout=30)
+            except aiomqtt.MqttError as exc:
+                raise UplinkError(f"publish to {topic}: {exc}") from exc
+
+        try:
+            async with client:
+                await client.publish(self._status_topic, self._status("online"), qos=1, retain=True)
+                log.info("uplink_connected", host=broker.host, port=broker.port)
+                on_connected()
+                try:
+                    await self.forwarder.run(send)
+                finally:
+                    with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
+                        async with asyncio.timeout(2):  # a clean stop is not an outage: say so
+                            await client.publish(
+                                self._status_topic, self._status("stopped"), qos=1, retain=True
+                            )
+        except aiomqtt.MqttError as exc:
+            raise TransportError(f"district broker {broker.host}:{broker.port}: {exc}") from exc
+
+
+class DirectUplink:
+    """Small districts without a broker: the gateway writes straight into the district store."""
+
+    def __init__(self, uplink: DirectUplinkConfig, reader: OutboxReader) -> None:
+        self._uplink = uplink
+        self.forwarder = Forwarder(reader, _pacing(uplink))
+
+    async def run(self, on_connected: Callable[[], None]) -> None:
+        """Open the store, forward until it fails (``TransportError``)."""
+        async with build_store(self._uplink.store) as store:
+
+            async def send(_: str, rows: list[StoredEvent]) -> None:
+                events = [Event.model_validate_json(row.body) for row in rows]
+                try:
+                    await store.write(events)
+                except StoreError as exc:
+                    raise UplinkError(str(exc)) from exc
+
+            on_connected()
+            await self.forwarder.run(send)

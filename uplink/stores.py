@@ -1,0 +1,268 @@
+"""District event stores: InfluxDB (v1 API, v2 API) and an embedded SQLite store.
+
+Every store is idempotent: writing an event twice leaves one copy, so a redelivered batch is
+harmless. A write returns only once the store has confirmed it; errors say whether retrying can
+help (a server down, a timeout) or not (a malformed point, a revoked credential, a missing database).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from types import TracebackType
+from typing import Protocol, Self
+
+import aiohttp
+
+from gateway.errors import UplinkError
+from gateway.events import Event
+from uplink.config import InfluxV1StoreConfig, InfluxV2StoreConfig, SqliteStoreConfig, StoreConfig
+from uplink.lineprotocol import to_lines
+
+
+class StoreError(UplinkError):
+    """A write was not confirmed."""
+
+    def __init__(self, message: str, *, retryable: bool, status: int | None = None) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+        self.status = status
+
+
+class EventStore(Protocol):
+    """Where the district keeps events."""
+
+    async def __aenter__(self) -> Self: ...
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None: ...
+
+    async def write(self, events: Sequence[Event]) -> None:
+        """Store the events durably (idempotent); raise ``StoreError`` if not confirmed."""
+        ...
+
+
+class SqliteStore:
+    """The embedded store (no server needed): one table, unique by event id."""
+
+    def __init__(self, config: SqliteStoreConfig) -> None:
+        self.path = config.path
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-store")
+        self._db: sqlite3.Connection | None = None
+
+    async def __aenter__(self) -> Self:
+        await asyncio.get_running_loop().run_in_executor(self._executor, self._open)
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await asyncio.get_running_loop().run_in_executor(self._executor, self._close)
+        self._executor.shutdown(wait=True)
+
+    def _open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")
+        db.executescript(SQLITE_SCHEMA)
+        self._db = db
+
+    def _close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    async def write(self, events: Sequence[Event]) -> None:
+        """Insert the events in one transaction (existing event ids are left as they are)."""
+        rows = [
+            (
+                e.event_id,
+                e.kind.value,
+                e.district_id,
+                e.compound_id,
+                e.device_id,
+                e.severity.value,
+                e.occurred_at.isoformat(),
+                e.received_at.isoformat(),
+                e.model_dump_json(),
+            )
+            for e in events
+        ]
+        try:
+            await asyncio.get_running_loop().run_in_executor(self._executor, self._insert, rows)
+        except (sqlite3.Error, OSError) as exc:
+            raise StoreError(f"sqlite store {self.path}: {exc}", retryable=True) from exc
+
+    def _insert(self, rows: Sequence[tuple[str, ...]]) -> None:
+        db = self._db
+        if db is None:
+            raise StoreError("sqlite store is not open", retryable=False)
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.executemany("INSERT OR IGNORE INTO events VALUES (?,?,?,?,?,?,?,?,?)", rows)
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
+
+SQLITE_SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    event_id    TEXT PRIMARY KEY,
+    kind        TEXT NOT NULL,
+    district_id TEXT NOT NULL,
+    compound_id TEXT NOT NULL,
+    device_id   TEXT NOT NULL,
+    severity    TEXT NOT NULL,
+    occurred_at TEXT NOT NULL,
+    received_at TEXT NOT NULL,
+    body        TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_by_compound ON events (compound_id, kind, occurred_at);
+CREATE INDEX IF NOT EXISTS events_by_time ON events (occurred_at);
+"""
+
+
+def _classify_http(status: int, text: str, where: str) -> StoreError:
+    # 5xx and 429: the server may recover. 4xx: retrying the same write cannot help.
+    retryable = status >= 500 or status == 429
+    return StoreError(f"{where} answered {status}: {text[:300]}", retryable=retryable, status=status)
+
+
+class InfluxV1Store:
+    """InfluxDB through the 1.x HTTP API (``/write`` line protocol, ``/query`` InfluxQL)."""
+
+    def __init__(self, config: InfluxV1StoreConfig) -> None:
+        self._config = config
+        self._session: aiohttp.ClientSession | None = None
+
+    @property
+    def _auth(self) -> aiohttp.BasicAuth | None:
+        cfg = self._config
+        if cfg.username is None:
+            return None
+        return aiohttp.BasicAuth(cfg.username, cfg.password.get_secret_value() if cfg.password else "")
+
+    async def __aenter__(self) -> Self:
+        self._session = aiohttp.ClientSession(
+            base_url=str(self._config.url), timeout=aiohttp.ClientTimeout(total=self._config.timeout_s)
+        )
+        if self._config.create_database:
+            await self.query(f'CREATE DATABASE "{self._config.database}"', method="POST")
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            raise StoreError("influx store is not open", retryable=False)
+        return self._session
+
+    async def write(self, events: Sequence[Event]) -> None:
+        """POST the points; 204 is the only confirmation."""
+        params = {"db": self._config.database, "precision": "ns"}
+        if self._config.retention_policy:
+            params["rp"] = self._config.retention_policy
+        try:
+            async with self._client().post(
+                "/write", params=params, data=to_lines(events), auth=self._auth
+            ) as response:
+                if response.status != 204:
+                    raise _classify_http(response.status, await response.text(), "influxdb /write")
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise StoreError(f"influxdb /write: {type(exc).__name__}: {exc}", retryable=True) from exc
+
+    async def query(
+        self, influxql: str, *, method: str = "GET", params: dict[str, str] | None = None
+    ) -> list[dict[str, object]]:
+        """Run InfluxQL (bound parameters via ``params``); returns the ``results`` list."""
+        form = {"q": influxql, "db": self._config.database}
+        if params:
+            import json  # noqa: PLC0415 - only parameterised queries need it
+
+            form["params"] = json.dumps(params)
+        try:
+            async with self._client().request(method, "/query", params=form, auth=self._auth) as response:
+                if response.status != 200:
+                    raise _classify_http(response.status, await response.text(), "influxdb /query")
+                body = await response.json()
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise StoreError(f"influxdb /query: {type(exc).__name__}: {exc}", retryable=True) from exc
+        results: list[dict[str, object]] = body.get("results", [])
+        for result in results:
+            if "error" in result:
+                raise StoreError(f"influxdb query error: {result['error']}", retryable=False)
+        return results
+
+
+class InfluxV2Store:
+    """InfluxDB 2.x/3.x (and 1.8+) through the v2 write API, with influxdb-client."""
+
+    def __init__(self, config: InfluxV2StoreConfig) -> None:
+        self._config = config
+        self._client: object | None = None
+
+    async def __aenter__(self) -> Self:
+        from influxdb_client.client.influxdb_client_async import InfluxDBClientAsync  # noqa: PLC0415
+
+        cfg = self._config
+        self._client = InfluxDBClientAsync(
+            url=str(cfg.url),
+            token=cfg.token.get_secret_value(),
+            org=cfg.org,
+            timeout=int(cfg.timeout_s * 1000),
+        )
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            await client.close()  # type: ignore[attr-defined]
+
+    async def write(self, events: Sequence[Event]) -> None:
+        """Write through influxdb-client's async write API (line protocol, ns precision)."""
+        from influxdb_client.domain.write_precision import WritePrecision  # noqa: PLC0415
+        from influxdb_client.rest import ApiException  # noqa: PLC0415
+
+        if self._client is None:
+            raise StoreError("influx v2 store is not open", retryable=False)
+        api = self._client.write_api()  # type: ignore[attr-defined]
+        try:
+            ok = await api.write(
+                bucket=self._config.bucket,
+                record=to_lines(events).decode(),
+                write_precision=WritePrecision.NS,
+            )
+        except ApiException as exc:
+            raise _classify_http(int(exc.status or 500), str(exc.body), "influxdb /api/v2/write") from exc
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise StoreError(f"influxdb /api/v2/write: {type(exc).__name__}: {exc}", retryable=True) from exc
+        if ok is False:
+            raise StoreError("influxdb /api/v2/write did not confirm the write", retryable=True)
+
+
+def build_store(config: StoreConfig) -> SqliteStore | InfluxV1Store | InfluxV2Store:
+    """The store a config names."""
+    if isinstance(config, SqliteStoreConfig):
+        return SqliteStore(config)
+    if isinstance(config, InfluxV1StoreConfig):
+        return InfluxV1Store(config)
+    return InfluxV2Store(config)
+
+
+def sqlite_event_ids(path: Path) -> list[str]:
+    """All event ids in an embedded store file (tools and tests)."""
+    with sqlite3.connect(path) as db:
+        return [row[0] for row in db.execute("SELECT event_id FROM events")]
