@@ -67,6 +67,9 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     demo.add_argument("--keep", type=Path, help="keep the gateway state (outbox, media) in this directory")
 
+    ingest = sub.add_parser("ingest", help="run a district ingester (uplink -> district store)")
+    ingest.add_argument("--config", type=Path, required=True, help="the district TOML config")
+
     schema = sub.add_parser("schema", help="print (or write) the canonical event JSON Schema")
     schema.add_argument("--output", type=Path)
 
@@ -96,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
                 from device_sims.demo import run_demo  # noqa: PLC0415 - simulators load only for the demo
 
                 return run_demo(count=args.count, seed=args.seed, as_json=args.json, keep=args.keep)
+            case "ingest":
+                return _ingest(args.config)
             case "schema":
                 text = json.dumps(event_json_schema(), indent=2, ensure_ascii=False) + "\n"
                 if args.output:
@@ -121,6 +126,24 @@ def _run(config_path: Path) -> int:
         assert task is not None  # noqa: S101 - we are inside a task
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
         await run_gateway(config)
+
+    with contextlib.suppress(KeyboardInterrupt, asyncio.CancelledError):
+        asyncio.run(main_task())
+    return 0
+
+
+def _ingest(config_path: Path) -> int:
+    from uplink.config import load_district_config  # noqa: PLC0415
+    from uplink.ingester import run_ingester  # noqa: PLC0415
+
+    config = load_district_config(config_path)
+    configure_logging(config.log_format)
+
+    async def main_task() -> None:
+        task = asyncio.current_task()
+        assert task is not None  # noqa: S101 - we are inside a task
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+        await run_ingester(config)
 
     with contextlib.suppress(KeyboardInterrupt, asyncio.CancelledError):
         asyncio.run(main_task())

@@ -18,6 +18,7 @@ import structlog
 
 from adapters.base import DeviceContext
 from device_sims.broker import Mosquitto, free_port
+from device_sims.influx import InfluxServer
 from device_sims.inventory import write_sample_config
 from gateway.config import GatewayConfig, load_config
 from gateway.identity import Pseudonymizer
@@ -39,6 +40,26 @@ PARSE_CONTEXT = DeviceContext(
 def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
     """A private Mosquitto for one test."""
     broker = Mosquitto(tmp_path / "broker").start()
+    try:
+        yield broker
+    finally:
+        broker.stop()
+
+
+@pytest.fixture
+def influx(tmp_path: Path) -> Iterator[InfluxServer]:
+    """A private InfluxDB 1.6.7 (Debian's influxd) for one test."""
+    server = InfluxServer(tmp_path / "influx").start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def district_broker(tmp_path: Path) -> Iterator[Mosquitto]:
+    """A second private Mosquitto: the district broker."""
+    broker = Mosquitto(tmp_path / "district-broker").start()
     try:
         yield broker
     finally:

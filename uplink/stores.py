@@ -8,12 +8,13 @@ help (a server down, a timeout) or not (a malformed point, a revoked credential,
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import TracebackType
-from typing import Protocol, Self
+from typing import Any, Protocol, Self
 
 import aiohttp
 
@@ -184,12 +185,10 @@ class InfluxV1Store:
 
     async def query(
         self, influxql: str, *, method: str = "GET", params: dict[str, str] | None = None
-    ) -> list[dict[str, object]]:
+    ) -> list[dict[str, Any]]:
         """Run InfluxQL (bound parameters via ``params``); returns the ``results`` list."""
         form = {"q": influxql, "db": self._config.database}
         if params:
-            import json  # noqa: PLC0415 - only parameterised queries need it
-
             form["params"] = json.dumps(params)
         try:
             async with self._client().request(method, "/query", params=form, auth=self._auth) as response:
@@ -198,7 +197,7 @@ class InfluxV1Store:
                 body = await response.json()
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise StoreError(f"influxdb /query: {type(exc).__name__}: {exc}", retryable=True) from exc
-        results: list[dict[str, object]] = body.get("results", [])
+        results: list[dict[str, Any]] = body.get("results", [])
         for result in results:
             if "error" in result:
                 raise StoreError(f"influxdb query error: {result['error']}", retryable=False)
@@ -253,7 +252,7 @@ class InfluxV2Store:
             raise StoreError("influxdb /api/v2/write did not confirm the write", retryable=True)
 
 
-def build_store(config: StoreConfig) -> SqliteStore | InfluxV1Store | InfluxV2Store:
+def build_store(config: StoreConfig) -> EventStore:
     """The store a config names."""
     if isinstance(config, SqliteStoreConfig):
         return SqliteStore(config)

@@ -1,0 +1,300 @@
+"""The district ingester: uplink batches from every compound into the district store.
+
+N ingesters share the load through an MQTT shared subscription (``$share/<group>/...``); each keeps
+a persistent session and acknowledges a message only after the store confirmed its events (or,
+for a refused event, after its dead letter is durable), so killing an ingester mid-batch loses
+nothing: the broker redelivers, and the store is idempotent by event id.
+
+A store that is down, slow, or refusing credentials is retried with capped backoff for as long as
+it takes (nothing is acknowledged meanwhile, and the read throttle stops taking more). A store that
+refuses a batch as malformed is bisected: the good events are written, the bad one is dead-lettered
+with the store's reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+from collections import Counter
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+import aiomqtt
+import structlog
+
+from gateway.backoff import Backoff
+from gateway.config import BackoffConfig
+from gateway.errors import PayloadRejected, TransportError
+from gateway.events import Event, utc_now
+from gateway.mqtt_session import message_body, new_throttle, persistent_client, take_batch
+from gateway.systemd import sd_notify
+from uplink.config import DistrictConfig
+from uplink.protocol import STATUS, TopicAddress, decode_batch, parse_topic
+from uplink.stores import EventStore, StoreError, build_store
+
+log = structlog.get_logger(__name__)
+
+MESSAGES_PER_ROUND = 256
+STORE_RETRY = BackoffConfig(initial_s=0.2, max_s=10.0)
+
+
+@dataclass(frozen=True)
+class IngestLetter:
+    """A refused message or event, kept for inspection."""
+
+    topic: str
+    compound_id: str | None
+    reason: str
+    field: str | None
+    detail: str
+    payload: bytes
+
+
+class IngestState:
+    """The ingester's own SQLite file: dead letters and the compounds' last status."""
+
+    def __init__(self, path: Path, keep: int) -> None:
+        self.path = path
+        self._keep = keep
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-state")
+        self._db: sqlite3.Connection | None = None
+
+    async def __aenter__(self) -> Self:
+        await asyncio.get_running_loop().run_in_executor(self._executor, self._open)
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await asyncio.get_running_loop().run_in_executor(self._executor, self._close)
+        self._executor.shutdown(wait=True)
+
+    def _open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")
+        db.executescript(
+            """
+            CREATE TABLE IF NOT EXISTS dead_letters (
+                id INTEGER PRIMARY KEY AUTOINCREMENT, at TEXT NOT NULL, topic TEXT NOT NULL, compound_id TEXT,
+                reason TEXT NOT NULL, field TEXT, detail TEXT NOT NULL, payload BLOB NOT NULL);
+            CREATE TABLE IF NOT EXISTS compound_status (
+                compound_id TEXT PRIMARY KEY, state TEXT NOT NULL, reported_at TEXT, received_at TEXT NOT NULL);
+            """
+        )
+        self._db = db
+
+    def _close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    async def record(
+        self, letters: Sequence[IngestLetter], statuses: Sequence[tuple[str, str, str | None]]
+    ) -> None:
+        """Durably keep dead letters and compound statuses (before the messages are acknowledged)."""
+        if letters or statuses:
+            await asyncio.get_running_loop().run_in_executor(
+                self._executor, self._record, list(letters), list(statuses)
+            )
+
+    def _record(self, letters: list[IngestLetter], statuses: list[tuple[str, str, str | None]]) -> None:
+        db = self._db
+        if db is None:
+            raise StoreError("ingest state is not open", retryable=False)
+        now = utc_now().isoformat()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            db.executemany(
+                "INSERT INTO dead_letters (at, topic, compound_id, reason, field, detail, payload) VALUES (?,?,?,?,?,?,?)",
+                [
+                    (now, x.topic, x.compound_id, x.reason, x.field, x.detail, x.payload[:65536])
+                    for x in letters
+                ],
+            )
+            db.executemany(
+                "INSERT INTO compound_status VALUES (?,?,?,?) ON CONFLICT (compound_id) DO UPDATE SET"
+                " state=excluded.state, reported_at=excluded.reported_at, received_at=excluded.received_at",
+                [(compound, state, reported, now) for compound, state, reported in statuses],
+            )
+            db.execute(
+                "DELETE FROM dead_letters WHERE id <= (SELECT MAX(id) FROM dead_letters) - ?", (self._keep,)
+            )
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
+
+class Ingester:
+    """One ingester: a shared subscription, the store, the dead letters."""
+
+    def __init__(self, config: DistrictConfig, store: EventStore, state: IngestState) -> None:
+        self._config = config
+        self._store = store
+        self._state = state
+        self.events_written = 0
+        self.messages_acked = 0
+        self.rejected: Counter[str] = Counter()
+
+    async def run(self, on_connected: Callable[[], None]) -> None:
+        """Connect, subscribe, ingest until the connection fails (``TransportError``)."""
+        cfg = self._config
+        broker, ingest = cfg.broker, cfg.ingest
+        throttle = new_throttle(ingest.receive_maximum)
+        client, paho = persistent_client(
+            host=broker.host,
+            port=broker.port,
+            client_id=f"ingest-{ingest.name}",
+            receive_maximum=ingest.receive_maximum,
+            session_expiry_s=broker.session_expiry_s,
+            keepalive_s=broker.keepalive_s,
+            throttle=throttle,
+            username=broker.username,
+            password=broker.password.get_secret_value() if broker.password else None,
+            tls_context=broker.tls.context() if broker.tls else None,
+        )
+        topic_filter = f"$share/{ingest.group}/{ingest.topic_prefix}/+/+/+"
+        try:
+            async with client:
+                await client.subscribe(topic_filter, qos=1)
+                log.info("ingester_connected", host=broker.host, port=broker.port, subscription=topic_filter)
+                on_connected()
+                async for message in client.messages:
+                    batch = take_batch(message, throttle, MESSAGES_PER_ROUND)
+                    await self._ingest(batch)
+                    for item in batch:
+                        if item.qos > 0:
+                            paho.ack(item.mid, item.qos)
+                    self.messages_acked += len(batch)
+        except aiomqtt.MqttError as exc:
+            raise TransportError(f"district broker {broker.host}:{broker.port}: {exc}") from exc
+
+    async def _ingest(self, batch: Sequence[aiomqtt.Message]) -> None:
+        events: list[Event] = []
+        letters: list[IngestLetter] = []
+        statuses: list[tuple[str, str, str | None]] = []
+        for message in batch:
+            self._decode(str(message.topic), message_body(message.payload), events, letters, statuses)
+        limit = self._config.ingest.batch_max_events
+        for start in range(0, len(events), limit):
+            letters += await self._write(events[start : start + limit])
+        await self._state.record(letters, statuses)
+        for letter in letters:
+            self.rejected[letter.reason] += 1
+
+    def _decode(
+        self,
+        topic: str,
+        body: bytes,
+        events: list[Event],
+        letters: list[IngestLetter],
+        statuses: list[tuple[str, str, str | None]],
+    ) -> None:
+        compound: str | None = None
+        try:
+            address = self._address(topic)
+            compound = address.compound_id
+            if address.channel == STATUS:
+                statuses.append(_status(address.compound_id, body))
+                return
+            decoded = decode_batch(address, body)
+        except PayloadRejected as exc:
+            r = exc.rejection
+            letters.append(IngestLetter(topic, compound, r.reason, r.field, r.detail, body))
+            log.warning(
+                "uplink_message_rejected", topic=topic, reason=r.reason, field=r.field, detail=r.detail
+            )
+            return
+        events.extend(decoded.events)
+        for index, problem in decoded.rejected:
+            r = problem.rejection
+            field = f"events[{index}].{r.field}" if r.field else f"events[{index}]"
+            letters.append(IngestLetter(topic, compound, r.reason, field, r.detail, body))
+
+    def _address(self, topic: str) -> TopicAddress:
+        address = parse_topic(self._config.ingest.topic_prefix, topic)
+        if address.district_id != self._config.district_id:
+            raise PayloadRejected("foreign_district", f"district {address.district_id} is not ours")
+        return address
+
+    async def _write(self, events: list[Event]) -> list[IngestLetter]:
+        """Write until the store confirms; bisect batches it refuses as malformed."""
+        if not events:
+            return []
+        backoff = Backoff(STORE_RETRY)
+        failing = False
+        while True:
+            try:
+                await self._store.write(events)
+            except StoreError as exc:
+                if not exc.retryable and exc.status in {400, 413, 422}:
+                    return await self._bisect(events, exc)
+                if not failing:
+                    log.error(
+                        "store_write_failed", error=str(exc), retryable=exc.retryable, events=len(events)
+                    )
+                    failing = True
+                await asyncio.sleep(backoff.next_delay())
+                continue
+            if failing:
+                log.info("store_write_recovered", events=len(events))
+            self.events_written += len(events)
+            return []
+
+    async def _bisect(self, events: list[Event], exc: StoreError) -> list[IngestLetter]:
+        if len(events) == 1:
+            event = events[0]
+            log.warning("store_refused_event", event_id=event.event_id, error=str(exc))
+            return [
+                IngestLetter(
+                    topic=event.kind.value,
+                    compound_id=event.compound_id,
+                    reason="store_rejected",
+                    field=None,
+                    detail=str(exc)[:500],
+                    payload=event.model_dump_json().encode(),
+                )
+            ]
+        middle = len(events) // 2
+        return await self._write(events[:middle]) + await self._write(events[middle:])
+
+
+def _status(compound_id: str, body: bytes) -> tuple[str, str, str | None]:
+    try:
+        document = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise PayloadRejected("malformed_json", "status is not JSON") from None
+    state = document.get("state") if isinstance(document, dict) else None
+    if state not in {"online", "offline", "stopped"}:
+        raise PayloadRejected("bad_field", f"unknown gateway state {state!r}", field="state")
+    at = document.get("at")
+    return compound_id, state, at if isinstance(at, str) else None
+
+
+async def run_ingester(config: DistrictConfig, *, ready: asyncio.Event | None = None) -> None:
+    """Run one ingester until cancelled."""
+    from gateway.runtime import supervise  # noqa: PLC0415 - the shared supervisor
+
+    async with AsyncExitStack() as stack:
+        store = await stack.enter_async_context(build_store(config.store))
+        state = await stack.enter_async_context(
+            IngestState(config.ingest.dead_letter_path, config.ingest.dead_letter_keep)
+        )
+        ingester = Ingester(config, store, state)
+        connected = asyncio.Event()
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(
+                supervise("ingester", ingester.run, Backoff(BackoffConfig()), connected), name="ingester"
+            )
+            await connected.wait()
+            sd_notify("READY=1")
+            if ready is not None:
+                ready.set()
