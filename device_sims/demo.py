@@ -14,12 +14,13 @@ import sys
 import tempfile
 from collections import Counter
 from collections.abc import Iterable
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Literal
 
 from adapters.base import RawMessage
 from device_sims.broker import Mosquitto, free_port
-from device_sims.devices import HttpPost, Outgoing, build_sim
+from device_sims.devices import CST, HttpPost, Outgoing, build_sim
 from device_sims.inventory import sample_devices, write_sample_config
 from device_sims.runner import Report, Runner
 from device_sims.scenarios import build
@@ -98,8 +99,15 @@ async def _demo(workdir: Path, count: int, seed: int, as_json: bool) -> int:
             reports: dict[str, Report] = {}
             acked: list[Outgoing] = []
             for index, phase in enumerate(PHASES):
+                today = datetime.now(CST).replace(hour=0, minute=0, second=0, microsecond=0) - timedelta(
+                    days=1
+                )
                 steps = build(
-                    phase, sims, seed + index, count if phase in {"normal-day", "morning-rush"} else 20
+                    phase,
+                    sims,
+                    seed + index,
+                    count if phase in {"normal-day", "morning-rush"} else 20,
+                    start=today,
                 )
                 runner = Runner(f"http://127.0.0.1:{config.http.port}", "127.0.0.1", broker.port, workers=8)
                 report = await runner.run(steps)

@@ -231,6 +231,7 @@ def _outbox(args: argparse.Namespace) -> int:
                 "pending_alarms": stats.pending_alarms,
                 "pending_bytes": stats.pending_bytes,
                 "oldest_pending_received_at": stats.oldest_pending_received_at,
+                "sent_awaiting_receipt": stats.sent,
                 "delivered": stats.delivered,
                 "shed_total": stats.shed_total,
                 "dead_letters": stats.dead_letters,

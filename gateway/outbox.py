@@ -45,7 +45,7 @@ CREATE TABLE IF NOT EXISTS events (
     received_at  TEXT NOT NULL,
     size         INTEGER NOT NULL,
     body         BLOB,
-    state        TEXT NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'delivered', 'shed')),
+    state        TEXT NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'sent', 'delivered', 'shed')),
     settled_at   TEXT
 );
 CREATE INDEX IF NOT EXISTS events_pending ON events (state, alarm, seq);
@@ -156,6 +156,7 @@ class OutboxStats:
     pending_alarms: int
     pending_bytes: int
     oldest_pending_received_at: str | None
+    sent: int
     delivered: int
     shed_total: int
     dead_letters: int
@@ -378,14 +379,33 @@ class Outbox:
         finally:
             os.close(dir_fd)
 
+    def mark_sent(self, event_ids: Sequence[str]) -> int:
+        """The district broker took these; they stay (with their bodies) until the district's receipt."""
+        now = utc_now().isoformat()
+        with self._transaction() as db:
+            cursor = db.executemany(
+                "UPDATE events SET state='sent', settled_at=? WHERE event_id=? AND state='pending'",
+                [(now, event_id) for event_id in event_ids],
+            )
+            return cursor.rowcount
+
+    def requeue_sent(self, sent_before: datetime) -> int:
+        """Sent but never confirmed (a receipt lost, a broker that lost its queue): send them again."""
+        with self._transaction() as db:
+            cursor = db.execute(
+                "UPDATE events SET state='pending', settled_at=NULL WHERE state='sent' AND settled_at < ?",
+                (sent_before.isoformat(),),
+            )
+            return cursor.rowcount
+
     def mark_delivered(self, event_ids: Sequence[str]) -> int:
-        """The uplink confirmed these: drop their bodies, keep a tombstone so re-sends stay duplicates."""
+        """The district confirmed these: drop their bodies, keep a tombstone so re-sends stay duplicates."""
         now = utc_now().isoformat()
         done = 0
         with self._transaction() as db:
             for event_id in event_ids:
                 row = db.execute(
-                    "SELECT size FROM events WHERE event_id=? AND state='pending'", (event_id,)
+                    "SELECT size FROM events WHERE event_id=? AND state IN ('pending', 'sent')", (event_id,)
                 ).fetchone()
                 if row is None:
                     continue
@@ -401,7 +421,7 @@ class Outbox:
         """Forget delivered/shed tombstones older than the de-duplication window."""
         with self._transaction() as db:
             cursor = db.execute(
-                "DELETE FROM events WHERE state != 'pending' AND settled_at < ?",
+                "DELETE FROM events WHERE state IN ('delivered', 'shed') AND settled_at < ?",
                 (settled_before.isoformat(),),
             )
             return cursor.rowcount
@@ -426,7 +446,7 @@ class Outbox:
             for seq, eid, kind, alarm, received, body in rows
         ]
 
-    def event_ids(self, state: Literal["pending", "delivered", "shed"] = "pending") -> list[str]:
+    def event_ids(self, state: Literal["pending", "sent", "delivered", "shed"] = "pending") -> list[str]:
         """All event ids in a state (tests and tools)."""
         rows = self.db.execute("SELECT event_id FROM events WHERE state=? ORDER BY seq", (state,)).fetchall()
         return [row[0] for row in rows]
@@ -453,8 +473,9 @@ class Outbox:
             "SELECT COUNT(*), COALESCE(SUM(alarm), 0), COALESCE(SUM(size), 0), MIN(received_at)"
             " FROM events WHERE state='pending'"
         ).fetchone()
+        (sent,) = db.execute("SELECT COUNT(*) FROM events WHERE state='sent'").fetchone()
         (delivered,) = db.execute("SELECT COUNT(*) FROM events WHERE state='delivered'").fetchone()
         (dead,) = db.execute("SELECT COUNT(*) FROM dead_letters").fetchone()
         counters = {(n, a, b): v for n, a, b, v in db.execute("SELECT name, a, b, value FROM counters")}
         shed_total = sum(v for (n, _, _), v in counters.items() if n == "shed")
-        return OutboxStats(pending, alarms, size, oldest, delivered, shed_total, dead, counters)
+        return OutboxStats(pending, alarms, size, oldest, sent, delivered, shed_total, dead, counters)

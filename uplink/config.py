@@ -101,10 +101,17 @@ class MqttUplinkConfig(_Config):
     )
     inflight_batches: int = Field(default=8, ge=1, le=256)
     replay_rate: float = Field(
-        default=2000.0, gt=0, description="routine events per second at most (alarms are not paced)"
+        default=5000.0, gt=0, description="routine events per second at most (alarms are not paced)"
     )
     poll_ms: int = Field(
         default=50, ge=5, le=5000, description="how often an idle uplink looks for new events"
+    )
+    receipts: bool = Field(
+        default=True,
+        description="events count as delivered when the district confirms them stored, not at the broker's PUBACK",
+    )
+    receipt_timeout_s: float = Field(
+        default=60.0, gt=0, description="sent events without a receipt are sent again"
     )
 
 
@@ -115,7 +122,7 @@ class DirectUplinkConfig(_Config):
     store: StoreConfig
     batch_max_events: int = Field(default=500, ge=1, le=5000)
     batch_max_delay_ms: int = Field(default=500, ge=0, le=60_000)
-    replay_rate: float = Field(default=2000.0, gt=0)
+    replay_rate: float = Field(default=5000.0, gt=0)
     poll_ms: int = Field(default=50, ge=5, le=5000)
 
 
@@ -138,6 +145,7 @@ class IngestConfig(_Config):
     batch_max_events: int = Field(default=5000, ge=1, le=100_000)
     dead_letter_path: Path = Path("/var/lib/compound-district/ingest-dead-letters.db")
     dead_letter_keep: int = Field(default=100_000, ge=10)
+    receipts: bool = Field(default=True, description="confirm stored events to the compounds")
 
 
 class DistrictConfig(_Config):

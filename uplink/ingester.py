@@ -35,12 +35,13 @@ from gateway.events import Event, utc_now
 from gateway.mqtt_session import message_body, new_throttle, persistent_client, take_batch
 from gateway.systemd import sd_notify
 from uplink.config import DistrictConfig
-from uplink.protocol import STATUS, TopicAddress, decode_batch, parse_topic
+from uplink.protocol import STATUS, TopicAddress, decode_batch, encode_receipt, parse_topic, receipt_topic
 from uplink.stores import EventStore, StoreError, build_store
 
 log = structlog.get_logger(__name__)
 
 MESSAGES_PER_ROUND = 256
+RECEIPT_MAX_IDS = 2000
 STORE_RETRY = BackoffConfig(initial_s=0.2, max_s=10.0)
 
 
@@ -54,6 +55,7 @@ class IngestLetter:
     field: str | None
     detail: str
     payload: bytes
+    event_id: str | None = None  # set when one event of a batch was refused by the store
 
 
 class IngestState:
@@ -169,7 +171,9 @@ class Ingester:
                 on_connected()
                 async for message in client.messages:
                     batch = take_batch(message, throttle, MESSAGES_PER_ROUND)
-                    await self._ingest(batch)
+                    stored = await self._ingest(batch)
+                    if ingest.receipts:
+                        await self._send_receipts(client, stored)
                     for item in batch:
                         if item.qos > 0:
                             paho.ack(item.mid, item.qos)
@@ -177,7 +181,8 @@ class Ingester:
         except aiomqtt.MqttError as exc:
             raise TransportError(f"district broker {broker.host}:{broker.port}: {exc}") from exc
 
-    async def _ingest(self, batch: Sequence[aiomqtt.Message]) -> None:
+    async def _ingest(self, batch: Sequence[aiomqtt.Message]) -> dict[str, list[str]]:
+        """Store a round of messages; returns the stored event ids per compound."""
         events: list[Event] = []
         letters: list[IngestLetter] = []
         statuses: list[tuple[str, str, str | None]] = []
@@ -189,6 +194,21 @@ class Ingester:
         await self._state.record(letters, statuses)
         for letter in letters:
             self.rejected[letter.reason] += 1
+        refused = {letter.event_id for letter in letters if letter.event_id}
+        stored: dict[str, list[str]] = {}
+        for event in events:
+            if event.event_id not in refused:
+                stored.setdefault(event.compound_id, []).append(event.event_id)
+        return stored
+
+    async def _send_receipts(self, client: aiomqtt.Client, stored: dict[str, list[str]]) -> None:
+        # Before the source messages are acknowledged: if a receipt is lost, the gateway sends the
+        # events again after its receipt timeout, and the store ignores the copies.
+        prefix, district = self._config.ingest.topic_prefix, self._config.district_id
+        for compound, ids in stored.items():
+            for start in range(0, len(ids), RECEIPT_MAX_IDS):
+                payload = encode_receipt(ids[start : start + RECEIPT_MAX_IDS])
+                await client.publish(receipt_topic(prefix, district, compound), payload, qos=1, timeout=30)
 
     def _decode(
         self,
@@ -261,6 +281,7 @@ class Ingester:
                     field=None,
                     detail=str(exc)[:500],
                     payload=event.model_dump_json().encode(),
+                    event_id=event.event_id,
                 )
             ]
         middle = len(events) // 2

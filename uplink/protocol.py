@@ -41,6 +41,32 @@ def status_topic(prefix: str, district_id: str, compound_id: str) -> str:
     return f"{prefix}/{district_id}/{compound_id}/{STATUS}"
 
 
+def receipt_topic(prefix: str, district_id: str, compound_id: str) -> str:
+    """Where the district confirms stored events to a compound.
+
+    One level deeper than the event topics, so the ingesters' ``+/+/+`` subscription does not
+    receive their own receipts.
+    """
+    return f"{prefix}/{district_id}/{compound_id}/receipt/stored"
+
+
+def encode_receipt(event_ids: Sequence[str]) -> bytes:
+    """The district's confirmation that these events are in its store."""
+    return json.dumps({"v": PROTOCOL_VERSION, "event_ids": list(event_ids)}, separators=(",", ":")).encode()
+
+
+def decode_receipt(body: bytes) -> list[str]:
+    """The event ids of a receipt, or reject."""
+    try:
+        document = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        raise PayloadRejected("malformed_json", "receipt is not JSON") from None
+    ids = document.get("event_ids") if isinstance(document, dict) else None
+    if not isinstance(ids, list) or not all(isinstance(i, str) and 8 <= len(i) <= 64 for i in ids):
+        raise PayloadRejected("bad_field", "event_ids must be a list of event ids", field="event_ids")
+    return ids
+
+
 def encode_batch(
     district_id: str, compound_id: str, bodies: Sequence[bytes], sent_at: datetime | None = None
 ) -> bytes:

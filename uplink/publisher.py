@@ -28,11 +28,12 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from gateway.config import GatewayConfig
-from gateway.errors import TransportError, UplinkError
+from gateway.errors import PayloadRejected, TransportError, UplinkError
 from gateway.events import Event, utc_now
+from gateway.mqtt_session import message_body
 from gateway.outbox import Outbox, StoredEvent
 from uplink.config import DirectUplinkConfig, MqttUplinkConfig
-from uplink.protocol import encode_batch, event_topic, status_topic
+from uplink.protocol import decode_receipt, encode_batch, event_topic, receipt_topic, status_topic
 from uplink.stores import StoreError, build_store
 
 log = structlog.get_logger(__name__)
@@ -61,10 +62,22 @@ class OutboxReader:
         """Alarms first, then oldest first."""
         return await asyncio.get_running_loop().run_in_executor(self._executor, self._outbox.pending, limit)
 
-    async def delivered(self, event_ids: Sequence[str]) -> None:
+    async def delivered(self, event_ids: Sequence[str]) -> int:
         """Confirmed by the district: tombstone them."""
-        await asyncio.get_running_loop().run_in_executor(
+        return await asyncio.get_running_loop().run_in_executor(
             self._executor, self._outbox.mark_delivered, list(event_ids)
+        )
+
+    async def sent(self, event_ids: Sequence[str]) -> None:
+        """Taken by the district broker; kept until the district's receipt."""
+        await asyncio.get_running_loop().run_in_executor(
+            self._executor, self._outbox.mark_sent, list(event_ids)
+        )
+
+    async def requeue(self, sent_before: datetime) -> int:
+        """Sent long ago and never confirmed: back to pending."""
+        return await asyncio.get_running_loop().run_in_executor(
+            self._executor, self._outbox.requeue_sent, sent_before
         )
 
 
@@ -104,6 +117,7 @@ class Pacing:
     inflight_batches: int
     replay_rate: float
     poll_s: float
+    receipt_timeout: timedelta | None  # None: the sender's confirmation is final
 
 
 class Forwarder:
@@ -120,7 +134,13 @@ class Forwarder:
         """Forward forever; returns only by raising (``UplinkError``) or cancellation."""
         pacing = self._pacing
         window = pacing.batch_max_events * pacing.inflight_batches
+        next_requeue = time.monotonic()
         while True:
+            if pacing.receipt_timeout is not None and time.monotonic() >= next_requeue:
+                requeued = await self._reader.requeue(utc_now() - pacing.receipt_timeout)
+                if requeued:
+                    log.warning("uplink_receipts_missing", requeued=requeued)
+                next_requeue = time.monotonic() + pacing.receipt_timeout.total_seconds() / 4
             rows = await self._reader.pending(window)
             alarms = [r for r in rows if r.alarm]
             routine = [r for r in rows if not r.alarm]
@@ -181,7 +201,11 @@ class Forwarder:
                 except UplinkError as exc:
                     failures.append(exc)
                     return
-            await self._reader.delivered([r.event_id for r in rows])
+            ids = [r.event_id for r in rows]
+            if self._pacing.receipt_timeout is None:
+                await self._reader.delivered(ids)
+            else:
+                await self._reader.sent(ids)
             self.sent_events += len(rows)
             self.sent_alarms += sum(1 for r in rows if r.alarm)
 
@@ -193,7 +217,13 @@ class Forwarder:
 
 
 def _pacing(config: MqttUplinkConfig | DirectUplinkConfig) -> Pacing:
+    receipt_timeout = (
+        timedelta(seconds=config.receipt_timeout_s)
+        if isinstance(config, MqttUplinkConfig) and config.receipts
+        else None
+    )
     return Pacing(
+        receipt_timeout=receipt_timeout,
         batch_max_events=config.batch_max_events,
         batch_max_bytes=getattr(config, "batch_max_bytes", 4 * 1024 * 1024),
         batch_max_delay=timedelta(milliseconds=config.batch_max_delay_ms),
@@ -210,8 +240,11 @@ class MqttUplink:
         self._config = config
         self._uplink = uplink
         self.forwarder = Forwarder(reader, _pacing(uplink))
+        self._reader = reader
         compound = config.compound
         self._status_topic = status_topic(uplink.topic_prefix, compound.district_id, compound.compound_id)
+        self._receipt_topic = receipt_topic(uplink.topic_prefix, compound.district_id, compound.compound_id)
+        self.confirmed = 0
 
     def _status(self, state: str) -> bytes:
         return json.dumps(
@@ -251,19 +284,37 @@ class MqttUplink:
 
         try:
             async with client:
+                if up.receipts:
+                    await client.subscribe(self._receipt_topic, qos=1)
                 await client.publish(self._status_topic, self._status("online"), qos=1, retain=True)
                 log.info("uplink_connected", host=broker.host, port=broker.port)
                 on_connected()
                 try:
-                    await self.forwarder.run(send)
+                    async with asyncio.TaskGroup() as tg:
+                        tg.create_task(self._receipts(client), name="uplink-receipts")
+                        await self.forwarder.run(send)
                 finally:
                     with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
                         async with asyncio.timeout(2):  # a clean stop is not an outage: say so
                             await client.publish(
                                 self._status_topic, self._status("stopped"), qos=1, retain=True
                             )
-        except aiomqtt.MqttError as exc:
-            raise TransportError(f"district broker {broker.host}:{broker.port}: {exc}") from exc
+        except* (aiomqtt.MqttError, UplinkError, TransportError) as group:
+            raise TransportError(
+                f"district broker {broker.host}:{broker.port}: {group.exceptions[0]}"
+            ) from group
+
+    async def _receipts(self, client: aiomqtt.Client) -> None:
+        # Receipts are acknowledged on arrival (aiomqtt's default): losing one only means the
+        # events are sent again after the receipt timeout, and the district store is idempotent.
+        async for message in client.messages:
+            try:
+                ids = decode_receipt(message_body(message.payload))
+            except PayloadRejected as exc:
+                log.warning("uplink_bad_receipt", reason=exc.rejection.reason, detail=exc.rejection.detail)
+                continue
+            self.confirmed += await self._reader.delivered(ids)
+        raise UplinkError("district broker closed the receipt stream")
 
 
 class DirectUplink:

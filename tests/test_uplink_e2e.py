@@ -1,0 +1,189 @@
+"""End to end: simulated devices -> gateway -> district broker -> ingester -> district store."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import random
+import sqlite3
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiomqtt
+import pytest
+
+from device_sims.broker import Mosquitto
+from device_sims.demo import expected_event_ids
+from device_sims.devices import build_sim
+from device_sims.influx import InfluxServer
+from device_sims.inventory import DISTRICT_ID, sample_devices
+from device_sims.runner import Runner
+from device_sims.scenarios import build
+from gateway.config import GatewayConfig, load_config
+from gateway.outbox import Outbox
+from gateway.runtime import run_gateway
+from tests.conftest import sample_config
+from uplink.config import DistrictConfig, InfluxV1StoreConfig, load_district_config
+from uplink.ingester import run_ingester
+from uplink.stores import InfluxV1Store
+
+
+def gateway_config(
+    tmp_path: Path, device_broker: Mosquitto, district: Mosquitto, **uplink: object
+) -> GatewayConfig:
+    path = sample_config(tmp_path, device_broker.port)
+    extra = "".join(f"{k} = {json.dumps(v)}\n" for k, v in uplink.items())
+    with path.open("a", encoding="utf-8") as handle:
+        handle.write(
+            f'\n[backoff]\ninitial_s = 0.05\nmax_s = 0.5\n\n[uplink]\nmode = "mqtt"\nbatch_max_delay_ms = 20\n{extra}'
+            f'[uplink.broker]\nhost = "127.0.0.1"\nport = {district.port}\n'
+        )
+    return load_config(path)
+
+
+def district_config(tmp_path: Path, district: Mosquitto, store: str, name: str = "i1") -> DistrictConfig:
+    path = tmp_path / f"district-{name}.toml"
+    path.write_text(
+        f'district_id = "{DISTRICT_ID}"\n[broker]\nhost = "127.0.0.1"\nport = {district.port}\n'
+        f'[ingest]\nname = "{name}"\ndead_letter_path = "{tmp_path}/ingest-{name}.db"\n[store]\n{store}\n',
+        encoding="utf-8",
+    )
+    return load_district_config(path)
+
+
+@contextlib.asynccontextmanager
+async def running(coro_factory: object, name: str) -> AsyncIterator[None]:
+    ready = asyncio.Event()
+    task = asyncio.create_task(coro_factory(ready=ready), name=name)  # type: ignore[operator]
+    try:
+        async with asyncio.timeout(30):
+            await ready.wait()
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+@dataclass
+class Sent:
+    """What the devices saw acknowledged, as the event ids the district must end up with."""
+
+    expected: set[str]
+
+
+async def play(config: GatewayConfig, broker: Mosquitto, seed: int, count: int = 150) -> Sent:
+    sims = [build_sim(d) for d in sample_devices()]
+    runner = Runner(f"http://127.0.0.1:{config.http.port}", "127.0.0.1", broker.port)
+    steps = (
+        build("normal-day", sims, seed, count)
+        + build("shed-fire", sims, seed, 0)
+        + build("thrown-object", sims, seed, 0)
+    )
+    report = await runner.run(steps)
+    assert report.failed == 0
+    return Sent(expected_event_ids(config, report.acked))
+
+
+async def wait_until(predicate: object, timeout: float = 30.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not predicate():  # type: ignore[operator]
+        assert asyncio.get_running_loop().time() < deadline, "condition not reached before the timeout"
+        await asyncio.sleep(0.05)
+
+
+def sqlite_ids(path: Path) -> list[str]:
+    if not path.exists():
+        return []
+    with sqlite3.connect(path) as db:
+        return [row[0] for row in db.execute("SELECT event_id FROM events")]
+
+
+async def test_events_reach_sqlite_store_exactly_once(
+    tmp_path: Path, mosquitto: Mosquitto, district_broker: Mosquitto
+) -> None:
+    """Every accepted event is stored once; the outbox is drained; the compound's status is retained."""
+    config = gateway_config(tmp_path, mosquitto, district_broker)
+    store_path = tmp_path / "district.db"
+    district = district_config(tmp_path, district_broker, f'type = "sqlite"\npath = "{store_path}"')
+    async with (
+        running(lambda ready: run_ingester(district, ready=ready), "ingester"),
+        running(lambda ready: run_gateway(config, ready=ready), "gateway"),
+    ):
+        sent = await play(config, mosquitto, seed=5)
+        await wait_until(lambda: sent.expected <= set(sqlite_ids(store_path)))
+        ids = sqlite_ids(store_path)
+        assert len(ids) == len(set(ids))
+        with Outbox(config.state.dir / "outbox.db", max_bytes=1 << 30) as box:
+            # the district's receipts turn "sent" into "delivered"
+            await wait_until(lambda: set(box.event_ids("delivered")) >= sent.expected)
+            assert box.stats().pending == 0
+        async with aiomqtt.Client("127.0.0.1", district_broker.port) as client:
+            await client.subscribe(f"cgw/v1/{DISTRICT_ID}/{config.compound.compound_id}/status", qos=1)
+            async with asyncio.timeout(5):
+                message = await anext(aiter(client.messages))
+            assert message.retain
+            assert isinstance(message.payload, bytes)
+            assert json.loads(message.payload)["state"] == "online"
+
+
+async def test_events_reach_influxdb_v1(
+    tmp_path: Path, mosquitto: Mosquitto, district_broker: Mosquitto, influx: InfluxServer
+) -> None:
+    """The same pipeline into a real InfluxDB 1.6.7: counted by event id, exactly once."""
+    config = gateway_config(tmp_path, mosquitto, district_broker)
+    store = f'type = "influx_v1"\nurl = "{influx.url}"\ndatabase = "district"'
+    district = district_config(tmp_path, district_broker, store)
+    async with (
+        running(lambda ready: run_ingester(district, ready=ready), "ingester"),
+        running(lambda ready: run_gateway(config, ready=ready), "gateway"),
+    ):
+        sent = await play(config, mosquitto, seed=6)
+        assert isinstance(district.store, InfluxV1StoreConfig)
+        async with InfluxV1Store(district.store) as reader:
+
+            async def stored() -> tuple[int, set[str]]:
+                values: list[str] = []
+                for result in await reader.query('SELECT "event_id" FROM /.*/'):
+                    for series in result.get("series", []):
+                        values += [row[1] for row in series["values"]]
+                return len(values), set(values)
+
+            deadline = asyncio.get_running_loop().time() + 30
+            while True:
+                raw, distinct = await stored()
+                if sent.expected <= distinct or asyncio.get_running_loop().time() > deadline:
+                    break
+                await asyncio.sleep(0.2)
+            assert sent.expected <= distinct
+            assert raw == len(distinct)
+
+
+@pytest.mark.slow
+async def test_district_broker_outage_loses_nothing(
+    tmp_path: Path, mosquitto: Mosquitto, district_broker: Mosquitto
+) -> None:
+    """The district broker is stopped while devices keep sending, then comes back: nothing lost.
+
+    Messages the broker accepted while no ingester was subscribed yet are not lost either: without
+    the district's receipt they are sent again after the receipt timeout (3 s here).
+    """
+    config = gateway_config(tmp_path, mosquitto, district_broker, receipt_timeout_s=3)
+    store_path = tmp_path / "district.db"
+    district = district_config(tmp_path, district_broker, f'type = "sqlite"\npath = "{store_path}"')
+    async with (
+        running(lambda ready: run_ingester(district, ready=ready), "ingester"),
+        running(lambda ready: run_gateway(config, ready=ready), "gateway"),
+    ):
+        first = await play(config, mosquitto, seed=8, count=100)
+        district_broker.stop()
+        during = await play(config, mosquitto, seed=9, count=200)
+        await asyncio.sleep(random.uniform(0.5, 1.5))
+        district_broker.start()
+        after = await play(config, mosquitto, seed=10, count=100)
+        expected = first.expected | during.expected | after.expected
+        await wait_until(lambda: expected <= set(sqlite_ids(store_path)), timeout=60)
+        ids = sqlite_ids(store_path)
+        assert len(ids) == len(set(ids))
