@@ -1,7 +1,8 @@
-"""``compound-gateway demo``: the sample compound's simulated devices against a real gateway.
+"""``compound-gateway demo``: the whole pipeline, from simulated devices to the district store.
 
-Starts a private Mosquitto (the compound's device broker) and the gateway, plays the scenarios, and
-checks the outbox against what the devices saw acknowledged: every acknowledged event stored once.
+Starts a private Mosquitto, the gateway (with its uplink) and a district ingester writing to the
+embedded SQLite store, plays the scenarios, and checks the store against what the devices saw
+acknowledged: every acknowledged event stored exactly once.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Literal
 from adapters.base import RawMessage
 from device_sims.broker import Mosquitto, free_port
 from device_sims.devices import CST, HttpPost, Outgoing, build_sim
-from device_sims.inventory import sample_devices, write_sample_config
+from device_sims.inventory import DISTRICT_ID, sample_devices, write_sample_config
 from device_sims.runner import Report, Runner
 from device_sims.scenarios import build
 from gateway.config import GatewayConfig, load_config
@@ -29,6 +30,8 @@ from gateway.identity import Pseudonymizer
 from gateway.intake import Intake, IntakeItem
 from gateway.logging import configure_logging
 from gateway.runtime import run_gateway
+from uplink.config import DistrictConfig, load_district_config
+from uplink.ingester import run_ingester
 
 PHASES = ("normal-day", "morning-rush", "shed-fire", "thrown-object", "resend", "malformed", "offline")
 
@@ -52,24 +55,40 @@ def expected_event_ids(config: GatewayConfig, messages: Iterable[Outgoing]) -> s
     return ids
 
 
-def stored_by_kind(db_path: Path) -> tuple[Counter[str], set[str], int]:
-    """Per-kind counts, all event ids, and the raw row count, read straight from the outbox file."""
-    with sqlite3.connect(db_path) as db:
+def store_contents(store_path: Path) -> tuple[Counter[str], set[str], int]:
+    """Per-kind counts, distinct event ids and raw row count of the district's embedded store."""
+    if not store_path.exists():
+        return Counter(), set(), 0
+    with sqlite3.connect(store_path) as db:
         rows = db.execute("SELECT event_id, kind FROM events").fetchall()
+    return Counter(kind for _, kind in rows), {event_id for event_id, _ in rows}, len(rows)
+
+
+def outbox_counters(db_path: Path) -> tuple[int, int, list[tuple[str, str | None, str]]]:
+    """(re-sends suppressed as duplicates, dead letters, the first few dead letters) of the outbox."""
+    with sqlite3.connect(db_path) as db:
         (duplicates,) = db.execute(
             "SELECT COALESCE(SUM(value), 0) FROM counters WHERE name='duplicates'"
         ).fetchone()
-    return Counter(kind for _, kind in rows), {event_id for event_id, _ in rows}, int(duplicates)
+        (dead_count,) = db.execute("SELECT COUNT(*) FROM dead_letters").fetchone()
+        dead = db.execute("SELECT reason, field, detail FROM dead_letters ORDER BY id LIMIT 5").fetchall()
+    return int(duplicates), int(dead_count), dead
 
 
-def run_demo(*, count: int, seed: int, as_json: bool, keep: Path | None) -> int:
+SAMPLE_QUERY = (
+    "SELECT kind, COUNT(*) AS events, SUM(severity = 'critical') AS alarms FROM events"
+    " WHERE compound_id = ? GROUP BY kind ORDER BY kind"
+)
+
+
+def run_demo(*, count: int, seed: int, as_json: bool, keep: Path | None, store: Path | None = None) -> int:
     """Run the demo; exit status 0 when nothing acknowledged was lost."""
     configure_logging("console" if sys.stderr.isatty() else "json", level=logging.WARNING)
     if keep is not None:
         keep.mkdir(parents=True, exist_ok=True)
-        return asyncio.run(_demo(keep, count, seed, as_json))
+        return asyncio.run(_demo(keep, count, seed, as_json, store))
     with tempfile.TemporaryDirectory(prefix="cgw-demo-") as tmp:
-        return asyncio.run(_demo(Path(tmp), count, seed, as_json))
+        return asyncio.run(_demo(Path(tmp), count, seed, as_json, store))
 
 
 def _say(as_json: bool, text: str) -> None:
@@ -77,7 +96,20 @@ def _say(as_json: bool, text: str) -> None:
         print(text, flush=True)
 
 
-async def _demo(workdir: Path, count: int, seed: int, as_json: bool) -> int:
+def _district_config(workdir: Path, broker: Mosquitto, store_path: Path) -> DistrictConfig:
+    path = workdir / "district.toml"
+    path.write_text(
+        f'district_id = "{DISTRICT_ID}"\n[broker]\nhost = "127.0.0.1"\nport = {broker.port}\n'
+        f'[ingest]\nname = "demo-ingester"\ndead_letter_path = "{workdir}/ingest-dead-letters.db"\n'
+        f'[store]\ntype = "sqlite"\npath = "{store_path}"\n',
+        encoding="utf-8",
+    )
+    return load_district_config(path)
+
+
+async def _demo(workdir: Path, count: int, seed: int, as_json: bool, store: Path | None) -> int:  # noqa: PLR0915
+    store_path = (store or workdir / "district-store.db").resolve()
+    # One private broker plays both parts here: the compound's device broker and the district broker.
     with Mosquitto(workdir / "broker") as broker:
         config_path = write_sample_config(
             workdir / "gateway.toml",
@@ -85,89 +117,102 @@ async def _demo(workdir: Path, count: int, seed: int, as_json: bool) -> int:
             http_port=free_port(),
             mqtt_port=broker.port,
         )
+        with config_path.open("a", encoding="utf-8") as handle:
+            handle.write(
+                f'\n[uplink]\nmode = "mqtt"\nbatch_max_delay_ms = 100\n[uplink.broker]\nhost = "127.0.0.1"\nport = {broker.port}\n'
+            )
         config = load_config(config_path)
+        district = _district_config(workdir, broker, store_path)
         _say(
             as_json,
-            f"compound {config.compound.compound_id} ({config.compound.name}): {len(config.devices)} devices, "
-            f"device broker 127.0.0.1:{broker.port}, gateway http :{config.http.port}",
+            f"compound {config.compound.compound_id} ({config.compound.name}): {len(config.devices)} simulated devices\n"
+            f"  devices -> gateway (http :{config.http.port}, mqtt :{broker.port}) -> outbox -> district broker"
+            f" -> ingester -> store {store_path}",
         )
-        ready = asyncio.Event()
         async with asyncio.TaskGroup() as tg:
-            gateway = tg.create_task(run_gateway(config, ready=ready), name="gateway")
-            await ready.wait()
+            ingester_ready, gateway_ready = asyncio.Event(), asyncio.Event()
+            ingester = tg.create_task(run_ingester(district, ready=ingester_ready), name="ingester")
+            gateway = tg.create_task(run_gateway(config, ready=gateway_ready), name="gateway")
+            await ingester_ready.wait()
+            await gateway_ready.wait()
             sims = [build_sim(device) for device in sample_devices()]
             reports: dict[str, Report] = {}
             acked: list[Outgoing] = []
+            yesterday = datetime.now(CST).replace(hour=0, minute=0, second=0, microsecond=0) - timedelta(
+                days=1
+            )
             for index, phase in enumerate(PHASES):
-                today = datetime.now(CST).replace(hour=0, minute=0, second=0, microsecond=0) - timedelta(
-                    days=1
-                )
-                steps = build(
-                    phase,
-                    sims,
-                    seed + index,
-                    count if phase in {"normal-day", "morning-rush"} else 20,
-                    start=today,
-                )
+                size = count if phase in {"normal-day", "morning-rush"} else 20
+                steps = build(phase, sims, seed + index, size, start=yesterday)
                 runner = Runner(f"http://127.0.0.1:{config.http.port}", "127.0.0.1", broker.port, workers=8)
                 report = await runner.run(steps)
                 reports[phase] = report
-                if phase not in {"malformed"}:
+                if phase != "malformed":
                     acked.extend(report.acked)
-                in_outbox = sum(stored_by_kind(config.state.dir / "outbox.db")[0].values())
+                in_store = sum(store_contents(store_path)[0].values())
                 _say(
                     as_json,
                     f"  {phase:<14} sent {report.sent:>4}  acked {len(report.acked):>4}  "
                     f"rejected {report.rejected:>3}  failed {report.failed}  ({report.seconds:.2f}s)"
-                    f"  -> outbox now holds {in_outbox} events",
+                    f"  -> district store now holds {in_store} events",
                 )
             expected = expected_event_ids(config, acked)
-            db_path = config.state.dir / "outbox.db"
-            for _ in range(100):  # MQTT messages are committed asynchronously after the broker acked them
-                by_kind, stored_ids, duplicates = stored_by_kind(db_path)
+            for _ in range(300):  # the uplink batches for up to 100 ms; give the pipeline time to drain
+                by_kind, stored_ids, rows = store_contents(store_path)
                 if expected <= stored_ids and by_kind.get("device_status", 0) >= 1:
                     break
                 await asyncio.sleep(0.1)
             gateway.cancel()
+            ingester.cancel()
         lost = expected - stored_ids
+        resends, dead_count, dead = outbox_counters(config.state.dir / "outbox.db")
         rejections = Counter[str]()
         for report in reports.values():
             rejections.update(report.rejections)
-        with sqlite3.connect(db_path) as db:
-            dead = db.execute("SELECT reason, field, detail FROM dead_letters ORDER BY id LIMIT 5").fetchall()
-            (dead_count,) = db.execute("SELECT COUNT(*) FROM dead_letters").fetchone()
-            sample = db.execute("SELECT body FROM events WHERE alarm=1 ORDER BY seq LIMIT 1").fetchone()
-        summary = {
+        with sqlite3.connect(store_path) as db:
+            sample_rows = db.execute(SAMPLE_QUERY, (config.compound.compound_id,)).fetchall()
+            alarm = db.execute(
+                "SELECT body FROM events WHERE severity='critical' ORDER BY occurred_at LIMIT 1"
+            ).fetchone()
+        summary: dict[str, object] = {
             "generated": len(expected),
-            "stored": len(stored_ids),
+            "stored": len(stored_ids & expected),
             "lost": len(lost),
-            "duplicates": duplicates,
+            "duplicates": rows - len(stored_ids),
             "by_kind": dict(sorted(by_kind.items())),
+            "resends_suppressed": resends,
             "dead_letters": dead_count,
             "rejections_seen_by_devices": dict(rejections),
-            "outbox": str(db_path),
+            "store": str(store_path),
+            "sample_query": {"sql": SAMPLE_QUERY, "rows": [list(r) for r in sample_rows]},
         }
         if lost:
             summary["lost_ids"] = sorted(lost)[:10]
     if as_json:
         print(json.dumps(summary, ensure_ascii=False))
-    else:
+        return 0 if not lost else 1
+    _say(
+        as_json,
+        "\nin the district store by kind: " + ", ".join(f"{k} {v}" for k, v in sorted(by_kind.items())),
+    )
+    _say(
+        as_json,
+        f"events the devices saw acknowledged: {len(expected)}; stored: {len(stored_ids & expected)}; lost: {len(lost)};"
+        f" duplicates in the store: {rows - len(stored_ids)}; device re-sends suppressed: {resends}",
+    )
+    _say(as_json, f"dead letters at the gateway: {dead_count}; the first few:")
+    for reason, field, detail in dead:
+        _say(as_json, f"  {reason:<20} {field or '-':<34} {detail[:70]}")
+    _say(
+        as_json,
+        f"\nsample query on the store ({store_path.name}):\n  {SAMPLE_QUERY.replace('?', repr(config.compound.compound_id))}",
+    )
+    for kind, events, alarms in sample_rows:
+        _say(as_json, f"  {kind:<14} {events:>5} events  {alarms:>3} alarms")
+    if alarm:
         _say(
             as_json,
-            "\nevents in the outbox by kind: " + ", ".join(f"{k} {v}" for k, v in sorted(by_kind.items())),
+            "\nan alarm as stored by the district:\n"
+            + json.dumps(json.loads(alarm[0]), indent=2, ensure_ascii=False),
         )
-        _say(
-            as_json,
-            f"acknowledged events expected {len(expected)}, stored {len(stored_ids)}, lost {len(lost)}, "
-            f"re-sends suppressed as duplicates {duplicates}",
-        )
-        _say(as_json, f"dead letters {dead_count}; first few reasons:")
-        for reason, field, detail in dead:
-            _say(as_json, f"  {reason:<18} {field or '-':<28} {detail[:80]}")
-        if sample:
-            _say(
-                as_json,
-                "\na stored alarm, as the district will receive it:\n"
-                + json.dumps(json.loads(sample[0]), indent=2, ensure_ascii=False),
-            )
     return 0 if not lost else 1

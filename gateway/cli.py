@@ -65,7 +65,12 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--count", type=int, default=300, help="events in the normal-day scenario")
     demo.add_argument("--seed", type=int, default=7)
     demo.add_argument("--json", action="store_true", help="print the summary as one JSON object")
-    demo.add_argument("--keep", type=Path, help="keep the gateway state (outbox, media) in this directory")
+    demo.add_argument(
+        "--keep", type=Path, help="keep the working files (configs, outbox, media) in this directory"
+    )
+    demo.add_argument(
+        "--store", type=Path, help="keep the district's SQLite store at this path for later queries"
+    )
 
     ingest = sub.add_parser("ingest", help="run a district ingester (uplink -> district store)")
     ingest.add_argument("--config", type=Path, required=True, help="the district TOML config")
@@ -98,7 +103,9 @@ def main(argv: list[str] | None = None) -> int:
             case "demo":
                 from device_sims.demo import run_demo  # noqa: PLC0415 - simulators load only for the demo
 
-                return run_demo(count=args.count, seed=args.seed, as_json=args.json, keep=args.keep)
+                return run_demo(
+                    count=args.count, seed=args.seed, as_json=args.json, keep=args.keep, store=args.store
+                )
             case "ingest":
                 return _ingest(args.config)
             case "schema":
