@@ -9,6 +9,7 @@ its events (or its dead letter) are committed: 200 with the event ids, 4xx with 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from typing import Literal
 
 import structlog
@@ -17,7 +18,10 @@ from aiohttp import web
 from adapters.base import RawMessage
 from gateway.config import GatewayConfig
 from gateway.errors import OutboxError
+from gateway.events import utc_now
+from gateway.health import Health, MetricsText, write_outbox_metrics
 from gateway.intake import IntakeItem
+from gateway.outbox import OutboxStats
 from gateway.pipeline import IntakePipeline
 
 log = structlog.get_logger(__name__)
@@ -25,16 +29,27 @@ log = structlog.get_logger(__name__)
 REJECTION_STATUS = {"unknown_device": 404, "unknown_dialect": 404, "payload_too_large": 413}
 PIPELINE_KEY: web.AppKey[IntakePipeline] = web.AppKey("pipeline", IntakePipeline)
 CONFIG_KEY: web.AppKey[GatewayConfig] = web.AppKey("config", GatewayConfig)
+HEALTH_KEY: web.AppKey[Health] = web.AppKey("health", Health)
+STATS_KEY: web.AppKey[Callable[[], Awaitable[OutboxStats]]] = web.AppKey("stats")
 
 
-def build_app(config: GatewayConfig, pipeline: IntakePipeline) -> web.Application:
+def build_app(
+    config: GatewayConfig,
+    pipeline: IntakePipeline,
+    health: Health,
+    stats: Callable[[], Awaitable[OutboxStats]],
+) -> web.Application:
     """The aiohttp application (body size limited by config, so oversized pushes never load)."""
     app = web.Application(client_max_size=config.http.max_body_bytes)
     app[PIPELINE_KEY] = pipeline
     app[CONFIG_KEY] = config
+    app[HEALTH_KEY] = health
+    app[STATS_KEY] = stats
     app.router.add_post("/push/{device_id}", _push)
     app.router.add_post("/platform/{dialect}", _platform)
     app.router.add_get("/healthz", _healthz)
+    app.router.add_get("/readyz", _readyz)
+    app.router.add_get("/metrics", _metrics)
     return app
 
 
@@ -94,4 +109,28 @@ async def _receive(
 
 
 async def _healthz(_: web.Request) -> web.Response:
+    # Alive: the event loop answers. (systemd's watchdog covers a loop that stops answering.)
     return web.json_response({"status": "ok"})
+
+
+async def _readyz(request: web.Request) -> web.Response:
+    # Ready: the intake worker answers and the outbox can be read; transports are reported, but a
+    # broker outage does not make the gateway unready (it keeps accepting and buffering).
+    health = request.app[HEALTH_KEY]
+    transports = {name: {"up": s.up, "since": s.since} for name, s in health.transports.items()}
+    try:
+        async with asyncio.timeout(5):
+            await request.app[PIPELINE_KEY].ping()
+            stats = await request.app[STATS_KEY]()
+    except (TimeoutError, OutboxError) as exc:
+        return web.json_response(
+            {"ready": False, "reason": str(exc) or "timeout", "transports": transports}, status=503
+        )
+    return web.json_response({"ready": True, "pending": stats.pending, "transports": transports})
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    text = MetricsText()
+    request.app[HEALTH_KEY].write_metrics(text)
+    write_outbox_metrics(text, await request.app[STATS_KEY](), utc_now())
+    return web.Response(text=text.render(), content_type="text/plain", charset="utf-8")

@@ -11,15 +11,19 @@ batch of payloads per transaction.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import sqlite3
 import tempfile
+from collections import Counter
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Literal
+from types import TracebackType
+from typing import Literal, Self
 
 import structlog
 
@@ -156,6 +160,7 @@ class OutboxStats:
     pending_alarms: int
     pending_bytes: int
     oldest_pending_received_at: str | None
+    oldest_unconfirmed_received_at: str | None
     sent: int
     delivered: int
     shed_total: int
@@ -253,6 +258,7 @@ class Outbox:
         stored: list[str] = []
         duplicates: list[str] = []
         shed: list[str] = []
+        by_kind_device: Counter[tuple[str, str]] = Counter()
         for event in events:
             size = len(event.body)
             over = self._pending_bytes + size - self.max_bytes
@@ -272,9 +278,12 @@ class Outbox:
             if self._insert(db, event, event.body, size, state="pending"):
                 self._pending_bytes += size
                 stored.append(event.event_id)
+                by_kind_device[(event.kind, event.device_id)] += 1
             else:
                 duplicates.append(event.event_id)
                 self._count(db, "duplicates", event.device_id, "")
+        for (kind, device), count in by_kind_device.items():
+            self._count(db, "stored", kind, device, count)
         return StoreResult(tuple(stored), tuple(duplicates), tuple(shed))
 
     @staticmethod
@@ -473,9 +482,58 @@ class Outbox:
             "SELECT COUNT(*), COALESCE(SUM(alarm), 0), COALESCE(SUM(size), 0), MIN(received_at)"
             " FROM events WHERE state='pending'"
         ).fetchone()
-        (sent,) = db.execute("SELECT COUNT(*) FROM events WHERE state='sent'").fetchone()
+        sent, oldest_sent = db.execute(
+            "SELECT COUNT(*), MIN(received_at) FROM events WHERE state='sent'"
+        ).fetchone()
+        unconfirmed = min((t for t in (oldest, oldest_sent) if t is not None), default=None)
         (delivered,) = db.execute("SELECT COUNT(*) FROM events WHERE state='delivered'").fetchone()
         (dead,) = db.execute("SELECT COUNT(*) FROM dead_letters").fetchone()
         counters = {(n, a, b): v for n, a, b, v in db.execute("SELECT name, a, b, value FROM counters")}
         shed_total = sum(v for (n, _, _), v in counters.items() if n == "shed")
-        return OutboxStats(pending, alarms, size, oldest, sent, delivered, shed_total, dead, counters)
+        return OutboxStats(
+            pending, alarms, size, oldest, unconfirmed, sent, delivered, shed_total, dead, counters
+        )
+
+
+class OutboxReader:
+    """A second connection to the outbox file for the event loop (the uplink, the endpoints), in one thread."""
+
+    def __init__(self, path: Path, *, max_bytes: int) -> None:
+        self._outbox = Outbox(path, max_bytes=max_bytes)
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="uplink-outbox")
+
+    async def __aenter__(self) -> Self:
+        await asyncio.get_running_loop().run_in_executor(self._executor, self._outbox.open)
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await asyncio.get_running_loop().run_in_executor(self._executor, self._outbox.close)
+        self._executor.shutdown(wait=True)
+
+    async def pending(self, limit: int) -> list[StoredEvent]:
+        """Alarms first, then oldest first."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, self._outbox.pending, limit)
+
+    async def delivered(self, event_ids: Sequence[str]) -> int:
+        """Confirmed by the district: tombstone them."""
+        return await asyncio.get_running_loop().run_in_executor(
+            self._executor, self._outbox.mark_delivered, list(event_ids)
+        )
+
+    async def sent(self, event_ids: Sequence[str]) -> None:
+        """Taken by the district broker; kept until the district's receipt."""
+        await asyncio.get_running_loop().run_in_executor(
+            self._executor, self._outbox.mark_sent, list(event_ids)
+        )
+
+    async def stats(self) -> OutboxStats:
+        """Depth, ages and counters."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, self._outbox.stats)
+
+    async def requeue(self, sent_before: datetime) -> int:
+        """Sent long ago and never confirmed: back to pending."""
+        return await asyncio.get_running_loop().run_in_executor(
+            self._executor, self._outbox.requeue_sent, sent_before
+        )

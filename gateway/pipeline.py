@@ -144,6 +144,18 @@ class IntakePipeline:
             )
         await asyncio.get_running_loop().run_in_executor(self._executor, _ready)
 
+    async def ping(self) -> None:
+        """Raise ``OutboxError`` unless the worker answers."""
+        if self._executor is None:
+            raise OutboxError("intake pipeline is not running")
+        try:
+            ready = await asyncio.get_running_loop().run_in_executor(self._executor, _ready)
+        except BrokenProcessPool as exc:
+            await self._replace_broken_worker()
+            raise OutboxError("the intake worker died") from exc
+        if not ready:
+            raise OutboxError("the intake worker is not initialized")
+
     def start(self, items: Sequence[IntakeItem]) -> asyncio.Future[list[ItemResult]]:
         """Hand a batch to the worker; batches are processed, and committed, in submission order."""
         if self._executor is None:

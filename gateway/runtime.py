@@ -9,6 +9,7 @@ worker (parsers + outbox) closes last.
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 
@@ -17,13 +18,15 @@ from aiohttp import web
 
 from gateway.backoff import Backoff
 from gateway.config import GatewayConfig, load_pseudonym_key
-from gateway.errors import TransportError
+from gateway.errors import OutboxError, TransportError
+from gateway.health import Health
 from gateway.http_receiver import build_app
 from gateway.mqtt_intake import MqttIntake
+from gateway.outbox import OutboxReader
 from gateway.pipeline import IntakePipeline
 from gateway.systemd import sd_notify
 from uplink.config import MqttUplinkConfig
-from uplink.publisher import DirectUplink, MqttUplink, OutboxReader
+from uplink.publisher import DirectUplink, MqttUplink
 
 log = structlog.get_logger(__name__)
 
@@ -35,6 +38,7 @@ async def supervise(
     run_once: Callable[[Callable[[], None]], Awaitable[None]],
     backoff: Backoff,
     up: asyncio.Event | None = None,
+    health: Health | None = None,
 ) -> None:
     """Keep one transport connected: reconnect with jittered, capped backoff; never give up.
 
@@ -49,6 +53,8 @@ async def supervise(
         backoff.reset()
         if up is not None:
             up.set()
+        if health is not None:
+            health.mark(name, up=True)
 
     with structlog.contextvars.bound_contextvars(transport=name):
         while True:
@@ -61,6 +67,8 @@ async def supervise(
                 log.exception("transport_crashed")
                 reason = "crashed"
             delay = backoff.next_delay()
+            if health is not None:
+                health.mark(name, up=False)
             if connected_before:
                 log.warning("transport_down", reason=reason, retry_in_s=round(delay, 2))
             else:
@@ -77,11 +85,21 @@ def pseudonym_key(config: GatewayConfig) -> bytes:
 
 async def run_gateway(config: GatewayConfig, *, ready: asyncio.Event | None = None) -> None:
     """Run until cancelled."""
+    health = Health()
     async with AsyncExitStack() as stack:
         pipeline = await stack.enter_async_context(IntakePipeline(config, pseudonym_key(config)))
+        reader = await stack.enter_async_context(
+            OutboxReader(config.state.dir / "outbox.db", max_bytes=config.state.outbox_max_bytes)
+        )
         intake = pipeline.intake
-        runner = web.AppRunner(build_app(config, pipeline), shutdown_timeout=HTTP_SHUTDOWN_TIMEOUT_S)
+        app = build_app(config, pipeline, health, reader.stats)
+        runner = web.AppRunner(app, shutdown_timeout=HTTP_SHUTDOWN_TIMEOUT_S)
         await runner.setup()
+        health.expose(
+            "cgw_intake_batches_total",
+            "batches parsed and committed by the intake worker",
+            lambda: pipeline.batches,
+        )
         async with asyncio.TaskGroup() as core:
             batcher = core.create_task(pipeline.run_batcher(), name="intake-batcher")
             try:
@@ -91,21 +109,50 @@ async def run_gateway(config: GatewayConfig, *, ready: asyncio.Event | None = No
                     mqtt_up = asyncio.Event()
                     if intake.uses_mqtt():
                         mqtt = MqttIntake(config, pipeline)
+                        health.expose(
+                            "cgw_mqtt_intake_messages_total",
+                            "device messages received",
+                            lambda: mqtt.messages,
+                        )
+                        health.expose(
+                            "cgw_mqtt_intake_acked_total",
+                            "device messages acknowledged after commit",
+                            lambda: mqtt.acked,
+                        )
+                        health.expose(
+                            "cgw_mqtt_intake_read_pauses_total",
+                            "times reading paused for back-pressure",
+                            lambda: mqtt.throttle.pauses,
+                        )
                         transports.create_task(
-                            supervise("mqtt-intake", mqtt.run, Backoff(config.backoff), mqtt_up),
+                            supervise("mqtt-intake", mqtt.run, Backoff(config.backoff), mqtt_up, health),
                             name="mqtt-intake",
                         )
                     else:
                         mqtt_up.set()
                     if config.uplink is not None:
-                        reader = await stack.enter_async_context(OutboxReader(config))
                         uplink = (
                             MqttUplink(config, config.uplink, reader)
                             if isinstance(config.uplink, MqttUplinkConfig)
                             else DirectUplink(config.uplink, reader)
                         )
+                        health.expose(
+                            "cgw_uplink_sent_events_total",
+                            "events sent to the district",
+                            lambda: uplink.forwarder.sent_events,
+                        )
+                        health.expose(
+                            "cgw_uplink_sent_alarms_total",
+                            "alarms sent to the district",
+                            lambda: uplink.forwarder.sent_alarms,
+                        )
                         transports.create_task(
-                            supervise("uplink", uplink.run, Backoff(config.backoff)), name="uplink"
+                            supervise("uplink", uplink.run, Backoff(config.backoff), health=health),
+                            name="uplink",
+                        )
+                    if "WATCHDOG_USEC" in os.environ:
+                        transports.create_task(
+                            watchdog(pipeline, int(os.environ["WATCHDOG_USEC"])), name="watchdog"
                         )
                     log.info(
                         "gateway_started",
@@ -126,3 +173,20 @@ async def run_gateway(config: GatewayConfig, *, ready: asyncio.Event | None = No
                 await runner.cleanup()  # answer pushes in flight while the batcher still runs
                 batcher.cancel()
     log.info("gateway_stopped")
+
+
+async def watchdog(pipeline: IntakePipeline, watchdog_usec: int) -> None:
+    """Tell systemd we are alive, at half its timeout, while the event loop and intake worker answer.
+
+    A blocked loop or a hung worker stops the pings, and systemd restarts us.
+    """
+    interval = watchdog_usec / 2_000_000
+    while True:
+        try:
+            async with asyncio.timeout(interval):
+                await pipeline.ping()
+        except (TimeoutError, OutboxError):
+            log.warning("watchdog_skipped", reason="intake worker did not answer")
+        else:
+            sd_notify("WATCHDOG=1")
+        await asyncio.sleep(interval)

@@ -21,7 +21,13 @@ def test_demo_loses_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     assert summary["duplicates"] == 0
     assert summary["stored"] == summary["generated"] > 60
     assert summary["resends_suppressed"] >= 15
-    assert set(summary["by_kind"]) == {"face_access", "vehicle_pass", "thrown_object", "ebike_shed", "device_status"}
+    assert set(summary["by_kind"]) == {
+        "face_access",
+        "vehicle_pass",
+        "thrown_object",
+        "ebike_shed",
+        "device_status",
+    }
     assert summary["dead_letters"] >= 30
     with sqlite3.connect(store) as db:
         (rows,) = db.execute("SELECT COUNT(*) FROM events").fetchone()

@@ -15,12 +15,9 @@ import asyncio
 import contextlib
 import json
 import time
-from collections.abc import Awaitable, Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from types import TracebackType
-from typing import Self
 
 import aiomqtt
 import structlog
@@ -31,7 +28,7 @@ from gateway.config import GatewayConfig
 from gateway.errors import PayloadRejected, TransportError, UplinkError
 from gateway.events import Event, utc_now
 from gateway.mqtt_session import message_body
-from gateway.outbox import Outbox, StoredEvent
+from gateway.outbox import OutboxReader, StoredEvent
 from uplink.config import DirectUplinkConfig, MqttUplinkConfig
 from uplink.protocol import decode_receipt, encode_batch, event_topic, receipt_topic, status_topic
 from uplink.stores import StoreError, build_store
@@ -39,46 +36,6 @@ from uplink.stores import StoreError, build_store
 log = structlog.get_logger(__name__)
 
 Send = Callable[[str, list[StoredEvent]], Awaitable[None]]
-
-
-class OutboxReader:
-    """The uplink's own connection to the outbox file, used from one thread."""
-
-    def __init__(self, config: GatewayConfig) -> None:
-        self._outbox = Outbox(config.state.dir / "outbox.db", max_bytes=config.state.outbox_max_bytes)
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="uplink-outbox")
-
-    async def __aenter__(self) -> Self:
-        await asyncio.get_running_loop().run_in_executor(self._executor, self._outbox.open)
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await asyncio.get_running_loop().run_in_executor(self._executor, self._outbox.close)
-        self._executor.shutdown(wait=True)
-
-    async def pending(self, limit: int) -> list[StoredEvent]:
-        """Alarms first, then oldest first."""
-        return await asyncio.get_running_loop().run_in_executor(self._executor, self._outbox.pending, limit)
-
-    async def delivered(self, event_ids: Sequence[str]) -> int:
-        """Confirmed by the district: tombstone them."""
-        return await asyncio.get_running_loop().run_in_executor(
-            self._executor, self._outbox.mark_delivered, list(event_ids)
-        )
-
-    async def sent(self, event_ids: Sequence[str]) -> None:
-        """Taken by the district broker; kept until the district's receipt."""
-        await asyncio.get_running_loop().run_in_executor(
-            self._executor, self._outbox.mark_sent, list(event_ids)
-        )
-
-    async def requeue(self, sent_before: datetime) -> int:
-        """Sent long ago and never confirmed: back to pending."""
-        return await asyncio.get_running_loop().run_in_executor(
-            self._executor, self._outbox.requeue_sent, sent_before
-        )
 
 
 class TokenBucket:
