@@ -8,6 +8,7 @@ help (a server down, a timeout) or not (a malformed point, a revoked credential,
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import sqlite3
 from collections.abc import Sequence
@@ -174,10 +175,10 @@ class InfluxV1Store:
         params = {"db": self._config.database, "precision": "ns"}
         if self._config.retention_policy:
             params["rp"] = self._config.retention_policy
+        # a stream, not raw bytes: large batches are sent without holding the event loop
+        body = io.BytesIO(to_lines(events))
         try:
-            async with self._client().post(
-                "/write", params=params, data=to_lines(events), auth=self._auth
-            ) as response:
+            async with self._client().post("/write", params=params, data=body, auth=self._auth) as response:
                 if response.status != 204:
                     raise _classify_http(response.status, await response.text(), "influxdb /write")
         except (aiohttp.ClientError, TimeoutError) as exc:
