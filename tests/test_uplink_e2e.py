@@ -187,3 +187,32 @@ async def test_district_broker_outage_loses_nothing(
         await wait_until(lambda: expected <= set(sqlite_ids(store_path)), timeout=60)
         ids = sqlite_ids(store_path)
         assert len(ids) == len(set(ids))
+
+
+async def test_direct_mode_into_influxdb(tmp_path: Path, mosquitto: Mosquitto, influx: InfluxServer) -> None:
+    """A small district without a broker: the gateway writes straight into InfluxDB, exactly once."""
+    path = sample_config(tmp_path, mosquitto.port)
+    with path.open("a", encoding="utf-8") as handle:
+        handle.write(
+            f'\n[uplink]\nmode = "direct"\nbatch_max_delay_ms = 20\n'
+            f'[uplink.store]\ntype = "influx_v1"\nurl = "{influx.url}"\ndatabase = "direct"\n'
+        )
+    config = load_config(path)
+    assert config.uplink is not None
+    store_config = InfluxV1StoreConfig(url=influx.url, database="direct")
+    async with running(lambda ready: run_gateway(config, ready=ready), "gateway"):
+        sent = await play(config, mosquitto, seed=12, count=120)
+        async with InfluxV1Store(store_config) as reader:
+            deadline = asyncio.get_running_loop().time() + 30
+            while True:
+                values: list[str] = []
+                for result in await reader.query('SELECT "event_id" FROM /.*/'):
+                    for series in result.get("series", []):
+                        values += [row[1] for row in series["values"]]
+                if sent.expected <= set(values) or asyncio.get_running_loop().time() > deadline:
+                    break
+                await asyncio.sleep(0.2)
+        with Outbox(config.state.dir / "outbox.db", max_bytes=1 << 30) as box:
+            assert set(box.event_ids("delivered")) >= sent.expected
+    assert sent.expected <= set(values)
+    assert len(values) == len(set(values))
