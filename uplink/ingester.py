@@ -20,7 +20,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AsyncExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Self
@@ -32,7 +32,7 @@ from gateway.backoff import Backoff
 from gateway.config import BackoffConfig
 from gateway.errors import PayloadRejected, TransportError
 from gateway.events import Event, utc_now
-from gateway.mqtt_session import message_body, new_throttle, persistent_client, take_batch
+from gateway.mqtt_session import ManualAck, message_body, new_throttle, persistent_client, take_batch
 from gateway.systemd import sd_notify
 from uplink.config import DistrictConfig
 from uplink.protocol import STATUS, TopicAddress, decode_batch, encode_receipt, parse_topic, receipt_topic
@@ -56,6 +56,16 @@ class IngestLetter:
     detail: str
     payload: bytes
     event_id: str | None = None  # set when one event of a batch was refused by the store
+
+
+@dataclass
+class Round:
+    """The messages taken in one go, decoded, with what their acknowledgements need."""
+
+    acks: list[tuple[int, int]]
+    events: list[Event] = field(default_factory=list)
+    letters: list[IngestLetter] = field(default_factory=list)
+    statuses: list[tuple[str, str, str | None]] = field(default_factory=list)
 
 
 class IngestState:
@@ -169,25 +179,46 @@ class Ingester:
                 await client.subscribe(topic_filter, qos=1)
                 log.info("ingester_connected", host=broker.host, port=broker.port, subscription=topic_filter)
                 on_connected()
-                async for message in client.messages:
-                    batch = take_batch(message, throttle, MESSAGES_PER_ROUND)
-                    stored = await self._ingest(batch)
-                    if ingest.receipts:
-                        await self._send_receipts(client, stored)
-                    for item in batch:
-                        if item.qos > 0:
-                            paho.ack(item.mid, item.qos)
-                    self.messages_acked += len(batch)
-        except aiomqtt.MqttError as exc:
-            raise TransportError(f"district broker {broker.host}:{broker.port}: {exc}") from exc
+                # Two stages, so that decoding the next round overlaps the store's write of this one.
+                rounds: asyncio.Queue[Round] = asyncio.Queue(maxsize=2)
+                async with asyncio.TaskGroup() as tg:
+                    tg.create_task(self._store_rounds(client, paho, rounds), name="ingester-store")
+                    async for message in client.messages:
+                        batch = take_batch(message, throttle, MESSAGES_PER_ROUND)
+                        await rounds.put(self._decode_round(batch))
+        except* (aiomqtt.MqttError, TransportError) as group:
+            raise TransportError(
+                f"district broker {broker.host}:{broker.port}: {group.exceptions[0]}"
+            ) from group
 
-    async def _ingest(self, batch: Sequence[aiomqtt.Message]) -> dict[str, list[str]]:
-        """Store a round of messages; returns the stored event ids per compound."""
-        events: list[Event] = []
-        letters: list[IngestLetter] = []
-        statuses: list[tuple[str, str, str | None]] = []
+    def _decode_round(self, batch: Sequence[aiomqtt.Message]) -> Round:
+        decoded = Round(acks=[(m.mid, m.qos) for m in batch])
         for message in batch:
-            self._decode(str(message.topic), message_body(message.payload), events, letters, statuses)
+            self._decode(
+                str(message.topic),
+                message_body(message.payload),
+                decoded.events,
+                decoded.letters,
+                decoded.statuses,
+            )
+        return decoded
+
+    async def _store_rounds(
+        self, client: aiomqtt.Client, paho: ManualAck, rounds: asyncio.Queue[Round]
+    ) -> None:
+        while True:
+            decoded = await rounds.get()
+            stored = await self._ingest(decoded)
+            if self._config.ingest.receipts:
+                await self._send_receipts(client, stored)
+            for mid, qos in decoded.acks:
+                if qos > 0:
+                    paho.ack(mid, qos)
+            self.messages_acked += len(decoded.acks)
+
+    async def _ingest(self, decoded: Round) -> dict[str, list[str]]:
+        """Store a decoded round; returns the stored event ids per compound."""
+        events, letters, statuses = decoded.events, decoded.letters, decoded.statuses
         limit = self._config.ingest.batch_max_events
         for start in range(0, len(events), limit):
             letters += await self._write(events[start : start + limit])

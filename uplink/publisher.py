@@ -39,11 +39,17 @@ Send = Callable[[str, list[StoredEvent]], Awaitable[None]]
 
 
 class TokenBucket:
-    """Paces routine events: ``rate`` per second, bursts up to one second's worth."""
+    """Paces routine events: ``rate`` per second, bursts of at most ``capacity``.
 
-    def __init__(self, rate: float, clock: Callable[[], float] = time.monotonic) -> None:
+    A small capacity (a tenth of a second's worth by default) keeps every window at the pace; a
+    larger one would let a replay start with a burst the district did not ask for.
+    """
+
+    def __init__(
+        self, rate: float, capacity: float | None = None, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.rate = rate
-        self.capacity = max(rate, 1.0)
+        self.capacity = max(capacity if capacity is not None else rate / 10, 1.0)
         self._tokens = self.capacity
         self._clock = clock
         self._last = clock()
@@ -84,6 +90,7 @@ class Forwarder:
         self._reader = reader
         self._pacing = pacing
         self._bucket = TokenBucket(pacing.replay_rate)
+        self._want = 1
         self.sent_events = 0
         self.sent_alarms = 0
 
@@ -116,14 +123,18 @@ class Forwarder:
         oldest = datetime.fromisoformat(routine[0].received_at)
         if not full and not alarms_waiting and utc_now() - oldest < pacing.batch_max_delay:
             return []  # let a batch fill, up to the delay
+        # Send in chunks the pace allows, rather than a trickle of tiny batches.
+        self._want = int(min(pacing.batch_max_events, self._bucket.capacity, len(routine)))
         allowed = self._bucket.available()
+        if allowed < self._want:
+            return []
         ready = routine[:allowed]
         self._bucket.take(len(ready))
         return ready
 
     def _idle_delay(self, rows: list[StoredEvent]) -> float:
         if rows:  # routine events are waiting for tokens or for their batch to fill
-            return min(self._pacing.poll_s, max(0.001, self._bucket.seconds_until(1)))
+            return min(self._pacing.poll_s, max(0.001, self._bucket.seconds_until(self._want)))
         return self._pacing.poll_s
 
     def _batches(self, rows: list[StoredEvent]) -> list[tuple[str, list[StoredEvent]]]:
