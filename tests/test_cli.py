@@ -114,3 +114,13 @@ def test_example_config_is_valid(capsys: pytest.CaptureFixture[str]) -> None:
     example = Path(__file__).resolve().parents[1] / "docs" / "gateway.example.toml"
     assert main(["check-config", str(example)]) == 0
     assert "7 devices" in capsys.readouterr().out
+
+
+def test_example_district_config_is_valid() -> None:
+    """docs/district.example.toml loads as a district config."""
+    from uplink.config import InfluxV1StoreConfig, load_district_config  # noqa: PLC0415
+
+    example = Path(__file__).resolve().parents[1] / "docs" / "district.example.toml"
+    config = load_district_config(example)
+    assert isinstance(config.store, InfluxV1StoreConfig)
+    assert config.ingest.name == "ingester-1"
