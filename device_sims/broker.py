@@ -23,6 +23,21 @@ def free_port() -> int:
         return port
 
 
+def stop_process(process: subprocess.Popen[bytes] | None, *, kill: bool = False, grace_s: float = 20) -> None:
+    """SIGTERM (or SIGKILL) a child and reap it; SIGKILL if it does not exit within the grace time."""
+    if process is None or process.poll() is not None:
+        return
+    if kill:
+        process.kill()
+    else:
+        process.terminate()
+    try:
+        process.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 def mosquitto_binary() -> str:
     """The mosquitto executable, or a clear error saying how to install it."""
     found = shutil.which("mosquitto") or (
@@ -92,17 +107,7 @@ class Mosquitto:
 
     def stop(self, *, kill: bool = False) -> None:
         """Stop (SIGTERM saves persistence; ``kill`` loses what was not yet saved)."""
-        if self._process is None:
-            return
-        if kill:
-            self._process.kill()
-        else:
-            self._process.terminate()
-        try:
-            self._process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self._process.kill()
-            self._process.wait()
+        stop_process(self._process, kill=kill)
         self._process = None
 
     def __enter__(self) -> Mosquitto:

@@ -10,7 +10,7 @@ import urllib.request
 from pathlib import Path
 from types import TracebackType
 
-from device_sims.broker import free_port
+from device_sims.broker import free_port, stop_process
 
 
 def influxd_binary() -> str:
@@ -83,17 +83,7 @@ bind-address = "127.0.0.1:{self.rpc_port}"
 
     def stop(self, *, kill: bool = False) -> None:
         """Stop (SIGTERM) or kill."""
-        if self._process is None:
-            return
-        if kill:
-            self._process.kill()
-        else:
-            self._process.terminate()
-        try:
-            self._process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self._process.kill()
-            self._process.wait()
+        stop_process(self._process, kill=kill)
         self._process = None
 
     def __enter__(self) -> InfluxServer:

@@ -9,8 +9,10 @@ import json
 import logging
 import signal
 import sys
+from collections.abc import Coroutine
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from adapters import DIALECTS
@@ -123,20 +125,26 @@ def main(argv: list[str] | None = None) -> int:
     return 2  # pragma: no cover - argparse enforces the choices
 
 
-def _run(config_path: Path) -> int:
-    config = load_config(config_path)
-    configure_logging(config.log_format)
-    from gateway.runtime import run_gateway  # noqa: PLC0415 - keep `parse`/`check-config` start-up light
+def _serve(daemon: Coroutine[Any, Any, None]) -> int:
+    """Run a daemon coroutine until SIGTERM or Ctrl-C, both of which cancel it cleanly."""
 
     async def main_task() -> None:
         task = asyncio.current_task()
         assert task is not None  # noqa: S101 - we are inside a task
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
-        await run_gateway(config)
+        await daemon
 
     with contextlib.suppress(KeyboardInterrupt, asyncio.CancelledError):
         asyncio.run(main_task())
     return 0
+
+
+def _run(config_path: Path) -> int:
+    config = load_config(config_path)
+    configure_logging(config.log_format)
+    from gateway.runtime import run_gateway  # noqa: PLC0415 - keep `parse`/`check-config` start-up light
+
+    return _serve(run_gateway(config))
 
 
 def _ingest(config_path: Path) -> int:
@@ -145,16 +153,7 @@ def _ingest(config_path: Path) -> int:
 
     config = load_district_config(config_path)
     configure_logging(config.log_format)
-
-    async def main_task() -> None:
-        task = asyncio.current_task()
-        assert task is not None  # noqa: S101 - we are inside a task
-        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
-        await run_ingester(config)
-
-    with contextlib.suppress(KeyboardInterrupt, asyncio.CancelledError):
-        asyncio.run(main_task())
-    return 0
+    return _serve(run_ingester(config))
 
 
 def _check_config(path: Path) -> int:

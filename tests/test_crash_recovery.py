@@ -12,14 +12,10 @@ from __future__ import annotations
 import asyncio
 import os
 import random
-import signal
 import sqlite3
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-import aiohttp
 import pytest
 
 from device_sims.broker import Mosquitto
@@ -28,56 +24,13 @@ from device_sims.devices import build_sim
 from device_sims.inventory import sample_devices
 from device_sims.runner import Runner
 from device_sims.scenarios import burst
-from gateway.config import GatewayConfig, load_config
+from gateway.config import load_config
 from tests.conftest import sample_config
+from tests.processes import GatewayProcess
 
 EVENTS = 10_000
 SEEDS = [int(s) for s in os.environ.get("CRASH_SEEDS", "11,23,37").split(",")]
 BURST_DIALECTS = {"hik-isapi-acs", "hik-isapi-anpr", "ctwing-smoke", "uface-mqtt", "vz-lpr-mqtt", "shed-mqtt"}
-
-
-class GatewayProcess:
-    """``python -m gateway run`` as a separate process that can be killed."""
-
-    def __init__(self, config_path: Path, log_path: Path) -> None:
-        self.config_path = config_path
-        self.log_path = log_path
-        self.process: subprocess.Popen[bytes] | None = None
-
-    async def start(self, config: GatewayConfig) -> float:
-        """Start and wait until pushes are accepted and the MQTT subscriptions exist; returns seconds."""
-        started = time.monotonic()
-        with self.log_path.open("ab") as log:  # the child keeps its own descriptor
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "gateway", "run", "--config", str(self.config_path)],
-                stdout=log,
-                stderr=log,
-            )
-        marker_count = self.log_path.read_bytes().count(b"mqtt_intake_connected")
-        async with aiohttp.ClientSession() as session:
-            while True:
-                assert self.process.poll() is None, self.log_path.read_text()[-3000:]
-                assert time.monotonic() - started < 30, "gateway did not become ready"
-                try:
-                    async with session.get(f"http://127.0.0.1:{config.http.port}/healthz") as response:
-                        http_up = response.status == 200
-                except aiohttp.ClientError:
-                    http_up = False
-                if http_up and self.log_path.read_bytes().count(b"mqtt_intake_connected") > marker_count:
-                    return time.monotonic() - started
-                await asyncio.sleep(0.05)
-
-    def kill(self) -> None:
-        """SIGKILL: no cleanup, no flush, no goodbye."""
-        assert self.process is not None
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait()
-
-    def stop(self) -> None:
-        """SIGTERM and wait."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(timeout=20)
 
 
 @pytest.mark.slow
@@ -90,7 +43,7 @@ async def test_kill9_mid_burst_loses_and_duplicates_nothing(
     config_path = sample_config(tmp_path, mosquitto.port)
     config = load_config(config_path)
     gateway = GatewayProcess(config_path, tmp_path / "gateway.log")
-    await gateway.start(config)
+    await gateway.start_gateway(config)
     sims = [build_sim(d) for d in sample_devices() if d.dialect in BURST_DIALECTS]
     steps = burst(sims, rng, EVENTS)
     runner = Runner(
@@ -105,7 +58,7 @@ async def test_kill9_mid_burst_loses_and_duplicates_nothing(
             await asyncio.sleep(0.01)
         gateway.kill()
         await asyncio.sleep(rng.uniform(0.1, 1.0))
-        recovery_s = await gateway.start(config)
+        recovery_s = await gateway.start_gateway(config)
 
     try:
         async with asyncio.TaskGroup() as tg:

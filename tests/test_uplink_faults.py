@@ -8,10 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import random
-import signal
 import sqlite3
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -26,46 +23,13 @@ from device_sims.runner import Runner
 from device_sims.scenarios import build, burst
 from gateway.config import GatewayConfig
 from gateway.runtime import run_gateway
-from tests.test_crash_recovery import GatewayProcess
+from tests.processes import GatewayProcess, IngesterProcess
 from tests.test_uplink_e2e import district_config, gateway_config, running, sqlite_ids, wait_until
 from uplink.config import DistrictConfig, InfluxV1StoreConfig
 from uplink.ingester import run_ingester
 from uplink.stores import InfluxV1Store
 
 pytestmark = pytest.mark.slow
-
-
-class IngesterProcess:
-    """``python -m gateway ingest`` as a process that can be killed."""
-
-    def __init__(self, config_path: Path, log_path: Path) -> None:
-        self.config_path = config_path
-        self.log_path = log_path
-        self.process: subprocess.Popen[bytes] | None = None
-
-    async def start(self) -> None:
-        before = self.log_path.read_bytes().count(b"ingester_connected") if self.log_path.exists() else 0
-        with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "gateway", "ingest", "--config", str(self.config_path)],
-                stdout=log,
-                stderr=log,
-            )
-        deadline = time.monotonic() + 30
-        while self.log_path.read_bytes().count(b"ingester_connected") <= before:
-            assert self.process.poll() is None, self.log_path.read_text()[-2000:]
-            assert time.monotonic() < deadline, "ingester did not connect"
-            await asyncio.sleep(0.05)
-
-    def kill(self) -> None:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait()
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(timeout=20)
 
 
 async def play_burst(
@@ -220,7 +184,7 @@ async def test_gateway_kill9_mid_replay_and_alarms_first(
     district = district_config(tmp_path, district_broker, f'type = "sqlite"\npath = "{store_path}"')
     gateway = GatewayProcess(tmp_path / "gateway.toml", tmp_path / "gateway.log")
     district_broker.stop()
-    await gateway.start(config)
+    await gateway.start_gateway(config)
     try:
         backlog = await play_burst(config, mosquitto, 13, 4000)
         sims = [build_sim(d) for d in sample_devices() if d.dialect in {"shed-mqtt", "hightoss-mqtt"}]
@@ -232,7 +196,7 @@ async def test_gateway_kill9_mid_replay_and_alarms_first(
         async with running(lambda ready: run_ingester(district, ready=ready), "ingester"):
             await wait_until(lambda: len(sqlite_ids(store_path)) >= 800, timeout=30)
             gateway.kill()
-            await gateway.start(config)
+            await gateway.start_gateway(config)
             expected = backlog | alarm_ids
             await wait_until(lambda: expected <= set(sqlite_ids(store_path)), timeout=90)
         with sqlite3.connect(store_path) as db:
