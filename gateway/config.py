@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import tomllib
 from pathlib import Path
 from typing import Annotated, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -17,7 +16,6 @@ from pydantic import (
     ConfigDict,
     Field,
     SecretStr,
-    ValidationError,
     field_validator,
     model_validator,
 )
@@ -26,6 +24,7 @@ from adapters import DIALECTS
 from adapters.base import Transport
 from gateway.errors import ConfigError
 from gateway.events import GbId, Location
+from gateway.toml_config import load_toml_model
 from uplink.config import UplinkConfig
 
 Port = Annotated[int, Field(ge=1, le=65535)]
@@ -188,43 +187,11 @@ class GatewayConfig(_Config):
 
 def load_config(path: Path) -> GatewayConfig:
     """Read and validate a config file; raise ``ConfigError`` listing every problem with its fix."""
-    try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such file; pass the gateway's TOML config with --config") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{path}: not UTF-8 text") from None
-    try:
-        config = GatewayConfig.model_validate(raw)
-    except ValidationError as exc:
-        raise ConfigError(format_validation_errors(path, exc)) from None
+    config = load_toml_model(path, GatewayConfig, "the gateway's TOML config")
     if not config.state.dir.is_absolute():
         state = config.state.model_copy(update={"dir": (path.parent / config.state.dir).resolve()})
         config = config.model_copy(update={"state": state})
     return config
-
-
-def format_validation_errors(path: Path, exc: ValidationError) -> str:
-    """One line per error: file, dotted field path, what is wrong and how to fix it."""
-    lines = [f"{path}: {exc.error_count()} configuration error(s)"]
-    for error in exc.errors():
-        where = ".".join(str(p) for p in error["loc"]) or "(top level)"
-        kind = error["type"]
-        message = error["msg"].removeprefix("Value error, ")
-        if kind == "extra_forbidden":
-            fix = "remove it (check the spelling against docs/configuration.md)"
-        elif kind == "missing":
-            fix = "add it"
-        elif kind.startswith("string_pattern") and (
-            "_id" in where or where.endswith(".id") or where.endswith("id")
-        ):
-            fix = "use the 20-digit GB/T 28181 id (8 centre + 2 industry + 3 type + 1 network + 6 serial digits)"
-        else:
-            fix = "correct the value"
-        lines.append(f"  {where}: {message} -> fix: {fix}")
-    return "\n".join(lines)
 
 
 def load_pseudonym_key(path: Path, *, create: bool) -> bytes:

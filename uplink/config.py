@@ -7,14 +7,13 @@ every error with its file, field and fix.
 from __future__ import annotations
 
 import ssl
-import tomllib
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, SecretStr
 
-from gateway.errors import ConfigError
 from gateway.events import GbId
+from gateway.toml_config import load_toml_model
 from uplink.protocol import DEFAULT_PREFIX
 
 Port = Annotated[int, Field(ge=1, le=65535)]
@@ -160,15 +159,4 @@ class DistrictConfig(_Config):
 
 def load_district_config(path: Path) -> DistrictConfig:
     """Read and validate a district config; ``ConfigError`` names the file, the fields and the fixes."""
-    from gateway.config import format_validation_errors  # noqa: PLC0415 - shared error formatting
-
-    try:
-        raw = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such file; pass the district TOML config with --config") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    try:
-        return DistrictConfig.model_validate(raw)
-    except ValidationError as exc:
-        raise ConfigError(format_validation_errors(path, exc)) from None
+    return load_toml_model(path, DistrictConfig, "the district TOML config")

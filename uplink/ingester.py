@@ -18,7 +18,6 @@ import json
 import sqlite3
 from collections import Counter
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +32,7 @@ from gateway.config import BackoffConfig
 from gateway.errors import PayloadRejected, TransportError
 from gateway.events import Event, utc_now
 from gateway.mqtt_session import ManualAck, message_body, new_throttle, persistent_client, take_batch
+from gateway.sqlite_thread import SqliteThread, transaction
 from gateway.systemd import sd_notify
 from uplink.config import DistrictConfig
 from uplink.protocol import STATUS, TopicAddress, decode_batch, encode_receipt, parse_topic, receipt_topic
@@ -68,81 +68,62 @@ class Round:
     statuses: list[tuple[str, str, str | None]] = field(default_factory=list)
 
 
+INGEST_STATE_SCHEMA = """
+CREATE TABLE IF NOT EXISTS dead_letters (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, at TEXT NOT NULL, topic TEXT NOT NULL, compound_id TEXT,
+    reason TEXT NOT NULL, field TEXT, detail TEXT NOT NULL, payload BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS compound_status (
+    compound_id TEXT PRIMARY KEY, state TEXT NOT NULL, reported_at TEXT, received_at TEXT NOT NULL);
+"""
+
+
 class IngestState:
     """The ingester's own SQLite file: dead letters and the compounds' last status."""
 
     def __init__(self, path: Path, keep: int) -> None:
         self.path = path
         self._keep = keep
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-state")
-        self._db: sqlite3.Connection | None = None
+        self._file = SqliteThread(path, INGEST_STATE_SCHEMA, "ingest-state")
+        self._stack = AsyncExitStack()
 
     async def __aenter__(self) -> Self:
-        await asyncio.get_running_loop().run_in_executor(self._executor, self._open)
+        await self._stack.enter_async_context(self._file)
         return self
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        await asyncio.get_running_loop().run_in_executor(self._executor, self._close)
-        self._executor.shutdown(wait=True)
-
-    def _open(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=FULL")
-        db.executescript(
-            """
-            CREATE TABLE IF NOT EXISTS dead_letters (
-                id INTEGER PRIMARY KEY AUTOINCREMENT, at TEXT NOT NULL, topic TEXT NOT NULL, compound_id TEXT,
-                reason TEXT NOT NULL, field TEXT, detail TEXT NOT NULL, payload BLOB NOT NULL);
-            CREATE TABLE IF NOT EXISTS compound_status (
-                compound_id TEXT PRIMARY KEY, state TEXT NOT NULL, reported_at TEXT, received_at TEXT NOT NULL);
-            """
-        )
-        self._db = db
-
-    def _close(self) -> None:
-        if self._db is not None:
-            self._db.close()
-            self._db = None
+        await self._stack.aclose()
 
     async def record(
         self, letters: Sequence[IngestLetter], statuses: Sequence[tuple[str, str, str | None]]
     ) -> None:
         """Durably keep dead letters and compound statuses (before the messages are acknowledged)."""
-        if letters or statuses:
-            await asyncio.get_running_loop().run_in_executor(
-                self._executor, self._record, list(letters), list(statuses)
-            )
-
-    def _record(self, letters: list[IngestLetter], statuses: list[tuple[str, str, str | None]]) -> None:
-        db = self._db
-        if db is None:
-            raise StoreError("ingest state is not open", retryable=False)
+        if not letters and not statuses:
+            return
         now = utc_now().isoformat()
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            db.executemany(
-                "INSERT INTO dead_letters (at, topic, compound_id, reason, field, detail, payload) VALUES (?,?,?,?,?,?,?)",
-                [
-                    (now, x.topic, x.compound_id, x.reason, x.field, x.detail, x.payload[:65536])
-                    for x in letters
-                ],
-            )
-            db.executemany(
-                "INSERT INTO compound_status VALUES (?,?,?,?) ON CONFLICT (compound_id) DO UPDATE SET"
-                " state=excluded.state, reported_at=excluded.reported_at, received_at=excluded.received_at",
-                [(compound, state, reported, now) for compound, state, reported in statuses],
-            )
-            db.execute(
-                "DELETE FROM dead_letters WHERE id <= (SELECT MAX(id) FROM dead_letters) - ?", (self._keep,)
-            )
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
+
+        def write(db: sqlite3.Connection) -> None:
+            with transaction(db):
+                db.executemany(
+                    "INSERT INTO dead_letters (at, topic, compound_id, reason, field, detail, payload)"
+                    " VALUES (?,?,?,?,?,?,?)",
+                    [
+                        (now, x.topic, x.compound_id, x.reason, x.field, x.detail, x.payload[:65536])
+                        for x in letters
+                    ],
+                )
+                db.executemany(
+                    "INSERT INTO compound_status VALUES (?,?,?,?) ON CONFLICT (compound_id) DO UPDATE SET"
+                    " state=excluded.state, reported_at=excluded.reported_at, received_at=excluded.received_at",
+                    [(compound, state, reported, now) for compound, state, reported in statuses],
+                )
+                db.execute(
+                    "DELETE FROM dead_letters WHERE id <= (SELECT MAX(id) FROM dead_letters) - ?",
+                    (self._keep,),
+                )
+
+        await self._file.call(write)
 
 
 class Ingester:

@@ -7,12 +7,11 @@ help (a server down, a timeout) or not (a malformed point, a revoked credential,
 
 from __future__ import annotations
 
-import asyncio
 import io
 import json
 import sqlite3
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from contextlib import AsyncExitStack
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol, Self
@@ -21,6 +20,7 @@ import aiohttp
 
 from gateway.errors import UplinkError
 from gateway.events import Event
+from gateway.sqlite_thread import SqliteThread, transaction
 from uplink.config import InfluxV1StoreConfig, InfluxV2StoreConfig, SqliteStoreConfig, StoreConfig
 from uplink.lineprotocol import to_lines
 
@@ -53,31 +53,17 @@ class SqliteStore:
 
     def __init__(self, config: SqliteStoreConfig) -> None:
         self.path = config.path
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-store")
-        self._db: sqlite3.Connection | None = None
+        self._file = SqliteThread(config.path, SQLITE_SCHEMA, "sqlite-store")
+        self._stack = AsyncExitStack()
 
     async def __aenter__(self) -> Self:
-        await asyncio.get_running_loop().run_in_executor(self._executor, self._open)
+        await self._stack.enter_async_context(self._file)
         return self
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        await asyncio.get_running_loop().run_in_executor(self._executor, self._close)
-        self._executor.shutdown(wait=True)
-
-    def _open(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=FULL")
-        db.executescript(SQLITE_SCHEMA)
-        self._db = db
-
-    def _close(self) -> None:
-        if self._db is not None:
-            self._db.close()
-            self._db = None
+        await self._stack.aclose()
 
     async def write(self, events: Sequence[Event]) -> None:
         """Insert the events in one transaction (existing event ids are left as they are)."""
@@ -95,22 +81,15 @@ class SqliteStore:
             )
             for e in events
         ]
+
+        def insert(db: sqlite3.Connection) -> None:
+            with transaction(db):
+                db.executemany("INSERT OR IGNORE INTO events VALUES (?,?,?,?,?,?,?,?,?)", rows)
+
         try:
-            await asyncio.get_running_loop().run_in_executor(self._executor, self._insert, rows)
+            await self._file.call(insert)
         except (sqlite3.Error, OSError) as exc:
             raise StoreError(f"sqlite store {self.path}: {exc}", retryable=True) from exc
-
-    def _insert(self, rows: Sequence[tuple[str, ...]]) -> None:
-        db = self._db
-        if db is None:
-            raise StoreError("sqlite store is not open", retryable=False)
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            db.executemany("INSERT OR IGNORE INTO events VALUES (?,?,?,?,?,?,?,?,?)", rows)
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
 
 
 SQLITE_SCHEMA = """

@@ -1,0 +1,73 @@
+"""A SQLite file owned by one thread: the pattern of the embedded store and the ingester's state.
+
+WAL and ``synchronous=FULL``, so a committed transaction is on disk when ``call`` returns; every
+call runs in the one thread, so the event loop never waits on disk and the connection is never
+shared.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from types import TracebackType
+from typing import Self, TypeVar
+
+T = TypeVar("T")
+
+
+class SqliteThread:
+    """Open on enter, close on exit; ``call`` runs a function with the connection in the thread."""
+
+    def __init__(self, path: Path, schema: str, name: str) -> None:
+        self.path = path
+        self._schema = schema
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+        self._db: sqlite3.Connection | None = None
+
+    async def __aenter__(self) -> Self:
+        await asyncio.get_running_loop().run_in_executor(self._executor, self._open)
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await asyncio.get_running_loop().run_in_executor(self._executor, self._close)
+        self._executor.shutdown(wait=True)
+
+    def _open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")
+        db.executescript(self._schema)
+        self._db = db
+
+    def _close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    async def call(self, function: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``function(connection)`` in the file's thread."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, self._with_db, function)
+
+    def _with_db(self, function: Callable[[sqlite3.Connection], T]) -> T:
+        if self._db is None:
+            raise sqlite3.ProgrammingError(f"{self.path} is not open")
+        return function(self._db)
+
+
+@contextlib.contextmanager
+def transaction(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """BEGIN IMMEDIATE ... COMMIT, rolled back on any error."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield db
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
