@@ -407,7 +407,9 @@ def main() -> int:
             "",
         ]
         print("\n".join(lines[-3:]), flush=True)
-    if not args.no_write:
+    if args.only:
+        print("(partial run: docs/benchmarks.md is only rewritten by a full run)")
+    elif not args.no_write:
         target = ROOT / "docs" / "benchmarks.md"
         existing = target.read_text(encoding="utf-8")
         start = existing.find("## Uplink and district (issue 3)")

@@ -1,20 +1,21 @@
 """``compound-gateway demo``: the whole pipeline, from simulated devices to the district store.
 
-Starts a private Mosquitto, the gateway (with its uplink) and a district ingester writing to the
-embedded SQLite store, plays the scenarios, and checks the store against what the devices saw
-acknowledged: every acknowledged event stored exactly once.
+Starts the embedded MQTT broker (or a private Mosquitto), the gateway (with its uplink) and a
+district ingester writing to the embedded SQLite store, plays the scenarios, and checks the store
+against what the devices saw acknowledged: every acknowledged event stored exactly once.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import sqlite3
 import sys
 import tempfile
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Literal
@@ -22,6 +23,7 @@ from typing import Literal
 from adapters.base import RawMessage
 from device_sims.broker import Mosquitto, free_port
 from device_sims.devices import CST, HttpPost, Outgoing, build_sim
+from device_sims.embedded_broker import EmbeddedBroker
 from device_sims.inventory import DISTRICT_ID, sample_devices, write_sample_config
 from device_sims.runner import Report, Runner
 from device_sims.scenarios import build
@@ -81,14 +83,34 @@ SAMPLE_QUERY = (
 )
 
 
-def run_demo(*, count: int, seed: int, as_json: bool, keep: Path | None, store: Path | None = None) -> int:
+def run_demo(
+    *,
+    count: int,
+    seed: int,
+    as_json: bool,
+    keep: Path | None,
+    store: Path | None = None,
+    broker: Literal["embedded", "mosquitto"] = "embedded",
+) -> int:
     """Run the demo; exit status 0 when nothing acknowledged was lost."""
     configure_logging("console" if sys.stderr.isatty() else "json", level=logging.WARNING)
     if keep is not None:
         keep.mkdir(parents=True, exist_ok=True)
-        return asyncio.run(_demo(keep, count, seed, as_json, store))
+        return asyncio.run(_demo(keep, count, seed, as_json, store, broker))
     with tempfile.TemporaryDirectory(prefix="cgw-demo-") as tmp:
-        return asyncio.run(_demo(Path(tmp), count, seed, as_json, store))
+        return asyncio.run(_demo(Path(tmp), count, seed, as_json, store, broker))
+
+
+@contextlib.asynccontextmanager
+async def _broker(kind: Literal["embedded", "mosquitto"], workdir: Path) -> AsyncIterator[int]:
+    """The demo's MQTT broker: the embedded one (nothing to install) or a private Mosquitto."""
+    if kind == "embedded":
+        port = free_port()
+        async with EmbeddedBroker(port):
+            yield port
+    else:
+        with Mosquitto(workdir / "broker") as mosquitto:
+            yield mosquitto.port
 
 
 def _say(as_json: bool, text: str) -> None:
@@ -96,10 +118,10 @@ def _say(as_json: bool, text: str) -> None:
         print(text, flush=True)
 
 
-def _district_config(workdir: Path, broker: Mosquitto, store_path: Path) -> DistrictConfig:
+def _district_config(workdir: Path, broker_port: int, store_path: Path) -> DistrictConfig:
     path = workdir / "district.toml"
     path.write_text(
-        f'district_id = "{DISTRICT_ID}"\n[broker]\nhost = "127.0.0.1"\nport = {broker.port}\n'
+        f'district_id = "{DISTRICT_ID}"\n[broker]\nhost = "127.0.0.1"\nport = {broker_port}\n'
         f'[ingest]\nname = "demo-ingester"\ndead_letter_path = "{workdir}/ingest-dead-letters.db"\n'
         f'[store]\ntype = "sqlite"\npath = "{store_path}"\n',
         encoding="utf-8",
@@ -107,26 +129,33 @@ def _district_config(workdir: Path, broker: Mosquitto, store_path: Path) -> Dist
     return load_district_config(path)
 
 
-async def _demo(workdir: Path, count: int, seed: int, as_json: bool, store: Path | None) -> int:  # noqa: PLR0915
+async def _demo(  # noqa: PLR0915, PLR0917 - one private call site
+    workdir: Path,
+    count: int,
+    seed: int,
+    as_json: bool,
+    store: Path | None,
+    broker_kind: Literal["embedded", "mosquitto"],
+) -> int:
     store_path = (store or workdir / "district-store.db").resolve()
-    # One private broker plays both parts here: the compound's device broker and the district broker.
-    with Mosquitto(workdir / "broker") as broker:
+    # One broker plays both parts here: the compound's device broker and the district broker.
+    async with _broker(broker_kind, workdir) as broker_port:
         config_path = write_sample_config(
             workdir / "gateway.toml",
             state_dir=workdir / "state",
             http_port=free_port(),
-            mqtt_port=broker.port,
+            mqtt_port=broker_port,
         )
         with config_path.open("a", encoding="utf-8") as handle:
             handle.write(
-                f'\n[uplink]\nmode = "mqtt"\nbatch_max_delay_ms = 100\n[uplink.broker]\nhost = "127.0.0.1"\nport = {broker.port}\n'
+                f'\n[uplink]\nmode = "mqtt"\nbatch_max_delay_ms = 100\n[uplink.broker]\nhost = "127.0.0.1"\nport = {broker_port}\n'
             )
         config = load_config(config_path)
-        district = _district_config(workdir, broker, store_path)
+        district = _district_config(workdir, broker_port, store_path)
         _say(
             as_json,
             f"compound {config.compound.compound_id} ({config.compound.name}): {len(config.devices)} simulated devices\n"
-            f"  devices -> gateway (http :{config.http.port}, mqtt :{broker.port}) -> outbox -> district broker"
+            f"  devices -> gateway (http :{config.http.port}, {broker_kind} mqtt broker :{broker_port}) -> outbox -> district broker"
             f" -> ingester -> store {store_path}",
         )
         async with asyncio.TaskGroup() as tg:
@@ -144,7 +173,7 @@ async def _demo(workdir: Path, count: int, seed: int, as_json: bool, store: Path
             for index, phase in enumerate(PHASES):
                 size = count if phase in {"normal-day", "morning-rush"} else 20
                 steps = build(phase, sims, seed + index, size, start=yesterday)
-                runner = Runner(f"http://127.0.0.1:{config.http.port}", "127.0.0.1", broker.port, workers=8)
+                runner = Runner(f"http://127.0.0.1:{config.http.port}", "127.0.0.1", broker_port, workers=8)
                 report = await runner.run(steps)
                 reports[phase] = report
                 if phase != "malformed":
