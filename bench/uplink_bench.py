@@ -40,7 +40,7 @@ from device_sims.influx import InfluxServer
 from device_sims.inventory import COMPOUND_ID, DISTRICT_ID, sample_devices, write_sample_config
 from device_sims.runner import Runner
 from device_sims.scenarios import burst
-from gateway.config import load_config
+from gateway.config import GatewayConfig, load_config
 from gateway.events import EbikeShedPayload, Event, EventKind, Provenance, Severity, ShedCondition
 from gateway.identity import event_id
 from gateway.outbox import EventRow, Outbox, StoreEvents
@@ -150,19 +150,26 @@ async def bench_ingester(count: int) -> dict[str, float]:
     return {"count": count, "direct_s": direct_s, "ingest_s": ingest_s}
 
 
+def gateway_with_uplink(
+    work: Path, device_port: int, district_port: int, uplink_extra: str = ""
+) -> GatewayConfig:
+    """The sample compound's config, uplinked to the district broker."""
+    path = write_sample_config(
+        work / "gateway.toml", state_dir=work / "state", http_port=free_port(), mqtt_port=device_port
+    )
+    with path.open("a", encoding="utf-8") as handle:
+        handle.write(
+            f'\n[uplink]\nmode = "mqtt"\n{uplink_extra}[uplink.broker]\nhost = "127.0.0.1"\nport = {district_port}\n'
+        )
+    return load_config(path)
+
+
 async def bench_drain(rate_per_s: int, hours: float) -> dict[str, float]:
     count = int(rate_per_s * 3600 * hours)
     with tempfile.TemporaryDirectory(prefix="cgw-bench-") as tmp:
         work = Path(tmp)
         with Mosquitto(work / "devices") as devices, Mosquitto(work / "district") as district:
-            path = write_sample_config(
-                work / "gateway.toml", state_dir=work / "state", http_port=free_port(), mqtt_port=devices.port
-            )
-            with path.open("a", encoding="utf-8") as handle:
-                handle.write(
-                    f'\n[uplink]\nmode = "mqtt"\n[uplink.broker]\nhost = "127.0.0.1"\nport = {district.port}\n'
-                )
-            config = load_config(path)
+            config = gateway_with_uplink(work, devices.port, district.port)
             assert config.uplink is not None
             pace = config.uplink.replay_rate
             # the backlog of the outage, already in the outbox
@@ -221,14 +228,7 @@ async def bench_end_to_end(count: int) -> dict[str, float]:
     with tempfile.TemporaryDirectory(prefix="cgw-bench-") as tmp:
         work = Path(tmp)
         with Mosquitto(work / "devices") as devices, Mosquitto(work / "district") as district:
-            path = write_sample_config(
-                work / "gateway.toml", state_dir=work / "state", http_port=free_port(), mqtt_port=devices.port
-            )
-            with path.open("a", encoding="utf-8") as handle:
-                handle.write(
-                    f'\n[uplink]\nmode = "mqtt"\nbatch_max_delay_ms = 50\n[uplink.broker]\nhost = "127.0.0.1"\nport = {district.port}\n'
-                )
-            config = load_config(path)
+            config = gateway_with_uplink(work, devices.port, district.port, "batch_max_delay_ms = 50\n")
             store_path = work / "district.db"
             district_config = load_district_config(
                 district_toml(
