@@ -7,6 +7,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from pydantic import SecretStr
 
 from device_sims.influx import InfluxServer
 from gateway.events import Event
@@ -85,3 +86,52 @@ async def test_sqlite_store_idempotent(tmp_path: Path) -> None:
         await store.write(many(20))
         await asyncio.gather(store.write(many(20)), store.write(many(25)))
     assert sorted(sqlite_event_ids(path)) == sorted(e.event_id for e in many(25))
+
+
+async def test_influx_v2_store_speaks_the_v2_write_api(tmp_path: Path) -> None:
+    """The v2 store (influxdb-client) posts line protocol with the token, org and bucket, and classifies errors.
+
+    No InfluxDB 2.x server is available here (Debian's 1.6.7 has no /api/v2/write), so a loopback
+    HTTP endpoint implements the documented /api/v2/write status semantics: 204 stored, 401 refused.
+    """
+    from aiohttp import web  # noqa: PLC0415
+
+    from device_sims.broker import free_port  # noqa: PLC0415
+    from uplink.config import InfluxV2StoreConfig  # noqa: PLC0415
+    from uplink.lineprotocol import to_lines  # noqa: PLC0415
+    from uplink.stores import InfluxV2Store  # noqa: PLC0415
+
+    received: list[tuple[str, dict[str, str], bytes]] = []
+
+    async def write(request: web.Request) -> web.Response:
+        received.append((request.headers.get("Authorization", ""), dict(request.query), await request.read()))
+        if request.headers.get("Authorization") != "Token good":
+            return web.json_response({"code": "unauthorized", "message": "unauthorized access"}, status=401)
+        return web.Response(status=204)
+
+    app = web.Application()
+    app.router.add_post("/api/v2/write", write)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        good = InfluxV2StoreConfig(
+            url=f"http://127.0.0.1:{port}", org="district", bucket="events", token="good"
+        )
+        async with InfluxV2Store(good) as store:
+            await store.write(many(3))
+        auth, query, body = received[-1]
+        assert auth == "Token good"
+        assert query["org"] == "district"
+        assert query["bucket"] == "events"
+        assert query["precision"] == "ns"
+        assert body == to_lines(many(3))
+        bad = good.model_copy(update={"token": SecretStr("revoked")})
+        async with InfluxV2Store(bad) as store:
+            with pytest.raises(StoreError) as info:
+                await store.write(many(1))
+        assert info.value.status == 401
+        assert not info.value.retryable
+    finally:
+        await runner.cleanup()
