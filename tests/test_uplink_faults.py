@@ -194,6 +194,16 @@ async def test_gateway_kill9_mid_replay_and_alarms_first(
         runner = Runner(f"http://127.0.0.1:{config.http.port}", "127.0.0.1", mosquitto.port)
         alarms_report = await runner.run(alarm_steps)
         alarm_ids = {e for e in expected_event_ids(config, alarms_report.acked) if e not in backlog}
+        # "raised during the outage": the gateway has taken the device backlog and the alarms into
+        # its outbox before the district returns (on a slow machine the intake may still be busy)
+        outbox_path = config.state.dir / "outbox.db"
+
+        def outbox_has_everything() -> bool:
+            with sqlite3.connect(outbox_path) as db:
+                held = {row[0] for row in db.execute("SELECT event_id FROM events")}
+            return (backlog | alarm_ids) <= held
+
+        await wait_until(outbox_has_everything, timeout=120)
         district_broker.start()
         async with running(lambda ready: run_ingester(district, ready=ready), "ingester"):
             await wait_until(lambda: len(sqlite_ids(store_path)) >= 800, timeout=30)
