@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
+import os
 import sqlite3
 import threading
+import time
 from collections.abc import Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -35,6 +37,7 @@ from gateway.outbox import Outbox, StoreResult
 log = structlog.get_logger(__name__)
 
 BATCH_MAX = 256
+PARENT_CHECK_S = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,10 +80,25 @@ def _item_result(result: StoreResult | None, rejection: Rejection | None, device
 _local = threading.local()
 
 
-def _init_worker(config: GatewayConfig, key: bytes, configure_logs: bool) -> None:
-    if configure_logs:
+def _init_worker(config: GatewayConfig, key: bytes, in_process: bool) -> None:
+    if in_process:
         configure_logging(config.log_format)
+        _exit_with_parent()
     _local.worker = _Worker(config, key)
+
+
+def _exit_with_parent() -> None:
+    # A worker whose gateway was SIGKILLed must not live on (holding the outbox, using a core):
+    # systemd kills the whole unit, but a gateway run by hand or by tests has no such guardian.
+    parent = os.getppid()
+
+    def watch() -> None:
+        while True:
+            time.sleep(PARENT_CHECK_S)
+            if os.getppid() != parent:
+                os._exit(0)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
 def _process(items: Sequence[IntakeItem]) -> list[ItemResult]:
