@@ -296,8 +296,7 @@ class EmbeddedBroker:
         session.writer = writer
         body = bytes([1 if present else 0, 0]) + (b"\x00" if v5 else b"")
         writer.write(_packet(CONNACK << 4, body))
-        for message in session.inflight.values():  # unacknowledged: send again, marked DUP
-            message.retain = False
+        # unacknowledged messages of the previous connection go out again first
         session.queue.extendleft(reversed(list(session.inflight.values())))
         session.inflight.clear()
         return session, will, keepalive

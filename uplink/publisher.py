@@ -184,18 +184,17 @@ class Forwarder:
             raise TransportError(f"uplink send failed: {failures[0]}")
 
 
+DIRECT_BATCH_MAX_BYTES = 4 * 1024 * 1024  # a store write, not an MQTT message: bound by count mostly
+
+
 def _pacing(config: MqttUplinkConfig | DirectUplinkConfig) -> Pacing:
-    receipt_timeout = (
-        timedelta(seconds=config.receipt_timeout_s)
-        if isinstance(config, MqttUplinkConfig) and config.receipts
-        else None
-    )
+    mqtt = config if isinstance(config, MqttUplinkConfig) else None
     return Pacing(
-        receipt_timeout=receipt_timeout,
+        receipt_timeout=timedelta(seconds=mqtt.receipt_timeout_s) if mqtt and mqtt.receipts else None,
         batch_max_events=config.batch_max_events,
-        batch_max_bytes=getattr(config, "batch_max_bytes", 4 * 1024 * 1024),
+        batch_max_bytes=mqtt.batch_max_bytes if mqtt else DIRECT_BATCH_MAX_BYTES,
         batch_max_delay=timedelta(milliseconds=config.batch_max_delay_ms),
-        inflight_batches=getattr(config, "inflight_batches", 1),
+        inflight_batches=mqtt.inflight_batches if mqtt else 1,
         replay_rate=config.replay_rate,
         poll_s=config.poll_ms / 1000,
     )
