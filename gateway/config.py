@@ -9,7 +9,6 @@ import os
 import secrets
 from pathlib import Path
 from typing import Annotated, Literal
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
     BaseModel,
@@ -22,6 +21,7 @@ from pydantic import (
 
 from adapters import DIALECTS
 from adapters.base import Transport
+from gateway.config_types import ZoneName
 from gateway.errors import ConfigError
 from gateway.events import GbId, Location
 from gateway.toml_config import load_toml_model
@@ -40,18 +40,9 @@ class CompoundConfig(_Config):
     district_id: GbId
     compound_id: GbId
     name: str = Field(min_length=1, max_length=64)
-    timezone: str = Field(
+    timezone: ZoneName = Field(
         default="Asia/Shanghai", description="device-local time zone for times without offset"
     )
-
-    @field_validator("timezone")
-    @classmethod
-    def _known_zone(cls, value: str) -> str:
-        try:
-            ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError):
-            raise ValueError(f"unknown time zone {value!r}; use an IANA name such as Asia/Shanghai") from None
-        return value
 
 
 class StateConfig(_Config):

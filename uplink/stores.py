@@ -10,11 +10,11 @@ from __future__ import annotations
 import io
 import json
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AsyncExitStack
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Protocol, Self
+from typing import Any, Protocol, Self, TypeVar
 
 import aiohttp
 
@@ -22,7 +22,9 @@ from gateway.errors import UplinkError
 from gateway.events import Event
 from gateway.sqlite_thread import SqliteThread, transaction
 from uplink.config import InfluxV1StoreConfig, InfluxV2StoreConfig, SqliteStoreConfig, StoreConfig
-from uplink.lineprotocol import to_lines
+from uplink.lineprotocol import point_time_ns, to_lines
+
+T = TypeVar("T")
 
 
 class StoreError(UplinkError):
@@ -58,6 +60,7 @@ class SqliteStore:
 
     async def __aenter__(self) -> Self:
         await self._stack.enter_async_context(self._file)
+        await self._file.call(migrate_sqlite_store)
         return self
 
     async def __aexit__(
@@ -65,26 +68,17 @@ class SqliteStore:
     ) -> None:
         await self._stack.aclose()
 
+    async def call(self, function: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``function(connection)`` in the store's thread (the query layer reads this way)."""
+        return await self._file.call(function)
+
     async def write(self, events: Sequence[Event]) -> None:
         """Insert the events in one transaction (existing event ids are left as they are)."""
-        rows = [
-            (
-                e.event_id,
-                e.kind.value,
-                e.district_id,
-                e.compound_id,
-                e.device_id,
-                e.severity.value,
-                e.occurred_at.isoformat(),
-                e.received_at.isoformat(),
-                e.model_dump_json(),
-            )
-            for e in events
-        ]
+        rows = [sqlite_row(e) for e in events]
 
         def insert(db: sqlite3.Connection) -> None:
             with transaction(db):
-                db.executemany("INSERT OR IGNORE INTO events VALUES (?,?,?,?,?,?,?,?,?)", rows)
+                db.executemany(SQLITE_INSERT, rows)
 
         try:
             await self._file.call(insert)
@@ -104,9 +98,60 @@ CREATE TABLE IF NOT EXISTS events (
     received_at TEXT NOT NULL,
     body        TEXT NOT NULL
 );
-CREATE INDEX IF NOT EXISTS events_by_compound ON events (compound_id, kind, occurred_at);
-CREATE INDEX IF NOT EXISTS events_by_time ON events (occurred_at);
 """
+# Columns added for the query layer (schema 2); ``migrate_sqlite_store`` adds them to older files.
+# time_ns is the same point time InfluxDB gets, so both stores order and page identically.
+SQLITE_QUERY_COLUMNS = (("time_ns", "INTEGER"), ("plate", "TEXT"), ("person_ref", "TEXT"))
+SQLITE_INSERT = (
+    "INSERT OR IGNORE INTO events (event_id, kind, district_id, compound_id, device_id, severity,"
+    " occurred_at, received_at, body, time_ns, plate, person_ref) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"
+)
+SQLITE_INDEXES = """
+CREATE INDEX IF NOT EXISTS events_by_time ON events (time_ns);
+CREATE INDEX IF NOT EXISTS events_by_compound ON events (compound_id, kind, time_ns);
+CREATE INDEX IF NOT EXISTS events_by_device ON events (device_id, time_ns);
+CREATE INDEX IF NOT EXISTS events_by_plate ON events (plate, time_ns) WHERE plate IS NOT NULL;
+CREATE INDEX IF NOT EXISTS events_by_person ON events (person_ref, time_ns) WHERE person_ref IS NOT NULL;
+CREATE INDEX IF NOT EXISTS events_by_severity ON events (severity, time_ns);
+"""
+
+
+def sqlite_row(event: Event) -> tuple[str | int | None, ...]:
+    """One event as a row of the embedded store."""
+    payload = event.payload
+    return (
+        event.event_id,
+        event.kind.value,
+        event.district_id,
+        event.compound_id,
+        event.device_id,
+        event.severity.value,
+        event.occurred_at.isoformat(),
+        event.received_at.isoformat(),
+        event.model_dump_json(),
+        point_time_ns(event),
+        getattr(payload, "plate", None),
+        getattr(payload, "person_ref", None),
+    )
+
+
+def migrate_sqlite_store(db: sqlite3.Connection) -> None:
+    """Bring an embedded store file to the current schema (adds and back-fills the query columns)."""
+    present = {row[1] for row in db.execute("PRAGMA table_info(events)")}
+    missing = [(name, kind) for name, kind in SQLITE_QUERY_COLUMNS if name not in present]
+    if missing:
+        with transaction(db):
+            for name, kind in missing:
+                db.execute(f"ALTER TABLE events ADD COLUMN {name} {kind}")
+            rows = db.execute("SELECT body FROM events").fetchall()
+            db.executemany(
+                "UPDATE events SET time_ns=?, plate=?, person_ref=? WHERE event_id=?",
+                [
+                    (row[9], row[10], row[11], row[0])
+                    for row in (sqlite_row(Event.model_validate_json(body)) for (body,) in rows)
+                ],
+            )
+    db.executescript(SQLITE_INDEXES)
 
 
 def _classify_http(status: int, text: str, where: str) -> StoreError:
