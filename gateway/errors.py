@@ -54,3 +54,66 @@ class PayloadRejected(GatewayError):  # noqa: N818 - it names the outcome, like 
     def __init__(self, reason: str, detail: str, *, field: str | None = None) -> None:
         self.rejection = Rejection(reason=reason, field=field, detail=detail)
         super().__init__(str(self.rejection))
+
+
+class OperatorError(GatewayError):
+    """A district operator's request was refused or failed; carries the HTTP status it maps to.
+
+    Attributes:
+        status: 400 invalid, 401 unauthenticated, 403 forbidden, 404 not found, 409 conflict,
+            503 store unavailable.
+        code: stable snake_case code for clients and the audit log.
+        field: the request field to blame, if one is.
+    """
+
+    status = 500
+    code = "operator_error"
+
+    def __init__(self, message: str, *, field: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+        if code is not None:
+            self.code = code
+
+
+class InvalidQuery(OperatorError):
+    """The request is malformed, out of range or names something unknown."""
+
+    status = 400
+    code = "invalid_query"
+
+
+class Unauthenticated(OperatorError):
+    """No token, or a token that is unknown or revoked."""
+
+    status = 401
+    code = "unauthenticated"
+
+
+class Forbidden(OperatorError):
+    """The token's role or scope does not allow this request."""
+
+    status = 403
+    code = "forbidden"
+
+
+class NotFound(OperatorError):
+    """The named alarm (or other object) does not exist in the caller's scope."""
+
+    status = 404
+    code = "not_found"
+
+
+class Conflict(OperatorError):
+    """The request contradicts the object's state (an alarm transition that is not allowed)."""
+
+    status = 409
+    code = "conflict"
+
+
+class QueryUnavailable(OperatorError):
+    """The store could not answer (down, timing out)."""
+
+    status = 503
+    code = "store_unavailable"

@@ -209,14 +209,30 @@ class InfluxV1Store:
             raise StoreError(f"influxdb /write: {type(exc).__name__}: {exc}", retryable=True) from exc
 
     async def query(
-        self, influxql: str, *, method: str = "GET", params: dict[str, str] | None = None
+        self,
+        influxql: str,
+        *,
+        method: str = "GET",
+        params: dict[str, str | int] | None = None,
+        epoch: str | None = None,
     ) -> list[dict[str, Any]]:
-        """Run InfluxQL (bound parameters via ``params``); returns the ``results`` list."""
+        """Run InfluxQL with bound parameters (``$name`` in the text, values in ``params``).
+
+        Returns the ``results`` list; ``epoch="ns"`` makes times integers of nanoseconds.
+        """
         form = {"q": influxql, "db": self._config.database}
+        if self._config.retention_policy:
+            form["rp"] = self._config.retention_policy
         if params:
             form["params"] = json.dumps(params)
+        if epoch:
+            form["epoch"] = epoch
         try:
-            async with self._client().request(method, "/query", params=form, auth=self._auth) as response:
+            # POST carries the form in the body: long filters never meet URL length limits
+            post = method == "POST"
+            async with self._client().request(
+                method, "/query", auth=self._auth, data=form if post else None, params=None if post else form
+            ) as response:
                 if response.status != 200:
                     raise _classify_http(response.status, await response.text(), "influxdb /query")
                 body = await response.json()

@@ -1,0 +1,315 @@
+"""The query layer's two backends: InfluxQL on InfluxDB and SQL on the embedded SQLite store.
+
+InfluxQL serves InfluxDB 1.x, and 2.x/3.x through their v1-compatible ``/query`` endpoint.
+
+Both take a validated ``Selection`` and answer the same three questions: events in time order,
+counts per interval, and what each device last did. Filter values always travel as bound
+parameters (``$name`` in InfluxQL, ``?`` in SQLite); the only text built here is made of our own
+identifiers (measurement names from the ``EventKind`` enumeration, parameter names we number).
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime, timedelta
+from typing import Any, Protocol
+from zoneinfo import ZoneInfo
+
+from gateway.events import Event, EventKind
+from uplink.query_model import CountRow, DeviceActivity, Selection
+from uplink.stores import SqliteStore
+
+NS = 1_000_000_000
+HOUR_NS = 3600 * NS
+DAY_NS = 24 * HOUR_NS
+ALL_KINDS = tuple(kind.value for kind in EventKind)
+GROUP_COLUMNS = {"compound": "compound_id", "kind": "kind", "device": "device_id"}
+_ZONE_NAME = re.compile(r"^[A-Za-z0-9_+\-/]{1,64}$")
+
+
+class QueryBackend(Protocol):
+    """What the operator service asks of a store."""
+
+    async def find(
+        self, selection: Selection, *, newest_first: bool, limit: int, cursor_ns: int | None
+    ) -> list[Event]:
+        """Events in time order (newest first or oldest first), after/before the cursor, at most limit."""
+        ...
+
+    async def count(
+        self, selection: Selection, *, interval: str, group_by: Sequence[str], zone: ZoneInfo
+    ) -> list[CountRow]:
+        """Event counts per hour or day (local ``zone`` days) and group; empty buckets are left out."""
+        ...
+
+    async def device_activity(self, selection: Selection) -> list[DeviceActivity]:
+        """Per device seen in the selection: its last event and its last status report."""
+        ...
+
+
+def _bucket_time(bucket_ns: int, zone: ZoneInfo) -> datetime:
+    return datetime.fromtimestamp(bucket_ns / NS, tz=zone)
+
+
+def sort_and_trim(events: list[Event], times: list[int], *, newest_first: bool, limit: int) -> list[Event]:
+    """Events ordered by point time (ties by event id), at most ``limit``."""
+    keyed = sorted(zip(times, (e.event_id for e in events), events, strict=True), reverse=newest_first)
+    return [event for _, _, event in keyed[:limit]]
+
+
+# ---- SQLite ----------------------------------------------------------------------------------
+
+
+def _sqlite_where(selection: Selection) -> tuple[str, list[str | int]]:
+    clauses = ["time_ns >= ?", "time_ns < ?"]
+    params: list[str | int] = [selection.start_ns, selection.end_ns]
+
+    def any_of(column: str, values: Sequence[str]) -> None:
+        clauses.append(f"{column} IN ({','.join('?' * len(values))})")
+        params.extend(values)
+
+    if selection.compounds is None:
+        clauses.append("district_id = ?")
+        params.append(selection.district_id)
+    else:
+        any_of("compound_id", selection.compounds)
+    if selection.kinds:
+        any_of("kind", selection.kinds)
+    if selection.devices:
+        any_of("device_id", selection.devices)
+    for column, value in (
+        ("plate", selection.plate),
+        ("person_ref", selection.person_ref),
+        ("severity", selection.severity),
+    ):
+        if value is not None:
+            clauses.append(f"{column} = ?")
+            params.append(value)
+    return " AND ".join(clauses), params
+
+
+class SqliteQueries:
+    """Queries on the embedded store (its own reading thread, the store file in WAL mode)."""
+
+    def __init__(self, store: SqliteStore) -> None:
+        self._store = store
+
+    async def find(
+        self, selection: Selection, *, newest_first: bool, limit: int, cursor_ns: int | None
+    ) -> list[Event]:
+        """Events in time order after/before the cursor."""
+        where, params = _sqlite_where(selection)
+        if cursor_ns is not None:
+            where += " AND time_ns < ?" if newest_first else " AND time_ns > ?"
+            params.append(cursor_ns)
+        order = "DESC" if newest_first else "ASC"
+        sql = f"SELECT body FROM events WHERE {where} ORDER BY time_ns {order}, event_id {order} LIMIT ?"  # noqa: S608 - placeholders only
+        params.append(limit)
+
+        def run(db: sqlite3.Connection) -> list[str]:
+            return [row[0] for row in db.execute(sql, params)]
+
+        return [Event.model_validate_json(body) for body in await self._store.call(run)]
+
+    async def count(
+        self, selection: Selection, *, interval: str, group_by: Sequence[str], zone: ZoneInfo
+    ) -> list[CountRow]:
+        """Counts per bucket; day buckets start at local midnight of ``zone``."""
+        where, params = _sqlite_where(selection)
+        width = HOUR_NS if interval == "hour" else DAY_NS
+        start = datetime.fromtimestamp(selection.start_ns / NS, tz=zone)
+        offset = int((start.utcoffset() or timedelta()).total_seconds()) * NS
+        columns = [GROUP_COLUMNS[g] for g in group_by]
+        bucket = f"((time_ns + {offset}) / {width}) * {width} - {offset}"
+        select = ", ".join([bucket, *columns, "count(*)"])
+        groups = ", ".join(["1", *[str(i + 2) for i in range(len(columns))]])
+        sql = f"SELECT {select} FROM events WHERE {where} GROUP BY {groups} ORDER BY {groups}"  # noqa: S608 - our columns, placeholders
+
+        def run(db: sqlite3.Connection) -> list[tuple[Any, ...]]:
+            return db.execute(sql, params).fetchall()
+
+        rows = []
+        for row in await self._store.call(run):
+            named = dict(zip(columns, row[1:-1], strict=True))
+            rows.append(
+                CountRow(
+                    bucket=_bucket_time(row[0], zone),
+                    count=row[-1],
+                    compound_id=named.get("compound_id"),
+                    kind=named.get("kind"),
+                    device_id=named.get("device_id"),
+                )
+            )
+        return sorted(
+            rows, key=lambda r: _order((int(r.bucket.timestamp()), r.compound_id, r.kind, r.device_id))
+        )
+
+    async def device_activity(self, selection: Selection) -> list[DeviceActivity]:
+        """Last event and last status report per device."""
+        where, params = _sqlite_where(selection)
+        seen_sql = (
+            "SELECT compound_id, device_id, json_extract(body, '$.source.dialect'), max(time_ns)"  # noqa: S608 - placeholders only
+            f" FROM events WHERE {where} GROUP BY compound_id, device_id"
+        )
+        status_sql = (
+            "SELECT device_id, json_extract(body, '$.payload.state'), max(time_ns) FROM events"  # noqa: S608 - placeholders only
+            f" WHERE {where} AND kind = 'device_status' GROUP BY device_id"
+        )
+
+        def run(db: sqlite3.Connection) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+            # one read transaction: both answers describe the same moment
+            with db:
+                return db.execute(seen_sql, params).fetchall(), db.execute(status_sql, params).fetchall()
+
+        seen, statuses = await self._store.call(run)
+        last_status = {device: (state, at) for device, state, at in statuses}
+        return [
+            DeviceActivity(
+                compound_id=compound,
+                device_id=device,
+                dialect=dialect,
+                last_seen_ns=at,
+                status_state=last_status.get(device, (None, None))[0],
+                status_ns=last_status.get(device, (None, None))[1],
+            )
+            for compound, device, dialect, at in seen
+        ]
+
+
+# ---- InfluxQL --------------------------------------------------------------------------------
+
+InfluxRunner = Callable[[str, dict[str, str | int]], Awaitable[list[dict[str, Any]]]]
+"""Runs one InfluxQL statement with bound parameters; returns the ``results`` list (epoch=ns)."""
+
+
+def _influx_where(selection: Selection) -> tuple[str, dict[str, str | int]]:
+    clauses = ["time >= $start", "time < $end"]
+    params: dict[str, str | int] = {"start": selection.start_ns, "end": selection.end_ns}
+
+    def any_of(key: str, prefix: str, values: Sequence[str]) -> None:
+        names = [f"{prefix}{i}" for i in range(len(values))]
+        clauses.append("(" + " OR ".join(f"{key} = ${name}" for name in names) + ")")
+        params.update(zip(names, values, strict=True))
+
+    if selection.compounds is None:
+        clauses.append("district_id = $district")
+        params["district"] = selection.district_id
+    else:
+        any_of("compound_id", "c", selection.compounds)
+    if selection.devices:
+        any_of("device_id", "d", selection.devices)
+    for key, value in (
+        ("plate", selection.plate),
+        ("person_ref", selection.person_ref),
+        ("severity", selection.severity),
+    ):
+        if value is not None:
+            clauses.append(f"{key} = ${key}")
+            params[key] = value
+    return " AND ".join(clauses), params
+
+
+def _measurements(selection: Selection) -> str:
+    kinds = selection.kinds or ALL_KINDS
+    unknown = set(kinds) - set(ALL_KINDS)
+    if unknown:  # the request model only lets enumeration values through; this guards the text we build
+        raise ValueError(f"not event kinds: {sorted(unknown)}")
+    return ",".join(f'"{kind}"' for kind in kinds)
+
+
+def _series(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [series for result in results for series in result.get("series", [])]
+
+
+class InfluxQueries:
+    """Queries on InfluxDB through InfluxQL with bound parameters."""
+
+    def __init__(self, run: InfluxRunner) -> None:
+        self._run = run
+
+    async def find(
+        self, selection: Selection, *, newest_first: bool, limit: int, cursor_ns: int | None
+    ) -> list[Event]:
+        """Events in time order; each measurement answers its own top ``limit``, merged here."""
+        where, params = _influx_where(selection)
+        if cursor_ns is not None:
+            where += " AND time < $cursor" if newest_first else " AND time > $cursor"
+            params["cursor"] = cursor_ns
+        order = "DESC" if newest_first else "ASC"
+        query = f"SELECT body FROM {_measurements(selection)} WHERE {where} ORDER BY time {order} LIMIT {int(limit)}"  # noqa: S608 - bound parameters
+        events: list[Event] = []
+        times: list[int] = []
+        for series in _series(await self._run(query, params)):
+            for at, body in series["values"]:
+                events.append(Event.model_validate_json(body))
+                times.append(at)
+        return sort_and_trim(events, times, newest_first=newest_first, limit=limit)
+
+    async def count(
+        self, selection: Selection, *, interval: str, group_by: Sequence[str], zone: ZoneInfo
+    ) -> list[CountRow]:
+        """``count(event_id)`` grouped by time (in ``zone``) and tags; kinds are measurements."""
+        if not _ZONE_NAME.match(zone.key):
+            raise ValueError(f"time zone name {zone.key!r} is not safe to quote")
+        where, params = _influx_where(selection)
+        tags = [GROUP_COLUMNS[g] for g in group_by if g != "kind"]
+        by = ", ".join([f"time({'1h' if interval == 'hour' else '1d'})", *tags])
+        query = (
+            f"SELECT count(event_id) FROM {_measurements(selection)} WHERE {where}"  # noqa: S608 - bound parameters
+            f" GROUP BY {by} fill(none) tz('{zone.key}')"
+        )
+        totals: dict[tuple[int, str | None, str | None, str | None], int] = {}
+        for series in _series(await self._run(query, params)):
+            series_tags = series.get("tags") or {}
+            kind = series["name"] if "kind" in group_by else None
+            for at, count in series["values"]:
+                key = (at, series_tags.get("compound_id"), kind, series_tags.get("device_id"))
+                totals[key] = totals.get(key, 0) + int(count)
+        return [
+            CountRow(
+                bucket=_bucket_time(at, zone), count=n, compound_id=compound, kind=kind, device_id=device
+            )
+            for (at, compound, kind, device), n in sorted(totals.items(), key=lambda kv: _order(kv[0]))
+        ]
+
+    async def device_activity(self, selection: Selection) -> list[DeviceActivity]:
+        """``last()`` per device over every kind, and per device and state over status reports."""
+        where, params = _influx_where(selection)
+        seen_query = (
+            f"SELECT last(event_id) FROM {_measurements(selection)} WHERE {where}"  # noqa: S608 - bound parameters
+            " GROUP BY compound_id, device_id, dialect"
+        )
+        status_query = (
+            f'SELECT last(event_id) FROM "device_status" WHERE {where}'  # noqa: S608 - bound parameters
+            " GROUP BY device_id, state"
+        )
+        last_seen: dict[str, tuple[int, str, str]] = {}
+        for series in _series(await self._run(seen_query, params)):
+            tags = series["tags"]
+            at = int(series["values"][0][0])
+            if at > last_seen.get(tags["device_id"], (-1, "", ""))[0]:
+                last_seen[tags["device_id"]] = (at, tags["compound_id"], tags.get("dialect", ""))
+        last_status: dict[str, tuple[int, str]] = {}
+        for series in _series(await self._run(status_query, params)):
+            tags = series["tags"]
+            at = int(series["values"][0][0])
+            if at > last_status.get(tags["device_id"], (-1, ""))[0]:
+                last_status[tags["device_id"]] = (at, tags["state"])
+        return [
+            DeviceActivity(
+                compound_id=compound,
+                device_id=device,
+                dialect=dialect,
+                last_seen_ns=at,
+                status_state=last_status[device][1] if device in last_status else None,
+                status_ns=last_status[device][0] if device in last_status else None,
+            )
+            for device, (at, compound, dialect) in last_seen.items()
+        ]
+
+
+def _order(key: tuple[int, str | None, str | None, str | None]) -> tuple[int, str, str, str]:
+    at, compound, kind, device = key
+    return at, compound or "", kind or "", device or ""
