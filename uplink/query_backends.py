@@ -83,6 +83,7 @@ def _sqlite_where(selection: Selection) -> tuple[str, list[str | int]]:
         ("plate", selection.plate),
         ("person_ref", selection.person_ref),
         ("severity", selection.severity),
+        ("event_id", selection.event_id),
     ):
         if value is not None:
             clauses.append(f"{column} = ?")
@@ -204,6 +205,7 @@ def _influx_where(selection: Selection) -> tuple[str, dict[str, str | int]]:
         ("plate", selection.plate),
         ("person_ref", selection.person_ref),
         ("severity", selection.severity),
+        ("event_id", selection.event_id),
     ):
         if value is not None:
             clauses.append(f"{key} = ${key}")

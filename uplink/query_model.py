@@ -297,3 +297,4 @@ class Selection:
     plate: str | None = None
     person_ref: str | None = None
     severity: str | None = None
+    event_id: str | None = None

@@ -1,0 +1,351 @@
+"""The district's operations database: operator tokens, the audit log and alarm lifecycles.
+
+One SQLite file (WAL, synchronous=FULL) owned by one thread.
+
+* Tokens are random 256-bit secrets shown once at creation; only their SHA-256 is stored (a fast
+  hash is enough for secrets of that entropy, and lookups stay constant-time per request).
+* The audit log is append-only twice over: triggers refuse UPDATE and DELETE, and every entry
+  carries the SHA-256 of its predecessor's hash and its own content, so ``verify_audit`` finds a
+  row edited or removed behind SQLite's back.
+* Alarm actions are append-only too; an alarm's state is its last action's. A transition is checked
+  and recorded in one ``BEGIN IMMEDIATE`` transaction, so two operators cannot both acknowledge.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+import sqlite3
+from collections.abc import Sequence
+from contextlib import AsyncExitStack
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Self
+
+from gateway.errors import Conflict, InvalidQuery
+from gateway.events import utc_now
+from gateway.sqlite_thread import SqliteThread, transaction
+from uplink.query_model import ALARM_TRANSITIONS, AlarmAction, AlarmState, Role
+
+TOKEN_PREFIX = "cgw_"
+GENESIS = "0" * 64
+
+OPS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS tokens (
+    name TEXT PRIMARY KEY, token_sha256 TEXT NOT NULL UNIQUE, role TEXT NOT NULL,
+    district_id TEXT NOT NULL, compounds TEXT NOT NULL, created_at TEXT NOT NULL,
+    created_by TEXT NOT NULL, revoked_at TEXT);
+CREATE TABLE IF NOT EXISTS audit (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, at TEXT NOT NULL, actor TEXT, role TEXT,
+    channel TEXT NOT NULL, client TEXT, action TEXT NOT NULL, filters TEXT NOT NULL,
+    outcome TEXT NOT NULL, status INTEGER NOT NULL, rows INTEGER, reason TEXT, detail TEXT,
+    prev_hash TEXT NOT NULL, hash TEXT NOT NULL);
+CREATE TRIGGER IF NOT EXISTS audit_no_update BEFORE UPDATE ON audit
+    BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit
+    BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+CREATE TABLE IF NOT EXISTS alarm_actions (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, event_id TEXT NOT NULL, compound_id TEXT NOT NULL,
+    from_state TEXT NOT NULL, to_state TEXT NOT NULL, actor TEXT NOT NULL, at TEXT NOT NULL,
+    note TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS alarm_actions_by_event ON alarm_actions (event_id, seq);
+CREATE TRIGGER IF NOT EXISTS alarm_actions_no_update BEFORE UPDATE ON alarm_actions
+    BEGIN SELECT RAISE(ABORT, 'alarm history is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS alarm_actions_no_delete BEFORE DELETE ON alarm_actions
+    BEGIN SELECT RAISE(ABORT, 'alarm history is append-only'); END;
+"""
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is asking: a token's name, role and scope (``compounds`` empty = the whole district)."""
+
+    name: str
+    role: Role
+    district_id: str
+    compounds: tuple[str, ...] = ()
+
+    def covers(self, district_id: str, compound_id: str) -> bool:
+        """Whether the scope includes this compound."""
+        return district_id == self.district_id and (not self.compounds or compound_id in self.compounds)
+
+
+@dataclass(frozen=True)
+class TokenInfo:
+    """A token as listed (never its secret)."""
+
+    name: str
+    role: str
+    district_id: str
+    compounds: tuple[str, ...]
+    created_at: str
+    created_by: str
+    revoked_at: str | None
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    """One audited request: who, through what, asked what, and what came of it."""
+
+    actor: str | None
+    role: str | None
+    channel: str  # "api" or "cli"
+    client: str | None  # remote address or local user
+    action: str  # "events", "compare", "alarm.confirmed", "token.create", ...
+    filters: dict[str, Any]
+    outcome: str  # "ok" or the error code
+    status: int  # the HTTP status it maps to
+    rows: int | None = None
+    reason: str | None = None
+    detail: str | None = None
+
+
+@dataclass(frozen=True)
+class AuditRecord:
+    """An audit entry as stored."""
+
+    seq: int
+    at: str
+    entry: AuditEntry
+
+
+def hash_token(token: str) -> str:
+    """The stored form of a token."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def _entry_hash(prev_hash: str, at: str, entry: AuditEntry) -> str:
+    content = json.dumps({"at": at, **asdict(entry)}, sort_keys=True, ensure_ascii=False, default=str)
+    return hashlib.sha256(f"{prev_hash}\n{content}".encode()).hexdigest()
+
+
+def _entry_from_row(row: sqlite3.Row | tuple[Any, ...]) -> AuditRecord:
+    (seq, at, actor, role, channel, client, action, filters, outcome, status, rows, reason, detail) = row[:13]
+    entry = AuditEntry(
+        actor, role, channel, client, action, json.loads(filters), outcome, status, rows, reason, detail
+    )
+    return AuditRecord(seq, at, entry)
+
+
+AUDIT_COLUMNS = (
+    "seq, at, actor, role, channel, client, action, filters, outcome, status, rows, reason, detail"
+)
+
+
+class OperationsDb:
+    """Tokens, audit log and alarm history in one SQLite file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._file = SqliteThread(path, OPS_SCHEMA, "operations-db")
+        self._stack = AsyncExitStack()
+
+    async def __aenter__(self) -> Self:
+        await self._stack.enter_async_context(self._file)
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self._stack.aclose()
+
+    # ---- tokens --------------------------------------------------------------------------
+
+    async def create_token(
+        self, name: str, role: Role, district_id: str, compounds: Sequence[str], created_by: str
+    ) -> str:
+        """Create a token and return its secret (the only time it is ever shown)."""
+        token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+        row = (
+            name,
+            hash_token(token),
+            role.value,
+            district_id,
+            json.dumps(list(compounds)),
+            utc_now().isoformat(),
+            created_by,
+        )
+
+        def insert(db: sqlite3.Connection) -> None:
+            with transaction(db):
+                if db.execute("SELECT 1 FROM tokens WHERE name = ?", (name,)).fetchone():
+                    raise InvalidQuery(
+                        f"a token named {name!r} exists; revoke it or pick another name", field="name"
+                    )
+                db.execute(
+                    "INSERT INTO tokens (name, token_sha256, role, district_id, compounds, created_at, created_by)"
+                    " VALUES (?,?,?,?,?,?,?)",
+                    row,
+                )
+
+        await self._file.call(insert)
+        return token
+
+    async def revoke_token(self, name: str) -> bool:
+        """Revoke a token by name; False if there is no such live token."""
+
+        def revoke(db: sqlite3.Connection) -> bool:
+            with transaction(db):
+                cursor = db.execute(
+                    "UPDATE tokens SET revoked_at = ? WHERE name = ? AND revoked_at IS NULL",
+                    (utc_now().isoformat(), name),
+                )
+                return cursor.rowcount == 1
+
+        return await self._file.call(revoke)
+
+    async def principal(self, token: str) -> Principal | None:
+        """The live token's principal, or None for an unknown or revoked token."""
+        digest = hash_token(token)
+
+        def find(db: sqlite3.Connection) -> tuple[Any, ...] | None:
+            row: tuple[Any, ...] | None = db.execute(
+                "SELECT name, role, district_id, compounds FROM tokens"
+                " WHERE token_sha256 = ? AND revoked_at IS NULL",
+                (digest,),
+            ).fetchone()
+            return row
+
+        row = await self._file.call(find)
+        if row is None:
+            return None
+        name, role, district_id, compounds = row
+        return Principal(name, Role(role), district_id, tuple(json.loads(compounds)))
+
+    async def tokens(self) -> list[TokenInfo]:
+        """Every token, live or revoked."""
+
+        def listing(db: sqlite3.Connection) -> list[tuple[Any, ...]]:
+            return db.execute(
+                "SELECT name, role, district_id, compounds, created_at, created_by, revoked_at"
+                " FROM tokens ORDER BY name"
+            ).fetchall()
+
+        return [
+            TokenInfo(n, r, d, tuple(json.loads(c)), at, by, rev)
+            for n, r, d, c, at, by, rev in await self._file.call(listing)
+        ]
+
+    # ---- audit ---------------------------------------------------------------------------
+
+    async def audit(self, entry: AuditEntry) -> int:
+        """Append an entry durably; returns its sequence number."""
+        at = utc_now().isoformat()
+
+        def append(db: sqlite3.Connection) -> int:
+            with transaction(db):
+                last = db.execute("SELECT hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
+                prev = last[0] if last else GENESIS
+                cursor = db.execute(
+                    "INSERT INTO audit (at, actor, role, channel, client, action, filters, outcome, status,"
+                    " rows, reason, detail, prev_hash, hash) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    (
+                        at,
+                        entry.actor,
+                        entry.role,
+                        entry.channel,
+                        entry.client,
+                        entry.action,
+                        json.dumps(entry.filters, sort_keys=True, ensure_ascii=False, default=str),
+                        entry.outcome,
+                        entry.status,
+                        entry.rows,
+                        entry.reason,
+                        entry.detail,
+                        prev,
+                        _entry_hash(prev, at, entry),
+                    ),
+                )
+                return int(cursor.lastrowid or 0)
+
+        return await self._file.call(append)
+
+    async def audit_records(
+        self, *, limit: int, before_seq: int | None = None, actor: str | None = None
+    ) -> list[AuditRecord]:
+        """Audit entries, newest first."""
+        clauses: list[str] = ["1=1"]
+        params: list[str | int] = []
+        if before_seq is not None:
+            clauses.append("seq < ?")
+            params.append(before_seq)
+        if actor is not None:
+            clauses.append("actor = ?")
+            params.append(actor)
+        sql = f"SELECT {AUDIT_COLUMNS} FROM audit WHERE {' AND '.join(clauses)} ORDER BY seq DESC LIMIT ?"  # noqa: S608 - placeholders only
+
+        def read(db: sqlite3.Connection) -> list[tuple[Any, ...]]:
+            return db.execute(sql, [*params, limit]).fetchall()
+
+        return [_entry_from_row(row) for row in await self._file.call(read)]
+
+    async def verify_audit(self) -> tuple[int, int | None]:
+        """Walk the hash chain: (entries checked, first broken sequence number or None)."""
+
+        def walk(db: sqlite3.Connection) -> tuple[int, int | None]:
+            prev = GENESIS
+            checked = 0
+            for row in db.execute(f"SELECT {AUDIT_COLUMNS}, prev_hash, hash FROM audit ORDER BY seq"):  # noqa: S608 - constant
+                record = _entry_from_row(row)
+                if row[13] != prev or row[14] != _entry_hash(prev, record.at, record.entry):
+                    return checked, record.seq
+                prev = row[14]
+                checked += 1
+            return checked, None
+
+        return await self._file.call(walk)
+
+    # ---- alarms --------------------------------------------------------------------------
+
+    async def alarm_histories(self, event_ids: Sequence[str]) -> dict[str, list[AlarmAction]]:
+        """The recorded actions of each alarm, oldest first (alarms without actions are absent)."""
+        if not event_ids:
+            return {}
+        ids = list(event_ids)
+
+        def read(db: sqlite3.Connection) -> list[tuple[Any, ...]]:
+            rows: list[tuple[Any, ...]] = []
+            for start in range(0, len(ids), 500):  # stay under SQLite's bound-parameter limit
+                chunk = ids[start : start + 500]
+                slots = ",".join("?" * len(chunk))
+                sql = f"SELECT event_id, to_state, actor, at, note FROM alarm_actions WHERE event_id IN ({slots}) ORDER BY seq"  # noqa: S608 - placeholders only
+                rows += db.execute(sql, chunk).fetchall()
+            return rows
+
+        histories: dict[str, list[AlarmAction]] = {}
+        for event_id, state, actor, at, note in await self._file.call(read):
+            histories.setdefault(event_id, []).append(
+                AlarmAction(AlarmState(state), actor, datetime.fromisoformat(at), note)
+            )
+        return histories
+
+    async def move_alarm(
+        self, event_id: str, compound_id: str, to: AlarmState, actor: str, note: str
+    ) -> AlarmAction:
+        """Record a lifecycle step if the alarm's current state allows it (``Conflict`` if not)."""
+        at = utc_now()
+
+        def move(db: sqlite3.Connection) -> AlarmAction:
+            with transaction(db):
+                row = db.execute(
+                    "SELECT to_state FROM alarm_actions WHERE event_id = ? ORDER BY seq DESC LIMIT 1",
+                    (event_id,),
+                ).fetchone()
+                current = AlarmState(row[0]) if row else AlarmState.NEW
+                if to not in ALARM_TRANSITIONS[current]:
+                    allowed = ", ".join(sorted(s.value for s in ALARM_TRANSITIONS[current])) or "nothing"
+                    raise Conflict(
+                        f"alarm {event_id} is {current.value}; it can move to {allowed}, not {to.value}",
+                        field="to",
+                    )
+                db.execute(
+                    "INSERT INTO alarm_actions (event_id, compound_id, from_state, to_state, actor, at, note)"
+                    " VALUES (?,?,?,?,?,?,?)",
+                    (event_id, compound_id, current.value, to.value, actor, at.isoformat(), note),
+                )
+            return AlarmAction(to, actor, at, note)
+
+        return await self._file.call(move)
