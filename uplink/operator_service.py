@@ -8,7 +8,9 @@ scope violations and store failures included), before the answer is returned.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping
+import contextlib
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
@@ -26,10 +28,10 @@ from gateway.errors import (
     Unauthenticated,
 )
 from gateway.events import Event, EventKind, Severity, utc_now
-from uplink.config import CompoundEntry, DistrictConfig
+from uplink.config import CompoundEntry, DistrictConfig, InfluxV1StoreConfig, SqliteStoreConfig
 from uplink.lineprotocol import EPOCH, point_time_ns
 from uplink.operations import AuditEntry, OperationsDb, Principal
-from uplink.query_backends import QueryBackend
+from uplink.query_backends import InfluxQueries, QueryBackend, SqliteQueries
 from uplink.query_model import (
     AlarmAction,
     AlarmActionRequest,
@@ -52,7 +54,7 @@ from uplink.query_model import (
     Role,
     Selection,
 )
-from uplink.stores import StoreError
+from uplink.stores import InfluxV1Store, InfluxV2Store, SqliteStore, StoreError
 
 log = structlog.get_logger(__name__)
 
@@ -472,3 +474,29 @@ def _span(delta: timedelta) -> str:
     if minutes < 48 * 60:
         return f"{minutes // 60} h {minutes % 60} min"
     return f"{minutes // 1440} d"
+
+
+@contextlib.asynccontextmanager
+async def open_operator_service(config: DistrictConfig) -> AsyncIterator[OperatorService]:
+    """The service on the configured store and operations database, open for the block."""
+    async with AsyncExitStack() as stack:
+        operations = await stack.enter_async_context(OperationsDb(config.api.ops_db))
+        backend: QueryBackend
+        store_config = config.store
+        if isinstance(store_config, SqliteStoreConfig):
+            backend = SqliteQueries(await stack.enter_async_context(SqliteStore(store_config)))
+        elif isinstance(store_config, InfluxV1StoreConfig):
+            v1 = await stack.enter_async_context(InfluxV1Store(store_config))
+
+            async def run_v1(query: str, params: dict[str, str | int]) -> list[dict[str, Any]]:
+                return await v1.query(query, method="POST", params=params, epoch="ns")
+
+            backend = InfluxQueries(run_v1)
+        else:
+            v2 = await stack.enter_async_context(InfluxV2Store(store_config))
+
+            async def run_v2(query: str, params: dict[str, str | int]) -> list[dict[str, Any]]:
+                return await v2.query(query, params=params, epoch="ns")
+
+            backend = InfluxQueries(run_v2)
+        yield OperatorService(config, backend, operations)

@@ -154,6 +154,14 @@ def migrate_sqlite_store(db: sqlite3.Connection) -> None:
     db.executescript(SQLITE_INDEXES)
 
 
+def _query_results(body: dict[str, Any]) -> list[dict[str, Any]]:
+    results: list[dict[str, Any]] = body.get("results", [])
+    for result in results:
+        if "error" in result:
+            raise StoreError(f"influxdb query error: {result['error']}", retryable=False)
+    return results
+
+
 def _classify_http(status: int, text: str, where: str) -> StoreError:
     # 5xx and 429: the server may recover. 4xx: retrying the same write cannot help.
     retryable = status >= 500 or status == 429
@@ -238,11 +246,7 @@ class InfluxV1Store:
                 body = await response.json()
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise StoreError(f"influxdb /query: {type(exc).__name__}: {exc}", retryable=True) from exc
-        results: list[dict[str, Any]] = body.get("results", [])
-        for result in results:
-            if "error" in result:
-                raise StoreError(f"influxdb query error: {result['error']}", retryable=False)
-        return results
+        return _query_results(body)
 
 
 class InfluxV2Store:
@@ -291,6 +295,33 @@ class InfluxV2Store:
             raise StoreError(f"influxdb /api/v2/write: {type(exc).__name__}: {exc}", retryable=True) from exc
         if ok is False:
             raise StoreError("influxdb /api/v2/write did not confirm the write", retryable=True)
+
+    async def query(
+        self, influxql: str, *, params: dict[str, str | int] | None = None, epoch: str | None = None
+    ) -> list[dict[str, Any]]:
+        """InfluxQL through the v1-compatible ``/query`` of 2.x/3.x.
+
+        The bucket needs a DBRP mapping whose database name is the bucket's name.
+        """
+        cfg = self._config
+        form = {"q": influxql, "db": cfg.bucket}
+        if params:
+            form["params"] = json.dumps(params)
+        if epoch:
+            form["epoch"] = epoch
+        headers = {"Authorization": f"Token {cfg.token.get_secret_value()}"}
+        timeout = aiohttp.ClientTimeout(total=cfg.timeout_s)
+        try:
+            async with (
+                aiohttp.ClientSession(base_url=str(cfg.url), timeout=timeout) as session,
+                session.post("/query", data=form, headers=headers) as response,
+            ):
+                if response.status != 200:
+                    raise _classify_http(response.status, await response.text(), "influxdb /query")
+                body = await response.json()
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise StoreError(f"influxdb /query: {type(exc).__name__}: {exc}", retryable=True) from exc
+        return _query_results(body)
 
 
 def build_store(config: StoreConfig) -> EventStore:
