@@ -176,6 +176,13 @@ class OperatorService:
         await self._audit(principal, action, params, caller, error=error)
         raise error
 
+    async def refuse(
+        self, token: str | None, action: str, params: Mapping[str, Any], caller: Caller, error: OperatorError
+    ) -> None:
+        """Audit a request refused before it reached ``handle`` (an unparsable query string)."""
+        principal = await self._ops.principal(token) if token else None
+        await self._audit(principal, action, params, caller, error=error)
+
     async def _audit(
         self,
         principal: Principal | None,
