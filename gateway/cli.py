@@ -84,6 +84,10 @@ def _parser() -> argparse.ArgumentParser:
     outbox.add_argument("what", choices=["stats", "dead-letters", "pending"])
     outbox.add_argument("--config", type=Path, required=True)
     outbox.add_argument("--limit", type=int, default=20)
+
+    from uplink.operator_cli import add_operator_commands  # noqa: PLC0415 - district side loads on demand
+
+    add_operator_commands(sub)
     return parser
 
 
@@ -119,6 +123,15 @@ def main(argv: list[str] | None = None) -> int:
                 return 0
             case "outbox":
                 return _outbox(args)
+            case "query" | "alarm" | "token" | "audit-verify":
+                from uplink.operator_cli import run_operator_command  # noqa: PLC0415
+
+                return run_operator_command(args)
+            case "api":
+                from uplink.config import load_district_config  # noqa: PLC0415
+                from uplink.operator_cli import serve_api  # noqa: PLC0415
+
+                return _serve(serve_api(load_district_config(args.config)))
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
         return 2

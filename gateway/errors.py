@@ -77,42 +77,42 @@ class OperatorError(GatewayError):
             self.code = code
 
 
-class InvalidQuery(OperatorError):
+class InvalidQueryError(OperatorError):
     """The request is malformed, out of range or names something unknown."""
 
     status = 400
     code = "invalid_query"
 
 
-class Unauthenticated(OperatorError):
+class UnauthenticatedError(OperatorError):
     """No token, or a token that is unknown or revoked."""
 
     status = 401
     code = "unauthenticated"
 
 
-class Forbidden(OperatorError):
+class ForbiddenError(OperatorError):
     """The token's role or scope does not allow this request."""
 
     status = 403
     code = "forbidden"
 
 
-class NotFound(OperatorError):
+class NotFoundError(OperatorError):
     """The named alarm (or other object) does not exist in the caller's scope."""
 
     status = 404
     code = "not_found"
 
 
-class Conflict(OperatorError):
+class ConflictError(OperatorError):
     """The request contradicts the object's state (an alarm transition that is not allowed)."""
 
     status = 409
     code = "conflict"
 
 
-class QueryUnavailable(OperatorError):
+class StoreUnavailableError(OperatorError):
     """The store could not answer (down, timing out)."""
 
     status = 503

@@ -25,7 +25,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
 
-from gateway.errors import Conflict, InvalidQuery
+from gateway.errors import ConflictError, InvalidQueryError
 from gateway.events import utc_now
 from gateway.sqlite_thread import SqliteThread, transaction
 from uplink.query_model import ALARM_TRANSITIONS, AlarmAction, AlarmState, Role
@@ -172,7 +172,7 @@ class OperationsDb:
         def insert(db: sqlite3.Connection) -> None:
             with transaction(db):
                 if db.execute("SELECT 1 FROM tokens WHERE name = ?", (name,)).fetchone():
-                    raise InvalidQuery(
+                    raise InvalidQueryError(
                         f"a token named {name!r} exists; revoke it or pick another name", field="name"
                     )
                 db.execute(
@@ -325,7 +325,7 @@ class OperationsDb:
     async def move_alarm(
         self, event_id: str, compound_id: str, to: AlarmState, actor: str, note: str
     ) -> AlarmAction:
-        """Record a lifecycle step if the alarm's current state allows it (``Conflict`` if not)."""
+        """Record a lifecycle step if the alarm's current state allows it (``ConflictError`` if not)."""
         at = utc_now()
 
         def move(db: sqlite3.Connection) -> AlarmAction:
@@ -337,7 +337,7 @@ class OperationsDb:
                 current = AlarmState(row[0]) if row else AlarmState.NEW
                 if to not in ALARM_TRANSITIONS[current]:
                     allowed = ", ".join(sorted(s.value for s in ALARM_TRANSITIONS[current])) or "nothing"
-                    raise Conflict(
+                    raise ConflictError(
                         f"alarm {event_id} is {current.value}; it can move to {allowed}, not {to.value}",
                         field="to",
                     )

@@ -16,7 +16,7 @@ import structlog
 from aiohttp import web
 from pydantic import BaseModel
 
-from gateway.errors import InvalidQuery, OperatorError
+from gateway.errors import InvalidQueryError, OperatorError
 from uplink.operator_output import to_jsonable
 from uplink.operator_service import ACTIONS, Caller, OperatorService
 from uplink.query_model import AlarmActionRequest
@@ -57,7 +57,7 @@ def _query_params(request: web.Request) -> dict[str, Any]:
         if key in LIST_FIELDS:
             params[key] = [part for value in values for part in value.split(",") if part]
         elif len(values) > 1:
-            raise InvalidQuery(f"{key} is given {len(values)} times; give it once", field=key)
+            raise InvalidQueryError(f"{key} is given {len(values)} times; give it once", field=key)
         else:
             params[key] = values[0]
     return params
@@ -78,7 +78,7 @@ def _handler(action: str) -> Callable[[web.Request], Awaitable[web.Response]]:
         service = request.app[SERVICE_KEY]
         try:
             params = _query_params(request)
-        except InvalidQuery as exc:
+        except InvalidQueryError as exc:
             raw = {"query": request.query_string[:500]}
             await service.refuse(_bearer(request), action, raw, _caller(request), exc)
             return _error(exc)

@@ -20,12 +20,12 @@ import structlog
 from pydantic import BaseModel, ValidationError
 
 from gateway.errors import (
-    Forbidden,
-    InvalidQuery,
-    NotFound,
+    ForbiddenError,
+    InvalidQueryError,
+    NotFoundError,
     OperatorError,
-    QueryUnavailable,
-    Unauthenticated,
+    StoreUnavailableError,
+    UnauthenticatedError,
 )
 from gateway.events import Event, EventKind, Severity, utc_now
 from uplink.config import CompoundEntry, DistrictConfig, InfluxV1StoreConfig, SqliteStoreConfig
@@ -104,12 +104,12 @@ ACTIONS: dict[str, _Action] = {
 """Every operator request: its model and the least role that may make it."""
 
 
-def _invalid(exc: ValidationError) -> InvalidQuery:
+def _invalid(exc: ValidationError) -> InvalidQueryError:
     first = exc.errors()[0]
     where = ".".join(str(p) for p in first["loc"]) or None
     message = first["msg"].removeprefix("Value error, ")
     more = f" (and {exc.error_count() - 1} more problems)" if exc.error_count() > 1 else ""
-    return InvalidQuery(f"{where or 'request'}: {message}{more}", field=where)
+    return InvalidQueryError(f"{where or 'request'}: {message}{more}", field=where)
 
 
 def _loggable(params: Mapping[str, Any]) -> dict[str, Any]:
@@ -154,7 +154,9 @@ class OperatorService:
         error: OperatorError
         try:
             if action not in ACTIONS:
-                raise InvalidQuery(f"unknown request {action!r}; one of {', '.join(ACTIONS)}", field="action")
+                raise InvalidQueryError(
+                    f"unknown request {action!r}; one of {', '.join(ACTIONS)}", field="action"
+                )
             principal = await self._authenticate(token)
             spec = ACTIONS[action]
             try:
@@ -167,9 +169,9 @@ class OperatorService:
         except OperatorError as exc:
             error = exc
         except TimeoutError:
-            error = QueryUnavailable(f"the query took longer than {self._api.timeout_s:g} s; narrow it")
+            error = StoreUnavailableError(f"the query took longer than {self._api.timeout_s:g} s; narrow it")
         except StoreError as exc:
-            error = QueryUnavailable(f"the district store did not answer: {exc}")
+            error = StoreUnavailableError(f"the district store did not answer: {exc}")
         else:
             await self._audit(principal, action, params, caller, rows=answer.rows)
             return answer
@@ -212,16 +214,16 @@ class OperatorService:
 
     async def _authenticate(self, token: str | None) -> Principal:
         if not token:
-            raise Unauthenticated("no token: send 'Authorization: Bearer <token>' (CLI: CGW_TOKEN)")
+            raise UnauthenticatedError("no token: send 'Authorization: Bearer <token>' (CLI: CGW_TOKEN)")
         principal = await self._ops.principal(token)
         if principal is None:
-            raise Unauthenticated("unknown or revoked token")
+            raise UnauthenticatedError("unknown or revoked token")
         return principal
 
     @staticmethod
     def _authorise_role(principal: Principal, needed: Role, action: str) -> None:
         if not principal.role.allows(needed):
-            raise Forbidden(
+            raise ForbiddenError(
                 f"{action} needs the {needed.value} role; token {principal.name!r} is {principal.role.value}"
             )
 
@@ -230,12 +232,12 @@ class OperatorService:
         for compound in requested:
             entry = self.registry.get(compound)
             if entry is None and self.registry:
-                raise InvalidQuery(
+                raise InvalidQueryError(
                     f"unknown compound {compound}: not in the district's registry", field="compounds"
                 )
             district = self._config.compound_district(entry) if entry else self._config.district_id
             if not principal.covers(district, compound):
-                raise Forbidden(f"compound {compound} is outside the scope of token {principal.name!r}")
+                raise ForbiddenError(f"compound {compound} is outside the scope of token {principal.name!r}")
         if requested:
             return requested
         return principal.compounds or None
@@ -244,7 +246,7 @@ class OperatorService:
         request.check_span(self._api.max_range_days)
         limit = getattr(request, "limit", None)
         if limit is not None and limit > self._api.max_page:
-            raise InvalidQuery(
+            raise InvalidQueryError(
                 f"limit {limit} is above the {self._api.max_page} rows of one page", field="limit"
             )
         return Selection(
@@ -262,7 +264,7 @@ class OperatorService:
             return kinds
         narrowed = tuple(k for k in (kinds or only) if k in only)
         if not narrowed:
-            raise InvalidQuery(f"kinds {', '.join(kinds)} never carry this filter", field="kinds")
+            raise InvalidQueryError(f"kinds {', '.join(kinds)} never carry this filter", field="kinds")
         return narrowed
 
     async def _run(self, principal: Principal, request: BaseModel) -> Answer:
@@ -303,14 +305,14 @@ class OperatorService:
                     limit=request.limit, before_seq=request.before_seq, actor=request.actor
                 )
                 return Answer(records, len(records))
-        raise InvalidQuery(f"no handler for {type(request).__name__}")
+        raise InvalidQueryError(f"no handler for {type(request).__name__}")
 
     async def _events(self, principal: Principal, request: EventsRequest) -> Answer:
         only: tuple[str, ...] | None = None
         if request.plate or request.person_ref:
             self._authorise_role(principal, Role.OPERATOR, "a plate or person lookup")
             if not request.reason:
-                raise InvalidQuery("a reason is required for plate or person lookups", field="reason")
+                raise InvalidQueryError("a reason is required for plate or person lookups", field="reason")
             only = PLATE_KINDS if request.plate else PERSON_KINDS
         selection = self._selection(
             principal,
@@ -328,7 +330,7 @@ class OperatorService:
 
     async def _page_ascending(self, selection: Selection, limit: int, after: str | None) -> Answer:
         if limit > self._api.max_page:
-            raise InvalidQuery(
+            raise InvalidQueryError(
                 f"limit {limit} is above the {self._api.max_page} rows of one page", field="limit"
             )
         events = await self._backend.find(
@@ -465,7 +467,7 @@ class OperatorService:
         )
         found = await self._alarm_events(selection, limit=1, cursor=None)
         if not found:
-            raise NotFound(
+            raise NotFoundError(
                 f"no alarm {request.event_id} in the scope of token {principal.name!r}", field="event_id"
             )
         action: AlarmAction = await self._ops.move_alarm(

@@ -52,11 +52,11 @@ class _Ranged(_Request):
         return self
 
     def check_span(self, max_days: int) -> None:
-        """Refuse a range longer than the configured maximum (``InvalidQuery`` on ``end``)."""
-        from gateway.errors import InvalidQuery  # noqa: PLC0415 - keeps this module import-light
+        """Refuse a range longer than the configured maximum (``InvalidQueryError`` on ``end``)."""
+        from gateway.errors import InvalidQueryError  # noqa: PLC0415 - keeps this module import-light
 
         if self.end - self.start > timedelta(days=max_days):
-            raise InvalidQuery(
+            raise InvalidQueryError(
                 f"time range of {(self.end - self.start).days} days is longer than the {max_days} allowed;"
                 " split the query",
                 field="end",
