@@ -22,19 +22,40 @@ SAMPLE_DEVICES: tuple[tuple[str, str, str | None, str, str], ...] = (
 )
 
 
-def sample_devices() -> list[SimDevice]:
-    """The simulated devices of the sample compound."""
-    return [SimDevice(id=i, dialect=d, ref=r) for i, d, r, _, _ in SAMPLE_DEVICES]
+COMPOUND_NAMES = ("青云谱示范小区", "洪都新村", "岱山花园", "京山小区", "三店西路小区")
 
 
-def write_sample_config(path: Path, *, state_dir: Path, http_port: int, mqtt_port: int) -> Path:
-    """A gateway config for the sample compound."""
+def compound_id(index: int = 1) -> str:
+    """The id of the n-th sample compound (1 is ``COMPOUND_ID``)."""
+    return COMPOUND_ID[:-2] + f"{index:02d}"
+
+
+def compound_name(index: int = 1) -> str:
+    """A plausible name for the n-th sample compound."""
+    base = COMPOUND_NAMES[(index - 1) % len(COMPOUND_NAMES)]
+    return base if index <= len(COMPOUND_NAMES) else f"{base}{index}期"
+
+
+def _device_id(base: str, index: int) -> str:
+    # the n-th compound's devices differ in the serial's hundreds: ...0001 -> ...0101 for compound 2
+    return base[:-4] + f"{index - 1:02d}" + base[-2:]
+
+
+def sample_devices(index: int = 1) -> list[SimDevice]:
+    """The simulated devices of the n-th sample compound."""
+    return [SimDevice(id=_device_id(i, index), dialect=d, ref=r) for i, d, r, _, _ in SAMPLE_DEVICES]
+
+
+def write_sample_config(
+    path: Path, *, state_dir: Path, http_port: int, mqtt_port: int, index: int = 1
+) -> Path:
+    """A gateway config for the n-th sample compound (the first by default)."""
     lines = [
         "# Sample compound written by compound-gateway (demo / tests).",
         "[compound]",
         f'district_id = "{DISTRICT_ID}"',
-        f'compound_id = "{COMPOUND_ID}"',
-        'name = "青云谱示范小区"',
+        f'compound_id = "{compound_id(index)}"',
+        f'name = "{compound_name(index)}"',
         'timezone = "Asia/Shanghai"',
         "",
         "[state]",
@@ -50,7 +71,12 @@ def write_sample_config(path: Path, *, state_dir: Path, http_port: int, mqtt_por
         "",
     ]
     for device_id, dialect, ref, name, place in SAMPLE_DEVICES:
-        lines += ["[[devices]]", f'id = "{device_id}"', f'name = "{name}"', f'dialect = "{dialect}"']
+        lines += [
+            "[[devices]]",
+            f'id = "{_device_id(device_id, index)}"',
+            f'name = "{name}"',
+            f'dialect = "{dialect}"',
+        ]
         if ref is not None:
             lines.append(f'ref = "{ref}"')
         key = "building" if place.endswith("幢") or place.endswith("车棚") else "gate"

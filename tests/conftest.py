@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,6 +25,7 @@ from gateway.config import GatewayConfig, load_config
 from gateway.identity import Pseudonymizer
 from gateway.outbox import Outbox
 from gateway.runtime import run_gateway
+from tests.district_data import DistrictData, produce
 
 PARSE_CONTEXT = DeviceContext(
     district_id="36010400005000000001",
@@ -143,3 +145,22 @@ async def no_lingering_tasks() -> AsyncIterator[None]:
 def _reset_structlog() -> Iterator[None]:
     yield
     structlog.reset_defaults()
+
+
+@pytest.fixture(scope="session")
+def session_influx(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InfluxServer]:
+    """One private InfluxDB for the tests that only read what the pipeline stored."""
+    server = InfluxServer(tmp_path_factory.mktemp("session-influx")).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def district_data(tmp_path_factory: pytest.TempPathFactory, session_influx: InfluxServer) -> DistrictData:
+    """Two compounds' simulated day through the real pipeline into both district stores (once)."""
+    workdir = tmp_path_factory.mktemp("district-data")
+    # its own thread and loop: a session fixture must not borrow a test's event loop
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, produce(workdir, session_influx)).result()

@@ -8,17 +8,46 @@ pattern, and the stores bind it as a parameter; nothing a user types is pasted i
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Annotated, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    model_validator,
+)
 
 from gateway.events import PLATE_PATTERN, Event, EventKind, GbId, Severity
 
-Plate = Annotated[str, StringConstraints(pattern=PLATE_PATTERN.pattern)]
-PersonRef = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9:_\-]{0,79}$")]
+_PERSON_REF = re.compile(r"^[A-Za-z0-9][A-Za-z0-9:_\-]{0,79}$")
+
+
+def _plate(value: str) -> str:
+    if not PLATE_PATTERN.match(value):
+        raise ValueError(
+            f"{value[:20]!r} is not a civil Chinese plate: a province character, a letter, then 5 letters or"
+            " digits (6 for new-energy plates), e.g. 赣A12345"
+        )
+    return value
+
+
+def _person_ref(value: str) -> str:
+    if not _PERSON_REF.match(value):
+        raise ValueError(
+            "a person reference is up to 80 letters, digits, ':', '_' or '-' (as events carry it, e.g. p1:3fa9...)"
+        )
+    return value
+
+
+Plate = Annotated[str, AfterValidator(_plate)]
+PersonRef = Annotated[str, AfterValidator(_person_ref)]
 Cursor = Annotated[str, StringConstraints(pattern=r"^[0-9]{1,20}$")]
 Reason = Annotated[str, StringConstraints(strip_whitespace=True, min_length=4, max_length=500)]
 
