@@ -115,18 +115,17 @@ def main(argv: list[str] | None = None) -> int:
             case "ingest":
                 return _ingest(args.config)
             case "schema":
-                text = json.dumps(event_json_schema(), indent=2, ensure_ascii=False) + "\n"
-                if args.output:
-                    args.output.write_text(text, encoding="utf-8")
-                else:
-                    sys.stdout.write(text)
-                return 0
+                return _write_document(event_json_schema(), args.output)
             case "outbox":
                 return _outbox(args)
             case "query" | "alarm" | "token" | "audit-verify":
                 from uplink.operator_cli import run_operator_command  # noqa: PLC0415
 
                 return run_operator_command(args)
+            case "openapi":
+                from uplink.operator_api import openapi_document  # noqa: PLC0415
+
+                return _write_document(openapi_document(), args.output)
             case "api":
                 from uplink.config import load_district_config  # noqa: PLC0415
                 from uplink.operator_cli import serve_api  # noqa: PLC0415
@@ -136,6 +135,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"config error: {exc}", file=sys.stderr)
         return 2
     return 2  # pragma: no cover - argparse enforces the choices
+
+
+def _write_document(document: object, output: Path | None) -> int:
+    text = json.dumps(document, indent=2, ensure_ascii=False) + "\n"
+    if output:
+        output.write_text(text, encoding="utf-8")
+    else:
+        sys.stdout.write(text)
+    return 0
 
 
 def _serve(daemon: Coroutine[Any, Any, None]) -> int:

@@ -89,6 +89,9 @@ def add_operator_commands(sub: Any) -> None:
     api = sub.add_parser("api", help="serve the operator HTTP API")
     api.add_argument("--config", type=Path, required=True)
 
+    openapi = sub.add_parser("openapi", help="print (or write) the operator API's OpenAPI document")
+    openapi.add_argument("--output", type=Path)
+
 
 def run_operator_command(args: argparse.Namespace) -> int:
     """Run query, alarm, token or audit-verify; returns the exit status (``api`` is a daemon: ``serve_api``)."""
