@@ -16,6 +16,8 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from device_sims.inventory import DISTRICT_ID, compound_id
 from gateway.errors import OperatorError
@@ -420,3 +422,56 @@ async def test_tokens_are_stored_hashed(district: District) -> None:
     for token in district.tokens.values():
         assert token not in dump
     assert len(stored) == len(district.tokens)
+
+
+HOSTILE = st.one_of(
+    st.text(max_size=40),
+    st.sampled_from(
+        ["'", '"', "\\", "$start", "/.*/", "1=1", "' OR ''='", "; DROP DATABASE x", "\n", "京A12345"]
+    ),
+)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    field=st.sampled_from(
+        ["plate", "person_ref", "compounds", "devices", "kinds", "severity", "before", "device"]
+    ),
+    value=HOSTILE,
+)
+async def test_hostile_filter_values_never_reach_the_store_as_text(
+    district: District, field: str, value: str
+) -> None:
+    """Any value is either refused (400) or bound as a parameter: the store never sees broken syntax."""
+    list_field = field in {"compounds", "devices", "kinds"}
+    params: dict[str, Any] = {
+        **district.window(),
+        field: [value] if list_field else value,
+        "reason": "fuzzing",
+    }
+    action = "barrier" if field == "device" else "events"
+    try:
+        await district.service.handle(district.tokens["operator"], action, params, CLI)
+    except OperatorError as exc:
+        assert exc.status in {400, 403}, exc.message
+
+
+def test_influxql_text_carries_no_filter_values() -> None:
+    """The statement is built from our identifiers only; values travel in the params."""
+    from uplink.query_backends import _influx_where  # noqa: PLC0415
+    from uplink.query_model import Selection  # noqa: PLC0415
+
+    selection = Selection(
+        district_id=DISTRICT_ID,
+        compounds=(C1, C2),
+        start_ns=1,
+        end_ns=2,
+        devices=("36010400011210000001",),
+        plate="赣A12345",
+        person_ref="p1:abc",
+        severity="critical",
+    )
+    where, params = _influx_where(selection)
+    for value in (C1, C2, "36010400011210000001", "赣A12345", "p1:abc", "critical"):
+        assert value not in where
+        assert value in params.values()
