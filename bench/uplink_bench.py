@@ -296,7 +296,7 @@ async def bench_rss(count: int) -> dict[str, object]:
             config = load_config(path)
             log = work / "gateway.log"
             with log.open("ab") as handle:
-                process = subprocess.Popen(  # noqa: ASYNC220 - the gateway under measurement
+                process = subprocess.Popen(
                     [sys.executable, "-m", "gateway", "run", "--config", str(path)],
                     stdout=handle,
                     stderr=handle,
