@@ -14,6 +14,7 @@ import logging
 import sqlite3
 import sys
 import tempfile
+import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Iterable
 from datetime import datetime, timedelta
@@ -24,16 +25,21 @@ from adapters.base import RawMessage
 from device_sims.broker import Mosquitto, free_port
 from device_sims.devices import CST, HttpPost, Outgoing, build_sim
 from device_sims.embedded_broker import EmbeddedBroker
-from device_sims.inventory import DISTRICT_ID, sample_devices, write_sample_config
+from device_sims.inventory import COMPOUND_ID, DISTRICT_ID, compound_name, sample_devices, write_sample_config
 from device_sims.runner import Report, Runner
 from device_sims.scenarios import build
 from gateway.config import GatewayConfig, load_config
+from gateway.events import utc_now
 from gateway.identity import Pseudonymizer
 from gateway.intake import Intake, IntakeItem
 from gateway.logging import configure_logging
 from gateway.runtime import run_gateway
 from uplink.config import DistrictConfig, load_district_config
 from uplink.ingester import run_ingester
+from uplink.operations import OperationsDb
+from uplink.operator_output import Presenter, render_table
+from uplink.operator_service import Caller, open_operator_service
+from uplink.query_model import Role
 
 PHASES = ("normal-day", "morning-rush", "shed-fire", "thrown-object", "resend", "malformed", "offline")
 
@@ -123,10 +129,36 @@ def _district_config(workdir: Path, broker_port: int, store_path: Path) -> Distr
     path.write_text(
         f'district_id = "{DISTRICT_ID}"\n[broker]\nhost = "127.0.0.1"\nport = {broker_port}\n'
         f'[ingest]\nname = "demo-ingester"\ndead_letter_path = "{workdir}/ingest-dead-letters.db"\n'
-        f'[store]\ntype = "sqlite"\npath = "{store_path}"\n',
+        f'[api]\nops_db = "{workdir}/operations.db"\n'
+        f'[store]\ntype = "sqlite"\npath = "{store_path}"\n'
+        f'[[compounds]]\nid = "{COMPOUND_ID}"\nname = "{compound_name(1)}"\n',
         encoding="utf-8",
     )
     return load_district_config(path)
+
+
+async def _operator_view(district: DistrictConfig, since: datetime, as_json: bool) -> dict[str, object]:
+    """What a district operator sees of the demo: devices, events per kind and day, alarms."""
+    async with OperationsDb(district.api.ops_db) as ops:
+        token = await ops.create_token(f"demo-{uuid.uuid4().hex[:8]}", Role.ADMIN, DISTRICT_ID, (), "demo")
+    window = {"start": since.isoformat(), "end": utc_now().isoformat()}
+    caller = Caller("cli", "demo")
+    async with open_operator_service(district) as service:
+        devices = (await service.handle(token, "devices", {}, caller)).result
+        counts = (
+            await service.handle(token, "counts", {**window, "interval": "day", "group_by": ["kind"]}, caller)
+        ).result
+        alarms = (await service.handle(token, "alarms", {**window, "limit": 5}, caller)).result
+        presenter = Presenter(service.zone, service.compound_name)
+        for title, result in (
+            ("devices", devices),
+            ("events per kind and day", counts),
+            ("newest alarms", alarms),
+        ):
+            headers, rows = presenter.table(result)
+            _say(as_json, f"\n{title} (compound-gateway query):\n{render_table(headers, rows)}")
+    online = sum(c.online for c in devices.compounds)
+    return {"devices": len(devices.devices), "devices_online": online, "alarms": len(alarms.alarms)}
 
 
 async def _demo(  # noqa: PLR0915, PLR0917 - one private call site
@@ -218,6 +250,7 @@ async def _demo(  # noqa: PLR0915, PLR0917 - one private call site
         if lost:
             summary["lost_ids"] = sorted(lost)[:10]
     if as_json:
+        summary["operator_view"] = await _operator_view(district, yesterday - timedelta(hours=1), as_json)
         print(json.dumps(summary, ensure_ascii=False))
         return 0 if not lost else 1
     _say(
@@ -244,4 +277,5 @@ async def _demo(  # noqa: PLR0915, PLR0917 - one private call site
             "\nan alarm as stored by the district:\n"
             + json.dumps(json.loads(alarm[0]), indent=2, ensure_ascii=False),
         )
+    await _operator_view(district, yesterday - timedelta(hours=1), as_json)
     return 0 if not lost else 1

@@ -33,3 +33,8 @@ def test_demo_loses_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
         (rows,) = db.execute("SELECT COUNT(*) FROM events").fetchone()
     assert rows == sum(summary["by_kind"].values())
     assert summary["sample_query"]["rows"]
+    # the operator's view of the same store, through the query service
+    view = summary["operator_view"]
+    assert view["devices"] == 8
+    assert 0 < view["devices_online"] <= 8
+    assert view["alarms"] == 5  # the newest five of the thrown-object and shed-fire alarms
