@@ -199,3 +199,45 @@ def test_rendered_tables_are_rectangular(rows: list[tuple[str, str]]) -> None:
         # every second cell starts at the same terminal column, whatever the width of the first
         expected = name + " " * (first_column - display_width(name)) + "  " + value
         assert line == expected.rstrip()
+
+
+def test_api_command_serves_until_sigterm(config_file: Path, tmp_path: Path) -> None:
+    """`compound-gateway api` answers on its port and stops cleanly on SIGTERM (as systemd stops it)."""
+    import signal  # noqa: PLC0415
+    import time  # noqa: PLC0415
+    import urllib.request  # noqa: PLC0415
+
+    from uplink.config import load_district_config  # noqa: PLC0415
+
+    port = load_district_config(config_file).api.port
+    log_path = tmp_path / "api.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "gateway", "api", "--config", str(config_file)], stdout=log, stderr=log
+        )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with urllib.request.urlopen(
+                    f"http://127.0.0.1:{port}/api/v1/openapi.json", timeout=1
+                ) as response:
+                    assert json.load(response)["openapi"].startswith("3.")
+                    break
+            except OSError:
+                assert process.poll() is None, log_path.read_text()
+                assert time.monotonic() < deadline, "the API did not come up"
+                time.sleep(0.1)
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/devices", timeout=5)
+        except urllib.error.HTTPError as refused:
+            refused.close()
+            assert refused.code == 401
+        else:
+            raise AssertionError("an unauthenticated request was answered")
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=15) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
