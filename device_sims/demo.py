@@ -72,6 +72,15 @@ def store_contents(store_path: Path) -> tuple[Counter[str], set[str], int]:
     return Counter(kind for _, kind in rows), {event_id for event_id, _ in rows}, len(rows)
 
 
+def _offline_reports(store_path: Path) -> int:
+    with sqlite3.connect(store_path) as db:
+        (devices,) = db.execute(
+            "SELECT count(DISTINCT device_id) FROM events"
+            " WHERE kind = 'device_status' AND json_extract(body, '$.payload.state') = 'offline'"
+        ).fetchone()
+    return int(devices)
+
+
 def outbox_counters(db_path: Path) -> tuple[int, int, list[tuple[str, str | None, str]]]:
     """(re-sends suppressed as duplicates, dead letters, the first few dead letters) of the outbox."""
     with sqlite3.connect(db_path) as db:
@@ -197,6 +206,7 @@ async def _demo(  # noqa: PLR0915, PLR0917 - one private call site
             await ingester_ready.wait()
             await gateway_ready.wait()
             sims = [build_sim(device) for device in sample_devices()]
+            mqtt_devices = [sim for sim in sims if sim.transport == "mqtt"]
             reports: dict[str, Report] = {}
             acked: list[Outgoing] = []
             yesterday = datetime.now(CST).replace(hour=0, minute=0, second=0, microsecond=0) - timedelta(
@@ -220,7 +230,8 @@ async def _demo(  # noqa: PLR0915, PLR0917 - one private call site
             expected = expected_event_ids(config, acked)
             for _ in range(300):  # the uplink batches for up to 100 ms; give the pipeline time to drain
                 by_kind, stored_ids, rows = store_contents(store_path)
-                if expected <= stored_ids and by_kind.get("device_status", 0) >= 1:
+                # the last phase cuts the MQTT devices' power: wait for every last will too
+                if expected <= stored_ids and _offline_reports(store_path) >= len(mqtt_devices):
                     break
                 await asyncio.sleep(0.1)
             gateway.cancel()

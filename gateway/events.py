@@ -15,7 +15,8 @@ from typing import Annotated, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
-SCHEMA_VERSION: Literal["1.0"] = "1.0"
+SCHEMA_VERSION: Literal["1.1"] = "1.1"
+"""1.1 added the watch-list hit kinds; 1.0 events (without them) are still read."""
 
 GbId = Annotated[str, StringConstraints(pattern=r"^[0-9]{20}$")]
 """A 20-digit GB/T 28181 style identifier (centre code 8, industry 2, type 3, network 1, serial 6)."""
@@ -40,6 +41,8 @@ class EventKind(StrEnum):
     THROWN_OBJECT = "thrown_object"
     EBIKE_SHED = "ebike_shed"
     DEVICE_STATUS = "device_status"
+    WATCHLIST_HIT = "watchlist_hit"
+    VEHICLE_WATCH_HIT = "vehicle_watch_hit"
 
 
 class Severity(StrEnum):
@@ -269,8 +272,53 @@ class DeviceStatusPayload(_Model):
     reason: str | None = None
 
 
+# --- watch-list hits (matched inside the compound) ------------------------------------------------
+
+
+class WatchlistHitPayload(_Model):
+    """A face at a gate matched a subject of a district watch list (重点人员).
+
+    Only hits leave the compound: the subject is the district's own reference, the snapshot (when the
+    compound's policy sends it) is the matched face cropped from the gate picture, never the whole
+    frame and never an embedding.
+    """
+
+    kind: Literal[EventKind.WATCHLIST_HIT] = EventKind.WATCHLIST_HIT
+    list_id: str = Field(pattern=r"^[A-Za-z0-9_\-]{1,64}$")
+    list_version: int = Field(ge=1)
+    person_ref: str = Field(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9:_\-]{0,79}$", description="the district's subject reference"
+    )
+    distance: float = Field(ge=0.0, le=2.0, description="embedding distance (smaller is closer)")
+    threshold: float = Field(gt=0.0, le=2.0)
+    source_event_id: str = Field(min_length=8, max_length=64, description="the face_access event matched")
+    snapshot_jpeg_b64: str | None = Field(
+        default=None,
+        max_length=262_144,
+        description="the matched face, cropped (absent when policy withholds it)",
+    )
+
+
+class VehicleWatchHitPayload(_Model):
+    """A plate at a barrier matched a district plate watch list."""
+
+    kind: Literal[EventKind.VEHICLE_WATCH_HIT] = EventKind.VEHICLE_WATCH_HIT
+    list_id: str = Field(pattern=r"^[A-Za-z0-9_\-]{1,64}$")
+    list_version: int = Field(ge=1)
+    plate: Annotated[str, StringConstraints(pattern=PLATE_PATTERN.pattern)]
+    label: str | None = Field(default=None, max_length=120, description="why the plate is listed")
+    direction: Direction
+    source_event_id: str = Field(min_length=8, max_length=64, description="the vehicle_pass event matched")
+
+
 Payload = Annotated[
-    FaceAccessPayload | VehiclePassPayload | ThrownObjectPayload | EbikeShedPayload | DeviceStatusPayload,
+    FaceAccessPayload
+    | VehiclePassPayload
+    | ThrownObjectPayload
+    | EbikeShedPayload
+    | DeviceStatusPayload
+    | WatchlistHitPayload
+    | VehicleWatchHitPayload,
     Field(discriminator="kind"),
 ]
 
@@ -309,7 +357,7 @@ class Location(_Model):
 class Event(_Model):
     """The canonical event: one envelope, one payload."""
 
-    schema_version: Literal["1.0"] = SCHEMA_VERSION
+    schema_version: Literal["1.0", "1.1"] = SCHEMA_VERSION
     event_id: str = Field(min_length=8, max_length=64)
     kind: EventKind
     district_id: GbId

@@ -3,7 +3,7 @@
 * measurement: the event kind (``face_access``, ``vehicle_pass``, ...).
 * tags (low cardinality only): district_id, compound_id, device_id, severity, dialect, and per kind
   the few enumerations operators filter on (result and direction; direction and list type;
-  shed condition; device state).
+  shed condition; device state; watch list id).
 * fields: ``event_id`` and ``body`` (the canonical event JSON) always; per kind the values queries
   need (person_ref, plate, similarity, confidence, floors, temperatures...). Person references,
   plates and event ids are fields, never tags: they would explode series cardinality.
@@ -29,6 +29,8 @@ from gateway.events import (
     FaceAccessPayload,
     ThrownObjectPayload,
     VehiclePassPayload,
+    VehicleWatchHitPayload,
+    WatchlistHitPayload,
 )
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -115,6 +117,21 @@ def tags_and_fields(event: Event) -> tuple[dict[str, str], dict[str, FieldValue]
     elif isinstance(payload, DeviceStatusPayload):
         tags |= {"state": payload.state.value}
         optional = {"reason": payload.reason}
+    elif isinstance(payload, WatchlistHitPayload):
+        tags |= {"list_id": payload.list_id}
+        optional = {
+            "person_ref": payload.person_ref,
+            "distance": payload.distance,
+            "list_version": payload.list_version,
+            "source_event_id": payload.source_event_id,
+        }
+    elif isinstance(payload, VehicleWatchHitPayload):
+        tags |= {"list_id": payload.list_id, "direction": payload.direction.value}
+        optional = {
+            "plate": payload.plate,
+            "list_version": payload.list_version,
+            "source_event_id": payload.source_event_id,
+        }
     fields |= {k: v for k, v in optional.items() if v is not None}
     return tags, fields
 

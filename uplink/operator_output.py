@@ -22,6 +22,8 @@ from gateway.events import (
     FaceAccessPayload,
     ThrownObjectPayload,
     VehiclePassPayload,
+    VehicleWatchHitPayload,
+    WatchlistHitPayload,
 )
 from uplink.operations import AuditRecord
 from uplink.query_model import (
@@ -113,6 +115,12 @@ def event_summary(event: Event) -> str:
     if isinstance(p, EbikeShedPayload):
         temperature = f" {p.temperature_c:g}°C" if p.temperature_c is not None else ""
         return f"{p.condition.value}{temperature}"
+    if isinstance(p, WatchlistHitPayload):
+        return f"watch list {p.list_id}: {p.person_ref} at distance {p.distance:.2f}"
+    if isinstance(p, VehicleWatchHitPayload):
+        return (
+            f"watch list {p.list_id}: {p.plate} {p.direction.value}{' (' + p.label + ')' if p.label else ''}"
+        )
     return f"{p.state.value}{' (' + p.reason + ')' if p.reason else ''}"
 
 

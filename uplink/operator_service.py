@@ -60,8 +60,8 @@ log = structlog.get_logger(__name__)
 
 R = TypeVar("R", bound=BaseModel)
 ALARM_LOOKBACK = timedelta(days=366)
-PERSON_KINDS = (EventKind.FACE_ACCESS.value,)
-PLATE_KINDS = (EventKind.VEHICLE_PASS.value,)
+PERSON_KINDS = (EventKind.FACE_ACCESS.value, EventKind.WATCHLIST_HIT.value)
+PLATE_KINDS = (EventKind.VEHICLE_PASS.value, EventKind.VEHICLE_WATCH_HIT.value)
 
 
 def _ns(moment: datetime) -> int:
@@ -290,7 +290,9 @@ class OperatorService:
                 )
                 return await self._page_ascending(selection, request.limit, request.after)
             case BarrierRequest():
-                selection = self._selection(principal, request, kinds=PLATE_KINDS, devices=(request.device,))
+                selection = self._selection(
+                    principal, request, kinds=(EventKind.VEHICLE_PASS.value,), devices=(request.device,)
+                )
                 return await self._page_ascending(selection, request.limit, request.after)
             case DevicesRequest():
                 return await self._devices(principal, request)
