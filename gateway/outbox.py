@@ -29,7 +29,7 @@ import structlog
 
 from adapters.base import MediaBlob
 from gateway.errors import OutboxError
-from gateway.events import Event, utc_now
+from gateway.events import Event, FaceAccessPayload, VehiclePassPayload, utc_now
 
 log = structlog.get_logger(__name__)
 
@@ -65,6 +65,17 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     payload      BLOB NOT NULL,
     payload_size INTEGER NOT NULL
 );
+-- Work for the watch-list matcher, queued in the same transaction as its event: a face picture to
+-- analyse or a plate to look up. Survives restarts; the matcher deletes what it has done.
+CREATE TABLE IF NOT EXISTS watch_queue (
+    seq          INTEGER PRIMARY KEY AUTOINCREMENT,
+    event_id     TEXT NOT NULL,
+    kind         TEXT NOT NULL CHECK (kind IN ('face', 'plate')),
+    subject      TEXT NOT NULL,
+    device_id    TEXT NOT NULL,
+    occurred_at  TEXT NOT NULL,
+    direction    TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS counters (
     name  TEXT NOT NULL,
     a     TEXT NOT NULL,
@@ -91,6 +102,7 @@ class EventRow:
     occurred_at: str
     received_at: str
     body: bytes
+    watch: WatchWork | None = None
 
     @classmethod
     def from_event(cls, event: Event) -> EventRow:
@@ -104,7 +116,42 @@ class EventRow:
             occurred_at=event.occurred_at.isoformat(),
             received_at=event.received_at.isoformat(),
             body=event.model_dump_json().encode(),
+            watch=WatchWork.for_event(event),
         )
+
+
+@dataclass(frozen=True, slots=True)
+class WatchWork:
+    """What the watch-list matcher has to look at for one event: a face picture or a plate."""
+
+    kind: Literal["face", "plate"]
+    subject: str  # the picture's path in the media store, or the plate
+    direction: str
+
+    @classmethod
+    def for_event(cls, event: Event) -> WatchWork | None:
+        """Face-gate events with a stored face picture, vehicle passes with a plate; else None."""
+        payload = event.payload
+        if isinstance(payload, FaceAccessPayload):
+            for media in event.media:
+                if media.role in {"face", "scene"} and media.ref.startswith("local:"):
+                    return cls("face", media.ref.removeprefix("local:"), payload.direction.value)
+        elif isinstance(payload, VehiclePassPayload) and payload.plate:
+            return cls("plate", payload.plate, payload.direction.value)
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class WatchItem:
+    """A queued piece of matcher work."""
+
+    seq: int
+    event_id: str
+    kind: Literal["face", "plate"]
+    subject: str
+    device_id: str
+    occurred_at: str
+    direction: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -278,6 +325,19 @@ class Outbox:
             if self._insert(db, event, event.body, size, state="pending"):
                 self._pending_bytes += size
                 stored.append(event.event_id)
+                if event.watch is not None:
+                    db.execute(
+                        "INSERT INTO watch_queue (event_id, kind, subject, device_id, occurred_at, direction)"
+                        " VALUES (?,?,?,?,?,?)",
+                        (
+                            event.event_id,
+                            event.watch.kind,
+                            event.watch.subject,
+                            event.device_id,
+                            event.occurred_at,
+                            event.watch.direction,
+                        ),
+                    )
                 by_kind_device[(event.kind, event.device_id)] += 1
             else:
                 duplicates.append(event.event_id)
@@ -434,6 +494,50 @@ class Outbox:
                 (settled_before.isoformat(),),
             )
             return cursor.rowcount
+
+    # --- watch-list matcher queue ------------------------------------------------------------------
+
+    def watch_items(self, limit: int) -> list[WatchItem]:
+        """The oldest queued matcher work."""
+        rows = self.db.execute(
+            "SELECT seq, event_id, kind, subject, device_id, occurred_at, direction FROM watch_queue"
+            " ORDER BY seq LIMIT ?",
+            (limit,),
+        ).fetchall()
+        return [WatchItem(*row) for row in rows]
+
+    def watch_done(self, seqs: Sequence[int]) -> None:
+        """Forget finished work."""
+        with self._transaction() as db:
+            db.executemany("DELETE FROM watch_queue WHERE seq = ?", [(s,) for s in seqs])
+
+    def watch_shed(self, keep: int) -> int:
+        """Bound the picture backlog: drop the oldest face work beyond ``keep`` (counted as shed)."""
+        with self._transaction() as db:
+            (waiting,) = db.execute("SELECT count(*) FROM watch_queue WHERE kind = 'face'").fetchone()
+            excess = int(waiting) - keep
+            if excess <= 0:
+                return 0
+            db.execute(
+                "DELETE FROM watch_queue WHERE seq IN"
+                " (SELECT seq FROM watch_queue WHERE kind = 'face' ORDER BY seq LIMIT ?)",
+                (excess,),
+            )
+            self._count(db, "pictures_shed", "", "", excess)
+            return excess
+
+    def purge_media(self, older_than: datetime) -> int:
+        """Delete stored pictures older than the retention period (by the time they were written)."""
+        cutoff = older_than.timestamp()
+        removed = 0
+        for path in self.media_dir.glob("*/*"):
+            try:
+                if path.is_file() and path.stat().st_mtime < cutoff:
+                    path.unlink()
+                    removed += 1
+            except FileNotFoundError:
+                continue
+        return removed
 
     # --- reads -------------------------------------------------------------------------------------
 
