@@ -66,6 +66,32 @@ class PrivacyConfig(_Config):
         description="credential file with the pseudonymization key; default: $CREDENTIALS_DIRECTORY/pseudonym-key, "
         "else <state dir>/pseudonym.key (created on first start)",
     )
+    media_retention_days: int = Field(
+        default=30, ge=1, le=3650, description="pictures (gate snapshots, hit crops) are deleted after this"
+    )
+
+
+class FacesConfig(_Config):
+    """Face matching of gate pictures against the district's watch lists, inside the compound."""
+
+    enabled: bool = Field(default=True, description="analyse face-gate pictures while a face list is loaded")
+    workers: int = Field(default=1, ge=1, le=32, description="processes of the face pool")
+    model: Literal["hog", "cnn"] = Field(default="hog", description="dlib detector: hog (CPU) or cnn")
+    upsample: int = Field(
+        default=1, ge=0, le=3, description="detector upsampling (finds smaller faces, slower)"
+    )
+    threshold: float = Field(
+        default=0.6, gt=0.0, le=1.5, description="match distance for lists that do not set their own"
+    )
+    max_backlog: int = Field(
+        default=200,
+        ge=1,
+        description="pictures waiting for analysis; beyond it the oldest are shed (counted)",
+    )
+    send_hit_snapshot: bool = Field(
+        default=True,
+        description="a hit carries the matched face, cropped; false: no picture leaves the compound",
+    )
 
 
 class MqttConfig(_Config):
@@ -137,6 +163,7 @@ class GatewayConfig(_Config):
     compound: CompoundConfig
     state: StateConfig = StateConfig()
     privacy: PrivacyConfig = PrivacyConfig()
+    faces: FacesConfig = FacesConfig()
     mqtt: MqttConfig = MqttConfig()
     http: HttpConfig = HttpConfig()
     backoff: BackoffConfig = BackoffConfig()

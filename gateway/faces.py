@@ -61,7 +61,7 @@ def analyse_bytes(data: bytes, *, model: str = "hog", upsample: int = 1) -> list
     ]
 
 
-def analyse_file(path: Path, *, model: str = "hog", upsample: int = 1) -> list[FoundFace]:
+def analyse_file(path: Path, model: str = "hog", upsample: int = 1) -> list[FoundFace]:
     """``analyse_bytes`` on a file of the media store."""
     return analyse_bytes(path.read_bytes(), model=model, upsample=upsample)
 

@@ -40,6 +40,7 @@ class Health:
         self.started = time.time()
         self.transports: dict[str, TransportState] = {}
         self.sources: list[CounterSource] = []
+        self.writers: list[Callable[[MetricsText], None]] = []
 
     def transport(self, name: str) -> TransportState:
         """The state of a transport (created on first use)."""
@@ -74,6 +75,8 @@ class Health:
         )
         for source in self.sources:
             text.family(source.name, "counter", source.help_text, [({}, source.read())])
+        for writer in self.writers:
+            writer(text)
 
 
 def _labels(labels: Iterable[tuple[str, str]]) -> str:

@@ -18,7 +18,7 @@ from adapters import DIALECTS
 from adapters.base import DeviceContext, Dialect, MediaBlob, RawMessage, Transport
 from gateway.config import DeviceConfig, GatewayConfig
 from gateway.errors import PayloadRejected, Rejection
-from gateway.events import utc_now
+from gateway.events import Event, utc_now
 from gateway.identity import Pseudonymizer
 from gateway.outbox import DeadLetter, EventRow, Operation, StoreEvents
 
@@ -48,12 +48,13 @@ class Outcome:
 class IntakeItem:
     """One raw payload and where it came from, as handed to the parser (possibly another process)."""
 
-    transport: Literal["mqtt", "http_device", "http_platform"]
+    transport: Literal["mqtt", "http_device", "http_platform", "internal"]
     raw: RawMessage
     max_bytes: int
     target: str | None = None  # the device id of /push/<id>, the dialect of /platform/<dialect>
     oversized: bool = False  # refused before reading: the body exceeded max_bytes
     declared_size: int | None = None
+    attachments: tuple[MediaBlob, ...] = ()  # internal events: pictures to keep with them
 
 
 class Intake:
@@ -80,6 +81,8 @@ class Intake:
             return self.oversized("http", device, item.declared_size, item.max_bytes)
         if item.transport == "mqtt":
             return self.from_mqtt(item.raw, item.max_bytes)
+        if item.transport == "internal":
+            return self.from_gateway(item.raw, item.attachments)
         if item.transport == "http_device":
             return self.from_http_device(item.raw, item.target or "", item.max_bytes)
         return self.from_http_platform(item.raw, item.target or "", item.max_bytes)
@@ -110,6 +113,19 @@ class Intake:
                 PayloadRejected("unknown_dialect", f"no dialect publishes under {prefix!r}/"),
             )
         return self._shared(raw, "mqtt", dialect, max_bytes)
+
+    def from_gateway(self, raw: RawMessage, attachments: tuple[MediaBlob, ...]) -> Outcome:
+        """An event the gateway made itself (a watch-list hit): validated like any other."""
+        try:
+            event = Event.model_validate_json(raw.body)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            field = ".".join(str(p) for p in first["loc"])
+            return self._reject(
+                raw, "internal", None, None, PayloadRejected("invalid_event", first["msg"], field=field)
+            )
+        self.accepted[(event.device_id, event.kind.value)] += 1
+        return Outcome(StoreEvents([EventRow.from_event(event)], media=attachments), device=event.device_id)
 
     def from_http_device(self, raw: RawMessage, device_id: str, max_bytes: int) -> Outcome:
         """A push to ``/push/<device id>``."""

@@ -641,3 +641,28 @@ class OutboxReader:
         return await asyncio.get_running_loop().run_in_executor(
             self._executor, self._outbox.requeue_sent, sent_before
         )
+
+    async def watch_items(self, limit: int) -> list[WatchItem]:
+        """The oldest queued matcher work."""
+        return await asyncio.get_running_loop().run_in_executor(
+            self._executor, self._outbox.watch_items, limit
+        )
+
+    async def watch_done(self, seqs: Sequence[int]) -> None:
+        """Forget finished matcher work."""
+        await asyncio.get_running_loop().run_in_executor(self._executor, self._outbox.watch_done, list(seqs))
+
+    async def watch_shed(self, keep: int) -> int:
+        """Bound the picture backlog (oldest pictures first)."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, self._outbox.watch_shed, keep)
+
+    async def purge_media(self, older_than: datetime) -> int:
+        """Delete pictures older than the retention period."""
+        return await asyncio.get_running_loop().run_in_executor(
+            self._executor, self._outbox.purge_media, older_than
+        )
+
+    @property
+    def media_dir(self) -> Path:
+        """Where the pictures are."""
+        return self._outbox.media_dir

@@ -25,6 +25,8 @@ from gateway.mqtt_intake import MqttIntake
 from gateway.outbox import OutboxReader
 from gateway.pipeline import IntakePipeline
 from gateway.systemd import sd_notify
+from gateway.watch_matcher import WatchMatcher
+from gateway.watchlists import WatchListRegistry
 from uplink.config import MqttUplinkConfig
 from uplink.publisher import DirectUplink, MqttUplink
 
@@ -92,6 +94,12 @@ async def run_gateway(config: GatewayConfig, *, ready: asyncio.Event | None = No
             OutboxReader(config.state.dir / "outbox.db", max_bytes=config.state.outbox_max_bytes)
         )
         intake = pipeline.intake
+        registry = WatchListRegistry(
+            config.state.dir / "watchlists", config.compound.district_id, config.faces.threshold
+        )
+        await asyncio.to_thread(registry.load_persisted)
+        matcher = WatchMatcher(config, registry, pipeline, reader)
+        health.writers.append(matcher.write_metrics)
         app = build_app(config, pipeline, health, reader.stats)
         runner = web.AppRunner(app, shutdown_timeout=HTTP_SHUTDOWN_TIMEOUT_S)
         await runner.setup()
@@ -132,7 +140,7 @@ async def run_gateway(config: GatewayConfig, *, ready: asyncio.Event | None = No
                         mqtt_up.set()
                     if config.uplink is not None:
                         uplink = (
-                            MqttUplink(config, config.uplink, reader)
+                            MqttUplink(config, config.uplink, reader, registry)
                             if isinstance(config.uplink, MqttUplinkConfig)
                             else DirectUplink(config.uplink, reader)
                         )
@@ -150,6 +158,12 @@ async def run_gateway(config: GatewayConfig, *, ready: asyncio.Event | None = No
                             supervise("uplink", uplink.run, Backoff(config.backoff), health=health),
                             name="uplink",
                         )
+                    transports.create_task(
+                        supervise(
+                            "watch-matcher", _forever(matcher.run), Backoff(config.backoff), health=health
+                        ),
+                        name="watch-matcher",
+                    )
                     if "WATCHDOG_USEC" in os.environ:
                         transports.create_task(
                             watchdog(pipeline, int(os.environ["WATCHDOG_USEC"])), name="watchdog"
@@ -173,6 +187,16 @@ async def run_gateway(config: GatewayConfig, *, ready: asyncio.Event | None = No
                 await runner.cleanup()  # answer pushes in flight while the batcher still runs
                 batcher.cancel()
     log.info("gateway_stopped")
+
+
+def _forever(run: Callable[[], Awaitable[None]]) -> Callable[[Callable[[], None]], Awaitable[None]]:
+    """A task that needs no connection, in the shape ``supervise`` restarts."""
+
+    async def once(connected: Callable[[], None]) -> None:
+        connected()
+        await run()
+
+    return once
 
 
 async def watchdog(pipeline: IntakePipeline, watchdog_usec: int) -> None:

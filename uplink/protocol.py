@@ -50,6 +50,24 @@ def receipt_topic(prefix: str, district_id: str, compound_id: str) -> str:
     return f"{prefix}/{district_id}/{compound_id}/receipt/stored"
 
 
+def watchlist_topic(prefix: str, district_id: str, list_id: str) -> str:
+    """Where the district retains the current version of a watch list (for every compound)."""
+    return f"{prefix}/{district_id}/watchlist/{list_id}/current"
+
+
+def watchlist_filter(prefix: str, district_id: str) -> str:
+    """What a gateway subscribes to for its district's lists (six levels: never an event topic)."""
+    return f"{prefix}/{district_id}/watchlist/+/current"
+
+
+def watchlist_id(prefix: str, topic: str) -> str | None:
+    """The list id of a watch-list topic, or None for any other topic."""
+    parts = topic.removeprefix(prefix + "/").split("/")
+    if len(parts) == 4 and parts[1] == "watchlist" and parts[3] == "current":
+        return parts[2]
+    return None
+
+
 def encode_receipt(event_ids: Sequence[str]) -> bytes:
     """The district's confirmation that these events are in its store."""
     return json.dumps({"v": PROTOCOL_VERSION, "event_ids": list(event_ids)}, separators=(",", ":")).encode()

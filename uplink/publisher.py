@@ -29,8 +29,17 @@ from gateway.errors import PayloadRejected, TransportError, UplinkError
 from gateway.events import Event, utc_now
 from gateway.mqtt_session import message_body
 from gateway.outbox import OutboxReader, StoredEvent
+from gateway.watchlists import WatchListRegistry, WatchListRejected
 from uplink.config import DirectUplinkConfig, MqttUplinkConfig
-from uplink.protocol import decode_receipt, encode_batch, event_topic, receipt_topic, status_topic
+from uplink.protocol import (
+    decode_receipt,
+    encode_batch,
+    event_topic,
+    receipt_topic,
+    status_topic,
+    watchlist_filter,
+    watchlist_id,
+)
 from uplink.stores import StoreError, build_store
 
 log = structlog.get_logger(__name__)
@@ -203,8 +212,15 @@ def _pacing(config: MqttUplinkConfig | DirectUplinkConfig) -> Pacing:
 class MqttUplink:
     """The gateway's connection to the district broker; ``run`` is one connection."""
 
-    def __init__(self, config: GatewayConfig, uplink: MqttUplinkConfig, reader: OutboxReader) -> None:
+    def __init__(
+        self,
+        config: GatewayConfig,
+        uplink: MqttUplinkConfig,
+        reader: OutboxReader,
+        watchlists: WatchListRegistry | None = None,
+    ) -> None:
         self._config = config
+        self._watchlists = watchlists
         self._uplink = uplink
         self.forwarder = Forwarder(reader, _pacing(uplink))
         self._reader = reader
@@ -253,12 +269,15 @@ class MqttUplink:
             async with client:
                 if up.receipts:
                     await client.subscribe(self._receipt_topic, qos=1)
+                if self._watchlists is not None:
+                    # retained: the current version of every list arrives on each (re)connect
+                    await client.subscribe(watchlist_filter(up.topic_prefix, compound.district_id), qos=1)
                 await client.publish(self._status_topic, self._status("online"), qos=1, retain=True)
                 log.info("uplink_connected", host=broker.host, port=broker.port)
                 on_connected()
                 try:
                     async with asyncio.TaskGroup() as tg:
-                        tg.create_task(self._receipts(client), name="uplink-receipts")
+                        tg.create_task(self._incoming(client), name="uplink-incoming")
                         await self.forwarder.run(send)
                 finally:
                     with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
@@ -271,10 +290,15 @@ class MqttUplink:
                 f"district broker {broker.host}:{broker.port}: {group.exceptions[0]}"
             ) from group
 
-    async def _receipts(self, client: aiomqtt.Client) -> None:
+    async def _incoming(self, client: aiomqtt.Client) -> None:
         # Receipts are acknowledged on arrival (aiomqtt's default): losing one only means the
         # events are sent again after the receipt timeout, and the district store is idempotent.
+        # Watch lists are retained: one lost is delivered again on the next connection.
         async for message in client.messages:
+            list_id = watchlist_id(self._uplink.topic_prefix, message.topic.value)
+            if list_id is not None:
+                await self._apply_watchlist(list_id, message_body(message.payload))
+                continue
             try:
                 ids = decode_receipt(message_body(message.payload))
             except PayloadRejected as exc:
@@ -282,6 +306,14 @@ class MqttUplink:
                 continue
             self.confirmed += await self._reader.delivered(ids)
         raise UplinkError("district broker closed the receipt stream")
+
+    async def _apply_watchlist(self, list_id: str, body: bytes) -> None:
+        if self._watchlists is None:
+            return
+        # logged and counted by the registry when refused; the held version stays in force
+        with contextlib.suppress(WatchListRejected):
+            # file write with fsync and index build: off the event loop
+            await asyncio.to_thread(self._watchlists.apply, body, list_id)
 
 
 class DirectUplink:
