@@ -118,7 +118,14 @@ class HikAcsSim:
         self.serial = 100
 
     def _post(
-        self, at: datetime, sub_event: int, employee: str | None, rng: random.Random, *, picture: bool = True
+        self,
+        at: datetime,
+        sub_event: int,
+        employee: str | None,
+        rng: random.Random,
+        *,
+        picture: bool = True,
+        photo: tuple[bytes, str] | None = None,
     ) -> HttpPost:
         self.serial += 1
         acs: dict[str, object] = {
@@ -157,10 +164,19 @@ class HikAcsSim:
         parts: list[tuple[str, str | None, str, bytes]] = [
             ("event_log", None, "application/json", _json(document))
         ]
-        if picture:
+        if photo is not None:
+            data, content_type = photo
+            parts.append(("Picture", "Picture.jpg", content_type, data))
+        elif picture:
             parts.append(("Picture", "Picture.jpg", "image/jpeg", asset("gate-snapshot.jpg")))
         body, ctype = _multipart(parts)
         return HttpPost(f"/push/{self.device.id}", body, ctype)
+
+    def face_seen(
+        self, at: datetime, rng: random.Random, photo: bytes, content_type: str = "image/jpeg"
+    ) -> Outgoing:
+        """A face at the gate, with the camera's picture of it (a recognition failure: no employee number)."""
+        return self._post(at, 0x50, None, rng, photo=(photo, content_type))
 
     def routine(self, at: datetime, rng: random.Random) -> Outgoing:
         """A resident's face verified (minor 0x4b)."""

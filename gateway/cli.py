@@ -88,6 +88,9 @@ def _parser() -> argparse.ArgumentParser:
     from uplink.operator_cli import add_operator_commands  # noqa: PLC0415 - district side loads on demand
 
     add_operator_commands(sub)
+    from uplink.watchlist_cli import add_watchlist_commands  # noqa: PLC0415
+
+    add_watchlist_commands(sub)
     return parser
 
 
@@ -122,6 +125,10 @@ def main(argv: list[str] | None = None) -> int:
                 from uplink.operator_cli import run_operator_command  # noqa: PLC0415
 
                 return run_operator_command(args)
+            case "watchlist":
+                from uplink.watchlist_cli import run_watchlist_command  # noqa: PLC0415
+
+                return run_watchlist_command(args)
             case "openapi":
                 from uplink.operator_api import openapi_document  # noqa: PLC0415
 
