@@ -220,6 +220,10 @@ class HikAnprSim:
         self.device = device
         self.mac = _mac_for(device.id, "44:a6:42")
 
+    def plate_seen(self, at: datetime, rng: random.Random, plate: str) -> Outgoing:
+        """A given plate at the barrier (an allowed car)."""
+        return self._post(at, plate, "blue", "whiteList", rng)
+
     def _post(self, at: datetime, plate: str, color: str, list_type: str, rng: random.Random) -> HttpPost:
         event_uuid = uuid.UUID(int=rng.getrandbits(128), version=4)
         xml = f"""<?xml version="1.0" encoding="utf-8"?>
