@@ -314,7 +314,9 @@ class UfaceSim(_MqttJsonSim):
     prefix = "uface"
     event_channel = "event"
 
-    def _record(self, at: datetime, result: int, person: str | None, rng: random.Random) -> MqttPublish:
+    def _record(
+        self, at: datetime, result: int, person: str | None, rng: random.Random, photo: bytes | None = None
+    ) -> MqttPublish:
         self.seq += 1
         data: dict[str, object] = {
             "recResult": result,
@@ -322,7 +324,7 @@ class UfaceSim(_MqttJsonSim):
             "mask": rng.choice([0, 1]),
             "direction": rng.choice([1, 2]),
             "verifyMode": "face",
-            "image": base64.b64encode(asset("gate-snapshot.jpg")).decode(),
+            "image": base64.b64encode(photo or asset("gate-snapshot.jpg")).decode(),
         }
         if person is not None:
             data |= {"personId": person, "personName": "李四", "personType": 1}
@@ -342,6 +344,10 @@ class UfaceSim(_MqttJsonSim):
     def alarm(self, at: datetime, rng: random.Random) -> Outgoing:
         """A stranger (result 3)."""
         return self._record(at, 3, None, rng)
+
+    def face_seen(self, at: datetime, rng: random.Random, photo: bytes) -> Outgoing:
+        """A stranger, with the terminal's picture of the face."""
+        return self._record(at, 3, None, rng, photo)
 
 
 class VzLprSim(_MqttJsonSim):

@@ -513,6 +513,9 @@ class Outbox:
 
     def watch_shed(self, keep: int) -> int:
         """Bound the picture backlog: drop the oldest face work beyond ``keep`` (counted as shed)."""
+        (waiting,) = self.db.execute("SELECT count(*) FROM watch_queue WHERE kind = 'face'").fetchone()
+        if int(waiting) <= keep:
+            return 0  # the usual case: no write transaction at all
         with self._transaction() as db:
             (waiting,) = db.execute("SELECT count(*) FROM watch_queue WHERE kind = 'face'").fetchone()
             excess = int(waiting) - keep

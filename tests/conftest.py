@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -127,6 +129,28 @@ async def gateway(tmp_path: Path, mosquitto: Mosquitto) -> AsyncIterator[Running
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+TEST_TIME_LIMIT_S = float(os.environ.get("CGW_TEST_TIME_LIMIT_S", "300"))
+
+
+@pytest.fixture(autouse=True)
+async def stuck_test_report(request: pytest.FixtureRequest) -> AsyncIterator[None]:
+    """A test still running after the limit prints every task's stack and is cancelled (never hangs CI)."""
+    loop = asyncio.get_running_loop()
+
+    def report() -> None:
+        print(f"\n{request.node.nodeid} still running after {TEST_TIME_LIMIT_S:g} s; tasks:", file=sys.stderr)
+        for task in asyncio.all_tasks(loop):
+            task.print_stack(file=sys.stderr)
+        for task in asyncio.all_tasks(loop):  # the test's own task among them: it fails, cancelled
+            task.cancel()
+
+    timer = loop.call_later(TEST_TIME_LIMIT_S, report)
+    try:
+        yield
+    finally:
+        timer.cancel()
 
 
 @pytest.fixture(autouse=True)

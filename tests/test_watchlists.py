@@ -29,7 +29,7 @@ import pytest
 from PIL import Image
 
 from device_sims.broker import Mosquitto
-from device_sims.devices import CST, HikAcsSim, HikAnprSim
+from device_sims.devices import CST, HikAcsSim, HikAnprSim, UfaceSim
 from device_sims.inventory import DISTRICT_ID, sample_devices
 from device_sims.runner import Runner
 from device_sims.scenarios import Step
@@ -46,7 +46,11 @@ from gateway.watchlists import (
     encode_embedding,
 )
 from tests.test_uplink_e2e import district_config, gateway_config, running, wait_until
+from uplink.config import load_district_config
 from uplink.ingester import run_ingester
+from uplink.operations import OperationsDb
+from uplink.operator_service import Caller, open_operator_service
+from uplink.query_model import Role
 from uplink.stores import sqlite_event_ids
 from uplink.watchlist_admin import WatchListDb, publish, published_documents
 
@@ -54,6 +58,7 @@ FACES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "faces"
 A_OTHERS = ("obama2.jpg", "obama3.jpg", "obama-240p.jpg", "obama_partial_face.jpg")
 NOT_A = ("biden.jpg", "biden2.jpg", "astronaut.png")
 GROUP = "obama_and_biden.jpg"
+MQTT_PHOTO = "obama3.jpg"
 WATCHED_PLATE = "赣A12345"
 
 
@@ -131,6 +136,11 @@ async def test_watch_lists_match_inside_the_compound_and_only_hits_leave(
         steps = [
             Step(gate, gate.face_seen(at + timedelta(seconds=i), rng, *photo(n))) for i, n in enumerate(names)
         ]
+        # the MQTT face terminal's pictures (base64 inside its JSON) go through the same matcher
+        terminal = UfaceSim(devices[2])
+        steps.append(
+            Step(terminal, terminal.face_seen(at + timedelta(seconds=30), rng, photo(MQTT_PHOTO)[0]))
+        )
         steps.append(Step(barrier, barrier.plate_seen(at + timedelta(seconds=60), rng, WATCHED_PLATE)))
         steps.append(Step(barrier, barrier.plate_seen(at + timedelta(seconds=61), rng, "赣B54321")))
         runner = Runner(f"http://127.0.0.1:{config.http.port}", "127.0.0.1", mosquitto.port)
@@ -139,21 +149,23 @@ async def test_watch_lists_match_inside_the_compound_and_only_hits_leave(
         assert len(report.acked) == len(steps)
         url = f"http://127.0.0.1:{config.http.port}"
         deadline = time.monotonic() + 120
-        while await metric(url, "cgw_faces_pictures_analysed_total") < len(names):
+        while await metric(url, "cgw_faces_pictures_analysed_total") < len(names) + 1:
             assert time.monotonic() < deadline, "pictures were not analysed in time"
             await asyncio.sleep(0.2)
         assert await metric(url, 'cgw_watchlist_version{kind="face",list_id="key-persons"}') == 1
 
         def hits_stored() -> bool:
             kinds = [e.kind for e in stored_events(store_path)] if store_path.exists() else []
-            return kinds.count(EventKind.WATCHLIST_HIT) >= 5 and EventKind.VEHICLE_WATCH_HIT in kinds
+            return kinds.count(EventKind.WATCHLIST_HIT) >= 6 and EventKind.VEHICLE_WATCH_HIT in kinds
 
         await wait_until(hits_stored, timeout=60)
         await asyncio.sleep(0.5)  # anything late would show up as an extra hit below
 
     events = stored_events(store_path)
     by_picture = {
-        e.media[0].sha256: e.event_id for e in events if e.kind is EventKind.FACE_ACCESS and e.media
+        e.media[0].sha256: e.event_id
+        for e in events
+        if e.kind is EventKind.FACE_ACCESS and e.media and e.source.dialect == "hik-isapi-acs"
     }
     source_of = {
         event_id: name
@@ -161,9 +173,13 @@ async def test_watch_lists_match_inside_the_compound_and_only_hits_leave(
         for sha, event_id in by_picture.items()
         if sha == hashlib.sha256(photo(name)[0]).hexdigest()
     }
+    (mqtt_face,) = [e for e in events if e.kind is EventKind.FACE_ACCESS and e.source.dialect == "uface-mqtt"]
+    source_of[mqtt_face.event_id] = f"mqtt:{MQTT_PHOTO}"
     face_hits = [e for e in events if e.kind is EventKind.WATCHLIST_HIT]
-    # A's other photos and the group photo hit A, once each; B's and C's never
-    assert sorted(source_of[h.payload.source_event_id] for h in face_hits) == sorted([*A_OTHERS, GROUP])  # type: ignore[union-attr]
+    # A's other photos (one of them also through the MQTT terminal) and the group photo hit A,
+    # once each; B's and C's never
+    matched = sorted(source_of[h.payload.source_event_id] for h in face_hits)  # type: ignore[union-attr]
+    assert matched == sorted([*A_OTHERS, GROUP, f"mqtt:{MQTT_PHOTO}"])
     for hit in face_hits:
         payload = hit.payload
         assert payload.kind is EventKind.WATCHLIST_HIT
@@ -176,6 +192,23 @@ async def test_watch_lists_match_inside_the_compound_and_only_hits_leave(
             assert max(image.size) <= 160  # the face, not the frame
     plate_hits = [e for e in events if e.kind is EventKind.VEHICLE_WATCH_HIT]
     assert [(h.payload.plate, h.payload.list_id) for h in plate_hits] == [(WATCHED_PLATE, "stolen-cars")]  # type: ignore[union-attr]
+
+    # the district's operators see the hits among the alarms
+    ops_path = tmp_path / "query-district.toml"
+    ops_path.write_text(
+        f'district_id = "{DISTRICT_ID}"\n[api]\nops_db = "{tmp_path}/query-ops.db"\n'
+        f'[store]\ntype = "sqlite"\npath = "{store_path}"\n',
+        encoding="utf-8",
+    )
+    query_config = load_district_config(ops_path)
+    async with OperationsDb(query_config.api.ops_db) as ops, open_operator_service(query_config) as service:
+        token = await ops.create_token("duty", Role.VIEWER, DISTRICT_ID, (), "test")
+        window = {"start": (at - timedelta(hours=1)).isoformat(), "end": utc_now().isoformat()}
+        alarms = (
+            await service.handle(token, "alarms", {**window, "kinds": ["watchlist_hit"]}, Caller("cli", "t"))
+        ).result
+        assert len(alarms.alarms) == len(face_hits)
+        assert {a.state.value for a in alarms.alarms} == {"new"}
 
     # egress: everything the gateway published (events, status), not what the district sent it
     published = [(t, p) for t, p in egress if "/watchlist/" not in t and "/receipt/" not in t]
@@ -242,6 +275,29 @@ async def test_hits_without_snapshots_persisted_lists_and_retention(
 
         await wait_until(lambda: bool(hit()), timeout=60)
     (only,) = hit()
+    # the installer's check reads the same held lists
+    import subprocess  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+
+    checked = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gateway",
+            "watchlist",
+            "check",
+            "--config",
+            str(tmp_path / "gateway.toml"),
+            str(FACES / "obama2.jpg"),
+            str(FACES / "biden.jpg"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout.splitlines()
+    assert "HIT key-persons/A-0001" in checked[0]
+    assert "no match" in checked[1]
     assert only.payload.snapshot_jpeg_b64 is None  # type: ignore[union-attr]
     assert only.media == ()
     assert only.payload.list_version == 3  # type: ignore[union-attr]
