@@ -44,8 +44,9 @@ from gateway.logging import configure_logging
 from gateway.outbox import Outbox
 from gateway.runtime import run_gateway
 from gateway.watchlists import FaceIndex, WatchList, encode_document, encode_embedding
+from tests.face_fixtures import face_fixtures
 
-FACES = ROOT.parent / "shared" / "fixtures" / "faces"
+FACES = face_fixtures()
 
 
 def frame_1080p() -> bytes:

@@ -45,6 +45,7 @@ from gateway.watchlists import (
     encode_document,
     encode_embedding,
 )
+from tests.face_fixtures import face_fixtures
 from tests.test_uplink_e2e import district_config, gateway_config, running, wait_until
 from uplink.config import load_district_config
 from uplink.ingester import run_ingester
@@ -54,7 +55,7 @@ from uplink.query_model import Role
 from uplink.stores import sqlite_event_ids
 from uplink.watchlist_admin import WatchListDb, publish, published_documents
 
-FACES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "faces"
+FACES = face_fixtures()
 A_OTHERS = ("obama2.jpg", "obama3.jpg", "obama-240p.jpg", "obama_partial_face.jpg")
 NOT_A = ("biden.jpg", "biden2.jpg", "astronaut.png")
 GROUP = "obama_and_biden.jpg"
