@@ -185,10 +185,29 @@ def _ingest(config_path: Path) -> int:
 
 
 def _check_config(path: Path) -> int:
+    """Validate a gateway or a district config (told apart by their top-level tables); never prints secrets."""
+    import tomllib  # noqa: PLC0415
+
+    try:
+        top = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        top = {}  # the real loader below reports exactly what is wrong
+    if "compound" not in top and "district_id" in top:
+        from uplink.config import load_district_config  # noqa: PLC0415
+
+        district = load_district_config(path)
+        broker = district.broker
+        print(
+            f"{path}: ok: district {district.district_id}, store {district.store.type},"
+            f" broker {broker.host}:{broker.port}{' (TLS)' if broker.tls else ''},"
+            f" {len(district.compounds)} registered compounds, operator API on {district.api.host}:{district.api.port}"
+        )
+        return 0
     config = load_config(path)
+    uplink = config.uplink.mode if config.uplink else "none"
     print(
         f"{path}: ok: compound {config.compound.compound_id} ({config.compound.name}), {len(config.devices)} devices, "
-        f"dialects: {', '.join(sorted({d.dialect for d in config.devices}))}"
+        f"dialects: {', '.join(sorted({d.dialect for d in config.devices}))}; uplink: {uplink}"
     )
     return 0
 

@@ -7,6 +7,7 @@ help (a server down, a timeout) or not (a malformed point, a revoked credential,
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import sqlite3
@@ -176,11 +177,13 @@ class InfluxV1Store:
         self._session: aiohttp.ClientSession | None = None
 
     @property
-    def _auth(self) -> aiohttp.BasicAuth | None:
+    def _headers(self) -> dict[str, str]:
         cfg = self._config
         if cfg.username is None:
-            return None
-        return aiohttp.BasicAuth(cfg.username, cfg.password.get_secret_value() if cfg.password else "")
+            return {}
+        password = cfg.password.get_secret_value() if cfg.password else ""
+        token = base64.b64encode(f"{cfg.username}:{password}".encode()).decode()
+        return {"Authorization": f"Basic {token}"}
 
     async def __aenter__(self) -> Self:
         self._session = aiohttp.ClientSession(
@@ -210,7 +213,9 @@ class InfluxV1Store:
         # a stream, not raw bytes: large batches are sent without holding the event loop
         body = io.BytesIO(to_lines(events))
         try:
-            async with self._client().post("/write", params=params, data=body, auth=self._auth) as response:
+            async with self._client().post(
+                "/write", params=params, data=body, headers=self._headers
+            ) as response:
                 if response.status != 204:
                     raise _classify_http(response.status, await response.text(), "influxdb /write")
         except (aiohttp.ClientError, TimeoutError) as exc:
@@ -239,7 +244,11 @@ class InfluxV1Store:
             # POST carries the form in the body: long filters never meet URL length limits
             post = method == "POST"
             async with self._client().request(
-                method, "/query", auth=self._auth, data=form if post else None, params=None if post else form
+                method,
+                "/query",
+                headers=self._headers,
+                data=form if post else None,
+                params=None if post else form,
             ) as response:
                 if response.status != 200:
                     raise _classify_http(response.status, await response.text(), "influxdb /query")

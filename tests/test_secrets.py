@@ -1,0 +1,123 @@
+"""Secrets never show: not in the logs of a full simulator run, not in metrics, not in check-config."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from device_sims.broker import Mosquitto
+from device_sims.influx import InfluxServer
+from tests.test_uplink_e2e import district_config, play, running
+from uplink.ingester import run_ingester
+
+SECRETS = {
+    "mqtt": "mqtt-Pa55-7f3a9c1e",
+    "uplink": "uplink-Pa55-b81d4e2f",
+    "district": "district-Pa55-0c9e5a77",
+    "influx": "influx-Pa55-5d2b8e10",
+    "key": "pseudonym-key-4a1f9b3c8e2d7f6a5b4c3d2e1f0a9b8c",
+}
+
+
+def gateway_toml(tmp_path: Path, device_broker: Mosquitto, district: Mosquitto) -> Path:
+    from tests.conftest import sample_config  # noqa: PLC0415
+
+    key_file = tmp_path / "credentials" / "pseudonym-key"
+    key_file.parent.mkdir()
+    key_file.write_text(SECRETS["key"], encoding="utf-8")
+    path = sample_config(
+        tmp_path,
+        device_broker.port,
+        mqtt=f'username = "gateway"\npassword = "{SECRETS["mqtt"]}"',
+    )
+    with path.open("a", encoding="utf-8") as handle:
+        handle.write(
+            '\n[uplink]\nmode = "mqtt"\nbatch_max_delay_ms = 20\n[uplink.broker]\nhost = "127.0.0.1"\n'
+            f'port = {district.port}\nusername = "compound-1"\npassword = "{SECRETS["uplink"]}"\n'
+            f'\n[privacy]\nkey_file = "{key_file}"\n'
+        )
+    return path
+
+
+async def test_no_secret_in_logs_metrics_or_check_config(
+    tmp_path: Path,
+    mosquitto: Mosquitto,
+    district_broker: Mosquitto,
+    influx: InfluxServer,
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    from gateway.config import load_config  # noqa: PLC0415
+    from gateway.runtime import run_gateway  # noqa: PLC0415
+
+    path = gateway_toml(tmp_path, mosquitto, district_broker)
+    text = path.read_text(encoding="utf-8")
+    if "[privacy]\n" not in text:  # the sample config has no [privacy] table: add it
+        path.write_text(
+            text + f'\n[privacy]\nkey_file = "{tmp_path / "credentials" / "pseudonym-key"}"\n', "utf-8"
+        )
+    config = load_config(path)
+    district = district_config(
+        tmp_path,
+        district_broker,
+        f'type = "influx_v1"\nurl = "{influx.url}"\ndatabase = "secrets"\nusername = "ingest"\n'
+        f'password = "{SECRETS["influx"]}"',
+    )
+    district_path = tmp_path / "district-i1.toml"
+    district_path.write_text(
+        district_path.read_text(encoding="utf-8").replace(
+            "[broker]\n", f'[broker]\nusername = "ingester"\npassword = "{SECRETS["district"]}"\n', 1
+        ),
+        encoding="utf-8",
+    )
+    from uplink.config import load_district_config  # noqa: PLC0415
+
+    district = load_district_config(district_path)
+    async with (
+        running(lambda ready: run_ingester(district, ready=ready), "ingester"),
+        running(lambda ready: run_gateway(config, ready=ready), "gateway"),
+    ):
+        sent = await play(config, mosquitto, seed=21, count=80)
+        assert sent.expected
+        url = f"http://127.0.0.1:{config.http.port}"
+
+        async def fetch(route: str) -> str:
+            async with aiohttp.ClientSession() as session, session.get(url + route) as response:
+                return await response.text()
+
+        pages = [await fetch("/metrics"), await fetch("/healthz"), await fetch("/readyz")]
+    checks = [
+        subprocess.run(
+            [sys.executable, "-m", "gateway", "check-config", str(p)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        for p in (path, district_path)
+    ]
+    broken = tmp_path / "broken.toml"
+    broken.write_text(
+        text.replace(f'password = "{SECRETS["mqtt"]}"', f'password = ["{SECRETS["mqtt"]}"]'), "utf-8"
+    )
+    checks.append(
+        subprocess.run(
+            [sys.executable, "-m", "gateway", "check-config", str(broken)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    )
+    assert [c.returncode for c in checks] == [0, 0, 2]
+    assert "mqtt.password" in checks[2].stderr
+    captured = capfd.readouterr()
+    everything = "\n".join([captured.out, captured.err, *pages, *(c.stdout + c.stderr for c in checks)])
+    assert "ingester_connected" in everything or "gateway_started" in everything  # the logs were captured
+    for name, secret in SECRETS.items():
+        assert secret not in everything, f"the {name} secret leaked"
+    assert repr(config.mqtt.password) == "SecretStr('**********')"
+    assert config.privacy.key_file is not None
