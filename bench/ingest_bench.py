@@ -209,6 +209,20 @@ def machine() -> str:
     return f"{os.cpu_count()} cores, {model}, {psutil.virtual_memory().total / 2**30:.0f} GiB, Python {platform.python_version()}, {platform.platform()}"
 
 
+def replace_section(lines: list[str]) -> None:
+    """Put a benchmark's section into docs/benchmarks.md.
+
+    The first line is the ``## `` heading; a section with the same heading is replaced.
+    """
+    target = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
+    existing = target.read_text(encoding="utf-8")
+    start = existing.find(lines[0])
+    if start >= 0:
+        end = existing.find("\n## ", start + 3)
+        existing = existing[:start] + (existing[end + 1 :] if end >= 0 else "")
+    target.write_text(existing.rstrip("\n") + "\n\n" + "\n".join(lines), encoding="utf-8")
+
+
 def report(rounds: list[tuple[Result, Result]], count: int) -> str:
     ratios = sorted(g.rate / b.rate for b, g in rounds)
     ratio = ratios[len(ratios) // 2]

@@ -37,7 +37,7 @@ import aiomqtt
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.ingest_bench import machine
+from bench.ingest_bench import machine, replace_section
 from device_sims.broker import Mosquitto, free_port
 from device_sims.influx import InfluxServer
 from device_sims.inventory import DISTRICT_ID
@@ -519,13 +519,7 @@ def main() -> int:
     ]
     print("\n".join(lines))
     if not args.no_write:
-        target = ROOT / "docs" / "benchmarks.md"
-        existing = target.read_text(encoding="utf-8")
-        start = existing.find("## Operator queries on a month")
-        if start >= 0:
-            end = existing.find("\n## ", start + 3)
-            existing = existing[:start] + (existing[end + 1 :] if end >= 0 else "")
-        target.write_text(existing.rstrip("\n") + "\n\n" + "\n".join(lines), encoding="utf-8")
+        replace_section(lines)
     return 0
 
 

@@ -33,7 +33,7 @@ import psutil
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.ingest_bench import machine
+from bench.ingest_bench import machine, replace_section
 from device_sims.broker import Mosquitto, free_port
 from device_sims.devices import build_sim
 from device_sims.influx import InfluxServer
@@ -410,13 +410,7 @@ def main() -> int:
     if args.only:
         print("(partial run: docs/benchmarks.md is only rewritten by a full run)")
     elif not args.no_write:
-        target = ROOT / "docs" / "benchmarks.md"
-        existing = target.read_text(encoding="utf-8")
-        start = existing.find("## Uplink and district (issue 3)")
-        if start >= 0:
-            end = existing.find("\n## ", start + 3)
-            existing = existing[:start] + (existing[end + 1 :] if end >= 0 else "")
-        target.write_text(existing.rstrip("\n") + "\n\n" + "\n".join(lines), encoding="utf-8")
+        replace_section(lines)
     return 0
 
 

@@ -13,9 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import sqlite3
-import tempfile
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -28,6 +26,7 @@ from typing import Literal, Self
 import structlog
 
 from adapters.base import MediaBlob
+from gateway.durable_files import write_atomically
 from gateway.errors import OutboxError
 from gateway.events import Event, FaceAccessPayload, VehiclePassPayload, utc_now
 
@@ -431,22 +430,7 @@ class Outbox:
         target = self.media_dir / blob.relative_path
         if target.exists():
             return  # content-addressed: same bytes, same file
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".tmp-")
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(blob.data)
-                handle.flush()
-                os.fsync(handle.fileno())
-            Path(tmp).replace(target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        dir_fd = os.open(target.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        write_atomically(target, blob.data)
 
     def mark_sent(self, event_ids: Sequence[str]) -> int:
         """The district broker took these; they stay (with their bodies) until the district's receipt."""

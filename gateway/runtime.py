@@ -17,6 +17,7 @@ import structlog
 from aiohttp import web
 
 from gateway.backoff import Backoff
+from gateway.cancellation import raise_if_cancelling
 from gateway.config import GatewayConfig, load_pseudonym_key
 from gateway.errors import OutboxError, TransportError
 from gateway.health import Health
@@ -60,6 +61,7 @@ async def supervise(
 
     with structlog.contextvars.bound_contextvars(transport=name):
         while True:
+            raise_if_cancelling()
             try:
                 await run_once(connected)
                 reason = "connection ended"

@@ -33,6 +33,7 @@ from datetime import datetime, timedelta
 import structlog
 
 from adapters.base import MediaBlob, RawMessage
+from gateway.cancellation import raise_if_cancelling
 from gateway.config import GatewayConfig
 from gateway.events import (
     Direction,
@@ -108,6 +109,7 @@ class WatchMatcher:
         loop = asyncio.get_running_loop()
         try:
             while True:
+                raise_if_cancelling()
                 if loop.time() >= next_purge:
                     await self._purge_media()
                     next_purge = loop.time() + RETENTION_EVERY_S

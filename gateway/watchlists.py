@@ -16,8 +16,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -26,6 +24,7 @@ import numpy as np
 import structlog
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
+from gateway.durable_files import write_atomically
 from gateway.errors import GatewayError
 from gateway.events import PLATE_PATTERN, GbId
 from gateway.faces import EMBEDDING_SIZE
@@ -226,25 +225,6 @@ def build_index(lists: dict[str, WatchList], default_threshold: float) -> Loaded
     return LoadedLists(faces, {k: tuple(v) for k, v in plates.items()}, versions)
 
 
-def _write_atomically(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        Path(tmp).replace(path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
 class WatchListRegistry:
     """The gateway's lists: persisted in a directory, applied atomically, matched from memory."""
 
@@ -294,7 +274,7 @@ class WatchListRegistry:
         held = self._lists.get(list_id)
         if held is not None and watch_list.version == held.version:
             return "unchanged"
-        _write_atomically(self.directory / f"{list_id}.json", body)
+        write_atomically(self.directory / f"{list_id}.json", body)
         lists = {**self._lists, list_id: watch_list}
         loaded = build_index(lists, self._threshold)
         self._lists, self.loaded = lists, loaded

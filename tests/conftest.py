@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import os
 import sys
+import tempfile
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -140,9 +141,15 @@ async def stuck_test_report(request: pytest.FixtureRequest) -> AsyncIterator[Non
     loop = asyncio.get_running_loop()
 
     def report() -> None:
-        print(f"\n{request.node.nodeid} still running after {TEST_TIME_LIMIT_S:g} s; tasks:", file=sys.stderr)
-        for task in asyncio.all_tasks(loop):
-            task.print_stack(file=sys.stderr)
+        # a file as well as stderr: a test's own output capture must not swallow the report
+        report_path = Path(tempfile.gettempdir()) / "cgw-stuck-tests.log"
+        with report_path.open("a", encoding="utf-8") as saved:
+            for out in (saved, sys.stderr):
+                print(
+                    f"\n{request.node.nodeid} still running after {TEST_TIME_LIMIT_S:g} s; tasks:", file=out
+                )
+                for task in asyncio.all_tasks(loop):
+                    task.print_stack(file=out)
         for task in asyncio.all_tasks(loop):  # the test's own task among them: it fails, cancelled
             task.cancel()
 

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import io
+import logging
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
@@ -11,6 +14,7 @@ import pytest
 
 from device_sims.broker import Mosquitto
 from device_sims.influx import InfluxServer
+from gateway.logging import configure_logging
 from tests.test_uplink_e2e import district_config, play, running
 from uplink.ingester import run_ingester
 
@@ -43,12 +47,28 @@ def gateway_toml(tmp_path: Path, device_broker: Mosquitto, district: Mosquitto) 
     return path
 
 
+@pytest.fixture
+def log_lines(monkeypatch: pytest.MonkeyPatch) -> Iterator[io.StringIO]:
+    """Everything the gateway and the ingester log (JSON, INFO and up), as production renders it."""
+    buffer = io.StringIO()
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    monkeypatch.setattr(sys, "stderr", buffer)
+    configure_logging("json", level=logging.DEBUG)
+    monkeypatch.undo()
+    try:
+        yield buffer
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+
+
 async def test_no_secret_in_logs_metrics_or_check_config(
     tmp_path: Path,
     mosquitto: Mosquitto,
     district_broker: Mosquitto,
     influx: InfluxServer,
-    capfd: pytest.CaptureFixture[str],
+    log_lines: io.StringIO,
 ) -> None:
     from gateway.config import load_config  # noqa: PLC0415
     from gateway.runtime import run_gateway  # noqa: PLC0415
@@ -114,9 +134,10 @@ async def test_no_secret_in_logs_metrics_or_check_config(
     )
     assert [c.returncode for c in checks] == [0, 0, 2]
     assert "mqtt.password" in checks[2].stderr
-    captured = capfd.readouterr()
-    everything = "\n".join([captured.out, captured.err, *pages, *(c.stdout + c.stderr for c in checks)])
-    assert "ingester_connected" in everything or "gateway_started" in everything  # the logs were captured
+    logs = log_lines.getvalue()
+    assert "ingester_connected" in logs
+    assert "gateway_started" in logs  # the logs were captured
+    everything = "\n".join([logs, *pages, *(c.stdout + c.stderr for c in checks)])
     for name, secret in SECRETS.items():
         assert secret not in everything, f"the {name} secret leaked"
     assert repr(config.mqtt.password) == "SecretStr('**********')"

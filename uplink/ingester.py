@@ -28,6 +28,7 @@ import aiomqtt
 import structlog
 
 from gateway.backoff import Backoff
+from gateway.cancellation import raise_if_cancelling
 from gateway.config import BackoffConfig
 from gateway.errors import PayloadRejected, TransportError
 from gateway.events import Event, utc_now
@@ -188,6 +189,7 @@ class Ingester:
         self, client: aiomqtt.Client, paho: ManualAck, rounds: asyncio.Queue[Round]
     ) -> None:
         while True:
+            raise_if_cancelling()
             decoded = await rounds.get()
             stored = await self._ingest(decoded)
             if self._config.ingest.receipts:
@@ -267,6 +269,7 @@ class Ingester:
             try:
                 await self._store.write(events)
             except StoreError as exc:
+                raise_if_cancelling()
                 if not exc.retryable and exc.status in {400, 413, 422}:
                     return await self._bisect(events, exc)
                 if not failing:

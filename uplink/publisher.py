@@ -24,6 +24,7 @@ import structlog
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from gateway.cancellation import raise_if_cancelling
 from gateway.config import GatewayConfig
 from gateway.errors import PayloadRejected, TransportError, UplinkError
 from gateway.events import Event, utc_now
@@ -109,6 +110,7 @@ class Forwarder:
         window = pacing.batch_max_events * pacing.inflight_batches
         next_requeue = time.monotonic()
         while True:
+            raise_if_cancelling()
             if pacing.receipt_timeout is not None and time.monotonic() >= next_requeue:
                 requeued = await self._reader.requeue(utc_now() - pacing.receipt_timeout)
                 if requeued:
