@@ -73,7 +73,8 @@ def district_toml(
 
 
 @contextlib.asynccontextmanager
-async def _running(start: Callable[..., Coroutine[Any, Any, None]], name: str) -> AsyncIterator[None]:
+async def running(start: Callable[..., Coroutine[Any, Any, None]], name: str) -> AsyncIterator[None]:
+    """Run a daemon coroutine (``start(ready=...)``) for the block, once it says it is ready."""
     ready = asyncio.Event()
     task = asyncio.create_task(start(ready=ready), name=name)
     try:
@@ -154,9 +155,9 @@ async def produce(workdir: Path, influx: InfluxServer) -> DistrictData:
         expected: set[str] = set()
         async with contextlib.AsyncExitStack() as stack:
             for district_config in districts:
-                await stack.enter_async_context(_running(partial(run_ingester, district_config), "ingester"))
+                await stack.enter_async_context(running(partial(run_ingester, district_config), "ingester"))
             for config in configs:
-                await stack.enter_async_context(_running(partial(run_gateway, config), "gateway"))
+                await stack.enter_async_context(running(partial(run_gateway, config), "gateway"))
             for index, (config, broker) in enumerate(zip(configs, device_brokers, strict=True), start=1):
                 sims = [build_sim(d) for d in sample_devices(index)]
                 runner = Runner(f"http://127.0.0.1:{config.http.port}", "127.0.0.1", broker.port)

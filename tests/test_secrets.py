@@ -15,7 +15,8 @@ import pytest
 from device_sims.broker import Mosquitto
 from device_sims.influx import InfluxServer
 from gateway.logging import configure_logging
-from tests.test_uplink_e2e import district_config, play, running
+from tests.district_data import running
+from tests.test_uplink_e2e import district_config, play
 from uplink.ingester import run_ingester
 
 SECRETS = {

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import random
 import sqlite3
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +23,7 @@ from gateway.config import GatewayConfig, load_config
 from gateway.outbox import Outbox
 from gateway.runtime import run_gateway
 from tests.conftest import sample_config
+from tests.district_data import running
 from uplink.config import DistrictConfig, InfluxV1StoreConfig, load_district_config
 from uplink.ingester import run_ingester
 from uplink.stores import InfluxV1Store
@@ -51,20 +50,6 @@ def district_config(tmp_path: Path, district: Mosquitto, store: str, name: str =
         encoding="utf-8",
     )
     return load_district_config(path)
-
-
-@contextlib.asynccontextmanager
-async def running(coro_factory: object, name: str) -> AsyncIterator[None]:
-    ready = asyncio.Event()
-    task = asyncio.create_task(coro_factory(ready=ready), name=name)  # type: ignore[operator]
-    try:
-        async with asyncio.timeout(30):
-            await ready.wait()
-        yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
 
 @dataclass

@@ -45,8 +45,9 @@ from gateway.watchlists import (
     encode_document,
     encode_embedding,
 )
+from tests.district_data import running
 from tests.face_fixtures import face_fixtures
-from tests.test_uplink_e2e import district_config, gateway_config, running, wait_until
+from tests.test_uplink_e2e import district_config, gateway_config, wait_until
 from uplink.config import load_district_config
 from uplink.ingester import run_ingester
 from uplink.operations import OperationsDb
