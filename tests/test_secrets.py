@@ -2,22 +2,16 @@
 
 from __future__ import annotations
 
-import io
-import logging
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
-import pytest
 
 from device_sims.broker import Mosquitto
 from device_sims.influx import InfluxServer
-from gateway.logging import configure_logging
-from tests.district_data import running
+from tests.processes import GatewayProcess, IngesterProcess
 from tests.test_uplink_e2e import district_config, play
-from uplink.ingester import run_ingester
 
 SECRETS = {
     "mqtt": "mqtt-Pa55-7f3a9c1e",
@@ -48,31 +42,14 @@ def gateway_toml(tmp_path: Path, device_broker: Mosquitto, district: Mosquitto) 
     return path
 
 
-@pytest.fixture
-def log_lines(monkeypatch: pytest.MonkeyPatch) -> Iterator[io.StringIO]:
-    """Everything the gateway and the ingester log (JSON, INFO and up), as production renders it."""
-    buffer = io.StringIO()
-    root = logging.getLogger()
-    handlers, level = list(root.handlers), root.level
-    monkeypatch.setattr(sys, "stderr", buffer)
-    configure_logging("json", level=logging.DEBUG)
-    monkeypatch.undo()
-    try:
-        yield buffer
-    finally:
-        root.handlers[:] = handlers
-        root.setLevel(level)
-
-
 async def test_no_secret_in_logs_metrics_or_check_config(
     tmp_path: Path,
     mosquitto: Mosquitto,
     district_broker: Mosquitto,
     influx: InfluxServer,
-    log_lines: io.StringIO,
 ) -> None:
+    """A simulator run through the gateway and the ingester as daemons (production logging to files)."""
     from gateway.config import load_config  # noqa: PLC0415
-    from gateway.runtime import run_gateway  # noqa: PLC0415
 
     path = gateway_toml(tmp_path, mosquitto, district_broker)
     text = path.read_text(encoding="utf-8")
@@ -81,7 +58,7 @@ async def test_no_secret_in_logs_metrics_or_check_config(
             text + f'\n[privacy]\nkey_file = "{tmp_path / "credentials" / "pseudonym-key"}"\n', "utf-8"
         )
     config = load_config(path)
-    district = district_config(
+    district_config(
         tmp_path,
         district_broker,
         f'type = "influx_v1"\nurl = "{influx.url}"\ndatabase = "secrets"\nusername = "ingest"\n'
@@ -96,20 +73,26 @@ async def test_no_secret_in_logs_metrics_or_check_config(
     )
     from uplink.config import load_district_config  # noqa: PLC0415
 
-    district = load_district_config(district_path)
-    async with (
-        running(lambda ready: run_ingester(district, ready=ready), "ingester"),
-        running(lambda ready: run_gateway(config, ready=ready), "gateway"),
-    ):
-        sent = await play(config, mosquitto, seed=21, count=80)
-        assert sent.expected
-        url = f"http://127.0.0.1:{config.http.port}"
+    assert load_district_config(district_path).broker.password is not None
+    ingester = IngesterProcess(district_path, tmp_path / "ingester.log")
+    gateway = GatewayProcess(path, tmp_path / "gateway.log")
+    await ingester.start()
+    try:
+        await gateway.start_gateway(config)
+        try:
+            sent = await play(config, mosquitto, seed=21, count=80)
+            assert sent.expected
+            url = f"http://127.0.0.1:{config.http.port}"
 
-        async def fetch(route: str) -> str:
-            async with aiohttp.ClientSession() as session, session.get(url + route) as response:
-                return await response.text()
+            async def fetch(route: str) -> str:
+                async with aiohttp.ClientSession() as session, session.get(url + route) as response:
+                    return await response.text()
 
-        pages = [await fetch("/metrics"), await fetch("/healthz"), await fetch("/readyz")]
+            pages = [await fetch("/metrics"), await fetch("/healthz"), await fetch("/readyz")]
+        finally:
+            gateway.stop()
+    finally:
+        ingester.stop()
     checks = [
         subprocess.run(
             [sys.executable, "-m", "gateway", "check-config", str(p)],
@@ -135,9 +118,10 @@ async def test_no_secret_in_logs_metrics_or_check_config(
     )
     assert [c.returncode for c in checks] == [0, 0, 2]
     assert "mqtt.password" in checks[2].stderr
-    logs = log_lines.getvalue()
+    logs = gateway.log_path.read_text(encoding="utf-8") + ingester.log_path.read_text(encoding="utf-8")
     assert "ingester_connected" in logs
     assert "gateway_started" in logs  # the logs were captured
+    assert "uplink_connected" in logs
     everything = "\n".join([logs, *pages, *(c.stdout + c.stderr for c in checks)])
     for name, secret in SECRETS.items():
         assert secret not in everything, f"the {name} secret leaked"
