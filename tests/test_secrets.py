@@ -53,10 +53,6 @@ async def test_no_secret_in_logs_metrics_or_check_config(
 
     path = gateway_toml(tmp_path, mosquitto, district_broker)
     text = path.read_text(encoding="utf-8")
-    if "[privacy]\n" not in text:  # the sample config has no [privacy] table: add it
-        path.write_text(
-            text + f'\n[privacy]\nkey_file = "{tmp_path / "credentials" / "pseudonym-key"}"\n', "utf-8"
-        )
     config = load_config(path)
     district_config(
         tmp_path,
