@@ -1,0 +1,150 @@
+"""The district broker as deployed (deploy/mosquitto): TLS, a certificate per compound, per-compound ACLs.
+
+A real Mosquitto runs the shipped configuration and ACL file with certificates from
+deploy/make-test-ca.sh.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import socket
+import ssl
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiomqtt
+import pytest
+
+from device_sims.broker import free_port, mosquitto_binary, stop_process
+from device_sims.inventory import DISTRICT_ID
+
+ROOT = Path(__file__).resolve().parents[1]
+C1, C2 = "36010400012160000101", "36010400012160000102"
+EXPIRED = "36010400012160000199"
+
+
+@dataclass
+class District:
+    port: int
+    certs: Path
+
+    def tls(self, name: str, ca: Path | None = None) -> ssl.SSLContext:
+        context = ssl.create_default_context(cafile=str(ca or self.certs / "ca.pem"))
+        context.load_cert_chain(str(self.certs / f"{name}.pem"), str(self.certs / f"{name}.key"))
+        return context
+
+    def client(self, name: str, **kwargs: object) -> aiomqtt.Client:
+        return aiomqtt.Client(
+            "127.0.0.1",
+            self.port,
+            identifier=f"t-{name}-{time.monotonic_ns()}",
+            tls_context=self.tls(name),
+            protocol=aiomqtt.ProtocolVersion.V5,
+            timeout=5,
+            **kwargs,  # type: ignore[arg-type]
+        )
+
+
+def make_certs(out: Path, *names: str, days: int | None = None) -> None:
+    env = {**os.environ, **({"DAYS": str(days)} if days is not None else {})}
+    subprocess.run(
+        [str(ROOT / "deploy" / "make-test-ca.sh"), str(out), *names], check=True, env=env, capture_output=True
+    )
+
+
+@pytest.fixture
+def district(tmp_path: Path) -> Iterator[District]:
+    # mosquitto reads the certificates after dropping to its own user: a directory it can enter
+    certs = Path(tempfile.mkdtemp(prefix="cgw-tls-"))
+    certs.chmod(0o755)
+    make_certs(certs, C1, C2)
+    make_certs(certs, EXPIRED, days=-1)
+    for key in certs.glob("*.key"):
+        key.chmod(0o644)  # mosquitto drops to its own user and must read the broker key
+    port = free_port()
+    shipped = (ROOT / "deploy" / "mosquitto" / "district.conf").read_text(encoding="utf-8")
+    config = (
+        shipped.replace("/etc/mosquitto/district/", f"{certs}/")
+        .replace("listener 8883", f"listener {port} 127.0.0.1")
+        .replace("persistence true", "persistence false")
+        .replace("persistence_location /var/lib/mosquitto/", "")
+    )
+    (certs / "acl").write_text(
+        (ROOT / "deploy" / "mosquitto" / "acl").read_text(encoding="utf-8"), encoding="utf-8"
+    )
+    (tmp_path / "district.conf").write_text(config, encoding="utf-8")
+    process = subprocess.Popen(
+        [mosquitto_binary(), "-c", str(tmp_path / "district.conf")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            assert process.poll() is None, "mosquitto refused the shipped configuration"
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                break
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        yield District(port, certs)
+    finally:
+        stop_process(process)
+        shutil.rmtree(certs, ignore_errors=True)
+
+
+async def received(client: aiomqtt.Client, seconds: float) -> list[tuple[str, bytes]]:
+    got: list[tuple[str, bytes]] = []
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(seconds):
+            async for message in client.messages:
+                got.append((message.topic.value, bytes(message.payload)))
+    return got
+
+
+async def test_a_compound_writes_only_its_own_topics_and_reads_no_events(district: District) -> None:
+    own = f"cgw/v1/{DISTRICT_ID}/{C1}/face_access"
+    other = f"cgw/v1/{DISTRICT_ID}/{C2}/face_access"
+    async with (
+        district.client("ingester") as ingester,
+        district.client(C1) as compound,
+        district.client(C2) as neighbour,
+    ):
+        await ingester.subscribe("$share/district-ingesters/cgw/v1/+/+/+", qos=1)
+        # Mosquitto grants any subscription and filters every delivery through the ACL
+        await compound.subscribe("cgw/v1/#", qos=1)
+        await compound.publish(own, b"mine", qos=1)
+        await compound.publish(other, b"spoofed", qos=1)  # dropped: C1 may not write as C2
+        await neighbour.publish(other, b"theirs", qos=1)
+        assert sorted(await received(ingester, 1.5)) == sorted([(own, b"mine"), (other, b"theirs")])
+        assert await received(compound, 0.5) == []  # neither its own nor anyone's events come back
+
+
+async def test_expired_and_unknown_certificates_are_refused(district: District, tmp_path: Path) -> None:
+    with pytest.raises(aiomqtt.MqttError):
+        async with district.client(EXPIRED):
+            pass
+    stranger = tmp_path / "stranger"
+    make_certs(stranger, C1)  # the right name, issued by another CA
+    client = aiomqtt.Client(
+        "127.0.0.1",
+        district.port,
+        identifier="t-stranger",
+        tls_context=_stranger_context(stranger, district),
+        timeout=5,
+    )
+    with pytest.raises(aiomqtt.MqttError):
+        async with client:
+            pass
+
+
+def _stranger_context(stranger: Path, district: District) -> ssl.SSLContext:
+    context = ssl.create_default_context(cafile=str(district.certs / "ca.pem"))  # trusts the real broker
+    context.load_cert_chain(str(stranger / f"{C1}.pem"), str(stranger / f"{C1}.key"))
+    return context
