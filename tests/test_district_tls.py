@@ -22,8 +22,13 @@ from pathlib import Path
 import aiomqtt
 import pytest
 
-from device_sims.broker import free_port, mosquitto_binary, stop_process
+from device_sims.broker import Mosquitto, free_port, mosquitto_binary, stop_process
 from device_sims.inventory import DISTRICT_ID
+from gateway.config import load_config
+from gateway.outbox import Outbox
+from tests.conftest import sample_config
+from tests.processes import GatewayProcess
+from tests.test_uplink_e2e import play
 
 ROOT = Path(__file__).resolve().parents[1]
 C1, C2 = "36010400012160000101", "36010400012160000102"
@@ -148,3 +153,39 @@ def _stranger_context(stranger: Path, district: District) -> ssl.SSLContext:
     context = ssl.create_default_context(cafile=str(district.certs / "ca.pem"))  # trusts the real broker
     context.load_cert_chain(str(stranger / f"{C1}.pem"), str(stranger / f"{C1}.key"))
     return context
+
+
+async def test_gateway_reports_a_refused_certificate_and_keeps_buffering(
+    district: District, tmp_path: Path, mosquitto: Mosquitto
+) -> None:
+    """A compound whose certificate expired: the uplink says why it cannot connect; nothing is lost meanwhile."""
+    config_path = sample_config(tmp_path, mosquitto.port)
+    with config_path.open("a", encoding="utf-8") as handle:
+        handle.write(
+            f'\n[uplink]\nmode = "mqtt"\n[uplink.broker]\nhost = "127.0.0.1"\nport = {district.port}\n'
+            f'[uplink.broker.tls]\nca_file = "{district.certs / "ca.pem"}"\n'
+            f'cert_file = "{district.certs / (EXPIRED + ".pem")}"\nkey_file = "{district.certs / (EXPIRED + ".key")}"\n'
+            "\n[backoff]\ninitial_s = 0.2\nmax_s = 1.0\n"
+        )
+    config = load_config(config_path)
+    gateway = GatewayProcess(config_path, tmp_path / "gateway.log")
+    await gateway.start_gateway(config)
+    try:
+        sent = await play(config, mosquitto, seed=31, count=40)
+        deadline = time.monotonic() + 20
+        while True:
+            log = gateway.log_path.read_text(encoding="utf-8")
+            refused = [
+                line for line in log.splitlines() if "transport_connect_failed" in line and "uplink" in line
+            ]
+            with Outbox(config.state.dir / "outbox.db", max_bytes=1 << 30) as box:
+                pending = set(box.event_ids("pending"))
+            if refused and sent.expected <= pending:
+                break
+            assert time.monotonic() < deadline, log[-2000:]
+            await asyncio.sleep(0.2)
+        assert "certificate" in refused[0].lower()  # the reason names the certificate problem
+        assert gateway.process is not None
+        assert gateway.process.poll() is None  # still running, still taking device events
+    finally:
+        gateway.stop()

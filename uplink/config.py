@@ -7,6 +7,7 @@ every error with its file, field and fix.
 from __future__ import annotations
 
 import ssl
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -30,6 +31,26 @@ class TlsConfig(_Config):
     ca_file: Path
     cert_file: Path | None = None
     key_file: Path | None = None
+
+    def certificate_problem(self, now: datetime | None = None) -> str | None:
+        """Why our own client certificate cannot work (expired, not yet valid, unreadable), or None."""
+        if self.cert_file is None:
+            return None
+        from cryptography import x509  # noqa: PLC0415 - only gateways with client certificates need it
+
+        try:
+            certificate = x509.load_pem_x509_certificate(self.cert_file.read_bytes())
+        except (OSError, ValueError) as exc:
+            return f"client certificate {self.cert_file} is unreadable: {exc}"
+        now = now or datetime.now(UTC)
+        if now > certificate.not_valid_after_utc:
+            return (
+                f"client certificate {self.cert_file} expired on {certificate.not_valid_after_utc:%Y-%m-%d %H:%M} UTC;"
+                " the broker refuses it: install a renewed certificate"
+            )
+        if now < certificate.not_valid_before_utc:
+            return f"client certificate {self.cert_file} is not valid before {certificate.not_valid_before_utc:%Y-%m-%d %H:%M} UTC"
+        return None
 
     def context(self) -> ssl.SSLContext:
         """A verifying client context (never falls back to insecure)."""

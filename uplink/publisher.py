@@ -230,6 +230,7 @@ class MqttUplink:
         self._status_topic = status_topic(uplink.topic_prefix, compound.district_id, compound.compound_id)
         self._receipt_topic = receipt_topic(uplink.topic_prefix, compound.district_id, compound.compound_id)
         self.confirmed = 0
+        self._connected_once = False
 
     def _status(self, state: str) -> bytes:
         return json.dumps(
@@ -241,6 +242,9 @@ class MqttUplink:
         up = self._uplink
         broker = up.broker
         compound = self._config.compound
+        problem = broker.tls.certificate_problem() if broker.tls else None
+        if problem is not None:  # say so instead of a handshake the broker silently drops
+            raise TransportError(f"district broker {broker.host}:{broker.port}: {problem}")
         properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         properties.SessionExpiryInterval = broker.session_expiry_s
         client = aiomqtt.Client(
@@ -276,6 +280,7 @@ class MqttUplink:
                     await client.subscribe(watchlist_filter(up.topic_prefix, compound.district_id), qos=1)
                 await client.publish(self._status_topic, self._status("online"), qos=1, retain=True)
                 log.info("uplink_connected", host=broker.host, port=broker.port)
+                self._connected_once = True
                 on_connected()
                 try:
                     async with asyncio.TaskGroup() as tg:
@@ -288,8 +293,14 @@ class MqttUplink:
                                 self._status_topic, self._status("stopped"), qos=1, retain=True
                             )
         except* (aiomqtt.MqttError, UplinkError, TransportError) as group:
+            hint = (
+                " (with TLS: the broker drops a client certificate it does not accept -- check that it is"
+                " issued by the district CA and not revoked)"
+                if broker.tls is not None and broker.tls.cert_file is not None and not self._connected_once
+                else ""
+            )
             raise TransportError(
-                f"district broker {broker.host}:{broker.port}: {group.exceptions[0]}"
+                f"district broker {broker.host}:{broker.port}: {group.exceptions[0]}{hint}"
             ) from group
 
     async def _incoming(self, client: aiomqtt.Client) -> None:
