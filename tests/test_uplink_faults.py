@@ -7,7 +7,9 @@ there exactly once.
 from __future__ import annotations
 
 import asyncio
+import os
 import random
+import signal
 import sqlite3
 import time
 from pathlib import Path
@@ -205,8 +207,19 @@ async def test_gateway_kill9_mid_replay_and_alarms_first(
             return (backlog | alarm_ids) <= held
 
         await wait_until(outbox_has_everything, timeout=120)
-        district_broker.start()
+        # The district returns whole: its broker and its ingester, before the compound reconnects
+        # (a gateway reconnecting in the instant between the two would publish to a broker without
+        # a subscriber, and the receipt timeout, not the alarm priority, would decide the order).
+        assert gateway.process is not None
+        paused = gateway.process.pid
+        os.kill(paused, signal.SIGSTOP)
+        try:
+            district_broker.start()
+        except BaseException:
+            os.kill(paused, signal.SIGCONT)
+            raise
         async with running(lambda ready: run_ingester(district, ready=ready), "ingester"):
+            os.kill(paused, signal.SIGCONT)
             await wait_until(lambda: len(sqlite_ids(store_path)) >= 800, timeout=30)
             gateway.kill()
             await gateway.start_gateway(config)
