@@ -71,3 +71,20 @@ def transaction(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
         db.execute("ROLLBACK")
         raise
     db.execute("COMMIT")
+
+
+class SqliteBacked:
+    """A component whose state is one ``SqliteThread`` file, open for the ``async with`` block."""
+
+    def __init__(self, path: Path, schema: str, name: str) -> None:
+        self.path = path
+        self._file = SqliteThread(path, schema, name)
+
+    async def __aenter__(self) -> Self:
+        await self._file.__aenter__()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self._file.__aexit__(exc_type, exc, tb)

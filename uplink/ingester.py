@@ -21,8 +21,6 @@ from collections.abc import Callable, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
-from typing import Self
 
 import aiomqtt
 import structlog
@@ -33,7 +31,7 @@ from gateway.config import BackoffConfig
 from gateway.errors import PayloadRejected, TransportError
 from gateway.events import Event, utc_now
 from gateway.mqtt_session import ManualAck, message_body, new_throttle, persistent_client, take_batch
-from gateway.sqlite_thread import SqliteThread, transaction
+from gateway.sqlite_thread import SqliteBacked, transaction
 from gateway.systemd import sd_notify
 from uplink.config import DistrictConfig
 from uplink.protocol import STATUS, TopicAddress, decode_batch, encode_receipt, parse_topic, receipt_topic
@@ -78,23 +76,12 @@ CREATE TABLE IF NOT EXISTS compound_status (
 """
 
 
-class IngestState:
+class IngestState(SqliteBacked):
     """The ingester's own SQLite file: dead letters and the compounds' last status."""
 
     def __init__(self, path: Path, keep: int) -> None:
-        self.path = path
+        super().__init__(path, INGEST_STATE_SCHEMA, "ingest-state")
         self._keep = keep
-        self._file = SqliteThread(path, INGEST_STATE_SCHEMA, "ingest-state")
-        self._stack = AsyncExitStack()
-
-    async def __aenter__(self) -> Self:
-        await self._stack.enter_async_context(self._file)
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self._stack.aclose()
 
     async def record(
         self, letters: Sequence[IngestLetter], statuses: Sequence[tuple[str, str, str | None]]

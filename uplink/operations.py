@@ -18,16 +18,14 @@ import json
 import secrets
 import sqlite3
 from collections.abc import Sequence
-from contextlib import AsyncExitStack
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 from gateway.errors import ConflictError, InvalidQueryError
 from gateway.events import utc_now
-from gateway.sqlite_thread import SqliteThread, transaction
+from gateway.sqlite_thread import SqliteBacked, transaction
 from uplink.query_model import ALARM_TRANSITIONS, AlarmAction, AlarmState, Role
 
 TOKEN_PREFIX = "cgw_"
@@ -135,22 +133,11 @@ AUDIT_COLUMNS = (
 )
 
 
-class OperationsDb:
+class OperationsDb(SqliteBacked):
     """Tokens, audit log and alarm history in one SQLite file."""
 
     def __init__(self, path: Path) -> None:
-        self.path = path
-        self._file = SqliteThread(path, OPS_SCHEMA, "operations-db")
-        self._stack = AsyncExitStack()
-
-    async def __aenter__(self) -> Self:
-        await self._stack.enter_async_context(self._file)
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self._stack.aclose()
+        super().__init__(path, OPS_SCHEMA, "operations-db")
 
     # ---- tokens --------------------------------------------------------------------------
 

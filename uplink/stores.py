@@ -12,7 +12,6 @@ import io
 import json
 import sqlite3
 from collections.abc import Callable, Sequence
-from contextlib import AsyncExitStack
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol, Self, TypeVar
@@ -21,7 +20,7 @@ import aiohttp
 
 from gateway.errors import UplinkError
 from gateway.events import Event
-from gateway.sqlite_thread import SqliteThread, transaction
+from gateway.sqlite_thread import SqliteBacked, transaction
 from uplink.config import InfluxV1StoreConfig, InfluxV2StoreConfig, SqliteStoreConfig, StoreConfig
 from uplink.lineprotocol import point_time_ns, to_lines
 
@@ -51,23 +50,16 @@ class EventStore(Protocol):
         ...
 
 
-class SqliteStore:
+class SqliteStore(SqliteBacked):
     """The embedded store (no server needed): one table, unique by event id."""
 
     def __init__(self, config: SqliteStoreConfig) -> None:
-        self.path = config.path
-        self._file = SqliteThread(config.path, SQLITE_SCHEMA, "sqlite-store")
-        self._stack = AsyncExitStack()
+        super().__init__(config.path, SQLITE_SCHEMA, "sqlite-store")
 
     async def __aenter__(self) -> Self:
-        await self._stack.enter_async_context(self._file)
+        await super().__aenter__()
         await self._file.call(migrate_sqlite_store)
         return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self._stack.aclose()
 
     async def call(self, function: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``function(connection)`` in the store's thread (the query layer reads this way)."""
