@@ -33,9 +33,7 @@ from gateway.identity import Pseudonymizer, event_id
 
 EARLIEST_PLAUSIBLE = datetime(2000, 1, 1, tzinfo=UTC)
 LATEST_PLAUSIBLE = datetime(2100, 1, 1, tzinfo=UTC)
-JPEG_MAGIC = b"\xff\xd8\xff"
 _CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f]")
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 class Transport(StrEnum):
@@ -351,27 +349,9 @@ def parse_compact_time(text: str, field_name: str, local_tz: tzinfo) -> datetime
     return plausible_time(value, field_name)
 
 
-def check_picture(data: bytes, declared: str | None, field_name: str, *, max_bytes: int) -> str:
-    """Verify picture bytes are a JPEG or PNG within the size limit; returns the real content type."""
-    if len(data) > max_bytes:
-        raise PayloadRejected("picture_too_large", f"{len(data)} bytes > {max_bytes}", field=field_name)
-    if data.startswith(JPEG_MAGIC):
-        return "image/jpeg"
-    if data.startswith(PNG_MAGIC):
-        return "image/png"
-    raise PayloadRejected(
-        "bad_picture",
-        f"declared {declared or 'a picture'} but the bytes are neither JPEG nor PNG",
-        field=field_name,
-    )
-
-
 def clamp_unit(value: float) -> float:
     """Clamp a normalized coordinate into 0..1 (devices report a pixel or two outside the frame)."""
     return min(1.0, max(0.0, value))
-
-
-MAX_PICTURE_BYTES = 2 * 1024 * 1024
 
 
 def build_event(

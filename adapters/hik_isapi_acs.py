@@ -12,7 +12,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from adapters.base import (
-    MAX_PICTURE_BYTES,
     DeviceContext,
     Fields,
     MediaBlob,
@@ -20,11 +19,11 @@ from adapters.base import (
     RawMessage,
     Transport,
     build_event,
-    check_picture,
     load_json_object,
     parse_iso_time,
 )
 from adapters.multipart import Part, split_multipart
+from adapters.pictures import MAX_PICTURE_BYTES, check_picture
 from gateway.errors import PayloadRejected
 from gateway.events import (
     AccessResult,

@@ -15,17 +15,16 @@ from defusedxml import DefusedXmlException
 from defusedxml.ElementTree import ParseError, fromstring
 
 from adapters.base import (
-    MAX_PICTURE_BYTES,
     DeviceContext,
     MediaBlob,
     ParseResult,
     RawMessage,
     Transport,
     build_event,
-    check_picture,
     parse_iso_time,
 )
 from adapters.multipart import Part, split_multipart
+from adapters.pictures import MAX_PICTURE_BYTES, check_picture
 from adapters.plates import normalize_plate
 from gateway.errors import PayloadRejected
 from gateway.events import (

@@ -12,19 +12,18 @@ import binascii
 from dataclasses import dataclass
 
 from adapters.base import (
-    MAX_PICTURE_BYTES,
     DeviceContext,
     MediaBlob,
     ParseResult,
     RawMessage,
     Transport,
     build_event,
-    check_picture,
     parse_iso_time,
     read_mqtt_json,
     status_event,
     topic_parts,
 )
+from adapters.pictures import MAX_PICTURE_BYTES, check_picture
 from gateway.errors import PayloadRejected
 from gateway.events import (
     AccessResult,

@@ -32,6 +32,7 @@ class Report:
     acked: list[Outgoing] = field(default_factory=list)
     rejected: int = 0
     failed: int = 0
+    rate_limited: int = 0  # 429s answered, each followed by a retry after Retry-After
     http_stored: set[str] = field(default_factory=set)
     http_duplicates: set[str] = field(default_factory=set)
     by_expectation: Counter[str] = field(default_factory=Counter)
@@ -45,6 +46,7 @@ class Report:
             "acked": len(self.acked),
             "rejected": self.rejected,
             "failed": self.failed,
+            "rate_limited": self.rate_limited,
             "http_stored": len(self.http_stored),
             "http_duplicates": len(self.http_duplicates),
             "rejections": dict(self.rejections),
@@ -122,7 +124,9 @@ class Runner:
 
     async def _post(self, session: aiohttp.ClientSession, message: HttpPost) -> None:
         attempts = 50 if self._retry_http else 1
-        for attempt in range(attempts):
+        attempt = 0
+        while attempt < attempts:
+            attempt += 1
             try:
                 async with session.post(
                     self._http_base + message.path,
@@ -136,13 +140,18 @@ class Runner:
                         self.report.http_stored.update(body.get("stored", []))
                         self.report.http_duplicates.update(body.get("duplicates", []))
                         return
+                    if response.status == 429:  # as a device does: wait as told, then send again
+                        self.report.rate_limited += 1
+                        await asyncio.sleep(float(response.headers.get("Retry-After", "1")))
+                        attempt -= 1
+                        continue
                     if 400 <= response.status < 500:
                         self.report.rejected += 1
                         self.report.rejections[str(body.get("error"))] += 1
                         return
             except (aiohttp.ClientError, TimeoutError, ValueError):
                 pass
-            if attempt + 1 < attempts:
+            if attempt < attempts:
                 await asyncio.sleep(0.2)
         self.report.failed += 1
 

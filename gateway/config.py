@@ -117,6 +117,16 @@ class HttpConfig(_Config):
     port: Port = 8480
     max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
     commit_timeout_s: float = Field(default=10.0, gt=0)
+    device_rate_per_s: float = Field(
+        default=20.0, gt=0, description="pushes per second one device may keep up (429 beyond)"
+    )
+    device_burst: int = Field(
+        default=100, ge=1, description="pushes one device may make at once after a lull"
+    )
+    platform_rate_per_s: float = Field(
+        default=500.0, gt=0, description="pushes per second one vendor platform may keep up"
+    )
+    platform_burst: int = Field(default=2000, ge=1, description="pushes a platform may make at once")
 
 
 class BackoffConfig(_Config):

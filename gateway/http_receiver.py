@@ -4,11 +4,17 @@
 /platform/<dialect>`` for vendor platforms that post for many devices. A push is answered only after
 its events (or its dead letter) are committed: 200 with the event ids, 4xx with the specific reason,
 503 when the outbox could not commit in time (the device may retry; re-sends are de-duplicated).
+
+Each device (and each vendor platform) has its own rate limit, checked before the body is read: a
+push beyond it is answered 429 with ``Retry-After`` and counted, and is not kept (keeping a flood
+would fill the disk the limit protects). Pushes naming a device the inventory does not know share
+one bucket per remote address, so made-up ids do not multiply the allowance.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Awaitable, Callable
 from typing import Literal
 
@@ -23,6 +29,7 @@ from gateway.health import Health, MetricsText, write_outbox_metrics
 from gateway.intake import IntakeItem
 from gateway.outbox import OutboxStats
 from gateway.pipeline import IntakePipeline
+from gateway.rate_limits import PeerRateLimiter
 
 log = structlog.get_logger(__name__)
 
@@ -31,6 +38,39 @@ PIPELINE_KEY: web.AppKey[IntakePipeline] = web.AppKey("pipeline", IntakePipeline
 CONFIG_KEY: web.AppKey[GatewayConfig] = web.AppKey("config", GatewayConfig)
 HEALTH_KEY: web.AppKey[Health] = web.AppKey("health", Health)
 STATS_KEY: web.AppKey[Callable[[], Awaitable[OutboxStats]]] = web.AppKey("stats")
+LIMITS_KEY: web.AppKey[PushLimits] = web.AppKey("limits")
+RATE_LIMIT_LOG_FIRST = 3
+RATE_LIMIT_LOG_EVERY = 1000
+
+
+class PushLimits:
+    """Who may push how often: a bucket per device, per platform, and per address for unknown ids."""
+
+    def __init__(self, config: GatewayConfig) -> None:
+        http = config.http
+        self.devices = PeerRateLimiter(http.device_rate_per_s, http.device_burst)
+        self.platforms = PeerRateLimiter(http.platform_rate_per_s, http.platform_burst)
+        self._known_devices = frozenset(device.id for device in config.devices)
+
+    def admit(self, transport: str, target: str, remote: str | None) -> tuple[str, float | None]:
+        """The peer a push counts against, and None or the seconds until it may push again."""
+        if transport == "http_platform":
+            return f"platform:{target}", self.platforms.admit(f"platform:{target}")
+        peer = target if target in self._known_devices else f"unknown@{remote or '?'}"
+        return peer, self.devices.admit(peer)
+
+    def write_metrics(self, text: MetricsText) -> None:
+        """Refused pushes per peer (devices and platforms in one family)."""
+        text.family(
+            "cgw_http_rate_limited_total",
+            "counter",
+            "pushes refused with 429 because the peer exceeded its rate",
+            [
+                ({"peer": peer}, n)
+                for limiter in (self.devices, self.platforms)
+                for peer, n in sorted(limiter.refused.items())
+            ],
+        )
 
 
 def build_app(
@@ -45,6 +85,8 @@ def build_app(
     app[CONFIG_KEY] = config
     app[HEALTH_KEY] = health
     app[STATS_KEY] = stats
+    app[LIMITS_KEY] = limits = PushLimits(config)
+    health.writers.append(limits.write_metrics)
     app.router.add_post("/push/{device_id}", _push)
     app.router.add_post("/platform/{dialect}", _platform)
     app.router.add_get("/healthz", _healthz)
@@ -73,6 +115,9 @@ async def _receive(
 ) -> web.Response:
     pipeline = request.app[PIPELINE_KEY]
     http = request.app[CONFIG_KEY].http
+    peer, retry_after = request.app[LIMITS_KEY].admit(transport, target, request.remote)
+    if retry_after is not None:
+        return _rate_limited(request.app[LIMITS_KEY], transport, peer, retry_after)
     body = await _read(request)
     if body is None:
         item = IntakeItem(
@@ -105,6 +150,22 @@ async def _receive(
         )
     return web.json_response(
         {"stored": list(result.stored), "duplicates": list(result.duplicates), "shed": list(result.shed)}
+    )
+
+
+def _rate_limited(limits: PushLimits, transport: str, peer: str, retry_after: float) -> web.Response:
+    limiter = limits.platforms if transport == "http_platform" else limits.devices
+    count = limiter.refused[peer]
+    if count <= RATE_LIMIT_LOG_FIRST or count % RATE_LIMIT_LOG_EVERY == 0:
+        log.warning("push_rate_limited", peer=peer, rate_per_s=limiter.rate, burst=limiter.burst, count=count)
+    return web.json_response(
+        {
+            "error": "rate_limited",
+            "device": peer,
+            "detail": f"more than {limiter.rate:g} pushes/s (burst {limiter.burst}); retry later",
+        },
+        status=429,
+        headers={"Retry-After": str(max(1, math.ceil(retry_after)))},
     )
 
 

@@ -191,3 +191,75 @@ async def test_sim_command_against_running_gateway(gateway: RunningGateway) -> N
         return int(rows[0]) >= 60
 
     await gateway.wait_for(arrived)
+
+
+async def test_http_rate_limit_per_device(tmp_path: Path, mosquitto: Mosquitto) -> None:
+    """A flooding device gets 429s with Retry-After; other devices are unaffected; made-up ids share a bucket."""
+    config_path = sample_config(tmp_path, mosquitto.port)
+    text = config_path.read_text(encoding="utf-8")
+    text = text.replace("device_rate_per_s = 100000.0", "device_rate_per_s = 1.0\ndevice_burst = 5")
+    config_path.write_text(text, encoding="utf-8")
+    config = load_config(config_path)
+    assert (config.http.device_rate_per_s, config.http.device_burst) == (1.0, 5)
+    flooder, neighbour = "36010400011240000001", "36010400011240000002"
+    ready = asyncio.Event()
+    task = asyncio.create_task(run_gateway(config, ready=ready), name="rate-limited-gateway")
+    base = f"http://127.0.0.1:{config.http.port}"
+    try:
+        async with asyncio.timeout(20):
+            await ready.wait()
+        rng = random.Random(7)
+        sim = build_sim(next(d for d in sample_devices() if d.id == flooder))
+        other = build_sim(next(d for d in sample_devices() if d.id == neighbour))
+        at = datetime(2026, 6, 1, 8, 0, tzinfo=CST)
+
+        async with aiohttp.ClientSession() as session:
+
+            async def push(device_sim, seconds: int) -> tuple[int, dict[str, object], str | None]:  # type: ignore[no-untyped-def]
+                message = device_sim.routine(at.replace(second=seconds), rng)
+                assert isinstance(message, HttpPost)
+                async with session.post(
+                    base + message.path, data=message.body, headers={"Content-Type": message.content_type}
+                ) as response:
+                    return response.status, await response.json(), response.headers.get("Retry-After")
+
+            flood = [await push(sim, i) for i in range(12)]
+            accepted = [body for status, body, _ in flood if status == 200]
+            limited = [(body, retry) for status, body, retry in flood if status == 429]
+            assert 5 <= len(accepted) <= 7  # the burst, plus what refilled at 1/s while posting
+            assert len(accepted) + len(limited) == 12
+            for body, retry in limited:
+                assert body["error"] == "rate_limited"
+                assert body["device"] == flooder
+                assert retry is not None
+                assert int(retry) >= 1
+            # the neighbour's bucket is its own
+            assert [status for status, _, _ in [await push(other, i) for i in range(5)]] == [200] * 5
+
+            async def unknown(n: int) -> int:
+                async with session.post(base + f"/push/3601040001124999{n:04d}", data=b"{}") as response:
+                    return response.status
+
+            sprayed = [await unknown(n) for n in range(10)]
+            assert sprayed.count(404) <= 6  # made-up ids share one bucket per address
+            assert sprayed.count(429) >= 4
+
+            await asyncio.sleep(int(limited[0][1] or 1) + 0.1)
+            status, _, _ = await push(sim, 30)
+            assert status == 200  # after waiting as told, the device gets through again
+
+            async with session.get(base + "/metrics") as response:
+                metrics = await response.text()
+        assert f'cgw_http_rate_limited_total{{peer="{flooder}"}} {len(limited)}' in metrics
+        assert 'cgw_http_rate_limited_total{peer="unknown@127.0.0.1"}' in metrics
+        with Outbox(config.state.dir / "outbox.db", max_bytes=1 << 30) as box:
+            stored = set(box.event_ids())
+            unknown_letters = [d for d in box.dead_letters() if d["reason"] == "unknown_device"]
+        for body in accepted:
+            assert isinstance(body["stored"], list)
+            assert set(body["stored"]) <= stored
+        assert len(unknown_letters) == sprayed.count(404)  # refused pushes are not kept
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

@@ -30,6 +30,7 @@ from gateway.errors import PayloadRejected, TransportError, UplinkError
 from gateway.events import Event, utc_now
 from gateway.mqtt_session import message_body
 from gateway.outbox import OutboxReader, StoredEvent
+from gateway.rate_limits import TokenBucket
 from gateway.watchlists import WatchListRegistry, WatchListRejected
 from uplink.config import DirectUplinkConfig, MqttUplinkConfig
 from uplink.protocol import (
@@ -46,38 +47,6 @@ from uplink.stores import StoreError, build_store
 log = structlog.get_logger(__name__)
 
 Send = Callable[[str, list[StoredEvent]], Awaitable[None]]
-
-
-class TokenBucket:
-    """Paces routine events: ``rate`` per second, bursts of at most ``capacity``.
-
-    A small capacity (a tenth of a second's worth by default) keeps every window at the pace; a
-    larger one would let a replay start with a burst the district did not ask for.
-    """
-
-    def __init__(
-        self, rate: float, capacity: float | None = None, clock: Callable[[], float] = time.monotonic
-    ) -> None:
-        self.rate = rate
-        self.capacity = max(capacity if capacity is not None else rate / 10, 1.0)
-        self._tokens = self.capacity
-        self._clock = clock
-        self._last = clock()
-
-    def available(self) -> int:
-        """Whole tokens available now."""
-        now = self._clock()
-        self._tokens = min(self.capacity, self._tokens + (now - self._last) * self.rate)
-        self._last = now
-        return int(self._tokens)
-
-    def take(self, count: int) -> None:
-        """Spend tokens (never more than available)."""
-        self._tokens -= count
-
-    def seconds_until(self, count: int) -> float:
-        """How long until ``count`` tokens are there."""
-        return max(0.0, (count - self._tokens) / self.rate)
 
 
 @dataclass(frozen=True)
