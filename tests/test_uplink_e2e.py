@@ -7,6 +7,7 @@ import json
 import random
 import sqlite3
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import aiomqtt
@@ -20,12 +21,15 @@ from device_sims.inventory import DISTRICT_ID, sample_devices
 from device_sims.runner import Runner
 from device_sims.scenarios import build
 from gateway.config import GatewayConfig, load_config
+from gateway.events import Event
 from gateway.outbox import Outbox
 from gateway.runtime import run_gateway
 from tests.conftest import sample_config
 from tests.district_data import running
+from tests.test_uplink_protocol import thrown
 from uplink.config import DistrictConfig, InfluxV1StoreConfig, load_district_config
 from uplink.ingester import run_ingester
+from uplink.protocol import encode_batch
 from uplink.stores import InfluxV1Store
 
 
@@ -201,3 +205,63 @@ async def test_direct_mode_into_influxdb(tmp_path: Path, mosquitto: Mosquitto, i
             assert set(box.event_ids("delivered")) >= sent.expected
     assert sent.expected <= set(values)
     assert len(values) == len(set(values))
+
+
+async def test_ingester_dead_letters_garbage_and_keeps_storing(
+    tmp_path: Path, district_broker: Mosquitto
+) -> None:
+    """Whatever lands on the district broker: refused with a reason, kept, and the good batches still stored.
+
+    The compound identity comes from the topic (which the deployed broker binds to the client
+    certificate); a batch that claims another compound in its payload is refused.
+    """
+    path = tmp_path / "district.db"
+    config = district_config(tmp_path, district_broker, f'type = "sqlite"\npath = "{path}"')
+    config = config.model_copy(
+        update={"ingest": config.ingest.model_copy(update={"max_message_bytes": 64 * 1024})}
+    )
+    own, other = "36010400012160000101", "36010400012160000102"
+    now = datetime.now(UTC) - timedelta(minutes=1)
+    good = [thrown(n, at=now, compound=own, district=DISTRICT_ID) for n in range(3)]
+    spoofed = thrown(9, at=now, compound=other, district=DISTRICT_ID)
+
+    def batch(compound: str, *events: Event) -> bytes:
+        return encode_batch(DISTRICT_ID, compound, [e.model_dump_json().encode() for e in events])
+
+    topic = f"cgw/v1/{DISTRICT_ID}/{own}/thrown_object"
+    garbage = [
+        (topic, b"not json at all", "malformed_json"),
+        (topic, b"[" * 50_000, "malformed_json"),
+        (topic, batch(other, spoofed), "identity_mismatch"),  # envelope speaks for another compound
+        (topic, batch(own, spoofed), "identity_mismatch"),  # an event inside does
+        (f"cgw/v1/36010400005000000999/{own}/thrown_object", batch(own, good[0]), "foreign_district"),
+        (f"cgw/v1/{DISTRICT_ID}/{own}/no_such_kind", batch(own, good[0]), "bad_topic"),
+        (topic, b"{" + b" " * 70_000 + b"}", "payload_too_large"),
+        (
+            topic,
+            json.dumps({"v": 1, "district_id": DISTRICT_ID, "compound_id": own, "events": []}).encode(),
+            "bad_field",
+        ),
+    ]
+    async with running(lambda ready: run_ingester(config, ready=ready), "ingester"):
+        async with aiomqtt.Client("127.0.0.1", district_broker.port, identifier="hostile-compound") as client:
+            await client.publish(topic, batch(own, good[0]), qos=1)
+            for where, body, _ in garbage:
+                await client.publish(where, body, qos=1)
+            await client.publish(topic, batch(own, good[1], good[2]), qos=1)
+        await wait_until(lambda: {e.event_id for e in good} <= set(sqlite_ids(path)))
+        assert spoofed.event_id not in sqlite_ids(path)
+        letters_path = tmp_path / "ingest-i1.db"
+        await wait_until(lambda: len(_ingest_letters(letters_path)) >= len(garbage))
+    letters = _ingest_letters(letters_path)
+    assert sorted(reason for _, reason, _ in letters) == sorted(reason for _, _, reason in garbage)
+    by_reason = {reason: (topic_, field) for topic_, reason, field in letters}
+    assert by_reason["identity_mismatch"][1] in {"compound_id", "events[0].compound_id"}
+    assert len(sqlite_ids(path)) == len(good)
+
+
+def _ingest_letters(path: Path) -> list[tuple[str, str, str | None]]:
+    if not path.exists():
+        return []
+    with sqlite3.connect(path) as db:
+        return list(db.execute("SELECT topic, reason, field FROM dead_letters ORDER BY id"))

@@ -28,11 +28,13 @@ DISTRICT, COMPOUND = "36010400005000000001", "36010400012160000101"
 T0 = datetime(2026, 6, 1, 8, 0, tzinfo=UTC)
 
 
-def thrown(n: int, *, building: str = "7幢", at: datetime = T0, compound: str = COMPOUND) -> Event:
+def thrown(
+    n: int, *, building: str = "7幢", at: datetime = T0, compound: str = COMPOUND, district: str = DISTRICT
+) -> Event:
     return Event(
         event_id=event_id("36010400011320000001", "t", str(n)),
         kind=EventKind.THROWN_OBJECT,
-        district_id=DISTRICT,
+        district_id=district,
         compound_id=compound,
         device_id="36010400011320000001",
         occurred_at=at,

@@ -116,7 +116,7 @@ class MqttUplinkConfig(_Config):
     client_id: str | None = Field(default=None, description="default: cgw-up-<compound id>")
     topic_prefix: str = DEFAULT_PREFIX
     batch_max_events: int = Field(default=200, ge=1, le=5000)
-    batch_max_bytes: int = Field(default=256 * 1024, ge=1024)
+    batch_max_bytes: int = Field(default=256 * 1024, ge=1024, le=4 * 1024 * 1024)
     batch_max_delay_ms: int = Field(
         default=500, ge=0, le=60_000, description="how long routine events wait to fill a batch"
     )
@@ -164,6 +164,11 @@ class IngestConfig(_Config):
     topic_prefix: str = DEFAULT_PREFIX
     receive_maximum: int = Field(default=1000, ge=1, le=65535)
     batch_max_events: int = Field(default=5000, ge=1, le=100_000)
+    max_message_bytes: int = Field(
+        default=8 * 1024 * 1024,
+        ge=64 * 1024,
+        description="larger uplink messages are dead-lettered unread (gateways send at most 4 MiB)",
+    )
     dead_letter_path: Path = Path("/var/lib/compound-district/ingest-dead-letters.db")
     dead_letter_keep: int = Field(default=100_000, ge=10)
     receipts: bool = Field(default=True, description="confirm stored events to the compounds")

@@ -223,6 +223,7 @@ class Ingester:
         try:
             address = self._address(topic)
             compound = address.compound_id
+            self._check_size(body)
             if address.channel == STATUS:
                 statuses.append(_status(address.compound_id, body))
                 return
@@ -239,6 +240,11 @@ class Ingester:
             r = problem.rejection
             field = f"events[{index}].{r.field}" if r.field else f"events[{index}]"
             letters.append(IngestLetter(topic, compound, r.reason, field, r.detail, body))
+
+    def _check_size(self, body: bytes) -> None:
+        limit = self._config.ingest.max_message_bytes
+        if len(body) > limit:
+            raise PayloadRejected("payload_too_large", f"{len(body)} bytes > {limit}")
 
     def _address(self, topic: str) -> TopicAddress:
         address = parse_topic(self._config.ingest.topic_prefix, topic)
