@@ -14,6 +14,7 @@ so the distances of a face to every enrolled embedding are one matrix-vector pro
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -86,14 +87,15 @@ def encode_embedding(vector: np.ndarray) -> str:
     return base64.b64encode(array.tobytes()).decode()
 
 
-def _canonical(content: dict[str, Any]) -> bytes:
+def canonical_json(content: dict[str, Any]) -> bytes:
+    """The bytes a list's digest is taken over: sorted keys, no spaces, UTF-8."""
     return json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def encode_document(watch_list: WatchList) -> bytes:
     """The published form: the list and the SHA-256 of its canonical JSON."""
     content = watch_list.model_dump(mode="json")
-    return _canonical({"list": content, "sha256": hashlib.sha256(_canonical(content)).hexdigest()})
+    return canonical_json({"list": content, "sha256": hashlib.sha256(canonical_json(content)).hexdigest()})
 
 
 def decode_document(body: bytes, *, district_id: str) -> WatchList:
@@ -108,7 +110,7 @@ def decode_document(body: bytes, *, district_id: str) -> WatchList:
         or not isinstance(outer.get("sha256"), str)
     ):
         raise WatchListRejected("expected an object with 'list' and 'sha256'")
-    digest = hashlib.sha256(_canonical(outer["list"])).hexdigest()
+    digest = hashlib.sha256(canonical_json(outer["list"])).hexdigest()
     if digest != outer["sha256"]:
         raise WatchListRejected(
             f"digest mismatch: content hashes to {digest[:16]}..., document says {outer['sha256'][:16]}..."
@@ -125,11 +127,19 @@ def decode_document(body: bytes, *, district_id: str) -> WatchList:
         )
     for subject in watch_list.subjects:
         for encoded in subject.embeddings:
-            if len(base64.b64decode(encoded, validate=False)) != EMBEDDING_SIZE * 4:
-                raise WatchListRejected(
-                    f"subject {subject.subject_id}: an embedding is not 128 float32 values"
-                )
+            _check_embedding(subject.subject_id, encoded)
     return watch_list
+
+
+def _check_embedding(subject_id: str, encoded: str) -> None:
+    try:
+        raw = base64.b64decode(encoded, validate=True)
+    except (binascii.Error, ValueError):
+        raise WatchListRejected(f"subject {subject_id}: an embedding is not base64") from None
+    if len(raw) != EMBEDDING_SIZE * 4:
+        raise WatchListRejected(f"subject {subject_id}: an embedding is not 128 float32 values")
+    if not np.isfinite(np.frombuffer(raw, dtype="<f4")).all():
+        raise WatchListRejected(f"subject {subject_id}: an embedding holds NaN or infinity")
 
 
 @dataclass(frozen=True)

@@ -232,6 +232,7 @@ async def test_ingester_dead_letters_garbage_and_keeps_storing(
     garbage = [
         (topic, b"not json at all", "malformed_json"),
         (topic, b"[" * 50_000, "malformed_json"),
+        (f"cgw/v1/{DISTRICT_ID}/{own}/status", b"[" * 50_000, "malformed_json"),  # crashed the decoder once
         (topic, batch(other, spoofed), "identity_mismatch"),  # envelope speaks for another compound
         (topic, batch(own, spoofed), "identity_mismatch"),  # an event inside does
         (f"cgw/v1/36010400005000000999/{own}/thrown_object", batch(own, good[0]), "foreign_district"),

@@ -40,6 +40,8 @@ from uplink.stores import EventStore, StoreError, build_store
 log = structlog.get_logger(__name__)
 
 MESSAGES_PER_ROUND = 256
+REJECTION_LOG_FIRST = 5
+REJECTION_LOG_EVERY = 100
 RECEIPT_MAX_IDS = 2000
 STORE_RETRY = BackoffConfig(initial_s=0.2, max_s=10.0)
 
@@ -124,6 +126,7 @@ class Ingester:
         self.events_written = 0
         self.messages_acked = 0
         self.rejected: Counter[str] = Counter()
+        self._rejected_by_compound: Counter[tuple[str, str]] = Counter()
 
     async def run(self, on_connected: Callable[[], None]) -> None:
         """Connect, subscribe, ingest until the connection fails (``TransportError``)."""
@@ -163,13 +166,7 @@ class Ingester:
     def _decode_round(self, batch: Sequence[aiomqtt.Message]) -> Round:
         decoded = Round(acks=[(m.mid, m.qos) for m in batch])
         for message in batch:
-            self._decode(
-                str(message.topic),
-                message_body(message.payload),
-                decoded.events,
-                decoded.letters,
-                decoded.statuses,
-            )
+            decode_message(self._config, str(message.topic), message_body(message.payload), decoded)
         return decoded
 
     async def _store_rounds(
@@ -194,7 +191,21 @@ class Ingester:
             letters += await self._write(events[start : start + limit])
         await self._state.record(letters, statuses)
         for letter in letters:
+            key = (letter.compound_id or "(unknown)", letter.reason)
             self.rejected[letter.reason] += 1
+            self._rejected_by_compound[key] += 1
+            count = self._rejected_by_compound[key]
+            # a compound sending garbage in a loop must not flood the journal: first few, then every 100th
+            if count <= REJECTION_LOG_FIRST or count % REJECTION_LOG_EVERY == 0:
+                log.warning(
+                    "uplink_message_rejected",
+                    topic=letter.topic,
+                    compound=letter.compound_id,
+                    reason=letter.reason,
+                    field=letter.field,
+                    detail=letter.detail,
+                    count=count,
+                )
         refused = {letter.event_id for letter in letters if letter.event_id}
         stored: dict[str, list[str]] = {}
         for event in events:
@@ -210,47 +221,6 @@ class Ingester:
             for start in range(0, len(ids), RECEIPT_MAX_IDS):
                 payload = encode_receipt(ids[start : start + RECEIPT_MAX_IDS])
                 await client.publish(receipt_topic(prefix, district, compound), payload, qos=1, timeout=30)
-
-    def _decode(
-        self,
-        topic: str,
-        body: bytes,
-        events: list[Event],
-        letters: list[IngestLetter],
-        statuses: list[tuple[str, str, str | None]],
-    ) -> None:
-        compound: str | None = None
-        try:
-            address = self._address(topic)
-            compound = address.compound_id
-            self._check_size(body)
-            if address.channel == STATUS:
-                statuses.append(_status(address.compound_id, body))
-                return
-            decoded = decode_batch(address, body)
-        except PayloadRejected as exc:
-            r = exc.rejection
-            letters.append(IngestLetter(topic, compound, r.reason, r.field, r.detail, body))
-            log.warning(
-                "uplink_message_rejected", topic=topic, reason=r.reason, field=r.field, detail=r.detail
-            )
-            return
-        events.extend(decoded.events)
-        for index, problem in decoded.rejected:
-            r = problem.rejection
-            field = f"events[{index}].{r.field}" if r.field else f"events[{index}]"
-            letters.append(IngestLetter(topic, compound, r.reason, field, r.detail, body))
-
-    def _check_size(self, body: bytes) -> None:
-        limit = self._config.ingest.max_message_bytes
-        if len(body) > limit:
-            raise PayloadRejected("payload_too_large", f"{len(body)} bytes > {limit}")
-
-    def _address(self, topic: str) -> TopicAddress:
-        address = parse_topic(self._config.ingest.topic_prefix, topic)
-        if address.district_id != self._config.district_id:
-            raise PayloadRejected("foreign_district", f"district {address.district_id} is not ours")
-        return address
 
     async def _write(self, events: list[Event]) -> list[IngestLetter]:
         """Write until the store confirms; bisect batches it refuses as malformed."""
@@ -296,11 +266,50 @@ class Ingester:
         return await self._write(events[:middle]) + await self._write(events[middle:])
 
 
+def decode_message(config: DistrictConfig, topic: str, body: bytes, into: Round) -> None:
+    """One uplink message into ``into``: its events, its gateway status, or dead letters saying why not.
+
+    The compound is the one the topic names (the deployed broker lets a compound's certificate
+    write only its own topics); a payload that claims another compound is refused. Never raises.
+    """
+    compound: str | None = None
+    try:
+        address = parse_topic(config.ingest.topic_prefix, topic)
+        compound = address.compound_id
+        _admit(config, address, body)
+        if address.channel == STATUS:
+            into.statuses.append(_status(address.compound_id, body))
+            return
+        decoded = decode_batch(address, body)
+    except PayloadRejected as exc:
+        r = exc.rejection
+        into.letters.append(IngestLetter(topic, compound, r.reason, r.field, r.detail, body))
+        return
+    except Exception as exc:
+        # A decoding bug must cost one dead letter, not a crash loop on a redelivered message.
+        log.exception("uplink_decoder_error", topic=topic)
+        detail = f"{type(exc).__name__} while decoding"
+        into.letters.append(IngestLetter(topic, compound, "decoder_error", None, detail, body))
+        return
+    into.events.extend(decoded.events)
+    for index, problem in decoded.rejected:
+        r = problem.rejection
+        field = f"events[{index}].{r.field}" if r.field else f"events[{index}]"
+        into.letters.append(IngestLetter(topic, compound, r.reason, field, r.detail, body))
+
+
+def _admit(config: DistrictConfig, address: TopicAddress, body: bytes) -> None:
+    if address.district_id != config.district_id:
+        raise PayloadRejected("foreign_district", f"district {address.district_id} is not ours")
+    if len(body) > config.ingest.max_message_bytes:
+        raise PayloadRejected("payload_too_large", f"{len(body)} bytes > {config.ingest.max_message_bytes}")
+
+
 def _status(compound_id: str, body: bytes) -> tuple[str, str, str | None]:
     try:
         document = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise PayloadRejected("malformed_json", "status is not JSON") from None
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        raise PayloadRejected("malformed_json", "status is not JSON (or nests too deeply)") from None
     state = document.get("state") if isinstance(document, dict) else None
     if state not in {"online", "offline", "stopped"}:
         raise PayloadRejected("bad_field", f"unknown gateway state {state!r}", field="state")

@@ -293,9 +293,16 @@ class MqttUplink:
         if self._watchlists is None:
             return
         # logged and counted by the registry when refused; the held version stays in force
-        with contextlib.suppress(WatchListRejected):
+        try:
             # file write with fsync and index build: off the event loop
             await asyncio.to_thread(self._watchlists.apply, body, list_id)
+        except WatchListRejected:
+            pass
+        except Exception:
+            # a list the gateway cannot apply must not take down the link that carries its alarms
+            # (the retained document would come back on every reconnect)
+            self._watchlists.rejected += 1
+            log.exception("watchlist_apply_failed", list_id=list_id)
 
 
 class DirectUplink:

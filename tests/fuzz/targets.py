@@ -1,0 +1,227 @@
+"""Fuzz targets: each takes arbitrary bytes and fails (raises) only on a bug.
+
+A target stands for one place where a peer's bytes enter: a device dialect behind the intake (the
+whole path: device resolution, parser, event model), the multipart reader, the picture check, the
+ingester's decoding of an uplink message (topic and body), and what the gateway reads from the
+district (receipts and watch lists). A refusal with a specific reason is the expected answer to
+garbage; any other exception, or a refusal that hides a crash (``parser_error``), is a finding.
+
+Inputs of the intake, multipart and ingester targets carry their envelope in the first line (the
+MQTT topic or HTTP content type), so the fuzzer mutates it too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import cache
+from pathlib import Path
+
+from adapters import DIALECTS
+from adapters.base import RawMessage, Transport
+from adapters.multipart import split_multipart
+from adapters.pictures import MAX_PICTURE_BYTES, MAX_PICTURE_PIXELS, check_picture, picture_size
+from device_sims.inventory import DISTRICT_ID, sample_devices, write_sample_config
+from gateway.config import GatewayConfig, load_config
+from gateway.errors import PayloadRejected
+from gateway.events import Event
+from gateway.identity import Pseudonymizer
+from gateway.intake import Intake, IntakeItem, Outcome
+from gateway.outbox import StoreEvents
+from gateway.watchlists import WatchListRejected, canonical_json, decode_document
+from uplink.config import DistrictConfig
+from uplink.ingester import Round, decode_message
+from uplink.protocol import decode_receipt
+
+MAX_BODY = 1024 * 1024
+
+
+class InvariantError(AssertionError):
+    """An input that broke an invariant (the fuzzer reports it as a crash)."""
+
+
+@dataclass(frozen=True)
+class Target:
+    """One fuzz target: a name (its corpus directory) and the function the fuzzer calls."""
+
+    name: str
+    run: Callable[[bytes], None]
+
+
+def split_envelope(data: bytes) -> tuple[str, bytes]:
+    """First line (latin-1, so any bytes decode) and the rest."""
+    head, _, body = data.partition(b"\n")
+    return head.decode("latin-1"), body
+
+
+@cache
+def _gateway_config() -> GatewayConfig:
+    directory = Path(tempfile.mkdtemp(prefix="cgw-fuzz-"))
+    path = write_sample_config(
+        directory / "gateway.toml", state_dir=directory / "state", http_port=8480, mqtt_port=1883
+    )
+    return load_config(path)
+
+
+@cache
+def _intake() -> Intake:
+    config = _gateway_config()
+    return Intake(config, Pseudonymizer(b"fuzz-key-" * 4, config.compound.compound_id))
+
+
+def _transport_of(dialect: str) -> Transport:
+    return DIALECTS[dialect].transport
+
+
+def _device_of(dialect: str) -> str:
+    return next(d.id for d in sample_devices() if d.dialect == dialect)
+
+
+def intake_item(dialect: str, data: bytes) -> IntakeItem:
+    """What the transport of ``dialect`` would hand the intake for these bytes (envelope line first)."""
+    head, body = split_envelope(data)
+    transport = _transport_of(dialect)
+    if transport is Transport.MQTT:
+        return IntakeItem("mqtt", RawMessage(body, topic=head), MAX_BODY)
+    if transport is Transport.HTTP_DEVICE:
+        return IntakeItem("http_device", RawMessage(body, content_type=head), MAX_BODY, _device_of(dialect))
+    return IntakeItem("http_platform", RawMessage(body, content_type=head), MAX_BODY, dialect)
+
+
+def classify(dialect: str, data: bytes) -> Outcome:
+    """Run the sample compound's intake on one input."""
+    return _intake().classify(intake_item(dialect, data))
+
+
+def intake_target(dialect: str) -> Callable[[bytes], None]:
+    """The intake as the transports call it, for one dialect's devices."""
+
+    def run(data: bytes) -> None:
+        outcome = classify(dialect, data)
+        if outcome.rejection is not None:
+            if outcome.rejection.reason == "parser_error":
+                raise InvariantError(f"{dialect} parser crashed: {outcome.rejection.detail}")
+            if not outcome.rejection.detail:
+                raise InvariantError(f"{dialect}: rejection {outcome.rejection.reason} without a detail")
+            return
+        if not isinstance(outcome.operation, StoreEvents):
+            raise InvariantError(f"{dialect}: accepted without events")
+        compound = _gateway_config().compound.compound_id
+        for row in outcome.operation.events:
+            event = Event.model_validate_json(row.body)  # what is stored reads back as an event
+            if event.device_id != outcome.device or event.compound_id != compound:
+                raise InvariantError(f"{dialect}: event attributed to {event.device_id}/{event.compound_id}")
+
+    return run
+
+
+def multipart_target(data: bytes) -> None:
+    """The multipart reader: parts, or a multipart-specific refusal."""
+    content_type, body = split_envelope(data)
+    try:
+        parts = split_multipart(body, content_type)
+    except PayloadRejected as exc:
+        if exc.rejection.reason not in {"wrong_content_type", "malformed_multipart"}:
+            raise InvariantError(f"multipart refused with {exc.rejection.reason}") from exc
+        return
+    if not parts:
+        raise InvariantError("multipart accepted with no parts")
+
+
+def picture_target(data: bytes) -> None:
+    """The picture check: a JPEG/PNG within bounds, or bad_picture / picture_too_large."""
+    try:
+        check_picture(data, None, "picture", max_bytes=MAX_PICTURE_BYTES)
+    except PayloadRejected as exc:
+        if exc.rejection.reason not in {"bad_picture", "picture_too_large"}:
+            raise InvariantError(f"picture refused with {exc.rejection.reason}") from exc
+        return
+    size = picture_size(data)
+    if size is None or size[0] * size[1] > MAX_PICTURE_PIXELS:
+        raise InvariantError(f"picture accepted with size {size}")
+
+
+FUZZ_DISTRICT = DistrictConfig.model_validate(
+    {
+        "district_id": DISTRICT_ID,
+        "ingest": {"name": "fuzz", "max_message_bytes": 64 * 1024},
+        "store": {"type": "sqlite", "path": "/nonexistent/fuzz.db"},
+    }
+)
+
+
+def uplink_target(data: bytes) -> None:
+    """The ingester's decoding of one message: events of the topic's compound, statuses, or dead letters."""
+    topic, body = split_envelope(data)
+    into = Round(acks=[])
+    decode_message(FUZZ_DISTRICT, topic, body, into)
+    parts = topic.split("/")
+    for event in into.events:
+        if len(parts) != 5 or event.compound_id != parts[3] or event.district_id != DISTRICT_ID:
+            raise InvariantError(f"event of {event.compound_id} taken from topic {topic!r}")
+    for letter in into.letters:
+        if letter.reason == "decoder_error":
+            raise InvariantError(f"the ingester's decoder crashed: {letter.detail}")
+        if not letter.reason or not letter.detail:
+            raise InvariantError(f"dead letter without reason or detail: {letter}")
+    for compound, state, _ in into.statuses:
+        if compound != parts[3] or state not in {"online", "offline", "stopped"}:
+            raise InvariantError(f"status {state!r} of {compound} from {topic!r}")
+
+
+def receipt_target(data: bytes) -> None:
+    """A receipt from the district: event ids, or a refusal."""
+    try:
+        ids = decode_receipt(data)
+    except PayloadRejected:
+        return
+    if not all(isinstance(i, str) and 8 <= len(i) <= 64 for i in ids):
+        raise InvariantError("receipt accepted with a malformed id")
+
+
+def watchlist_target(data: bytes) -> None:
+    """A watch-list document; JSON objects are also tried with a correct digest, to reach validation."""
+    documents = [data]
+    try:
+        inner = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        inner = None
+    if isinstance(inner, dict) and isinstance(inner.get("list"), dict):
+        content = inner["list"]
+        documents.append(
+            json.dumps(
+                {"list": content, "sha256": hashlib.sha256(canonical_json(content)).hexdigest()}
+            ).encode()
+        )
+    for document in documents:
+        try:
+            watch_list = decode_document(document, district_id=DISTRICT_ID)
+        except WatchListRejected:
+            continue
+        if watch_list.district_id != DISTRICT_ID:
+            raise InvariantError("a list of another district was accepted")
+
+
+def canary_target(data: bytes) -> None:
+    """A planted bug, to show the harness finds and reports one (not in the regular set)."""
+    if len(data) >= 4 and data[0] == 0x46 and data[1] == 0x55 and data[2] == 0x5A and data[3] == 0x5A:
+        raise InvariantError("the canary: input starts with FUZZ")
+
+
+TARGETS: dict[str, Target] = {
+    t.name: t
+    for t in [
+        *(Target(f"intake-{name}", intake_target(name)) for name in sorted(DIALECTS)),
+        Target("multipart", multipart_target),
+        Target("picture", picture_target),
+        Target("uplink-message", uplink_target),
+        Target("receipt", receipt_target),
+        Target("watchlist", watchlist_target),
+    ]
+}
+CANARY = Target("canary", canary_target)
+SEED_TIME = datetime(2026, 6, 1, 0, 30, tzinfo=UTC)
