@@ -29,6 +29,15 @@ class UplinkError(GatewayError):
     """The district transport or store failed."""
 
 
+class PublishRefusedError(UplinkError):
+    """The district broker answered a publish with a failure reason code (MQTT v5), e.g. not authorised."""
+
+    def __init__(self, topic: str, reason: str) -> None:
+        super().__init__(f"the broker refused the publish to {topic}: {reason}")
+        self.topic = topic
+        self.reason = reason
+
+
 @dataclass(frozen=True, slots=True)
 class Rejection:
     """Why one raw payload was refused: machine-readable, and specific enough for an installer.

@@ -19,6 +19,7 @@ low-water mark resumes. This module and ``uplink/publisher.py`` are the only one
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import ssl
 from typing import Any, Protocol
 
@@ -26,6 +27,8 @@ import aiomqtt
 import structlog
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+
+from gateway.errors import PublishRefusedError
 
 log = structlog.get_logger(__name__)
 
@@ -184,3 +187,59 @@ def consume_result(future: asyncio.Future[Any]) -> None:
     """Done-callback for outcomes nobody waits for any more: retrieve them so none is reported twice."""
     if not future.cancelled():
         future.exception()
+
+
+_LAST_PUBLISH_MID: contextvars.ContextVar[int | None] = contextvars.ContextVar(
+    "cgw_publish_mid", default=None
+)
+MAX_REMEMBERED_REFUSALS = 1024
+
+
+class PublishRefusals:
+    """The PUBACK reason codes aiomqtt drops: a v5 broker's refusal (0x87 not authorised, ...) made visible.
+
+    aiomqtt 2.5 completes ``publish`` on any PUBACK, success or not. Wrapping its paho client's
+    ``publish`` (to learn the message id, per task) and ``on_publish`` (to keep failure codes)
+    lets ``publish`` below raise when the broker refused the message.
+    """
+
+    def __init__(self, client: aiomqtt.Client) -> None:
+        paho: Any = client._client  # the same reach as paho_of, for the same pinned version
+        self._refused: dict[int, str] = {}
+        self.count = 0
+        paho_publish = paho.publish
+        aiomqtt_on_publish = paho.on_publish
+
+        def publish(*args: Any, **kwargs: Any) -> Any:
+            info = paho_publish(*args, **kwargs)
+            _LAST_PUBLISH_MID.set(info.mid)
+            return info
+
+        def on_publish(*args: Any) -> None:
+            _, _, mid, reason_code, _ = args
+            if getattr(reason_code, "is_failure", False):
+                if len(self._refused) >= MAX_REMEMBERED_REFUSALS:  # timed-out publishes never ask
+                    self._refused.clear()
+                self._refused[mid] = str(reason_code)
+                self.count += 1
+            aiomqtt_on_publish(*args)
+
+        paho.publish = publish
+        paho.on_publish = on_publish
+
+    async def publish(
+        self,
+        client: aiomqtt.Client,
+        topic: str,
+        payload: bytes,
+        *,
+        retain: bool = False,
+        ack_wait_s: float = 30,
+    ) -> None:
+        """Publish at QoS 1; ``PublishRefusedError`` when the broker answered with a failure code."""
+        _LAST_PUBLISH_MID.set(None)
+        await client.publish(topic, payload, qos=1, retain=retain, timeout=ack_wait_s)
+        mid = _LAST_PUBLISH_MID.get()
+        reason = self._refused.pop(mid, None) if mid is not None else None
+        if reason is not None:
+            raise PublishRefusedError(topic, reason)

@@ -146,16 +146,7 @@ async def run_gateway(config: GatewayConfig, *, ready: asyncio.Event | None = No
                             if isinstance(config.uplink, MqttUplinkConfig)
                             else DirectUplink(config.uplink, reader)
                         )
-                        health.expose(
-                            "cgw_uplink_sent_events_total",
-                            "events sent to the district",
-                            lambda: uplink.forwarder.sent_events,
-                        )
-                        health.expose(
-                            "cgw_uplink_sent_alarms_total",
-                            "alarms sent to the district",
-                            lambda: uplink.forwarder.sent_alarms,
-                        )
+                        _expose_uplink(health, uplink)
                         transports.create_task(
                             supervise("uplink", uplink.run, Backoff(config.backoff), health=health),
                             name="uplink",
@@ -216,3 +207,18 @@ async def watchdog(pipeline: IntakePipeline, watchdog_usec: int) -> None:
         else:
             sd_notify("WATCHDOG=1")
         await asyncio.sleep(interval)
+
+
+def _expose_uplink(health: Health, uplink: MqttUplink | DirectUplink) -> None:
+    health.expose(
+        "cgw_uplink_sent_events_total", "events sent to the district", lambda: uplink.forwarder.sent_events
+    )
+    health.expose(
+        "cgw_uplink_sent_alarms_total", "alarms sent to the district", lambda: uplink.forwarder.sent_alarms
+    )
+    if isinstance(uplink, MqttUplink):
+        health.expose(
+            "cgw_uplink_publish_refused_total",
+            "publishes the district broker refused (MQTT v5 reason code), e.g. not authorised",
+            lambda: uplink.refused_publishes,
+        )

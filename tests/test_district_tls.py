@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import shutil
 import socket
@@ -19,6 +20,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import aiohttp
 import aiomqtt
 import pytest
 
@@ -189,3 +191,58 @@ async def test_gateway_reports_a_refused_certificate_and_keeps_buffering(
         assert gateway.process.poll() is None  # still running, still taking device events
     finally:
         gateway.stop()
+
+
+async def test_gateway_reports_refused_publishes_and_keeps_buffering(
+    district: District, tmp_path: Path, mosquitto: Mosquitto
+) -> None:
+    """A compound holding another compound's certificate: the broker refuses each publish (v5 reason 0x87).
+
+    The gateway says so with the reason and the certificate's name, counts it, and keeps every
+    device event pending; nothing reaches the district.
+    """
+    config_path = sample_config(tmp_path, mosquitto.port)  # the sample compound is C1
+    with config_path.open("a", encoding="utf-8") as handle:
+        handle.write(
+            f'\n[uplink]\nmode = "mqtt"\n[uplink.broker]\nhost = "127.0.0.1"\nport = {district.port}\n'
+            f'[uplink.broker.tls]\nca_file = "{district.certs / "ca.pem"}"\n'
+            f'cert_file = "{district.certs / (C2 + ".pem")}"\nkey_file = "{district.certs / (C2 + ".key")}"\n'
+            "\n[backoff]\ninitial_s = 0.2\nmax_s = 1.0\n"
+        )
+    config = load_config(config_path)
+    assert config.compound.compound_id == C1
+    gateway = GatewayProcess(config_path, tmp_path / "gateway.log")
+    async with district.client("ingester") as ingester:
+        await ingester.subscribe("$share/district-ingesters/cgw/v1/+/+/+", qos=1)
+        await gateway.start_gateway(config)
+        try:
+            sent = await play(config, mosquitto, seed=37, count=40)
+            deadline = time.monotonic() + 20
+            while True:
+                log = gateway.log_path.read_text(encoding="utf-8")
+                refused = [json.loads(line) for line in log.splitlines() if "uplink_publish_refused" in line]
+                retried = [line for line in log.splitlines() if "refused the publish" in line]
+                with Outbox(config.state.dir / "outbox.db", max_bytes=1 << 30) as box:
+                    pending = set(box.event_ids("pending"))
+                if refused and len(retried) >= 2 and sent.expected <= pending:
+                    break
+                assert time.monotonic() < deadline, log[-3000:]
+                await asyncio.sleep(0.2)
+            assert refused[0]["level"] == "error"
+            assert refused[0]["reason"] == "Not authorized"
+            assert f"issued to '{C2}'" in refused[0]["hint"]  # names the mismatch an installer must fix
+            assert len(refused) == 1  # logged once, not on every retry
+            assert "not revoked" not in retried[0]  # no TLS hint: the handshake was fine
+            async with (
+                aiohttp.ClientSession() as session,
+                session.get(f"http://127.0.0.1:{config.http.port}/metrics") as response,
+            ):
+                metrics = await response.text()
+            (line,) = [m for m in metrics.splitlines() if m.startswith("cgw_uplink_publish_refused_total ")]
+            assert float(line.split()[1]) >= 2
+            assert gateway.process is not None
+            assert gateway.process.poll() is None
+        finally:
+            gateway.stop()
+        # the status and every batch were refused: the district saw nothing from this gateway
+        assert [topic for topic, _ in await received(ingester, 1.0) if f"/{C1}/" in topic] == []

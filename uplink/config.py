@@ -52,6 +52,20 @@ class TlsConfig(_Config):
             return f"client certificate {self.cert_file} is not valid before {certificate.not_valid_before_utc:%Y-%m-%d %H:%M} UTC"
         return None
 
+    def certificate_name(self) -> str | None:
+        """The common name of our client certificate (what the district broker takes as our user name)."""
+        if self.cert_file is None:
+            return None
+        from cryptography import x509  # noqa: PLC0415 - only gateways with client certificates need it
+        from cryptography.x509.oid import NameOID  # noqa: PLC0415
+
+        try:
+            certificate = x509.load_pem_x509_certificate(self.cert_file.read_bytes())
+        except (OSError, ValueError):
+            return None
+        names = certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+        return str(names[0].value) if names else None
+
     def context(self) -> ssl.SSLContext:
         """A verifying client context (never falls back to insecure)."""
         context = ssl.create_default_context(cafile=str(self.ca_file))

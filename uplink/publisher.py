@@ -26,9 +26,9 @@ from paho.mqtt.properties import Properties
 
 from gateway.cancellation import raise_if_cancelling
 from gateway.config import GatewayConfig
-from gateway.errors import PayloadRejected, TransportError, UplinkError
+from gateway.errors import PayloadRejected, PublishRefusedError, TransportError, UplinkError
 from gateway.events import Event, utc_now
-from gateway.mqtt_session import message_body
+from gateway.mqtt_session import PublishRefusals, message_body
 from gateway.outbox import OutboxReader, StoredEvent
 from gateway.rate_limits import TokenBucket
 from gateway.watchlists import WatchListRegistry, WatchListRejected
@@ -47,6 +47,7 @@ from uplink.stores import StoreError, build_store
 log = structlog.get_logger(__name__)
 
 Send = Callable[[str, list[StoredEvent]], Awaitable[None]]
+REFUSAL_LOG_EVERY = 100  # a refusal repeats on every retry: log the first and then every 100th
 
 
 @dataclass(frozen=True)
@@ -199,6 +200,7 @@ class MqttUplink:
         self._status_topic = status_topic(uplink.topic_prefix, compound.district_id, compound.compound_id)
         self._receipt_topic = receipt_topic(uplink.topic_prefix, compound.district_id, compound.compound_id)
         self.confirmed = 0
+        self.refused_publishes = 0  # the broker answered with a failure code (v5), e.g. not authorised
         self._connected_once = False
 
     def _status(self, state: str) -> bytes:
@@ -231,12 +233,29 @@ class MqttUplink:
             will=aiomqtt.Will(self._status_topic, self._status("offline"), qos=1, retain=True),
             max_inflight_messages=up.inflight_batches,
         )
+        refusals = PublishRefusals(client)
+
+        async def publish(topic: str, payload: bytes, *, retain: bool = False) -> None:
+            try:
+                await refusals.publish(client, topic, payload, retain=retain)
+            except PublishRefusedError as exc:
+                # Not sent: the events stay pending and go again after the reconnect backoff.
+                self.refused_publishes += 1
+                if self.refused_publishes % REFUSAL_LOG_EVERY == 1:
+                    log.error(
+                        "uplink_publish_refused",
+                        topic=exc.topic,
+                        reason=exc.reason,
+                        hint=self._refusal_hint(),
+                        count=self.refused_publishes,
+                    )
+                raise
 
         async def send(kind: str, rows: list[StoredEvent]) -> None:
             topic = event_topic(up.topic_prefix, compound.district_id, compound.compound_id, kind)
             payload = encode_batch(compound.district_id, compound.compound_id, [r.body for r in rows])
             try:
-                await client.publish(topic, payload, qos=1, timeout=30)
+                await publish(topic, payload)
             except aiomqtt.MqttError as exc:
                 raise UplinkError(f"publish to {topic}: {exc}") from exc
 
@@ -247,7 +266,7 @@ class MqttUplink:
                 if self._watchlists is not None:
                     # retained: the current version of every list arrives on each (re)connect
                     await client.subscribe(watchlist_filter(up.topic_prefix, compound.district_id), qos=1)
-                await client.publish(self._status_topic, self._status("online"), qos=1, retain=True)
+                await publish(self._status_topic, self._status("online"), retain=True)
                 log.info("uplink_connected", host=broker.host, port=broker.port)
                 self._connected_once = True
                 on_connected()
@@ -262,15 +281,30 @@ class MqttUplink:
                                 self._status_topic, self._status("stopped"), qos=1, retain=True
                             )
         except* (aiomqtt.MqttError, UplinkError, TransportError) as group:
+            refused = any(isinstance(e, PublishRefusedError) for e in group.exceptions)
             hint = (
                 " (with TLS: the broker drops a client certificate it does not accept -- check that it is"
                 " issued by the district CA and not revoked)"
-                if broker.tls is not None and broker.tls.cert_file is not None and not self._connected_once
+                if broker.tls is not None
+                and broker.tls.cert_file is not None
+                and not self._connected_once
+                and not refused
                 else ""
             )
             raise TransportError(
                 f"district broker {broker.host}:{broker.port}: {group.exceptions[0]}{hint}"
             ) from group
+
+    def _refusal_hint(self) -> str:
+        compound = self._config.compound.compound_id
+        tls = self._uplink.broker.tls
+        name = tls.certificate_name() if tls is not None else None
+        if name is not None and name != compound:
+            return (
+                f"the client certificate is issued to {name!r}, but this gateway is compound {compound}:"
+                " the district broker lets a certificate write only its own compound's topics"
+            )
+        return f"check the district broker's ACL for compound {compound}"
 
     async def _incoming(self, client: aiomqtt.Client) -> None:
         # Receipts are acknowledged on arrival (aiomqtt's default): losing one only means the
