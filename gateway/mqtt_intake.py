@@ -63,6 +63,7 @@ class MqttIntake:
             throttle=self.throttle,
             username=cfg.username,
             password=cfg.password.get_secret_value() if cfg.password else None,
+            max_payload_bytes=cfg.max_payload_bytes,
         )
         in_flight: asyncio.Queue[InFlight] = asyncio.Queue(maxsize=PIPELINE_DEPTH)
         try:

@@ -31,6 +31,8 @@ from paho.mqtt.properties import Properties
 from gateway.errors import PublishRefusedError
 
 log = structlog.get_logger(__name__)
+PACKET_SIZE_FACTOR = 4
+MQTT_MAX_PACKET_SIZE = 268_435_455  # what the variable-length remaining-length field can express
 
 
 class _PahoSocket(Protocol):
@@ -134,11 +136,20 @@ def persistent_client(
     username: str | None = None,
     password: str | None = None,
     tls_context: ssl.SSLContext | None = None,
+    max_payload_bytes: int | None = None,
 ) -> tuple[aiomqtt.Client, ManualAck]:
-    """An MQTT v5 client with a persistent session, manual acknowledgement and a read throttle."""
+    """An MQTT v5 client with a persistent session, manual acknowledgement and a read throttle.
+
+    With ``max_payload_bytes`` the client announces a Maximum Packet Size of
+    ``PACKET_SIZE_FACTOR`` times it: a payload a little over the limit still arrives and is
+    dead-lettered where it can be inspected, while the broker discards anything far larger
+    before it is sent, so no peer can make this process buffer a 256 MB packet.
+    """
     properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
     properties.SessionExpiryInterval = session_expiry_s
     properties.ReceiveMaximum = receive_maximum
+    if max_payload_bytes is not None:
+        properties.MaximumPacketSize = min(max_payload_bytes * PACKET_SIZE_FACTOR, MQTT_MAX_PACKET_SIZE)
     client = aiomqtt.Client(
         host,
         port,

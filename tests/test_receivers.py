@@ -263,3 +263,39 @@ async def test_http_rate_limit_per_device(tmp_path: Path, mosquitto: Mosquitto) 
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+async def test_mqtt_payload_limits(tmp_path: Path, mosquitto: Mosquitto) -> None:
+    """Over the limit: dead-lettered with the size; far over it: the broker never sends it; the device goes on."""
+    config_path = sample_config(tmp_path, mosquitto.port, mqtt="max_payload_bytes = 2048")
+    config = load_config(config_path)
+    ready = asyncio.Event()
+    task = asyncio.create_task(run_gateway(config, ready=ready), name="small-payload-gateway")
+    try:
+        async with asyncio.timeout(20):
+            await ready.wait()
+        sim = _sim("shed-mqtt")
+        good = sim.routine(datetime(2026, 6, 1, 10, 0, tzinfo=CST), random.Random(9))
+        assert isinstance(good, MqttPublish)
+        async with aiomqtt.Client("127.0.0.1", mosquitto.port, identifier="big-talker") as device:
+            await device.publish(good.topic, b"{" + b" " * 3000 + b"}", qos=1)  # over 2048: kept, refused
+            await device.publish(good.topic, b"{" + b" " * 100_000 + b"}", qos=1)  # over 4x: never sent
+            await device.publish(good.topic, good.payload, qos=1)
+
+        def settled(box: Outbox) -> bool:
+            return box.stats().pending >= 1 and any(
+                d["reason"] == "payload_too_large" for d in box.dead_letters()
+            )
+
+        runner = RunningGateway(config, config_path, mosquitto)
+        await runner.wait_for(settled)
+        await asyncio.sleep(0.5)  # anything still in flight would land now
+        with runner.outbox() as box:
+            letters = [d for d in box.dead_letters() if d["reason"] == "payload_too_large"]
+            assert len(letters) == 1
+            assert "3002 bytes > 2048" in str(letters[0]["detail"])
+            assert box.stats().pending == 1
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

@@ -144,6 +144,7 @@ class Ingester:
             username=broker.username,
             password=broker.password.get_secret_value() if broker.password else None,
             tls_context=broker.tls.context() if broker.tls else None,
+            max_payload_bytes=ingest.max_message_bytes,
         )
         topic_filter = f"$share/{ingest.group}/{ingest.topic_prefix}/+/+/+"
         try:
