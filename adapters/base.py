@@ -17,6 +17,7 @@ from datetime import UTC, datetime, tzinfo
 from enum import StrEnum
 from typing import Protocol
 
+from gateway import strict_json
 from gateway.errors import PayloadRejected
 from gateway.events import (
     DeviceState,
@@ -160,7 +161,7 @@ def load_json_object(body: bytes, *, what: str = "payload") -> Mapping[str, obje
     except UnicodeDecodeError as exc:
         raise PayloadRejected("not_utf8", f"{what} is not UTF-8 (byte {exc.start})") from None
     try:
-        value = json.loads(text, parse_constant=_reject_constant)
+        value = strict_json.loads(text, parse_constant=_reject_constant)
     except RecursionError:
         raise PayloadRejected("malformed_json", f"{what} nests too deeply") from None
     except json.JSONDecodeError as exc:

@@ -25,6 +25,7 @@ import numpy as np
 import structlog
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
+from gateway import strict_json
 from gateway.durable_files import write_atomically
 from gateway.errors import GatewayError
 from gateway.events import PLATE_PATTERN, GbId
@@ -101,7 +102,7 @@ def encode_document(watch_list: WatchList) -> bytes:
 def decode_document(body: bytes, *, district_id: str) -> WatchList:
     """Check and parse a published document (``WatchListRejected`` says why not)."""
     try:
-        outer = json.loads(body)
+        outer = strict_json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise WatchListRejected(f"not JSON: {str(exc)[:120]}") from None
     if (

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import struct
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from PIL import Image
 
+from adapters.base import load_json_object
 from adapters.pictures import (
     JPEG_MAGIC,
     MAX_PICTURE_BYTES,
@@ -19,9 +21,11 @@ from adapters.pictures import (
     check_picture,
     picture_size,
 )
+from gateway import strict_json
 from gateway.errors import PayloadRejected
 from gateway.rate_limits import PeerRateLimiter
 from tests.face_fixtures import face_fixtures
+from uplink.protocol import decode_receipt
 
 ASSETS = Path(__file__).resolve().parents[1] / "device_sims" / "assets"
 
@@ -156,3 +160,28 @@ def test_peer_table_is_bounded() -> None:
         limiter.admit(f"made-up-{n}")
     assert limiter.peers() == 10
     assert limiter.admit("made-up-999") is not None  # the most recent survive
+
+
+def test_strict_json_refuses_lone_surrogates_only() -> None:
+    assert strict_json.loads(b'{"name": "\\ud83d\\ude00 \\u5f20"}') == {"name": "\U0001f600 张"}
+    assert strict_json.loads('["\\u00e9"]') == ["é"]
+    for document in (b'{"name": "a\\ud800b"}', '["\\udc80"]', b'{"k": {"deep": ["x\\uDFFF"]}}'):
+        with pytest.raises(json.JSONDecodeError) as info:
+            strict_json.loads(document)
+        assert "surrogate" in info.value.msg
+
+
+def test_parsers_refuse_lone_surrogates_with_a_reason() -> None:
+    with pytest.raises(PayloadRejected) as info:
+        load_json_object(b'{"personId": "\\udc80"}')
+    assert info.value.rejection.reason == "malformed_json"
+    with pytest.raises(PayloadRejected) as info:
+        decode_receipt(b'{"v": 1, "event_ids": ["abcdefgh\\udc00"]}')
+    assert info.value.rejection.reason == "malformed_json"
+
+
+def test_strict_json_bytes_must_be_utf8() -> None:
+    with pytest.raises(UnicodeDecodeError):
+        strict_json.loads(b'["\xed\xba\xba"]')  # an encoded surrogate, which json.loads passes through
+    with pytest.raises(UnicodeDecodeError):
+        strict_json.loads('["x"]'.encode("utf-16"))

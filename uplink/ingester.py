@@ -25,6 +25,7 @@ from pathlib import Path
 import aiomqtt
 import structlog
 
+from gateway import strict_json
 from gateway.backoff import Backoff
 from gateway.cancellation import raise_if_cancelling
 from gateway.config import BackoffConfig
@@ -308,14 +309,16 @@ def _admit(config: DistrictConfig, address: TopicAddress, body: bytes) -> None:
 
 def _status(compound_id: str, body: bytes) -> tuple[str, str, str | None]:
     try:
-        document = json.loads(body)
+        document = strict_json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         raise PayloadRejected("malformed_json", "status is not JSON (or nests too deeply)") from None
-    state = document.get("state") if isinstance(document, dict) else None
+    if not isinstance(document, dict):
+        raise PayloadRejected("malformed_json", "status must be a JSON object")
+    state = document.get("state")
     if state not in {"online", "offline", "stopped"}:
-        raise PayloadRejected("bad_field", f"unknown gateway state {state!r}", field="state")
+        raise PayloadRejected("bad_field", f"unknown gateway state {str(state)[:40]!r}", field="state")
     at = document.get("at")
-    return compound_id, state, at if isinstance(at, str) else None
+    return compound_id, state, at[:64] if isinstance(at, str) else None
 
 
 async def run_ingester(config: DistrictConfig, *, ready: asyncio.Event | None = None) -> None:

@@ -20,6 +20,7 @@ from datetime import UTC, datetime, timedelta
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from gateway import strict_json
 from gateway.errors import PayloadRejected
 from gateway.events import Event, EventKind, utc_now
 
@@ -76,7 +77,7 @@ def encode_receipt(event_ids: Sequence[str]) -> bytes:
 def decode_receipt(body: bytes) -> list[str]:
     """The event ids of a receipt, or reject."""
     try:
-        document = json.loads(body)
+        document = strict_json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         raise PayloadRejected("malformed_json", "receipt is not JSON") from None
     ids = document.get("event_ids") if isinstance(document, dict) else None
@@ -164,7 +165,7 @@ def decode_batch(address: TopicAddress, body: bytes, *, now: datetime | None = N
                     decoded.rejected.append((index, exc))
             return decoded
     try:
-        document = json.loads(body)
+        document = strict_json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise PayloadRejected("malformed_json", f"batch is not JSON: {str(exc)[:120]}") from None
     if not isinstance(document, dict):

@@ -35,6 +35,7 @@ from gateway.outbox import StoreEvents
 from gateway.watchlists import WatchListRejected, canonical_json, decode_document
 from uplink.config import DistrictConfig
 from uplink.ingester import Round, decode_message
+from uplink.lineprotocol import to_line
 from uplink.protocol import decode_receipt
 
 MAX_BODY = 1024 * 1024
@@ -163,12 +164,16 @@ def uplink_target(data: bytes) -> None:
     for event in into.events:
         if len(parts) != 5 or event.compound_id != parts[3] or event.district_id != DISTRICT_ID:
             raise InvariantError(f"event of {event.compound_id} taken from topic {topic!r}")
+        # what the stores will do with it must work: JSON for SQLite, line protocol for InfluxDB
+        event.model_dump_json().encode("utf-8")
+        to_line(event).encode("utf-8")
     for letter in into.letters:
         if letter.reason == "decoder_error":
             raise InvariantError(f"the ingester's decoder crashed: {letter.detail}")
         if not letter.reason or not letter.detail:
             raise InvariantError(f"dead letter without reason or detail: {letter}")
-    for compound, state, _ in into.statuses:
+    for compound, state, at in into.statuses:
+        (at or "").encode("utf-8")
         if compound != parts[3] or state not in {"online", "offline", "stopped"}:
             raise InvariantError(f"status {state!r} of {compound} from {topic!r}")
 
@@ -179,7 +184,7 @@ def receipt_target(data: bytes) -> None:
         ids = decode_receipt(data)
     except PayloadRejected:
         return
-    if not all(isinstance(i, str) and 8 <= len(i) <= 64 for i in ids):
+    if not all(isinstance(i, str) and 8 <= len(i) <= 64 and i.encode("utf-8") for i in ids):
         raise InvariantError("receipt accepted with a malformed id")
 
 
@@ -192,11 +197,12 @@ def watchlist_target(data: bytes) -> None:
         inner = None
     if isinstance(inner, dict) and isinstance(inner.get("list"), dict):
         content = inner["list"]
-        documents.append(
-            json.dumps(
-                {"list": content, "sha256": hashlib.sha256(canonical_json(content)).hexdigest()}
-            ).encode()
-        )
+        try:
+            digest = hashlib.sha256(canonical_json(content)).hexdigest()
+        except UnicodeEncodeError:  # lone surrogates: decode_document must refuse the raw form
+            digest = None
+        if digest is not None:
+            documents.append(json.dumps({"list": content, "sha256": digest}).encode())
     for document in documents:
         try:
             watch_list = decode_document(document, district_id=DISTRICT_ID)

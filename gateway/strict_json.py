@@ -1,0 +1,32 @@
+r"""JSON from peers, decoded strictly: lone UTF-16 surrogates are refused like any other syntax error.
+
+``json.loads`` accepts ``"\ud800"`` and returns a str that cannot be encoded as UTF-8; such a
+string would pass validation and fail later, far from the input (hashing an id, writing SQLite or
+line protocol). Refusing it here keeps the failure where the bad input is. Surrogate *pairs*
+(escaped emoji) are fine; only the rare payloads holding a surrogate escape are checked.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def loads(document: bytes | str, *, parse_constant: Callable[[str], object] | None = None) -> object:
+    """``json.loads``, raising ``json.JSONDecodeError`` for a lone surrogate as for bad syntax.
+
+    Bytes must be UTF-8 (RFC 8259), decoded strictly: ``json.loads`` itself would also accept
+    UTF-16/32 and let encoded surrogates through (``UnicodeDecodeError`` here instead).
+    """
+    text = document.decode("utf-8") if isinstance(document, bytes) else document
+    value = json.loads(text, parse_constant=parse_constant)
+    match = _SURROGATE_ESCAPE.search(text)
+    if match is not None:
+        try:
+            json.dumps(value, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise json.JSONDecodeError("lone UTF-16 surrogate escape", text, match.start()) from None
+    return value
