@@ -21,6 +21,17 @@ SCHEMA_VERSION: Literal["1.1"] = "1.1"
 GbId = Annotated[str, StringConstraints(pattern=r"^[0-9]{20}$")]
 """A 20-digit GB/T 28181 style identifier (centre code 8, industry 2, type 3, network 1, serial 6)."""
 
+# Every string and list an event carries is bounded: the district takes events from hundreds of
+# compounds, and a field without a bound is a way to fill its store.
+Code = Annotated[str, StringConstraints(max_length=64)]
+"""Identifiers and codes: vendor event codes, device refs, person refs, dialect names."""
+Name = Annotated[str, StringConstraints(max_length=64)]
+"""Short names: buildings, units, gates."""
+Text = Annotated[str, StringConstraints(max_length=256)]
+"""Free text from a device or the inventory: descriptions, reasons, fault details."""
+MAX_TRAJECTORY_POINTS = 512
+MAX_MEDIA_PER_EVENT = 8
+
 PLATE_PATTERN = re.compile(
     r"^[京津沪渝冀豫云辽黑湘皖鲁新苏浙赣鄂桂甘晋蒙陕吉闽贵粤青藏川宁琼使领]"
     r"[A-HJ-NP-Z]"
@@ -103,7 +114,7 @@ class FaceAccessPayload(_Model):
     result: AccessResult
     direction: Direction
     verify_mode: VerifyMode
-    person_ref: str | None = Field(
+    person_ref: Code | None = Field(
         default=None,
         description="Pseudonymized person identifier (keyed hash of the device's person id); never a name.",
     )
@@ -217,12 +228,12 @@ class ThrownObjectPayload(_Model):
     """An object falling from height (高空抛物) seen by a facade camera."""
 
     kind: Literal[EventKind.THROWN_OBJECT] = EventKind.THROWN_OBJECT
-    building: str | None = None
-    unit: str | None = None
+    building: Name | None = None
+    unit: Name | None = None
     start_floor: int | None = Field(default=None, ge=-5, le=200, description="estimated start floor")
     floor_range: tuple[int, int] | None = None
     confidence: float | None = Field(default=None, ge=0.0, le=1.0)
-    trajectory: tuple[TrajectoryPoint, ...] = ()
+    trajectory: tuple[TrajectoryPoint, ...] = Field(default=(), max_length=MAX_TRAJECTORY_POINTS)
     frames: int | None = Field(default=None, ge=0)
 
 
@@ -250,7 +261,7 @@ class EbikeShedPayload(_Model):
     smoke_level: float | None = Field(default=None, ge=0.0, description="vendor smoke concentration reading")
     temperature_c: float | None = Field(default=None, ge=-60.0, le=500.0)
     battery_pct: float | None = Field(default=None, ge=0.0, le=100.0)
-    fault_detail: str | None = None
+    fault_detail: Text | None = None
 
 
 # --- device status ---------------------------------------------------------------------------------
@@ -269,7 +280,7 @@ class DeviceStatusPayload(_Model):
 
     kind: Literal[EventKind.DEVICE_STATUS] = EventKind.DEVICE_STATUS
     state: DeviceState
-    reason: str | None = None
+    reason: Text | None = None
 
 
 # --- watch-list hits (matched inside the compound) ------------------------------------------------
@@ -329,18 +340,18 @@ Payload = Annotated[
 class Provenance(_Model):
     """Where the event came from, in the vendor's own terms (for audits and debugging)."""
 
-    vendor: str
-    dialect: str
-    event_code: str | None = None
-    device_ref: str | None = Field(default=None, description="the device's own identity (MAC, serial, IMEI)")
+    vendor: Code
+    dialect: Code
+    event_code: Code | None = None
+    device_ref: Code | None = Field(default=None, description="the device's own identity (MAC, serial, IMEI)")
 
 
 class MediaRef(_Model):
     """A picture or clip that belongs to the event; bytes stay in the compound unless a rule says so."""
 
     role: Literal["face", "scene", "plate", "trajectory", "clip", "snapshot"]
-    ref: str = Field(description="local:<path in the media store> or device:<vendor key>")
-    content_type: str | None = None
+    ref: Text = Field(description="local:<path in the media store> or device:<vendor key>")
+    content_type: Code | None = None
     sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
     size: int | None = Field(default=None, ge=0)
 
@@ -348,10 +359,10 @@ class MediaRef(_Model):
 class Location(_Model):
     """Where the device stands, from the inventory."""
 
-    building: str | None = None
-    unit: str | None = None
-    gate: str | None = None
-    description: str | None = None
+    building: Name | None = None
+    unit: Name | None = None
+    gate: Name | None = None
+    description: Text | None = None
 
 
 class Event(_Model):
@@ -368,7 +379,7 @@ class Event(_Model):
     severity: Severity
     source: Provenance
     location: Location | None = None
-    media: tuple[MediaRef, ...] = ()
+    media: tuple[MediaRef, ...] = Field(default=(), max_length=MAX_MEDIA_PER_EVENT)
     payload: Payload
 
     @model_validator(mode="after")

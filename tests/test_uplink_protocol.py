@@ -89,6 +89,36 @@ def test_kind_must_match_topic_and_times_must_be_sane() -> None:
 
 
 @pytest.mark.parametrize(
+    ("path", "value"),
+    [
+        (("location", "description"), "长" * 257),
+        (("source", "vendor"), "v" * 65),
+        (("payload", "building"), "7" * 65),
+        (("payload", "trajectory"), [{"t_ms": i, "x": 0.5, "y": 0.5} for i in range(513)]),
+        (("media",), [{"role": "scene", "ref": f"device:{i}"} for i in range(9)]),
+    ],
+)
+def test_every_string_and_list_of_an_event_is_bounded(path: tuple[str, ...], value: object) -> None:
+    """A compound cannot fill the district store through an unbounded field: that event is refused, by path."""
+    address = parse_topic("cgw/v1", event_topic("cgw/v1", DISTRICT, COMPOUND, "thrown_object"))
+    doc = json.loads(thrown(1).model_dump_json())
+    target = doc
+    for key in path[:-1]:
+        if target.get(key) is None:
+            target[key] = {}
+        target = target[key]
+    target[path[-1]] = value
+    body = encode_batch(DISTRICT, COMPOUND, [json.dumps(doc).encode(), thrown(2).model_dump_json().encode()])
+    decoded = decode_batch(address, body, now=T0)
+    assert [e.event_id for e in decoded.events] == [thrown(2).event_id]
+    ((index, problem),) = decoded.rejected
+    assert index == 0
+    assert problem.rejection.field is not None
+    # a payload's path names its kind: payload.thrown_object.building
+    assert problem.rejection.field.replace(".thrown_object", "").startswith(".".join(path))
+
+
+@pytest.mark.parametrize(
     ("body", "reason"),
     [
         (b"{", "malformed_json"),
