@@ -37,6 +37,6 @@ def test_demo_loses_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     view = summary["operator_view"]
     assert view["devices"] == 8
     # the last phase cuts the MQTT devices' power (their wills say offline); the HTTP devices' last
-    # events are from the simulated yesterday, silent for longer than the hour that counts as offline
+    # events are from the simulated day before yesterday, silent for longer than the hour that counts as offline
     assert view["devices_online"] == 0
     assert view["alarms"] == 5  # the newest five of the thrown-object and shed-fire alarms
