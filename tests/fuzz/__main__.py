@@ -29,7 +29,14 @@ from pathlib import Path
 import structlog
 
 CORPUS = Path(__file__).resolve().parent / "corpus"
-LIBFUZZER_OPTIONS = ["-timeout=10", "-rss_limit_mb=3072", "-max_len=65536", "-print_final_stats=1"]
+DICTIONARY = Path(__file__).resolve().parent / "tokens.dict"
+LIBFUZZER_OPTIONS = [
+    "-timeout=10",
+    "-rss_limit_mb=3072",
+    "-max_len=65536",
+    "-print_final_stats=1",
+    f"-dict={DICTIONARY}",
+]
 
 
 def _quiet_logs() -> None:
