@@ -148,9 +148,10 @@ async def produce(workdir: Path, influx: InfluxServer) -> DistrictData:
                 district_toml(workdir, store=store, broker_port=district.port, name=name), encoding="utf-8"
             )
             districts.append(load_district_config(path))
-        # yesterday, local time: the scenarios spread over a whole day, all of it in the past
-        start = (
-            (utc_now() - timedelta(days=1)).astimezone(CST).replace(hour=0, minute=0, second=0, microsecond=0)
+        # the day before yesterday, local time: the scenarios spread over a whole day, all of it
+        # more than a day ago, so "silent for over an hour" holds at any hour the tests run
+        start = (utc_now().astimezone(CST) - timedelta(days=2)).replace(
+            hour=0, minute=0, second=0, microsecond=0
         )
         expected: set[str] = set()
         async with contextlib.AsyncExitStack() as stack:

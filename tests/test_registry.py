@@ -10,7 +10,7 @@ from adapters import DIALECTS
 from adapters.base import Transport
 from device_sims.devices import SIMULATORS
 
-HELPER_MODULES = {"base", "multipart", "plates"}
+HELPER_MODULES = {"base", "multipart", "pictures", "plates"}
 
 
 def test_every_adapter_module_is_registered_and_simulated() -> None:
