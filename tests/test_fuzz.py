@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 import structlog
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from tests.fuzz.targets import TARGETS
 
@@ -34,6 +36,37 @@ def test_corpus_replays_clean(name: str) -> None:
     assert len(inputs) >= 2, f"the corpus of {name} is empty: python -m tests.fuzz seed"
     for path in inputs:
         TARGETS[name].run(path.read_bytes())
+
+
+CORPUS_INPUTS = {name: sorted(p.read_bytes() for p in (CORPUS / name).iterdir()) for name in TARGETS}
+
+
+@pytest.mark.parametrize("name", sorted(TARGETS))
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_hypothesis_drives_every_target(name: str, data: st.DataObject) -> None:
+    """Hypothesis on the same targets: random bytes, and kept inputs spliced, cut and bit-flipped."""
+    if data.draw(st.booleans()):
+        sample = data.draw(st.binary(max_size=2048))
+    else:
+        edited = bytearray(data.draw(st.sampled_from(CORPUS_INPUTS[name])))
+        for _ in range(data.draw(st.integers(1, 6))):
+            at = data.draw(st.integers(0, len(edited)))
+            match data.draw(st.sampled_from(["cut", "flip", "insert", "delete"])):
+                case "cut":
+                    del edited[at:]
+                case "flip" if at < len(edited):
+                    edited[at] ^= data.draw(st.integers(1, 255))
+                case "insert":
+                    edited[at:at] = data.draw(
+                        st.sampled_from(
+                            [b"\\ud800", b"[" * 3000, b'"', b"\n", b"\xed\xa0\x80", b"{}", b"\x00"]
+                        )
+                    )
+                case _:
+                    del edited[at : at + data.draw(st.integers(1, 64))]
+        sample = bytes(edited)
+    TARGETS[name].run(sample)
 
 
 def test_every_target_has_a_corpus_and_nothing_else_does() -> None:
