@@ -115,21 +115,27 @@ def sample_config(tmp_path: Path, broker_port: int, **overrides: str) -> Path:
     return path
 
 
-@pytest.fixture
-async def gateway(tmp_path: Path, mosquitto: Mosquitto) -> AsyncIterator[RunningGateway]:
-    """The sample compound's gateway, ready (HTTP listening, MQTT subscribed)."""
-    config_path = sample_config(tmp_path, mosquitto.port)
+@contextlib.asynccontextmanager
+async def gateway_in_process(config_path: Path, broker: Mosquitto) -> AsyncIterator[RunningGateway]:
+    """A gateway running in this event loop from ``config_path``, ready (HTTP listening, MQTT subscribed)."""
     config = load_config(config_path)
     ready = asyncio.Event()
     task = asyncio.create_task(run_gateway(config, ready=ready), name="test-gateway")
     try:
         async with asyncio.timeout(20):
             await ready.wait()
-        yield RunningGateway(config, config_path, mosquitto)
+        yield RunningGateway(config, config_path, broker)
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+@pytest.fixture
+async def gateway(tmp_path: Path, mosquitto: Mosquitto) -> AsyncIterator[RunningGateway]:
+    """The sample compound's gateway, ready (HTTP listening, MQTT subscribed)."""
+    async with gateway_in_process(sample_config(tmp_path, mosquitto.port), mosquitto) as running:
+        yield running
 
 
 TEST_TIME_LIMIT_S = float(os.environ.get("CGW_TEST_TIME_LIMIT_S", "300"))

@@ -16,7 +16,7 @@ import ssl
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +30,7 @@ from gateway.config import load_config
 from gateway.outbox import Outbox
 from tests.conftest import sample_config
 from tests.processes import GatewayProcess
-from tests.test_uplink_e2e import play
+from tests.test_uplink_e2e import Sent, play
 
 ROOT = Path(__file__).resolve().parents[1]
 C1, C2 = "36010400012160000101", "36010400012160000102"
@@ -47,6 +47,19 @@ class District:
         context.load_cert_chain(str(self.certs / f"{name}.pem"), str(self.certs / f"{name}.key"))
         return context
 
+    def gateway_config(self, tmp_path: Path, device_broker: Mosquitto, *, certificate: str) -> Path:
+        """The sample compound's config with its uplink to this broker, presenting ``certificate``."""
+        config_path = sample_config(tmp_path, device_broker.port)
+        with config_path.open("a", encoding="utf-8") as handle:
+            handle.write(
+                f'\n[uplink]\nmode = "mqtt"\n[uplink.broker]\nhost = "127.0.0.1"\nport = {self.port}\n'
+                f'[uplink.broker.tls]\nca_file = "{self.certs / "ca.pem"}"\n'
+                f'cert_file = "{self.certs / (certificate + ".pem")}"\n'
+                f'key_file = "{self.certs / (certificate + ".key")}"\n'
+                "\n[backoff]\ninitial_s = 0.2\nmax_s = 1.0\n"
+            )
+        return config_path
+
     def client(self, name: str, **kwargs: object) -> aiomqtt.Client:
         return aiomqtt.Client(
             "127.0.0.1",
@@ -57,6 +70,21 @@ class District:
             timeout=5,
             **kwargs,  # type: ignore[arg-type]
         )
+
+
+async def logged_while_buffering(
+    gateway: GatewayProcess, outbox: Path, sent: Sent, logged: Callable[[str], bool]
+) -> list[str]:
+    """Wait until the gateway's log satisfies ``logged`` and every acknowledged event is pending; its lines."""
+    deadline = time.monotonic() + 20
+    while True:
+        log = gateway.log_path.read_text(encoding="utf-8")
+        with Outbox(outbox, max_bytes=1 << 30) as box:
+            pending = set(box.event_ids("pending"))
+        if logged(log) and sent.expected <= pending:
+            return log.splitlines()
+        assert time.monotonic() < deadline, log[-3000:]
+        await asyncio.sleep(0.2)
 
 
 def make_certs(out: Path, *names: str, days: int | None = None) -> None:
@@ -161,31 +189,19 @@ async def test_gateway_reports_a_refused_certificate_and_keeps_buffering(
     district: District, tmp_path: Path, mosquitto: Mosquitto
 ) -> None:
     """A compound whose certificate expired: the uplink says why it cannot connect; nothing is lost meanwhile."""
-    config_path = sample_config(tmp_path, mosquitto.port)
-    with config_path.open("a", encoding="utf-8") as handle:
-        handle.write(
-            f'\n[uplink]\nmode = "mqtt"\n[uplink.broker]\nhost = "127.0.0.1"\nport = {district.port}\n'
-            f'[uplink.broker.tls]\nca_file = "{district.certs / "ca.pem"}"\n'
-            f'cert_file = "{district.certs / (EXPIRED + ".pem")}"\nkey_file = "{district.certs / (EXPIRED + ".key")}"\n'
-            "\n[backoff]\ninitial_s = 0.2\nmax_s = 1.0\n"
-        )
+    config_path = district.gateway_config(tmp_path, mosquitto, certificate=EXPIRED)
     config = load_config(config_path)
     gateway = GatewayProcess(config_path, tmp_path / "gateway.log")
     await gateway.start_gateway(config)
     try:
         sent = await play(config, mosquitto, seed=31, count=40)
-        deadline = time.monotonic() + 20
-        while True:
-            log = gateway.log_path.read_text(encoding="utf-8")
-            refused = [
-                line for line in log.splitlines() if "transport_connect_failed" in line and "uplink" in line
-            ]
-            with Outbox(config.state.dir / "outbox.db", max_bytes=1 << 30) as box:
-                pending = set(box.event_ids("pending"))
-            if refused and sent.expected <= pending:
-                break
-            assert time.monotonic() < deadline, log[-2000:]
-            await asyncio.sleep(0.2)
+        log = await logged_while_buffering(
+            gateway,
+            config.state.dir / "outbox.db",
+            sent,
+            lambda log: "transport_connect_failed" in log and "uplink" in log,
+        )
+        refused = [line for line in log if "transport_connect_failed" in line and "uplink" in line]
         assert "certificate" in refused[0].lower()  # the reason names the certificate problem
         assert gateway.process is not None
         assert gateway.process.poll() is None  # still running, still taking device events
@@ -201,14 +217,7 @@ async def test_gateway_reports_refused_publishes_and_keeps_buffering(
     The gateway says so with the reason and the certificate's name, counts it, and keeps every
     device event pending; nothing reaches the district.
     """
-    config_path = sample_config(tmp_path, mosquitto.port)  # the sample compound is C1
-    with config_path.open("a", encoding="utf-8") as handle:
-        handle.write(
-            f'\n[uplink]\nmode = "mqtt"\n[uplink.broker]\nhost = "127.0.0.1"\nport = {district.port}\n'
-            f'[uplink.broker.tls]\nca_file = "{district.certs / "ca.pem"}"\n'
-            f'cert_file = "{district.certs / (C2 + ".pem")}"\nkey_file = "{district.certs / (C2 + ".key")}"\n'
-            "\n[backoff]\ninitial_s = 0.2\nmax_s = 1.0\n"
-        )
+    config_path = district.gateway_config(tmp_path, mosquitto, certificate=C2)  # the sample compound is C1
     config = load_config(config_path)
     assert config.compound.compound_id == C1
     gateway = GatewayProcess(config_path, tmp_path / "gateway.log")
@@ -217,17 +226,14 @@ async def test_gateway_reports_refused_publishes_and_keeps_buffering(
         await gateway.start_gateway(config)
         try:
             sent = await play(config, mosquitto, seed=37, count=40)
-            deadline = time.monotonic() + 20
-            while True:
-                log = gateway.log_path.read_text(encoding="utf-8")
-                refused = [json.loads(line) for line in log.splitlines() if "uplink_publish_refused" in line]
-                retried = [line for line in log.splitlines() if "refused the publish" in line]
-                with Outbox(config.state.dir / "outbox.db", max_bytes=1 << 30) as box:
-                    pending = set(box.event_ids("pending"))
-                if refused and len(retried) >= 2 and sent.expected <= pending:
-                    break
-                assert time.monotonic() < deadline, log[-3000:]
-                await asyncio.sleep(0.2)
+            log = await logged_while_buffering(
+                gateway,
+                config.state.dir / "outbox.db",
+                sent,
+                lambda log: "uplink_publish_refused" in log and log.count("refused the publish") >= 2,
+            )
+            refused = [json.loads(line) for line in log if "uplink_publish_refused" in line]
+            retried = [line for line in log if "refused the publish" in line]
             assert refused[0]["level"] == "error"
             assert refused[0]["reason"] == "Not authorized"
             assert f"issued to '{C2}'" in refused[0]["hint"]  # names the mismatch an installer must fix

@@ -23,7 +23,7 @@ from device_sims.scenarios import Step
 from gateway.config import load_config
 from gateway.outbox import Outbox
 from gateway.runtime import run_gateway
-from tests.conftest import RunningGateway, sample_config
+from tests.conftest import RunningGateway, gateway_in_process, sample_config
 
 
 def _sim(dialect: str):  # type: ignore[no-untyped-def]
@@ -202,12 +202,8 @@ async def test_http_rate_limit_per_device(tmp_path: Path, mosquitto: Mosquitto) 
     config = load_config(config_path)
     assert (config.http.device_rate_per_s, config.http.device_burst) == (1.0, 5)
     flooder, neighbour = "36010400011240000001", "36010400011240000002"
-    ready = asyncio.Event()
-    task = asyncio.create_task(run_gateway(config, ready=ready), name="rate-limited-gateway")
     base = f"http://127.0.0.1:{config.http.port}"
-    try:
-        async with asyncio.timeout(20):
-            await ready.wait()
+    async with gateway_in_process(config_path, mosquitto):
         rng = random.Random(7)
         sim = build_sim(next(d for d in sample_devices() if d.id == flooder))
         other = build_sim(next(d for d in sample_devices() if d.id == neighbour))
@@ -259,21 +255,12 @@ async def test_http_rate_limit_per_device(tmp_path: Path, mosquitto: Mosquitto) 
             assert isinstance(body["stored"], list)
             assert set(body["stored"]) <= stored
         assert len(unknown_letters) == sprayed.count(404)  # refused pushes are not kept
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
 
 
 async def test_mqtt_payload_limits(tmp_path: Path, mosquitto: Mosquitto) -> None:
     """Over the limit: dead-lettered with the size; far over it: the broker never sends it; the device goes on."""
     config_path = sample_config(tmp_path, mosquitto.port, mqtt="max_payload_bytes = 2048")
-    config = load_config(config_path)
-    ready = asyncio.Event()
-    task = asyncio.create_task(run_gateway(config, ready=ready), name="small-payload-gateway")
-    try:
-        async with asyncio.timeout(20):
-            await ready.wait()
+    async with gateway_in_process(config_path, mosquitto) as runner:
         sim = _sim("shed-mqtt")
         good = sim.routine(datetime(2026, 6, 1, 10, 0, tzinfo=CST), random.Random(9))
         assert isinstance(good, MqttPublish)
@@ -287,7 +274,6 @@ async def test_mqtt_payload_limits(tmp_path: Path, mosquitto: Mosquitto) -> None
                 d["reason"] == "payload_too_large" for d in box.dead_letters()
             )
 
-        runner = RunningGateway(config, config_path, mosquitto)
         await runner.wait_for(settled)
         await asyncio.sleep(0.5)  # anything still in flight would land now
         with runner.outbox() as box:
@@ -295,7 +281,3 @@ async def test_mqtt_payload_limits(tmp_path: Path, mosquitto: Mosquitto) -> None
             assert len(letters) == 1
             assert "3002 bytes > 2048" in str(letters[0]["detail"])
             assert box.stats().pending == 1
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task

@@ -201,6 +201,7 @@ class MqttUplink:
         self._receipt_topic = receipt_topic(uplink.topic_prefix, compound.district_id, compound.compound_id)
         self.confirmed = 0
         self.refused_publishes = 0  # the broker answered with a failure code (v5), e.g. not authorised
+        self.bad_receipts = 0
         self._connected_once = False
 
     def _status(self, state: str) -> bytes:
@@ -318,7 +319,14 @@ class MqttUplink:
             try:
                 ids = decode_receipt(message_body(message.payload))
             except PayloadRejected as exc:
-                log.warning("uplink_bad_receipt", reason=exc.rejection.reason, detail=exc.rejection.detail)
+                self.bad_receipts += 1
+                if self.bad_receipts % REFUSAL_LOG_EVERY == 1:
+                    log.warning(
+                        "uplink_bad_receipt",
+                        reason=exc.rejection.reason,
+                        detail=exc.rejection.detail,
+                        count=self.bad_receipts,
+                    )
                 continue
             self.confirmed += await self._reader.delivered(ids)
         raise UplinkError("district broker closed the receipt stream")
