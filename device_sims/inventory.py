@@ -71,6 +71,7 @@ def write_sample_config(
         "[mqtt]",
         'host = "127.0.0.1"',
         f"port = {mqtt_port}",
+        "device_rate_per_s = 100000.0",
         "",
     ]
     for device_id, dialect, ref, name, place in SAMPLE_DEVICES:

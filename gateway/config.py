@@ -108,6 +108,12 @@ class MqttConfig(_Config):
         default=256, ge=1, le=65535, description="unacknowledged QoS 1 messages in flight"
     )
     max_payload_bytes: int = Field(default=1024 * 1024, ge=1024)
+    device_rate_per_s: float = Field(
+        default=50.0,
+        gt=0,
+        description="messages per second one MQTT device may keep up; beyond it they are dead-lettered",
+    )
+    device_burst: int = Field(default=500, ge=1, description="messages one MQTT device may send at once")
 
 
 class HttpConfig(_Config):

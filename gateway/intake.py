@@ -21,6 +21,7 @@ from gateway.errors import PayloadRejected, Rejection
 from gateway.events import Event, utc_now
 from gateway.identity import Pseudonymizer
 from gateway.outbox import DeadLetter, EventRow, Operation, StoreEvents
+from gateway.rate_limits import PeerRateLimiter
 
 log = structlog.get_logger(__name__)
 
@@ -72,6 +73,10 @@ class Intake:
             if dialect.topic_filter is not None
         }
         self.accepted: Counter[tuple[str, str]] = Counter()  # (device id, kind)
+        # MQTT devices: the compound broker has already taken their messages, so a flood cannot be
+        # refused at the door as HTTP pushes are; beyond the rate they become dead letters (kept,
+        # counted) instead of events, so one broken device cannot fill the outbox or the district.
+        self._mqtt_rates = PeerRateLimiter(config.mqtt.device_rate_per_s, config.mqtt.device_burst)
         self.rejected: Counter[tuple[str, str]] = Counter()  # (device, reason)
 
     def classify(self, item: IntakeItem) -> Outcome:
@@ -195,6 +200,18 @@ class Intake:
                 ref,
                 PayloadRejected(
                     "unknown_device", f"no {dialect.name} device with ref {ref!r} in the inventory"
+                ),
+            )
+        if transport == "mqtt" and self._mqtt_rates.admit(device.id) is not None:
+            limits = self._mqtt_rates
+            return self._reject(
+                raw,
+                transport,
+                dialect,
+                device.id,
+                PayloadRejected(
+                    "rate_limited",
+                    f"more than {limits.rate:g} messages/s (burst {limits.burst}) from this device",
                 ),
             )
         return self._parse(raw, transport, dialect, device)

@@ -16,6 +16,7 @@ import aiohttp
 import aiomqtt
 
 from device_sims.broker import Mosquitto
+from device_sims.demo import expected_event_ids
 from device_sims.devices import CST, HttpPost, MqttPublish, build_sim
 from device_sims.inventory import sample_devices
 from device_sims.runner import Runner
@@ -281,3 +282,41 @@ async def test_mqtt_payload_limits(tmp_path: Path, mosquitto: Mosquitto) -> None
             assert len(letters) == 1
             assert "3002 bytes > 2048" in str(letters[0]["detail"])
             assert box.stats().pending == 1
+
+
+async def test_mqtt_device_rate_limit(tmp_path: Path, mosquitto: Mosquitto) -> None:
+    """A flooding MQTT device: beyond its burst its messages become dead letters; another device is unaffected."""
+    config_path = sample_config(tmp_path, mosquitto.port)
+    text = config_path.read_text(encoding="utf-8")
+    config_path.write_text(
+        text.replace(
+            "device_rate_per_s = 100000.0\n\n[", "device_rate_per_s = 0.5\ndevice_burst = 10\n\n[", 1
+        ),
+        encoding="utf-8",
+    )
+    async with gateway_in_process(config_path, mosquitto) as runner:
+        assert (runner.config.mqtt.device_rate_per_s, runner.config.mqtt.device_burst) == (0.5, 10)
+        flooder, quiet = _sim("shed-mqtt"), _sim("hightoss-mqtt")
+        rng = random.Random(11)
+        at = datetime(2026, 6, 1, 10, 0, tzinfo=CST)
+        # alarms: every message is one event (a routine message may be a heartbeat, which is none)
+        flood = [flooder.alarm(at.replace(second=i), rng) for i in range(30)]
+        calm = [quiet.alarm(at.replace(second=i), rng) for i in range(5)]
+        async with aiomqtt.Client("127.0.0.1", mosquitto.port, identifier="flooding-device") as device:
+            for message in [*flood, *calm]:
+                assert isinstance(message, MqttPublish)
+                await device.publish(message.topic, message.payload, qos=1)
+
+        # the quiet device published last, on the same connection: once its events are in, all are
+        calm_ids = expected_event_ids(runner.config, calm)
+        await runner.wait_for(lambda box: calm_ids <= set(box.event_ids()))
+        with runner.outbox() as box:
+            letters = box.dead_letters(limit=100)
+            flooder_ids = set(expected_event_ids(runner.config, flood)) & set(box.event_ids())
+        limited = [d for d in letters if d["reason"] == "rate_limited"]
+        admitted = len(flood) - len(limited)
+        assert 10 <= admitted <= 12  # the burst, and what refilled at 0.5/s meanwhile
+        assert flooder_ids == expected_event_ids(runner.config, flood[:admitted])  # the first ones got in
+        assert {d["device"] for d in limited} == {flooder.device.id}
+        assert "messages/s" in str(limited[0]["detail"])
+        assert not [d for d in letters if d["device"] == quiet.device.id]
