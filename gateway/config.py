@@ -51,6 +51,9 @@ class StateConfig(_Config):
     dir: Path = Path("/var/lib/compound-gateway")
     outbox_max_bytes: int = Field(default=512 * 1024 * 1024, ge=1024)
     dead_letter_keep: int = Field(default=10_000, ge=10)
+    dedup_window_days: int = Field(
+        default=14, ge=1, le=365, description="how long delivered event ids are kept to recognise re-sends"
+    )
     write_queue_size: int = Field(default=4096, ge=16)
     worker_process: bool = Field(
         default=True,

@@ -649,6 +649,12 @@ class OutboxReader:
             self._executor, self._outbox.purge_media, older_than
         )
 
+    async def purge_tombstones(self, settled_before: datetime) -> int:
+        """Forget delivered and shed events settled before the cutoff."""
+        return await asyncio.get_running_loop().run_in_executor(
+            self._executor, self._outbox.purge_tombstones, settled_before
+        )
+
     @property
     def media_dir(self) -> Path:
         """Where the pictures are."""

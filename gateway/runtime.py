@@ -25,6 +25,7 @@ from gateway.http_receiver import build_app
 from gateway.mqtt_intake import MqttIntake
 from gateway.outbox import OutboxReader
 from gateway.pipeline import IntakePipeline
+from gateway.retention import Retention
 from gateway.systemd import sd_notify
 from gateway.watch_matcher import WatchMatcher
 from gateway.watchlists import WatchListRegistry
@@ -102,6 +103,8 @@ async def run_gateway(config: GatewayConfig, *, ready: asyncio.Event | None = No
         await asyncio.to_thread(registry.load_persisted)
         matcher = WatchMatcher(config, registry, pipeline, reader)
         health.writers.append(matcher.write_metrics)
+        retention = Retention(config, reader)
+        health.writers.append(retention.write_metrics)
         app = build_app(config, pipeline, health, reader.stats)
         runner = web.AppRunner(app, shutdown_timeout=HTTP_SHUTDOWN_TIMEOUT_S)
         await runner.setup()
@@ -119,21 +122,7 @@ async def run_gateway(config: GatewayConfig, *, ready: asyncio.Event | None = No
                     mqtt_up = asyncio.Event()
                     if intake.uses_mqtt():
                         mqtt = MqttIntake(config, pipeline)
-                        health.expose(
-                            "cgw_mqtt_intake_messages_total",
-                            "device messages received",
-                            lambda: mqtt.messages,
-                        )
-                        health.expose(
-                            "cgw_mqtt_intake_acked_total",
-                            "device messages acknowledged after commit",
-                            lambda: mqtt.acked,
-                        )
-                        health.expose(
-                            "cgw_mqtt_intake_read_pauses_total",
-                            "times reading paused for back-pressure",
-                            lambda: mqtt.throttle.pauses,
-                        )
+                        _expose_mqtt(health, mqtt)
                         transports.create_task(
                             supervise("mqtt-intake", mqtt.run, Backoff(config.backoff), mqtt_up, health),
                             name="mqtt-intake",
@@ -156,6 +145,12 @@ async def run_gateway(config: GatewayConfig, *, ready: asyncio.Event | None = No
                             "watch-matcher", _forever(matcher.run), Backoff(config.backoff), health=health
                         ),
                         name="watch-matcher",
+                    )
+                    transports.create_task(
+                        supervise(
+                            "retention", _forever(retention.run), Backoff(config.backoff), health=health
+                        ),
+                        name="retention",
                     )
                     if "WATCHDOG_USEC" in os.environ:
                         transports.create_task(
@@ -207,6 +202,18 @@ async def watchdog(pipeline: IntakePipeline, watchdog_usec: int) -> None:
         else:
             sd_notify("WATCHDOG=1")
         await asyncio.sleep(interval)
+
+
+def _expose_mqtt(health: Health, mqtt: MqttIntake) -> None:
+    health.expose("cgw_mqtt_intake_messages_total", "device messages received", lambda: mqtt.messages)
+    health.expose(
+        "cgw_mqtt_intake_acked_total", "device messages acknowledged after commit", lambda: mqtt.acked
+    )
+    health.expose(
+        "cgw_mqtt_intake_read_pauses_total",
+        "times reading paused for back-pressure",
+        lambda: mqtt.throttle.pauses,
+    )
 
 
 def _expose_uplink(health: Health, uplink: MqttUplink | DirectUplink) -> None:

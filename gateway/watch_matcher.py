@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 
 import structlog
 
@@ -58,7 +58,6 @@ log = structlog.get_logger(__name__)
 
 BATCH = 16
 IDLE_POLL_S = 0.2
-RETENTION_EVERY_S = 3600.0
 HIT_DIALECT = "watchlist"
 
 
@@ -74,7 +73,6 @@ class MatcherStats:
     face_hits: int = 0
     plates_checked: int = 0
     plate_hits: int = 0
-    media_purged: int = 0
     analysis_seconds: float = 0.0
 
 
@@ -104,15 +102,10 @@ class WatchMatcher:
         )
 
     async def run(self) -> None:
-        """Take queued work until cancelled; purge old pictures once an hour."""
-        next_purge = 0.0
-        loop = asyncio.get_running_loop()
+        """Take queued work until cancelled."""
         try:
             while True:
                 raise_if_cancelling()
-                if loop.time() >= next_purge:
-                    await self._purge_media()
-                    next_purge = loop.time() + RETENTION_EVERY_S
                 shed = await self._reader.watch_shed(self._faces.max_backlog)
                 if shed:
                     self.stats.pictures_shed += shed
@@ -128,13 +121,6 @@ class WatchMatcher:
         finally:
             if self._pool is not None:
                 self._pool.shutdown(wait=False, cancel_futures=True)
-
-    async def _purge_media(self) -> None:
-        cutoff = utc_now() - timedelta(days=self._config.privacy.media_retention_days)
-        purged = await self._reader.purge_media(cutoff)
-        if purged:
-            self.stats.media_purged += purged
-            log.info("media_purged", files=purged, older_than=cutoff.isoformat())
 
     async def _handle(self, items: Sequence[WatchItem]) -> list[tuple[Event, tuple[MediaBlob, ...]]]:
         lists = self._registry.loaded
@@ -309,7 +295,6 @@ class WatchMatcher:
             ("cgw_watchlist_face_hits_total", "face watch-list hits", s.face_hits),
             ("cgw_watchlist_plates_checked_total", "plates looked up", s.plates_checked),
             ("cgw_watchlist_plate_hits_total", "plate watch-list hits", s.plate_hits),
-            ("cgw_media_purged_total", "pictures deleted after the retention period", s.media_purged),
             (
                 "cgw_faces_analysis_seconds_total",
                 "wall time spent waiting for the face pool",

@@ -9,12 +9,13 @@ import json
 import random
 import sqlite3
 import sys
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import aiohttp
 import aiomqtt
 
+from adapters.base import RawMessage
 from device_sims.broker import Mosquitto
 from device_sims.demo import expected_event_ids
 from device_sims.devices import CST, HttpPost, MqttPublish, build_sim
@@ -22,6 +23,8 @@ from device_sims.inventory import sample_devices
 from device_sims.runner import Runner
 from device_sims.scenarios import Step
 from gateway.config import load_config
+from gateway.identity import Pseudonymizer
+from gateway.intake import Intake, IntakeItem
 from gateway.outbox import Outbox
 from gateway.runtime import run_gateway
 from tests.conftest import RunningGateway, gateway_in_process, sample_config
@@ -320,3 +323,39 @@ async def test_mqtt_device_rate_limit(tmp_path: Path, mosquitto: Mosquitto) -> N
         assert {d["device"] for d in limited} == {flooder.device.id}
         assert "messages/s" in str(limited[0]["detail"])
         assert not [d for d in letters if d["device"] == quiet.device.id]
+
+
+async def test_retention_forgets_old_tombstones(tmp_path: Path, mosquitto: Mosquitto) -> None:
+    """At start (then hourly) delivered ids older than the de-duplication window are forgotten, newer kept."""
+    config_path = sample_config(tmp_path, mosquitto.port, state="dedup_window_days = 7")
+    config = load_config(config_path)
+    sim = _sim("shed-mqtt")
+    rng = random.Random(13)
+    messages = [sim.alarm(datetime(2026, 6, 1, 10, 0, second=i, tzinfo=CST), rng) for i in range(2)]
+    old_ids, new_ids = (expected_event_ids(config, [m]) for m in messages)
+    intake = Intake(config, Pseudonymizer(b"k" * 32, config.compound.compound_id))
+    config.state.dir.mkdir(parents=True, exist_ok=True)
+    with Outbox(config.state.dir / "outbox.db", max_bytes=1 << 30) as box:
+        for message in messages:
+            assert isinstance(message, MqttPublish)
+            outcome = intake.classify(
+                IntakeItem("mqtt", RawMessage(message.payload, topic=message.topic), 1 << 20)
+            )
+            box.commit([outcome.operation])
+        assert box.mark_delivered(sorted(old_ids | new_ids)) == len(old_ids | new_ids)
+        settled = (datetime.now(UTC) - timedelta(days=8)).isoformat()
+        box.db.execute(
+            f"UPDATE events SET settled_at=? WHERE event_id IN ({','.join('?' * len(old_ids))})",
+            (settled, *old_ids),
+        )
+        box.db.commit()
+        assert old_ids | new_ids == set(box.event_ids("delivered"))
+    async with gateway_in_process(config_path, mosquitto) as runner:
+        await runner.wait_for(lambda box: not old_ids & set(box.event_ids("delivered")))
+        with runner.outbox() as box:
+            assert (
+                set(box.event_ids("delivered")) == new_ids
+            )  # inside the window: still recognised as re-sends
+        async with aiohttp.ClientSession() as session, session.get(runner.http + "/metrics") as response:
+            metrics = await response.text()
+        assert f"cgw_outbox_tombstones_purged_total {len(old_ids)}" in metrics

@@ -1,0 +1,71 @@
+"""Bounded retention in the compound: pictures and outbox tombstones are forgotten on a schedule.
+
+Pictures (face snapshots, plates, scenes) are personal data: they are deleted after
+``[privacy] media_retention_days``. A delivered event leaves a tombstone (its id, no body) so
+that a device's re-send is recognised as a duplicate; after ``[state] dedup_window_days`` the
+tombstone goes too (a re-send later than that is sent up again, and the district store, keyed by
+event id, keeps it once). Runs at start and then hourly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+import structlog
+
+from gateway.cancellation import raise_if_cancelling
+from gateway.config import GatewayConfig
+from gateway.events import utc_now
+from gateway.health import MetricsText
+from gateway.outbox import OutboxReader
+
+log = structlog.get_logger(__name__)
+
+RETENTION_EVERY_S = 3600.0
+
+
+class Retention:
+    """The hourly purge of old pictures and tombstones, with its counters."""
+
+    def __init__(self, config: GatewayConfig, reader: OutboxReader) -> None:
+        self._config = config
+        self._reader = reader
+        self.media_purged = 0
+        self.tombstones_purged = 0
+
+    async def run(self) -> None:
+        """Purge now and every hour until cancelled."""
+        while True:
+            raise_if_cancelling()
+            await self.purge_once()
+            await asyncio.sleep(RETENTION_EVERY_S)
+
+    async def purge_once(self) -> None:
+        """Delete what is past its retention period."""
+        now = utc_now()
+        media_cutoff = now - timedelta(days=self._config.privacy.media_retention_days)
+        files = await self._reader.purge_media(media_cutoff)
+        if files:
+            self.media_purged += files
+            log.info("media_purged", files=files, older_than=media_cutoff.isoformat())
+        settled_cutoff = now - timedelta(days=self._config.state.dedup_window_days)
+        tombstones = await self._reader.purge_tombstones(settled_cutoff)
+        if tombstones:
+            self.tombstones_purged += tombstones
+            log.info("tombstones_purged", events=tombstones, settled_before=settled_cutoff.isoformat())
+
+    def write_metrics(self, text: MetricsText) -> None:
+        """What was purged since start."""
+        text.family(
+            "cgw_media_purged_total",
+            "counter",
+            "pictures deleted after the retention period",
+            [({}, float(self.media_purged))],
+        )
+        text.family(
+            "cgw_outbox_tombstones_purged_total",
+            "counter",
+            "ids of delivered events forgotten after the de-duplication window",
+            [({}, float(self.tombstones_purged))],
+        )
