@@ -27,6 +27,7 @@ from gateway.errors import OutboxError
 from gateway.events import utc_now
 from gateway.health import Health, MetricsText, write_outbox_metrics
 from gateway.intake import IntakeItem
+from gateway.logging import worth_logging
 from gateway.outbox import OutboxStats
 from gateway.pipeline import IntakePipeline
 from gateway.rate_limits import PeerRateLimiter
@@ -39,8 +40,6 @@ CONFIG_KEY: web.AppKey[GatewayConfig] = web.AppKey("config", GatewayConfig)
 HEALTH_KEY: web.AppKey[Health] = web.AppKey("health", Health)
 STATS_KEY: web.AppKey[Callable[[], Awaitable[OutboxStats]]] = web.AppKey("stats")
 LIMITS_KEY: web.AppKey[PushLimits] = web.AppKey("limits")
-RATE_LIMIT_LOG_FIRST = 3
-RATE_LIMIT_LOG_EVERY = 1000
 
 
 class PushLimits:
@@ -156,7 +155,7 @@ async def _receive(
 def _rate_limited(limits: PushLimits, transport: str, peer: str, retry_after: float) -> web.Response:
     limiter = limits.platforms if transport == "http_platform" else limits.devices
     count = limiter.refused[peer]
-    if count <= RATE_LIMIT_LOG_FIRST or count % RATE_LIMIT_LOG_EVERY == 0:
+    if worth_logging(count, first=3, every=1000):
         log.warning("push_rate_limited", peer=peer, rate_per_s=limiter.rate, burst=limiter.burst, count=count)
     return web.json_response(
         {

@@ -20,13 +20,11 @@ from gateway.config import DeviceConfig, GatewayConfig
 from gateway.errors import PayloadRejected, Rejection
 from gateway.events import Event, utc_now
 from gateway.identity import Pseudonymizer
+from gateway.logging import worth_logging
 from gateway.outbox import DeadLetter, EventRow, Operation, StoreEvents
 from gateway.rate_limits import PeerRateLimiter
 
 log = structlog.get_logger(__name__)
-
-REJECTION_LOG_FIRST = 5
-REJECTION_LOG_EVERY = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -279,7 +277,7 @@ class Intake:
         key = (device or "(unknown)", rejection.reason)
         self.rejected[key] += 1
         count = self.rejected[key]
-        if count <= REJECTION_LOG_FIRST or count % REJECTION_LOG_EVERY == 0:
+        if worth_logging(count):
             log.warning(
                 "payload_rejected",
                 transport=transport,

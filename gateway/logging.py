@@ -44,3 +44,12 @@ def configure_logging(fmt: Literal["auto", "json", "console"] = "auto", level: i
     root.handlers[:] = [handler]
     root.setLevel(level)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+def worth_logging(count: int, *, first: int = 5, every: int = 100) -> bool:
+    """Whether the ``count``-th repeat of one problem gets a log line: the first few, then every n-th.
+
+    A device or compound that repeats the same fault in a loop must not flood the journal; the
+    metrics count every occurrence.
+    """
+    return count <= first or count % every == 0

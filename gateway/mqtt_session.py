@@ -217,7 +217,6 @@ class PublishRefusals:
     def __init__(self, client: aiomqtt.Client) -> None:
         paho: Any = client._client  # the same reach as paho_of, for the same pinned version
         self._refused: dict[int, str] = {}
-        self.count = 0
         paho_publish = paho.publish
         aiomqtt_on_publish = paho.on_publish
 
@@ -232,7 +231,6 @@ class PublishRefusals:
                 if len(self._refused) >= MAX_REMEMBERED_REFUSALS:  # timed-out publishes never ask
                     self._refused.clear()
                 self._refused[mid] = str(reason_code)
-                self.count += 1
             aiomqtt_on_publish(*args)
 
         paho.publish = publish

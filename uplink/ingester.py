@@ -31,6 +31,7 @@ from gateway.cancellation import raise_if_cancelling
 from gateway.config import BackoffConfig
 from gateway.errors import PayloadRejected, TransportError
 from gateway.events import Event, utc_now
+from gateway.logging import worth_logging
 from gateway.mqtt_session import ManualAck, message_body, new_throttle, persistent_client, take_batch
 from gateway.sqlite_thread import SqliteBacked, transaction
 from gateway.systemd import sd_notify
@@ -41,8 +42,6 @@ from uplink.stores import EventStore, StoreError, build_store
 log = structlog.get_logger(__name__)
 
 MESSAGES_PER_ROUND = 256
-REJECTION_LOG_FIRST = 5
-REJECTION_LOG_EVERY = 100
 RECEIPT_MAX_IDS = 2000
 STORE_RETRY = BackoffConfig(initial_s=0.2, max_s=10.0)
 
@@ -197,8 +196,7 @@ class Ingester:
             self.rejected[letter.reason] += 1
             self._rejected_by_compound[key] += 1
             count = self._rejected_by_compound[key]
-            # a compound sending garbage in a loop must not flood the journal: first few, then every 100th
-            if count <= REJECTION_LOG_FIRST or count % REJECTION_LOG_EVERY == 0:
+            if worth_logging(count):
                 log.warning(
                     "uplink_message_rejected",
                     topic=letter.topic,

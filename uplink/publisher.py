@@ -28,6 +28,7 @@ from gateway.cancellation import raise_if_cancelling
 from gateway.config import GatewayConfig
 from gateway.errors import PayloadRejected, PublishRefusedError, TransportError, UplinkError
 from gateway.events import Event, utc_now
+from gateway.logging import worth_logging
 from gateway.mqtt_session import PublishRefusals, message_body
 from gateway.outbox import OutboxReader, StoredEvent
 from gateway.rate_limits import TokenBucket
@@ -47,7 +48,6 @@ from uplink.stores import StoreError, build_store
 log = structlog.get_logger(__name__)
 
 Send = Callable[[str, list[StoredEvent]], Awaitable[None]]
-REFUSAL_LOG_EVERY = 100  # a refusal repeats on every retry: log the first and then every 100th
 
 
 @dataclass(frozen=True)
@@ -242,7 +242,7 @@ class MqttUplink:
             except PublishRefusedError as exc:
                 # Not sent: the events stay pending and go again after the reconnect backoff.
                 self.refused_publishes += 1
-                if self.refused_publishes % REFUSAL_LOG_EVERY == 1:
+                if worth_logging(self.refused_publishes, first=1):  # repeats on every retry
                     log.error(
                         "uplink_publish_refused",
                         topic=exc.topic,
@@ -320,7 +320,7 @@ class MqttUplink:
                 ids = decode_receipt(message_body(message.payload))
             except PayloadRejected as exc:
                 self.bad_receipts += 1
-                if self.bad_receipts % REFUSAL_LOG_EVERY == 1:
+                if worth_logging(self.bad_receipts, first=1):
                     log.warning(
                         "uplink_bad_receipt",
                         reason=exc.rejection.reason,
