@@ -17,7 +17,7 @@ from device_sims.devices import HttpPost, asset, build_sim
 from device_sims.inventory import DISTRICT_ID, sample_devices
 from gateway.outbox import StoreEvents
 from gateway.watchlists import FaceSubject, PlateEntry, WatchList, encode_document, encode_embedding
-from tests.fuzz.targets import SEED_TIME, TARGETS, _gateway_config, classify
+from tests.fuzz.targets import SEED_TIME, TARGETS, classify, fuzz_gateway_config
 from tests.test_parsers_property import golden_cases
 from uplink.protocol import encode_batch, encode_receipt
 
@@ -47,7 +47,7 @@ def device_seeds() -> dict[str, list[bytes]]:
 
 def uplink_seeds(device: dict[str, list[bytes]]) -> list[bytes]:
     """Batches as a gateway sends them (events from the device seeds), statuses, and a spoofed batch."""
-    compound = _gateway_config().compound.compound_id
+    compound = fuzz_gateway_config().compound.compound_id
     bodies: dict[str, list[bytes]] = defaultdict(list)
     for dialect, inputs in device.items():
         for data in inputs:

@@ -60,7 +60,8 @@ def split_envelope(data: bytes) -> tuple[str, bytes]:
 
 
 @cache
-def _gateway_config() -> GatewayConfig:
+def fuzz_gateway_config() -> GatewayConfig:
+    """The sample compound's configuration (in a temporary directory nothing is written to)."""
     directory = Path(tempfile.mkdtemp(prefix="cgw-fuzz-"))
     path = write_sample_config(
         directory / "gateway.toml", state_dir=directory / "state", http_port=8480, mqtt_port=1883
@@ -69,8 +70,9 @@ def _gateway_config() -> GatewayConfig:
 
 
 @cache
-def _intake() -> Intake:
-    config = _gateway_config()
+def fuzz_intake() -> Intake:
+    """The sample compound's intake, as its gateway would build it."""
+    config = fuzz_gateway_config()
     return Intake(config, Pseudonymizer(b"fuzz-key-" * 4, config.compound.compound_id))
 
 
@@ -95,7 +97,7 @@ def intake_item(dialect: str, data: bytes) -> IntakeItem:
 
 def classify(dialect: str, data: bytes) -> Outcome:
     """Run the sample compound's intake on one input."""
-    return _intake().classify(intake_item(dialect, data))
+    return fuzz_intake().classify(intake_item(dialect, data))
 
 
 def intake_target(dialect: str) -> Callable[[bytes], None]:
@@ -111,7 +113,7 @@ def intake_target(dialect: str) -> Callable[[bytes], None]:
             return
         if not isinstance(outcome.operation, StoreEvents):
             raise InvariantError(f"{dialect}: accepted without events")
-        compound = _gateway_config().compound.compound_id
+        compound = fuzz_gateway_config().compound.compound_id
         for row in outcome.operation.events:
             event = Event.model_validate_json(row.body)  # what is stored reads back as an event
             if event.device_id != outcome.device or event.compound_id != compound:
