@@ -109,7 +109,11 @@ def watchlist_seeds() -> list[bytes]:
 
 
 def write_seeds(corpus: Path) -> dict[str, int]:
-    """Write every target's seeds (named by content hash, so re-running adds nothing twice)."""
+    """Write every target's seeds, named by content hash.
+
+    Device seeds are the same on every run; uplink batches carry the time the intake received their
+    events, so re-running adds new ones beside the old (delete the old first to replace them).
+    """
     device = device_seeds()
     multipart = [d for inputs in device.values() for d in inputs if d.startswith(b"multipart/")]
     seeds: dict[str, list[bytes]] = {f"intake-{dialect}": inputs for dialect, inputs in device.items()}
