@@ -442,12 +442,17 @@ class Outbox:
             )
             return cursor.rowcount
 
-    def requeue_sent(self, sent_before: datetime) -> int:
-        """Sent but never confirmed (a receipt lost, a broker that lost its queue): send them again."""
+    def requeue_sent(self, sent_before: datetime, alarms_sent_before: datetime | None = None) -> int:
+        """Sent but never confirmed (a receipt lost, a broker that lost its queue): send them again.
+
+        Alarms may have a shorter wait (``alarms_sent_before``, later than ``sent_before``).
+        """
+        alarms_cutoff = max(sent_before, alarms_sent_before or sent_before)
         with self._transaction() as db:
             cursor = db.execute(
-                "UPDATE events SET state='pending', settled_at=NULL WHERE state='sent' AND settled_at < ?",
-                (sent_before.isoformat(),),
+                "UPDATE events SET state='pending', settled_at=NULL WHERE state='sent'"
+                " AND (settled_at < ? OR (alarm = 1 AND settled_at < ?))",
+                (sent_before.isoformat(), alarms_cutoff.isoformat()),
             )
             return cursor.rowcount
 
@@ -623,10 +628,10 @@ class OutboxReader:
         """Depth, ages and counters."""
         return await asyncio.get_running_loop().run_in_executor(self._executor, self._outbox.stats)
 
-    async def requeue(self, sent_before: datetime) -> int:
-        """Sent long ago and never confirmed: back to pending."""
+    async def requeue(self, sent_before: datetime, alarms_sent_before: datetime | None = None) -> int:
+        """Sent long ago and never confirmed: back to pending (alarms after a shorter wait)."""
         return await asyncio.get_running_loop().run_in_executor(
-            self._executor, self._outbox.requeue_sent, sent_before
+            self._executor, self._outbox.requeue_sent, sent_before, alarms_sent_before
         )
 
     async def watch_items(self, limit: int) -> list[WatchItem]:

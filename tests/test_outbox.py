@@ -216,3 +216,17 @@ def test_failed_batch_rolls_back_budget(tmp_path: Path) -> None:
         box.db.execute("DROP TRIGGER boom")
         box.commit([store(routine(1))])
         assert box.event_ids() == [routine(1).event_id]
+
+
+def test_unconfirmed_alarms_are_requeued_sooner(tmp_path: Path) -> None:
+    """Sent without a receipt: alarms go back to pending after their shorter wait, routine events later."""
+    with Outbox(tmp_path / "o.db", max_bytes=1 << 20) as box:
+        box.commit([store(routine(1), alarm(1))])
+        assert box.mark_sent([routine(1).event_id, alarm(1).event_id]) == 2
+        now = datetime.now(UTC)
+        # checked as if a moment later: the alarms' wait is over, the routine events' (60 s) is not
+        assert box.requeue_sent(now - timedelta(seconds=60), now + timedelta(seconds=0.5)) == 1
+        assert box.event_ids("pending") == [alarm(1).event_id]
+        assert box.event_ids("sent") == [routine(1).event_id]
+        assert box.requeue_sent(now + timedelta(seconds=1)) == 1  # without an alarm wait: one rule for all
+        assert box.event_ids("sent") == []

@@ -266,3 +266,30 @@ def _ingest_letters(path: Path) -> list[tuple[str, str, str | None]]:
         return []
     with sqlite3.connect(path) as db:
         return list(db.execute("SELECT topic, reason, field FROM dead_letters ORDER BY id"))
+
+
+async def test_alarms_lost_by_the_district_are_resent_sooner(
+    tmp_path: Path, mosquitto: Mosquitto, district_broker: Mosquitto
+) -> None:
+    """Published while no ingester listened (the broker drops them): alarms come again after their short wait.
+
+    The routine events wait for the ordinary receipt timeout; the alarms must not.
+    """
+    config = gateway_config(
+        tmp_path, mosquitto, district_broker, receipt_timeout_s=600, alarm_receipt_timeout_s=1.0
+    )
+    store_path = tmp_path / "district.db"
+    district = district_config(tmp_path, district_broker, f'type = "sqlite"\npath = "{store_path}"')
+    async with running(lambda ready: run_gateway(config, ready=ready), "gateway"):
+        sent = await play(config, mosquitto, seed=41, count=30)
+        with Outbox(config.state.dir / "outbox.db", max_bytes=1 << 30) as box:
+            # taken by the broker, which had no subscriber and so kept nothing
+            await wait_until(lambda: set(box.event_ids("sent")) >= sent.expected)
+            alarms = {
+                row[0] for row in box.db.execute("SELECT event_id FROM events WHERE alarm = 1").fetchall()
+            }
+        assert alarms
+        async with running(lambda ready: run_ingester(district, ready=ready), "ingester"):
+            await wait_until(lambda: alarms <= set(sqlite_ids(store_path)), timeout=20)
+            routine = sent.expected - alarms
+            assert not routine & set(sqlite_ids(store_path))  # still waiting for their receipt timeout

@@ -148,6 +148,11 @@ class MqttUplinkConfig(_Config):
     receipt_timeout_s: float = Field(
         default=60.0, gt=0, description="sent events without a receipt are sent again"
     )
+    alarm_receipt_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="alarms without a receipt are sent again sooner (a district broker that lost them)",
+    )
 
 
 class DirectUplinkConfig(_Config):

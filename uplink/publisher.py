@@ -61,6 +61,7 @@ class Pacing:
     replay_rate: float
     poll_s: float
     receipt_timeout: timedelta | None  # None: the sender's confirmation is final
+    alarm_receipt_timeout: timedelta | None = None
 
 
 class Forwarder:
@@ -82,10 +83,14 @@ class Forwarder:
         while True:
             raise_if_cancelling()
             if pacing.receipt_timeout is not None and time.monotonic() >= next_requeue:
-                requeued = await self._reader.requeue(utc_now() - pacing.receipt_timeout)
+                now = utc_now()
+                alarm_timeout = pacing.alarm_receipt_timeout or pacing.receipt_timeout
+                requeued = await self._reader.requeue(now - pacing.receipt_timeout, now - alarm_timeout)
                 if requeued:
                     log.warning("uplink_receipts_missing", requeued=requeued)
-                next_requeue = time.monotonic() + pacing.receipt_timeout.total_seconds() / 4
+                next_requeue = (
+                    time.monotonic() + min(pacing.receipt_timeout, alarm_timeout).total_seconds() / 4
+                )
             rows = await self._reader.pending(window)
             alarms = [r for r in rows if r.alarm]
             routine = [r for r in rows if not r.alarm]
@@ -172,6 +177,9 @@ def _pacing(config: MqttUplinkConfig | DirectUplinkConfig) -> Pacing:
     mqtt = config if isinstance(config, MqttUplinkConfig) else None
     return Pacing(
         receipt_timeout=timedelta(seconds=mqtt.receipt_timeout_s) if mqtt and mqtt.receipts else None,
+        alarm_receipt_timeout=timedelta(seconds=mqtt.alarm_receipt_timeout_s)
+        if mqtt and mqtt.receipts
+        else None,
         batch_max_events=config.batch_max_events,
         batch_max_bytes=mqtt.batch_max_bytes if mqtt else DIRECT_BATCH_MAX_BYTES,
         batch_max_delay=timedelta(milliseconds=config.batch_max_delay_ms),
