@@ -17,9 +17,9 @@ from datetime import UTC, datetime, tzinfo
 from enum import StrEnum
 from typing import Protocol
 
-from gateway import strict_json
-from gateway.errors import PayloadRejected
-from gateway.events import (
+from foundation import strict_json
+from foundation.errors import PayloadRejected
+from foundation.events import (
     DeviceState,
     DeviceStatusPayload,
     Event,
@@ -30,7 +30,7 @@ from gateway.events import (
     Provenance,
     Severity,
 )
-from gateway.identity import Pseudonymizer, event_id
+from foundation.identity import Pseudonymizer, event_id
 
 EARLIEST_PLAUSIBLE = datetime(2000, 1, 1, tzinfo=UTC)
 LATEST_PLAUSIBLE = datetime(2100, 1, 1, tzinfo=UTC)

@@ -22,8 +22,8 @@ from adapters.base import (
     parse_compact_time,
 )
 from adapters.shed_mqtt import SEVERITY
-from gateway.errors import PayloadRejected
-from gateway.events import EbikeShedPayload, Event, EventKind, ShedCondition
+from foundation.errors import PayloadRejected
+from foundation.events import EbikeShedPayload, Event, EventKind, ShedCondition
 
 CMD_VALUES = {
     "1": ShedCondition.FIRE_ALARM,

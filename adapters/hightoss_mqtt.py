@@ -24,8 +24,8 @@ from adapters.base import (
     status_event,
     topic_parts,
 )
-from gateway.errors import PayloadRejected
-from gateway.events import EventKind, MediaRef, Severity, ThrownObjectPayload, TrajectoryPoint
+from foundation.errors import PayloadRejected
+from foundation.events import EventKind, MediaRef, Severity, ThrownObjectPayload, TrajectoryPoint
 
 PREFIX = "hightoss"
 GRID = 8191.0

@@ -26,8 +26,8 @@ from adapters.base import (
 from adapters.multipart import Part, split_multipart
 from adapters.pictures import MAX_PICTURE_BYTES, check_picture
 from adapters.plates import normalize_plate
-from gateway.errors import PayloadRejected
-from gateway.events import (
+from foundation.errors import PayloadRejected
+from foundation.events import (
     BarrierAction,
     Direction,
     EventKind,

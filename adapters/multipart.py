@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from gateway.errors import PayloadRejected
+from foundation.errors import PayloadRejected
 
 _BOUNDARY = re.compile(r'boundary="?([^";]{1,200})"?', re.IGNORECASE)
 _DISPOSITION_PARAM = re.compile(r'(name|filename)="([^"]*)"', re.IGNORECASE)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import struct
 
-from gateway.errors import PayloadRejected
+from foundation.errors import PayloadRejected
 
 JPEG_MAGIC = b"\xff\xd8\xff"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

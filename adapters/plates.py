@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import unicodedata
 
-from gateway.errors import PayloadRejected
-from gateway.events import PLATE_PATTERN
+from foundation.errors import PayloadRejected
+from foundation.events import PLATE_PATTERN
 
 NO_PLATE = {"", "无车牌", "无牌", "未识别", "车牌", "unknown", "none", "noplate", "nopalte"}
 

@@ -21,8 +21,8 @@ from adapters.base import (
     status_event,
     topic_parts,
 )
-from gateway.errors import PayloadRejected
-from gateway.events import EbikeShedPayload, Event, EventKind, Severity, ShedCondition
+from foundation.errors import PayloadRejected
+from foundation.events import EbikeShedPayload, Event, EventKind, Severity, ShedCondition
 
 PREFIX = "shed"
 ALERT_BITS = (

@@ -24,8 +24,8 @@ from adapters.base import (
     topic_parts,
 )
 from adapters.pictures import MAX_PICTURE_BYTES, check_picture
-from gateway.errors import PayloadRejected
-from gateway.events import (
+from foundation.errors import PayloadRejected
+from foundation.events import (
     AccessResult,
     Direction,
     EventKind,

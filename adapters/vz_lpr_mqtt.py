@@ -21,7 +21,7 @@ from adapters.base import (
     topic_parts,
 )
 from adapters.plates import normalize_plate
-from gateway.events import (
+from foundation.events import (
     BarrierAction,
     Direction,
     EventKind,

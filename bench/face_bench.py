@@ -1,6 +1,6 @@
 """Face matching costs (issue 5): snapshots/s per core, matching time, throughput under analysis.
 
-1. Snapshots: detection + 128-d embedding (``gateway.faces.analyse_bytes``, what a pool worker runs)
+1. Snapshots: detection + 128-d embedding (``foundation.faces.analyse_bytes``, what a pool worker runs)
    on one core, at gate-camera size (the 427x240 fixture) and at 1080p (the fixture photo scaled
    into a 1920x1080 frame). Baseline in the same run: decoding the JPEG alone.
 2. Matching one face against 10,000 and 100,000 enrolled embeddings: our ``FaceIndex`` (one
@@ -38,13 +38,14 @@ from device_sims.devices import CST, HikAcsSim, build_sim
 from device_sims.inventory import DISTRICT_ID, sample_devices, write_sample_config
 from device_sims.runner import Runner
 from device_sims.scenarios import Step
+from foundation.faces import analyse_bytes, warm_up
+from foundation.logging import configure_logging
 from gateway.config import load_config
-from gateway.faces import analyse_bytes, warm_up
-from gateway.logging import configure_logging
 from gateway.outbox import Outbox
 from gateway.runtime import run_gateway
-from gateway.watchlists import FaceIndex, WatchList, encode_document, encode_embedding
+from gateway.watchlists import FaceIndex
 from tests.face_fixtures import face_fixtures
+from uplink.watchlist_document import WatchList, encode_document, encode_embedding
 
 FACES = face_fixtures()
 

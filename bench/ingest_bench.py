@@ -123,7 +123,7 @@ async def drain_bare(port: int, client_id: str, count: int) -> Result:
 def start_gateway(config: Path, log: Path) -> subprocess.Popen[bytes]:
     with log.open("ab") as handle:
         return subprocess.Popen(
-            [sys.executable, "-m", "gateway", "run", "--config", str(config)],
+            [sys.executable, "-m", "cli", "run", "--config", str(config)],
             stdout=handle,
             stderr=handle,
             cwd=ROOT,

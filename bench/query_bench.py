@@ -41,13 +41,13 @@ from bench.ingest_bench import machine, replace_section
 from device_sims.broker import Mosquitto, free_port
 from device_sims.influx import InfluxServer
 from device_sims.inventory import DISTRICT_ID
-from gateway.logging import configure_logging
-from uplink.config import load_district_config
-from uplink.operations import OperationsDb
-from uplink.operator_service import Caller, OperatorService
+from district.config import load_district_config
+from district.operations import OperationsDb
+from district.operator_service import Caller, OperatorService
+from district.query_backends import InfluxQueries
+from district.query_model import Role
+from foundation.logging import configure_logging
 from uplink.protocol import decode_receipt, encode_batch, event_topic
-from uplink.query_backends import InfluxQueries
-from uplink.query_model import Role
 from uplink.stores import InfluxV1Store
 
 PREFIX = "cgw/v1"
@@ -368,7 +368,7 @@ async def run(
             config = load_district_config(config_path)
             log = (work / "ingester.log").open("wb")
             ingester = subprocess.Popen(
-                [sys.executable, "-m", "gateway", "ingest", "--config", str(config_path)],
+                [sys.executable, "-m", "cli", "ingest", "--config", str(config_path)],
                 stdout=log,
                 stderr=log,
             )

@@ -40,13 +40,14 @@ from device_sims.influx import InfluxServer
 from device_sims.inventory import COMPOUND_ID, DISTRICT_ID, sample_devices, write_sample_config
 from device_sims.runner import Runner
 from device_sims.scenarios import burst
+from district.config import load_district_config
+from district.ingester import run_ingester
+from foundation.events import EbikeShedPayload, Event, EventKind, Provenance, Severity, ShedCondition
+from foundation.identity import event_id
 from gateway.config import GatewayConfig, load_config
-from gateway.events import EbikeShedPayload, Event, EventKind, Provenance, Severity, ShedCondition
-from gateway.identity import event_id
 from gateway.outbox import EventRow, Outbox, StoreEvents
 from gateway.runtime import run_gateway
-from uplink.config import InfluxV1StoreConfig, load_district_config
-from uplink.ingester import run_ingester
+from uplink.config import InfluxV1StoreConfig
 from uplink.protocol import encode_batch, event_topic
 from uplink.stores import InfluxV1Store
 
@@ -297,7 +298,7 @@ async def bench_rss(count: int) -> dict[str, object]:
             log = work / "gateway.log"
             with log.open("ab") as handle:
                 process = subprocess.Popen(
-                    [sys.executable, "-m", "gateway", "run", "--config", str(path)],
+                    [sys.executable, "-m", "cli", "run", "--config", str(path)],
                     stdout=handle,
                     stderr=handle,
                     cwd=ROOT,

@@ -28,18 +28,19 @@ from device_sims.embedded_broker import EmbeddedBroker
 from device_sims.inventory import COMPOUND_ID, DISTRICT_ID, compound_name, sample_devices, write_sample_config
 from device_sims.runner import Report, Runner
 from device_sims.scenarios import build
+from district.config import DistrictConfig, load_district_config
+from district.ingester import run_ingester
+from district.operations import OperationsDb
+from district.operator_output import Presenter
+from district.operator_service import Caller, open_operator_service
+from district.query_model import Role
+from foundation.events import utc_now
+from foundation.identity import Pseudonymizer
+from foundation.logging import configure_logging
+from foundation.tables import render_table
 from gateway.config import GatewayConfig, load_config
-from gateway.events import utc_now
-from gateway.identity import Pseudonymizer
 from gateway.intake import Intake, IntakeItem
-from gateway.logging import configure_logging
 from gateway.runtime import run_gateway
-from uplink.config import DistrictConfig, load_district_config
-from uplink.ingester import run_ingester
-from uplink.operations import OperationsDb
-from uplink.operator_output import Presenter, render_table
-from uplink.operator_service import Caller, open_operator_service
-from uplink.query_model import Role
 
 PHASES = ("normal-day", "morning-rush", "shed-fire", "thrown-object", "resend", "malformed", "offline")
 

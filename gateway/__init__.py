@@ -1,1 +1,5 @@
-"""compound-gateway: the compound-side daemon and its shared core (events, config, outbox)."""
+"""The compound daemon; it never imports the district side.
+
+Configuration, intake (HTTP and MQTT), the outbox, the watch-list matcher, the forwarder to the
+district, and the runtime that wires them.
+"""

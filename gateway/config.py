@@ -21,11 +21,13 @@ from pydantic import (
 
 from adapters import DIALECTS
 from adapters.base import Transport
-from gateway.config_types import ZoneName
-from gateway.errors import ConfigError
-from gateway.events import GbId, Location
-from gateway.toml_config import load_toml_model
-from uplink.config import UplinkConfig
+from foundation.backoff import BackoffConfig
+from foundation.config_types import ZoneName
+from foundation.errors import ConfigError
+from foundation.events import GbId, Location
+from foundation.toml_config import load_toml_model
+from uplink.config import BrokerConfig, StoreConfig
+from uplink.protocol import DEFAULT_PREFIX
 
 Port = Annotated[int, Field(ge=1, le=65535)]
 
@@ -138,14 +140,6 @@ class HttpConfig(_Config):
     platform_burst: int = Field(default=2000, ge=1, description="pushes a platform may make at once")
 
 
-class BackoffConfig(_Config):
-    """Reconnect pacing: exponential, jittered, capped."""
-
-    initial_s: float = Field(default=0.5, gt=0)
-    max_s: float = Field(default=30.0, gt=0)
-    multiplier: float = Field(default=2.0, ge=1.0)
-
-
 class DeviceConfig(_Config):
     """One device in the compound's inventory."""
 
@@ -174,6 +168,53 @@ class DeviceConfig(_Config):
                 f"dialect {self.dialect} identifies devices by their own id: set ref to the device's serial/IMEI"
             )
         return self
+
+
+class MqttUplinkConfig(_Config):
+    """Gateway -> district broker."""
+
+    mode: Literal["mqtt"] = "mqtt"
+    broker: BrokerConfig = BrokerConfig()
+    client_id: str | None = Field(default=None, description="default: cgw-up-<compound id>")
+    topic_prefix: str = DEFAULT_PREFIX
+    batch_max_events: int = Field(default=200, ge=1, le=5000)
+    batch_max_bytes: int = Field(default=256 * 1024, ge=1024, le=4 * 1024 * 1024)
+    batch_max_delay_ms: int = Field(
+        default=500, ge=0, le=60_000, description="how long routine events wait to fill a batch"
+    )
+    inflight_batches: int = Field(default=8, ge=1, le=256)
+    replay_rate: float = Field(
+        default=5000.0, gt=0, description="routine events per second at most (alarms are not paced)"
+    )
+    poll_ms: int = Field(
+        default=50, ge=5, le=5000, description="how often an idle uplink looks for new events"
+    )
+    receipts: bool = Field(
+        default=True,
+        description="events count as delivered when the district confirms them stored, not at the broker's PUBACK",
+    )
+    receipt_timeout_s: float = Field(
+        default=60.0, gt=0, description="sent events without a receipt are sent again"
+    )
+    alarm_receipt_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="alarms without a receipt are sent again sooner (a district broker that lost them)",
+    )
+
+
+class DirectUplinkConfig(_Config):
+    """Gateway -> district store directly (small districts without a broker)."""
+
+    mode: Literal["direct"] = "direct"
+    store: StoreConfig
+    batch_max_events: int = Field(default=500, ge=1, le=5000)
+    batch_max_delay_ms: int = Field(default=500, ge=0, le=60_000)
+    replay_rate: float = Field(default=5000.0, gt=0)
+    poll_ms: int = Field(default=50, ge=5, le=5000)
+
+
+UplinkConfig = Annotated[MqttUplinkConfig | DirectUplinkConfig, Field(discriminator="mode")]
 
 
 class GatewayConfig(_Config):

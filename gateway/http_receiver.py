@@ -22,13 +22,14 @@ import structlog
 from aiohttp import web
 
 from adapters.base import RawMessage
+from foundation.errors import OutboxError
+from foundation.events import utc_now
+from foundation.health import Health, MetricsText
+from foundation.logging import worth_logging
 from gateway.config import GatewayConfig
-from gateway.errors import OutboxError
-from gateway.events import utc_now
-from gateway.health import Health, MetricsText, write_outbox_metrics
 from gateway.intake import IntakeItem
-from gateway.logging import worth_logging
 from gateway.outbox import OutboxStats
+from gateway.outbox_metrics import write_outbox_metrics
 from gateway.pipeline import IntakePipeline
 from gateway.rate_limits import PeerRateLimiter
 

@@ -16,11 +16,11 @@ from pydantic import ValidationError
 
 from adapters import DIALECTS
 from adapters.base import DeviceContext, Dialect, MediaBlob, RawMessage, Transport
+from foundation.errors import PayloadRejected, Rejection
+from foundation.events import Event, utc_now
+from foundation.identity import Pseudonymizer
+from foundation.logging import worth_logging
 from gateway.config import DeviceConfig, GatewayConfig
-from gateway.errors import PayloadRejected, Rejection
-from gateway.events import Event, utc_now
-from gateway.identity import Pseudonymizer
-from gateway.logging import worth_logging
 from gateway.outbox import DeadLetter, EventRow, Operation, StoreEvents
 from gateway.rate_limits import PeerRateLimiter
 

@@ -1,7 +1,7 @@
 """The compound's MQTT device intake: one persistent session, acknowledged only after the commit.
 
 Device messages are batched as they arrive, parsed and committed by the intake pipeline, and each
-PUBACK is sent, in arrival order, only once its batch is durable (see ``gateway/mqtt_session.py``
+PUBACK is sent, in arrival order, only once its batch is durable (see ``foundation/mqtt.py``
 for why and how acknowledgement is manual, and how the incoming queue is bounded).
 """
 
@@ -14,10 +14,8 @@ import aiomqtt
 import structlog
 
 from adapters.base import RawMessage
-from gateway.config import GatewayConfig
-from gateway.errors import OutboxError, TransportError
-from gateway.intake import IntakeItem
-from gateway.mqtt_session import (
+from foundation.errors import OutboxError, TransportError
+from foundation.mqtt import (
     ManualAck,
     consume_result,
     message_body,
@@ -25,6 +23,8 @@ from gateway.mqtt_session import (
     persistent_client,
     take_batch,
 )
+from gateway.config import GatewayConfig
+from gateway.intake import IntakeItem
 from gateway.pipeline import BATCH_MAX, IntakePipeline, ItemResult
 
 log = structlog.get_logger(__name__)

@@ -26,9 +26,9 @@ from typing import Literal, Self
 import structlog
 
 from adapters.base import MediaBlob
-from gateway.durable_files import write_atomically
-from gateway.errors import OutboxError
-from gateway.events import Event, FaceAccessPayload, VehiclePassPayload, utc_now
+from foundation.durable_files import write_atomically
+from foundation.errors import OutboxError
+from foundation.events import Event, FaceAccessPayload, VehiclePassPayload, utc_now
 
 log = structlog.get_logger(__name__)
 

@@ -27,11 +27,11 @@ from types import TracebackType
 
 import structlog
 
+from foundation.errors import OutboxError, Rejection
+from foundation.identity import Pseudonymizer
+from foundation.logging import configure_logging
 from gateway.config import GatewayConfig
-from gateway.errors import OutboxError, Rejection
-from gateway.identity import Pseudonymizer
 from gateway.intake import Intake, IntakeItem
-from gateway.logging import configure_logging
 from gateway.outbox import Outbox, StoreResult
 
 log = structlog.get_logger(__name__)

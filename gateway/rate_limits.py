@@ -12,7 +12,7 @@ import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable
 
-from gateway.health import MetricsText
+from foundation.health import MetricsText
 
 
 class TokenBucket:

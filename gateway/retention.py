@@ -14,10 +14,10 @@ from datetime import timedelta
 
 import structlog
 
-from gateway.cancellation import raise_if_cancelling
+from foundation.cancellation import raise_if_cancelling
+from foundation.events import utc_now
+from foundation.health import MetricsText
 from gateway.config import GatewayConfig
-from gateway.events import utc_now
-from gateway.health import MetricsText
 from gateway.outbox import OutboxReader
 
 log = structlog.get_logger(__name__)

@@ -10,76 +10,29 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 
 import structlog
 from aiohttp import web
 
-from gateway.backoff import Backoff
-from gateway.cancellation import raise_if_cancelling
-from gateway.config import GatewayConfig, load_pseudonym_key
-from gateway.errors import OutboxError, TransportError
-from gateway.health import Health
+from foundation.backoff import Backoff
+from foundation.errors import OutboxError
+from foundation.health import Health
+from foundation.supervision import run_forever, supervise
+from foundation.systemd import sd_notify
+from gateway.config import GatewayConfig, MqttUplinkConfig, load_pseudonym_key
+from gateway.forwarder import DirectUplink, MqttUplink
 from gateway.http_receiver import build_app
 from gateway.mqtt_intake import MqttIntake
 from gateway.outbox import OutboxReader
 from gateway.pipeline import IntakePipeline
 from gateway.retention import Retention
-from gateway.systemd import sd_notify
 from gateway.watch_matcher import WatchMatcher
 from gateway.watchlists import WatchListRegistry
-from uplink.config import MqttUplinkConfig
-from uplink.publisher import DirectUplink, MqttUplink
 
 log = structlog.get_logger(__name__)
 
 HTTP_SHUTDOWN_TIMEOUT_S = 5.0
-
-
-async def supervise(
-    name: str,
-    run_once: Callable[[Callable[[], None]], Awaitable[None]],
-    backoff: Backoff,
-    up: asyncio.Event | None = None,
-    health: Health | None = None,
-) -> None:
-    """Keep one transport connected: reconnect with jittered, capped backoff; never give up.
-
-    Transport failures are expected and logged once per outage; anything else is a bug, logged with
-    its traceback and retried after the same backoff, so one broken transport never stops the rest.
-    """
-    connected_before = False
-
-    def connected() -> None:
-        nonlocal connected_before
-        connected_before = True
-        backoff.reset()
-        if up is not None:
-            up.set()
-        if health is not None:
-            health.mark(name, up=True)
-
-    with structlog.contextvars.bound_contextvars(transport=name):
-        while True:
-            raise_if_cancelling()
-            try:
-                await run_once(connected)
-                reason = "connection ended"
-            except TransportError as exc:
-                reason = str(exc)
-            except Exception:
-                log.exception("transport_crashed")
-                reason = "crashed"
-            delay = backoff.next_delay()
-            if health is not None:
-                health.mark(name, up=False)
-            if connected_before:
-                log.warning("transport_down", reason=reason, retry_in_s=round(delay, 2))
-            else:
-                log.info("transport_connect_failed", reason=reason, retry_in_s=round(delay, 2))
-            connected_before = False
-            await asyncio.sleep(delay)
 
 
 def pseudonym_key(config: GatewayConfig) -> bytes:
@@ -142,13 +95,13 @@ async def run_gateway(config: GatewayConfig, *, ready: asyncio.Event | None = No
                         )
                     transports.create_task(
                         supervise(
-                            "watch-matcher", _forever(matcher.run), Backoff(config.backoff), health=health
+                            "watch-matcher", run_forever(matcher.run), Backoff(config.backoff), health=health
                         ),
                         name="watch-matcher",
                     )
                     transports.create_task(
                         supervise(
-                            "retention", _forever(retention.run), Backoff(config.backoff), health=health
+                            "retention", run_forever(retention.run), Backoff(config.backoff), health=health
                         ),
                         name="retention",
                     )
@@ -175,16 +128,6 @@ async def run_gateway(config: GatewayConfig, *, ready: asyncio.Event | None = No
                 await runner.cleanup()  # answer pushes in flight while the batcher still runs
                 batcher.cancel()
     log.info("gateway_stopped")
-
-
-def _forever(run: Callable[[], Awaitable[None]]) -> Callable[[Callable[[], None]], Awaitable[None]]:
-    """A task that needs no connection, in the shape ``supervise`` restarts."""
-
-    async def once(connected: Callable[[], None]) -> None:
-        connected()
-        await run()
-
-    return once
 
 
 async def watchdog(pipeline: IntakePipeline, watchdog_usec: int) -> None:

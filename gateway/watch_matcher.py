@@ -33,9 +33,8 @@ from datetime import datetime
 import structlog
 
 from adapters.base import MediaBlob, RawMessage
-from gateway.cancellation import raise_if_cancelling
-from gateway.config import GatewayConfig
-from gateway.events import (
+from foundation.cancellation import raise_if_cancelling
+from foundation.events import (
     Direction,
     Event,
     EventKind,
@@ -46,9 +45,10 @@ from gateway.events import (
     WatchlistHitPayload,
     utc_now,
 )
-from gateway.faces import FoundFace, PictureError, analyse_file, crop_face, warm_up
-from gateway.health import MetricsText
-from gateway.identity import event_id
+from foundation.faces import FoundFace, PictureError, analyse_file, crop_face, warm_up
+from foundation.health import MetricsText
+from foundation.identity import event_id
+from gateway.config import GatewayConfig
 from gateway.intake import IntakeItem
 from gateway.outbox import OutboxReader, WatchItem
 from gateway.pipeline import IntakePipeline

@@ -24,8 +24,8 @@ from adapters.base import DeviceContext
 from device_sims.broker import Mosquitto, free_port
 from device_sims.influx import InfluxServer
 from device_sims.inventory import write_sample_config
+from foundation.identity import Pseudonymizer
 from gateway.config import GatewayConfig, load_config
-from gateway.identity import Pseudonymizer
 from gateway.outbox import Outbox
 from gateway.runtime import run_gateway
 from tests.district_data import DistrictData, produce

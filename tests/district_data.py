@@ -25,11 +25,11 @@ from device_sims.influx import InfluxServer
 from device_sims.inventory import DISTRICT_ID, compound_id, compound_name, sample_devices, write_sample_config
 from device_sims.runner import Runner
 from device_sims.scenarios import build
+from district.config import DistrictConfig, load_district_config
+from district.ingester import run_ingester
+from foundation.events import DeviceState, DeviceStatusPayload, Event, utc_now
 from gateway.config import GatewayConfig, load_config
-from gateway.events import DeviceState, DeviceStatusPayload, Event, utc_now
 from gateway.runtime import run_gateway
-from uplink.config import DistrictConfig, load_district_config
-from uplink.ingester import run_ingester
 
 OTHER_DISTRICT = "36010300005000000001"
 OTHER_COMPOUND = "36010300012160000101"

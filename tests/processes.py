@@ -16,10 +16,10 @@ from gateway.config import GatewayConfig
 
 
 class DaemonProcess:
-    """``python -m gateway <command> --config FILE``, ready once its log shows ``ready_marker``."""
+    """``python -m cli <command> --config FILE``, ready once its log shows ``ready_marker``."""
 
     def __init__(self, command: str, config_path: Path, log_path: Path, ready_marker: bytes) -> None:
-        self.argv = [sys.executable, "-m", "gateway", command, "--config", str(config_path)]
+        self.argv = [sys.executable, "-m", "cli", command, "--config", str(config_path)]
         self.log_path = log_path
         self.ready_marker = ready_marker
         self.process: subprocess.Popen[bytes] | None = None

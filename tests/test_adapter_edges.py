@@ -9,7 +9,7 @@ import pytest
 
 from adapters import DIALECTS
 from adapters.base import ParseResult, RawMessage
-from gateway.errors import PayloadRejected
+from foundation.errors import PayloadRejected
 from tests.conftest import PARSE_CONTEXT
 
 CTX = PARSE_CONTEXT

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from adapters import DIALECTS
+from cli.main import main
 from device_sims.inventory import write_sample_config
-from gateway.cli import main
 
 
 def test_list_dialects(capsys: pytest.CaptureFixture[str]) -> None:
@@ -118,7 +118,8 @@ def test_example_config_is_valid(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_example_district_config_is_valid() -> None:
     """docs/district.example.toml loads as a district config."""
-    from uplink.config import InfluxV1StoreConfig, load_district_config  # noqa: PLC0415
+    from district.config import load_district_config  # noqa: PLC0415
+    from uplink.config import InfluxV1StoreConfig  # noqa: PLC0415
 
     example = Path(__file__).resolve().parents[1] / "docs" / "district.example.toml"
     config = load_district_config(example)

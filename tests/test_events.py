@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from gateway.events import (
+from foundation.events import (
     AccessResult,
     BarrierAction,
     Direction,

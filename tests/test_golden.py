@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from adapters import DIALECTS
-from gateway.cli import main
+from cli.main import main
 
 GOLDEN = Path(__file__).parent / "golden"
 CASES = sorted(GOLDEN.glob("*/*.meta.json"))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.identity import Pseudonymizer, content_digest, event_id
+from foundation.identity import Pseudonymizer, content_digest, event_id
 
 
 def test_same_vendor_identity_same_id() -> None:

@@ -21,8 +21,8 @@ from adapters.pictures import (
     check_picture,
     picture_size,
 )
-from gateway import strict_json
-from gateway.errors import PayloadRejected
+from foundation import strict_json
+from foundation.errors import PayloadRejected
 from gateway.rate_limits import PeerRateLimiter
 from tests.face_fixtures import face_fixtures
 from uplink.protocol import decode_receipt

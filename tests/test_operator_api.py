@@ -15,12 +15,12 @@ from openapi_spec_validator import validate
 
 from device_sims.broker import free_port
 from device_sims.inventory import DISTRICT_ID, compound_id
+from district.config import load_district_config
+from district.operations import OperationsDb
+from district.operator_api import build_api, openapi_document
+from district.operator_service import open_operator_service
+from district.query_model import Role
 from tests.district_data import OTHER_COMPOUND, DistrictData, district_toml
-from uplink.config import load_district_config
-from uplink.operations import OperationsDb
-from uplink.operator_api import build_api, openapi_document
-from uplink.operator_service import open_operator_service
-from uplink.query_model import Role
 
 OPENAPI_FILE = Path(__file__).resolve().parents[1] / "docs" / "operator-api.openapi.json"
 C1, C2 = compound_id(1), compound_id(2)

@@ -15,8 +15,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from device_sims.inventory import compound_id
+from foundation.tables import display_width, render_csv, render_table
 from tests.district_data import DistrictData, district_toml
-from uplink.operator_output import display_width, render_csv, render_table
 
 C1 = compound_id(1)
 
@@ -26,7 +26,7 @@ def cli(*args: str, token: str | None = None, check: bool = True) -> subprocess.
     if token:
         env["CGW_TOKEN"] = token
     result = subprocess.run(
-        [sys.executable, "-m", "gateway", *args],
+        [sys.executable, "-m", "cli", *args],
         capture_output=True,
         text=True,
         env=env,
@@ -207,13 +207,13 @@ def test_api_command_serves_until_sigterm(config_file: Path, tmp_path: Path) -> 
     import time  # noqa: PLC0415
     import urllib.request  # noqa: PLC0415
 
-    from uplink.config import load_district_config  # noqa: PLC0415
+    from district.config import load_district_config  # noqa: PLC0415
 
     port = load_district_config(config_file).api.port
     log_path = tmp_path / "api.log"
     with log_path.open("wb") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "gateway", "api", "--config", str(config_file)], stdout=log, stderr=log
+            [sys.executable, "-m", "cli", "api", "--config", str(config_file)], stdout=log, stderr=log
         )
     try:
         deadline = time.monotonic() + 30

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from adapters.base import MediaBlob
-from gateway.events import (
+from foundation.events import (
     AccessResult,
     Direction,
     EbikeShedPayload,
@@ -20,7 +20,7 @@ from gateway.events import (
     ShedCondition,
     VerifyMode,
 )
-from gateway.identity import event_id
+from foundation.identity import event_id
 from gateway.outbox import DeadLetter, EventRow, Outbox, StoreEvents
 
 T0 = datetime(2026, 6, 1, 8, 0, tzinfo=UTC)

@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from adapters import DIALECTS
 from adapters.base import RawMessage
 from adapters.multipart import split_multipart
-from gateway.errors import PayloadRejected
+from foundation.errors import PayloadRejected
 from tests.conftest import PARSE_CONTEXT
 
 GOLDEN = Path(__file__).parent / "golden"

@@ -20,14 +20,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from device_sims.inventory import DISTRICT_ID, compound_id
-from gateway.errors import OperatorError
-from gateway.events import Event, EventKind, Severity
+from district.config import load_district_config
+from district.operations import OperationsDb
+from district.operator_service import Caller, OperatorService, open_operator_service
+from district.query_model import AlarmState, Role
+from foundation.errors import OperatorError
+from foundation.events import Event, EventKind, Severity
 from tests.district_data import OTHER_COMPOUND, OTHER_DISTRICT, DistrictData, district_toml
-from uplink.config import load_district_config
 from uplink.lineprotocol import point_time_ns
-from uplink.operations import OperationsDb
-from uplink.operator_service import Caller, OperatorService, open_operator_service
-from uplink.query_model import AlarmState, Role
 
 CST = ZoneInfo("Asia/Shanghai")
 CLI = Caller("cli", "tester@test")
@@ -458,8 +458,8 @@ async def test_hostile_filter_values_never_reach_the_store_as_text(
 
 def test_influxql_text_carries_no_filter_values() -> None:
     """The statement is built from our identifiers only; values travel in the params."""
-    from uplink.query_backends import _influx_where  # noqa: PLC0415
-    from uplink.query_model import Selection  # noqa: PLC0415
+    from district.query_backends import _influx_where  # noqa: PLC0415
+    from district.query_model import Selection  # noqa: PLC0415
 
     selection = Selection(
         district_id=DISTRICT_ID,

@@ -22,8 +22,8 @@ from device_sims.devices import CST, HttpPost, MqttPublish, build_sim
 from device_sims.inventory import sample_devices
 from device_sims.runner import Runner
 from device_sims.scenarios import Step
+from foundation.identity import Pseudonymizer
 from gateway.config import load_config
-from gateway.identity import Pseudonymizer
 from gateway.intake import Intake, IntakeItem
 from gateway.outbox import Outbox
 from gateway.runtime import run_gateway

@@ -10,11 +10,11 @@ import pytest
 
 from adapters import DIALECTS
 from adapters.base import RawMessage
+from cli.main import main
 from device_sims.inventory import write_sample_config
-from gateway.backoff import Backoff
-from gateway.cli import main
-from gateway.config import BackoffConfig, load_config
-from gateway.identity import Pseudonymizer
+from foundation.backoff import Backoff, BackoffConfig
+from foundation.identity import Pseudonymizer
+from gateway.config import load_config
 from gateway.intake import Intake, IntakeItem
 from gateway.outbox import DeadLetter, Outbox, StoreEvents
 

@@ -67,7 +67,7 @@ async def test_no_secret_in_logs_metrics_or_check_config(
         ),
         encoding="utf-8",
     )
-    from uplink.config import load_district_config  # noqa: PLC0415
+    from district.config import load_district_config  # noqa: PLC0415
 
     assert load_district_config(district_path).broker.password is not None
     ingester = IngesterProcess(district_path, tmp_path / "ingester.log")
@@ -91,7 +91,7 @@ async def test_no_secret_in_logs_metrics_or_check_config(
         ingester.stop()
     checks = [
         subprocess.run(
-            [sys.executable, "-m", "gateway", "check-config", str(p)],
+            [sys.executable, "-m", "cli", "check-config", str(p)],
             capture_output=True,
             text=True,
             timeout=60,
@@ -105,7 +105,7 @@ async def test_no_secret_in_logs_metrics_or_check_config(
     )
     checks.append(
         subprocess.run(
-            [sys.executable, "-m", "gateway", "check-config", str(broken)],
+            [sys.executable, "-m", "cli", "check-config", str(broken)],
             capture_output=True,
             text=True,
             timeout=60,

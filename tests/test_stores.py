@@ -10,7 +10,7 @@ import pytest
 from pydantic import SecretStr
 
 from device_sims.influx import InfluxServer
-from gateway.events import Event
+from foundation.events import Event
 from tests.test_uplink_protocol import T0, thrown
 from uplink.config import InfluxV1StoreConfig, SqliteStoreConfig
 from uplink.stores import InfluxV1Store, SqliteStore, StoreError, sqlite_event_ids

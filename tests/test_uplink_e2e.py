@@ -20,15 +20,16 @@ from device_sims.influx import InfluxServer
 from device_sims.inventory import DISTRICT_ID, sample_devices
 from device_sims.runner import Runner
 from device_sims.scenarios import build
+from district.config import DistrictConfig, load_district_config
+from district.ingester import run_ingester
+from foundation.events import Event
 from gateway.config import GatewayConfig, load_config
-from gateway.events import Event
 from gateway.outbox import Outbox
 from gateway.runtime import run_gateway
 from tests.conftest import sample_config
 from tests.district_data import running
 from tests.test_uplink_protocol import thrown
-from uplink.config import DistrictConfig, InfluxV1StoreConfig, load_district_config
-from uplink.ingester import run_ingester
+from uplink.config import InfluxV1StoreConfig
 from uplink.protocol import encode_batch
 from uplink.stores import InfluxV1Store
 

@@ -23,13 +23,14 @@ from device_sims.influx import InfluxServer
 from device_sims.inventory import sample_devices
 from device_sims.runner import Runner
 from device_sims.scenarios import build, burst
+from district.config import DistrictConfig
+from district.ingester import run_ingester
 from gateway.config import GatewayConfig
 from gateway.runtime import run_gateway
 from tests.district_data import running
 from tests.processes import GatewayProcess, IngesterProcess
 from tests.test_uplink_e2e import district_config, gateway_config, sqlite_ids, wait_until
-from uplink.config import DistrictConfig, InfluxV1StoreConfig
-from uplink.ingester import run_ingester
+from uplink.config import InfluxV1StoreConfig
 from uplink.stores import InfluxV1Store
 
 pytestmark = pytest.mark.slow

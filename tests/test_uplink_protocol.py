@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.errors import PayloadRejected
-from gateway.events import (
+from foundation.errors import PayloadRejected
+from foundation.events import (
     DeviceState,
     DeviceStatusPayload,
     Event,
@@ -20,7 +20,7 @@ from gateway.events import (
     Severity,
     ThrownObjectPayload,
 )
-from gateway.identity import event_id
+from foundation.identity import event_id
 from uplink.lineprotocol import point_time_ns, to_line
 from uplink.protocol import decode_batch, encode_batch, event_topic, parse_topic
 

@@ -33,28 +33,28 @@ from device_sims.devices import CST, HikAcsSim, HikAnprSim, UfaceSim
 from device_sims.inventory import DISTRICT_ID, sample_devices
 from device_sims.runner import Runner
 from device_sims.scenarios import Step
-from gateway.events import Event, EventKind, utc_now
-from gateway.faces import analyse_bytes
+from district.config import load_district_config
+from district.ingester import run_ingester
+from district.operations import OperationsDb
+from district.operator_service import Caller, open_operator_service
+from district.query_model import Role
+from district.watchlist_admin import WatchListDb, publish, published_documents
+from foundation.events import Event, EventKind, utc_now
+from foundation.faces import analyse_bytes
 from gateway.outbox import EventRow, Outbox, StoreEvents, WatchWork
 from gateway.runtime import run_gateway
-from gateway.watchlists import (
+from gateway.watchlists import WatchListRegistry
+from tests.district_data import running
+from tests.face_fixtures import face_fixtures
+from tests.test_uplink_e2e import district_config, gateway_config, wait_until
+from uplink.stores import sqlite_event_ids
+from uplink.watchlist_document import (
     WatchList,
-    WatchListRegistry,
     WatchListRejected,
     decode_document,
     encode_document,
     encode_embedding,
 )
-from tests.district_data import running
-from tests.face_fixtures import face_fixtures
-from tests.test_uplink_e2e import district_config, gateway_config, wait_until
-from uplink.config import load_district_config
-from uplink.ingester import run_ingester
-from uplink.operations import OperationsDb
-from uplink.operator_service import Caller, open_operator_service
-from uplink.query_model import Role
-from uplink.stores import sqlite_event_ids
-from uplink.watchlist_admin import WatchListDb, publish, published_documents
 
 FACES = face_fixtures()
 A_OTHERS = ("obama2.jpg", "obama3.jpg", "obama-240p.jpg", "obama_partial_face.jpg")

@@ -1,4 +1,4 @@
-"""Configuration of the uplink (gateway side) and of the district ingester.
+"""Configuration both ends of the uplink share: the district broker, TLS to it, and the event stores.
 
 Frozen pydantic models with ``extra="forbid"``, like the gateway's; ``load_district_config`` reports
 every error with its file, field and fix.
@@ -11,12 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, SecretStr, field_validator
-
-from gateway.config_types import ZoneName
-from gateway.events import GbId
-from gateway.toml_config import load_toml_model
-from uplink.protocol import DEFAULT_PREFIX
+from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, SecretStr
 
 Port = Annotated[int, Field(ge=1, le=65535)]
 
@@ -120,136 +115,3 @@ class InfluxV2StoreConfig(_Config):
 StoreConfig = Annotated[
     SqliteStoreConfig | InfluxV1StoreConfig | InfluxV2StoreConfig, Field(discriminator="type")
 ]
-
-
-class MqttUplinkConfig(_Config):
-    """Gateway -> district broker."""
-
-    mode: Literal["mqtt"] = "mqtt"
-    broker: BrokerConfig = BrokerConfig()
-    client_id: str | None = Field(default=None, description="default: cgw-up-<compound id>")
-    topic_prefix: str = DEFAULT_PREFIX
-    batch_max_events: int = Field(default=200, ge=1, le=5000)
-    batch_max_bytes: int = Field(default=256 * 1024, ge=1024, le=4 * 1024 * 1024)
-    batch_max_delay_ms: int = Field(
-        default=500, ge=0, le=60_000, description="how long routine events wait to fill a batch"
-    )
-    inflight_batches: int = Field(default=8, ge=1, le=256)
-    replay_rate: float = Field(
-        default=5000.0, gt=0, description="routine events per second at most (alarms are not paced)"
-    )
-    poll_ms: int = Field(
-        default=50, ge=5, le=5000, description="how often an idle uplink looks for new events"
-    )
-    receipts: bool = Field(
-        default=True,
-        description="events count as delivered when the district confirms them stored, not at the broker's PUBACK",
-    )
-    receipt_timeout_s: float = Field(
-        default=60.0, gt=0, description="sent events without a receipt are sent again"
-    )
-    alarm_receipt_timeout_s: float = Field(
-        default=10.0,
-        gt=0,
-        description="alarms without a receipt are sent again sooner (a district broker that lost them)",
-    )
-
-
-class DirectUplinkConfig(_Config):
-    """Gateway -> district store directly (small districts without a broker)."""
-
-    mode: Literal["direct"] = "direct"
-    store: StoreConfig
-    batch_max_events: int = Field(default=500, ge=1, le=5000)
-    batch_max_delay_ms: int = Field(default=500, ge=0, le=60_000)
-    replay_rate: float = Field(default=5000.0, gt=0)
-    poll_ms: int = Field(default=50, ge=5, le=5000)
-
-
-UplinkConfig = Annotated[MqttUplinkConfig | DirectUplinkConfig, Field(discriminator="mode")]
-
-
-class IngestConfig(_Config):
-    """How the district ingester consumes the uplink."""
-
-    name: str = Field(
-        default="ingester-1", pattern=r"^[A-Za-z0-9_\-]{1,64}$", description="unique per ingester"
-    )
-    group: str = Field(
-        default="district-ingesters",
-        pattern=r"^[A-Za-z0-9_\-]{1,64}$",
-        description="shared subscription group",
-    )
-    topic_prefix: str = DEFAULT_PREFIX
-    receive_maximum: int = Field(default=1000, ge=1, le=65535)
-    batch_max_events: int = Field(default=5000, ge=1, le=100_000)
-    max_message_bytes: int = Field(
-        default=8 * 1024 * 1024,
-        ge=64 * 1024,
-        description="larger uplink messages are dead-lettered unread (gateways send at most 4 MiB)",
-    )
-    dead_letter_path: Path = Path("/var/lib/compound-district/ingest-dead-letters.db")
-    dead_letter_keep: int = Field(default=100_000, ge=10)
-    receipts: bool = Field(default=True, description="confirm stored events to the compounds")
-
-
-class CompoundEntry(_Config):
-    """A compound the district platform knows (its registry); queries name compounds from here."""
-
-    id: GbId
-    name: str = Field(min_length=1, max_length=64)
-    district_id: GbId | None = Field(default=None, description="default: the config's district_id")
-
-
-class OperatorApiConfig(_Config):
-    """The operators' query API and CLI (``compound-gateway api`` / ``compound-gateway query``)."""
-
-    host: str = "127.0.0.1"
-    port: Port = 8090
-    ops_db: Path = Field(
-        default=Path("/var/lib/compound-district/operations.db"),
-        description="tokens (hashed), the append-only audit log and alarm lifecycles",
-    )
-    timezone: ZoneName = Field(
-        default="Asia/Shanghai", description="zone of day buckets and of times shown to people"
-    )
-    max_range_days: int = Field(default=31, ge=1, le=366, description="longest time range of one query")
-    max_page: int = Field(default=1000, ge=10, le=10_000, description="most rows of one page")
-    device_silent_after_s: int = Field(
-        default=3600, ge=60, description="a device with no event for this long counts as offline"
-    )
-    inventory_lookback_days: int = Field(
-        default=30, ge=1, le=366, description="devices that reported within this period are listed"
-    )
-    timeout_s: float = Field(default=30.0, gt=0, description="longest a query may take")
-
-
-class DistrictConfig(_Config):
-    """The district's configuration: ingester, store, compound registry and operator API."""
-
-    district_id: GbId
-    broker: BrokerConfig = BrokerConfig()
-    ingest: IngestConfig = IngestConfig()
-    store: StoreConfig
-    api: OperatorApiConfig = OperatorApiConfig()
-    compounds: tuple[CompoundEntry, ...] = ()
-    log_format: Literal["auto", "json", "console"] = "auto"
-
-    @field_validator("compounds")
-    @classmethod
-    def _unique_compounds(cls, compounds: tuple[CompoundEntry, ...]) -> tuple[CompoundEntry, ...]:
-        seen: set[str] = set()
-        for entry in compounds:
-            if entry.id in seen:
-                raise ValueError(f"compound {entry.id} is listed twice; keep one [[compounds]] entry")
-            seen.add(entry.id)
-        return compounds
-
-    def compound_district(self, entry: CompoundEntry) -> str:
-        """The district a registered compound belongs to."""
-        return entry.district_id or self.district_id
-
-
-def load_district_config(path: Path) -> DistrictConfig:
-    """Read and validate a district config; ``ConfigError`` names the file, the fields and the fixes."""
-    return load_toml_model(path, DistrictConfig, "the district TOML config")

@@ -22,7 +22,7 @@ import hashlib
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 
-from gateway.events import (
+from foundation.events import (
     DeviceStatusPayload,
     EbikeShedPayload,
     Event,

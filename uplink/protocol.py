@@ -6,7 +6,7 @@ offline). A batch is one JSON object::
 
     {"v": 1, "district_id": "...", "compound_id": "...", "sent_at": "...", "events": [<event>, ...]}
 
-where every event is the canonical event (``gateway/events.py``) exactly as the outbox stored it,
+where every event is the canonical event (``foundation/events.py``) exactly as the outbox stored it,
 so the gateway never re-serializes. The ingester checks the envelope against the topic and every
 event against the envelope, and refuses what does not match.
 """
@@ -20,9 +20,9 @@ from datetime import UTC, datetime, timedelta
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from gateway import strict_json
-from gateway.errors import PayloadRejected
-from gateway.events import Event, EventKind, utc_now
+from foundation import strict_json
+from foundation.errors import PayloadRejected
+from foundation.events import Event, EventKind, utc_now
 
 PROTOCOL_VERSION = 1
 DEFAULT_PREFIX = "cgw/v1"

@@ -18,9 +18,9 @@ from typing import Any, Protocol, Self, TypeVar
 
 import aiohttp
 
-from gateway.errors import UplinkError
-from gateway.events import Event
-from gateway.sqlite_thread import SqliteBacked, transaction
+from foundation.errors import UplinkError
+from foundation.events import Event
+from foundation.sqlite_thread import SqliteBacked, transaction
 from uplink.config import InfluxV1StoreConfig, InfluxV2StoreConfig, SqliteStoreConfig, StoreConfig
 from uplink.lineprotocol import point_time_ns, to_lines
 

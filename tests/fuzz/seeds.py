@@ -16,10 +16,10 @@ from adapters import DIALECTS
 from device_sims.devices import HttpPost, asset, build_sim
 from device_sims.inventory import DISTRICT_ID, sample_devices
 from gateway.outbox import StoreEvents
-from gateway.watchlists import FaceSubject, PlateEntry, WatchList, encode_document, encode_embedding
 from tests.fuzz.targets import SEED_TIME, TARGETS, classify, fuzz_gateway_config
 from tests.test_parsers_property import golden_cases
 from uplink.protocol import encode_batch, encode_receipt
+from uplink.watchlist_document import FaceSubject, PlateEntry, WatchList, encode_document, encode_embedding
 
 
 def _envelope(head: str, body: bytes) -> bytes:

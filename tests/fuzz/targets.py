@@ -26,17 +26,17 @@ from adapters.base import RawMessage, Transport
 from adapters.multipart import split_multipart
 from adapters.pictures import MAX_PICTURE_BYTES, MAX_PICTURE_PIXELS, check_picture, picture_size
 from device_sims.inventory import DISTRICT_ID, sample_devices, write_sample_config
+from district.config import DistrictConfig
+from district.ingester import Round, decode_message
+from foundation.errors import PayloadRejected
+from foundation.events import Event
+from foundation.identity import Pseudonymizer
 from gateway.config import GatewayConfig, load_config
-from gateway.errors import PayloadRejected
-from gateway.events import Event
-from gateway.identity import Pseudonymizer
 from gateway.intake import Intake, IntakeItem, Outcome
 from gateway.outbox import StoreEvents
-from gateway.watchlists import WatchListRejected, canonical_json, decode_document
-from uplink.config import DistrictConfig
-from uplink.ingester import Round, decode_message
 from uplink.lineprotocol import to_line
 from uplink.protocol import decode_receipt
+from uplink.watchlist_document import WatchListRejected, canonical_json, decode_document
 
 MAX_BODY = 1024 * 1024
 

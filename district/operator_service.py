@@ -19,20 +19,10 @@ from zoneinfo import ZoneInfo
 import structlog
 from pydantic import BaseModel, ValidationError
 
-from gateway.errors import (
-    ForbiddenError,
-    InvalidQueryError,
-    NotFoundError,
-    OperatorError,
-    StoreUnavailableError,
-    UnauthenticatedError,
-)
-from gateway.events import Event, EventKind, Severity, utc_now
-from uplink.config import CompoundEntry, DistrictConfig, InfluxV1StoreConfig, SqliteStoreConfig
-from uplink.lineprotocol import EPOCH, point_time_ns
-from uplink.operations import AuditEntry, OperationsDb, Principal
-from uplink.query_backends import InfluxQueries, QueryBackend, SqliteQueries
-from uplink.query_model import (
+from district.config import CompoundEntry, DistrictConfig
+from district.operations import AuditEntry, OperationsDb, Principal
+from district.query_backends import InfluxQueries, QueryBackend, SqliteQueries
+from district.query_model import (
     AlarmAction,
     AlarmActionRequest,
     AlarmCountRow,
@@ -54,6 +44,17 @@ from uplink.query_model import (
     Role,
     Selection,
 )
+from foundation.errors import (
+    ForbiddenError,
+    InvalidQueryError,
+    NotFoundError,
+    OperatorError,
+    StoreUnavailableError,
+    UnauthenticatedError,
+)
+from foundation.events import Event, EventKind, Severity, utc_now
+from uplink.config import InfluxV1StoreConfig, SqliteStoreConfig
+from uplink.lineprotocol import EPOCH, point_time_ns
 from uplink.stores import InfluxV1Store, InfluxV2Store, SqliteStore, StoreError
 
 log = structlog.get_logger(__name__)

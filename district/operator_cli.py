@@ -23,14 +23,15 @@ from zoneinfo import ZoneInfo
 
 from aiohttp import web
 
-from gateway.errors import OperatorError
-from gateway.events import utc_now
-from uplink.config import DistrictConfig, load_district_config
-from uplink.operations import AuditEntry, OperationsDb
-from uplink.operator_api import build_api
-from uplink.operator_output import Presenter, render_csv, render_table, to_jsonable
-from uplink.operator_service import Caller, OperatorService, open_operator_service
-from uplink.query_model import EventPage, Role
+from district.config import DistrictConfig, load_district_config
+from district.operations import AuditEntry, OperationsDb
+from district.operator_api import build_api
+from district.operator_output import Presenter, to_jsonable
+from district.operator_service import Caller, OperatorService, open_operator_service
+from district.query_model import EventPage, Role
+from foundation.errors import OperatorError
+from foundation.events import utc_now
+from foundation.tables import render_csv, render_table
 
 TOKEN_ENV = "CGW_TOKEN"
 _DURATION = re.compile(r"^(\d+)([mhd])$")

@@ -17,8 +17,8 @@ from datetime import datetime, timedelta
 from typing import Any, Protocol
 from zoneinfo import ZoneInfo
 
-from gateway.events import Event, EventKind
-from uplink.query_model import CountRow, DeviceActivity, Selection
+from district.query_model import CountRow, DeviceActivity, Selection
+from foundation.events import Event, EventKind
 from uplink.stores import SqliteStore
 
 NS = 1_000_000_000

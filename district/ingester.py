@@ -25,17 +25,17 @@ from pathlib import Path
 import aiomqtt
 import structlog
 
-from gateway import strict_json
-from gateway.backoff import Backoff
-from gateway.cancellation import raise_if_cancelling
-from gateway.config import BackoffConfig
-from gateway.errors import PayloadRejected, TransportError
-from gateway.events import Event, utc_now
-from gateway.logging import worth_logging
-from gateway.mqtt_session import ManualAck, message_body, new_throttle, persistent_client, take_batch
-from gateway.sqlite_thread import SqliteBacked, transaction
-from gateway.systemd import sd_notify
-from uplink.config import DistrictConfig
+from district.config import DistrictConfig
+from foundation import strict_json
+from foundation.backoff import Backoff, BackoffConfig
+from foundation.cancellation import raise_if_cancelling
+from foundation.errors import PayloadRejected, TransportError
+from foundation.events import Event, utc_now
+from foundation.logging import worth_logging
+from foundation.mqtt import ManualAck, message_body, new_throttle, persistent_client, take_batch
+from foundation.sqlite_thread import SqliteBacked, transaction
+from foundation.supervision import supervise
+from foundation.systemd import sd_notify
 from uplink.protocol import STATUS, TopicAddress, decode_batch, encode_receipt, parse_topic, receipt_topic
 from uplink.stores import EventStore, StoreError, build_store
 
@@ -321,8 +321,6 @@ def _status(compound_id: str, body: bytes) -> tuple[str, str, str | None]:
 
 async def run_ingester(config: DistrictConfig, *, ready: asyncio.Event | None = None) -> None:
     """Run one ingester until cancelled."""
-    from gateway.runtime import supervise  # noqa: PLC0415 - the shared supervisor
-
     async with AsyncExitStack() as stack:
         store = await stack.enter_async_context(build_store(config.store))
         state = await stack.enter_async_context(

@@ -19,12 +19,12 @@ from typing import Any, Literal
 
 import aiomqtt
 
-from gateway.errors import InvalidQueryError
-from gateway.events import PLATE_PATTERN, utc_now
-from gateway.faces import PictureError, analyse_bytes
-from gateway.watchlists import FaceSubject, PlateEntry, WatchList, encode_document, encode_embedding
-from uplink.config import DistrictConfig
+from district.config import DistrictConfig
+from foundation.errors import InvalidQueryError
+from foundation.events import PLATE_PATTERN, utc_now
+from foundation.faces import PictureError, analyse_bytes
 from uplink.protocol import watchlist_topic
+from uplink.watchlist_document import FaceSubject, PlateEntry, WatchList, encode_document, encode_embedding
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS watchlists (

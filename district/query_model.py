@@ -24,7 +24,8 @@ from pydantic import (
     model_validator,
 )
 
-from gateway.events import PLATE_PATTERN, Event, EventKind, GbId, Severity
+from foundation.errors import InvalidQueryError
+from foundation.events import PLATE_PATTERN, Event, EventKind, GbId, Severity
 
 _PERSON_REF = re.compile(r"^[A-Za-z0-9][A-Za-z0-9:_\-]{0,79}$")
 
@@ -82,8 +83,6 @@ class _Ranged(_Request):
 
     def check_span(self, max_days: int) -> None:
         """Refuse a range longer than the configured maximum (``InvalidQueryError`` on ``end``)."""
-        from gateway.errors import InvalidQueryError  # noqa: PLC0415 - keeps this module import-light
-
         if self.end - self.start > timedelta(days=max_days):
             raise InvalidQueryError(
                 f"time range of {(self.end - self.start).days} days is longer than the {max_days} allowed;"

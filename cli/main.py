@@ -1,4 +1,4 @@
-"""The ``compound-gateway`` command: run the daemon, check configs, parse payloads, simulate, demo."""
+"""The ``compound-gateway`` command: the top of the layers, dispatching to the compound side, the district side and the simulators."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import json
 import logging
 import signal
 import sys
+import tomllib
 from collections.abc import Coroutine
 from datetime import datetime
 from pathlib import Path
@@ -17,11 +18,23 @@ from zoneinfo import ZoneInfo
 
 from adapters import DIALECTS
 from adapters.base import DeviceContext, RawMessage, Transport
+from device_sims.demo import run_demo
+from device_sims.devices import SimDevice, build_sim
+from device_sims.runner import Runner
+from device_sims.scenarios import build
+from district.config import load_district_config
+from district.ingester import run_ingester
+from district.operator_api import openapi_document
+from district.operator_cli import add_operator_commands, run_operator_command, serve_api
+from district.watchlist_cli import add_watchlist_commands, run_watchlist_command
+from foundation.errors import ConfigError, PayloadRejected
+from foundation.events import event_json_schema, utc_now
+from foundation.identity import Pseudonymizer
+from foundation.logging import configure_logging
 from gateway.config import load_config
-from gateway.errors import ConfigError, PayloadRejected
-from gateway.events import event_json_schema, utc_now
-from gateway.identity import Pseudonymizer
-from gateway.logging import configure_logging
+from gateway.outbox import Outbox
+from gateway.runtime import run_gateway
+from gateway.watchlist_check import run_watchlist_check
 
 PARSE_PLACEHOLDER_ID = "00000000000000000000"
 PARSE_KEY = b"compound-gateway-parse-cli-not-a-production-key"
@@ -84,12 +97,7 @@ def _parser() -> argparse.ArgumentParser:
     outbox.add_argument("what", choices=["stats", "dead-letters", "pending"])
     outbox.add_argument("--config", type=Path, required=True)
     outbox.add_argument("--limit", type=int, default=20)
-
-    from uplink.operator_cli import add_operator_commands  # noqa: PLC0415 - district side loads on demand
-
     add_operator_commands(sub)
-    from uplink.watchlist_cli import add_watchlist_commands  # noqa: PLC0415
-
     add_watchlist_commands(sub)
     return parser
 
@@ -110,8 +118,6 @@ def main(argv: list[str] | None = None) -> int:
             case "sim":
                 return _sim(args)
             case "demo":
-                from device_sims.demo import run_demo  # noqa: PLC0415 - simulators load only for the demo
-
                 return run_demo(
                     count=args.count, seed=args.seed, as_json=args.json, keep=args.keep, store=args.store
                 )
@@ -122,21 +128,14 @@ def main(argv: list[str] | None = None) -> int:
             case "outbox":
                 return _outbox(args)
             case "query" | "alarm" | "token" | "audit-verify":
-                from uplink.operator_cli import run_operator_command  # noqa: PLC0415
-
                 return run_operator_command(args)
+            case "watchlist" if args.action in {"check", "loaded"}:
+                return run_watchlist_check(args)
             case "watchlist":
-                from uplink.watchlist_cli import run_watchlist_command  # noqa: PLC0415
-
                 return run_watchlist_command(args)
             case "openapi":
-                from uplink.operator_api import openapi_document  # noqa: PLC0415
-
                 return _write_document(openapi_document(), args.output)
             case "api":
-                from uplink.config import load_district_config  # noqa: PLC0415
-                from uplink.operator_cli import serve_api  # noqa: PLC0415
-
                 return _serve(serve_api(load_district_config(args.config)))
     except ConfigError as exc:
         print(f"config error: {exc}", file=sys.stderr)
@@ -170,15 +169,10 @@ def _serve(daemon: Coroutine[Any, Any, None]) -> int:
 def _run(config_path: Path) -> int:
     config = load_config(config_path)
     configure_logging(config.log_format)
-    from gateway.runtime import run_gateway  # noqa: PLC0415 - keep `parse`/`check-config` start-up light
-
     return _serve(run_gateway(config))
 
 
 def _ingest(config_path: Path) -> int:
-    from uplink.config import load_district_config  # noqa: PLC0415
-    from uplink.ingester import run_ingester  # noqa: PLC0415
-
     config = load_district_config(config_path)
     configure_logging(config.log_format)
     return _serve(run_ingester(config))
@@ -186,15 +180,11 @@ def _ingest(config_path: Path) -> int:
 
 def _check_config(path: Path) -> int:
     """Validate a gateway or a district config (told apart by their top-level tables); never prints secrets."""
-    import tomllib  # noqa: PLC0415
-
     try:
         top = tomllib.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
         top = {}  # the real loader below reports exactly what is wrong
     if "compound" not in top and "district_id" in top:
-        from uplink.config import load_district_config  # noqa: PLC0415
-
         district = load_district_config(path)
         broker = district.broker
         print(
@@ -257,10 +247,6 @@ def _parse(args: argparse.Namespace) -> int:
 
 
 def _sim(args: argparse.Namespace) -> int:
-    from device_sims.devices import SimDevice, build_sim  # noqa: PLC0415
-    from device_sims.runner import Runner  # noqa: PLC0415
-    from device_sims.scenarios import build  # noqa: PLC0415
-
     config = load_config(args.config)
     devices = [d for d in config.devices if not args.device or d.id in args.device]
     sims = [build_sim(SimDevice(id=d.id, dialect=d.dialect, ref=d.ref)) for d in devices]
@@ -273,8 +259,6 @@ def _sim(args: argparse.Namespace) -> int:
 
 
 def _outbox(args: argparse.Namespace) -> int:
-    from gateway.outbox import Outbox  # noqa: PLC0415
-
     config = load_config(args.config)
     with Outbox(config.state.dir / "outbox.db", max_bytes=config.state.outbox_max_bytes) as outbox:
         if args.what == "stats":

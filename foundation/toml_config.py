@@ -8,7 +8,7 @@ from typing import TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from gateway.errors import ConfigError
+from foundation.errors import ConfigError
 
 Model = TypeVar("Model", bound=BaseModel)
 

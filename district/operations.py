@@ -23,10 +23,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from gateway.errors import ConflictError, InvalidQueryError
-from gateway.events import utc_now
-from gateway.sqlite_thread import SqliteBacked, transaction
-from uplink.query_model import ALARM_TRANSITIONS, AlarmAction, AlarmState, Role
+from district.query_model import ALARM_TRANSITIONS, AlarmAction, AlarmState, Role
+from foundation.errors import ConflictError, InvalidQueryError
+from foundation.events import utc_now
+from foundation.sqlite_thread import SqliteBacked, transaction
 
 TOKEN_PREFIX = "cgw_"
 GENESIS = "0" * 64

@@ -24,16 +24,15 @@ import structlog
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from gateway.cancellation import raise_if_cancelling
-from gateway.config import GatewayConfig
-from gateway.errors import PayloadRejected, PublishRefusedError, TransportError, UplinkError
-from gateway.events import Event, utc_now
-from gateway.logging import worth_logging
-from gateway.mqtt_session import PublishRefusals, message_body
+from foundation.cancellation import raise_if_cancelling
+from foundation.errors import PayloadRejected, PublishRefusedError, TransportError, UplinkError
+from foundation.events import Event, utc_now
+from foundation.logging import worth_logging
+from foundation.mqtt import PublishRefusals, message_body
+from gateway.config import DirectUplinkConfig, GatewayConfig, MqttUplinkConfig
 from gateway.outbox import OutboxReader, StoredEvent
 from gateway.rate_limits import TokenBucket
-from gateway.watchlists import WatchListRegistry, WatchListRejected
-from uplink.config import DirectUplinkConfig, MqttUplinkConfig
+from gateway.watchlists import WatchListRegistry
 from uplink.protocol import (
     decode_receipt,
     encode_batch,
@@ -44,6 +43,7 @@ from uplink.protocol import (
     watchlist_id,
 )
 from uplink.stores import StoreError, build_store
+from uplink.watchlist_document import WatchListRejected
 
 log = structlog.get_logger(__name__)
 

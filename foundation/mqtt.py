@@ -13,7 +13,7 @@ queued against a Receive Maximum of 10). aiomqtt's own answer to a full queue is
 with manual acknowledgement would stall those messages until the next reconnect. So the incoming
 queue is unbounded in type but never grows past its high-water mark: reaching it stops reading the
 socket (TCP back-pressure; the broker keeps the rest queued for our session), draining to the
-low-water mark resumes. This module and ``uplink/publisher.py`` are the only ones that touch aiomqtt.
+low-water mark resumes. This module and ``gateway/forwarder.py`` are the only ones that touch aiomqtt.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import structlog
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from gateway.errors import PublishRefusedError
+from foundation.errors import PublishRefusedError
 
 log = structlog.get_logger(__name__)
 PACKET_SIZE_FACTOR = 4

@@ -16,10 +16,10 @@ import structlog
 from aiohttp import web
 from pydantic import BaseModel
 
-from gateway.errors import InvalidQueryError, OperatorError
-from uplink.operator_output import to_jsonable
-from uplink.operator_service import ACTIONS, Caller, OperatorService
-from uplink.query_model import AlarmActionRequest
+from district.operator_output import to_jsonable
+from district.operator_service import ACTIONS, Caller, OperatorService
+from district.query_model import AlarmActionRequest
+from foundation.errors import InvalidQueryError, OperatorError
 
 log = structlog.get_logger(__name__)
 

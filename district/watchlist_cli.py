@@ -15,9 +15,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from gateway.errors import OperatorError
-from uplink.operations import AuditEntry, OperationsDb
-from uplink.operator_output import render_table
+from district.config import load_district_config
+from district.operations import AuditEntry, OperationsDb
+from district.watchlist_admin import WatchListDb, describe, publish, published_documents
+from foundation.errors import OperatorError
+from foundation.tables import render_table
 
 
 def add_watchlist_commands(sub: Any) -> None:
@@ -51,9 +53,8 @@ def add_watchlist_commands(sub: Any) -> None:
     check = actions.add_parser("check", help="compound: what the loaded lists would match on these photos")
     check.add_argument("photos", nargs="+", type=Path)
     actions.add_parser("loaded", help="compound: the lists this gateway holds")
-    for parser in (enroll, plate, remove, publish, check, *actions.choices.values()):
-        if not any(a.dest == "config" for a in parser._actions):
-            parser.add_argument("--config", type=Path, required=True)
+    for parser in actions.choices.values():  # each action once (``choices`` also holds no aliases here)
+        parser.add_argument("--config", type=Path, required=True)
 
 
 def _who() -> str:
@@ -62,10 +63,6 @@ def _who() -> str:
 
 def run_watchlist_command(args: argparse.Namespace) -> int:
     """Run one ``watchlist`` action; returns the exit status."""
-    if args.action in {"check", "loaded"}:
-        return _compound_side(args)
-    from uplink.config import load_district_config  # noqa: PLC0415
-
     config = load_district_config(args.config)
     try:
         return asyncio.run(_district_side(config, args))
@@ -75,7 +72,6 @@ def run_watchlist_command(args: argparse.Namespace) -> int:
 
 
 async def _district_side(config: Any, args: argparse.Namespace) -> int:
-    from uplink.watchlist_admin import WatchListDb, describe, publish, published_documents  # noqa: PLC0415
 
     db = await asyncio.to_thread(WatchListDb, config.api.ops_db)
     try:
@@ -137,53 +133,3 @@ async def _district_side(config: Any, args: argparse.Namespace) -> int:
     finally:
         db.close()
     return 0
-
-
-def _compound_side(args: argparse.Namespace) -> int:
-    from gateway.config import load_config  # noqa: PLC0415
-    from gateway.faces import PictureError, analyse_bytes  # noqa: PLC0415
-    from gateway.watchlists import WatchListRegistry  # noqa: PLC0415
-
-    config = load_config(args.config)
-    registry = WatchListRegistry(
-        config.state.dir / "watchlists", config.compound.district_id, config.faces.threshold
-    )
-    registry.load_persisted()
-    loaded = registry.loaded
-    if args.action == "loaded" or not loaded.versions:
-        rows = [
-            [name, kind, str(version), str(size)]
-            for name, (kind, version, size) in sorted(loaded.versions.items())
-        ]
-        print(render_table(["list", "kind", "version", "entries"], rows))
-        if args.action == "check":
-            print("no watch list is loaded: nothing can match", file=sys.stderr)
-            return 1
-        return 0
-    status = 0
-    for photo in args.photos:
-        try:
-            faces = analyse_bytes(
-                photo.read_bytes(), model=config.faces.model, upsample=config.faces.upsample
-            )
-        except (PictureError, OSError) as exc:
-            print(f"{photo}: {exc}")
-            status = 1
-            continue
-        if not faces:
-            print(f"{photo}: no face found")
-            continue
-        for number, face in enumerate(faces, start=1):
-            closest = []
-            for index in loaded.faces:
-                distances = index.distances(face.vector())
-                if len(distances):
-                    row = int(distances.argmin())
-                    closest.append(
-                        f"{index.list_id}: {index.owners[row]} at {float(distances[row]):.3f}"
-                        f" (threshold {index.threshold:g})"
-                    )
-            hits = loaded.match_face(face.vector())
-            verdict = "HIT " + ", ".join(f"{h.list_id}/{h.subject_id}" for h in hits) if hits else "no match"
-            print(f"{photo} face {number} at {face.box}: {verdict}; closest: {'; '.join(closest) or '-'}")
-    return status

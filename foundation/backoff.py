@@ -4,7 +4,17 @@ from __future__ import annotations
 
 import random
 
-from gateway.config import BackoffConfig
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class BackoffConfig(BaseModel):
+    """Reconnect pacing: exponential, jittered, capped."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    initial_s: float = Field(default=0.5, gt=0)
+    max_s: float = Field(default=30.0, gt=0)
+    multiplier: float = Field(default=2.0, ge=1.0)
 
 
 class Backoff:

@@ -1,0 +1,110 @@
+"""The district's configuration: ingester, store, compound registry and operator API.
+
+Frozen pydantic models with ``extra="forbid"``, like the gateway's; ``load_district_config`` reports
+every error with its file, field and fix.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from foundation.config_types import ZoneName
+from foundation.events import GbId
+from foundation.toml_config import load_toml_model
+from uplink.config import BrokerConfig, StoreConfig
+from uplink.protocol import DEFAULT_PREFIX
+
+Port = Annotated[int, Field(ge=1, le=65535)]
+
+
+class _Config(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class IngestConfig(_Config):
+    """How the district ingester consumes the uplink."""
+
+    name: str = Field(
+        default="ingester-1", pattern=r"^[A-Za-z0-9_\-]{1,64}$", description="unique per ingester"
+    )
+    group: str = Field(
+        default="district-ingesters",
+        pattern=r"^[A-Za-z0-9_\-]{1,64}$",
+        description="shared subscription group",
+    )
+    topic_prefix: str = DEFAULT_PREFIX
+    receive_maximum: int = Field(default=1000, ge=1, le=65535)
+    batch_max_events: int = Field(default=5000, ge=1, le=100_000)
+    max_message_bytes: int = Field(
+        default=8 * 1024 * 1024,
+        ge=64 * 1024,
+        description="larger uplink messages are dead-lettered unread (gateways send at most 4 MiB)",
+    )
+    dead_letter_path: Path = Path("/var/lib/compound-district/ingest-dead-letters.db")
+    dead_letter_keep: int = Field(default=100_000, ge=10)
+    receipts: bool = Field(default=True, description="confirm stored events to the compounds")
+
+
+class CompoundEntry(_Config):
+    """A compound the district platform knows (its registry); queries name compounds from here."""
+
+    id: GbId
+    name: str = Field(min_length=1, max_length=64)
+    district_id: GbId | None = Field(default=None, description="default: the config's district_id")
+
+
+class OperatorApiConfig(_Config):
+    """The operators' query API and CLI (``compound-gateway api`` / ``compound-gateway query``)."""
+
+    host: str = "127.0.0.1"
+    port: Port = 8090
+    ops_db: Path = Field(
+        default=Path("/var/lib/compound-district/operations.db"),
+        description="tokens (hashed), the append-only audit log and alarm lifecycles",
+    )
+    timezone: ZoneName = Field(
+        default="Asia/Shanghai", description="zone of day buckets and of times shown to people"
+    )
+    max_range_days: int = Field(default=31, ge=1, le=366, description="longest time range of one query")
+    max_page: int = Field(default=1000, ge=10, le=10_000, description="most rows of one page")
+    device_silent_after_s: int = Field(
+        default=3600, ge=60, description="a device with no event for this long counts as offline"
+    )
+    inventory_lookback_days: int = Field(
+        default=30, ge=1, le=366, description="devices that reported within this period are listed"
+    )
+    timeout_s: float = Field(default=30.0, gt=0, description="longest a query may take")
+
+
+class DistrictConfig(_Config):
+    """The district's configuration: ingester, store, compound registry and operator API."""
+
+    district_id: GbId
+    broker: BrokerConfig = BrokerConfig()
+    ingest: IngestConfig = IngestConfig()
+    store: StoreConfig
+    api: OperatorApiConfig = OperatorApiConfig()
+    compounds: tuple[CompoundEntry, ...] = ()
+    log_format: Literal["auto", "json", "console"] = "auto"
+
+    @field_validator("compounds")
+    @classmethod
+    def _unique_compounds(cls, compounds: tuple[CompoundEntry, ...]) -> tuple[CompoundEntry, ...]:
+        seen: set[str] = set()
+        for entry in compounds:
+            if entry.id in seen:
+                raise ValueError(f"compound {entry.id} is listed twice; keep one [[compounds]] entry")
+            seen.add(entry.id)
+        return compounds
+
+    def compound_district(self, entry: CompoundEntry) -> str:
+        """The district a registered compound belongs to."""
+        return entry.district_id or self.district_id
+
+
+def load_district_config(path: Path) -> DistrictConfig:
+    """Read and validate a district config; ``ConfigError`` names the file, the fields and the fixes."""
+    return load_toml_model(path, DistrictConfig, "the district TOML config")
