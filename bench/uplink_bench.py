@@ -47,7 +47,7 @@ from foundation.identity import event_id
 from gateway.config import GatewayConfig, load_config
 from gateway.outbox import EventRow, Outbox, StoreEvents
 from gateway.runtime import run_gateway
-from uplink.config import InfluxV1StoreConfig
+from uplink.stores import InfluxV1StoreConfig
 from uplink.protocol import encode_batch, event_topic
 from uplink.stores import InfluxV1Store
 

@@ -14,7 +14,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from foundation.config_types import ZoneName
 from foundation.events import GbId
 from foundation.toml_config import load_toml_model
-from uplink.config import BrokerConfig, StoreConfig
+from uplink.config import BrokerConfig
+from uplink.stores import StoreConfig
 from uplink.protocol import DEFAULT_PREFIX
 
 Port = Annotated[int, Field(ge=1, le=65535)]

@@ -37,7 +37,7 @@ from foundation.sqlite_thread import SqliteBacked, transaction
 from foundation.supervision import supervise
 from foundation.systemd import sd_notify
 from uplink.protocol import STATUS, TopicAddress, decode_batch, encode_receipt, parse_topic, receipt_topic
-from uplink.stores import EventStore, StoreError, build_store
+from uplink.stores import EventStore, StoreError
 
 log = structlog.get_logger(__name__)
 
@@ -322,7 +322,8 @@ def _status(compound_id: str, body: bytes) -> tuple[str, str, str | None]:
 async def run_ingester(config: DistrictConfig, *, ready: asyncio.Event | None = None) -> None:
     """Run one ingester until cancelled."""
     async with AsyncExitStack() as stack:
-        store = await stack.enter_async_context(build_store(config.store))
+        configured: EventStore = config.store.build()
+        store = await stack.enter_async_context(configured)
         state = await stack.enter_async_context(
             IngestState(config.ingest.dead_letter_path, config.ingest.dead_letter_keep)
         )

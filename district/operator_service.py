@@ -53,7 +53,7 @@ from foundation.errors import (
     UnauthenticatedError,
 )
 from foundation.events import Event, EventKind, Severity, utc_now
-from uplink.config import InfluxV1StoreConfig, SqliteStoreConfig
+from uplink.stores import InfluxV1StoreConfig, SqliteStoreConfig
 from uplink.lineprotocol import EPOCH, point_time_ns
 from uplink.stores import InfluxV1Store, InfluxV2Store, SqliteStore, StoreError
 

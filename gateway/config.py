@@ -26,7 +26,8 @@ from foundation.config_types import ZoneName
 from foundation.errors import ConfigError
 from foundation.events import GbId, Location
 from foundation.toml_config import load_toml_model
-from uplink.config import BrokerConfig, StoreConfig
+from uplink.config import BrokerConfig
+from uplink.stores import StoreConfig
 from uplink.protocol import DEFAULT_PREFIX
 
 Port = Annotated[int, Field(ge=1, le=65535)]

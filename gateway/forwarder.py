@@ -42,7 +42,7 @@ from uplink.protocol import (
     watchlist_filter,
     watchlist_id,
 )
-from uplink.stores import StoreError, build_store
+from uplink.stores import StoreError
 from uplink.watchlist_document import WatchListRejected
 
 log = structlog.get_logger(__name__)
@@ -364,7 +364,7 @@ class DirectUplink:
 
     async def run(self, on_connected: Callable[[], None]) -> None:
         """Open the store, forward until it fails (``TransportError``)."""
-        async with build_store(self._uplink.store) as store:
+        async with self._uplink.store.build() as store:
 
             async def send(_: str, rows: list[StoredEvent]) -> None:
                 events = [Event.model_validate_json(row.body) for row in rows]

@@ -119,7 +119,7 @@ def test_example_config_is_valid(capsys: pytest.CaptureFixture[str]) -> None:
 def test_example_district_config_is_valid() -> None:
     """docs/district.example.toml loads as a district config."""
     from district.config import load_district_config  # noqa: PLC0415
-    from uplink.config import InfluxV1StoreConfig  # noqa: PLC0415
+    from uplink.stores import InfluxV1StoreConfig  # noqa: PLC0415
 
     example = Path(__file__).resolve().parents[1] / "docs" / "district.example.toml"
     config = load_district_config(example)

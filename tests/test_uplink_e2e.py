@@ -29,7 +29,7 @@ from gateway.runtime import run_gateway
 from tests.conftest import sample_config
 from tests.district_data import running
 from tests.test_uplink_protocol import thrown
-from uplink.config import InfluxV1StoreConfig
+from uplink.stores import InfluxV1StoreConfig
 from uplink.protocol import encode_batch
 from uplink.stores import InfluxV1Store
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import typing
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -16,12 +17,13 @@ from foundation.events import (
     DeviceStatusPayload,
     Event,
     EventKind,
+    Payload,
     Provenance,
     Severity,
     ThrownObjectPayload,
 )
 from foundation.identity import event_id
-from uplink.lineprotocol import point_time_ns, to_line
+from uplink.lineprotocol import PAYLOAD_COLUMNS, point_time_ns, to_line
 from uplink.protocol import decode_batch, encode_batch, event_topic, parse_topic
 
 DISTRICT, COMPOUND = "36010400005000000001", "36010400012160000101"
@@ -214,3 +216,16 @@ def test_no_line_protocol_injection(text: str) -> None:
     expected = text.replace("\n", "\\n")  # InfluxDB keeps a newline as the two characters
     assert fields["reason"] == expected
     assert json.loads(fields["body"])["payload"]["reason"] == text  # the body keeps it exactly
+
+
+def test_every_payload_type_has_line_protocol_columns() -> None:
+    """Each member of ``Payload`` has its tags and fields listed, naming only its own attributes.
+
+    Dropping an entry from ``PAYLOAD_COLUMNS`` (or adding a payload type without one) fails here; before,
+    a forgotten kind silently got no tags.
+    """
+    (union, *_) = typing.get_args(Payload)
+    assert set(PAYLOAD_COLUMNS) == set(typing.get_args(union))
+    for payload_type, (tags, fields) in PAYLOAD_COLUMNS.items():
+        assert set(tags) | set(fields) <= set(payload_type.model_fields), payload_type
+        assert not set(tags) & set(fields), payload_type

@@ -9,9 +9,9 @@ from __future__ import annotations
 import ssl
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated
 
-from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 Port = Annotated[int, Field(ge=1, le=65535)]
 
@@ -79,39 +79,3 @@ class BrokerConfig(_Config):
     tls: TlsConfig | None = None
     keepalive_s: int = Field(default=30, ge=5, le=3600)
     session_expiry_s: int = Field(default=7 * 24 * 3600, ge=60)
-
-
-class SqliteStoreConfig(_Config):
-    """The embedded store: a SQLite file."""
-
-    type: Literal["sqlite"] = "sqlite"
-    path: Path
-
-
-class InfluxV1StoreConfig(_Config):
-    """InfluxDB through the 1.x API (``/write``, InfluxQL ``/query``)."""
-
-    type: Literal["influx_v1"] = "influx_v1"
-    url: AnyHttpUrl
-    database: str = Field(default="compound_events", pattern=r"^[A-Za-z0-9_\-]{1,64}$")
-    retention_policy: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_\-]{1,64}$")
-    username: str | None = None
-    password: SecretStr | None = None
-    create_database: bool = True
-    timeout_s: float = Field(default=10.0, gt=0)
-
-
-class InfluxV2StoreConfig(_Config):
-    """InfluxDB 2.x/3.x (or 1.8+) through the v2 API with influxdb-client."""
-
-    type: Literal["influx_v2"] = "influx_v2"
-    url: AnyHttpUrl
-    org: str
-    bucket: str
-    token: SecretStr
-    timeout_s: float = Field(default=10.0, gt=0)
-
-
-StoreConfig = Annotated[
-    SqliteStoreConfig | InfluxV1StoreConfig | InfluxV2StoreConfig, Field(discriminator="type")
-]

@@ -19,8 +19,12 @@ Every string is escaped for its position, so no value can inject a tag, a field 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, timedelta
+from enum import Enum
+from types import MappingProxyType
+
+from pydantic import BaseModel
 
 from foundation.events import (
     DeviceStatusPayload,
@@ -69,6 +73,34 @@ def point_time_ns(event: Event) -> int:
     return millis * 1_000_000 + offset
 
 
+# Per payload type: the payload attributes that become tags (indexed, few values) and those that
+# become fields, in this order. Every member of ``Payload`` must be listed: a kind missing here
+# raises when its first event is written (never "no tags"), and tests/test_uplink_protocol.py fails
+# as soon as a new payload type is added without its entry.
+PAYLOAD_COLUMNS: Mapping[type[BaseModel], tuple[tuple[str, ...], tuple[str, ...]]] = MappingProxyType(
+    {
+        FaceAccessPayload: (
+            ("result", "direction"),
+            ("person_ref", "person_type", "verify_mode", "similarity", "mask"),
+        ),
+        VehiclePassPayload: (
+            ("direction", "list_type"),
+            ("plate", "plate_color", "new_energy", "vehicle_type", "barrier_action", "confidence"),
+        ),
+        ThrownObjectPayload: ((), ("building", "unit", "start_floor", "confidence")),
+        EbikeShedPayload: (("condition",), ("temperature_c", "smoke_level", "battery_pct")),
+        DeviceStatusPayload: (("state",), ("reason",)),
+        WatchlistHitPayload: (("list_id",), ("person_ref", "distance", "list_version", "source_event_id")),
+        VehicleWatchHitPayload: (("list_id", "direction"), ("plate", "list_version", "source_event_id")),
+    }
+)
+
+
+def _plain(value: object) -> FieldValue | None:
+    """An enum as its value; everything else as it is (str, int, float, bool or None)."""
+    return value.value if isinstance(value, Enum) else value  # type: ignore[return-value]
+
+
 def tags_and_fields(event: Event) -> tuple[dict[str, str], dict[str, FieldValue]]:
     """The tag set and field set of an event."""
     tags = {
@@ -80,59 +112,17 @@ def tags_and_fields(event: Event) -> tuple[dict[str, str], dict[str, FieldValue]
     }
     fields: dict[str, FieldValue] = {"event_id": event.event_id, "body": event.model_dump_json()}
     payload = event.payload
-    optional: dict[str, FieldValue | None] = {}
-    if isinstance(payload, FaceAccessPayload):
-        tags |= {"result": payload.result.value, "direction": payload.direction.value}
-        optional = {
-            "person_ref": payload.person_ref,
-            "person_type": payload.person_type.value,
-            "verify_mode": payload.verify_mode.value,
-            "similarity": payload.similarity,
-            "mask": payload.mask,
-        }
-    elif isinstance(payload, VehiclePassPayload):
-        tags |= {"direction": payload.direction.value, "list_type": payload.list_type.value}
-        optional = {
-            "plate": payload.plate,
-            "plate_color": payload.plate_color.value,
-            "new_energy": payload.new_energy,
-            "vehicle_type": payload.vehicle_type.value,
-            "barrier_action": payload.barrier_action.value,
-            "confidence": payload.confidence,
-        }
-    elif isinstance(payload, ThrownObjectPayload):
-        optional = {
-            "building": payload.building,
-            "unit": payload.unit,
-            "start_floor": payload.start_floor,
-            "confidence": payload.confidence,
-        }
-    elif isinstance(payload, EbikeShedPayload):
-        tags |= {"condition": payload.condition.value}
-        optional = {
-            "temperature_c": payload.temperature_c,
-            "smoke_level": payload.smoke_level,
-            "battery_pct": payload.battery_pct,
-        }
-    elif isinstance(payload, DeviceStatusPayload):
-        tags |= {"state": payload.state.value}
-        optional = {"reason": payload.reason}
-    elif isinstance(payload, WatchlistHitPayload):
-        tags |= {"list_id": payload.list_id}
-        optional = {
-            "person_ref": payload.person_ref,
-            "distance": payload.distance,
-            "list_version": payload.list_version,
-            "source_event_id": payload.source_event_id,
-        }
-    elif isinstance(payload, VehicleWatchHitPayload):
-        tags |= {"list_id": payload.list_id, "direction": payload.direction.value}
-        optional = {
-            "plate": payload.plate,
-            "list_version": payload.list_version,
-            "source_event_id": payload.source_event_id,
-        }
-    fields |= {k: v for k, v in optional.items() if v is not None}
+    try:
+        tag_names, field_names = PAYLOAD_COLUMNS[type(payload)]
+    except KeyError:
+        raise TypeError(
+            f"no line-protocol columns for {type(payload).__name__}: add it to PAYLOAD_COLUMNS"
+        ) from None
+    tags |= {name: str(_plain(getattr(payload, name))) for name in tag_names}
+    for name in field_names:
+        value = _plain(getattr(payload, name))
+        if value is not None:
+            fields[name] = value
     return tags, fields
 
 

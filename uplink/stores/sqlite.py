@@ -1,0 +1,133 @@
+"""The embedded store (no server needed): one SQLite table, unique by event id."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Literal, Self, TypeVar
+
+from pydantic import BaseModel, ConfigDict
+
+from foundation.events import Event
+from foundation.sqlite_thread import SqliteBacked, transaction
+from uplink.lineprotocol import point_time_ns
+from uplink.stores.base import StoreError
+
+T = TypeVar("T")
+
+
+class SqliteStoreConfig(BaseModel):
+    """The embedded store: a SQLite file."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    type: Literal["sqlite"] = "sqlite"
+    path: Path
+
+    def build(self) -> SqliteStore:
+        """The store this config names (enter it with ``async with``)."""
+        return SqliteStore(self)
+
+
+class SqliteStore(SqliteBacked):
+    """The embedded store (no server needed): one table, unique by event id."""
+
+    def __init__(self, config: SqliteStoreConfig) -> None:
+        super().__init__(config.path, SQLITE_SCHEMA, "sqlite-store")
+
+    async def __aenter__(self) -> Self:
+        await super().__aenter__()
+        await self._file.call(migrate_sqlite_store)
+        return self
+
+    async def call(self, function: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``function(connection)`` in the store's thread (the query layer reads this way)."""
+        return await self._file.call(function)
+
+    async def write(self, events: Sequence[Event]) -> None:
+        """Insert the events in one transaction (existing event ids are left as they are)."""
+        rows = [sqlite_row(e) for e in events]
+
+        def insert(db: sqlite3.Connection) -> None:
+            with transaction(db):
+                db.executemany(SQLITE_INSERT, rows)
+
+        try:
+            await self._file.call(insert)
+        except (sqlite3.Error, OSError) as exc:
+            raise StoreError(f"sqlite store {self.path}: {exc}", retryable=True) from exc
+
+
+SQLITE_SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    event_id    TEXT PRIMARY KEY,
+    kind        TEXT NOT NULL,
+    district_id TEXT NOT NULL,
+    compound_id TEXT NOT NULL,
+    device_id   TEXT NOT NULL,
+    severity    TEXT NOT NULL,
+    occurred_at TEXT NOT NULL,
+    received_at TEXT NOT NULL,
+    body        TEXT NOT NULL
+);
+"""
+# Columns added for the query layer (schema 2); ``migrate_sqlite_store`` adds them to older files.
+# time_ns is the same point time InfluxDB gets, so both stores order and page identically.
+SQLITE_QUERY_COLUMNS = (("time_ns", "INTEGER"), ("plate", "TEXT"), ("person_ref", "TEXT"))
+SQLITE_INSERT = (
+    "INSERT OR IGNORE INTO events (event_id, kind, district_id, compound_id, device_id, severity,"
+    " occurred_at, received_at, body, time_ns, plate, person_ref) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"
+)
+SQLITE_INDEXES = """
+CREATE INDEX IF NOT EXISTS events_by_time ON events (time_ns);
+CREATE INDEX IF NOT EXISTS events_by_compound ON events (compound_id, kind, time_ns);
+CREATE INDEX IF NOT EXISTS events_by_device ON events (device_id, time_ns);
+CREATE INDEX IF NOT EXISTS events_by_plate ON events (plate, time_ns) WHERE plate IS NOT NULL;
+CREATE INDEX IF NOT EXISTS events_by_person ON events (person_ref, time_ns) WHERE person_ref IS NOT NULL;
+CREATE INDEX IF NOT EXISTS events_by_severity ON events (severity, time_ns);
+"""
+
+
+def sqlite_row(event: Event) -> tuple[str | int | None, ...]:
+    """One event as a row of the embedded store."""
+    payload = event.payload
+    return (
+        event.event_id,
+        event.kind.value,
+        event.district_id,
+        event.compound_id,
+        event.device_id,
+        event.severity.value,
+        event.occurred_at.isoformat(),
+        event.received_at.isoformat(),
+        event.model_dump_json(),
+        point_time_ns(event),
+        getattr(payload, "plate", None),
+        getattr(payload, "person_ref", None),
+    )
+
+
+def migrate_sqlite_store(db: sqlite3.Connection) -> None:
+    """Bring an embedded store file to the current schema (adds and back-fills the query columns)."""
+    present = {row[1] for row in db.execute("PRAGMA table_info(events)")}
+    missing = [(name, kind) for name, kind in SQLITE_QUERY_COLUMNS if name not in present]
+    if missing:
+        with transaction(db):
+            for name, kind in missing:
+                db.execute(f"ALTER TABLE events ADD COLUMN {name} {kind}")
+            rows = db.execute("SELECT body FROM events").fetchall()
+            db.executemany(
+                "UPDATE events SET time_ns=?, plate=?, person_ref=? WHERE event_id=?",
+                [
+                    (row[9], row[10], row[11], row[0])
+                    for row in (sqlite_row(Event.model_validate_json(body)) for (body,) in rows)
+                ],
+            )
+    db.executescript(SQLITE_INDEXES)
+
+
+def sqlite_event_ids(path: Path) -> list[str]:
+    """All event ids in an embedded store file (tools and tests)."""
+    with sqlite3.connect(path) as db:
+        return [row[0] for row in db.execute("SELECT event_id FROM events")]
