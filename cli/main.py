@@ -86,6 +86,12 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--store", type=Path, help="keep the district's SQLite store at this path for later queries"
     )
+    demo.add_argument(
+        "--broker",
+        choices=["embedded", "mosquitto"],
+        default="embedded",
+        help="the MQTT broker: embedded (nothing to install) or a private Mosquitto process",
+    )
 
     ingest = sub.add_parser("ingest", help="run a district ingester (uplink -> district store)")
     ingest.add_argument("--config", type=Path, required=True, help="the district TOML config")
@@ -119,7 +125,12 @@ def main(argv: list[str] | None = None) -> int:
                 return _sim(args)
             case "demo":
                 return run_demo(
-                    count=args.count, seed=args.seed, as_json=args.json, keep=args.keep, store=args.store
+                    count=args.count,
+                    seed=args.seed,
+                    as_json=args.json,
+                    keep=args.keep,
+                    store=args.store,
+                    broker=args.broker,
                 )
             case "ingest":
                 return _ingest(args.config)

@@ -255,6 +255,7 @@ async def _demo(  # noqa: PLR0915, PLR0917 - one private call site
                 "SELECT body FROM events WHERE severity='critical' ORDER BY occurred_at LIMIT 1"
             ).fetchone()
         summary: dict[str, object] = {
+            "broker": broker_kind,
             "generated": len(expected),
             "stored": len(stored_ids & expected),
             "lost": len(lost),

@@ -8,14 +8,20 @@ from pathlib import Path
 
 import pytest
 
-from device_sims.demo import run_demo
+from cli.main import main
 
 
-def test_demo_loses_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """Every acknowledged event reaches the district store once; every kind shows up; --store keeps it."""
+@pytest.mark.parametrize("broker", ["embedded", "mosquitto"])
+def test_demo_loses_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str], broker: str) -> None:
+    """Every acknowledged event reaches the district store once; every kind shows up; --store keeps it.
+
+    Through the command line, on the embedded broker and on a real Mosquitto (``--broker mosquitto``).
+    """
     store = tmp_path / "kept" / "district.db"
-    assert run_demo(count=60, seed=3, as_json=True, keep=tmp_path / "work", store=store) == 0
+    argv = ["demo", "--count", "60", "--seed", "3", "--json", "--keep", str(tmp_path / "work")]
+    assert main([*argv, "--store", str(store), "--broker", broker]) == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["broker"] == broker
     assert {"generated", "stored", "lost", "duplicates", "by_kind"} <= set(summary)
     assert summary["lost"] == 0
     assert summary["duplicates"] == 0
