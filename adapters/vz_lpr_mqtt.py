@@ -135,7 +135,12 @@ def _doc(raw: RawMessage, channel: str, cmd: str) -> tuple[Fields, str]:
 
 
 def _refusal(doc: Fields, code: int) -> str:
-    return doc.opt_text("err_msg", max_len=200) or REFUSAL_CODES.get(code, f"state code {code}")
+    """The camera's reason; a blank ``err_msg`` (firmware pads it) falls back to the code's meaning."""
+    fallback = REFUSAL_CODES.get(code, f"state code {code}")
+    message = doc.raw("err_msg")
+    if isinstance(message, str) and not message.strip():
+        return fallback
+    return doc.opt_text("err_msg", max_len=200) or fallback
 
 
 @dataclass(frozen=True)
