@@ -1,7 +1,8 @@
 """The dialect registry: the one place that lists every supported device dialect.
 
 Adding a dialect = one module under ``adapters/`` exporting ``DIALECT``, one line here, and a
-simulator in ``device_sims/`` (a test fails if either is missing).
+simulator in ``device_sims/`` (a test fails if either is missing). A dialect whose devices take
+commands sets ``commands`` to its ``CommandEncoder`` and appears in ``COMMAND_ENCODERS`` too.
 """
 
 from __future__ import annotations
@@ -18,21 +19,25 @@ from adapters import (
     vz_lpr_mqtt,
 )
 from adapters.base import Dialect
+from adapters.commands import CommandEncoder
 
-DIALECTS: MappingProxyType[str, Dialect] = MappingProxyType(
-    {
-        module.DIALECT.name: module.DIALECT
-        for module in (
-            hik_isapi_acs,
-            uface_mqtt,
-            hik_isapi_anpr,
-            vz_lpr_mqtt,
-            hightoss_mqtt,
-            ctwing_smoke,
-            shed_mqtt,
-        )
-    }
+# Listed as values (not modules) so that mypy checks each against the Dialect protocol.
+_ALL: tuple[Dialect, ...] = (
+    hik_isapi_acs.DIALECT,
+    uface_mqtt.DIALECT,
+    hik_isapi_anpr.DIALECT,
+    vz_lpr_mqtt.DIALECT,
+    hightoss_mqtt.DIALECT,
+    ctwing_smoke.DIALECT,
+    shed_mqtt.DIALECT,
 )
+
+DIALECTS: MappingProxyType[str, Dialect] = MappingProxyType({dialect.name: dialect for dialect in _ALL})
+
+COMMAND_ENCODERS: MappingProxyType[str, CommandEncoder] = MappingProxyType(
+    {dialect.name: dialect.commands for dialect in _ALL if dialect.commands is not None}
+)
+"""The dialects whose devices take commands, by name (derived from ``Dialect.commands``)."""
 
 
 def dialect_named(name: str) -> Dialect:

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, tzinfo
 from enum import StrEnum
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from foundation import strict_json
 from foundation.errors import PayloadRejected
@@ -31,6 +31,9 @@ from foundation.events import (
     Severity,
 )
 from foundation.identity import Pseudonymizer, event_id
+
+if TYPE_CHECKING:
+    from adapters.commands import CommandEncoder
 
 EARLIEST_PLAUSIBLE = datetime(2000, 1, 1, tzinfo=UTC)
 LATEST_PLAUSIBLE = datetime(2100, 1, 1, tzinfo=UTC)
@@ -132,6 +135,11 @@ class Dialect(Protocol):
     @property
     def topic_filter(self) -> str | None:
         """MQTT dialects: what the gateway subscribes to."""
+        ...
+
+    @property
+    def commands(self) -> CommandEncoder | None:
+        """How to send its devices commands (``adapters/commands.py``), or None: they take none."""
         ...
 
     def device_ref(self, raw: RawMessage) -> str:

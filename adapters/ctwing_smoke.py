@@ -52,6 +52,7 @@ class CtwingSmoke:
     transport: Transport = Transport.HTTP_PLATFORM
     description: str = "E-bike shed NB-IoT smoke alarm via CTWing/OceanConnect HTTP push (deviceDataChanged)"
     topic_filter: str | None = None
+    commands: None = None  # its devices take no commands
 
     def device_ref(self, raw: RawMessage) -> str:
         """The alarm's own id (``devId``), falling back to the platform's device id."""

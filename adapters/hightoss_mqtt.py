@@ -44,6 +44,7 @@ class HighTossMqtt:
         "Thrown-object camera, MQTT JSON HighTossDetect alarms with track, frames and floor estimate"
     )
     topic_filter: str | None = f"{PREFIX}/+/+"
+    commands: None = None  # its devices take no commands
 
     def device_ref(self, raw: RawMessage) -> str:
         """The camera serial number in the topic."""

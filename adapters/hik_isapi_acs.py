@@ -82,6 +82,7 @@ class HikIsapiAcs:
         "Face gate, Hikvision ISAPI HTTP push: multipart event_log JSON (AccessControllerEvent) + JPEG"
     )
     topic_filter: str | None = None
+    commands: None = None  # its devices take no commands
 
     def device_ref(self, raw: RawMessage) -> str:
         """The MAC address the device reports."""

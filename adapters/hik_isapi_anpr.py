@@ -126,6 +126,7 @@ class HikIsapiAnpr:
         "Barrier LPR camera, Hikvision ISAPI HTTP push: EventNotificationAlert XML (ANPR) + pictures"
     )
     topic_filter: str | None = None
+    commands: None = None  # its devices take no commands
 
     def device_ref(self, raw: RawMessage) -> str:
         """The MAC address the camera reports."""

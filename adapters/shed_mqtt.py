@@ -58,6 +58,7 @@ class ShedMqtt:
         "E-bike shed smoke/temperature sensor, MQTT JSON reports with alert bitmask (shed/<imei>/up)"
     )
     topic_filter: str | None = f"{PREFIX}/+/+"
+    commands: None = None  # its devices take no commands
 
     def device_ref(self, raw: RawMessage) -> str:
         """The IMEI in the topic."""

@@ -61,6 +61,7 @@ class UfaceMqtt:
     transport: Transport = Transport.MQTT
     description: str = "Face gate, MQTT JSON recognition records (uface/<sn>/event) with optional base64 JPEG"
     topic_filter: str | None = f"{PREFIX}/+/+"
+    commands: None = None  # its devices take no commands
 
     def device_ref(self, raw: RawMessage) -> str:
         """The serial number in the topic."""

@@ -351,10 +351,83 @@ class UfaceSim(_MqttJsonSim):
 
 
 class VzLprSim(_MqttJsonSim):
-    """LPR camera publishing AlarmInfoPlate results over MQTT."""
+    """LPR camera publishing AlarmInfoPlate results over MQTT, with a barrier that answers commands.
+
+    The barrier: ``gate_ctrl`` requests on ``vzlpr/<serial>/cmd/req`` open (``ctrl`` 1) or close
+    (``ctrl`` 2) gate 0 and are answered on ``.../cmd/resp``; ``get_gate_state`` on ``.../state/req``
+    is answered on ``.../state/resp`` (``gate_state`` 1 closed, 2 open). Faults to switch on:
+    ``stuck`` (answers OK, does not move), ``camera_control`` (refuses platform commands with 403, as
+    a camera in "by camera" barrier mode may), ``garbled_replies`` (answers with unreadable fields).
+    The logic is plain methods (request bytes in, answer bytes out); tests wire them to a broker.
+    """
 
     prefix = "vzlpr"
     event_channel = "result"
+
+    def __init__(self, device: SimDevice) -> None:
+        super().__init__(device)
+        self.gate_open = False
+        self.stuck = False
+        self.camera_control = False
+        self.garbled_replies = False
+        self.commands_executed = 0  # how often the relay was actually driven
+
+    @property
+    def request_topics(self) -> tuple[str, str]:
+        """Where the camera listens for commands and state queries."""
+        return self.topic("cmd/req"), self.topic("state/req")
+
+    def handle(self, message: MqttPublish) -> MqttPublish | None:
+        """The camera's answer to a message on one of its request topics (None for other topics)."""
+        if message.topic == self.topic("cmd/req"):
+            return MqttPublish(self.topic("cmd/resp"), self.answer_command(message.payload))
+        if message.topic == self.topic("state/req"):
+            return MqttPublish(self.topic("state/resp"), self.answer_state_query(message.payload))
+        return None
+
+    @staticmethod
+    def _request(body: bytes, cmd: str) -> tuple[dict[str, object], str, tuple[int, str] | None]:
+        """(document, echoed id, (refusal code, reason) or None) of a request."""
+        try:
+            doc = json.loads(body)
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            return {}, "", (400, "bad request")
+        if not isinstance(doc, dict):
+            return {}, "", (400, "bad request")
+        echoed = doc.get("id")
+        if not isinstance(echoed, str) or not echoed or doc.get("cmd") != cmd:
+            return doc, echoed if isinstance(echoed, str) else "", (400, "bad request")
+        if doc.get("gate") != 0:  # this camera drives one barrier
+            return doc, echoed, (404, "no such gate")
+        return doc, echoed, None
+
+    def answer_command(self, body: bytes) -> bytes:
+        """Execute a ``gate_ctrl`` request (unless stuck or under camera control) and answer it."""
+        doc, echoed, refusal = self._request(body, "gate_ctrl")
+        ctrl = doc.get("ctrl")
+        if refusal is None and ctrl not in {1, 2}:
+            refusal = (400, f"unknown ctrl {ctrl!r}")
+        if refusal is None and self.camera_control:
+            refusal = (403, "gate controlled by camera")
+        answer: dict[str, object] = {"cmd": "gate_ctrl", "id": echoed}
+        if self.garbled_replies:
+            return _json(answer | {"state_code": "OK!"})
+        if refusal is not None:
+            return _json(answer | {"state_code": refusal[0], "err_msg": refusal[1]})
+        if not self.stuck:
+            self.gate_open = ctrl == 1
+            self.commands_executed += 1
+        return _json(answer | {"state_code": 200, "err_msg": ""})
+
+    def answer_state_query(self, body: bytes) -> bytes:
+        """Answer a ``get_gate_state`` request with the barrier's real position."""
+        _, echoed, refusal = self._request(body, "get_gate_state")
+        answer: dict[str, object] = {"cmd": "get_gate_state", "id": echoed, "gate": 0}
+        if self.garbled_replies:
+            return _json(answer | {"state_code": 200, "gate_state": "up"})
+        if refusal is not None:
+            return _json(answer | {"state_code": refusal[0], "err_msg": refusal[1]})
+        return _json(answer | {"state_code": 200, "gate_state": 2 if self.gate_open else 1})
 
     def _result(  # noqa: PLR0917 - private builder mirroring the payload's fields
         self, at: datetime, plate: str, color: int, list_type: str, gate: int, rng: random.Random

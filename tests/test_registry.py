@@ -6,11 +6,12 @@ import importlib
 import pkgutil
 
 import adapters
-from adapters import DIALECTS
+from adapters import COMMAND_ENCODERS, DIALECTS
 from adapters.base import Transport
+from adapters.commands import CommandAction
 from device_sims.devices import SIMULATORS
 
-HELPER_MODULES = {"base", "multipart", "pictures", "plates"}
+HELPER_MODULES = {"base", "commands", "multipart", "pictures", "plates"}
 
 
 def test_every_adapter_module_is_registered_and_simulated() -> None:
@@ -41,3 +42,16 @@ def test_mqtt_dialects_have_distinct_topic_prefixes() -> None:
     """The first topic segment routes a message to its dialect, so prefixes must not collide."""
     prefixes = [d.topic_filter.split("/")[0] for d in DIALECTS.values() if d.topic_filter]
     assert len(prefixes) == len(set(prefixes))
+
+
+def test_registry_names_exactly_the_dialects_that_take_commands() -> None:
+    """Only the MQTT LPR camera has a command encoder so far; every other dialect says ``commands is None``."""
+    assert set(COMMAND_ENCODERS) == {"vz-lpr-mqtt"}
+    for name, dialect in DIALECTS.items():
+        assert (dialect.commands is not None) == (name in COMMAND_ENCODERS)
+        if dialect.commands is not None:
+            assert COMMAND_ENCODERS[name] is dialect.commands
+    assert COMMAND_ENCODERS["vz-lpr-mqtt"].actions == {
+        CommandAction.BARRIER_OPEN,
+        CommandAction.BARRIER_CLOSE,
+    }
