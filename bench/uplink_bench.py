@@ -47,9 +47,8 @@ from foundation.identity import event_id
 from gateway.config import GatewayConfig, load_config
 from gateway.outbox import EventRow, Outbox, StoreEvents
 from gateway.runtime import run_gateway
-from uplink.stores import InfluxV1StoreConfig
 from uplink.protocol import encode_batch, event_topic
-from uplink.stores import InfluxV1Store
+from uplink.stores import InfluxV1Store, InfluxV1StoreConfig
 
 T0 = datetime(2026, 6, 1, tzinfo=UTC)
 

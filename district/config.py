@@ -15,8 +15,8 @@ from foundation.config_types import ZoneName
 from foundation.events import GbId
 from foundation.toml_config import load_toml_model
 from uplink.config import BrokerConfig
-from uplink.stores import StoreConfig
 from uplink.protocol import DEFAULT_PREFIX
+from uplink.stores import StoreConfig
 
 Port = Annotated[int, Field(ge=1, le=65535)]
 

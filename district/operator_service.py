@@ -53,9 +53,15 @@ from foundation.errors import (
     UnauthenticatedError,
 )
 from foundation.events import Event, EventKind, Severity, utc_now
-from uplink.stores import InfluxV1StoreConfig, SqliteStoreConfig
 from uplink.lineprotocol import EPOCH, point_time_ns
-from uplink.stores import InfluxV1Store, InfluxV2Store, SqliteStore, StoreError
+from uplink.stores import (
+    InfluxV1Store,
+    InfluxV1StoreConfig,
+    InfluxV2Store,
+    SqliteStore,
+    SqliteStoreConfig,
+    StoreError,
+)
 
 log = structlog.get_logger(__name__)
 

@@ -27,8 +27,8 @@ from foundation.errors import ConfigError
 from foundation.events import GbId, Location
 from foundation.toml_config import load_toml_model
 from uplink.config import BrokerConfig
-from uplink.stores import StoreConfig
 from uplink.protocol import DEFAULT_PREFIX
+from uplink.stores import StoreConfig
 
 Port = Annotated[int, Field(ge=1, le=65535)]
 

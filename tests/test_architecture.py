@@ -97,7 +97,7 @@ def test_a_reversed_import_breaks_the_contract(tmp_path: Path, module: str, reve
 
 
 def test_only_the_mqtt_port_imports_the_mqtt_library(tmp_path: Path) -> None:
-    """ruff's banned-api rule passes on the tree and fails on a copy where the gateway imports aiomqtt."""
+    """Ruff's banned-api rule passes on the tree and fails on a copy where the gateway imports aiomqtt."""
     clean = subprocess.run(
         [str(RUFF), "check", "--select", "TID251,SLF001", "."],
         cwd=ROOT,

@@ -12,8 +12,14 @@ from pydantic import SecretStr
 from device_sims.influx import InfluxServer
 from foundation.events import Event
 from tests.test_uplink_protocol import T0, thrown
-from uplink.stores import InfluxV1StoreConfig, SqliteStoreConfig
-from uplink.stores import InfluxV1Store, SqliteStore, StoreError, sqlite_event_ids
+from uplink.stores import (
+    InfluxV1Store,
+    InfluxV1StoreConfig,
+    SqliteStore,
+    SqliteStoreConfig,
+    StoreError,
+    sqlite_event_ids,
+)
 
 
 async def influx_event_ids(store: InfluxV1Store) -> tuple[int, set[str]]:
@@ -97,9 +103,11 @@ async def test_influx_v2_store_speaks_the_v2_write_api(tmp_path: Path) -> None:
     from aiohttp import web  # noqa: PLC0415
 
     from device_sims.broker import free_port  # noqa: PLC0415
-    from uplink.stores import InfluxV2StoreConfig  # noqa: PLC0415
     from uplink.lineprotocol import to_lines  # noqa: PLC0415
-    from uplink.stores import InfluxV2Store  # noqa: PLC0415
+    from uplink.stores import (
+        InfluxV2Store,  # noqa: PLC0415
+        InfluxV2StoreConfig,  # noqa: PLC0415
+    )
 
     received: list[tuple[str, dict[str, str], bytes]] = []
 

@@ -29,9 +29,8 @@ from gateway.runtime import run_gateway
 from tests.conftest import sample_config
 from tests.district_data import running
 from tests.test_uplink_protocol import thrown
-from uplink.stores import InfluxV1StoreConfig
 from uplink.protocol import encode_batch
-from uplink.stores import InfluxV1Store
+from uplink.stores import InfluxV1Store, InfluxV1StoreConfig
 
 
 def gateway_config(

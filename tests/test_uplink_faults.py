@@ -30,8 +30,7 @@ from gateway.runtime import run_gateway
 from tests.district_data import running
 from tests.processes import GatewayProcess, IngesterProcess
 from tests.test_uplink_e2e import district_config, gateway_config, sqlite_ids, wait_until
-from uplink.stores import InfluxV1StoreConfig
-from uplink.stores import InfluxV1Store
+from uplink.stores import InfluxV1Store, InfluxV1StoreConfig
 
 pytestmark = pytest.mark.slow
 
