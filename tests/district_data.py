@@ -119,10 +119,7 @@ def _stored(path: Path) -> list[Event]:
 
 
 async def _influx_count(influx: InfluxServer, database: str) -> int:
-    from uplink.stores import (
-        InfluxV1Store,  # noqa: PLC0415
-        InfluxV1StoreConfig,  # noqa: PLC0415
-    )
+    from uplink.stores import InfluxV1Store, InfluxV1StoreConfig  # noqa: PLC0415
 
     config = InfluxV1StoreConfig.model_validate({"url": influx.url, "database": database})
     async with InfluxV1Store(config) as store:

@@ -104,10 +104,7 @@ async def test_influx_v2_store_speaks_the_v2_write_api(tmp_path: Path) -> None:
 
     from device_sims.broker import free_port  # noqa: PLC0415
     from uplink.lineprotocol import to_lines  # noqa: PLC0415
-    from uplink.stores import (
-        InfluxV2Store,  # noqa: PLC0415
-        InfluxV2StoreConfig,  # noqa: PLC0415
-    )
+    from uplink.stores import InfluxV2Store, InfluxV2StoreConfig  # noqa: PLC0415
 
     received: list[tuple[str, dict[str, str], bytes]] = []
 
