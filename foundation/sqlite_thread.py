@@ -19,6 +19,20 @@ from typing import Self, TypeVar
 T = TypeVar("T")
 
 
+def open_durable(path: Path, schema: str) -> sqlite3.Connection:
+    """Open (creating if needed) a SQLite file in WAL mode with ``synchronous=FULL`` and apply ``schema``.
+
+    The connection is in autocommit mode (``isolation_level=None``): writers open their own
+    ``transaction``. It waits up to 30 s for another connection's write lock.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=30)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=FULL")
+    db.executescript(schema)
+    return db
+
+
 class SqliteThread:
     """Open on enter, close on exit; ``call`` runs a function with the connection in the thread."""
 
@@ -39,12 +53,7 @@ class SqliteThread:
         self._executor.shutdown(wait=True)
 
     def _open(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=FULL")
-        db.executescript(self._schema)
-        self._db = db
+        self._db = open_durable(self.path, self._schema)
 
     def _close(self) -> None:
         if self._db is not None:

@@ -23,6 +23,7 @@ from foundation.logging import worth_logging
 from gateway.config import DeviceConfig, GatewayConfig
 from gateway.outbox import DeadLetter, EventRow, Operation, StoreEvents
 from gateway.rate_limits import PeerRateLimiter
+from gateway.watch_subjects import watch_work_for
 
 log = structlog.get_logger(__name__)
 
@@ -128,7 +129,7 @@ class Intake:
                 raw, "internal", None, None, PayloadRejected("invalid_event", first["msg"], field=field)
             )
         self.accepted[(event.device_id, event.kind.value)] += 1
-        return Outcome(StoreEvents([EventRow.from_event(event)], media=attachments), device=event.device_id)
+        return Outcome(StoreEvents([_row(event)], media=attachments), device=event.device_id)
 
     def from_http_device(self, raw: RawMessage, device_id: str, max_bytes: int) -> Outcome:
         """A push to ``/push/<device id>``."""
@@ -251,7 +252,7 @@ class Intake:
         for event in result.events:
             self.accepted[(device.id, event.kind.value)] += 1
         media: tuple[MediaBlob, ...] = result.media
-        rows = [EventRow.from_event(event) for event in result.events]
+        rows = [_row(event) for event in result.events]
         return Outcome(StoreEvents(rows, media), device=device.id)
 
     def _too_large(
@@ -299,3 +300,8 @@ class Intake:
             payload=raw.body,
         )
         return Outcome(letter, rejection=rejection, device=device)
+
+
+def _row(event: Event) -> EventRow:
+    # the watch side decides what the matcher looks at; the outbox queues it with the event
+    return EventRow.from_event(event, watch=watch_work_for(event))

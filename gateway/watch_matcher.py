@@ -1,8 +1,8 @@
 """Matching inside the compound: gate pictures and plates against the district's watch lists.
 
-The outbox queues the work in the same transaction as each face-gate or vehicle event, so nothing
-is missed across a crash and the device was acknowledged long before any picture is looked at.
-This task takes the queue in order:
+The outbox queues the work (what of an event to look at: ``gateway/watch_subjects.py``) in the same
+transaction as each face-gate or vehicle event, so nothing is missed across a crash and the device
+was acknowledged long before any picture is looked at. This task takes the queue in order:
 
 * plates are looked up in memory (a dictionary per loaded plate list);
 * face pictures go to a process pool sized by ``[faces] workers`` (detection and 128-d embeddings
@@ -52,6 +52,7 @@ from gateway.config import GatewayConfig
 from gateway.intake import IntakeItem
 from gateway.outbox import OutboxReader, WatchItem
 from gateway.pipeline import IntakePipeline
+from gateway.watch_subjects import FACE_WORK, PICTURE_BACKLOG_COUNTER, PLATE_WORK
 from gateway.watchlists import FaceHit, PlateHit, WatchListRegistry
 
 log = structlog.get_logger(__name__)
@@ -106,7 +107,9 @@ class WatchMatcher:
         try:
             while True:
                 raise_if_cancelling()
-                shed = await self._reader.watch_shed(self._faces.max_backlog)
+                shed = await self._reader.watch_shed(
+                    self._faces.max_backlog, kind=FACE_WORK, counted_as=PICTURE_BACKLOG_COUNTER
+                )
                 if shed:
                     self.stats.pictures_shed += shed
                     log.warning("pictures_shed", count=shed, backlog=self._faces.max_backlog)
@@ -125,9 +128,9 @@ class WatchMatcher:
     async def _handle(self, items: Sequence[WatchItem]) -> list[tuple[Event, tuple[MediaBlob, ...]]]:
         lists = self._registry.loaded
         events: list[tuple[Event, tuple[MediaBlob, ...]]] = []
-        faces = [item for item in items if item.kind == "face"]
+        faces = [item for item in items if item.kind == FACE_WORK]
         for item in items:
-            if item.kind == "plate":
+            if item.kind == PLATE_WORK:
                 self.stats.plates_checked += 1
                 events += [(self._plate_event(item, hit), ()) for hit in lists.match_plate(item.subject)]
         if faces and (not self._faces.enabled or not lists.faces):

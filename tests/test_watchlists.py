@@ -43,6 +43,7 @@ from foundation.events import Event, EventKind, utc_now
 from foundation.faces import analyse_bytes
 from gateway.outbox import EventRow, Outbox, StoreEvents, WatchWork
 from gateway.runtime import run_gateway
+from gateway.watch_subjects import FACE_WORK, PICTURE_BACKLOG_COUNTER
 from gateway.watchlists import WatchListRegistry
 from tests.district_data import running
 from tests.face_fixtures import face_fixtures
@@ -285,7 +286,7 @@ async def test_hits_without_snapshots_persisted_lists_and_retention(
         [
             sys.executable,
             "-m",
-            "gateway",
+            "cli",
             "watchlist",
             "check",
             "--config",
@@ -407,7 +408,7 @@ def test_picture_backlog_is_bounded_oldest_first(tmp_path: Path) -> None:
             for i in range(10)
         ]
         box.commit([StoreEvents(rows)])
-        assert box.watch_shed(keep=3) == 7
+        assert box.watch_shed(keep=3, kind=FACE_WORK, counted_as=PICTURE_BACKLOG_COUNTER) == 7
         assert [item.event_id for item in box.watch_items(10)] == ["e07", "e08", "e09"]
         assert len(box.event_ids("pending")) == 10
         assert box.stats().counters[("pictures_shed", "", "")] == 7
