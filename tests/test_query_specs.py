@@ -8,6 +8,7 @@ is refused below its role, and every call lands in the audit log once, on both s
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sqlite3
 from collections import Counter
@@ -31,7 +32,7 @@ from district.operator_api import build_api, openapi_document
 from district.operator_output import Presenter, Table
 from district.operator_service import open_operator_service
 from district.queries.context import QueryContext
-from district.queries.registry import QUERIES
+from district.queries.registry import QUERIES, index
 from district.queries.spec import NeedsReason, QuerySpec, Route
 from district.query_backends import (
     InfluxQueries,
@@ -299,6 +300,17 @@ def test_every_response_of_the_checked_in_document_is_typed() -> None:
                 path,
                 method,
             )
+
+
+def test_the_registry_refuses_a_second_spec_on_one_route() -> None:
+    """Two specs may not share a name, a route or a subcommand: the registry says which."""
+    same_route = dataclasses.replace(SPEC, name="other_name", cli="other-name")
+    with pytest.raises(ValueError, match="other_name"):
+        index([SPEC, same_route])
+    assert set(index([SPEC, dataclasses.replace(same_route, route=Route("GET", "/x", "x"))])) == {
+        NAME,
+        "other_name",
+    }
 
 
 def test_spec_refuses_a_reason_rule_without_a_reason_field() -> None:

@@ -6,6 +6,7 @@ something new, a ``StoreQuery`` with one method per backend in that module).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from district.queries import (
@@ -21,9 +22,25 @@ from district.queries import (
 )
 from district.queries.spec import QuerySpec
 
-QUERIES: dict[str, QuerySpec[Any, Any]] = {
-    spec.name: spec
-    for spec in (
+
+def index(specs: Iterable[QuerySpec[Any, Any]]) -> dict[str, QuerySpec[Any, Any]]:
+    """Specs by name; refuses two specs with one name, one route or one ``query`` subcommand."""
+    by_name: dict[str, QuerySpec[Any, Any]] = {}
+    routes: set[tuple[str, str]] = set()
+    commands: set[str] = set()
+    for spec in specs:
+        route = (spec.route.method, spec.route.path)
+        if spec.name in by_name or route in routes or (spec.cli and spec.cli in commands):
+            raise ValueError(f"{spec.name}: its name, route or subcommand is another spec's")
+        by_name[spec.name] = spec
+        routes.add(route)
+        if spec.cli:
+            commands.add(spec.cli)
+    return by_name
+
+
+QUERIES: dict[str, QuerySpec[Any, Any]] = index(
+    [
         events.SPEC,
         counts.SPEC,
         compare.SPEC,
@@ -33,6 +50,6 @@ QUERIES: dict[str, QuerySpec[Any, Any]] = {
         alarm_counts.SPEC,
         alarm_action.SPEC,
         audit.SPEC,
-    )
-}
+    ]
+)
 """Action name -> spec. Tests may add a spec for their duration (``monkeypatch.setitem``)."""
