@@ -18,7 +18,7 @@ import socket
 import sys
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 from zoneinfo import ZoneInfo
 
 from aiohttp import web
@@ -85,7 +85,7 @@ def add_operator_commands(sub: Any) -> None:
 def _add_query(queries: Any, spec: QuerySpec[Any, Any]) -> None:
     """The subcommand of one query: its request's fields as options, plus the common ones."""
     command = queries.add_parser(spec.cli, help=spec.route.summary, description=spec.describe_access())
-    command.set_defaults(action=spec.name)
+    command.set_defaults(query=spec.name)
     command.add_argument("--config", type=Path, required=True, help="the district TOML config")
     command.add_argument("--token-file", type=Path, help=f"file holding the token (default: ${TOKEN_ENV})")
     command.add_argument("--format", choices=["table", "json", "csv"], default="table")
@@ -110,7 +110,7 @@ def _add_query(queries: Any, spec: QuerySpec[Any, Any]) -> None:
                 flag, dest=dest, action="append", metavar=metavar, help=f"{help_text or name} (repeatable)"
             )
         else:
-            kind = int if info.annotation in {int, int | None} else str
+            kind = int if int in {info.annotation, *get_args(info.annotation)} else str
             command.add_argument(flag, dest=dest, type=kind, metavar=metavar, help=help_text)
     if spec.paging:
         command.add_argument("--cursor", help="continue after the previous page's next_cursor")
@@ -177,7 +177,7 @@ def query_params(spec: QuerySpec[Any, Any], args: argparse.Namespace, zone: Zone
 
 
 async def _query(config: DistrictConfig, args: argparse.Namespace) -> int:
-    spec = QUERIES[args.action]
+    spec = QUERIES[args.query]
     zone = ZoneInfo(config.api.timezone)
     try:
         params = query_params(spec, args, zone)
