@@ -160,21 +160,21 @@ async def _operator_view(district: DistrictConfig, since: datetime, as_json: boo
     window = {"start": since.isoformat(), "end": utc_now().isoformat()}
     caller = Caller("cli", "demo")
     async with open_operator_service(district) as service:
-        devices = (await service.handle(token, "devices", {}, caller)).result
-        counts = (
-            await service.handle(token, "counts", {**window, "interval": "day", "group_by": ["kind"]}, caller)
-        ).result
-        alarms = (await service.handle(token, "alarms", {**window, "limit": 5}, caller)).result
+        devices = await service.handle(token, "devices", {}, caller)
+        counts = await service.handle(
+            token, "counts", {**window, "interval": "day", "group_by": ["kind"]}, caller
+        )
+        alarms = await service.handle(token, "alarms", {**window, "limit": 5}, caller)
         presenter = Presenter(service.zone, service.compound_name)
-        for title, result in (
+        for title, answer in (
             ("devices", devices),
             ("events per kind and day", counts),
             ("newest alarms", alarms),
         ):
-            headers, rows = presenter.table(result)
+            headers, rows = answer.spec.tables(presenter, answer.result)[0]
             _say(as_json, f"\n{title} (compound-gateway query):\n{render_table(headers, rows)}")
-    online = sum(c.online for c in devices.compounds)
-    return {"devices": len(devices.devices), "devices_online": online, "alarms": len(alarms.alarms)}
+    online = sum(c.online for c in devices.result.compounds)
+    return {"devices": len(devices.result.devices), "devices_online": online, "alarms": alarms.rows}
 
 
 async def _demo(  # noqa: PLR0915, PLR0917 - one private call site

@@ -18,12 +18,14 @@ import json
 import secrets
 import sqlite3
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from district.query_model import ALARM_TRANSITIONS, AlarmAction, AlarmState, Role
+from pydantic import Field
+
+from district.query_model import ALARM_TRANSITIONS, AlarmAction, AlarmState, Model, Role
 from foundation.errors import ConflictError, InvalidQueryError
 from foundation.events import utc_now
 from foundation.sqlite_thread import SqliteBacked, transaction
@@ -84,25 +86,23 @@ class TokenInfo:
     revoked_at: str | None
 
 
-@dataclass(frozen=True)
-class AuditEntry:
+class AuditEntry(Model):
     """One audited request: who, through what, asked what, and what came of it."""
 
     actor: str | None
     role: str | None
-    channel: str  # "api" or "cli"
-    client: str | None  # remote address or local user
-    action: str  # "events", "compare", "alarm.confirmed", "token.create", ...
+    channel: str = Field(description='"api" or "cli"')
+    client: str | None = Field(description="remote address or local user")
+    action: str = Field(description='"events", "compare", "alarm_action", "token.create", ...')
     filters: dict[str, Any]
-    outcome: str  # "ok" or the error code
-    status: int  # the HTTP status it maps to
+    outcome: str = Field(description='"ok" or the error code')
+    status: int = Field(description="the HTTP status it maps to")
     rows: int | None = None
     reason: str | None = None
     detail: str | None = None
 
 
-@dataclass(frozen=True)
-class AuditRecord:
+class AuditRecord(Model):
     """An audit entry as stored."""
 
     seq: int
@@ -116,16 +116,26 @@ def hash_token(token: str) -> str:
 
 
 def _entry_hash(prev_hash: str, at: str, entry: AuditEntry) -> str:
-    content = json.dumps({"at": at, **asdict(entry)}, sort_keys=True, ensure_ascii=False, default=str)
+    content = json.dumps({"at": at, **entry.model_dump()}, sort_keys=True, ensure_ascii=False, default=str)
     return hashlib.sha256(f"{prev_hash}\n{content}".encode()).hexdigest()
 
 
 def _entry_from_row(row: sqlite3.Row | tuple[Any, ...]) -> AuditRecord:
     (seq, at, actor, role, channel, client, action, filters, outcome, status, rows, reason, detail) = row[:13]
     entry = AuditEntry(
-        actor, role, channel, client, action, json.loads(filters), outcome, status, rows, reason, detail
+        actor=actor,
+        role=role,
+        channel=channel,
+        client=client,
+        action=action,
+        filters=json.loads(filters),
+        outcome=outcome,
+        status=status,
+        rows=rows,
+        reason=reason,
+        detail=detail,
     )
-    return AuditRecord(seq, at, entry)
+    return AuditRecord(seq=seq, at=at, entry=entry)
 
 
 AUDIT_COLUMNS = (
@@ -305,7 +315,7 @@ class OperationsDb(SqliteBacked):
         histories: dict[str, list[AlarmAction]] = {}
         for event_id, state, actor, at, note in await self._file.call(read):
             histories.setdefault(event_id, []).append(
-                AlarmAction(AlarmState(state), actor, datetime.fromisoformat(at), note)
+                AlarmAction(state=AlarmState(state), actor=actor, at=datetime.fromisoformat(at), note=note)
             )
         return histories
 
@@ -333,6 +343,6 @@ class OperationsDb(SqliteBacked):
                     " VALUES (?,?,?,?,?,?,?)",
                     (event_id, compound_id, current.value, to.value, actor, at.isoformat(), note),
                 )
-            return AlarmAction(to, actor, at, note)
+            return AlarmAction(state=to, actor=actor, at=at, note=note)
 
         return await self._file.call(move)

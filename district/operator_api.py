@@ -1,8 +1,10 @@
-"""The operators' HTTP API (aiohttp) and its OpenAPI 3 document.
+"""The operators' HTTP API (aiohttp) and its OpenAPI 3 document, both derived from the query specs.
 
 Every data route goes through ``OperatorService.handle`` (authentication, validation, scope,
-audit); this module only maps HTTP onto it. Tokens travel as ``Authorization: Bearer <token>``.
-List filters accept repeated parameters or comma-separated values. Errors are JSON:
+audit); this module only maps HTTP onto it. Each spec's route says its method and path: a GET
+takes the request's fields as query parameters, a POST as a JSON body; ``{name}`` path segments
+are request fields too. Tokens travel as ``Authorization: Bearer <token>``. List filters accept
+repeated parameters or comma-separated values. Errors are JSON
 ``{"error": code, "message": ..., "field": ...}`` with the status the error maps to.
 """
 
@@ -10,38 +12,24 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, get_args
 
 import structlog
 from aiohttp import web
-from pydantic import BaseModel
+from pydantic import TypeAdapter
+from pydantic.json_schema import JsonSchemaMode
 
-from district.operator_output import to_jsonable
-from district.operator_service import ACTIONS, Caller, OperatorService
-from district.query_model import AlarmActionRequest
+from district.operator_service import Caller, OperatorService
+from district.queries.registry import QUERIES
+from district.queries.spec import QuerySpec
 from foundation.errors import InvalidQueryError, OperatorError
 
 log = structlog.get_logger(__name__)
 
 API_PREFIX = "/api/v1"
-LIST_FIELDS = frozenset({"compounds", "kinds", "devices", "group_by", "states"})
 MAX_BODY = 16 * 1024
 SERVICE_KEY = web.AppKey("operator_service", OperatorService)
-
-ROUTES: dict[str, tuple[str, str]] = {
-    "events": ("/events", "Events, newest first, a page at a time"),
-    "counts": ("/counts", "Event counts per hour or day, by compound, kind and/or device"),
-    "compare": (
-        "/compare",
-        "查询比对: one plate's or person reference's passages across compounds, in time order",
-    ),
-    "barrier": ("/barrier", "Every vehicle through one barrier in a window, in time order"),
-    "devices": ("/devices", "Device inventory with online status and last seen; online rate per compound"),
-    "alarms": ("/alarms", "Alarms (critical events) with their lifecycle state and history"),
-    "alarm_counts": ("/alarm-counts", "Alarms per compound and day or month: total, confirmed, false, open"),
-    "audit": ("/audit", "The audit log, newest first (admin)"),
-}
-"""GET routes: action -> (path under /api/v1, summary)."""
+SCHEMA_REF = "#/components/schemas/{model}"
 
 
 def _bearer(request: web.Request) -> str | None:
@@ -50,17 +38,26 @@ def _bearer(request: web.Request) -> str | None:
     return token.strip() or None if scheme.lower() == "bearer" else None
 
 
-def _query_params(request: web.Request) -> dict[str, Any]:
+def _query_params(request: web.Request, list_fields: frozenset[str]) -> dict[str, Any]:
     params: dict[str, Any] = {}
     for key in request.query:
         values = request.query.getall(key)
-        if key in LIST_FIELDS:
+        if key in list_fields:
             params[key] = [part for value in values for part in value.split(",") if part]
         elif len(values) > 1:
             raise InvalidQueryError(f"{key} is given {len(values)} times; give it once", field=key)
         else:
             params[key] = values[0]
     return params
+
+
+async def _body_params(request: web.Request) -> dict[str, Any]:
+    try:
+        document = await request.json() if request.can_read_body else {}
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        document = None
+    # a body that is not a JSON object becomes a field the request model refuses (400, audited)
+    return dict(document) if isinstance(document, dict) else {"unparsed_body": True}
 
 
 def _error(exc: OperatorError) -> web.Response:
@@ -73,37 +70,28 @@ def _caller(request: web.Request) -> Caller:
     return Caller("api", request.remote)
 
 
-def _handler(action: str) -> Callable[[web.Request], Awaitable[web.Response]]:
+def _handler(spec: QuerySpec[Any, Any]) -> Callable[[web.Request], Awaitable[web.Response]]:
+    list_fields = spec.list_fields()
+
     async def handle(request: web.Request) -> web.Response:
         service = request.app[SERVICE_KEY]
+        if spec.route.method == "POST":
+            params = await _body_params(request)
+        else:
+            try:
+                params = _query_params(request, list_fields)
+            except InvalidQueryError as exc:
+                raw = {"query": request.query_string[:500]}
+                await service.refuse(_bearer(request), spec.name, raw, _caller(request), exc)
+                return _error(exc)
+        params.update(request.match_info)
         try:
-            params = _query_params(request)
-        except InvalidQueryError as exc:
-            raw = {"query": request.query_string[:500]}
-            await service.refuse(_bearer(request), action, raw, _caller(request), exc)
-            return _error(exc)
-        try:
-            answer = await service.handle(_bearer(request), action, params, _caller(request))
+            answer = await service.handle(_bearer(request), spec.name, params, _caller(request))
         except OperatorError as exc:
             return _error(exc)
-        return web.json_response(to_jsonable(answer.result), dumps=_dumps)
+        return web.json_response(answer.dump(), dumps=_dumps)
 
     return handle
-
-
-async def _alarm_action(request: web.Request) -> web.Response:
-    service = request.app[SERVICE_KEY]
-    try:
-        document = await request.json() if request.can_read_body else {}
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        document = None
-    params = dict(document) if isinstance(document, dict) else {"unparsed_body": True}
-    params["event_id"] = request.match_info["event_id"]
-    try:
-        answer = await service.handle(_bearer(request), "alarm_action", params, _caller(request))
-    except OperatorError as exc:
-        return _error(exc)
-    return web.json_response(to_jsonable(answer.result), dumps=_dumps)
 
 
 def _dumps(value: Any) -> str:
@@ -119,12 +107,11 @@ async def _healthz(request: web.Request) -> web.Response:
 
 
 def build_api(service: OperatorService) -> web.Application:
-    """The aiohttp application serving the operator API."""
+    """The aiohttp application serving the operator API: one route per spec in the registry."""
     app = web.Application(client_max_size=MAX_BODY)
     app[SERVICE_KEY] = service
-    for action, (path, _) in ROUTES.items():
-        app.router.add_get(API_PREFIX + path, _handler(action))
-    app.router.add_post(API_PREFIX + "/alarms/{event_id}/actions", _alarm_action)
+    for spec in QUERIES.values():
+        app.router.add_route(spec.route.method, API_PREFIX + spec.route.path, _handler(spec))
     app.router.add_get(API_PREFIX + "/openapi.json", _openapi)
     app.router.add_get("/healthz", _healthz)
     return app
@@ -133,32 +120,53 @@ def build_api(service: OperatorService) -> web.Application:
 # ---- OpenAPI ----------------------------------------------------------------------------------
 
 
-def _parameters(model: type[BaseModel]) -> list[dict[str, Any]]:
-    schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+def _schemas() -> tuple[dict[tuple[str, str], dict[str, Any]], dict[str, Any]]:
+    # one pass over every request (validation) and result (serialization) type, so that a model
+    # used by several actions is one component and names never clash
+    adapters: list[tuple[tuple[str, str], JsonSchemaMode, TypeAdapter[Any]]] = []
+    for spec in QUERIES.values():
+        adapters.append(((spec.name, "request"), "validation", TypeAdapter(spec.request)))
+        adapters.append(((spec.name, "result"), "serialization", spec.adapter))
+    keyed, definitions = TypeAdapter.json_schemas(adapters, ref_template=SCHEMA_REF)
+    return {key: schema for (key, _), schema in keyed.items()}, definitions.get("$defs", {})
+
+
+def _parameters(spec: QuerySpec[Any, Any], schema: dict[str, Any]) -> list[dict[str, Any]]:
     required = set(schema.get("required", []))
+    list_fields = spec.list_fields()
     parameters = []
     for name, prop in schema["properties"].items():
+        where = "path" if name in spec.route.path_fields else "query"
+        if spec.route.method == "POST" and where == "query":
+            continue  # the body carries it
         parameter: dict[str, Any] = {
             "name": name,
-            "in": "query",
-            "required": name in required,
+            "in": where,
+            "required": name in required or where == "path",
             "schema": {k: v for k, v in prop.items() if k not in {"title", "description"}},
         }
         if "description" in prop:
             parameter["description"] = prop["description"]
-        if name in LIST_FIELDS:
+        if name in list_fields:
             parameter["style"] = "form"
             parameter["explode"] = True
         parameters.append(parameter)
     return parameters
 
 
-def _definitions() -> dict[str, Any]:
-    definitions: dict[str, Any] = {}
-    for spec in ACTIONS.values():
-        schema = spec.model.model_json_schema(ref_template="#/components/schemas/{model}")
-        definitions.update(schema.get("$defs", {}))
-    return definitions
+def _body(spec: QuerySpec[Any, Any], schema: dict[str, Any]) -> dict[str, Any]:
+    carried = set(spec.route.path_fields)
+    body = {k: v for k, v in schema.items() if k not in {"properties", "required"}}
+    body["properties"] = {k: v for k, v in schema["properties"].items() if k not in carried}
+    body["required"] = [r for r in schema.get("required", []) if r not in carried]
+    return {"required": True, "content": {"application/json": {"schema": body}}}
+
+
+def _first_line(result: Any) -> str:
+    # what a 200 answer is: the result model's docstring (a list's: its rows')
+    rows = get_args(result)
+    doc = (rows[0] if rows else result).__doc__ or "The answer"
+    return ("Rows, each: " if rows else "") + doc.strip().splitlines()[0]
 
 
 ERROR_RESPONSES = {
@@ -173,48 +181,27 @@ def openapi_document() -> dict[str, Any]:
     """The OpenAPI 3.1 description of the API (checked in as ``docs/operator-api.openapi.json``)."""
     error_ref = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
     errors = {code: {"description": text, **error_ref} for code, text in ERROR_RESPONSES.items()}
+    schemas, definitions = _schemas()
     paths: dict[str, Any] = {}
-    for action, (path, summary) in ROUTES.items():
-        spec = ACTIONS[action]
-        paths[API_PREFIX + path] = {
-            "get": {
-                "operationId": action,
-                "summary": summary,
-                "description": f"Least role: {spec.role.value}. Every call is audited.",
-                "parameters": _parameters(spec.model),
-                "responses": {
-                    "200": {
-                        "description": "The answer",
-                        "content": {"application/json": {"schema": {"type": "object"}}},
-                    },
-                    **errors,
-                },
-            }
+    for spec in QUERIES.values():
+        request_schema = definitions[schemas[spec.name, "request"]["$ref"].rsplit("/", 1)[1]]
+        operation: dict[str, Any] = {
+            "operationId": spec.name,
+            "summary": spec.route.summary,
+            "description": spec.describe_access(),
+            "parameters": _parameters(spec, request_schema),
         }
-    action_schema = AlarmActionRequest.model_json_schema(ref_template="#/components/schemas/{model}")
-    action_schema["properties"].pop("event_id")
-    action_schema["required"] = [r for r in action_schema["required"] if r != "event_id"]
-    action_schema.pop("$defs", None)
-    paths[API_PREFIX + "/alarms/{event_id}/actions"] = {
-        "post": {
-            "operationId": "alarm_action",
-            "summary": "Move an alarm along new -> acknowledged -> confirmed | false_alarm -> resolved",
-            "description": "Least role: operator. The note is required and audited.",
-            "parameters": [
-                {"name": "event_id", "in": "path", "required": True, "schema": {"type": "string"}}
-            ],
-            "requestBody": {"required": True, "content": {"application/json": {"schema": action_schema}}},
-            "responses": {
-                "200": {
-                    "description": "The recorded step",
-                    "content": {"application/json": {"schema": {"type": "object"}}},
-                },
-                **errors,
-                "404": {"description": "No such alarm in the token's scope", **error_ref},
-                "409": {"description": "The alarm's state does not allow this step", **error_ref},
+        if spec.route.method == "POST":
+            operation["requestBody"] = _body(spec, request_schema)
+        operation["responses"] = {
+            "200": {
+                "description": _first_line(spec.result),
+                "content": {"application/json": {"schema": schemas[spec.name, "result"]}},
             },
+            **errors,
+            **{str(status): {"description": text, **error_ref} for status, text in spec.responses.items()},
         }
-    }
+        paths.setdefault(API_PREFIX + spec.route.path, {})[spec.route.method.lower()] = operation
     paths[API_PREFIX + "/openapi.json"] = {
         "get": {
             "operationId": "openapi",
@@ -237,7 +224,7 @@ def openapi_document() -> dict[str, Any]:
         "components": {
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
             "schemas": {
-                **_definitions(),
+                **definitions,
                 "Error": {
                     "type": "object",
                     "required": ["error", "message"],

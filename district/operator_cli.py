@@ -18,7 +18,7 @@ import socket
 import sys
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 from zoneinfo import ZoneInfo
 
 from aiohttp import web
@@ -26,16 +26,21 @@ from aiohttp import web
 from district.config import DistrictConfig, load_district_config
 from district.operations import AuditEntry, OperationsDb
 from district.operator_api import build_api
-from district.operator_output import Presenter, to_jsonable
-from district.operator_service import Caller, OperatorService, open_operator_service
-from district.query_model import EventPage, Role
+from district.operator_output import Presenter
+from district.operator_service import Answer, Caller, OperatorService, open_operator_service
+from district.queries.registry import QUERIES
+from district.queries.spec import QuerySpec, cli_flag
+from district.query_model import AlarmAction, Role
 from foundation.errors import OperatorError
 from foundation.events import utc_now
 from foundation.tables import render_csv, render_table
 
 TOKEN_ENV = "CGW_TOKEN"
 _DURATION = re.compile(r"^(\d+)([mhd])$")
-QUERIES = ("events", "counts", "compare", "barrier", "devices", "alarms", "alarm-counts", "audit")
+FIELD_DEST = "field_"  # argparse dest of a request field's option (apart from the common options)
+NUMERIC_COLUMNS = frozenset(
+    {"events", "alarms", "confirmed", "false", "open", "rows", "seq", "devices", "online", "rate"}
+)
 ALARM_STEPS = {
     "ack": "acknowledged",
     "confirm": "confirmed",
@@ -45,29 +50,12 @@ ALARM_STEPS = {
 
 
 def add_operator_commands(sub: Any) -> None:
-    """Register the operator subcommands on the main parser."""
+    """Register the operator subcommands on the main parser (one ``query`` subcommand per spec)."""
     query = sub.add_parser("query", help="district queries (events, counts, compare, devices, alarms...)")
-    query.add_argument("what", choices=QUERIES)
-    query.add_argument("--config", type=Path, required=True, help="the district TOML config")
-    query.add_argument("--token-file", type=Path, help=f"file holding the token (default: ${TOKEN_ENV})")
-    query.add_argument("--format", choices=["table", "json", "csv"], default="table")
-    query.add_argument("--start", help="ISO time (without offset: the district's zone)")
-    query.add_argument("--end", help="ISO time (default: now)")
-    query.add_argument("--last", help="instead of --start: a span back from --end, e.g. 30m, 24h, 7d")
-    query.add_argument("--compound", action="append", default=[], dest="compounds")
-    query.add_argument("--kind", action="append", default=[], dest="kinds")
-    query.add_argument("--device", action="append", default=[], dest="devices")
-    query.add_argument("--plate")
-    query.add_argument("--person", dest="person_ref")
-    query.add_argument("--severity")
-    query.add_argument("--state", action="append", default=[], dest="states", help="alarm states")
-    query.add_argument("--interval", help="counts: hour|day; alarm-counts: day|month")
-    query.add_argument("--by", action="append", default=[], dest="group_by", help="compound|kind|device")
-    query.add_argument("--offline", action="store_true", help="devices: only the offline ones")
-    query.add_argument("--limit", type=int)
-    query.add_argument("--cursor", help="continue after the previous page's next_cursor")
-    query.add_argument("--all", action="store_true", help="follow every page (exports); progress on stderr")
-    query.add_argument("--reason", help="why (required for plate, person and barrier lookups)")
+    queries = query.add_subparsers(dest="what", required=True, metavar="QUERY")
+    for spec in QUERIES.values():
+        if spec.cli:
+            _add_query(queries, spec)
 
     alarm = sub.add_parser("alarm", help="move an alarm along its lifecycle")
     alarm.add_argument("step", choices=list(ALARM_STEPS))
@@ -92,6 +80,43 @@ def add_operator_commands(sub: Any) -> None:
 
     openapi = sub.add_parser("openapi", help="print (or write) the operator API's OpenAPI document")
     openapi.add_argument("--output", type=Path)
+
+
+def _add_query(queries: Any, spec: QuerySpec[Any, Any]) -> None:
+    """The subcommand of one query: its request's fields as options, plus the common ones."""
+    command = queries.add_parser(spec.cli, help=spec.route.summary, description=spec.describe_access())
+    command.set_defaults(query=spec.name)
+    command.add_argument("--config", type=Path, required=True, help="the district TOML config")
+    command.add_argument("--token-file", type=Path, help=f"file holding the token (default: ${TOKEN_ENV})")
+    command.add_argument("--format", choices=["table", "json", "csv"], default="table")
+    skip: set[str] = {spec.paging.cursor} if spec.paging else set()
+    if spec.ranged:
+        command.add_argument("--start", help="ISO time (without offset: the district's zone)")
+        command.add_argument("--end", help="ISO time (default: now)")
+        command.add_argument("--last", help="instead of --start: a span back from --end, e.g. 30m, 24h, 7d")
+        skip |= {"start", "end"}
+    for name, info in spec.request.model_fields.items():
+        if name in skip:
+            continue
+        flag, dest = cli_flag(name, info), FIELD_DEST + name
+        help_text = info.description
+        if name == spec.reason_field and spec.needs_reason is not None:
+            help_text = f"why (required for {spec.needs_reason.what}; kept in the audit log)"
+        metavar = flag.removeprefix("--").upper().replace("-", "_")
+        if info.annotation is bool:
+            command.add_argument(flag, dest=dest, action="store_true", help=help_text)
+        elif name in spec.list_fields():
+            command.add_argument(
+                flag, dest=dest, action="append", metavar=metavar, help=f"{help_text or name} (repeatable)"
+            )
+        else:
+            kind = int if int in {info.annotation, *get_args(info.annotation)} else str
+            command.add_argument(flag, dest=dest, type=kind, metavar=metavar, help=help_text)
+    if spec.paging:
+        command.add_argument("--cursor", help="continue after the previous page's next_cursor")
+        command.add_argument(
+            "--all", action="store_true", help="follow every page (exports); progress on stderr"
+        )
 
 
 def run_operator_command(args: argparse.Namespace) -> int:
@@ -135,110 +160,95 @@ def parse_span(text: str) -> timedelta:
     return {"m": timedelta(minutes=number), "h": timedelta(hours=number), "d": timedelta(days=number)}[unit]
 
 
-def query_params(args: argparse.Namespace, zone: ZoneInfo) -> dict[str, Any]:
+def query_params(spec: QuerySpec[Any, Any], args: argparse.Namespace, zone: ZoneInfo) -> dict[str, Any]:
     """The request parameters the command line names (the same names the API takes)."""
     params: dict[str, Any] = {}
-    if args.what not in {"devices", "audit"}:
+    if spec.ranged:
         end = parse_time(args.end, zone) if args.end else utc_now()
         start = parse_time(args.start, zone) if args.start else end - parse_span(args.last or "24h")
         params |= {"start": start.isoformat(), "end": end.isoformat()}
-    for key in ("compounds", "kinds", "devices", "states", "group_by"):
-        if getattr(args, key):
-            params[key] = getattr(args, key)
-    for key in ("plate", "person_ref", "severity", "interval", "limit", "reason"):
-        if getattr(args, key) is not None:
-            params[key] = getattr(args, key)
-    if args.what == "barrier":
-        if len(args.devices) != 1:
-            raise ValueError("barrier needs exactly one --device (the barrier)")
-        params["device"] = params.pop("devices")[0]
-    if args.cursor:
-        params["after" if args.what in {"compare", "barrier"} else "before"] = args.cursor
-    if args.offline:
-        params["only_offline"] = True
+    for name in spec.request.model_fields:
+        value = getattr(args, FIELD_DEST + name, None)
+        if value is not None and value is not False:
+            params[name] = value
+    if spec.paging and args.cursor:
+        params[spec.paging.cursor] = args.cursor
     return params
 
 
 async def _query(config: DistrictConfig, args: argparse.Namespace) -> int:
+    spec = QUERIES[args.query]
     zone = ZoneInfo(config.api.timezone)
     try:
-        params = query_params(args, zone)
+        params = query_params(spec, args, zone)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    action = args.what.replace("-", "_")
     caller = Caller("cli", _local_user())
     token = _token_from(args)
     async with open_operator_service(config) as service:
         try:
-            answer = await service.handle(token, action, params, caller)
-            if args.all and isinstance(answer.result, EventPage):
-                result: Any = await _all_pages(
-                    service, token, action, params, caller=caller, first=answer.result
-                )
-            else:
-                result = answer.result
+            answer = await service.handle(token, spec.name, params, caller)
+            if spec.paging is not None and args.all:
+                answer = await _all_pages(service, token, params, caller=caller, first=answer)
         except OperatorError as exc:
             where = f" ({exc.field})" if exc.field else ""
             print(f"refused [{exc.status} {exc.code}]{where}: {exc.message}", file=sys.stderr)
             return 1
-        _print(service, result, args.format)
+        _print(service, answer, args.format)
     return 0
 
 
 async def _all_pages(
     service: OperatorService,
     token: str | None,
-    action: str,
     params: dict[str, Any],
     *,
     caller: Caller,
-    first: EventPage,
-) -> EventPage:
-    events = list(first.events)
-    cursor = first.next_cursor
-    cursor_key = "after" if action in {"compare", "barrier"} else "before"
+    first: Answer[Any],
+) -> Answer[Any]:
+    spec = first.spec
+    paging = spec.paging
+    assert paging is not None  # noqa: S101 - only paged queries offer --all
+    result = first.result
+    cursor = paging.next_cursor(result)
     tty = sys.stderr.isatty()
     pages = 1
     while cursor is not None:
-        answer = await service.handle(token, action, {**params, cursor_key: cursor}, caller)
-        page: EventPage = answer.result
-        events += page.events
-        cursor = page.next_cursor
+        answer = await service.handle(token, spec.name, {**params, paging.cursor: cursor}, caller)
+        result = paging.join(result, answer.result)
+        cursor = paging.next_cursor(answer.result)
         pages += 1
-        line = f"exported {len(events):,} events ({pages} pages)"
+        line = f"exported {spec.rows(result):,} rows ({pages} pages)"
         if tty:
             print("\r" + line, end="", file=sys.stderr, flush=True)
         elif pages % 10 == 0:
             print(line, file=sys.stderr, flush=True)
     if pages > 1:
         print(
-            ("\r" if tty else "") + f"exported {len(events):,} events ({pages} pages), done", file=sys.stderr
+            ("\r" if tty else "") + f"exported {spec.rows(result):,} rows ({pages} pages), done",
+            file=sys.stderr,
         )
-    return EventPage(events, None)
+    return Answer(result, spec.rows(result), spec)
 
 
-def _print(service: OperatorService, result: Any, output: str) -> None:
+def _print(service: OperatorService, answer: Answer[Any], output: str) -> None:
     if output == "json":
-        print(json.dumps(to_jsonable(result), ensure_ascii=False, indent=2))
+        print(json.dumps(answer.dump(), ensure_ascii=False, indent=2))
         return
     presenter = Presenter(service.zone, service.compound_name)
-    headers, rows = presenter.table(result)
+    tables = answer.spec.tables(presenter, answer.result)
     if output == "csv":
+        headers, rows = tables[0]
         sys.stdout.write(render_csv(headers, rows))
         return
-    numeric = [
-        i
-        for i, h in enumerate(headers)
-        if h in {"events", "alarms", "confirmed", "false", "open", "rows", "seq"}
-    ]
-    print(render_table(headers, rows, numeric=numeric))
-    if hasattr(result, "compounds"):  # devices: the online rate per compound
-        summary = [[c.name, str(c.devices), str(c.online), f"{c.rate:.0%}"] for c in result.compounds]
-        print()
-        print(render_table(["compound", "devices", "online", "rate"], summary, numeric=[1, 2, 3]))
-    if getattr(result, "next_cursor", None):
-        print(f"\nmore: --cursor {result.next_cursor}", file=sys.stderr)
+    for i, (headers, rows) in enumerate(tables):
+        numeric = [column for column, header in enumerate(headers) if header in NUMERIC_COLUMNS]
+        print(("\n" if i else "") + render_table(headers, rows, numeric=numeric))
+    paging = answer.spec.paging
+    next_cursor = paging.next_cursor(answer.result) if paging else None
+    if next_cursor:
+        print(f"\nmore: --cursor {next_cursor}", file=sys.stderr)
 
 
 async def _alarm(config: DistrictConfig, args: argparse.Namespace) -> int:
@@ -251,7 +261,8 @@ async def _alarm(config: DistrictConfig, args: argparse.Namespace) -> int:
         except OperatorError as exc:
             print(f"refused [{exc.status} {exc.code}]: {exc.message}", file=sys.stderr)
             return 1
-        print(f"alarm {args.event_id}: {answer.result.state.value} by {answer.result.actor}")
+        step: AlarmAction = answer.result
+        print(f"alarm {args.event_id}: {step.state.value} by {step.actor}")
     return 0
 
 
@@ -279,14 +290,14 @@ async def _token(config: DistrictConfig, args: argparse.Namespace) -> int:
             done = await ops.revoke_token(args.name)
             await ops.audit(
                 AuditEntry(
-                    caller,
-                    "local-admin",
-                    "cli",
-                    caller,
-                    "token.revoke",
-                    {"name": args.name},
-                    "ok" if done else "not_found",
-                    200 if done else 404,
+                    actor=caller,
+                    role="local-admin",
+                    channel="cli",
+                    client=caller,
+                    action="token.revoke",
+                    filters={"name": args.name},
+                    outcome="ok" if done else "not_found",
+                    status=200 if done else 404,
                 )
             )
             print(f"token {args.name!r} {'revoked' if done else 'was not live'}", file=sys.stderr)
@@ -303,7 +314,18 @@ async def _token(config: DistrictConfig, args: argparse.Namespace) -> int:
         except OperatorError as exc:
             print(f"error: {exc.message}", file=sys.stderr)
             return 1
-        await ops.audit(AuditEntry(caller, "local-admin", "cli", caller, "token.create", filters, "ok", 200))
+        await ops.audit(
+            AuditEntry(
+                actor=caller,
+                role="local-admin",
+                channel="cli",
+                client=caller,
+                action="token.create",
+                filters=filters,
+                outcome="ok",
+                status=200,
+            )
+        )
         print(secret)
         print("the token is shown once; only its hash is stored", file=sys.stderr)
     return 0

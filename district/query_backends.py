@@ -3,23 +3,35 @@
 InfluxQL serves InfluxDB 1.x, and 2.x/3.x through their v1-compatible ``/query`` endpoint.
 
 Both take a validated ``Selection`` and answer the same three questions: events in time order,
-counts per interval, and what each device last did. Filter values always travel as bound
-parameters (``$name`` in InfluxQL, ``?`` in SQLite); the only text built here is made of our own
-identifiers (measurement names from the ``EventKind`` enumeration, parameter names we number).
+counts per interval, and what each device last did. A query that needs another question of the
+store brings it as a ``StoreQuery``: one method per backend, in the query's own module, which the
+backend calls back (``backend.run(question)``), so adding one touches no file here. Filter values
+always travel as bound parameters (``$name`` in InfluxQL, ``?`` in SQLite); the only text built
+here is made of our own identifiers (measurement names from the ``EventKind`` enumeration,
+parameter names we number).
 """
 
 from __future__ import annotations
 
+import contextlib
 import re
 import sqlite3
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar, assert_never
 from zoneinfo import ZoneInfo
 
 from district.query_model import CountRow, DeviceActivity, Selection
 from foundation.events import Event, EventKind
-from uplink.stores import SqliteStore
+from uplink.stores import (
+    InfluxV1Store,
+    InfluxV1StoreConfig,
+    InfluxV2Store,
+    InfluxV2StoreConfig,
+    SqliteStore,
+    SqliteStoreConfig,
+    StoreConfig,
+)
 
 NS = 1_000_000_000
 HOUR_NS = 3600 * NS
@@ -27,10 +39,33 @@ DAY_NS = 24 * HOUR_NS
 ALL_KINDS = tuple(kind.value for kind in EventKind)
 GROUP_COLUMNS = {"compound": "compound_id", "kind": "kind", "device": "device_id"}
 _ZONE_NAME = re.compile(r"^[A-Za-z0-9_+\-/]{1,64}$")
+T_co = TypeVar("T_co", covariant=True)
+
+
+class StoreQuery(Protocol[T_co]):
+    """A question a query asks the store beyond the shared three: one method per backend.
+
+    A new backend adds its method here, and mypy then names every question that lacks it.
+    """
+
+    async def on_sqlite(self, store: SqliteQueries) -> T_co:
+        """The answer from the embedded store (``store.read`` runs SQL on its reading thread)."""
+        ...
+
+    async def on_influx(self, store: InfluxQueries) -> T_co:
+        """The answer from InfluxDB (``store.influxql`` runs InfluxQL with bound parameters)."""
+        ...
+
+
+T = TypeVar("T")
 
 
 class QueryBackend(Protocol):
     """What the operator service asks of a store."""
+
+    async def run(self, question: StoreQuery[T]) -> T:
+        """Answer a query's own question (calls back the method for this backend)."""
+        ...
 
     async def find(
         self, selection: Selection, *, newest_first: bool, limit: int, cursor_ns: int | None
@@ -62,7 +97,8 @@ def sort_and_trim(events: list[Event], times: list[int], *, newest_first: bool, 
 # ---- SQLite ----------------------------------------------------------------------------------
 
 
-def _sqlite_where(selection: Selection) -> tuple[str, list[str | int]]:
+def sqlite_where(selection: Selection) -> tuple[str, list[str | int]]:
+    """The ``WHERE`` text (``?`` placeholders only) and its parameters for a selection."""
     clauses = ["time_ns >= ?", "time_ns < ?"]
     params: list[str | int] = [selection.start_ns, selection.end_ns]
 
@@ -97,11 +133,19 @@ class SqliteQueries:
     def __init__(self, store: SqliteStore) -> None:
         self._store = store
 
+    async def run(self, question: StoreQuery[T]) -> T:
+        """Answer a query's own question with its SQLite method."""
+        return await question.on_sqlite(self)
+
+    async def read(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``work`` on the store's connection, in its thread (bind every value with ``?``)."""
+        return await self._store.call(work)
+
     async def find(
         self, selection: Selection, *, newest_first: bool, limit: int, cursor_ns: int | None
     ) -> list[Event]:
         """Events in time order after/before the cursor."""
-        where, params = _sqlite_where(selection)
+        where, params = sqlite_where(selection)
         if cursor_ns is not None:
             where += " AND time_ns < ?" if newest_first else " AND time_ns > ?"
             params.append(cursor_ns)
@@ -118,7 +162,7 @@ class SqliteQueries:
         self, selection: Selection, *, interval: str, group_by: Sequence[str], zone: ZoneInfo
     ) -> list[CountRow]:
         """Counts per bucket; day buckets start at local midnight of ``zone``."""
-        where, params = _sqlite_where(selection)
+        where, params = sqlite_where(selection)
         width = HOUR_NS if interval == "hour" else DAY_NS
         start = datetime.fromtimestamp(selection.start_ns / NS, tz=zone)
         offset = int((start.utcoffset() or timedelta()).total_seconds()) * NS
@@ -149,7 +193,7 @@ class SqliteQueries:
 
     async def device_activity(self, selection: Selection) -> list[DeviceActivity]:
         """Last event and last status report per device."""
-        where, params = _sqlite_where(selection)
+        where, params = sqlite_where(selection)
         seen_sql = (
             "SELECT compound_id, device_id, json_extract(body, '$.source.dialect'), max(time_ns)"  # noqa: S608 - placeholders only
             f" FROM events WHERE {where} GROUP BY compound_id, device_id"
@@ -185,7 +229,8 @@ InfluxRunner = Callable[[str, dict[str, str | int]], Awaitable[list[dict[str, An
 """Runs one InfluxQL statement with bound parameters; returns the ``results`` list (epoch=ns)."""
 
 
-def _influx_where(selection: Selection) -> tuple[str, dict[str, str | int]]:
+def influx_where(selection: Selection) -> tuple[str, dict[str, str | int]]:
+    """The ``WHERE`` text (``$name`` placeholders only) and its bound parameters for a selection."""
     clauses = ["time >= $start", "time < $end"]
     params: dict[str, str | int] = {"start": selection.start_ns, "end": selection.end_ns}
 
@@ -213,7 +258,8 @@ def _influx_where(selection: Selection) -> tuple[str, dict[str, str | int]]:
     return " AND ".join(clauses), params
 
 
-def _measurements(selection: Selection) -> str:
+def measurements(selection: Selection) -> str:
+    """The ``FROM`` list: the selected kinds' measurements, quoted (every kind when none is selected)."""
     kinds = selection.kinds or ALL_KINDS
     unknown = set(kinds) - set(ALL_KINDS)
     if unknown:  # the request model only lets enumeration values through; this guards the text we build
@@ -221,7 +267,8 @@ def _measurements(selection: Selection) -> str:
     return ",".join(f'"{kind}"' for kind in kinds)
 
 
-def _series(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def series_of(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every series of an InfluxQL answer's results."""
     return [series for result in results for series in result.get("series", [])]
 
 
@@ -231,19 +278,27 @@ class InfluxQueries:
     def __init__(self, run: InfluxRunner) -> None:
         self._run = run
 
+    async def run(self, question: StoreQuery[T]) -> T:
+        """Answer a query's own question with its InfluxQL method."""
+        return await question.on_influx(self)
+
+    async def influxql(self, statement: str, params: dict[str, str | int]) -> list[dict[str, Any]]:
+        """Run one InfluxQL statement with bound parameters; the ``results`` list, times in ns."""
+        return await self._run(statement, params)
+
     async def find(
         self, selection: Selection, *, newest_first: bool, limit: int, cursor_ns: int | None
     ) -> list[Event]:
         """Events in time order; each measurement answers its own top ``limit``, merged here."""
-        where, params = _influx_where(selection)
+        where, params = influx_where(selection)
         if cursor_ns is not None:
             where += " AND time < $cursor" if newest_first else " AND time > $cursor"
             params["cursor"] = cursor_ns
         order = "DESC" if newest_first else "ASC"
-        query = f"SELECT body FROM {_measurements(selection)} WHERE {where} ORDER BY time {order} LIMIT {int(limit)}"  # noqa: S608 - bound parameters
+        query = f"SELECT body FROM {measurements(selection)} WHERE {where} ORDER BY time {order} LIMIT {int(limit)}"  # noqa: S608 - bound parameters
         events: list[Event] = []
         times: list[int] = []
-        for series in _series(await self._run(query, params)):
+        for series in series_of(await self._run(query, params)):
             for at, body in series["values"]:
                 events.append(Event.model_validate_json(body))
                 times.append(at)
@@ -255,15 +310,15 @@ class InfluxQueries:
         """``count(event_id)`` grouped by time (in ``zone``) and tags; kinds are measurements."""
         if not _ZONE_NAME.match(zone.key):
             raise ValueError(f"time zone name {zone.key!r} is not safe to quote")
-        where, params = _influx_where(selection)
+        where, params = influx_where(selection)
         tags = [GROUP_COLUMNS[g] for g in group_by if g != "kind"]
         by = ", ".join([f"time({'1h' if interval == 'hour' else '1d'})", *tags])
         query = (
-            f"SELECT count(event_id) FROM {_measurements(selection)} WHERE {where}"  # noqa: S608 - bound parameters
+            f"SELECT count(event_id) FROM {measurements(selection)} WHERE {where}"  # noqa: S608 - bound parameters
             f" GROUP BY {by} fill(none) tz('{zone.key}')"
         )
         totals: dict[tuple[int, str | None, str | None, str | None], int] = {}
-        for series in _series(await self._run(query, params)):
+        for series in series_of(await self._run(query, params)):
             series_tags = series.get("tags") or {}
             kind = series["name"] if "kind" in group_by else None
             for at, count in series["values"]:
@@ -278,9 +333,9 @@ class InfluxQueries:
 
     async def device_activity(self, selection: Selection) -> list[DeviceActivity]:
         """``last()`` per device over every kind, and per device and state over status reports."""
-        where, params = _influx_where(selection)
+        where, params = influx_where(selection)
         seen_query = (
-            f"SELECT last(event_id) FROM {_measurements(selection)} WHERE {where}"  # noqa: S608 - bound parameters
+            f"SELECT last(event_id) FROM {measurements(selection)} WHERE {where}"  # noqa: S608 - bound parameters
             " GROUP BY compound_id, device_id, dialect"
         )
         status_query = (
@@ -288,13 +343,13 @@ class InfluxQueries:
             " GROUP BY device_id, state"
         )
         last_seen: dict[str, tuple[int, str, str]] = {}
-        for series in _series(await self._run(seen_query, params)):
+        for series in series_of(await self._run(seen_query, params)):
             tags = series["tags"]
             at = int(series["values"][0][0])
             if at > last_seen.get(tags["device_id"], (-1, "", ""))[0]:
                 last_seen[tags["device_id"]] = (at, tags["compound_id"], tags.get("dialect", ""))
         last_status: dict[str, tuple[int, str]] = {}
-        for series in _series(await self._run(status_query, params)):
+        for series in series_of(await self._run(status_query, params)):
             tags = series["tags"]
             at = int(series["values"][0][0])
             if at > last_status.get(tags["device_id"], (-1, ""))[0]:
@@ -315,3 +370,32 @@ class InfluxQueries:
 def _order(key: tuple[int, str | None, str | None, str | None]) -> tuple[int, str, str, str]:
     at, compound, kind, device = key
     return at, compound or "", kind or "", device or ""
+
+
+@contextlib.asynccontextmanager
+async def open_query_backend(config: StoreConfig) -> AsyncIterator[QueryBackend]:
+    """The backend for the configured store, open for the block.
+
+    Every member of ``StoreConfig`` has its case (``assert_never`` makes mypy name a new one that
+    lacks it); InfluxDB 2.x/3.x answer InfluxQL through their v1-compatible ``/query``.
+    """
+    match config:
+        case SqliteStoreConfig():
+            async with SqliteStore(config) as sqlite:
+                yield SqliteQueries(sqlite)
+        case InfluxV1StoreConfig():
+            async with InfluxV1Store(config) as v1:
+
+                async def run_v1(query: str, params: dict[str, str | int]) -> list[dict[str, Any]]:
+                    return await v1.query(query, method="POST", params=params, epoch="ns")
+
+                yield InfluxQueries(run_v1)
+        case InfluxV2StoreConfig():
+            async with InfluxV2Store(config) as v2:
+
+                async def run_v2(query: str, params: dict[str, str | int]) -> list[dict[str, Any]]:
+                    return await v2.query(query, params=params, epoch="ns")
+
+                yield InfluxQueries(run_v2)
+        case _:
+            assert_never(config)

@@ -1,9 +1,12 @@
-"""What district operators can ask, and what they get back: validated requests and result rows.
+"""The vocabulary every operator query shares: roles, validated filter types, pages and store rows.
 
 Requests are frozen pydantic models with ``extra="forbid"``: an unknown filter, a malformed plate,
 an inverted or over-long time range is refused with the field to blame before any store is
 touched. Every value that reaches a store is either one of our enumerations or passes a strict
 pattern, and the stores bind it as a parameter; nothing a user types is pasted into a query.
+
+Each query's own request and result models live with its spec in ``district/queries/``; what
+several queries or the store backends share lives here.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Annotated, Literal
+from typing import Annotated
 
 from pydantic import (
     AfterValidator,
@@ -25,9 +28,20 @@ from pydantic import (
 )
 
 from foundation.errors import InvalidQueryError
-from foundation.events import PLATE_PATTERN, Event, EventKind, GbId, Severity
+from foundation.events import PLATE_PATTERN, Event, GbId
 
 _PERSON_REF = re.compile(r"^[A-Za-z0-9][A-Za-z0-9:_\-]{0,79}$")
+
+
+@dataclass(frozen=True)
+class CliFlag:
+    """Names a request field's command-line option where the derived name reads badly.
+
+    Attached as ``Annotated`` metadata; the derived name is ``--`` + the field name with ``-`` for
+    ``_`` (a tuple field drops its plural ``s``: ``compounds`` -> ``--compound``, repeatable).
+    """
+
+    flag: str
 
 
 def _plate(value: str) -> str:
@@ -48,7 +62,7 @@ def _person_ref(value: str) -> str:
 
 
 Plate = Annotated[str, AfterValidator(_plate)]
-PersonRef = Annotated[str, AfterValidator(_person_ref)]
+PersonRef = Annotated[str, AfterValidator(_person_ref), CliFlag("--person")]
 Cursor = Annotated[str, StringConstraints(pattern=r"^[0-9]{1,20}$")]
 Reason = Annotated[str, StringConstraints(strip_whitespace=True, min_length=4, max_length=500)]
 
@@ -66,17 +80,21 @@ class Role(StrEnum):
         return order.index(self) >= order.index(needed)
 
 
-class _Request(BaseModel):
+class Model(BaseModel):
+    """Base of request and result models: frozen, unknown fields refused."""
+
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
-class _Ranged(_Request):
+class Ranged(Model):
+    """A request over a time range of some compounds (by default the token's whole scope)."""
+
     start: AwareDatetime
     end: AwareDatetime
     compounds: tuple[GbId, ...] = Field(default=(), max_length=500, description="default: the token's scope")
 
     @model_validator(mode="after")
-    def _ordered(self) -> _Ranged:
+    def _ordered(self) -> Ranged:
         if self.end <= self.start:
             raise ValueError(f"end ({self.end.isoformat()}) must be after start ({self.start.isoformat()})")
         return self
@@ -89,60 +107,6 @@ class _Ranged(_Request):
                 " split the query",
                 field="end",
             )
-
-
-class EventsRequest(_Ranged):
-    """Events, newest first, a page at a time."""
-
-    kinds: tuple[EventKind, ...] = ()
-    devices: tuple[GbId, ...] = Field(default=(), max_length=200)
-    plate: Plate | None = None
-    person_ref: PersonRef | None = None
-    severity: Severity | None = None
-    limit: int = Field(default=100, ge=1)
-    before: Cursor | None = Field(default=None, description="the next_cursor of the previous page")
-    reason: Reason | None = Field(default=None, description="required for plate or person lookups")
-
-
-class CountsRequest(_Ranged):
-    """Event counts per interval, grouped by compound, kind and/or device."""
-
-    interval: Literal["hour", "day"] = "hour"
-    group_by: tuple[Literal["compound", "kind", "device"], ...] = ("compound",)
-    kinds: tuple[EventKind, ...] = ()
-    devices: tuple[GbId, ...] = Field(default=(), max_length=200)
-
-
-class CompareRequest(_Ranged):
-    """查询比对: every passage of one plate or person reference across the compounds, in time order."""
-
-    plate: Plate | None = None
-    person_ref: PersonRef | None = None
-    limit: int = Field(default=1000, ge=1)
-    after: Cursor | None = None
-    reason: Reason
-
-    @model_validator(mode="after")
-    def _one_subject(self) -> CompareRequest:
-        if (self.plate is None) == (self.person_ref is None):
-            raise ValueError("give exactly one of plate or person_ref")
-        return self
-
-
-class BarrierRequest(_Ranged):
-    """Every vehicle through one barrier (a vehicle-pass device) in a window, in time order."""
-
-    device: GbId
-    limit: int = Field(default=1000, ge=1)
-    after: Cursor | None = None
-    reason: Reason
-
-
-class DevicesRequest(_Request):
-    """The device inventory with online status; optionally only offline devices."""
-
-    compounds: tuple[GbId, ...] = Field(default=(), max_length=500)
-    only_offline: bool = False
 
 
 class AlarmState(StrEnum):
@@ -164,56 +128,30 @@ ALARM_TRANSITIONS: dict[AlarmState, frozenset[AlarmState]] = {
 }
 
 
-class AlarmsRequest(_Ranged):
-    """Alarms (critical events: fire, thrown objects, watch-list hits) with their lifecycle state."""
+class AlarmAction(Model):
+    """One step of an alarm's lifecycle."""
 
-    kinds: tuple[EventKind, ...] = ()
-    states: tuple[AlarmState, ...] = ()
-    limit: int = Field(default=200, ge=1)
-    before: Cursor | None = None
-
-
-class AlarmCountsRequest(_Ranged):
-    """Alarms per compound and period, by lifecycle outcome (confirmed ones are what reports count)."""
-
-    interval: Literal["day", "month"] = "day"
+    state: AlarmState
+    actor: str
+    at: datetime
+    note: str
 
 
-class AlarmActionRequest(_Request):
-    """Move one alarm along its lifecycle."""
-
-    event_id: str = Field(pattern=r"^[0-9a-f\-]{8,64}$")
-    to: AlarmState
-    note: Reason
-
-    @model_validator(mode="after")
-    def _not_new(self) -> AlarmActionRequest:
-        if self.to is AlarmState.NEW:
-            raise ValueError("an alarm cannot be moved back to new")
-        return self
+# ---- shared results ----------------------------------------------------------------------------
 
 
-class AuditRequest(_Request):
-    """The audit log, newest first (admins only)."""
-
-    limit: int = Field(default=100, ge=1, le=10_000)
-    before_seq: int | None = Field(default=None, ge=1)
-    actor: str | None = Field(default=None, max_length=64)
-
-
-# ---- results ---------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class EventPage:
+class EventPage(Model):
     """A page of events and the cursor of the next one (``None`` when this was the last)."""
 
     events: list[Event]
-    next_cursor: str | None
+    next_cursor: str | None = Field(description="give it as the cursor of the next request")
+
+    def joined(self, later: EventPage) -> EventPage:
+        """This page followed by a later one (what an export of every page prints)."""
+        return EventPage(events=self.events + later.events, next_cursor=later.next_cursor)
 
 
-@dataclass(frozen=True)
-class CountRow:
+class CountRow(Model):
     """Events in one interval for one group (``None`` where the request did not group by it)."""
 
     bucket: datetime
@@ -223,8 +161,10 @@ class CountRow:
     device_id: str | None = None
 
 
-@dataclass(frozen=True)
-class DeviceActivity:
+# ---- what the store backends take and give ----------------------------------------------------
+
+
+class DeviceActivity(Model):
     """What a store knows of one device: when it last reported and its last status report."""
 
     compound_id: str
@@ -233,80 +173,6 @@ class DeviceActivity:
     last_seen_ns: int
     status_state: str | None = None
     status_ns: int | None = None
-
-
-@dataclass(frozen=True)
-class DeviceRow:
-    """One device of the inventory."""
-
-    compound_id: str
-    device_id: str
-    dialect: str
-    status: Literal["online", "offline"]
-    why: str  # "reported online", "reported offline", "silent for 2 h 5 min", ...
-    last_seen: datetime
-
-
-@dataclass(frozen=True)
-class CompoundOnline:
-    """Online rate of one compound's devices."""
-
-    compound_id: str
-    name: str
-    devices: int
-    online: int
-
-    @property
-    def rate(self) -> float:
-        """Share of devices online (0 when the compound has none yet)."""
-        return self.online / self.devices if self.devices else 0.0
-
-
-@dataclass(frozen=True)
-class DeviceReport:
-    """The devices answer: per device and per compound."""
-
-    devices: list[DeviceRow]
-    compounds: list[CompoundOnline]
-
-
-@dataclass(frozen=True)
-class AlarmAction:
-    """One step of an alarm's lifecycle."""
-
-    state: AlarmState
-    actor: str
-    at: datetime
-    note: str
-
-
-@dataclass(frozen=True)
-class AlarmRow:
-    """An alarm: the event, its current state and its history."""
-
-    event: Event
-    state: AlarmState
-    history: list[AlarmAction]
-
-
-@dataclass(frozen=True)
-class AlarmPage:
-    """A page of alarms."""
-
-    alarms: list[AlarmRow]
-    next_cursor: str | None
-
-
-@dataclass(frozen=True)
-class AlarmCountRow:
-    """Alarms of one compound in one period, by state."""
-
-    bucket: datetime
-    compound_id: str
-    total: int
-    confirmed: int
-    false_alarm: int
-    open: int
 
 
 @dataclass(frozen=True)

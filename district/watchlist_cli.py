@@ -79,7 +79,19 @@ async def _district_side(config: Any, args: argparse.Namespace) -> int:
             who = _who()
 
             async def audit(action: str, filters: dict[str, Any], rows: int | None = None) -> None:
-                await ops.audit(AuditEntry(who, "local-admin", "cli", who, action, filters, "ok", 200, rows))
+                await ops.audit(
+                    AuditEntry(
+                        actor=who,
+                        role="local-admin",
+                        channel="cli",
+                        client=who,
+                        action=action,
+                        filters=filters,
+                        outcome="ok",
+                        status=200,
+                        rows=rows,
+                    )
+                )
 
             match args.action:
                 case "enroll":

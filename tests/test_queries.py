@@ -458,7 +458,7 @@ async def test_hostile_filter_values_never_reach_the_store_as_text(
 
 def test_influxql_text_carries_no_filter_values() -> None:
     """The statement is built from our identifiers only; values travel in the params."""
-    from district.query_backends import _influx_where  # noqa: PLC0415
+    from district.query_backends import influx_where  # noqa: PLC0415
     from district.query_model import Selection  # noqa: PLC0415
 
     selection = Selection(
@@ -471,7 +471,7 @@ def test_influxql_text_carries_no_filter_values() -> None:
         person_ref="p1:abc",
         severity="critical",
     )
-    where, params = _influx_where(selection)
+    where, params = influx_where(selection)
     for value in (C1, C2, "36010400011210000001", "赣A12345", "p1:abc", "critical"):
         assert value not in where
         assert value in params.values()
