@@ -360,7 +360,7 @@ async def run(
             config_path = work / "district.toml"
             config_path.write_text(
                 f'district_id = "{DISTRICT_ID}"\n[broker]\nhost = "127.0.0.1"\nport = {broker.port}\n'
-                f'[ingest]\nname = "bench"\ndead_letter_path = "{work}/dead.db"\n'
+                f'[ingest]\nname = "bench"\ndead_letter_path = "{work}/dead.db"\nhttp_port = 0\n'
                 f'[api]\nops_db = "{work}/ops.db"\nport = {free_port()}\ndevice_silent_after_s = 21600\n'
                 f'[store]\ntype = "influx_v1"\nurl = "{influx.url}"\ndatabase = "district"\n',
                 encoding="utf-8",

@@ -16,10 +16,12 @@ import structlog
 from aiohttp import web
 from pydantic import BaseModel
 
+from district.health_server import add_operator_api_health
 from district.operator_output import to_jsonable
 from district.operator_service import ACTIONS, Caller, OperatorService
 from district.query_model import AlarmActionRequest
 from foundation.errors import InvalidQueryError, OperatorError
+from foundation.health import Health
 
 log = structlog.get_logger(__name__)
 
@@ -114,19 +116,15 @@ async def _openapi(request: web.Request) -> web.Response:
     return web.json_response(openapi_document(), dumps=_dumps)
 
 
-async def _healthz(request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok"})
-
-
-def build_api(service: OperatorService) -> web.Application:
-    """The aiohttp application serving the operator API."""
+def build_api(service: OperatorService, health: Health | None = None) -> web.Application:
+    """The aiohttp application serving the operator API, with ``/healthz``, ``/readyz`` and ``/metrics``."""
     app = web.Application(client_max_size=MAX_BODY)
     app[SERVICE_KEY] = service
     for action, (path, _) in ROUTES.items():
         app.router.add_get(API_PREFIX + path, _handler(action))
     app.router.add_post(API_PREFIX + "/alarms/{event_id}/actions", _alarm_action)
     app.router.add_get(API_PREFIX + "/openapi.json", _openapi)
-    app.router.add_get("/healthz", _healthz)
+    add_operator_api_health(app, health or Health(), service)
     return app
 
 

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -133,6 +134,7 @@ class OperatorService:
         backend: QueryBackend,
         operations: OperationsDb,
         clock: Callable[[], datetime] = utc_now,
+        store_ping: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self._config = config
         self._api = config.api
@@ -141,6 +143,9 @@ class OperatorService:
         self._clock = clock
         self.zone = ZoneInfo(config.api.timezone)
         self.registry: dict[str, CompoundEntry] = {c.id: c for c in config.compounds}
+        self._store_ping = store_ping
+        self.requests: Counter[tuple[str, str]] = Counter()
+        """Audited requests by (action, outcome): ``ok`` or the error code (the API's metrics)."""
 
     def compound_name(self, compound_id: str) -> str:
         """The registered name of a compound (its id when unregistered)."""
@@ -186,6 +191,15 @@ class OperatorService:
         principal = await self._ops.principal(token) if token else None
         await self._audit(principal, action, params, caller, error=error)
 
+    async def ping_operations(self) -> None:
+        """The operations database answers (readiness); raises ``sqlite3.Error`` if not."""
+        await self._ops.ping()
+
+    async def ping_store(self) -> None:
+        """The store answers (readiness); raises ``StoreError`` if not (no-op without a ``store_ping``)."""
+        if self._store_ping is not None:
+            await self._store_ping()
+
     async def _audit(
         self,
         principal: Principal | None,
@@ -211,6 +225,7 @@ class OperatorService:
             detail=error.message if error else None,
         )
         await self._ops.audit(entry)
+        self.requests[(entry.action, entry.outcome)] += 1
         log.info("operator_request", action=entry.action, actor=entry.actor, outcome=entry.outcome, rows=rows)
 
     async def _authenticate(self, token: str | None) -> Principal:
@@ -496,19 +511,20 @@ async def open_operator_service(config: DistrictConfig) -> AsyncIterator[Operato
         backend: QueryBackend
         store_config = config.store
         if isinstance(store_config, SqliteStoreConfig):
-            backend = SqliteQueries(await stack.enter_async_context(SqliteStore(store_config)))
+            store = await stack.enter_async_context(SqliteStore(store_config))
+            backend, ping = SqliteQueries(store), store.ping
         elif isinstance(store_config, InfluxV1StoreConfig):
             v1 = await stack.enter_async_context(InfluxV1Store(store_config))
 
             async def run_v1(query: str, params: dict[str, str | int]) -> list[dict[str, Any]]:
                 return await v1.query(query, method="POST", params=params, epoch="ns")
 
-            backend = InfluxQueries(run_v1)
+            backend, ping = InfluxQueries(run_v1), v1.ping
         else:
             v2 = await stack.enter_async_context(InfluxV2Store(store_config))
 
             async def run_v2(query: str, params: dict[str, str | int]) -> list[dict[str, Any]]:
                 return await v2.query(query, params=params, epoch="ns")
 
-            backend = InfluxQueries(run_v2)
-        yield OperatorService(config, backend, operations)
+            backend, ping = InfluxQueries(run_v2), v2.ping
+        yield OperatorService(config, backend, operations, store_ping=ping)

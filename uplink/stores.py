@@ -49,6 +49,10 @@ class EventStore(Protocol):
         """Store the events durably (idempotent); raise ``StoreError`` if not confirmed."""
         ...
 
+    async def ping(self) -> None:
+        """Check the store answers (readiness); raise ``StoreError`` if not."""
+        ...
+
 
 class SqliteStore(SqliteBacked):
     """The embedded store (no server needed): one table, unique by event id."""
@@ -75,6 +79,13 @@ class SqliteStore(SqliteBacked):
 
         try:
             await self._file.call(insert)
+        except (sqlite3.Error, OSError) as exc:
+            raise StoreError(f"sqlite store {self.path}: {exc}", retryable=True) from exc
+
+    async def ping(self) -> None:
+        """A trivial query in the store's thread."""
+        try:
+            await super().ping()
         except (sqlite3.Error, OSError) as exc:
             raise StoreError(f"sqlite store {self.path}: {exc}", retryable=True) from exc
 
@@ -213,6 +224,15 @@ class InfluxV1Store:
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise StoreError(f"influxdb /write: {type(exc).__name__}: {exc}", retryable=True) from exc
 
+    async def ping(self) -> None:
+        """``GET /ping``: 204 while the server runs (it does not check credentials; failed writes do)."""
+        try:
+            async with self._client().get("/ping") as response:
+                if response.status != 204:
+                    raise _classify_http(response.status, await response.text(), "influxdb /ping")
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise StoreError(f"influxdb /ping: {type(exc).__name__}: {exc}", retryable=True) from exc
+
     async def query(
         self,
         influxql: str,
@@ -296,6 +316,13 @@ class InfluxV2Store:
             raise StoreError(f"influxdb /api/v2/write: {type(exc).__name__}: {exc}", retryable=True) from exc
         if ok is False:
             raise StoreError("influxdb /api/v2/write did not confirm the write", retryable=True)
+
+    async def ping(self) -> None:
+        """influxdb-client's ``/ping``."""
+        if self._client is None:
+            raise StoreError("influx v2 store is not open", retryable=False)
+        if not await self._client.ping():  # type: ignore[attr-defined]
+            raise StoreError(f"influxdb {self._config.url}: /ping did not answer", retryable=True)
 
     async def query(
         self, influxql: str, *, params: dict[str, str | int] | None = None, epoch: str | None = None
