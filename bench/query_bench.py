@@ -360,7 +360,7 @@ async def run(
             config_path = work / "district.toml"
             config_path.write_text(
                 f'district_id = "{DISTRICT_ID}"\n[broker]\nhost = "127.0.0.1"\nport = {broker.port}\n'
-                f'[ingest]\nname = "bench"\ndead_letter_path = "{work}/dead.db"\n'
+                f'[ingest]\nname = "bench"\ndead_letter_path = "{work}/dead.db"\nhttp_port = 0\n'
                 f'[api]\nops_db = "{work}/ops.db"\nport = {free_port()}\ndevice_silent_after_s = 21600\n'
                 f'[store]\ntype = "influx_v1"\nurl = "{influx.url}"\ndatabase = "district"\n',
                 encoding="utf-8",
@@ -399,7 +399,7 @@ async def run(
 
                 series = await store.query("SHOW SERIES EXACT CARDINALITY")
                 size["series"] = sum(s["values"][0][0] for r in series for s in r.get("series", []))
-                service = OperatorService(config, InfluxQueries(recording), ops)
+                service = OperatorService(config, InfluxQueries(recording, store.ping), ops)
                 token = await ops.create_token("bench", Role.OPERATOR, DISTRICT_ID, (), "bench")
                 week = {"start": (now - timedelta(days=7)).isoformat(), "end": now.isoformat()}
                 month_range = {"start": (now - timedelta(days=30)).isoformat(), "end": now.isoformat()}

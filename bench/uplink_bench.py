@@ -75,7 +75,7 @@ def shed_event(n: int, device: int = 1) -> Event:
 def district_toml(path: Path, broker_port: int, store: str, dead: Path) -> Path:
     path.write_text(
         f'district_id = "{DISTRICT_ID}"\n[broker]\nhost = "127.0.0.1"\nport = {broker_port}\n'
-        f'[ingest]\nname = "bench"\ndead_letter_path = "{dead}"\n[store]\n{store}\n',
+        f'[ingest]\nname = "bench"\ndead_letter_path = "{dead}"\nhttp_port = 0\n[store]\n{store}\n',
         encoding="utf-8",
     )
     return path

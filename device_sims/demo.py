@@ -144,7 +144,7 @@ def _district_config(workdir: Path, broker_port: int, store_path: Path) -> Distr
     path = workdir / "district.toml"
     path.write_text(
         f'district_id = "{DISTRICT_ID}"\n[broker]\nhost = "127.0.0.1"\nport = {broker_port}\n'
-        f'[ingest]\nname = "demo-ingester"\ndead_letter_path = "{workdir}/ingest-dead-letters.db"\n'
+        f'[ingest]\nname = "demo-ingester"\ndead_letter_path = "{workdir}/ingest-dead-letters.db"\nhttp_port = 0\n'
         f'[api]\nops_db = "{workdir}/operations.db"\n'
         f'[store]\ntype = "sqlite"\npath = "{store_path}"\n'
         f'[[compounds]]\nid = "{COMPOUND_ID}"\nname = "{compound_name(1)}"\n',

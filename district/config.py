@@ -47,6 +47,13 @@ class IngestConfig(_Config):
     dead_letter_path: Path = Path("/var/lib/compound-district/ingest-dead-letters.db")
     dead_letter_keep: int = Field(default=100_000, ge=10)
     receipts: bool = Field(default=True, description="confirm stored events to the compounds")
+    http_host: str = Field(default="127.0.0.1", description="address of /healthz, /readyz and /metrics")
+    http_port: int = Field(
+        default=8091,
+        ge=0,
+        le=65535,
+        description="port of /healthz, /readyz and /metrics; one per ingester on a host; 0: no HTTP server",
+    )
 
 
 class CompoundEntry(_Config):

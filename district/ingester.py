@@ -26,11 +26,13 @@ import aiomqtt
 import structlog
 
 from district.config import DistrictConfig
+from district.health_server import INGESTER_TRANSPORT, serve_ingester_health
 from foundation import strict_json
 from foundation.backoff import Backoff, BackoffConfig
 from foundation.cancellation import raise_if_cancelling
 from foundation.errors import PayloadRejected, TransportError
 from foundation.events import Event, utc_now
+from foundation.health import Health
 from foundation.logging import worth_logging
 from foundation.mqtt import ManualAck, message_body, new_throttle, persistent_client, take_batch
 from foundation.sqlite_thread import SqliteBacked, transaction
@@ -125,6 +127,9 @@ class Ingester:
         self._state = state
         self.events_written = 0
         self.messages_acked = 0
+        self.receipts_sent = 0
+        self.store_write_failures = 0
+        self.store_failing = False
         self.rejected: Counter[str] = Counter()
         self._rejected_by_compound: Counter[tuple[str, str]] = Counter()
 
@@ -221,6 +226,7 @@ class Ingester:
             for start in range(0, len(ids), RECEIPT_MAX_IDS):
                 payload = encode_receipt(ids[start : start + RECEIPT_MAX_IDS])
                 await client.publish(receipt_topic(prefix, district, compound), payload, qos=1, timeout=30)
+                self.receipts_sent += 1
 
     async def _write(self, events: list[Event]) -> list[IngestLetter]:
         """Write until the store confirms; bisect batches it refuses as malformed."""
@@ -235,6 +241,8 @@ class Ingester:
                 raise_if_cancelling()
                 if not exc.retryable and exc.status in {400, 413, 422}:
                     return await self._bisect(events, exc)
+                self.store_write_failures += 1
+                self.store_failing = True
                 if not failing:
                     log.error(
                         "store_write_failed", error=str(exc), retryable=exc.retryable, events=len(events)
@@ -244,6 +252,7 @@ class Ingester:
                 continue
             if failing:
                 log.info("store_write_recovered", events=len(events))
+            self.store_failing = False
             self.events_written += len(events)
             return []
 
@@ -320,7 +329,8 @@ def _status(compound_id: str, body: bytes) -> tuple[str, str, str | None]:
 
 
 async def run_ingester(config: DistrictConfig, *, ready: asyncio.Event | None = None) -> None:
-    """Run one ingester until cancelled."""
+    """Run one ingester until cancelled (with its health server unless ``[ingest] http_port`` is 0)."""
+    health = Health()
     async with AsyncExitStack() as stack:
         configured: EventStore = config.store.build()
         store = await stack.enter_async_context(configured)
@@ -328,10 +338,12 @@ async def run_ingester(config: DistrictConfig, *, ready: asyncio.Event | None = 
             IngestState(config.ingest.dead_letter_path, config.ingest.dead_letter_keep)
         )
         ingester = Ingester(config, store, state)
+        await stack.enter_async_context(serve_ingester_health(config.ingest, health, ingester, store))
         connected = asyncio.Event()
         async with asyncio.TaskGroup() as tg:
             tg.create_task(
-                supervise("ingester", ingester.run, Backoff(BackoffConfig()), connected), name="ingester"
+                supervise(INGESTER_TRANSPORT, ingester.run, Backoff(BackoffConfig()), connected, health),
+                name="ingester",
             )
             await connected.wait()
             sd_notify("READY=1")

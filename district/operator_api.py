@@ -19,10 +19,12 @@ from aiohttp import web
 from pydantic import TypeAdapter
 from pydantic.json_schema import JsonSchemaMode
 
+from district.health_server import add_operator_api_health
 from district.operator_service import Caller, OperatorService
 from district.queries.registry import QUERIES
 from district.queries.spec import QuerySpec
 from foundation.errors import InvalidQueryError, OperatorError
+from foundation.health import Health
 
 log = structlog.get_logger(__name__)
 
@@ -102,18 +104,14 @@ async def _openapi(request: web.Request) -> web.Response:
     return web.json_response(openapi_document(), dumps=_dumps)
 
 
-async def _healthz(request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok"})
-
-
-def build_api(service: OperatorService) -> web.Application:
-    """The aiohttp application serving the operator API: one route per spec in the registry."""
+def build_api(service: OperatorService, health: Health | None = None) -> web.Application:
+    """The operator API: one route per spec in the registry, with ``/healthz``, ``/readyz`` and ``/metrics``."""
     app = web.Application(client_max_size=MAX_BODY)
     app[SERVICE_KEY] = service
     for spec in QUERIES.values():
         app.router.add_route(spec.route.method, API_PREFIX + spec.route.path, _handler(spec))
     app.router.add_get(API_PREFIX + "/openapi.json", _openapi)
-    app.router.add_get("/healthz", _healthz)
+    add_operator_api_health(app, health or Health(), service)
     return app
 
 

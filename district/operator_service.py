@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import Counter
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -97,6 +98,8 @@ class OperatorService:
         self._clock = clock
         self.zone = ZoneInfo(config.api.timezone)
         self.registry: dict[str, CompoundEntry] = {c.id: c for c in config.compounds}
+        self.requests: Counter[tuple[str, str]] = Counter()
+        """Audited requests by (action, outcome): ``ok`` or the error code (the API's metrics)."""
 
     def compound_name(self, compound_id: str) -> str:
         """The registered name of a compound (its id when unregistered)."""
@@ -153,6 +156,14 @@ class OperatorService:
         principal = await self._ops.principal(token) if token else None
         await self._audit(principal, action, QUERIES.get(action), params, caller, error=error)
 
+    async def ping_operations(self) -> None:
+        """The operations database answers (readiness); raises ``sqlite3.Error`` if not."""
+        await self._ops.ping()
+
+    async def ping_store(self) -> None:
+        """The store answers (readiness); raises ``StoreError`` if not."""
+        await self._backend.ping()
+
     async def _audit(
         self,
         principal: Principal | None,
@@ -182,6 +193,7 @@ class OperatorService:
             detail=error.message if error else None,
         )
         await self._ops.audit(entry)
+        self.requests[(entry.action, entry.outcome)] += 1
         log.info("operator_request", action=entry.action, actor=entry.actor, outcome=entry.outcome, rows=rows)
 
     async def _authenticate(self, token: str | None) -> Principal:

@@ -83,6 +83,10 @@ class QueryBackend(Protocol):
         """Per device seen in the selection: its last event and its last status report."""
         ...
 
+    async def ping(self) -> None:
+        """The store answers (readiness); raises ``StoreError`` if not."""
+        ...
+
 
 def _bucket_time(bucket_ns: int, zone: ZoneInfo) -> datetime:
     return datetime.fromtimestamp(bucket_ns / NS, tz=zone)
@@ -132,6 +136,10 @@ class SqliteQueries:
 
     def __init__(self, store: SqliteStore) -> None:
         self._store = store
+
+    async def ping(self) -> None:
+        """The store file answers."""
+        await self._store.ping()
 
     async def run(self, question: StoreQuery[T]) -> T:
         """Answer a query's own question with its SQLite method."""
@@ -275,8 +283,13 @@ def series_of(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
 class InfluxQueries:
     """Queries on InfluxDB through InfluxQL with bound parameters."""
 
-    def __init__(self, run: InfluxRunner) -> None:
+    def __init__(self, run: InfluxRunner, ping: Callable[[], Awaitable[None]]) -> None:
         self._run = run
+        self._ping = ping
+
+    async def ping(self) -> None:
+        """The server answers ``/ping``."""
+        await self._ping()
 
     async def run(self, question: StoreQuery[T]) -> T:
         """Answer a query's own question with its InfluxQL method."""
@@ -389,13 +402,13 @@ async def open_query_backend(config: StoreConfig) -> AsyncIterator[QueryBackend]
                 async def run_v1(query: str, params: dict[str, str | int]) -> list[dict[str, Any]]:
                     return await v1.query(query, method="POST", params=params, epoch="ns")
 
-                yield InfluxQueries(run_v1)
+                yield InfluxQueries(run_v1, v1.ping)
         case InfluxV2StoreConfig():
             async with InfluxV2Store(config) as v2:
 
                 async def run_v2(query: str, params: dict[str, str | int]) -> list[dict[str, Any]]:
                     return await v2.query(query, params=params, epoch="ns")
 
-                yield InfluxQueries(run_v2)
+                yield InfluxQueries(run_v2, v2.ping)
         case _:
             assert_never(config)

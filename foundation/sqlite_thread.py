@@ -97,3 +97,11 @@ class SqliteBacked:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         await self._file.__aexit__(exc_type, exc, tb)
+
+    async def ping(self) -> None:
+        """A trivial query in the file's thread (readiness checks); raises ``sqlite3.Error`` if it fails."""
+        await self._file.call(_select_one)
+
+
+def _select_one(db: sqlite3.Connection) -> None:
+    db.execute("SELECT 1").fetchone()

@@ -24,7 +24,7 @@ from aiohttp import web
 from adapters.base import RawMessage
 from foundation.errors import OutboxError
 from foundation.events import utc_now
-from foundation.health import Health, MetricsText
+from foundation.health import METRICS_CONTENT_TYPE, Health, MetricFamilies
 from foundation.logging import worth_logging
 from gateway.config import GatewayConfig
 from gateway.intake import IntakeItem
@@ -59,11 +59,10 @@ class PushLimits:
         peer = target if target in self._known_devices else f"unknown@{remote or '?'}"
         return peer, self.devices.admit(peer)
 
-    def write_metrics(self, text: MetricsText) -> None:
+    def write_metrics(self, families: MetricFamilies) -> None:
         """Refused pushes per peer (devices and platforms in one family)."""
-        text.family(
+        families.counter(
             "cgw_http_rate_limited_total",
-            "counter",
             "pushes refused with 429 because the peer exceeded its rate",
             [
                 ({"peer": peer}, n)
@@ -87,6 +86,11 @@ def build_app(
     app[STATS_KEY] = stats
     app[LIMITS_KEY] = limits = PushLimits(config)
     health.writers.append(limits.write_metrics)
+
+    async def outbox_metrics(families: MetricFamilies) -> None:
+        write_outbox_metrics(families, await stats(), utc_now())
+
+    health.gatherers.append(outbox_metrics)
     app.router.add_post("/push/{device_id}", _push)
     app.router.add_post("/platform/{dialect}", _platform)
     app.router.add_get("/healthz", _healthz)
@@ -191,7 +195,5 @@ async def _readyz(request: web.Request) -> web.Response:
 
 
 async def _metrics(request: web.Request) -> web.Response:
-    text = MetricsText()
-    request.app[HEALTH_KEY].write_metrics(text)
-    write_outbox_metrics(text, await request.app[STATS_KEY](), utc_now())
-    return web.Response(text=text.render(), content_type="text/plain", charset="utf-8")
+    body = await request.app[HEALTH_KEY].scrape()
+    return web.Response(body=body, headers={"Content-Type": METRICS_CONTENT_TYPE})

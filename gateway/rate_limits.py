@@ -12,7 +12,7 @@ import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable
 
-from foundation.health import MetricsText
+from foundation.health import MetricFamilies
 
 
 class TokenBucket:
@@ -89,8 +89,6 @@ class PeerRateLimiter:
         """How many peers have a bucket now."""
         return len(self._buckets)
 
-    def write_metrics(self, text: MetricsText, name: str, help_text: str) -> None:
+    def write_metrics(self, families: MetricFamilies, name: str, help_text: str) -> None:
         """Refusals per peer as one counter family."""
-        text.family(
-            name, "counter", help_text, [({"peer": peer}, n) for peer, n in sorted(self.refused.items())]
-        )
+        families.counter(name, help_text, [({"peer": peer}, n) for peer, n in sorted(self.refused.items())])

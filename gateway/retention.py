@@ -16,7 +16,7 @@ import structlog
 
 from foundation.cancellation import raise_if_cancelling
 from foundation.events import utc_now
-from foundation.health import MetricsText
+from foundation.health import MetricFamilies
 from gateway.config import GatewayConfig
 from gateway.outbox import OutboxReader
 
@@ -55,17 +55,13 @@ class Retention:
             self.tombstones_purged += tombstones
             log.info("tombstones_purged", events=tombstones, settled_before=settled_cutoff.isoformat())
 
-    def write_metrics(self, text: MetricsText) -> None:
+    def write_metrics(self, families: MetricFamilies) -> None:
         """What was purged since start."""
-        text.family(
-            "cgw_media_purged_total",
-            "counter",
-            "pictures deleted after the retention period",
-            [({}, float(self.media_purged))],
+        families.counter(
+            "cgw_media_purged_total", "pictures deleted after the retention period", self.media_purged
         )
-        text.family(
+        families.counter(
             "cgw_outbox_tombstones_purged_total",
-            "counter",
             "ids of delivered events forgotten after the de-duplication window",
-            [({}, float(self.tombstones_purged))],
+            self.tombstones_purged,
         )

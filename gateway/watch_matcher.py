@@ -46,7 +46,7 @@ from foundation.events import (
     utc_now,
 )
 from foundation.faces import FoundFace, PictureError, analyse_file, crop_face, warm_up
-from foundation.health import MetricsText
+from foundation.health import MetricFamilies
 from foundation.identity import event_id
 from gateway.config import GatewayConfig
 from gateway.intake import IntakeItem
@@ -274,7 +274,7 @@ class WatchMatcher:
             if result.rejection is not None:  # our own event refused: a bug, kept as a dead letter
                 log.error("hit_event_refused", reason=result.rejection.reason, detail=result.rejection.detail)
 
-    def write_metrics(self, text: MetricsText) -> None:
+    def write_metrics(self, families: MetricFamilies) -> None:
         """Matcher counters and the loaded lists' versions."""
         s = self.stats
         for name, help_text, value in (
@@ -305,20 +305,18 @@ class WatchMatcher:
             ),
             ("cgw_watchlist_rejected_total", "published lists refused", self._registry.rejected),
         ):
-            text.family(name, "counter", help_text, [({}, float(value))])
+            families.counter(name, help_text, value)
         versions = sorted(self._registry.loaded.versions.items())
-        text.family(
+        families.gauge(
             "cgw_watchlist_version",
-            "gauge",
             "version of each loaded watch list",
             [
                 ({"list_id": list_id, "kind": kind}, float(version))
                 for list_id, (kind, version, _) in versions
             ],
         )
-        text.family(
+        families.gauge(
             "cgw_watchlist_entries",
-            "gauge",
             "subjects (face lists) or plates (plate lists) loaded",
             [({"list_id": list_id}, float(size)) for list_id, (_, _, size) in versions],
         )

@@ -67,6 +67,7 @@ def district_toml(
     return (
         f'district_id = "{DISTRICT_ID}"\n{broker}'
         f'[ingest]\nname = "{name}"\ngroup = "g-{name}"\ndead_letter_path = "{workdir}/ingest-{name}.db"\n'
+        f"http_port = {free_port()}\n"
         f'[api]\nops_db = "{workdir}/operations.db"\nport = {free_port()}\n{api}\n'
         f"[store]\n{store}\n\n{registry_toml()}"
     )

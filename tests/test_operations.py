@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-import re
 import socket
 import threading
 import time
@@ -20,17 +19,11 @@ from device_sims.devices import CST, build_sim
 from device_sims.inventory import sample_devices
 from device_sims.runner import Runner
 from device_sims.scenarios import Step
+from foundation.health import Health
 from gateway.config import load_config
 from gateway.runtime import run_gateway
 from tests.conftest import RunningGateway, sample_config
-
-
-def metric(text: str, name: str, **labels: str) -> float:
-    """The value of one sample of the exposition."""
-    for line in text.splitlines():
-        if line.startswith(name) and all(f'{k}="{v}"' in line for k, v in labels.items()):
-            return float(line.rsplit(" ", 1)[1])
-    raise AssertionError(f"no sample {name} {labels}")
+from tests.metrics import families, scrape, total, value
 
 
 async def test_health_ready_and_metrics(gateway: RunningGateway) -> None:
@@ -56,16 +49,13 @@ async def test_health_ready_and_metrics(gateway: RunningGateway) -> None:
             assert response.status == 200
             assert response.content_type == "text/plain"
             text = await response.text()
-    assert metric(text, "cgw_events_stored_total", kind="face_access", device=hik.device.id) == 5
-    assert metric(text, "cgw_events_stored_total", kind="ebike_shed", device=shed.device.id) == 5
-    assert metric(text, "cgw_outbox_pending_events") >= 10
-    assert metric(text, "cgw_transport_up", transport="mqtt-intake") == 1
-    assert metric(text, "cgw_mqtt_intake_acked_total") >= 5
-    assert (
-        sum(float(v) for v in re.findall(r"^cgw_payloads_rejected_total\{.*\} (\S+)$", text, re.MULTILINE))
-        == 4
-    )
-    assert metric(text, "cgw_outbox_oldest_pending_age_seconds") >= 0
+    assert value(text, "cgw_events_stored_total", kind="face_access", device=hik.device.id) == 5
+    assert value(text, "cgw_events_stored_total", kind="ebike_shed", device=shed.device.id) == 5
+    assert value(text, "cgw_outbox_pending_events") >= 10
+    assert value(text, "cgw_transport_up", transport="mqtt-intake") == 1
+    assert value(text, "cgw_mqtt_intake_acked_total") >= 5
+    assert total(text, "cgw_payloads_rejected_total") == 4
+    assert value(text, "cgw_outbox_oldest_pending_age_seconds") >= 0
 
 
 class NotifyListener:
@@ -127,3 +117,59 @@ async def test_watchdog_pings_stop_while_the_loop_is_blocked(
     assert not [t for t in pings if blocked_at + 0.05 < t < resumed_at - 0.05]
     assert [t for t in pings if t > resumed_at]
     assert listener.times("STOPPING=1")
+
+
+async def test_counters_render_exactly() -> None:
+    """A counter of 1234567891 scrapes as exactly that (the former `{value:g}` rendering gave 1.23457e+09)."""
+    health = Health()
+    health.expose("cgw_big_total", "a large counter", lambda: 1234567891)
+    health.writers.append(
+        lambda families: families.counter("cgw_peers_total", "per peer", [({"peer": "a"}, 2**40 + 1)])
+    )
+    text = (await health.scrape()).decode()
+    assert value(text, "cgw_big_total") == 1234567891
+    assert value(text, "cgw_peers_total", peer="a") == 2**40 + 1
+
+
+async def test_metric_names_and_types_unchanged(gateway: RunningGateway) -> None:
+    """The gateway's metric families keep their names and types (dashboards and docs name them).
+
+    The expected set was taken from the hand-written exposition before prometheus-client rendered it.
+    """
+    text, content_type = await scrape(gateway.http + "/metrics")
+    assert content_type.startswith("text/plain; version=")
+    ours = {name: kind for name, kind in families(text).items() if name.startswith("cgw_")}
+    assert ours == {
+        "cgw_transport_up": "gauge",
+        "cgw_transport_connects_total": "counter",
+        "cgw_intake_batches_total": "counter",
+        "cgw_mqtt_intake_messages_total": "counter",
+        "cgw_mqtt_intake_acked_total": "counter",
+        "cgw_mqtt_intake_read_pauses_total": "counter",
+        "cgw_faces_pictures_analysed_total": "counter",
+        "cgw_faces_pictures_skipped_total": "counter",
+        "cgw_faces_pictures_unreadable_total": "counter",
+        "cgw_faces_pictures_shed_total": "counter",
+        "cgw_faces_found_total": "counter",
+        "cgw_watchlist_face_hits_total": "counter",
+        "cgw_watchlist_plates_checked_total": "counter",
+        "cgw_watchlist_plate_hits_total": "counter",
+        "cgw_faces_analysis_seconds_total": "counter",
+        "cgw_watchlist_rejected_total": "counter",
+        "cgw_watchlist_version": "gauge",
+        "cgw_watchlist_entries": "gauge",
+        "cgw_media_purged_total": "counter",
+        "cgw_outbox_tombstones_purged_total": "counter",
+        "cgw_http_rate_limited_total": "counter",
+        "cgw_outbox_pending_events": "gauge",
+        "cgw_outbox_pending_alarms": "gauge",
+        "cgw_outbox_pending_bytes": "gauge",
+        "cgw_outbox_oldest_pending_age_seconds": "gauge",
+        "cgw_outbox_sent_awaiting_receipt": "gauge",
+        "cgw_uplink_lag_seconds": "gauge",
+        "cgw_outbox_dead_letters": "gauge",
+        "cgw_events_stored_total": "counter",
+        "cgw_payloads_rejected_total": "counter",
+        "cgw_duplicate_events_total": "counter",
+        "cgw_events_shed_total": "counter",
+    }

@@ -1,4 +1,4 @@
-"""Secrets never show: not in the logs of a full simulator run, not in metrics, not in check-config."""
+"""Secrets never show: not in the logs of a full simulator run, not in metrics or health answers, not in check-config."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from device_sims.influx import InfluxServer
 from tests.processes import GatewayProcess, IngesterProcess
 from tests.test_uplink_e2e import district_config, play
 
+HEALTH_ROUTES = ("/metrics", "/healthz", "/readyz")
 SECRETS = {
     "mqtt": "mqtt-Pa55-7f3a9c1e",
     "uplink": "uplink-Pa55-b81d4e2f",
@@ -48,7 +49,7 @@ async def test_no_secret_in_logs_metrics_or_check_config(
     district_broker: Mosquitto,
     influx: InfluxServer,
 ) -> None:
-    """A simulator run through the gateway and the ingester as daemons (production logging to files)."""
+    """A simulator run through the gateway and the ingester as daemons (logs, /metrics, /healthz, /readyz of both)."""
     from gateway.config import load_config  # noqa: PLC0415
 
     path = gateway_toml(tmp_path, mosquitto, district_broker)
@@ -69,7 +70,8 @@ async def test_no_secret_in_logs_metrics_or_check_config(
     )
     from district.config import load_district_config  # noqa: PLC0415
 
-    assert load_district_config(district_path).broker.password is not None
+    district = load_district_config(district_path)
+    assert district.broker.password is not None
     ingester = IngesterProcess(district_path, tmp_path / "ingester.log")
     gateway = GatewayProcess(path, tmp_path / "gateway.log")
     await ingester.start()
@@ -80,11 +82,14 @@ async def test_no_secret_in_logs_metrics_or_check_config(
             assert sent.expected
             url = f"http://127.0.0.1:{config.http.port}"
 
-            async def fetch(route: str) -> str:
-                async with aiohttp.ClientSession() as session, session.get(url + route) as response:
+            ingester_url = f"http://127.0.0.1:{district.ingest.http_port}"
+
+            async def fetch(route: str, base: str = url) -> str:
+                async with aiohttp.ClientSession() as session, session.get(base + route) as response:
                     return await response.text()
 
-            pages = [await fetch("/metrics"), await fetch("/healthz"), await fetch("/readyz")]
+            pages = [await fetch(route, base) for base in (url, ingester_url) for route in HEALTH_ROUTES]
+            assert "cgw_ingest_events_stored_total" in pages[3]  # the ingester's own metrics were read
         finally:
             gateway.stop()
     finally:

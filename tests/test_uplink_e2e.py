@@ -13,7 +13,7 @@ from pathlib import Path
 import aiomqtt
 import pytest
 
-from device_sims.broker import Mosquitto
+from device_sims.broker import Mosquitto, free_port
 from device_sims.demo import expected_event_ids
 from device_sims.devices import build_sim
 from device_sims.influx import InfluxServer
@@ -50,7 +50,8 @@ def district_config(tmp_path: Path, district: Mosquitto, store: str, name: str =
     path = tmp_path / f"district-{name}.toml"
     path.write_text(
         f'district_id = "{DISTRICT_ID}"\n[broker]\nhost = "127.0.0.1"\nport = {district.port}\n'
-        f'[ingest]\nname = "{name}"\ndead_letter_path = "{tmp_path}/ingest-{name}.db"\n[store]\n{store}\n',
+        f'[ingest]\nname = "{name}"\ndead_letter_path = "{tmp_path}/ingest-{name}.db"\n'
+        f"http_port = {free_port()}\n[store]\n{store}\n",
         encoding="utf-8",
     )
     return load_district_config(path)

@@ -32,6 +32,10 @@ class EventStore(Protocol):
         """Store the events durably (idempotent); raise ``StoreError`` if not confirmed."""
         ...
 
+    async def ping(self) -> None:
+        """Check the store answers (readiness); raise ``StoreError`` if not."""
+        ...
+
 
 def classify_http(status: int, text: str, where: str) -> StoreError:
     """A store server's HTTP error answer, as retryable (5xx, 429) or not (other 4xx)."""

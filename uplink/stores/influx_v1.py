@@ -103,6 +103,15 @@ class InfluxV1Store:
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise StoreError(f"influxdb /write: {type(exc).__name__}: {exc}", retryable=True) from exc
 
+    async def ping(self) -> None:
+        """``GET /ping``: 204 while the server runs (it does not check credentials; failed writes do)."""
+        try:
+            async with self._client().get("/ping") as response:
+                if response.status != 204:
+                    raise classify_http(response.status, await response.text(), "influxdb /ping")
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            raise StoreError(f"influxdb /ping: {type(exc).__name__}: {exc}", retryable=True) from exc
+
     async def query(
         self,
         influxql: str,

@@ -84,6 +84,13 @@ class InfluxV2Store:
         if ok is False:
             raise StoreError("influxdb /api/v2/write did not confirm the write", retryable=True)
 
+    async def ping(self) -> None:
+        """influxdb-client's ``/ping``."""
+        if self._client is None:
+            raise StoreError("influx v2 store is not open", retryable=False)
+        if not await self._client.ping():  # type: ignore[attr-defined]
+            raise StoreError(f"influxdb {self._config.url}: /ping did not answer", retryable=True)
+
     async def query(
         self, influxql: str, *, params: dict[str, str | int] | None = None, epoch: str | None = None
     ) -> list[dict[str, Any]]:

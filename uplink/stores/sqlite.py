@@ -58,6 +58,13 @@ class SqliteStore(SqliteBacked):
         except (sqlite3.Error, OSError) as exc:
             raise StoreError(f"sqlite store {self.path}: {exc}", retryable=True) from exc
 
+    async def ping(self) -> None:
+        """A trivial query in the store's thread."""
+        try:
+            await super().ping()
+        except (sqlite3.Error, OSError) as exc:
+            raise StoreError(f"sqlite store {self.path}: {exc}", retryable=True) from exc
+
 
 SQLITE_SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
