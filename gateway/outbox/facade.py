@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
@@ -38,6 +38,7 @@ from gateway.outbox.dead_letters import (
 )
 from gateway.outbox.event_states import (
     ByteBudget,
+    EventDepth,
     EventRow,
     EventState,
     StoredEvent,
@@ -79,17 +80,10 @@ class StoreEvents:
 Operation = StoreEvents | DeadLetter
 
 
-@dataclass
-class OutboxStats:
+@dataclass(frozen=True, slots=True)
+class OutboxStats(EventDepth):
     """Depth and counters, for status output and metrics."""
 
-    pending: int
-    pending_alarms: int
-    pending_bytes: int
-    oldest_pending_received_at: str | None
-    oldest_unconfirmed_received_at: str | None
-    sent: int
-    delivered: int
     shed_total: int
     dead_letters: int
     counters: Counters = field(default_factory=dict)
@@ -169,18 +163,7 @@ class _OutboxFile:
         dead = dead_letter_count(db)
         counted = read_counters(db)
         shed_total = sum(v for (n, _, _), v in counted.items() if n == "shed")
-        return OutboxStats(
-            depth.pending,
-            depth.pending_alarms,
-            depth.pending_bytes,
-            depth.oldest_pending_received_at,
-            depth.oldest_unconfirmed_received_at,
-            depth.sent,
-            depth.delivered,
-            shed_total,
-            dead,
-            counted,
-        )
+        return OutboxStats(**asdict(depth), shed_total=shed_total, dead_letters=dead, counters=counted)
 
 
 def _queue_watch_work(db: sqlite3.Connection, rows: Sequence[EventRow], result: StoreResult) -> None:
