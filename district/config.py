@@ -7,25 +7,19 @@ every error with its file, field and fix.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 
-from foundation.config_types import ZoneName
+from foundation.config_types import ConfigModel, Port, ZoneName
 from foundation.events import GbId
 from foundation.toml_config import load_toml_model
 from uplink.config import BrokerConfig
 from uplink.protocol import DEFAULT_PREFIX
 from uplink.stores import StoreConfig
 
-Port = Annotated[int, Field(ge=1, le=65535)]
 
-
-class _Config(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-class IngestConfig(_Config):
+class IngestConfig(ConfigModel):
     """How the district ingester consumes the uplink."""
 
     name: str = Field(
@@ -56,7 +50,7 @@ class IngestConfig(_Config):
     )
 
 
-class CompoundEntry(_Config):
+class CompoundEntry(ConfigModel):
     """A compound the district platform knows (its registry); queries name compounds from here."""
 
     id: GbId
@@ -64,7 +58,7 @@ class CompoundEntry(_Config):
     district_id: GbId | None = Field(default=None, description="default: the config's district_id")
 
 
-class OperatorApiConfig(_Config):
+class OperatorApiConfig(ConfigModel):
     """The operators' query API and CLI (``compound-gateway api`` / ``compound-gateway query``)."""
 
     host: str = "127.0.0.1"
@@ -87,7 +81,7 @@ class OperatorApiConfig(_Config):
     timeout_s: float = Field(default=30.0, gt=0, description="longest a query may take")
 
 
-class DistrictConfig(_Config):
+class DistrictConfig(ConfigModel):
     """The district's configuration: ingester, store, compound registry and operator API."""
 
     district_id: GbId

@@ -11,8 +11,6 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
     SecretStr,
     field_validator,
@@ -22,7 +20,7 @@ from pydantic import (
 from adapters import DIALECTS
 from adapters.base import Transport
 from foundation.backoff import BackoffConfig
-from foundation.config_types import ZoneName
+from foundation.config_types import ConfigModel, Port, ZoneName
 from foundation.errors import ConfigError
 from foundation.events import GbId, Location
 from foundation.toml_config import load_toml_model
@@ -30,14 +28,8 @@ from uplink.config import BrokerConfig
 from uplink.protocol import DEFAULT_PREFIX
 from uplink.stores import StoreConfig
 
-Port = Annotated[int, Field(ge=1, le=65535)]
 
-
-class _Config(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-class CompoundConfig(_Config):
+class CompoundConfig(ConfigModel):
     """Who this gateway speaks for."""
 
     district_id: GbId
@@ -48,7 +40,7 @@ class CompoundConfig(_Config):
     )
 
 
-class StateConfig(_Config):
+class StateConfig(ConfigModel):
     """Where durable state lives and how much of it may pile up."""
 
     dir: Path = Path("/var/lib/compound-gateway")
@@ -64,7 +56,7 @@ class StateConfig(_Config):
     )
 
 
-class PrivacyConfig(_Config):
+class PrivacyConfig(ConfigModel):
     """Pseudonymization of person identifiers."""
 
     key_file: Path | None = Field(
@@ -77,7 +69,7 @@ class PrivacyConfig(_Config):
     )
 
 
-class FacesConfig(_Config):
+class FacesConfig(ConfigModel):
     """Face matching of gate pictures against the district's watch lists, inside the compound."""
 
     enabled: bool = Field(default=True, description="analyse face-gate pictures while a face list is loaded")
@@ -100,7 +92,7 @@ class FacesConfig(_Config):
     )
 
 
-class MqttConfig(_Config):
+class MqttConfig(ConfigModel):
     """The compound's device broker (where MQTT devices publish)."""
 
     host: str = "127.0.0.1"
@@ -122,7 +114,7 @@ class MqttConfig(_Config):
     device_burst: int = Field(default=500, ge=1, description="messages one MQTT device may send at once")
 
 
-class HttpConfig(_Config):
+class HttpConfig(ConfigModel):
     """The receiver that push devices and IoT platforms POST to."""
 
     host: str = "0.0.0.0"  # noqa: S104 - devices on the compound network must reach it
@@ -141,7 +133,7 @@ class HttpConfig(_Config):
     platform_burst: int = Field(default=2000, ge=1, description="pushes a platform may make at once")
 
 
-class DeviceConfig(_Config):
+class DeviceConfig(ConfigModel):
     """One device in the compound's inventory."""
 
     id: GbId
@@ -171,7 +163,7 @@ class DeviceConfig(_Config):
         return self
 
 
-class MqttUplinkConfig(_Config):
+class MqttUplinkConfig(ConfigModel):
     """Gateway -> district broker."""
 
     mode: Literal["mqtt"] = "mqtt"
@@ -204,7 +196,7 @@ class MqttUplinkConfig(_Config):
     )
 
 
-class DirectUplinkConfig(_Config):
+class DirectUplinkConfig(ConfigModel):
     """Gateway -> district store directly (small districts without a broker)."""
 
     mode: Literal["direct"] = "direct"
@@ -218,7 +210,7 @@ class DirectUplinkConfig(_Config):
 UplinkConfig = Annotated[MqttUplinkConfig | DirectUplinkConfig, Field(discriminator="mode")]
 
 
-class GatewayConfig(_Config):
+class GatewayConfig(ConfigModel):
     """The whole gateway configuration."""
 
     compound: CompoundConfig

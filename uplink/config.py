@@ -1,7 +1,6 @@
-"""Configuration both ends of the uplink share: the district broker, TLS to it, and the event stores.
+"""Configuration both ends of the uplink share: the district broker and TLS to it.
 
-Frozen pydantic models with ``extra="forbid"``, like the gateway's; ``load_district_config`` reports
-every error with its file, field and fix.
+The stores' configs live with their stores (``uplink.stores``).
 """
 
 from __future__ import annotations
@@ -9,18 +8,13 @@ from __future__ import annotations
 import ssl
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import Field, SecretStr
 
-Port = Annotated[int, Field(ge=1, le=65535)]
-
-
-class _Config(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+from foundation.config_types import ConfigModel, Port
 
 
-class TlsConfig(_Config):
+class TlsConfig(ConfigModel):
     """TLS to a broker, optionally with a client certificate."""
 
     ca_file: Path
@@ -69,7 +63,7 @@ class TlsConfig(_Config):
         return context
 
 
-class BrokerConfig(_Config):
+class BrokerConfig(ConfigModel):
     """An MQTT broker (the district's)."""
 
     host: str = "127.0.0.1"

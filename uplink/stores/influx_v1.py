@@ -10,17 +10,16 @@ from types import TracebackType
 from typing import Any, Literal, Self
 
 import aiohttp
-from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, SecretStr
+from pydantic import AnyHttpUrl, Field, SecretStr
 
+from foundation.config_types import ConfigModel
 from foundation.events import Event
 from uplink.lineprotocol import to_lines
 from uplink.stores.base import StoreError, classify_http
 
 
-class InfluxV1StoreConfig(BaseModel):
+class InfluxV1StoreConfig(ConfigModel):
     """InfluxDB through the 1.x API (``/write``, InfluxQL ``/query``)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
     type: Literal["influx_v1"] = "influx_v1"
     url: AnyHttpUrl

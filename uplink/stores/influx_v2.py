@@ -12,18 +12,17 @@ from types import TracebackType
 from typing import Any, Literal, Self
 
 import aiohttp
-from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, SecretStr
+from pydantic import AnyHttpUrl, Field, SecretStr
 
+from foundation.config_types import ConfigModel
 from foundation.events import Event
 from uplink.lineprotocol import to_lines
 from uplink.stores.base import StoreError, classify_http
 from uplink.stores.influx_v1 import query_results
 
 
-class InfluxV2StoreConfig(BaseModel):
+class InfluxV2StoreConfig(ConfigModel):
     """InfluxDB 2.x/3.x (or 1.8+) through the v2 API with influxdb-client."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
     type: Literal["influx_v2"] = "influx_v2"
     url: AnyHttpUrl

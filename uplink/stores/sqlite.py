@@ -7,8 +7,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Literal, Self, TypeVar
 
-from pydantic import BaseModel, ConfigDict
-
+from foundation.config_types import ConfigModel
 from foundation.events import Event
 from foundation.sqlite_thread import SqliteBacked, transaction
 from uplink.lineprotocol import point_time_ns
@@ -17,10 +16,8 @@ from uplink.stores.base import StoreError
 T = TypeVar("T")
 
 
-class SqliteStoreConfig(BaseModel):
+class SqliteStoreConfig(ConfigModel):
     """The embedded store: a SQLite file."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
 
     type: Literal["sqlite"] = "sqlite"
     path: Path
