@@ -29,7 +29,9 @@ def _contract() -> dict[str, object]:
 def _our_packages(tree: Path) -> set[str]:
     """Every top-level directory with an ``__init__.py`` that pyproject ships."""
     settings = tomllib.loads((tree / "pyproject.toml").read_text(encoding="utf-8"))
-    shipped = {pattern.rstrip("*") for pattern in settings["tool"]["setuptools"]["packages"]["find"]["include"]}
+    shipped = {
+        pattern.rstrip("*") for pattern in settings["tool"]["setuptools"]["packages"]["find"]["include"]
+    }
     return {p.name for p in tree.iterdir() if (p / "__init__.py").is_file() and p.name in shipped}
 
 
@@ -95,14 +97,22 @@ def test_a_reversed_import_breaks_the_contract(tmp_path: Path, module: str, reve
 
 
 def test_only_the_mqtt_port_imports_the_mqtt_library(tmp_path: Path) -> None:
-    """ruff's banned-api rule passes on the tree and fails on a copy where the gateway imports aiomqtt."""
+    """Ruff's banned-api rule passes on the tree and fails on a copy where the gateway imports aiomqtt."""
     clean = subprocess.run(
-        [str(RUFF), "check", "--select", "TID251,SLF001", "."], cwd=ROOT, capture_output=True, text=True, check=False
+        [str(RUFF), "check", "--select", "TID251,SLF001", "."],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert clean.returncode == 0, clean.stdout
     tree = _copy(tmp_path)
-    (tree / "gateway" / "sneaky.py").write_text('"""Reaches past the port."""\n\nimport aiomqtt\n\nCLIENT = aiomqtt.Client\n')
-    (tree / "district" / "sneaky.py").write_text('"""Reaches into paho."""\n\nfrom paho.mqtt import client\n\nCLIENT = client\n')
+    (tree / "gateway" / "sneaky.py").write_text(
+        '"""Reaches past the port."""\n\nimport aiomqtt\n\nCLIENT = aiomqtt.Client\n'
+    )
+    (tree / "district" / "sneaky.py").write_text(
+        '"""Reaches into paho."""\n\nfrom paho.mqtt import client\n\nCLIENT = client\n'
+    )
     broken = subprocess.run(
         [str(RUFF), "check", "--select", "TID251", "gateway/sneaky.py", "district/sneaky.py"],
         cwd=tree,
