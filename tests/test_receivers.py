@@ -167,7 +167,7 @@ async def test_sim_command_against_running_gateway(gateway: RunningGateway) -> N
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "gateway",
+        "cli",
         "sim",
         "--config",
         str(gateway.config_path),

@@ -285,7 +285,7 @@ async def test_hits_without_snapshots_persisted_lists_and_retention(
         [
             sys.executable,
             "-m",
-            "gateway",
+            "cli",
             "watchlist",
             "check",
             "--config",
