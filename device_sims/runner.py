@@ -9,19 +9,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
-from typing import cast
 
 import aiohttp
-import aiomqtt
 
 from device_sims.devices import DeviceSim, HttpPost, MqttPublish, Outgoing
 from device_sims.scenarios import Step
+from foundation.errors import TransportError
+from foundation.mqtt import MqttSession, SessionOptions, Will
 
 
 @dataclass
@@ -73,7 +72,7 @@ class Runner:
         self._workers = workers
         self._retry_http = retry_http
         self._on_progress = on_progress
-        self._clients: dict[str, tuple[aiomqtt.Client, AsyncExitStack]] = {}
+        self._clients: dict[str, tuple[MqttSession, AsyncExitStack]] = {}
         self._connect_lock = asyncio.Lock()
         self.report = Report()
 
@@ -155,7 +154,7 @@ class Runner:
                 await asyncio.sleep(0.2)
         self.report.failed += 1
 
-    async def _client(self, sim: DeviceSim) -> aiomqtt.Client:
+    async def _client(self, sim: DeviceSim) -> MqttSession:
         ref = sim.device.ref or sim.device.id
         async with self._connect_lock:
             known = self._clients.get(ref)
@@ -163,27 +162,29 @@ class Runner:
                 return known[0]
             session = f"{time.time():.6f}"
             will_message = sim.status(online=False, session=session)  # type: ignore[attr-defined]
-            client = aiomqtt.Client(
-                self._mqtt_host,
-                self._mqtt_port,
-                identifier=f"sim-{ref}",
-                will=aiomqtt.Will(will_message.topic, will_message.payload, qos=1),
-                keepalive=5,
-                timeout=10,
-                max_concurrent_outgoing_calls=64,
+            client = MqttSession(
+                SessionOptions(
+                    host=self._mqtt_host,
+                    port=self._mqtt_port,
+                    client_id=f"sim-{ref}",
+                    protocol="3.1.1",  # what the devices in the field speak
+                    will=Will(will_message.topic, will_message.payload, qos=1),
+                    keepalive_s=5,
+                    max_concurrent_calls=64,
+                )
             )
             client_stack = AsyncExitStack()
             await client_stack.enter_async_context(client)
             self._clients[ref] = (client, client_stack)
             birth = sim.status(online=True, session=session)  # type: ignore[attr-defined]
-            await client.publish(birth.topic, birth.payload, qos=1)
+            await client.publish(birth.topic, birth.payload, qos=1, timeout_s=10)
             return client
 
     async def _publish(self, sim: DeviceSim, message: MqttPublish) -> None:
         try:
             client = await self._client(sim)
-            await client.publish(message.topic, message.payload, qos=message.qos, timeout=30)
-        except aiomqtt.MqttError:
+            await client.publish(message.topic, message.payload, qos=message.qos, timeout_s=30)
+        except TransportError:
             self.report.failed += 1
             return
         self.report.acked.append(message)
@@ -195,15 +196,12 @@ class Runner:
         if known is None:
             return
         client, client_stack = known
-        sock = client._client.socket()  # simulating a power cut needs the raw socket
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                cast("socket.socket", sock).shutdown(socket.SHUT_RDWR)  # TCP transport: a real socket
-        with contextlib.suppress(aiomqtt.MqttError, OSError):
+        client.cut()
+        with contextlib.suppress(TransportError, OSError):
             await client_stack.aclose()
 
     async def _close_clients(self) -> None:
         for _, client_stack in self._clients.values():
-            with contextlib.suppress(aiomqtt.MqttError, OSError):
+            with contextlib.suppress(TransportError, OSError):
                 await client_stack.aclose()
         self._clients.clear()

@@ -114,6 +114,7 @@ class IngestFigures(Protocol):
     events_written: int
     messages_acked: int
     receipts_sent: int
+    receipts_refused: int
     store_write_failures: int
     store_failing: bool
     rejected: Counter[str]
@@ -135,6 +136,11 @@ def expose_ingester(health: Health, figures: IngestFigures) -> None:
         "cgw_ingest_receipts_sent_total",
         "receipt messages sent to the compounds",
         lambda: figures.receipts_sent,
+    )
+    health.expose(
+        "cgw_ingest_receipts_refused_total",
+        "receipt messages the district broker refused (MQTT v5 reason code), e.g. by its ACL",
+        lambda: figures.receipts_refused,
     )
     health.expose(
         "cgw_ingest_store_write_failures_total",

@@ -22,7 +22,6 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import aiomqtt
 import structlog
 
 from district.config import DistrictConfig
@@ -30,11 +29,11 @@ from district.health_server import INGESTER_TRANSPORT, serve_ingester_health
 from foundation import strict_json
 from foundation.backoff import Backoff, BackoffConfig
 from foundation.cancellation import raise_if_cancelling
-from foundation.errors import PayloadRejected, TransportError
+from foundation.errors import PayloadRejected, PublishRefusedError, TransportError
 from foundation.events import Event, utc_now
 from foundation.health import Health
 from foundation.logging import worth_logging
-from foundation.mqtt import ManualAck, message_body, new_throttle, persistent_client, take_batch
+from foundation.mqtt import Message, MqttSession, SessionOptions
 from foundation.sqlite_thread import SqliteBacked, transaction
 from foundation.supervision import supervise
 from foundation.systemd import sd_notify
@@ -63,9 +62,8 @@ class IngestLetter:
 
 @dataclass
 class Round:
-    """The messages taken in one go, decoded, with what their acknowledgements need."""
+    """The messages taken in one go, decoded (the session holds what their acknowledgements need)."""
 
-    acks: list[tuple[int, int]]
     events: list[Event] = field(default_factory=list)
     letters: list[IngestLetter] = field(default_factory=list)
     statuses: list[tuple[str, str, str | None]] = field(default_factory=list)
@@ -128,66 +126,68 @@ class Ingester:
         self.events_written = 0
         self.messages_acked = 0
         self.receipts_sent = 0
+        self.receipts_refused = 0  # the broker refused a receipt (v5 reason code), e.g. its ACL
         self.store_write_failures = 0
         self.store_failing = False
         self.rejected: Counter[str] = Counter()
         self._rejected_by_compound: Counter[tuple[str, str]] = Counter()
 
+    def session_options(self) -> SessionOptions:
+        """The persistent, manually acknowledged session on the district broker."""
+        broker, ingest = self._config.broker, self._config.ingest
+        return SessionOptions(
+            host=broker.host,
+            port=broker.port,
+            client_id=f"ingest-{ingest.name}",
+            clean_start=False,
+            session_expiry_s=broker.session_expiry_s,
+            keepalive_s=broker.keepalive_s,
+            tls_context=broker.tls.context() if broker.tls else None,
+            username=broker.username,
+            password=broker.password.get_secret_value() if broker.password else None,
+            receive_maximum=ingest.receive_maximum,
+            max_payload_bytes=ingest.max_message_bytes,
+            manual_ack=True,
+        )
+
     async def run(self, on_connected: Callable[[], None]) -> None:
         """Connect, subscribe, ingest until the connection fails (``TransportError``)."""
         cfg = self._config
         broker, ingest = cfg.broker, cfg.ingest
-        throttle = new_throttle(ingest.receive_maximum)
-        client, paho = persistent_client(
-            host=broker.host,
-            port=broker.port,
-            client_id=f"ingest-{ingest.name}",
-            receive_maximum=ingest.receive_maximum,
-            session_expiry_s=broker.session_expiry_s,
-            keepalive_s=broker.keepalive_s,
-            throttle=throttle,
-            username=broker.username,
-            password=broker.password.get_secret_value() if broker.password else None,
-            tls_context=broker.tls.context() if broker.tls else None,
-            max_payload_bytes=ingest.max_message_bytes,
-        )
+        session = MqttSession(self.session_options())
         topic_filter = f"$share/{ingest.group}/{ingest.topic_prefix}/+/+/+"
         try:
-            async with client:
-                await client.subscribe(topic_filter, qos=1)
+            async with session:
+                await session.subscribe(topic_filter, qos=1)
                 log.info("ingester_connected", host=broker.host, port=broker.port, subscription=topic_filter)
                 on_connected()
+
+                async def commit(decoded: Round) -> None:
+                    stored = await self._ingest(decoded)
+                    if ingest.receipts:
+                        await self._send_receipts(session, stored)
+
                 # Two stages, so that decoding the next round overlaps the store's write of this one.
-                rounds: asyncio.Queue[Round] = asyncio.Queue(maxsize=2)
-                async with asyncio.TaskGroup() as tg:
-                    tg.create_task(self._store_rounds(client, paho, rounds), name="ingester-store")
-                    async for message in client.messages:
-                        batch = take_batch(message, throttle, MESSAGES_PER_ROUND)
-                        await rounds.put(self._decode_round(batch))
-        except* (aiomqtt.MqttError, TransportError) as group:
+                await session.consume(
+                    self._decode_round,
+                    commit,
+                    batch_max=MESSAGES_PER_ROUND,
+                    depth=2,
+                    acknowledged=self._acknowledged,
+                )
+        except* TransportError as group:
             raise TransportError(
                 f"district broker {broker.host}:{broker.port}: {group.exceptions[0]}"
             ) from group
 
-    def _decode_round(self, batch: Sequence[aiomqtt.Message]) -> Round:
-        decoded = Round(acks=[(m.mid, m.qos) for m in batch])
+    def _decode_round(self, batch: Sequence[Message]) -> Round:
+        decoded = Round()
         for message in batch:
-            decode_message(self._config, str(message.topic), message_body(message.payload), decoded)
+            decode_message(self._config, message.topic, message.payload, decoded)
         return decoded
 
-    async def _store_rounds(
-        self, client: aiomqtt.Client, paho: ManualAck, rounds: asyncio.Queue[Round]
-    ) -> None:
-        while True:
-            raise_if_cancelling()
-            decoded = await rounds.get()
-            stored = await self._ingest(decoded)
-            if self._config.ingest.receipts:
-                await self._send_receipts(client, stored)
-            for mid, qos in decoded.acks:
-                if qos > 0:
-                    paho.ack(mid, qos)
-            self.messages_acked += len(decoded.acks)
+    def _acknowledged(self, batch: Sequence[Message]) -> None:
+        self.messages_acked += len(batch)
 
     async def _ingest(self, decoded: Round) -> dict[str, list[str]]:
         """Store a decoded round; returns the stored event ids per compound."""
@@ -218,15 +218,26 @@ class Ingester:
                 stored.setdefault(event.compound_id, []).append(event.event_id)
         return stored
 
-    async def _send_receipts(self, client: aiomqtt.Client, stored: dict[str, list[str]]) -> None:
+    async def _send_receipts(self, session: MqttSession, stored: dict[str, list[str]]) -> None:
         # Before the source messages are acknowledged: if a receipt is lost, the gateway sends the
-        # events again after its receipt timeout, and the store ignores the copies.
+        # events again after its receipt timeout, and the store ignores the copies. A receipt the
+        # broker refuses is such a loss: counted and logged, never a reason to stop ingesting.
         prefix, district = self._config.ingest.topic_prefix, self._config.district_id
         for compound, ids in stored.items():
             for start in range(0, len(ids), RECEIPT_MAX_IDS):
                 payload = encode_receipt(ids[start : start + RECEIPT_MAX_IDS])
-                await client.publish(receipt_topic(prefix, district, compound), payload, qos=1, timeout=30)
-                self.receipts_sent += 1
+                try:
+                    await session.publish(receipt_topic(prefix, district, compound), payload, qos=1)
+                    self.receipts_sent += 1
+                except PublishRefusedError as exc:
+                    self.receipts_refused += 1
+                    if worth_logging(self.receipts_refused, first=1):
+                        log.error(
+                            "receipt_publish_refused",
+                            topic=exc.topic,
+                            reason=exc.reason,
+                            count=self.receipts_refused,
+                        )
 
     async def _write(self, events: list[Event]) -> list[IngestLetter]:
         """Write until the store confirms; bisect batches it refuses as malformed."""

@@ -17,12 +17,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
-import aiomqtt
-
 from district.config import DistrictConfig
 from foundation.errors import InvalidQueryError
 from foundation.events import PLATE_PATTERN, utc_now
 from foundation.faces import PictureError, analyse_bytes
+from foundation.mqtt import MqttSession, SessionOptions
 from uplink.protocol import watchlist_topic
 from uplink.watchlist_document import FaceSubject, PlateEntry, WatchList, encode_document, encode_embedding
 
@@ -180,20 +179,26 @@ class WatchListDb:
 
 
 async def publish(config: DistrictConfig, documents: Sequence[tuple[str, bytes]]) -> None:
-    """Retain each list document on the district broker (QoS 1: returns once the broker has it)."""
+    """Retain each list document on the district broker (QoS 1: returns once the broker has it).
+
+    Raises:
+        PublishRefusedError: the broker refused a document (e.g. its ACL does not let this user
+            write watch lists); MQTT v5, so a refusal is reported instead of passing silently.
+        TransportError: the broker could not be reached or did not acknowledge in time.
+    """
     broker = config.broker
-    async with aiomqtt.Client(
-        broker.host,
-        broker.port,
-        identifier=f"cgw-district-lists-{utc_now():%H%M%S%f}",
+    options = SessionOptions(
+        host=broker.host,
+        port=broker.port,
+        client_id=f"cgw-district-lists-{utc_now():%H%M%S%f}",
+        tls_context=broker.tls.context() if broker.tls else None,
         username=broker.username,
         password=broker.password.get_secret_value() if broker.password else None,
-        tls_context=broker.tls.context() if broker.tls else None,
-        timeout=10,
-    ) as client:
+    )
+    async with MqttSession(options) as session:
         for list_id, body in documents:
             topic = watchlist_topic(config.ingest.topic_prefix, config.district_id, list_id)
-            await client.publish(topic, body, qos=1, retain=True, timeout=30)
+            await session.publish(topic, body, qos=1, retain=True, timeout_s=30)
 
 
 def published_documents(

@@ -18,7 +18,10 @@ class ConfigError(GatewayError):
 
 
 class TransportError(GatewayError):
-    """A device-side transport (MQTT broker, HTTP listener) failed; the supervisor retries."""
+    """A transport (an MQTT session to the device or district broker, an HTTP listener) failed.
+
+    The supervisor retries. The MQTT port (``foundation.mqtt``) raises only this family.
+    """
 
 
 class OutboxError(GatewayError):
@@ -29,13 +32,20 @@ class UplinkError(GatewayError):
     """The district transport or store failed."""
 
 
-class PublishRefusedError(UplinkError):
-    """The district broker answered a publish with a failure reason code (MQTT v5), e.g. not authorised."""
+class PublishRefusedError(TransportError):
+    """A broker answered a publish with a failure reason code (MQTT v5), e.g. not authorised.
 
-    def __init__(self, topic: str, reason: str) -> None:
+    Attributes:
+        topic: the topic of the refused publish.
+        reason: the reason code's name as the broker's protocol spells it (``Not authorized``).
+        reason_code: its numeric value (``0x87`` for not authorised), if known.
+    """
+
+    def __init__(self, topic: str, reason: str, reason_code: int | None = None) -> None:
         super().__init__(f"the broker refused the publish to {topic}: {reason}")
         self.topic = topic
         self.reason = reason
+        self.reason_code = reason_code
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,11 +1,15 @@
-"""Persistent MQTT sessions that acknowledge only after the application says so.
+"""The project's one MQTT port: sessions, our own message type, manual acknowledgement, typed refusals.
 
-aiomqtt 2.5 acknowledges a QoS 1 message before application code sees it, so a crash between its
-PUBACK and our commit would lose the message. We switch the underlying paho client to manual
-acknowledgement (paho >= 2.0 ``manual_ack``; aiomqtt 2.x has no public switch yet, see aiomqtt issue
-#345) and the caller sends each PUBACK once the message is durable. Anything not yet acknowledged
-is redelivered by the broker on reconnect, because the session is persistent (clean start off, a
-session expiry, a stable client id).
+Everything else speaks MQTT through ``MqttSession``; this module is the only one that touches
+aiomqtt and paho (ruff's banned-api rule enforces it), so a library upgrade changes one file.
+
+Manual acknowledgement: aiomqtt 2.5 acknowledges a QoS 1 message before application code sees it,
+so a crash between its PUBACK and our commit would lose the message. A session opened with
+``manual_ack`` switches the underlying paho client to manual acknowledgement (paho >= 2.0
+``manual_ack``; aiomqtt 2.x has no public switch yet, see aiomqtt issue #345) and the caller sends
+each PUBACK (``ack``) once the message is durable. Anything not yet acknowledged is redelivered by
+the broker on reconnect, because the session is persistent (clean start off, a session expiry, a
+stable client id). ``consume`` is the one receive -> commit -> acknowledge loop built on that.
 
 Flow control: we ask for a Receive Maximum, but do not trust the broker with it (Mosquitto 2.0.11
 floods a reconnecting session's backlog past the quota once PUBACKs flow; measured here: 2,698
@@ -13,42 +17,158 @@ queued against a Receive Maximum of 10). aiomqtt's own answer to a full queue is
 with manual acknowledgement would stall those messages until the next reconnect. So the incoming
 queue is unbounded in type but never grows past its high-water mark: reaching it stops reading the
 socket (TCP back-pressure; the broker keeps the rest queued for our session), draining to the
-low-water mark resumes. This module and ``gateway/forwarder.py`` are the only ones that touch aiomqtt.
+low-water mark resumes.
+
+Refusals: aiomqtt 2.5 completes ``publish`` on any PUBACK, success or not. The session watches the
+PUBACK reason codes (MQTT v5) itself and raises ``PublishRefusedError`` with the broker's reason
+(0x87 not authorised, ...). Every other aiomqtt/paho failure leaves the port as ``TransportError``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextvars
+import itertools
+import socket
 import ssl
-from typing import Any, Protocol
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any, Literal, NoReturn, Protocol, Self, TypeVar
 
 import aiomqtt
 import structlog
+from paho.mqtt.client import MQTT_CLEAN_START_FIRST_ONLY
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from foundation.errors import PublishRefusedError
+from foundation.cancellation import raise_if_cancelling
+from foundation.errors import PublishRefusedError, TransportError
 
 log = structlog.get_logger(__name__)
 PACKET_SIZE_FACTOR = 4
 MQTT_MAX_PACKET_SIZE = 268_435_455  # what the variable-length remaining-length field can express
+DEFAULT_PUBLISH_WAIT_S = 30.0
+W = TypeVar("W")  # what a consumer makes of one batch before committing it
+
+
+@dataclass(frozen=True, slots=True)
+class Will:
+    """The message the broker publishes for us when the connection ends without a DISCONNECT."""
+
+    topic: str
+    payload: bytes
+    qos: int = 1
+    retain: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class SessionOptions:
+    """How to open one MQTT session (a plain frozen dataclass: it carries an ``ssl.SSLContext``).
+
+    Attributes:
+        host: the broker's host name or address.
+        port: the broker's TCP port.
+        client_id: the MQTT client identifier; stable for a persistent session.
+        protocol: ``"5"`` (default; needed for session expiry, Receive Maximum, Maximum Packet Size
+            and publish refusals) or ``"3.1.1"`` (what many devices speak).
+        clean_start: start a new session (v5 clean start; v3.1.1 clean session). Off, with a
+            ``session_expiry_s``, makes the session persistent: unacknowledged messages come again.
+        session_expiry_s: how long the broker keeps the session after a disconnect (v5).
+        keepalive_s: the MQTT keepalive.
+        timeout_s: how long to wait for CONNACK, SUBACK and DISCONNECT.
+        tls_context: TLS for the connection (client certificate included), or plain TCP.
+        username: the MQTT user name, if the broker asks for one.
+        password: its password.
+        receive_maximum: the Receive Maximum to announce (v5); it also sets the read throttle's
+            marks (pause at twice it, resume at half of it).
+        max_payload_bytes: announce a Maximum Packet Size of ``PACKET_SIZE_FACTOR`` times this (v5).
+        will: the last will, if any.
+        manual_ack: acknowledge QoS 1/2 messages only through ``ack`` (off: on arrival).
+        max_inflight: QoS > 0 publishes in flight at once (paho's default otherwise).
+        max_concurrent_calls: concurrent subscribe/publish calls (unbounded otherwise).
+    """
+
+    host: str
+    port: int
+    client_id: str
+    protocol: Literal["5", "3.1.1"] = "5"
+    clean_start: bool = True
+    session_expiry_s: int | None = None
+    keepalive_s: int = 60
+    timeout_s: float = 10.0
+    tls_context: ssl.SSLContext | None = None
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    receive_maximum: int | None = None
+    max_payload_bytes: int | None = None
+    will: Will | None = None
+    manual_ack: bool = False
+    max_inflight: int | None = None
+    max_concurrent_calls: int | None = None
+
+    def __post_init__(self) -> None:
+        v5_only = {
+            "session_expiry_s": self.session_expiry_s,
+            "receive_maximum": self.receive_maximum,
+            "max_payload_bytes": self.max_payload_bytes,
+        }
+        if self.protocol != "5" and any(value is not None for value in v5_only.values()):
+            named = ", ".join(name for name, value in v5_only.items() if value is not None)
+            msg = f"{named}: MQTT v5 only, but the session speaks {self.protocol}"
+            raise ValueError(msg)
+        if self.manual_ack and self.receive_maximum is None:
+            # without it nothing bounds what the broker sends ahead of our acknowledgements
+            msg = "manual_ack needs a receive_maximum (it also sets the read throttle)"
+            raise ValueError(msg)
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One message received on a session.
+
+    Attributes:
+        topic: the topic it was published to.
+        payload: its body.
+        qos: the QoS it was delivered with.
+        retain: whether the broker delivered it as a retained message.
+        mid: the packet identifier its PUBACK must carry.
+        connection: which connection delivered it: a PUBACK is only valid on that connection
+            (packet identifiers are reused), so ``ack`` ignores a message from an earlier one.
+    """
+
+    topic: str
+    payload: bytes
+    qos: int
+    retain: bool
+    mid: int
+    connection: int
 
 
 class _PahoSocket(Protocol):
     def fileno(self) -> int: ...
 
 
-class ManualAck(Protocol):  # noqa: D101 - the slice of paho's Client we use, named after its purpose
-    def manual_ack_set(self, on: bool) -> None: ...  # noqa: D102
-    def ack(self, mid: int, qos: int) -> int: ...  # noqa: D102
-    def loop_read(self, max_packets: int = 1) -> int: ...  # noqa: D102
-    def socket(self) -> _PahoSocket | None: ...  # noqa: D102
-    def disconnect(self) -> int: ...  # noqa: D102
+class _Paho(Protocol):
+    """The slice of paho's Client the port drives directly, named after its purpose."""
+
+    def manual_ack_set(self, on: bool) -> None: ...
+    def ack(self, mid: int, qos: int) -> int: ...
+    def loop_read(self, max_packets: int = 1) -> int: ...
+    def socket(self) -> _PahoSocket | None: ...
+    def disconnect(self) -> int: ...
 
 
 class ReadThrottle:
-    """Stops reading the broker's socket while too many messages wait in the incoming queue."""
+    """Stops reading the broker's socket while too many messages wait in the incoming queue.
+
+    Attributes:
+        high_water: the queue depth at which reading stops.
+        low_water: the depth at which it resumes.
+        paused: whether reading is stopped now.
+        pauses: how often reading stopped on this connection.
+        max_depth: the deepest the queue has been on this connection.
+    """
 
     def __init__(self, high_water: int, low_water: int) -> None:
         self.high_water = high_water
@@ -57,10 +177,10 @@ class ReadThrottle:
         self.pauses = 0
         self.max_depth = 0
         self.queue: asyncio.Queue[aiomqtt.Message] | None = None
-        self._paho: ManualAck | None = None
+        self._paho: _Paho | None = None
         self._fd = -1
 
-    def attach(self, paho: ManualAck) -> None:
+    def attach(self, paho: _Paho) -> None:
         """The paho client whose socket to pause."""
         self._paho = paho
 
@@ -74,7 +194,7 @@ class ReadThrottle:
             sock = self._paho.socket()
             if sock is not None and sock.fileno() >= 0:
                 self._fd = sock.fileno()
-                loop.remove_reader(self._fd)
+                loop.remove_reader(self._fd)  # aiomqtt's reader; ours takes over on resume
                 self.paused = True
                 self.pauses += 1
         elif self.paused and depth <= self.low_water:
@@ -90,12 +210,25 @@ class ReadThrottle:
             return
         try:
             paho.loop_read()
+            # as aiomqtt's reader does: a TLS socket may hold decrypted bytes loop_read left behind
+            while not self.paused and (sock := paho.socket()) is not None and _tls_pending(sock):
+                paho.loop_read()
         except Exception:  # noqa: BLE001 - as in aiomqtt's own reader: a failing read means a broken connection
-            log.warning("mqtt_intake_read_failed")
+            log.warning("mqtt_read_failed")
             paho.disconnect()  # aiomqtt sees the disconnect and ends the message stream
 
 
-def throttled_queue(throttle: ReadThrottle) -> type[asyncio.Queue[aiomqtt.Message]]:
+def _tls_pending(sock: object) -> bool:
+    pending = getattr(sock, "pending", None)
+    return callable(pending) and int(pending()) > 0
+
+
+def new_throttle(receive_maximum: int) -> ReadThrottle:
+    """The throttle for one connection: pause at twice the Receive Maximum, resume at half of it."""
+    return ReadThrottle(high_water=max(2, receive_maximum * 2), low_water=receive_maximum // 2)
+
+
+def _throttled_queue(throttle: ReadThrottle) -> type[asyncio.Queue[aiomqtt.Message]]:
     """A queue class for aiomqtt's ``queue_type`` that reports its depth to the throttle."""
 
     class ThrottledQueue(asyncio.Queue[aiomqtt.Message]):
@@ -116,78 +249,14 @@ def throttled_queue(throttle: ReadThrottle) -> type[asyncio.Queue[aiomqtt.Messag
     return ThrottledQueue
 
 
-def paho_of(client: aiomqtt.Client) -> ManualAck:
-    """The paho client inside an aiomqtt client."""
-    # The one place we reach past aiomqtt's public API: enable and send manual PUBACKs on its
-    # paho client. Pinned to aiomqtt 2.5.x in pyproject; aiomqtt 3 makes this a public option.
-    paho_client: ManualAck = client._client
-    return paho_client
+def _paho_of(client: aiomqtt.Client) -> Any:
+    # The one place we reach past aiomqtt's public API: manual PUBACKs, the read throttle, the
+    # PUBACK reason codes and the raw socket all need its paho client. Pinned to aiomqtt 2.5.x in
+    # pyproject; aiomqtt 3 makes manual acknowledgement a public option.
+    return client._client
 
 
-def persistent_client(
-    *,
-    host: str,
-    port: int,
-    client_id: str,
-    receive_maximum: int,
-    session_expiry_s: int,
-    keepalive_s: int,
-    throttle: ReadThrottle,
-    username: str | None = None,
-    password: str | None = None,
-    tls_context: ssl.SSLContext | None = None,
-    max_payload_bytes: int | None = None,
-) -> tuple[aiomqtt.Client, ManualAck]:
-    """An MQTT v5 client with a persistent session, manual acknowledgement and a read throttle.
-
-    With ``max_payload_bytes`` the client announces a Maximum Packet Size of
-    ``PACKET_SIZE_FACTOR`` times it: a payload a little over the limit still arrives and is
-    dead-lettered where it can be inspected, while the broker discards anything far larger
-    before it is sent, so no peer can make this process buffer a 256 MB packet.
-    """
-    properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-    properties.SessionExpiryInterval = session_expiry_s
-    properties.ReceiveMaximum = receive_maximum
-    if max_payload_bytes is not None:
-        properties.MaximumPacketSize = min(max_payload_bytes * PACKET_SIZE_FACTOR, MQTT_MAX_PACKET_SIZE)
-    client = aiomqtt.Client(
-        host,
-        port,
-        identifier=client_id,
-        username=username,
-        password=password,
-        protocol=aiomqtt.ProtocolVersion.V5,
-        clean_start=False,
-        properties=properties,
-        keepalive=keepalive_s,
-        timeout=10,
-        queue_type=throttled_queue(throttle),
-        tls_context=tls_context,
-    )
-    paho = paho_of(client)
-    paho.manual_ack_set(True)
-    throttle.attach(paho)
-    return client, paho
-
-
-def new_throttle(receive_maximum: int) -> ReadThrottle:
-    """The throttle for one connection: pause at twice the Receive Maximum, resume at half of it."""
-    return ReadThrottle(high_water=max(2, receive_maximum * 2), low_water=receive_maximum // 2)
-
-
-def take_batch(first: aiomqtt.Message, throttle: ReadThrottle, limit: int) -> list[aiomqtt.Message]:
-    """The message just received plus whatever else is already queued, up to ``limit``."""
-    batch = [first]
-    queue = throttle.queue
-    while queue is not None and len(batch) < limit:
-        try:
-            batch.append(queue.get_nowait())
-        except asyncio.QueueEmpty:
-            break
-    return batch
-
-
-def message_body(payload: object) -> bytes:
+def _body(payload: object) -> bytes:
     """Aiomqtt types payloads loosely; on the wire they are bytes."""
     if isinstance(payload, bytes | bytearray):
         return bytes(payload)
@@ -206,17 +275,16 @@ _LAST_PUBLISH_MID: contextvars.ContextVar[int | None] = contextvars.ContextVar(
 MAX_REMEMBERED_REFUSALS = 1024
 
 
-class PublishRefusals:
-    """The PUBACK reason codes aiomqtt drops: a v5 broker's refusal (0x87 not authorised, ...) made visible.
+class _PublishRefusals:
+    """The PUBACK reason codes aiomqtt drops: a v5 broker's refusal made visible.
 
-    aiomqtt 2.5 completes ``publish`` on any PUBACK, success or not. Wrapping its paho client's
-    ``publish`` (to learn the message id, per task) and ``on_publish`` (to keep failure codes)
-    lets ``publish`` below raise when the broker refused the message.
+    Wrapping the paho client's ``publish`` (to learn the message id, per task: aiomqtt calls it
+    synchronously inside our task) and ``on_publish`` (to keep failure codes) lets
+    ``MqttSession.publish`` raise when the broker refused the message.
     """
 
-    def __init__(self, client: aiomqtt.Client) -> None:
-        paho: Any = client._client  # the same reach as paho_of, for the same pinned version
-        self._refused: dict[int, str] = {}
+    def __init__(self, paho: Any) -> None:
+        self._refused: dict[int, tuple[str, int]] = {}
         paho_publish = paho.publish
         aiomqtt_on_publish = paho.on_publish
 
@@ -230,25 +298,259 @@ class PublishRefusals:
             if getattr(reason_code, "is_failure", False):
                 if len(self._refused) >= MAX_REMEMBERED_REFUSALS:  # timed-out publishes never ask
                     self._refused.clear()
-                self._refused[mid] = str(reason_code)
+                self._refused[mid] = (str(reason_code), int(reason_code.value))
             aiomqtt_on_publish(*args)
 
         paho.publish = publish
         paho.on_publish = on_publish
 
+    def begin(self) -> None:
+        """Forget the message id of this task's previous publish."""
+        _LAST_PUBLISH_MID.set(None)
+
+    def outcome(self) -> tuple[str, int] | None:
+        """The broker's refusal (reason, code) of this task's last publish, if it refused it."""
+        mid = _LAST_PUBLISH_MID.get()
+        return self._refused.pop(mid, None) if mid is not None else None
+
+
+_CONNECTIONS = itertools.count(1)
+
+
+class _Messages:
+    """Async iterator over a connection's messages, as ours; ``TransportError`` when it ends."""
+
+    def __init__(self, session: MqttSession, client: aiomqtt.Client) -> None:
+        self._session = session
+        self._source = client.messages
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> Message:
+        try:
+            received = await self._source.__anext__()
+        except aiomqtt.MqttError as exc:
+            raise TransportError(f"message stream ended: {exc}") from exc
+        return self._session.to_message(received)
+
+
+class MqttSession:
+    """One MQTT connection, as an async context manager: connect on enter, disconnect on exit.
+
+    A session may be entered again after it exited (a new connection with the same options);
+    never twice at once. Statistics of the read throttle are per connection (``throttle``).
+    """
+
+    def __init__(self, options: SessionOptions) -> None:
+        self.options = options
+        self.throttle = new_throttle(options.receive_maximum or 0)
+        self._client: aiomqtt.Client | None = None
+        self._paho: _Paho | None = None
+        self._refusals: _PublishRefusals | None = None
+        self._connection = 0
+
+    async def __aenter__(self) -> Self:
+        """Connect (``TransportError`` when the broker cannot be reached or refuses us)."""
+        opts = self.options
+        self.throttle = new_throttle(opts.receive_maximum or 0)  # a new connection starts reading
+        client = aiomqtt.Client(
+            opts.host,
+            opts.port,
+            identifier=opts.client_id,
+            username=opts.username,
+            password=opts.password,
+            protocol=aiomqtt.ProtocolVersion.V5 if opts.protocol == "5" else aiomqtt.ProtocolVersion.V311,
+            clean_start=opts.clean_start if opts.protocol == "5" else MQTT_CLEAN_START_FIRST_ONLY,
+            clean_session=None if opts.protocol == "5" else opts.clean_start,
+            properties=_connect_properties(opts),
+            keepalive=opts.keepalive_s,
+            timeout=opts.timeout_s,
+            queue_type=_throttled_queue(self.throttle),
+            tls_context=opts.tls_context,
+            will=aiomqtt.Will(opts.will.topic, opts.will.payload, opts.will.qos, opts.will.retain)
+            if opts.will
+            else None,
+            max_inflight_messages=opts.max_inflight,
+            max_concurrent_outgoing_calls=opts.max_concurrent_calls,
+        )
+        paho = _paho_of(client)
+        if opts.manual_ack:
+            paho.manual_ack_set(True)
+        if opts.receive_maximum is not None:
+            self.throttle.attach(paho)
+        refusals = _PublishRefusals(paho)
+        try:
+            await client.__aenter__()
+        except aiomqtt.MqttError as exc:
+            raise TransportError(str(exc)) from exc
+        self._client, self._paho, self._refusals = client, paho, refusals
+        self._connection = next(_CONNECTIONS)
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        """Disconnect (a clean DISCONNECT unless the connection is already gone)."""
+        client, self._client, self._paho, self._refusals = self._client, None, None, None
+        if client is None:
+            return
+        try:
+            await client.__aexit__(exc_type, exc, tb)
+        except aiomqtt.MqttError as error:
+            raise TransportError(f"disconnect: {error}") from error
+
+    def _connected(self) -> tuple[aiomqtt.Client, _Paho, _PublishRefusals]:
+        if self._client is None or self._paho is None or self._refusals is None:
+            msg = "the MQTT session is not connected"
+            raise TransportError(msg)
+        return self._client, self._paho, self._refusals
+
+    def to_message(self, received: aiomqtt.Message) -> Message:
+        """Our message type for one aiomqtt message of this connection."""
+        return Message(
+            topic=received.topic.value,
+            payload=_body(received.payload),
+            qos=received.qos,
+            retain=received.retain,
+            mid=received.mid,
+            connection=self._connection,
+        )
+
+    def messages(self) -> _Messages:
+        """The messages of the subscriptions, as they arrive; ``TransportError`` when the connection ends."""
+        client, _, _ = self._connected()
+        return _Messages(self, client)
+
+    def take_batch(self, first: Message, limit: int) -> list[Message]:
+        """``first`` plus whatever else is already queued, up to ``limit`` (never waits)."""
+        batch = [first]
+        queue = self.throttle.queue
+        while queue is not None and len(batch) < limit:
+            try:
+                batch.append(self.to_message(queue.get_nowait()))
+            except asyncio.QueueEmpty:
+                break
+        return batch
+
+    def ack(self, message: Message) -> bool:
+        """Send the PUBACK of a message the caller has made durable; True when one was sent.
+
+        Nothing is sent for QoS 0, without ``manual_ack`` (it was acknowledged on arrival), or for
+        a message of an earlier connection (the broker redelivers it on this one).
+        """
+        if not self.options.manual_ack or message.qos == 0 or message.connection != self._connection:
+            return False
+        if self._paho is None:
+            return False  # disconnected: the broker redelivers it
+        return self._paho.ack(message.mid, message.qos) == 0
+
+    async def subscribe(self, topic_filter: str, *, qos: int = 1) -> None:
+        """Subscribe (a refusal in the SUBACK is logged: the broker delivers nothing for it)."""
+        client, _, _ = self._connected()
+        try:
+            granted = await client.subscribe(topic_filter, qos=qos)
+        except aiomqtt.MqttError as exc:
+            raise TransportError(f"subscribe to {topic_filter}: {exc}") from exc
+        refused = [str(code) for code in granted if getattr(code, "is_failure", False)]
+        if refused:
+            log.warning("mqtt_subscribe_refused", topic_filter=topic_filter, reason=refused[0])
+
     async def publish(
         self,
-        client: aiomqtt.Client,
         topic: str,
         payload: bytes,
         *,
+        qos: int = 1,
         retain: bool = False,
-        ack_wait_s: float = 30,
+        timeout_s: float = DEFAULT_PUBLISH_WAIT_S,
     ) -> None:
-        """Publish at QoS 1; ``PublishRefusedError`` when the broker answered with a failure code."""
-        _LAST_PUBLISH_MID.set(None)
-        await client.publish(topic, payload, qos=1, retain=retain, timeout=ack_wait_s)
-        mid = _LAST_PUBLISH_MID.get()
-        reason = self._refused.pop(mid, None) if mid is not None else None
-        if reason is not None:
-            raise PublishRefusedError(topic, reason)
+        """Publish; at QoS > 0 return once the broker acknowledged it.
+
+        Raises:
+            PublishRefusedError: the broker answered with a failure reason code (MQTT v5).
+            TransportError: not connected, the connection failed, or no acknowledgement in time.
+        """
+        client, _, refusals = self._connected()
+        refusals.begin()
+        try:
+            await client.publish(topic, payload, qos=qos, retain=retain, timeout=timeout_s)
+        except aiomqtt.MqttError as exc:
+            raise TransportError(f"publish to {topic}: {exc}") from exc
+        refused = refusals.outcome()
+        if refused is not None:
+            raise PublishRefusedError(topic, refused[0], refused[1])
+
+    def cut(self) -> None:
+        """Drop the TCP connection without a DISCONNECT, as a power cut would: the broker publishes the will."""
+        if self._paho is None:
+            return
+        sock = self._paho.socket()
+        if isinstance(sock, socket.socket):  # TCP and TLS; a websocket wrapper has no shutdown
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                log.debug("mqtt_cut_on_closed_socket")
+
+    async def consume(
+        self,
+        begin: Callable[[list[Message]], W],
+        commit: Callable[[W], Awaitable[None]],
+        *,
+        batch_max: int,
+        depth: int,
+        acknowledged: Callable[[list[Message]], None] | None = None,
+        abandon: Callable[[W], None] | None = None,
+    ) -> NoReturn:
+        """Receive in batches, have each committed, acknowledge it after its commit, in order.
+
+        Two stages, each bounded: receive (``begin`` turns each batch -- the message just
+        received plus what is already queued, up to ``batch_max`` -- into work, at most ``depth``
+        batches ahead) and acknowledge (awaits ``commit`` of each batch's work in arrival order,
+        then sends its PUBACKs and calls ``acknowledged``). A batch whose commit raised is never
+        acknowledged, nor is any after it: the exception ends the loop, and the broker redelivers
+        everything unacknowledged on the next connection. Work still queued when the loop ends
+        is handed to ``abandon``. Returns only by raising (``TransportError`` when the connection
+        ends, or whatever ``commit`` raised) or cancellation.
+        """
+        in_flight: asyncio.Queue[tuple[W, list[Message]]] = asyncio.Queue(maxsize=depth)
+
+        async def acknowledge() -> None:
+            while True:
+                raise_if_cancelling()
+                work, batch = await in_flight.get()
+                await commit(work)
+                for message in batch:
+                    self.ack(message)
+                if acknowledged is not None:
+                    acknowledged(batch)
+
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(acknowledge(), name=f"mqtt-acknowledge-{self.options.client_id}")
+                async for first in self.messages():
+                    batch = self.take_batch(first, batch_max)
+                    await in_flight.put((begin(batch), batch))
+                msg = "the broker closed the message stream"
+                raise TransportError(msg)
+        finally:
+            while not in_flight.empty():
+                work, _ = in_flight.get_nowait()
+                if abandon is not None:
+                    abandon(work)
+
+
+def _connect_properties(opts: SessionOptions) -> Properties | None:
+    if opts.protocol != "5":
+        return None
+    properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+    if opts.session_expiry_s is not None:
+        properties.SessionExpiryInterval = opts.session_expiry_s
+    if opts.receive_maximum is not None:
+        properties.ReceiveMaximum = opts.receive_maximum
+    if opts.max_payload_bytes is not None:
+        # A payload a little over the limit still arrives and is dead-lettered where it can be
+        # inspected, while the broker discards anything far larger before it is sent, so no peer
+        # can make this process buffer a 256 MB packet.
+        properties.MaximumPacketSize = min(opts.max_payload_bytes * PACKET_SIZE_FACTOR, MQTT_MAX_PACKET_SIZE)
+    return properties

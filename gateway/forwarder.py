@@ -19,16 +19,13 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-import aiomqtt
 import structlog
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 
 from foundation.cancellation import raise_if_cancelling
 from foundation.errors import PayloadRejected, PublishRefusedError, TransportError, UplinkError
 from foundation.events import Event, utc_now
 from foundation.logging import worth_logging
-from foundation.mqtt import PublishRefusals, message_body
+from foundation.mqtt import MqttSession, SessionOptions, Will
 from gateway.config import DirectUplinkConfig, GatewayConfig, MqttUplinkConfig
 from gateway.outbox import OutboxReader, StoredEvent
 from gateway.rate_limits import TokenBucket
@@ -225,28 +222,25 @@ class MqttUplink:
         problem = broker.tls.certificate_problem() if broker.tls else None
         if problem is not None:  # say so instead of a handshake the broker silently drops
             raise TransportError(f"district broker {broker.host}:{broker.port}: {problem}")
-        properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-        properties.SessionExpiryInterval = broker.session_expiry_s
-        client = aiomqtt.Client(
-            broker.host,
-            broker.port,
-            identifier=up.client_id or f"cgw-up-{compound.compound_id}",
-            username=broker.username,
-            password=broker.password.get_secret_value() if broker.password else None,
-            protocol=aiomqtt.ProtocolVersion.V5,
-            clean_start=False,
-            properties=properties,
-            keepalive=broker.keepalive_s,
-            timeout=10,
-            tls_context=broker.tls.context() if broker.tls else None,
-            will=aiomqtt.Will(self._status_topic, self._status("offline"), qos=1, retain=True),
-            max_inflight_messages=up.inflight_batches,
+        session = MqttSession(
+            SessionOptions(
+                host=broker.host,
+                port=broker.port,
+                client_id=up.client_id or f"cgw-up-{compound.compound_id}",
+                clean_start=False,
+                session_expiry_s=broker.session_expiry_s,
+                keepalive_s=broker.keepalive_s,
+                tls_context=broker.tls.context() if broker.tls else None,
+                username=broker.username,
+                password=broker.password.get_secret_value() if broker.password else None,
+                will=Will(self._status_topic, self._status("offline"), qos=1, retain=True),
+                max_inflight=up.inflight_batches,
+            )
         )
-        refusals = PublishRefusals(client)
 
         async def publish(topic: str, payload: bytes, *, retain: bool = False) -> None:
             try:
-                await refusals.publish(client, topic, payload, retain=retain)
+                await session.publish(topic, payload, qos=1, retain=retain)
             except PublishRefusedError as exc:
                 # Not sent: the events stay pending and go again after the reconnect backoff.
                 self.refused_publishes += 1
@@ -265,31 +259,31 @@ class MqttUplink:
             payload = encode_batch(compound.district_id, compound.compound_id, [r.body for r in rows])
             try:
                 await publish(topic, payload)
-            except aiomqtt.MqttError as exc:
-                raise UplinkError(f"publish to {topic}: {exc}") from exc
+            except TransportError as exc:  # a refusal included: the batch stays pending
+                raise UplinkError(str(exc)) from exc
 
         try:
-            async with client:
+            async with session:
                 if up.receipts:
-                    await client.subscribe(self._receipt_topic, qos=1)
+                    await session.subscribe(self._receipt_topic, qos=1)
                 if self._watchlists is not None:
                     # retained: the current version of every list arrives on each (re)connect
-                    await client.subscribe(watchlist_filter(up.topic_prefix, compound.district_id), qos=1)
+                    await session.subscribe(watchlist_filter(up.topic_prefix, compound.district_id), qos=1)
                 await publish(self._status_topic, self._status("online"), retain=True)
                 log.info("uplink_connected", host=broker.host, port=broker.port)
                 self._connected_once = True
                 on_connected()
                 try:
                     async with asyncio.TaskGroup() as tg:
-                        tg.create_task(self._incoming(client), name="uplink-incoming")
+                        tg.create_task(self._incoming(session), name="uplink-incoming")
                         await self.forwarder.run(send)
                 finally:
-                    with contextlib.suppress(aiomqtt.MqttError, TimeoutError):
+                    with contextlib.suppress(TransportError, TimeoutError):
                         async with asyncio.timeout(2):  # a clean stop is not an outage: say so
-                            await client.publish(
+                            await session.publish(
                                 self._status_topic, self._status("stopped"), qos=1, retain=True
                             )
-        except* (aiomqtt.MqttError, UplinkError, TransportError) as group:
+        except* (UplinkError, TransportError) as group:
             refused = any(isinstance(e, PublishRefusedError) for e in group.exceptions)
             hint = (
                 " (with TLS: the broker drops a client certificate it does not accept -- check that it is"
@@ -315,17 +309,17 @@ class MqttUplink:
             )
         return f"check the district broker's ACL for compound {compound}"
 
-    async def _incoming(self, client: aiomqtt.Client) -> None:
-        # Receipts are acknowledged on arrival (aiomqtt's default): losing one only means the
+    async def _incoming(self, session: MqttSession) -> None:
+        # Receipts are acknowledged on arrival (the session's default): losing one only means the
         # events are sent again after the receipt timeout, and the district store is idempotent.
         # Watch lists are retained: one lost is delivered again on the next connection.
-        async for message in client.messages:
-            list_id = watchlist_id(self._uplink.topic_prefix, message.topic.value)
+        async for message in session.messages():
+            list_id = watchlist_id(self._uplink.topic_prefix, message.topic)
             if list_id is not None:
-                await self._apply_watchlist(list_id, message_body(message.payload))
+                await self._apply_watchlist(list_id, message.payload)
                 continue
             try:
-                ids = decode_receipt(message_body(message.payload))
+                ids = decode_receipt(message.payload)
             except PayloadRejected as exc:
                 self.bad_receipts += 1
                 if worth_logging(self.bad_receipts, first=1):

@@ -10,19 +10,11 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-import aiomqtt
 import structlog
 
 from adapters.base import RawMessage
 from foundation.errors import OutboxError, TransportError
-from foundation.mqtt import (
-    ManualAck,
-    consume_result,
-    message_body,
-    new_throttle,
-    persistent_client,
-    take_batch,
-)
+from foundation.mqtt import Message, MqttSession, SessionOptions, consume_result, new_throttle
 from gateway.config import GatewayConfig
 from gateway.intake import IntakeItem
 from gateway.pipeline import BATCH_MAX, IntakePipeline, ItemResult
@@ -30,16 +22,15 @@ from gateway.pipeline import BATCH_MAX, IntakePipeline, ItemResult
 log = structlog.get_logger(__name__)
 
 
-InFlight = tuple["asyncio.Future[list[ItemResult]]", list[tuple[int, int]]]
 PIPELINE_DEPTH = 3
 
 
 class MqttIntake:
     """Subscribes to the device dialects' topics and feeds the intake pipeline; ``run`` is one connection.
 
-    Two stages per connection, each bounded: receive (batches what aiomqtt has queued and hands
-    each batch to the pipeline, which parses and commits it) and acknowledge (sends the batch's
-    PUBACKs, in arrival order, once its commit is done).
+    Two stages per connection, each bounded (``MqttSession.consume``): receive (batches what the
+    session has queued and hands each batch to the pipeline, which parses and commits it) and
+    acknowledge (sends the batch's PUBACKs, in arrival order, once its commit is done).
     """
 
     def __init__(self, config: GatewayConfig, pipeline: IntakePipeline) -> None:
@@ -47,29 +38,34 @@ class MqttIntake:
         self._pipeline = pipeline
         self.messages = 0
         self.acked = 0
-        self.throttle = new_throttle(config.mqtt.receive_maximum)
+        self.throttle = new_throttle(config.mqtt.receive_maximum)  # the current connection's
+
+    def session_options(self) -> SessionOptions:
+        """The persistent, manually acknowledged session on the device broker."""
+        cfg = self._config.mqtt
+        return SessionOptions(
+            host=cfg.host,
+            port=cfg.port,
+            client_id=self._config.mqtt_client_id,
+            clean_start=False,
+            session_expiry_s=cfg.session_expiry_s,
+            keepalive_s=cfg.keepalive_s,
+            username=cfg.username,
+            password=cfg.password.get_secret_value() if cfg.password else None,
+            receive_maximum=cfg.receive_maximum,
+            max_payload_bytes=cfg.max_payload_bytes,
+            manual_ack=True,
+        )
 
     async def run(self, on_connected: Callable[[], None]) -> None:
         """Connect, subscribe and process until the connection fails (raises ``TransportError``)."""
         cfg = self._config.mqtt
-        self.throttle = new_throttle(cfg.receive_maximum)  # a new connection starts reading
-        client, paho = persistent_client(
-            host=cfg.host,
-            port=cfg.port,
-            client_id=self._config.mqtt_client_id,
-            receive_maximum=cfg.receive_maximum,
-            session_expiry_s=cfg.session_expiry_s,
-            keepalive_s=cfg.keepalive_s,
-            throttle=self.throttle,
-            username=cfg.username,
-            password=cfg.password.get_secret_value() if cfg.password else None,
-            max_payload_bytes=cfg.max_payload_bytes,
-        )
-        in_flight: asyncio.Queue[InFlight] = asyncio.Queue(maxsize=PIPELINE_DEPTH)
+        session = MqttSession(self.session_options())
         try:
-            async with client:
+            async with session:
+                self.throttle = session.throttle  # a new connection starts reading
                 for topic_filter in self._pipeline.intake.mqtt_topic_filters():
-                    await client.subscribe(topic_filter, qos=1)
+                    await session.subscribe(topic_filter, qos=1)
                 log.info(
                     "mqtt_intake_connected",
                     host=cfg.host,
@@ -77,46 +73,32 @@ class MqttIntake:
                     client_id=self._config.mqtt_client_id,
                 )
                 on_connected()
-                async with asyncio.TaskGroup() as tg:
-                    tg.create_task(self._acknowledge(paho, in_flight), name="mqtt-intake-acker")
-                    await self._receive(client, in_flight)
-        except* (aiomqtt.MqttError, TransportError) as group:
+                await session.consume(
+                    self._begin,
+                    self._commit,
+                    batch_max=BATCH_MAX,
+                    depth=PIPELINE_DEPTH,
+                    acknowledged=self._acknowledged,
+                    # the broker redelivers those messages; their commits may still succeed or
+                    # fail, and either outcome is consumed so a failure is not reported again
+                    abandon=lambda future: future.add_done_callback(consume_result),
+                )
+        except* TransportError as group:
             raise TransportError(f"device broker {cfg.host}:{cfg.port}: {group.exceptions[0]}") from group
-        finally:
-            _abandon(in_flight)
 
-    async def _receive(self, client: aiomqtt.Client, in_flight: asyncio.Queue[InFlight]) -> None:
+    def _begin(self, batch: list[Message]) -> asyncio.Future[list[ItemResult]]:
         max_bytes = self._config.mqtt.max_payload_bytes
-        async for message in client.messages:
-            batch = take_batch(message, self.throttle, BATCH_MAX)
-            self.messages += len(batch)
-            items = [
-                IntakeItem("mqtt", RawMessage(message_body(m.payload), topic=str(m.topic)), max_bytes)
-                for m in batch
-            ]
-            await in_flight.put((self._pipeline.start(items), [(m.mid, m.qos) for m in batch]))
-        raise TransportError("device broker closed the message stream")
+        self.messages += len(batch)
+        items = [IntakeItem("mqtt", RawMessage(m.payload, topic=m.topic), max_bytes) for m in batch]
+        return self._pipeline.start(items)
 
-    async def _acknowledge(self, paho: ManualAck, in_flight: asyncio.Queue[InFlight]) -> None:
-        while True:
-            future, acks = await in_flight.get()
-            try:
-                await self._pipeline.finish(future)
-            except OutboxError as exc:
-                # Not committed: do not acknowledge. Dropping the connection makes the broker
-                # redeliver everything unacknowledged once we are back.
-                raise TransportError(f"outbox refused device messages, reconnecting: {exc}") from exc
-            for mid, qos in acks:
-                if qos > 0:
-                    paho.ack(mid, qos)
-                    self.acked += 1
+    async def _commit(self, future: asyncio.Future[list[ItemResult]]) -> None:
+        try:
+            await self._pipeline.finish(future)
+        except OutboxError as exc:
+            # Not committed: do not acknowledge. Dropping the connection makes the broker
+            # redeliver everything unacknowledged once we are back.
+            raise TransportError(f"outbox refused device messages, reconnecting: {exc}") from exc
 
-
-def _abandon(in_flight: asyncio.Queue[InFlight]) -> None:
-    """Forget batches nobody will acknowledge any more (the broker redelivers those messages).
-
-    Their commits may still succeed or fail; either way the result is consumed here so that a
-    failure is not reported again as an unretrieved exception.
-    """
-    while not in_flight.empty():
-        in_flight.get_nowait()[0].add_done_callback(consume_result)
+    def _acknowledged(self, batch: list[Message]) -> None:
+        self.acked += sum(1 for m in batch if m.qos > 0)

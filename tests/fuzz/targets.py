@@ -160,7 +160,7 @@ FUZZ_DISTRICT = DistrictConfig.model_validate(
 def uplink_target(data: bytes) -> None:
     """The ingester's decoding of one message: events of the topic's compound, statuses, or dead letters."""
     topic, body = split_envelope(data)
-    into = Round(acks=[])
+    into = Round()
     decode_message(FUZZ_DISTRICT, topic, body, into)
     parts = topic.split("/")
     for event in into.events:
