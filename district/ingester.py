@@ -36,7 +36,7 @@ from foundation.logging import worth_logging
 from foundation.mqtt import Message, MqttSession, SessionOptions
 from foundation.sqlite_thread import SqliteBacked, transaction
 from foundation.supervision import supervise
-from foundation.systemd import sd_notify
+from foundation.systemd import sd_notify, watchdog, watchdog_interval
 from uplink.protocol import STATUS, TopicAddress, decode_batch, encode_receipt, parse_topic, receipt_topic
 from uplink.stores import EventStore, StoreError
 
@@ -356,6 +356,13 @@ async def run_ingester(config: DistrictConfig, *, ready: asyncio.Event | None = 
                 supervise(INGESTER_TRANSPORT, ingester.run, Backoff(BackoffConfig()), connected, health),
                 name="ingester",
             )
+            if (interval := watchdog_interval()) is not None:
+                # alive while the event loop and the state file's thread answer; a store or broker
+                # outage is not cured by a restart, so it does not stop the pings
+                tg.create_task(
+                    watchdog(state.ping, interval, failures=(sqlite3.Error,), what="ingest state file"),
+                    name="watchdog",
+                )
             await connected.wait()
             sd_notify("READY=1")
             if ready is not None:

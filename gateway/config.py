@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import os
 import secrets
+from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, Protocol, TypeVar
 
 from pydantic import (
     Field,
@@ -163,6 +165,43 @@ class DeviceConfig(ConfigModel):
         return self
 
 
+T_co = TypeVar("T_co", covariant=True)
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Pacing:
+    """Batch and pace limits of the forwarder, as each uplink mode sets them."""
+
+    batch_max_events: int
+    batch_max_bytes: int
+    batch_max_delay: timedelta
+    inflight_batches: int
+    replay_rate: float
+    poll_s: float
+    receipt_timeout: timedelta | None  # None: the sender's confirmation is final
+    alarm_receipt_timeout: timedelta | None = None
+
+
+class UplinkBuilder(Protocol[T_co]):
+    """Makes the uplink of each mode. ``config.uplink.build(builder)`` calls the mode's own method.
+
+    Selection is the config's method, not an isinstance chain: a new mode is a config class whose
+    ``build`` calls a new method here, and mypy names every builder that lacks it.
+    """
+
+    def mqtt(self, uplink: MqttUplinkConfig) -> T_co:
+        """The uplink through the district broker."""
+        ...
+
+    def direct(self, uplink: DirectUplinkConfig) -> T_co:
+        """The uplink straight into a district store."""
+        ...
+
+
+DIRECT_BATCH_MAX_BYTES = 4 * 1024 * 1024  # a store write, not an MQTT message: bound by count mostly
+
+
 class MqttUplinkConfig(ConfigModel):
     """Gateway -> district broker."""
 
@@ -195,6 +234,23 @@ class MqttUplinkConfig(ConfigModel):
         description="alarms without a receipt are sent again sooner (a district broker that lost them)",
     )
 
+    def build(self, builder: UplinkBuilder[T]) -> T:
+        """The uplink this mode names."""
+        return builder.mqtt(self)
+
+    def pacing(self) -> Pacing:
+        """Batches bounded in bytes for the broker; with receipts, sent events wait for the district's."""
+        return Pacing(
+            batch_max_events=self.batch_max_events,
+            batch_max_bytes=self.batch_max_bytes,
+            batch_max_delay=timedelta(milliseconds=self.batch_max_delay_ms),
+            inflight_batches=self.inflight_batches,
+            replay_rate=self.replay_rate,
+            poll_s=self.poll_ms / 1000,
+            receipt_timeout=timedelta(seconds=self.receipt_timeout_s) if self.receipts else None,
+            alarm_receipt_timeout=timedelta(seconds=self.alarm_receipt_timeout_s) if self.receipts else None,
+        )
+
 
 class DirectUplinkConfig(ConfigModel):
     """Gateway -> district store directly (small districts without a broker)."""
@@ -205,6 +261,22 @@ class DirectUplinkConfig(ConfigModel):
     batch_max_delay_ms: int = Field(default=500, ge=0, le=60_000)
     replay_rate: float = Field(default=5000.0, gt=0)
     poll_ms: int = Field(default=50, ge=5, le=5000)
+
+    def build(self, builder: UplinkBuilder[T]) -> T:
+        """The uplink this mode names."""
+        return builder.direct(self)
+
+    def pacing(self) -> Pacing:
+        """One write at a time, final once the store confirms it (no receipts)."""
+        return Pacing(
+            batch_max_events=self.batch_max_events,
+            batch_max_bytes=DIRECT_BATCH_MAX_BYTES,
+            batch_max_delay=timedelta(milliseconds=self.batch_max_delay_ms),
+            inflight_batches=1,
+            replay_rate=self.replay_rate,
+            poll_s=self.poll_ms / 1000,
+            receipt_timeout=None,
+        )
 
 
 UplinkConfig = Annotated[MqttUplinkConfig | DirectUplinkConfig, Field(discriminator="mode")]

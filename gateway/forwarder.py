@@ -17,16 +17,18 @@ import json
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
+from typing import Protocol
 
 import structlog
 
 from foundation.cancellation import raise_if_cancelling
 from foundation.errors import PayloadRejected, PublishRefusedError, TransportError, UplinkError
 from foundation.events import Event, utc_now
+from foundation.health import Health
 from foundation.logging import worth_logging
 from foundation.mqtt import MqttSession, SessionOptions, Will
-from gateway.config import DirectUplinkConfig, GatewayConfig, MqttUplinkConfig
+from gateway.config import DirectUplinkConfig, GatewayConfig, MqttUplinkConfig, Pacing
 from gateway.outbox import OutboxReader, StoredEvent
 from gateway.rate_limits import TokenBucket
 from gateway.watchlists import WatchListRegistry
@@ -47,20 +49,6 @@ log = structlog.get_logger(__name__)
 Send = Callable[[str, list[StoredEvent]], Awaitable[None]]
 
 
-@dataclass(frozen=True)
-class Pacing:
-    """Batch and pace limits common to both uplink modes."""
-
-    batch_max_events: int
-    batch_max_bytes: int
-    batch_max_delay: timedelta
-    inflight_batches: int
-    replay_rate: float
-    poll_s: float
-    receipt_timeout: timedelta | None  # None: the sender's confirmation is final
-    alarm_receipt_timeout: timedelta | None = None
-
-
 class Forwarder:
     """Moves outbox rows to a sender, round after round, until the sender fails."""
 
@@ -71,6 +59,11 @@ class Forwarder:
         self._want = 1
         self.sent_events = 0
         self.sent_alarms = 0
+
+    def expose(self, health: Health) -> None:
+        """What was sent, as metrics."""
+        health.expose("cgw_uplink_sent_events_total", "events sent to the district", lambda: self.sent_events)
+        health.expose("cgw_uplink_sent_alarms_total", "alarms sent to the district", lambda: self.sent_alarms)
 
     async def run(self, send: Send) -> None:
         """Forward forever; returns only by raising (``UplinkError``) or cancellation."""
@@ -167,25 +160,6 @@ class Forwarder:
             raise TransportError(f"uplink send failed: {failures[0]}")
 
 
-DIRECT_BATCH_MAX_BYTES = 4 * 1024 * 1024  # a store write, not an MQTT message: bound by count mostly
-
-
-def _pacing(config: MqttUplinkConfig | DirectUplinkConfig) -> Pacing:
-    mqtt = config if isinstance(config, MqttUplinkConfig) else None
-    return Pacing(
-        receipt_timeout=timedelta(seconds=mqtt.receipt_timeout_s) if mqtt and mqtt.receipts else None,
-        alarm_receipt_timeout=timedelta(seconds=mqtt.alarm_receipt_timeout_s)
-        if mqtt and mqtt.receipts
-        else None,
-        batch_max_events=config.batch_max_events,
-        batch_max_bytes=mqtt.batch_max_bytes if mqtt else DIRECT_BATCH_MAX_BYTES,
-        batch_max_delay=timedelta(milliseconds=config.batch_max_delay_ms),
-        inflight_batches=mqtt.inflight_batches if mqtt else 1,
-        replay_rate=config.replay_rate,
-        poll_s=config.poll_ms / 1000,
-    )
-
-
 class MqttUplink:
     """The gateway's connection to the district broker; ``run`` is one connection."""
 
@@ -199,7 +173,7 @@ class MqttUplink:
         self._config = config
         self._watchlists = watchlists
         self._uplink = uplink
-        self.forwarder = Forwarder(reader, _pacing(uplink))
+        self.forwarder = Forwarder(reader, uplink.pacing())
         self._reader = reader
         compound = config.compound
         self._status_topic = status_topic(uplink.topic_prefix, compound.district_id, compound.compound_id)
@@ -208,6 +182,15 @@ class MqttUplink:
         self.refused_publishes = 0  # the broker answered with a failure code (v5), e.g. not authorised
         self.bad_receipts = 0
         self._connected_once = False
+
+    def expose(self, health: Health) -> None:
+        """Its metrics: the forwarder's, and the publishes the broker refused."""
+        self.forwarder.expose(health)
+        health.expose(
+            "cgw_uplink_publish_refused_total",
+            "publishes the district broker refused (MQTT v5 reason code), e.g. not authorised",
+            lambda: self.refused_publishes,
+        )
 
     def _status(self, state: str) -> bytes:
         return json.dumps(
@@ -354,7 +337,11 @@ class DirectUplink:
 
     def __init__(self, uplink: DirectUplinkConfig, reader: OutboxReader) -> None:
         self._uplink = uplink
-        self.forwarder = Forwarder(reader, _pacing(uplink))
+        self.forwarder = Forwarder(reader, uplink.pacing())
+
+    def expose(self, health: Health) -> None:
+        """Its metrics: the forwarder's."""
+        self.forwarder.expose(health)
 
     async def run(self, on_connected: Callable[[], None]) -> None:
         """Open the store, forward until it fails (``TransportError``)."""
@@ -369,3 +356,32 @@ class DirectUplink:
 
             on_connected()
             await self.forwarder.run(send)
+
+
+class Uplink(Protocol):
+    """One uplink mode at run time: supervised like a transport, with its own metrics."""
+
+    async def run(self, on_connected: Callable[[], None]) -> None:
+        """One connection: forward until it fails (``TransportError``)."""
+        ...
+
+    def expose(self, health: Health) -> None:
+        """Publish its counters as metrics."""
+        ...
+
+
+@dataclass(frozen=True)
+class UplinkFactory:
+    """Builds the configured uplink (``config.uplink.build(UplinkFactory(...))``)."""
+
+    config: GatewayConfig
+    reader: OutboxReader
+    watchlists: WatchListRegistry | None = None
+
+    def mqtt(self, uplink: MqttUplinkConfig) -> Uplink:
+        """Through the district broker, with receipts and watch lists."""
+        return MqttUplink(self.config, uplink, self.reader, self.watchlists)
+
+    def direct(self, uplink: DirectUplinkConfig) -> Uplink:
+        """Straight into the district store."""
+        return DirectUplink(uplink, self.reader)

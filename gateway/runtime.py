@@ -9,7 +9,6 @@ worker (parsers + outbox) closes last.
 from __future__ import annotations
 
 import asyncio
-import os
 from contextlib import AsyncExitStack
 
 import structlog
@@ -19,9 +18,9 @@ from foundation.backoff import Backoff
 from foundation.errors import OutboxError
 from foundation.health import Health
 from foundation.supervision import run_forever, supervise
-from foundation.systemd import sd_notify
-from gateway.config import GatewayConfig, MqttUplinkConfig, load_pseudonym_key
-from gateway.forwarder import DirectUplink, MqttUplink
+from foundation.systemd import sd_notify, watchdog, watchdog_interval
+from gateway.config import GatewayConfig, load_pseudonym_key
+from gateway.forwarder import UplinkFactory
 from gateway.http_receiver import build_app
 from gateway.mqtt_intake import MqttIntake
 from gateway.outbox import OutboxReader
@@ -83,12 +82,8 @@ async def run_gateway(config: GatewayConfig, *, ready: asyncio.Event | None = No
                     else:
                         mqtt_up.set()
                     if config.uplink is not None:
-                        uplink = (
-                            MqttUplink(config, config.uplink, reader, registry)
-                            if isinstance(config.uplink, MqttUplinkConfig)
-                            else DirectUplink(config.uplink, reader)
-                        )
-                        _expose_uplink(health, uplink)
+                        uplink = config.uplink.build(UplinkFactory(config, reader, registry))
+                        uplink.expose(health)
                         transports.create_task(
                             supervise("uplink", uplink.run, Backoff(config.backoff), health=health),
                             name="uplink",
@@ -105,9 +100,10 @@ async def run_gateway(config: GatewayConfig, *, ready: asyncio.Event | None = No
                         ),
                         name="retention",
                     )
-                    if "WATCHDOG_USEC" in os.environ:
+                    if (interval := watchdog_interval()) is not None:
                         transports.create_task(
-                            watchdog(pipeline, int(os.environ["WATCHDOG_USEC"])), name="watchdog"
+                            watchdog(pipeline.ping, interval, failures=(OutboxError,), what="intake worker"),
+                            name="watchdog",
                         )
                     log.info(
                         "gateway_started",
@@ -130,23 +126,6 @@ async def run_gateway(config: GatewayConfig, *, ready: asyncio.Event | None = No
     log.info("gateway_stopped")
 
 
-async def watchdog(pipeline: IntakePipeline, watchdog_usec: int) -> None:
-    """Tell systemd we are alive, at half its timeout, while the event loop and intake worker answer.
-
-    A blocked loop or a hung worker stops the pings, and systemd restarts us.
-    """
-    interval = watchdog_usec / 2_000_000
-    while True:
-        try:
-            async with asyncio.timeout(interval):
-                await pipeline.ping()
-        except (TimeoutError, OutboxError):
-            log.warning("watchdog_skipped", reason="intake worker did not answer")
-        else:
-            sd_notify("WATCHDOG=1")
-        await asyncio.sleep(interval)
-
-
 def _expose_mqtt(health: Health, mqtt: MqttIntake) -> None:
     health.expose("cgw_mqtt_intake_messages_total", "device messages received", lambda: mqtt.messages)
     health.expose(
@@ -157,18 +136,3 @@ def _expose_mqtt(health: Health, mqtt: MqttIntake) -> None:
         "times reading paused for back-pressure",
         lambda: mqtt.throttle.pauses,
     )
-
-
-def _expose_uplink(health: Health, uplink: MqttUplink | DirectUplink) -> None:
-    health.expose(
-        "cgw_uplink_sent_events_total", "events sent to the district", lambda: uplink.forwarder.sent_events
-    )
-    health.expose(
-        "cgw_uplink_sent_alarms_total", "alarms sent to the district", lambda: uplink.forwarder.sent_alarms
-    )
-    if isinstance(uplink, MqttUplink):
-        health.expose(
-            "cgw_uplink_publish_refused_total",
-            "publishes the district broker refused (MQTT v5 reason code), e.g. not authorised",
-            lambda: uplink.refused_publishes,
-        )

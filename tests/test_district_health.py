@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import socket
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -30,6 +31,7 @@ from foundation.health import Health
 from tests.district_data import district_toml, running
 from tests.metrics import scrape, value
 from tests.processes import IngesterProcess
+from tests.test_operations import NotifyListener
 from tests.test_uplink_e2e import district_config, sqlite_ids, wait_until
 from tests.test_uplink_protocol import thrown
 from uplink.protocol import DEFAULT_PREFIX, decode_receipt, encode_batch, receipt_topic
@@ -238,3 +240,28 @@ async def test_operator_api_not_ready_when_its_store_does_not_answer(tmp_path: P
         assert ready["checks"]["ops_db"] == "ok"
         assert ready["checks"]["store"].startswith("influxdb /ping")
         assert (await get_json(url + "/healthz"))[0] == 200
+
+
+async def test_ingester_tells_systemd_it_is_alive(
+    tmp_path: Path, district_broker: Mosquitto, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under WatchdogSec the ingester sends READY=1, then WATCHDOG=1 at half the timeout, also with its store down.
+
+    Its unit sets WatchdogSec=30; before, it never pinged and systemd would have killed it every 30 s
+    (removing the watchdog task from ``run_ingester`` fails here). The store is down on purpose: a restart
+    cannot cure a store outage, so it must not stop the pings.
+    """
+    listener = NotifyListener(tmp_path / "notify.sock")
+    monkeypatch.setenv("NOTIFY_SOCKET", str(listener.path))
+    monkeypatch.setenv("WATCHDOG_USEC", "400000")  # pings every 0.2 s
+    config = district_config(tmp_path, district_broker, CLOSED_INFLUX.format(port=free_port()))
+    try:
+        async with running(lambda ready: run_ingester(config, ready=ready), "ingester"):
+            await asyncio.sleep(1.5)
+    finally:
+        listener.close()
+    assert listener.times("READY=1")
+    pings = listener.times("WATCHDOG=1")
+    assert len(pings) >= 4, pings
+    gaps = [later - earlier for earlier, later in itertools.pairwise(pings)]
+    assert max(gaps) < 0.6, gaps

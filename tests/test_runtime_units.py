@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import random
+import typing
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -14,9 +16,10 @@ from cli.main import main
 from device_sims.inventory import write_sample_config
 from foundation.backoff import Backoff, BackoffConfig
 from foundation.identity import Pseudonymizer
-from gateway.config import load_config
+from gateway.config import DirectUplinkConfig, MqttUplinkConfig, UplinkConfig, load_config
 from gateway.intake import Intake, IntakeItem
 from gateway.outbox import DeadLetter, Outbox, StoreEvents
+from uplink.stores import SqliteStoreConfig
 
 FACE_RECORD = {
     "msgId": "m1",
@@ -89,3 +92,35 @@ def test_outbox_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["outbox", "pending", "--config", str(path)]) == 0
     (event,) = json.loads(capsys.readouterr().out)
     assert event["event_id"] == good.event_ids[0]
+
+
+class NamingBuilder:
+    """Answers each uplink mode with the builder method's own name."""
+
+    def mqtt(self, uplink: MqttUplinkConfig) -> str:
+        return "mqtt"
+
+    def direct(self, uplink: DirectUplinkConfig) -> str:
+        return "direct"
+
+
+def test_each_uplink_mode_builds_itself_and_sets_its_pacing(tmp_path: Path) -> None:
+    """Every member of ``UplinkConfig`` picks its own builder method; receipts only where the broker carries them.
+
+    Swapping the two ``build`` bodies, or a mode without ``build``, fails here (mypy also names the latter).
+    """
+    (union, *_) = typing.get_args(UplinkConfig)
+    modes = {member.model_fields["mode"].default: member for member in typing.get_args(union)}
+    assert set(modes) == {"mqtt", "direct"}
+    direct = DirectUplinkConfig(store=SqliteStoreConfig(path=tmp_path / "d.db"))
+    configs: dict[str, MqttUplinkConfig | DirectUplinkConfig] = {"mqtt": MqttUplinkConfig(), "direct": direct}
+    for mode, config in configs.items():
+        assert isinstance(config, modes[mode])
+        assert config.build(NamingBuilder()) == mode
+    mqtt_pacing = configs["mqtt"].pacing()
+    assert mqtt_pacing.receipt_timeout == timedelta(seconds=60)
+    assert mqtt_pacing.alarm_receipt_timeout == timedelta(seconds=10)
+    assert mqtt_pacing.batch_max_bytes == 256 * 1024
+    assert MqttUplinkConfig(receipts=False).pacing().receipt_timeout is None
+    direct_pacing = direct.pacing()
+    assert (direct_pacing.receipt_timeout, direct_pacing.inflight_batches) == (None, 1)
