@@ -18,6 +18,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from aiohttp import web
+
 from device_sims.broker import Mosquitto, free_port
 from device_sims.demo import expected_event_ids
 from device_sims.devices import CST, build_sim
@@ -27,6 +29,10 @@ from device_sims.runner import Runner
 from device_sims.scenarios import build
 from district.config import DistrictConfig, load_district_config
 from district.ingester import run_ingester
+from district.operations import OperationsDb
+from district.operator_api import build_api
+from district.operator_service import open_operator_service
+from district.query_model import Role
 from foundation.events import DeviceState, DeviceStatusPayload, Event, utc_now
 from gateway.config import GatewayConfig, load_config
 from gateway.runtime import run_gateway
@@ -201,3 +207,22 @@ async def produce(workdir: Path, influx: InfluxServer) -> DistrictData:
     finally:
         for broker in brokers:
             broker.stop()
+
+
+@contextlib.asynccontextmanager
+async def serving_operator_api(
+    config: DistrictConfig,
+) -> AsyncIterator[tuple[str, dict[str, str], OperationsDb]]:
+    """The real operator API on a free port, with a token per role: (base url, tokens by role, ops db)."""
+    async with OperationsDb(config.api.ops_db) as ops, open_operator_service(config) as service:
+        tokens = {
+            role.value: await ops.create_token(role.value, role, DISTRICT_ID, (), "test") for role in Role
+        }
+        runner = web.AppRunner(build_api(service))
+        await runner.setup()
+        port = free_port()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        try:
+            yield f"http://127.0.0.1:{port}", tokens, ops
+        finally:
+            await runner.cleanup()

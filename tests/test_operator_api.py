@@ -10,17 +10,13 @@ from typing import Any
 
 import aiohttp
 import pytest
-from aiohttp import web
 from openapi_spec_validator import validate
 
-from device_sims.broker import free_port
-from device_sims.inventory import DISTRICT_ID, compound_id
+from device_sims.inventory import compound_id
 from district.config import load_district_config
 from district.operations import OperationsDb
-from district.operator_api import build_api, openapi_document
-from district.operator_service import open_operator_service
-from district.query_model import Role
-from tests.district_data import OTHER_COMPOUND, DistrictData, district_toml
+from district.operator_api import openapi_document
+from tests.district_data import OTHER_COMPOUND, DistrictData, district_toml, serving_operator_api
 
 OPENAPI_FILE = Path(__file__).resolve().parents[1] / "docs" / "operator-api.openapi.json"
 C1, C2 = compound_id(1), compound_id(2)
@@ -51,19 +47,9 @@ async def api(district_data: DistrictData, tmp_path: Path) -> AsyncIterator[Api]
         district_toml(tmp_path, store=f'type = "sqlite"\npath = "{district_data.sqlite_path}"'), "utf-8"
     )
     config = load_district_config(path)
-    async with OperationsDb(config.api.ops_db) as ops, open_operator_service(config) as service:
-        tokens = {
-            role.value: await ops.create_token(role.value, role, DISTRICT_ID, (), "test") for role in Role
-        }
-        runner = web.AppRunner(build_api(service))
-        await runner.setup()
-        port = free_port()
-        await web.TCPSite(runner, "127.0.0.1", port).start()
-        try:
-            window = {"start": district_data.start.isoformat(), "end": district_data.end.isoformat()}
-            yield Api(f"http://127.0.0.1:{port}", tokens, ops, window)
-        finally:
-            await runner.cleanup()
+    async with serving_operator_api(config) as (url, tokens, ops):
+        window = {"start": district_data.start.isoformat(), "end": district_data.end.isoformat()}
+        yield Api(url, tokens, ops, window)
 
 
 async def test_no_token_is_401_with_a_challenge(api: Api) -> None:

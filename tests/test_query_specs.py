@@ -19,18 +19,13 @@ from typing import Any, get_args
 
 import aiohttp
 import pytest
-from aiohttp import web
 from openapi_spec_validator import validate
 from pydantic import Field
 
 from cli.main import main
-from device_sims.broker import free_port
-from device_sims.inventory import DISTRICT_ID
 from district.config import load_district_config
-from district.operations import OperationsDb
-from district.operator_api import build_api, openapi_document
+from district.operator_api import openapi_document
 from district.operator_output import Presenter, Table
-from district.operator_service import open_operator_service
 from district.queries.context import QueryContext
 from district.queries.registry import QUERIES, index
 from district.queries.spec import NeedsReason, QuerySpec, Route
@@ -45,7 +40,7 @@ from district.query_backends import (
 )
 from district.query_model import Model, Ranged, Reason, Role, Selection
 from foundation.events import Event
-from tests.district_data import DistrictData, district_toml
+from tests.district_data import DistrictData, district_toml, serving_operator_api
 from uplink.stores import InfluxV1StoreConfig, InfluxV2StoreConfig, SqliteStoreConfig, StoreConfig
 
 OPENAPI_FILE = Path(__file__).resolve().parents[1] / "docs" / "operator-api.openapi.json"
@@ -230,19 +225,9 @@ async def api(
 ) -> AsyncIterator[Api]:
     """The real operator API, built while the new query is registered."""
     config = load_district_config(config_file)
-    async with OperationsDb(config.api.ops_db) as ops, open_operator_service(config) as service:
-        tokens = {
-            role.value: await ops.create_token(role.value, role, DISTRICT_ID, (), "test") for role in Role
-        }
-        runner = web.AppRunner(build_api(service))
-        await runner.setup()
-        port = free_port()
-        await web.TCPSite(runner, "127.0.0.1", port).start()
-        try:
-            window = {"start": district_data.start.isoformat(), "end": district_data.end.isoformat()}
-            yield Api(f"http://127.0.0.1:{port}", tokens, config.api.ops_db, window)
-        finally:
-            await runner.cleanup()
+    async with serving_operator_api(config) as (url, tokens, _):
+        window = {"start": district_data.start.isoformat(), "end": district_data.end.isoformat()}
+        yield Api(url, tokens, config.api.ops_db, window)
 
 
 async def test_the_query_works_over_http(api: Api, district_data: DistrictData) -> None:

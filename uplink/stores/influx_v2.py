@@ -44,7 +44,7 @@ class InfluxV2Store:
         self._client: object | None = None
 
     async def __aenter__(self) -> Self:
-        from influxdb_client.client.influxdb_client_async import InfluxDBClientAsync  # noqa: PLC0415
+        from influxdb_client.client.influxdb_client_async import InfluxDBClientAsync  # noqa: PLC0415 - only 2.x/3.x districts load the client (slow to import)
 
         cfg = self._config
         self._client = InfluxDBClientAsync(
