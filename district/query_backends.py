@@ -187,9 +187,9 @@ class SqliteQueries:
         for row in await self._store.call(run):
             named = dict(zip(columns, row[1:-1], strict=True))
             rows.append(
-                CountRow.model_construct(  # store values of known types: a month of hours is 144k rows
+                CountRow(
                     bucket=_bucket_time(row[0], zone),
-                    count=int(row[-1]),
+                    count=row[-1],
                     compound_id=named.get("compound_id"),
                     kind=named.get("kind"),
                     device_id=named.get("device_id"),
@@ -338,7 +338,7 @@ class InfluxQueries:
                 key = (at, series_tags.get("compound_id"), kind, series_tags.get("device_id"))
                 totals[key] = totals.get(key, 0) + int(count)
         return [
-            CountRow.model_construct(  # store values of known types: a month of hours is 144k rows
+            CountRow(
                 bucket=_bucket_time(at, zone), count=n, compound_id=compound, kind=kind, device_id=device
             )
             for (at, compound, kind, device), n in sorted(totals.items(), key=lambda kv: _order(kv[0]))
