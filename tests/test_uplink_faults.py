@@ -28,6 +28,7 @@ from district.ingester import run_ingester
 from gateway.config import GatewayConfig
 from gateway.runtime import run_gateway
 from tests.district_data import running
+from tests.metrics import scrape, value
 from tests.processes import GatewayProcess, IngesterProcess
 from tests.test_uplink_e2e import district_config, gateway_config, sqlite_ids, wait_until
 from uplink.stores import InfluxV1Store, InfluxV1StoreConfig
@@ -98,22 +99,39 @@ async def test_ingester_kill9_mid_batch(
 async def test_two_ingesters_share_and_one_dies(
     tmp_path: Path, mosquitto: Mosquitto, district_broker: Mosquitto, influx: InfluxServer
 ) -> None:
-    """Two ingesters split the load; one is killed and stays dead; InfluxDB ends up with everything once."""
+    """Two ingesters split the load; one is killed and stays dead; InfluxDB ends up with everything once.
+
+    Both ingesters' own metrics show they stored events before the kill (the shared subscription did
+    split the load), the kill lands while the devices are still sending, and the survivor stores more
+    after it.
+    """
     config = gateway_config(tmp_path, mosquitto, district_broker, receipt_timeout_s=3)
     store = f'type = "influx_v1"\nurl = "{influx.url}"\ndatabase = "district"'
     district = district_config(tmp_path, district_broker, store, name="i1")
-    district_config(tmp_path, district_broker, store, name="i2")
+    other = district_config(tmp_path, district_broker, store, name="i2")
+    metrics = [f"http://127.0.0.1:{c.ingest.http_port}/metrics" for c in (district, other)]
     first = IngesterProcess(tmp_path / "district-i1.toml", tmp_path / "ingester-1.log")
     second = IngesterProcess(tmp_path / "district-i2.toml", tmp_path / "ingester-2.log")
     await first.start()
     await second.start()
+
+    async def stored(url: str) -> float:
+        text, _ = await scrape(url)
+        return value(text, "cgw_ingest_events_stored_total")
+
     try:
         async with running(lambda ready: run_gateway(config, ready=ready), "gateway"):
-            sending = asyncio.create_task(play_burst(config, mosquitto, 5, 2000))
-            await asyncio.sleep(0.5)
+            sending = asyncio.create_task(play_burst(config, mosquitto, 5, 2000, rate=400))
+            deadline = time.monotonic() + 30
+            while min([await stored(url) for url in metrics]) == 0:
+                assert time.monotonic() < deadline, "the two ingesters did not both store events"
+                await asyncio.sleep(0.1)
+            assert not sending.done()  # the kill lands mid-burst
+            survivor_before = await stored(metrics[1])
             first.kill()
             expected = await sending
             raw, distinct = await wait_for_influx(district, expected)
+            assert await stored(metrics[1]) > survivor_before
         assert expected <= distinct, f"{len(expected - distinct)} events lost"
         assert raw == len(distinct)
     finally:
