@@ -34,7 +34,7 @@ from foundation.logging import configure_logging
 from gateway.config import load_config
 from gateway.outbox import Outbox
 from gateway.runtime import run_gateway
-from gateway.watchlist_check import run_watchlist_check
+from gateway.watchlist_check import add_watchlist_check_commands, run_watchlist_check
 
 PARSE_PLACEHOLDER_ID = "00000000000000000000"
 PARSE_KEY = b"compound-gateway-parse-cli-not-a-production-key"
@@ -104,7 +104,7 @@ def _parser() -> argparse.ArgumentParser:
     outbox.add_argument("--config", type=Path, required=True)
     outbox.add_argument("--limit", type=int, default=20)
     add_operator_commands(sub)
-    add_watchlist_commands(sub)
+    add_watchlist_check_commands(add_watchlist_commands(sub))
     return parser
 
 

@@ -22,8 +22,8 @@ from foundation.errors import OperatorError
 from foundation.tables import render_table
 
 
-def add_watchlist_commands(sub: Any) -> None:
-    """Register ``watchlist`` and its actions."""
+def add_watchlist_commands(sub: Any) -> Any:
+    """Register ``watchlist`` and its district actions; returns its actions for the compound side's."""
     watch = sub.add_parser("watchlist", help="key-person and plate watch lists (enrol, publish, check)")
     actions = watch.add_subparsers(dest="action", required=True)
     enroll = actions.add_parser("enroll", help="district: add a subject's face from photos (one face each)")
@@ -50,11 +50,9 @@ def add_watchlist_commands(sub: Any) -> None:
         "--output", type=Path, help="also write the documents here (compounds without a broker)"
     )
     publish.add_argument("--no-broker", action="store_true", help="only write --output")
-    check = actions.add_parser("check", help="compound: what the loaded lists would match on these photos")
-    check.add_argument("photos", nargs="+", type=Path)
-    actions.add_parser("loaded", help="compound: the lists this gateway holds")
     for parser in actions.choices.values():  # each action once (``choices`` also holds no aliases here)
-        parser.add_argument("--config", type=Path, required=True)
+        parser.add_argument("--config", type=Path, required=True, help="the district TOML config")
+    return actions
 
 
 def _who() -> str:

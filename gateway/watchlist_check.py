@@ -4,11 +4,22 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
+from typing import Any
 
 from foundation.faces import PictureError, analyse_bytes
 from foundation.tables import render_table
 from gateway.config import load_config
 from gateway.watchlists import WatchListRegistry
+
+
+def add_watchlist_check_commands(actions: Any) -> None:
+    """The compound side's ``watchlist check PHOTO...`` and ``watchlist loaded`` (``actions``: the subparsers)."""
+    check = actions.add_parser("check", help="compound: what the loaded lists would match on these photos")
+    check.add_argument("photos", nargs="+", type=Path)
+    loaded = actions.add_parser("loaded", help="compound: the lists this gateway holds")
+    for parser in (check, loaded):
+        parser.add_argument("--config", type=Path, required=True, help="the gateway TOML config")
 
 
 def run_watchlist_check(args: argparse.Namespace) -> int:
