@@ -65,9 +65,7 @@ def normalize_plate(text: str | None, field: str) -> NormalizedPlate:
     if text is None:
         return NormalizedPlate(None, PlateClass.UNPLATED)
     if len(text) > MAX_RAW_CHARS or any(unicodedata.category(c) in {"Cc", "Cf", "Cs", "Co"} for c in text):
-        raise PayloadRejected(
-            "bad_plate", f"not a short printable text (max {MAX_RAW_CHARS})", field=field
-        )
+        raise PayloadRejected("bad_plate", f"not a short printable text (max {MAX_RAW_CHARS})", field=field)
     cleaned = unicodedata.normalize("NFKC", text).strip()
     token = cleaned.lower().replace(" ", "")
     if token in NO_PLATE:

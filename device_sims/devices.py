@@ -274,7 +274,11 @@ class HikAnprSim:
         return [
             HttpPost(good.path, good.body[: len(good.body) // 3], good.content_type),
             HttpPost(good.path, bomb, "application/xml"),
-            HttpPost(good.path, good.body.replace("浙A12345".encode(), b"DROP TABLE plates; -- " * 3), good.content_type),
+            HttpPost(
+                good.path,
+                good.body.replace("浙A12345".encode(), b"DROP TABLE plates; -- " * 3),
+                good.content_type,
+            ),
             HttpPost(good.path, b"<Alert><eventType>ANPR</eventType></Alert>", "text/xml"),
         ]
 

@@ -104,7 +104,9 @@ _PLATE_CLASS_PATTERNS: dict[PlateClass, re.Pattern[str]] = {
 }
 
 PLATE_PATTERN = re.compile(
-    "^(?:" + "|".join(p.pattern.removeprefix("^").removesuffix("$") for p in _PLATE_CLASS_PATTERNS.values()) + ")$"
+    "^(?:"
+    + "|".join(p.pattern.removeprefix("^").removesuffix("$") for p in _PLATE_CLASS_PATTERNS.values())
+    + ")$"
 )
 """Every plate we accept: civil (7 characters), new-energy (8), police, embassy, consulate, emergency,
 armed-police, coach, trailer, Hong Kong and Macau plates."""
