@@ -147,7 +147,7 @@ class HikIsapiAnpr:
         if anpr is None:
             raise PayloadRejected("missing_field", "ANPR block is missing", field="ANPR")
         occurred_at = parse_iso_time(_text(root, "dateTime", required=True) or "", "dateTime", ctx.local_tz)
-        plate, new_energy = normalize_plate(_text(anpr, "licensePlate", max_len=32), "ANPR.licensePlate")
+        read = normalize_plate(_text(anpr, "licensePlate", max_len=32), "ANPR.licensePlate")
         color_token = (_text(anpr, "plateColor") or "unknown").lower()
         plate_color = PLATE_COLORS.get(color_token, PlateColor.OTHER)
         vehicle_token = (_text(anpr, "vehicleType") or "unknown").lower()
@@ -175,8 +175,10 @@ class HikIsapiAnpr:
             for part in pictures[:4]
         )
         payload = VehiclePassPayload(
-            plate=plate,
-            new_energy=new_energy,
+            plate=read.plate,
+            plate_class=read.plate_class,
+            plate_raw=read.raw,
+            new_energy=read.new_energy,
             plate_color=plate_color,
             vehicle_type=VEHICLE_TYPES.get(vehicle_token, VehicleType.OTHER),
             direction=direction,
@@ -188,7 +190,7 @@ class HikIsapiAnpr:
         event = build_event(
             ctx,
             self,
-            vendor_key=uuid or f"{mac}|{occurred_at.isoformat()}|{plate}",
+            vendor_key=uuid or f"{mac}|{occurred_at.isoformat()}|{read.plate or read.raw}",
             payload=payload,
             severity=Severity.WARNING if list_type is ListType.BLOCK else Severity.INFO,
             occurred_at=occurred_at,

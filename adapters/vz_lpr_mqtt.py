@@ -240,7 +240,7 @@ class VzLprMqtt:
         occurred_at = parse_epoch(
             seconds + micros / 1e6, "AlarmInfoPlate.result.PlateResult.timeStamp.Timeval.sec"
         )
-        plate, new_energy = normalize_plate(result.opt_text("license", max_len=32), result.path("license"))
+        read = normalize_plate(result.opt_text("license", max_len=32), result.path("license"))
         color = result.integer("colorType", lo=0, hi=99)
         move = result.opt_integer("direction", lo=0, hi=9)
         if move in {TOWARDS_CAMERA, AWAY_FROM_CAMERA}:
@@ -252,8 +252,10 @@ class VzLprMqtt:
         plate_id = result.integer("plateid", lo=0)
         gate = result.opt_integer("gateAction", lo=0, hi=9)
         payload = VehiclePassPayload(
-            plate=plate,
-            new_energy=new_energy,
+            plate=read.plate,
+            plate_class=read.plate_class,
+            plate_raw=read.raw,
+            new_energy=read.new_energy,
             plate_color=COLOR_TYPES.get(color, PlateColor.OTHER),
             vehicle_type=CAR_TYPES.get(result.opt_integer("carType", lo=0, hi=99) or 0, VehicleType.OTHER),
             direction=direction,

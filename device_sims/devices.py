@@ -264,13 +264,21 @@ class HikAnprSim:
         return self._post(at, random_plate(rng), "yellow", "blackList", rng)
 
     def malformed(self, rng: random.Random) -> list[Outgoing]:
-        """Broken pushes: truncated XML, an XML bomb, a garbage plate, a wrong root."""
+        """Broken pushes: truncated XML, an XML bomb, an over-long plate, a wrong root.
+
+        An unreadable but short plate text is no longer broken (it is kept as ``plate_raw``), so the
+        plate case is text no camera sends for a plate.
+        """
         good = self._post(datetime(2025, 6, 12, 8, 35, tzinfo=CST), "浙A12345", "blue", "whiteList", rng)
         bomb = b'<?xml version="1.0"?><!DOCTYPE lolz [<!ENTITY lol "lol"><!ENTITY lol2 "&lol;&lol;&lol;">]><EventNotificationAlert>&lol2;</EventNotificationAlert>'
         return [
             HttpPost(good.path, good.body[: len(good.body) // 3], good.content_type),
             HttpPost(good.path, bomb, "application/xml"),
-            HttpPost(good.path, good.body.replace("浙A12345".encode(), b"DROP TABLE"), good.content_type),
+            HttpPost(
+                good.path,
+                good.body.replace("浙A12345".encode(), b"DROP TABLE plates; -- " * 3),
+                good.content_type,
+            ),
             HttpPost(good.path, b"<Alert><eventType>ANPR</eventType></Alert>", "text/xml"),
         ]
 

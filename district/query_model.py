@@ -48,8 +48,9 @@ class CliFlag:
 def _plate(value: str) -> str:
     if not PLATE_PATTERN.match(value):
         raise ValueError(
-            f"{value[:20]!r} is not a civil Chinese plate: a province character, a letter, then 5 letters or"
-            " digits (6 for new-energy plates), e.g. 赣A12345"
+            f"{value[:20]!r} is not a Chinese plate: a province character, a letter, then 5 letters or"
+            " digits (6 for new-energy plates), e.g. 赣A12345, or a special plate (京A1234警, 粤Z1234港,"
+            " 使014578, WJ京12345, 京A1234应急)"
         )
     return value
 

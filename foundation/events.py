@@ -15,8 +15,9 @@ from typing import Annotated, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
-SCHEMA_VERSION: Literal["1.1"] = "1.1"
-"""1.1 added the watch-list hit kinds; 1.0 events (without them) are still read."""
+SCHEMA_VERSION: Literal["1.2"] = "1.2"
+"""1.2 added the plate class and the raw plate text of vehicle passes, 1.1 the watch-list hit kinds;
+1.0 and 1.1 events (without them) are still read."""
 
 GbId = Annotated[str, StringConstraints(pattern=r"^[0-9]{20}$")]
 """A 20-digit GB/T 28181 style identifier (centre code 8, industry 2, type 3, network 1, serial 6)."""
@@ -32,12 +33,94 @@ Text = Annotated[str, StringConstraints(max_length=256)]
 MAX_TRAJECTORY_POINTS = 512
 MAX_MEDIA_PER_EVENT = 8
 
+_PROVINCE = "[京津沪渝冀豫云辽黑湘皖鲁新苏浙赣鄂桂甘晋蒙陕吉闽贵粤青藏川宁琼]"
+_ISSUER = "[A-HJ-NP-Z]"
+_SERIAL = "[A-HJ-NP-Z0-9]"
+
+
+class PlateClass(StrEnum):
+    """What kind of plate a vehicle carries (号牌种类), as far as the plate text tells."""
+
+    CIVIL = "civil"
+    NEW_ENERGY = "new_energy"
+    POLICE = "police"
+    EMBASSY = "embassy"
+    CONSULATE = "consulate"
+    EMERGENCY = "emergency"
+    ARMED_POLICE = "armed_police"
+    COACH = "coach"
+    TRAILER = "trailer"
+    HONG_KONG = "hong_kong"
+    MACAU = "macau"
+    UNPLATED = "unplated"
+    OTHER = "other"
+    UNKNOWN = "unknown"
+
+    @property
+    def ga1400_code(self) -> str:
+        """The GA 24.7 号牌种类 code GA/T 1400 ``PlateClass`` carries (99 where none is known)."""
+        return _GA1400_PLATE_CLASS[self]
+
+
+# Codes from docs/reference (device-protocols.md §2.4, GA 24.7): 02 小型汽车, 15 挂车, 16 教练汽车,
+# 23 警用汽车, 31 武警, 41 无号牌, 52 小型新能源汽车 (51/52 are in conflict across sources: verify
+# against GA 24.7). A civil plate does not say whether the vehicle is large (01) or small (02); 02 is
+# the common case at a compound barrier. The reference gives no code for embassy, consulate,
+# emergency, Hong Kong and Macau plates, so they go up as 99 (其他) until the codes are verified.
+_GA1400_PLATE_CLASS = {
+    PlateClass.CIVIL: "02",
+    PlateClass.NEW_ENERGY: "52",
+    PlateClass.POLICE: "23",
+    PlateClass.EMBASSY: "99",
+    PlateClass.CONSULATE: "99",
+    PlateClass.EMERGENCY: "99",
+    PlateClass.ARMED_POLICE: "31",
+    PlateClass.COACH: "16",
+    PlateClass.TRAILER: "15",
+    PlateClass.HONG_KONG: "99",
+    PlateClass.MACAU: "99",
+    PlateClass.UNPLATED: "41",
+    PlateClass.OTHER: "99",
+    PlateClass.UNKNOWN: "99",
+}
+
+# One pattern per readable class, tried in this order. Every alternative is anchored, at most 8
+# characters long and made only of province characters, the class characters and A-Z/0-9 without
+# I and O, so a plate can never carry markup, separators or control characters.
+_PLATE_CLASS_PATTERNS: dict[PlateClass, re.Pattern[str]] = {
+    PlateClass.CIVIL: re.compile(f"^{_PROVINCE}{_ISSUER}{_SERIAL}{{5}}$"),
+    PlateClass.NEW_ENERGY: re.compile(f"^{_PROVINCE}{_ISSUER}{_SERIAL}{{6}}$"),
+    PlateClass.POLICE: re.compile(f"^{_PROVINCE}{_ISSUER}{_SERIAL}{{4}}警$"),
+    # Embassy plates lead with 使 and a numeric serial (使014578); some cameras read them 京A1234使.
+    PlateClass.EMBASSY: re.compile(f"^(?:使{_SERIAL}{{6}}|{_PROVINCE}{_ISSUER}{_SERIAL}{{4}}使)$"),
+    PlateClass.CONSULATE: re.compile(f"^(?:领{_SERIAL}{{6}}|{_PROVINCE}{_ISSUER}{_SERIAL}{{4}}领)$"),
+    PlateClass.EMERGENCY: re.compile(f"^{_PROVINCE}{_ISSUER}{_SERIAL}{{4}}应急$"),
+    # WJ, an optional province character (the 2012 format), then five letters or digits.
+    PlateClass.ARMED_POLICE: re.compile(f"^WJ{_PROVINCE}?{_SERIAL}{{5}}$"),
+    PlateClass.COACH: re.compile(f"^{_PROVINCE}{_ISSUER}{_SERIAL}{{4}}学$"),
+    PlateClass.TRAILER: re.compile(f"^{_PROVINCE}{_ISSUER}{_SERIAL}{{4}}挂$"),
+    PlateClass.HONG_KONG: re.compile(f"^{_PROVINCE}{_ISSUER}{_SERIAL}{{4}}港$"),
+    PlateClass.MACAU: re.compile(f"^{_PROVINCE}{_ISSUER}{_SERIAL}{{4}}澳$"),
+}
+
 PLATE_PATTERN = re.compile(
-    r"^[京津沪渝冀豫云辽黑湘皖鲁新苏浙赣鄂桂甘晋蒙陕吉闽贵粤青藏川宁琼使领]"
-    r"[A-HJ-NP-Z]"
-    r"(?:[A-HJ-NP-Z0-9]{5}|[A-HJ-NP-Z0-9]{6}|[A-HJ-NP-Z0-9]{4}[挂学警港澳])$"
+    "^(?:"
+    + "|".join(p.pattern.removeprefix("^").removesuffix("$") for p in _PLATE_CLASS_PATTERNS.values())
+    + ")$"
 )
-"""Civil Chinese plates: 7 characters, or 8 for new-energy plates (province, issuer letter, serial)."""
+"""Every plate we accept: civil (7 characters), new-energy (8), police, embassy, consulate, emergency,
+armed-police, coach, trailer, Hong Kong and Macau plates."""
+
+PLATE_RAW_PATTERN = "^[0-9A-Za-z\u4e00-\u9fff·_?* -]{1,32}$"
+"""The camera's own text of a plate we could not read: letters, digits, CJK and a few separators."""
+
+
+def classify_plate(plate: str) -> PlateClass | None:
+    """The class of a normalized plate, or None when it is no plate we accept."""
+    for plate_class, pattern in _PLATE_CLASS_PATTERNS.items():
+        if pattern.match(plate):
+            return plate_class
+    return None
 
 
 class _Model(BaseModel):
@@ -195,7 +278,17 @@ class VehiclePassPayload(_Model):
 
     kind: Literal[EventKind.VEHICLE_PASS] = EventKind.VEHICLE_PASS
     plate: Annotated[str, StringConstraints(pattern=PLATE_PATTERN.pattern)] | None = Field(
-        default=None, description="Normalized plate (7, or 8 for new-energy); null when no plate was read."
+        default=None,
+        description="Normalized plate (7 characters, 8 for new-energy, emergency and some armed-police"
+        " plates); null when no plate was read.",
+    )
+    plate_class: PlateClass = Field(
+        default=PlateClass.UNKNOWN,
+        description="The class the plate text shows; derived from the plate when absent (events before 1.2)."
+        " unplated: the camera saw no plate; unknown: it read text that is no plate we accept.",
+    )
+    plate_raw: Annotated[str, StringConstraints(pattern=PLATE_RAW_PATTERN)] | None = Field(
+        default=None, description="The camera's text when no plate could be read from it (sanitized)."
     )
     new_energy: bool = False
     plate_color: PlateColor
@@ -206,10 +299,27 @@ class VehiclePassPayload(_Model):
     confidence: float | None = Field(default=None, ge=0.0, le=1.0)
     lane: int | None = Field(default=None, ge=0)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _derive_plate_class(cls, data: object) -> object:
+        # Events before 1.2 carry no class: the plate text tells it, as it does for new events.
+        if isinstance(data, dict) and "plate_class" not in data and isinstance(data.get("plate"), str):
+            derived = classify_plate(data["plate"])
+            if derived is not None:
+                return {**data, "plate_class": derived}
+        return data
+
     @model_validator(mode="after")
-    def _new_energy_matches_plate(self) -> VehiclePassPayload:
+    def _class_matches_plate(self) -> VehiclePassPayload:
         if self.new_energy and (self.plate is None or len(self.plate) != 8):
             raise ValueError("new_energy plates have 8 characters")
+        if self.plate is None:
+            if self.plate_class not in {PlateClass.UNPLATED, PlateClass.UNKNOWN}:
+                raise ValueError(f"plate_class {self.plate_class} needs a plate")
+        elif classify_plate(self.plate) is not self.plate_class:
+            raise ValueError(f"plate_class {self.plate_class} does not match the plate")
+        if self.new_energy != (self.plate_class is PlateClass.NEW_ENERGY):
+            raise ValueError("new_energy is set exactly for new-energy plates")
         return self
 
 
@@ -368,7 +478,7 @@ class Location(_Model):
 class Event(_Model):
     """The canonical event: one envelope, one payload."""
 
-    schema_version: Literal["1.0", "1.1"] = SCHEMA_VERSION
+    schema_version: Literal["1.0", "1.1", "1.2"] = SCHEMA_VERSION
     event_id: str = Field(min_length=8, max_length=64)
     kind: EventKind
     district_id: GbId

@@ -59,6 +59,7 @@ def check_vehicle(event: dict[str, Any], message: bytes) -> None:
     assert payload["plate"] is not None
     assert payload["plate"].encode() in message
     assert payload["new_energy"] == (len(payload["plate"]) == 8)
+    assert payload["plate_class"] == ("new_energy" if payload["new_energy"] else "civil")
     assert payload["list_type"] in {"allow", "block"}
     assert payload["barrier_action"] == ("opened" if payload["list_type"] == "allow" else "refused")
     assert event["severity"] == ("warning" if payload["list_type"] == "block" else "info")

@@ -17,12 +17,14 @@ from foundation.events import (
     EventKind,
     FaceAccessPayload,
     ListType,
+    PlateClass,
     PlateColor,
     Provenance,
     Severity,
     VehiclePassPayload,
     VehicleType,
     VerifyMode,
+    classify_plate,
     event_json_schema,
 )
 
@@ -73,13 +75,28 @@ def test_schema_lists_every_kind() -> None:
         assert f'"{kind.value}"' in text
 
 
-@pytest.mark.parametrize("plate", ["浙A12345", "京AF0236", "粤BD12345", "苏E1234学", "沪A1234警"])
+@pytest.mark.parametrize(
+    "plate",
+    ["浙A12345", "京AF0236", "粤BD12345", "苏E1234学", "沪A1234警", "使014578", "WJ京12345", "粤B1234应急"],
+)
 def test_valid_plates(plate: str) -> None:
     """Ordinary, new-energy and special-suffix plates are accepted."""
-    assert _vehicle(plate, new_energy=len(plate) == 8).plate == plate
+    assert _vehicle(plate, new_energy=classify_plate(plate) is PlateClass.NEW_ENERGY).plate == plate
 
 
-@pytest.mark.parametrize("plate", ["浙A1234", "浙I12345", "AB12345", "浙A123456789", "浙a12345", "浙A12 45"])
+@pytest.mark.parametrize(
+    "plate",
+    [
+        "浙A1234",
+        "浙I12345",
+        "AB12345",
+        "浙A123456789",
+        "浙a12345",
+        "浙A12 45",
+        "WJ京1234<",
+        "粤B1234应急应急",
+    ],
+)
 def test_invalid_plates(plate: str) -> None:
     """Wrong length, I/O letters, missing province, lower case and spaces are refused."""
     with pytest.raises(ValidationError):
@@ -129,3 +146,61 @@ def test_ga1400_plate_colour_codes() -> None:
     assert PlateColor.BLUE.ga1400_code == "5"
     assert PlateColor.YELLOW.ga1400_code == "6"
     assert PlateColor.GREEN.ga1400_code == "9"
+
+
+def test_event_of_1_1_without_plate_class_decodes() -> None:
+    """A 1.1 vehicle pass (no plate_class, no plate_raw) still decodes; the class comes from the plate."""
+    payload = {
+        "kind": "vehicle_pass",
+        "plate": "粤BD12345",
+        "new_energy": True,
+        "plate_color": "green",
+        "vehicle_type": "car",
+        "direction": "in",
+        "barrier_action": "opened",
+        "list_type": "allow",
+    }
+    event = _event(schema_version="1.1", kind=EventKind.VEHICLE_PASS, payload=payload)
+    assert event.schema_version == "1.1"
+    assert isinstance(event.payload, VehiclePassPayload)
+    assert event.payload.plate_class is PlateClass.NEW_ENERGY
+    assert event.payload.plate_raw is None
+    no_plate = _event(
+        schema_version="1.1",
+        kind=EventKind.VEHICLE_PASS,
+        payload={**payload, "plate": None, "new_energy": False},
+    )
+    assert isinstance(no_plate.payload, VehiclePassPayload)
+    assert no_plate.payload.plate_class is PlateClass.UNKNOWN
+
+
+@pytest.mark.parametrize(
+    ("plate", "plate_class"),
+    [("沪A1234警", PlateClass.CIVIL), ("浙A12345", PlateClass.POLICE), (None, PlateClass.POLICE)],
+)
+def test_plate_class_must_match_the_plate(plate: str | None, plate_class: PlateClass) -> None:
+    """A class the plate does not show is a contradiction."""
+    with pytest.raises(ValidationError, match="plate_class"):
+        VehiclePassPayload(
+            plate=plate,
+            plate_class=plate_class,
+            plate_color=PlateColor.BLUE,
+            vehicle_type=VehicleType.CAR,
+            direction=Direction.IN,
+            barrier_action=BarrierAction.OPENED,
+            list_type=ListType.ALLOW,
+        )
+
+
+@pytest.mark.parametrize("raw", ["a" * 33, "浙A<script>", "x\n", ""])
+def test_plate_raw_is_bounded_and_plain(raw: str) -> None:
+    """plate_raw is short text without markup, quoting or control characters."""
+    with pytest.raises(ValidationError):
+        VehiclePassPayload(
+            plate_raw=raw,
+            plate_color=PlateColor.BLUE,
+            vehicle_type=VehicleType.CAR,
+            direction=Direction.IN,
+            barrier_action=BarrierAction.OPENED,
+            list_type=ListType.ALLOW,
+        )

@@ -84,8 +84,16 @@ PAYLOAD_COLUMNS: Mapping[type[BaseModel], tuple[tuple[str, ...], tuple[str, ...]
             ("person_ref", "person_type", "verify_mode", "similarity", "mask"),
         ),
         VehiclePassPayload: (
-            ("direction", "list_type"),
-            ("plate", "plate_color", "new_energy", "vehicle_type", "barrier_action", "confidence"),
+            ("direction", "list_type", "plate_class"),
+            (
+                "plate",
+                "plate_raw",
+                "plate_color",
+                "new_energy",
+                "vehicle_type",
+                "barrier_action",
+                "confidence",
+            ),
         ),
         ThrownObjectPayload: ((), ("building", "unit", "start_floor", "confidence")),
         EbikeShedPayload: (("condition",), ("temperature_c", "smoke_level", "battery_pct")),
