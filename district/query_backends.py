@@ -119,15 +119,9 @@ def sqlite_where(selection: Selection) -> tuple[str, list[str | int]]:
         any_of("kind", selection.kinds)
     if selection.devices:
         any_of("device_id", selection.devices)
-    for column, value in (
-        ("plate", selection.plate),
-        ("person_ref", selection.person_ref),
-        ("severity", selection.severity),
-        ("event_id", selection.event_id),
-    ):
-        if value is not None:
-            clauses.append(f"{column} = ?")
-            params.append(value)
+    for column, value in selection.equal_to():
+        clauses.append(f"{column} = ?")
+        params.append(value)
     return " AND ".join(clauses), params
 
 
@@ -254,15 +248,9 @@ def influx_where(selection: Selection) -> tuple[str, dict[str, str | int]]:
         any_of("compound_id", "c", selection.compounds)
     if selection.devices:
         any_of("device_id", "d", selection.devices)
-    for key, value in (
-        ("plate", selection.plate),
-        ("person_ref", selection.person_ref),
-        ("severity", selection.severity),
-        ("event_id", selection.event_id),
-    ):
-        if value is not None:
-            clauses.append(f"{key} = ${key}")
-            params[key] = value
+    for key, value in selection.equal_to():
+        clauses.append(f"{key} = ${key}")
+        params[key] = value
     return " AND ".join(clauses), params
 
 

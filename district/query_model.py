@@ -199,3 +199,13 @@ class Selection:
     person_ref: str | None = None
     severity: str | None = None
     event_id: str | None = None
+
+    def equal_to(self) -> list[tuple[str, str]]:
+        """The single-value filters that are set, as (column, value): both stores name them alike."""
+        given = {
+            "plate": self.plate,
+            "person_ref": self.person_ref,
+            "severity": self.severity,
+            "event_id": self.event_id,
+        }
+        return [(column, value) for column, value in given.items() if value is not None]
