@@ -66,10 +66,18 @@ class Forwarder:
         health.expose("cgw_uplink_sent_alarms_total", "alarms sent to the district", lambda: self.sent_alarms)
 
     async def run(self, send: Send) -> None:
-        """Forward forever; returns only by raising (``UplinkError``) or cancellation."""
+        """Forward forever; returns only by raising (``UplinkError``) or cancellation.
+
+        Rows read but not yet sent (a routine batch still filling, tokens still missing) are kept
+        between rounds, and each round reads only the rows committed since (by sequence number), so
+        a live stream is read from the file once instead of on every poll. Whatever makes a kept
+        row stale starts over from the file: a new ``run`` (a new connection) and requeued rows.
+        """
         pacing = self._pacing
         window = pacing.batch_max_events * pacing.inflight_batches
         next_requeue = time.monotonic()
+        kept: list[StoredEvent] = []  # read, still pending, alarms first then by seq
+        after = (0, 0)  # the last alarm / routine seq read
         while True:
             raise_if_cancelling()
             if pacing.receipt_timeout is not None and time.monotonic() >= next_requeue:
@@ -78,18 +86,28 @@ class Forwarder:
                 requeued = await self._reader.requeue(now - pacing.receipt_timeout, now - alarm_timeout)
                 if requeued:
                     log.warning("uplink_receipts_missing", requeued=requeued)
+                    kept, after = [], (0, 0)  # requeued rows sit below the cursors: read afresh
                 next_requeue = (
                     time.monotonic() + min(pacing.receipt_timeout, alarm_timeout).total_seconds() / 4
                 )
-            rows = await self._reader.pending(window)
-            alarms = [r for r in rows if r.alarm]
-            routine = [r for r in rows if not r.alarm]
-            routine = self._ready_routine(routine, alarms_waiting=bool(alarms))
-            if not alarms and not routine:
-                await asyncio.sleep(self._idle_delay(rows))
+            if len(kept) < window:
+                fresh = await self._reader.pending(window - len(kept), after=after)
+                if fresh:
+                    kept += fresh
+                    kept.sort(key=_send_order)
+                    after = (
+                        max((r.seq for r in fresh if r.alarm), default=after[0]),
+                        max((r.seq for r in fresh if not r.alarm), default=after[1]),
+                    )
+            alarms = [r for r in kept if r.alarm]
+            routine = [r for r in kept if not r.alarm]
+            ready = self._ready_routine(routine, alarms_waiting=bool(alarms))
+            if not alarms and not ready:
+                await asyncio.sleep(self._idle_delay(kept))
                 continue
-            batches = self._batches(alarms) + self._batches(routine)
-            await self._send_all(send, batches)
+            batches = self._batches(alarms) + self._batches(ready)
+            await self._send_all(send, batches)  # raises unless every batch went
+            kept = routine[len(ready) :]
 
     def _ready_routine(self, routine: list[StoredEvent], *, alarms_waiting: bool) -> list[StoredEvent]:
         if not routine:
@@ -158,6 +176,10 @@ class Forwarder:
                 tg.create_task(one(kind, rows), name=f"uplink-batch-{kind}")
         if failures:
             raise TransportError(f"uplink send failed: {failures[0]}")
+
+
+def _send_order(row: StoredEvent) -> tuple[bool, int]:
+    return (not row.alarm, row.seq)
 
 
 class MqttUplink:

@@ -16,6 +16,7 @@ batch of events commits together with its dead letters, queued work and counters
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections import Counter
 from collections.abc import Sequence
@@ -242,10 +243,10 @@ def _shed_routine(db: sqlite3.Connection, need: int, budget: ByteBudget) -> int:
 
 def mark_sent(db: sqlite3.Connection, event_ids: Sequence[str]) -> int:
     """Pending -> sent (the district broker took them); inside a transaction. Returns how many."""
-    now = utc_now().isoformat()
-    cursor = db.executemany(
-        "UPDATE events SET state='sent', settled_at=? WHERE event_id=? AND state='pending'",
-        [(now, event_id) for event_id in event_ids],
+    cursor = db.execute(
+        "UPDATE events SET state='sent', settled_at=? WHERE state='pending'"
+        " AND event_id IN (SELECT value FROM json_each(?))",
+        (utc_now().isoformat(), json.dumps(list(event_ids))),
     )
     return cursor.rowcount
 
@@ -265,21 +266,21 @@ def requeue_sent(
 
 def mark_delivered(db: sqlite3.Connection, event_ids: Sequence[str], budget: ByteBudget) -> int:
     """Pending or sent -> delivered: drop the bodies (freeing budget), keep tombstones. Returns how many."""
-    now = utc_now().isoformat()
-    done = 0
-    for event_id in event_ids:
-        row = db.execute(
-            "SELECT size FROM events WHERE event_id=? AND state IN ('pending', 'sent')", (event_id,)
-        ).fetchone()
-        if row is None:
-            continue
+    # One statement per batch, not two per event: the ids go in as one JSON array (json_each), and
+    # the index on event_id serves the IN list.
+    ids = json.dumps(list(event_ids))
+    unsettled = "state IN ('pending', 'sent') AND event_id IN (SELECT value FROM json_each(?))"
+    (done, size) = db.execute(
+        f"SELECT COUNT(*), COALESCE(SUM(size), 0) FROM events WHERE {unsettled}",  # noqa: S608 - constant
+        (ids,),
+    ).fetchone()
+    if done:
         db.execute(
-            "UPDATE events SET state='delivered', body=NULL, size=0, settled_at=? WHERE event_id=?",
-            (now, event_id),
+            f"UPDATE events SET state='delivered', body=NULL, size=0, settled_at=? WHERE {unsettled}",  # noqa: S608 - constant
+            (utc_now().isoformat(), ids),
         )
-        budget.used -= int(row[0])
-        done += 1
-    return done
+        budget.used -= int(size)
+    return int(done)
 
 
 def purge_tombstones(db: sqlite3.Connection, settled_before: datetime) -> int:
@@ -291,15 +292,23 @@ def purge_tombstones(db: sqlite3.Connection, settled_before: datetime) -> int:
     return cursor.rowcount
 
 
-def pending_events(db: sqlite3.Connection, limit: int, *, alarms_first: bool = True) -> list[StoredEvent]:
+def pending_events(
+    db: sqlite3.Connection, limit: int, *, alarms_first: bool = True, after: tuple[int, int] = (0, 0)
+) -> list[StoredEvent]:
     """Events awaiting the uplink: alarms first (unless told otherwise), then oldest first.
 
     Two index range scans on (state, alarm, seq), so a million-event backlog costs no sort.
+    ``after`` (alarms, routine events) skips rows up to those sequence numbers: a reader that keeps
+    what it read (the forwarder) asks only for what was committed since.
     """
     columns = "SELECT seq, event_id, kind, alarm, received_at, body FROM events WHERE state='pending'"
     if alarms_first:
-        rows = db.execute(f"{columns} AND alarm=1 ORDER BY seq LIMIT ?", (limit,)).fetchall()
-        rows += db.execute(f"{columns} AND alarm=0 ORDER BY seq LIMIT ?", (limit - len(rows),)).fetchall()
+        rows = db.execute(
+            f"{columns} AND alarm=1 AND seq>? ORDER BY seq LIMIT ?", (after[0], limit)
+        ).fetchall()
+        rows += db.execute(
+            f"{columns} AND alarm=0 AND seq>? ORDER BY seq LIMIT ?", (after[1], limit - len(rows))
+        ).fetchall()
     else:
         rows = db.execute(f"{columns} ORDER BY seq LIMIT ?", (limit,)).fetchall()
     return [

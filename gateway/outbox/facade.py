@@ -312,9 +312,9 @@ class OutboxReader:
     ) -> None:
         await self._thread.__aexit__(exc_type, exc, tb)
 
-    async def pending(self, limit: int) -> list[StoredEvent]:
-        """Alarms first, then oldest first."""
-        return await self._thread.call(lambda db: pending_events(db, limit))
+    async def pending(self, limit: int, *, after: tuple[int, int] = (0, 0)) -> list[StoredEvent]:
+        """Alarms first, then oldest first; ``after``: only alarms / routine events past these seqs."""
+        return await self._thread.call(lambda db: pending_events(db, limit, after=after))
 
     async def delivered(self, event_ids: Sequence[str]) -> int:
         """Confirmed by the district: tombstone them."""
