@@ -501,6 +501,7 @@ class MqttSession:
         depth: int,
         acknowledged: Callable[[list[Message]], None] | None = None,
         abandon: Callable[[W], None] | None = None,
+        linger_s: float = 0.0,
     ) -> NoReturn:
         """Receive in batches, have each committed, acknowledge it after its commit, in order.
 
@@ -510,7 +511,8 @@ class MqttSession:
         then sends its PUBACKs and calls ``acknowledged``). A batch whose commit raised is never
         acknowledged, nor is any after it: the exception ends the loop, and the broker redelivers
         everything unacknowledged on the next connection. Work still queued when the loop ends
-        is handed to ``abandon``. Returns only by raising (``TransportError`` when the connection
+        is handed to ``abandon``. With ``linger_s``, a batch that is not yet full waits that long
+        for more messages after its first (fewer, larger commits: group commit by arrival). Returns only by raising (``TransportError`` when the connection
         ends, or whatever ``commit`` raised) or cancellation.
         """
         in_flight: asyncio.Queue[tuple[W, list[Message]]] = asyncio.Queue(maxsize=depth)
@@ -529,6 +531,9 @@ class MqttSession:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(acknowledge(), name=f"mqtt-acknowledge-{self.options.client_id}")
                 async for first in self.messages():
+                    queue = self.throttle.queue
+                    if linger_s > 0 and queue is not None and queue.qsize() < batch_max - 1:
+                        await asyncio.sleep(linger_s)
                     batch = self.take_batch(first, batch_max)
                     await in_flight.put((begin(batch), batch))
                 msg = "the broker closed the message stream"

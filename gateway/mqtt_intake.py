@@ -23,6 +23,10 @@ log = structlog.get_logger(__name__)
 
 
 PIPELINE_DEPTH = 3
+# A batch waits this long for company after its first message: at 2,000 messages/s that makes
+# commits of ~20 instead of a few (each commit costs an fsync, a transaction and a round trip to
+# the worker), for at most 10 ms more latency; a backlog fills its batches without waiting.
+LINGER_S = 0.01
 
 
 class MqttIntake:
@@ -78,6 +82,7 @@ class MqttIntake:
                     self._commit,
                     batch_max=BATCH_MAX,
                     depth=PIPELINE_DEPTH,
+                    linger_s=LINGER_S,
                     acknowledged=self._acknowledged,
                     # the broker redelivers those messages; their commits may still succeed or
                     # fail, and either outcome is consumed so a failure is not reported again
