@@ -244,7 +244,7 @@ def _shed_routine(db: sqlite3.Connection, need: int, budget: ByteBudget) -> int:
 def mark_sent(db: sqlite3.Connection, event_ids: Sequence[str]) -> int:
     """Pending -> sent (the district broker took them); inside a transaction. Returns how many."""
     cursor = db.execute(
-        "UPDATE events SET state='sent', settled_at=? WHERE state='pending'"
+        "UPDATE events SET state='sent', settled_at=? WHERE +state='pending'"  # "+": by event_id
         " AND event_id IN (SELECT value FROM json_each(?))",
         (utc_now().isoformat(), json.dumps(list(event_ids))),
     )
@@ -266,10 +266,11 @@ def requeue_sent(
 
 def mark_delivered(db: sqlite3.Connection, event_ids: Sequence[str], budget: ByteBudget) -> int:
     """Pending or sent -> delivered: drop the bodies (freeing budget), keep tombstones. Returns how many."""
-    # One statement per batch, not two per event: the ids go in as one JSON array (json_each), and
-    # the index on event_id serves the IN list.
+    # Two statements per batch, not two per event: the ids go in as one JSON array (json_each).
+    # "+state" keeps the planner on the event_id index: on the (state, alarm, seq) index it would
+    # scan every unsettled row (measured: 100 us per event at 40,000 rows).
     ids = json.dumps(list(event_ids))
-    unsettled = "state IN ('pending', 'sent') AND event_id IN (SELECT value FROM json_each(?))"
+    unsettled = "+state IN ('pending', 'sent') AND event_id IN (SELECT value FROM json_each(?))"
     (done, size) = db.execute(
         f"SELECT COUNT(*), COALESCE(SUM(size), 0) FROM events WHERE {unsettled}",  # noqa: S608 - constant
         (ids,),
