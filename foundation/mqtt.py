@@ -37,6 +37,7 @@ from types import TracebackType
 from typing import Any, Literal, NoReturn, Protocol, Self, TypeVar
 
 import aiomqtt
+import paho.mqtt._packet
 import structlog
 from paho.mqtt.client import MQTT_CLEAN_START_FIRST_ONLY
 from paho.mqtt.packettypes import PacketTypes
@@ -223,6 +224,72 @@ def _tls_pending(sock: object) -> bool:
     return callable(pending) and int(pending()) > 0
 
 
+RECV_CHUNK = 64 * 1024
+
+
+class _BufferedSocket:
+    """A plain TCP socket for paho with a read buffer: many packets per read, one read per chunk.
+
+    paho reads a packet with three or more ``recv`` calls (type byte, each length byte, the rest)
+    and one packet per reader callback, so each message cost three system calls and an event-loop
+    round. Reading 64 KiB at a time and exposing ``pending()`` (as an SSL socket does) makes
+    aiomqtt's reader callback, and the read throttle's, go on while bytes are buffered -- except
+    while the throttle has paused reading: then the bytes wait here, and resuming reads them first.
+    Everything else goes to the socket.
+    """
+
+    def __init__(self, sock: socket.socket, throttle: ReadThrottle) -> None:
+        self.raw = sock
+        self._throttle = throttle
+        self._data = b""
+        self._pos = 0
+
+    def recv(self, size: int) -> bytes:
+        """Up to ``size`` bytes: from the buffer, else one ``recv`` of the socket."""
+        if self._pos >= len(self._data):
+            if size >= RECV_CHUNK:
+                return self.raw.recv(size)
+            self._data = self.raw.recv(RECV_CHUNK)  # BlockingIOError, EOF (b"") pass through
+            self._pos = 0
+        chunk = self._data[self._pos : self._pos + size]
+        self._pos += len(chunk)
+        return chunk
+
+    def pending(self) -> int:
+        """Bytes read from the socket and not yet taken (none while reading is paused)."""
+        return 0 if self._throttle.paused else len(self._data) - self._pos
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.raw, name)
+
+
+class _PublishProperties(Properties):
+    """paho's ``Properties`` for a received PUBLISH, sharing its lookup tables instead of rebuilding them.
+
+    paho builds three tables in every ``Properties.__init__`` and walks all 27 property names in
+    ``clear``; for each received v5 PUBLISH that was an eighth of the gateway's event loop. The
+    tables never change, so instances of this class read them from the class; a fresh instance has
+    no properties, so there is nothing to clear before ``unpack``. Only ``decode_publish`` makes these
+    (``paho.mqtt._packet.Properties``, patched below; paho is pinned).
+    """
+
+    _TABLES = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+    types = _TABLES.types
+    names = _TABLES.names
+    properties = _TABLES.properties
+
+    def __init__(self, packetType: int) -> None:  # noqa: N803 - paho's name
+        object.__setattr__(self, "packetType", packetType)
+
+    def clear(self) -> None:
+        """Forget the properties set on this instance."""
+        for name in [n for n in vars(self) if n != "packetType"]:
+            delattr(self, name)
+
+
+paho.mqtt._packet.Properties = _PublishProperties  # type: ignore[attr-defined]
+
+
 def new_throttle(receive_maximum: int) -> ReadThrottle:
     """The throttle for one connection: pause at twice the Receive Maximum, resume at half of it."""
     return ReadThrottle(high_water=max(2, receive_maximum * 2), low_water=receive_maximum // 2)
@@ -384,6 +451,8 @@ class MqttSession:
             await client.__aenter__()
         except aiomqtt.MqttError as exc:
             raise TransportError(str(exc)) from exc
+        if type(paho._sock) is socket.socket:  # plain TCP (TLS sockets buffer already)
+            paho._sock = _BufferedSocket(paho._sock, self.throttle)
         self._client, self._paho, self._refusals = client, paho, refusals
         self._connection = next(_CONNECTIONS)
         return self
@@ -486,6 +555,8 @@ class MqttSession:
         if self._paho is None:
             return
         sock = self._paho.socket()
+        if isinstance(sock, _BufferedSocket):
+            sock = sock.raw
         if isinstance(sock, socket.socket):  # TCP and TLS; a websocket wrapper has no shutdown
             try:
                 sock.shutdown(socket.SHUT_RDWR)

@@ -17,13 +17,16 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import aiomqtt
 import pytest
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from device_sims.broker import Mosquitto, free_port, mosquitto_binary, stop_process
 from foundation.errors import PublishRefusedError, TransportError
-from foundation.mqtt import Message, MqttSession, SessionOptions
+from foundation.mqtt import Message, MqttSession, SessionOptions, _PublishProperties
 
 NOT_AUTHORIZED = 0x87
 
@@ -254,3 +257,45 @@ async def test_the_read_throttle_pauses_at_high_water_and_resumes_at_low_water(m
         assert throttle.pauses >= 2  # paused, resumed and paused again as the queue refilled
         assert throttle.max_depth <= throttle.high_water
     assert [m.payload for m in got] == bodies
+
+
+async def test_payloads_larger_and_smaller_than_a_read_chunk_arrive_intact(mosquitto: Mosquitto) -> None:
+    """The port reads the socket in 64 KiB chunks: packets split across chunks come out whole and in order.
+
+    Checked once with ``_BufferedSocket.recv`` dropping the rest of a chunk after the bytes asked
+    for: the stream desynchronises and the messages never all arrive (the test times out).
+    """
+    options = persistent(mosquitto.port, "port-chunks", receive_maximum=1000)
+    bodies = [bytes([n % 251]) * size for n, size in enumerate([10, 70_000, 3, 200_000, 65_536, 1, 131_071])]
+    bodies += [f"small-{n}".encode() for n in range(500)]
+    async with MqttSession(options) as session:
+        await session.subscribe("port/chunks", qos=1)
+        await publish_raw(mosquitto.port, "port/chunks", bodies)
+        got = await receive(session, len(bodies))
+        for message in got:
+            session.ack(message)
+    assert [m.payload for m in got] == bodies
+
+
+def test_publish_properties_decode_as_paho_does() -> None:
+    """The PUBLISH properties the port decodes (shared lookup tables) equal paho's own decoding.
+
+    Checked once with ``_PublishProperties.clear`` deleting nothing and an instance reused:
+    the second decode keeps the first's Content Type and the comparison fails.
+    """
+    untyped: Any = Properties  # paho's properties are untyped
+    sent = untyped(PacketTypes.PUBLISH)
+    sent.ContentType = "application/json"
+    sent.UserProperty = [("a", "1"), ("b", "2")]
+    sent.MessageExpiryInterval = 30
+    sent.CorrelationData = b"xy"
+    sent.ResponseTopic = "r/t"
+    packed = sent.pack()
+    theirs, their_length = untyped(PacketTypes.PUBLISH).unpack(packed)
+    ours: Any = _PublishProperties(PacketTypes.PUBLISH)
+    ours_decoded, our_length = ours.unpack(packed)
+    assert (our_length, ours_decoded.json()) == (their_length, theirs.json())
+    empty = untyped(PacketTypes.PUBLISH).pack()
+    again, _ = ours.unpack(empty)  # unpack clears what an earlier decode left
+    assert again.json() == {}
+    assert again.isEmpty()
