@@ -2,9 +2,16 @@
 
 One worker owns the parsers and the outbox. By default it is a separate process: the gateway's
 event loop already spends most of a core decoding MQTT packets and sending acknowledgements, so
-parsing, validating, serializing and committing run on the other core, a batch at a time, and the
-hand-over is just bytes one way and event ids back. A result exists only after its batch was
-committed (SQLite WAL, ``synchronous=FULL``), so a transport may acknowledge on it.
+parsing, validating, serializing and committing run on the other core. A result exists only after
+its batch was committed (SQLite WAL, ``synchronous=FULL``), so a transport may acknowledge on it.
+
+The process is spoken to over a socket pair, from the event loop itself (``_ProcessWorker``, an
+asyncio protocol: no pool manager or feeder threads): requests are length-prefixed pickles of plain
+tuples, answers come back one per request, in request order. The worker reads every request already
+waiting before it commits, so batches that queued while it was busy share one transaction and one
+fsync (group commit), still in submission order. If the worker dies, every request it had not
+answered fails (``WorkerDiedError``, so nothing of it is acknowledged) and the next caller to see
+it replaces the worker; a worker whose gateway is gone reads EOF and exits.
 
 With ``worker_process = false`` the same worker is a thread of the gateway process (tools, tests,
 tiny installations). Either way there is exactly one outbox writer, and batches commit in the order
