@@ -12,6 +12,7 @@ import hmac
 import uuid
 
 _EVENT_NAMESPACE = uuid.UUID("6f1c1c52-3d0b-5b8e-9a57-0c0f5b6f7a21")
+_NAMESPACE_BYTES = _EVENT_NAMESPACE.bytes
 
 
 def event_id(device_id: str, dialect: str, vendor_key: str) -> str:
@@ -22,7 +23,14 @@ def event_id(device_id: str, dialect: str, vendor_key: str) -> str:
         dialect: the adapter dialect name (two dialects never collide).
         vendor_key: the device's own identity of the event (serial number, UUID, or time + digest).
     """
-    return str(uuid.uuid5(_EVENT_NAMESPACE, f"{device_id}\x1f{dialect}\x1f{vendor_key}"))
+    # uuid.uuid5, without building a UUID object: the same bytes (SHA-1 of namespace + name, version
+    # 5, RFC 4122 variant), formatted as str(UUID) does
+    name = f"{device_id}\x1f{dialect}\x1f{vendor_key}".encode()
+    digest = bytearray(hashlib.sha1(_NAMESPACE_BYTES + name, usedforsecurity=False).digest()[:16])
+    digest[6] = (digest[6] & 0x0F) | 0x50
+    digest[8] = (digest[8] & 0x3F) | 0x80
+    h = digest.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def content_digest(*parts: bytes | str) -> str:

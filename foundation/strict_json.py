@@ -8,11 +8,18 @@ line protocol). Refusing it here keeps the failure where the bad input is. Surro
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Callable
 
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+@functools.cache
+def _decoder(parse_constant: Callable[[str], object]) -> json.JSONDecoder:
+    # json.loads builds a new decoder (and its C scanner) for every call with a non-default option
+    return json.JSONDecoder(parse_constant=parse_constant)
 
 
 def loads(document: bytes | str, *, parse_constant: Callable[[str], object] | None = None) -> object:
@@ -22,7 +29,7 @@ def loads(document: bytes | str, *, parse_constant: Callable[[str], object] | No
     UTF-16/32 and let encoded surrogates through (``UnicodeDecodeError`` here instead).
     """
     text = document.decode("utf-8") if isinstance(document, bytes) else document
-    value = json.loads(text, parse_constant=parse_constant)
+    value = json.loads(text) if parse_constant is None else _decoder(parse_constant).decode(text)
     match = _SURROGATE_ESCAPE.search(text)
     if match is not None:
         try:
