@@ -24,9 +24,10 @@ log = structlog.get_logger(__name__)
 
 PIPELINE_DEPTH = 3
 # A batch waits this long for company after its first message: at 2,000 messages/s that makes
-# commits of ~20 instead of a few (each commit costs an fsync, a transaction and a round trip to
-# the worker), for at most 10 ms more latency; a backlog fills its batches without waiting.
-LINGER_S = 0.01
+# commits of ~40 instead of a few (each commit costs an fsync, a transaction and a round trip to
+# the worker), for at most 20 ms more latency; a backlog fills its batches without waiting.
+# Measured (bench/intake_cpu_bench.py): 10 ms -> 30 per batch, 197 us/event; 25 ms -> 65, 187.
+LINGER_S = 0.02
 
 
 class MqttIntake:
