@@ -255,7 +255,11 @@ def _serve(conn: Connection, config: GatewayConfig, key: bytes) -> None:
                 answers.append(("ok", True))
                 closing = True
                 break
-        conn.send_bytes(pickle.dumps(answers, protocol=pickle.HIGHEST_PROTOCOL))
+        try:
+            conn.send_bytes(pickle.dumps(answers, protocol=pickle.HIGHEST_PROTOCOL))
+        except OSError:  # the gateway died while we committed: nobody is left to answer
+            worker.outbox.close()
+            return
         if closing:
             return
 
@@ -374,7 +378,15 @@ class IntakePipeline:
             maxsize=config.state.write_queue_size
         )
         self.intake = Intake(config, Pseudonymizer(key, config.compound.compound_id))
-        self.batches = 0
+        self.batches = 0  # handed to the worker
+        self.batches_done = 0  # committed, or failed
+        self.batches_lost = 0  # not committed because the worker died
+        self.workers_replaced = 0
+
+    @property
+    def batches_in_flight(self) -> int:
+        """Batches handed to the worker whose commit has not finished."""
+        return self.batches - self.batches_done
 
     async def __aenter__(self) -> IntakePipeline:
         await self._start()
@@ -412,7 +424,14 @@ class IntakePipeline:
         if self._worker is None:
             raise OutboxError("intake pipeline is not running")
         self.batches += 1
-        return self._worker.submit(list(items))
+        future = self._worker.submit(list(items))  # a dead worker's fails at once (WorkerDiedError)
+        future.add_done_callback(self._batch_done)
+        return future
+
+    def _batch_done(self, future: asyncio.Future[list[ItemResult]]) -> None:
+        self.batches_done += 1
+        if not future.cancelled() and isinstance(future.exception(), WorkerDiedError):
+            self.batches_lost += 1
 
     async def finish(self, future: asyncio.Future[list[ItemResult]]) -> list[ItemResult]:
         """The results of a started batch; ``OutboxError`` if it was not committed."""
@@ -463,3 +482,5 @@ class IntakePipeline:
             log.error("intake_worker_died")
             await worker.close()  # reaps the dead process
             await self._start()
+            self.workers_replaced += 1
+            log.warning("intake_worker_replaced", replaced=self.workers_replaced)

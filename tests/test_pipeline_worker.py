@@ -73,8 +73,10 @@ async def test_a_sigkilled_worker_fails_what_it_had_not_answered_and_is_replaced
         await asyncio.to_thread(psutil.Process(old).wait, 10)
         with pytest.raises(OutboxError, match="worker died"):
             await pipeline.process(lost)
+        assert (pipeline.workers_replaced, pipeline.batches_lost) == (1, 1)
         committed |= stored(await pipeline.process(third))
         assert worker_pid(pipeline) != old
+        assert pipeline.batches_in_flight == 0
     assert len(committed) == 10
     with Outbox(config.state.dir / "outbox.db", max_bytes=config.state.outbox_max_bytes) as box:
         assert set(box.event_ids()) == committed
