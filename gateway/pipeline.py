@@ -21,6 +21,7 @@ they were submitted.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import multiprocessing
 import os
 import pickle
@@ -297,8 +298,11 @@ class _ProcessWorker(asyncio.Protocol):
         await loop.create_unix_connection(lambda: self, sock=sock)
         try:
             await ready
-        except WorkerDiedError as exc:
-            raise OutboxError("the intake worker did not start (see its log above)") from exc
+        except BaseException as exc:
+            await self.close()  # the worker said why (or died) and exits; reap it
+            if isinstance(exc, WorkerDiedError):
+                raise OutboxError("the intake worker did not start (see its log above)") from exc
+            raise
 
     # asyncio.Protocol
 
@@ -355,7 +359,8 @@ class _ProcessWorker(asyncio.Protocol):
     async def close(self) -> None:
         if not self.dead:
             # batches already submitted are answered first; then the outbox closes in the worker
-            await self._request(("close",), batch=False)
+            with contextlib.suppress(WorkerDiedError):  # it died meanwhile: nothing left to close
+                await self._request(("close",), batch=False)
         if self._transport is not None:
             self._transport.close()
         process = self._process
