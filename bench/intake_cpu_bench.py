@@ -8,11 +8,13 @@ warm-up, the user + system CPU seconds of the gateway's whole process tree (psut
 are divided by the events it committed in the window. A subscriber on the district broker measures
 device -> district broker latency (publish time, which the report carries in ``ts``, to arrival).
 
-Other load on the machine changes throughput, not much the CPU seconds per event: that is the figure
-to compare, in runs alternated with the code being compared.
+Other load on the machine changes the batch sizes (printed: events per batch handed to the worker,
+from ``cgw_intake_batches_total``), and with them the CPU per event of a gateway that batches only
+what happens to be queued: compare runs alternated with the code being compared, in one period.
 
     .venv/bin/python bench/intake_cpu_bench.py                       # 2,000 ev/s, 5 s warm-up, 20 s window
     .venv/bin/python bench/intake_cpu_bench.py --repo /work/other-checkout --rounds 3
+    .venv/bin/python bench/intake_cpu_bench.py --profile /tmp/prof   # py-spy raw profiles per process
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from pathlib import Path
 
 import paho.mqtt.client as paho
 import psutil
+from paho.mqtt.enums import CallbackAPIVersion
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -161,9 +164,7 @@ class Devices:
         ]
         self.clients: list[paho.Client] = []
         for n in range(count):
-            client = paho.Client(
-                paho.CallbackAPIVersion.VERSION2, client_id=f"shed-{n}", protocol=paho.MQTTv311
-            )
+            client = paho.Client(CallbackAPIVersion.VERSION2, client_id=f"shed-{n}", protocol=paho.MQTTv311)
             client.max_inflight_messages_set(1000)
             client.max_queued_messages_set(0)
             client.connect("127.0.0.1", port)
@@ -205,7 +206,7 @@ class District:
         self.latencies_ms: list[float] = []
         self.recording = False
         self.events = 0
-        self.client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="district-watch")
+        self.client = paho.Client(CallbackAPIVersion.VERSION2, client_id="district-watch")
         self.client.on_message = self._on_message
         self.client.connect("127.0.0.1", port)
         self.client.subscribe("cgw/#", qos=0)
@@ -288,32 +289,22 @@ def one_round(
                 main0, kids0, sys0 = tree_cpu(ps)
                 t0 = time.monotonic()
                 watch.recording = True
-                spies = [
-                    subprocess.Popen(
-                        [
-                            str(Path(sys.executable).parent / "py-spy"),
-                            "record",
-                            "--rate",
-                            "100",
-                            "--format",
-                            "raw",
-                            "--nonblocking",
-                            "--duration",
-                            str(int(window)),
-                            "--pid",
-                            str(pid),
-                            "-o",
-                            str(profile / f"{name}.txt"),
-                        ],
-                        stdout=subprocess.DEVNULL,
-                        stderr=subprocess.DEVNULL,
-                    )
-                    for name, pid in (
-                        [("gateway", ps.pid)] + [(f"child{i}", c.pid) for i, c in enumerate(ps.children())]
-                        if profile
-                        else []
-                    )
-                ]
+                spies = []
+                if profile is not None:
+                    targets = [("gateway", ps.pid)] + [
+                        (f"child{i}", c.pid) for i, c in enumerate(ps.children())
+                    ]
+                    for name, pid in targets:
+                        command = ["record", "--rate", "100", "--format", "raw", "--nonblocking"]
+                        command += ["--duration", str(int(window)), "--pid", str(pid)]
+                        command += ["-o", str(profile / f"{name}.txt")]
+                        spies.append(
+                            subprocess.Popen(
+                                [str(Path(sys.executable).parent / "py-spy"), *command],
+                                stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL,
+                            )
+                        )
                 time.sleep(window)
                 watch.recording = False
                 main1, kids1, sys1 = tree_cpu(ps)
