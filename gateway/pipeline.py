@@ -317,7 +317,8 @@ class _ProcessWorker(asyncio.Protocol):
             end = _HEADER.size + size
             if len(buffer) < end:
                 return
-            answers = pickle.loads(memoryview(buffer)[_HEADER.size : end])  # noqa: S301 - our worker
+            with memoryview(buffer) as view:  # released before the buffer is resized
+                answers = pickle.loads(view[_HEADER.size : end])  # noqa: S301 - our worker
             del buffer[:end]
             for kind, value in answers:
                 future, is_batch = self._waiting.popleft()
