@@ -31,6 +31,7 @@ from foundation.backoff import Backoff, BackoffConfig
 from foundation.cancellation import raise_if_cancelling
 from foundation.errors import PayloadRejected, PublishRefusedError, TransportError
 from foundation.events import Event, utc_now
+from foundation.fault_switches import FaultSwitch, fault_on
 from foundation.health import Health
 from foundation.logging import worth_logging
 from foundation.mqtt import Message, MqttSession, SessionOptions
@@ -67,6 +68,7 @@ class Round:
     events: list[Event] = field(default_factory=list)
     letters: list[IngestLetter] = field(default_factory=list)
     statuses: list[tuple[str, str, str | None]] = field(default_factory=list)
+    messages: Sequence[Message] = ()
 
 
 INGEST_STATE_SCHEMA = """
@@ -125,6 +127,10 @@ class Ingester:
         self._state = state
         self.events_written = 0
         self.messages_acked = 0
+        self.messages_received = 0
+        # taken into a round on the current connection and not yet acknowledged: the fault tests
+        # read it to know that a round is in flight when they kill the ingester
+        self.messages_unacked = 0
         self.receipts_sent = 0
         self.receipts_refused = 0  # the broker refused a receipt (v5 reason code), e.g. its ACL
         self.store_write_failures = 0
@@ -160,9 +166,12 @@ class Ingester:
             async with session:
                 await session.subscribe(topic_filter, qos=1)
                 log.info("ingester_connected", host=broker.host, port=broker.port, subscription=topic_filter)
+                self.messages_unacked = 0  # the broker redelivers the previous connection's
                 on_connected()
 
                 async def commit(decoded: Round) -> None:
+                    if fault_on(FaultSwitch.INGESTER_ACK_BEFORE_STORE):
+                        await self._ack_before_store(session, decoded)
                     stored = await self._ingest(decoded)
                     if ingest.receipts:
                         await self._send_receipts(session, stored)
@@ -181,13 +190,31 @@ class Ingester:
             ) from group
 
     def _decode_round(self, batch: Sequence[Message]) -> Round:
-        decoded = Round()
+        self.messages_received += len(batch)
+        self.messages_unacked += len(batch)
+        decoded = Round(messages=batch)
         for message in batch:
             decode_message(self._config, message.topic, message.payload, decoded)
         return decoded
 
     def _acknowledged(self, batch: Sequence[Message]) -> None:
         self.messages_acked += len(batch)
+        self.messages_unacked -= len(batch)
+
+    async def _ack_before_store(self, session: MqttSession, decoded: Round) -> None:
+        """Fault switch ``ingester_ack_before_store``: the round is confirmed before it is durable.
+
+        A kill during the store write then loses the round: the broker has its PUBACKs, the gateway
+        its receipts. (The PUBACKs go out again after the write, as always; the broker ignores a
+        PUBACK for a packet identifier it no longer holds.)
+        """
+        for message in decoded.messages:
+            session.ack(message)
+        claimed: dict[str, list[str]] = {}
+        for event in decoded.events:
+            claimed.setdefault(event.compound_id, []).append(event.event_id)
+        if self._config.ingest.receipts:
+            await self._send_receipts(session, claimed)
 
     async def _ingest(self, decoded: Round) -> dict[str, list[str]]:
         """Store a decoded round; returns the stored event ids per compound."""

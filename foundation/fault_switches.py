@@ -22,6 +22,12 @@ ENVIRONMENT_VARIABLE = "CGW_FAULT_SWITCHES"
 class FaultSwitch(StrEnum):
     """One guarantee broken on purpose; the value is the name used in ``CGW_FAULT_SWITCHES``."""
 
+    INGESTER_ACK_BEFORE_STORE = "ingester_ack_before_store"
+    """The ingester acknowledges an uplink round (PUBACK and receipt) before the store has it."""
+
+    INFLUX_DEDUP_OFF = "influx_dedup_off"
+    """An InfluxDB point's time no longer derives from its event id: a re-written event is a new point."""
+
 
 def _read(raw: str) -> frozenset[FaultSwitch]:
     names = {name.strip() for name in raw.split(",") if name.strip()}

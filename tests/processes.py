@@ -6,7 +6,7 @@ import asyncio
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 
 import aiohttp
@@ -18,8 +18,16 @@ from gateway.config import GatewayConfig
 class DaemonProcess:
     """``python -m cli <command> --config FILE``, ready once its log shows ``ready_marker``."""
 
-    def __init__(self, command: str, config_path: Path, log_path: Path, ready_marker: bytes) -> None:
+    def __init__(
+        self,
+        command: str,
+        config_path: Path,
+        log_path: Path,
+        ready_marker: bytes,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
         self.argv = [sys.executable, "-m", "cli", command, "--config", str(config_path)]
+        self.env = env  # e.g. fault switches: foundation.fault_switches.environment_with
         self.log_path = log_path
         self.ready_marker = ready_marker
         self.process: subprocess.Popen[bytes] | None = None
@@ -34,7 +42,7 @@ class DaemonProcess:
         started = time.monotonic()
         before = self._markers()
         with self.log_path.open("ab") as log:  # the child keeps its own descriptor
-            self.process = subprocess.Popen(self.argv, stdout=log, stderr=log)
+            self.process = subprocess.Popen(self.argv, stdout=log, stderr=log, env=self.env)
         while True:
             assert self.process.poll() is None, self.log_path.read_text()[-3000:]
             assert time.monotonic() - started < limit_s, f"{self.argv[3]} did not become ready"
@@ -76,5 +84,5 @@ class GatewayProcess(DaemonProcess):
 class IngesterProcess(DaemonProcess):
     """``compound-gateway ingest``: ready when subscribed."""
 
-    def __init__(self, config_path: Path, log_path: Path) -> None:
-        super().__init__("ingest", config_path, log_path, b"ingester_connected")
+    def __init__(self, config_path: Path, log_path: Path, env: Mapping[str, str] | None = None) -> None:
+        super().__init__("ingest", config_path, log_path, b"ingester_connected", env)
