@@ -40,9 +40,8 @@ from tests.metrics import scrape, value
 from uplink.stores import InfluxV1Store, InfluxV1StoreConfig, SqliteStoreConfig
 
 
-async def stored_ids(district: DistrictConfig) -> list[str]:
-    """Every event id in the district store, one per stored row or point (InfluxDB: raw, with copies)."""
-    store = district.store
+async def stored_ids(store: object) -> list[str]:
+    """Every event id in a store (its config), one per row or point (InfluxDB: raw, with copies)."""
     if isinstance(store, InfluxV1StoreConfig):
         async with InfluxV1Store(store.model_copy(update={"create_database": False})) as reader:
             values: list[str] = []
@@ -83,9 +82,11 @@ async def wait_for(check: Callable[[], Awaitable[bool]], what: str, timeout: flo
 
 
 async def wait_settled(
-    config: GatewayConfig, expected: set[str], district: DistrictConfig, timeout: float = 120
+    config: GatewayConfig, expected: set[str], store: DistrictConfig | object, timeout: float = 120
 ) -> list[str]:
     """Wait until the gateway's outbox has nothing pending or unconfirmed; the store's ids then.
+
+    ``store`` is the district's config or (for the gateway's direct mode) a store config.
 
     Every event the gateway committed then has the district's receipt, which the ingester sends
     only after the store confirmed the write: nothing more is on its way.
@@ -96,7 +97,7 @@ async def wait_settled(
         return states["pending"] == 0 and states["sent"] == 0 and states["delivered"] >= len(expected)
 
     await wait_for(settled, "the gateway's outbox confirmed by the district", timeout)
-    return await stored_ids(district)
+    return await stored_ids(store.store if isinstance(store, DistrictConfig) else store)
 
 
 class NotExactError(AssertionError):

@@ -367,7 +367,9 @@ async def test_gateway_kill9_mid_replay_and_alarms_first(
     district before the routine backlog does. The store is the embedded SQLite one here because its
     row order shows the order of arrival (InfluxDB orders by event time).
     """
-    config = gateway_config(tmp_path, mosquitto, district_broker, replay_rate=1500)
+    # receipts for the events in flight at the kill may be lost with the dead process: they come
+    # again after the receipt timeout, kept short so that the outbox settles soon after
+    config = gateway_config(tmp_path, mosquitto, district_broker, replay_rate=1500, receipt_timeout_s=5)
     store_path = tmp_path / "district.db"
     district = district_config(tmp_path, district_broker, f'type = "sqlite"\npath = "{store_path}"')
     gateway = GatewayProcess(tmp_path / "gateway.toml", tmp_path / "gateway.log")
