@@ -6,7 +6,7 @@ import asyncio
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import aiohttp
@@ -24,12 +24,12 @@ class DaemonProcess:
         config_path: Path,
         log_path: Path,
         ready_marker: bytes,
-        env: Mapping[str, str] | None = None,
+        env: dict[str, str] | None = None,
     ) -> None:
         self.argv = [sys.executable, "-m", "cli", command, "--config", str(config_path)]
-        self.env = env  # e.g. fault switches: foundation.fault_switches.environment_with
         self.log_path = log_path
         self.ready_marker = ready_marker
+        self.env = env  # None: this process's environment
         self.process: subprocess.Popen[bytes] | None = None
 
     def _markers(self) -> int:
@@ -42,7 +42,9 @@ class DaemonProcess:
         started = time.monotonic()
         before = self._markers()
         with self.log_path.open("ab") as log:  # the child keeps its own descriptor
-            self.process = subprocess.Popen(self.argv, stdout=log, stderr=log, env=self.env)
+            self.process = subprocess.Popen(
+                self.argv, stdout=log, stderr=log, env=self.env, start_new_session=True
+            )
         while True:
             assert self.process.poll() is None, self.log_path.read_text()[-3000:]
             assert time.monotonic() - started < limit_s, f"{self.argv[3]} did not become ready"
@@ -84,5 +86,5 @@ class GatewayProcess(DaemonProcess):
 class IngesterProcess(DaemonProcess):
     """``compound-gateway ingest``: ready when subscribed."""
 
-    def __init__(self, config_path: Path, log_path: Path, env: Mapping[str, str] | None = None) -> None:
+    def __init__(self, config_path: Path, log_path: Path, env: dict[str, str] | None = None) -> None:
         super().__init__("ingest", config_path, log_path, b"ingester_connected", env)
