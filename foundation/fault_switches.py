@@ -22,6 +22,9 @@ ENVIRONMENT_VARIABLE = "CGW_FAULT_SWITCHES"
 class FaultSwitch(StrEnum):
     """One guarantee broken on purpose; the value is the name used in ``CGW_FAULT_SWITCHES``."""
 
+    SEQUENCE_GAPS_IGNORED = "sequence_gaps_ignored"
+    """The gateway stops reading devices' sequence numbers: lost messages go unnoticed again."""
+
 
 def _read(raw: str) -> frozenset[FaultSwitch]:
     names = {name.strip() for name in raw.split(",") if name.strip()}
