@@ -76,13 +76,7 @@ async def run_gateway(config: GatewayConfig, *, ready: asyncio.Event | None = No
                 async with asyncio.TaskGroup() as transports:
                     mqtt_up = asyncio.Event()
                     if intake.uses_mqtt():
-                        mqtt = MqttIntake(config, pipeline)
-                        _expose_mqtt(health, mqtt)
-                        transports.create_task(
-                            supervise("mqtt-intake", mqtt.run, Backoff(config.backoff), mqtt_up, health),
-                            name="mqtt-intake",
-                        )
-                        _follow_broker_drops(config, health, transports)
+                        _start_mqtt(config, pipeline, health, transports, mqtt_up)
                     else:
                         mqtt_up.set()
                     if config.uplink is not None:
@@ -137,8 +131,20 @@ def _watch_devices(config: GatewayConfig, pipeline: IntakePipeline, health: Heal
     health.writers.append(devices.write_metrics)
 
 
-def _follow_broker_drops(config: GatewayConfig, health: Health, transports: asyncio.TaskGroup) -> None:
-    """The device broker's own drop counter ($SYS), on a session of its own."""
+def _start_mqtt(
+    config: GatewayConfig,
+    pipeline: IntakePipeline,
+    health: Health,
+    transports: asyncio.TaskGroup,
+    mqtt_up: asyncio.Event,
+) -> None:
+    """The MQTT intake, and the device broker's own drop counter ($SYS) on a session of its own."""
+    mqtt = MqttIntake(config, pipeline)
+    _expose_mqtt(health, mqtt)
+    transports.create_task(
+        supervise("mqtt-intake", mqtt.run, Backoff(config.backoff), mqtt_up, health),
+        name="mqtt-intake",
+    )
     drops = BrokerDrops(config)
     health.writers.append(drops.write_metrics)
     transports.create_task(
