@@ -54,12 +54,23 @@ class Mosquitto:
     """A Mosquitto process bound to 127.0.0.1 on a private port."""
 
     def __init__(
-        self, workdir: Path, port: int | None = None, *, persistence: bool = True, max_queued: int = 1_000_000
+        self,
+        workdir: Path,
+        port: int | None = None,
+        *,
+        persistence: bool = True,
+        max_queued: int | None = 1_000_000,
+        sys_interval_s: int | None = None,
     ) -> None:
+        """A broker in ``workdir``; ``max_queued`` None keeps Mosquitto's default queue (1000).
+
+        ``sys_interval_s`` is how often it republishes ``$SYS`` (its default, 10 s, when None).
+        """
         self.workdir = workdir
         self.port = port or free_port()
         self.persistence = persistence
         self.max_queued = max_queued
+        self.sys_interval_s = sys_interval_s
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -76,8 +87,8 @@ class Mosquitto:
             f"persistence {'true' if self.persistence else 'false'}",
             f"persistence_location {self.workdir}/",
             "autosave_interval 1",
-            f"max_queued_messages {self.max_queued}",
-            "max_queued_bytes 0",
+            *([f"max_queued_messages {self.max_queued}", "max_queued_bytes 0"] if self.max_queued else []),
+            *([f"sys_interval {self.sys_interval_s}"] if self.sys_interval_s is not None else []),
             "max_inflight_messages 1000",
             "persistent_client_expiration 1d",
             f"log_dest file {self.workdir}/mosquitto.log",
