@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 import structlog
 
 from adapters import DIALECTS
+from adapters.base import Transport
 from foundation.fault_switches import FaultSwitch, fault_on
 from foundation.health import MetricFamilies, Sample
 from foundation.logging import worth_logging
@@ -28,12 +29,19 @@ from gateway.sequence_gaps import DeviceSequence, Observation, SequenceTracker, 
 log = structlog.get_logger(__name__)
 
 BROKER_CONFIG = "deploy/mosquitto/compound.conf"
-GAP_HINT = (
-    "these messages never reached the gateway. If cgw_device_broker_dropped_messages rose too, the "
-    "device broker dropped them because its queue for the gateway was full while the gateway was down "
-    f"or behind: raise max_queued_messages and max_queued_bytes on the device broker (see {BROKER_CONFIG}). "
-    "Otherwise the device or its network lost them (check the device's own log)."
-)
+GAP_HINTS = {
+    Transport.MQTT: (
+        "these messages never reached the gateway. If cgw_device_broker_dropped_messages rose too, the "
+        "device broker dropped them because its queue for the gateway was full while the gateway was "
+        "down or behind: raise max_queued_messages and max_queued_bytes on the device broker (see "
+        f"{BROKER_CONFIG}). Otherwise the device or its network lost them (check the device's own log)."
+    ),
+    Transport.HTTP_DEVICE: (
+        "these pushes never reached the gateway: the network lost them or the device gave up after "
+        "failed attempts (503s while the gateway was overloaded, cgw_payloads_rejected_total). Fetch "
+        "them from the device's own event log."
+    ),
+}
 
 
 class DeviceWatch:
@@ -86,7 +94,7 @@ class DeviceWatch:
             missing_total=state.missing,
             outstanding=state.outstanding,
             gaps=state.gaps,
-            hint=GAP_HINT,
+            hint=GAP_HINTS.get(dialect.transport, GAP_HINTS[Transport.MQTT]),
         )
 
     def write_metrics(self, families: MetricFamilies) -> None:
