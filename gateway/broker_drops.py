@@ -15,6 +15,7 @@ broker's queue for us fills.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import structlog
@@ -96,10 +97,9 @@ class BrokerDrops:
             log.info("device_broker_drop_counter_reset", dropped_total=value, before=previous)
 
     def write_metrics(self, families: MetricFamilies) -> None:
-        """The broker's count, once read (absent until then: no value is better than a made-up 0)."""
-        if self.dropped is not None:
-            families.gauge(
-                "cgw_device_broker_dropped_messages",
-                f"messages the device broker dropped since it started ({DROPPED_TOPIC})",
-                self.dropped,
-            )
+        """The broker's count; NaN until read (not a made-up 0: the broker may never have said)."""
+        families.gauge(
+            "cgw_device_broker_dropped_messages",
+            f"messages the device broker dropped since it started ({DROPPED_TOPIC}); NaN until read",
+            math.nan if self.dropped is None else self.dropped,
+        )
