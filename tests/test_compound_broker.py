@@ -24,7 +24,7 @@ import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from device_sims.broker import free_port, mosquitto_binary, stop_process
+from device_sims.broker import Mosquitto, free_port, mosquitto_binary, stop_process
 from gateway.broker_drops import DROPPED_TOPIC
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -221,3 +221,45 @@ async def test_devices_write_only_their_own_topics_and_strangers_are_refused(
     with pytest.raises(aiomqtt.MqttError):
         async with aiomqtt.Client("127.0.0.1", broker.port, identifier="t-anonymous", timeout=5):
             pass
+
+
+async def test_the_benchmarks_local_run_of_the_shipped_file_keeps_its_queue_and_persistence(
+    tmp_path: Path,
+) -> None:
+    """``Mosquitto(shipped_compound=True)`` (benchmarks, demos) runs the shipped limits and persistence.
+
+    3,000 messages for an offline session, a broker restart, all 3,000 delivered: the shipped queue
+    and persistence, not the generated test configuration, and not Mosquitto's default queue.
+    """
+    broker = Mosquitto(tmp_path / "shipped", shipped_compound=True).start()
+    try:
+        config = broker.config_path.read_text(encoding="utf-8")
+        assert "max_queued_messages 1000000" in config
+        assert "sys_interval 2" in config
+        properties = session_properties()
+        session_args: dict[str, object] = {
+            "identifier": "cgw-local",
+            "protocol": aiomqtt.ProtocolVersion.V5,
+            "clean_start": False,
+            "properties": properties,
+            "timeout": 10,
+        }
+        async with aiomqtt.Client("127.0.0.1", broker.port, **session_args) as session:  # type: ignore[arg-type]
+            await session.subscribe("shed/+/+", qos=1)
+        sent = [f'{{"seq": {n}}}'.encode() for n in range(1, 3001)]
+        async with aiomqtt.Client(
+            "127.0.0.1", broker.port, identifier="t-device", max_inflight_messages=100
+        ) as device:
+            pending: set[asyncio.Task[None]] = set()
+            for payload in sent:
+                pending.add(asyncio.create_task(device.publish(f"shed/{DEVICE}/up", payload, qos=1)))
+                if len(pending) >= 100:
+                    _, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.gather(*pending)
+        broker.stop()
+        broker.start()
+        async with aiomqtt.Client("127.0.0.1", broker.port, **session_args) as session:  # type: ignore[arg-type]
+            got = await receive(session, len(sent), quiet_s=5)
+        assert sorted(got) == sorted(sent)
+    finally:
+        broker.stop()
