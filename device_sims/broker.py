@@ -101,10 +101,7 @@ class Mosquitto:
             .replace("/var/lib/mosquitto/", f"{data}/")
             .replace("log_dest syslog", f"log_dest file {self.workdir}/mosquitto.log")
         )
-        kept = [line for line in text.splitlines() if not line.startswith(("password_file ", "acl_file "))]
-        # started as root (containers, CI), Mosquitto would drop to its own user, which may not reach
-        # a private work directory: its persistence file would silently not be written
-        return [*kept, "user root"]
+        return [line for line in text.splitlines() if not line.startswith(("password_file ", "acl_file "))]
 
     def start(self) -> Mosquitto:
         """Start and wait until the port accepts connections."""
@@ -132,6 +129,10 @@ class Mosquitto:
                 "log_type notice",
             ]
         )
+        # Started as root (containers, CI), Mosquitto drops to its own user, which cannot enter a
+        # private (0700) work directory: it would run without its log and, silently, without
+        # persistence. "user root" keeps it as it was started; it means nothing to a non-root start.
+        lines.append("user root")
         self.config_path.write_text("\n".join(lines) + "\n")
         self._process = subprocess.Popen(
             [mosquitto_binary(), "-c", str(self.config_path)],
