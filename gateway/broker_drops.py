@@ -15,6 +15,7 @@ broker's queue for us fills.
 
 from __future__ import annotations
 
+import asyncio
 import math
 from collections.abc import Callable
 
@@ -28,6 +29,9 @@ from gateway.config import GatewayConfig
 log = structlog.get_logger(__name__)
 
 DROPPED_TOPIC = "$SYS/broker/publish/messages/dropped"
+FIRST_VALUE_WITHIN_S = (
+    60.0  # Mosquitto sends the retained value at once; its longest default interval is 10 s
+)
 BROKER_CONFIG = "deploy/mosquitto/compound.conf"
 DROP_HINT = (
     "the device broker discarded messages after acknowledging them to the devices: a client's queue "
@@ -65,7 +69,22 @@ class BrokerDrops:
             async with MqttSession(self.session_options()) as session:
                 await session.subscribe(DROPPED_TOPIC, qos=0)
                 on_connected()
-                async for message in session.messages():
+                messages = session.messages()
+                try:
+                    async with asyncio.timeout(FIRST_VALUE_WITHIN_S):
+                        first = await anext(messages)
+                except TimeoutError:
+                    log.warning(
+                        "device_broker_drop_counter_silent",
+                        topic=DROPPED_TOPIC,
+                        waited_s=FIRST_VALUE_WITHIN_S,
+                        hint="the device broker publishes no $SYS (sys_interval 0) or its ACL does not let "
+                        f"the gateway read {DROPPED_TOPIC} (see {BROKER_CONFIG} and compound.acl); "
+                        "cgw_device_broker_dropped_messages stays NaN",
+                    )
+                    first = await anext(messages)
+                self.update(first.payload)
+                async for message in messages:
                     self.update(message.payload)
         except TransportError as exc:
             raise TransportError(f"device broker {cfg.host}:{cfg.port} ($SYS): {exc}") from exc
