@@ -30,7 +30,7 @@ from gateway.broker_drops import DROPPED_TOPIC
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = ROOT / "deploy" / "mosquitto"
 DEVICE, OTHER = "860812045678901", "860812045678902"
-USERS = {"cgw": "gateway-secret", DEVICE: "device-secret", OTHER: "other-secret"}
+USERS = {"compound-gateway": "gateway-secret", DEVICE: "device-secret", OTHER: "other-secret"}
 BURST = 5000  # five times Mosquitto's default queue
 
 
@@ -130,9 +130,9 @@ def session_properties() -> Properties:
 
 
 def gateway_session(broker: Broker) -> aiomqtt.Client:
-    """A persistent v5 session like the gateway's (user cgw, stable id, clean start off)."""
+    """A persistent v5 session like the gateway's (user compound-gateway, stable id, clean start off)."""
     return broker.client(
-        "cgw",
+        "compound-gateway",
         identifier="cgw-36010400012160000101",
         protocol=aiomqtt.ProtocolVersion.V5,
         clean_start=False,
@@ -152,7 +152,7 @@ async def receive(client: aiomqtt.Client, count: int, quiet_s: float) -> list[by
 
 
 async def dropped(broker: Broker) -> int:
-    async with broker.client("cgw") as client:
+    async with broker.client("compound-gateway") as client:
         await client.subscribe(DROPPED_TOPIC)
         async with asyncio.timeout(10):
             message = await anext(aiter(client.messages))
@@ -212,7 +212,7 @@ async def test_devices_write_only_their_own_topics_and_strangers_are_refused(
     make_broker: Callable[[Callable[[str], str]], Broker],
 ) -> None:
     broker = make_broker(unchanged)
-    async with broker.client("cgw") as gateway, broker.client(DEVICE) as device:
+    async with broker.client("compound-gateway") as gateway, broker.client(DEVICE) as device:
         await gateway.subscribe("shed/+/+", qos=1)
         await device.publish(f"shed/{DEVICE}/up", b"mine", qos=1)
         await device.publish(f"shed/{OTHER}/up", b"spoofed", qos=1)  # Mosquitto acknowledges, then drops
