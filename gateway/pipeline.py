@@ -197,7 +197,10 @@ class IntakePipeline:
             await self._replace_broken_worker()
             raise OutboxError("the intake worker died; the batch was not committed") from exc
         for observe in self.observers:
-            observe(results)
+            try:
+                observe(results)
+            except Exception:  # bookkeeping must never cost a commit its acknowledgement
+                log.exception("intake_observer_crashed", observer=getattr(observe, "__qualname__", None))
         return results
 
     async def process(self, items: Sequence[IntakeItem]) -> list[ItemResult]:
