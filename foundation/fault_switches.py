@@ -22,6 +22,9 @@ ENVIRONMENT_VARIABLE = "CGW_FAULT_SWITCHES"
 class FaultSwitch(StrEnum):
     """One guarantee broken on purpose; the value is the name used in ``CGW_FAULT_SWITCHES``."""
 
+    SEQUENCE_GAPS_IGNORED = "sequence_gaps_ignored"
+    """The gateway stops reading devices' sequence numbers: lost messages go unnoticed again."""
+
     INGESTER_ACK_BEFORE_STORE = "ingester_ack_before_store"
     """The ingester acknowledges an uplink round (PUBACK and receipt) before the store has it."""
 

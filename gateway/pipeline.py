@@ -19,7 +19,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -49,6 +49,7 @@ class ItemResult:
     shed: tuple[str, ...] = ()
     rejection: Rejection | None = None
     device: str | None = None
+    sequence: int | None = None
 
 
 class _Worker:
@@ -66,15 +67,17 @@ class _Worker:
         outcomes = [self.intake.classify(item) for item in items]
         results = self.outbox.commit([outcome.operation for outcome in outcomes])
         return [
-            _item_result(result, outcome.rejection, outcome.device)
+            _item_result(result, outcome.rejection, outcome.device, outcome.sequence)
             for outcome, result in zip(outcomes, results, strict=True)
         ]
 
 
-def _item_result(result: StoreResult | None, rejection: Rejection | None, device: str | None) -> ItemResult:
+def _item_result(
+    result: StoreResult | None, rejection: Rejection | None, device: str | None, sequence: int | None
+) -> ItemResult:
     if result is None:
-        return ItemResult(rejection=rejection, device=device)
-    return ItemResult(result.stored, result.duplicates, result.shed, rejection, device)
+        return ItemResult(rejection=rejection, device=device, sequence=sequence)
+    return ItemResult(result.stored, result.duplicates, result.shed, rejection, device, sequence)
 
 
 _local = threading.local()
@@ -129,6 +132,8 @@ class IntakePipeline:
         )
         self.intake = Intake(config, Pseudonymizer(key, config.compound.compound_id))
         self.batches = 0
+        # called with each committed batch's results, in commit order (gateway/device_watch.py)
+        self.observers: list[Callable[[list[ItemResult]], None]] = []
 
     async def __aenter__(self) -> IntakePipeline:
         await self._start()
@@ -184,13 +189,19 @@ class IntakePipeline:
     async def finish(self, future: asyncio.Future[list[ItemResult]]) -> list[ItemResult]:
         """The results of a started batch; ``OutboxError`` if it was not committed."""
         try:
-            return await future
+            results = await future
         except (sqlite3.Error, OSError) as exc:
             log.error("outbox_commit_failed", error=str(exc))
             raise OutboxError(f"outbox commit failed: {exc}") from exc
         except BrokenProcessPool as exc:
             await self._replace_broken_worker()
             raise OutboxError("the intake worker died; the batch was not committed") from exc
+        for observe in self.observers:
+            try:
+                observe(results)
+            except Exception:  # bookkeeping must never cost a commit its acknowledgement
+                log.exception("intake_observer_crashed", observer=getattr(observe, "__qualname__", None))
+        return results
 
     async def process(self, items: Sequence[IntakeItem]) -> list[ItemResult]:
         """Start a batch and wait for its results."""

@@ -172,4 +172,12 @@ async def test_metric_names_and_types_unchanged(gateway: RunningGateway) -> None
         "cgw_payloads_rejected_total": "counter",
         "cgw_duplicate_events_total": "counter",
         "cgw_events_shed_total": "counter",
+        "cgw_device_last_heard_timestamp_seconds": "gauge",
+        "cgw_device_sequence_gaps_total": "counter",
+        "cgw_device_sequence_missing_total": "counter",
+        "cgw_device_sequence_late_total": "counter",
+        "cgw_device_sequence_outstanding": "gauge",
+        "cgw_device_sequence_duplicates_total": "counter",
+        "cgw_device_sequence_restarts_total": "counter",
+        "cgw_device_broker_dropped_messages": "gauge",
     }
