@@ -98,7 +98,7 @@ async def test_events_reach_the_district_store_exactly_once(
     The outbox is drained (every committed event confirmed) and the compound's status is retained.
 
     Checked to fail when broken: with ``report.births`` left out of the acknowledged set (the
-    devices' birth messages), the comparison reports them as extra events.
+    devices' birth messages), the outbox's delivered set and the store hold events not in it.
     """
     if kind == "influx_v1":
         influx: InfluxServer = request.getfixturevalue("influx")
