@@ -18,8 +18,16 @@ from gateway.config import GatewayConfig
 class DaemonProcess:
     """``python -m cli <command> --config FILE``, ready once its log shows ``ready_marker``."""
 
-    def __init__(self, command: str, config_path: Path, log_path: Path, ready_marker: bytes) -> None:
+    def __init__(
+        self,
+        command: str,
+        config_path: Path,
+        log_path: Path,
+        ready_marker: bytes,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.argv = [sys.executable, "-m", "cli", command, "--config", str(config_path)]
+        self.env = env  # None: this process's environment
         self.log_path = log_path
         self.ready_marker = ready_marker
         self.process: subprocess.Popen[bytes] | None = None
@@ -34,7 +42,7 @@ class DaemonProcess:
         started = time.monotonic()
         before = self._markers()
         with self.log_path.open("ab") as log:  # the child keeps its own descriptor
-            self.process = subprocess.Popen(self.argv, stdout=log, stderr=log)
+            self.process = subprocess.Popen(self.argv, stdout=log, stderr=log, env=self.env)
         while True:
             assert self.process.poll() is None, self.log_path.read_text()[-3000:]
             assert time.monotonic() - started < limit_s, f"{self.argv[3]} did not become ready"
@@ -54,8 +62,8 @@ class DaemonProcess:
 class GatewayProcess(DaemonProcess):
     """``compound-gateway run``: ready when pushes are accepted and the MQTT subscriptions exist."""
 
-    def __init__(self, config_path: Path, log_path: Path) -> None:
-        super().__init__("run", config_path, log_path, b"mqtt_intake_connected")
+    def __init__(self, config_path: Path, log_path: Path, env: dict[str, str] | None = None) -> None:
+        super().__init__("run", config_path, log_path, b"mqtt_intake_connected", env)
 
     async def start_gateway(self, config: GatewayConfig) -> float:
         """Start and wait for /healthz as well as the MQTT intake."""
