@@ -171,17 +171,21 @@ def process_cpu_s(pid: int) -> float:
     return float(times.user + times.system)
 
 
-async def stored_count(session: aiohttp.ClientSession, port: int) -> int:
-    """The ingester's ``cgw_ingest_events_stored_total`` (0 until its HTTP server answers)."""
+async def stored_count(session: aiohttp.ClientSession, port: int) -> tuple[int | None, float]:
+    """The ingester's ``cgw_ingest_events_stored_total`` and when it answered (None: not yet up, or busy).
+
+    An ingester's HTTP server shares its event loop with the decoding of a round of messages, so
+    under load an answer can take seconds; the time is taken when the answer arrives.
+    """
     try:
         async with session.get(f"http://127.0.0.1:{port}/metrics") as response:
             text = await response.text()
-    except aiohttp.ClientError:
-        return 0
+    except (aiohttp.ClientError, TimeoutError):
+        return None, time.time()
     for line in text.splitlines():
         if line.startswith("cgw_ingest_events_stored_total "):
-            return int(float(line.split()[1]))
-    return 0
+            return int(float(line.split()[1])), time.time()
+    return None, time.time()
 
 
 async def wait_connected(ingesters: list[Ingester], limit_s: float = 180) -> None:
@@ -272,7 +276,7 @@ async def drain(
         for ingester in ingesters:
             ingester.start(run_dir / f"{ingester.name}.log")
         try:
-            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as session:
                 if mode == "burst":
                     # every ingester connected and idle (its start-up done) before the first batch
                     await wait_connected(ingesters)
@@ -284,13 +288,12 @@ async def drain(
                     publish_s = await publish(broker.port, batches)
                 deadline = time.monotonic() + 900
                 while True:
-                    now = time.time()
-                    for ingester in ingesters:
+                    answers = await asyncio.gather(*(stored_count(session, i.http_port) for i in ingesters))
+                    for ingester, (stored, at) in zip(ingesters, answers, strict=True):
                         if ingester.connected_at is None:
                             ingester.connected_at = ingester.connected()
-                        stored = await stored_count(session, ingester.http_port)
-                        if stored != ingester.stored:
-                            ingester.stored, ingester.last_change = stored, now
+                        if stored is not None and stored != ingester.stored:
+                            ingester.stored, ingester.last_change = stored, at
                     if sum(i.stored for i in ingesters) >= count:
                         break
                     if time.monotonic() > deadline:
