@@ -64,8 +64,8 @@ class DaemonProcess:
 class GatewayProcess(DaemonProcess):
     """``compound-gateway run``: ready when pushes are accepted and the MQTT subscriptions exist."""
 
-    def __init__(self, config_path: Path, log_path: Path) -> None:
-        super().__init__("run", config_path, log_path, b"mqtt_intake_connected")
+    def __init__(self, config_path: Path, log_path: Path, env: dict[str, str] | None = None) -> None:
+        super().__init__("run", config_path, log_path, b"mqtt_intake_connected", env)
 
     async def start_gateway(self, config: GatewayConfig) -> float:
         """Start and wait for /healthz as well as the MQTT intake."""
