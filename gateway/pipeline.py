@@ -28,6 +28,7 @@ from types import TracebackType
 import structlog
 
 from foundation.errors import OutboxError, Rejection
+from foundation.fault_switches import FaultSwitch, fault_on
 from foundation.identity import Pseudonymizer
 from foundation.logging import configure_logging
 from gateway.config import GatewayConfig
@@ -128,7 +129,15 @@ class IntakePipeline:
             maxsize=config.state.write_queue_size
         )
         self.intake = Intake(config, Pseudonymizer(key, config.compound.compound_id))
-        self.batches = 0
+        self.batches = 0  # handed to the worker
+        self.batches_done = 0  # committed, or failed
+        self.batches_lost = 0  # not committed because the worker died
+        self.workers_replaced = 0
+
+    @property
+    def batches_in_flight(self) -> int:
+        """Batches handed to the worker whose commit has not finished (fault tests wait for one)."""
+        return self.batches - self.batches_done
 
     async def __aenter__(self) -> IntakePipeline:
         await self._start()
@@ -179,7 +188,16 @@ class IntakePipeline:
         if self._executor is None:
             raise OutboxError("intake pipeline is not running")
         self.batches += 1
-        return asyncio.get_running_loop().run_in_executor(self._executor, _process, list(items))
+        future = asyncio.get_running_loop().run_in_executor(self._executor, _process, list(items))
+        future.add_done_callback(self._batch_done)
+        if fault_on(FaultSwitch.ACK_BEFORE_COMMIT):
+            return _answered_before_commit(future, len(items))
+        return future
+
+    def _batch_done(self, future: asyncio.Future[list[ItemResult]]) -> None:
+        self.batches_done += 1
+        if not future.cancelled() and isinstance(future.exception(), BrokenProcessPool):
+            self.batches_lost += 1
 
     async def finish(self, future: asyncio.Future[list[ItemResult]]) -> list[ItemResult]:
         """The results of a started batch; ``OutboxError`` if it was not committed."""
@@ -232,3 +250,21 @@ class IntakePipeline:
                 log.error("intake_worker_died")
                 self._executor.shutdown(wait=False, cancel_futures=True)
                 await self._start()
+                self.workers_replaced += 1
+                log.warning("intake_worker_replaced", replaced=self.workers_replaced)
+
+
+def _answered_before_commit(
+    future: asyncio.Future[list[ItemResult]], size: int
+) -> asyncio.Future[list[ItemResult]]:
+    # FaultSwitch.ACK_BEFORE_COMMIT: results (empty: nothing stored, nothing rejected) before the
+    # commit, so the transports acknowledge what a crash can still lose. The real outcome is dropped.
+    future.add_done_callback(_drop_outcome)
+    early: asyncio.Future[list[ItemResult]] = asyncio.get_running_loop().create_future()
+    early.set_result([ItemResult() for _ in range(size)])
+    return early
+
+
+def _drop_outcome(future: asyncio.Future[list[ItemResult]]) -> None:
+    if not future.cancelled():
+        future.exception()  # retrieved, so a failure is not reported as never retrieved
