@@ -133,6 +133,7 @@ class IntakePipeline:
         self.batches_done = 0  # committed, or failed
         self.batches_lost = 0  # not committed because the worker died
         self.workers_replaced = 0
+        self._aside: set[asyncio.Future[list[ItemResult]]] = set()  # FaultSwitch.ACK_BEFORE_COMMIT only
 
     @property
     def batches_in_flight(self) -> int:
@@ -188,11 +189,32 @@ class IntakePipeline:
         if self._executor is None:
             raise OutboxError("intake pipeline is not running")
         self.batches += 1
-        future = asyncio.get_running_loop().run_in_executor(self._executor, _process, list(items))
+        loop = asyncio.get_running_loop()
+        try:
+            future = loop.run_in_executor(self._executor, _process, list(items))
+        except BrokenProcessPool as exc:
+            # The worker died and its replacement has not started yet: fail this batch the way
+            # the batches in flight failed, so that ``finish`` replaces the worker.
+            future = loop.create_future()
+            future.set_exception(exc)
         future.add_done_callback(self._batch_done)
         if fault_on(FaultSwitch.ACK_BEFORE_COMMIT):
-            return _answered_before_commit(future, len(items))
+            return self._answered_before_commit(future, len(items))
         return future
+
+    def _answered_before_commit(
+        self, future: asyncio.Future[list[ItemResult]], size: int
+    ) -> asyncio.Future[list[ItemResult]]:
+        # FaultSwitch.ACK_BEFORE_COMMIT: results (empty: nothing stored, nothing rejected) before the
+        # commit, so the transports acknowledge what a crash can still lose. The real outcome is
+        # awaited aside (a dead worker is still replaced) and dropped.
+        aside = asyncio.ensure_future(self.finish(future))
+        self._aside.add(aside)
+        aside.add_done_callback(self._aside.discard)
+        aside.add_done_callback(_drop_outcome)
+        early: asyncio.Future[list[ItemResult]] = asyncio.get_running_loop().create_future()
+        early.set_result([ItemResult() for _ in range(size)])
+        return early
 
     def _batch_done(self, future: asyncio.Future[list[ItemResult]]) -> None:
         self.batches_done += 1
@@ -252,17 +274,6 @@ class IntakePipeline:
                 await self._start()
                 self.workers_replaced += 1
                 log.warning("intake_worker_replaced", replaced=self.workers_replaced)
-
-
-def _answered_before_commit(
-    future: asyncio.Future[list[ItemResult]], size: int
-) -> asyncio.Future[list[ItemResult]]:
-    # FaultSwitch.ACK_BEFORE_COMMIT: results (empty: nothing stored, nothing rejected) before the
-    # commit, so the transports acknowledge what a crash can still lose. The real outcome is dropped.
-    future.add_done_callback(_drop_outcome)
-    early: asyncio.Future[list[ItemResult]] = asyncio.get_running_loop().create_future()
-    early.set_result([ItemResult() for _ in range(size)])
-    return early
 
 
 def _drop_outcome(future: asyncio.Future[list[ItemResult]]) -> None:
