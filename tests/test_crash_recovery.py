@@ -67,7 +67,8 @@ Moment = Literal["uncommitted", "unacknowledged"]
 CI_EVENTS = 1500
 SOAK_EVENTS = 10_000
 BURST_DIALECTS = {"hik-isapi-acs", "hik-isapi-anpr", "ctwing-smoke", "uface-mqtt", "vz-lpr-mqtt", "shed-mqtt"}
-HOOK_LIMIT_S = 30  # waiting for an observable state; exceeded only if the state never comes
+HOOK_LIMIT_S = 60  # waiting for an observable state; exceeded only if the state never comes
+PAUSED_SCRAPE_S = 3  # a /metrics answer slower than this with the worker paused is stuck behind it
 
 
 class NotExactError(AssertionError):
@@ -167,28 +168,31 @@ class KillTest:
         self.recovery_s = await self.gateway.start_gateway(self.config)
 
     async def _pause_worker_with_batch_in_flight(self, worker: psutil.Process) -> None:
-        worker.suspend()  # SIGSTOP: whatever it was doing, it now stays half-done
-        text = await self._metrics_when(
-            lambda t: (
-                value(t, "cgw_intake_batches_in_flight") >= 1 and value(t, "cgw_mqtt_intake_acked_total") > 0
-            ),
-            "a batch in flight after events were acknowledged",
-        )
-        self.evidence.in_flight_at_kill = value(text, "cgw_intake_batches_in_flight")
-        self.evidence.gateway_acked_before = value(text, "cgw_mqtt_intake_acked_total")
+        deadline = time.monotonic() + HOOK_LIMIT_S
+        while True:
+            worker.suspend()  # SIGSTOP: whatever it was doing, it now stays half-done
+            self.evidence.pauses += 1
+            try:
+                async with asyncio.timeout(PAUSED_SCRAPE_S):
+                    text = await self._metrics_when(_batch_in_flight_after_acks, "a batch in flight")
+            except TimeoutError:
+                # /metrics reads the outbox through the gateway's one reader thread, which may be
+                # waiting (up to SQLite's busy timeout) for a write lock the paused worker holds:
+                # let the worker go on and pause it again at another point.
+                worker.resume()
+                await scrape(self.metrics_url)
+                assert time.monotonic() < deadline, "never saw a batch in flight with the worker paused"
+                continue
+            self.evidence.in_flight_at_kill = value(text, "cgw_intake_batches_in_flight")
+            self.evidence.gateway_acked_before = value(text, "cgw_mqtt_intake_acked_total")
+            return
 
     async def _pause_gateway_after_a_commit(self) -> None:
         assert self.gateway.process is not None
         main = psutil.Process(self.gateway.process.pid)
         deadline = time.monotonic() + HOOK_LIMIT_S
         while True:
-            text = await self._metrics_when(
-                lambda t: (
-                    value(t, "cgw_intake_batches_in_flight") >= 1
-                    and value(t, "cgw_mqtt_intake_acked_total") > 0
-                ),
-                "a batch in flight after events were acknowledged",
-            )
+            text = await self._metrics_when(_batch_in_flight_after_acks, "a batch in flight")
             self.evidence.gateway_acked_before = value(text, "cgw_mqtt_intake_acked_total")
             self.evidence.in_flight_at_kill = value(text, "cgw_intake_batches_in_flight")
             main.suspend()
@@ -252,6 +256,11 @@ class KillTest:
             if time.monotonic() > deadline:
                 return stored, text
             await asyncio.sleep(0.2)
+
+
+def _batch_in_flight_after_acks(metrics: str) -> bool:
+    in_flight = value(metrics, "cgw_intake_batches_in_flight")
+    return in_flight >= 1 and value(metrics, "cgw_mqtt_intake_acked_total") > 0
 
 
 def _alive(process: psutil.Process) -> bool:
