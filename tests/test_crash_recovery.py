@@ -28,8 +28,9 @@ extra. Duplicates cannot show in the outbox's rows (``event_id`` is unique there
 where they arise, in the outbox's duplicate counter, which must be non-zero after an
 ``unacknowledged`` kill.
 
-CI runs five seeds per kill mode with short bursts; ``-m soak`` runs twenty seeds per mode with
-10,000-event bursts. The strict-xfail tests at the end turn on a fault switch
+CI runs five seeds per kill mode with 1,500-event bursts (with the teeth tests about 3 minutes on
+the 2-core test machine); ``-m soak`` runs twenty seeds per mode with 10,000-event bursts (about
+16 s each). The strict-xfail tests at the end turn on a fault switch
 (``foundation/fault_switches.py``) in the gateway and expect the exactness check to fail.
 """
 
