@@ -31,6 +31,14 @@ class FaultSwitch(StrEnum):
     INFLUX_DEDUP_OFF = "influx_dedup_off"
     """An InfluxDB point's time no longer derives from its event id: a re-written event is a new point."""
 
+    ACK_BEFORE_COMMIT = "ack_before_commit"
+    """The intake pipeline reports a batch's results (so HTTP answers 200 and MQTT sends PUBACKs)
+    as soon as the batch is handed to the worker, before it is committed (``gateway/pipeline.py``)."""
+
+    OUTBOX_DEDUP_OFF = "outbox_dedup_off"
+    """The outbox no longer recognises a re-sent event: an event id it already holds is stored again
+    under a fresh id (``gateway/outbox/event_states.py``), as an id-less intake would."""
+
 
 def _read(raw: str) -> frozenset[FaultSwitch]:
     names = {name.strip() for name in raw.split(",") if name.strip()}

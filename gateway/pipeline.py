@@ -28,6 +28,7 @@ from types import TracebackType
 import structlog
 
 from foundation.errors import OutboxError, Rejection
+from foundation.fault_switches import FaultSwitch, fault_on
 from foundation.identity import Pseudonymizer
 from foundation.logging import configure_logging
 from gateway.config import GatewayConfig
@@ -131,9 +132,18 @@ class IntakePipeline:
             maxsize=config.state.write_queue_size
         )
         self.intake = Intake(config, Pseudonymizer(key, config.compound.compound_id))
-        self.batches = 0
+        self.batches = 0  # handed to the worker
+        self.batches_done = 0  # committed, or failed
+        self.batches_lost = 0  # not committed because the worker died
+        self.workers_replaced = 0
         # called with each committed batch's results, in commit order (gateway/device_watch.py)
         self.observers: list[Callable[[list[ItemResult]], None]] = []
+        self._aside: set[asyncio.Future[list[ItemResult]]] = set()  # FaultSwitch.ACK_BEFORE_COMMIT only
+
+    @property
+    def batches_in_flight(self) -> int:
+        """Batches handed to the worker whose commit has not finished (fault tests wait for one)."""
+        return self.batches - self.batches_done
 
     async def __aenter__(self) -> IntakePipeline:
         await self._start()
@@ -184,7 +194,37 @@ class IntakePipeline:
         if self._executor is None:
             raise OutboxError("intake pipeline is not running")
         self.batches += 1
-        return asyncio.get_running_loop().run_in_executor(self._executor, _process, list(items))
+        loop = asyncio.get_running_loop()
+        try:
+            future = loop.run_in_executor(self._executor, _process, list(items))
+        except BrokenProcessPool as exc:
+            # The worker died and its replacement has not started yet: fail this batch the way
+            # the batches in flight failed, so that ``finish`` replaces the worker.
+            future = loop.create_future()
+            future.set_exception(exc)
+        future.add_done_callback(self._batch_done)
+        if fault_on(FaultSwitch.ACK_BEFORE_COMMIT):
+            return self._answered_before_commit(future, len(items))
+        return future
+
+    def _answered_before_commit(
+        self, future: asyncio.Future[list[ItemResult]], size: int
+    ) -> asyncio.Future[list[ItemResult]]:
+        # FaultSwitch.ACK_BEFORE_COMMIT: results (empty: nothing stored, nothing rejected) before the
+        # commit, so the transports acknowledge what a crash can still lose. The real outcome is
+        # awaited aside (a dead worker is still replaced) and dropped.
+        aside = asyncio.ensure_future(self.finish(future))
+        self._aside.add(aside)
+        aside.add_done_callback(self._aside.discard)
+        aside.add_done_callback(_drop_outcome)
+        early: asyncio.Future[list[ItemResult]] = asyncio.get_running_loop().create_future()
+        early.set_result([ItemResult() for _ in range(size)])
+        return early
+
+    def _batch_done(self, future: asyncio.Future[list[ItemResult]]) -> None:
+        self.batches_done += 1
+        if not future.cancelled() and isinstance(future.exception(), BrokenProcessPool):
+            self.batches_lost += 1
 
     async def finish(self, future: asyncio.Future[list[ItemResult]]) -> list[ItemResult]:
         """The results of a started batch; ``OutboxError`` if it was not committed."""
@@ -243,3 +283,10 @@ class IntakePipeline:
                 log.error("intake_worker_died")
                 self._executor.shutdown(wait=False, cancel_futures=True)
                 await self._start()
+                self.workers_replaced += 1
+                log.warning("intake_worker_replaced", replaced=self.workers_replaced)
+
+
+def _drop_outcome(future: asyncio.Future[list[ItemResult]]) -> None:
+    if not future.cancelled():
+        future.exception()  # retrieved, so a failure is not reported as never retrieved

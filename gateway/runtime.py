@@ -16,7 +16,7 @@ from aiohttp import web
 
 from foundation.backoff import Backoff
 from foundation.errors import OutboxError
-from foundation.health import Health
+from foundation.health import Health, MetricFamilies
 from foundation.supervision import run_forever, supervise
 from foundation.systemd import sd_notify, watchdog, watchdog_interval
 from gateway.broker_drops import BrokerDrops
@@ -63,11 +63,7 @@ async def run_gateway(config: GatewayConfig, *, ready: asyncio.Event | None = No
         app = build_app(config, pipeline, health, reader.stats)
         runner = web.AppRunner(app, shutdown_timeout=HTTP_SHUTDOWN_TIMEOUT_S)
         await runner.setup()
-        health.expose(
-            "cgw_intake_batches_total",
-            "batches parsed and committed by the intake worker",
-            lambda: pipeline.batches,
-        )
+        _expose_pipeline(health, pipeline)
         async with asyncio.TaskGroup() as core:
             batcher = core.create_task(pipeline.run_batcher(), name="intake-batcher")
             try:
@@ -151,6 +147,28 @@ def _start_mqtt(
         supervise("device-broker-sys", drops.run, Backoff(config.backoff), health=health),
         name="device-broker-sys",
     )
+
+def _expose_pipeline(health: Health, pipeline: IntakePipeline) -> None:
+    health.expose("cgw_intake_batches_total", "batches handed to the intake worker", lambda: pipeline.batches)
+    health.expose(
+        "cgw_intake_batches_lost_total",
+        "batches not committed because the intake worker died (their senders were not acknowledged)",
+        lambda: pipeline.batches_lost,
+    )
+    health.expose(
+        "cgw_intake_worker_replaced_total",
+        "intake worker processes replaced after one died",
+        lambda: pipeline.workers_replaced,
+    )
+
+    def in_flight(families: MetricFamilies) -> None:
+        families.gauge(
+            "cgw_intake_batches_in_flight",
+            "batches handed to the intake worker and not yet committed",
+            pipeline.batches_in_flight,
+        )
+
+    health.writers.append(in_flight)
 
 
 def _expose_mqtt(health: Health, mqtt: MqttIntake) -> None:
