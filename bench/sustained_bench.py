@@ -36,6 +36,7 @@ import contextlib
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -229,6 +230,10 @@ class Target(Protocol):
         """The key the uplink shows for the message (device, seq, ts) a device published."""
         ...
 
+    def district_conf(self, workdir: Path) -> str:
+        """Extra lines of the district broker's config for this target."""
+        ...
+
     def start(
         self, work: Path, compound_port: int, district_port: int, args: argparse.Namespace
     ) -> contextlib.AbstractContextManager[psutil.Process]:
@@ -295,6 +300,9 @@ class CompoundGateway:
     def key(self, device: int, seq: int, ts_ms: int) -> str:
         return event_id(device_id(device), SHED, shed_vendor_key(seq, ts_ms))
 
+    def district_conf(self, workdir: Path) -> str:
+        return ""
+
     def config(self, work: Path, compound_port: int, district_port: int, args: argparse.Namespace) -> Path:
         per_device = args.rate / args.devices
         lines = [
@@ -350,6 +358,213 @@ class CompoundGateway:
             yield psutil.Process(process.pid)
         finally:
             stop_process(process)
+
+
+PEER_VERSION = "3.8.5"
+PEER_INSTALL = (
+    f"python3 -m venv /work/tb-venv && /work/tb-venv/bin/pip install thingsboard-gateway=={PEER_VERSION}"
+)
+RPC_REQUEST = "v1/devices/me/rpc/request/"
+RPC_RESPONSE = "v1/devices/me/rpc/response/"
+GATEWAY_TELEMETRY = "v1/gateway/telemetry"
+WARMUP_IMEI = "warmup"
+PEER_TOKEN = "bench-peer"  # the access token, which ThingsBoard clients send as the MQTT user name
+
+
+class ThingsBoardGateway:
+    """The peer: ThingsBoard IoT Gateway (PyPI ``thingsboard-gateway``) in its own venv.
+
+    Its shipped ``tb_gateway.json`` with memory storage, one MQTT connector subscribed to
+    ``shed/+/up`` (device name from the topic; seq, alert, smoke, temp, battPct as time series),
+    and its ThingsBoard connection pointed at the district broker. The bench plays ThingsBoard as far
+    as the gateway needs it to forward: it answers the one RPC the gateway waits for,
+    ``getSessionLimits`` (request ``v1/devices/me/rpc/request/<n>``, answer on
+    ``v1/devices/me/rpc/response/<n>``) with a tenant without rate limits, and counts
+    ``v1/gateway/telemetry`` by (device, seq).
+    """
+
+    name = f"thingsboard-gateway {PEER_VERSION}"
+
+    def __init__(self, venv: Path) -> None:
+        self.python = venv / "bin" / "python"
+        self.limits_answered = threading.Event()
+        self.warmed = threading.Event()
+
+    def available(self) -> str | None:
+        """None when the peer can run here, else why not."""
+        if not self.python.exists():
+            return f"{self.python} does not exist (install: {PEER_INSTALL})"
+        probe = subprocess.run(
+            [
+                str(self.python),
+                "-c",
+                "import importlib.metadata as m; print(m.version('thingsboard-gateway'))",
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if probe.returncode != 0 or probe.stdout.strip() != PEER_VERSION:
+            return f"thingsboard-gateway {PEER_VERSION} is not installed in {self.python.parent.parent}: {probe.stdout.strip() or probe.stderr.strip()[-300:]}"
+        return None
+
+    def topics(self) -> list[str]:
+        return [GATEWAY_TELEMETRY, RPC_REQUEST + "+"]
+
+    def handle(self, client: mqtt.Client, topic: str, payload: bytes) -> list[str]:
+        if topic.startswith(RPC_REQUEST):
+            request = json.loads(payload)
+            if request.get("method") == "getSessionLimits":
+                # ThingsBoard's answer for a tenant without rate limits, with its default in-flight
+                # window and payload size
+                limits = {
+                    "maxPayloadSize": 65536,
+                    "maxInflightMessages": 100,
+                    "rateLimits": {},
+                    "gatewayRateLimits": {},
+                }
+                client.publish(RPC_RESPONSE + topic[len(RPC_REQUEST) :], json.dumps(limits), qos=1)
+                self.limits_answered.set()
+            return []
+        keys = []
+        for device, entries in json.loads(payload).items():
+            for entry in entries if isinstance(entries, list) else [entries]:
+                values = entry.get("values", entry) if isinstance(entry, dict) else {}
+                if device == WARMUP_IMEI:
+                    self.warmed.set()
+                elif "seq" in values:
+                    keys.append(f"{device}|{values['seq']}")
+        return keys
+
+    def key(self, device: int, seq: int, ts_ms: int) -> str:
+        return f"{imei(device)}|{seq}"
+
+    def district_conf(self, workdir: Path) -> str:
+        # ThingsBoard never sends a device's own publications back to it; a plain broker does, and the
+        # gateway takes its own attributes for remote configuration and restarts its connector. So the
+        # peer may only read the answers to its requests; the bench (anonymous) reads everything.
+        acl = workdir / "acl"
+        workdir.mkdir(parents=True, exist_ok=True)
+        acl.write_text(
+            f"topic readwrite #\nuser {PEER_TOKEN}\ntopic write v1/#\ntopic read {RPC_RESPONSE}+\n",
+            encoding="utf-8",
+        )
+        return f"acl_file {acl}\n"
+
+    def configure(self, work: Path, compound_port: int, district_port: int) -> Path:
+        found = list(self.python.parent.parent.glob("lib/python3*/site-packages/thingsboard_gateway/config"))
+        if not found:
+            raise RuntimeError(f"no thingsboard_gateway/config in {self.python.parent.parent}")
+        source = found[0]
+        config_dir = work / "tb-config"
+        shutil.copytree(source, config_dir)
+        main_config = json.loads((config_dir / "tb_gateway.json").read_text(encoding="utf-8"))
+        main_config["thingsboard"].update(
+            {
+                "host": "127.0.0.1",
+                "port": district_port,
+                "security": {"type": "accessToken", "accessToken": PEER_TOKEN},
+            }
+        )
+        main_config["storage"] = {"type": "memory", "read_records_count": 100, "max_records_count": 100000}
+        main_config["connectors"] = [{"type": "mqtt", "name": "shed sensors", "configuration": "mqtt.json"}]
+        (config_dir / "tb_gateway.json").write_text(json.dumps(main_config, indent=2), encoding="utf-8")
+        connector = json.loads((config_dir / "mqtt.json").read_text(encoding="utf-8"))
+        connector["broker"].update(
+            {"host": "127.0.0.1", "port": compound_port, "clientId": "tb-gateway-bench"}
+        )
+        series = [
+            ("seq", "integer"),
+            ("alert", "integer"),
+            ("smoke", "double"),
+            ("temp", "double"),
+            ("battPct", "double"),
+        ]
+        connector["mapping"] = [
+            {
+                "topicFilter": "shed/+/up",
+                "subscriptionQos": 1,
+                "converter": {
+                    "type": "json",
+                    "deviceInfo": {
+                        "deviceNameExpressionSource": "topic",
+                        "deviceNameExpression": "(?<=shed/)(.*?)(?=/up)",
+                        "deviceProfileExpressionSource": "constant",
+                        "deviceProfileExpression": "shed-sensor",
+                    },
+                    "sendDataOnlyOnChange": False,
+                    "timeout": 60000,
+                    "attributes": [],
+                    "timeseries": [
+                        {"type": kind, "key": key, "value": "${" + key + "}"} for key, kind in series
+                    ],
+                },
+            }
+        ]
+        for unused in (
+            "requestsMapping",
+            "connectRequests",
+            "disconnectRequests",
+            "attributeRequests",
+            "attributeUpdates",
+            "serverSideRpc",
+        ):
+            connector.pop(unused, None)
+        (config_dir / "mqtt.json").write_text(json.dumps(connector, indent=2), encoding="utf-8")
+        return config_dir
+
+    @contextlib.contextmanager
+    def start(
+        self, work: Path, compound_port: int, district_port: int, args: argparse.Namespace
+    ) -> Iterator[psutil.Process]:
+        config_dir = self.configure(work, compound_port, district_port)
+        run_dir = work / "tb-run"
+        run_dir.mkdir()
+        log = work / "tb-gateway.log"
+        self.limits_answered.clear()
+        with log.open("ab") as handle:
+            process = subprocess.Popen(
+                [str(self.python), "-m", "thingsboard_gateway.tb_gateway"],
+                stdout=handle,
+                stderr=handle,
+                cwd=run_dir,
+                env={**os.environ, "TB_GW_CONFIG_DIR": str(config_dir)},
+            )
+        try:
+            self.warm_up(compound_port, process, log)
+            yield psutil.Process(process.pid)
+        finally:
+            stop_process(process, grace_s=10)
+
+    def warm_up(self, compound_port: int, process: subprocess.Popen[bytes], log: Path) -> None:
+        """Wait until a report of a warm-up device (not counted) has come through to the uplink."""
+        self.warmed.clear()
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-warmup")
+        client.connect("127.0.0.1", compound_port)
+        client.loop_start()
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        try:
+            seq = 0
+            while not self.warmed.is_set():
+                if process.poll() is not None or time.monotonic() > deadline:
+                    tail = log.read_text(errors="replace")[-3000:]
+                    raise RuntimeError(
+                        f"the peer did not forward a warm-up report within {READY_TIMEOUT_S:.0f} s"
+                        f" (getSessionLimits answered: {self.limits_answered.is_set()}): {tail}"
+                    )
+                seq += 1
+                body = {
+                    "imei": WARMUP_IMEI,
+                    "seq": seq,
+                    "ts": int(time.time() * 1000),
+                    "type": "heartbeat",
+                    "alert": 0,
+                }
+                client.publish(f"shed/{WARMUP_IMEI}/up", json.dumps(body), qos=1)
+                self.warmed.wait(1.0)
+        finally:
+            client.disconnect()
+            client.loop_stop()
 
 
 # --- one measured run ------------------------------------------------------------------------------
@@ -473,6 +688,7 @@ def run_target(target: Target, args: argparse.Namespace) -> Outcome:
         compound_text, _ = broker_conf(args.broker_config, compound_port, work / "compound-broker")
         district_text, _ = broker_conf(None, district_port, work / "district-broker")
         district_text += "max_queued_messages 1000000\nmax_queued_bytes 0\n"
+        district_text += target.district_conf(work / "district-broker")
         with (
             Broker(work / "compound-broker", compound_text, compound_port) as compound,
             Broker(work / "district-broker", district_text, district_port) as district,
@@ -597,41 +813,70 @@ def verdicts(ours: Outcome) -> list[str]:
     return out
 
 
+def peer_lines(outcomes: list[Outcome], peer_missing: str | None, args: argparse.Namespace) -> list[str]:
+    """The baseline of the same run: the peer under the same load, or why it was not measured."""
+    if not args.peer:
+        return ["Peer: not measured in this run (`--no-peer`)."]
+    if peer_missing is not None:
+        return [f"Peer: not measured, because {peer_missing}."]
+    ours = next(o for o in outcomes if o.target == CompoundGateway.name)
+    peer = next(o for o in outcomes if o.target != CompoundGateway.name)
+    return [
+        f"Peer, same load right after ours in the same run: {peer.target} (PyPI) in its own venv, its shipped"
+        " `tb_gateway.json` with memory storage (100,000 records), one MQTT connector (`shed/+/up`, device name"
+        " from the topic, seq / alert / smoke / temp / battPct as time series; its example's clean MQTT v5"
+        " session), its ThingsBoard connection pointed at the district broker; the bench answers its"
+        " `getSessionLimits` RPC as a ThingsBoard tenant without rate limits (in-flight 100, payload 64 KiB)"
+        " and counts `v1/gateway/telemetry` by (device, seq).",
+        f"Ours against the peer: CPU per event {ours.cpu_us_per_event:.0f} / {peer.cpu_us_per_event:.0f} µs"
+        f" (**{ours.cpu_us_per_event / peer.cpu_us_per_event:.2f}x**), p99 {ours.p99_s:.3f} / {peer.p99_s:.3f} s,"
+        f" lost {ours.lost:,} / {peer.lost:,}, RSS {ours.rss_mb:.0f} / {peer.rss_mb:.0f} MB."
+        " The peer forwards after the broker's hand-over (no durable outbox, no receipts); ours commits"
+        " every event durably before acknowledging it and keeps it until the district confirms it.",
+    ]
+
+
 def section(
-    outcomes: list[Outcome], args: argparse.Namespace, load_before: float, broker_desc: str
+    outcomes: list[Outcome],
+    args: argparse.Namespace,
+    load_before: float,
+    broker_desc: str,
+    peer_missing: str | None,
 ) -> list[str]:
     rate = outcomes[0].rate
     ours = next(o for o in outcomes if o.target == CompoundGateway.name)
-    lines = [
+    flags = f" --broker-config {args.broker_config}" if args.broker_config else ""
+    flags += "" if args.peer else " --no-peer"
+    return [
         f"## Sustained load at {rate:,.0f} events/s (issue 12)",
         "",
         f"Command: `.venv/bin/python bench/sustained_bench.py --rate {rate:.0f} --seconds {args.seconds:g}"
-        f" --devices {args.devices}{' --broker-config ' + str(args.broker_config) if args.broker_config else ''}`,"
-        f" run {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, load average before the run {load_before:.2f}.",
-        f"Machine: {machine()}. Mosquitto 2.0.11; gateway, brokers and load generator on this machine.",
+        f" --devices {args.devices}{flags}`, run {datetime.now(UTC):%Y-%m-%d %H:%M} UTC,"
+        f" load average before the run {load_before:.2f}.",
+        f"Machine: {machine()}. Mosquitto 2.0.11; gateways, brokers and load generator all on this machine.",
         "",
-        f"Load: {args.devices} simulated shed sensors (`shed-mqtt` heartbeats, one MQTT connection each, QoS 1),"
-        f" {rate:,.0f} events/s offered for {args.seconds:g} s by {args.generators} generator processes"
-        f" (`bench/loadgen.py`, plain paho). Compound broker: {broker_desc}. District broker: a second"
-        " Mosquitto (max_queued_messages 1,000,000), where the bench subscribes with QoS 1 and a persistent"
-        " session and counts every event by id.",
+        f"Load: {args.devices} simulated shed sensors (`shed-mqtt` heartbeats from the simulator, one MQTT"
+        f" connection each, QoS 1), {rate:,.0f} events/s offered for {args.seconds:g} s by {args.generators}"
+        f" generator processes (`bench/loadgen.py`, plain paho). Compound broker: {broker_desc}. District"
+        " broker: a second Mosquitto (max_queued_messages 1,000,000), where the bench subscribes with QoS 1"
+        " and a persistent session and counts every event by id. Our gateway: faces off, intake worker"
+        f" process on, shipped uplink settings, per-device rate limit raised to {max(50.0, 2 * rate / args.devices):g}/s"
+        " (the shipped 50/s is below this load's per-device rate); the bench answers its receipts (the"
+        " ingester's job once a batch is stored).",
         "",
         *table(outcomes),
         "",
         *verdicts(ours),
         "",
-        "Lost = acknowledged to the device by the compound broker and not seen at the uplink after the load"
-        f" and a drain of up to {args.drain:g} s; latency = uplink receipt minus the device's publish time;"
-        " CPU per event = the gateway process tree's user + system time from the start of the load to the"
-        " last event at the uplink, over the events delivered; RSS the highest sample of the tree.",
-        "Our gateway is answered with receipts by the bench (the ingester's job once it has stored a batch).",
+        *peer_lines(outcomes, peer_missing, args),
+        "",
+        "Lost = acknowledged to the device by the compound broker (PUBACK) and not seen at the uplink after"
+        f" the load and a drain of up to {args.drain:g} s; latency = uplink receipt minus the device's publish"
+        " time; gateway CPU = its process tree's user + system time from the start of the load to the last"
+        " event at the uplink (cores: over that time; per event: over the events delivered); RSS the"
+        " highest sample of the tree; generator reached = messages acknowledged per second of its window.",
         "",
     ]
-    for o in outcomes:
-        lines += [f"Note ({o.target}): {note}" for note in o.notes]
-    if any(o.notes for o in outcomes):
-        lines.append("")
-    return lines
 
 
 def main() -> int:
@@ -644,6 +889,9 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--devices", type=int, default=50)
     parser.add_argument("--generators", type=int, default=2, help="load generator processes")
+    parser.add_argument(
+        "--peer-venv", type=Path, default=Path("/work/tb-venv"), help=f"the peer's venv ({PEER_INSTALL})"
+    )
     parser.add_argument(
         "--drain", type=float, default=30.0, help="seconds to wait for stragglers after the load"
     )
@@ -671,6 +919,14 @@ def main() -> int:
     else:
         broker_desc = "Mosquitto's defaults (max_queued_messages 1000, max_inflight_messages 20)"
     targets: list[Target] = [CompoundGateway()]
+    peer_missing = None
+    if args.peer:
+        peer = ThingsBoardGateway(args.peer_venv)
+        peer_missing = peer.available()
+        if peer_missing is None:
+            targets.append(peer)
+        else:
+            print(f"peer not measured: {peer_missing}", flush=True)
     for rate in rates:
         args.rate = rate
         load_before = os.getloadavg()[0]
@@ -678,7 +934,7 @@ def main() -> int:
         for target in targets:
             print(f"-- {target.name} at {rate:,.0f} ev/s for {args.seconds:g} s ...", flush=True)
             outcomes.append(run_target(target, args))
-        lines = section(outcomes, args, load_before, broker_desc)
+        lines = section(outcomes, args, load_before, broker_desc, peer_missing)
         print("\n".join(lines), flush=True)
         if args.write:
             replace_section(lines)
