@@ -37,6 +37,7 @@ import json
 import os
 import random
 import shutil
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -126,15 +127,20 @@ class Broker:
         self.process: subprocess.Popen[bytes] | None = None
 
     def __enter__(self) -> Broker:
-        self.process = subprocess.Popen(
-            [mosquitto_binary(), "-c", str(self.workdir / "mosquitto.conf")],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        with (self.workdir / "stderr.log").open("wb") as stderr:
+            self.process = subprocess.Popen(
+                [mosquitto_binary(), "-c", str(self.workdir / "mosquitto.conf")],
+                stdout=subprocess.DEVNULL,
+                stderr=stderr,
+            )
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                log = (self.workdir / "mosquitto.log").read_text(errors="replace")[-2000:]
+                log = "".join(
+                    (self.workdir / name).read_text(errors="replace")[-2000:]
+                    for name in ("stderr.log", "mosquitto.log")
+                    if (self.workdir / name).exists()
+                )
                 raise RuntimeError(f"mosquitto exited with {self.process.returncode}: {log}")
             probe = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-probe")
             try:
@@ -234,6 +240,10 @@ class Target(Protocol):
         """Extra lines of the district broker's config for this target."""
         ...
 
+    def explain(self, work: Path, lost: set[str]) -> list[str]:
+        """Where the lost events stopped, as far as the stopped gateway's state tells."""
+        ...
+
     def start(
         self, work: Path, compound_port: int, district_port: int, args: argparse.Namespace
     ) -> contextlib.AbstractContextManager[psutil.Process]:
@@ -302,6 +312,29 @@ class CompoundGateway:
 
     def district_conf(self, workdir: Path) -> str:
         return ""
+
+    def explain(self, work: Path, lost: set[str]) -> list[str]:
+        if not lost:
+            return []
+        with contextlib.closing(sqlite3.connect(work / "state" / "outbox.db")) as db:
+            states: dict[str, int] = {}
+            for event, state in db.execute("SELECT event_id, state FROM events WHERE kind = 'ebike_shed'"):
+                if event in lost:
+                    states[state] = states.get(state, 0) + 1
+            dead = db.execute("SELECT reason, COUNT(*) FROM dead_letters GROUP BY reason").fetchall()
+        committed = sum(states.values())
+        return [
+            f"{len(lost) - committed:,} of the {len(lost):,} lost events never reached the gateway's outbox"
+            " (acknowledged to the device by the compound broker, then not delivered to the gateway's session)"
+            f"; {committed:,} were committed and had not reached the uplink at the end of the drain"
+            + (
+                f" (outbox states: {', '.join(f'{k} {v:,}' for k, v in sorted(states.items()))})"
+                if states
+                else ""
+            )
+            + (f"; dead letters: {', '.join(f'{r} {n:,}' for r, n in dead)}" if dead else "")
+            + "."
+        ]
 
     def config(self, work: Path, compound_port: int, district_port: int, args: argparse.Namespace) -> Path:
         per_device = args.rate / args.devices
@@ -438,6 +471,9 @@ class ThingsBoardGateway:
 
     def key(self, device: int, seq: int, ts_ms: int) -> str:
         return f"{imei(device)}|{seq}"
+
+    def explain(self, work: Path, lost: set[str]) -> list[str]:
+        return []
 
     def district_conf(self, workdir: Path) -> str:
         # ThingsBoard never sends a device's own publications back to it; a plain broker does, and the
@@ -684,6 +720,7 @@ def run_target(target: Target, args: argparse.Namespace) -> Outcome:
     outcome = Outcome(target.name, args.rate, args.seconds, args.devices)
     with tempfile.TemporaryDirectory(prefix="cgw-sustained-") as tmp:
         work = Path(tmp)
+        work.chmod(0o755)  # Mosquitto started as root reads its ACL file as the mosquitto user
         compound_port, district_port = free_port(), free_port()
         compound_text, _ = broker_conf(args.broker_config, compound_port, work / "compound-broker")
         district_text, _ = broker_conf(None, district_port, work / "district-broker")
@@ -748,27 +785,28 @@ def run_target(target: Target, args: argparse.Namespace) -> Outcome:
             outcome.busy_s = max(last - start, 1e-9)
             outcome.broker_cpu_s = sum(tree_cpu(b) for b in brokers) - broker_cpu0
             outcome.rss_mb = max(rss, tree_rss_mb(gateway))
-    outcome.offered = sum(s["offered"] for s in summaries)
-    outcome.sent = sum(s["sent"] for s in summaries)
-    outcome.acked = len(expected)
-    outcome.unacked = sum(s["unacked"] for s in summaries)
-    outcome.gen_window_s = max(s["last_publish"] for s in summaries) - min(
-        s["first_publish"] for s in summaries
-    )
-    outcome.gen_cpu_s = sum(s["cpu_s"] for s in summaries)
-    seen: dict[str, int] = {}
-    latencies: list[float] = []
-    for key, at in received:
-        seen[key] = seen.get(key, 0) + 1
-        if seen[key] == 1 and key in sent_at:
-            latencies.append(at - sent_at[key])
-    outcome.delivered = len(expected & seen.keys())
-    outcome.lost = len(expected - seen.keys())
-    outcome.duplicated = sum(n - 1 for n in seen.values())
-    outcome.unexpected = len(seen.keys() - expected)
-    outcome.p50_s = percentile(latencies, 0.50)
-    outcome.p99_s = percentile(latencies, 0.99)
-    outcome.max_s = max(latencies, default=float("nan"))
+            outcome.offered = sum(s["offered"] for s in summaries)
+            outcome.sent = sum(s["sent"] for s in summaries)
+            outcome.acked = len(expected)
+            outcome.unacked = sum(s["unacked"] for s in summaries)
+            outcome.gen_window_s = max(s["last_publish"] for s in summaries) - min(
+                s["first_publish"] for s in summaries
+            )
+            outcome.gen_cpu_s = sum(s["cpu_s"] for s in summaries)
+            seen: dict[str, int] = {}
+            latencies: list[float] = []
+            for key, at in received:
+                seen[key] = seen.get(key, 0) + 1
+                if seen[key] == 1 and key in sent_at:
+                    latencies.append(at - sent_at[key])
+            outcome.delivered = len(expected & seen.keys())
+            outcome.lost = len(expected - seen.keys())
+            outcome.duplicated = sum(n - 1 for n in seen.values())
+            outcome.unexpected = len(seen.keys() - expected)
+            outcome.p50_s = percentile(latencies, 0.50)
+            outcome.p99_s = percentile(latencies, 0.99)
+            outcome.max_s = max(latencies, default=float("nan"))
+        outcome.notes = target.explain(work, expected - seen.keys())
     return outcome
 
 
@@ -827,7 +865,10 @@ def peer_lines(outcomes: list[Outcome], peer_missing: str | None, args: argparse
         " from the topic, seq / alert / smoke / temp / battPct as time series; its example's clean MQTT v5"
         " session), its ThingsBoard connection pointed at the district broker; the bench answers its"
         " `getSessionLimits` RPC as a ThingsBoard tenant without rate limits (in-flight 100, payload 64 KiB)"
-        " and counts `v1/gateway/telemetry` by (device, seq).",
+        " and counts `v1/gateway/telemetry` by (device, seq). The district broker's ACL lets the peer read only"
+        " its RPC answers: ThingsBoard never echoes a device's own publications, a plain broker does, and the"
+        " peer then takes its own attributes for remote configuration and restarts its connector, losing"
+        " messages. Install: `" + PEER_INSTALL + "` (outside the repository; `--peer-venv` to use another).",
         f"Ours against the peer: CPU per event {ours.cpu_us_per_event:.0f} / {peer.cpu_us_per_event:.0f} µs"
         f" (**{ours.cpu_us_per_event / peer.cpu_us_per_event:.2f}x**), p99 {ours.p99_s:.3f} / {peer.p99_s:.3f} s,"
         f" lost {ours.lost:,} / {peer.lost:,}, RSS {ours.rss_mb:.0f} / {peer.rss_mb:.0f} MB."
@@ -867,6 +908,7 @@ def section(
         *table(outcomes),
         "",
         *verdicts(ours),
+        *[f"- where {o.target} lost them: {note}" for o in outcomes for note in o.notes],
         "",
         *peer_lines(outcomes, peer_missing, args),
         "",
