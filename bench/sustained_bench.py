@@ -156,6 +156,28 @@ class Broker:
         stop_process(self.process)
 
 
+def sys_counter(port: int, topic: str = "$SYS/broker/publish/messages/dropped") -> int | None:
+    """A counter the broker publishes under $SYS (retained, refreshed every sys_interval), or None."""
+    values: list[int] = []
+    got = threading.Event()
+
+    def on_message(client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        values.append(int(message.payload))
+        got.set()
+
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-sys")
+    client.on_message = on_message
+    client.connect("127.0.0.1", port)
+    client.subscribe(topic)
+    client.loop_start()
+    try:
+        got.wait(5)
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    return values[0] if values else None
+
+
 # --- the district side: subscribe, count by id, answer ---------------------------------------------
 
 
@@ -223,6 +245,7 @@ class Target(Protocol):
     """A gateway under test: how to start it, what it forwards, and how to count it."""
 
     name: str
+    gateway_at: dict[str, float]  # key -> when the gateway received it, where the uplink says so
 
     def topics(self) -> list[str]:
         """What the district subscriber subscribes to."""
@@ -295,6 +318,7 @@ class CompoundGateway:
     def __init__(self) -> None:
         self.prefix = DEFAULT_PREFIX
         self.receipts = receipt_topic(self.prefix, DISTRICT_ID, COMPOUND_ID)
+        self.gateway_at: dict[str, float] = {}
 
     def topics(self) -> list[str]:
         return [f"{self.prefix}/{DISTRICT_ID}/{COMPOUND_ID}/+"]
@@ -305,7 +329,12 @@ class CompoundGateway:
         events = json.loads(payload)["events"]
         ids = [event["event_id"] for event in events]
         client.publish(self.receipts, encode_receipt(ids), qos=1)  # what the ingester does once stored
-        return [event["event_id"] for event in events if event["kind"] == "ebike_shed"]
+        keys = []
+        for event in events:
+            if event["kind"] == "ebike_shed":
+                keys.append(event["event_id"])
+                self.gateway_at[event["event_id"]] = datetime.fromisoformat(event["received_at"]).timestamp()
+        return keys
 
     def key(self, device: int, seq: int, ts_ms: int) -> str:
         return event_id(device_id(device), SHED, shed_vendor_key(seq, ts_ms))
@@ -377,6 +406,7 @@ class CompoundGateway:
     def start(
         self, work: Path, compound_port: int, district_port: int, args: argparse.Namespace
     ) -> Iterator[psutil.Process]:
+        self.gateway_at = {}
         config = self.config(work, compound_port, district_port, args)
         log = work / "gateway.log"
         with log.open("ab") as handle:
@@ -422,6 +452,7 @@ class ThingsBoardGateway:
         self.python = venv / "bin" / "python"
         self.limits_answered = threading.Event()
         self.warmed = threading.Event()
+        self.gateway_at: dict[str, float] = {}  # its telemetry does not say when it received a message
 
     def available(self) -> str | None:
         """None when the peer can run here, else why not."""
@@ -625,6 +656,7 @@ class Outcome:
     p50_s: float = 0.0
     p99_s: float = 0.0
     max_s: float = 0.0
+    intake_p99_s: float | None = None  # device -> gateway, where the uplink tells the gateway's receipt time
     gen_window_s: float = 0.0
     gen_cpu_s: float = 0.0
     cpu_s: float = 0.0
@@ -780,6 +812,7 @@ def run_target(target: Target, args: argparse.Namespace) -> Outcome:
                 time.sleep(0.1)
             with uplink.lock:
                 received = list(uplink.received)
+            dropped = sys_counter(compound_port)
             last = max((at for _, at in received), default=last)
             outcome.cpu_s = tree_cpu(gateway) - cpu0
             outcome.busy_s = max(last - start, 1e-9)
@@ -806,7 +839,14 @@ def run_target(target: Target, args: argparse.Namespace) -> Outcome:
             outcome.p50_s = percentile(latencies, 0.50)
             outcome.p99_s = percentile(latencies, 0.99)
             outcome.max_s = max(latencies, default=float("nan"))
+        intake = [target.gateway_at[k] - sent_at[k] for k in expected if k in target.gateway_at]
+        outcome.intake_p99_s = percentile(intake, 0.99) if intake else None
         outcome.notes = target.explain(work, expected - seen.keys())
+        if outcome.lost:
+            outcome.notes.append(
+                f"the compound broker's own count of dropped messages ($SYS/broker/publish/messages/dropped,"
+                f" refreshed every sys_interval): {'unknown' if dropped is None else f'{dropped:,}'}."
+            )
     return outcome
 
 
@@ -815,14 +855,14 @@ def run_target(target: Target, args: argparse.Namespace) -> Outcome:
 
 def table(outcomes: list[Outcome]) -> list[str]:
     lines = [
-        "| gateway | offered ev/s | generator reached ev/s (its CPU) | acked by broker | delivered | lost | duplicated | p50 s | p99 s | gateway cores | CPU µs/event | RSS MB | brokers' cores |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| gateway | offered ev/s | generator reached ev/s (its CPU) | acked by broker | delivered | lost | duplicated | p50 s | p99 s | p99 device→gateway s | gateway cores | CPU µs/event | RSS MB | brokers' cores |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for o in outcomes:
         lines.append(
             f"| {o.target} | {o.rate:,.0f} | {o.reached:,.0f} ({o.gen_cpu_s / o.gen_window_s:.2f} cores, "
             f"{o.gen_cpu_s / max(o.sent, 1) * 1e6:.0f} µs/msg) | {o.acked:,} | {o.delivered:,} | {o.lost:,} | "
-            f"{o.duplicated:,} | {o.p50_s:.3f} | {o.p99_s:.3f} | {o.cores:.2f} | {o.cpu_us_per_event:.0f} | "
+            f"{o.duplicated:,} | {o.p50_s:.3f} | {o.p99_s:.3f} | {'-' if o.intake_p99_s is None else f'{o.intake_p99_s:.3f}'} | {o.cores:.2f} | {o.cpu_us_per_event:.0f} | "
             f"{o.rss_mb:.0f} | {o.broker_cpu_s / o.busy_s:.2f} |"
         )
     return lines
@@ -914,7 +954,7 @@ def section(
         "",
         "Lost = acknowledged to the device by the compound broker (PUBACK) and not seen at the uplink after"
         f" the load and a drain of up to {args.drain:g} s; latency = uplink receipt minus the device's publish"
-        " time; gateway CPU = its process tree's user + system time from the start of the load to the last"
+        " time (device→gateway: the event's `received_at`, the gateway's intake clock, minus the same; a long one means the backlog waits at the compound broker, not in the outbox); gateway CPU = its process tree's user + system time from the start of the load to the last"
         " event at the uplink (cores: over that time; per event: over the events delivered); RSS the"
         " highest sample of the tree; generator reached = messages acknowledged per second of its window.",
         "",
