@@ -1,5 +1,6 @@
 """Sustained load (issue 12): 50 MQTT shed sensors at an offered rate for 60 s, counted by id at the uplink.
 
+    .venv/bin/python bench/sustained_bench.py                    # 2,000 and 5,000 ev/s, 60 s, with the peer
     .venv/bin/python bench/sustained_bench.py --rate 2000 --seconds 60          # writes docs/benchmarks.md
     .venv/bin/python bench/sustained_bench.py --rate 2000 --rate 5000 --no-peer --no-write
     .venv/bin/python bench/sustained_bench.py --rate 5000 --broker-config deploy/mosquitto/compound.conf
@@ -26,7 +27,8 @@ The compound broker runs with Mosquitto's defaults, or the limits of ``--broker-
 listeners, TLS, authentication and file locations are replaced by the bench's own private ones).
 
 The peer, ThingsBoard IoT Gateway 3.8.5 (PyPI ``thingsboard-gateway``), is measured under the same
-load in the same run when ``--peer`` is on and its venv exists (see ``--peer-venv``).
+load right after ours in the same run (``--peer``, the default) when its venv exists (``--peer-venv``);
+otherwise the report says why it was not measured.
 """
 
 from __future__ import annotations
