@@ -173,7 +173,7 @@ def sys_counter(port: int, topic: str = "$SYS/broker/publish/messages/dropped") 
     client.subscribe(topic)
     client.loop_start()
     try:
-        got.wait(5)
+        got.wait(12)  # retained, so at once; else the next refresh (sys_interval, 10 s by default)
     finally:
         client.disconnect()
         client.loop_stop()
@@ -852,9 +852,15 @@ def run_target(target: Target, args: argparse.Namespace) -> Outcome:
         outcome.intake_p99_s = percentile(intake, 0.99) if intake else None
         outcome.notes = target.explain(work, expected - seen.keys())
         if outcome.lost:
+            rest = (
+                ""
+                if dropped is None or dropped >= outcome.lost
+                else f"; the other {outcome.lost - dropped:,} were inside the gateway, dropped there or still"
+                " queued at the end of the drain"
+            )
             outcome.notes.append(
                 f"the compound broker's own count of dropped messages ($SYS/broker/publish/messages/dropped,"
-                f" refreshed every sys_interval): {'unknown' if dropped is None else f'{dropped:,}'}."
+                f" refreshed every sys_interval): {'unknown' if dropped is None else f'{dropped:,}'}{rest}."
             )
     return outcome
 
