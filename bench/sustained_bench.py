@@ -941,10 +941,12 @@ def section(
 ) -> list[str]:
     rate = outcomes[0].rate
     ours = next(o for o in outcomes if o.target == CompoundGateway.name)
+    broker_name = f"{args.broker_config.name}" if args.broker_config else "Mosquitto defaults"
     flags = f" --broker-config {args.broker_config}" if args.broker_config else ""
     flags += "" if args.peer else " --no-peer"
     return [
-        f"## Sustained load at {rate:,.0f} events/s (issue 12)",
+        # one section per rate and compound broker config, so the defaults and the shipped config stand side by side
+        f"## Sustained load at {rate:,.0f} events/s, compound broker: {broker_name} (issue 12)",
         "",
         f"Command: `.venv/bin/python bench/sustained_bench.py --rate {rate:.0f} --seconds {args.seconds:g}"
         f" --devices {args.devices}{flags}`, run {datetime.now(UTC):%Y-%m-%d %H:%M} UTC,"
