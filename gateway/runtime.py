@@ -148,6 +148,7 @@ def _start_mqtt(
         name="device-broker-sys",
     )
 
+
 def _expose_pipeline(health: Health, pipeline: IntakePipeline) -> None:
     health.expose("cgw_intake_batches_total", "batches handed to the intake worker", lambda: pipeline.batches)
     health.expose(
