@@ -14,7 +14,7 @@ from pathlib import Path
 
 from device_sims.inventory import DISTRICT_ID, compound_id
 from district.config import load_district_config
-from district.ingester import MESSAGES_PER_ROUND, IngestState, Ingester, Round, decode_message
+from district.ingester import MESSAGES_PER_ROUND, Ingester, IngestState, Round, decode_message
 from foundation.events import EbikeShedPayload, Event, EventKind, Provenance, Severity, ShedCondition, utc_now
 from foundation.identity import event_id
 from foundation.mqtt import Message
