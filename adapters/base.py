@@ -142,6 +142,11 @@ class Dialect(Protocol):
         """How to send its devices commands (``adapters/commands.py``), or None: they take none."""
         ...
 
+    @property
+    def sequence(self) -> SequenceReader | None:
+        """Where its payloads carry the device's own message sequence number, or None: they carry none."""
+        ...
+
     def device_ref(self, raw: RawMessage) -> str:
         """The vendor's identity of the sending device (for shared transports), or reject."""
         ...
@@ -153,10 +158,71 @@ class Dialect(Protocol):
 
 @dataclass(frozen=True)
 class ParseResult:
-    """What a dialect made of one payload."""
+    """What a dialect made of one payload.
+
+    Attributes:
+        events: the canonical events (none for a heartbeat or a post that is no passage).
+        media: the pictures the events refer to.
+        sequence: the device's own sequence number of this payload, for dialects whose devices
+            number their messages (``Dialect.sequence``); None otherwise.
+    """
 
     events: tuple[Event, ...]
     media: tuple[MediaBlob, ...] = ()
+    sequence: int | None = None
+
+
+class SequenceReader(Protocol):
+    """How a dialect's devices number their messages, so that the gateway can see what never arrived.
+
+    A device that counts its messages (a shed sensor's ``seq``, an access controller's ``serialNo``)
+    lets the gateway tell a gap (numbers that never arrived) from a restart (the count starts again)
+    and from a QoS 1 redelivery (a number seen before). ``parse`` reports the number of a payload it
+    accepts in ``ParseResult.sequence``; ``read`` finds it in a payload that was refused for another
+    reason, so that a dead-lettered message is not mistaken for a lost one.
+    """
+
+    @property
+    def field(self) -> str:
+        """The vendor's name of the field (for logs and documentation)."""
+        ...
+
+    def read(self, raw: RawMessage) -> int | None:
+        """The payload's sequence number, best effort: None when it has none or it is unreadable; never raises."""
+        ...
+
+
+@dataclass(frozen=True)
+class JsonSequence:
+    """A sequence number at a fixed path in a JSON payload (a non-negative integer)."""
+
+    path: tuple[str, ...]
+
+    @property
+    def field(self) -> str:
+        """The dotted path of the field."""
+        return ".".join(self.path)
+
+    def read(self, raw: RawMessage) -> int | None:
+        """The integer at ``path``, or None."""
+        try:
+            return sequence_at(load_json_object(raw.body), self.path)
+        except PayloadRejected:
+            return None
+
+
+def sequence_at(document: Mapping[str, object], path: tuple[str, ...]) -> int | None:
+    """The non-negative integer at ``path`` in a decoded JSON document, or None (never raises)."""
+    value: object = document
+    for key in path:
+        if not isinstance(value, dict):
+            return None
+        value = value.get(key)
+    if isinstance(value, str) and value.isdigit() and len(value) < 20:
+        return int(value)  # firmware that quotes its numbers (the parsers accept decimal strings too)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        return None
+    return value
 
 
 # --- strict readers --------------------------------------------------------------------------------

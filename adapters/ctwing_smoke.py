@@ -53,6 +53,7 @@ class CtwingSmoke:
     description: str = "E-bike shed NB-IoT smoke alarm via CTWing/OceanConnect HTTP push (deviceDataChanged)"
     topic_filter: str | None = None
     commands: None = None  # its devices take no commands
+    sequence: None = None  # no per-device message sequence: only their silence shows a loss
 
     def device_ref(self, raw: RawMessage) -> str:
         """The alarm's own id (``devId``), falling back to the platform's device id."""

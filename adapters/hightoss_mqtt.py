@@ -45,6 +45,9 @@ class HighTossMqtt:
     )
     topic_filter: str | None = f"{PREFIX}/+/+"
     commands: None = None  # its devices take no commands
+    # EventID is no message sequence: Start, Stop and every post of a picture group repeat it, and the
+    # camera numbers the events of all its rules with it, so a missing number proves no loss
+    sequence: None = None
 
     def device_ref(self, raw: RawMessage) -> str:
         """The camera serial number in the topic."""

@@ -9,7 +9,7 @@ and produce nothing, since one passage makes several posts.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from adapters.base import (
     DeviceContext,
@@ -21,6 +21,7 @@ from adapters.base import (
     build_event,
     load_json_object,
     parse_iso_time,
+    sequence_at,
 )
 from adapters.multipart import Part, split_multipart
 from adapters.pictures import MAX_PICTURE_BYTES, check_picture
@@ -71,6 +72,25 @@ IGNORED_EVENT_TYPES = {"heartbeat", "heartBeat"}
 
 
 @dataclass(frozen=True)
+class AcsSerialNumbers:
+    """``serialNo``: the controller numbers every event it logs, passages and door states alike.
+
+    ``frontSerialNo`` (the previous number) is not used: a gap is seen from our own record of what
+    arrived, which also covers posts that were lost together with their predecessor.
+    """
+
+    field: str = "AccessControllerEvent.serialNo"
+
+    def read(self, raw: RawMessage) -> int | None:
+        """The post's ``serialNo``, or None."""
+        try:
+            document, _ = _document(raw)
+        except PayloadRejected:
+            return None
+        return sequence_at(document, ("AccessControllerEvent", "serialNo"))
+
+
+@dataclass(frozen=True)
 class HikIsapiAcs:
     """Hikvision ISAPI access-controller event push (face gate)."""
 
@@ -83,14 +103,15 @@ class HikIsapiAcs:
     )
     topic_filter: str | None = None
     commands: None = None  # its devices take no commands
+    sequence: AcsSerialNumbers = field(default_factory=AcsSerialNumbers)
 
     def device_ref(self, raw: RawMessage) -> str:
         """The MAC address the device reports."""
-        return Fields(self._document(raw)[0]).text("macAddress", max_len=32)
+        return Fields(_document(raw)[0]).text("macAddress", max_len=32)
 
     def parse(self, raw: RawMessage, ctx: DeviceContext) -> ParseResult:
         """One access-controller post -> zero or one face_access event."""
-        document, pictures = self._document(raw)
+        document, pictures = _document(raw)
         doc = Fields(document)
         event_type = doc.text("eventType", max_len=64)
         if event_type in IGNORED_EVENT_TYPES:
@@ -104,7 +125,8 @@ class HikIsapiAcs:
         minor = acs.integer("subEventType", lo=0, hi=0xFFFF)
         mapped = MINOR_CODES.get(minor) if major == MAJOR_EVENT else None
         if mapped is None:
-            return ParseResult(events=())  # door state, alarm input, operation log: not a passage
+            # door state, alarm input, operation log: not a passage, but numbered like one
+            return ParseResult(events=(), sequence=acs.opt_integer("serialNo", lo=0))
         result, verify_mode = mapped
         occurred_at = parse_iso_time(doc.text("dateTime", max_len=40), "dateTime", ctx.local_tz)
         serial = acs.integer("serialNo", lo=0)
@@ -149,21 +171,21 @@ class HikIsapiAcs:
             device_ref=mac,
             media=media,
         )
-        return ParseResult(events=(event,), media=media)
+        return ParseResult(events=(event,), media=media, sequence=serial)
 
-    @staticmethod
-    def _document(raw: RawMessage) -> tuple[dict[str, object], list[Part]]:
-        ctype = (raw.content_type or "").lower()
-        if ctype.startswith("application/json") or (not ctype and raw.body.lstrip()[:1] == b"{"):
-            return dict(load_json_object(raw.body, what="event_log")), []
-        parts = split_multipart(raw.body, raw.content_type)
-        json_parts = [p for p in parts if p.name == "event_log" or (p.content_type or "").endswith("json")]
-        if not json_parts:
-            raise PayloadRejected(
-                "missing_field", "no event_log JSON part in the multipart body", field="event_log"
-            )
-        document = dict(load_json_object(json_parts[0].data, what="event_log"))
-        return document, [p for p in parts if p.is_picture]
+
+def _document(raw: RawMessage) -> tuple[dict[str, object], list[Part]]:
+    ctype = (raw.content_type or "").lower()
+    if ctype.startswith("application/json") or (not ctype and raw.body.lstrip()[:1] == b"{"):
+        return dict(load_json_object(raw.body, what="event_log")), []
+    parts = split_multipart(raw.body, raw.content_type)
+    json_parts = [p for p in parts if p.name == "event_log" or (p.content_type or "").endswith("json")]
+    if not json_parts:
+        raise PayloadRejected(
+            "missing_field", "no event_log JSON part in the multipart body", field="event_log"
+        )
+    document = dict(load_json_object(json_parts[0].data, what="event_log"))
+    return document, [p for p in parts if p.is_picture]
 
 
 DIALECT = HikIsapiAcs()

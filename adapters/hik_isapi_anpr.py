@@ -127,6 +127,7 @@ class HikIsapiAnpr:
     )
     topic_filter: str | None = None
     commands: None = None  # its devices take no commands
+    sequence: None = None  # no per-device message sequence: only their silence shows a loss
 
     def device_ref(self, raw: RawMessage) -> str:
         """The MAC address the camera reports."""

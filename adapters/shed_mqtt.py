@@ -8,10 +8,11 @@ report can raise several conditions at once; each becomes its own event.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from adapters.base import (
     DeviceContext,
+    JsonSequence,
     ParseResult,
     RawMessage,
     Transport,
@@ -59,6 +60,8 @@ class ShedMqtt:
     )
     topic_filter: str | None = f"{PREFIX}/+/+"
     commands: None = None  # its devices take no commands
+    # every report (alarm, heartbeat, self-test) takes the next seq; a reboot starts again
+    sequence: JsonSequence = field(default_factory=lambda: JsonSequence(("seq",)))
 
     def device_ref(self, raw: RawMessage) -> str:
         """The IMEI in the topic."""
@@ -116,7 +119,7 @@ class ShedMqtt:
                     device_ref=imei,
                 )
             )
-        return ParseResult(events=tuple(events))
+        return ParseResult(events=tuple(events), sequence=seq)
 
 
 DIALECT = ShedMqtt()

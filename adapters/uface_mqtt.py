@@ -62,6 +62,7 @@ class UfaceMqtt:
     description: str = "Face gate, MQTT JSON recognition records (uface/<sn>/event) with optional base64 JPEG"
     topic_filter: str | None = f"{PREFIX}/+/+"
     commands: None = None  # its devices take no commands
+    sequence: None = None  # msgId is an opaque string, not a count: only the terminal's silence shows a loss
 
     def device_ref(self, raw: RawMessage) -> str:
         """The serial number in the topic."""

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from adapters.base import (
     DeviceContext,
     Fields,
+    JsonSequence,
     ParseResult,
     RawMessage,
     Transport,
@@ -222,6 +223,10 @@ class VzLprMqtt:
     description: str = "Barrier LPR camera, MQTT JSON AlarmInfoPlate results (vzlpr/<serialno>/result)"
     topic_filter: str | None = f"{PREFIX}/+/+"
     commands: VzBarrierCommands = field(default_factory=VzBarrierCommands)
+    # the camera numbers its recognitions (plateid); a reboot starts again
+    sequence: JsonSequence = field(
+        default_factory=lambda: JsonSequence(("AlarmInfoPlate", "result", "PlateResult", "plateid"))
+    )
 
     def device_ref(self, raw: RawMessage) -> str:
         """The camera serial number in the topic."""
@@ -276,7 +281,7 @@ class VzLprMqtt:
             event_code=f"trigger/{result.opt_integer('triggerType', lo=0, hi=1 << 16)}",
             device_ref=serial,
         )
-        return ParseResult(events=(event,))
+        return ParseResult(events=(event,), sequence=plate_id)
 
 
 DIALECT = VzLprMqtt()

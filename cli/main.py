@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import signal
 import sys
 import tomllib
@@ -35,6 +36,7 @@ from gateway.config import load_config
 from gateway.outbox import Outbox
 from gateway.runtime import run_gateway
 from gateway.watchlist_check import add_watchlist_check_commands, run_watchlist_check
+from uplink.config import TlsConfig, check_client_key
 
 PARSE_PLACEHOLDER_ID = "00000000000000000000"
 PARSE_KEY = b"compound-gateway-parse-cli-not-a-production-key"
@@ -179,12 +181,14 @@ def _serve(daemon: Coroutine[Any, Any, None]) -> int:
 
 def _run(config_path: Path) -> int:
     config = load_config(config_path)
+    check_client_key(config.uplink_tls, config_path, "uplink.broker.tls")
     configure_logging(config.log_format)
     return _serve(run_gateway(config))
 
 
 def _ingest(config_path: Path) -> int:
     config = load_district_config(config_path)
+    check_client_key(config.broker.tls, config_path, "broker.tls")
     configure_logging(config.log_format)
     return _serve(run_ingester(config))
 
@@ -198,19 +202,30 @@ def _check_config(path: Path) -> int:
     if "compound" not in top and "district_id" in top:
         district = load_district_config(path)
         broker = district.broker
+        key = _check_key(district.broker.tls, path, "broker.tls")
         print(
             f"{path}: ok: district {district.district_id}, store {district.store.type},"
-            f" broker {broker.host}:{broker.port}{' (TLS)' if broker.tls else ''},"
+            f" broker {broker.host}:{broker.port}{' (TLS)' if broker.tls else ''}{key},"
             f" {len(district.compounds)} registered compounds, operator API on {district.api.host}:{district.api.port}"
         )
         return 0
     config = load_config(path)
     uplink = config.uplink.mode if config.uplink else "none"
+    key = _check_key(config.uplink_tls, path, "uplink.broker.tls")
     print(
         f"{path}: ok: compound {config.compound.compound_id} ({config.compound.name}), {len(config.devices)} devices, "
-        f"dialects: {', '.join(sorted({d.dialect for d in config.devices}))}; uplink: {uplink}"
+        f"dialects: {', '.join(sorted({d.dialect for d in config.devices}))}; uplink: {uplink}{key}"
     )
     return 0
+
+
+def _check_key(tls: TlsConfig | None, path: Path, field: str) -> str:
+    """Check the TLS client key where it can be reached; a note when only the unit can reach it."""
+    if tls is not None and tls.key_credential is not None and "CREDENTIALS_DIRECTORY" not in os.environ:
+        # an operator's shell, not the unit's ExecStartPre=: the credential exists only for the unit
+        return f" (client key: credential {tls.key_credential!r}, checked when the unit runs this)"
+    check_client_key(tls, path, field)
+    return ""
 
 
 def _parse(args: argparse.Namespace) -> int:

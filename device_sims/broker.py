@@ -14,6 +14,9 @@ import time
 from pathlib import Path
 from types import TracebackType
 
+COMPOUND_CONF = Path(__file__).resolve().parents[1] / "deploy" / "mosquitto" / "compound.conf"
+"""The shipped compound (device) broker configuration."""
+
 
 def free_port() -> int:
     """An unused TCP port on the loopback interface."""
@@ -54,12 +57,30 @@ class Mosquitto:
     """A Mosquitto process bound to 127.0.0.1 on a private port."""
 
     def __init__(
-        self, workdir: Path, port: int | None = None, *, persistence: bool = True, max_queued: int = 1_000_000
+        self,
+        workdir: Path,
+        port: int | None = None,
+        *,
+        persistence: bool = True,
+        max_queued: int | None = 1_000_000,
+        sys_interval_s: int | None = None,
+        shipped_compound: bool = False,
     ) -> None:
+        """A broker in ``workdir``; ``max_queued`` None keeps Mosquitto's default queue (1000).
+
+        ``sys_interval_s`` is how often it republishes ``$SYS`` (its default, 10 s, when None).
+        ``shipped_compound`` runs the shipped compound broker configuration instead
+        (``deploy/mosquitto/compound.conf``: its queue limits, persistence and ``$SYS`` interval as
+        shipped), made runnable here: this port on the loopback, files under ``workdir``, and
+        anonymous clients without the ACL (the ACL is tested in ``tests/test_compound_broker.py``);
+        the other options are then ignored.
+        """
         self.workdir = workdir
         self.port = port or free_port()
         self.persistence = persistence
         self.max_queued = max_queued
+        self.sys_interval_s = sys_interval_s
+        self.shipped_compound = shipped_compound
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -67,24 +88,51 @@ class Mosquitto:
         """Where the generated configuration lives."""
         return self.workdir / "mosquitto.conf"
 
+    def _shipped_compound_lines(self) -> list[str]:
+        data = self.workdir / "data"
+        data.mkdir(exist_ok=True)
+        text = COMPOUND_CONF.read_text(encoding="utf-8")
+        for needle in ("listener 1883\n", "allow_anonymous false", "/var/lib/mosquitto/", "log_dest syslog"):
+            if needle not in text:
+                raise RuntimeError(f"{COMPOUND_CONF} changed: no {needle!r} to adapt for a local run")
+        text = (
+            text.replace("listener 1883\n", f"listener {self.port} 127.0.0.1\n")
+            .replace("allow_anonymous false", "allow_anonymous true")
+            .replace("/var/lib/mosquitto/", f"{data}/")
+            .replace("log_dest syslog", f"log_dest file {self.workdir}/mosquitto.log")
+        )
+        return [line for line in text.splitlines() if not line.startswith(("password_file ", "acl_file "))]
+
     def start(self) -> Mosquitto:
         """Start and wait until the port accepts connections."""
         self.workdir.mkdir(parents=True, exist_ok=True)
-        lines = [
-            f"listener {self.port} 127.0.0.1",
-            "allow_anonymous true",
-            f"persistence {'true' if self.persistence else 'false'}",
-            f"persistence_location {self.workdir}/",
-            "autosave_interval 1",
-            f"max_queued_messages {self.max_queued}",
-            "max_queued_bytes 0",
-            "max_inflight_messages 1000",
-            "persistent_client_expiration 1d",
-            f"log_dest file {self.workdir}/mosquitto.log",
-            "log_type error",
-            "log_type warning",
-            "log_type notice",
-        ]
+        lines = (
+            self._shipped_compound_lines()
+            if self.shipped_compound
+            else [
+                f"listener {self.port} 127.0.0.1",
+                "allow_anonymous true",
+                f"persistence {'true' if self.persistence else 'false'}",
+                f"persistence_location {self.workdir}/",
+                "autosave_interval 1",
+                *(
+                    [f"max_queued_messages {self.max_queued}", "max_queued_bytes 0"]
+                    if self.max_queued
+                    else []
+                ),
+                *([f"sys_interval {self.sys_interval_s}"] if self.sys_interval_s is not None else []),
+                "max_inflight_messages 1000",
+                "persistent_client_expiration 1d",
+                f"log_dest file {self.workdir}/mosquitto.log",
+                "log_type error",
+                "log_type warning",
+                "log_type notice",
+            ]
+        )
+        # Started as root (containers, CI), Mosquitto drops to its own user, which cannot enter a
+        # private (0700) work directory: it would run without its log and, silently, without
+        # persistence. "user root" keeps it as it was started; it means nothing to a non-root start.
+        lines.append("user root")
         self.config_path.write_text("\n".join(lines) + "\n")
         self._process = subprocess.Popen(
             [mosquitto_binary(), "-c", str(self.config_path)],

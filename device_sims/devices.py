@@ -297,6 +297,10 @@ class _MqttJsonSim:
             raise ValueError(f"{device.dialect} simulator needs the device ref")
         self.ref: str = device.ref
 
+    def restart(self) -> None:
+        """The device reboots: its message count (shed ``seq``, LPR ``plateid``) starts again from 1."""
+        self.seq = 0
+
     def topic(self, channel: str) -> str:
         """The device's topic for a channel."""
         return f"{self.prefix}/{self.ref}/{channel}"

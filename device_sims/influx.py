@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import signal
 import subprocess
 import time
 import urllib.error
@@ -81,8 +82,22 @@ bind-address = "127.0.0.1:{self.rpc_port}"
             time.sleep(0.1)
         raise RuntimeError(f"influxd did not answer on port {self.port} within 30 s")
 
+    def pause(self) -> None:
+        """SIGSTOP: the server takes connections (the kernel's backlog) but answers nothing."""
+        if self._process is None:
+            raise RuntimeError("influxd is not running")
+        self._process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT after ``pause``: requests that waited are handled now."""
+        if self._process is None:
+            raise RuntimeError("influxd is not running")
+        self._process.send_signal(signal.SIGCONT)
+
     def stop(self, *, kill: bool = False) -> None:
-        """Stop (SIGTERM) or kill."""
+        """Stop (SIGTERM) or kill (a paused server is resumed first, so that SIGTERM can land)."""
+        if self._process is not None and self._process.poll() is None:
+            self._process.send_signal(signal.SIGCONT)
         stop_process(self._process, kill=kill)
         self._process = None
 

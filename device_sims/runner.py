@@ -29,6 +29,9 @@ class Report:
 
     sent: int = 0
     acked: list[Outgoing] = field(default_factory=list)
+    # each MQTT device's connection publishes a birth message (not one of the steps): acknowledged
+    # by the broker all the same, so the gateway holds an event for each
+    births: list[Outgoing] = field(default_factory=list)
     rejected: int = 0
     failed: int = 0
     rate_limited: int = 0  # 429s answered, each followed by a retry after Retry-After
@@ -178,6 +181,7 @@ class Runner:
             self._clients[ref] = (client, client_stack)
             birth = sim.status(online=True, session=session)  # type: ignore[attr-defined]
             await client.publish(birth.topic, birth.payload, qos=1, timeout_s=10)
+            self.report.births.append(birth)
             return client
 
     async def _publish(self, sim: DeviceSim, message: MqttPublish) -> None:

@@ -38,7 +38,7 @@ class IngestConfig(ConfigModel):
         ge=64 * 1024,
         description="larger uplink messages are dead-lettered unread (gateways send at most 4 MiB)",
     )
-    dead_letter_path: Path = Path("/var/lib/compound-district/ingest-dead-letters.db")
+    dead_letter_path: Path = Path("/var/lib/compound-district-ingester/dead-letters.db")
     dead_letter_keep: int = Field(default=100_000, ge=10)
     receipts: bool = Field(default=True, description="confirm stored events to the compounds")
     http_host: str = Field(default="127.0.0.1", description="address of /healthz, /readyz and /metrics")
@@ -64,7 +64,7 @@ class OperatorApiConfig(ConfigModel):
     host: str = "127.0.0.1"
     port: Port = 8090
     ops_db: Path = Field(
-        default=Path("/var/lib/compound-district/operations.db"),
+        default=Path("/var/lib/compound-district-api/operations.db"),
         description="tokens (hashed), the append-only audit log and alarm lifecycles",
     )
     timezone: ZoneName = Field(

@@ -113,6 +113,8 @@ class IngestFigures(Protocol):
 
     events_written: int
     messages_acked: int
+    messages_received: int
+    messages_unacked: int
     receipts_sent: int
     receipts_refused: int
     store_write_failures: int
@@ -126,6 +128,11 @@ def expose_ingester(health: Health, figures: IngestFigures) -> None:
         "cgw_ingest_messages_total",
         "uplink messages acknowledged (their events stored or dead-lettered)",
         lambda: figures.messages_acked,
+    )
+    health.expose(
+        "cgw_ingest_messages_received_total",
+        "uplink messages taken into a round (a redelivered message counts again)",
+        lambda: figures.messages_received,
     )
     health.expose(
         "cgw_ingest_events_stored_total",
@@ -149,6 +156,12 @@ def expose_ingester(health: Health, figures: IngestFigures) -> None:
     )
 
     def write(families: MetricFamilies) -> None:
+        families.gauge(
+            "cgw_ingest_messages_unacked",
+            "uplink messages taken into a round on this connection and not yet acknowledged"
+            " (being decoded or stored)",
+            float(figures.messages_unacked),
+        )
         families.gauge(
             "cgw_ingest_store_failing",
             "1 while store writes fail (and are retried)",

@@ -18,6 +18,7 @@ import json
 import sqlite3
 from collections import Counter
 from collections.abc import Callable, Sequence
+from concurrent.futures import Executor, ThreadPoolExecutor
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +32,7 @@ from foundation.backoff import Backoff, BackoffConfig
 from foundation.cancellation import raise_if_cancelling
 from foundation.errors import PayloadRejected, PublishRefusedError, TransportError
 from foundation.events import Event, utc_now
+from foundation.fault_switches import FaultSwitch, fault_on
 from foundation.health import Health
 from foundation.logging import worth_logging
 from foundation.mqtt import Message, MqttSession, SessionOptions
@@ -67,6 +69,7 @@ class Round:
     events: list[Event] = field(default_factory=list)
     letters: list[IngestLetter] = field(default_factory=list)
     statuses: list[tuple[str, str, str | None]] = field(default_factory=list)
+    messages: Sequence[Message] = ()
 
 
 INGEST_STATE_SCHEMA = """
@@ -119,12 +122,19 @@ class IngestState(SqliteBacked):
 class Ingester:
     """One ingester: a shared subscription, the store, the dead letters."""
 
-    def __init__(self, config: DistrictConfig, store: EventStore, state: IngestState) -> None:
+    def __init__(
+        self, config: DistrictConfig, store: EventStore, state: IngestState, decoder: Executor
+    ) -> None:
         self._config = config
         self._store = store
         self._state = state
+        self._decoder = decoder
         self.events_written = 0
         self.messages_acked = 0
+        self.messages_received = 0
+        # taken into a round on the current connection and not yet acknowledged: the fault tests
+        # read it to know that a round is in flight when they kill the ingester
+        self.messages_unacked = 0
         self.receipts_sent = 0
         self.receipts_refused = 0  # the broker refused a receipt (v5 reason code), e.g. its ACL
         self.store_write_failures = 0
@@ -160,9 +170,13 @@ class Ingester:
             async with session:
                 await session.subscribe(topic_filter, qos=1)
                 log.info("ingester_connected", host=broker.host, port=broker.port, subscription=topic_filter)
+                self.messages_unacked = 0  # the broker redelivers the previous connection's
                 on_connected()
 
-                async def commit(decoded: Round) -> None:
+                async def commit(decoding: asyncio.Future[Round]) -> None:
+                    decoded = await decoding
+                    if fault_on(FaultSwitch.INGESTER_ACK_BEFORE_STORE):
+                        await self._ack_before_store(session, decoded)
                     stored = await self._ingest(decoded)
                     if ingest.receipts:
                         await self._send_receipts(session, stored)
@@ -174,20 +188,45 @@ class Ingester:
                     batch_max=MESSAGES_PER_ROUND,
                     depth=2,
                     acknowledged=self._acknowledged,
+                    abandon=_abandon_decoding,
                 )
         except* TransportError as group:
             raise TransportError(
                 f"district broker {broker.host}:{broker.port}: {group.exceptions[0]}"
             ) from group
 
-    def _decode_round(self, batch: Sequence[Message]) -> Round:
-        decoded = Round()
+    def _decode_round(self, batch: Sequence[Message]) -> asyncio.Future[Round]:
+        self.messages_received += len(batch)
+        self.messages_unacked += len(batch)
+        # A round is up to 256 batches of up to 200 events: decoding it takes seconds under load.
+        # On its own thread the event loop keeps answering /metrics, PUBACKs, keepalives and the
+        # watchdog meanwhile (the GIL hands the loop a turn every few milliseconds).
+        return asyncio.get_running_loop().run_in_executor(self._decoder, self._decode, batch)
+
+    def _decode(self, batch: Sequence[Message]) -> Round:
+        decoded = Round(messages=batch)
         for message in batch:
             decode_message(self._config, message.topic, message.payload, decoded)
         return decoded
 
     def _acknowledged(self, batch: Sequence[Message]) -> None:
         self.messages_acked += len(batch)
+        self.messages_unacked -= len(batch)
+
+    async def _ack_before_store(self, session: MqttSession, decoded: Round) -> None:
+        """Fault switch ``ingester_ack_before_store``: the round is confirmed before it is durable.
+
+        A kill during the store write then loses the round: the broker has its PUBACKs, the gateway
+        its receipts. (The PUBACKs go out again after the write, as always; the broker ignores a
+        PUBACK for a packet identifier it no longer holds.)
+        """
+        for message in decoded.messages:
+            session.ack(message)
+        claimed: dict[str, list[str]] = {}
+        for event in decoded.events:
+            claimed.setdefault(event.compound_id, []).append(event.event_id)
+        if self._config.ingest.receipts:
+            await self._send_receipts(session, claimed)
 
     async def _ingest(self, decoded: Round) -> dict[str, list[str]]:
         """Store a decoded round; returns the stored event ids per compound."""
@@ -286,6 +325,12 @@ class Ingester:
         return await self._write(events[:middle]) + await self._write(events[middle:])
 
 
+def _abandon_decoding(decoding: asyncio.Future[Round]) -> None:
+    # decoding cannot fail (a bad message becomes a dead letter): no exception to consume; a round
+    # not yet started is not worth decoding, the broker redelivers it
+    decoding.cancel()
+
+
 def decode_message(config: DistrictConfig, topic: str, body: bytes, into: Round) -> None:
     """One uplink message into ``into``: its events, its gateway status, or dead letters saying why not.
 
@@ -348,7 +393,9 @@ async def run_ingester(config: DistrictConfig, *, ready: asyncio.Event | None = 
         state = await stack.enter_async_context(
             IngestState(config.ingest.dead_letter_path, config.ingest.dead_letter_keep)
         )
-        ingester = Ingester(config, store, state)
+        # one thread: rounds are decoded one at a time, in arrival order
+        decoder = stack.enter_context(ThreadPoolExecutor(1, thread_name_prefix="ingest-decode"))
+        ingester = Ingester(config, store, state, decoder)
         await stack.enter_async_context(serve_ingester_health(config.ingest, health, ingester, store))
         connected = asyncio.Event()
         async with asyncio.TaskGroup() as tg:

@@ -22,6 +22,23 @@ ENVIRONMENT_VARIABLE = "CGW_FAULT_SWITCHES"
 class FaultSwitch(StrEnum):
     """One guarantee broken on purpose; the value is the name used in ``CGW_FAULT_SWITCHES``."""
 
+    SEQUENCE_GAPS_IGNORED = "sequence_gaps_ignored"
+    """The gateway stops reading devices' sequence numbers: lost messages go unnoticed again."""
+
+    INGESTER_ACK_BEFORE_STORE = "ingester_ack_before_store"
+    """The ingester acknowledges an uplink round (PUBACK and receipt) before the store has it."""
+
+    INFLUX_DEDUP_OFF = "influx_dedup_off"
+    """An InfluxDB point's time no longer derives from its event id: a re-written event is a new point."""
+
+    ACK_BEFORE_COMMIT = "ack_before_commit"
+    """The intake pipeline reports a batch's results (so HTTP answers 200 and MQTT sends PUBACKs)
+    as soon as the batch is handed to the worker, before it is committed (``gateway/pipeline.py``)."""
+
+    OUTBOX_DEDUP_OFF = "outbox_dedup_off"
+    """The outbox no longer recognises a re-sent event: an event id it already holds is stored again
+    under a fresh id (``gateway/outbox/event_states.py``), as an id-less intake would."""
+
 
 def _read(raw: str) -> frozenset[FaultSwitch]:
     names = {name.strip() for name in raw.split(",") if name.strip()}

@@ -26,7 +26,7 @@ from foundation.config_types import ConfigModel, Port, ZoneName
 from foundation.errors import ConfigError
 from foundation.events import GbId, Location
 from foundation.toml_config import load_toml_model
-from uplink.config import BrokerConfig
+from uplink.config import BrokerConfig, TlsConfig
 from uplink.protocol import DEFAULT_PREFIX
 from uplink.stores import StoreConfig
 
@@ -317,6 +317,11 @@ class GatewayConfig(ConfigModel):
     def mqtt_client_id(self) -> str:
         """Stable client id: the broker keeps our session (and unacknowledged messages) under it."""
         return self.mqtt.client_id or f"cgw-{self.compound.compound_id}"
+
+    @property
+    def uplink_tls(self) -> TlsConfig | None:
+        """TLS to the district broker, if the uplink goes through one with TLS."""
+        return self.uplink.broker.tls if isinstance(self.uplink, MqttUplinkConfig) else None
 
     def pseudonym_key_path(self) -> Path:
         """Where the pseudonymization key is read from."""

@@ -35,6 +35,7 @@ class Outcome:
     operation: Operation
     rejection: Rejection | None = None
     device: str | None = None
+    sequence: int | None = None  # the device's own number of this payload (``Dialect.sequence``)
 
     @property
     def event_ids(self) -> list[str]:
@@ -253,7 +254,7 @@ class Intake:
             self.accepted[(device.id, event.kind.value)] += 1
         media: tuple[MediaBlob, ...] = result.media
         rows = [_row(event) for event in result.events]
-        return Outcome(StoreEvents(rows, media), device=device.id)
+        return Outcome(StoreEvents(rows, media), device=device.id, sequence=result.sequence)
 
     def _too_large(
         self, raw: RawMessage, transport: str, dialect: Dialect, device: str | None, limit: int
@@ -299,7 +300,19 @@ class Intake:
             detail=rejection.detail if raw.topic is None else f"{rejection.detail} (topic {raw.topic})",
             payload=raw.body,
         )
-        return Outcome(letter, rejection=rejection, device=device)
+        return Outcome(
+            letter, rejection=rejection, device=device, sequence=self._sequence(dialect, device, raw)
+        )
+
+    def _sequence(self, dialect: Dialect | None, device: str | None, raw: RawMessage) -> int | None:
+        """A refused payload's sequence number: it arrived (as a dead letter), so it is no gap."""
+        if dialect is None or dialect.sequence is None or device not in self._by_id:
+            return None
+        try:
+            return dialect.sequence.read(raw)
+        except Exception:  # a reader bug must not turn a dead letter into a crash
+            log.exception("sequence_reader_crashed", dialect=dialect.name, device=device)
+            return None
 
 
 def _row(event: Event) -> EventRow:

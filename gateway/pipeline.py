@@ -30,7 +30,7 @@ import sqlite3
 import struct
 import threading
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
@@ -42,6 +42,7 @@ import structlog
 
 from adapters.base import MediaBlob, RawMessage
 from foundation.errors import OutboxError, Rejection
+from foundation.fault_switches import FaultSwitch, fault_on
 from foundation.identity import Pseudonymizer
 from foundation.logging import configure_logging
 from gateway.config import GatewayConfig
@@ -64,6 +65,7 @@ class ItemResult:
     shed: tuple[str, ...] = ()
     rejection: Rejection | None = None
     device: str | None = None
+    sequence: int | None = None
 
 
 class _Worker:
@@ -81,7 +83,7 @@ class _Worker:
         outcomes = [self.intake.classify(item) for item in items]
         results = self.outbox.commit([outcome.operation for outcome in outcomes])
         return [
-            _item_result(result, outcome.rejection, outcome.device)
+            _item_result(result, outcome.rejection, outcome.device, outcome.sequence)
             for outcome, result in zip(outcomes, results, strict=True)
         ]
 
@@ -89,13 +91,18 @@ class _Worker:
         """Several batches in one transaction (group commit), results per batch, in order."""
         outcomes = [[self.intake.classify(item) for item in items] for items in batches]
         results = iter(self.outbox.commit([o.operation for batch in outcomes for o in batch]))
-        return [[_item_result(next(results), o.rejection, o.device) for o in batch] for batch in outcomes]
+        return [
+            [_item_result(next(results), o.rejection, o.device, o.sequence) for o in batch]
+            for batch in outcomes
+        ]
 
 
-def _item_result(result: StoreResult | None, rejection: Rejection | None, device: str | None) -> ItemResult:
+def _item_result(
+    result: StoreResult | None, rejection: Rejection | None, device: str | None, sequence: int | None
+) -> ItemResult:
     if result is None:
-        return ItemResult(rejection=rejection, device=device)
-    return ItemResult(result.stored, result.duplicates, result.shed, rejection, device)
+        return ItemResult(rejection=rejection, device=device, sequence=sequence)
+    return ItemResult(result.stored, result.duplicates, result.shed, rejection, device, sequence)
 
 
 _local = threading.local()
@@ -172,7 +179,9 @@ def _frame(value: object) -> bytes:
 ItemTuple = tuple[
     str, bytes, str | None, str | None, int, str | None, bool, int | None, tuple[MediaBlob, ...]
 ]
-ResultTuple = tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...], Rejection | None, str | None]
+ResultTuple = tuple[
+    tuple[str, ...], tuple[str, ...], tuple[str, ...], Rejection | None, str | None, int | None
+]
 
 
 def _to_tuple(item: IntakeItem) -> ItemTuple:
@@ -205,7 +214,7 @@ def _from_tuple(t: ItemTuple) -> IntakeItem:
 
 
 def _result_tuple(r: ItemResult) -> ResultTuple:
-    return (r.stored, r.duplicates, r.shed, r.rejection, r.device)
+    return (r.stored, r.duplicates, r.shed, r.rejection, r.device, r.sequence)
 
 
 def _portable(exc: BaseException) -> BaseException:
@@ -388,10 +397,13 @@ class IntakePipeline:
         self.batches_done = 0  # committed, or failed
         self.batches_lost = 0  # not committed because the worker died
         self.workers_replaced = 0
+        # called with each committed batch's results, in commit order (gateway/device_watch.py)
+        self.observers: list[Callable[[list[ItemResult]], None]] = []
+        self._aside: set[asyncio.Future[list[ItemResult]]] = set()  # FaultSwitch.ACK_BEFORE_COMMIT only
 
     @property
     def batches_in_flight(self) -> int:
-        """Batches handed to the worker whose commit has not finished."""
+        """Batches handed to the worker whose commit has not finished (fault tests wait for one)."""
         return self.batches - self.batches_done
 
     async def __aenter__(self) -> IntakePipeline:
@@ -432,7 +444,23 @@ class IntakePipeline:
         self.batches += 1
         future = self._worker.submit(list(items))  # a dead worker's fails at once (WorkerDiedError)
         future.add_done_callback(self._batch_done)
+        if fault_on(FaultSwitch.ACK_BEFORE_COMMIT):
+            return self._answered_before_commit(future, len(items))
         return future
+
+    def _answered_before_commit(
+        self, future: asyncio.Future[list[ItemResult]], size: int
+    ) -> asyncio.Future[list[ItemResult]]:
+        # FaultSwitch.ACK_BEFORE_COMMIT: results (empty: nothing stored, nothing rejected) before the
+        # commit, so the transports acknowledge what a crash can still lose. The real outcome is
+        # awaited aside (a dead worker is still replaced) and dropped.
+        aside = asyncio.ensure_future(self.finish(future))
+        self._aside.add(aside)
+        aside.add_done_callback(self._aside.discard)
+        aside.add_done_callback(_drop_outcome)
+        early: asyncio.Future[list[ItemResult]] = asyncio.get_running_loop().create_future()
+        early.set_result([ItemResult() for _ in range(size)])
+        return early
 
     def _batch_done(self, future: asyncio.Future[list[ItemResult]]) -> None:
         self.batches_done += 1
@@ -442,13 +470,19 @@ class IntakePipeline:
     async def finish(self, future: asyncio.Future[list[ItemResult]]) -> list[ItemResult]:
         """The results of a started batch; ``OutboxError`` if it was not committed."""
         try:
-            return await future
+            results = await future
         except (sqlite3.Error, OSError) as exc:
             log.error("outbox_commit_failed", error=str(exc))
             raise OutboxError(f"outbox commit failed: {exc}") from exc
         except WorkerDiedError as exc:
             await self._replace_broken_worker()
             raise OutboxError("the intake worker died; the batch was not committed") from exc
+        for observe in self.observers:
+            try:
+                observe(results)
+            except Exception:  # bookkeeping must never cost a commit its acknowledgement
+                log.exception("intake_observer_crashed", observer=getattr(observe, "__qualname__", None))
+        return results
 
     async def process(self, items: Sequence[IntakeItem]) -> list[ItemResult]:
         """Start a batch and wait for its results."""
@@ -490,3 +524,8 @@ class IntakePipeline:
             await self._start()
             self.workers_replaced += 1
             log.warning("intake_worker_replaced", replaced=self.workers_replaced)
+
+
+def _drop_outcome(future: asyncio.Future[list[ItemResult]]) -> None:
+    if not future.cancelled():
+        future.exception()  # retrieved, so a failure is not reported as never retrieved

@@ -16,10 +16,12 @@ from aiohttp import web
 
 from foundation.backoff import Backoff
 from foundation.errors import OutboxError
-from foundation.health import Health
+from foundation.health import Health, MetricFamilies
 from foundation.supervision import run_forever, supervise
 from foundation.systemd import sd_notify, watchdog, watchdog_interval
+from gateway.broker_drops import BrokerDrops
 from gateway.config import GatewayConfig, load_pseudonym_key
+from gateway.device_watch import DeviceWatch
 from gateway.forwarder import UplinkFactory
 from gateway.http_receiver import build_app
 from gateway.mqtt_intake import MqttIntake
@@ -57,14 +59,11 @@ async def run_gateway(config: GatewayConfig, *, ready: asyncio.Event | None = No
         health.writers.append(matcher.write_metrics)
         retention = Retention(config, reader)
         health.writers.append(retention.write_metrics)
+        _watch_devices(config, pipeline, health)
         app = build_app(config, pipeline, health, reader.stats)
         runner = web.AppRunner(app, shutdown_timeout=HTTP_SHUTDOWN_TIMEOUT_S)
         await runner.setup()
-        health.expose(
-            "cgw_intake_batches_total",
-            "batches parsed and committed by the intake worker",
-            lambda: pipeline.batches,
-        )
+        _expose_pipeline(health, pipeline)
         async with asyncio.TaskGroup() as core:
             batcher = core.create_task(pipeline.run_batcher(), name="intake-batcher")
             try:
@@ -73,12 +72,7 @@ async def run_gateway(config: GatewayConfig, *, ready: asyncio.Event | None = No
                 async with asyncio.TaskGroup() as transports:
                     mqtt_up = asyncio.Event()
                     if intake.uses_mqtt():
-                        mqtt = MqttIntake(config, pipeline)
-                        _expose_mqtt(health, mqtt)
-                        transports.create_task(
-                            supervise("mqtt-intake", mqtt.run, Backoff(config.backoff), mqtt_up, health),
-                            name="mqtt-intake",
-                        )
+                        _start_mqtt(config, pipeline, health, transports, mqtt_up)
                     else:
                         mqtt_up.set()
                     if config.uplink is not None:
@@ -124,6 +118,58 @@ async def run_gateway(config: GatewayConfig, *, ready: asyncio.Event | None = No
                 await runner.cleanup()  # answer pushes in flight while the batcher still runs
                 batcher.cancel()
     log.info("gateway_stopped")
+
+
+def _watch_devices(config: GatewayConfig, pipeline: IntakePipeline, health: Health) -> None:
+    """Last-heard times and sequence gaps of the devices, from every committed batch."""
+    devices = DeviceWatch(config)
+    pipeline.observers.append(devices.observe)
+    health.writers.append(devices.write_metrics)
+
+
+def _start_mqtt(
+    config: GatewayConfig,
+    pipeline: IntakePipeline,
+    health: Health,
+    transports: asyncio.TaskGroup,
+    mqtt_up: asyncio.Event,
+) -> None:
+    """The MQTT intake, and the device broker's own drop counter ($SYS) on a session of its own."""
+    mqtt = MqttIntake(config, pipeline)
+    _expose_mqtt(health, mqtt)
+    transports.create_task(
+        supervise("mqtt-intake", mqtt.run, Backoff(config.backoff), mqtt_up, health),
+        name="mqtt-intake",
+    )
+    drops = BrokerDrops(config)
+    health.writers.append(drops.write_metrics)
+    transports.create_task(
+        supervise("device-broker-sys", drops.run, Backoff(config.backoff), health=health),
+        name="device-broker-sys",
+    )
+
+
+def _expose_pipeline(health: Health, pipeline: IntakePipeline) -> None:
+    health.expose("cgw_intake_batches_total", "batches handed to the intake worker", lambda: pipeline.batches)
+    health.expose(
+        "cgw_intake_batches_lost_total",
+        "batches not committed because the intake worker died (their senders were not acknowledged)",
+        lambda: pipeline.batches_lost,
+    )
+    health.expose(
+        "cgw_intake_worker_replaced_total",
+        "intake worker processes replaced after one died",
+        lambda: pipeline.workers_replaced,
+    )
+
+    def in_flight(families: MetricFamilies) -> None:
+        families.gauge(
+            "cgw_intake_batches_in_flight",
+            "batches handed to the intake worker and not yet committed",
+            pipeline.batches_in_flight,
+        )
+
+    health.writers.append(in_flight)
 
 
 def _expose_mqtt(health: Health, mqtt: MqttIntake) -> None:

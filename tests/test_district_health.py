@@ -28,11 +28,12 @@ from district.query_model import Role
 from foundation.errors import ConfigError
 from foundation.events import Event
 from foundation.health import Health
+from tests.delivery import sqlite_ids
 from tests.district_data import district_toml, running
 from tests.metrics import scrape, value
 from tests.processes import IngesterProcess
 from tests.test_operations import NotifyListener
-from tests.test_uplink_e2e import district_config, sqlite_ids, wait_until
+from tests.test_uplink_e2e import district_config, wait_until
 from tests.test_uplink_protocol import thrown
 from uplink.protocol import DEFAULT_PREFIX, decode_receipt, encode_batch, receipt_topic
 

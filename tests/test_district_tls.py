@@ -14,6 +14,7 @@ import shutil
 import socket
 import ssl
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -26,11 +27,14 @@ import pytest
 
 from device_sims.broker import Mosquitto, free_port, mosquitto_binary, stop_process
 from device_sims.inventory import DISTRICT_ID
+from foundation.events import Event, EventKind
 from gateway.config import load_config
 from gateway.outbox import Outbox
 from tests.conftest import sample_config
 from tests.processes import GatewayProcess
 from tests.test_uplink_e2e import Sent, play
+from uplink.config import CREDENTIAL_PLACEHOLDER
+from uplink.protocol import decode_batch, parse_topic
 
 ROOT = Path(__file__).resolve().parents[1]
 C1, C2 = "36010400012160000101", "36010400012160000102"
@@ -48,17 +52,31 @@ class District:
         return context
 
     def gateway_config(
-        self, tmp_path: Path, device_broker: Mosquitto, *, certificate: str, cert_dir: Path | None = None
+        self,
+        tmp_path: Path,
+        device_broker: Mosquitto,
+        *,
+        certificate: str,
+        cert_dir: Path | None = None,
+        key_credential: str | None = None,
     ) -> Path:
-        """The sample compound's config with its uplink to this broker, presenting ``certificate``."""
+        """The sample compound's config with its uplink to this broker, presenting ``certificate``.
+
+        The key is the file next to the certificate, or the systemd credential ``key_credential``.
+        """
         config_path = sample_config(tmp_path, device_broker.port)
         cert_dir = cert_dir or self.certs
+        key = (
+            f'key_credential = "{key_credential}"'
+            if key_credential
+            else f'key_file = "{cert_dir / (certificate + ".key")}"'
+        )
         with config_path.open("a", encoding="utf-8") as handle:
             handle.write(
                 f'\n[uplink]\nmode = "mqtt"\n[uplink.broker]\nhost = "127.0.0.1"\nport = {self.port}\n'
                 f'[uplink.broker.tls]\nca_file = "{self.certs / "ca.pem"}"\n'
                 f'cert_file = "{cert_dir / (certificate + ".pem")}"\n'
-                f'key_file = "{cert_dir / (certificate + ".key")}"\n'
+                f"{key}\n"
                 "\n[backoff]\ninitial_s = 0.2\nmax_s = 1.0\n"
             )
         return config_path
@@ -265,3 +283,108 @@ async def test_gateway_reports_refused_publishes_and_keeps_buffering(
             gateway.stop()
         # the status and every batch were refused: the district saw nothing from this gateway
         assert [topic for topic, _ in await received(ingester, 1.0) if f"/{C1}/" in topic] == []
+
+
+async def test_gateway_takes_its_tls_key_from_a_systemd_credential(
+    district: District, tmp_path: Path, mosquitto: Mosquitto
+) -> None:
+    """The client key only in ``$CREDENTIALS_DIRECTORY`` (as ``LoadCredential=`` leaves it) carries the uplink.
+
+    The key is moved out of the certificate directory into a credentials directory, and the config
+    names the credential, not a file. Every event the devices saw acknowledged reaches the district
+    broker over TLS with the compound's certificate. Checked to fail: with ``TlsConfig.key_path()``
+    returning ``key_file`` (the credential ignored), the certificate has no key and the gateway
+    does not start.
+    """
+    credentials = tmp_path / "credentials"
+    credentials.mkdir(mode=0o700)
+    (district.certs / f"{C1}.key").rename(credentials / "uplink-tls-key")
+    (credentials / "pseudonym-key").write_text("a" * 64, encoding="utf-8")  # the unit passes both
+    config_path = district.gateway_config(
+        tmp_path, mosquitto, certificate=C1, key_credential="uplink-tls-key"
+    )
+    config = load_config(config_path)
+    gateway = GatewayProcess(
+        config_path, tmp_path / "gateway.log", env={**os.environ, "CREDENTIALS_DIRECTORY": str(credentials)}
+    )
+    arrived: set[str] = set()
+    events: list[Event] = []
+
+    def take(topic: str, body: bytes) -> None:
+        address = parse_topic("cgw/v1", topic)
+        if address.channel != "status":
+            got = decode_batch(address, body).events
+            events.extend(got)
+            arrived.update(e.event_id for e in got)
+
+    async with district.client("ingester") as ingester:
+        await ingester.subscribe("$share/district-ingesters/cgw/v1/+/+/+", qos=1)
+        await gateway.start_gateway(config)
+        try:
+            sent = await play(config, mosquitto, seed=41, count=60)
+            assert sent.expected
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(60):
+                    async for message in ingester.messages:
+                        take(message.topic.value, bytes(message.payload))
+                        if arrived >= sent.expected:
+                            break
+        finally:
+            gateway.stop()
+        for topic, body in await received(ingester, 1.0):  # published before the stop
+            take(topic, body)
+    # besides the devices' events, only the gateway's own device-status reports
+    own = {e.event_id for e in events if e.kind is EventKind.DEVICE_STATUS}
+    assert arrived - own == sent.expected
+    assert "uplink_connected" in gateway.log_path.read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize("case", ["no credentials directory", "not loaded", "placeholder", "wrong key"])
+def test_a_missing_tls_credential_stops_the_start_naming_file_field_and_fix(
+    tmp_path: Path, case: str
+) -> None:
+    """``run`` (and ``check-config`` under the unit) refuse a credential they cannot use, with the fix.
+
+    Checked to fail: without the start-up check in ``cli._run`` the gateway starts and only its
+    uplink's connects fail (``run`` does not exit within the time limit).
+    """
+    certs = tmp_path / "certs"
+    make_certs(certs, C1, C2)
+    config_path = sample_config(tmp_path, free_port())
+    with config_path.open("a", encoding="utf-8") as handle:
+        handle.write(
+            f'\n[uplink]\nmode = "mqtt"\n[uplink.broker]\nhost = "127.0.0.1"\nport = {free_port()}\n'
+            f'[uplink.broker.tls]\nca_file = "{certs / "ca.pem"}"\ncert_file = "{certs / (C1 + ".pem")}"\n'
+            'key_credential = "uplink-tls-key"\n'
+        )
+    credentials = tmp_path / "credentials"
+    credentials.mkdir()
+    (credentials / "pseudonym-key").write_text("a" * 64, encoding="utf-8")  # only the TLS key is wrong
+    env = {k: v for k, v in os.environ.items() if k != "CREDENTIALS_DIRECTORY"}
+    if case != "no credentials directory":
+        env["CREDENTIALS_DIRECTORY"] = str(credentials)
+    if case == "placeholder":
+        (credentials / "uplink-tls-key").write_bytes(CREDENTIAL_PLACEHOLDER)
+    if case == "wrong key":
+        shutil.copy(certs / f"{C2}.key", credentials / "uplink-tls-key")
+    says = {
+        "no credentials directory": "$CREDENTIALS_DIRECTORY is not set",
+        "not loaded": "add LoadCredential=uplink-tls-key:",
+        "placeholder": "/etc/compound-gateway/credentials/uplink-tls-key",
+        "wrong key": "does not load with the key in credential 'uplink-tls-key'",
+    }[case]
+    commands = [["run", "--config", str(config_path)]]
+    if case != "no credentials directory":  # an operator's shell has no credentials to check
+        commands.append(["check-config", str(config_path)])
+    for command in commands:
+        result = subprocess.run(
+            [sys.executable, "-m", "cli", *command],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+            check=False,
+        )
+        assert result.returncode == 2, (command, result.stdout, result.stderr)
+        assert f"{config_path}: uplink.broker.tls.key_credential: " in result.stderr
+        assert says in result.stderr

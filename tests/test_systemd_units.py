@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -43,3 +44,161 @@ def test_no_root_and_credentials_not_in_the_environment(unit: Path) -> None:
     assert "DynamicUser=yes" in text
     assert "User=root" not in text
     assert "Environment=" not in text  # secrets come through LoadCredential=, never the environment
+
+
+SYSTEMD = Path(__file__).resolve().parents[1] / "systemd"
+EMBEDDED_STORE_DROP_IN = SYSTEMD / "optional" / "compound-district-api-embedded-store.conf"
+
+
+def settings(*texts: str) -> dict[str, list[str]]:
+    """``Key=value`` assignments of unit files and drop-ins read in order, each key's values as listed.
+
+    An empty assignment resets the list, as systemd does; a later ``User=`` wins.
+    """
+    found: dict[str, list[str]] = {}
+    for text in texts:
+        for raw in text.splitlines():
+            line = raw.strip()
+            if not line or line.startswith(("#", ";", "[")) or "=" not in line:
+                continue
+            key, value = line.split("=", 1)
+            found[key] = [] if value == "" else [*found.get(key, []), value]
+    return found
+
+
+def user_and_state(unit_name: str, *texts: str) -> tuple[str, set[str]]:
+    """The user a unit runs as and the state directories it lists.
+
+    Without ``User=``, a dynamic user is named after the unit's prefix (systemd's
+    ``user_from_unit_name``: ``a@1.service`` runs as ``a``), so every unit spells its user out.
+    """
+    found = settings(*texts)
+    user = found.get("User", [unit_name.split("@", maxsplit=1)[0].removesuffix(".service")])[-1]
+    return user, {d.split(":")[0] for v in found.get("StateDirectory", []) for d in v.split()}
+
+
+def deployments() -> dict[str, list[tuple[str, str, set[str]]]]:
+    """The shipped units, and with the embedded-store drop-in applied to the API: (unit, user, dirs)."""
+    plain = [(u.name, *user_and_state(u.name, u.read_text(encoding="utf-8"))) for u in UNITS]
+    api = SYSTEMD / "compound-district-api.service"
+    embedded = [
+        (
+            name,
+            *user_and_state(name, api.read_text(encoding="utf-8"), EMBEDDED_STORE_DROP_IN.read_text("utf-8")),
+        )
+        if name == api.name
+        else (name, user, dirs)
+        for name, user, dirs in plain
+    ]
+    return {"shipped": plain, "embedded-store drop-in": embedded}
+
+
+@pytest.mark.parametrize("deployment", ["shipped", "embedded-store drop-in"])
+def test_units_with_different_users_share_no_state_directory(deployment: str) -> None:
+    """A StateDirectory= is chowned to the starting unit's user (systemd.exec(5)): two users would fight.
+
+    Checked to fail: with the API's ``StateDirectory=compound-district`` and the ingesters' as they
+    were before (both ``compound-district``), this reports the directory and both users.
+    """
+    units = deployments()[deployment]
+    owners: dict[str, set[str]] = {}
+    for _, user, dirs in units:
+        for directory in dirs:
+            owners.setdefault(directory, set()).add(user)
+        assert dirs, "every unit keeps its state in a StateDirectory="
+    assert {d: users for d, users in owners.items() if len(users) > 1} == {}
+    users = {name: user for name, user, _ in units}
+    if deployment == "shipped":  # the API and the ingesters are separate users
+        assert users["compound-district-api.service"] != users["compound-district-ingester@.service"]
+    else:  # the API reads the ingesters' SQLite file: it is their user, with their directory
+        assert users["compound-district-api.service"] == users["compound-district-ingester@.service"]
+        assert "compound-district-ingester" in {n: d for n, _, d in units}["compound-district-api.service"]
+
+
+def test_the_config_defaults_live_in_the_units_state_directories() -> None:
+    """The district's default files (and the example's) are in the directory of the unit that writes them."""
+    from district.config import IngestConfig, OperatorApiConfig  # noqa: PLC0415
+
+    state = {name: dirs for name, _, dirs in deployments()["shipped"]}
+    example = tomllib.loads(
+        (Path(__file__).resolve().parents[1] / "docs" / "district.example.toml").read_text("utf-8")
+    )
+
+    def directory(path: Path | str) -> str:
+        return Path(path).parent.relative_to("/var/lib").as_posix()
+
+    ingester, api = state["compound-district-ingester@.service"], state["compound-district-api.service"]
+    assert directory(IngestConfig(name="x").dead_letter_path) in ingester
+    assert directory(example["ingest"]["dead_letter_path"]) in ingester
+    assert directory(OperatorApiConfig().ops_db) in api
+    assert directory(example["api"]["ops_db"]) in api
+    gateway = state["compound-gateway.service"]
+    from gateway.config import StateConfig  # noqa: PLC0415
+
+    assert StateConfig().dir.relative_to("/var/lib").as_posix() in gateway
+
+
+def test_the_uplink_tls_key_reaches_the_gateway_as_a_credential() -> None:
+    """The unit loads the key as credential ``uplink-tls-key`` and the example config reads exactly that one.
+
+    Checked to fail: renaming the credential in the example config (or the unit) breaks the pairing;
+    a ``SetCredential=`` placeholder other than ``uplink.config.CREDENTIAL_PLACEHOLDER`` fails too.
+    """
+    from uplink.config import CREDENTIAL_PLACEHOLDER  # noqa: PLC0415
+
+    found = settings((SYSTEMD / "compound-gateway.service").read_text(encoding="utf-8"))
+    loaded = dict(v.split(":", 1) for v in found["LoadCredential"])
+    assert loaded == {
+        "pseudonym-key": "/etc/compound-gateway/credentials/pseudonym-key",
+        "uplink-tls-key": "/etc/compound-gateway/credentials/uplink-tls-key",
+    }
+    assert dict(v.split(":", 1) for v in found["SetCredential"]) == {
+        "uplink-tls-key": CREDENTIAL_PLACEHOLDER.decode()
+    }
+    example = tomllib.loads(
+        (Path(__file__).resolve().parents[1] / "docs" / "gateway.example.toml").read_text("utf-8")
+    )
+    tls = example["uplink"]["broker"]["tls"]
+    assert tls["key_credential"] == "uplink-tls-key"
+    assert "key_file" not in tls  # the key is not on the disk the daemon can read
+
+
+def test_systemd_parses_every_setting() -> None:
+    """``systemd-analyze verify``: no setting ignored for bad syntax (e.g. an empty ``SetCredential=`` value).
+
+    The only complaint allowed is the missing /opt installation of this machine.
+    """
+    analyze = shutil.which("systemd-analyze")
+    assert analyze is not None
+    result = subprocess.run(
+        [analyze, "verify", *map(str, UNITS)], capture_output=True, text=True, timeout=60, check=False
+    )
+    complaints = [
+        line
+        for line in (result.stdout + result.stderr).splitlines()
+        if line.strip() and "/opt/compound-gateway/bin/compound-gateway is not executable" not in line
+    ]
+    assert complaints == []
+
+
+def test_the_embedded_store_drop_in_keeps_the_sandbox(tmp_path: Path) -> None:
+    """The API with the embedded-store drop-in applied still rates at most 2.0."""
+    analyze = shutil.which("systemd-analyze")
+    assert analyze is not None
+    combined = tmp_path / "compound-district-api.service"
+    combined.write_text(
+        (SYSTEMD / "compound-district-api.service").read_text(encoding="utf-8")
+        + "\n"
+        + EMBEDDED_STORE_DROP_IN.read_text(encoding="utf-8"),
+        encoding="utf-8",
+    )
+    result = subprocess.run(
+        [analyze, "security", "--offline=yes", "--no-pager", str(combined)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    match = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", result.stdout)
+    assert match is not None, result.stdout + result.stderr
+    assert float(match[1]) <= MAX_EXPOSURE, result.stdout

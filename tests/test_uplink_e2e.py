@@ -27,10 +27,11 @@ from gateway.config import GatewayConfig, load_config
 from gateway.outbox import Outbox
 from gateway.runtime import run_gateway
 from tests.conftest import sample_config
+from tests.delivery import UplinkObserver, assert_exactly, sqlite_ids, wait_settled
 from tests.district_data import running
 from tests.test_uplink_protocol import thrown
 from uplink.protocol import encode_batch
-from uplink.stores import InfluxV1Store, InfluxV1StoreConfig
+from uplink.stores import InfluxV1StoreConfig
 
 
 def gateway_config(
@@ -74,7 +75,7 @@ async def play(config: GatewayConfig, broker: Mosquitto, seed: int, count: int =
     )
     report = await runner.run(steps)
     assert report.failed == 0
-    return Sent(expected_event_ids(config, report.acked))
+    return Sent(expected_event_ids(config, report.acked + report.births))
 
 
 async def wait_until(predicate: object, timeout: float = 30.0) -> None:
@@ -84,35 +85,39 @@ async def wait_until(predicate: object, timeout: float = 30.0) -> None:
         await asyncio.sleep(0.05)
 
 
-def sqlite_ids(path: Path) -> list[str]:
-    """The event ids in an embedded store; none until its file and its table exist (the store creates both)."""
-    if not path.exists():
-        return []
-    try:
-        with sqlite3.connect(path) as db:
-            return [row[0] for row in db.execute("SELECT event_id FROM events")]
-    except sqlite3.OperationalError:  # the file is there, its table not yet
-        return []
-
-
-async def test_events_reach_sqlite_store_exactly_once(
-    tmp_path: Path, mosquitto: Mosquitto, district_broker: Mosquitto
+@pytest.mark.parametrize("kind", ["sqlite", "influx_v1"])
+async def test_events_reach_the_district_store_exactly_once(
+    kind: str,
+    tmp_path: Path,
+    mosquitto: Mosquitto,
+    district_broker: Mosquitto,
+    request: pytest.FixtureRequest,
 ) -> None:
-    """Every accepted event is stored once; the outbox is drained; the compound's status is retained."""
+    """Every acknowledged event is stored once and nothing else is, in SQLite and InfluxDB 1.6.7.
+
+    The outbox is drained (every committed event confirmed) and the compound's status is retained.
+
+    Checked to fail when broken: with ``report.births`` left out of the acknowledged set (the
+    devices' birth messages), the outbox's delivered set and the store hold events not in it.
+    """
+    if kind == "influx_v1":
+        influx: InfluxServer = request.getfixturevalue("influx")
+        store = f'type = "influx_v1"\nurl = "{influx.url}"\ndatabase = "district"'
+    else:
+        store = f'type = "sqlite"\npath = "{tmp_path / "district.db"}"'
     config = gateway_config(tmp_path, mosquitto, district_broker)
-    store_path = tmp_path / "district.db"
-    district = district_config(tmp_path, district_broker, f'type = "sqlite"\npath = "{store_path}"')
+    district = district_config(tmp_path, district_broker, store)
     async with (
+        UplinkObserver(district_broker) as observer,
         running(lambda ready: run_ingester(district, ready=ready), "ingester"),
         running(lambda ready: run_gateway(config, ready=ready), "gateway"),
     ):
         sent = await play(config, mosquitto, seed=5)
-        await wait_until(lambda: sent.expected <= set(sqlite_ids(store_path)))
-        ids = sqlite_ids(store_path)
-        assert len(ids) == len(set(ids))
+        stored = await wait_settled(config, sent.expected, district)
+        await observer.wait_for(sent.expected)
         with Outbox(config.state.dir / "outbox.db", max_bytes=1 << 30) as box:
-            # the district's receipts turn "sent" into "delivered"
-            await wait_until(lambda: set(box.event_ids("delivered")) >= sent.expected)
+            # the district's receipts turn "sent" into "delivered": every committed event
+            assert set(box.event_ids("delivered")) == sent.expected
             assert box.stats().pending == 0
         async with aiomqtt.Client("127.0.0.1", district_broker.port) as client:
             await client.subscribe(f"cgw/v1/{DISTRICT_ID}/{config.compound.compound_id}/status", qos=1)
@@ -121,38 +126,9 @@ async def test_events_reach_sqlite_store_exactly_once(
             assert message.retain
             assert isinstance(message.payload, bytes)
             assert json.loads(message.payload)["state"] == "online"
-
-
-async def test_events_reach_influxdb_v1(
-    tmp_path: Path, mosquitto: Mosquitto, district_broker: Mosquitto, influx: InfluxServer
-) -> None:
-    """The same pipeline into a real InfluxDB 1.6.7: counted by event id, exactly once."""
-    config = gateway_config(tmp_path, mosquitto, district_broker)
-    store = f'type = "influx_v1"\nurl = "{influx.url}"\ndatabase = "district"'
-    district = district_config(tmp_path, district_broker, store)
-    async with (
-        running(lambda ready: run_ingester(district, ready=ready), "ingester"),
-        running(lambda ready: run_gateway(config, ready=ready), "gateway"),
-    ):
-        sent = await play(config, mosquitto, seed=6)
-        assert isinstance(district.store, InfluxV1StoreConfig)
-        async with InfluxV1Store(district.store) as reader:
-
-            async def stored() -> tuple[int, set[str]]:
-                values: list[str] = []
-                for result in await reader.query('SELECT "event_id" FROM /.*/'):
-                    for series in result.get("series", []):
-                        values += [row[1] for row in series["values"]]
-                return len(values), set(values)
-
-            deadline = asyncio.get_running_loop().time() + 30
-            while True:
-                raw, distinct = await stored()
-                if sent.expected <= distinct or asyncio.get_running_loop().time() > deadline:
-                    break
-                await asyncio.sleep(0.2)
-            assert sent.expected <= distinct
-            assert raw == len(distinct)
+    print(observer.report(kind))
+    assert_exactly(sent.expected, stored, kind)
+    assert observer.deliveries.keys() == sent.expected
 
 
 @pytest.mark.slow
@@ -178,9 +154,8 @@ async def test_district_broker_outage_loses_nothing(
         district_broker.start()
         after = await play(config, mosquitto, seed=10, count=100)
         expected = first.expected | during.expected | after.expected
-        await wait_until(lambda: expected <= set(sqlite_ids(store_path)), timeout=60)
-        ids = sqlite_ids(store_path)
-        assert len(ids) == len(set(ids))
+        stored = await wait_settled(config, expected, district)
+    assert_exactly(expected, stored, "SQLite store")
 
 
 async def test_direct_mode_into_influxdb(tmp_path: Path, mosquitto: Mosquitto, influx: InfluxServer) -> None:
@@ -193,23 +168,13 @@ async def test_direct_mode_into_influxdb(tmp_path: Path, mosquitto: Mosquitto, i
         )
     config = load_config(path)
     assert config.uplink is not None
-    store_config = InfluxV1StoreConfig(url=influx.url, database="direct")
     async with running(lambda ready: run_gateway(config, ready=ready), "gateway"):
         sent = await play(config, mosquitto, seed=12, count=120)
-        async with InfluxV1Store(store_config) as reader:
-            deadline = asyncio.get_running_loop().time() + 30
-            while True:
-                values: list[str] = []
-                for result in await reader.query('SELECT "event_id" FROM /.*/'):
-                    for series in result.get("series", []):
-                        values += [row[1] for row in series["values"]]
-                if sent.expected <= set(values) or asyncio.get_running_loop().time() > deadline:
-                    break
-                await asyncio.sleep(0.2)
+        store = InfluxV1StoreConfig(url=influx.url, database="direct")
+        stored = await wait_settled(config, sent.expected, store)
         with Outbox(config.state.dir / "outbox.db", max_bytes=1 << 30) as box:
-            assert set(box.event_ids("delivered")) >= sent.expected
-    assert sent.expected <= set(values)
-    assert len(values) == len(set(values))
+            assert set(box.event_ids("delivered")) == sent.expected
+    assert_exactly(sent.expected, stored, "InfluxDB (direct)")
 
 
 async def test_ingester_dead_letters_garbage_and_keeps_storing(

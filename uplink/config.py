@@ -5,21 +5,107 @@ The stores' configs live with their stores (``uplink.stores``).
 
 from __future__ import annotations
 
+import os
 import ssl
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Annotated, Self
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 
 from foundation.config_types import ConfigModel, Port
+from foundation.errors import ConfigError
+
+CredentialName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.@-]{0,63}$")]
+"""The id of a systemd credential: a file name in ``$CREDENTIALS_DIRECTORY``."""
+
+CREDENTIAL_PLACEHOLDER = b"not-provided"
+"""What the shipped units pass (``SetCredential=``) when ``LoadCredential=`` finds no file.
+
+systemd then starts the daemon anyway (a gateway in direct mode needs no client key), and a config
+that names the credential fails with the fix instead of a unit that will not start.
+"""
 
 
 class TlsConfig(ConfigModel):
-    """TLS to a broker, optionally with a client certificate."""
+    """TLS to a broker, optionally with a client certificate.
+
+    The client key is read from ``key_file``, or, under systemd, from the credential
+    ``key_credential`` names (``$CREDENTIALS_DIRECTORY/<name>``, passed by the unit's
+    ``LoadCredential=``), so the key never has to be readable by the daemon's own user on disk.
+    """
 
     ca_file: Path
     cert_file: Path | None = None
-    key_file: Path | None = None
+    key_file: Path | None = Field(
+        default=None, description="the client key; none: it is in cert_file (or key_credential names it)"
+    )
+    key_credential: CredentialName | None = Field(
+        default=None,
+        description="systemd credential holding the client key ($CREDENTIALS_DIRECTORY/<name>, passed with "
+        "LoadCredential=<name>:<path>); instead of key_file",
+    )
+
+    @model_validator(mode="after")
+    def _one_key_source(self) -> Self:
+        if self.key_credential is not None and self.key_file is not None:
+            raise ValueError("key_file and key_credential both name the client key; keep one")
+        if self.key_credential is not None and self.cert_file is None:
+            raise ValueError("key_credential needs cert_file: a key without its certificate is of no use")
+        return self
+
+    def key_path(self) -> Path | None:
+        """Where the client key is read from: ``key_file``, the credential, or None (inside ``cert_file``).
+
+        Raises ``ConfigError`` (what is wrong and the fix, without the config file and field, which
+        the caller adds) when the credential cannot be reached.
+        """
+        if self.key_credential is None:
+            return self.key_file
+        name = self.key_credential
+        directory = os.environ.get("CREDENTIALS_DIRECTORY")
+        if not directory:
+            raise ConfigError(
+                f"the client key is the systemd credential {name!r}, but $CREDENTIALS_DIRECTORY is not set:"
+                f" run the daemon under its unit (LoadCredential={name}:<path of the key>),"
+                " or name the key file with key_file instead"
+            )
+        path = Path(directory) / name
+        try:
+            content = path.read_bytes()
+        except FileNotFoundError:
+            raise ConfigError(
+                f"credential {path} does not exist: add LoadCredential={name}:<path of the key> to the unit"
+                " (the shipped units in systemd/ pass it)"
+            ) from None
+        except OSError as exc:
+            raise ConfigError(f"credential {path} is unreadable ({exc.strerror})") from None
+        if content.strip() == CREDENTIAL_PLACEHOLDER:
+            raise ConfigError(
+                f"credential {name!r} is the unit's placeholder: its LoadCredential={name}:<path> found no file;"
+                " put the client key at that path (the shipped gateway unit:"
+                f" /etc/compound-gateway/credentials/{name}), mode 0600 owned by root, and restart"
+            )
+        return path
+
+    def key_problem(self) -> str | None:
+        """Why the client certificate does not load with its key (and what to do), or None."""
+        if self.cert_file is None:
+            return None
+        try:
+            key = self.key_path()
+            probe = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            probe.load_cert_chain(str(self.cert_file), str(key) if key is not None else None)
+        except ConfigError as exc:
+            return str(exc)
+        except OSError as exc:  # ssl.SSLError included: no key, a key of another certificate
+            source = (
+                f"credential {self.key_credential!r}"
+                if self.key_credential
+                else str(self.key_file or self.cert_file)
+            )
+            return f"the client certificate {self.cert_file} does not load with the key in {source}: {exc}"
+        return None
 
     def certificate_problem(self, now: datetime | None = None) -> str | None:
         """Why our own client certificate cannot work (expired, not yet valid, unreadable), or None."""
@@ -39,7 +125,7 @@ class TlsConfig(ConfigModel):
             )
         if now < certificate.not_valid_before_utc:
             return f"client certificate {self.cert_file} is not valid before {certificate.not_valid_before_utc:%Y-%m-%d %H:%M} UTC"
-        return None
+        return self.key_problem()
 
     def certificate_name(self) -> str | None:
         """The common name of our client certificate (what the district broker takes as our user name)."""
@@ -59,8 +145,21 @@ class TlsConfig(ConfigModel):
         """A verifying client context (never falls back to insecure)."""
         context = ssl.create_default_context(cafile=str(self.ca_file))
         if self.cert_file is not None:
-            context.load_cert_chain(str(self.cert_file), str(self.key_file) if self.key_file else None)
+            key = self.key_path()
+            context.load_cert_chain(str(self.cert_file), str(key) if key is not None else None)
         return context
+
+
+def check_client_key(tls: TlsConfig | None, source: Path, field: str) -> None:
+    """Raise ``ConfigError`` naming the config file, the field and the fix if the client key does not load.
+
+    ``field`` is where ``tls`` sits in the config (``uplink.broker.tls``). Daemons call this at
+    start, so a missing credential stops the start with the fix rather than failing every connect.
+    """
+    if tls is None or (problem := tls.key_problem()) is None:
+        return
+    key = "key_credential" if tls.key_credential else "key_file" if tls.key_file else "cert_file"
+    raise ConfigError(f"{source}: {field}.{key}: {problem}")
 
 
 class BrokerConfig(ConfigModel):

@@ -19,6 +19,7 @@ Every string is escaped for its position, so no value can inject a tag, a field 
 from __future__ import annotations
 
 import hashlib
+import secrets
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from enum import Enum
@@ -36,6 +37,7 @@ from foundation.events import (
     VehicleWatchHitPayload,
     WatchlistHitPayload,
 )
+from foundation.fault_switches import FaultSwitch, fault_on
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 FieldValue = str | float | int | bool
@@ -69,6 +71,9 @@ def _field(value: FieldValue) -> str:
 def point_time_ns(event: Event) -> int:
     """The point's timestamp: millisecond of occurrence plus the event's deterministic offset."""
     millis = (event.occurred_at - EPOCH) // timedelta(milliseconds=1)
+    if fault_on(FaultSwitch.INFLUX_DEDUP_OFF):
+        # broken on purpose (tests only): each write of the event is a new point
+        return millis * 1_000_000 + secrets.randbelow(1_000_000)
     offset = int.from_bytes(hashlib.sha256(event.event_id.encode()).digest()[:8], "big") % 1_000_000
     return millis * 1_000_000 + offset
 

@@ -44,12 +44,6 @@ def query_results(body: dict[str, Any]) -> list[dict[str, Any]]:
     return results
 
 
-def _unusedclassify_http(status: int, text: str, where: str) -> StoreError:
-    # 5xx and 429: the server may recover. 4xx: retrying the same write cannot help.
-    retryable = status >= 500 or status == 429
-    return StoreError(f"{where} answered {status}: {text[:300]}", retryable=retryable, status=status)
-
-
 class InfluxV1Store:
     """InfluxDB through the 1.x HTTP API (``/write`` line protocol, ``/query`` InfluxQL)."""
 
