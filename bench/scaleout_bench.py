@@ -50,10 +50,9 @@ sys.path.insert(0, str(ROOT))
 
 from bench.ingest_bench import machine, replace_section
 from device_sims.broker import Mosquitto, free_port, stop_process
+from device_sims.canonical import shed_heartbeat
 from device_sims.influx import InfluxServer
 from device_sims.inventory import DISTRICT_ID
-from foundation.events import EbikeShedPayload, Event, EventKind, Provenance, Severity, ShedCondition
-from foundation.identity import event_id
 from uplink.protocol import encode_batch, event_topic
 from uplink.stores import InfluxV1Store, InfluxV1StoreConfig
 
@@ -72,20 +71,7 @@ def uplink_batches(count: int) -> list[tuple[str, bytes]]:
         compound = f"360104000121600001{n % COMPOUNDS:02d}"
         device = f"{compound[:14]}{n % 997:06d}"
         at = T0 + timedelta(milliseconds=20 * n)
-        event = Event(
-            event_id=event_id(device, "bench-scaleout", str(n)),
-            kind=EventKind.EBIKE_SHED,
-            district_id=DISTRICT_ID,
-            compound_id=compound,
-            device_id=device,
-            occurred_at=at,
-            received_at=at,
-            severity=Severity.INFO,
-            source=Provenance(vendor="huaqiang", dialect="shed-mqtt"),
-            payload=EbikeShedPayload(
-                condition=ShedCondition.HEARTBEAT, temperature_c=21.5, battery_pct=88.0, smoke_level=0.4
-            ),
-        )
+        event = shed_heartbeat(compound, device, str(n), at, scope="bench-scaleout")
         per_compound.setdefault(compound, []).append(event.model_dump_json().encode())
     batches = []
     for compound, bodies in per_compound.items():

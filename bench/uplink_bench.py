@@ -35,6 +35,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.ingest_bench import machine, replace_section
 from device_sims.broker import Mosquitto, free_port
+from device_sims.canonical import shed_heartbeat
 from device_sims.devices import build_sim
 from device_sims.influx import InfluxServer
 from device_sims.inventory import COMPOUND_ID, DISTRICT_ID, sample_devices, write_sample_config
@@ -42,8 +43,7 @@ from device_sims.runner import Runner
 from device_sims.scenarios import burst
 from district.config import load_district_config
 from district.ingester import run_ingester
-from foundation.events import EbikeShedPayload, Event, EventKind, Provenance, Severity, ShedCondition
-from foundation.identity import event_id
+from foundation.events import Event
 from gateway.config import GatewayConfig, load_config
 from gateway.outbox import EventRow, Outbox, StoreEvents
 from gateway.runtime import run_gateway
@@ -56,20 +56,7 @@ T0 = datetime(2026, 6, 1, tzinfo=UTC)
 def shed_event(n: int, device: int = 1) -> Event:
     at = T0 + timedelta(milliseconds=20 * n)
     device_id = f"360104000113400{device:05d}"
-    return Event(
-        event_id=event_id(device_id, "bench", str(n)),
-        kind=EventKind.EBIKE_SHED,
-        district_id=DISTRICT_ID,
-        compound_id=COMPOUND_ID,
-        device_id=device_id,
-        occurred_at=at,
-        received_at=at,
-        severity=Severity.INFO,
-        source=Provenance(vendor="huaqiang", dialect="shed-mqtt"),
-        payload=EbikeShedPayload(
-            condition=ShedCondition.HEARTBEAT, temperature_c=21.5, battery_pct=88.0, smoke_level=0.4
-        ),
-    )
+    return shed_heartbeat(COMPOUND_ID, device_id, str(n), at)
 
 
 def district_toml(path: Path, broker_port: int, store: str, dead: Path) -> Path:

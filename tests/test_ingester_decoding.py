@@ -12,11 +12,11 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from pathlib import Path
 
+from device_sims.canonical import shed_heartbeat
 from device_sims.inventory import DISTRICT_ID, compound_id
 from district.config import load_district_config
 from district.ingester import MESSAGES_PER_ROUND, Ingester, IngestState, Round, decode_message
-from foundation.events import EbikeShedPayload, Event, EventKind, Provenance, Severity, ShedCondition, utc_now
-from foundation.identity import event_id
+from foundation.events import utc_now
 from foundation.mqtt import Message
 from tests.district_data import district_toml
 from uplink.protocol import encode_batch, event_topic
@@ -33,18 +33,7 @@ def _round(compound: str) -> list[Message]:
         for n in range(EVENTS_PER_MESSAGE):
             at = start + timedelta(milliseconds=m * EVENTS_PER_MESSAGE + n)
             device = f"{compound[:14]}{n:06d}"
-            event = Event(
-                event_id=event_id(device, "decode-test", f"{m}-{n}"),
-                kind=EventKind.EBIKE_SHED,
-                district_id=DISTRICT_ID,
-                compound_id=compound,
-                device_id=device,
-                occurred_at=at,
-                received_at=at,
-                severity=Severity.INFO,
-                source=Provenance(vendor="huaqiang", dialect="shed-mqtt"),
-                payload=EbikeShedPayload(condition=ShedCondition.HEARTBEAT, temperature_c=21.5),
-            )
+            event = shed_heartbeat(compound, device, f"{m}-{n}", at, scope="decode-test")
             bodies.append(event.model_dump_json().encode())
         body = encode_batch(DISTRICT_ID, compound, bodies)
         messages.append(Message(topic=topic, payload=body, qos=1, retain=False, mid=m + 1, connection=1))
