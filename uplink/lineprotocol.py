@@ -69,13 +69,24 @@ def _field(value: FieldValue) -> str:
 
 
 def point_time_ns(event: Event) -> int:
-    """The point's timestamp: millisecond of occurrence plus the event's deterministic offset."""
-    millis = (event.occurred_at - EPOCH) // timedelta(milliseconds=1)
+    """The point's timestamp: the time of occurrence plus the event's deterministic offset.
+
+    InfluxDB keeps one point per series and timestamp, so distinct events of one device must not
+    share one, while the same event written twice must land on its own point again. Device clocks
+    mostly tick in whole seconds or milliseconds: those events get the millisecond plus an offset
+    of up to 999,999 ns from their id (two events of one device in one millisecond collide with a
+    chance of one in a million). Times with sub-millisecond digits (the gateway's own clock: births,
+    last wills, receipt times) keep their microsecond, so a device's birth, report and last will
+    within one millisecond stay in order, plus an offset of up to 999 ns from the id.
+    """
+    micros = (event.occurred_at - EPOCH) // timedelta(microseconds=1)
     if fault_on(FaultSwitch.INFLUX_DEDUP_OFF):
         # broken on purpose (tests only): each write of the event is a new point
-        return millis * 1_000_000 + secrets.randbelow(1_000_000)
-    offset = int.from_bytes(hashlib.sha256(event.event_id.encode()).digest()[:8], "big") % 1_000_000
-    return millis * 1_000_000 + offset
+        return (micros // 1000) * 1_000_000 + secrets.randbelow(1_000_000)
+    digest = int.from_bytes(hashlib.sha256(event.event_id.encode()).digest()[:8], "big")
+    if micros % 1000:
+        return micros * 1000 + digest % 1000
+    return (micros // 1000) * 1_000_000 + digest % 1_000_000
 
 
 # Per payload type: the payload attributes that become tags (indexed, few values) and those that
