@@ -218,7 +218,7 @@ def sequence_at(document: Mapping[str, object], path: tuple[str, ...]) -> int | 
         if not isinstance(value, dict):
             return None
         value = value.get(key)
-    if isinstance(value, str) and value.isdigit() and len(value) < 20:
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) < 20:  # not "²"
         return int(value)  # firmware that quotes its numbers (the parsers accept decimal strings too)
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         return None

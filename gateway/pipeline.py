@@ -219,8 +219,10 @@ def _result_tuple(r: ItemResult) -> ResultTuple:
 
 def _portable(exc: BaseException) -> BaseException:
     try:
-        pickle.dumps(exc)
-    except Exception:  # noqa: BLE001 - any unpicklable exception is described instead
+        # both ways: some exceptions pickle but cannot be rebuilt (keyword-only constructors), and
+        # one failing to load in the gateway would look like a dead worker
+        pickle.loads(pickle.dumps(exc))  # noqa: S301 - our own bytes, just made
+    except Exception:  # noqa: BLE001 - any exception that does not survive the trip is described instead
         return OutboxError(f"{type(exc).__name__}: {exc}")
     return exc
 
@@ -239,7 +241,7 @@ def _serve(conn: Connection, config: GatewayConfig, key: bytes) -> None:
             requests = [pickle.loads(conn.recv_bytes())]  # noqa: S301 - from our own gateway process
             while len(requests) < GROUP_MAX and conn.poll():
                 requests.append(pickle.loads(conn.recv_bytes()))  # noqa: S301 - as above
-        except EOFError:
+        except (EOFError, OSError):
             # The gateway is gone (SIGKILLed, or it closed the pair): nothing more will come, and
             # nothing unanswered was acknowledged to anyone. A worker must not outlive its gateway.
             worker.outbox.close()

@@ -17,8 +17,9 @@ What one number means, given the next number expected from the device (the highe
   (Prometheus counters), so a filled gap is counted separately rather than subtracted.
 - **duplicate**: it is lower, in no open gap, and within ``redelivery_window`` of the expected
   number: seen before (a redelivery of a message that had arrived).
-- **restart**: it is lower by more than ``redelivery_window``: the device started counting again
-  (a reboot, a counter wrap). Open gaps are forgotten (whatever was missing stays counted) and the
+- **restart**: it is lower by more than ``redelivery_window``, or higher by more than
+  ``MAX_PLAUSIBLE_GAP``: the device started counting again (a reboot, a counter wrap, a counter
+  reinitialized to an arbitrary value; one bogus number must not count as billions missing). Open gaps are forgotten (whatever was missing stays counted) and the
   count continues from the new number. A device that restarts before it has sent
   ``redelivery_window`` messages is taken for redelivering: its numbers count as duplicates until
   they pass the old ones; no gap is invented either way.
@@ -40,6 +41,10 @@ flight, measured at up to 2,698 for a Receive Maximum of 256 (docs/architecture.
 than this, a lower number is a device that started counting again."""
 
 MAX_OPEN_GAPS = 256
+
+MAX_PLAUSIBLE_GAP = 1_000_000
+"""The most messages one device can lose in one gap: the shipped compound broker queues at most a
+million messages for the gateway (deploy/mosquitto/compound.conf); a longer jump is a new count."""
 
 
 class Verdict(StrEnum):
@@ -121,6 +126,8 @@ class SequenceTracker:
         if number == expected:
             state.expected = number + 1
             return Observation(Verdict.NEXT, number, expected)
+        if number - expected > MAX_PLAUSIBLE_GAP:
+            return self._restart(state, number, expected)
         if number > expected:
             skipped = number - expected
             state.gaps += 1
@@ -135,10 +142,14 @@ class SequenceTracker:
             state.late += 1
             return Observation(Verdict.LATE, number, expected)
         if expected - number > self.redelivery_window:
-            state.restarts += 1
-            state.lows.clear()
-            state.highs.clear()
-            state.expected = number + 1
-            return Observation(Verdict.RESTART, number, expected)
+            return self._restart(state, number, expected)
         state.duplicates += 1
         return Observation(Verdict.DUPLICATE, number, expected)
+
+    @staticmethod
+    def _restart(state: DeviceSequence, number: int, expected: int) -> Observation:
+        state.restarts += 1
+        state.lows.clear()
+        state.highs.clear()
+        state.expected = number + 1
+        return Observation(Verdict.RESTART, number, expected)

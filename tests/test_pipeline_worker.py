@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+import pickle
 import random
 import signal
 from datetime import datetime
@@ -20,11 +21,11 @@ import pytest
 
 from adapters.base import RawMessage
 from device_sims.devices import CST, MqttPublish, ShedSim, SimDevice
-from foundation.errors import OutboxError
+from foundation.errors import OutboxError, PayloadRejected
 from gateway.config import load_config
 from gateway.intake import IntakeItem
 from gateway.outbox import Outbox
-from gateway.pipeline import IntakePipeline, ItemResult
+from gateway.pipeline import IntakePipeline, ItemResult, _portable
 from tests.conftest import sample_config
 
 SHED = SimDevice(id="36010400011340000001", dialect="shed-mqtt", ref="860812045678901")
@@ -108,3 +109,20 @@ async def test_batches_started_together_are_answered_each_in_submission_order(tm
     # committed in submission order: each batch's rows follow the previous batch's
     positions = [[in_order.index(event_id) for event_id in batch_ids] for batch_ids in ids]
     assert all(max(a) < min(b) for a, b in itertools.pairwise(positions))
+
+
+def test_an_exception_that_cannot_be_rebuilt_crosses_as_an_outbox_error() -> None:
+    """A worker exception that pickles but cannot be unpickled is described, not sent as is.
+
+    Sent as is, ``pickle.loads`` fails in the gateway, which then takes the healthy worker for dead
+    (every batch in flight lost and the worker replaced). Checked to fail with ``_portable`` testing
+    ``pickle.dumps`` alone (as it first did): the ``PayloadRejected`` comes back unchanged.
+    """
+    rebuilt_badly = PayloadRejected("bad_field", "not a number", field="seq")
+    crossed = _portable(rebuilt_badly)
+    assert isinstance(crossed, OutboxError)
+    assert "PayloadRejected" in str(crossed)
+    assert "seq" in str(crossed)
+    assert pickle.loads(pickle.dumps(crossed)).args == crossed.args  # noqa: S301 - made here
+    fine = OutboxError("disk full")
+    assert _portable(fine) is fine

@@ -16,7 +16,7 @@ from adapters import DIALECTS
 from adapters.base import RawMessage
 from device_sims.devices import HikAcsSim, MqttPublish, ShedSim, SimDevice, VzLprSim, build_sim
 from device_sims.inventory import sample_devices
-from gateway.sequence_gaps import SequenceTracker, Verdict
+from gateway.sequence_gaps import MAX_PLAUSIBLE_GAP, SequenceTracker, Verdict
 from tests.conftest import PARSE_CONTEXT
 
 WINDOW = 10_000
@@ -65,6 +65,24 @@ def test_a_restart_is_no_gap_and_forgets_the_old_gaps() -> None:
     assert (state.missing, state.late, state.outstanding) == (5, 0, 5)
     # a number of the old gap arriving after the restart is not mistaken for filling it
     assert tracker.observe("d", 20_002).verdict is Verdict.GAP
+
+
+def test_an_implausible_jump_forward_is_a_new_count_not_billions_missing() -> None:
+    """One bogus number far ahead (a counter reinitialized) is a restart; later losses still count.
+
+    Checked to fail without the ``MAX_PLAUSIBLE_GAP`` test: 2**40 numbers missing, and every normal
+    number after it a restart.
+    """
+    tracker = SequenceTracker()
+    for number in (1, 2, 3):
+        tracker.observe("d", number)
+    assert tracker.observe("d", 2**40).verdict is Verdict.RESTART
+    assert tracker.observe("d", 2**40 + 1).verdict is Verdict.NEXT
+    assert tracker.observe("d", 2**40 + 3).verdict is Verdict.GAP
+    state = tracker.devices["d"]
+    assert (state.missing, state.restarts, state.outstanding) == (1, 1, 1)
+    assert tracker.observe("d", 2**40 + 4 + MAX_PLAUSIBLE_GAP).verdict is Verdict.GAP
+    assert state.missing == 1 + MAX_PLAUSIBLE_GAP
 
 
 def test_a_reboot_early_in_life_counts_duplicates_but_invents_no_gap() -> None:
