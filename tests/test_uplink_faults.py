@@ -421,8 +421,15 @@ async def test_gateway_kill9_mid_replay_and_alarms_first(
             await wait_until(lambda: len(sqlite_ids(store_path)) >= 800, timeout=30)
             # Stopped, the gateway changes nothing: what its outbox shows now is its state at the
             # kill -- events confirmed by the district, events on their way, events still to send.
-            os.kill(paused, signal.SIGSTOP)
-            at_kill = outbox_states(config)
+            # Receipts come back within milliseconds, so a stop may find nothing on its way: then
+            # the gateway runs on for a moment and is stopped again, while it still has a backlog.
+            while True:
+                os.kill(paused, signal.SIGSTOP)
+                at_kill = outbox_states(config)
+                if at_kill["sent"] > 0 or at_kill["pending"] == 0:
+                    break
+                os.kill(paused, signal.SIGCONT)
+                await asyncio.sleep(0.005)
             stored_at_kill = len(sqlite_ids(store_path))
             gateway.kill()
             await gateway.start_gateway(config)
