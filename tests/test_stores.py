@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
+import threading
 from datetime import timedelta
 from pathlib import Path
 
@@ -11,6 +13,7 @@ from pydantic import SecretStr
 
 from device_sims.influx import InfluxServer
 from foundation.events import Event
+from foundation.sqlite_thread import open_durable
 from tests.test_uplink_protocol import T0, thrown
 from uplink.stores import (
     InfluxV1Store,
@@ -20,6 +23,7 @@ from uplink.stores import (
     StoreError,
     sqlite_event_ids,
 )
+from uplink.stores.sqlite import SQLITE_QUERY_COLUMNS, SQLITE_SCHEMA, migrate_sqlite_store
 
 
 async def influx_event_ids(store: InfluxV1Store) -> tuple[int, set[str]]:
@@ -140,3 +144,38 @@ async def test_influx_v2_store_speaks_the_v2_write_api(tmp_path: Path) -> None:
         assert not info.value.retryable
     finally:
         await runner.cleanup()
+
+
+def test_ingesters_opening_a_new_embedded_store_together_all_start(tmp_path: Path) -> None:
+    """Several ingesters migrating one new store file at the same instant all succeed, once.
+
+    Found by the scale-out benchmark: each read the query columns as missing before taking the
+    write lock, and all but the first then failed with "duplicate column name: time_ns". Checked
+    to fail with the columns read only before the lock (as before): most rounds lose an opener.
+    """
+    for attempt in range(10):
+        path = tmp_path / f"store-{attempt}.db"
+        openers = 4
+        connections = [open_durable(path, SQLITE_SCHEMA) for _ in range(openers)]
+        start = threading.Barrier(openers)
+        errors: list[BaseException] = []
+
+        threads = [threading.Thread(target=_migrate_together, args=(db, start, errors)) for db in connections]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        columns = [row[1] for row in connections[0].execute("PRAGMA table_info(events)")]
+        for db in connections:
+            db.close()
+        assert errors == []
+        assert sorted(columns) == sorted(set(columns))
+        assert {name for name, _ in SQLITE_QUERY_COLUMNS} <= set(columns)
+
+
+def _migrate_together(db: sqlite3.Connection, start: threading.Barrier, errors: list[BaseException]) -> None:
+    start.wait()
+    try:
+        migrate_sqlite_store(db)
+    except sqlite3.Error as exc:
+        errors.append(exc)

@@ -114,13 +114,19 @@ def sqlite_row(event: Event) -> tuple[str | int | None, ...]:
 
 def migrate_sqlite_store(db: sqlite3.Connection) -> None:
     """Bring an embedded store file to the current schema (adds and back-fills the query columns)."""
-    present = {row[1] for row in db.execute("PRAGMA table_info(events)")}
-    missing = [(name, kind) for name, kind in SQLITE_QUERY_COLUMNS if name not in present]
-    if missing:
+
+    def missing_columns() -> list[tuple[str, str]]:
+        present = {row[1] for row in db.execute("PRAGMA table_info(events)")}
+        return [(name, kind) for name, kind in SQLITE_QUERY_COLUMNS if name not in present]
+
+    if missing_columns():
         with transaction(db):
-            for name, kind in missing:
+            # read again under the write lock: ingesters starting together on a new file all saw
+            # the columns missing, and all but the first failed with "duplicate column name"
+            added = missing_columns()
+            for name, kind in added:
                 db.execute(f"ALTER TABLE events ADD COLUMN {name} {kind}")
-            rows = db.execute("SELECT body FROM events").fetchall()
+            rows = db.execute("SELECT body FROM events").fetchall() if added else []
             db.executemany(
                 "UPDATE events SET time_ns=?, plate=?, person_ref=? WHERE event_id=?",
                 [
