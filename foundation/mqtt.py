@@ -330,12 +330,6 @@ def _body(payload: object) -> bytes:
     return str(payload or "").encode()
 
 
-def consume_result(future: asyncio.Future[Any]) -> None:
-    """Done-callback for outcomes nobody waits for any more: retrieve them so none is reported twice."""
-    if not future.cancelled():
-        future.exception()
-
-
 _LAST_PUBLISH_MID: contextvars.ContextVar[int | None] = contextvars.ContextVar(
     "cgw_publish_mid", default=None
 )

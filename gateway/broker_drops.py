@@ -29,9 +29,8 @@ from gateway.config import GatewayConfig
 log = structlog.get_logger(__name__)
 
 DROPPED_TOPIC = "$SYS/broker/publish/messages/dropped"
-FIRST_VALUE_WITHIN_S = (
-    60.0  # Mosquitto sends the retained value at once; its longest default interval is 10 s
-)
+# Mosquitto sends the retained value at once; its longest default interval is 10 s
+FIRST_VALUE_WITHIN_S = 60.0
 BROKER_CONFIG = "deploy/mosquitto/compound.conf"
 DROP_HINT = (
     "the device broker discarded messages after acknowledging them to the devices: a client's queue "
@@ -101,19 +100,12 @@ class BrokerDrops:
         self.reads += 1
         if previous is None:
             log.info("device_broker_drop_counter_read", dropped_total=value)
-            if value > 0:
-                log.warning(
-                    "device_broker_dropped_messages", dropped=value, dropped_total=value, hint=DROP_HINT
-                )
-        elif value > previous:
-            log.warning(
-                "device_broker_dropped_messages",
-                dropped=value - previous,
-                dropped_total=value,
-                hint=DROP_HINT,
-            )
         elif value < previous:
             log.info("device_broker_drop_counter_reset", dropped_total=value, before=previous)
+            return
+        rise = value - (previous or 0)  # the first reading: whatever the broker dropped so far
+        if rise > 0:
+            log.warning("device_broker_dropped_messages", dropped=rise, dropped_total=value, hint=DROP_HINT)
 
     def write_metrics(self, families: MetricFamilies) -> None:
         """The broker's count; NaN until read (not a made-up 0: the broker may never have said)."""

@@ -22,13 +22,13 @@ from adapters.base import Transport
 from foundation.fault_switches import FaultSwitch, fault_on
 from foundation.health import MetricFamilies, Sample
 from foundation.logging import worth_logging
+from gateway.broker_drops import BROKER_CONFIG
 from gateway.config import GatewayConfig
 from gateway.pipeline import ItemResult
 from gateway.sequence_gaps import DeviceSequence, Observation, SequenceTracker, Verdict
 
 log = structlog.get_logger(__name__)
 
-BROKER_CONFIG = "deploy/mosquitto/compound.conf"
 GAP_HINTS = {
     Transport.MQTT: (
         "these messages never reached the gateway. If cgw_device_broker_dropped_messages rose too, the "

@@ -13,8 +13,9 @@ from collections.abc import Callable
 import structlog
 
 from adapters.base import RawMessage
+from foundation.cancellation import consume_result
 from foundation.errors import OutboxError, TransportError
-from foundation.mqtt import Message, MqttSession, SessionOptions, consume_result, new_throttle
+from foundation.mqtt import Message, MqttSession, SessionOptions, new_throttle
 from gateway.config import GatewayConfig
 from gateway.intake import IntakeItem
 from gateway.pipeline import BATCH_MAX, IntakePipeline, ItemResult

@@ -41,6 +41,7 @@ from typing import Any
 import structlog
 
 from adapters.base import MediaBlob, RawMessage
+from foundation.cancellation import consume_result
 from foundation.errors import OutboxError, Rejection
 from foundation.fault_switches import FaultSwitch, fault_on
 from foundation.identity import Pseudonymizer
@@ -80,12 +81,7 @@ class _Worker:
         ).open()
 
     def process(self, items: Sequence[IntakeItem]) -> list[ItemResult]:
-        outcomes = [self.intake.classify(item) for item in items]
-        results = self.outbox.commit([outcome.operation for outcome in outcomes])
-        return [
-            _item_result(result, outcome.rejection, outcome.device, outcome.sequence)
-            for outcome, result in zip(outcomes, results, strict=True)
-        ]
+        return self.process_group([items])[0]
 
     def process_group(self, batches: Sequence[Sequence[IntakeItem]]) -> list[list[ItemResult]]:
         """Several batches in one transaction (group commit), results per batch, in order."""
@@ -459,7 +455,7 @@ class IntakePipeline:
         aside = asyncio.ensure_future(self.finish(future))
         self._aside.add(aside)
         aside.add_done_callback(self._aside.discard)
-        aside.add_done_callback(_drop_outcome)
+        aside.add_done_callback(consume_result)
         early: asyncio.Future[list[ItemResult]] = asyncio.get_running_loop().create_future()
         early.set_result([ItemResult() for _ in range(size)])
         return early
@@ -526,8 +522,3 @@ class IntakePipeline:
             await self._start()
             self.workers_replaced += 1
             log.warning("intake_worker_replaced", replaced=self.workers_replaced)
-
-
-def _drop_outcome(future: asyncio.Future[list[ItemResult]]) -> None:
-    if not future.cancelled():
-        future.exception()  # retrieved, so a failure is not reported as never retrieved

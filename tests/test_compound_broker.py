@@ -194,12 +194,7 @@ async def test_a_burst_waits_for_the_gateway_across_a_broker_restart(
         await session.subscribe("shed/+/+", qos=1)
     sent = [f'{{"seq": {n}}}'.encode() for n in range(1, BURST + 1)]
     async with broker.client(DEVICE, max_inflight_messages=100) as device:
-        pending: set[asyncio.Task[None]] = set()
-        for payload in sent:
-            pending.add(asyncio.create_task(device.publish(f"shed/{DEVICE}/up", payload, qos=1)))
-            if len(pending) >= 100:
-                _, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-        await asyncio.gather(*pending)
+        await publish_all(device, sent)
     broker.stop()  # SIGTERM: the broker saves its database
     broker.start()
     async with gateway_session(broker) as session:
@@ -250,12 +245,7 @@ async def test_the_benchmarks_local_run_of_the_shipped_file_keeps_its_queue_and_
         async with aiomqtt.Client(
             "127.0.0.1", broker.port, identifier="t-device", max_inflight_messages=100
         ) as device:
-            pending: set[asyncio.Task[None]] = set()
-            for payload in sent:
-                pending.add(asyncio.create_task(device.publish(f"shed/{DEVICE}/up", payload, qos=1)))
-                if len(pending) >= 100:
-                    _, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
-            await asyncio.gather(*pending)
+            await publish_all(device, sent)
         broker.stop()
         broker.start()
         async with aiomqtt.Client("127.0.0.1", broker.port, **session_args) as session:  # type: ignore[arg-type]
@@ -263,3 +253,13 @@ async def test_the_benchmarks_local_run_of_the_shipped_file_keeps_its_queue_and_
         assert sorted(got) == sorted(sent)
     finally:
         broker.stop()
+
+
+async def publish_all(device: aiomqtt.Client, payloads: list[bytes]) -> None:
+    """Publish every payload with QoS 1 as the device, at most 100 waiting for their PUBACK."""
+    pending: set[asyncio.Task[None]] = set()
+    for payload in payloads:
+        pending.add(asyncio.create_task(device.publish(f"shed/{DEVICE}/up", payload, qos=1)))
+        if len(pending) >= 100:
+            _, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+    await asyncio.gather(*pending)

@@ -93,9 +93,7 @@ class TlsConfig(ConfigModel):
         if self.cert_file is None:
             return None
         try:
-            key = self.key_path()
-            probe = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-            probe.load_cert_chain(str(self.cert_file), str(key) if key is not None else None)
+            self._load_client_certificate(ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT))
         except ConfigError as exc:
             return str(exc)
         except OSError as exc:  # ssl.SSLError included: no key, a key of another certificate
@@ -145,9 +143,13 @@ class TlsConfig(ConfigModel):
         """A verifying client context (never falls back to insecure)."""
         context = ssl.create_default_context(cafile=str(self.ca_file))
         if self.cert_file is not None:
-            key = self.key_path()
-            context.load_cert_chain(str(self.cert_file), str(key) if key is not None else None)
+            self._load_client_certificate(context)
         return context
+
+    def _load_client_certificate(self, context: ssl.SSLContext) -> None:
+        # the one place that pairs the certificate with its key (file, credential or inside the cert)
+        key = self.key_path()
+        context.load_cert_chain(str(self.cert_file), str(key) if key is not None else None)
 
 
 def check_client_key(tls: TlsConfig | None, source: Path, field: str) -> None:
