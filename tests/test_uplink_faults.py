@@ -325,9 +325,9 @@ async def test_broker_restarted_without_session_state(
     """The district broker, SIGKILLed mid-burst, comes back with no memory; InfluxDB has it all, once.
 
     Receipts make the gateway send again whatever the district never stored. The kill lands
-    mid-flight: the ingester had stored events, and the gateway's outbox still holds events the dead
-    broker had taken but the district never confirmed (read after the kill, so no receipt for them
-    can arrive any more); the ingester stores more after the restart.
+    mid-flight: the ingester had stored events, InfluxDB is paused so that receipts stop, and the
+    broker dies once the gateway's outbox holds events sent but never confirmed (read after the
+    kill, so no receipt for them can arrive any more); the ingester stores more after the restart.
     """
     district_broker = Mosquitto(tmp_path / "amnesiac", persistence=False).start()
     try:
@@ -343,8 +343,16 @@ async def test_broker_restarted_without_session_state(
         ):
             sending = asyncio.create_task(play_burst(config, mosquitto, 11, 3000))
             at_kill = await metrics.wait(lambda f: f["stored"] >= 300, "300 events stored")
-            district_broker.stop(kill=True)
-            unconfirmed = outbox_states(config)["sent"]
+            # receipts come back within milliseconds, so between two batches nothing may be
+            # unconfirmed: the store is stalled first, and the broker dies once the outbox shows
+            # events sent and unconfirmed (a clean-clone CI run once found none at the kill)
+            influx.pause()
+            try:
+                await wait_until(lambda: outbox_states(config)["sent"] > 0)
+                district_broker.stop(kill=True)
+                unconfirmed = outbox_states(config)["sent"]
+            finally:
+                influx.resume()
             district_broker.start()
             expected = await sending
             stored = await wait_settled(config, expected, district)
