@@ -104,6 +104,44 @@ class MediaBlob:
         )
 
 
+@dataclass(frozen=True)
+class DeviceTopics:
+    """What one MQTT device may do on the compound broker, as topic filters with ``{ref}`` for its ref.
+
+    The compound broker's ACL is written from these (``gateway/broker_accounts.py``): a device
+    publishes only ``publishes`` and reads only ``subscribes`` under its own ref; the gateway reads
+    every device's ``publishes`` and writes every device's ``subscribes``.
+    """
+
+    publishes: tuple[str, ...]
+    subscribes: tuple[str, ...]
+
+    @classmethod
+    def under_prefix(cls, prefix: str) -> DeviceTopics:
+        """The project's layout: events and status on ``<prefix>/<ref>/<channel>``, commands below.
+
+        Command requests reach the device on ``<prefix>/<ref>/cmd/req`` and ``.../state/req``, its
+        answers go to ``.../cmd/resp`` and ``.../state/resp`` (four levels: the gateway's event
+        subscription ``<prefix>/+/+`` never receives them). Named for every MQTT dialect, also
+        those whose adapter sends no command yet, so the ACL does not change when one does.
+        """
+        return cls(
+            publishes=(f"{prefix}/{{ref}}/+", f"{prefix}/{{ref}}/cmd/resp", f"{prefix}/{{ref}}/state/resp"),
+            subscribes=(f"{prefix}/{{ref}}/cmd/req", f"{prefix}/{{ref}}/state/req"),
+        )
+
+    def of(self, ref: str) -> DeviceTopics:
+        """The topics of the device whose ref is ``ref``."""
+        return DeviceTopics(
+            tuple(t.replace("{ref}", ref) for t in self.publishes),
+            tuple(t.replace("{ref}", ref) for t in self.subscribes),
+        )
+
+
+MQTT_REF_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$"
+"""A ref that is safe as an MQTT topic level and a broker user name (no ``/``, ``+``, ``#``, spaces)."""
+
+
 class Dialect(Protocol):
     """One vendor dialect: how to find the device and how to read its payloads."""
 
@@ -135,6 +173,11 @@ class Dialect(Protocol):
     @property
     def topic_filter(self) -> str | None:
         """MQTT dialects: what the gateway subscribes to."""
+        ...
+
+    @property
+    def device_topics(self) -> DeviceTopics | None:
+        """MQTT dialects: what each device may publish and read on the compound broker."""
         ...
 
     @property

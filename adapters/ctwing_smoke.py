@@ -52,6 +52,7 @@ class CtwingSmoke:
     transport: Transport = Transport.HTTP_PLATFORM
     description: str = "E-bike shed NB-IoT smoke alarm via CTWing/OceanConnect HTTP push (deviceDataChanged)"
     topic_filter: str | None = None
+    device_topics: None = None  # not an MQTT dialect
     commands: None = None  # its devices take no commands
     sequence: None = None  # no per-device message sequence: only their silence shows a loss
 

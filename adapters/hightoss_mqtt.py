@@ -9,10 +9,11 @@ the camera's configured floor table, clips and snapshots as keys in the camera's
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from adapters.base import (
     DeviceContext,
+    DeviceTopics,
     Fields,
     ParseResult,
     RawMessage,
@@ -44,6 +45,7 @@ class HighTossMqtt:
         "Thrown-object camera, MQTT JSON HighTossDetect alarms with track, frames and floor estimate"
     )
     topic_filter: str | None = f"{PREFIX}/+/+"
+    device_topics: DeviceTopics = field(default_factory=lambda: DeviceTopics.under_prefix(PREFIX))
     commands: None = None  # its devices take no commands
     # EventID is no message sequence: Start, Stop and every post of a picture group repeat it, and the
     # camera numbers the events of all its rules with it, so a missing number proves no loss

@@ -102,6 +102,7 @@ class HikIsapiAcs:
         "Face gate, Hikvision ISAPI HTTP push: multipart event_log JSON (AccessControllerEvent) + JPEG"
     )
     topic_filter: str | None = None
+    device_topics: None = None  # not an MQTT dialect
     commands: None = None  # its devices take no commands
     sequence: AcsSerialNumbers = field(default_factory=AcsSerialNumbers)
 

@@ -126,6 +126,7 @@ class HikIsapiAnpr:
         "Barrier LPR camera, Hikvision ISAPI HTTP push: EventNotificationAlert XML (ANPR) + pictures"
     )
     topic_filter: str | None = None
+    device_topics: None = None  # not an MQTT dialect
     commands: None = None  # its devices take no commands
     sequence: None = None  # no per-device message sequence: only their silence shows a loss
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from adapters.base import (
     DeviceContext,
+    DeviceTopics,
     JsonSequence,
     ParseResult,
     RawMessage,
@@ -59,6 +60,7 @@ class ShedMqtt:
         "E-bike shed smoke/temperature sensor, MQTT JSON reports with alert bitmask (shed/<imei>/up)"
     )
     topic_filter: str | None = f"{PREFIX}/+/+"
+    device_topics: DeviceTopics = field(default_factory=lambda: DeviceTopics.under_prefix(PREFIX))
     commands: None = None  # its devices take no commands
     # every report (alarm, heartbeat, self-test) takes the next seq; a reboot starts again
     sequence: JsonSequence = field(default_factory=lambda: JsonSequence(("seq",)))

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import base64
 import binascii
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from adapters.base import (
     DeviceContext,
+    DeviceTopics,
     MediaBlob,
     ParseResult,
     RawMessage,
@@ -61,6 +62,7 @@ class UfaceMqtt:
     transport: Transport = Transport.MQTT
     description: str = "Face gate, MQTT JSON recognition records (uface/<sn>/event) with optional base64 JPEG"
     topic_filter: str | None = f"{PREFIX}/+/+"
+    device_topics: DeviceTopics = field(default_factory=lambda: DeviceTopics.under_prefix(PREFIX))
     commands: None = None  # its devices take no commands
     sequence: None = None  # msgId is an opaque string, not a count: only the terminal's silence shows a loss
 

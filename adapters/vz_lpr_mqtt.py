@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 
 from adapters.base import (
     DeviceContext,
+    DeviceTopics,
     Fields,
     JsonSequence,
     ParseResult,
@@ -222,6 +223,7 @@ class VzLprMqtt:
     transport: Transport = Transport.MQTT
     description: str = "Barrier LPR camera, MQTT JSON AlarmInfoPlate results (vzlpr/<serialno>/result)"
     topic_filter: str | None = f"{PREFIX}/+/+"
+    device_topics: DeviceTopics = field(default_factory=lambda: DeviceTopics.under_prefix(PREFIX))
     commands: VzBarrierCommands = field(default_factory=VzBarrierCommands)
     # the camera numbers its recognitions (plateid); a reboot starts again
     sequence: JsonSequence = field(

@@ -32,7 +32,8 @@ from foundation.errors import ConfigError, PayloadRejected
 from foundation.events import event_json_schema, utc_now
 from foundation.identity import Pseudonymizer
 from foundation.logging import configure_logging
-from gateway.config import load_config
+from gateway.config import GatewayConfig, load_config
+from gateway.device_secrets import prepare_trust
 from gateway.outbox import Outbox
 from gateway.runtime import run_gateway
 from gateway.watchlist_check import add_watchlist_check_commands, run_watchlist_check
@@ -180,10 +181,10 @@ def _serve(daemon: Coroutine[Any, Any, None]) -> int:
 
 
 def _run(config_path: Path) -> int:
-    config = load_config(config_path)
+    config, secrets = prepare_trust(load_config(config_path), config_path)
     check_client_key(config.uplink_tls, config_path, "uplink.broker.tls")
     configure_logging(config.log_format)
-    return _serve(run_gateway(config))
+    return _serve(run_gateway(config, secrets=secrets, source=config_path))
 
 
 def _ingest(config_path: Path) -> int:
@@ -212,11 +213,26 @@ def _check_config(path: Path) -> int:
     config = load_config(path)
     uplink = config.uplink.mode if config.uplink else "none"
     key = _check_key(config.uplink_tls, path, "uplink.broker.tls")
+    trust = _check_trust(config, path)
     print(
         f"{path}: ok: compound {config.compound.compound_id} ({config.compound.name}), {len(config.devices)} devices, "
-        f"dialects: {', '.join(sorted({d.dialect for d in config.devices}))}; uplink: {uplink}{key}"
+        f"dialects: {', '.join(sorted({d.dialect for d in config.devices}))}; uplink: {uplink}{key}; {trust}"
     )
     return 0
+
+
+def _check_trust(config: GatewayConfig, path: Path) -> str:
+    """Check the device secrets where they can be reached; what was checked, for the summary line."""
+    if config.trust.secrets_file is None and "CREDENTIALS_DIRECTORY" not in os.environ:
+        if config.trust.lan_trusted:
+            return "LAN trusted: devices without secrets accepted"
+        # an operator's shell: the credential exists only for the unit, whose ExecStartPre= checks it
+        return (
+            f"device secrets: credential {config.trust.secrets_credential!r}, checked when the unit runs this"
+        )
+    _, secrets = prepare_trust(config, path)
+    trusted = " (LAN trusted)" if config.trust.lan_trusted else ""
+    return f"device secrets: {len(secrets.devices)} devices, {len(secrets.platforms)} platforms{trusted}"
 
 
 def _check_key(tls: TlsConfig | None, path: Path, field: str) -> str:

@@ -9,6 +9,7 @@ time and a seeded ``random.Random`` so a scenario is reproducible.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import random
 import uuid
@@ -50,13 +51,33 @@ class MqttPublish:
 Outgoing = HttpPost | MqttPublish
 
 
+def sample_secret(name: str) -> str:
+    """The demo's secret of a device, platform or the gateway: derived from its name, never random.
+
+    The demo, the tests and the benchmarks write these into the sample compound's secrets file and
+    the simulators present them, like installers configure each device with its own. Anyone can
+    compute them: they protect nothing outside a demo.
+    """
+    return hashlib.sha256(f"compound-gateway sample secret:{name}".encode()).hexdigest()[:24]
+
+
 @dataclass(frozen=True)
 class SimDevice:
-    """The inventory entry a simulator impersonates."""
+    """The inventory entry a simulator impersonates, with the secret it authenticates with."""
 
     id: str
     dialect: str
     ref: str | None = None
+
+    @property
+    def secret(self) -> str:
+        """Its password: HTTP push (digest or basic) or its account on the compound broker."""
+        return sample_secret(self.id)
+
+    @property
+    def username(self) -> str:
+        """The name it authenticates as: its ref on the broker (MQTT), its id in HTTP pushes."""
+        return self.ref or self.id
 
 
 class DeviceSim(Protocol):

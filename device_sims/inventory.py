@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from device_sims.devices import SimDevice
+from pydantic import SecretStr
+
+from device_sims.devices import SimDevice, sample_secret
+from gateway.device_secrets import GATEWAY_BROKER_USER, DeviceSecrets, write_device_secrets
+
+PLATFORM_DIALECTS = ("ctwing-smoke",)
+"""The vendor platforms among the sample devices' dialects (they push for their devices)."""
 
 DISTRICT_ID = "36010400005000000001"  # 南昌市青云谱区 (GB/T 2260 code 360104), district platform (type 500)
 COMPOUND_ID = "36010400012160000101"  # compound as a virtual organisation (type 216)
@@ -46,10 +52,26 @@ def sample_devices(index: int = 1) -> list[SimDevice]:
     return [SimDevice(id=_device_id(i, index), dialect=d, ref=r) for i, d, r, _, _ in SAMPLE_DEVICES]
 
 
+def sample_device_secrets(index: int = 1) -> DeviceSecrets:
+    """The secrets of the n-th sample compound: every device, the platform and the gateway."""
+    return DeviceSecrets(
+        gateway=SecretStr(sample_secret(GATEWAY_BROKER_USER)),
+        devices={d.id: SecretStr(d.secret) for d in sample_devices(index)},
+        platforms={p: SecretStr(sample_secret(p)) for p in PLATFORM_DIALECTS},
+    )
+
+
 def write_sample_config(
     path: Path, *, state_dir: Path, http_port: int, mqtt_port: int, index: int = 1
 ) -> Path:
-    """A gateway config for the n-th sample compound (the first by default)."""
+    """A gateway config for the n-th sample compound (the first by default).
+
+    Its device secrets go to ``<name>-secrets.toml`` beside it (mode 0600), named by ``[trust]
+    secrets_file``; the simulators present the same secrets.
+    """
+    secrets_path = path.parent / f"{path.stem}-secrets.toml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_device_secrets(secrets_path, sample_device_secrets(index))
     lines = [
         "# Sample compound written by compound-gateway (demo / tests).",
         "[compound]",
@@ -68,9 +90,13 @@ def write_sample_config(
         "device_rate_per_s = 100000.0",
         "platform_rate_per_s = 100000.0",
         "",
+        "[trust]",
+        f'secrets_file = "{secrets_path}"',
+        "",
         "[mqtt]",
         'host = "127.0.0.1"',
         f"port = {mqtt_port}",
+        f'username = "{GATEWAY_BROKER_USER}"',
         "device_rate_per_s = 100000.0",
         "",
     ]

@@ -9,6 +9,7 @@ import os
 import secrets
 from dataclasses import dataclass
 from datetime import timedelta
+from ipaddress import IPv4Network, IPv6Network
 from pathlib import Path
 from typing import Annotated, Literal, Protocol, TypeVar
 
@@ -23,6 +24,7 @@ from adapters import DIALECTS
 from adapters.base import Transport
 from foundation.backoff import BackoffConfig
 from foundation.config_types import ConfigModel, Port, ZoneName
+from foundation.credentials import CredentialName
 from foundation.errors import ConfigError
 from foundation.events import GbId, Location
 from foundation.toml_config import load_toml_model
@@ -116,6 +118,26 @@ class MqttConfig(ConfigModel):
     device_burst: int = Field(default=500, ge=1, description="messages one MQTT device may send at once")
 
 
+class HttpsConfig(ConfigModel):
+    """The HTTPS listener of the receiver: the gateway's certificate and key (PEM)."""
+
+    port: Port = 8443
+    cert_file: Path
+    key_file: Path | None = Field(
+        default=None, description="the private key; none: it is in cert_file (or key_credential names it)"
+    )
+    key_credential: CredentialName | None = Field(
+        default=None,
+        description="systemd credential holding the key ($CREDENTIALS_DIRECTORY/<name>); instead of key_file",
+    )
+
+    @model_validator(mode="after")
+    def _one_key_source(self) -> HttpsConfig:
+        if self.key_credential is not None and self.key_file is not None:
+            raise ValueError("key_file and key_credential both name the key; keep one")
+        return self
+
+
 class HttpConfig(ConfigModel):
     """The receiver that push devices and IoT platforms POST to."""
 
@@ -133,6 +155,69 @@ class HttpConfig(ConfigModel):
         default=500.0, gt=0, description="pushes per second one vendor platform may keep up"
     )
     platform_burst: int = Field(default=2000, ge=1, description="pushes a platform may make at once")
+    plain: bool = Field(
+        default=True, description="listen for plain HTTP on port; false: HTTPS only ([http.tls])"
+    )
+    tls: HttpsConfig | None = Field(
+        default=None, description="also listen for HTTPS, with the gateway's own certificate"
+    )
+
+    @model_validator(mode="after")
+    def _some_listener(self) -> HttpConfig:
+        if not self.plain and self.tls is None:
+            raise ValueError("plain = false needs [http.tls]: the receiver would listen nowhere")
+        if self.tls is not None and self.tls.port == self.port and self.plain:
+            raise ValueError(f"[http.tls] port {self.port} is the plain HTTP port too; give HTTPS its own")
+        return self
+
+
+SourceNetwork = IPv4Network | IPv6Network
+"""An address range in CIDR notation (``192.168.10.0/24``, ``10.0.0.7/32``, ``fd00::/8``)."""
+
+
+class TrustConfig(ConfigModel):
+    """Who on the compound LAN may make events (docs/security.md, "The compound side").
+
+    Every device and vendor platform proves who it is with its own secret: HTTP pushes with digest
+    or basic authentication (platforms: a signature or basic), MQTT devices with their account on
+    the compound broker. The secrets live in one file outside the config (``secrets_file``, or the
+    systemd credential ``secrets_credential``), never on a command line.
+    """
+
+    lan_trusted: bool = Field(
+        default=False,
+        description="on purpose: accept devices and platforms that have no secret (an isolated, trusted LAN)",
+    )
+    secrets_file: Path | None = Field(
+        default=None,
+        description="the device secrets (TOML, mode 0600); default: the systemd credential secrets_credential",
+    )
+    secrets_credential: CredentialName = Field(
+        default="device-secrets",
+        description="systemd credential holding the device secrets when secrets_file is not set",
+    )
+    digest_realm: str = Field(default="compound-gateway", min_length=1, max_length=64, pattern=r'^[^"\\]+$')
+    nonce_lifetime_s: int = Field(
+        default=300, ge=10, le=86400, description="a digest challenge is good for this long (then stale)"
+    )
+    signature_max_skew_s: int = Field(
+        default=300, ge=5, le=3600, description="platform signatures: how far the timestamp may be off"
+    )
+
+
+class PlatformConfig(ConfigModel):
+    """A vendor IoT platform that pushes for many devices (``/platform/<dialect>``)."""
+
+    auth: Literal["hmac-sha256", "basic"] = Field(
+        default="hmac-sha256",
+        description="hmac-sha256: X-Cgw-Timestamp and X-Cgw-Signature headers (ours); basic: HTTP basic",
+    )
+    username: str | None = Field(
+        default=None, min_length=1, max_length=64, description="basic: the user name; default: the dialect"
+    )
+    allowed_sources: tuple[SourceNetwork, ...] = Field(
+        default=(), description="addresses the platform pushes from (CIDR); empty: any"
+    )
 
 
 class DeviceConfig(ConfigModel):
@@ -148,6 +233,25 @@ class DeviceConfig(ConfigModel):
         default=True, description="cameras: movement towards the camera enters the compound"
     )
     location: Location | None = None
+    push_auth: Literal["digest", "basic"] = Field(
+        default="digest",
+        description="HTTP push devices: how they authenticate (Hikvision: MD5digest or basic in the HTTP host)",
+    )
+    push_username: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=64,
+        pattern=r'^[^":\\]+$',
+        description="HTTP push devices: the user name they send; default: the device id",
+    )
+    allowed_sources: tuple[SourceNetwork, ...] = Field(
+        default=(), description="HTTP push devices: the addresses it may push from (CIDR); empty: any"
+    )
+
+    @property
+    def http_username(self) -> str:
+        """The user name this device authenticates its pushes with."""
+        return self.push_username or self.id
 
     @field_validator("dialect")
     @classmethod
@@ -292,6 +396,10 @@ class GatewayConfig(ConfigModel):
     mqtt: MqttConfig = MqttConfig()
     http: HttpConfig = HttpConfig()
     backoff: BackoffConfig = BackoffConfig()
+    trust: TrustConfig = TrustConfig()
+    platforms: dict[str, PlatformConfig] = Field(
+        default_factory=dict, description="per vendor platform dialect: how it authenticates its pushes"
+    )
     uplink: UplinkConfig | None = Field(
         default=None, description="where events go: the district broker or store"
     )
@@ -312,6 +420,36 @@ class GatewayConfig(ConfigModel):
                     raise ValueError(f"two {device.dialect} devices share ref {device.ref!r}")
                 seen_refs.add(key)
         return self
+
+    @model_validator(mode="after")
+    def _known_platforms(self) -> GatewayConfig:
+        for dialect in self.platforms:
+            if dialect not in DIALECTS or DIALECTS[dialect].transport is not Transport.HTTP_PLATFORM:
+                platforms = sorted(n for n, d in DIALECTS.items() if d.transport is Transport.HTTP_PLATFORM)
+                raise ValueError(
+                    f"[platforms.{dialect}]: not a platform dialect; use one of: {', '.join(platforms)}"
+                )
+        usernames: dict[str, str] = {}
+        for device in self.devices:
+            if DIALECTS[device.dialect].transport is not Transport.HTTP_DEVICE:
+                continue
+            other = usernames.setdefault(device.http_username, device.id)
+            if other != device.id:
+                raise ValueError(
+                    f"devices {other} and {device.id} push with the same user name {device.http_username!r};"
+                    " each device needs its own (push_username)"
+                )
+        return self
+
+    def platform(self, dialect: str) -> PlatformConfig:
+        """How the platform of ``dialect`` authenticates (the defaults when it has no section)."""
+        return self.platforms.get(dialect) or PlatformConfig()
+
+    def platform_dialects(self) -> list[str]:
+        """The platform dialects some inventory device uses (the platforms that may push)."""
+        return sorted(
+            {d.dialect for d in self.devices if DIALECTS[d.dialect].transport is Transport.HTTP_PLATFORM}
+        )
 
     @property
     def mqtt_client_id(self) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from contextlib import AsyncExitStack
+from pathlib import Path
 
 import structlog
 from aiohttp import web
@@ -21,6 +22,7 @@ from foundation.supervision import run_forever, supervise
 from foundation.systemd import sd_notify, watchdog, watchdog_interval
 from gateway.broker_drops import BrokerDrops
 from gateway.config import GatewayConfig, load_pseudonym_key
+from gateway.device_secrets import DeviceSecrets, prepare_trust
 from gateway.device_watch import DeviceWatch
 from gateway.forwarder import UplinkFactory
 from gateway.http_receiver import build_app
@@ -42,8 +44,20 @@ def pseudonym_key(config: GatewayConfig) -> bytes:
     return load_pseudonym_key(path, create=path.is_relative_to(config.state.dir))
 
 
-async def run_gateway(config: GatewayConfig, *, ready: asyncio.Event | None = None) -> None:
-    """Run until cancelled."""
+async def run_gateway(
+    config: GatewayConfig,
+    *,
+    ready: asyncio.Event | None = None,
+    secrets: DeviceSecrets | None = None,
+    source: Path | None = None,
+) -> None:
+    """Run until cancelled.
+
+    ``secrets`` as ``prepare_trust`` returned them (with the config it returned); None: loaded and
+    checked here, errors naming ``source`` (the config file).
+    """
+    if secrets is None:
+        config, secrets = prepare_trust(config, source or Path("the gateway config"))
     health = Health()
     async with AsyncExitStack() as stack:
         pipeline = await stack.enter_async_context(IntakePipeline(config, pseudonym_key(config)))

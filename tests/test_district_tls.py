@@ -27,13 +27,13 @@ import pytest
 
 from device_sims.broker import Mosquitto, free_port, mosquitto_binary, stop_process
 from device_sims.inventory import DISTRICT_ID
+from foundation.credentials import CREDENTIAL_PLACEHOLDER
 from foundation.events import Event, EventKind
 from gateway.config import load_config
 from gateway.outbox import Outbox
 from tests.conftest import sample_config
 from tests.processes import GatewayProcess
 from tests.test_uplink_e2e import Sent, play
-from uplink.config import CREDENTIAL_PLACEHOLDER
 from uplink.protocol import decode_batch, parse_topic
 
 ROOT = Path(__file__).resolve().parents[1]

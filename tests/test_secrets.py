@@ -32,7 +32,7 @@ def gateway_toml(tmp_path: Path, device_broker: Mosquitto, district: Mosquitto) 
     path = sample_config(
         tmp_path,
         device_broker.port,
-        mqtt=f'username = "gateway"\npassword = "{SECRETS["mqtt"]}"',
+        mqtt=f'password = "{SECRETS["mqtt"]}"',
     )
     with path.open("a", encoding="utf-8") as handle:
         handle.write(

@@ -149,7 +149,7 @@ def test_the_uplink_tls_key_reaches_the_gateway_as_a_credential() -> None:
     Checked to fail: renaming the credential in the example config (or the unit) breaks the pairing;
     a ``SetCredential=`` placeholder other than ``uplink.config.CREDENTIAL_PLACEHOLDER`` fails too.
     """
-    from uplink.config import CREDENTIAL_PLACEHOLDER  # noqa: PLC0415
+    from foundation.credentials import CREDENTIAL_PLACEHOLDER  # noqa: PLC0415
 
     found = settings((SYSTEMD / "compound-gateway.service").read_text(encoding="utf-8"))
     loaded = dict(v.split(":", 1) for v in found["LoadCredential"])

@@ -5,26 +5,16 @@ The stores' configs live with their stores (``uplink.stores``).
 
 from __future__ import annotations
 
-import os
 import ssl
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Self
+from typing import Self
 
 from pydantic import Field, SecretStr, model_validator
 
 from foundation.config_types import ConfigModel, Port
+from foundation.credentials import CredentialName, credential_path
 from foundation.errors import ConfigError
-
-CredentialName = Annotated[str, Field(pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.@-]{0,63}$")]
-"""The id of a systemd credential: a file name in ``$CREDENTIALS_DIRECTORY``."""
-
-CREDENTIAL_PLACEHOLDER = b"not-provided"
-"""What the shipped units pass (``SetCredential=``) when ``LoadCredential=`` finds no file.
-
-systemd then starts the daemon anyway (a gateway in direct mode needs no client key), and a config
-that names the credential fails with the fix instead of a unit that will not start.
-"""
 
 
 class TlsConfig(ConfigModel):
@@ -62,31 +52,11 @@ class TlsConfig(ConfigModel):
         """
         if self.key_credential is None:
             return self.key_file
-        name = self.key_credential
-        directory = os.environ.get("CREDENTIALS_DIRECTORY")
-        if not directory:
-            raise ConfigError(
-                f"the client key is the systemd credential {name!r}, but $CREDENTIALS_DIRECTORY is not set:"
-                f" run the daemon under its unit (LoadCredential={name}:<path of the key>),"
-                " or name the key file with key_file instead"
-            )
-        path = Path(directory) / name
-        try:
-            content = path.read_bytes()
-        except FileNotFoundError:
-            raise ConfigError(
-                f"credential {path} does not exist: add LoadCredential={name}:<path of the key> to the unit"
-                " (the shipped units in systemd/ pass it)"
-            ) from None
-        except OSError as exc:
-            raise ConfigError(f"credential {path} is unreadable ({exc.strerror})") from None
-        if content.strip() == CREDENTIAL_PLACEHOLDER:
-            raise ConfigError(
-                f"credential {name!r} is the unit's placeholder: its LoadCredential={name}:<path> found no file;"
-                " put the client key at that path (the shipped gateway unit:"
-                f" /etc/compound-gateway/credentials/{name}), mode 0600 owned by root, and restart"
-            )
-        return path
+        return credential_path(
+            self.key_credential,
+            "the client key",
+            f"/etc/compound-gateway/credentials/{self.key_credential}",
+        )
 
     def key_problem(self) -> str | None:
         """Why the client certificate does not load with its key (and what to do), or None."""
