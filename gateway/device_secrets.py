@@ -27,7 +27,7 @@ from pathlib import Path
 from pydantic import Field, SecretStr, ValidationError
 
 from foundation.config_types import ConfigModel
-from foundation.credentials import credential_path, credentials_directory
+from foundation.credentials import CREDENTIAL_PLACEHOLDER, credential_path, credentials_directory
 from foundation.durable_files import write_atomically
 from foundation.errors import ConfigError
 from foundation.toml_config import format_validation_errors
@@ -97,8 +97,10 @@ def secrets_path(config: GatewayConfig) -> Path | None:
     if config.trust.secrets_file is not None:
         return config.trust.secrets_file
     directory = credentials_directory()
-    if directory is None or not (directory / config.trust.secrets_credential).exists():
+    if directory is None or not (candidate := directory / config.trust.secrets_credential).exists():
         return None
+    if config.trust.lan_trusted and candidate.read_bytes().strip() == CREDENTIAL_PLACEHOLDER:
+        return None  # the unit found no file, and this LAN is trusted on purpose: no secrets is fine
     return credential_path(
         config.trust.secrets_credential,
         "the device secrets",

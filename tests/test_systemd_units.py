@@ -156,9 +156,11 @@ def test_the_uplink_tls_key_reaches_the_gateway_as_a_credential() -> None:
     assert loaded == {
         "pseudonym-key": "/etc/compound-gateway/credentials/pseudonym-key",
         "uplink-tls-key": "/etc/compound-gateway/credentials/uplink-tls-key",
+        "device-secrets": "/etc/compound-gateway/credentials/device-secrets",
     }
     assert dict(v.split(":", 1) for v in found["SetCredential"]) == {
-        "uplink-tls-key": CREDENTIAL_PLACEHOLDER.decode()
+        "uplink-tls-key": CREDENTIAL_PLACEHOLDER.decode(),
+        "device-secrets": CREDENTIAL_PLACEHOLDER.decode(),
     }
     example = tomllib.loads(
         (Path(__file__).resolve().parents[1] / "docs" / "gateway.example.toml").read_text("utf-8")
