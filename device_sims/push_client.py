@@ -33,10 +33,9 @@ def signature_headers(secret: str, body: bytes, timestamp: int | None = None) ->
 
 @dataclass(frozen=True)
 class PushRequest:
-    """What ``session.post`` needs besides the URL and body to authenticate one push."""
+    """What ``session.post`` needs besides the URL and body to authenticate one push (basic: a header)."""
 
     headers: dict[str, str]
-    auth: aiohttp.BasicAuth | None
     middlewares: Sequence[ClientMiddlewareType]
 
 
@@ -51,14 +50,15 @@ class PushAuth:
         headers = {"Content-Type": message.content_type}
         credentials = message.credentials
         if credentials is None:
-            return PushRequest(headers, None, ())
+            return PushRequest(headers, ())
         match credentials.scheme:
             case "hmac-sha256":
-                return PushRequest(headers | signature_headers(credentials.secret, message.body), None, ())
+                return PushRequest(headers | signature_headers(credentials.secret, message.body), ())
             case "basic":
-                return PushRequest(headers, aiohttp.BasicAuth(credentials.username, credentials.secret), ())
+                basic = aiohttp.encode_basic_auth(credentials.username, credentials.secret)
+                return PushRequest(headers | {"Authorization": basic}, ())
             case _:
-                return PushRequest(headers, None, (self.digest(credentials),))
+                return PushRequest(headers, (self.digest(credentials),))
 
     def digest(self, credentials: PushCredentials) -> DigestAuthMiddleware:
         """The sender's digest middleware (made on its first push)."""
@@ -80,7 +80,6 @@ async def post(
             message.body
         ),  # aiohttp warns of large bytes bodies; a stream is re-sent on a challenge
         headers=request.headers,
-        auth=request.auth,
         middlewares=request.middlewares,
         timeout=aiohttp.ClientTimeout(total=30),
     ) as response:

@@ -140,7 +140,6 @@ class Runner:
                     self._http_base + message.path,
                     data=message.body,
                     headers=request.headers,
-                    auth=request.auth,
                     middlewares=request.middlewares,
                     timeout=aiohttp.ClientTimeout(total=30),
                 ) as response:

@@ -162,7 +162,7 @@ async def _receive(
             return web.json_response(
                 {"error": "payload_too_large", "detail": f"more than {http.max_body_bytes} bytes"}, status=413
             )
-        if (refusal := authenticator.check_body(verdict, body)) is not None:
+        if (refusal := authenticator.check_body(verdict, body, request.remote)) is not None:
             return _unauthorized(limits, refusal, request.remote)
         peer, retry_after = limits.admit(transport, target, request.remote)
         if retry_after is not None:
@@ -204,7 +204,7 @@ async def _receive(
 def _unauthorized(limits: PushLimits, refusal: Refusal, remote: str | None) -> web.Response:
     if refusal.is_guess:
         limits.failed_attempt(remote)
-    response = web.json_response({"error": "unauthorized", "reason": refusal.reason}, status=401)
+    response = web.json_response({"error": "unauthorized", "reason": refusal.answer}, status=401)
     for challenge in refusal.challenges:
         response.headers.add("WWW-Authenticate", challenge)
     return response

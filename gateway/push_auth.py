@@ -101,11 +101,21 @@ every digest client starts with one)."""
 
 @dataclass(frozen=True)
 class Refusal:
-    """A push refused with 401: who it counts against (``peer``), why, and the challenges to send."""
+    """A push refused with 401: who it counts against (``peer``), why, and the challenges to send.
+
+    ``shown`` is the reason the sender is told when it differs from ``reason`` (which metrics and
+    logs carry): a made-up device id is answered like a real device's missing or wrong password.
+    """
 
     peer: str
     reason: str
     challenges: tuple[str, ...]
+    shown: str | None = None
+
+    @property
+    def answer(self) -> str:
+        """The reason the sender is told."""
+        return self.shown or self.reason
 
     @property
     def is_guess(self) -> bool:
@@ -241,7 +251,7 @@ class PushAuthenticator:
             self._count(verdict, remote)
         return verdict
 
-    def check_body(self, admitted: Admitted, body: bytes) -> Refusal | None:
+    def check_body(self, admitted: Admitted, body: bytes, remote: str | None) -> Refusal | None:
         """The signature of a signed platform push against its body (None: it matches, or none needed)."""
         pending = admitted.signature
         if pending is None:
@@ -252,7 +262,7 @@ class PushAuthenticator:
         if hmac.compare_digest(expected.encode(), _utf8(pending.signature.lower())):
             return None
         refusal = Refusal(admitted.peer, "bad_signature", (self._signature_challenge(),))
-        self._count(refusal, None)
+        self._count(refusal, remote)
         return refusal
 
     def _check_device(
@@ -260,8 +270,8 @@ class PushAuthenticator:
     ) -> Admitted | Refusal:
         device = self._devices.get(device_id)
         if device is None:
-            # the challenge a real device gets, so a made-up id looks like a wrong password
-            return Refusal(UNKNOWN_PEER, "unknown_device", self._device_challenges(None))
+            # answered as a real device's push would be, so made-up ids do not map the inventory
+            return Refusal(UNKNOWN_PEER, "unknown_device", self._device_challenges(None), _as_if(headers))
         challenges = self._device_challenges(device)
         if not _source_allowed(remote, device.allowed_sources):
             return Refusal(device.id, "source_not_allowed", challenges)
@@ -288,7 +298,7 @@ class PushAuthenticator:
         self, dialect: str, remote: str | None, headers: Mapping[str, str]
     ) -> Admitted | Refusal:
         if dialect not in self._platforms:
-            return Refusal(UNKNOWN_PEER, "unknown_platform", (self._signature_challenge(),))
+            return Refusal(UNKNOWN_PEER, "unknown_platform", (self._signature_challenge(),), _as_if(headers))
         peer = f"platform:{dialect}"
         platform = self._config.platform(dialect)
         basic = platform.auth == "basic"
@@ -488,6 +498,12 @@ def _digest_response(
 def _utf8(text: str) -> bytes:
     # aiohttp decodes header bytes as UTF-8 with surrogateescape: this gives the bytes as sent
     return text.encode("utf-8", "surrogateescape")
+
+
+def _as_if(headers: Mapping[str, str]) -> str:
+    """What a configured sender would be told for these headers without the right secret."""
+    present = any(h in headers for h in ("Authorization", TIMESTAMP_HEADER, SIGNATURE_HEADER))
+    return "bad_credentials" if present else "no_credentials"
 
 
 def _source_allowed(remote: str | None, allowed: tuple[SourceNetwork, ...]) -> bool:

@@ -70,9 +70,9 @@ async def test_http_rejections_are_specific(gateway: RunningGateway) -> None:
             return await post(session, gateway.http, message, auth)
 
         status, body = await push("/push/36010400011249999999", b"{}")
-        assert (status, body) == (401, {"error": "unauthorized", "reason": "unknown_device"})
+        assert (status, body) == (401, {"error": "unauthorized", "reason": "no_credentials"})
         status, body = await push("/platform/nope", b"{}")
-        assert (status, body) == (401, {"error": "unauthorized", "reason": "unknown_platform"})
+        assert (status, body) == (401, {"error": "unauthorized", "reason": "no_credentials"})
         status, body = await push("/push/36010400011240000003", b"{}")  # an MQTT device, with its secret
         assert (status, body["error"]) == (400, "wrong_transport")
         doc = {
