@@ -315,10 +315,8 @@ class HikAnprSim:
         return [
             good.variant(good.body[: len(good.body) // 3], good.content_type),
             good.variant(bomb, "application/xml"),
-            HttpPost(
-                good.path,
-                good.body.replace("浙A12345".encode(), b"DROP TABLE plates; -- " * 3),
-                good.content_type,
+            good.variant(
+                good.body.replace("浙A12345".encode(), b"DROP TABLE plates; -- " * 3), good.content_type
             ),
             good.variant(b"<Alert><eventType>ANPR</eventType></Alert>", "text/xml"),
         ]

@@ -82,6 +82,25 @@ def _sha256(data: bytes) -> str:
 DIGEST_ALGORITHMS: dict[str, Callable[[bytes], str]] = {"MD5": _md5, "SHA-256": _sha256}
 """Offered in this order: MD5 first, since devices that only know "MD5digest" read the first challenge."""
 
+REFUSAL_REASONS = frozenset(
+    {
+        "source_not_allowed",  # the address is outside the device's or platform's allowed_sources
+        "no_credentials",  # no Authorization (or signature headers): every digest client's first request
+        "wrong_scheme",  # basic to a digest device, or the other way round
+        "malformed_credentials",  # unreadable header, unsupported algorithm or qop, wrong realm
+        "bad_credentials",  # wrong password, unknown user name
+        "wrong_device",  # valid credentials of another device than the path's
+        "wrong_uri",  # a digest response computed for another request target
+        "stale_nonce",  # the nonce expired (or is from before a restart): answered with stale=true
+        "replayed",  # a (nonce, nc) pair used before
+        "stale_signature",  # the platform's timestamp is further off than signature_max_skew_s
+        "bad_signature",  # the platform's signature does not match the body
+        "unknown_device",  # no such device (answered as no_credentials / bad_credentials)
+        "unknown_platform",  # no device of the inventory uses this platform (answered likewise)
+    }
+)
+"""Every reason a push is refused for (the ``reason`` label of ``cgw_http_auth_refused_total``)."""
+
 GUESS_REASONS = frozenset(
     {
         "bad_credentials",
