@@ -83,11 +83,13 @@ class SimDevice:
     dialect: str
     ref: str | None = None
     push_auth: Literal["digest", "basic"] = "digest"
+    password: str | None = field(default=None, repr=False)
+    """Its secret as the gateway's secrets file has it; None: the sample compound's (``sample_secret``)."""
 
     @property
     def secret(self) -> str:
         """Its password: HTTP push (digest or basic) or its account on the compound broker."""
-        return sample_secret(self.id)
+        return self.password if self.password is not None else sample_secret(self.id)
 
     @property
     def username(self) -> str:

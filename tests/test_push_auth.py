@@ -20,14 +20,16 @@ from urllib.request import parse_http_list, parse_keqv_list
 
 import aiohttp
 import pytest
+from structlog.testing import capture_logs
 
 from device_sims.broker import Mosquitto, free_port
-from device_sims.devices import CST, CtwingSim, HttpPost, PushCredentials, build_sim, sample_secret
+from device_sims.devices import CST, CtwingSim, HttpPost, PushCredentials, SimDevice, build_sim, sample_secret
 from device_sims.inventory import sample_device_secrets, sample_devices
 from device_sims.push_client import PushAuth, post, signature_headers
 from device_sims.runner import Runner
 from device_sims.scenarios import Step
-from gateway.config import load_config
+from foundation.errors import ConfigError
+from gateway.config import HttpsConfig, load_config
 from gateway.device_secrets import DeviceSecrets, write_device_secrets
 from gateway.push_auth import NonceCounts, PushAuthenticator, Refusal
 from tests.conftest import RunningGateway, gateway_in_process, sample_config
@@ -564,3 +566,37 @@ def test_basic_and_signature_edges(tmp_path: Path) -> None:
     )
     assert not isinstance(verdict, Refusal)
     assert auth.check_body(verdict, b"{}", None) is None
+
+
+async def test_basic_device_over_plain_http_is_warned_and_works(tmp_path: Path, mosquitto: Mosquitto) -> None:
+    """A device set to basic pushes with basic (stored); with no HTTPS listener the start warns about it."""
+    path = sample_config(tmp_path, mosquitto.port)
+    text = path.read_text(encoding="utf-8").replace(
+        f'id = "{GATE_2}"\n', f'id = "{GATE_2}"\npush_auth = "basic"\n'
+    )
+    path.write_text(text, encoding="utf-8")
+    gate_2 = DEVICES[GATE_2]
+    basic_gate = build_sim(SimDevice(gate_2.id, gate_2.dialect, push_auth="basic"))
+    message = basic_gate.routine(AT, random.Random(2))
+    assert isinstance(message, HttpPost)
+    with capture_logs() as logs:
+        async with gateway_in_process(path, mosquitto) as gateway, aiohttp.ClientSession() as session:
+            status, body = await post(session, gateway.http, message)
+            bare = await _raw_post(session, gateway.http + message.path, b"{}", {})
+            assert status == 200
+            assert bare == (
+                401,
+                {"error": "unauthorized", "reason": "no_credentials"},
+                ['Basic realm="compound-gateway", charset="UTF-8"'],
+            )
+            assert _outbox_contents(gateway) == (_stored(body), [])
+    warnings = [entry for entry in logs if entry["event"] == "push_basic_over_plain_http"]
+    assert [entry["peers"] for entry in warnings] == [[GATE_2]]
+
+
+def test_https_key_of_another_certificate_is_a_config_error(tmp_path: Path) -> None:
+    """A key that does not belong to the certificate stops the start, naming the field and the fix."""
+    cert, _, _ = _test_certificate(tmp_path)
+    tls = HttpsConfig(cert_file=cert, key_file=cert.parent / "ca.key")
+    with pytest.raises(ConfigError, match=r"gateway\.toml: http\.tls\.key_file: .* -> fix: "):
+        tls.server_context(Path("gateway.toml"))
