@@ -387,7 +387,7 @@ class PushAuthenticator:
         """None if the digest ``credentials`` answer our challenge for ``device``, else the reason."""
         try:
             fields = parse_keqv_list(parse_http_list(credentials))
-        except ValueError:  # an item without "=": not digest parameters
+        except (ValueError, IndexError):  # an item without "=", or "name=" with nothing (found by fuzzing)
             return "malformed_credentials"
         required = ("username", "realm", "nonce", "uri", "response", "qop", "nc", "cnonce")
         if any(not isinstance(fields.get(k), str) for k in required):

@@ -480,6 +480,7 @@ def test_nonce_lifetime(tmp_path: Path) -> None:
         "malformed_credentials"
     )
     assert _check(auth, "Digest username") == "malformed_credentials"
+    assert _check(auth, 'Digest username="x", algorithm=, qop=auth') == "malformed_credentials"
     assert _check(auth, "Digest \udcff=1") == "malformed_credentials"
 
 
