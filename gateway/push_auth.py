@@ -291,27 +291,30 @@ class PushAuthenticator:
         if device is None:
             # answered as a real device's push would be, so made-up ids do not map the inventory
             return Refusal(UNKNOWN_PEER, "unknown_device", self._device_challenges(None), _as_if(headers))
-        challenges = self._device_challenges(device)
+        reason = self._device_refusal(device, remote, path, headers)
+        if reason is None:
+            return Admitted(device.id)
+        # the challenge (a new nonce) only for refusals: an admitted push costs no nonce
+        return Refusal(device.id, reason, self._device_challenges(device, stale=reason == "stale_nonce"))
+
+    def _device_refusal(
+        self, device: DeviceConfig, remote: str | None, path: str, headers: Mapping[str, str]
+    ) -> str | None:
+        """Why the push of ``device`` is refused, or None."""
         if not _source_allowed(remote, device.allowed_sources):
-            return Refusal(device.id, "source_not_allowed", challenges)
+            return "source_not_allowed"
         secret = self._secrets.device(device.id)
         if secret is None and self._config.trust.lan_trusted:
-            return Admitted(device.id)
+            return None
         authorization = headers.get("Authorization")
         if authorization is None:
-            return Refusal(device.id, "no_credentials", challenges)
+            return "no_credentials"
         scheme, _, credentials = authorization.strip().partition(" ")
         if scheme.lower() != device.push_auth:
-            return Refusal(device.id, "wrong_scheme", challenges)
+            return "wrong_scheme"
         if device.push_auth == "basic":
-            reason = self._basic(device.http_username, secret, credentials, self._device_secret)
-        else:
-            reason = self._digest(device, secret, path, credentials)
-            if reason == "stale_nonce":
-                return Refusal(device.id, reason, self._device_challenges(device, stale=True))
-        if reason is not None:
-            return Refusal(device.id, reason, challenges)
-        return Admitted(device.id)
+            return self._basic(device.http_username, secret, credentials, self._device_secret)
+        return self._digest(device, secret, path, credentials)
 
     def _check_platform(
         self, dialect: str, remote: str | None, headers: Mapping[str, str]
