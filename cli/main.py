@@ -33,7 +33,7 @@ from foundation.events import event_json_schema, utc_now
 from foundation.identity import Pseudonymizer
 from foundation.logging import configure_logging
 from gateway.config import GatewayConfig, load_config
-from gateway.device_secrets import prepare_trust
+from gateway.device_secrets import load_device_secrets, prepare_trust
 from gateway.outbox import Outbox
 from gateway.runtime import run_gateway
 from gateway.watchlist_check import add_watchlist_check_commands, run_watchlist_check
@@ -183,6 +183,8 @@ def _serve(daemon: Coroutine[Any, Any, None]) -> int:
 def _run(config_path: Path) -> int:
     config, secrets = prepare_trust(load_config(config_path), config_path)
     check_client_key(config.uplink_tls, config_path, "uplink.broker.tls")
+    if config.http.tls is not None:  # a certificate that does not load stops the start with the fix
+        config.http.tls.server_context(config_path)
     configure_logging(config.log_format)
     return _serve(run_gateway(config, secrets=secrets, source=config_path))
 
@@ -214,9 +216,10 @@ def _check_config(path: Path) -> int:
     uplink = config.uplink.mode if config.uplink else "none"
     key = _check_key(config.uplink_tls, path, "uplink.broker.tls")
     trust = _check_trust(config, path)
+    https = _check_https(config, path)
     print(
         f"{path}: ok: compound {config.compound.compound_id} ({config.compound.name}), {len(config.devices)} devices, "
-        f"dialects: {', '.join(sorted({d.dialect for d in config.devices}))}; uplink: {uplink}{key}; {trust}"
+        f"dialects: {', '.join(sorted({d.dialect for d in config.devices}))}; uplink: {uplink}{key}; {trust}{https}"
     )
     return 0
 
@@ -233,6 +236,19 @@ def _check_trust(config: GatewayConfig, path: Path) -> str:
     _, secrets = prepare_trust(config, path)
     trusted = " (LAN trusted)" if config.trust.lan_trusted else ""
     return f"device secrets: {len(secrets.devices)} devices, {len(secrets.platforms)} platforms{trusted}"
+
+
+def _check_https(config: GatewayConfig, path: Path) -> str:
+    """Check the HTTPS listener's certificate and key where they can be reached; a note for the summary."""
+    tls = config.http.tls
+    if tls is None:
+        return ""
+    if tls.key_credential is not None and "CREDENTIALS_DIRECTORY" not in os.environ:
+        return (
+            f"; HTTPS on {tls.port} (key: credential {tls.key_credential!r}, checked when the unit runs this)"
+        )
+    tls.server_context(path)
+    return f"; HTTPS on {tls.port}" + ("" if config.http.plain else " only")
 
 
 def _check_key(tls: TlsConfig | None, path: Path, field: str) -> str:
@@ -288,10 +304,19 @@ def _parse(args: argparse.Namespace) -> int:
     return 0
 
 
+def _password(secret: bytes | None) -> str | None:
+    return secret.decode() if secret is not None else None
+
+
 def _sim(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     devices = [d for d in config.devices if not args.device or d.id in args.device]
-    sims = [build_sim(SimDevice(id=d.id, dialect=d.dialect, ref=d.ref)) for d in devices]
+    # the simulated devices present the secrets the gateway checks (the sample's if it has none)
+    secrets = load_device_secrets(config)
+    sims = [
+        build_sim(SimDevice(d.id, d.dialect, d.ref, d.push_auth, _password(secrets.device(d.id))))
+        for d in devices
+    ]
     steps = build(args.scenario, sims, args.seed, args.count)
     host = "127.0.0.1" if config.http.host in {"0.0.0.0", "::"} else config.http.host  # noqa: S104
     runner = Runner(f"http://{host}:{config.http.port}", config.mqtt.host, config.mqtt.port)

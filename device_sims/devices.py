@@ -14,10 +14,10 @@ import json
 import random
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta, timezone
 from importlib import resources
-from typing import ClassVar, Protocol
+from typing import ClassVar, Literal, Protocol
 
 CST = timezone(timedelta(hours=8))
 PROVINCES = "浙京沪粤苏赣鄂湘川"
@@ -31,12 +31,26 @@ def asset(name: str) -> bytes:
 
 
 @dataclass(frozen=True)
+class PushCredentials:
+    """How a device or platform authenticates its HTTP pushes (gateway/push_auth.py checks them)."""
+
+    scheme: Literal["digest", "basic", "hmac-sha256"]
+    username: str
+    secret: str = field(repr=False)
+
+
+@dataclass(frozen=True)
 class HttpPost:
-    """A device's HTTP push."""
+    """A device's HTTP push, and the credentials its sender presents (None: it presents none)."""
 
     path: str
     body: bytes
     content_type: str
+    credentials: PushCredentials | None = None
+
+    def variant(self, body: bytes, content_type: str) -> HttpPost:
+        """Another push from the same sender (a broken one, say)."""
+        return replace(self, body=body, content_type=content_type)
 
 
 @dataclass(frozen=True)
@@ -68,16 +82,24 @@ class SimDevice:
     id: str
     dialect: str
     ref: str | None = None
+    push_auth: Literal["digest", "basic"] = "digest"
+    password: str | None = field(default=None, repr=False)
+    """Its secret as the gateway's secrets file has it; None: the sample compound's (``sample_secret``)."""
 
     @property
     def secret(self) -> str:
         """Its password: HTTP push (digest or basic) or its account on the compound broker."""
-        return sample_secret(self.id)
+        return self.password if self.password is not None else sample_secret(self.id)
 
     @property
     def username(self) -> str:
         """The name it authenticates as: its ref on the broker (MQTT), its id in HTTP pushes."""
         return self.ref or self.id
+
+    @property
+    def credentials(self) -> PushCredentials:
+        """What it authenticates its HTTP pushes with: its id (the gateway's default user name) and secret."""
+        return PushCredentials(self.push_auth, self.id, self.secret)
 
 
 class DeviceSim(Protocol):
@@ -191,7 +213,7 @@ class HikAcsSim:
         elif picture:
             parts.append(("Picture", "Picture.jpg", "image/jpeg", asset("gate-snapshot.jpg")))
         body, ctype = _multipart(parts)
-        return HttpPost(f"/push/{self.device.id}", body, ctype)
+        return HttpPost(f"/push/{self.device.id}", body, ctype, self.device.credentials)
 
     def face_seen(
         self, at: datetime, rng: random.Random, photo: bytes, content_type: str = "image/jpeg"
@@ -227,8 +249,8 @@ class HikAcsSim:
         )
         for parts in variants:
             body, ctype = _multipart(parts)
-            out.append(HttpPost(good.path, body, ctype))
-        out.append(HttpPost(good.path, good.body, "multipart/form-data"))
+            out.append(good.variant(body, ctype))
+        out.append(good.variant(good.body, "multipart/form-data"))
         return out
 
 
@@ -271,7 +293,7 @@ class HikAnprSim:
             ],
             boundary="boundary",
         )
-        return HttpPost(f"/push/{self.device.id}", body, ctype)
+        return HttpPost(f"/push/{self.device.id}", body, ctype, self.device.credentials)
 
     def routine(self, at: datetime, rng: random.Random) -> Outgoing:
         """A resident's car on the allow list (one in five new-energy)."""
@@ -293,14 +315,12 @@ class HikAnprSim:
         good = self._post(datetime(2025, 6, 12, 8, 35, tzinfo=CST), "浙A12345", "blue", "whiteList", rng)
         bomb = b'<?xml version="1.0"?><!DOCTYPE lolz [<!ENTITY lol "lol"><!ENTITY lol2 "&lol;&lol;&lol;">]><EventNotificationAlert>&lol2;</EventNotificationAlert>'
         return [
-            HttpPost(good.path, good.body[: len(good.body) // 3], good.content_type),
-            HttpPost(good.path, bomb, "application/xml"),
-            HttpPost(
-                good.path,
-                good.body.replace("浙A12345".encode(), b"DROP TABLE plates; -- " * 3),
-                good.content_type,
+            good.variant(good.body[: len(good.body) // 3], good.content_type),
+            good.variant(bomb, "application/xml"),
+            good.variant(
+                good.body.replace("浙A12345".encode(), b"DROP TABLE plates; -- " * 3), good.content_type
             ),
-            HttpPost(good.path, b"<Alert><eventType>ANPR</eventType></Alert>", "text/xml"),
+            good.variant(b"<Alert><eventType>ANPR</eventType></Alert>", "text/xml"),
         ]
 
 
@@ -612,6 +632,8 @@ class CtwingSim:
             raise ValueError("ctwing-smoke simulator needs the device ref (devId)")
         self.device = device
         self.platform_id = str(uuid.uuid5(uuid.NAMESPACE_OID, device.ref))
+        # the platform signs its pushes with the platform's secret, not the device's
+        self.credentials = PushCredentials("hmac-sha256", device.dialect, sample_secret(device.dialect))
 
     def report(
         self, at: datetime, cmd: str, *, temp_tenths: int, smoke: int, battery: int, dev_state: int = 0
@@ -636,7 +658,7 @@ class CtwingSim:
                 },
             },
         }
-        return HttpPost("/platform/ctwing-smoke", _json(doc), "application/json")
+        return HttpPost("/platform/ctwing-smoke", _json(doc), "application/json", self.credentials)
 
     def routine(self, at: datetime, rng: random.Random) -> Outgoing:
         """A heartbeat."""
@@ -663,12 +685,10 @@ class CtwingSim:
         unknown_device = json.loads(good.body)
         unknown_device["service"]["data"]["devId"] = f"NOPE{rng.randint(1000, 9999)}"
         return [
-            HttpPost(good.path, _json(unknown_code), good.content_type),
-            HttpPost(
-                good.path, good.body.replace(b'"temperature": 600', b'"temperature": NaN'), good.content_type
-            ),
-            HttpPost(good.path, _json(doc | {"notifyType": "commandRsp"}), good.content_type),
-            HttpPost(good.path, _json(unknown_device), good.content_type),
+            good.variant(_json(unknown_code), good.content_type),
+            good.variant(good.body.replace(b'"temperature": 600', b'"temperature": NaN'), good.content_type),
+            good.variant(_json(doc | {"notifyType": "commandRsp"}), good.content_type),
+            good.variant(_json(unknown_device), good.content_type),
         ]
 
 

@@ -1,6 +1,7 @@
 """Sends scenario steps over the real transports: HTTP to the gateway, MQTT to the device broker.
 
-Each MQTT device has its own connection, with a birth message and a last will, like the real thing.
+Each MQTT device has its own connection, with a birth message and a last will, like the real thing;
+each HTTP sender authenticates its pushes like the real thing (``device_sims/push_client.py``).
 The runner records what each device saw acknowledged (an HTTP 2xx, a PUBACK), which is what the
 fault tests compare the outbox against.
 """
@@ -18,6 +19,7 @@ from dataclasses import dataclass, field
 import aiohttp
 
 from device_sims.devices import DeviceSim, HttpPost, MqttPublish, Outgoing
+from device_sims.push_client import PushAuth
 from device_sims.scenarios import Step
 from foundation.errors import TransportError
 from foundation.mqtt import MqttSession, SessionOptions, Will
@@ -35,6 +37,7 @@ class Report:
     rejected: int = 0
     failed: int = 0
     rate_limited: int = 0  # 429s answered, each followed by a retry after Retry-After
+    unauthorized: int = 0  # 401s: the gateway did not take the sender's credentials (not retried)
     http_stored: set[str] = field(default_factory=set)
     http_duplicates: set[str] = field(default_factory=set)
     by_expectation: Counter[str] = field(default_factory=Counter)
@@ -49,6 +52,7 @@ class Report:
             "rejected": self.rejected,
             "failed": self.failed,
             "rate_limited": self.rate_limited,
+            "unauthorized": self.unauthorized,
             "http_stored": len(self.http_stored),
             "http_duplicates": len(self.http_duplicates),
             "rejections": dict(self.rejections),
@@ -77,6 +81,7 @@ class Runner:
         self._on_progress = on_progress
         self._clients: dict[str, tuple[MqttSession, AsyncExitStack]] = {}
         self._connect_lock = asyncio.Lock()
+        self._push_auth = PushAuth()
         self.report = Report()
 
     async def run(self, steps: Sequence[Step], rate: float | None = None) -> Report:
@@ -129,11 +134,13 @@ class Runner:
         attempt = 0
         while attempt < attempts:
             attempt += 1
+            request = self._push_auth.request(message)  # per attempt: a signature carries its time
             try:
                 async with session.post(
                     self._http_base + message.path,
                     data=message.body,
-                    headers={"Content-Type": message.content_type},
+                    headers=request.headers,
+                    middlewares=request.middlewares,
                     timeout=aiohttp.ClientTimeout(total=30),
                 ) as response:
                     body = await response.json(content_type=None)
@@ -147,6 +154,9 @@ class Runner:
                         await asyncio.sleep(float(response.headers.get("Retry-After", "1")))
                         attempt -= 1
                         continue
+                    if response.status == 401:  # the digest middleware already took a new challenge
+                        self.report.unauthorized += 1
+                        return
                     if 400 <= response.status < 500:
                         self.report.rejected += 1
                         self.report.rejections[str(body.get("error"))] += 1

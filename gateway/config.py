@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import ssl
 from dataclasses import dataclass
 from datetime import timedelta
 from ipaddress import IPv4Network, IPv6Network
@@ -24,7 +25,7 @@ from adapters import DIALECTS
 from adapters.base import Transport
 from foundation.backoff import BackoffConfig
 from foundation.config_types import ConfigModel, Port, ZoneName
-from foundation.credentials import CredentialName
+from foundation.credentials import CredentialName, credential_path
 from foundation.errors import ConfigError
 from foundation.events import GbId, Location
 from foundation.toml_config import load_toml_model
@@ -136,6 +137,30 @@ class HttpsConfig(ConfigModel):
         if self.key_credential is not None and self.key_file is not None:
             raise ValueError("key_file and key_credential both name the key; keep one")
         return self
+
+    def server_context(self, source: Path) -> ssl.SSLContext:
+        """The listener's TLS context; ``ConfigError`` naming ``source`` (the config), the field and the fix."""
+        if self.key_credential is None:
+            key, field = self.key_file, "key_file" if self.key_file is not None else "cert_file"
+        else:
+            field = "key_credential"
+            try:
+                key = credential_path(
+                    self.key_credential,
+                    "the HTTPS listener's key",
+                    f"/etc/compound-gateway/credentials/{self.key_credential}",
+                )
+            except ConfigError as exc:
+                raise ConfigError(f"{source}: http.tls.key_credential: {exc}") from None
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        try:
+            context.load_cert_chain(str(self.cert_file), str(key) if key is not None else None)
+        except OSError as exc:  # ssl.SSLError included: not PEM, a key of another certificate
+            raise ConfigError(
+                f"{source}: http.tls.{field}: the certificate {self.cert_file} does not load with its key"
+                f" ({exc}) -> fix: point cert_file and key_file at the gateway's PEM certificate and key"
+            ) from None
+        return context
 
 
 class HttpConfig(ConfigModel):

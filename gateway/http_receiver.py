@@ -5,10 +5,18 @@
 its events (or its dead letter) are committed: 200 with the event ids, 4xx with the specific reason,
 503 when the outbox could not commit in time (the device may retry; re-sends are de-duplicated).
 
-Each device (and each vendor platform) has its own rate limit, checked before the body is read: a
-push beyond it is answered 429 with ``Retry-After`` and counted, and is not kept (keeping a flood
-would fill the disk the limit protects). Pushes naming a device the inventory does not know share
-one bucket per remote address, so made-up ids do not multiply the allowance.
+Every push first proves who sent it (``gateway/push_auth.py``), from its request line and headers,
+before the body is read: without the path's device's (or platform's) credentials it is answered 401
+with a challenge, counted and logged (sampled), and never reaches the intake. A signed platform
+push is checked against its body once the body is read, and refused (401) before parsing if it
+does not match.
+
+Then each device (and each vendor platform) has its own rate limit, still before the body is read:
+a push beyond it is answered 429 with ``Retry-After`` and counted, and is not kept (keeping a flood
+would fill the disk the limit protects). Authentication comes first, so an unauthenticated flood
+cannot use up a device's bucket. Failed attempts (wrong credentials, made-up device ids) spend one
+bucket per remote address (``refused@<address>``); once it is empty the address gets 429 before its
+credentials are even checked, which slows guessing.
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ from gateway.intake import IntakeItem
 from gateway.outbox import OutboxStats
 from gateway.outbox_metrics import write_outbox_metrics
 from gateway.pipeline import IntakePipeline
+from gateway.push_auth import PushAuthenticator, Refusal
 from gateway.rate_limits import PeerRateLimiter
 
 log = structlog.get_logger(__name__)
@@ -41,6 +50,7 @@ CONFIG_KEY: web.AppKey[GatewayConfig] = web.AppKey("config", GatewayConfig)
 HEALTH_KEY: web.AppKey[Health] = web.AppKey("health", Health)
 STATS_KEY: web.AppKey[Callable[[], Awaitable[OutboxStats]]] = web.AppKey("stats")
 LIMITS_KEY: web.AppKey[PushLimits] = web.AppKey("limits")
+AUTH_KEY: web.AppKey[PushAuthenticator] = web.AppKey("auth", PushAuthenticator)
 
 
 class PushLimits:
@@ -58,6 +68,15 @@ class PushLimits:
             return f"platform:{target}", self.platforms.admit(f"platform:{target}")
         peer = target if target in self._known_devices else f"unknown@{remote or '?'}"
         return peer, self.devices.admit(peer)
+
+    def guesses_blocked(self, remote: str | None) -> tuple[str, float | None]:
+        """The address's bucket of failed attempts, and None or the seconds until it may try again."""
+        peer = f"refused@{remote or '?'}"
+        return peer, self.devices.blocked(peer)
+
+    def failed_attempt(self, remote: str | None) -> None:
+        """One failed attempt of the address (wrong credentials, a made-up id)."""
+        self.devices.spend(f"refused@{remote or '?'}")
 
     def write_metrics(self, families: MetricFamilies) -> None:
         """Refused pushes per peer (devices and platforms in one family)."""
@@ -77,6 +96,7 @@ def build_app(
     pipeline: IntakePipeline,
     health: Health,
     stats: Callable[[], Awaitable[OutboxStats]],
+    authenticator: PushAuthenticator,
 ) -> web.Application:
     """The aiohttp application (body size limited by config, so oversized pushes never load)."""
     app = web.Application(client_max_size=config.http.max_body_bytes)
@@ -86,6 +106,8 @@ def build_app(
     app[STATS_KEY] = stats
     app[LIMITS_KEY] = limits = PushLimits(config)
     health.writers.append(limits.write_metrics)
+    app[AUTH_KEY] = authenticator
+    health.writers.append(authenticator.write_metrics)
 
     async def outbox_metrics(families: MetricFamilies) -> None:
         write_outbox_metrics(families, await stats(), utc_now())
@@ -119,10 +141,32 @@ async def _receive(
 ) -> web.Response:
     pipeline = request.app[PIPELINE_KEY]
     http = request.app[CONFIG_KEY].http
-    peer, retry_after = request.app[LIMITS_KEY].admit(transport, target, request.remote)
+    limits = request.app[LIMITS_KEY]
+    authenticator = request.app[AUTH_KEY]
+    guesser, retry_after = limits.guesses_blocked(request.remote)
     if retry_after is not None:
-        return _rate_limited(request.app[LIMITS_KEY], transport, peer, retry_after)
-    body = await _read(request)
+        return _rate_limited(limits, "http_device", guesser, retry_after)
+    verdict = authenticator.check(transport, target, request.remote, request.raw_path, request.headers)
+    if isinstance(verdict, Refusal):
+        return _unauthorized(limits, verdict, request.remote)
+    if verdict.signature is None:
+        peer, retry_after = limits.admit(transport, target, request.remote)
+        if retry_after is not None:
+            return _rate_limited(limits, transport, peer, retry_after)
+        body = await _read(request)
+    else:
+        # a signed push is only authenticated with its body: read it (bounded) before the platform's
+        # bucket is spent, so pushes with a bad signature cannot use it up
+        body = await _read(request)
+        if body is None:  # unverifiable, so not even its dead letter is kept
+            return web.json_response(
+                {"error": "payload_too_large", "detail": f"more than {http.max_body_bytes} bytes"}, status=413
+            )
+        if (refusal := authenticator.check_body(verdict, body, request.remote)) is not None:
+            return _unauthorized(limits, refusal, request.remote)
+        peer, retry_after = limits.admit(transport, target, request.remote)
+        if retry_after is not None:
+            return _rate_limited(limits, transport, peer, retry_after)
     if body is None:
         item = IntakeItem(
             transport,
@@ -155,6 +199,15 @@ async def _receive(
     return web.json_response(
         {"stored": list(result.stored), "duplicates": list(result.duplicates), "shed": list(result.shed)}
     )
+
+
+def _unauthorized(limits: PushLimits, refusal: Refusal, remote: str | None) -> web.Response:
+    if refusal.is_guess:
+        limits.failed_attempt(remote)
+    response = web.json_response({"error": "unauthorized", "reason": refusal.answer}, status=401)
+    for challenge in refusal.challenges:
+        response.headers.add("WWW-Authenticate", challenge)
+    return response
 
 
 def _rate_limited(limits: PushLimits, transport: str, peer: str, retry_after: float) -> web.Response:

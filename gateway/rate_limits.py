@@ -85,6 +85,21 @@ class PeerRateLimiter:
         self.refused[peer] += 1
         return bucket.seconds_until(1)
 
+    def blocked(self, peer: str) -> float | None:
+        """Without taking a token: None if ``peer`` has one left, else the seconds until it has (counted)."""
+        bucket = self._buckets.get(peer)
+        if bucket is None or bucket.available() >= 1:
+            return None
+        self.refused[peer] += 1
+        return bucket.seconds_until(1)
+
+    def spend(self, peer: str) -> None:
+        """Take a token for ``peer`` if it has one (what ``blocked`` then reports)."""
+        if self.admit(peer) is not None:
+            self.refused[peer] -= 1  # spending is not a refusal; ``admit`` counted it as one
+            if not self.refused[peer]:
+                del self.refused[peer]
+
     def peers(self) -> int:
         """How many peers have a bucket now."""
         return len(self._buckets)

@@ -9,12 +9,15 @@ worker (parsers + outbox) closes last.
 from __future__ import annotations
 
 import asyncio
+import ssl
 from contextlib import AsyncExitStack
 from pathlib import Path
 
 import structlog
 from aiohttp import web
 
+from adapters import DIALECTS
+from adapters.base import Transport
 from foundation.backoff import Backoff
 from foundation.errors import OutboxError
 from foundation.health import Health, MetricFamilies
@@ -29,6 +32,7 @@ from gateway.http_receiver import build_app
 from gateway.mqtt_intake import MqttIntake
 from gateway.outbox import OutboxReader
 from gateway.pipeline import IntakePipeline
+from gateway.push_auth import PushAuthenticator
 from gateway.retention import Retention
 from gateway.watch_matcher import WatchMatcher
 from gateway.watchlists import WatchListRegistry
@@ -58,6 +62,9 @@ async def run_gateway(
     """
     if secrets is None:
         config, secrets = prepare_trust(config, source or Path("the gateway config"))
+    tls_context = (
+        config.http.tls.server_context(source or Path("the gateway config")) if config.http.tls else None
+    )
     health = Health()
     async with AsyncExitStack() as stack:
         pipeline = await stack.enter_async_context(IntakePipeline(config, pseudonym_key(config)))
@@ -74,15 +81,14 @@ async def run_gateway(
         retention = Retention(config, reader)
         health.writers.append(retention.write_metrics)
         _watch_devices(config, pipeline, health)
-        app = build_app(config, pipeline, health, reader.stats)
+        app = build_app(config, pipeline, health, reader.stats, PushAuthenticator(config, secrets))
         runner = web.AppRunner(app, shutdown_timeout=HTTP_SHUTDOWN_TIMEOUT_S)
         await runner.setup()
         _expose_pipeline(health, pipeline)
         async with asyncio.TaskGroup() as core:
             batcher = core.create_task(pipeline.run_batcher(), name="intake-batcher")
             try:
-                site = web.TCPSite(runner, config.http.host, config.http.port, reuse_address=True)
-                await site.start()
+                listeners = await _listen(config, runner, tls_context)
                 async with asyncio.TaskGroup() as transports:
                     mqtt_up = asyncio.Event()
                     if intake.uses_mqtt():
@@ -117,7 +123,7 @@ async def run_gateway(
                         "gateway_started",
                         compound=config.compound.compound_id,
                         devices=len(config.devices),
-                        http_port=config.http.port,
+                        http_listeners=listeners,
                         mqtt_topics=intake.mqtt_topic_filters(),
                     )
                     # systemd: ready once we accept pushes; a broker outage must not fail the start.
@@ -132,6 +138,33 @@ async def run_gateway(
                 await runner.cleanup()  # answer pushes in flight while the batcher still runs
                 batcher.cancel()
     log.info("gateway_stopped")
+
+
+async def _listen(config: GatewayConfig, runner: web.AppRunner, tls: ssl.SSLContext | None) -> list[str]:
+    """Start the plain and HTTPS listeners the config asks for; their URLs (for the start-up log)."""
+    http = config.http
+    listeners = []
+    if http.plain:
+        await web.TCPSite(runner, http.host, http.port, reuse_address=True).start()
+        listeners.append(f"http://{http.host}:{http.port}")
+    if http.tls is not None and tls is not None:
+        await web.TCPSite(runner, http.host, http.tls.port, ssl_context=tls, reuse_address=True).start()
+        listeners.append(f"https://{http.host}:{http.tls.port}")
+    if http.tls is None:
+        basic = [
+            d.id
+            for d in config.devices
+            if d.push_auth == "basic" and DIALECTS[d.dialect].transport is Transport.HTTP_DEVICE
+        ]
+        basic += [f"platform:{p}" for p in config.platform_dialects() if config.platform(p).auth == "basic"]
+        if basic:
+            # basic sends the password itself: anyone on the LAN who sees one push can replay it
+            log.warning(
+                "push_basic_over_plain_http",
+                peers=basic,
+                fix="add [http.tls] and point these devices at https, or switch them to digest",
+            )
+    return listeners
 
 
 def _watch_devices(config: GatewayConfig, pipeline: IntakePipeline, health: Health) -> None:

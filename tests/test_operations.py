@@ -183,4 +183,5 @@ async def test_metric_names_and_types_unchanged(gateway: RunningGateway) -> None
         "cgw_device_sequence_duplicates_total": "counter",
         "cgw_device_sequence_restarts_total": "counter",
         "cgw_device_broker_dropped_messages": "gauge",
+        "cgw_http_auth_refused_total": "counter",
     }

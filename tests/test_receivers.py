@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import io
 import json
 import random
 import sqlite3
@@ -20,6 +19,7 @@ from device_sims.broker import Mosquitto
 from device_sims.demo import expected_event_ids
 from device_sims.devices import CST, HttpPost, MqttPublish, build_sim
 from device_sims.inventory import sample_devices
+from device_sims.push_client import PushAuth, post
 from device_sims.runner import Runner
 from device_sims.scenarios import Step
 from foundation.identity import Pseudonymizer
@@ -41,13 +41,13 @@ async def test_http_push_answered_after_commit(gateway: RunningGateway) -> None:
     sim = _sim("hik-isapi-acs")
     message = sim.routine(datetime(2026, 6, 1, 8, 0, tzinfo=CST), random.Random(1))
     assert isinstance(message, HttpPost)
+    auth = PushAuth()
     async with aiohttp.ClientSession() as session:
         for _ in range(20):
-            async with session.post(
-                gateway.http + message.path, data=message.body, headers={"Content-Type": message.content_type}
-            ) as response:
-                assert response.status == 200
-                body = await response.json()
+            status, body = await post(session, gateway.http, message, auth)
+            assert status == 200
+            assert isinstance(body["stored"], list)
+            assert isinstance(body["duplicates"], list)
             (event_id,) = body["stored"] or body["duplicates"]
             with gateway.outbox() as box:
                 assert event_id in box.event_ids()
@@ -56,32 +56,31 @@ async def test_http_push_answered_after_commit(gateway: RunningGateway) -> None:
 
 
 async def test_http_rejections_are_specific(gateway: RunningGateway) -> None:
-    """Unknown device 404, unknown platform 404, wrong transport 400, oversize 413, bad field 400 with its path."""
+    """Unknown device or platform 401 (not revealed), wrong transport 400, oversize 413, bad field 400."""
     limit = gateway.config.http.max_body_bytes
+    devices = {d.id: d for d in sample_devices()}
+    auth = PushAuth()
     async with aiohttp.ClientSession() as session:
 
-        async def post(
+        async def push(
             path: str, body: bytes, ctype: str = "application/json"
         ) -> tuple[int, dict[str, object]]:
-            async with session.post(
-                gateway.http + path, data=io.BytesIO(body), headers={"Content-Type": ctype}
-            ) as response:
-                return response.status, await response.json()
+            sender = devices.get(path.rsplit("/", 1)[-1])
+            message = HttpPost(path, body, ctype, sender.credentials if sender else None)
+            return await post(session, gateway.http, message, auth)
 
-        status, body = await post("/push/36010400011249999999", b"{}")
-        assert (status, body["error"]) == (404, "unknown_device")
-        status, body = await post("/platform/nope", b"{}")
-        assert (status, body["error"]) == (404, "unknown_dialect")
-        status, body = await post("/push/36010400011240000003", b"{}")  # an MQTT device
+        status, body = await push("/push/36010400011249999999", b"{}")
+        assert (status, body) == (401, {"error": "unauthorized", "reason": "no_credentials"})
+        status, body = await push("/platform/nope", b"{}")
+        assert (status, body) == (401, {"error": "unauthorized", "reason": "no_credentials"})
+        status, body = await push("/push/36010400011240000003", b"{}")  # an MQTT device, with its secret
         assert (status, body["error"]) == (400, "wrong_transport")
-        status, body = await post("/push/36010400011240000001", b"x" * (limit + 1))
-        assert (status, body["error"]) == (413, "payload_too_large")
         doc = {
             "eventType": "AccessControllerEvent",
             "dateTime": "2026-06-01T08:00:00+08:00",
             "AccessControllerEvent": {"majorEventType": 5, "subEventType": 75, "serialNo": -4},
         }
-        status, body = await post("/push/36010400011240000001", json.dumps(doc).encode())
+        status, body = await push("/push/36010400011240000001", json.dumps(doc).encode())
         assert status == 400
         assert body == {
             "error": "out_of_range",
@@ -89,11 +88,14 @@ async def test_http_rejections_are_specific(gateway: RunningGateway) -> None:
             "detail": "-4 is outside 0..None",
             "device": "36010400011240000001",
         }
+        # after the device's first challenge (above), as a camera does: the big body is sent once
+        status, body = await push("/push/36010400011240000001", b"x" * (limit + 1))
+        assert (status, body["error"]) == (413, "payload_too_large")
     with gateway.outbox() as box:
         reasons = [(d["reason"], d["device"]) for d in box.dead_letters()]
         assert ("payload_too_large", "36010400011240000001") in reasons
         assert ("out_of_range", "36010400011240000001") in reasons
-        assert box.stats().counters[("rejected", "36010400011249999999", "unknown_device")] == 1
+        assert ("rejected", "36010400011249999999", "unknown_device") not in box.stats().counters
 
 
 async def test_mqtt_will_becomes_offline_status(gateway: RunningGateway) -> None:
@@ -199,7 +201,10 @@ async def test_sim_command_against_running_gateway(gateway: RunningGateway) -> N
 
 
 async def test_http_rate_limit_per_device(tmp_path: Path, mosquitto: Mosquitto) -> None:
-    """A flooding device gets 429s with Retry-After; other devices are unaffected; made-up ids share a bucket."""
+    """A flooding device gets 429s with Retry-After; other devices are unaffected.
+
+    Failed attempts (made-up ids) share one bucket per address; once it is empty the address gets 429.
+    """
     config_path = sample_config(tmp_path, mosquitto.port)
     text = config_path.read_text(encoding="utf-8")
     text = text.replace("device_rate_per_s = 100000.0", "device_rate_per_s = 1.0\ndevice_burst = 5")
@@ -214,13 +219,18 @@ async def test_http_rate_limit_per_device(tmp_path: Path, mosquitto: Mosquitto) 
         other = build_sim(next(d for d in sample_devices() if d.id == neighbour))
         at = datetime(2026, 6, 1, 8, 0, tzinfo=CST)
 
+        push_auth = PushAuth()
         async with aiohttp.ClientSession() as session:
 
             async def push(device_sim, seconds: int) -> tuple[int, dict[str, object], str | None]:  # type: ignore[no-untyped-def]
                 message = device_sim.routine(at.replace(second=seconds), rng)
                 assert isinstance(message, HttpPost)
+                request = push_auth.request(message)
                 async with session.post(
-                    base + message.path, data=message.body, headers={"Content-Type": message.content_type}
+                    base + message.path,
+                    data=message.body,
+                    headers=request.headers,
+                    middlewares=request.middlewares,
                 ) as response:
                     return response.status, await response.json(), response.headers.get("Retry-After")
 
@@ -242,8 +252,9 @@ async def test_http_rate_limit_per_device(tmp_path: Path, mosquitto: Mosquitto) 
                     return response.status
 
             sprayed = [await unknown(n) for n in range(10)]
-            assert sprayed.count(404) <= 6  # made-up ids share one bucket per address
+            assert sprayed.count(401) <= 6  # made-up ids share one bucket per address
             assert sprayed.count(429) >= 4
+            assert sprayed.count(401) + sprayed.count(429) == 10
 
             await asyncio.sleep(int(limited[0][1] or 1) + 0.1)
             status, _, _ = await push(sim, 30)
@@ -252,14 +263,17 @@ async def test_http_rate_limit_per_device(tmp_path: Path, mosquitto: Mosquitto) 
             async with session.get(base + "/metrics") as response:
                 metrics = await response.text()
         assert metrics_value(metrics, "cgw_http_rate_limited_total", peer=flooder) == len(limited)
-        assert metrics_value(metrics, "cgw_http_rate_limited_total", peer="unknown@127.0.0.1") >= 1
+        assert metrics_value(metrics, "cgw_http_rate_limited_total", peer="refused@127.0.0.1") >= 1
+        assert metrics_value(
+            metrics, "cgw_http_auth_refused_total", peer="unknown", reason="unknown_device"
+        ) == sprayed.count(401)
         with Outbox(config.state.dir / "outbox.db", max_bytes=1 << 30) as box:
             stored = set(box.event_ids())
             unknown_letters = [d for d in box.dead_letters() if d["reason"] == "unknown_device"]
         for body in accepted:
             assert isinstance(body["stored"], list)
             assert set(body["stored"]) <= stored
-        assert len(unknown_letters) == sprayed.count(404)  # refused pushes are not kept
+        assert unknown_letters == []  # refused pushes are not kept
 
 
 async def test_mqtt_payload_limits(tmp_path: Path, mosquitto: Mosquitto) -> None:

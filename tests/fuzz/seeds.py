@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import hmac
 import io
 import random
 from collections import defaultdict
@@ -13,10 +14,18 @@ import numpy as np
 from PIL import Image
 
 from adapters import DIALECTS
-from device_sims.devices import HttpPost, asset, build_sim
+from adapters.base import Transport
+from device_sims.devices import HttpPost, asset, build_sim, sample_secret
 from device_sims.inventory import DISTRICT_ID, sample_devices
 from gateway.outbox import StoreEvents
-from tests.fuzz.targets import SEED_TIME, TARGETS, classify, fuzz_gateway_config
+from tests.fuzz.targets import (
+    SEED_TIME,
+    TARGETS,
+    classify,
+    fuzz_authenticator,
+    fuzz_gateway_config,
+    split_envelope,
+)
 from tests.test_parsers_property import golden_cases
 from uplink.protocol import encode_batch, encode_receipt
 from uplink.watchlist_document import FaceSubject, PlateEntry, WatchList, encode_document, encode_embedding
@@ -42,6 +51,54 @@ def device_seeds() -> dict[str, list[bytes]]:
                 seeds[dialect].append(_envelope(message.topic, message.payload))
         for body, content_type, topic in golden_cases(dialect):
             seeds[dialect].append(_envelope(topic or content_type or "", body))
+    return seeds
+
+
+def digest_authorization(
+    username: str, secret: str, nonce: str, uri: str, nc: int, *, algorithm: str = "MD5"
+) -> str:
+    """An Authorization header as a device computes it (RFC 7616, qop=auth)."""
+
+    def h(text: str) -> str:
+        return hashlib.new(algorithm.replace("-", "").lower(), text.encode()).hexdigest()
+
+    ha1 = h(f"{username}:compound-gateway:{secret}")
+    response = h(f"{ha1}:{nonce}:{nc:08x}:0a4f113b:auth:{h(f'POST:{uri}')}")
+    return (
+        f'Digest username="{username}", realm="compound-gateway", nonce="{nonce}", uri="{uri}",'
+        f' algorithm={algorithm}, qop=auth, nc={nc:08x}, cnonce="0a4f113b", response="{response}"'
+    )
+
+
+def auth_seeds(device: dict[str, list[bytes]]) -> dict[str, list[bytes]]:
+    """The HTTP dialects' seeds with their sender's credentials, and with wrong ones (header lines)."""
+    nonce = fuzz_authenticator().new_nonce()
+    stamp = str(int(SEED_TIME.timestamp()))
+    seeds: dict[str, list[bytes]] = {}
+    for dialect, inputs in device.items():
+        transport = DIALECTS[dialect].transport
+        if transport is Transport.MQTT:
+            continue
+        out = seeds[dialect] = []
+        for index, data in enumerate(inputs):
+            head, body = split_envelope(data)
+            if transport is Transport.HTTP_PLATFORM:
+                secret = sample_secret(dialect).encode()
+                good = hmac.new(secret, stamp.encode() + b"\n" + body, hashlib.sha256).hexdigest()
+                lines = [f"X-Cgw-Timestamp: {stamp}", f"X-Cgw-Signature: {good}"]
+                wrong = [f"X-Cgw-Timestamp: {int(stamp) - 3600}", f"X-Cgw-Signature: {good[::-1]}"]
+            else:
+                sender = next(d for d in sample_devices() if d.dialect == dialect)
+                other = next(d for d in sample_devices() if d.dialect != dialect and d.ref is None)
+                uri = f"/push/{sender.id}"
+                algorithm = ("MD5", "SHA-256")[index % 2]
+                lines = [
+                    f"Authorization: {digest_authorization(sender.id, sender.secret, nonce, uri, 1, algorithm=algorithm)}"
+                ]
+                wrong = [f"Authorization: {digest_authorization(other.id, other.secret, nonce, uri, 2)}"]
+            out.append("\n".join([head, *lines]).encode("latin-1") + b"\n" + body)
+            if index < 2:
+                out.append("\n".join([head, *wrong]).encode("latin-1") + b"\n" + body)
     return seeds
 
 
@@ -117,6 +174,8 @@ def write_seeds(corpus: Path) -> dict[str, int]:
     device = device_seeds()
     multipart = [d for inputs in device.values() for d in inputs if d.startswith(b"multipart/")]
     seeds: dict[str, list[bytes]] = {f"intake-{dialect}": inputs for dialect, inputs in device.items()}
+    for dialect, inputs in auth_seeds(device).items():
+        seeds[f"intake-{dialect}"] = seeds[f"intake-{dialect}"] + inputs
     seeds["multipart"] = multipart
     seeds["picture"] = picture_seeds()
     seeds["uplink-message"] = uplink_seeds(device)

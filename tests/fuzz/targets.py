@@ -7,12 +7,19 @@ district (receipts and watch lists). A refusal with a specific reason is the exp
 garbage; any other exception, or a refusal that hides a crash (``parser_error``), is a finding.
 
 Inputs of the intake, multipart and ingester targets carry their envelope in the first line (the
-MQTT topic or HTTP content type), so the fuzzer mutates it too.
+MQTT topic or HTTP content type), so the fuzzer mutates it too. Inputs of the HTTP intake targets may
+carry the authentication headers on the lines after it (``Authorization: ...``, ``X-Cgw-Timestamp:
+...``, ``X-Cgw-Signature: ...``): they go through the push authentication first (with a fixed clock
+and nonce key, so kept inputs stay valid), which must answer with an admission of the path's own
+device or a refusal with a known reason, and nothing else. The body then goes to the intake whatever
+the verdict, as if its sender had authenticated (like the watch-list target's digest retry), so the
+parsers stay reachable from every input.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import tempfile
 from collections.abc import Callable
@@ -20,12 +27,16 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import cache
 from pathlib import Path
+from urllib.request import parse_http_list, parse_keqv_list
+
+from multidict import CIMultiDict
 
 from adapters import DIALECTS
 from adapters.base import RawMessage, Transport
 from adapters.multipart import split_multipart
 from adapters.pictures import MAX_PICTURE_BYTES, MAX_PICTURE_PIXELS, check_picture, picture_size
-from device_sims.inventory import DISTRICT_ID, sample_devices, write_sample_config
+from device_sims.devices import sample_secret
+from device_sims.inventory import DISTRICT_ID, sample_device_secrets, sample_devices, write_sample_config
 from district.config import DistrictConfig
 from district.ingester import Round, decode_message
 from foundation.errors import PayloadRejected
@@ -34,6 +45,7 @@ from foundation.identity import Pseudonymizer
 from gateway.config import GatewayConfig, load_config
 from gateway.intake import Intake, IntakeItem, Outcome
 from gateway.outbox import StoreEvents
+from gateway.push_auth import REFUSAL_REASONS, PushAuthenticator, Refusal
 from uplink.lineprotocol import to_line
 from uplink.protocol import decode_receipt
 from uplink.watchlist_document import WatchListRejected, canonical_json, decode_document
@@ -97,13 +109,95 @@ def intake_item(dialect: str, data: bytes) -> IntakeItem:
 
 def classify(dialect: str, data: bytes) -> Outcome:
     """Run the sample compound's intake on one input."""
+    if _transport_of(dialect) is not Transport.MQTT:
+        data = strip_auth_headers(data)
     return fuzz_intake().classify(intake_item(dialect, data))
+
+
+AUTH_HEADERS = ("authorization", "x-cgw-timestamp", "x-cgw-signature")
+FUZZ_NONCE_KEY = b"compound-gateway fuzz nonce key!"
+FUZZ_REMOTE = "192.168.1.11"
+
+
+def split_http_envelope(data: bytes) -> tuple[str, CIMultiDict[str], bytes]:
+    """Content type (first line), the authentication header lines after it, and the body."""
+    head, _, rest = data.partition(b"\n")
+    headers: CIMultiDict[str] = CIMultiDict()
+    while True:
+        line, newline, after = rest.partition(b"\n")
+        name, colon, value = line.partition(b":")
+        if not newline or not colon or name.strip().decode("latin-1").lower() not in AUTH_HEADERS:
+            return head.decode("latin-1"), headers, rest
+        # as aiohttp decodes header values: UTF-8, undecodable bytes kept as surrogates
+        headers.add(name.strip().decode("latin-1"), value.strip().decode("utf-8", "surrogateescape"))
+        rest = after
+
+
+def strip_auth_headers(data: bytes) -> bytes:
+    """The input without its authentication header lines (what the intake sees: envelope and body)."""
+    head = data.partition(b"\n")[0]
+    _, headers, body = split_http_envelope(data)
+    return head + b"\n" + body if headers else data
+
+
+def fuzz_authenticator() -> PushAuthenticator:
+    """A fresh authenticator (no nonce counts used yet) at ``SEED_TIME``, with a fixed nonce key."""
+    return PushAuthenticator(
+        fuzz_gateway_config(),
+        sample_device_secrets(),
+        clock=SEED_TIME.timestamp,
+        nonce_key=FUZZ_NONCE_KEY,
+    )
+
+
+def auth_check(dialect: str, data: bytes) -> None:
+    """The push authentication on an HTTP input's headers: admits the path's own sender, or refuses."""
+    transport = _transport_of(dialect)
+    _, headers, body = split_http_envelope(data)
+    auth = fuzz_authenticator()
+    if transport is Transport.HTTP_DEVICE:
+        device = _device_of(dialect)
+        verdict = auth.check("http_device", device, FUZZ_REMOTE, f"/push/{device}", headers)
+        expected = device
+    else:
+        verdict = auth.check("http_platform", dialect, FUZZ_REMOTE, f"/platform/{dialect}", headers)
+        expected = f"platform:{dialect}"
+        if not isinstance(verdict, Refusal):
+            verdict = auth.check_body(verdict, body, FUZZ_REMOTE) or verdict
+    if isinstance(verdict, Refusal):
+        if verdict.reason not in REFUSAL_REASONS or verdict.answer not in REFUSAL_REASONS:
+            raise InvariantError(
+                f"{dialect}: refused with unknown reason {verdict.reason!r}/{verdict.answer!r}"
+            )
+        if verdict.peer not in {expected, "unknown"} or not verdict.challenges:
+            raise InvariantError(f"{dialect}: refusal counted against {verdict.peer!r} without challenge")
+        return
+    if verdict.peer != expected:
+        raise InvariantError(f"{dialect}: admitted as {verdict.peer!r} on the path of {expected!r}")
+    _check_admitted(dialect, headers, body)
+
+
+def _check_admitted(dialect: str, headers: CIMultiDict[str], body: bytes) -> None:
+    """An admitted input really carries the path's sender's credentials (checked here independently)."""
+    if _transport_of(dialect) is Transport.HTTP_PLATFORM:
+        stamp = headers.get("X-Cgw-Timestamp", "")
+        key = sample_secret(dialect).encode()
+        signature = hmac.new(key, stamp.encode("utf-8", "surrogateescape") + b"\n" + body, hashlib.sha256)
+        if headers.get("X-Cgw-Signature", "").lower() != signature.hexdigest():
+            raise InvariantError(f"{dialect}: admitted with a signature that does not match the body")
+        return
+    authorization = headers.get("Authorization", "")
+    fields = parse_keqv_list(parse_http_list(authorization.partition(" ")[2]))
+    if fields.get("username") != _device_of(dialect):
+        raise InvariantError(f"{dialect}: admitted with the credentials of {fields.get('username')!r}")
 
 
 def intake_target(dialect: str) -> Callable[[bytes], None]:
     """The intake as the transports call it, for one dialect's devices."""
 
     def run(data: bytes) -> None:
+        if _transport_of(dialect) is not Transport.MQTT:
+            auth_check(dialect, data)
         outcome = classify(dialect, data)
         if outcome.rejection is not None:
             if outcome.rejection.reason == "parser_error":
