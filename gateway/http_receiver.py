@@ -58,7 +58,13 @@ class PushLimits:
 
     def __init__(self, config: GatewayConfig) -> None:
         http = config.http
-        self.devices = PeerRateLimiter(http.device_rate_per_s, http.device_burst)
+        # refusals of per-address buckets (made-up ids, failed guesses) share one label: an address
+        # per label would let whoever can reach the gateway grow /metrics without bound
+        self.devices = PeerRateLimiter(
+            http.device_rate_per_s,
+            http.device_burst,
+            counted_as=lambda peer: "unknown" if "@" in peer else peer,
+        )
         self.platforms = PeerRateLimiter(http.platform_rate_per_s, http.platform_burst)
         self._known_devices = frozenset(device.id for device in config.devices)
 
@@ -212,7 +218,7 @@ def _unauthorized(limits: PushLimits, refusal: Refusal, remote: str | None) -> w
 
 def _rate_limited(limits: PushLimits, transport: str, peer: str, retry_after: float) -> web.Response:
     limiter = limits.platforms if transport == "http_platform" else limits.devices
-    count = limiter.refused[peer]
+    count = limiter.refused[limiter.counted_as(peer)]
     if worth_logging(count, first=3, every=1000):
         log.warning("push_rate_limited", peer=peer, rate_per_s=limiter.rate, burst=limiter.burst, count=count)
     return web.json_response(

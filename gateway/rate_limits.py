@@ -61,7 +61,10 @@ class PeerRateLimiter:
         *,
         max_peers: int = 4096,
         clock: Callable[[], float] = time.monotonic,
+        counted_as: Callable[[str], str] = str,
     ) -> None:
+        """``counted_as`` maps a peer to the label its refusals are counted under (bounded cardinality)."""
+        self.counted_as = counted_as
         self.rate = rate
         self.burst = burst
         self._max_peers = max_peers
@@ -82,7 +85,7 @@ class PeerRateLimiter:
         if bucket.available() >= 1:
             bucket.take(1)
             return None
-        self.refused[peer] += 1
+        self.refused[self.counted_as(peer)] += 1
         return bucket.seconds_until(1)
 
     def blocked(self, peer: str) -> float | None:
@@ -90,15 +93,16 @@ class PeerRateLimiter:
         bucket = self._buckets.get(peer)
         if bucket is None or bucket.available() >= 1:
             return None
-        self.refused[peer] += 1
+        self.refused[self.counted_as(peer)] += 1
         return bucket.seconds_until(1)
 
     def spend(self, peer: str) -> None:
         """Take a token for ``peer`` if it has one (what ``blocked`` then reports)."""
         if self.admit(peer) is not None:
-            self.refused[peer] -= 1  # spending is not a refusal; ``admit`` counted it as one
-            if not self.refused[peer]:
-                del self.refused[peer]
+            label = self.counted_as(peer)
+            self.refused[label] -= 1  # spending is not a refusal; ``admit`` counted it as one
+            if not self.refused[label]:
+                del self.refused[label]
 
     def peers(self) -> int:
         """How many peers have a bucket now."""

@@ -263,7 +263,9 @@ async def test_http_rate_limit_per_device(tmp_path: Path, mosquitto: Mosquitto) 
             async with session.get(base + "/metrics") as response:
                 metrics = await response.text()
         assert metrics_value(metrics, "cgw_http_rate_limited_total", peer=flooder) == len(limited)
-        assert metrics_value(metrics, "cgw_http_rate_limited_total", peer="refused@127.0.0.1") >= 1
+        # per-address buckets are counted under one label (made-up addresses cannot grow /metrics)
+        assert metrics_value(metrics, "cgw_http_rate_limited_total", peer="unknown") == sprayed.count(429)
+        assert "refused@" not in metrics
         assert metrics_value(
             metrics, "cgw_http_auth_refused_total", peer="unknown", reason="unknown_device"
         ) == sprayed.count(401)
