@@ -23,7 +23,7 @@ import structlog
 from adapters.base import DeviceContext
 from device_sims.broker import Mosquitto, free_port
 from device_sims.influx import InfluxServer
-from device_sims.inventory import write_sample_config
+from device_sims.inventory import sample_broker_accounts, write_sample_config
 from foundation.identity import Pseudonymizer
 from gateway.config import GatewayConfig, load_config
 from gateway.outbox import Outbox
@@ -53,8 +53,18 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @pytest.fixture
 def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
-    """A private Mosquitto for one test."""
-    broker = Mosquitto(tmp_path / "broker").start()
+    """A private compound broker for one test, with the sample compound's accounts and ACL."""
+    broker = Mosquitto(tmp_path / "broker", accounts=sample_broker_accounts()).start()
+    try:
+        yield broker
+    finally:
+        broker.stop()
+
+
+@pytest.fixture
+def open_mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
+    """A private Mosquitto without accounts: anonymous clients may do anything (transport tests)."""
+    broker = Mosquitto(tmp_path / "open-broker").start()
     try:
         yield broker
     finally:
