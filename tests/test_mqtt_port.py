@@ -230,7 +230,9 @@ async def test_wrong_credentials_leave_the_port_as_a_transport_error(acl_broker:
     assert "Bad user name or password" in str(raised.value) or "Not authorized" in str(raised.value)
 
 
-async def test_the_read_throttle_pauses_at_high_water_and_resumes_at_low_water(open_mosquitto: Mosquitto) -> None:
+async def test_the_read_throttle_pauses_at_high_water_and_resumes_at_low_water(
+    open_mosquitto: Mosquitto,
+) -> None:
     """A queue left undrained stops reading at its high-water mark; draining resumes, and nothing is lost.
 
     QoS 0, to which no Receive Maximum applies, stands in for a broker flooding past the quota.
