@@ -321,14 +321,28 @@ async def test_a_device_reads_only_its_own_commands(
     }
 
 
-async def test_strangers_are_refused_and_the_gateway_reads_the_drop_counter(make_broker: MakeBroker) -> None:
+@pytest.mark.parametrize(
+    "edit",
+    [
+        pytest.param(unchanged, id="shipped"),
+        pytest.param(
+            lambda t: t.replace("allow_anonymous false", "allow_anonymous true"),
+            marks=pytest.mark.xfail(strict=True, reason="teeth: anonymous clients allowed"),
+            id="teeth-anonymous-allowed",
+        ),
+    ],
+)
+async def test_strangers_are_refused_and_the_gateway_reads_the_drop_counter(
+    make_broker: MakeBroker, edit: Callable[[str], str]
+) -> None:
     """Anonymous clients, a wrong password and an unknown user cannot connect; the generated hashes log in.
 
     The gateway's account reads ``$SYS/broker/publish/messages/dropped`` (without it the gateway's
     drop metric stays empty). Every account of the generated password file logs in: Mosquitto
-    accepts our PBKDF2 hashes.
+    accepts our PBKDF2 hashes. Teeth: with the shipped ``allow_anonymous false`` turned around, the
+    anonymous client connects and the test fails (strict xfail parameter).
     """
-    broker = make_broker(unchanged)
+    broker = make_broker(edit)
     for user in broker.users:
         async with broker.client(user):
             pass
