@@ -34,7 +34,7 @@ from foundation.identity import Pseudonymizer
 from foundation.logging import configure_logging
 from gateway.broker_credentials import add_device_commands, run_devices_command
 from gateway.config import GatewayConfig, load_config
-from gateway.device_secrets import prepare_trust
+from gateway.device_secrets import DeviceSecrets, load_device_secrets, prepare_trust
 from gateway.outbox import Outbox
 from gateway.runtime import run_gateway
 from gateway.watchlist_check import add_watchlist_check_commands, run_watchlist_check
@@ -294,14 +294,25 @@ def _parse(args: argparse.Namespace) -> int:
 
 def _sim(args: argparse.Namespace) -> int:
     config = load_config(args.config)
+    secrets = load_device_secrets(config)  # each simulator presents its device's own secret
     devices = [d for d in config.devices if not args.device or d.id in args.device]
-    sims = [build_sim(SimDevice(id=d.id, dialect=d.dialect, ref=d.ref)) for d in devices]
+    sims = [
+        build_sim(
+            SimDevice(id=d.id, dialect=d.dialect, ref=d.ref, configured_secret=_secret_of(secrets, d.id))
+        )
+        for d in devices
+    ]
     steps = build(args.scenario, sims, args.seed, args.count)
     host = "127.0.0.1" if config.http.host in {"0.0.0.0", "::"} else config.http.host  # noqa: S104
     runner = Runner(f"http://{host}:{config.http.port}", config.mqtt.host, config.mqtt.port)
     report = asyncio.run(runner.run(steps, rate=args.rate))
     print(json.dumps(report.summary(), ensure_ascii=False))
     return 0 if report.failed == 0 else 1
+
+
+def _secret_of(secrets: DeviceSecrets, device_id: str) -> str | None:
+    secret = secrets.devices.get(device_id)
+    return secret.get_secret_value() if secret is not None else None
 
 
 def _outbox(args: argparse.Namespace) -> int:

@@ -14,7 +14,7 @@ import json
 import random
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
 from importlib import resources
 from typing import ClassVar, Protocol
@@ -68,11 +68,13 @@ class SimDevice:
     id: str
     dialect: str
     ref: str | None = None
+    configured_secret: str | None = field(default=None, repr=False, compare=False)
+    """Its secret from a real secrets file (``compound-gateway sim``); None: the sample secret."""
 
     @property
     def secret(self) -> str:
         """Its password: HTTP push (digest or basic) or its account on the compound broker."""
-        return sample_secret(self.id)
+        return self.configured_secret or sample_secret(self.id)
 
     @property
     def username(self) -> str:
