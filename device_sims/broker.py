@@ -77,10 +77,16 @@ class Mosquitto:
         ``sys_interval_s`` is how often it republishes ``$SYS`` (its default, 10 s, when None).
         ``shipped_compound`` runs the shipped compound broker configuration instead
         (``deploy/mosquitto/compound.conf``: its queue limits, persistence and ``$SYS`` interval as
-        shipped), made runnable here: this port on the loopback, files under ``workdir``, and
-        anonymous clients without the ACL (the ACL is tested in ``tests/test_compound_broker.py``);
-        the other options are then ignored.
+        shipped), made runnable here: this port on the loopback, files under ``workdir``, with the
+        password file and ACL of ``accounts`` (required then: the shipped file refuses anonymous
+        clients); the other options are then ignored.
+
+        ``accounts`` (``gateway/broker_accounts.py``): only these logins connect, each to its own
+        topics, as on a deployed compound broker; None: anonymous clients may do anything (a
+        transport test's broker, or the district's).
         """
+        if shipped_compound and accounts is None:
+            raise ValueError("shipped_compound runs the shipped file's authentication: pass accounts")
         self.workdir = workdir
         self.port = port or free_port()
         self.persistence = persistence
@@ -136,9 +142,8 @@ class Mosquitto:
     def admit(self, accounts: BrokerAccounts) -> None:
         """Replace the accounts and make the running broker re-read them (SIGHUP), as an installer would.
 
-        Mosquitto re-reads its password file and ACL on SIGHUP; connected clients keep their
-        connection, and their next publish is checked against the new ACL. Returns once the log
-        shows the reload.
+        Mosquitto re-reads its password file and ACL on SIGHUP (for tests with other inventories
+        than the sample's). Returns once the log shows the reload.
         """
         if self.accounts is None:
             raise ValueError("this broker admits anonymous clients: start it with accounts to change them")
