@@ -138,8 +138,12 @@ class DeviceTopics:
         )
 
 
-MQTT_REF_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$"
-"""A ref that is safe as an MQTT topic level and a broker user name (no ``/``, ``+``, ``#``, spaces)."""
+MQTT_REF_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+"""A ref that is safe as an MQTT topic level and a broker user name (no ``/``, ``+``, ``#``, spaces).
+
+No ``:`` either: Mosquitto's password file splits ``user:hash`` at the first colon, so a MAC
+address written with colons would never log in (Mosquitto 2.0.11 drops the entry); write it without.
+"""
 
 
 class Dialect(Protocol):

@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 from bench.ingest_bench import machine, replace_section
 from device_sims.broker import Mosquitto, free_port
 from device_sims.devices import CST, HikAcsSim, build_sim
-from device_sims.inventory import DISTRICT_ID, sample_devices, write_sample_config
+from device_sims.inventory import DISTRICT_ID, sample_broker_accounts, sample_devices, write_sample_config
 from device_sims.runner import Runner
 from device_sims.scenarios import Step
 from foundation.faces import analyse_bytes, warm_up
@@ -167,7 +167,7 @@ def burst_steps(count: int) -> list[Step]:
 async def bench_throughput(count: int, analyse: bool) -> dict[str, float]:
     with tempfile.TemporaryDirectory(prefix="cgw-fbench-") as tmp:
         work = Path(tmp)
-        with Mosquitto(work / "devices") as devices:
+        with Mosquitto(work / "devices", accounts=sample_broker_accounts()) as devices:
             path = write_sample_config(
                 work / "g.toml", state_dir=work / "state", http_port=free_port(), mqtt_port=devices.port
             )

@@ -38,7 +38,13 @@ from device_sims.broker import Mosquitto, free_port
 from device_sims.canonical import shed_heartbeat
 from device_sims.devices import build_sim
 from device_sims.influx import InfluxServer
-from device_sims.inventory import COMPOUND_ID, DISTRICT_ID, sample_devices, write_sample_config
+from device_sims.inventory import (
+    COMPOUND_ID,
+    DISTRICT_ID,
+    sample_broker_accounts,
+    sample_devices,
+    write_sample_config,
+)
 from device_sims.runner import Runner
 from device_sims.scenarios import burst
 from district.config import load_district_config
@@ -155,7 +161,10 @@ async def bench_drain(rate_per_s: int, hours: float) -> dict[str, float]:
     count = int(rate_per_s * 3600 * hours)
     with tempfile.TemporaryDirectory(prefix="cgw-bench-") as tmp:
         work = Path(tmp)
-        with Mosquitto(work / "devices") as devices, Mosquitto(work / "district") as district:
+        with (
+            Mosquitto(work / "devices", accounts=sample_broker_accounts()) as devices,
+            Mosquitto(work / "district") as district,
+        ):
             config = gateway_with_uplink(work, devices.port, district.port)
             assert config.uplink is not None
             pace = config.uplink.replay_rate
@@ -214,7 +223,10 @@ async def bench_drain(rate_per_s: int, hours: float) -> dict[str, float]:
 async def bench_end_to_end(count: int) -> dict[str, float]:
     with tempfile.TemporaryDirectory(prefix="cgw-bench-") as tmp:
         work = Path(tmp)
-        with Mosquitto(work / "devices") as devices, Mosquitto(work / "district") as district:
+        with (
+            Mosquitto(work / "devices", accounts=sample_broker_accounts()) as devices,
+            Mosquitto(work / "district") as district,
+        ):
             config = gateway_with_uplink(work, devices.port, district.port, "batch_max_delay_ms = 50\n")
             store_path = work / "district.db"
             district_config = load_district_config(
@@ -270,7 +282,7 @@ async def bench_rss(count: int) -> dict[str, object]:
     """The district is unreachable; devices keep sending; the gateway's RSS is sampled as the outbox grows."""
     with tempfile.TemporaryDirectory(prefix="cgw-bench-") as tmp:
         work = Path(tmp)
-        with Mosquitto(work / "devices") as devices:
+        with Mosquitto(work / "devices", accounts=sample_broker_accounts()) as devices:
             path = write_sample_config(
                 work / "gateway.toml", state_dir=work / "state", http_port=free_port(), mqtt_port=devices.port
             )

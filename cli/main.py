@@ -32,6 +32,7 @@ from foundation.errors import ConfigError, PayloadRejected
 from foundation.events import event_json_schema, utc_now
 from foundation.identity import Pseudonymizer
 from foundation.logging import configure_logging
+from gateway.broker_credentials import add_device_commands, run_devices_command
 from gateway.config import GatewayConfig, load_config
 from gateway.device_secrets import load_device_secrets, prepare_trust
 from gateway.outbox import Outbox
@@ -106,6 +107,7 @@ def _parser() -> argparse.ArgumentParser:
     outbox.add_argument("what", choices=["stats", "dead-letters", "pending"])
     outbox.add_argument("--config", type=Path, required=True)
     outbox.add_argument("--limit", type=int, default=20)
+    add_device_commands(sub)
     add_operator_commands(sub)
     add_watchlist_check_commands(add_watchlist_commands(sub))
     return parser
@@ -141,6 +143,8 @@ def main(argv: list[str] | None = None) -> int:
                 return _write_document(event_json_schema(), args.output)
             case "outbox":
                 return _outbox(args)
+            case "devices":
+                return run_devices_command(args)
             case "query" | "alarm" | "token" | "audit-verify":
                 return run_operator_command(args)
             case "watchlist" if args.action in {"check", "loaded"}:

@@ -7,12 +7,17 @@ is down loses everything past that, silently. Every broker we start sets the lim
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
 from pathlib import Path
 from types import TracebackType
+
+from foundation.durable_files import write_atomically
+from gateway.broker_accounts import BrokerAccounts
 
 COMPOUND_CONF = Path(__file__).resolve().parents[1] / "deploy" / "mosquitto" / "compound.conf"
 """The shipped compound (device) broker configuration."""
@@ -65,22 +70,30 @@ class Mosquitto:
         max_queued: int | None = 1_000_000,
         sys_interval_s: int | None = None,
         shipped_compound: bool = False,
+        accounts: BrokerAccounts | None = None,
     ) -> None:
         """A broker in ``workdir``; ``max_queued`` None keeps Mosquitto's default queue (1000).
 
         ``sys_interval_s`` is how often it republishes ``$SYS`` (its default, 10 s, when None).
         ``shipped_compound`` runs the shipped compound broker configuration instead
         (``deploy/mosquitto/compound.conf``: its queue limits, persistence and ``$SYS`` interval as
-        shipped), made runnable here: this port on the loopback, files under ``workdir``, and
-        anonymous clients without the ACL (the ACL is tested in ``tests/test_compound_broker.py``);
-        the other options are then ignored.
+        shipped), made runnable here: this port on the loopback, files under ``workdir``, with the
+        password file and ACL of ``accounts`` (required then: the shipped file refuses anonymous
+        clients); the other options are then ignored.
+
+        ``accounts`` (``gateway/broker_accounts.py``): only these logins connect, each to its own
+        topics, as on a deployed compound broker; None: anonymous clients may do anything (a
+        transport test's broker, or the district's).
         """
+        if shipped_compound and accounts is None:
+            raise ValueError("shipped_compound runs the shipped file's authentication: pass accounts")
         self.workdir = workdir
         self.port = port or free_port()
         self.persistence = persistence
         self.max_queued = max_queued
         self.sys_interval_s = sys_interval_s
         self.shipped_compound = shipped_compound
+        self.accounts = accounts
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -92,16 +105,67 @@ class Mosquitto:
         data = self.workdir / "data"
         data.mkdir(exist_ok=True)
         text = COMPOUND_CONF.read_text(encoding="utf-8")
-        for needle in ("listener 1883\n", "allow_anonymous false", "/var/lib/mosquitto/", "log_dest syslog"):
+        for needle in (
+            "listener 1883\n",
+            "/etc/mosquitto/compound/",
+            "/var/lib/mosquitto/",
+            "log_dest syslog",
+        ):
             if needle not in text:
                 raise RuntimeError(f"{COMPOUND_CONF} changed: no {needle!r} to adapt for a local run")
         text = (
             text.replace("listener 1883\n", f"listener {self.port} 127.0.0.1\n")
-            .replace("allow_anonymous false", "allow_anonymous true")
+            .replace("/etc/mosquitto/compound/", f"{self.workdir}/")
             .replace("/var/lib/mosquitto/", f"{data}/")
             .replace("log_dest syslog", f"log_dest file {self.workdir}/mosquitto.log")
         )
-        return [line for line in text.splitlines() if not line.startswith(("password_file ", "acl_file "))]
+        self._write_accounts()
+        # "Reloading config." is an information line: admit() waits for it
+        return [*text.splitlines(), "log_type information"]
+
+    def _account_lines(self) -> list[str]:
+        if self.accounts is None:
+            return ["allow_anonymous true"]
+        self._write_accounts()
+        return [
+            "allow_anonymous false",
+            f"password_file {self.workdir}/passwd",
+            f"acl_file {self.workdir}/acl",
+            "log_type information",  # "Reloading config.": admit() waits for it
+        ]
+
+    def _write_accounts(self) -> None:
+        assert self.accounts is not None  # noqa: S101 - callers check
+        write_atomically(self.workdir / "passwd", self.accounts.passwd_text().encode())
+        write_atomically(self.workdir / "acl", self.accounts.acl_text().encode())
+
+    def admit(self, accounts: BrokerAccounts) -> None:
+        """Replace the accounts and make the running broker re-read them (SIGHUP), as an installer would.
+
+        Mosquitto re-reads its password file and ACL on SIGHUP (for tests with other inventories
+        than the sample's). Returns once the log shows the reload.
+        """
+        if self.accounts is None:
+            raise ValueError("this broker admits anonymous clients: start it with accounts to change them")
+        self.accounts = accounts
+        self._write_accounts()
+        if self._process is not None and self._process.poll() is None:
+            log = self.workdir / "mosquitto.log"
+            before = (
+                log.read_text(encoding="utf-8", errors="replace").count("Reloading config")
+                if log.exists()
+                else 0
+            )
+            os.kill(self._process.pid, signal.SIGHUP)
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                text = log.read_text(encoding="utf-8", errors="replace") if log.exists() else ""
+                if text.count("Reloading config") > before:
+                    # the line is logged just before the same loop pass re-reads both files
+                    time.sleep(0.1)
+                    return
+                time.sleep(0.02)
+            raise RuntimeError(f"mosquitto did not log a reload within 10 s; see {log}")
 
     def start(self) -> Mosquitto:
         """Start and wait until the port accepts connections."""
@@ -111,7 +175,7 @@ class Mosquitto:
             if self.shipped_compound
             else [
                 f"listener {self.port} 127.0.0.1",
-                "allow_anonymous true",
+                *self._account_lines(),
                 f"persistence {'true' if self.persistence else 'false'}",
                 f"persistence_location {self.workdir}/",
                 "autosave_interval 1",

@@ -25,7 +25,14 @@ from adapters.base import RawMessage
 from device_sims.broker import Mosquitto, free_port
 from device_sims.devices import CST, HttpPost, Outgoing, build_sim
 from device_sims.embedded_broker import EmbeddedBroker
-from device_sims.inventory import COMPOUND_ID, DISTRICT_ID, compound_name, sample_devices, write_sample_config
+from device_sims.inventory import (
+    COMPOUND_ID,
+    DISTRICT_ID,
+    compound_name,
+    sample_broker_accounts,
+    sample_devices,
+    write_sample_config,
+)
 from device_sims.runner import Report, Runner
 from device_sims.scenarios import build
 from district.config import DistrictConfig, load_district_config
@@ -124,15 +131,24 @@ def run_demo(
 
 
 @contextlib.asynccontextmanager
-async def _broker(kind: Literal["embedded", "mosquitto"], workdir: Path) -> AsyncIterator[int]:
-    """The demo's MQTT broker: the embedded one (nothing to install) or a private Mosquitto."""
+async def _brokers(kind: Literal["embedded", "mosquitto"], workdir: Path) -> AsyncIterator[tuple[int, int]]:
+    """The demo's two MQTT brokers (ports): the compound's device broker and the district broker.
+
+    Embedded ones (nothing to install) or private Mosquittos. The device broker has the sample
+    compound's accounts and ACL, as ``compound-gateway devices credentials`` writes them for a real
+    one: every simulator logs in as its device, and the gateway with its own account.
+    """
+    accounts = sample_broker_accounts()
     if kind == "embedded":
-        port = free_port()
-        async with EmbeddedBroker(port):
-            yield port
+        devices_port, district_port = free_port(), free_port()
+        async with EmbeddedBroker(devices_port, accounts=accounts), EmbeddedBroker(district_port):
+            yield devices_port, district_port
     else:
-        with Mosquitto(workdir / "broker") as mosquitto:
-            yield mosquitto.port
+        with (
+            Mosquitto(workdir / "broker", accounts=accounts) as devices,
+            Mosquitto(workdir / "district-broker") as district,
+        ):
+            yield devices.port, district.port
 
 
 def _say(as_json: bool, text: str) -> None:
@@ -186,8 +202,7 @@ async def _demo(  # noqa: PLR0915, PLR0917 - one private call site
     broker_kind: Literal["embedded", "mosquitto"],
 ) -> int:
     store_path = (store or workdir / "district-store.db").resolve()
-    # One broker plays both parts here: the compound's device broker and the district broker.
-    async with _broker(broker_kind, workdir) as broker_port:
+    async with _brokers(broker_kind, workdir) as (broker_port, district_port):
         config_path = write_sample_config(
             workdir / "gateway.toml",
             state_dir=workdir / "state",
@@ -196,14 +211,15 @@ async def _demo(  # noqa: PLR0915, PLR0917 - one private call site
         )
         with config_path.open("a", encoding="utf-8") as handle:
             handle.write(
-                f'\n[uplink]\nmode = "mqtt"\nbatch_max_delay_ms = 100\n[uplink.broker]\nhost = "127.0.0.1"\nport = {broker_port}\n'
+                f'\n[uplink]\nmode = "mqtt"\nbatch_max_delay_ms = 100\n[uplink.broker]\nhost = "127.0.0.1"\nport = {district_port}\n'
             )
         config = load_config(config_path)
-        district = _district_config(workdir, broker_port, store_path)
+        district = _district_config(workdir, district_port, store_path)
         _say(
             as_json,
             f"compound {config.compound.compound_id} ({config.compound.name}): {len(config.devices)} simulated devices\n"
-            f"  devices -> gateway (http :{config.http.port}, {broker_kind} mqtt broker :{broker_port}) -> outbox -> district broker"
+            f"  devices -> gateway (http :{config.http.port}, {broker_kind} mqtt broker :{broker_port}) -> outbox"
+            f" -> district broker :{district_port}"
             f" -> ingester -> store {store_path}",
         )
         async with asyncio.TaskGroup() as tg:

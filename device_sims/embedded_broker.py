@@ -4,6 +4,12 @@ It implements what the demo's clients use, and nothing more: QoS 0 and 1, persis
 (clean start / clean session, v5 session expiry), wildcards, shared subscriptions
 (``$share/<group>/<filter>``), retained messages, last wills, keepalive. Sessions live in memory.
 It is not a production broker: deployments and the test suite use Mosquitto.
+
+Given the compound's ``BrokerAccounts`` it enforces them as the shipped Mosquitto configuration
+does, from the same rules (``gateway/broker_accounts.py``): anonymous clients and bad logins are
+refused at CONNECT (not authorised), a publish its user may not write is dropped (MQTT 5: PUBACK
+0x87; 3.1.1 has no way to say so: acknowledged and dropped, like Mosquitto), and a message reaches
+only sessions whose user may read its topic.
 """
 
 from __future__ import annotations
@@ -17,11 +23,15 @@ from dataclasses import dataclass, field
 
 import structlog
 
+from foundation.mqtt import topic_matches
+from gateway.broker_accounts import Access, BrokerAccounts
+
 log = structlog.get_logger(__name__)
 
 CONNECT, CONNACK, PUBLISH, PUBACK = 1, 2, 3, 4
 SUBSCRIBE, SUBACK, UNSUBSCRIBE, UNSUBACK, PINGREQ, PINGRESP, DISCONNECT = 8, 9, 10, 11, 12, 13, 14
 INFLIGHT = 100
+NOT_AUTHORIZED_V5, NOT_AUTHORIZED_V3 = 0x87, 0x05
 # MQTT 5 property identifiers and their value types: b byte, 2/4 integer, V varint, S string, B binary, P pair
 PROPERTY_TYPES = {
     0x01: "b",
@@ -75,6 +85,7 @@ class Session:
     client_id: str
     v5: bool
     persistent: bool
+    user: str | None = None
     subscriptions: dict[str, int] = field(default_factory=dict)
     queue: deque[Message] = field(default_factory=deque)
     inflight: dict[int, Message] = field(default_factory=dict)
@@ -176,24 +187,16 @@ def _string(text: str) -> bytes:
     return struct.pack("!H", len(raw)) + raw
 
 
-def topic_matches(topic_filter: str, topic: str) -> bool:
-    """MQTT wildcard matching (``+`` one level, ``#`` the rest); ``$`` topics need a literal first level."""
-    if topic.startswith("$") and topic_filter[:1] in {"+", "#"}:
-        return False
-    parts, filters = topic.split("/"), topic_filter.split("/")
-    for index, part in enumerate(filters):
-        if part == "#":
-            return True
-        if index >= len(parts) or (part != "+" and part != parts[index]):
-            return False
-    return len(parts) == len(filters)
+__all__ = ["EmbeddedBroker", "topic_matches"]
 
 
 class EmbeddedBroker:
     """``async with EmbeddedBroker(port) as broker:`` serves on 127.0.0.1 until the block ends."""
 
-    def __init__(self, port: int, host: str = "127.0.0.1") -> None:
+    def __init__(self, port: int, host: str = "127.0.0.1", *, accounts: BrokerAccounts | None = None) -> None:
+        """``accounts``: only these logins connect, each to its own topics; None: anyone, to anything."""
         self.host, self.port = host, port
+        self.accounts = accounts
         self.sessions: dict[str, Session] = {}
         self.retained: dict[str, Message] = {}
         self._server: asyncio.Server | None = None
@@ -244,7 +247,12 @@ class EmbeddedBroker:
                 session.writer = None
                 if not session.persistent:
                     self.sessions.pop(session.client_id, None)
-            if will is not None and not clean_exit:
+            if (
+                will is not None
+                and not clean_exit
+                and session is not None
+                and self._may(session, "write", will.topic)
+            ):
                 self._route(will)
 
     @staticmethod
@@ -281,6 +289,12 @@ class EmbeddedBroker:
                 r.properties()
             topic, payload = r.text(), r.binary()
             will = Message(topic, payload, (flags >> 3) & 0x03, bool(flags & 0x20))
+        user = r.text() if flags & 0x80 else None
+        password = r.binary() if flags & 0x40 else None
+        if self.accounts is not None and not self.accounts.verify(user, password):
+            code = NOT_AUTHORIZED_V5 if v5 else NOT_AUTHORIZED_V3
+            writer.write(_packet(CONNACK << 4, bytes([0, code]) + (b"\x00" if v5 else b"")))
+            raise ProtocolViolation(f"login refused for user {user!r}")
         clean = bool(flags & 0x02)
         persistent = (not clean) if not v5 else expiry > 0
         existing = self.sessions.get(client_id)
@@ -293,7 +307,7 @@ class EmbeddedBroker:
         else:
             session = Session(client_id, v5, persistent)
             self.sessions[client_id] = session
-        session.writer = writer
+        session.writer, session.user = writer, user
         body = bytes([1 if present else 0, 0]) + (b"\x00" if v5 else b"")
         writer.write(_packet(CONNACK << 4, body))
         # unacknowledged messages of the previous connection go out again first
@@ -308,9 +322,13 @@ class EmbeddedBroker:
             pid = r.int2() if qos else 0
             if session.v5:
                 r.properties()
-            self._route(Message(topic, r.rest(), min(qos, 1), bool(flags & 0x01)))
+            allowed = self._may(session, "write", topic)
+            if allowed:
+                self._route(Message(topic, r.rest(), min(qos, 1), bool(flags & 0x01)))
             if qos and session.writer is not None:
-                session.writer.write(_packet(PUBACK << 4, struct.pack("!H", pid)))
+                refused = session.v5 and not allowed
+                ack = struct.pack("!HB", pid, NOT_AUTHORIZED_V5) if refused else struct.pack("!H", pid)
+                session.writer.write(_packet(PUBACK << 4, ack))
         elif packet_type == PUBACK:
             session.inflight.pop(r.int2(), None)
         elif packet_type == SUBSCRIBE:
@@ -344,7 +362,7 @@ class EmbeddedBroker:
                 retained += [
                     Message(m.topic, m.payload, min(m.qos, qos), retain=True)
                     for m in self.retained.values()
-                    if topic_matches(topic_filter, m.topic)
+                    if topic_matches(topic_filter, m.topic) and self._may(session, "read", m.topic)
                 ]
         body = struct.pack("!H", pid) + (b"\x00" if session.v5 else b"") + granted
         if session.writer is not None:
@@ -361,6 +379,8 @@ class EmbeddedBroker:
                 self.retained.pop(message.topic, None)
         groups: dict[str, list[tuple[Session, int]]] = {}
         for session in self.sessions.values():
+            if not self._may(session, "read", message.topic):
+                continue  # subscribed with a wider filter than it may read: delivered nothing of it
             best = -1
             for topic_filter, qos in session.subscriptions.items():
                 if topic_filter.startswith("$share/"):
@@ -381,6 +401,9 @@ class EmbeddedBroker:
             if session.queue and session.writer is not None:
                 with contextlib.suppress(ConnectionError):
                     self._send_queued(session)
+
+    def _may(self, session: Session, access: Access, topic: str) -> bool:
+        return self.accounts is None or self.accounts.allows(session.user, access, topic)
 
     def _send_queued(self, session: Session) -> None:
         writer = session.writer

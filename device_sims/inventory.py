@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import tomllib
 from pathlib import Path
 
 from pydantic import SecretStr
 
 from device_sims.devices import SimDevice, sample_secret
+from gateway.broker_accounts import BrokerAccounts, build_broker_accounts
+from gateway.config import GatewayConfig
 from gateway.device_secrets import GATEWAY_BROKER_USER, DeviceSecrets, write_device_secrets
 
 PLATFORM_DIALECTS = ("ctwing-smoke",)
@@ -72,6 +75,29 @@ def write_sample_config(
     secrets_path = path.parent / f"{path.stem}-secrets.toml"
     path.parent.mkdir(parents=True, exist_ok=True)
     write_device_secrets(secrets_path, sample_device_secrets(index))
+    text = _sample_config_text(
+        state_dir=state_dir, http_port=http_port, mqtt_port=mqtt_port, index=index, secrets_path=secrets_path
+    )
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def sample_broker_accounts(index: int = 1) -> BrokerAccounts:
+    """The n-th sample compound's accounts on its compound broker (its MQTT devices and the gateway)."""
+    text = _sample_config_text(
+        state_dir=Path("/nonexistent"),
+        http_port=1,
+        mqtt_port=1,
+        index=index,
+        secrets_path=Path("/nonexistent"),
+    )
+    config = GatewayConfig.model_validate(tomllib.loads(text))
+    return build_broker_accounts(config, sample_device_secrets(index))
+
+
+def _sample_config_text(
+    *, state_dir: Path, http_port: int, mqtt_port: int, index: int, secrets_path: Path
+) -> str:
     lines = [
         "# Sample compound written by compound-gateway (demo / tests).",
         "[compound]",
@@ -111,5 +137,4 @@ def write_sample_config(
             lines.append(f'ref = "{ref}"')
         key = "building" if place.endswith("幢") or place.endswith("车棚") else "gate"
         lines += ["[devices.location]", f'{key} = "{place}"', ""]
-    path.write_text("\n".join(lines), encoding="utf-8")
-    return path
+    return "\n".join(lines)

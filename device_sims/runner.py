@@ -180,6 +180,9 @@ class Runner:
                     host=self._mqtt_host,
                     port=self._mqtt_port,
                     client_id=f"sim-{ref}",
+                    # its own account on the compound broker, like a configured device
+                    username=sim.device.username,
+                    password=sim.device.secret,
                     protocol="3.1.1",  # what the devices in the field speak
                     will=Will(will_message.topic, will_message.payload, qos=1),
                     keepalive_s=5,

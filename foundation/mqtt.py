@@ -39,7 +39,7 @@ from typing import Any, Literal, NoReturn, Protocol, Self, TypeVar
 import aiomqtt
 import paho.mqtt._packet
 import structlog
-from paho.mqtt.client import MQTT_CLEAN_START_FIRST_ONLY
+from paho.mqtt.client import MQTT_CLEAN_START_FIRST_ONLY, topic_matches_sub
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
@@ -217,6 +217,15 @@ class ReadThrottle:
         except Exception:  # noqa: BLE001 - as in aiomqtt's own reader: a failing read means a broken connection
             log.warning("mqtt_read_failed")
             paho.disconnect()  # aiomqtt sees the disconnect and ends the message stream
+
+
+def topic_matches(topic_filter: str, topic: str) -> bool:
+    """MQTT filter matching (``+`` one level, ``#`` the rest; wildcards never match ``$SYS``-style topics).
+
+    paho's, the matching the brokers' clients already rely on, rather than our own.
+    """
+    matched: bool = topic_matches_sub(topic_filter, topic)
+    return matched
 
 
 def _tls_pending(sock: object) -> bool:

@@ -78,7 +78,8 @@ class BrokerDrops:
                         topic=DROPPED_TOPIC,
                         waited_s=FIRST_VALUE_WITHIN_S,
                         hint="the device broker publishes no $SYS (sys_interval 0) or its ACL does not let "
-                        f"the gateway read {DROPPED_TOPIC} (see {BROKER_CONFIG} and compound.acl); "
+                        f"the gateway read {DROPPED_TOPIC} (see {BROKER_CONFIG}; 'compound-gateway devices credentials' "
+                        "writes an ACL that does); "
                         "cgw_device_broker_dropped_messages stays NaN",
                     )
                     first = await anext(messages)

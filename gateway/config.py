@@ -6,6 +6,7 @@ Every error names the file, the field and the fix, and all errors are reported a
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import ssl
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from pydantic import (
 )
 
 from adapters import DIALECTS
-from adapters.base import Transport
+from adapters.base import MQTT_REF_PATTERN, Transport
 from foundation.backoff import BackoffConfig
 from foundation.config_types import ConfigModel, Port, ZoneName
 from foundation.credentials import CredentialName, credential_path
@@ -290,6 +291,15 @@ class DeviceConfig(ConfigModel):
         if DIALECTS[self.dialect].transport is not Transport.HTTP_DEVICE and not self.ref:
             raise ValueError(
                 f"dialect {self.dialect} identifies devices by their own id: set ref to the device's serial/IMEI"
+            )
+        if DIALECTS[self.dialect].transport is Transport.MQTT and not re.fullmatch(
+            MQTT_REF_PATTERN, self.ref or ""
+        ):
+            # the ref is the device's topic level and its user name on the compound broker
+            raise ValueError(
+                f"device {self.id}: ref {self.ref!r} cannot be an MQTT topic level and broker user name;"
+                " use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit"
+                " (a MAC address without its colons)"
             )
         return self
 

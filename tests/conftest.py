@@ -15,17 +15,21 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo
 
+import aiomqtt
 import pytest
 import structlog
 
 from adapters.base import DeviceContext
 from device_sims.broker import Mosquitto, free_port
+from device_sims.devices import SimDevice
 from device_sims.influx import InfluxServer
-from device_sims.inventory import write_sample_config
+from device_sims.inventory import sample_broker_accounts, sample_device_secrets, write_sample_config
 from foundation.identity import Pseudonymizer
 from gateway.config import GatewayConfig, load_config
+from gateway.device_secrets import GATEWAY_BROKER_USER
 from gateway.outbox import Outbox
 from gateway.runtime import run_gateway
 from tests.district_data import DistrictData, produce
@@ -53,8 +57,18 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @pytest.fixture
 def mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
-    """A private Mosquitto for one test."""
-    broker = Mosquitto(tmp_path / "broker").start()
+    """A private compound broker for one test, with the sample compound's accounts and ACL."""
+    broker = Mosquitto(tmp_path / "broker", accounts=sample_broker_accounts()).start()
+    try:
+        yield broker
+    finally:
+        broker.stop()
+
+
+@pytest.fixture
+def open_mosquitto(tmp_path: Path) -> Iterator[Mosquitto]:
+    """A private Mosquitto without accounts: anonymous clients may do anything (transport tests)."""
+    broker = Mosquitto(tmp_path / "open-broker").start()
     try:
         yield broker
     finally:
@@ -123,6 +137,22 @@ def sample_config(tmp_path: Path, broker_port: int, **overrides: str) -> Path:
             text = text.replace(f"[{section}]\n", f"[{section}]\n{extra}\n", 1)
         path.write_text(text, encoding="utf-8")
     return path
+
+
+def device_client(port: int, device: SimDevice, **kwargs: Any) -> aiomqtt.Client:
+    """An MQTT client logged in with ``device``'s own account on the compound broker (``mosquitto``)."""
+    kwargs.setdefault("identifier", f"device-{device.username}")
+    return aiomqtt.Client("127.0.0.1", port, username=device.username, password=device.secret, **kwargs)
+
+
+def gateway_client(port: int, **kwargs: Any) -> aiomqtt.Client:
+    """An MQTT client logged in with the sample gateway's account (reads every device's topics)."""
+    kwargs.setdefault("identifier", f"gateway-account-{os.getpid()}-{id(kwargs)}")
+    password = sample_device_secrets().gateway
+    assert password is not None
+    return aiomqtt.Client(
+        "127.0.0.1", port, username=GATEWAY_BROKER_USER, password=password.get_secret_value(), **kwargs
+    )
 
 
 @contextlib.asynccontextmanager

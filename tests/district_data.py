@@ -24,7 +24,14 @@ from device_sims.broker import Mosquitto, free_port
 from device_sims.demo import expected_event_ids
 from device_sims.devices import CST, build_sim
 from device_sims.influx import InfluxServer
-from device_sims.inventory import DISTRICT_ID, compound_id, compound_name, sample_devices, write_sample_config
+from device_sims.inventory import (
+    DISTRICT_ID,
+    compound_id,
+    compound_name,
+    sample_broker_accounts,
+    sample_devices,
+    write_sample_config,
+)
 from device_sims.runner import Runner
 from device_sims.scenarios import build
 from district.config import DistrictConfig, load_district_config
@@ -138,7 +145,12 @@ async def produce(workdir: Path, influx: InfluxServer) -> DistrictData:
     """Run the two compounds through the pipeline until both stores hold every acknowledged event."""
     database = "district_queries"
     sqlite_path = workdir / "district.db"
-    brokers = [Mosquitto(workdir / name).start() for name in ("devices-1", "devices-2", "district")]
+    # each compound's device broker with its own accounts; the district broker as the district side runs it
+    brokers = [
+        Mosquitto(workdir / "devices-1", accounts=sample_broker_accounts(1)).start(),
+        Mosquitto(workdir / "devices-2", accounts=sample_broker_accounts(2)).start(),
+        Mosquitto(workdir / "district").start(),
+    ]
     try:
         device_brokers, district = brokers[:2], brokers[2]
         configs = [

@@ -15,10 +15,12 @@ import pytest
 from structlog.testing import capture_logs
 
 from device_sims.broker import Mosquitto
+from device_sims.inventory import sample_broker_accounts
 from foundation.health import MetricFamilies
 from gateway import broker_drops
 from gateway.broker_drops import BrokerDrops
 from gateway.config import load_config
+from gateway.device_secrets import load_device_secrets, with_broker_login
 from tests.conftest import sample_config
 
 
@@ -50,9 +52,12 @@ async def test_follows_a_real_broker_and_says_when_it_publishes_nothing(
 ) -> None:
     """With $SYS on, the retained value is read at once; with ``sys_interval 0`` a warning says why not."""
     monkeypatch.setattr(broker_drops, "FIRST_VALUE_WITHIN_S", 1.0)
-    broker = Mosquitto(tmp_path / "broker", persistence=False, sys_interval_s=sys_interval).start()
+    broker = Mosquitto(
+        tmp_path / "broker", persistence=False, sys_interval_s=sys_interval, accounts=sample_broker_accounts()
+    ).start()
     try:
-        drops = BrokerDrops(load_config(sample_config(tmp_path, broker.port)))
+        path = sample_config(tmp_path, broker.port)
+        drops = BrokerDrops(with_broker_login(load_config(path), load_device_secrets(load_config(path))))
         with capture_logs() as logs:
             task = asyncio.create_task(drops.run(lambda: None), name="test-sys")
             try:

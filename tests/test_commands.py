@@ -37,8 +37,9 @@ from device_sims.broker import Mosquitto
 from device_sims.devices import MqttPublish, SimDevice, VzLprSim
 from device_sims.embedded_broker import topic_matches
 from foundation.errors import PayloadRejected
+from tests.conftest import device_client, gateway_client
 
-SERIAL = "e3f5a0c1-7d2b4e10"
+SERIAL = "e2e0c7a4-5f0d4a1b"  # the sample compound's barrier camera: its account on the test broker
 ENCODER: CommandEncoder = COMMAND_ENCODERS["vz-lpr-mqtt"]
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 REPLY_TIMEOUT_S = 10
@@ -48,7 +49,7 @@ serials = st.text(alphabet="ABCDEFGHJKLMNPQRSTUVWXYZabcdef0123456789-_.", min_si
 
 
 def camera(serial: str = SERIAL) -> VzLprSim:
-    return VzLprSim(SimDevice(id="36010400011240000009", dialect="vz-lpr-mqtt", ref=serial))
+    return VzLprSim(SimDevice(id="36010400011210000002", dialect="vz-lpr-mqtt", ref=serial))
 
 
 def in_memory(sim: VzLprSim, request: MqttRequest) -> RawMessage:
@@ -65,7 +66,7 @@ def in_memory(sim: VzLprSim, request: MqttRequest) -> RawMessage:
 @contextlib.asynccontextmanager
 async def camera_online(broker: Mosquitto, sim: VzLprSim) -> AsyncIterator[None]:
     """The simulated camera connected to the broker, answering on its reply topics."""
-    async with aiomqtt.Client("127.0.0.1", broker.port, identifier=f"vz-{sim.ref}") as client:
+    async with device_client(broker.port, sim.device) as client:
         for topic in sim.request_topics:
             await client.subscribe(topic, qos=1)
 
@@ -104,7 +105,9 @@ class Controller:
 @contextlib.asynccontextmanager
 async def controller(broker: Mosquitto, serial: str = SERIAL) -> AsyncIterator[Controller]:
     """A client that has subscribed to the camera's reply topics before sending anything."""
-    async with aiomqtt.Client("127.0.0.1", broker.port, identifier="commander") as client:
+    async with gateway_client(
+        broker.port, identifier="commander"
+    ) as client:  # commands: the gateway's account
         await client.subscribe(f"vzlpr/{serial}/+/resp", qos=1)
         answers: asyncio.Queue[RawMessage] = asyncio.Queue()
 

@@ -1,9 +1,9 @@
-"""The compound (device) broker as shipped (deploy/mosquitto/compound.conf + compound.acl).
+"""The compound (device) broker as shipped, with the files ``devices credentials`` writes.
 
-A real Mosquitto runs the shipped files, with only the paths, the port and the log destination
+deploy/mosquitto/compound.conf, with the password file and ACL of the command. A real Mosquitto runs the shipped file, with only the paths, the port and the log destination
 changed: it must queue a burst far beyond Mosquitto's default 1000 messages for a gateway whose
 session is offline, keep that queue across a broker restart, let the gateway read the ``$SYS`` drop
-counter, and keep devices to their own topics.
+counter, refuse anonymous clients and bad logins, and keep every device to its own topics.
 """
 
 from __future__ import annotations
@@ -18,20 +18,54 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import aiomqtt
 import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from pydantic import SecretStr
 
 from device_sims.broker import Mosquitto, free_port, mosquitto_binary, stop_process
+from device_sims.devices import sample_secret
+from device_sims.inventory import sample_broker_accounts, sample_devices, write_sample_config
+from gateway.broker_accounts import BrokerAccounts
+from gateway.broker_credentials import write_broker_credentials
 from gateway.broker_drops import DROPPED_TOPIC
+from gateway.config import load_config
+from gateway.device_secrets import GATEWAY_BROKER_USER, load_device_secrets
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = ROOT / "deploy" / "mosquitto"
-DEVICE, OTHER = "860812045678901", "860812045678902"
-USERS = {"compound-gateway": "gateway-secret", DEVICE: "device-secret", OTHER: "other-secret"}
+DEVICE, OTHER = "860812045678901", "860812045678902"  # the sample's shed sensor, and a second one
+OTHER_ID = "36010400011340000009"
+SHED = next(d for d in sample_devices() if d.ref == DEVICE)
 BURST = 5000  # five times Mosquitto's default queue
+
+
+def compound_with_two_sheds(directory: Path) -> dict[str, str]:
+    """The sample compound plus a second shed sensor, its files written by the command: the logins.
+
+    ``devices credentials --generate-missing`` adds the new sensor's secret to the secrets file and
+    writes ``passwd`` and ``acl`` into ``directory``; returns every account's password by user name
+    (read back from the secrets file, as an installer would configure each device).
+    """
+    config_path = write_sample_config(
+        directory / "gateway.toml", state_dir=directory / "state", http_port=1, mqtt_port=1
+    )
+    with config_path.open("a", encoding="utf-8") as handle:
+        handle.write(
+            f'\n[[devices]]\nid = "{OTHER_ID}"\nname = "2号电瓶车棚烟感"\ndialect = "shed-mqtt"\nref = "{OTHER}"\n'
+        )
+    config = load_config(config_path)
+    written = write_broker_credentials(config, config_path, directory, generate_missing=True)
+    assert written.generated == [f"devices.{OTHER_ID}"]
+    secrets_ = load_device_secrets(config)
+    by_device = {d.ref: secrets_.devices[d.id].get_secret_value() for d in config.devices if d.ref}
+    assert secrets_.gateway is not None
+    users = {GATEWAY_BROKER_USER: secrets_.gateway.get_secret_value()}
+    users.update({ref: by_device[ref] for ref in written.accounts.passwords if ref != GATEWAY_BROKER_USER})
+    return users
 
 
 @dataclass
@@ -41,6 +75,7 @@ class Broker:
     config: Path
     port: int
     log: Path
+    users: dict[str, str]
     process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
@@ -71,7 +106,7 @@ class Broker:
             self.port,
             identifier=identifier or f"t-{user}-{time.monotonic_ns()}",
             username=user,
-            password=USERS[user],
+            password=self.users[user],
             timeout=10,
             **kwargs,  # type: ignore[arg-type]
         )
@@ -93,23 +128,23 @@ def shipped_config(directory: Path, port: int, edit: Callable[[str], str]) -> Pa
 
 
 @pytest.fixture
-def make_broker(tmp_path: Path) -> Iterator[Callable[[Callable[[str], str]], Broker]]:
+def make_broker(tmp_path: Path) -> Iterator[MakeBroker]:
     started: list[Broker] = []
     # mosquitto drops to its own user: a directory it can enter and a data directory it can write
     directory = Path(tempfile.mkdtemp(prefix="cgw-compound-"))
     directory.chmod(0o755)
     (directory / "data").mkdir(mode=0o777)
     (directory / "data").chmod(0o777)
-    shutil.copy(SHIPPED / "compound.acl", directory / "acl")
-    passwd = directory / "passwd"
-    for i, (user, password) in enumerate(USERS.items()):
-        create = ["-c"] if i == 0 else []
-        subprocess.run(["mosquitto_passwd", *create, "-b", str(passwd), user, password], check=True)
-    for name in ("acl", "passwd"):
-        (directory / name).chmod(0o644)
+    users = compound_with_two_sheds(directory)
+    # the install step of deploy/README.md: Mosquitto 2.0.11 opens both files after dropping to its
+    # own user, and the command writes the password file 0640
+    for name in ("passwd", "acl"):
+        shutil.chown(directory / name, group="mosquitto")
 
-    def make(edit: Callable[[str], str]) -> Broker:
-        broker = Broker(shipped_config(directory, free_port(), edit), 0, tmp_path / "mosquitto.log")
+    def make(edit: Callable[[str], str], edit_acl: Callable[[str], str] = unchanged) -> Broker:
+        acl = directory / "acl"
+        acl.write_text(edit_acl(acl.read_text(encoding="utf-8")), encoding="utf-8")
+        broker = Broker(shipped_config(directory, free_port(), edit), 0, tmp_path / "mosquitto.log", users)
         broker.port = int(broker.config.read_text(encoding="utf-8").split("listener ", 1)[1].split()[0])
         broker.start()
         started.append(broker)
@@ -163,6 +198,10 @@ def unchanged(text: str) -> str:
     return text
 
 
+MakeBroker = Callable[..., Broker]
+"""``make_broker(edit_conf, edit_acl=unchanged)``: the shipped broker with the generated files, edited."""
+
+
 @pytest.mark.parametrize(
     "edit",
     [
@@ -182,7 +221,7 @@ def unchanged(text: str) -> str:
     ],
 )
 async def test_a_burst_waits_for_the_gateway_across_a_broker_restart(
-    make_broker: Callable[[Callable[[str], str]], Broker], edit: Callable[[str], str]
+    make_broker: MakeBroker, edit: Callable[[str], str]
 ) -> None:
     """5,000 acknowledged messages for an offline gateway session, a broker restart, all 5,000 delivered.
 
@@ -203,19 +242,131 @@ async def test_a_burst_waits_for_the_gateway_across_a_broker_restart(
     assert await dropped(broker) == 0
 
 
-async def test_devices_write_only_their_own_topics_and_strangers_are_refused(
-    make_broker: Callable[[Callable[[str], str]], Broker],
+def device_may_write_every_shed(acl: str) -> str:
+    """The ACL broken on purpose: the first shed sensor may write every shed sensor's topics."""
+    assert f"topic write shed/{DEVICE}/+\n" in acl
+    return acl.replace(f"topic write shed/{DEVICE}/+\n", "topic write shed/+/+\n")
+
+
+def device_may_read_every_command(acl: str) -> str:
+    """The ACL broken on purpose: the first shed sensor may read every device's command requests."""
+    assert f"topic read shed/{DEVICE}/cmd/req\n" in acl
+    return acl.replace(f"topic read shed/{DEVICE}/cmd/req\n", "topic read shed/+/cmd/req\n")
+
+
+@pytest.mark.parametrize(
+    "edit_acl",
+    [
+        pytest.param(unchanged, id="generated"),
+        pytest.param(
+            device_may_write_every_shed,
+            marks=pytest.mark.xfail(strict=True, reason="teeth: a wider write rule lets the spoof through"),
+            id="teeth-wide-write",
+        ),
+    ],
+)
+async def test_a_sensor_cannot_publish_as_another_sensor(
+    make_broker: MakeBroker, edit_acl: Callable[[str], str]
 ) -> None:
-    broker = make_broker(unchanged)
-    async with broker.client("compound-gateway") as gateway, broker.client(DEVICE) as device:
+    """A shed sensor's account publishes on another shed sensor's topic: the gateway's account never sees it.
+
+    Its own publish after the spoof is the control (the broker keeps one client's order, so once it
+    arrived the spoof would have too). Teeth: with the sensor's write rule widened to ``shed/+/+``
+    in the generated ACL, the spoof arrives and the test fails (strict xfail parameter).
+    """
+    broker = make_broker(unchanged, edit_acl)
+    async with broker.client(GATEWAY_BROKER_USER) as gateway, broker.client(DEVICE) as device:
         await gateway.subscribe("shed/+/+", qos=1)
-        await device.publish(f"shed/{DEVICE}/up", b"mine", qos=1)
         await device.publish(f"shed/{OTHER}/up", b"spoofed", qos=1)  # Mosquitto acknowledges, then drops
+        await device.publish(f"shed/{DEVICE}/up", b"mine", qos=1)
         got = await receive(gateway, 2, quiet_s=1.5)
     assert got == [b"mine"]
-    with pytest.raises(aiomqtt.MqttError):
-        async with aiomqtt.Client("127.0.0.1", broker.port, identifier="t-anonymous", timeout=5):
+
+
+@pytest.mark.parametrize(
+    "edit_acl",
+    [
+        pytest.param(unchanged, id="generated"),
+        pytest.param(
+            device_may_read_every_command,
+            marks=pytest.mark.xfail(strict=True, reason="teeth: a wider read rule leaks the other's command"),
+            id="teeth-wide-read",
+        ),
+    ],
+)
+async def test_a_device_reads_only_its_own_commands(
+    make_broker: MakeBroker, edit_acl: Callable[[str], str]
+) -> None:
+    """The gateway commands both shed sensors; each, subscribed to every sensor's requests, gets only its own.
+
+    Teeth: with the first sensor's read rule widened to ``shed/+/cmd/req``, it receives the other's
+    command too and the test fails (strict xfail parameter).
+    """
+    broker = make_broker(unchanged, edit_acl)
+    got: dict[str, set[tuple[str, bytes]]] = {DEVICE: set(), OTHER: set()}
+    async with (
+        broker.client(GATEWAY_BROKER_USER) as gateway,
+        broker.client(DEVICE) as device,
+        broker.client(OTHER) as other,
+    ):
+        for client in (device, other):
+            await client.subscribe("shed/+/cmd/req", qos=1)
+        for ref in (DEVICE, OTHER):
+            await gateway.publish(f"shed/{ref}/cmd/req", f"open {ref}".encode(), qos=1)
+        for ref, client in ((DEVICE, device), (OTHER, other)):
+            got[ref] = set(await receive_messages(client, 2, quiet_s=1.5))
+    assert got == {
+        DEVICE: {(f"shed/{DEVICE}/cmd/req", f"open {DEVICE}".encode())},
+        OTHER: {(f"shed/{OTHER}/cmd/req", f"open {OTHER}".encode())},
+    }
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        pytest.param(unchanged, id="shipped"),
+        pytest.param(
+            lambda t: t.replace("allow_anonymous false", "allow_anonymous true"),
+            marks=pytest.mark.xfail(strict=True, reason="teeth: anonymous clients allowed"),
+            id="teeth-anonymous-allowed",
+        ),
+    ],
+)
+async def test_strangers_are_refused_and_the_gateway_reads_the_drop_counter(
+    make_broker: MakeBroker, edit: Callable[[str], str]
+) -> None:
+    """Anonymous clients, a wrong password and an unknown user cannot connect; the generated hashes log in.
+
+    The gateway's account reads ``$SYS/broker/publish/messages/dropped`` (without it the gateway's
+    drop metric stays empty). Every account of the generated password file logs in: Mosquitto
+    accepts our PBKDF2 hashes. Teeth: with the shipped ``allow_anonymous false`` turned around, the
+    anonymous client connects and the test fails (strict xfail parameter).
+    """
+    broker = make_broker(edit)
+    for user in broker.users:
+        async with broker.client(user):
             pass
+    assert await dropped(broker) == 0
+    strangers = [
+        {"identifier": "t-anonymous"},
+        {"identifier": "t-wrong", "username": DEVICE, "password": "not-its-secret"},
+        {"identifier": "t-stranger", "username": "860812045670000", "password": broker.users[DEVICE]},
+    ]
+    for login in strangers:
+        with pytest.raises(aiomqtt.MqttError, match=r"Not authorized|not authorised|code:5\b|code:135"):
+            async with aiomqtt.Client("127.0.0.1", broker.port, timeout=5, **login):  # type: ignore[arg-type]
+                pass
+
+
+async def receive_messages(client: aiomqtt.Client, count: int, quiet_s: float) -> list[tuple[str, bytes]]:
+    """Up to ``count`` (topic, payload) pairs, until ``quiet_s`` passes without one."""
+    got: list[tuple[str, bytes]] = []
+    with contextlib.suppress(TimeoutError):
+        while len(got) < count:
+            async with asyncio.timeout(quiet_s):
+                message = await anext(aiter(client.messages))
+            got.append((str(message.topic), bytes(message.payload)))
+    return got
 
 
 async def test_the_benchmarks_local_run_of_the_shipped_file_keeps_its_queue_and_persistence(
@@ -224,15 +375,22 @@ async def test_the_benchmarks_local_run_of_the_shipped_file_keeps_its_queue_and_
     """``Mosquitto(shipped_compound=True)`` (benchmarks, demos) runs the shipped limits and persistence.
 
     3,000 messages for an offline session, a broker restart, all 3,000 delivered: the shipped queue
-    and persistence, not the generated test configuration, and not Mosquitto's default queue.
+    and persistence, not the generated test configuration, and not Mosquitto's default queue; and
+    the shipped authentication with the sample compound's accounts: no anonymous client.
     """
-    broker = Mosquitto(tmp_path / "shipped", shipped_compound=True).start()
+    broker = Mosquitto(tmp_path / "shipped", shipped_compound=True, accounts=sample_broker_accounts()).start()
     try:
         config = broker.config_path.read_text(encoding="utf-8")
         assert "max_queued_messages 1000000" in config
         assert "sys_interval 2" in config
+        assert "allow_anonymous false" in config
+        with pytest.raises(aiomqtt.MqttError):
+            async with aiomqtt.Client("127.0.0.1", broker.port, identifier="t-anonymous", timeout=5):
+                pass
         properties = session_properties()
         session_args: dict[str, object] = {
+            "username": GATEWAY_BROKER_USER,
+            "password": sample_secret(GATEWAY_BROKER_USER),
             "identifier": "cgw-local",
             "protocol": aiomqtt.ProtocolVersion.V5,
             "clean_start": False,
@@ -243,7 +401,12 @@ async def test_the_benchmarks_local_run_of_the_shipped_file_keeps_its_queue_and_
             await session.subscribe("shed/+/+", qos=1)
         sent = [f'{{"seq": {n}}}'.encode() for n in range(1, 3001)]
         async with aiomqtt.Client(
-            "127.0.0.1", broker.port, identifier="t-device", max_inflight_messages=100
+            "127.0.0.1",
+            broker.port,
+            identifier="t-device",
+            username=SHED.username,
+            password=SHED.secret,
+            max_inflight_messages=100,
         ) as device:
             await publish_all(device, sent)
         broker.stop()
@@ -263,3 +426,33 @@ async def publish_all(device: aiomqtt.Client, payloads: list[bytes]) -> None:
         if len(pending) >= 100:
             _, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
     await asyncio.gather(*pending)
+
+
+async def test_admit_makes_the_running_broker_read_new_accounts(tmp_path: Path) -> None:
+    """``Mosquitto.admit``: a login unknown to the sample compound is refused, then admitted after the reload.
+
+    Teeth: without the SIGHUP (checked once by commenting out the ``os.kill`` in ``admit``), the
+    reload is never logged and ``admit`` raises; the refusal before it shows the accounts apply.
+    """
+    login: dict[str, Any] = {"username": "stranger-7", "password": "stranger-secret-1234"}
+    accounts = sample_broker_accounts()
+    broker = Mosquitto(tmp_path / "admit", accounts=accounts).start()
+    try:
+        with pytest.raises(aiomqtt.MqttError):
+            async with aiomqtt.Client("127.0.0.1", broker.port, identifier="t-early", timeout=5, **login):
+                pass
+        passwords = {**accounts.passwords, login["username"]: SecretStr(login["password"])}
+        broker.admit(BrokerAccounts(passwords, accounts.rules, accounts.owners))
+        async with aiomqtt.Client("127.0.0.1", broker.port, identifier="t-late", timeout=5, **login):
+            pass
+        async with aiomqtt.Client(  # the sample compound's own accounts still log in
+            "127.0.0.1",
+            broker.port,
+            identifier="t-shed",
+            username=SHED.username,
+            password=SHED.secret,
+            timeout=5,
+        ):
+            pass
+    finally:
+        broker.stop()

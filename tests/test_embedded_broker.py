@@ -4,14 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import socket
+from typing import Literal
 
 import aiomqtt
+import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from adapters import DIALECTS
 from device_sims.broker import free_port
+from device_sims.devices import SimDevice, sample_secret
 from device_sims.embedded_broker import EmbeddedBroker, topic_matches
+from device_sims.inventory import sample_broker_accounts, sample_devices
+from foundation.errors import PublishRefusedError, TransportError
+from foundation.mqtt import MqttSession, SessionOptions
+from gateway.device_secrets import GATEWAY_BROKER_USER
 
 
 def v5_persistent() -> Properties:
@@ -75,3 +84,87 @@ async def test_persistent_session_shared_subscription_retained_and_will() -> Non
                         break
     assert got[:5] == [("a/b/c", f"m{i}".encode()) for i in range(5)]
     assert set(got[5:]) == {("r/x", b"kept"), ("will/dying", b"gone")}
+
+
+SHED = next(d for d in sample_devices() if d.dialect == "shed-mqtt")
+FACE = next(d for d in sample_devices() if d.dialect == "uface-mqtt")
+
+
+def login(device: SimDevice, client_id: str, protocol: Literal["5", "3.1.1"] = "5") -> SessionOptions:
+    """A device's own login on the compound broker, through the project's MQTT port."""
+    return SessionOptions(
+        host="127.0.0.1",
+        port=0,
+        client_id=client_id,
+        protocol=protocol,
+        username=device.username,
+        password=device.secret,
+    )
+
+
+def gateway_login(port: int) -> SessionOptions:
+    return SessionOptions(
+        host="127.0.0.1",
+        port=port,
+        client_id="gateway",
+        username=GATEWAY_BROKER_USER,
+        password=sample_secret(GATEWAY_BROKER_USER),
+    )
+
+
+async def drain(session: MqttSession, quiet_s: float = 0.5) -> set[tuple[str, bytes]]:
+    """Everything that arrives until ``quiet_s`` passes without a message."""
+    got: set[tuple[str, bytes]] = set()
+    with contextlib.suppress(TimeoutError):
+        while True:
+            async with asyncio.timeout(quiet_s):
+                message = await anext(aiter(session.messages()))
+            got.add((message.topic, message.payload))
+    return got
+
+
+@pytest.mark.parametrize("protocol", ["5", "3.1.1"])
+async def test_accounts_and_acl_as_the_shipped_mosquitto_enforces_them(
+    protocol: Literal["5", "3.1.1"],
+) -> None:
+    """With the sample compound's accounts: strangers refused, spoofs dropped, commands only to their device.
+
+    The same cases as tests/test_compound_broker.py against Mosquitto. A spoofed publish is refused
+    with PUBACK 0x87 in MQTT 5 and acknowledged and dropped in 3.1.1 (Mosquitto's behaviour); the
+    gateway receives only the legitimate one. Teeth: checked once with ``_may`` returning True
+    always: the spoof and the other device's command arrive and the set comparisons fail.
+    """
+    port = free_port()
+    async with EmbeddedBroker(port, accounts=sample_broker_accounts()):
+        for stranger in (
+            dataclasses.replace(login(SHED, "anon", protocol), port=port, username=None, password=None),
+            dataclasses.replace(login(SHED, "wrong", protocol), port=port, password="not-its-secret"),
+            dataclasses.replace(login(SHED, "unknown", protocol), port=port, username="860812045670000"),
+        ):
+            with pytest.raises(TransportError, match=r"Not authorized|not authorised|Bad user"):
+                async with MqttSession(stranger):
+                    pass
+        async with (
+            MqttSession(gateway_login(port)) as gateway,
+            MqttSession(dataclasses.replace(login(SHED, "shed", protocol), port=port)) as shed,
+            MqttSession(dataclasses.replace(login(FACE, "face", protocol), port=port)) as face,
+        ):
+            await gateway.subscribe("shed/+/+", qos=1)
+            await gateway.subscribe("uface/+/+", qos=1)
+            for session in (shed, face):
+                await session.subscribe("+/+/cmd/req", qos=1)
+            if protocol == "5":
+                with pytest.raises(PublishRefusedError):
+                    await shed.publish(f"uface/{FACE.ref}/event", b"spoofed", qos=1)
+            else:
+                await shed.publish(f"uface/{FACE.ref}/event", b"spoofed", qos=1)  # acked, dropped
+            await shed.publish(f"shed/{SHED.ref}/up", b"mine", qos=1)
+            for device in (SHED, FACE):
+                topics = DIALECTS[device.dialect].device_topics
+                assert topics is not None
+                await gateway.publish(
+                    topics.of(device.username).subscribes[0], f"cmd {device.ref}".encode(), qos=1
+                )
+            assert await drain(gateway) == {(f"shed/{SHED.ref}/up", b"mine")}
+            assert await drain(shed) == {(f"shed/{SHED.ref}/cmd/req", f"cmd {SHED.ref}".encode())}
+            assert await drain(face) == {(f"uface/{FACE.ref}/cmd/req", f"cmd {FACE.ref}".encode())}

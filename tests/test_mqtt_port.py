@@ -72,17 +72,17 @@ async def quiet(session: MqttSession, seconds: float) -> list[Message]:
     return got
 
 
-async def test_only_acknowledged_messages_are_gone_after_a_reconnect(mosquitto: Mosquitto) -> None:
+async def test_only_acknowledged_messages_are_gone_after_a_reconnect(open_mosquitto: Mosquitto) -> None:
     """An unacknowledged message comes again on the next connection; an acknowledged one does not.
 
     Checked once with ``manual_ack=False`` (aiomqtt's acknowledgement on arrival): "two" is not
     redelivered and the test fails. An acknowledgement of a message from an earlier connection is
     ignored (packet identifiers are reused), so "two" needs its own acknowledgement on the third.
     """
-    options = persistent(mosquitto.port, "port-redelivery")
+    options = persistent(open_mosquitto.port, "port-redelivery")
     async with MqttSession(options) as session:
         await session.subscribe("port/redelivery", qos=1)
-    await publish_raw(mosquitto.port, "port/redelivery", [b"one", b"two"])
+    await publish_raw(open_mosquitto.port, "port/redelivery", [b"one", b"two"])
 
     async with MqttSession(options) as session:
         first = await receive(session, 2)
@@ -109,18 +109,18 @@ class CommitFailedError(Exception):
     """What a caller's commit raises in the test."""
 
 
-async def test_consume_acknowledges_only_what_was_committed_in_order(mosquitto: Mosquitto) -> None:
+async def test_consume_acknowledges_only_what_was_committed_in_order(open_mosquitto: Mosquitto) -> None:
     """The shared consume loop acks committed batches in order and nothing from the failed commit on.
 
     Batches 1 and 2 commit; committing 3 fails, so 3 and everything received after it come
     again on the next connection. Checked once with the acknowledgement moved before ``commit``:
     3 is then acknowledged and missing from the redelivery, and the test fails.
     """
-    options = persistent(mosquitto.port, "port-consume")
+    options = persistent(open_mosquitto.port, "port-consume")
     async with MqttSession(options) as session:
         await session.subscribe("port/consume", qos=1)
     bodies = [str(n).encode() for n in range(1, 9)]
-    await publish_raw(mosquitto.port, "port/consume", bodies)
+    await publish_raw(open_mosquitto.port, "port/consume", bodies)
 
     begun: list[bytes] = []
     committed: list[bytes] = []
@@ -230,20 +230,22 @@ async def test_wrong_credentials_leave_the_port_as_a_transport_error(acl_broker:
     assert "Bad user name or password" in str(raised.value) or "Not authorized" in str(raised.value)
 
 
-async def test_the_read_throttle_pauses_at_high_water_and_resumes_at_low_water(mosquitto: Mosquitto) -> None:
+async def test_the_read_throttle_pauses_at_high_water_and_resumes_at_low_water(
+    open_mosquitto: Mosquitto,
+) -> None:
     """A queue left undrained stops reading at its high-water mark; draining resumes, and nothing is lost.
 
     QoS 0, to which no Receive Maximum applies, stands in for a broker flooding past the quota.
     Checked once with the throttle never attached: the queue grows to all 200 messages, never
     pauses, and the test fails.
     """
-    options = persistent(mosquitto.port, "port-throttle", receive_maximum=2)
+    options = persistent(open_mosquitto.port, "port-throttle", receive_maximum=2)
     bodies = [f"{n:03d}".encode() for n in range(200)]
     async with MqttSession(options) as session:
         throttle = session.throttle
         assert (throttle.high_water, throttle.low_water) == (4, 1)
         await session.subscribe("port/throttle", qos=0)
-        await publish_raw(mosquitto.port, "port/throttle", bodies, qos=0)
+        await publish_raw(open_mosquitto.port, "port/throttle", bodies, qos=0)
         deadline = time.monotonic() + 5
         while not throttle.paused and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
@@ -259,18 +261,18 @@ async def test_the_read_throttle_pauses_at_high_water_and_resumes_at_low_water(m
     assert [m.payload for m in got] == bodies
 
 
-async def test_payloads_larger_and_smaller_than_a_read_chunk_arrive_intact(mosquitto: Mosquitto) -> None:
+async def test_payloads_larger_and_smaller_than_a_read_chunk_arrive_intact(open_mosquitto: Mosquitto) -> None:
     """The port reads the socket in 64 KiB chunks: packets split across chunks come out whole and in order.
 
     Checked once with ``_BufferedSocket.recv`` dropping the rest of a chunk after the bytes asked
     for: the stream desynchronises and the messages never all arrive (the test times out).
     """
-    options = persistent(mosquitto.port, "port-chunks", receive_maximum=1000)
+    options = persistent(open_mosquitto.port, "port-chunks", receive_maximum=1000)
     bodies = [bytes([n % 251]) * size for n, size in enumerate([10, 70_000, 3, 200_000, 65_536, 1, 131_071])]
     bodies += [f"small-{n}".encode() for n in range(500)]
     async with MqttSession(options) as session:
         await session.subscribe("port/chunks", qos=1)
-        await publish_raw(mosquitto.port, "port/chunks", bodies)
+        await publish_raw(open_mosquitto.port, "port/chunks", bodies)
         got = await receive(session, len(bodies))
         for message in got:
             session.ack(message)

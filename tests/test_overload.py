@@ -23,20 +23,19 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
-import aiomqtt
 import pytest
 
 from adapters import DIALECTS
 from adapters.base import DeviceContext, RawMessage
 from device_sims.broker import Mosquitto, stop_process
 from device_sims.devices import CST, MqttPublish, ShedSim, SimDevice, VzLprSim
-from device_sims.inventory import sample_devices
+from device_sims.inventory import sample_broker_accounts, sample_devices
 from foundation.fault_switches import ENVIRONMENT_VARIABLE, FaultSwitch
 from foundation.identity import Pseudonymizer
 from gateway.broker_drops import DROPPED_TOPIC
 from gateway.config import GatewayConfig, load_config
 from gateway.outbox import Outbox
-from tests.conftest import sample_config
+from tests.conftest import device_client, gateway_client, sample_config
 from tests.metrics import scrape, value
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,9 +46,7 @@ LPR = next(d for d in sample_devices() if d.dialect == "vz-lpr-mqtt")
 
 async def broker_dropped(port: int) -> int:
     """The broker's own count, as it publishes it (retained: a new subscriber gets the latest)."""
-    async with aiomqtt.Client(
-        "127.0.0.1", port, identifier=f"t-sys-{time.monotonic_ns()}", timeout=5
-    ) as client:
+    async with gateway_client(port, identifier=f"t-sys-{time.monotonic_ns()}", timeout=5) as client:
         await client.subscribe(DROPPED_TOPIC)
         async with asyncio.timeout(10):
             async for message in client.messages:
@@ -57,10 +54,21 @@ async def broker_dropped(port: int) -> int:
     raise AssertionError("no $SYS value")
 
 
-async def publish_numbered(port: int, messages: list[MqttPublish]) -> None:
-    """Publish in order with QoS 1; returns once the broker acknowledged every one."""
-    async with aiomqtt.Client(
-        "127.0.0.1", port, identifier=f"t-shed-{time.monotonic_ns()}", max_inflight_messages=100, timeout=10
+async def publish_numbered(port: int, messages: list[tuple[SimDevice, MqttPublish]]) -> None:
+    """Each device publishes its own in order with QoS 1, on its own account; returns once all are acknowledged."""
+    devices = list(dict.fromkeys(device for device, _ in messages))
+    async with asyncio.TaskGroup() as tg:
+        for device in devices:
+            tg.create_task(_publish_as(port, device, [m for d, m in messages if d == device]))
+
+
+async def _publish_as(port: int, device: SimDevice, messages: list[MqttPublish]) -> None:
+    async with device_client(
+        port,
+        device,
+        identifier=f"t-{device.username}-{time.monotonic_ns()}",
+        max_inflight_messages=100,
+        timeout=10,
     ) as client:
         pending: set[asyncio.Task[None]] = set()
         for message in messages:
@@ -137,7 +145,13 @@ async def test_default_queue_overflow_shows_in_metrics_and_log(
     sequence numbers, as before this test existed) the gap count is absent and this test fails
     (the parametrized strict xfail).
     """
-    broker = Mosquitto(tmp_path / "broker", persistence=False, max_queued=None, sys_interval_s=1).start()
+    broker = Mosquitto(
+        tmp_path / "broker",
+        persistence=False,
+        max_queued=None,
+        sys_interval_s=1,
+        accounts=sample_broker_accounts(),
+    ).start()
     config_path = sample_config(tmp_path, broker.port, mqtt="device_burst = 100000")
     config = load_config(config_path)
     log_path = tmp_path / "gateway.log"
@@ -159,14 +173,14 @@ async def test_default_queue_overflow_shows_in_metrics_and_log(
         await wait_for_log(gateway, log_path, "mqtt_intake_connected", "device_broker_drop_counter_read")
         os.kill(gateway.pid, signal.SIGSTOP)  # the gateway falls behind: it reads nothing
         try:
-            await publish_numbered(broker.port, [m for _, m in burst])  # every one acknowledged to the device
+            await publish_numbered(broker.port, burst)  # every one acknowledged to the device
         finally:
             os.kill(gateway.pid, signal.SIGCONT)
         deadline = time.monotonic() + 15  # the broker republishes $SYS every second
         while (dropped := await broker_dropped(broker.port)) == 0:
             assert time.monotonic() < deadline, "the default queue did not overflow; the test proves nothing"
             await asyncio.sleep(0.3)
-        await publish_numbered(broker.port, [m for _, m in after])
+        await publish_numbered(broker.port, after)
 
         metrics_url = f"http://127.0.0.1:{config.http.port}/metrics"
         deadline = time.monotonic() + 60

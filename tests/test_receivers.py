@@ -12,7 +12,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import aiohttp
-import aiomqtt
 
 from adapters.base import RawMessage
 from device_sims.broker import Mosquitto
@@ -27,7 +26,7 @@ from gateway.config import load_config
 from gateway.intake import Intake, IntakeItem
 from gateway.outbox import Outbox
 from gateway.runtime import run_gateway
-from tests.conftest import RunningGateway, gateway_in_process, sample_config
+from tests.conftest import RunningGateway, device_client, gateway_in_process, sample_config
 from tests.metrics import value as metrics_value
 
 
@@ -140,7 +139,7 @@ async def test_mqtt_not_acknowledged_until_committed(tmp_path: Path, mosquitto: 
         rng = random.Random(5)
         at = datetime(2026, 6, 1, 10, 0, tzinfo=CST)
         messages = [sim.routine(at.replace(second=i), rng) for i in range(20)]
-        async with aiomqtt.Client("127.0.0.1", mosquitto.port, identifier="device-under-test") as device:
+        async with device_client(mosquitto.port, sim.device) as device:
             for message in messages:
                 assert isinstance(message, MqttPublish)
                 await device.publish(message.topic, message.payload, qos=1)
@@ -285,7 +284,7 @@ async def test_mqtt_payload_limits(tmp_path: Path, mosquitto: Mosquitto) -> None
         sim = _sim("shed-mqtt")
         good = sim.routine(datetime(2026, 6, 1, 10, 0, tzinfo=CST), random.Random(9))
         assert isinstance(good, MqttPublish)
-        async with aiomqtt.Client("127.0.0.1", mosquitto.port, identifier="big-talker") as device:
+        async with device_client(mosquitto.port, sim.device) as device:
             await device.publish(good.topic, b"{" + b" " * 3000 + b"}", qos=1)  # over 2048: kept, refused
             await device.publish(good.topic, b"{" + b" " * 100_000 + b"}", qos=1)  # over 4x: never sent
             await device.publish(good.topic, good.payload, qos=1)
@@ -322,12 +321,14 @@ async def test_mqtt_device_rate_limit(tmp_path: Path, mosquitto: Mosquitto) -> N
         # alarms: every message is one event (a routine message may be a heartbeat, which is none)
         flood = [flooder.alarm(at.replace(second=i), rng) for i in range(30)]
         calm = [quiet.alarm(at.replace(second=i), rng) for i in range(5)]
-        async with aiomqtt.Client("127.0.0.1", mosquitto.port, identifier="flooding-device") as device:
-            for message in [*flood, *calm]:
-                assert isinstance(message, MqttPublish)
-                await device.publish(message.topic, message.payload, qos=1)
+        for sim, messages in ((flooder, flood), (quiet, calm)):
+            async with device_client(mosquitto.port, sim.device) as device:  # each with its own account
+                for message in messages:
+                    assert isinstance(message, MqttPublish)
+                    await device.publish(message.topic, message.payload, qos=1)
 
-        # the quiet device published last, on the same connection: once its events are in, all are
+        # the quiet device published last, after the broker acknowledged every flood message: once
+        # its events are in, all are
         calm_ids = expected_event_ids(runner.config, calm)
         await runner.wait_for(lambda box: calm_ids <= set(box.event_ids()))
         with runner.outbox() as box:

@@ -50,11 +50,16 @@ async def test_no_secret_in_logs_metrics_or_check_config(
     influx: InfluxServer,
 ) -> None:
     """A simulator run through the gateway and the ingester as daemons (logs, /metrics, /healthz, /readyz of both)."""
+    from gateway.broker_accounts import build_broker_accounts  # noqa: PLC0415
     from gateway.config import load_config  # noqa: PLC0415
+    from gateway.device_secrets import load_device_secrets  # noqa: PLC0415
 
     path = gateway_toml(tmp_path, mosquitto, district_broker)
     text = path.read_text(encoding="utf-8")
     config = load_config(path)
+    # the broker's accounts as 'devices credentials' writes them for this config: [mqtt] password
+    # (an older installation's) is the gateway's password on the compound broker
+    mosquitto.admit(build_broker_accounts(config, load_device_secrets(config)))
     district_config(
         tmp_path,
         district_broker,
