@@ -68,6 +68,8 @@ class Device:
             protocol=mqtt.MQTTv311,
             clean_session=True,
         )
+        # logged in like a real sensor: user = its IMEI, password = its secret (the sample's)
+        self.client.username_pw_set(self.sim.device.username, self.sim.device.secret)
         self.client.max_inflight_messages_set(200)
         self.client.on_connect = self._on_connect
         self.client.on_publish = self._on_publish

@@ -55,6 +55,7 @@ from typing import Any, Protocol
 import paho.mqtt.client as mqtt
 import psutil
 from paho.mqtt.enums import CallbackAPIVersion
+from pydantic import SecretStr
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -64,14 +65,24 @@ from adapters.base import DeviceContext, RawMessage
 from bench.ingest_bench import machine, replace_section
 from bench.loadgen import device_id, imei
 from device_sims.broker import free_port, mosquitto_binary, stop_process
-from device_sims.devices import MqttPublish, ShedSim, SimDevice
+from device_sims.devices import MqttPublish, ShedSim, SimDevice, sample_secret
 from device_sims.inventory import COMPOUND_ID, DISTRICT_ID
 from foundation.events import ShedCondition
 from foundation.identity import Pseudonymizer, event_id
+from gateway.broker_accounts import AclRule, BrokerAccounts, build_broker_accounts
+from gateway.config import load_config
+from gateway.device_secrets import (
+    GATEWAY_BROKER_USER,
+    DeviceSecrets,
+    load_device_secrets,
+    write_device_secrets,
+)
 from uplink.protocol import DEFAULT_PREFIX, encode_receipt, receipt_topic
 
 SHED = "shed-mqtt"
 READY_TIMEOUT_S = 60.0
+AUTH_OFF = "compound-gateway, authentication off"
+"""Our gateway as the baseline of ``--auth-baseline``: anonymous devices, no ACL, a trusted LAN."""
 
 # --- the compound broker --------------------------------------------------------------------------
 
@@ -88,11 +99,15 @@ REPLACED = {
 }  # fmt: skip
 
 
-def broker_conf(source: Path | None, port: int, workdir: Path) -> tuple[str, list[str]]:
+def broker_conf(
+    source: Path | None, port: int, workdir: Path, accounts: BrokerAccounts | None = None
+) -> tuple[str, list[str]]:
     """A Mosquitto config on a private port: Mosquitto's defaults, or the limits of ``source``.
 
     Returns the config text and the settings kept from ``source``. Bridges (``connection``
     sections) are not part of a compound broker's limits and are dropped with everything after them.
+    With ``accounts``, anonymous clients are refused and the password file and ACL are written
+    (``gateway/broker_accounts.py``, what ``compound-gateway devices credentials`` writes).
     """
     kept: list[str] = []
     if source is not None:
@@ -106,9 +121,15 @@ def broker_conf(source: Path | None, port: int, workdir: Path) -> tuple[str, lis
             if key in REPLACED or key.startswith(("plugin_opt_", "auth_opt_")):
                 continue
             kept.append(line)
+    login = ["allow_anonymous true"]
+    if accounts is not None:
+        workdir.mkdir(parents=True, exist_ok=True)
+        (workdir / "passwd").write_text(accounts.passwd_text(), encoding="utf-8")
+        (workdir / "acl").write_text(accounts.acl_text(), encoding="utf-8")
+        login = ["allow_anonymous false", f"password_file {workdir}/passwd", f"acl_file {workdir}/acl"]
     lines = [
         f"listener {port} 127.0.0.1",
-        "allow_anonymous true",
+        *login,
         f"persistence_location {workdir}/",
         f"log_dest file {workdir}/mosquitto.log",
         "log_type error",
@@ -158,8 +179,13 @@ class Broker:
         stop_process(self.process)
 
 
-def sys_counter(port: int, topic: str = "$SYS/broker/publish/messages/dropped") -> int | None:
-    """A counter the broker publishes under $SYS (retained, refreshed every sys_interval), or None."""
+def sys_counter(
+    port: int, topic: str = "$SYS/broker/publish/messages/dropped", *, authenticated: bool = False
+) -> int | None:
+    """A counter the broker publishes under $SYS (retained, refreshed every sys_interval), or None.
+
+    ``authenticated``: read as the gateway's account (the one the ACL lets read the drop counter).
+    """
     values: list[int] = []
     got = threading.Event()
 
@@ -168,6 +194,8 @@ def sys_counter(port: int, topic: str = "$SYS/broker/publish/messages/dropped") 
         got.set()
 
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-sys")
+    if authenticated:
+        client.username_pw_set(GATEWAY_BROKER_USER, sample_secret(GATEWAY_BROKER_USER))
     client.on_message = on_message
     client.connect("127.0.0.1", port)
     client.subscribe(topic)
@@ -267,6 +295,10 @@ class Target(Protocol):
         """Extra lines of the district broker's config for this target."""
         ...
 
+    def broker_accounts(self, work: Path, args: argparse.Namespace) -> BrokerAccounts | None:
+        """The compound broker's accounts (devices, the gateway under test), or None: anonymous."""
+        ...
+
     def explain(self, work: Path, lost: set[str]) -> list[str]:
         """Where the lost events stopped, as far as the stopped gateway's state tells."""
         ...
@@ -319,7 +351,11 @@ class CompoundGateway:
 
     name = "compound-gateway"
 
-    def __init__(self) -> None:
+    def __init__(self, *, auth: bool = True, name: str | None = None) -> None:
+        """``auth``: the devices, the gateway and the compound broker authenticate (issue 13)."""
+        self.auth = auth
+        if name is not None:
+            self.name = name
         self.prefix = DEFAULT_PREFIX
         self.receipts = receipt_topic(self.prefix, DISTRICT_ID, COMPOUND_ID)
         self.gateway_at: dict[str, float] = {}
@@ -345,6 +381,13 @@ class CompoundGateway:
 
     def district_conf(self, workdir: Path) -> str:
         return ""
+
+    def broker_accounts(self, work: Path, args: argparse.Namespace) -> BrokerAccounts | None:
+        """The compound broker's accounts for this run (None: authentication off, anonymous devices)."""
+        if not self.auth:
+            return None
+        config = load_config(self.config(work, 1, 1, args))
+        return build_broker_accounts(config, load_device_secrets(config))
 
     def explain(self, work: Path, lost: set[str]) -> list[str]:
         if not lost:
@@ -394,6 +437,21 @@ class CompoundGateway:
             'host = "127.0.0.1"',
             f"port = {district_port}",
         ]
+        if self.auth:
+            secrets_path = work / "device-secrets.toml"
+            write_device_secrets(
+                secrets_path,
+                DeviceSecrets(
+                    gateway=SecretStr(sample_secret(GATEWAY_BROKER_USER)),
+                    devices={
+                        device_id(i): SecretStr(sample_secret(device_id(i))) for i in range(args.devices)
+                    },
+                ),
+            )
+            lines += ["[trust]", f'secrets_file = "{secrets_path}"']
+            lines.insert(lines.index("[mqtt]") + 1, f'username = "{GATEWAY_BROKER_USER}"')
+        else:
+            lines += ["[trust]", "lan_trusted = true"]
         for index in range(args.devices):
             lines += [
                 "[[devices]]",
@@ -451,8 +509,11 @@ class ThingsBoardGateway:
     """
 
     name = f"thingsboard-gateway {PEER_VERSION}"
+    broker_user = "tb-gateway-bench"
 
-    def __init__(self, venv: Path) -> None:
+    def __init__(self, venv: Path, *, auth: bool = True) -> None:
+        """``auth``: the devices and the peer log in to the compound broker, as ours do."""
+        self.auth = auth
         self.python = venv / "bin" / "python"
         self.limits_answered = threading.Event()
         self.warmed = threading.Event()
@@ -522,6 +583,18 @@ class ThingsBoardGateway:
         )
         return f"acl_file {acl}\n"
 
+    def broker_accounts(self, work: Path, args: argparse.Namespace) -> BrokerAccounts | None:
+        """The devices' accounts (as for ours) and the peer's, which reads the sensors' topics."""
+        if not self.auth:
+            return None
+        devices = CompoundGateway().broker_accounts(work / "device-accounts", args)
+        assert devices is not None  # CompoundGateway() authenticates
+        return BrokerAccounts(
+            passwords={**devices.passwords, self.broker_user: SecretStr(sample_secret(self.broker_user))},
+            rules=(*devices.rules, AclRule(self.broker_user, "read", "shed/+/up")),
+            owners={**devices.owners, self.broker_user: self.name},
+        )
+
     def configure(self, work: Path, compound_port: int, district_port: int) -> Path:
         found = list(self.python.parent.parent.glob("lib/python3*/site-packages/thingsboard_gateway/config"))
         if not found:
@@ -544,6 +617,12 @@ class ThingsBoardGateway:
         connector["broker"].update(
             {"host": "127.0.0.1", "port": compound_port, "clientId": "tb-gateway-bench"}
         )
+        if self.auth:
+            connector["broker"]["security"] = {
+                "type": "basic",
+                "username": self.broker_user,
+                "password": sample_secret(self.broker_user),
+            }
         series = [
             ("seq", "integer"),
             ("alert", "integer"),
@@ -758,7 +837,9 @@ def run_target(target: Target, args: argparse.Namespace) -> Outcome:
         work = Path(tmp)
         work.chmod(0o755)  # Mosquitto started as root reads its ACL file as the mosquitto user
         compound_port, district_port = free_port(), free_port()
-        compound_text, _ = broker_conf(args.broker_config, compound_port, work / "compound-broker")
+        compound_text, _ = broker_conf(
+            args.broker_config, compound_port, work / "compound-broker", target.broker_accounts(work, args)
+        )
         district_text, _ = broker_conf(None, district_port, work / "district-broker")
         district_text += "max_queued_messages 1000000\nmax_queued_bytes 0\n"
         district_text += target.district_conf(work / "district-broker")
@@ -819,7 +900,7 @@ def run_target(target: Target, args: argparse.Namespace) -> Outcome:
                 time.sleep(0.1)
             with uplink.lock:
                 received = list(uplink.received)
-            dropped = sys_counter(compound_port)
+            dropped = sys_counter(compound_port, authenticated=getattr(target, "auth", False))
             last = max((at for _, at in received), default=last)
             # the CPU used until the last event arrived (not the idle rest of a drain that waits in vain)
             cpu_samples.append((time.time(), tree_cpu(gateway)))
@@ -906,6 +987,29 @@ def verdicts(ours: Outcome) -> list[str]:
     return out
 
 
+def auth_lines(outcomes: list[Outcome], args: argparse.Namespace) -> list[str]:
+    """How the devices and gateways logged in, and what authentication cost against the baseline."""
+    if not args.auth:
+        return ["Authentication: off (anonymous devices, no ACL; `[trust] lan_trusted = true`).", ""]
+    lines = [
+        "Authentication: on. Every sensor logs in with its own account (user = its IMEI, its own secret),"
+        " the gateway as `compound-gateway`; the compound broker refuses anonymous clients and applies"
+        " the per-user ACL written by `gateway/broker_accounts.py` (what `compound-gateway devices"
+        " credentials` writes); the peer has an account that reads `shed/+/up`."
+    ]
+    ours = next(o for o in outcomes if o.target == CompoundGateway.name)
+    baseline = next((o for o in outcomes if o.target == AUTH_OFF), None)
+    if baseline is not None:
+        lines.append(
+            f"Ours with authentication on / off, same load in the same run: CPU per event"
+            f" {ours.cpu_us_per_event:.0f} / {baseline.cpu_us_per_event:.0f} µs"
+            f" (**{ours.cpu_us_per_event / baseline.cpu_us_per_event:.2f}x**), p99 {ours.p99_s:.3f} /"
+            f" {baseline.p99_s:.3f} s, lost {ours.lost:,} / {baseline.lost:,}, compound broker's cores"
+            f" {ours.broker_cpu_s / ours.busy_s:.2f} / {baseline.broker_cpu_s / baseline.busy_s:.2f}."
+        )
+    return [*lines, ""]
+
+
 def peer_lines(outcomes: list[Outcome], peer_missing: str | None, args: argparse.Namespace) -> list[str]:
     """The baseline of the same run: the peer under the same load, or why it was not measured."""
     if not args.peer:
@@ -913,7 +1017,7 @@ def peer_lines(outcomes: list[Outcome], peer_missing: str | None, args: argparse
     if peer_missing is not None:
         return [f"Peer: not measured, because {peer_missing}."]
     ours = next(o for o in outcomes if o.target == CompoundGateway.name)
-    peer = next(o for o in outcomes if o.target != CompoundGateway.name)
+    peer = next(o for o in outcomes if o.target == ThingsBoardGateway.name)
     return [
         f"Peer, same load right after ours in the same run: {peer.target} (PyPI) in its own venv, its shipped"
         " `tb_gateway.json` with memory storage (100,000 records), one MQTT connector (`shed/+/up`, device name"
@@ -944,9 +1048,13 @@ def section(
     broker_name = f"{args.broker_config.name}" if args.broker_config else "Mosquitto defaults"
     flags = f" --broker-config {args.broker_config}" if args.broker_config else ""
     flags += "" if args.peer else " --no-peer"
+    flags += "" if args.auth else " --no-auth"
+    flags += " --auth-baseline" if args.auth_baseline else ""
+    heading = f"## Sustained load at {rate:,.0f} events/s, compound broker: {broker_name}"
+    heading += " with accounts and ACL (issue 13)" if args.auth else " (issue 12)"
     return [
-        # one section per rate and compound broker config, so the defaults and the shipped config stand side by side
-        f"## Sustained load at {rate:,.0f} events/s, compound broker: {broker_name} (issue 12)",
+        # one section per rate, compound broker config and authentication, so they stand side by side
+        heading,
         "",
         f"Command: `.venv/bin/python bench/sustained_bench.py --rate {rate:.0f} --seconds {args.seconds:g}"
         f" --devices {args.devices}{flags}`, run {datetime.now(UTC):%Y-%m-%d %H:%M} UTC,"
@@ -967,6 +1075,7 @@ def section(
         *verdicts(ours),
         *[f"- where {o.target} lost them: {note}" for o in outcomes for note in o.notes],
         "",
+        *auth_lines(outcomes, args),
         *peer_lines(outcomes, peer_missing, args),
         "",
         "Lost = acknowledged to the device by the compound broker (PUBACK) and not seen at the uplink after"
@@ -1009,6 +1118,17 @@ def main() -> int:
     parser.add_argument(
         "--write", action=argparse.BooleanOptionalAction, default=True, help="update docs/benchmarks.md"
     )
+    parser.add_argument(
+        "--auth",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="devices and gateways log in to the compound broker with its accounts and ACL (issue 13)",
+    )
+    parser.add_argument(
+        "--auth-baseline",
+        action="store_true",
+        help="also measure ours with authentication off (anonymous broker, trusted LAN) in the same run",
+    )
     args = parser.parse_args()
     check_ids()
     rates = args.rate or [2000.0, 5000.0]
@@ -1017,10 +1137,12 @@ def main() -> int:
         broker_desc = f"`{args.broker_config}` ({', '.join(kept) or 'no limits set'})"
     else:
         broker_desc = "Mosquitto's defaults (max_queued_messages 1000, max_inflight_messages 20)"
-    targets: list[Target] = [CompoundGateway()]
+    targets: list[Target] = [CompoundGateway(auth=args.auth)]
+    if args.auth_baseline:
+        targets.append(CompoundGateway(auth=False, name=AUTH_OFF))
     peer_missing = None
     if args.peer:
-        peer = ThingsBoardGateway(args.peer_venv)
+        peer = ThingsBoardGateway(args.peer_venv, auth=args.auth)
         peer_missing = peer.available()
         if peer_missing is None:
             targets.append(peer)

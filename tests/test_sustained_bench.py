@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 from pathlib import Path
 
 import pytest
@@ -72,3 +73,23 @@ def test_event_id_guard_matches_the_adapter_and_notices_a_drift(monkeypatch: pyt
     monkeypatch.setattr(sustained_bench, "shed_vendor_key", lambda seq, ts_ms: f"{seq}|{ts_ms}")
     with pytest.raises(RuntimeError, match="no longer matches"):
         sustained_bench.check_ids()
+
+
+def test_with_accounts_the_bench_broker_refuses_anonymous_clients(tmp_path: Path) -> None:
+    """``--auth`` (the default): the bench's compound broker gets our generated accounts and ACL.
+
+    One account per simulated sensor (user = its IMEI) and the gateway's; anonymous refused.
+    Broken on purpose once by making ``broker_conf`` ignore ``accounts``: the config kept
+    ``allow_anonymous true`` and no password file was written, and this test failed.
+    """
+    args = argparse.Namespace(rate=2000.0, devices=3, seconds=1.0)
+    accounts = sustained_bench.CompoundGateway().broker_accounts(tmp_path / "gateway", args)
+    assert accounts is not None
+    text, _ = sustained_bench.broker_conf(None, 18999, tmp_path / "broker", accounts)
+    lines = text.splitlines()
+    assert "allow_anonymous false" in lines
+    assert "allow_anonymous true" not in lines
+    users = {line.split(":", 1)[0] for line in (tmp_path / "broker" / "passwd").read_text().splitlines()}
+    assert users == {"compound-gateway", *(sustained_bench.imei(i) for i in range(3))}
+    assert "user compound-gateway" in (tmp_path / "broker" / "acl").read_text()
+    assert sustained_bench.CompoundGateway(auth=False).broker_accounts(tmp_path / "off", args) is None
