@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from bench import sustained_bench
+from bench.loadgen import imei
 
 
 def test_broker_conf_keeps_limits_and_replaces_listeners_auth_and_files(tmp_path: Path) -> None:
@@ -90,6 +91,6 @@ def test_with_accounts_the_bench_broker_refuses_anonymous_clients(tmp_path: Path
     assert "allow_anonymous false" in lines
     assert "allow_anonymous true" not in lines
     users = {line.split(":", 1)[0] for line in (tmp_path / "broker" / "passwd").read_text().splitlines()}
-    assert users == {"compound-gateway", *(sustained_bench.imei(i) for i in range(3))}
+    assert users == {"compound-gateway", *(imei(i) for i in range(3))}
     assert "user compound-gateway" in (tmp_path / "broker" / "acl").read_text()
     assert sustained_bench.CompoundGateway(auth=False).broker_accounts(tmp_path / "off", args) is None
