@@ -318,7 +318,19 @@ def _sim(args: argparse.Namespace) -> int:
     # the simulated devices present the secrets the gateway checks (the sample's if it has none)
     secrets = load_device_secrets(config)
     sims = [
-        build_sim(SimDevice(d.id, d.dialect, d.ref, d.push_auth, _password(secrets.device(d.id))))
+        build_sim(
+            SimDevice(
+                d.id,
+                d.dialect,
+                d.ref,
+                d.push_auth,
+                _password(
+                    secrets.platform(d.dialect)
+                    if DIALECTS[d.dialect].transport is Transport.HTTP_PLATFORM
+                    else secrets.device(d.id)
+                ),
+            )
+        )
         for d in devices
     ]
     steps = build(args.scenario, sims, args.seed, args.count)

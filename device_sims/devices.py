@@ -632,8 +632,10 @@ class CtwingSim:
             raise ValueError("ctwing-smoke simulator needs the device ref (devId)")
         self.device = device
         self.platform_id = str(uuid.uuid5(uuid.NAMESPACE_OID, device.ref))
-        # the platform signs its pushes with the platform's secret, not the device's
-        self.credentials = PushCredentials("hmac-sha256", device.dialect, sample_secret(device.dialect))
+        # the platform signs its pushes with the platform's secret (its devices have none of their
+        # own): ``password`` carries it when it comes from a real secrets file
+        secret = device.password if device.password is not None else sample_secret(device.dialect)
+        self.credentials = PushCredentials("hmac-sha256", device.dialect, secret)
 
     def report(
         self, at: datetime, cmd: str, *, temp_tenths: int, smoke: int, battery: int, dev_state: int = 0

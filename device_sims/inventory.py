@@ -59,7 +59,9 @@ def sample_device_secrets(index: int = 1) -> DeviceSecrets:
     """The secrets of the n-th sample compound: every device, the platform and the gateway."""
     return DeviceSecrets(
         gateway=SecretStr(sample_secret(GATEWAY_BROKER_USER)),
-        devices={d.id: SecretStr(d.secret) for d in sample_devices(index)},
+        devices={
+            d.id: SecretStr(d.secret) for d in sample_devices(index) if d.dialect not in PLATFORM_DIALECTS
+        },
         platforms={p: SecretStr(sample_secret(p)) for p in PLATFORM_DIALECTS},
     )
 

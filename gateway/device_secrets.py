@@ -26,12 +26,14 @@ from pathlib import Path
 
 from pydantic import Field, SecretStr, ValidationError
 
+from adapters import DIALECTS
+from adapters.base import Transport
 from foundation.config_types import ConfigModel
 from foundation.credentials import CREDENTIAL_PLACEHOLDER, credential_path, credentials_directory
 from foundation.durable_files import write_atomically
 from foundation.errors import ConfigError
 from foundation.toml_config import format_validation_errors
-from gateway.config import GatewayConfig
+from gateway.config import DeviceConfig, GatewayConfig
 
 MIN_SECRET_LENGTH = 12
 """Shorter secrets are refused: a digest response is an offline-guessable hash of the password."""
@@ -156,17 +158,32 @@ def _all_secrets(parsed: DeviceSecretsFile) -> list[tuple[str, SecretStr]]:
     return found
 
 
+def secret_holders(config: GatewayConfig) -> list[DeviceConfig]:
+    """The devices that authenticate themselves (HTTP push and MQTT); a platform's speak through it."""
+    return [d for d in config.devices if DIALECTS[d.dialect].transport is not Transport.HTTP_PLATFORM]
+
+
 def check_lan_trust(config: GatewayConfig, secrets_: DeviceSecrets, source: Path) -> None:
     """Refuse a config whose devices or platforms have no secret, unless ``[trust] lan_trusted``.
 
     ``source`` is the config file (named in the error). Secrets of devices the config does not
     list are refused too: a stale entry is usually a device id typed wrong.
     """
-    known = {d.id for d in config.devices}
+    known = {d.id for d in secret_holders(config)}
     stale = sorted(set(secrets_.devices) - known)
     stale_platforms = sorted(set(secrets_.platforms) - set(config.platform_dialects()))
     where = secrets_.source or "the device secrets"
-    problems = [f"  devices.{d}: not a device of {source} -> fix: remove it or correct the id" for d in stale]
+    platform_devices = {d.id for d in config.devices} - known
+    problems = [
+        f"  devices.{d}: "
+        + (
+            "its platform authenticates for it (the secret belongs in [platforms])"
+            if d in platform_devices
+            else f"not a device of {source}"
+        )
+        + " -> fix: remove it or correct the id"
+        for d in stale
+    ]
     problems += [
         f"  platforms.{p}: no device of {source} uses this platform -> fix: remove it"
         for p in stale_platforms
@@ -174,7 +191,7 @@ def check_lan_trust(config: GatewayConfig, secrets_: DeviceSecrets, source: Path
     if not config.trust.lan_trusted:
         problems += [
             f"  devices.{d.id} ({d.name}, {d.dialect}): no secret -> fix: add one"
-            for d in config.devices
+            for d in secret_holders(config)
             if d.id not in secrets_.devices
         ]
         problems += [
@@ -202,7 +219,7 @@ def with_missing_generated(config: GatewayConfig, secrets_: DeviceSecrets) -> tu
     """
     added: list[str] = []
     devices = dict(secrets_.devices)
-    for device in config.devices:
+    for device in secret_holders(config):
         if device.id not in devices:
             devices[device.id] = SecretStr(new_secret())
             added.append(f"devices.{device.id}")

@@ -16,7 +16,12 @@ from pathlib import Path
 import pytest
 
 from cli.main import main
-from device_sims.inventory import sample_device_secrets, sample_devices, write_sample_config
+from device_sims.inventory import (
+    PLATFORM_DIALECTS,
+    sample_device_secrets,
+    sample_devices,
+    write_sample_config,
+)
 from foundation.credentials import CREDENTIAL_PLACEHOLDER
 from foundation.errors import ConfigError
 from gateway.config import load_config
@@ -58,8 +63,9 @@ def test_devices_without_secrets_are_refused_by_check_config(
     path = sample(tmp_path, trust=f'secrets_file = "{tmp_path / "absent.toml"}"')
     assert main(["check-config", str(path)]) == 2
     err = capsys.readouterr().err
-    for device in sample_devices():
-        assert f"devices.{device.id}" in err
+    named = set(re.findall(r"devices\.(\d{20})", err))
+    # the platform's devices have no secret of their own: the platform authenticates for them
+    assert named == {d.id for d in sample_devices() if d.dialect not in PLATFORM_DIALECTS}
     assert "platforms.ctwing-smoke: no secret" in err
     assert "--generate-missing" in err
     assert "lan_trusted" in err
@@ -98,7 +104,7 @@ def test_the_sample_config_passes_and_no_secret_is_printed(
     path = sample(tmp_path)
     assert main(["check-config", str(path)]) == 0
     captured = capsys.readouterr()
-    assert "device secrets: 8 devices, 1 platforms" in captured.out
+    assert "device secrets: 7 devices, 1 platforms" in captured.out
     for secret in every_secret():
         assert secret not in captured.out + captured.err
 
@@ -109,10 +115,11 @@ def test_the_sample_config_passes_and_no_secret_is_printed(
         ('[devices]\n"36010400011240000001" = "short"\n', "shorter than 12 characters"),
         ('[devices]\n"36010400011249999999" = "a-long-enough-secret"\n', "not a device of"),
         ('[platforms]\n"shed-mqtt" = "a-long-enough-secret"\n', "no device of"),
+        ('[devices]\n"36010400011340000002" = "a-long-enough-secret"\n', "its platform authenticates for it"),
         ('gateways = "a-long-enough-secret"\n', "gateways: Extra inputs are not permitted"),
         ("[devices\n", "not valid UTF-8 TOML"),
     ],
-    ids=["weak", "stale device", "not a platform", "unknown key", "not toml"],
+    ids=["weak", "stale device", "not a platform", "platform device", "unknown key", "not toml"],
 )
 def test_bad_secrets_files_are_refused_naming_the_entry(tmp_path: Path, content: str, expected: str) -> None:
     """Weak secrets, stale or mistyped entries and broken files stop the start, naming the entry."""
@@ -139,10 +146,8 @@ def test_missing_secrets_are_generated_and_kept(tmp_path: Path) -> None:
     kept = sample_devices()[0].id
     partial = DeviceSecrets(None, None, {kept: secrets.devices[kept]}, {})
     generated, added = with_missing_generated(config, partial)
-    assert set(added) == {f"devices.{d.id}" for d in sample_devices()[1:]} | {
-        "platforms.ctwing-smoke",
-        "gateway",
-    }
+    holders = [d for d in sample_devices()[1:] if d.dialect not in PLATFORM_DIALECTS]
+    assert set(added) == {f"devices.{d.id}" for d in holders} | {"platforms.ctwing-smoke", "gateway"}
     assert generated.devices[kept] == secrets.devices[kept]
     fresh = [v.get_secret_value() for k, v in generated.devices.items() if k != kept]
     assert len(set(fresh)) == len(fresh)
