@@ -10,6 +10,7 @@ import aiohttp
 
 from device_sims.broker import Mosquitto
 from device_sims.influx import InfluxServer
+from device_sims.inventory import sample_device_secrets
 from tests.processes import GatewayProcess, IngesterProcess
 from tests.test_uplink_e2e import district_config, play
 
@@ -131,5 +132,9 @@ async def test_no_secret_in_logs_metrics_or_check_config(
     everything = "\n".join([logs, *pages, *(c.stdout + c.stderr for c in checks)])
     for name, secret in SECRETS.items():
         assert secret not in everything, f"the {name} secret leaked"
+    # the device secrets the simulators presented (digest, basic, signatures, broker logins)
+    device_secrets = sample_device_secrets()
+    for name, value in [*device_secrets.devices.items(), *device_secrets.platforms.items()]:
+        assert value.get_secret_value() not in everything, f"the secret of {name} leaked"
     assert repr(config.mqtt.password) == "SecretStr('**********')"
     assert config.privacy.key_file is not None
