@@ -590,9 +590,17 @@ class ThingsBoardGateway:
         devices = CompoundGateway().broker_accounts(work / "device-accounts", args)
         assert devices is not None  # CompoundGateway() authenticates
         return BrokerAccounts(
-            passwords={**devices.passwords, self.broker_user: SecretStr(sample_secret(self.broker_user))},
-            rules=(*devices.rules, AclRule(self.broker_user, "read", "shed/+/up")),
-            owners={**devices.owners, self.broker_user: self.name},
+            passwords={
+                **devices.passwords,
+                self.broker_user: SecretStr(sample_secret(self.broker_user)),
+                WARMUP_IMEI: SecretStr(sample_secret(WARMUP_IMEI)),
+            },
+            rules=(
+                *devices.rules,
+                AclRule(self.broker_user, "read", "shed/+/up"),
+                AclRule(WARMUP_IMEI, "write", f"shed/{WARMUP_IMEI}/up"),
+            ),
+            owners={**devices.owners, self.broker_user: self.name, WARMUP_IMEI: "the warm-up sensor"},
         )
 
     def configure(self, work: Path, compound_port: int, district_port: int) -> Path:
@@ -690,6 +698,8 @@ class ThingsBoardGateway:
         """Wait until a report of a warm-up device (not counted) has come through to the uplink."""
         self.warmed.clear()
         client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-warmup")
+        if self.auth:
+            client.username_pw_set(WARMUP_IMEI, sample_secret(WARMUP_IMEI))
         client.connect("127.0.0.1", compound_port)
         client.loop_start()
         deadline = time.monotonic() + READY_TIMEOUT_S
