@@ -47,6 +47,13 @@ def sample(tmp_path: Path, *, trust: str = "") -> Path:
     return path
 
 
+def cli(*argv: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """``compound-gateway`` in a process of its own (the exit code and output are what is asserted)."""
+    return subprocess.run(  # noqa: PLW1510 - the exit code is what is asserted
+        [sys.executable, "-m", "cli", *argv], env=env, capture_output=True, text=True, cwd=ROOT, timeout=60
+    )
+
+
 def every_secret() -> list[str]:
     secrets = sample_device_secrets()
     values = [s.get_secret_value() for s in (*secrets.devices.values(), *secrets.platforms.values())]
@@ -172,23 +179,11 @@ def test_under_the_unit_the_placeholder_credential_stops_the_start(tmp_path: Pat
     (credentials / "device-secrets").write_bytes(CREDENTIAL_PLACEHOLDER)
     path = sample(tmp_path, trust='secrets_credential = "device-secrets"')
     env = {**os.environ, "CREDENTIALS_DIRECTORY": str(credentials)}
-    refused = subprocess.run(  # noqa: PLW1510 - the exit code is what is asserted
-        [sys.executable, "-m", "cli", "check-config", str(path)],
-        env=env,
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-    )
+    refused = cli("check-config", str(path), env=env)
     assert refused.returncode == 2, refused.stdout
     assert "/etc/compound-gateway/credentials/device-secrets" in refused.stderr
     trusted = sample(tmp_path, trust="lan_trusted = true")
-    accepted = subprocess.run(  # noqa: PLW1510 - the exit code is what is asserted
-        [sys.executable, "-m", "cli", "check-config", str(trusted)],
-        env=env,
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-    )
+    accepted = cli("check-config", str(trusted), env=env)
     assert accepted.returncode == 0, accepted.stderr
     assert "0 devices, 0 platforms (LAN trusted)" in accepted.stdout
 
@@ -196,13 +191,7 @@ def test_under_the_unit_the_placeholder_credential_stops_the_start(tmp_path: Pat
 def test_run_refuses_to_start_without_secrets(tmp_path: Path) -> None:
     """``compound-gateway run`` stops with exit 2 and the fix before it opens anything."""
     path = sample(tmp_path, trust=f'secrets_file = "{tmp_path / "absent.toml"}"')
-    result = subprocess.run(  # noqa: PLW1510 - the exit code is what is asserted
-        [sys.executable, "-m", "cli", "run", "--config", str(path)],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=60,
-    )
+    result = cli("run", "--config", str(path))
     assert result.returncode == 2
     assert "no secret" in result.stderr
     assert not (tmp_path / "s" / "outbox.db").exists()

@@ -33,6 +33,7 @@ from gateway.config import HttpsConfig, load_config
 from gateway.device_secrets import DeviceSecrets, write_device_secrets
 from gateway.push_auth import NonceCounts, PushAuthenticator, Refusal
 from tests.conftest import RunningGateway, gateway_in_process, sample_config
+from tests.digest_by_hand import digest_authorization
 from tests.metrics import samples
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -83,29 +84,6 @@ def _challenge(values: list[str], algorithm: str = "MD5") -> dict[str, str]:
         if scheme == "Digest" and fields.get("algorithm") == algorithm:
             return fields
     raise AssertionError(f"no {algorithm} digest challenge in {values}")
-
-
-def _digest(
-    username: str,
-    secret: str,
-    nonce: str,
-    uri: str,
-    nc: int,
-    *,
-    algorithm: str = "MD5",
-    cnonce: str = "c0ffee",
-) -> str:
-    """An Authorization header computed by hand (RFC 7616, qop=auth), independent of the gateway's code."""
-
-    def h(text: str) -> str:
-        return hashlib.new(algorithm.replace("-", "").lower(), text.encode()).hexdigest()
-
-    ha1 = h(f"{username}:compound-gateway:{secret}")
-    response = h(f"{ha1}:{nonce}:{nc:08x}:{cnonce}:auth:{h(f'POST:{uri}')}")
-    return (
-        f'Digest username="{username}", realm="compound-gateway", nonce="{nonce}", uri="{uri}",'
-        f' algorithm={algorithm}, qop=auth, nc={nc:08x}, cnonce="{cnonce}", response="{response}"'
-    )
 
 
 async def _metrics(session: aiohttp.ClientSession, base: str) -> str:
@@ -277,13 +255,21 @@ async def test_digest_replay_and_uri_are_checked(gateway: RunningGateway) -> Non
             status, body, _ = await _raw_post(session, gateway.http + target, message.body, headers)
             return status, body
 
-        captured = _digest(GATE_1, secret, nonce, path, 3)
+        captured = digest_authorization(GATE_1, secret, nonce, path, 3)
         first = await send(pushes[0], captured)
         replay = await send(pushes[1], captured)  # a forged event under the captured header
-        earlier = await send(pushes[2], _digest(GATE_1, secret, nonce, path, 2))  # out of order: fine
-        earlier_again = await send(pushes[3], _digest(GATE_1, secret, nonce, path, 2, cnonce="other"))
-        elsewhere = await send(pushes[3], _digest(GATE_1, secret, nonce, path, 4), target=path + "?x=1")
-        sha256 = await send(pushes[4], _digest(GATE_1, secret, nonce, path, 5, algorithm="SHA-256"))
+        earlier = await send(
+            pushes[2], digest_authorization(GATE_1, secret, nonce, path, 2)
+        )  # out of order: fine
+        earlier_again = await send(
+            pushes[3], digest_authorization(GATE_1, secret, nonce, path, 2, cnonce="other")
+        )
+        elsewhere = await send(
+            pushes[3], digest_authorization(GATE_1, secret, nonce, path, 4), target=path + "?x=1"
+        )
+        sha256 = await send(
+            pushes[4], digest_authorization(GATE_1, secret, nonce, path, 5, algorithm="SHA-256")
+        )
     assert first[0] == 200
     assert replay == (401, {"error": "unauthorized", "reason": "replayed"})
     assert earlier[0] == 200
@@ -317,7 +303,7 @@ async def test_stale_nonce_after_restart_and_the_client_recovers(
     async with gateway_in_process(path, mosquitto) as gateway, aiohttp.ClientSession() as session:
         headers = {
             "Content-Type": message.content_type,
-            "Authorization": _digest(GATE_1, secret, old_nonce, message.path, 1),
+            "Authorization": digest_authorization(GATE_1, secret, old_nonce, message.path, 1),
         }
         status, body, challenges = await _raw_post(
             session, gateway.http + message.path, message.body, headers
@@ -467,18 +453,20 @@ def test_nonce_lifetime(tmp_path: Path) -> None:
     nonce = auth.new_nonce()
     path = f"/push/{GATE_1}"
     clock.now += 299
-    assert _check(auth, _digest(GATE_1, secret, nonce, path, 1)) is None
+    assert _check(auth, digest_authorization(GATE_1, secret, nonce, path, 1)) is None
     clock.now += 2
-    assert _check(auth, _digest(GATE_1, secret, nonce, path, 2)) == "stale_nonce"
+    assert _check(auth, digest_authorization(GATE_1, secret, nonce, path, 2)) == "stale_nonce"
     clock.now -= 400  # a clock stepped back: the nonce is "from the future", not accepted either
-    assert _check(auth, _digest(GATE_1, secret, nonce, path, 3)) == "stale_nonce"
+    assert _check(auth, digest_authorization(GATE_1, secret, nonce, path, 3)) == "stale_nonce"
     forged = nonce[:-4] + ("AAAA" if not nonce.endswith("AAAA") else "BBBB")
     clock.now += 100
-    assert _check(auth, _digest(GATE_1, secret, forged, path, 1)) == "stale_nonce"
-    assert _check(auth, _digest(GATE_1, "a-guessed-password", nonce, path, 9)) == "bad_credentials"
-    assert _check(auth, _digest(GATE_1, secret, nonce, path, 4).replace("qop=auth", "qop=auth-int")) == (
-        "malformed_credentials"
+    assert _check(auth, digest_authorization(GATE_1, secret, forged, path, 1)) == "stale_nonce"
+    assert (
+        _check(auth, digest_authorization(GATE_1, "a-guessed-password", nonce, path, 9)) == "bad_credentials"
     )
+    assert _check(
+        auth, digest_authorization(GATE_1, secret, nonce, path, 4).replace("qop=auth", "qop=auth-int")
+    ) == ("malformed_credentials")
     assert _check(auth, "Digest username") == "malformed_credentials"
     assert _check(auth, 'Digest username="x", algorithm=, qop=auth') == "malformed_credentials"
     assert _check(auth, "Digest \udcff=1") == "malformed_credentials"
@@ -532,7 +520,7 @@ def test_basic_and_signature_edges(tmp_path: Path) -> None:
     assert basic(b64("nobody:x")) == "bad_credentials"
     assert basic("Basic !!!") == "malformed_credentials"
     assert basic(b64("no-colon")) == "malformed_credentials"
-    assert basic(_digest(GATE_1, "x", "n", "/", 1)) == "wrong_scheme"
+    assert basic(digest_authorization(GATE_1, "x", "n", "/", 1)) == "wrong_scheme"
 
     def platform(headers: dict[str, str]) -> str | None:
         verdict = auth.check("http_platform", "ctwing-smoke", "127.0.0.1", "/platform/ctwing-smoke", headers)

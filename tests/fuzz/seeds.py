@@ -18,6 +18,7 @@ from adapters.base import Transport
 from device_sims.devices import HttpPost, asset, build_sim, sample_secret
 from device_sims.inventory import DISTRICT_ID, sample_devices
 from gateway.outbox import StoreEvents
+from tests.digest_by_hand import digest_authorization
 from tests.fuzz.targets import (
     SEED_TIME,
     TARGETS,
@@ -52,22 +53,6 @@ def device_seeds() -> dict[str, list[bytes]]:
         for body, content_type, topic in golden_cases(dialect):
             seeds[dialect].append(_envelope(topic or content_type or "", body))
     return seeds
-
-
-def digest_authorization(
-    username: str, secret: str, nonce: str, uri: str, nc: int, *, algorithm: str = "MD5"
-) -> str:
-    """An Authorization header as a device computes it (RFC 7616, qop=auth)."""
-
-    def h(text: str) -> str:
-        return hashlib.new(algorithm.replace("-", "").lower(), text.encode()).hexdigest()
-
-    ha1 = h(f"{username}:compound-gateway:{secret}")
-    response = h(f"{ha1}:{nonce}:{nc:08x}:0a4f113b:auth:{h(f'POST:{uri}')}")
-    return (
-        f'Digest username="{username}", realm="compound-gateway", nonce="{nonce}", uri="{uri}",'
-        f' algorithm={algorithm}, qop=auth, nc={nc:08x}, cnonce="0a4f113b", response="{response}"'
-    )
 
 
 def auth_seeds(device: dict[str, list[bytes]]) -> dict[str, list[bytes]]:
