@@ -8,8 +8,6 @@ retrying with the new challenge), or HTTP Basic. Platforms sign each push: ``X-C
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import io
 import time
 from collections.abc import Sequence
@@ -19,16 +17,13 @@ import aiohttp
 from aiohttp import ClientMiddlewareType, DigestAuthMiddleware
 
 from device_sims.devices import HttpPost, PushCredentials
-
-TIMESTAMP_HEADER = "X-Cgw-Timestamp"
-SIGNATURE_HEADER = "X-Cgw-Signature"
+from gateway.push_auth import SIGNATURE_HEADER, TIMESTAMP_HEADER, platform_signature
 
 
 def signature_headers(secret: str, body: bytes, timestamp: int | None = None) -> dict[str, str]:
     """The headers of a signed platform push (``timestamp``: unix seconds, default now)."""
     stamp = str(int(time.time()) if timestamp is None else timestamp)
-    signature = hmac.new(secret.encode(), stamp.encode() + b"\n" + body, hashlib.sha256).hexdigest()
-    return {TIMESTAMP_HEADER: stamp, SIGNATURE_HEADER: signature}
+    return {TIMESTAMP_HEADER: stamp, SIGNATURE_HEADER: platform_signature(secret.encode(), stamp, body)}
 
 
 @dataclass(frozen=True)

@@ -104,7 +104,11 @@ class MqttConfig(ConfigModel):
     host: str = "127.0.0.1"
     port: Port = 1883
     client_id: str | None = Field(default=None, description="default: cgw-<compound id>")
-    username: str | None = None
+    username: str | None = Field(
+        default=None,
+        pattern=r"^[^:\s]{1,64}$",
+        description="the gateway's account on the compound broker; default compound-gateway when the secrets name one",
+    )
     password: SecretStr | None = None
     keepalive_s: int = Field(default=30, ge=5, le=3600)
     session_expiry_s: int = Field(default=7 * 24 * 3600, ge=60)
@@ -222,7 +226,13 @@ class TrustConfig(ConfigModel):
         default="device-secrets",
         description="systemd credential holding the device secrets when secrets_file is not set",
     )
-    digest_realm: str = Field(default="compound-gateway", min_length=1, max_length=64, pattern=r'^[^"\\]+$')
+    digest_realm: str = Field(
+        default="compound-gateway",
+        min_length=1,
+        max_length=64,
+        pattern=r'^[^"\\]+$',
+        description="the realm of digest and basic challenges (part of every device's digest: change it with them)",
+    )
     nonce_lifetime_s: int = Field(
         default=300, ge=10, le=86400, description="a digest challenge is good for this long (then stale)"
     )
@@ -239,7 +249,11 @@ class PlatformConfig(ConfigModel):
         description="hmac-sha256: X-Cgw-Timestamp and X-Cgw-Signature headers (ours); basic: HTTP basic",
     )
     username: str | None = Field(
-        default=None, min_length=1, max_length=64, description="basic: the user name; default: the dialect"
+        default=None,
+        min_length=1,
+        max_length=64,
+        pattern=r"^[^:]+$",  # basic credentials are "user:password": a colon would end the name
+        description="basic: the user name; default: the dialect",
     )
     allowed_sources: tuple[SourceNetwork, ...] = Field(
         default=(), description="addresses the platform pushes from (CIDR); empty: any"

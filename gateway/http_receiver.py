@@ -27,7 +27,8 @@ from collections.abc import Awaitable, Callable
 from typing import Literal
 
 import structlog
-from aiohttp import web
+from aiohttp import hdrs, web
+from aiohttp.http import HttpVersion11
 
 from adapters.base import RawMessage
 from foundation.errors import OutboxError
@@ -39,7 +40,7 @@ from gateway.intake import IntakeItem
 from gateway.outbox import OutboxStats
 from gateway.outbox_metrics import write_outbox_metrics
 from gateway.pipeline import IntakePipeline
-from gateway.push_auth import PushAuthenticator, Refusal
+from gateway.push_auth import Admitted, PushAuthenticator, Refusal
 from gateway.rate_limits import PeerRateLimiter
 
 log = structlog.get_logger(__name__)
@@ -51,6 +52,8 @@ HEALTH_KEY: web.AppKey[Health] = web.AppKey("health", Health)
 STATS_KEY: web.AppKey[Callable[[], Awaitable[OutboxStats]]] = web.AppKey("stats")
 LIMITS_KEY: web.AppKey[PushLimits] = web.AppKey("limits")
 AUTH_KEY: web.AppKey[PushAuthenticator] = web.AppKey("auth", PushAuthenticator)
+VERDICT_KEY: web.RequestKey[Admitted | web.Response] = web.RequestKey("cgw_push_verdict")
+"""Where a request keeps its authentication verdict (decided once, see ``_authenticate``)."""
 
 
 class PushLimits:
@@ -119,8 +122,8 @@ def build_app(
         write_outbox_metrics(families, await stats(), utc_now())
 
     health.gatherers.append(outbox_metrics)
-    app.router.add_post("/push/{device_id}", _push)
-    app.router.add_post("/platform/{dialect}", _platform)
+    app.router.add_post("/push/{device_id}", _push, expect_handler=_expect_authenticated)
+    app.router.add_post("/platform/{dialect}", _platform, expect_handler=_expect_authenticated)
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/readyz", _readyz)
     app.router.add_get("/metrics", _metrics)
@@ -149,12 +152,9 @@ async def _receive(
     http = request.app[CONFIG_KEY].http
     limits = request.app[LIMITS_KEY]
     authenticator = request.app[AUTH_KEY]
-    guesser, retry_after = limits.guesses_blocked(request.remote)
-    if retry_after is not None:
-        return _rate_limited(limits, "http_device", guesser, retry_after)
-    verdict = authenticator.check(transport, target, request.remote, request.raw_path, request.headers)
-    if isinstance(verdict, Refusal):
-        return _unauthorized(limits, verdict, request.remote)
+    verdict = _authenticate(request, transport, target)
+    if isinstance(verdict, web.Response):
+        return verdict
     if verdict.signature is None:
         peer, retry_after = limits.admit(transport, target, request.remote)
         if retry_after is not None:
@@ -164,7 +164,9 @@ async def _receive(
         # a signed push is only authenticated with its body: read it (bounded) before the platform's
         # bucket is spent, so pushes with a bad signature cannot use it up
         body = await _read(request)
-        if body is None:  # unverifiable, so not even its dead letter is kept
+        if body is None:  # unverifiable, so not even its dead letter is kept; counted like a bad one
+            if authenticator.unverifiable(verdict, request.remote).is_guess:
+                limits.failed_attempt(request.remote)
             return web.json_response(
                 {"error": "payload_too_large", "detail": f"more than {http.max_body_bytes} bytes"}, status=413
             )
@@ -205,6 +207,50 @@ async def _receive(
     return web.json_response(
         {"stored": list(result.stored), "duplicates": list(result.duplicates), "shed": list(result.shed)}
     )
+
+
+def _authenticate(
+    request: web.Request, transport: Literal["http_device", "http_platform"], target: str
+) -> Admitted | web.Response:
+    """Who sent the push (before its body is read), or the answer that refuses it.
+
+    Decided once per request: the ``Expect: 100-continue`` handler decides before the client sends
+    the body, and the push handler then takes the same verdict (checking twice would use a digest
+    count twice and refuse the second as a replay).
+    """
+    if VERDICT_KEY in request:
+        return request[VERDICT_KEY]
+    limits = request.app[LIMITS_KEY]
+    verdict: Admitted | web.Response
+    guesser, retry_after = limits.guesses_blocked(request.remote)
+    if retry_after is not None:
+        verdict = _rate_limited(limits, "http_device", guesser, retry_after)
+    else:
+        checked = request.app[AUTH_KEY].check(
+            transport, target, request.remote, request.raw_path, request.headers
+        )
+        verdict = _unauthorized(limits, checked, request.remote) if isinstance(checked, Refusal) else checked
+    request[VERDICT_KEY] = verdict
+    return verdict
+
+
+async def _expect_authenticated(request: web.Request) -> web.StreamResponse | None:
+    """``Expect: 100-continue``: authenticate first, so a refused client never sends its body.
+
+    aiohttp's default handler answers 100 Continue at once, before any handler runs.
+    """
+    transport: Literal["http_device", "http_platform"] = (
+        "http_platform" if "dialect" in request.match_info else "http_device"
+    )
+    target = request.match_info.get("dialect") or request.match_info["device_id"]
+    verdict = _authenticate(request, transport, target)
+    if isinstance(verdict, web.Response):
+        return verdict
+    if request.headers.get(hdrs.EXPECT, "").lower() != "100-continue":
+        raise web.HTTPExpectationFailed(text=f"Unknown Expect: {request.headers.get(hdrs.EXPECT)}")
+    if request.version == HttpVersion11:
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+    return None
 
 
 def _unauthorized(limits: PushLimits, refusal: Refusal, remote: str | None) -> web.Response:

@@ -9,7 +9,7 @@ and ``X-Cgw-Signature``, the HMAC of the timestamp, a newline and the body) or u
 The order of the checks: the source address (``allowed_sources``), then the credentials, then (for
 signatures) the body once it has been read within its bound. The identity that authenticated must
 be the path's: another device's valid credentials on ``/push/<id>`` are refused (``wrong_device``).
-A made-up device id is refused like a wrong password, never 404, so the inventory is not revealed.
+A made-up device id is refused like a wrong password, never 404 (the answer is a digest device's).
 
 Digest nonces are stateless: the issue time and a random part, signed with a key made at start (a
 restart makes every nonce stale, and clients simply take the new challenge). A nonce is good for
@@ -35,13 +35,15 @@ import secrets
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from ipaddress import IPv6Address, ip_address
 from typing import Literal
 from urllib.request import parse_http_list, parse_keqv_list
 
 import structlog
 
+from adapters import DIALECTS
+from adapters.base import Transport
 from foundation.health import MetricFamilies
 from foundation.logging import worth_logging
 from gateway.config import DeviceConfig, GatewayConfig, SourceNetwork
@@ -95,6 +97,7 @@ REFUSAL_REASONS = frozenset(
         "replayed",  # a (nonce, nc) pair used before
         "stale_signature",  # the platform's timestamp is further off than signature_max_skew_s
         "bad_signature",  # the platform's signature does not match the body
+        "unverifiable_body",  # a signed push over the size limit: never read, so never verified (413)
         "unknown_device",  # no such device (answered as no_credentials / bad_credentials)
         "unknown_platform",  # no device of the inventory uses this platform (answered likewise)
     }
@@ -108,6 +111,7 @@ GUESS_REASONS = frozenset(
         "unknown_device",
         "unknown_platform",
         "bad_signature",
+        "unverifiable_body",
         "malformed_credentials",
         "replayed",
         "wrong_uri",
@@ -156,7 +160,7 @@ class Admitted:
 
 @dataclass(frozen=True)
 class _PendingSignature:
-    key: bytes
+    key: bytes = field(repr=False)
     timestamp: str
     signature: str
 
@@ -197,7 +201,11 @@ class NonceCounts:
             return "ok"
         if nc > known.highest:
             shift = nc - known.highest
-            known.seen = ((known.seen << shift) | 1) & ((1 << self._window) - 1)
+            # a jump past the window forgets every earlier count: shifting by it would build an
+            # integer of up to 2^32 bits (a count of ffffffff: half a gigabyte) for nothing
+            known.seen = (
+                1 if shift >= self._window else ((known.seen << shift) | 1) & ((1 << self._window) - 1)
+            )
             known.highest = nc
             return "ok"
         offset = known.highest - nc
@@ -209,8 +217,10 @@ class NonceCounts:
     def expire(self, before_ms: int) -> None:
         """Forget nonces issued before ``before_ms`` (they are refused as stale anyway)."""
         while self._by_age and self._by_age[0][0] < before_ms:
-            _, nonce = heapq.heappop(self._by_age)
+            issued_ms, nonce = heapq.heappop(self._by_age)
             del self._uses[nonce]
+            # its counts are gone: should it ever look fresh again, it must count as stale
+            self.floor_ms = max(self.floor_ms, issued_ms)
 
 
 class PushAuthenticator:
@@ -227,14 +237,25 @@ class PushAuthenticator:
         secrets_: DeviceSecrets,
         *,
         clock: Callable[[], float] = time.time,
+        nonce_clock: Callable[[], float] = time.monotonic,
         nonce_key: bytes | None = None,
     ) -> None:
+        """Checks pushes against ``config`` and ``secrets_``.
+
+        ``clock``: wall time, for platform signatures' timestamps; ``nonce_clock``: for nonces,
+        which never outlive the process (their key is made at start), so a wall clock stepped back
+        (NTP on a board without a real-time clock) cannot make expired nonces fresh again.
+        """
         self._config = config
         self._secrets = secrets_
         self._clock = clock
+        self._nonce_clock = nonce_clock
         self._nonce_key = nonce_key or secrets.token_bytes(32)
-        self._devices = {d.id: d for d in config.devices}
-        self._by_username = {d.http_username: d for d in config.devices}
+        # only the devices that push: an MQTT device's broker password is no push credential, and a
+        # platform's devices push through their platform
+        pushing = [d for d in config.devices if DIALECTS[d.dialect].transport is Transport.HTTP_DEVICE]
+        self._devices = {d.id: d for d in pushing}
+        self._by_username = {d.http_username: d for d in pushing}
         self._platforms = frozenset(config.platform_dialects())
         self._realm = config.trust.digest_realm
         self.nonces = NonceCounts()
@@ -275,12 +296,16 @@ class PushAuthenticator:
         pending = admitted.signature
         if pending is None:
             return None
-        expected = hmac.new(
-            pending.key, pending.timestamp.encode() + b"\n" + body, hashlib.sha256
-        ).hexdigest()
+        expected = platform_signature(pending.key, pending.timestamp, body)
         if hmac.compare_digest(expected.encode(), _utf8(pending.signature.lower())):
             return None
         refusal = Refusal(admitted.peer, "bad_signature", (self._signature_challenge(),))
+        self._count(refusal, remote)
+        return refusal
+
+    def unverifiable(self, admitted: Admitted, remote: str | None) -> Refusal:
+        """A signed push whose body exceeded the limit: it cannot be verified; counted as refused."""
+        refusal = Refusal(admitted.peer, "unverifiable_body", (self._signature_challenge(),))
         self._count(refusal, remote)
         return refusal
 
@@ -370,7 +395,7 @@ class PushAuthenticator:
         """None if ``credentials`` (base64 ``user:password``) are ``username``'s, else the reason."""
         try:
             decoded = base64.b64decode(credentials.strip(), validate=True).decode("utf-8")
-        except (binascii.Error, UnicodeDecodeError):
+        except ValueError:  # binascii.Error, UnicodeDecodeError, and non-ASCII text given to b64decode
             return "malformed_credentials"
         name, colon, password = decoded.partition(":")
         if not colon:
@@ -425,7 +450,7 @@ class PushAuthenticator:
         if issued_ms is None:
             # the right answer to a nonce that is not (or no longer: a restart) ours: a new challenge
             return "stale_nonce"
-        now_ms = int(self._clock() * 1000)
+        now_ms = int(self._nonce_clock() * 1000)
         lifetime_ms = self._config.trust.nonce_lifetime_s * 1000
         if not 0 <= now_ms - issued_ms <= lifetime_ms:
             return "stale_nonce"
@@ -440,7 +465,9 @@ class PushAuthenticator:
 
     def new_nonce(self) -> str:
         """A fresh nonce: issue time, random part, and their MAC under this gateway's nonce key."""
-        head = int(self._clock() * 1000).to_bytes(_NONCE_TIME, "big") + secrets.token_bytes(_NONCE_RANDOM)
+        head = int(self._nonce_clock() * 1000).to_bytes(_NONCE_TIME, "big") + secrets.token_bytes(
+            _NONCE_RANDOM
+        )
         mac = hmac.new(self._nonce_key, head, hashlib.sha256).digest()[:_NONCE_MAC]
         return base64.urlsafe_b64encode(head + mac).decode()
 
@@ -506,6 +533,11 @@ class PushAuthenticator:
             "pushes refused with 401 (no, wrong or another device's credentials; source not allowed)",
             [({"peer": peer, "reason": reason}, n) for (peer, reason), n in sorted(self.refused.items())],
         )
+
+
+def platform_signature(secret: bytes, timestamp: str, body: bytes) -> str:
+    """``X-Cgw-Signature`` of a platform push: hex HMAC-SHA256 of the timestamp, a newline and the body."""
+    return hmac.new(secret, timestamp.encode() + b"\n" + body, hashlib.sha256).hexdigest()
 
 
 def _digest_response(

@@ -150,7 +150,7 @@ async def _listen(config: GatewayConfig, runner: web.AppRunner, tls: ssl.SSLCont
     if http.tls is not None and tls is not None:
         await web.TCPSite(runner, http.host, http.tls.port, ssl_context=tls, reuse_address=True).start()
         listeners.append(f"https://{http.host}:{http.tls.port}")
-    if http.tls is None:
+    if http.plain:  # with HTTPS beside it too: nothing stops a device from using the plain port
         basic = [
             d.id
             for d in config.devices
@@ -162,7 +162,7 @@ async def _listen(config: GatewayConfig, runner: web.AppRunner, tls: ssl.SSLCont
             log.warning(
                 "push_basic_over_plain_http",
                 peers=basic,
-                fix="add [http.tls] and point these devices at https, or switch them to digest",
+                fix="point these devices at https ([http.tls]) and set [http] plain = false, or switch them to digest",
             )
     return listeners
 

@@ -7,13 +7,15 @@ The digest bookkeeping (nonce counts, lifetime, the bounded table) also has unit
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
 import random
 import ssl
 import subprocess
-from collections.abc import Mapping
+import tracemalloc
+from collections.abc import Callable, Mapping
 from datetime import datetime
 from pathlib import Path
 from urllib.request import parse_http_list, parse_keqv_list
@@ -437,7 +439,7 @@ class Clock:
 
 def _authenticator(tmp_path: Path, clock: Clock) -> PushAuthenticator:
     config = load_config(sample_config(tmp_path, 1883))
-    return PushAuthenticator(config, sample_device_secrets(), clock=clock)
+    return PushAuthenticator(config, sample_device_secrets(), clock=clock, nonce_clock=clock)
 
 
 def _check(auth: PushAuthenticator, authorization: str, path: str = f"/push/{GATE_1}") -> str | None:
@@ -497,6 +499,132 @@ def test_nonce_counts_window_and_bound() -> None:
     assert len(counts) == 1
 
 
+def test_a_huge_nonce_count_costs_nothing() -> None:
+    """A count jumping to ffffffff is one more use, not an integer of 2^32 bits.
+
+    Checked to fail: with the old shift, the jump allocated about half a gigabyte (tracemalloc's
+    peak) and took seconds.
+    """
+    counts = NonceCounts()
+    assert counts.use(b"a", 1, 1) == "ok"
+    tracemalloc.start()
+    try:
+        assert counts.use(b"a", 1, 0xFFFFFFFF) == "ok"
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20
+    assert counts.use(b"a", 1, 0xFFFFFFFF) == "replayed"
+    assert counts.use(b"a", 1, 0xFFFFFFFE) == "ok"  # within the window below the new highest
+    assert counts.use(b"a", 1, 1) == "replayed"  # far below: out of the window, never again
+
+
+def test_expired_nonces_stay_stale() -> None:
+    """A nonce forgotten because it expired counts as stale if it ever looks fresh again.
+
+    Checked to fail: without raising the floor in ``expire``, the nonce's used count was accepted
+    again (a wall clock stepped back made expired nonces fresh).
+    """
+    counts = NonceCounts()
+    assert counts.use(b"a", 1, 1) == "ok"
+    counts.expire(before_ms=2)
+    assert counts.use(b"a", 1, 1) == "forgotten"
+
+
+async def test_pushes_only_to_push_devices(gateway: RunningGateway) -> None:
+    """``/push/<id>`` of an MQTT device, with that device's own (broker) secret: refused as unknown.
+
+    Credentials of a real device on a made-up id are refused under the bounded ``unknown`` label.
+    Checked to fail: with every inventory device in the authenticator's map, the MQTT sensor's
+    digest passed and its push became a dead letter.
+    """
+    mqtt_sensor = next(d for d in sample_devices() if d.dialect == "shed-mqtt")
+    made_up = "36010400011249999999"
+    async with aiohttp.ClientSession() as session:
+        for target, username, secret in (
+            (mqtt_sensor.id, mqtt_sensor.id, mqtt_sensor.secret),
+            (made_up, GATE_2, DEVICES[GATE_2].secret),
+        ):
+            url = f"{gateway.http}/push/{target}"
+            _, _, challenges = await _raw_post(session, url, b"{}", {})
+            nonce = _challenge(challenges)["nonce"]
+            header = digest_authorization(username, secret, nonce, f"/push/{target}", 1)
+            status, body, _ = await _raw_post(session, url, b"{}", {"Authorization": header})
+            assert status == 401
+            assert body["reason"] == "bad_credentials"
+        metrics = await _metrics(session, gateway.http)
+    assert _refusals(metrics) == {("unknown", "unknown_device"): 4}
+    assert _outbox_contents(gateway) == (set(), [])
+
+
+def _request_handlers() -> list[asyncio.Task[object]]:
+    return [t for t in asyncio.all_tasks() if "RequestHandler.start" in repr(t.get_coro()) and not t.done()]
+
+
+async def _until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "condition not reached"
+        await asyncio.sleep(0.02)
+
+
+async def test_expect_100_continue_is_answered_after_authentication(gateway: RunningGateway) -> None:
+    """A client that waits for ``100 Continue`` gets its 401 instead, and never has to send the body.
+
+    An authenticated one gets 100 Continue, sends the body, and its push is stored.
+    Checked to fail: with aiohttp's default expect handler the refused client got 100 Continue.
+    """
+    port = gateway.config.http.port
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(
+            f"POST /push/{GATE_1} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            "Content-Length: 10\r\nExpect: 100-continue\r\n\r\n".encode()
+        )
+        await writer.drain()
+        status_line = await asyncio.wait_for(reader.readline(), 10)
+        # a client that gives up on 401 closes; this one sends the body anyway (as some do after a
+        # timeout), so that the gateway's connection ends cleanly within the test
+        writer.write(b"0123456789")
+        await writer.drain()
+    finally:
+        writer.close()
+        await writer.wait_closed()
+    await _until(lambda: not _request_handlers())
+    assert status_line.startswith(b"HTTP/1.1 401"), status_line
+    message = _gate_push()
+    async with aiohttp.ClientSession() as session:
+        _, _, challenges = await _raw_post(session, f"{gateway.http}/push/{GATE_1}", b"{}", {})
+        nonce = _challenge(challenges)["nonce"]
+        header = digest_authorization(GATE_1, DEVICES[GATE_1].secret, nonce, f"/push/{GATE_1}", 1)
+        async with session.post(
+            f"{gateway.http}{message.path}",
+            data=message.body,
+            headers={"Content-Type": message.content_type, "Authorization": header},
+            expect100=True,
+        ) as response:
+            assert response.status == 200
+            stored = (await response.json())["stored"]
+    assert len(stored) == 1
+    assert _outbox_contents(gateway)[0] == set(stored)
+
+
+async def test_an_oversized_signed_push_is_counted(tmp_path: Path, mosquitto: Mosquitto) -> None:
+    """A signed platform push over the size limit cannot be verified: 413, counted as refused, not kept.
+
+    Checked to fail: before, it was answered 413 and counted nowhere.
+    """
+    config_path = sample_config(tmp_path, mosquitto.port, http="max_body_bytes = 2048")
+    async with gateway_in_process(config_path, mosquitto) as gateway, aiohttp.ClientSession() as session:
+        body = b"{" + b" " * 4096 + b"}"
+        headers = signature_headers(sample_secret("ctwing-smoke"), body)
+        status, _, _ = await _raw_post(session, f"{gateway.http}/platform/ctwing-smoke", body, headers)
+        assert status == 413
+        metrics = await _metrics(session, gateway.http)
+        assert _refusals(metrics) == {("platform:ctwing-smoke", "unverifiable_body"): 1}
+        assert _outbox_contents(gateway) == (set(), [])
+
+
 def test_basic_and_signature_edges(tmp_path: Path) -> None:
     """Basic with garbage, another device's password; a signature timestamp that is not a number."""
     clock = Clock()
@@ -505,7 +633,10 @@ def test_basic_and_signature_edges(tmp_path: Path) -> None:
         d.model_copy(update={"push_auth": "basic"}) if d.id == GATE_1 else d for d in config.devices
     )
     auth = PushAuthenticator(
-        config.model_copy(update={"devices": devices}), sample_device_secrets(), clock=clock
+        config.model_copy(update={"devices": devices}),
+        sample_device_secrets(),
+        clock=clock,
+        nonce_clock=clock,
     )
 
     def basic(value: str) -> str | None:
@@ -519,6 +650,7 @@ def test_basic_and_signature_edges(tmp_path: Path) -> None:
     assert basic(b64(f"{GATE_1}:{DEVICES[GATE_2].secret}")) == "bad_credentials"
     assert basic(b64("nobody:x")) == "bad_credentials"
     assert basic("Basic !!!") == "malformed_credentials"
+    assert basic("Basic \u00e9") == "malformed_credentials"  # was a 500: b64decode's plain ValueError
     assert basic(b64("no-colon")) == "malformed_credentials"
     assert basic(digest_authorization(GATE_1, "x", "n", "/", 1)) == "wrong_scheme"
 
