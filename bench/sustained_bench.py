@@ -70,6 +70,7 @@ from device_sims.inventory import COMPOUND_ID, DISTRICT_ID
 from foundation.events import ShedCondition
 from foundation.identity import Pseudonymizer, event_id
 from gateway.broker_accounts import AclRule, BrokerAccounts, build_broker_accounts
+from gateway.broker_drops import drop_counter_user
 from gateway.config import load_config
 from gateway.device_secrets import (
     GATEWAY_BROKER_USER,
@@ -126,7 +127,12 @@ def broker_conf(
         workdir.mkdir(parents=True, exist_ok=True)
         (workdir / "passwd").write_text(accounts.passwd_text(), encoding="utf-8")
         (workdir / "acl").write_text(accounts.acl_text(), encoding="utf-8")
-        login = ["allow_anonymous false", f"password_file {workdir}/passwd", f"acl_file {workdir}/acl"]
+        login = [
+            "allow_anonymous false",
+            f"password_file {workdir}/passwd",
+            f"acl_file {workdir}/acl",
+            "use_username_as_clientid true",  # as the shipped compound.conf: one session per account
+        ]
     lines = [
         f"listener {port} 127.0.0.1",
         *login,
@@ -184,7 +190,9 @@ def sys_counter(
 ) -> int | None:
     """A counter the broker publishes under $SYS (retained, refreshed every sys_interval), or None.
 
-    ``authenticated``: read as the gateway's account (the one the ACL lets read the drop counter).
+    ``authenticated``: read as the gateway's ``-sys`` account (the one the ACL lets read the drop
+    counter); not as the gateway itself: the broker binds sessions to accounts, so that login would
+    take over the running gateway's session.
     """
     values: list[int] = []
     got = threading.Event()
@@ -195,7 +203,7 @@ def sys_counter(
 
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="bench-sys")
     if authenticated:
-        client.username_pw_set(GATEWAY_BROKER_USER, sample_secret(GATEWAY_BROKER_USER))
+        client.username_pw_set(drop_counter_user(GATEWAY_BROKER_USER), sample_secret(GATEWAY_BROKER_USER))
     client.on_message = on_message
     client.connect("127.0.0.1", port)
     client.subscribe(topic)

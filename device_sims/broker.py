@@ -82,8 +82,10 @@ class Mosquitto:
         clients); the other options are then ignored.
 
         ``accounts`` (``gateway/broker_accounts.py``): only these logins connect, each to its own
-        topics, as on a deployed compound broker; None: anonymous clients may do anything (a
-        transport test's broker, or the district's).
+        topics and to its own session (``use_username_as_clientid``: the client id a client sends is
+        replaced by its user name, so one connection per account), as on a deployed compound broker;
+        None: anonymous clients may do anything, with any client id (a transport test's broker, or
+        the district's).
         """
         if shipped_compound and accounts is None:
             raise ValueError("shipped_compound runs the shipped file's authentication: pass accounts")
@@ -131,6 +133,8 @@ class Mosquitto:
             "allow_anonymous false",
             f"password_file {self.workdir}/passwd",
             f"acl_file {self.workdir}/acl",
+            # as deploy/mosquitto/compound.conf: no account takes over another's session by its client id
+            "use_username_as_clientid true",
             "log_type information",  # "Reloading config.": admit() waits for it
         ]
 

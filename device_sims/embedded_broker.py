@@ -9,7 +9,10 @@ Given the compound's ``BrokerAccounts`` it enforces them as the shipped Mosquitt
 does, from the same rules (``gateway/broker_accounts.py``): anonymous clients and bad logins are
 refused at CONNECT (not authorised), a publish its user may not write is dropped (MQTT 5: PUBACK
 0x87; 3.1.1 has no way to say so: acknowledged and dropped, like Mosquitto), and a message reaches
-only sessions whose user may read its topic.
+only sessions whose user may read its topic, checked again when it leaves a session's queue. Each
+session belongs to its account, as with the shipped ``use_username_as_clientid``: the client id a
+client sends is replaced by its user name, so no login can take over the gateway's persistent
+session (and the events queued in it) or another device's by sending its client id.
 """
 
 from __future__ import annotations
@@ -193,10 +196,22 @@ __all__ = ["EmbeddedBroker", "topic_matches"]
 class EmbeddedBroker:
     """``async with EmbeddedBroker(port) as broker:`` serves on 127.0.0.1 until the block ends."""
 
-    def __init__(self, port: int, host: str = "127.0.0.1", *, accounts: BrokerAccounts | None = None) -> None:
-        """``accounts``: only these logins connect, each to its own topics; None: anyone, to anything."""
+    def __init__(
+        self,
+        port: int,
+        host: str = "127.0.0.1",
+        *,
+        accounts: BrokerAccounts | None = None,
+        username_as_client_id: bool = True,
+    ) -> None:
+        """``accounts``: only these logins connect, each to its own topics and session; None: anyone, to anything.
+
+        ``username_as_client_id`` False (tests showing what the binding prevents, only) keeps the
+        client ids clients send even with accounts, as Mosquitto without ``use_username_as_clientid``.
+        """
         self.host, self.port = host, port
         self.accounts = accounts
+        self.username_as_client_id = username_as_client_id
         self.sessions: dict[str, Session] = {}
         self.retained: dict[str, Message] = {}
         self._server: asyncio.Server | None = None
@@ -295,6 +310,8 @@ class EmbeddedBroker:
             code = NOT_AUTHORIZED_V5 if v5 else NOT_AUTHORIZED_V3
             writer.write(_packet(CONNACK << 4, bytes([0, code]) + (b"\x00" if v5 else b"")))
             raise ProtocolViolation(f"login refused for user {user!r}")
+        if self.accounts is not None and self.username_as_client_id and user is not None:
+            client_id = user  # one session per account: a client id names no other account's session
         clean = bool(flags & 0x02)
         persistent = (not clean) if not v5 else expiry > 0
         existing = self.sessions.get(client_id)
@@ -411,6 +428,10 @@ class EmbeddedBroker:
             return
         while session.queue and len(session.inflight) < INFLIGHT:
             message = session.queue.popleft()
+            if not self._may(session, "read", message.topic):
+                # queued for a session that another user has since taken over: dropped, never
+                # delivered to a user who may not read it
+                continue
             head = _string(message.topic)
             first = PUBLISH << 4 | (message.qos << 1) | (1 if message.retain else 0)
             if message.qos:

@@ -3,8 +3,11 @@
 Every MQTT device logs in to the compound (device) broker with its ref as user name and its own
 secret as password, and may write only its own topics and read only its own command requests, as
 its dialect names them (``adapters.base.DeviceTopics``). The gateway's account reads every
-inventory device's topics, writes every device's command requests and reads the broker's drop
-counter. Nobody else has an account, and the shipped configuration refuses anonymous clients.
+inventory device's topics and writes every device's command requests; its second session, the
+``<gateway user>-sys`` account with the same password, reads only the broker's drop counter
+(``gateway/broker_drops.py``). Nobody else has an account, the shipped configuration refuses
+anonymous clients, and it binds every session to its account (``use_username_as_clientid``): no
+login can take over the gateway's persistent session, or another device's, by its client id.
 
 One structured model (``AclRule``) gives both the Mosquitto files (``passwd_text``, ``acl_text``,
 installed by ``compound-gateway devices credentials``) and the in-process checks the demo's
@@ -27,7 +30,7 @@ from adapters import DIALECTS
 from adapters.base import Transport
 from foundation.errors import ConfigError
 from foundation.mqtt import topic_matches
-from gateway.broker_drops import DROPPED_TOPIC
+from gateway.broker_drops import DROPPED_TOPIC, drop_counter_user
 from gateway.config import GatewayConfig
 from gateway.device_secrets import GATEWAY_BROKER_USER, DeviceSecrets
 
@@ -123,11 +126,15 @@ def build_broker_accounts(config: GatewayConfig, secrets_: DeviceSecrets) -> Bro
     """The accounts and ACL for ``config``'s MQTT devices and the gateway.
 
     ``ConfigError`` names the devices when a user name would be shared (one ref in two dialects, a
-    ref equal to the gateway's user name) or when an MQTT device or the gateway has no secret.
+    ref equal to one of the gateway's user names) or when an MQTT device or the gateway has no secret.
     """
     gateway_user = config.mqtt.username or GATEWAY_BROKER_USER
+    sys_user = drop_counter_user(gateway_user)
     gateway_password = config.mqtt.password or secrets_.gateway
-    owners: dict[str, str] = {gateway_user: "the gateway ([mqtt] username)"}
+    owners: dict[str, str] = {
+        gateway_user: "the gateway ([mqtt] username)",
+        sys_user: "the gateway's drop counter reader ([mqtt] username + -sys)",
+    }
     passwords: dict[str, SecretStr] = {}
     device_rules: list[AclRule] = []
     gateway_rules: list[AclRule] = []
@@ -135,7 +142,7 @@ def build_broker_accounts(config: GatewayConfig, secrets_: DeviceSecrets) -> Bro
     if gateway_password is None:
         problems.append("  gateway: no secret for the gateway's broker account -> fix: add one")
     else:
-        passwords[gateway_user] = gateway_password
+        passwords[gateway_user] = passwords[sys_user] = gateway_password
     for device in config.devices:
         dialect = DIALECTS[device.dialect]
         if dialect.transport is not Transport.MQTT or dialect.device_topics is None or device.ref is None:
@@ -172,8 +179,8 @@ def build_broker_accounts(config: GatewayConfig, secrets_: DeviceSecrets) -> Bro
                 ]
             )
         )
-    gateway_rules.append(AclRule(gateway_user, "read", DROPPED_TOPIC))
-    return BrokerAccounts(passwords, tuple(_unique([*gateway_rules, *device_rules])), owners)
+    sys_rules = [AclRule(sys_user, "read", DROPPED_TOPIC)]
+    return BrokerAccounts(passwords, tuple(_unique([*gateway_rules, *sys_rules, *device_rules])), owners)
 
 
 def _unique(rules: Iterable[AclRule]) -> list[AclRule]:

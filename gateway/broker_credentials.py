@@ -1,7 +1,8 @@
 """``compound-gateway devices credentials``: the compound broker's password file and ACL from the config.
 
-Reads the gateway config and its device secrets (``[trust] secrets_file``, the systemd credential,
-or ``--secrets-file``), optionally adds a random secret for every device, platform and the gateway
+Reads the gateway config and its device secrets (``--secrets-file``, else ``[trust] secrets_file``,
+else the file the shipped unit passes as the systemd credential:
+``/etc/compound-gateway/credentials/<[trust] secrets_credential>``), optionally adds a random secret for every device, platform and the gateway
 that lacks one (``--generate-missing``, written back with mode 0600), and writes ``passwd`` and
 ``acl`` for Mosquitto's ``password_file`` and ``acl_file`` (``deploy/mosquitto/compound.conf``).
 Secrets are never taken from the command line and never printed: only names and counts are.
@@ -15,11 +16,11 @@ from pathlib import Path
 from typing import Any
 
 from foundation.durable_files import write_atomically
-from foundation.errors import ConfigError
 from gateway.broker_accounts import BrokerAccounts, build_broker_accounts
 from gateway.config import GatewayConfig, load_config
 from gateway.device_secrets import (
     check_lan_trust,
+    installed_secrets_file,
     load_device_secrets,
     with_missing_generated,
     write_device_secrets,
@@ -53,7 +54,8 @@ def add_device_commands(sub: Any) -> None:
     credentials.add_argument(
         "--secrets-file",
         type=Path,
-        help="the device secrets file to read and write (default: [trust] secrets_file of the config)",
+        help="the device secrets file to read and write (default: [trust] secrets_file of the config,"
+        " else /etc/compound-gateway/credentials/<[trust] secrets_credential>, which the unit passes)",
     )
 
 
@@ -66,6 +68,8 @@ class WrittenCredentials:
     accounts: BrokerAccounts
     generated: list[str]
     secrets_file: Path | None
+    secrets_file_defaulted: bool = False
+    """The config named no secrets file: the unit's credential file was used."""
 
 
 def write_broker_credentials(
@@ -78,25 +82,23 @@ def write_broker_credentials(
 ) -> WrittenCredentials:
     """Load (and with ``generate_missing`` complete) the secrets, then write ``out_dir``/passwd and acl.
 
-    ``source`` is the config file, named in errors. Both files are replaced atomically: Mosquitto
-    re-reading them on SIGHUP sees the old set or the new one, never a torn file.
+    ``source`` is the config file, named in errors. The secrets file is ``secrets_file``, else
+    ``[trust] secrets_file``, else the file the shipped unit loads as the credential
+    (``installed_secrets_file``: an installer runs this command, not the unit). Both files are
+    replaced atomically: Mosquitto re-reading them on SIGHUP sees the old set or the new one, never a
+    torn file.
     """
-    if secrets_file is not None:
-        config = config.model_copy(
-            update={"trust": config.trust.model_copy(update={"secrets_file": secrets_file})}
-        )
-    if generate_missing and config.trust.secrets_file is None:
-        raise ConfigError(
-            f"{source}: --generate-missing needs a file to write the secrets to: set [trust] secrets_file"
-            " or pass --secrets-file PATH (a systemd credential cannot be written)"
-        )
+    defaulted = secrets_file is None and config.trust.secrets_file is None
+    secrets_file = secrets_file or config.trust.secrets_file or installed_secrets_file(config)
+    config = config.model_copy(
+        update={"trust": config.trust.model_copy(update={"secrets_file": secrets_file})}
+    )
     secrets_ = load_device_secrets(config, missing_ok=generate_missing)
     generated: list[str] = []
     if generate_missing:
         secrets_, generated = with_missing_generated(config, secrets_)
-        if generated or not (config.trust.secrets_file and config.trust.secrets_file.exists()):
-            assert config.trust.secrets_file is not None  # noqa: S101 - checked above
-            write_device_secrets(config.trust.secrets_file, secrets_)
+        if generated or not secrets_file.exists():
+            write_device_secrets(secrets_file, secrets_)
     check_lan_trust(config, secrets_, source)
     accounts = build_broker_accounts(config, secrets_)
     passwd, acl = out_dir / "passwd", out_dir / "acl"
@@ -104,7 +106,7 @@ def write_broker_credentials(
     passwd.chmod(PASSWD_MODE)
     write_atomically(acl, accounts.acl_text().encode())
     acl.chmod(ACL_MODE)
-    return WrittenCredentials(passwd, acl, accounts, generated, secrets_.source)
+    return WrittenCredentials(passwd, acl, accounts, generated, secrets_file, defaulted)
 
 
 def run_devices_command(args: argparse.Namespace) -> int:
@@ -117,10 +119,18 @@ def run_devices_command(args: argparse.Namespace) -> int:
         secrets_file=args.secrets_file,
     )
     accounts = written.accounts
-    devices = len(accounts.passwords) - 1
+    devices = len(accounts.passwords) - 2  # the gateway's two accounts
     print(
-        f"compound broker accounts: {devices} MQTT devices and the gateway; {len(accounts.rules)} ACL rules"
+        f"compound broker accounts: {devices} MQTT devices and the gateway (and its -sys account for the"
+        f" drop counter); {len(accounts.rules)} ACL rules"
     )
+    if written.secrets_file_defaulted:
+        print(
+            f"device secrets: {written.secrets_file} ([trust] secrets_file is not set: the file the unit"
+            " passes as its credential, LoadCredential=)"
+        )
+    else:
+        print(f"device secrets: {written.secrets_file}")
     print(f"  {written.passwd} (password_file, mode {PASSWD_MODE:o})")
     print(f"  {written.acl} (acl_file, mode {ACL_MODE:o})")
     if written.generated:

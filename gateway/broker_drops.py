@@ -10,7 +10,10 @@ rises.
 
 The session is separate from the intake's: it is not persistent, not manually acknowledged, reads
 QoS 0, and keeps reading while the intake is paused for back-pressure, which is exactly when the
-broker's queue for us fills.
+broker's queue for us fills. It logs in with an account of its own, ``<gateway user>-sys``
+(``drop_counter_user``), with the gateway's password: the compound broker binds each session to its
+account (``use_username_as_clientid``), so a second login as the gateway would take over the
+intake's session. That account may read only the drop counter.
 """
 
 from __future__ import annotations
@@ -32,6 +35,14 @@ DROPPED_TOPIC = "$SYS/broker/publish/messages/dropped"
 # Mosquitto sends the retained value at once; its longest default interval is 10 s
 FIRST_VALUE_WITHIN_S = 60.0
 BROKER_CONFIG = "deploy/mosquitto/compound.conf"
+SYS_USER_SUFFIX = "-sys"
+
+
+def drop_counter_user(gateway_user: str) -> str:
+    """The account the drop counter's session logs in with: the gateway's user name plus ``-sys``."""
+    return f"{gateway_user}{SYS_USER_SUFFIX}"
+
+
 DROP_HINT = (
     "the device broker discarded messages after acknowledging them to the devices: a client's queue "
     "was full, most likely the gateway's while it was down or behind. Raise max_queued_messages and "
@@ -49,7 +60,10 @@ class BrokerDrops:
         self.reads = 0
 
     def session_options(self) -> SessionOptions:
-        """A plain, non-persistent session next to the intake's (same credentials)."""
+        """A plain, non-persistent session next to the intake's: the ``-sys`` account, the gateway's password.
+
+        Without a gateway user name (an anonymous broker on a trusted LAN) it logs in without one too.
+        """
         cfg = self._config.mqtt
         return SessionOptions(
             host=cfg.host,
@@ -57,7 +71,7 @@ class BrokerDrops:
             client_id=f"{self._config.mqtt_client_id}-sys",
             clean_start=True,
             keepalive_s=cfg.keepalive_s,
-            username=cfg.username,
+            username=drop_counter_user(cfg.username) if cfg.username else None,
             password=cfg.password.get_secret_value() if cfg.password else None,
         )
 
@@ -78,8 +92,8 @@ class BrokerDrops:
                         topic=DROPPED_TOPIC,
                         waited_s=FIRST_VALUE_WITHIN_S,
                         hint="the device broker publishes no $SYS (sys_interval 0) or its ACL does not let "
-                        f"the gateway read {DROPPED_TOPIC} (see {BROKER_CONFIG}; 'compound-gateway devices credentials' "
-                        "writes an ACL that does); "
+                        f"the gateway's -sys account read {DROPPED_TOPIC} (see {BROKER_CONFIG}; 'compound-gateway devices"
+                        " credentials' writes an ACL that does); "
                         "cgw_device_broker_dropped_messages stays NaN",
                     )
                     first = await anext(messages)

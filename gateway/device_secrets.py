@@ -90,6 +90,19 @@ def _toml_string(value: str) -> str:
     return f'"{escaped}"'
 
 
+INSTALLED_CREDENTIALS = Path("/etc/compound-gateway/credentials")
+"""Where the shipped unit (``systemd/compound-gateway.service``) reads its credentials from."""
+
+
+def installed_secrets_file(config: GatewayConfig) -> Path:
+    """The file the shipped unit passes as the credential ``[trust] secrets_credential``.
+
+    ``LoadCredential=device-secrets:/etc/compound-gateway/credentials/device-secrets``: where
+    ``devices credentials`` reads and writes the secrets when the config names no file.
+    """
+    return INSTALLED_CREDENTIALS / config.trust.secrets_credential
+
+
 def secrets_path(config: GatewayConfig) -> Path | None:
     """Where the device secrets are read from: ``[trust] secrets_file``, else the systemd credential.
 
@@ -106,7 +119,7 @@ def secrets_path(config: GatewayConfig) -> Path | None:
     return credential_path(
         config.trust.secrets_credential,
         "the device secrets",
-        f"/etc/compound-gateway/credentials/{config.trust.secrets_credential}",
+        str(installed_secrets_file(config)),
     )
 
 
@@ -167,7 +180,8 @@ def check_lan_trust(config: GatewayConfig, secrets_: DeviceSecrets, source: Path
     """Refuse a config whose devices or platforms have no secret, unless ``[trust] lan_trusted``.
 
     ``source`` is the config file (named in the error). Secrets of devices the config does not
-    list are refused too: a stale entry is usually a device id typed wrong.
+    list are refused too: a stale entry is usually a device id typed wrong. With MQTT devices, the
+    gateway's own broker password (the file's ``gateway``, or ``[mqtt] password``) is required too.
     """
     known = {d.id for d in secret_holders(config)}
     stale = sorted(set(secrets_.devices) - known)
@@ -199,6 +213,13 @@ def check_lan_trust(config: GatewayConfig, secrets_: DeviceSecrets, source: Path
             for p in config.platform_dialects()
             if p not in secrets_.platforms
         ]
+        mqtt_devices = any(DIALECTS[d.dialect].transport is Transport.MQTT for d in config.devices)
+        if mqtt_devices and secrets_.gateway is None and config.mqtt.password is None:
+            # the broker refuses anonymous clients: the gateway could not read a single MQTT device
+            problems.append(
+                f"  gateway: no secret for the gateway's own compound broker account"
+                f" ({config.mqtt.username or GATEWAY_BROKER_USER}), and the config has MQTT devices -> fix: add one"
+            )
     if problems:
         raise ConfigError(
             "\n".join(

@@ -28,6 +28,7 @@ from device_sims.devices import SimDevice
 from device_sims.influx import InfluxServer
 from device_sims.inventory import sample_broker_accounts, sample_device_secrets, write_sample_config
 from foundation.identity import Pseudonymizer
+from gateway.broker_drops import drop_counter_user
 from gateway.config import GatewayConfig, load_config
 from gateway.device_secrets import GATEWAY_BROKER_USER
 from gateway.outbox import Outbox
@@ -146,12 +147,33 @@ def device_client(port: int, device: SimDevice, **kwargs: Any) -> aiomqtt.Client
 
 
 def gateway_client(port: int, **kwargs: Any) -> aiomqtt.Client:
-    """An MQTT client logged in with the sample gateway's account (reads every device's topics)."""
+    """An MQTT client logged in with the sample gateway's account (reads every device's topics).
+
+    Never while a gateway runs on the same broker: it would take over the gateway's session.
+    """
     kwargs.setdefault("identifier", f"gateway-account-{os.getpid()}-{id(kwargs)}")
     password = sample_device_secrets().gateway
     assert password is not None
     return aiomqtt.Client(
         "127.0.0.1", port, username=GATEWAY_BROKER_USER, password=password.get_secret_value(), **kwargs
+    )
+
+
+def drop_counter_client(port: int, **kwargs: Any) -> aiomqtt.Client:
+    """An MQTT client logged in as the sample gateway's ``-sys`` account, which reads only the drop counter.
+
+    Not the gateway's own account: the compound broker binds sessions to accounts, so a second
+    login as the gateway would take over a running gateway's session.
+    """
+    kwargs.setdefault("identifier", f"gateway-sys-{os.getpid()}-{id(kwargs)}")
+    password = sample_device_secrets().gateway
+    assert password is not None
+    return aiomqtt.Client(
+        "127.0.0.1",
+        port,
+        username=drop_counter_user(GATEWAY_BROKER_USER),
+        password=password.get_secret_value(),
+        **kwargs,
     )
 
 

@@ -19,11 +19,14 @@ from cli.main import main
 from device_sims.broker import Mosquitto
 from device_sims.devices import sample_secret
 from device_sims.inventory import sample_broker_accounts, write_sample_config
+from gateway import device_secrets
 from gateway.broker_accounts import PBKDF2_ITERATIONS, build_broker_accounts, mosquitto_hash
 from gateway.config import load_config
-from gateway.device_secrets import load_device_secrets
+from gateway.device_secrets import installed_secrets_file, load_device_secrets
 
+ROOT = Path(__file__).resolve().parents[1]
 REFS = {"UF20231107A01", "e2e0c7a4-5f0d4a1b", "6J0C5A2PAZ0001", "860812045678901"}
+GATEWAY_USERS = {"compound-gateway", "compound-gateway-sys"}  # the intake's, and the drop counter's
 
 
 def config_without_secrets(tmp_path: Path) -> tuple[Path, Path]:
@@ -66,7 +69,7 @@ def test_generate_missing_round_trip(tmp_path: Path, capsys: pytest.CaptureFixtu
     }  # not the NB-IoT sensor (36010400011340000002): its platform authenticates for it
     assert set(secrets["platforms"]) == {"ctwing-smoke"}
     assert "generated 9 new secret(s)" in first.out
-    assert set(users_of(out / "passwd")) == {"compound-gateway", *REFS}
+    assert set(users_of(out / "passwd")) == {*GATEWAY_USERS, *REFS}
     acl, passwd = (out / "acl").read_text(encoding="utf-8"), (out / "passwd").read_text(encoding="utf-8")
 
     assert main(args) == 0
@@ -101,11 +104,14 @@ def test_the_acl_grants_exactly_the_dialects_topics(tmp_path: Path) -> None:
         "topic read shed/860812045678901/state/resp",
         "topic write shed/860812045678901/cmd/req",
         "topic write shed/860812045678901/state/req",
-        "topic read $SYS/broker/publish/messages/dropped",
     }
+    # the drop counter's session has an account of its own (sessions are bound to accounts): that
+    # counter, nothing else
+    drop_counter = acl.split("user compound-gateway-sys\n", 1)[1].split("\n\n", 1)[0].splitlines()
+    assert drop_counter == ["topic read $SYS/broker/publish/messages/dropped"]
     assert "pattern" not in acl
     assert {line.split()[1] for line in acl.splitlines() if line.startswith("user ")} == {
-        "compound-gateway",
+        *GATEWAY_USERS,
         *REFS,
     }
 
@@ -156,19 +162,41 @@ def test_user_name_collisions_and_bad_refs_are_config_errors(
     assert not out.exists()
 
 
-def test_generate_missing_needs_a_file_to_write(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """Without [trust] secrets_file or --secrets-file there is nowhere to keep new secrets: exit 2, saying so."""
+def test_without_a_secrets_file_the_unit_s_credential_file_is_used(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The shipped example config names no secrets file: the command uses the one the unit loads, and says so.
+
+    The default is ``/etc/compound-gateway/credentials/<[trust] secrets_credential>``, what
+    ``systemd/compound-gateway.service`` passes with ``LoadCredential=``; here that directory is
+    moved to a temporary one (the test does not write to /etc). ``--secrets-file`` still wins.
+    Checked to fail: before the default existed, the command exited 2 ("needs a file").
+    """
+    unit = (ROOT / "systemd" / "compound-gateway.service").read_text(encoding="utf-8")
     config, _ = config_without_secrets(tmp_path)
     text = config.read_text(encoding="utf-8")
     config.write_text("\n".join(line for line in text.splitlines() if not line.startswith("secrets_file")))
+    loaded = load_config(config)
+    assert loaded.trust.secrets_file is None
+    default = installed_secrets_file(loaded)
+    assert default == Path("/etc/compound-gateway/credentials/device-secrets")
+    assert f"LoadCredential={loaded.trust.secrets_credential}:{default}\n" in unit
+
+    monkeypatch.setattr(device_secrets, "INSTALLED_CREDENTIALS", tmp_path / "credentials")
     out = tmp_path / "broker"
     argv = ["devices", "credentials", "--config", str(config), "--out-dir", str(out), "--generate-missing"]
-    assert main(argv) == 2
-    assert "--generate-missing needs a file to write the secrets to" in capsys.readouterr().err
-    secrets_file = tmp_path / "elsewhere" / "secrets.toml"
-    assert main([*argv, "--secrets-file", str(secrets_file)]) == 0
-    assert stat.S_IMODE(secrets_file.stat().st_mode) == 0o600
-    assert set(users_of(out / "passwd")) == {"compound-gateway", *REFS}
+    assert main(argv) == 0
+    written = tmp_path / "credentials" / "device-secrets"
+    assert stat.S_IMODE(written.stat().st_mode) == 0o600
+    summary = capsys.readouterr().out
+    assert f"device secrets: {written} ([trust] secrets_file is not set" in summary
+    assert "generated 9 new secret(s)" in summary
+    assert set(users_of(out / "passwd")) == {*GATEWAY_USERS, *REFS}
+
+    elsewhere = tmp_path / "elsewhere" / "secrets.toml"
+    assert main([*argv, "--secrets-file", str(elsewhere)]) == 0
+    assert f"device secrets: {elsewhere}\n" in capsys.readouterr().out
+    assert stat.S_IMODE(elsewhere.stat().st_mode) == 0o600
 
 
 def test_sim_devices_log_in_with_the_secrets_file_s_secrets(

@@ -3,7 +3,8 @@
 deploy/mosquitto/compound.conf, with the password file and ACL of the command. A real Mosquitto runs the shipped file, with only the paths, the port and the log destination
 changed: it must queue a burst far beyond Mosquitto's default 1000 messages for a gateway whose
 session is offline, keep that queue across a broker restart, let the gateway read the ``$SYS`` drop
-counter, refuse anonymous clients and bad logins, and keep every device to its own topics.
+counter, refuse anonymous clients and bad logins, keep every device to its own topics, and keep
+every session to its own account (no login takes over the gateway's or another device's session).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from device_sims.devices import sample_secret
 from device_sims.inventory import sample_broker_accounts, sample_devices, write_sample_config
 from gateway.broker_accounts import BrokerAccounts
 from gateway.broker_credentials import write_broker_credentials
-from gateway.broker_drops import DROPPED_TOPIC
+from gateway.broker_drops import DROPPED_TOPIC, drop_counter_user
 from gateway.config import load_config
 from gateway.device_secrets import GATEWAY_BROKER_USER, load_device_secrets
 
@@ -41,6 +42,8 @@ DEVICE, OTHER = "860812045678901", "860812045678902"  # the sample's shed sensor
 OTHER_ID = "36010400011340000009"
 SHED = next(d for d in sample_devices() if d.ref == DEVICE)
 BURST = 5000  # five times Mosquitto's default queue
+SYS_USER = drop_counter_user(GATEWAY_BROKER_USER)  # the gateway's second session: the $SYS drop counter
+GATEWAY_CLIENT_ID = "cgw-36010400012160000101"  # what the sample gateway sends (config.mqtt_client_id)
 
 
 def compound_with_two_sheds(directory: Path) -> dict[str, str]:
@@ -61,10 +64,12 @@ def compound_with_two_sheds(directory: Path) -> dict[str, str]:
     written = write_broker_credentials(config, config_path, directory, generate_missing=True)
     assert written.generated == [f"devices.{OTHER_ID}"]
     secrets_ = load_device_secrets(config)
-    by_device = {d.ref: secrets_.devices[d.id].get_secret_value() for d in config.devices if d.ref}
+    by_device = {
+        d.ref: s.get_secret_value() for d in config.devices if d.ref and (s := secrets_.devices.get(d.id))
+    }
     assert secrets_.gateway is not None
-    users = {GATEWAY_BROKER_USER: secrets_.gateway.get_secret_value()}
-    users.update({ref: by_device[ref] for ref in written.accounts.passwords if ref != GATEWAY_BROKER_USER})
+    users = {user: secrets_.gateway.get_secret_value() for user in (GATEWAY_BROKER_USER, SYS_USER)}
+    users.update({ref: by_device[ref] for ref in written.accounts.passwords if ref not in users})
     return users
 
 
@@ -168,7 +173,7 @@ def gateway_session(broker: Broker) -> aiomqtt.Client:
     """A persistent v5 session like the gateway's (user compound-gateway, stable id, clean start off)."""
     return broker.client(
         "compound-gateway",
-        identifier="cgw-36010400012160000101",
+        identifier=GATEWAY_CLIENT_ID,
         protocol=aiomqtt.ProtocolVersion.V5,
         clean_start=False,
         properties=session_properties(),
@@ -187,7 +192,8 @@ async def receive(client: aiomqtt.Client, count: int, quiet_s: float) -> list[by
 
 
 async def dropped(broker: Broker) -> int:
-    async with broker.client("compound-gateway") as client:
+    """The broker's drop counter, read as the gateway's drop counter session does (its ``-sys`` account)."""
+    async with broker.client(SYS_USER) as client:
         await client.subscribe(DROPPED_TOPIC)
         async with asyncio.timeout(10):
             message = await anext(aiter(client.messages))
@@ -326,7 +332,8 @@ async def test_a_device_reads_only_its_own_commands(
     [
         pytest.param(unchanged, id="shipped"),
         pytest.param(
-            lambda t: t.replace("allow_anonymous false", "allow_anonymous true"),
+            # the session binding alone refuses clients without a user name: both turned around
+            lambda t: without_session_binding(t.replace("allow_anonymous false", "allow_anonymous true")),
             marks=pytest.mark.xfail(strict=True, reason="teeth: anonymous clients allowed"),
             id="teeth-anonymous-allowed",
         ),
@@ -337,9 +344,10 @@ async def test_strangers_are_refused_and_the_gateway_reads_the_drop_counter(
 ) -> None:
     """Anonymous clients, a wrong password and an unknown user cannot connect; the generated hashes log in.
 
-    The gateway's account reads ``$SYS/broker/publish/messages/dropped`` (without it the gateway's
-    drop metric stays empty). Every account of the generated password file logs in: Mosquitto
-    accepts our PBKDF2 hashes. Teeth: with the shipped ``allow_anonymous false`` turned around, the
+    The gateway's ``-sys`` account reads ``$SYS/broker/publish/messages/dropped`` (without it the
+    gateway's drop metric stays empty). Every account of the generated password file logs in: Mosquitto
+    accepts our PBKDF2 hashes. Teeth: with the shipped ``allow_anonymous false`` turned around (and
+    ``use_username_as_clientid`` removed, which refuses clients without a user name by itself), the
     anonymous client connects and the test fails (strict xfail parameter).
     """
     broker = make_broker(edit)
@@ -456,3 +464,107 @@ async def test_admit_makes_the_running_broker_read_new_accounts(tmp_path: Path) 
             pass
     finally:
         broker.stop()
+
+
+def without_session_binding(text: str) -> str:
+    """The shipped file broken on purpose: client ids are the clients' own again, not their accounts'."""
+    assert "use_username_as_clientid true\n" in text
+    return text.replace("use_username_as_clientid true\n", "")
+
+
+def persistent_session(broker: Broker, user: str, identifier: str) -> aiomqtt.Client:
+    """A persistent v5 session (clean start off, an hour's expiry) of ``user`` sending ``identifier``."""
+    return broker.client(
+        user,
+        identifier=identifier,
+        protocol=aiomqtt.ProtocolVersion.V5,
+        clean_start=False,
+        properties=session_properties(),
+    )
+
+
+async def hijack(broker: Broker, user: str, identifier: str) -> list[bytes]:
+    """What ``user``'s account received when sending another's client id.
+
+    First as a persistent session (to inherit that session's queue and read it), then with a clean
+    start (which would discard it).
+    """
+    async with persistent_session(broker, user, identifier) as attacker:
+        await attacker.subscribe("#", qos=1)
+        got = await receive(attacker, 1, quiet_s=1.5)
+    async with broker.client(user, identifier=identifier):
+        await asyncio.sleep(0.2)
+    return got
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        pytest.param(unchanged, id="shipped"),
+        pytest.param(
+            without_session_binding,
+            marks=pytest.mark.xfail(
+                strict=True, reason="teeth: a device account takes the gateway's session"
+            ),
+            id="teeth-no-session-binding",
+        ),
+    ],
+)
+async def test_no_account_takes_over_the_gateway_s_session(
+    make_broker: MakeBroker, edit: Callable[[str], str]
+) -> None:
+    """A shed sensor's account sends the gateway's client id: the gateway stays connected and gets its queue.
+
+    Online, the impostor's connection does not disconnect the gateway (it still receives the next
+    event). Offline, a fire alarm waits in the gateway's persistent session; the impostor connects
+    with the gateway's client id, persistent and then clean (inheriting, then discarding the
+    session, were it the gateway's), receives nothing, and the gateway, reconnecting, gets the
+    alarm. Teeth: with ``use_username_as_clientid`` removed from the shipped file, the impostor
+    takes the session over and the test fails (strict xfail parameter; checked to fail on 2.0.11).
+    """
+    broker = make_broker(edit)
+    async with gateway_session(broker) as gateway:
+        await gateway.subscribe("shed/+/+", qos=1)
+        async with broker.client(OTHER, identifier=GATEWAY_CLIENT_ID), broker.client(DEVICE) as device:
+            await device.publish(f"shed/{DEVICE}/up", b"while online", qos=1)
+            online = await receive(gateway, 1, quiet_s=3)
+    async with broker.client(DEVICE) as device:
+        await device.publish(f"shed/{DEVICE}/up", b"fire alarm", qos=1)
+    stolen = await hijack(broker, OTHER, GATEWAY_CLIENT_ID)
+    async with gateway_session(broker) as gateway:
+        queued = await receive(gateway, 1, quiet_s=3)
+    assert online == [b"while online"]
+    assert stolen == []
+    assert queued == [b"fire alarm"]
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        pytest.param(unchanged, id="shipped"),
+        pytest.param(
+            without_session_binding,
+            marks=pytest.mark.xfail(strict=True, reason="teeth: a device account takes another's session"),
+            id="teeth-no-session-binding",
+        ),
+    ],
+)
+async def test_no_device_takes_over_another_device_s_session(
+    make_broker: MakeBroker, edit: Callable[[str], str]
+) -> None:
+    """The second shed sensor's account sends the first's client id: the first still gets its queued command.
+
+    Teeth: without ``use_username_as_clientid`` the command is lost to the first sensor (strict
+    xfail parameter).
+    """
+    broker = make_broker(edit)
+    device_client_id = f"shed-{DEVICE}"
+    async with persistent_session(broker, DEVICE, device_client_id) as device:
+        await device.subscribe(f"shed/{DEVICE}/cmd/req", qos=1)
+    async with broker.client(GATEWAY_BROKER_USER) as gateway:
+        await gateway.publish(f"shed/{DEVICE}/cmd/req", b"sound the siren", qos=1)
+    stolen = await hijack(broker, OTHER, device_client_id)
+    async with persistent_session(broker, DEVICE, device_client_id) as device:
+        queued = await receive(device, 1, quiet_s=3)
+    assert stolen == []
+    assert queued == [b"sound the siren"]

@@ -195,3 +195,29 @@ def test_run_refuses_to_start_without_secrets(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "no secret" in result.stderr
     assert not (tmp_path / "s" / "outbox.db").exists()
+
+
+def test_mqtt_devices_need_the_gateway_s_own_secret(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Every device has its secret but the file has no ``gateway`` entry: refused, naming the gateway's account.
+
+    Without it the gateway could not log in to a broker that refuses anonymous clients and would
+    read no MQTT device at all. A trusted LAN accepts it. Checked to fail: with the new check of
+    ``check_lan_trust`` removed, check-config says ok (exit 0).
+    """
+    path = sample(tmp_path)
+    config = load_config(path)
+    secrets = load_device_secrets(config)
+    assert config.trust.secrets_file is not None
+    write_device_secrets(
+        config.trust.secrets_file, DeviceSecrets(None, None, secrets.devices, secrets.platforms)
+    )
+    assert main(["check-config", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "gateway: no secret for the gateway's own compound broker account (compound-gateway)" in err
+    assert re.findall(r"devices\.(\d{20})", err) == []
+    trusted = sample(
+        tmp_path / "trusted", trust=f'lan_trusted = true\nsecrets_file = "{config.trust.secrets_file}"'
+    )
+    assert main(["check-config", str(trusted)]) == 0

@@ -168,3 +168,97 @@ async def test_accounts_and_acl_as_the_shipped_mosquitto_enforces_them(
             assert await drain(gateway) == {(f"shed/{SHED.ref}/up", b"mine")}
             assert await drain(shed) == {(f"shed/{SHED.ref}/cmd/req", f"cmd {SHED.ref}".encode())}
             assert await drain(face) == {(f"uface/{FACE.ref}/cmd/req", f"cmd {FACE.ref}".encode())}
+
+
+GATEWAY_CLIENT_ID = "cgw-36010400012160000101"  # what the sample gateway sends (config.mqtt_client_id)
+
+
+def client_of(port: int, device: SimDevice | None, identifier: str, *, persistent: bool) -> aiomqtt.Client:
+    """A v5 client with ``device``'s login (None: the gateway's), persistent or with a clean start."""
+    username = device.username if device is not None else GATEWAY_BROKER_USER
+    password = device.secret if device is not None else sample_secret(GATEWAY_BROKER_USER)
+    return aiomqtt.Client(
+        "127.0.0.1",
+        port,
+        identifier=identifier,
+        username=username,
+        password=password,
+        protocol=aiomqtt.ProtocolVersion.V5,
+        clean_start=not persistent,
+        properties=v5_persistent() if persistent else None,
+        timeout=5,
+    )
+
+
+async def received(client: aiomqtt.Client, quiet_s: float = 0.7) -> list[bytes]:
+    """The payloads that arrive until ``quiet_s`` passes without one."""
+    got: list[bytes] = []
+    with contextlib.suppress(TimeoutError):
+        while True:
+            async with asyncio.timeout(quiet_s):
+                message = await anext(aiter(client.messages))
+            got.append(bytes(message.payload))
+    return got
+
+
+@pytest.mark.parametrize(
+    "bound",
+    [
+        pytest.param(True, id="bound"),
+        pytest.param(
+            False,
+            marks=pytest.mark.xfail(
+                strict=True, reason="teeth: a device account takes the gateway's session"
+            ),
+            id="teeth-unbound",
+        ),
+    ],
+)
+async def test_no_account_takes_over_the_gateway_s_session(bound: bool) -> None:
+    """As on the shipped Mosquitto: the face terminal's account sends the gateway's client id.
+
+    Online, the gateway stays connected; offline, the shed sensor's fire alarm waits in the
+    gateway's persistent session, the impostor (persistent, then clean) receives nothing, and the
+    gateway reconnecting gets the alarm. Teeth: with the binding off (``username_as_client_id``
+    False), the impostor takes the session over and the test fails (strict xfail parameter).
+    """
+    port = free_port()
+    async with EmbeddedBroker(port, accounts=sample_broker_accounts(), username_as_client_id=bound):
+        async with client_of(port, None, GATEWAY_CLIENT_ID, persistent=True) as gateway:
+            await gateway.subscribe("shed/+/+", qos=1)
+            async with (
+                client_of(port, FACE, GATEWAY_CLIENT_ID, persistent=False),
+                client_of(port, SHED, "shed", persistent=False) as shed,
+            ):
+                await shed.publish(f"shed/{SHED.ref}/up", b"while online", qos=1)
+                online = await received(gateway)
+        async with client_of(port, SHED, "shed", persistent=False) as shed:
+            await shed.publish(f"shed/{SHED.ref}/up", b"fire alarm", qos=1)
+        async with client_of(port, FACE, GATEWAY_CLIENT_ID, persistent=True) as impostor:
+            await impostor.subscribe("#", qos=1)
+            stolen = await received(impostor)
+        async with client_of(port, FACE, GATEWAY_CLIENT_ID, persistent=False):
+            await asyncio.sleep(0.1)
+        async with client_of(port, None, GATEWAY_CLIENT_ID, persistent=True) as gateway:
+            queued = await received(gateway)
+    assert online == [b"while online"]
+    assert stolen == []
+    assert queued == [b"fire alarm"]
+
+
+async def test_queued_messages_reach_only_users_who_may_read_them() -> None:
+    """Without the session binding, a session taken over by another account delivers it nothing unreadable.
+
+    The second line of defence (Mosquitto's too): read permission is checked again when a queued
+    message leaves the session, not only when it was queued. Teeth: checked once with that check
+    removed from ``_send_queued``: the face terminal's account received the shed sensor's alarm.
+    """
+    port = free_port()
+    async with EmbeddedBroker(port, accounts=sample_broker_accounts(), username_as_client_id=False):
+        async with client_of(port, None, GATEWAY_CLIENT_ID, persistent=True) as gateway:
+            await gateway.subscribe("shed/+/+", qos=1)
+        async with client_of(port, SHED, "shed", persistent=False) as shed:
+            await shed.publish(f"shed/{SHED.ref}/up", b"fire alarm", qos=1)
+        async with client_of(port, FACE, GATEWAY_CLIENT_ID, persistent=True) as impostor:
+            stolen = await received(impostor)
+    assert stolen == []

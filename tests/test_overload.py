@@ -35,7 +35,7 @@ from foundation.identity import Pseudonymizer
 from gateway.broker_drops import DROPPED_TOPIC
 from gateway.config import GatewayConfig, load_config
 from gateway.outbox import Outbox
-from tests.conftest import device_client, gateway_client, sample_config
+from tests.conftest import device_client, drop_counter_client, sample_config
 from tests.metrics import scrape, value
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,7 +46,7 @@ LPR = next(d for d in sample_devices() if d.dialect == "vz-lpr-mqtt")
 
 async def broker_dropped(port: int) -> int:
     """The broker's own count, as it publishes it (retained: a new subscriber gets the latest)."""
-    async with gateway_client(port, identifier=f"t-sys-{time.monotonic_ns()}", timeout=5) as client:
+    async with drop_counter_client(port, identifier=f"t-sys-{time.monotonic_ns()}", timeout=5) as client:
         await client.subscribe(DROPPED_TOPIC)
         async with asyncio.timeout(10):
             async for message in client.messages:

@@ -79,7 +79,9 @@ def test_event_id_guard_matches_the_adapter_and_notices_a_drift(monkeypatch: pyt
 def test_with_accounts_the_bench_broker_refuses_anonymous_clients(tmp_path: Path) -> None:
     """``--auth`` (the default): the bench's compound broker gets our generated accounts and ACL.
 
-    One account per simulated sensor (user = its IMEI) and the gateway's; anonymous refused.
+    One account per simulated sensor (user = its IMEI) and the gateway's two (its intake's, and the
+    drop counter's ``-sys``, which ``sys_counter`` reads with); anonymous refused; sessions bound to
+    accounts as in the shipped compound.conf.
     Broken on purpose once by making ``broker_conf`` ignore ``accounts``: the config kept
     ``allow_anonymous true`` and no password file was written, and this test failed.
     """
@@ -90,7 +92,8 @@ def test_with_accounts_the_bench_broker_refuses_anonymous_clients(tmp_path: Path
     lines = text.splitlines()
     assert "allow_anonymous false" in lines
     assert "allow_anonymous true" not in lines
+    assert "use_username_as_clientid true" in lines
     users = {line.split(":", 1)[0] for line in (tmp_path / "broker" / "passwd").read_text().splitlines()}
-    assert users == {"compound-gateway", *(imei(i) for i in range(3))}
+    assert users == {"compound-gateway", "compound-gateway-sys", *(imei(i) for i in range(3))}
     assert "user compound-gateway" in (tmp_path / "broker" / "acl").read_text()
     assert sustained_bench.CompoundGateway(auth=False).broker_accounts(tmp_path / "off", args) is None
