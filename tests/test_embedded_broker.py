@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import gc
 import socket
 from typing import Literal
 
@@ -222,6 +223,19 @@ async def test_no_account_takes_over_the_gateway_s_session(bound: bool) -> None:
     gateway reconnecting gets the alarm. Teeth: with the binding off (``username_as_client_id``
     False), the impostor takes the session over and the test fails (strict xfail parameter).
     """
+    try:
+        online, stolen, queued = await _takeover_attempt(bound)
+    finally:
+        # a session taken over leaves aiomqtt's disconnection future unretrieved; collected here, its
+        # "never retrieved" log cannot interrupt pytest compiling a failure's source (which CPython
+        # 3.11 reports as an internal error, "AST constructor recursion depth mismatch")
+        gc.collect()
+    assert online == [b"while online"]
+    assert stolen == []
+    assert queued == [b"fire alarm"]
+
+
+async def _takeover_attempt(bound: bool) -> tuple[list[bytes], list[bytes], list[bytes]]:
     port = free_port()
     async with EmbeddedBroker(port, accounts=sample_broker_accounts(), username_as_client_id=bound):
         async with client_of(port, None, GATEWAY_CLIENT_ID, persistent=True) as gateway:
@@ -241,9 +255,7 @@ async def test_no_account_takes_over_the_gateway_s_session(bound: bool) -> None:
             await asyncio.sleep(0.1)
         async with client_of(port, None, GATEWAY_CLIENT_ID, persistent=True) as gateway:
             queued = await received(gateway)
-    assert online == [b"while online"]
-    assert stolen == []
-    assert queued == [b"fire alarm"]
+    return online, stolen, queued
 
 
 async def test_queued_messages_reach_only_users_who_may_read_them() -> None:
