@@ -22,7 +22,6 @@ from urllib.request import parse_http_list, parse_keqv_list
 
 import aiohttp
 import pytest
-from structlog.testing import capture_logs
 
 from device_sims.broker import Mosquitto, free_port
 from device_sims.devices import CST, CtwingSim, HttpPost, PushCredentials, SimDevice, build_sim, sample_secret
@@ -33,10 +32,12 @@ from device_sims.scenarios import Step
 from foundation.errors import ConfigError
 from gateway.config import HttpsConfig, load_config
 from gateway.device_secrets import DeviceSecrets, write_device_secrets
+from gateway.outbox import Outbox
 from gateway.push_auth import NonceCounts, PushAuthenticator, Refusal
 from tests.conftest import RunningGateway, gateway_in_process, sample_config
 from tests.digest_by_hand import digest_authorization
 from tests.metrics import samples
+from tests.processes import GatewayProcess
 
 ROOT = Path(__file__).resolve().parents[1]
 GATE_1, GATE_2 = "36010400011240000001", "36010400011240000002"
@@ -700,19 +701,33 @@ async def test_basic_device_over_plain_http_is_warned_and_works(tmp_path: Path, 
     basic_gate = build_sim(SimDevice(gate_2.id, gate_2.dialect, push_auth="basic"))
     message = basic_gate.routine(AT, random.Random(2))
     assert isinstance(message, HttpPost)
-    with capture_logs() as logs:
-        async with gateway_in_process(path, mosquitto) as gateway, aiohttp.ClientSession() as session:
-            status, body = await post(session, gateway.http, message)
-            bare = await _raw_post(session, gateway.http + message.path, b"{}", {})
-            assert status == 200
-            assert bare == (
-                401,
-                {"error": "unauthorized", "reason": "no_credentials"},
-                ['Basic realm="compound-gateway", charset="UTF-8"'],
-            )
-            assert _outbox_contents(gateway) == (_stored(body), [])
-    warnings = [entry for entry in logs if entry["event"] == "push_basic_over_plain_http"]
-    assert [entry["peers"] for entry in warnings] == [[GATE_2]]
+    # the daemon itself (its own process and log): the warning is read where an operator reads it
+    config = load_config(path)
+    daemon = GatewayProcess(path, tmp_path / "gateway.log")
+    await daemon.start_gateway(config)
+    try:
+        base = f"http://127.0.0.1:{config.http.port}"
+        async with aiohttp.ClientSession() as session:
+            status, body = await post(session, base, message)
+            bare = await _raw_post(session, base + message.path, b"{}", {})
+    finally:
+        daemon.stop()
+    assert status == 200
+    assert bare == (
+        401,
+        {"error": "unauthorized", "reason": "no_credentials"},
+        ['Basic realm="compound-gateway", charset="UTF-8"'],
+    )
+    with Outbox(config.state.dir / "outbox.db", max_bytes=config.state.outbox_max_bytes) as box:
+        assert (set(box.event_ids()), box.dead_letters()) == (_stored(body), [])
+    warnings = [
+        line
+        for line in daemon.log_path.read_text(encoding="utf-8").splitlines()
+        if "push_basic_over_plain_http" in line
+    ]
+    assert len(warnings) == 1
+    assert GATE_2 in warnings[0]
+    assert GATE_1 not in warnings[0]
 
 
 def test_https_key_of_another_certificate_is_a_config_error(tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ and expect the ingester kill test to fail.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
 import signal
@@ -125,8 +126,11 @@ async def kill_ingester_mid_write(
     store: StoreUnderTest,
     seed: int,
     switches: tuple[FaultSwitch, ...] = (),
+    before_kill: Callable[[GatewayConfig], bool] | None = None,
 ) -> None:
     """SIGKILL the ingester while a round is being written; the acknowledged events are stored, once.
+
+    ``before_kill``: a further state to wait for (checked with the gateway's config) before the kill.
 
     The kill lands at a random point of a burst (after the seed's number of stored events), and
     provably mid-flight: the store is stalled first, so the round the ingester's /metrics shows
@@ -153,6 +157,8 @@ async def kill_ingester_mid_write(
             await store.hold()
             try:
                 at_kill = await metrics.wait(lambda f: f["unacked"] > 0, "a round waiting for the store")
+                if before_kill is not None:
+                    await wait_until(lambda: before_kill(config))
                 ingester.kill()
             finally:
                 await store.release()
@@ -202,6 +208,19 @@ async def test_ingester_acking_before_the_store_loses_events(
     """
     store = store_under_test("sqlite", tmp_path, request)
     switches = (FaultSwitch.INGESTER_ACK_BEFORE_STORE,)
+
+    def confirmed_but_not_stored(config: GatewayConfig) -> bool:
+        # the receipt of the stalled round has reached the gateway: the kill now loses that round
+        # (without this wait, a kill before the receipt arrived let the gateway send it again, and
+        # a clean-clone run saw this test pass)
+        with contextlib.closing(
+            sqlite3.connect(f"file:{config.state.dir / 'outbox.db'}?mode=ro", uri=True, timeout=10)
+        ) as db:
+            delivered = {
+                row[0] for row in db.execute("SELECT event_id FROM events WHERE state = 'delivered'")
+            }
+        return bool(delivered - set(sqlite_ids(tmp_path / "district.db")))
+
     await kill_ingester_mid_write(
         tmp_path,
         mosquitto=mosquitto,
@@ -209,6 +228,7 @@ async def test_ingester_acking_before_the_store_loses_events(
         store=store,
         seed=SEEDS[0],
         switches=switches,
+        before_kill=confirmed_but_not_stored,
     )
 
 
