@@ -33,7 +33,7 @@ import psutil
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.ingest_bench import machine, replace_section
+from bench.ingest_bench import machine, process_tree_cpu, replace_section
 from device_sims.broker import Mosquitto, free_port
 from device_sims.devices import HttpPost, SimDevice, build_sim
 from device_sims.inventory import sample_broker_accounts, sample_devices, write_sample_config
@@ -71,17 +71,6 @@ def load_config_text(path: Path, text: str) -> GatewayConfig:
     return load_config(path)
 
 
-def tree_cpu(process: psutil.Process) -> float:
-    total = 0.0
-    for member in [process, *process.children(recursive=True)]:
-        try:
-            times = member.cpu_times()
-        except psutil.NoSuchProcess:
-            continue
-        total += times.user + times.system
-    return total
-
-
 async def measure(mode: str, count: int, work: Path, broker: Mosquitto) -> tuple[float, int, int]:
     """(CPU seconds, pushes acknowledged, pushes refused) for ``count`` pushes in ``mode``."""
     path = configure(work / mode / "gateway.toml", mode, broker.port)
@@ -103,9 +92,9 @@ async def measure(mode: str, count: int, work: Path, broker: Mosquitto) -> tuple
         assert gateway.process is not None
         process = psutil.Process(gateway.process.pid)
         runner = Runner(f"http://127.0.0.1:{config.http.port}", "127.0.0.1", broker.port, workers=8)
-        before = tree_cpu(process)
+        before = process_tree_cpu(process)
         report = await runner.run(steps)
-        return tree_cpu(process) - before, len(report.acked), report.unauthorized
+        return process_tree_cpu(process) - before, len(report.acked), report.unauthorized
     finally:
         gateway.stop()
 
