@@ -81,6 +81,28 @@ class OperatorApiConfig(ConfigModel):
     timeout_s: float = Field(default=30.0, gt=0, description="longest a query may take")
 
 
+class RetentionConfig(ConfigModel):
+    """How long the district keeps what it stores (privacy: nothing is kept forever)."""
+
+    events_days: int = Field(
+        default=180,
+        ge=1,
+        le=36_500,
+        description="events older than this many days (by their time of occurrence) are deleted",
+    )
+    check_interval_s: float = Field(
+        default=3600.0,
+        ge=1.0,
+        description="how often an ingester purges the embedded (SQLite) store",
+    )
+    purge_batch_rows: int = Field(
+        default=5000,
+        ge=1,
+        le=100_000,
+        description="most events deleted in one SQLite transaction (each holds the write lock)",
+    )
+
+
 class DistrictConfig(ConfigModel):
     """The district's configuration: ingester, store, compound registry and operator API."""
 
@@ -89,6 +111,7 @@ class DistrictConfig(ConfigModel):
     ingest: IngestConfig = IngestConfig()
     store: StoreConfig
     api: OperatorApiConfig = OperatorApiConfig()
+    retention: RetentionConfig = RetentionConfig()
     compounds: tuple[CompoundEntry, ...] = ()
     log_format: Literal["auto", "json", "console"] = "auto"
 

@@ -119,6 +119,7 @@ class IngestFigures(Protocol):
     receipts_refused: int
     store_write_failures: int
     store_failing: bool
+    events_purged: int
     rejected: Counter[str]
 
 
@@ -153,6 +154,13 @@ def expose_ingester(health: Health, figures: IngestFigures) -> None:
         "cgw_ingest_store_write_failures_total",
         "store writes that failed and were retried",
         lambda: figures.store_write_failures,
+    )
+
+    health.expose(
+        "cgw_district_events_purged_total",
+        "events this ingester deleted from the embedded (SQLite) store as older than [retention]"
+        " events_days (InfluxDB drops expired shards itself and does not say how many points)",
+        lambda: figures.events_purged,
     )
 
     def write(families: MetricFamilies) -> None:

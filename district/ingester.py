@@ -21,6 +21,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 
 import structlog
@@ -39,8 +40,10 @@ from foundation.mqtt import Message, MqttSession, SessionOptions
 from foundation.sqlite_thread import SqliteBacked, transaction
 from foundation.supervision import supervise
 from foundation.systemd import sd_notify, watchdog, watchdog_interval
+from uplink.lineprotocol import EPOCH
 from uplink.protocol import STATUS, TopicAddress, decode_batch, encode_receipt, parse_topic, receipt_topic
 from uplink.stores import EventStore, StoreError
+from uplink.stores.sqlite import SqliteStore
 
 log = structlog.get_logger(__name__)
 
@@ -139,6 +142,7 @@ class Ingester:
         self.receipts_refused = 0  # the broker refused a receipt (v5 reason code), e.g. its ACL
         self.store_write_failures = 0
         self.store_failing = False
+        self.events_purged = 0  # deleted by this ingester's retention purges (embedded store)
         self.rejected: Counter[str] = Counter()
         self._rejected_by_compound: Counter[tuple[str, str]] = Counter()
 
@@ -306,6 +310,31 @@ class Ingester:
             self.events_written += len(events)
             return []
 
+    async def purge_periodically(self, store: SqliteStore) -> None:
+        """Delete events older than ``[retention] events_days`` now and every ``check_interval_s``.
+
+        A failed purge is retried with capped backoff (the store's thread does the work, never the
+        event loop); the next scheduled purge catches up on whatever a failed one left.
+        """
+        retention = self._config.retention
+        backoff = Backoff(STORE_RETRY)
+        while True:
+            cutoff = utc_now() - timedelta(days=retention.events_days)
+            cutoff_ns = (cutoff - EPOCH) // timedelta(microseconds=1) * 1000
+            try:
+                purged = await store.purge_before(cutoff_ns, retention.purge_batch_rows)
+            except StoreError as exc:
+                raise_if_cancelling()
+                delay = backoff.next_delay()
+                log.error("district_events_purge_failed", error=str(exc), retry_in_s=round(delay, 2))
+                await asyncio.sleep(delay)
+                continue
+            backoff.reset()
+            self.events_purged += purged
+            if purged:
+                log.info("district_events_purged", count=purged, cutoff=cutoff.isoformat())
+            await asyncio.sleep(retention.check_interval_s)
+
     async def _bisect(self, events: list[Event], exc: StoreError) -> list[IngestLetter]:
         if len(events) == 1:
             event = events[0]
@@ -403,6 +432,9 @@ async def run_ingester(config: DistrictConfig, *, ready: asyncio.Event | None = 
                 supervise(INGESTER_TRANSPORT, ingester.run, Backoff(BackoffConfig()), connected, health),
                 name="ingester",
             )
+            if isinstance(store, SqliteStore):
+                # InfluxDB expires points itself (its retention policy); SQLite needs us to
+                tg.create_task(ingester.purge_periodically(store), name="retention")
             if (interval := watchdog_interval()) is not None:
                 # alive while the event loop and the state file's thread answer; a store or broker
                 # outage is not cured by a restart, so it does not stop the pings

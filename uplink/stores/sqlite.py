@@ -55,6 +55,35 @@ class SqliteStore(SqliteBacked):
         except (sqlite3.Error, OSError) as exc:
             raise StoreError(f"sqlite store {self.path}: {exc}", retryable=True) from exc
 
+    async def purge_before(self, cutoff_ns: int, batch_rows: int) -> int:
+        """Delete the events whose point time is before ``cutoff_ns``; returns how many this call deleted.
+
+        Deletes in transactions of at most ``batch_rows`` events: each holds the file's write lock,
+        and an ingester writing a round (this one's or another's sharing the file) waits for it, so a
+        first purge of months of events must not hold the lock for all of them at once. Safe when
+        several ingesters purge one file together: each DELETE removes only rows still there, so the
+        counts of all purgers add up to the rows removed.
+        """
+
+        def delete_batch(db: sqlite3.Connection) -> int:
+            with transaction(db):
+                cursor = db.execute(
+                    "DELETE FROM events WHERE event_id IN"
+                    " (SELECT event_id FROM events WHERE time_ns < ? LIMIT ?)",
+                    (cutoff_ns, batch_rows),
+                )
+                return cursor.rowcount
+
+        purged = 0
+        while True:
+            try:
+                deleted = await self._file.call(delete_batch)
+            except (sqlite3.Error, OSError) as exc:
+                raise StoreError(f"sqlite store {self.path}: {exc}", retryable=True) from exc
+            purged += deleted
+            if deleted < batch_rows:
+                return purged
+
     async def ping(self) -> None:
         """A trivial query in the store's thread."""
         try:
