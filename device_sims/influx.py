@@ -25,8 +25,10 @@ def influxd_binary() -> str:
 class InfluxServer:
     """influxd bound to 127.0.0.1 on private ports, data in ``workdir``."""
 
-    def __init__(self, workdir: Path, port: int | None = None) -> None:
+    def __init__(self, workdir: Path, port: int | None = None, retention_check: str | None = None) -> None:
         self.workdir = workdir
+        # e.g. "1s": expired shard groups are dropped that often (off by default: tests own their data)
+        self.retention_check = retention_check
         self.port = port or free_port()
         self.rpc_port = free_port()
         self._process: subprocess.Popen[bytes] | None = None
@@ -40,6 +42,11 @@ class InfluxServer:
         """Start and wait until /ping answers."""
         self.workdir.mkdir(parents=True, exist_ok=True)
         config = self.workdir / "influxdb.conf"
+        retention = (
+            f'enabled = true\n  check-interval = "{self.retention_check}"'
+            if self.retention_check
+            else "enabled = false"
+        )
         config.write_text(
             f"""reporting-disabled = true
 bind-address = "127.0.0.1:{self.rpc_port}"
@@ -55,7 +62,7 @@ bind-address = "127.0.0.1:{self.rpc_port}"
   auth-enabled = false
   log-enabled = false
 [retention]
-  enabled = false
+  {retention}
 [monitor]
   store-enabled = false
 [continuous_queries]

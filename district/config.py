@@ -101,6 +101,11 @@ class RetentionConfig(ConfigModel):
         le=100_000,
         description="most events deleted in one SQLite transaction (each holds the write lock)",
     )
+    influx_alter_policy: bool = Field(
+        default=False,
+        description="InfluxDB 1.x: change an existing retention policy's duration to events_days"
+        " (default: leave an operator's policy as it is and log a warning naming the difference)",
+    )
 
 
 class DistrictConfig(ConfigModel):

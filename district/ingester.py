@@ -43,6 +43,7 @@ from foundation.systemd import sd_notify, watchdog, watchdog_interval
 from uplink.lineprotocol import EPOCH
 from uplink.protocol import STATUS, TopicAddress, decode_batch, encode_receipt, parse_topic, receipt_topic
 from uplink.stores import EventStore, StoreError
+from uplink.stores.influx_v1 import InfluxV1Store
 from uplink.stores.sqlite import SqliteStore
 
 log = structlog.get_logger(__name__)
@@ -50,6 +51,7 @@ log = structlog.get_logger(__name__)
 MESSAGES_PER_ROUND = 256
 RECEIPT_MAX_IDS = 2000
 STORE_RETRY = BackoffConfig(initial_s=0.2, max_s=10.0)
+INFLUX_POLICY_RETRY = BackoffConfig(initial_s=1.0, max_s=60.0)
 
 
 @dataclass(frozen=True)
@@ -335,6 +337,50 @@ class Ingester:
                 log.info("district_events_purged", count=purged, cutoff=cutoff.isoformat())
             await asyncio.sleep(retention.check_interval_s)
 
+    async def check_influx_retention(self, store: InfluxV1Store) -> None:
+        """Create or check the InfluxDB retention policy once, retrying until the server answers.
+
+        InfluxDB drops whole expired shard groups itself (its ``[retention] check-interval``) and
+        does not say how many points went: there is no purge count for it.
+        """
+        retention = self._config.retention
+        backoff = Backoff(INFLUX_POLICY_RETRY)
+        failures = 0
+        while True:
+            try:
+                check = await store.ensure_retention(
+                    retention.events_days, alter=retention.influx_alter_policy
+                )
+                break
+            except StoreError as exc:
+                raise_if_cancelling()
+                failures += 1
+                delay = backoff.next_delay()
+                if worth_logging(failures, first=1, every=10):
+                    log.error(
+                        "influx_retention_check_failed",
+                        error=str(exc),
+                        retry_in_s=round(delay, 2),
+                        count=failures,
+                    )
+                await asyncio.sleep(delay)
+        if check.action in {"differs", "missing"}:
+            log.warning(
+                "influx_retention_policy_differs",
+                policy=check.policy,
+                duration=check.found,
+                wanted=check.wanted,
+                fix="ALTER RETENTION POLICY by hand, or set [retention] influx_alter_policy = true",
+            )
+        else:
+            log.info(
+                "influx_retention_policy",
+                policy=check.policy,
+                action=check.action,
+                duration=check.wanted,
+                before=check.found,
+            )
+
     async def _bisect(self, events: list[Event], exc: StoreError) -> list[IngestLetter]:
         if len(events) == 1:
             event = events[0]
@@ -428,13 +474,6 @@ async def run_ingester(config: DistrictConfig, *, ready: asyncio.Event | None = 
         await stack.enter_async_context(serve_ingester_health(config.ingest, health, ingester, store))
         connected = asyncio.Event()
         async with asyncio.TaskGroup() as tg:
-            tg.create_task(
-                supervise(INGESTER_TRANSPORT, ingester.run, Backoff(BackoffConfig()), connected, health),
-                name="ingester",
-            )
-            if isinstance(store, SqliteStore):
-                # InfluxDB expires points itself (its retention policy); SQLite needs us to
-                tg.create_task(ingester.purge_periodically(store), name="retention")
             if (interval := watchdog_interval()) is not None:
                 # alive while the event loop and the state file's thread answer; a store or broker
                 # outage is not cured by a restart, so it does not stop the pings
@@ -442,6 +481,18 @@ async def run_ingester(config: DistrictConfig, *, ready: asyncio.Event | None = 
                     watchdog(state.ping, interval, failures=(sqlite3.Error,), what="ingest state file"),
                     name="watchdog",
                 )
+            tg.create_task(
+                supervise(INGESTER_TRANSPORT, ingester.run, Backoff(BackoffConfig()), connected, health),
+                name="ingester",
+            )
+            if isinstance(store, SqliteStore):
+                # InfluxDB expires points itself (its retention policy); SQLite needs us to
+                tg.create_task(ingester.purge_periodically(store), name="retention")
+            elif isinstance(store, InfluxV1Store):
+                # beside the ingesting, not before it: a store that is down must not keep the
+                # ingester from its broker; a write that names a policy not created yet gets a
+                # 500 ("retention policy not found") and is retried like any store outage
+                tg.create_task(ingester.check_influx_retention(store), name="retention")
             await connected.wait()
             sd_notify("READY=1")
             if ready is not None:

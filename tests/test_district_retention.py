@@ -9,18 +9,20 @@ from pathlib import Path
 import pytest
 
 from device_sims.broker import Mosquitto
+from device_sims.influx import InfluxServer
 from device_sims.inventory import DISTRICT_ID
 from district.config import load_district_config
 from district.ingester import run_ingester
 from foundation.errors import ConfigError
 from foundation.events import Event
-from tests.delivery import sqlite_ids
+from tests.delivery import sqlite_ids, stored_ids
 from tests.district_data import running
 from tests.metrics import scrape, value
 from tests.test_district_health import OWN, eventually
 from tests.test_uplink_e2e import district_config
 from tests.test_uplink_protocol import thrown
 from uplink.lineprotocol import EPOCH
+from uplink.stores.influx_v1 import InfluxV1Store, InfluxV1StoreConfig
 from uplink.stores.sqlite import SqliteStore, SqliteStoreConfig
 
 NOW = datetime.now(UTC)
@@ -96,6 +98,79 @@ async def test_a_running_ingester_purges_on_schedule_and_counts_it(
             await store.write(later_old)
         await eventually(lambda: purged(7), timeout=15)
         assert set(sqlite_ids(path)) == {e.event_id for e in kept}
+
+
+async def policies(store: InfluxV1Store) -> dict[str, tuple[str, bool]]:
+    """Each retention policy of the store's database: its duration and whether it is the default."""
+    results = await store.query('SHOW RETENTION POLICIES ON "d"')
+    return {row[0]: (row[1], row[4]) for row in results[0]["series"][0]["values"]}
+
+
+async def test_ingester_start_applies_the_influx_retention_and_influxd_drops_the_expired_points(
+    tmp_path: Path, district_broker: Mosquitto
+) -> None:
+    """Points 20 days old under the infinite default policy are gone once the ingester shortens it to 1 day.
+
+    Read back, not only the policy listed: influxd (retention check every second) dropped the old
+    shard group; the recent points remain. Checked once to fail with influx_alter_policy ignored
+    (the policy stayed infinite: the wait for the 24h policy timed out).
+    """
+    with InfluxServer(tmp_path / "influx", retention_check="1s") as server:
+        store_config = InfluxV1StoreConfig(url=server.url, database="d")
+        old, recent = events(0, 4, timedelta(days=20)), events(100, 3, timedelta(hours=1))
+        async with InfluxV1Store(store_config) as store:
+            await store.write(old + recent)
+            assert (await policies(store))["autogen"] == ("0s", True)
+        config = district_config(
+            tmp_path, district_broker, f'type = "influx_v1"\nurl = "{server.url}"\ndatabase = "d"'
+        )
+        toml = tmp_path / "district-i1.toml"
+        toml.write_text(
+            toml.read_text(encoding="utf-8") + "[retention]\nevents_days = 1\ninflux_alter_policy = true\n",
+            encoding="utf-8",
+        )
+        config = load_district_config(toml)
+        async with running(lambda ready: run_ingester(config, ready=ready), "ingester"):
+            async with InfluxV1Store(store_config) as store:
+
+                async def altered() -> bool:
+                    return (await policies(store))["autogen"] == ("24h0m0s", True)
+
+                await eventually(altered)
+
+            async def expired() -> bool:
+                return set(await stored_ids(store_config)) != {e.event_id for e in old + recent}
+
+            await eventually(expired)
+            assert set(await stored_ids(store_config)) == {e.event_id for e in recent}
+
+
+async def test_influx_policy_is_created_when_missing_and_left_alone_when_it_differs(
+    influx: InfluxServer,
+) -> None:
+    """A configured policy that does not exist is created (1 day, the default); an operator's is not changed.
+
+    Checked once to fail with ``alter`` taken as always true (the operator's 48h policy was altered).
+    """
+    created = InfluxV1StoreConfig(url=influx.url, database="d", retention_policy="short")
+    async with InfluxV1Store(created) as store:
+        check = await store.ensure_retention(1, alter=False)
+        assert (check.policy, check.action) == ("short", "created")
+        assert (await policies(store))["short"] == ("24h0m0s", True)
+        assert (await store.ensure_retention(1, alter=False)).action == "matches"
+        await store.query('CREATE RETENTION POLICY "ops" ON "d" DURATION 48h REPLICATION 1', method="POST")
+    operators = created.model_copy(update={"retention_policy": "ops"})
+    async with InfluxV1Store(operators) as store:
+        check = await store.ensure_retention(1, alter=False)
+        assert (check.policy, check.action, check.found, check.wanted) == (
+            "ops",
+            "differs",
+            "48h0m0s",
+            "24h0m0s",
+        )
+        assert (await policies(store))["ops"] == ("48h0m0s", False)
+        assert (await store.ensure_retention(1, alter=True)).action == "altered"
+        assert (await policies(store))["ops"] == ("24h0m0s", False)
 
 
 @pytest.mark.parametrize(

@@ -6,6 +6,7 @@ import base64
 import io
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Literal, Self
 
@@ -42,6 +43,35 @@ def query_results(body: dict[str, Any]) -> list[dict[str, Any]]:
         if "error" in result:
             raise StoreError(f"influxdb query error: {result['error']}", retryable=False)
     return results
+
+
+@dataclass(frozen=True)
+class RetentionPolicyCheck:
+    """What ``InfluxV1Store.ensure_retention`` found and did.
+
+    ``action``: ``created`` (new policy, made the database default), ``altered`` (duration changed),
+    ``matches`` (already the wanted duration), ``differs`` (left as it is), ``missing`` (no policy
+    named and the database has no default policy).
+    """
+
+    policy: str | None
+    action: Literal["created", "altered", "matches", "differs", "missing"]
+    wanted: str
+    found: str | None = None
+
+
+def influx_shard_duration(days: int) -> str:
+    """InfluxDB's own default shard group duration for a policy of ``days``.
+
+    1h below 2 days, 1d up to 6 months, 7d beyond; set on ALTER too, because influxd refuses a policy
+    shorter than its shard groups (an infinite policy has 7-day ones).
+    """
+    return "1h" if days < 2 else "1d" if days <= 180 else "7d"
+
+
+def influx_duration(days: int) -> str:
+    """A duration of whole days as ``SHOW RETENTION POLICIES`` prints it (``24h0m0s``; ``0s`` is infinite)."""
+    return f"{days * 24}h0m0s"
 
 
 class InfluxV1Store:
@@ -104,6 +134,46 @@ class InfluxV1Store:
                     raise classify_http(response.status, await response.text(), "influxdb /ping")
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise StoreError(f"influxdb /ping: {type(exc).__name__}: {exc}", retryable=True) from exc
+
+    async def ensure_retention(self, days: int, *, alter: bool) -> RetentionPolicyCheck:
+        """Check the retention policy the store writes to against a duration of ``days``.
+
+        The policy is ``retention_policy`` if configured, else the database's default. A configured
+        policy that does not exist is created with that duration and made the database default (so
+        InfluxQL without ``rp`` reads it too); an existing one with another duration is changed only
+        if ``alter``: a policy an operator made is theirs (a shorter duration drops data for good).
+        """
+        cfg = self._config
+        wanted = influx_duration(days)
+        results = await self.query(f'SHOW RETENTION POLICIES ON "{cfg.database}"')
+        series = results[0].get("series", []) if results else []
+        rows = [
+            dict(zip(s["columns"], values, strict=True)) for s in series for values in s.get("values", [])
+        ]
+        if cfg.retention_policy is not None:
+            found = next((r for r in rows if r["name"] == cfg.retention_policy), None)
+        else:
+            found = next((r for r in rows if r["default"]), None)
+        if found is None:
+            if cfg.retention_policy is None:
+                return RetentionPolicyCheck(None, "missing", wanted)
+            await self.query(
+                f'CREATE RETENTION POLICY "{cfg.retention_policy}" ON "{cfg.database}"'
+                f" DURATION {days * 24}h REPLICATION 1 SHARD DURATION {influx_shard_duration(days)} DEFAULT",
+                method="POST",
+            )
+            return RetentionPolicyCheck(cfg.retention_policy, "created", wanted)
+        name, duration = str(found["name"]), str(found["duration"])
+        if duration == wanted:
+            return RetentionPolicyCheck(name, "matches", wanted, duration)
+        if not alter:
+            return RetentionPolicyCheck(name, "differs", wanted, duration)
+        await self.query(
+            f'ALTER RETENTION POLICY "{name}" ON "{cfg.database}" DURATION {days * 24}h'
+            f" SHARD DURATION {influx_shard_duration(days)}",
+            method="POST",
+        )
+        return RetentionPolicyCheck(name, "altered", wanted, duration)
 
     async def query(
         self,
