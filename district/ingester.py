@@ -315,24 +315,41 @@ class Ingester:
     async def purge_periodically(self, store: SqliteStore) -> None:
         """Delete events older than ``[retention] events_days`` now and every ``check_interval_s``.
 
-        A failed purge is retried with capped backoff (the store's thread does the work, never the
-        event loop); the next scheduled purge catches up on whatever a failed one left.
+        In batches of ``purge_batch_rows`` (``SqliteStore.purge_batch``: each holds the write lock
+        that this and the other ingesters' writes wait for), each counted as soon as it is done, so
+        a purge that fails halfway still counts what it deleted. A failed purge is retried with
+        capped backoff; the store's thread does the work, never the event loop.
         """
         retention = self._config.retention
         backoff = Backoff(STORE_RETRY)
+        failures = 0
         while True:
             cutoff = utc_now() - timedelta(days=retention.events_days)
             cutoff_ns = (cutoff - EPOCH) // timedelta(microseconds=1) * 1000
+            purged = 0
             try:
-                purged = await store.purge_before(cutoff_ns, retention.purge_batch_rows)
+                while True:
+                    deleted = await store.purge_batch(cutoff_ns, retention.purge_batch_rows)
+                    purged += deleted
+                    self.events_purged += deleted
+                    if deleted < retention.purge_batch_rows:
+                        break
             except StoreError as exc:
                 raise_if_cancelling()
+                failures += 1
                 delay = backoff.next_delay()
-                log.error("district_events_purge_failed", error=str(exc), retry_in_s=round(delay, 2))
+                if worth_logging(failures, first=1, every=10):
+                    log.error(
+                        "district_events_purge_failed",
+                        error=str(exc),
+                        purged=purged,
+                        retry_in_s=round(delay, 2),
+                        count=failures,
+                    )
                 await asyncio.sleep(delay)
                 continue
             backoff.reset()
-            self.events_purged += purged
+            failures = 0
             if purged:
                 log.info("district_events_purged", count=purged, cutoff=cutoff.isoformat())
             await asyncio.sleep(retention.check_interval_s)

@@ -77,7 +77,8 @@ async def test_a_running_ingester_purges_on_schedule_and_counts_it(
     config = district_config(tmp_path, district_broker, f'type = "sqlite"\npath = "{path}"')
     toml = tmp_path / "district-i1.toml"
     toml.write_text(
-        toml.read_text(encoding="utf-8") + "[retention]\nevents_days = 30\ncheck_interval_s = 1\n",
+        toml.read_text(encoding="utf-8")
+        + "[retention]\nevents_days = 30\ncheck_interval_s = 1\npurge_batch_rows = 2\n",
         encoding="utf-8",
     )
     config = load_district_config(toml)

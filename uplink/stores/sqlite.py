@@ -55,13 +55,11 @@ class SqliteStore(SqliteBacked):
         except (sqlite3.Error, OSError) as exc:
             raise StoreError(f"sqlite store {self.path}: {exc}", retryable=True) from exc
 
-    async def purge_before(self, cutoff_ns: int, batch_rows: int) -> int:
-        """Delete the events whose point time is before ``cutoff_ns``; returns how many this call deleted.
+    async def purge_batch(self, cutoff_ns: int, batch_rows: int) -> int:
+        """Delete up to ``batch_rows`` events whose point time is before ``cutoff_ns``, in one transaction.
 
-        Deletes in transactions of at most ``batch_rows`` events: each holds the file's write lock,
-        and an ingester writing a round (this one's or another's sharing the file) waits for it, so a
-        first purge of months of events must not hold the lock for all of them at once. Safe when
-        several ingesters purge one file together: each DELETE removes only rows still there, so the
+        Returns how many this call deleted: fewer than ``batch_rows`` means none are left. Safe when
+        several ingesters purge one file together: a DELETE removes only rows still there, so the
         counts of all purgers add up to the rows removed.
         """
 
@@ -74,12 +72,21 @@ class SqliteStore(SqliteBacked):
                 )
                 return cursor.rowcount
 
+        try:
+            return await self._file.call(delete_batch)
+        except (sqlite3.Error, OSError) as exc:
+            raise StoreError(f"sqlite store {self.path}: {exc}", retryable=True) from exc
+
+    async def purge_before(self, cutoff_ns: int, batch_rows: int) -> int:
+        """Delete every event whose point time is before ``cutoff_ns``; returns how many this call deleted.
+
+        Batch after batch, each its own transaction: each holds the file's write lock, and an
+        ingester writing a round (this one's or another's sharing the file) waits for it, so a first
+        purge of months of events must not hold the lock for all of them at once.
+        """
         purged = 0
         while True:
-            try:
-                deleted = await self._file.call(delete_batch)
-            except (sqlite3.Error, OSError) as exc:
-                raise StoreError(f"sqlite store {self.path}: {exc}", retryable=True) from exc
+            deleted = await self.purge_batch(cutoff_ns, batch_rows)
             purged += deleted
             if deleted < batch_rows:
                 return purged
