@@ -335,18 +335,10 @@ class Ingester:
                     if deleted < retention.purge_batch_rows:
                         break
             except StoreError as exc:
-                raise_if_cancelling()
                 failures += 1
-                delay = backoff.next_delay()
-                if worth_logging(failures, first=1, every=10):
-                    log.error(
-                        "district_events_purge_failed",
-                        error=str(exc),
-                        purged=purged,
-                        retry_in_s=round(delay, 2),
-                        count=failures,
-                    )
-                await asyncio.sleep(delay)
+                await _pause_after_store_failure(
+                    backoff, failures, "district_events_purge_failed", exc, purged=purged
+                )
                 continue
             backoff.reset()
             failures = 0
@@ -370,17 +362,8 @@ class Ingester:
                 )
                 break
             except StoreError as exc:
-                raise_if_cancelling()
                 failures += 1
-                delay = backoff.next_delay()
-                if worth_logging(failures, first=1, every=10):
-                    log.error(
-                        "influx_retention_check_failed",
-                        error=str(exc),
-                        retry_in_s=round(delay, 2),
-                        count=failures,
-                    )
-                await asyncio.sleep(delay)
+                await _pause_after_store_failure(backoff, failures, "influx_retention_check_failed", exc)
         if check.action in {"differs", "missing"}:
             log.warning(
                 "influx_retention_policy_differs",
@@ -474,6 +457,17 @@ def _status(compound_id: str, body: bytes) -> tuple[str, str, str | None]:
         raise PayloadRejected("bad_field", f"unknown gateway state {str(state)[:40]!r}", field="state")
     at = document.get("at")
     return compound_id, state, at[:64] if isinstance(at, str) else None
+
+
+async def _pause_after_store_failure(
+    backoff: Backoff, failures: int, event: str, exc: StoreError, **fields: object
+) -> None:
+    """Log the ``failures``-th failure of a retention task (sparsely) and wait its backoff delay."""
+    raise_if_cancelling()
+    delay = backoff.next_delay()
+    if worth_logging(failures, first=1, every=10):
+        log.error(event, error=str(exc), retry_in_s=round(delay, 2), count=failures, **fields)
+    await asyncio.sleep(delay)
 
 
 async def run_ingester(config: DistrictConfig, *, ready: asyncio.Event | None = None) -> None:
