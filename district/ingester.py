@@ -315,7 +315,7 @@ class Ingester:
     async def purge_periodically(self, store: SqliteStore) -> None:
         """Delete events older than ``[retention] events_days`` now and every ``check_interval_s``.
 
-        In batches of ``purge_batch_rows`` (``SqliteStore.purge_batch``: each holds the write lock
+        In batches of ``purge_batch_rows`` (``SqliteStore.purge_before``: each holds the write lock
         that this and the other ingesters' writes wait for), each counted as soon as it is done, so
         a purge that fails halfway still counts what it deleted. A failed purge is retried with
         capped backoff; the store's thread does the work, never the event loop.
@@ -327,13 +327,14 @@ class Ingester:
             cutoff = utc_now() - timedelta(days=retention.events_days)
             cutoff_ns = (cutoff - EPOCH) // timedelta(microseconds=1) * 1000
             purged = 0
+
+            def counted(deleted: int) -> None:
+                nonlocal purged
+                purged += deleted
+                self.events_purged += deleted
+
             try:
-                while True:
-                    deleted = await store.purge_batch(cutoff_ns, retention.purge_batch_rows)
-                    purged += deleted
-                    self.events_purged += deleted
-                    if deleted < retention.purge_batch_rows:
-                        break
+                await store.purge_before(cutoff_ns, retention.purge_batch_rows, on_batch=counted)
             except StoreError as exc:
                 failures += 1
                 await _pause_after_store_failure(

@@ -77,17 +77,23 @@ class SqliteStore(SqliteBacked):
         except (sqlite3.Error, OSError) as exc:
             raise StoreError(f"sqlite store {self.path}: {exc}", retryable=True) from exc
 
-    async def purge_before(self, cutoff_ns: int, batch_rows: int) -> int:
+    async def purge_before(
+        self, cutoff_ns: int, batch_rows: int, on_batch: Callable[[int], None] | None = None
+    ) -> int:
         """Delete every event whose point time is before ``cutoff_ns``; returns how many this call deleted.
 
         Batch after batch, each its own transaction: each holds the file's write lock, and an
         ingester writing a round (this one's or another's sharing the file) waits for it, so a first
-        purge of months of events must not hold the lock for all of them at once.
+        purge of months of events must not hold the lock for all of them at once. ``on_batch`` is
+        told each batch's count as soon as it is committed (a purge failing halfway has still
+        deleted those).
         """
         purged = 0
         while True:
             deleted = await self.purge_batch(cutoff_ns, batch_rows)
             purged += deleted
+            if on_batch is not None:
+                on_batch(deleted)
             if deleted < batch_rows:
                 return purged
 
