@@ -58,6 +58,24 @@ def mosquitto_binary() -> str:
     return found
 
 
+def local_compound_conf(port: int, files_dir: Path, data_dir: Path, log_dest: str) -> str:
+    """The shipped compound broker configuration made runnable here, and nothing else changed.
+
+    Its listener moves to ``port`` on the loopback, its password file and ACL to ``files_dir``, its
+    persistence to ``data_dir``, its log to ``log_dest`` (a Mosquitto ``log_dest`` value).
+    """
+    text = COMPOUND_CONF.read_text(encoding="utf-8")
+    for needle in ("listener 1883\n", "/etc/mosquitto/compound/", "/var/lib/mosquitto/", "log_dest syslog"):
+        if needle not in text:
+            raise RuntimeError(f"{COMPOUND_CONF} changed: no {needle!r} to adapt for a local run")
+    return (
+        text.replace("listener 1883\n", f"listener {port} 127.0.0.1\n")
+        .replace("/etc/mosquitto/compound/", f"{files_dir}/")
+        .replace("/var/lib/mosquitto/", f"{data_dir}/")
+        .replace("log_dest syslog", f"log_dest {log_dest}")
+    )
+
+
 class Mosquitto:
     """A Mosquitto process bound to 127.0.0.1 on a private port."""
 
@@ -106,21 +124,7 @@ class Mosquitto:
     def _shipped_compound_lines(self) -> list[str]:
         data = self.workdir / "data"
         data.mkdir(exist_ok=True)
-        text = COMPOUND_CONF.read_text(encoding="utf-8")
-        for needle in (
-            "listener 1883\n",
-            "/etc/mosquitto/compound/",
-            "/var/lib/mosquitto/",
-            "log_dest syslog",
-        ):
-            if needle not in text:
-                raise RuntimeError(f"{COMPOUND_CONF} changed: no {needle!r} to adapt for a local run")
-        text = (
-            text.replace("listener 1883\n", f"listener {self.port} 127.0.0.1\n")
-            .replace("/etc/mosquitto/compound/", f"{self.workdir}/")
-            .replace("/var/lib/mosquitto/", f"{data}/")
-            .replace("log_dest syslog", f"log_dest file {self.workdir}/mosquitto.log")
-        )
+        text = local_compound_conf(self.port, self.workdir, data, f"file {self.workdir}/mosquitto.log")
         self._write_accounts()
         # "Reloading config." is an information line: admit() waits for it
         return [*text.splitlines(), "log_type information"]

@@ -27,7 +27,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from pydantic import SecretStr
 
-from device_sims.broker import Mosquitto, free_port, mosquitto_binary, stop_process
+from device_sims.broker import Mosquitto, free_port, local_compound_conf, mosquitto_binary, stop_process
 from device_sims.devices import sample_secret
 from device_sims.inventory import sample_broker_accounts, sample_devices, write_sample_config
 from gateway.broker_accounts import BrokerAccounts
@@ -118,15 +118,7 @@ class Broker:
 
 
 def shipped_config(directory: Path, port: int, edit: Callable[[str], str]) -> Path:
-    text = (SHIPPED / "compound.conf").read_text(encoding="utf-8")
-    for needle in ("listener 1883\n", "/etc/mosquitto/compound/", "/var/lib/mosquitto/", "log_dest syslog"):
-        assert needle in text, f"the test no longer matches the shipped file: {needle!r}"
-    text = (
-        text.replace("listener 1883\n", f"listener {port} 127.0.0.1\n")
-        .replace("/etc/mosquitto/compound/", f"{directory}/")
-        .replace("/var/lib/mosquitto/", f"{directory}/data/")
-        .replace("log_dest syslog", "log_dest stderr")
-    )
+    text = local_compound_conf(port, directory, directory / "data", "stderr")
     path = directory / "compound.conf"
     path.write_text(edit(text), encoding="utf-8")
     return path
