@@ -36,8 +36,6 @@ from gateway.broker_drops import DROPPED_TOPIC, drop_counter_user
 from gateway.config import load_config
 from gateway.device_secrets import GATEWAY_BROKER_USER, load_device_secrets
 
-ROOT = Path(__file__).resolve().parents[1]
-SHIPPED = ROOT / "deploy" / "mosquitto"
 DEVICE, OTHER = "860812045678901", "860812045678902"  # the sample's shed sensor, and a second one
 OTHER_ID = "36010400011340000009"
 SHED = next(d for d in sample_devices() if d.ref == DEVICE)
