@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 
@@ -84,8 +84,12 @@ class Runner:
         self._push_auth = PushAuth()
         self.report = Report()
 
-    async def run(self, steps: Sequence[Step], rate: float | None = None) -> Report:
-        """Send every step; ``rate`` in messages per second (None: as fast as acknowledgements allow)."""
+    async def run(self, steps: Iterable[Step], rate: float | None = None) -> Report:
+        """Send every step; ``rate`` in messages per second (None: as fast as acknowledgements allow).
+
+        ``steps`` is consumed lazily, one step at a time, so a generator can decide on more load
+        from what it observes meanwhile.
+        """
         started = time.monotonic()
         queue: asyncio.Queue[Step | None] = asyncio.Queue(maxsize=self._workers * 4)
         async with AsyncExitStack() as stack:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
 import random
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Literal
@@ -156,11 +157,17 @@ def burst(
     sims: Sequence[DeviceSim], rng: random.Random, count: int, start: datetime | None = None
 ) -> list[Step]:
     """``count`` routine events round-robin over the devices, for load and crash tests."""
+    return list(itertools.islice(endless_burst(sims, rng, start), count))
+
+
+def endless_burst(
+    sims: Sequence[DeviceSim], rng: random.Random, start: datetime | None = None
+) -> Iterator[Step]:
+    """:func:`burst` without an end, for load that must last until something has been observed."""
     at = _clock(start)
-    return [
-        Step(sims[i % len(sims)], sims[i % len(sims)].routine(at + timedelta(seconds=i), rng))
-        for i in range(count)
-    ]
+    for i in itertools.count():
+        sim = sims[i % len(sims)]
+        yield Step(sim, sim.routine(at + timedelta(seconds=i), rng))
 
 
 def build(
