@@ -17,6 +17,7 @@ from typing import Annotated, Literal, Protocol, TypeVar
 
 from pydantic import (
     Field,
+    HttpUrl,
     SecretStr,
     field_validator,
     model_validator,
@@ -287,6 +288,18 @@ class DeviceConfig(ConfigModel):
     allowed_sources: tuple[SourceNetwork, ...] = Field(
         default=(), description="HTTP push devices: the addresses it may push from (CIDR); empty: any"
     )
+    media_url: HttpUrl | None = Field(
+        default=None,
+        description="cameras keeping pictures and clips on the device: the base URL of our download API"
+        " (GET <media_url>/<key>, digest with the device's secret; docs/evidence.md); none: not fetched",
+    )
+    media_username: str = Field(
+        default="gateway",
+        min_length=1,
+        max_length=64,
+        pattern=r'^[^":\\]+$',
+        description="the user name the gateway presents to the device's download API",
+    )
 
     @property
     def http_username(self) -> str:
@@ -435,6 +448,45 @@ class DirectUplinkConfig(ConfigModel):
 UplinkConfig = Annotated[MqttUplinkConfig | DirectUplinkConfig, Field(discriminator="mode")]
 
 
+class MediaFetchConfig(ConfigModel):
+    """Fetching the pictures and clips that cameras keep on the device (``device:`` references)."""
+
+    timeout_s: float = Field(default=30.0, gt=0, le=600, description="longest one download may take")
+    max_file_bytes: int = Field(
+        default=64 * 1024 * 1024, ge=1024, le=64 * 1024 * 1024, description="larger files are refused unread"
+    )
+    attempts: int = Field(default=8, ge=1, le=100, description="tries per file before it is given up")
+    concurrency: int = Field(default=2, ge=1, le=16, description="downloads at once (all devices)")
+
+
+class EvidenceServiceConfig(ConfigModel):
+    """Answering the district's evidence requests and sending critical alarms' pictures unasked."""
+
+    chunk_bytes: int = Field(
+        default=256 * 1024, ge=16 * 1024, le=1024 * 1024, description="bytes per MQTT message of a file"
+    )
+    proactive: bool = Field(
+        default=True,
+        description="send the snapshot and trajectory picture of thrown-object and fire alarms without a request",
+    )
+    barrier_window_max_s: int = Field(
+        default=3600, ge=60, le=7 * 24 * 3600, description="longest barrier window one request may ask for"
+    )
+
+
+class EvidenceConfig(ConfigModel):
+    """Evidence: media fetched from devices, their byte budget, and what may leave on request."""
+
+    media_max_bytes: int = Field(
+        default=20 * 1024**3,
+        ge=1024 * 1024,
+        description="byte budget of the media store (beside the outbox's); over it, the oldest pictures"
+        " that are no alarm evidence go first",
+    )
+    fetch: MediaFetchConfig = MediaFetchConfig()
+    serve: EvidenceServiceConfig = EvidenceServiceConfig()
+
+
 class GatewayConfig(ConfigModel):
     """The whole gateway configuration."""
 
@@ -446,6 +498,7 @@ class GatewayConfig(ConfigModel):
     http: HttpConfig = HttpConfig()
     backoff: BackoffConfig = BackoffConfig()
     trust: TrustConfig = TrustConfig()
+    evidence: EvidenceConfig = EvidenceConfig()
     platforms: dict[str, PlatformConfig] = Field(
         default_factory=dict, description="per vendor platform dialect: how it authenticates its pushes"
     )
