@@ -45,6 +45,7 @@ EXPIRED = "36010400012160000199"
 class District:
     port: int
     certs: Path
+    process: subprocess.Popen[bytes] | None = None  # the broker (SIGHUP reloads its ACL)
 
     def tls(self, name: str, ca: Path | None = None) -> ssl.SSLContext:
         context = ssl.create_default_context(cafile=str(ca or self.certs / "ca.pem"))
@@ -149,7 +150,7 @@ def district(tmp_path: Path) -> Iterator[District]:
                 break
             assert time.monotonic() < deadline
             time.sleep(0.05)
-        yield District(port, certs)
+        yield District(port, certs, process)
     finally:
         stop_process(process)
         shutil.rmtree(certs, ignore_errors=True)
