@@ -208,11 +208,10 @@ async def test_influx_rewrites_the_expired_hit_points_without_their_crop(
     """Each expired hit point keeps its series, time and other fields, and gets the stripped body; no copies.
 
     With ``policy`` the store writes to a retention policy that is not the database default: the
-    crops are found and rewritten in it (1.6's /query has no rp parameter), none land in autogen.
-    Read back point by point (every field and tag compared) and, without a policy, through the query
-    path. Checked once to fail with the rewrite's timestamp off by 1 ns (every stripped hit became
-    a second point and the originals kept their crops) and once with ``FROM`` left unqualified
-    (the "ops" case found nothing: count 0).
+    crops are found and rewritten in it, none land in autogen. Read back point by point (every field
+    and tag compared) and, without a policy, through the query path. Checked once to fail with the
+    rewrite's timestamp off by 1 ns (the pass stopped: the rewritten point still had its crop) and
+    once with the rewrite written without ``rp`` (the "ops" case stopped the same way).
     """
     config = InfluxV1StoreConfig(url=influx.url, database="d", retention_policy=policy)
     source = '"watchlist_hit"' if policy is None else f'"d"."{policy}"."watchlist_hit"'

@@ -77,7 +77,6 @@ async def strip_influx_hit_crops(
     query: InfluxQuery,
     write: Callable[[bytes], Awaitable[None]],
     *,
-    source: str,
     cutoff_ns: int,
     batch_rows: int,
     tally: RetentionTally,
@@ -89,20 +88,20 @@ async def strip_influx_hit_crops(
     stripped body has ``null`` there), and each is written again with the same measurement, tag set
     and timestamp and only the ``body`` field. InfluxDB keeps one point per series and time and
     replaces the fields written again, so the point's other fields stay, and its old body is gone
-    from query answers at once (from its files once the shard is compacted). ``source`` is the
-    measurement as InfluxQL names it in ``FROM`` (qualified with the retention policy the store
-    writes to, if one is configured). Idempotent: a rewritten point no longer matches.
+    from query answers at once (from its files once the shard is compacted). ``query`` and
+    ``write`` address the database and retention policy the store writes to (1.6's ``/query``
+    honours ``rp``, checked). Idempotent: a rewritten point no longer matches.
     """
     measurement = HIT_CROP_KIND.value
     keys = sorted(
         str(row[0])
-        for result in await query(f"SHOW TAG KEYS FROM {source}", {})
+        for result in await query(f"SHOW TAG KEYS FROM {influx_name(measurement)}", {})
         for series in result.get("series", [])
         for row in series.get("values", [])
     )
     columns = ", ".join(influx_name(name) for name in ["body", *keys])
     statement = (
-        f"SELECT {columns} FROM {source} WHERE time < $cutoff"  # noqa: S608 - our identifiers; values bound
+        f"SELECT {columns} FROM {influx_name(measurement)} WHERE time < $cutoff"  # noqa: S608 - our identifiers; values bound
         f' AND "body" =~ /"{HIT_CROP_FIELD}":"/ ORDER BY time ASC LIMIT {int(batch_rows)}'
     )
     rewritten: set[tuple[int, tuple[tuple[str, str], ...]]] = set()
@@ -213,12 +212,6 @@ class InfluxV1Store:
         if not self._policy_checked:
             policy = await self.ensure_retention(rules.events_days, alter=rules.alter_policy)
             self._policy_checked = True
-        cfg = self._config
-        source = influx_name(HIT_CROP_KIND.value)
-        if cfg.retention_policy:
-            # /query of 1.x before 1.8 has no rp parameter: a SELECT reads the database's default
-            # policy unless FROM names one, and the rewrite must land where the point is
-            source = f"{influx_name(cfg.database)}.{influx_name(cfg.retention_policy)}.{source}"
 
         async def select(statement: str, params: dict[str, str | int]) -> list[dict[str, Any]]:
             return await self.query(statement, method="POST", params=params, epoch="ns")
@@ -226,7 +219,6 @@ class InfluxV1Store:
         await strip_influx_hit_crops(
             select,
             self.write_lines,
-            source=source,
             cutoff_ns=rules.cutoff_ns(rules.hit_crops_days, now),
             batch_rows=min(rules.batch_rows, HIT_CROPS_BATCH_MAX),
             tally=tally,

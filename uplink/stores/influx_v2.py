@@ -19,7 +19,6 @@ from foundation.config_types import ConfigModel
 from foundation.events import Event
 from uplink.lineprotocol import to_lines
 from uplink.stores.base import (
-    HIT_CROP_KIND,
     HIT_CROPS_BATCH_MAX,
     RetentionPass,
     RetentionRules,
@@ -27,7 +26,7 @@ from uplink.stores.base import (
     StoreError,
     classify_http,
 )
-from uplink.stores.influx_v1 import influx_name, query_results, strip_influx_hit_crops
+from uplink.stores.influx_v1 import query_results, strip_influx_hit_crops
 
 
 class InfluxV2StoreConfig(ConfigModel):
@@ -114,7 +113,6 @@ class InfluxV2Store:
         await strip_influx_hit_crops(
             select,
             self.write_lines,
-            source=influx_name(HIT_CROP_KIND.value),
             cutoff_ns=rules.cutoff_ns(rules.hit_crops_days, now),
             batch_rows=min(rules.batch_rows, HIT_CROPS_BATCH_MAX),
             tally=tally,
