@@ -49,6 +49,7 @@ from uplink.stores import (
     SqliteStore,
     SqliteStoreConfig,
     StoreConfig,
+    StoreError,
 )
 from uplink.stores.base import without_hit_crop
 
@@ -376,3 +377,21 @@ def test_a_body_the_model_no_longer_accepts_still_loses_its_crop() -> None:
     assert without_hit_crop(event.model_dump_json()) == stripped(event).model_dump_json()
     with pytest.raises(TypeError, match="vehicle_watch_hit"):
         without_hit_crop(plate_hit(1, timedelta(days=40)).model_dump_json())
+
+
+async def test_influx_a_hit_point_whose_body_is_not_a_hit_is_a_store_error_naming_it(
+    influx: InfluxServer,
+) -> None:
+    """A point the ingester could not have written (its body not JSON) fails the pass as a StoreError naming it.
+
+    The ingester's retention task retries a StoreError and logs it; anything else would end the
+    task group (the ingester). Checked once to fail without the translation (a ValidationError escaped).
+    """
+    config = InfluxV1StoreConfig(url=influx.url, database="d")
+    at = RULES.cutoff_ns(40, NOW)
+    async with InfluxV1Store(config) as store:
+        await store.write_lines(
+            f'watchlist_hit,list_id=x body="{{\\"snapshot_jpeg_b64\\":\\"abc" {at}'.encode()
+        )
+        with pytest.raises(StoreError, match=rf"watchlist_hit point at {at} {{'list_id': 'x'}} has a body"):
+            await store.enforce_retention(RULES, NOW, RetentionCounts())

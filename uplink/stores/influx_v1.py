@@ -119,7 +119,17 @@ async def strip_influx_hit_crops(
                     retryable=False,
                 )
             rewritten.add(point)
-            lines.append(point_line(measurement, tags, {"body": without_hit_crop(body)}, int(at)))
+            try:
+                body_now = without_hit_crop(body)
+            except (ValueError, KeyError, TypeError) as exc:
+                # not a hit's JSON (the ingester never writes one): named, so an operator can fix
+                # it; the task retries and never crashes the ingester
+                raise StoreError(
+                    f"influxdb: the {measurement} point at {at} {dict(tags)} has a body that is not"
+                    f" a watch-list hit ({type(exc).__name__}: {exc}); fix or delete that point",
+                    retryable=False,
+                ) from exc
+            lines.append(point_line(measurement, tags, {"body": body_now}, int(at)))
         if lines:
             await write("\n".join(lines).encode())
             tally.hit_crops_purged += len(lines)
