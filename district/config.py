@@ -7,9 +7,9 @@ every error with its file, field and fix.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from foundation.config_types import ConfigModel, Port, ZoneName
 from foundation.events import GbId
@@ -81,6 +81,10 @@ class OperatorApiConfig(ConfigModel):
     timeout_s: float = Field(default=30.0, gt=0, description="longest a query may take")
 
 
+HIT_CROPS_DAYS = 30
+"""Default days a watch-list hit keeps its face crop at the district (PIPL: sensitive personal data)."""
+
+
 class RetentionConfig(ConfigModel):
     """How long the district keeps what it stores (privacy: nothing is kept forever)."""
 
@@ -106,6 +110,34 @@ class RetentionConfig(ConfigModel):
         description="InfluxDB 1.x: change an existing retention policy's duration to events_days"
         " (default: leave an operator's policy as it is and log a warning naming the difference)",
     )
+    hit_crops_days: int = Field(
+        default=HIT_CROPS_DAYS,
+        ge=1,
+        le=36_500,
+        description="watch-list hits older than this many days lose their face crop (the event stays);"
+        f" at most events_days; default {HIT_CROPS_DAYS}, or events_days when that is shorter",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _hit_crops_default(cls, data: Any) -> Any:
+        # an unset hit_crops_days follows a shorter events_days: a config that only shortens the
+        # events (valid before hit crops had a setting) stays valid, the crops go with the events
+        if isinstance(data, dict) and "hit_crops_days" not in data:
+            events_days = data.get("events_days")
+            if type(events_days) is int and 1 <= events_days < HIT_CROPS_DAYS:
+                return {**data, "hit_crops_days": events_days}
+        return data
+
+    @model_validator(mode="after")
+    def _hit_crops_within_events(self) -> RetentionConfig:
+        if self.hit_crops_days > self.events_days:
+            raise ValueError(
+                f"hit_crops_days ({self.hit_crops_days}) must be at most events_days"
+                f" ({self.events_days}): a hit's crop is deleted with its event anyway; lower"
+                " hit_crops_days or raise events_days"
+            )
+        return self
 
 
 class DistrictConfig(ConfigModel):

@@ -40,18 +40,15 @@ from foundation.mqtt import Message, MqttSession, SessionOptions
 from foundation.sqlite_thread import SqliteBacked, transaction
 from foundation.supervision import supervise
 from foundation.systemd import sd_notify, watchdog, watchdog_interval
-from uplink.lineprotocol import EPOCH
 from uplink.protocol import STATUS, TopicAddress, decode_batch, encode_receipt, parse_topic, receipt_topic
-from uplink.stores import EventStore, StoreError
-from uplink.stores.influx_v1 import InfluxV1Store
-from uplink.stores.sqlite import SqliteStore
+from uplink.stores import EventStore, RetentionPolicyCheck, RetentionRules, StoreError
 
 log = structlog.get_logger(__name__)
 
 MESSAGES_PER_ROUND = 256
 RECEIPT_MAX_IDS = 2000
 STORE_RETRY = BackoffConfig(initial_s=0.2, max_s=10.0)
-INFLUX_POLICY_RETRY = BackoffConfig(initial_s=1.0, max_s=60.0)
+RETENTION_RETRY = BackoffConfig(initial_s=1.0, max_s=60.0)
 
 
 @dataclass(frozen=True)
@@ -144,7 +141,9 @@ class Ingester:
         self.receipts_refused = 0  # the broker refused a receipt (v5 reason code), e.g. its ACL
         self.store_write_failures = 0
         self.store_failing = False
-        self.events_purged = 0  # deleted by this ingester's retention purges (embedded store)
+        # the store's retention passes count here (``RetentionTally``), batch by batch
+        self.events_purged = 0  # deleted by this ingester's retention (embedded store)
+        self.hit_crops_purged = 0  # watch-list hits whose face crop this ingester's retention removed
         self.rejected: Counter[str] = Counter()
         self._rejected_by_compound: Counter[tuple[str, str]] = Counter()
 
@@ -312,75 +311,59 @@ class Ingester:
             self.events_written += len(events)
             return []
 
-    async def purge_periodically(self, store: SqliteStore) -> None:
-        """Delete events older than ``[retention] events_days`` now and every ``check_interval_s``.
+    async def enforce_retention(self) -> None:
+        """The store's retention (``EventStore.enforce_retention``) at start and every ``check_interval_s``.
 
-        In batches of ``purge_batch_rows`` (``SqliteStore.purge_before``: each holds the write lock
-        that this and the other ingesters' writes wait for), each counted as soon as it is done, so
-        a purge that fails halfway still counts what it deleted. A failed purge is retried with
-        capped backoff; the store's thread does the work, never the event loop.
+        The store knows what it can do: SQLite deletes expired events and strips expired hit crops
+        in bounded batches (each holds the write lock that this and the other ingesters' writes wait
+        for); InfluxDB 1.x checks its retention policy once and strips the crops by rewriting their
+        points. Every committed batch is counted at once (``events_purged``, ``hit_crops_purged``),
+        so a pass that fails halfway still counts what it did. A failed pass is retried with capped
+        backoff; it runs beside the ingesting, never before it: a store that is down must not keep
+        the ingester from its broker.
         """
         retention = self._config.retention
-        backoff = Backoff(STORE_RETRY)
+        rules = RetentionRules(
+            events_days=retention.events_days,
+            hit_crops_days=retention.hit_crops_days,
+            batch_rows=retention.purge_batch_rows,
+            alter_policy=retention.influx_alter_policy,
+        )
+        backoff = Backoff(RETENTION_RETRY)
         failures = 0
         while True:
-            cutoff = utc_now() - timedelta(days=retention.events_days)
-            cutoff_ns = (cutoff - EPOCH) // timedelta(microseconds=1) * 1000
-            purged = 0
-
-            def counted(deleted: int) -> None:
-                nonlocal purged
-                purged += deleted
-                self.events_purged += deleted
-
+            now = utc_now()
+            purged, crops = self.events_purged, self.hit_crops_purged
             try:
-                await store.purge_before(cutoff_ns, retention.purge_batch_rows, on_batch=counted)
+                done = await self._store.enforce_retention(rules, now, self)
             except StoreError as exc:
                 failures += 1
                 await _pause_after_store_failure(
-                    backoff, failures, "district_events_purge_failed", exc, purged=purged
+                    backoff,
+                    failures,
+                    "district_retention_failed",
+                    exc,
+                    purged=self.events_purged - purged,
+                    hit_crops_purged=self.hit_crops_purged - crops,
                 )
                 continue
             backoff.reset()
             failures = 0
-            if purged:
-                log.info("district_events_purged", count=purged, cutoff=cutoff.isoformat())
-            await asyncio.sleep(retention.check_interval_s)
-
-    async def check_influx_retention(self, store: InfluxV1Store) -> None:
-        """Create or check the InfluxDB retention policy once, retrying until the server answers.
-
-        InfluxDB drops whole expired shard groups itself (its ``[retention] check-interval``) and
-        does not say how many points went: there is no purge count for it.
-        """
-        retention = self._config.retention
-        backoff = Backoff(INFLUX_POLICY_RETRY)
-        failures = 0
-        while True:
-            try:
-                check = await store.ensure_retention(
-                    retention.events_days, alter=retention.influx_alter_policy
+            if done.policy is not None:
+                _log_policy(done.policy)
+            if self.events_purged > purged:
+                log.info(
+                    "district_events_purged",
+                    count=self.events_purged - purged,
+                    cutoff=(now - timedelta(days=rules.events_days)).isoformat(),
                 )
-                break
-            except StoreError as exc:
-                failures += 1
-                await _pause_after_store_failure(backoff, failures, "influx_retention_check_failed", exc)
-        if check.action in {"differs", "missing"}:
-            log.warning(
-                "influx_retention_policy_differs",
-                policy=check.policy,
-                duration=check.found,
-                wanted=check.wanted,
-                fix="ALTER RETENTION POLICY by hand, or set [retention] influx_alter_policy = true",
-            )
-        else:
-            log.info(
-                "influx_retention_policy",
-                policy=check.policy,
-                action=check.action,
-                duration=check.wanted,
-                before=check.found,
-            )
+            if self.hit_crops_purged > crops:
+                log.info(
+                    "district_hit_crops_purged",
+                    count=self.hit_crops_purged - crops,
+                    cutoff=(now - timedelta(days=rules.hit_crops_days)).isoformat(),
+                )
+            await asyncio.sleep(retention.check_interval_s)
 
     async def _bisect(self, events: list[Event], exc: StoreError) -> list[IngestLetter]:
         if len(events) == 1:
@@ -460,6 +443,26 @@ def _status(compound_id: str, body: bytes) -> tuple[str, str, str | None]:
     return compound_id, state, at[:64] if isinstance(at, str) else None
 
 
+def _log_policy(check: RetentionPolicyCheck) -> None:
+    """What the store found of its own retention policy (InfluxDB 1.x): a warning if it differs."""
+    if check.action in {"differs", "missing"}:
+        log.warning(
+            "influx_retention_policy_differs",
+            policy=check.policy,
+            duration=check.found,
+            wanted=check.wanted,
+            fix="ALTER RETENTION POLICY by hand, or set [retention] influx_alter_policy = true",
+        )
+    else:
+        log.info(
+            "influx_retention_policy",
+            policy=check.policy,
+            action=check.action,
+            duration=check.wanted,
+            before=check.found,
+        )
+
+
 async def _pause_after_store_failure(
     backoff: Backoff, failures: int, event: str, exc: StoreError, **fields: object
 ) -> None:
@@ -483,6 +486,12 @@ async def run_ingester(config: DistrictConfig, *, ready: asyncio.Event | None = 
         # one thread: rounds are decoded one at a time, in arrival order
         decoder = stack.enter_context(ThreadPoolExecutor(1, thread_name_prefix="ingest-decode"))
         ingester = Ingester(config, store, state, decoder)
+        health.expose(
+            "cgw_district_hit_crops_purged_total",
+            "watch-list hits whose face crop this ingester's retention removed as older than"
+            " [retention] hit_crops_days (the event itself stays)",
+            lambda: ingester.hit_crops_purged,
+        )
         await stack.enter_async_context(serve_ingester_health(config.ingest, health, ingester, store))
         connected = asyncio.Event()
         async with asyncio.TaskGroup() as tg:
@@ -497,14 +506,10 @@ async def run_ingester(config: DistrictConfig, *, ready: asyncio.Event | None = 
                 supervise(INGESTER_TRANSPORT, ingester.run, Backoff(BackoffConfig()), connected, health),
                 name="ingester",
             )
-            if isinstance(store, SqliteStore):
-                # InfluxDB expires points itself (its retention policy); SQLite needs us to
-                tg.create_task(ingester.purge_periodically(store), name="retention")
-            elif isinstance(store, InfluxV1Store):
-                # beside the ingesting, not before it: a store that is down must not keep the
-                # ingester from its broker; a write that names a policy not created yet gets a
-                # 500 ("retention policy not found") and is retried like any store outage
-                tg.create_task(ingester.check_influx_retention(store), name="retention")
+            # beside the ingesting, not before it: a store that is down must not keep the ingester
+            # from its broker; a write that names an InfluxDB policy not created yet gets a 500
+            # ("retention policy not found") and is retried like any store outage
+            tg.create_task(ingester.enforce_retention(), name="retention")
             await connected.wait()
             sd_notify("READY=1")
             if ready is not None:

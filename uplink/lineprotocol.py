@@ -150,12 +150,23 @@ def tags_and_fields(event: Event) -> tuple[dict[str, str], dict[str, FieldValue]
     return tags, fields
 
 
+def point_line(
+    measurement: str, tags: Mapping[str, str], fields: Mapping[str, FieldValue], time_ns: int
+) -> str:
+    """One point as one line, every name and value escaped for its position (empty tags left out).
+
+    Also how retention rewrites a stored point: InfluxDB replaces the given fields of the point with
+    the same measurement, tag set and time, and keeps its other fields.
+    """
+    tag_text = "".join(f",{_escape_key(k)}={_escape_key(v)}" for k, v in sorted(tags.items()) if v)
+    field_text = ",".join(f"{_escape_key(k)}={_field(v)}" for k, v in fields.items())
+    return f"{_escape_measurement(measurement)}{tag_text} {field_text} {time_ns}"
+
+
 def to_line(event: Event) -> str:
     """One event as one line of line protocol."""
     tags, fields = tags_and_fields(event)
-    tag_text = ",".join(f"{_escape_key(k)}={_escape_key(v)}" for k, v in sorted(tags.items()) if v)
-    field_text = ",".join(f"{_escape_key(k)}={_field(v)}" for k, v in fields.items())
-    return f"{_escape_measurement(event.kind.value)},{tag_text} {field_text} {point_time_ns(event)}"
+    return point_line(event.kind.value, tags, fields, point_time_ns(event))
 
 
 def to_lines(events: Iterable[Event]) -> bytes:

@@ -13,7 +13,15 @@ from typing import Annotated
 
 from pydantic import Field
 
-from uplink.stores.base import EventStore, StoreError
+from uplink.stores.base import (
+    EventStore,
+    RetentionCounts,
+    RetentionPass,
+    RetentionPolicyCheck,
+    RetentionRules,
+    RetentionTally,
+    StoreError,
+)
 from uplink.stores.influx_v1 import InfluxV1Store, InfluxV1StoreConfig
 from uplink.stores.influx_v2 import InfluxV2Store, InfluxV2StoreConfig
 from uplink.stores.sqlite import SqliteStore, SqliteStoreConfig, sqlite_event_ids
@@ -28,6 +36,11 @@ __all__ = [
     "InfluxV1StoreConfig",
     "InfluxV2Store",
     "InfluxV2StoreConfig",
+    "RetentionCounts",
+    "RetentionPass",
+    "RetentionPolicyCheck",
+    "RetentionRules",
+    "RetentionTally",
     "SqliteStore",
     "SqliteStoreConfig",
     "StoreConfig",

@@ -5,8 +5,8 @@ from __future__ import annotations
 import base64
 import io
 import json
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import datetime
 from types import TracebackType
 from typing import Any, Literal, Self
 
@@ -15,8 +15,22 @@ from pydantic import AnyHttpUrl, Field, SecretStr
 
 from foundation.config_types import ConfigModel
 from foundation.events import Event
-from uplink.lineprotocol import to_lines
-from uplink.stores.base import StoreError, classify_http
+from uplink.lineprotocol import point_line, to_lines
+from uplink.stores.base import (
+    HIT_CROP_FIELD,
+    HIT_CROP_KIND,
+    HIT_CROPS_BATCH_MAX,
+    RetentionPass,
+    RetentionPolicyCheck,
+    RetentionRules,
+    RetentionTally,
+    StoreError,
+    classify_http,
+    without_hit_crop,
+)
+
+InfluxQuery = Callable[[str, dict[str, str | int]], Awaitable[list[dict[str, Any]]]]
+"""Run one InfluxQL statement with bound parameters; the ``results`` list, times in ns."""
 
 
 class InfluxV1StoreConfig(ConfigModel):
@@ -45,21 +59,6 @@ def query_results(body: dict[str, Any]) -> list[dict[str, Any]]:
     return results
 
 
-@dataclass(frozen=True)
-class RetentionPolicyCheck:
-    """What ``InfluxV1Store.ensure_retention`` found and did.
-
-    ``action``: ``created`` (new policy, made the database default), ``altered`` (duration changed),
-    ``matches`` (already the wanted duration), ``differs`` (left as it is), ``missing`` (no policy
-    named and the database has no default policy).
-    """
-
-    policy: str | None
-    action: Literal["created", "altered", "matches", "differs", "missing"]
-    wanted: str
-    found: str | None = None
-
-
 def influx_shard_duration(days: int) -> str:
     """InfluxDB's own default shard group duration for a policy of ``days``.
 
@@ -67,6 +66,75 @@ def influx_shard_duration(days: int) -> str:
     shorter than its shard groups (an infinite policy has 7-day ones).
     """
     return "1h" if days < 2 else "1d" if days <= 180 else "7d"
+
+
+def influx_name(name: str) -> str:
+    """An identifier quoted for InfluxQL."""
+    return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+async def strip_influx_hit_crops(
+    query: InfluxQuery,
+    write: Callable[[bytes], Awaitable[None]],
+    *,
+    cutoff_ns: int,
+    batch_rows: int,
+    tally: RetentionTally,
+) -> None:
+    """Rewrite every watch-list hit point before ``cutoff_ns`` that still carries a face crop, without it.
+
+    Batch by batch (oldest first, at most ``batch_rows``): the points still carrying a crop are
+    found by their body (a regular expression on the JSON key and the opening quote of its value; a
+    stripped body has ``null`` there), and each is written again with the same measurement, tag set
+    and timestamp and only the ``body`` field. InfluxDB keeps one point per series and time and
+    replaces the fields written again, so the point's other fields stay, and its old body is gone
+    from query answers at once (from its files once the shard is compacted). ``query`` and
+    ``write`` address the database and retention policy the store writes to (1.6's ``/query``
+    honours ``rp``, checked). Idempotent: a rewritten point no longer matches.
+    """
+    measurement = HIT_CROP_KIND.value
+    keys = sorted(
+        str(row[0])
+        for result in await query(f"SHOW TAG KEYS FROM {influx_name(measurement)}", {})
+        for series in result.get("series", [])
+        for row in series.get("values", [])
+    )
+    columns = ", ".join(influx_name(name) for name in ["body", *keys])
+    statement = (
+        f"SELECT {columns} FROM {influx_name(measurement)} WHERE time < $cutoff"  # noqa: S608 - our identifiers; values bound
+        f' AND "body" =~ /"{HIT_CROP_FIELD}":"/ ORDER BY time ASC LIMIT {int(batch_rows)}'
+    )
+    rewritten: set[tuple[int, tuple[tuple[str, str], ...]]] = set()
+    while True:
+        results = await query(statement, {"cutoff": cutoff_ns})
+        rows = [row for result in results for series in result.get("series", []) for row in series["values"]]
+        lines = []
+        for at, body, *values in rows:
+            tags = {key: str(value) for key, value in zip(keys, values, strict=True) if value is not None}
+            point = (int(at), tuple(sorted(tags.items())))
+            if point in rewritten:
+                # written again and still found: the write went elsewhere (another retention policy?)
+                raise StoreError(
+                    f"influxdb: the {measurement} point at {at} still has its crop after it was rewritten",
+                    retryable=False,
+                )
+            rewritten.add(point)
+            try:
+                body_now = without_hit_crop(body)
+            except (ValueError, KeyError, TypeError) as exc:
+                # not a hit's JSON (the ingester never writes one): named, so an operator can fix
+                # it; the task retries and never crashes the ingester
+                raise StoreError(
+                    f"influxdb: the {measurement} point at {at} {dict(tags)} has a body that is not"
+                    f" a watch-list hit ({type(exc).__name__}: {exc}); fix or delete that point",
+                    retryable=False,
+                ) from exc
+            lines.append(point_line(measurement, tags, {"body": body_now}, int(at)))
+        if lines:
+            await write("\n".join(lines).encode())
+            tally.hit_crops_purged += len(lines)
+        if len(rows) < batch_rows:
+            return
 
 
 def influx_duration(days: int) -> str:
@@ -80,6 +148,7 @@ class InfluxV1Store:
     def __init__(self, config: InfluxV1StoreConfig) -> None:
         self._config = config
         self._session: aiohttp.ClientSession | None = None
+        self._policy_checked = False
 
     @property
     def _headers(self) -> dict[str, str]:
@@ -112,11 +181,15 @@ class InfluxV1Store:
 
     async def write(self, events: Sequence[Event]) -> None:
         """POST the points; 204 is the only confirmation."""
+        await self.write_lines(to_lines(events))
+
+    async def write_lines(self, lines: bytes) -> None:
+        """POST line protocol to the database (and retention policy) the store writes to."""
         params = {"db": self._config.database, "precision": "ns"}
         if self._config.retention_policy:
             params["rp"] = self._config.retention_policy
         # a stream, not raw bytes: large batches are sent without holding the event loop
-        body = io.BytesIO(to_lines(events))
+        body = io.BytesIO(lines)
         try:
             async with self._client().post(
                 "/write", params=params, data=body, headers=self._headers
@@ -134,6 +207,33 @@ class InfluxV1Store:
                     raise classify_http(response.status, await response.text(), "influxdb /ping")
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise StoreError(f"influxdb /ping: {type(exc).__name__}: {exc}", retryable=True) from exc
+
+    async def enforce_retention(
+        self, rules: RetentionRules, now: datetime, tally: RetentionTally
+    ) -> RetentionPass:
+        """Check the retention policy (first pass only), then strip the expired hit crops.
+
+        influxd expires events itself, dropping whole shard groups by the policy
+        (``ensure_retention``), and does not say how many points went: ``events_purged`` stays. The
+        policy is checked until a pass gets an answer, then not again (an operator's change is
+        seen at the next start). Hit crops: ``strip_influx_hit_crops``.
+        """
+        policy = None
+        if not self._policy_checked:
+            policy = await self.ensure_retention(rules.events_days, alter=rules.alter_policy)
+            self._policy_checked = True
+
+        async def select(statement: str, params: dict[str, str | int]) -> list[dict[str, Any]]:
+            return await self.query(statement, method="POST", params=params, epoch="ns")
+
+        await strip_influx_hit_crops(
+            select,
+            self.write_lines,
+            cutoff_ns=rules.cutoff_ns(rules.hit_crops_days, now),
+            batch_rows=min(rules.batch_rows, HIT_CROPS_BATCH_MAX),
+            tally=tally,
+        )
+        return RetentionPass(policy)
 
     async def ensure_retention(self, days: int, *, alter: bool) -> RetentionPolicyCheck:
         """Check the retention policy the store writes to against a duration of ``days``.

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from datetime import datetime
 from types import TracebackType
 from typing import Any, Literal, Self
 
@@ -17,8 +18,15 @@ from pydantic import AnyHttpUrl, Field, SecretStr
 from foundation.config_types import ConfigModel
 from foundation.events import Event
 from uplink.lineprotocol import to_lines
-from uplink.stores.base import StoreError, classify_http
-from uplink.stores.influx_v1 import query_results
+from uplink.stores.base import (
+    HIT_CROPS_BATCH_MAX,
+    RetentionPass,
+    RetentionRules,
+    RetentionTally,
+    StoreError,
+    classify_http,
+)
+from uplink.stores.influx_v1 import query_results, strip_influx_hit_crops
 
 
 class InfluxV2StoreConfig(ConfigModel):
@@ -64,6 +72,10 @@ class InfluxV2Store:
 
     async def write(self, events: Sequence[Event]) -> None:
         """Write through influxdb-client's async write API (line protocol, ns precision)."""
+        await self.write_lines(to_lines(events))
+
+    async def write_lines(self, lines: bytes) -> None:
+        """Line protocol to the bucket through influxdb-client's async write API."""
         from influxdb_client.domain.write_precision import WritePrecision  # noqa: PLC0415
         from influxdb_client.rest import ApiException  # noqa: PLC0415
 
@@ -73,7 +85,7 @@ class InfluxV2Store:
         try:
             ok = await api.write(
                 bucket=self._config.bucket,
-                record=to_lines(events).decode(),
+                record=lines.decode(),
                 write_precision=WritePrecision.NS,
             )
         except ApiException as exc:
@@ -82,6 +94,30 @@ class InfluxV2Store:
             raise StoreError(f"influxdb /api/v2/write: {type(exc).__name__}: {exc}", retryable=True) from exc
         if ok is False:
             raise StoreError("influxdb /api/v2/write did not confirm the write", retryable=True)
+
+    async def enforce_retention(
+        self, rules: RetentionRules, now: datetime, tally: RetentionTally
+    ) -> RetentionPass:
+        """Strip the expired hit crops, as on 1.x (UNTESTED: no 2.x/3.x server here).
+
+        Events expire by the bucket's own retention, which its operator sets: not checked, nothing
+        counted. The crops are found with InfluxQL through the v1-compatible ``/query`` (the bucket
+        needs a DBRP mapping named like the bucket, as the query layer does) and rewritten through
+        the v2 write API; 2.x keeps the TSM rule that a point written again with the same series
+        and time has its fields replaced. 3.x answers InfluxQL differently and is not covered.
+        """
+
+        async def select(statement: str, params: dict[str, str | int]) -> list[dict[str, Any]]:
+            return await self.query(statement, params=params, epoch="ns")
+
+        await strip_influx_hit_crops(
+            select,
+            self.write_lines,
+            cutoff_ns=rules.cutoff_ns(rules.hit_crops_days, now),
+            batch_rows=min(rules.batch_rows, HIT_CROPS_BATCH_MAX),
+            tally=tally,
+        )
+        return RetentionPass()
 
     async def ping(self) -> None:
         """influxdb-client's ``/ping``."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Callable, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Literal, Self, TypeVar
 
@@ -11,7 +12,15 @@ from foundation.config_types import ConfigModel
 from foundation.events import Event
 from foundation.sqlite_thread import SqliteBacked, transaction
 from uplink.lineprotocol import point_time_ns
-from uplink.stores.base import StoreError
+from uplink.stores.base import (
+    HIT_CROP_FIELD,
+    HIT_CROP_KIND,
+    HIT_CROPS_BATCH_MAX,
+    RetentionPass,
+    RetentionRules,
+    RetentionTally,
+    StoreError,
+)
 
 T = TypeVar("T")
 
@@ -97,6 +106,50 @@ class SqliteStore(SqliteBacked):
             if deleted < batch_rows:
                 return purged
 
+    async def strip_hit_crops_batch(self, cutoff_ns: int, batch_rows: int) -> int:
+        """Set the face crop of up to ``batch_rows`` watch-list hits before ``cutoff_ns`` to null, in one transaction.
+
+        Only the crop changes (``json_set`` keeps the rest of the body as it was, byte for byte);
+        the row and its columns stay. Returns how many this call stripped: fewer than
+        ``batch_rows`` means none are left. Only rows still carrying a crop are touched, so a second
+        pass, or another ingester stripping the same file, finds nothing more: the counts add up.
+        """
+
+        def strip_batch(db: sqlite3.Connection) -> int:
+            with transaction(db):
+                cursor = db.execute(
+                    f"UPDATE events SET body = json_set(body, '{HIT_CROP_PATH}', NULL) WHERE event_id IN"  # noqa: S608 - our constants only
+                    f" (SELECT event_id FROM events WHERE {HIT_CROP_PRESENT} AND time_ns < ? LIMIT ?)",
+                    (cutoff_ns, batch_rows),
+                )
+                return cursor.rowcount
+
+        try:
+            return await self._file.call(strip_batch)
+        except (sqlite3.Error, OSError) as exc:
+            raise StoreError(f"sqlite store {self.path}: {exc}", retryable=True) from exc
+
+    async def enforce_retention(
+        self, rules: RetentionRules, now: datetime, tally: RetentionTally
+    ) -> RetentionPass:
+        """Delete the expired events, then strip the expired hit crops; batch by batch, each counted.
+
+        Events first: a hit about to be deleted is not worth rewriting. Crop batches are at most
+        ``HIT_CROPS_BATCH_MAX`` rows (each rewrites a body of up to 256 KiB under the write lock).
+        """
+
+        def purged(deleted: int) -> None:
+            tally.events_purged += deleted
+
+        await self.purge_before(rules.cutoff_ns(rules.events_days, now), rules.batch_rows, on_batch=purged)
+        cutoff_ns = rules.cutoff_ns(rules.hit_crops_days, now)
+        batch_rows = min(rules.batch_rows, HIT_CROPS_BATCH_MAX)
+        while True:
+            stripped = await self.strip_hit_crops_batch(cutoff_ns, batch_rows)
+            tally.hit_crops_purged += stripped
+            if stripped < batch_rows:
+                return RetentionPass()
+
     async def ping(self) -> None:
         """A trivial query in the store's thread."""
         try:
@@ -125,13 +178,19 @@ SQLITE_INSERT = (
     "INSERT OR IGNORE INTO events (event_id, kind, district_id, compound_id, device_id, severity,"
     " occurred_at, received_at, body, time_ns, plate, person_ref) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"
 )
-SQLITE_INDEXES = """
+# A watch-list hit still carrying its face crop. The partial index below holds exactly these rows,
+# so the hourly retention pass finds the expired crops without reading every stored hit's body; a
+# stripped hit leaves the index. (The query must repeat this text for SQLite to use the index.)
+HIT_CROP_PATH = f"$.payload.{HIT_CROP_FIELD}"
+HIT_CROP_PRESENT = f"kind = '{HIT_CROP_KIND.value}' AND json_extract(body, '{HIT_CROP_PATH}') IS NOT NULL"
+SQLITE_INDEXES = f"""
 CREATE INDEX IF NOT EXISTS events_by_time ON events (time_ns);
 CREATE INDEX IF NOT EXISTS events_by_compound ON events (compound_id, kind, time_ns);
 CREATE INDEX IF NOT EXISTS events_by_device ON events (device_id, time_ns);
 CREATE INDEX IF NOT EXISTS events_by_plate ON events (plate, time_ns) WHERE plate IS NOT NULL;
 CREATE INDEX IF NOT EXISTS events_by_person ON events (person_ref, time_ns) WHERE person_ref IS NOT NULL;
 CREATE INDEX IF NOT EXISTS events_by_severity ON events (severity, time_ns);
+CREATE INDEX IF NOT EXISTS events_with_hit_crop ON events (time_ns) WHERE {HIT_CROP_PRESENT};
 """
 
 
