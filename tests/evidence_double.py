@@ -29,9 +29,9 @@ from foundation.events import Event, EventKind, Provenance, Severity, ThrownObje
 from foundation.mqtt import MqttSession, SessionOptions
 from tests.district_data import registry_toml
 from uplink.evidence import (
+    ANSWER,
     CHUNK,
     MANIFEST,
-    ANSWER,
     AnswerStatus,
     ChunkHeader,
     EventEvidence,
@@ -175,7 +175,7 @@ def item_of(event_id: str, role: str, data: bytes, content_type: str = "image/jp
     """The protocol's description of one file."""
     return MediaItem(
         event_id=event_id,
-        role=role,  # type: ignore[arg-type]
+        role=role,
         sha256=hashlib.sha256(data).hexdigest(),
         size=len(data),
         content_type=content_type,

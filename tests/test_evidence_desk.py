@@ -68,7 +68,7 @@ async def test_a_proactive_file_arrives_verified_with_its_exact_sha256(
 
 
 async def test_a_request_goes_pending_sending_complete(tmp_path: Path, district_broker: Mosquitto) -> None:
-    """pending until the compound answers, sending with 0/2 files, complete with 2/2, files verified.
+    """Pending until the compound answers, sending with 0/2 files, complete with 2/2, files verified.
 
     Broken on purpose: ``_complete_if_done`` comparing with ``>`` (stayed sending) and
     ``apply_answer`` skipping the items (complete at once, with items_expected 0).
@@ -85,7 +85,8 @@ async def test_a_request_goes_pending_sending_complete(tmp_path: Path, district_
         rid = request["request_id"]
         pending = await district.wait_state(E1, rid, {"pending"})
         assert pending["items_received"] == 0
-        assert double.gate_answer is not None and double.gate_chunks is not None
+        assert double.gate_answer is not None
+        assert double.gate_chunks is not None
         async with asyncio.timeout(10):
             while not double.requests:
                 await asyncio.sleep(0.05)
