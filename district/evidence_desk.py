@@ -452,7 +452,7 @@ class EvidenceDesk:
         now = self._clock()
         media_cutoff = now - timedelta(days=retention.media_days)
         confirmed_cutoff = now - timedelta(days=retention.evidence_confirmed_days)
-        candidates = await self._index.purge_candidates(min(media_cutoff, confirmed_cutoff))
+        candidates = await self._index.purge_candidates(max(media_cutoff, confirmed_cutoff))
         histories = await self._ops.alarm_histories(candidates)
         confirmed = frozenset(
             event for event, steps in histories.items() if any(s.state is AlarmState.CONFIRMED for s in steps)

@@ -33,6 +33,7 @@ from uplink.evidence import (
     CHUNK,
     MANIFEST,
     AnswerStatus,
+    BarrierWindow,
     ChunkHeader,
     EventEvidence,
     EvidenceAnswer,
@@ -262,6 +263,12 @@ class CompoundDouble:
         assert self.session is not None
         if self.gate_answer is not None:
             await self.gate_answer.wait()
+        if isinstance(request.subject, BarrierWindow):  # this double keeps no barrier pictures
+            answer = EvidenceAnswer(
+                request_id=request.request_id, status=AnswerStatus.NOT_FOUND, answered_at=utc_now()
+            )
+            await self.session.publish(self.topic(ANSWER), encode_json(answer), qos=1)
+            return
         status, rule = self.policy(request)
         assert isinstance(request.subject, EventEvidence)
         files = self.files.get(request.subject.event_id, [])
