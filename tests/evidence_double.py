@@ -153,8 +153,12 @@ class District:
 
 
 @contextlib.asynccontextmanager
-async def running_district(config: DistrictConfig) -> AsyncIterator[District]:
-    """``serve_api`` in this loop, with tokens: viewer, operator, admin, and operator_a (compound 1 only)."""
+async def running_district(config: DistrictConfig, *, desk_up: bool = True) -> AsyncIterator[District]:
+    """``serve_api`` in this loop, with tokens: viewer, operator, admin, and operator_a (compound 1 only).
+
+    With ``desk_up`` the block starts once the desk has subscribed (on its first connection the
+    broker has no session of it yet, so anything sent before would not be kept for it).
+    """
     async with OperationsDb(config.api.ops_db) as ops:
         tokens = {
             role.value: await ops.create_token(role.value, role, DISTRICT_ID, (), "test") for role in Role
@@ -165,7 +169,14 @@ async def running_district(config: DistrictConfig) -> AsyncIterator[District]:
         try:
             async with asyncio.timeout(20):
                 await ready.wait()
-            yield District(config, f"http://127.0.0.1:{config.api.port}", tokens, ops)
+            district = District(config, f"http://127.0.0.1:{config.api.port}", tokens, ops)
+            async with asyncio.timeout(20):
+                while (
+                    desk_up
+                    and 'cgw_transport_up{transport="evidence_desk"} 1.0' not in await district.metrics()
+                ):
+                    await asyncio.sleep(0.05)
+            yield district
         finally:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -239,7 +239,7 @@ async def test_the_api_serves_while_the_broker_is_down_and_publishes_once_it_is_
     port = free_port()
     config = write_config(tmp_path, port)
     await seed(config, [alarm(E1, C1)])
-    async with running_district(config) as district:
+    async with running_district(config, desk_up=False) as district:
         code, request = await district.request(E1)
         assert (code, request["state"], request["published"]) == (200, "pending", False)
         assert metric(await district.metrics(), "cgw_transport_up", transport="evidence_desk") == 0
