@@ -65,8 +65,8 @@ async def test_a_token_of_compound_a_cannot_ask_for_compound_bs_evidence(
 ) -> None:
     """403 for the request, the status and the file of another compound's event; each refusal audited.
 
-    Broken on purpose: ``event_compound`` searching only the token's compounds (the answer was 404,
-    not 403) and ``evidence_media`` without its ``ctx.scope`` check (the file was served).
+    Broken on purpose: ``event_compound`` without its ``ctx.scope`` check (the request was accepted)
+    and ``evidence_media`` without its own (the file was served).
     """
     config = write_config(tmp_path, district_broker.port)
     await seed(config, [alarm(E1, C1), alarm(E_B, C2)])
@@ -109,8 +109,8 @@ async def test_requests_need_the_operator_role_and_a_reason(
 ) -> None:
     """A viewer may see the status but not ask; an operator must say why; unknown events are 404.
 
-    Broken on purpose: ``NeedsReason`` removed from ``REQUEST_SPEC`` (a request without a reason
-    was accepted).
+    Broken on purpose: ``NeedsReason`` removed from ``REQUEST_SPEC`` and ``reason`` made optional
+    (a request without a reason was accepted).
     """
     config = write_config(tmp_path, district_broker.port)
     await seed(config, [alarm(E1, C1)])
@@ -156,8 +156,8 @@ async def test_a_barrier_window_request_reaches_the_devices_compound(
 ) -> None:
     """The device's compound comes from the store; the compound receives the window and answers.
 
-    Broken on purpose: ``evidence_request`` (the desk's) always sending ``EventEvidence`` (the
-    double saw no window).
+    Broken on purpose: the desk's ``evidence_request`` always sending ``EventEvidence`` (the
+    compound never saw the window).
     """
     config = write_config(tmp_path, district_broker.port)
     await seed(config, [alarm(E1, C1)])

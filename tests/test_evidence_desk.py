@@ -43,9 +43,8 @@ async def test_a_proactive_file_arrives_verified_with_its_exact_sha256(
 ) -> None:
     """A compound's unasked alarm snapshot is kept under its SHA-256, byte for byte, and counted.
 
-    Broken on purpose: ``_verify_and_keep`` moving the file before hashing it (kept a corrupt file:
-    the corruption test failed) and ``add_media`` storing ``request_id`` for proactive files
-    (``request_id`` here was not None).
+    Broken on purpose: ``MediaFiles.path`` without its two-level fan-out (the file was not where
+    its SHA-256 says).
     """
     config = write_config(tmp_path, district_broker.port)
     await seed(config, [alarm(E1, C1)])
@@ -70,8 +69,7 @@ async def test_a_proactive_file_arrives_verified_with_its_exact_sha256(
 async def test_a_request_goes_pending_sending_complete(tmp_path: Path, district_broker: Mosquitto) -> None:
     """Pending until the compound answers, sending with 0/2 files, complete with 2/2, files verified.
 
-    Broken on purpose: ``_complete_if_done`` comparing with ``>`` (stayed sending) and
-    ``apply_answer`` skipping the items (complete at once, with items_expected 0).
+    Broken on purpose: ``_complete_if_done`` comparing with ``>`` (it stayed sending).
     """
     config = write_config(tmp_path, district_broker.port)
     await seed(config, [alarm(E1, C1)])
@@ -138,8 +136,8 @@ async def test_redelivered_and_reordered_chunks_are_idempotent(
 ) -> None:
     """Every chunk twice, last first, then the whole file again: one file, one row, verified once.
 
-    Broken on purpose: ``Transfer.complete`` counting chunks received instead of distinct indexes
-    (the file was checked half-written: a hash mismatch).
+    Broken on purpose: the desk's held-file check removed (the repeats after completion started
+    new transfers instead of counting as duplicates).
     """
     config = write_config(tmp_path, district_broker.port)
     await seed(config, [alarm(E1, C1)])
@@ -166,7 +164,7 @@ async def test_an_offline_compound_leaves_the_request_pending_until_it_expires(
 ) -> None:
     """Nobody answers: pending (published: the broker has it), then expired after the ttl.
 
-    Broken on purpose: ``expire_requests`` comparing ``expires_at >= now`` (expired at once).
+    Broken on purpose: ``expire_requests`` comparing ``expires_at >= now`` (it expired at once).
     """
     config = write_config(tmp_path, district_broker.port, ttl_s=3)
     await seed(config, [alarm(E1, C1)])
@@ -233,8 +231,8 @@ async def test_a_compound_cannot_deliver_for_another_compounds_event(
 async def test_the_api_serves_while_the_broker_is_down_and_publishes_once_it_is_up(tmp_path: Path) -> None:
     """No broker: the API answers and the request waits unpublished; a broker appears: it goes out.
 
-    Broken on purpose: ``serve_api`` awaiting the desk's first connection before serving (the
-    first call timed out).
+    Broken on purpose: ``_publish`` not marking the request published (it read unpublished after
+    the compound's answer).
     """
     port = free_port()
     config = write_config(tmp_path, port)
