@@ -20,6 +20,7 @@ from district.evidence_store import EvidenceAccess, EvidenceIndex, MediaFiles
 from district.operations import OperationsDb
 from district.operator_api import openapi_document
 from district.operator_cli import add_operator_commands
+from district.operator_service import Caller, open_operator_service
 from district.query_backends import open_query_backend
 from district.query_model import AlarmState
 from foundation.events import utc_now
@@ -43,7 +44,7 @@ from tests.evidence_double import (
     write_config,
 )
 from tests.test_evidence_desk import metric
-from uplink.evidence import CHUNK, BarrierWindow, compound_evidence_topic
+from uplink.evidence import CHUNK, BarrierWindow, EventEvidence, compound_evidence_topic
 from uplink.protocol import DEFAULT_PREFIX
 
 OPENAPI_FILE = Path(__file__).resolve().parents[1] / "docs" / "operator-api.openapi.json"
@@ -324,3 +325,26 @@ def test_the_checked_in_openapi_document_describes_the_evidence_routes() -> None
         "sha256": "path",
         "reason": "query",
     }
+
+
+async def test_a_request_written_by_another_process_is_sent_by_the_apis_desk(
+    tmp_path: Path, district_broker: Mosquitto
+) -> None:
+    """The in-process CLI path (``query evidence-request``): its own service writes the request, the desk finds it.
+
+    Broken on purpose: ``unpublished`` reading only requests already published (it stayed pending).
+    """
+    config = write_config(tmp_path, district_broker.port)
+    await seed(config, [alarm(E1, C1)])
+    double = CompoundDouble(C1, district_broker.port, files={E1: [("snapshot", picture(50))]})
+    async with running_district(config) as district, double.online():
+        async with open_operator_service(config) as cli_service:  # as the CLI's own process opens it
+            answer = await cli_service.handle(
+                district.tokens["operator"],
+                "evidence_request",
+                {"event_id": E1, "reason": "case 12", "roles": ["snapshot"]},
+                Caller("cli", "tester@host"),
+            )
+        done = await district.wait_state(E1, answer.result.request_id, {"complete", "failed"})
+        assert done["state"] == "complete"
+        assert double.requests[0].subject == EventEvidence(event_id=E1, roles=("snapshot",))
