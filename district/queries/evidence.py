@@ -236,7 +236,7 @@ async def compound_status(ctx: QueryContext, compound_id: str) -> str | None:
     """The compound's last gateway state as this host's ingester recorded it (None if unknown here)."""
     try:
         return await asyncio.to_thread(_read_status, ctx.config.ingest.dead_letter_path, compound_id)
-    except sqlite3.Error:
+    except (sqlite3.Error, OSError):
         return None  # no ingester state on this host, or not readable: the status is a convenience
 
 
