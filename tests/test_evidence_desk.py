@@ -12,6 +12,7 @@ import re
 from pathlib import Path
 
 from device_sims.broker import Mosquitto, free_port
+from district.ingester import IngestState
 from tests.evidence_double import (
     C1,
     C2,
@@ -162,14 +163,17 @@ async def test_redelivered_and_reordered_chunks_are_idempotent(
 async def test_an_offline_compound_leaves_the_request_pending_until_it_expires(
     tmp_path: Path, district_broker: Mosquitto
 ) -> None:
-    """Nobody answers: pending (published: the broker has it), then expired after the ttl.
+    """Nobody answers: pending (published: the broker has it; the compound shown offline), then expired.
 
     Broken on purpose: ``expire_requests`` comparing ``expires_at >= now`` (it expired at once).
     """
     config = write_config(tmp_path, district_broker.port, ttl_s=3)
     await seed(config, [alarm(E1, C1)])
+    async with IngestState(config.ingest.dead_letter_path, 10) as ingest:  # the compound's last will
+        await ingest.record([], [(C1, "offline", None)])
     async with running_district(config) as district:
         _, request = await district.request(E1)
+        assert (await district.status(E1))["compound_status"] == "offline"
         rid = request["request_id"]
         published = await district.wait_state(E1, rid, {"pending"})
         async with asyncio.timeout(10):
