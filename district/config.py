@@ -9,12 +9,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 
 from foundation.config_types import ConfigModel, Port, ZoneName
 from foundation.events import GbId
 from foundation.toml_config import load_toml_model
-from uplink.config import BrokerConfig
+from uplink.config import BrokerConfig, TlsConfig
 from uplink.protocol import DEFAULT_PREFIX
 from uplink.stores import StoreConfig
 
@@ -105,6 +105,18 @@ class RetentionConfig(ConfigModel):
         le=100_000,
         description="most events deleted in one SQLite transaction (each holds the write lock)",
     )
+    media_days: int = Field(
+        default=30,
+        ge=1,
+        le=36_500,
+        description="evidence files (and their index rows) older than this many days are deleted",
+    )
+    evidence_confirmed_days: int = Field(
+        default=365,
+        ge=1,
+        le=36_500,
+        description="evidence of alarms an operator confirmed is kept this many days instead",
+    )
     influx_alter_policy: bool = Field(
         default=False,
         description="InfluxDB 1.x: change an existing retention policy's duration to events_days"
@@ -140,6 +152,40 @@ class RetentionConfig(ConfigModel):
         return self
 
 
+class EvidenceConfig(ConfigModel):
+    """The evidence desk: the operator API's own session to the district broker, its files and index.
+
+    The session uses ``[broker]`` (host, port, TLS, credentials) unless overridden here; its user is
+    ``district-evidence`` in the shipped ACL (asks compounds, reads their evidence topics).
+    """
+
+    enabled: bool = Field(default=True, description="run the desk inside `compound-gateway api`")
+    client_id: str = Field(
+        default="district-evidence",
+        pattern=r"^[A-Za-z0-9_\-]{1,64}$",
+        description="the desk's MQTT client id (stable: its session is persistent)",
+    )
+    username: str | None = Field(default=None, description="default: [broker] username")
+    password: SecretStr | None = Field(default=None, description="default: [broker] password")
+    tls: TlsConfig | None = Field(default=None, description="default: [broker] tls")
+    topic_prefix: str = DEFAULT_PREFIX
+    media_dir: Path | None = Field(
+        default=None, description="content-addressed evidence files (default: evidence/ beside [api] ops_db)"
+    )
+    index_path: Path | None = Field(
+        default=None, description="the evidence index (SQLite; default: evidence.db beside [api] ops_db)"
+    )
+    request_ttl_s: int = Field(
+        default=900, ge=1, le=7 * 24 * 3600, description="a request not answered by then is expired"
+    )
+    max_transfers: int = Field(
+        default=16, ge=1, le=1000, description="files being received at once; chunks of more are refused"
+    )
+    transfer_stale_s: int = Field(
+        default=600, ge=10, description="a partial file without a chunk for this long is discarded"
+    )
+
+
 class DistrictConfig(ConfigModel):
     """The district's configuration: ingester, store, compound registry and operator API."""
 
@@ -149,6 +195,7 @@ class DistrictConfig(ConfigModel):
     store: StoreConfig
     api: OperatorApiConfig = OperatorApiConfig()
     retention: RetentionConfig = RetentionConfig()
+    evidence: EvidenceConfig = EvidenceConfig()
     compounds: tuple[CompoundEntry, ...] = ()
     log_format: Literal["auto", "json", "console"] = "auto"
 
@@ -161,6 +208,14 @@ class DistrictConfig(ConfigModel):
                 raise ValueError(f"compound {entry.id} is listed twice; keep one [[compounds]] entry")
             seen.add(entry.id)
         return compounds
+
+    def evidence_media_dir(self) -> Path:
+        """Where evidence files are kept."""
+        return self.evidence.media_dir or self.api.ops_db.parent / "evidence"
+
+    def evidence_index_path(self) -> Path:
+        """The evidence index file."""
+        return self.evidence.index_path or self.api.ops_db.parent / "evidence.db"
 
     def compound_district(self, entry: CompoundEntry) -> str:
         """The district a registered compound belongs to."""

@@ -21,6 +21,7 @@ from pydantic.json_schema import JsonSchemaMode
 
 from district.health_server import add_operator_api_health
 from district.operator_service import Caller, OperatorService
+from district.queries.evidence import MEDIA_SPEC, MediaFile
 from district.queries.registry import QUERIES
 from district.queries.spec import QuerySpec
 from foundation.errors import InvalidQueryError, OperatorError
@@ -96,6 +97,32 @@ def _handler(spec: QuerySpec[Any, Any]) -> Callable[[web.Request], Awaitable[web
     return handle
 
 
+async def _evidence_media(request: web.Request) -> web.StreamResponse:
+    """One verified evidence file: operator role, a reason, the event in scope; audited like every action."""
+    service = request.app[SERVICE_KEY]
+    try:
+        params = _query_params(request, frozenset())
+    except InvalidQueryError as exc:
+        raw = {"query": request.query_string[:500]}
+        await service.refuse(_bearer(request), MEDIA_SPEC.name, raw, _caller(request), exc)
+        return _error(exc)
+    params.update(request.match_info)
+    try:
+        answer = await service.handle(
+            _bearer(request), MEDIA_SPEC.name, params, _caller(request), spec=MEDIA_SPEC
+        )
+    except OperatorError as exc:
+        return _error(exc)
+    media: MediaFile = answer.result
+    headers = {
+        "Content-Type": media.content_type or "application/octet-stream",
+        "X-Content-SHA256": media.sha256,
+        "X-Evidence-Role": media.role,
+        "Cache-Control": "no-store",
+    }
+    return web.FileResponse(media.path, headers=headers)
+
+
 def _dumps(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False)
 
@@ -110,6 +137,7 @@ def build_api(service: OperatorService, health: Health | None = None) -> web.App
     app[SERVICE_KEY] = service
     for spec in QUERIES.values():
         app.router.add_route(spec.route.method, API_PREFIX + spec.route.path, _handler(spec))
+    app.router.add_get(API_PREFIX + MEDIA_SPEC.route.path, _evidence_media)
     app.router.add_get(API_PREFIX + "/openapi.json", _openapi)
     add_operator_api_health(app, health or Health(), service)
     return app
@@ -167,6 +195,33 @@ def _first_line(result: Any) -> str:
     return ("Rows, each: " if rows else "") + doc.strip().splitlines()[0]
 
 
+def _media_operation(error_ref: dict[str, Any], errors: dict[str, Any]) -> dict[str, Any]:
+    # the binary route is outside the spec machinery (its answer is bytes, not JSON)
+    schema = TypeAdapter(MEDIA_SPEC.request).json_schema()
+    parameters = _parameters(MEDIA_SPEC, schema)
+    for parameter in parameters:
+        if "{" + parameter["name"] + "}" in MEDIA_SPEC.route.path:  # Route's pattern misses "sha256"
+            parameter |= {"in": "path", "required": True}
+    return {
+        "operationId": MEDIA_SPEC.name,
+        "summary": MEDIA_SPEC.route.summary,
+        "description": MEDIA_SPEC.describe_access()
+        + " The body is the file; `X-Content-SHA256` repeats its SHA-256, which the client should check.",
+        "parameters": parameters,
+        "responses": {
+            "200": {
+                "description": "The file's bytes",
+                "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+            },
+            **errors,
+            **{
+                str(status): {"description": text, **error_ref}
+                for status, text in MEDIA_SPEC.responses.items()
+            },
+        },
+    }
+
+
 ERROR_RESPONSES = {
     "400": "Invalid request: the field and the fix are in the message",
     "401": "No token, or an unknown or revoked token",
@@ -200,6 +255,7 @@ def openapi_document() -> dict[str, Any]:
             **{str(status): {"description": text, **error_ref} for status, text in spec.responses.items()},
         }
         paths.setdefault(API_PREFIX + spec.route.path, {})[spec.route.method.lower()] = operation
+    paths[API_PREFIX + MEDIA_SPEC.route.path] = {"get": _media_operation(error_ref, errors)}
     paths[API_PREFIX + "/openapi.json"] = {
         "get": {
             "operationId": "openapi",

@@ -24,6 +24,8 @@ from zoneinfo import ZoneInfo
 from aiohttp import web
 
 from district.config import DistrictConfig, load_district_config
+from district.evidence_cli import EVIDENCE_COMMAND, add_evidence_command, evidence_command
+from district.evidence_desk import EvidenceDesk
 from district.operations import AuditEntry, OperationsDb
 from district.operator_api import build_api
 from district.operator_output import Presenter
@@ -33,6 +35,7 @@ from district.queries.spec import QuerySpec, cli_flag
 from district.query_model import AlarmAction, Role
 from foundation.errors import OperatorError
 from foundation.events import utc_now
+from foundation.health import Health
 from foundation.tables import render_csv, render_table
 
 TOKEN_ENV = "CGW_TOKEN"
@@ -56,6 +59,7 @@ def add_operator_commands(sub: Any) -> None:
     for spec in QUERIES.values():
         if spec.cli:
             _add_query(queries, spec)
+    add_evidence_command(queries)
 
     alarm = sub.add_parser("alarm", help="move an alarm along its lifecycle")
     alarm.add_argument("step", choices=list(ALARM_STEPS))
@@ -123,6 +127,8 @@ def run_operator_command(args: argparse.Namespace) -> int:
     """Run query, alarm, token or audit-verify; returns the exit status (``api`` is a daemon: ``serve_api``)."""
     config = load_district_config(args.config)
     match args.command:
+        case "query" if args.query == EVIDENCE_COMMAND:
+            return asyncio.run(evidence_command(config, args, _token_from(args)))
         case "query":
             return asyncio.run(_query(config, args))
         case "alarm":
@@ -341,14 +347,27 @@ async def _verify(config: DistrictConfig) -> int:
     return 0
 
 
-async def serve_api(config: DistrictConfig) -> None:
-    """Serve the operator HTTP API until cancelled."""
+async def serve_api(config: DistrictConfig, *, ready: asyncio.Event | None = None) -> None:
+    """Serve the operator HTTP API until cancelled, with the evidence desk beside it (``[evidence]``).
+
+    The API answers whether or not the district broker does: the desk reconnects on its own.
+    """
     async with open_operator_service(config) as service:
-        runner = web.AppRunner(build_api(service), access_log=None)
+        health = Health()
+        desk = None
+        if config.evidence.enabled and service.evidence is not None:
+            desk = EvidenceDesk(config, service.evidence, service.backend, service.operations)
+            desk.expose(health)
+        runner = web.AppRunner(build_api(service, health), access_log=None)
         await runner.setup()
         try:
             await web.TCPSite(runner, config.api.host, config.api.port).start()
             print(f"operator API on http://{config.api.host}:{config.api.port}/api/v1", file=sys.stderr)
-            await asyncio.Event().wait()
+            async with asyncio.TaskGroup() as tg:
+                if desk is not None:
+                    tg.create_task(desk.run(health), name="evidence-desk")
+                if ready is not None:
+                    ready.set()
+                await asyncio.Event().wait()
         finally:
             await runner.cleanup()

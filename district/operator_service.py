@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import sqlite3
 from collections import Counter
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
@@ -22,8 +23,10 @@ import structlog
 from pydantic import ValidationError
 
 from district.config import CompoundEntry, DistrictConfig
+from district.evidence_store import EvidenceAccess, EvidenceIndex, MediaFiles
 from district.operations import AuditEntry, OperationsDb, Principal
-from district.queries.context import QueryContext, authorise_role
+from district.queries.context import authorise_role
+from district.queries.evidence import EvidenceContext
 from district.queries.registry import QUERIES
 from district.queries.spec import QuerySpec
 from district.query_backends import QueryBackend, open_query_backend
@@ -90,11 +93,14 @@ class OperatorService:
         backend: QueryBackend,
         operations: OperationsDb,
         clock: Callable[[], datetime] = utc_now,
+        evidence: EvidenceAccess | None = None,
     ) -> None:
         self._config = config
         self._api = config.api
         self._backend = backend
         self._ops = operations
+        self.evidence = evidence
+        """The evidence index and files (None: evidence actions answer 503)."""
         self._clock = clock
         self.zone = ZoneInfo(config.api.timezone)
         self.registry: dict[str, CompoundEntry] = {c.id: c for c in config.compounds}
@@ -106,12 +112,31 @@ class OperatorService:
         entry = self.registry.get(compound_id)
         return entry.name if entry else compound_id
 
+    @property
+    def backend(self) -> QueryBackend:
+        """The store backend the queries read."""
+        return self._backend
+
+    @property
+    def operations(self) -> OperationsDb:
+        """The operations database (tokens, audit log, alarm lifecycles)."""
+        return self._ops
+
     async def handle(
-        self, token: str | None, action: str, params: Mapping[str, Any], caller: Caller
+        self,
+        token: str | None,
+        action: str,
+        params: Mapping[str, Any],
+        caller: Caller,
+        *,
+        spec: QuerySpec[Any, Any] | None = None,
     ) -> Answer[Any]:
-        """Run one request end to end; raises an ``OperatorError`` (already audited) when refused."""
+        """Run one request end to end; raises an ``OperatorError`` (already audited) when refused.
+
+        ``spec`` is for actions outside the registry (the API's binary evidence route).
+        """
         principal: Principal | None = None
-        spec = QUERIES.get(action)
+        spec = spec or QUERIES.get(action)
         error: OperatorError
         try:
             if spec is None:
@@ -131,8 +156,15 @@ class OperatorService:
                     raise InvalidQueryError(
                         f"a {spec.reason_field} is required for {rule.what}", field=spec.reason_field
                     )
-            context = QueryContext(
-                principal, self._backend, self._ops, self._config, self.registry, self.zone, self._clock
+            context = EvidenceContext(
+                principal,
+                self._backend,
+                self._ops,
+                self._config,
+                self.registry,
+                self.zone,
+                self._clock,
+                evidence=self.evidence,
             )
             async with asyncio.timeout(self._api.timeout_s):
                 result = await spec.run(context, request)
@@ -143,6 +175,8 @@ class OperatorService:
             error = StoreUnavailableError(f"the query took longer than {self._api.timeout_s:g} s; narrow it")
         except StoreError as exc:
             error = StoreUnavailableError(f"the district store did not answer: {exc}")
+        except sqlite3.Error as exc:
+            error = StoreUnavailableError(f"the evidence index did not answer: {exc}")
         else:
             await self._audit(principal, action, spec, params, caller, rows=answer.rows)
             return answer
@@ -208,5 +242,10 @@ class OperatorService:
 @contextlib.asynccontextmanager
 async def open_operator_service(config: DistrictConfig) -> AsyncIterator[OperatorService]:
     """The service on the configured store and operations database, open for the block."""
-    async with OperationsDb(config.api.ops_db) as operations, open_query_backend(config.store) as backend:
-        yield OperatorService(config, backend, operations)
+    async with (
+        OperationsDb(config.api.ops_db) as operations,
+        open_query_backend(config.store) as backend,
+        EvidenceIndex(config.evidence_index_path()) as index,
+    ):
+        access = EvidenceAccess(index, MediaFiles(config.evidence_media_dir()), config.evidence.request_ttl_s)
+        yield OperatorService(config, backend, operations, evidence=access)

@@ -279,6 +279,8 @@ def test_every_response_of_the_checked_in_document_is_typed() -> None:
         for method, operation in operations.items():
             if operation["operationId"] == "openapi":
                 continue
+            if "application/octet-stream" in operation["responses"]["200"]["content"]:
+                continue  # the evidence file route answers bytes
             schema = operation["responses"]["200"]["content"]["application/json"]["schema"]
             ref = schema.get("$ref") or schema["items"]["$ref"]
             assert ref.removeprefix("#/components/schemas/") in document["components"]["schemas"], (

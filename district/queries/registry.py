@@ -19,6 +19,7 @@ from district.queries import (
     counts,
     devices,
     events,
+    evidence,
 )
 from district.queries.spec import QuerySpec
 
@@ -50,6 +51,7 @@ QUERIES: dict[str, QuerySpec[Any, Any]] = index(
         alarm_counts.SPEC,
         alarm_action.SPEC,
         audit.SPEC,
+        *evidence.SPECS,
     ]
 )
 """Action name -> spec. Tests may add a spec for their duration (``monkeypatch.setitem``)."""
