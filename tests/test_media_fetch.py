@@ -16,11 +16,12 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from pydantic import SecretStr
 
 from device_sims.broker import Mosquitto, free_port
-from device_sims.devices import CST, HighTossSim, SimDevice
+from device_sims.devices import CST, HighTossSim, MqttPublish, SimDevice
 from device_sims.inventory import sample_device_secrets, sample_devices, write_sample_config
 from device_sims.media_server import MediaServer, media_bytes
 from gateway.broker_accounts import build_broker_accounts
@@ -98,12 +99,13 @@ async def raise_alarm(broker: Mosquitto, camera: SimDevice, seed: int = 1) -> di
     """The camera publishes one thrown-object alarm; the keys it names, by role."""
     sim = HighTossSim(camera)
     alarm = sim.alarm(datetime.now(CST), random.Random(seed))
+    assert isinstance(alarm, MqttPublish)
     async with device_client(broker.port, camera) as client:
         await client.publish(alarm.topic, alarm.payload, qos=1)
     return HighTossSim.media_keys(alarm)
 
 
-def query(gateway: RunningGateway, sql: str, *args: object) -> list[tuple[object, ...]]:
+def query(gateway: RunningGateway, sql: str, *args: object) -> list[tuple[Any, ...]]:
     """Rows of the outbox file, through a connection of its own."""
     with gateway.outbox() as box:
         return list(box.db.execute(sql, args).fetchall())
@@ -117,7 +119,7 @@ async def wait_until(check: Callable[[], bool], timeout: float = 20.0) -> None:
 
 
 def fetch_states(gateway: RunningGateway, device_id: str = CAM1.id) -> dict[str, tuple[str, int, str | None]]:
-    """role -> (state, attempts, detail) of one camera's fetch rows."""
+    """Per role: (state, attempts, detail) of one camera's fetch rows."""
     rows = query(
         gateway, "SELECT role, state, attempts, detail FROM media_fetch WHERE device_id=?", device_id
     )
@@ -167,14 +169,14 @@ async def test_alarm_media_fetched_indexed_announced(tmp_path: Path) -> None:
                 "critical",
                 1,
             )
-            assert str(path) == f"{sha[:2]}/{sha}{'.mp4' if role == 'clip' else '.jpg'}"  # type: ignore[index]
+            assert str(path) == f"{sha[:2]}/{sha}{'.mp4' if role == 'clip' else '.jpg'}"
         manifest = query(gateway, "SELECT event_id, role FROM media_manifest")
         proactive = query(gateway, "SELECT event_id, role FROM media_proactive")
         assert sorted(manifest) == sorted((event_id, r) for r in ROLES)
         assert sorted(proactive) == sorted((event_id, r) for r in ("snapshot", "trajectory"))
         [(body_now,)] = query(gateway, "SELECT body FROM events WHERE event_id=?", event_id)
         assert body_now == body_first  # events are immutable: fetched files never touch the body
-        refs = json.loads(bytes(body_now))["media"]  # type: ignore[arg-type]
+        refs = json.loads(bytes(body_now))["media"]
         assert {(m["role"], m["ref"], m["sha256"]) for m in refs} == {
             (role, f"device:{key}", None) for role, key in keys.items()
         }
@@ -185,7 +187,8 @@ async def test_alarm_media_fetched_indexed_announced(tmp_path: Path) -> None:
             media = await reader.catalog.event_media(str(event_id))
             assert media is not None
             assert {s.item.role for s in media.stored} == ROLES
-            assert {f.state for f in media.fetches} == {FetchState.FETCHED} and not media.fetching
+            assert {f.state for f in media.fetches} == {FetchState.FETCHED}
+            assert not media.fetching
             window = await reader.catalog.window_media(
                 CAM1.id, media.occurred_at.replace(microsecond=0), media.occurred_at.replace(year=2100), 10
             )
@@ -223,24 +226,26 @@ async def test_missing_file_fails_at_once_with_reason(tmp_path: Path) -> None:
 
     Broken on purpose: a 404 treated as retryable asks the camera for the clip ``attempts`` times.
     """
-    async with compound(tmp_path, fetch="attempts = 5\n") as c:
-        async with gateway_in_process(c.config_path, c.broker) as gateway:
-            server = c.servers[CAM1.id]
-            sim_keys = HighTossSim.media_keys(HighTossSim(CAM1).alarm(datetime.now(CST), random.Random(1)))
-            server.missing.add(sim_keys["clip"])
-            keys = await raise_alarm(c.broker, CAM1)
-            await wait_until(lambda: settled(gateway))
-            states = fetch_states(gateway)
-            assert states["clip"][0:2] == ("failed", 1)
-            assert (states["clip"][2] or "").startswith("not_found")
-            assert {states["snapshot"][0], states["trajectory"][0]} == {"fetched"}
-            assert server.requests.count(keys["clip"]) == 1
-            [(event_id,)] = query(gateway, "SELECT event_id FROM events WHERE kind='thrown_object'")
-            async with OutboxReader(gateway.config.state.dir / "outbox.db", max_bytes=10**9) as reader:
-                media = await reader.catalog.event_media(str(event_id))
-            assert media is not None
-            failed = [f for f in media.fetches if f.state is FetchState.FAILED]
-            assert [(f.role, (f.detail or "")[:9]) for f in failed] == [("clip", "not_found")]
+    async with (
+        compound(tmp_path, fetch="attempts = 5\n") as c,
+        gateway_in_process(c.config_path, c.broker) as gateway,
+    ):
+        server = c.servers[CAM1.id]
+        sim_keys = HighTossSim.media_keys(HighTossSim(CAM1).alarm(datetime.now(CST), random.Random(1)))
+        server.missing.add(sim_keys["clip"])
+        keys = await raise_alarm(c.broker, CAM1)
+        await wait_until(lambda: settled(gateway))
+        states = fetch_states(gateway)
+        assert states["clip"][0:2] == ("failed", 1)
+        assert (states["clip"][2] or "").startswith("not_found")
+        assert {states["snapshot"][0], states["trajectory"][0]} == {"fetched"}
+        assert server.requests.count(keys["clip"]) == 1
+        [(event_id,)] = query(gateway, "SELECT event_id FROM events WHERE kind='thrown_object'")
+        async with OutboxReader(gateway.config.state.dir / "outbox.db", max_bytes=10**9) as reader:
+            media = await reader.catalog.event_media(str(event_id))
+        assert media is not None
+        failed = [f for f in media.fetches if f.state is FetchState.FAILED]
+        assert [(f.role, (f.detail or "")[:9]) for f in failed] == [("clip", "not_found")]
 
 
 async def test_oversized_refused_and_short_body_retried(tmp_path: Path) -> None:
@@ -250,20 +255,22 @@ async def test_oversized_refused_and_short_body_retried(tmp_path: Path) -> None:
     the reason reads "more than ... streamed", not "declares"; counting only the declared length
     (no short-body check) stores half a picture as ``fetched``.
     """
-    async with compound(tmp_path, fetch="max_file_bytes = 1048576\nattempts = 3\n") as c:
-        async with gateway_in_process(c.config_path, c.broker) as gateway:
-            sim_keys = HighTossSim.media_keys(HighTossSim(CAM1).alarm(datetime.now(CST), random.Random(1)))
-            c.servers[CAM1.id].truncate.add(sim_keys["trajectory"])
-            await raise_alarm(c.broker, CAM1)
-            await wait_until(lambda: settled(gateway))
-            states = fetch_states(gateway)
-            assert states["clip"][0:2] == ("failed", 1)
-            assert (states["clip"][2] or "").startswith("too_large: the device declares")
-            assert states["trajectory"][0:2] == ("failed", 3)
-            assert "short_body" in (states["trajectory"][2] or "")
-            assert states["snapshot"][0] == "fetched"
-            assert {str(r) for (r,) in query(gateway, "SELECT role FROM media_index")} == {"snapshot"}
-            assert not list((gateway.config.state.dir / "media").glob(".tmp-*"))
+    async with (
+        compound(tmp_path, fetch="max_file_bytes = 1048576\nattempts = 3\n") as c,
+        gateway_in_process(c.config_path, c.broker) as gateway,
+    ):
+        sim_keys = HighTossSim.media_keys(HighTossSim(CAM1).alarm(datetime.now(CST), random.Random(1)))
+        c.servers[CAM1.id].truncate.add(sim_keys["trajectory"])
+        await raise_alarm(c.broker, CAM1)
+        await wait_until(lambda: settled(gateway))
+        states = fetch_states(gateway)
+        assert states["clip"][0:2] == ("failed", 1)
+        assert (states["clip"][2] or "").startswith("too_large: the device declares")
+        assert states["trajectory"][0:2] == ("failed", 3)
+        assert "short_body" in (states["trajectory"][2] or "")
+        assert states["snapshot"][0] == "fetched"
+        assert {str(r) for (r,) in query(gateway, "SELECT role FROM media_index")} == {"snapshot"}
+        assert not list((gateway.config.state.dir / "media").glob(".tmp-*"))
 
 
 async def test_wrong_password_is_401_counted_and_retried(tmp_path: Path) -> None:
@@ -272,18 +279,20 @@ async def test_wrong_password_is_401_counted_and_retried(tmp_path: Path) -> None
     Broken on purpose: the server checking the real secret (``served`` left out) fetches everything
     and the 401 counter stays 0.
     """
-    wrong = SimDevice(id=CAM1.id, dialect=CAM1.dialect, ref=CAM1.ref, password="not-the-secret")  # noqa: S106
-    async with compound(tmp_path, served={CAM1.id: wrong}, fetch="attempts = 50\n") as c:
-        async with gateway_in_process(c.config_path, c.broker) as gateway:
-            await raise_alarm(c.broker, CAM1)
-            await wait_until(lambda: c.servers[CAM1.id].unauthorized >= 2)
-            states = fetch_states(gateway)
-            assert {s for s, _, _ in states.values()} == {"pending"}
-            assert any((d or "").startswith("unauthorized") for _, _, d in states.values())
-            text, _ = await scrape(f"{gateway.http}/metrics")
-            assert value(text, "cgw_media_fetch_unauthorized_total") >= 2
-            assert value(text, "cgw_media_fetch_pending") == 3
-            assert c.servers[CAM1.id].requests == []  # nothing was served without the right digest
+    wrong = SimDevice(id=CAM1.id, dialect=CAM1.dialect, ref=CAM1.ref, password="not-the-secret")
+    async with (
+        compound(tmp_path, served={CAM1.id: wrong}, fetch="attempts = 50\n") as c,
+        gateway_in_process(c.config_path, c.broker) as gateway,
+    ):
+        await raise_alarm(c.broker, CAM1)
+        await wait_until(lambda: c.servers[CAM1.id].unauthorized >= 2)
+        states = fetch_states(gateway)
+        assert {s for s, _, _ in states.values()} == {"pending"}
+        assert any((d or "").startswith("unauthorized") for _, _, d in states.values())
+        text, _ = await scrape(f"{gateway.http}/metrics")
+        assert value(text, "cgw_media_fetch_unauthorized_total") >= 2
+        assert value(text, "cgw_media_fetch_pending") == 3
+        assert c.servers[CAM1.id].requests == []  # nothing was served without the right digest
 
 
 async def test_hung_camera_does_not_delay_another(tmp_path: Path) -> None:
