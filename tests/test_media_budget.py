@@ -125,27 +125,28 @@ class Store:
 async def test_budget_evicts_routine_before_evidence(tmp_path: Path) -> None:
     """Over budget, every routine file goes (oldest first) before the oldest evidence; rows follow.
 
-    Six 400 kB files (2.4 MB) against 1 MiB: the routine ones (two inline pictures and a fetched
-    snapshot of a warning) go first, then the oldest evidence, leaving 800 kB.
+    Six 400 kB files (2.4 MB) against 1 MiB, the two oldest of them evidence: the routine ones (two
+    inline pictures and a fetched snapshot of a warning) go first, then the oldest evidence,
+    leaving 800 kB.
 
     Broken on purpose: ordering the eviction by age alone (``ORDER BY newest`` without
-    ``MAX(evidence)`` in ``eviction_order``) deletes ``e1`` and ``e2`` before ``r2`` and the sets differ.
+    ``MAX(evidence)`` in ``eviction_order``) deletes ``e1`` and ``e2`` first and keeps ``f1`` (seen failing).
     """
     config = gateway_config(tmp_path)
     store = Store(config)
-    store.inline("r1-inline-oldest")
-    await store.fetched("e1-critical", severity="critical")
+    await store.fetched("e1-critical-oldest", severity="critical")
+    await store.fetched("e2-critical", severity="critical")
+    store.inline("r1-inline")
     store.inline("r2-inline")
     await store.fetched("f1-warning", severity="warning")
-    await store.fetched("e2-critical", severity="critical")
-    await store.fetched("e3-critical", severity="critical")
-    assert store.queued("media_proactive") == {"e1-critical", "e2-critical", "e3-critical"}
+    await store.fetched("e3-critical-newest", severity="critical")
+    assert store.queued("media_proactive") == {"e1-critical-oldest", "e2-critical", "e3-critical-newest"}
 
     async with OutboxReader(store.path, max_bytes=10**9) as reader:
         retention = Retention(config, reader)
         await retention.enforce_budget()
         await retention.enforce_budget()  # a second check under budget deletes nothing more
-    kept = {"e2-critical", "e3-critical"}
+    kept = {"e2-critical", "e3-critical-newest"}
     assert store.on_disk() == kept
     assert store.indexed() == kept
     assert store.queued("media_manifest") == kept
@@ -163,8 +164,8 @@ async def test_budget_evicts_routine_before_evidence(tmp_path: Path) -> None:
 async def test_under_budget_nothing_is_evicted(tmp_path: Path) -> None:
     """Two files under a 1 MiB budget stay; the gauge reports their bytes.
 
-    Broken on purpose: a budget check that compares with ``>=`` against the bytes of one file less
-    (an off-by-one in ``evict``) would delete ``r1``.
+    Broken on purpose: ``enforce_budget`` passing half the budget to ``evict_media`` deletes ``r1``
+    (seen failing).
     """
     config = gateway_config(tmp_path)
     store = Store(config)

@@ -207,7 +207,7 @@ async def test_retries_after_server_errors(tmp_path: Path) -> None:
     """Two 500s are retried with backoff; every file arrives; the attempts add up.
 
     Broken on purpose: treating 5xx as final (``_check_status`` raising ``_GiveUpError`` for them)
-    leaves two rows ``failed: http_500``.
+    leaves two rows ``failed: http_500`` (seen failing).
     """
     async with compound(tmp_path) as c:
         c.servers[CAM1.id].fail_first = 2
@@ -224,7 +224,8 @@ async def test_retries_after_server_errors(tmp_path: Path) -> None:
 async def test_missing_file_fails_at_once_with_reason(tmp_path: Path) -> None:
     """A 404 is given up after one request, with the reason a requester sees; the others arrive.
 
-    Broken on purpose: a 404 treated as retryable asks the camera for the clip ``attempts`` times.
+    Broken on purpose: a 404 treated as retryable asks the camera for the clip ``attempts`` times
+    (seen failing).
     """
     async with (
         compound(tmp_path, fetch="attempts = 5\n") as c,
@@ -252,8 +253,8 @@ async def test_oversized_refused_and_short_body_retried(tmp_path: Path) -> None:
     """A clip over ``max_file_bytes`` is refused from its Content-Length; a body cut short is retried, then failed.
 
     Broken on purpose: without the Content-Length check the clip is streamed until the bound and
-    the reason reads "more than ... streamed", not "declares"; counting only the declared length
-    (no short-body check) stores half a picture as ``fetched``.
+    the reason reads "more than ... streamed", not "declares"; a broken body (``ClientPayloadError``)
+    taken as final fails the trajectory after one attempt, not three (both seen failing).
     """
     async with (
         compound(tmp_path, fetch="max_file_bytes = 1048576\nattempts = 3\n") as c,
@@ -277,7 +278,7 @@ async def test_wrong_password_is_401_counted_and_retried(tmp_path: Path) -> None
     """A camera that does not accept the gateway's secret: 401s, counted, the rows wait (pending).
 
     Broken on purpose: the server checking the real secret (``served`` left out) fetches everything
-    and the 401 counter stays 0.
+    and the wait for 401s times out (seen failing).
     """
     wrong = SimDevice(id=CAM1.id, dialect=CAM1.dialect, ref=CAM1.ref, password="not-the-secret")
     async with (
@@ -299,7 +300,7 @@ async def test_hung_camera_does_not_delay_another(tmp_path: Path) -> None:
     """CAM1 answers after 30 s; CAM2's three files arrive within seconds meanwhile.
 
     Broken on purpose: with ``concurrency = 1`` the fetcher sits on CAM1's download and CAM2's
-    files do not arrive within the 10 s wait.
+    files do not arrive within the 10 s wait (seen failing).
     """
     async with compound(tmp_path, cameras=(CAM1, CAM2)) as c:
         c.servers[CAM1.id].delay_s = 30.0
@@ -316,8 +317,9 @@ async def test_hung_camera_does_not_delay_another(tmp_path: Path) -> None:
 async def test_restart_resumes_the_queue(tmp_path: Path) -> None:
     """Rows queued while the camera fails survive a gateway restart and are fetched after it.
 
-    Broken on purpose: keeping the queue in memory (rows not in the outbox file) leaves nothing
-    to fetch after the restart; the second wait times out.
+    Broken on purpose: ``due_fetches`` picking only rows never tried (``AND attempts = 0``), as a
+    queue that forgets what the previous run was doing, leaves them pending after the restart and
+    the second wait times out (seen failing).
     """
     async with compound(tmp_path, fetch="attempts = 100\n") as c:
         server = c.servers[CAM1.id]

@@ -200,6 +200,8 @@ class _OutboxFile:
                     break
                 chosen.append(candidate)
                 used -= candidate.size
+            if not chosen:
+                break
             # rows first: a row must never point at a deleted file; a crash between leaves an orphan
             # file, which the age purge removes in time
             forget_paths(db, [f.path for f in chosen])
