@@ -138,7 +138,7 @@ async def test_alarm_media_fetched_indexed_announced(tmp_path: Path) -> None:
     Broken on purpose: (1) with the fetch-queue insert removed from ``record_event_media`` no row
     appears and the wait times out; (2) with ``PROACTIVE_ROLES`` including ``clip`` the proactive
     set has three roles, not two; (3) hashing only the first chunk (``sink.digest.update`` moved
-    out of the loop) makes the clip's SHA-256 differ from ``media_bytes``.
+    out of the loop) makes the clip's SHA-256 differ from ``media_bytes`` (all three seen failing).
     """
     async with compound(tmp_path) as c, gateway_in_process(c.config_path, c.broker) as gateway:
         keys = await raise_alarm(c.broker, CAM1)
