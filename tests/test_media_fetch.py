@@ -18,12 +18,14 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 from pydantic import SecretStr
 
 from device_sims.broker import Mosquitto, free_port
-from device_sims.devices import CST, HighTossSim, MqttPublish, SimDevice
+from device_sims.devices import CST, HighTossSim, HikAcsSim, HttpPost, MqttPublish, SimDevice
 from device_sims.inventory import sample_device_secrets, sample_devices, write_sample_config
 from device_sims.media_server import MediaServer, media_bytes
+from device_sims.push_client import post
 from gateway.broker_accounts import build_broker_accounts
 from gateway.config import load_config
 from gateway.device_secrets import DeviceSecrets, write_device_secrets
@@ -343,3 +345,30 @@ def test_media_index_tables_exist_in_schema(tmp_path: Path) -> None:
     with Outbox(tmp_path / "outbox.db", max_bytes=10**6) as box:
         names = {r[0] for r in box.db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
     assert {"media_index", "media_fetch", "media_manifest", "media_proactive"} <= names
+
+
+async def test_inline_pictures_indexed_with_their_event(tmp_path: Path) -> None:
+    """A face-gate push's picture is indexed in the intake's transaction: routine, with its hash.
+
+    Broken on purpose: ``record_event_media`` skipping ``local:`` references leaves no index row
+    for the stored picture (seen failing).
+    """
+    gate = next(d for d in sample_devices() if d.dialect == "hik-isapi-acs")
+    async with compound(tmp_path) as c, gateway_in_process(c.config_path, c.broker) as gateway:
+        message = HikAcsSim(gate).routine(datetime.now(CST), random.Random(3))
+        assert isinstance(message, HttpPost)
+        async with aiohttp.ClientSession() as session:
+            status, _ = await post(session, gateway.http, message)
+        assert status == 200
+        [(event_id, body)] = query(gateway, "SELECT event_id, body FROM events WHERE kind='face_access'")
+        refs = {m["role"]: m for m in json.loads(bytes(body))["media"]}
+        index = query(
+            gateway,
+            "SELECT role, path, sha256, size, evidence, device_id FROM media_index WHERE event_id=?",
+            event_id,
+        )
+        assert {(r, f"local:{p}", s, n, e, d) for r, p, s, n, e, d in index} == {
+            (role, m["ref"], m["sha256"], m["size"], 0, gate.id) for role, m in refs.items()
+        }
+        assert index
+        assert query(gateway, "SELECT 1 FROM media_fetch") == []
