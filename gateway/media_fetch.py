@@ -110,6 +110,11 @@ class _Sink:
         self.path.unlink(missing_ok=True)
 
 
+def _remove_partial_downloads(directory: Path) -> None:
+    for partial in directory.glob(".tmp-fetch-*"):
+        partial.unlink(missing_ok=True)
+
+
 def media_key_url(base: str, key: str) -> str:
     """``<media_url>/<key>`` with every path segment of the key URL-quoted; ``_GiveUpError`` for unsafe keys."""
     segments = key.split("/")
@@ -164,6 +169,8 @@ class MediaFetcher:
 
     async def run(self) -> None:
         """Work the queue until cancelled."""
+        # no download is in flight now: temporary files left by a crash or a cancelled run go
+        await asyncio.to_thread(_remove_partial_downloads, self._reader.media_dir)
         async with aiohttp.ClientSession() as session, asyncio.TaskGroup() as downloads:
             while True:
                 raise_if_cancelling()

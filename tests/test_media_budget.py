@@ -200,3 +200,4 @@ async def test_age_purge_drops_index_rows(tmp_path: Path) -> None:
     assert store.on_disk() == {"new-inline"}
     assert store.indexed() == {"new-inline"}
     assert store.queued("media_manifest") == set()
+    assert store.queued("media_fetch") == set()  # its "fetched" row would claim a file that is gone

@@ -314,6 +314,13 @@ async def test_hung_camera_does_not_delay_another(tmp_path: Path) -> None:
             await wait_until(lambda: settled(gateway, CAM2.id), timeout=10)
             assert {s for s, _, _ in fetch_states(gateway, CAM2.id).values()} == {"fetched"}
             assert {s for s, _, _ in fetch_states(gateway, CAM1.id).values()} == {"pending"}
+            # the hung camera's event is listed, still fetching, though none of its files is there yet
+            async with OutboxReader(gateway.config.state.dir / "outbox.db", max_bytes=10**9) as reader:
+                now = datetime.now(CST)
+                window = await reader.catalog.window_media(
+                    CAM1.id, now.replace(year=now.year - 1), now.replace(year=now.year + 1), 10
+                )
+            assert [(len(m.stored), m.fetching) for m in window] == [(0, True)]
 
 
 async def test_restart_resumes_the_queue(tmp_path: Path) -> None:

@@ -59,6 +59,7 @@ from gateway.outbox.media_index import (
     fetch_done,
     fetch_failed,
     fetch_retry,
+    forget_fetches,
     forget_paths,
     indexed_bytes,
     pending_fetches,
@@ -184,6 +185,7 @@ class _OutboxFile:
     def purge_media(self, db: sqlite3.Connection, older_than: datetime) -> int:
         removed = self.media.purge_paths(older_than)
         forget_paths(db, removed)  # the index follows the files
+        forget_fetches(db, older_than)
         return len(removed)
 
     def evict(self, db: sqlite3.Connection, max_bytes: int) -> tuple[int, list[IndexedFile]]:

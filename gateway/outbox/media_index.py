@@ -71,6 +71,7 @@ CREATE TABLE IF NOT EXISTS media_fetch (
     UNIQUE (event_id, role)
 );
 CREATE INDEX IF NOT EXISTS media_fetch_due ON media_fetch (state, next_at);
+CREATE INDEX IF NOT EXISTS media_fetch_device ON media_fetch (device_id, occurred_at);
 CREATE TABLE IF NOT EXISTS media_manifest (
     seq      INTEGER PRIMARY KEY AUTOINCREMENT,
     event_id TEXT NOT NULL,
@@ -194,13 +195,15 @@ class FetchedFile:
 
 def due_fetches(db: sqlite3.Connection, limit: int, skip_devices: Collection[str]) -> list[FetchJob]:
     """Pending fetches whose retry time has come, oldest first, of devices not in ``skip_devices``."""
+    # the busy devices are left out in SQL, not after a LIMIT: a dead camera's backlog at the head
+    # of the queue must not hide another camera's files
     rows = db.execute(
         "SELECT seq, event_id, role, key, device_id, attempts FROM media_fetch"
-        " WHERE state='pending' AND next_at <= ? ORDER BY next_at, seq LIMIT ?",
-        (time.time(), limit + 64 * len(skip_devices)),
+        " WHERE state='pending' AND next_at <= ? AND device_id NOT IN (SELECT value FROM json_each(?))"
+        " ORDER BY next_at, seq LIMIT ?",
+        (time.time(), _json_list(sorted(skip_devices)), limit),
     ).fetchall()
-    jobs = [FetchJob(*row) for row in rows if row[4] not in skip_devices]
-    return jobs[:limit]
+    return [FetchJob(*row) for row in rows]
 
 
 def pending_fetches(db: sqlite3.Connection) -> int:
@@ -307,7 +310,17 @@ def forget_paths(db: sqlite3.Connection, paths: Sequence[str]) -> int:
         db.executemany("DELETE FROM media_index WHERE event_id=? AND role=?", gone)
         db.executemany("DELETE FROM media_manifest WHERE event_id=? AND role=?", gone)
         db.executemany("DELETE FROM media_proactive WHERE event_id=? AND role=?", gone)
+        # a fetched row whose file is gone says nothing any more (``event_media`` would claim "fetched")
+        db.executemany("DELETE FROM media_fetch WHERE event_id=? AND role=? AND state='fetched'", gone)
     return len(gone)
+
+
+def forget_fetches(db: sqlite3.Connection, queued_before: datetime) -> int:
+    """Forget fetch rows queued before the media retention cutoff (their files would be purged by now)."""
+    with transaction(db):
+        return db.execute(
+            "DELETE FROM media_fetch WHERE queued_at < ?", (queued_before.isoformat(),)
+        ).rowcount
 
 
 def _json_list(values: Sequence[str]) -> str:
@@ -400,9 +413,11 @@ class MediaCatalog:
     ) -> list[EventMedia]:
         # occurred_at is stored as the event's ISO text, which sorts as time only within one offset:
         # compare parsed times, on the rows the (device_id, occurred_at) index narrows to a day either side
+        # events whose files are all still being fetched count too (``fetching`` tells the requester)
         rows = db.execute(
-            "SELECT DISTINCT event_id, occurred_at FROM media_index WHERE device_id=?"
-            " AND occurred_at >= ? AND occurred_at < ?",
+            "SELECT event_id, occurred_at FROM media_index WHERE device_id=?1 AND occurred_at >= ?2"
+            " AND occurred_at < ?3 UNION SELECT event_id, occurred_at FROM media_fetch WHERE device_id=?1"
+            " AND occurred_at >= ?2 AND occurred_at < ?3",
             (device_id, _day_before(since), _day_after(until)),
         ).fetchall()
         inside = sorted(
