@@ -7,7 +7,8 @@ so a test knows the SHA-256 the gateway must store without asking the gateway.
 
 Fault knobs (attributes, changeable while it runs): ``fail_first`` (answer the next N requests
 with 500), ``delay_s`` (wait before answering), ``missing`` (keys answered 404), ``truncate``
-(keys whose body stops half-way, the connection closed), ``requests`` (every key asked, in order).
+(keys whose body stops half-way, the connection closed), ``unsized`` (keys sent chunked,
+without Content-Length), ``requests`` (every key asked, in order).
 """
 
 from __future__ import annotations
@@ -81,6 +82,7 @@ class MediaServer:
         self.delay_s = 0.0
         self.missing: set[str] = set()
         self.truncate: set[str] = set()
+        self.unsized: set[str] = set()
         self.requests: list[str] = []
         self.unauthorized = 0
         self._nonces: set[str] = set()
@@ -154,7 +156,10 @@ class MediaServer:
             return web.Response(status=404, text="no such file")
         data, content_type = media_bytes(key, self.clip_bytes)
         response = web.StreamResponse(headers={"Content-Type": content_type})
-        response.content_length = len(data)
+        if key in self.unsized:
+            response.enable_chunked_encoding()
+        else:
+            response.content_length = len(data)
         await response.prepare(request)
         if key in self.truncate:
             await response.write(data[: len(data) // 2])

@@ -276,6 +276,26 @@ async def test_oversized_refused_and_short_body_retried(tmp_path: Path) -> None:
         assert not list((gateway.config.state.dir / "media").glob(".tmp-*"))
 
 
+async def test_unsized_body_aborted_past_the_bound(tmp_path: Path) -> None:
+    """A clip sent without Content-Length is counted while it streams and aborted past ``max_file_bytes``.
+
+    Broken on purpose: without the byte count in ``_stream_into`` the 1 MiB bound is ignored and
+    the clip is stored as ``fetched`` (seen failing).
+    """
+    async with compound(tmp_path, fetch="max_file_bytes = 1048576\n") as c:
+        sim_keys = HighTossSim.media_keys(HighTossSim(CAM1).alarm(datetime.now(CST), random.Random(1)))
+        c.servers[CAM1.id].unsized.add(sim_keys["clip"])
+        async with gateway_in_process(c.config_path, c.broker) as gateway:
+            await raise_alarm(c.broker, CAM1)
+            await wait_until(lambda: settled(gateway))
+            states = fetch_states(gateway)
+            assert states["clip"][0:2] == ("failed", 1)
+            assert (states["clip"][2] or "").startswith("too_large: more than 1048576 bytes streamed")
+            assert {states["snapshot"][0], states["trajectory"][0]} == {"fetched"}
+            assert not list((gateway.config.state.dir / "media").glob(".tmp-*"))
+            assert not list((gateway.config.state.dir / "media").glob("*/*.mp4"))
+
+
 async def test_wrong_password_is_401_counted_and_retried(tmp_path: Path) -> None:
     """A camera that does not accept the gateway's secret: 401s, counted, the rows wait (pending).
 
