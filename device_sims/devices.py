@@ -572,6 +572,16 @@ class HighTossSim(_MqttJsonSim):
         }
         return MqttPublish(self.topic("alarm"), _json(doc))
 
+    @staticmethod
+    def media_keys(alarm: Outgoing) -> dict[str, str]:
+        """The keys an alarm names in the camera's storage, by role (snapshot, trajectory, clip).
+
+        ``device_sims.media_server`` serves them under our download API.
+        """
+        doc = json.loads(alarm.payload if isinstance(alarm, MqttPublish) else alarm.body)
+        names = {"snapshot": "Snapshot", "trajectory": "TrajectoryImage", "clip": "Clip"}
+        return {role: doc[name] for role, name in names.items() if name in doc}
+
 
 class ShedSim(_MqttJsonSim):
     """E-bike shed smoke/temperature sensor publishing JSON reports over MQTT."""

@@ -67,18 +67,30 @@ def sample_device_secrets(index: int = 1) -> DeviceSecrets:
 
 
 def write_sample_config(
-    path: Path, *, state_dir: Path, http_port: int, mqtt_port: int, index: int = 1
+    path: Path,
+    *,
+    state_dir: Path,
+    http_port: int,
+    mqtt_port: int,
+    index: int = 1,
+    media_url: str | None = None,
 ) -> Path:
     """A gateway config for the n-th sample compound (the first by default).
 
-    Its device secrets go to ``<name>-secrets.toml`` beside it (mode 0600), named by ``[trust]
+    ``media_url``: the thrown-object camera's download API (``device_sims.media_server``); none:
+    its pictures and clips stay on the camera. Its device secrets go to ``<name>-secrets.toml`` beside it (mode 0600), named by ``[trust]
     secrets_file``; the simulators present the same secrets.
     """
     secrets_path = path.parent / f"{path.stem}-secrets.toml"
     path.parent.mkdir(parents=True, exist_ok=True)
     write_device_secrets(secrets_path, sample_device_secrets(index))
     text = _sample_config_text(
-        state_dir=state_dir, http_port=http_port, mqtt_port=mqtt_port, index=index, secrets_path=secrets_path
+        state_dir=state_dir,
+        http_port=http_port,
+        mqtt_port=mqtt_port,
+        index=index,
+        secrets_path=secrets_path,
+        media_url=media_url,
     )
     path.write_text(text, encoding="utf-8")
     return path
@@ -98,7 +110,13 @@ def sample_broker_accounts(index: int = 1) -> BrokerAccounts:
 
 
 def _sample_config_text(
-    *, state_dir: Path, http_port: int, mqtt_port: int, index: int, secrets_path: Path
+    *,
+    state_dir: Path,
+    http_port: int,
+    mqtt_port: int,
+    index: int,
+    secrets_path: Path,
+    media_url: str | None = None,
 ) -> str:
     lines = [
         "# Sample compound written by compound-gateway (demo / tests).",
@@ -137,6 +155,8 @@ def _sample_config_text(
         ]
         if ref is not None:
             lines.append(f'ref = "{ref}"')
+        if dialect == "hightoss-mqtt" and media_url is not None:
+            lines.append(f'media_url = "{media_url}"')
         key = "building" if place.endswith("幢") or place.endswith("车棚") else "gate"
         lines += ["[devices.location]", f'{key} = "{place}"', ""]
     return "\n".join(lines)

@@ -456,7 +456,24 @@ class MediaFetchConfig(ConfigModel):
         default=64 * 1024 * 1024, ge=1024, le=64 * 1024 * 1024, description="larger files are refused unread"
     )
     attempts: int = Field(default=8, ge=1, le=100, description="tries per file before it is given up")
-    concurrency: int = Field(default=2, ge=1, le=16, description="downloads at once (all devices)")
+    concurrency: int = Field(
+        default=2,
+        ge=1,
+        le=16,
+        description="downloads at once (all devices; one device has at most one, so a dead one blocks no other)",
+    )
+    retry_initial_s: float = Field(
+        default=2.0, gt=0, le=3600, description="first wait before a failed download is tried again"
+    )
+    retry_max_s: float = Field(
+        default=600.0, gt=0, le=86400, description="longest wait between tries (jittered, doubling up to it)"
+    )
+    poll_s: float = Field(
+        default=1.0, gt=0, le=60, description="how often the fetcher looks for newly queued files"
+    )
+    budget_every_s: float = Field(
+        default=60.0, gt=0, le=86400, description="how often the media byte budget is checked"
+    )
 
 
 class EvidenceServiceConfig(ConfigModel):

@@ -78,6 +78,7 @@ class _Worker:
             config.state.dir / "outbox.db",
             max_bytes=config.state.outbox_max_bytes,
             dead_letter_keep=config.state.dead_letter_keep,
+            fetch_devices=[d.id for d in config.devices if d.media_url is not None],
         ).open()
 
     def process(self, items: Sequence[IntakeItem]) -> list[ItemResult]:

@@ -4,7 +4,13 @@ Pictures (face snapshots, plates, scenes) are personal data: they are deleted af
 ``[privacy] media_retention_days``. A delivered event leaves a tombstone (its id, no body) so
 that a device's re-send is recognised as a duplicate; after ``[state] dedup_window_days`` the
 tombstone goes too (a re-send later than that is sent up again, and the district store, keyed by
-event id, keeps it once). Runs at start and then hourly.
+event id, keeps it once). Runs at start and then hourly; the media index rows of purged
+pictures go with them.
+
+The media store also has a byte budget (``[evidence] media_max_bytes``), checked every
+``[evidence.fetch] budget_every_s`` by its own task (``run_budget``): over it, files are deleted
+oldest first, every routine picture before any alarm evidence (fetched media of critical alarms),
+and their index rows with them (docs/evidence.md, "Media byte budget").
 """
 
 from __future__ import annotations
@@ -33,6 +39,8 @@ class Retention:
         self._reader = reader
         self.media_purged = 0
         self.tombstones_purged = 0
+        self.media_bytes = 0
+        self.evicted: dict[str, int] = {"routine": 0, "evidence": 0}
 
     async def run(self) -> None:
         """Purge now and every hour until cancelled."""
@@ -55,6 +63,32 @@ class Retention:
             self.tombstones_purged += tombstones
             log.info("tombstones_purged", events=tombstones, settled_before=settled_cutoff.isoformat())
 
+    async def run_budget(self) -> None:
+        """Keep the media store under its byte budget, now and periodically, until cancelled."""
+        while True:
+            raise_if_cancelling()
+            await self.enforce_budget()
+            await asyncio.sleep(self._config.evidence.fetch.budget_every_s)
+
+    async def enforce_budget(self) -> None:
+        """Delete the oldest routine files, then the oldest evidence, until the store fits its budget."""
+        limit = self._config.evidence.media_max_bytes
+        used, evicted = await self._reader.evict_media(limit)
+        self.media_bytes = used
+        if not evicted:
+            return
+        routine = sum(1 for f in evicted if not f.evidence)
+        self.evicted["routine"] += routine
+        self.evicted["evidence"] += len(evicted) - routine
+        log.warning(
+            "media_evicted",
+            routine_files=routine,
+            evidence_files=len(evicted) - routine,
+            freed_bytes=sum(f.size for f in evicted),
+            media_bytes=used,
+            budget=limit,
+        )
+
     def write_metrics(self, families: MetricFamilies) -> None:
         """What was purged since start."""
         families.counter(
@@ -64,4 +98,10 @@ class Retention:
             "cgw_outbox_tombstones_purged_total",
             "ids of delivered events forgotten after the de-duplication window",
             self.tombstones_purged,
+        )
+        families.gauge("cgw_media_bytes", "bytes of the indexed media files", self.media_bytes)
+        families.counter(
+            "cgw_media_evicted_total",
+            "media files deleted to keep the store under its byte budget",
+            [({"class": c}, float(n)) for c, n in sorted(self.evicted.items())],
         )

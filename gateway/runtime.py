@@ -29,6 +29,7 @@ from gateway.device_secrets import DeviceSecrets, prepare_trust
 from gateway.device_watch import DeviceWatch
 from gateway.forwarder import UplinkFactory
 from gateway.http_receiver import build_app
+from gateway.media_fetch import MediaFetcher
 from gateway.mqtt_intake import MqttIntake
 from gateway.outbox import OutboxReader
 from gateway.pipeline import IntakePipeline
@@ -78,8 +79,6 @@ async def run_gateway(
         await asyncio.to_thread(registry.load_persisted)
         matcher = WatchMatcher(config, registry, pipeline, reader)
         health.writers.append(matcher.write_metrics)
-        retention = Retention(config, reader)
-        health.writers.append(retention.write_metrics)
         _watch_devices(config, pipeline, health)
         app = build_app(config, pipeline, health, reader.stats, PushAuthenticator(config, secrets))
         runner = web.AppRunner(app, shutdown_timeout=HTTP_SHUTDOWN_TIMEOUT_S)
@@ -108,12 +107,7 @@ async def run_gateway(
                         ),
                         name="watch-matcher",
                     )
-                    transports.create_task(
-                        supervise(
-                            "retention", run_forever(retention.run), Backoff(config.backoff), health=health
-                        ),
-                        name="retention",
-                    )
+                    _start_upkeep(transports, config, reader=reader, secrets=secrets, health=health)
                     if (interval := watchdog_interval()) is not None:
                         transports.create_task(
                             watchdog(pipeline.ping, interval, failures=(OutboxError,), what="intake worker"),
@@ -165,6 +159,34 @@ async def _listen(config: GatewayConfig, runner: web.AppRunner, tls: ssl.SSLCont
                 fix="point these devices at https ([http.tls]) and set [http] plain = false, or switch them to digest",
             )
     return listeners
+
+
+def _start_upkeep(
+    tasks: asyncio.TaskGroup,
+    config: GatewayConfig,
+    *,
+    reader: OutboxReader,
+    secrets: DeviceSecrets,
+    health: Health,
+) -> None:
+    """Retention, the media byte budget, and the fetcher of device-kept media (when a device has a media_url)."""
+    retention = Retention(config, reader)
+    health.writers.append(retention.write_metrics)
+    tasks.create_task(
+        supervise("retention", run_forever(retention.run), Backoff(config.backoff), health=health),
+        name="retention",
+    )
+    tasks.create_task(
+        supervise("media-budget", run_forever(retention.run_budget), Backoff(config.backoff), health=health),
+        name="media-budget",
+    )
+    if any(d.media_url is not None for d in config.devices):
+        fetcher = MediaFetcher(config, reader, secrets)
+        fetcher.expose(health)
+        tasks.create_task(
+            supervise("media-fetch", run_forever(fetcher.run), Backoff(config.backoff), health=health),
+            name="media-fetch",
+        )
 
 
 def _watch_devices(config: GatewayConfig, pipeline: IntakePipeline, health: Health) -> None:

@@ -30,6 +30,7 @@ import structlog
 from foundation.events import Event, utc_now
 from foundation.fault_switches import FaultSwitch, fault_on
 from gateway.outbox.counters import count
+from gateway.outbox.media_index import MediaColumns
 from gateway.outbox.watch_queue import WatchWork
 
 log = structlog.get_logger(__name__)
@@ -73,6 +74,8 @@ class EventRow:
     received_at: str
     body: bytes
     watch: WatchWork | None = None
+    dialect: str = ""
+    media: tuple[MediaColumns, ...] = ()  # the event's media references, for the media index
 
     @classmethod
     def from_event(cls, event: Event, watch: WatchWork | None = None) -> EventRow:
@@ -87,6 +90,8 @@ class EventRow:
             received_at=event.received_at.isoformat(),
             body=event.model_dump_json().encode(),
             watch=watch,
+            dialect=event.source.dialect,
+            media=tuple((m.role, m.ref, m.content_type, m.sha256, m.size) for m in event.media),
         )
 
 

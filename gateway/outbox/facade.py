@@ -17,7 +17,7 @@ Two ways in, one set of operations (``_OutboxFile``):
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -27,7 +27,7 @@ from typing import Self
 from adapters.base import MediaBlob
 from foundation.errors import OutboxError
 from foundation.sqlite_thread import SqliteThread, open_durable, transaction
-from gateway.outbox import counters, dead_letters, event_states, watch_queue
+from gateway.outbox import counters, dead_letters, event_states, media_index, watch_queue
 from gateway.outbox.counters import Counters, read_counters
 from gateway.outbox.dead_letters import (
     DeadLetter,
@@ -48,6 +48,23 @@ from gateway.outbox.event_states import (
     pending_events,
     store_events,
 )
+from gateway.outbox.media_index import (
+    FetchedFile,
+    FetchJob,
+    IndexedEvent,
+    IndexedFile,
+    MediaCatalog,
+    due_fetches,
+    eviction_order,
+    fetch_done,
+    fetch_failed,
+    fetch_retry,
+    forget_fetches,
+    forget_paths,
+    indexed_bytes,
+    pending_fetches,
+    record_event_media,
+)
 from gateway.outbox.media_store import MediaStore
 from gateway.outbox.watch_queue import (
     WatchItem,
@@ -66,6 +83,7 @@ SCHEMA = (
     + dead_letters.DDL
     + watch_queue.DDL
     + counters.DDL
+    + media_index.DDL
 )
 
 
@@ -92,11 +110,14 @@ class OutboxStats(EventDepth):
 class _OutboxFile:
     """The operations on an open connection, shared by ``Outbox`` and ``OutboxReader``."""
 
-    def __init__(self, path: Path, *, max_bytes: int, dead_letter_keep: int) -> None:
+    def __init__(
+        self, path: Path, *, max_bytes: int, dead_letter_keep: int, fetch_devices: Collection[str] = ()
+    ) -> None:
         self.path = path
         self.media = MediaStore(path.parent / "media")
         self.max_bytes = max_bytes
         self.dead_letter_keep = dead_letter_keep
+        self.fetch_devices = frozenset(fetch_devices)
 
     def prepare(self, db: sqlite3.Connection) -> None:
         """Check the schema version, recover the byte budget, make the picture directory."""
@@ -115,14 +136,17 @@ class _OutboxFile:
         results: list[StoreResult | None] = []
         with transaction(db):
             budget = ByteBudget.load(db, self.max_bytes)
+            fresh_media: list[IndexedEvent] = []
             for op in operations:
                 if isinstance(op, StoreEvents):
                     result = store_events(db, op.events, budget)
-                    _queue_watch_work(db, op.events, result)
+                    _queue_watch_work(db, op.events, result, fresh_media)
                     results.append(result)
                 else:
                     add_dead_letter(db, op)
                     results.append(None)
+            # the whole batch's pictures and device fetches at once, with the events they belong to
+            record_event_media(db, fresh_media, self.fetch_devices)
             trim_dead_letters(db, self.dead_letter_keep)
             budget.save(db)
         return results
@@ -158,6 +182,36 @@ class _OutboxFile:
         with transaction(db):
             return shed_watch_items(db, kind, keep, counted_as=counted_as)
 
+    def purge_media(self, db: sqlite3.Connection, older_than: datetime) -> int:
+        removed = self.media.purge_paths(older_than)
+        forget_paths(db, removed)  # the index follows the files
+        forget_fetches(db, older_than)
+        return len(removed)
+
+    def evict(self, db: sqlite3.Connection, max_bytes: int) -> tuple[int, list[IndexedFile]]:
+        """Delete files (routine first, then evidence, oldest first) until the index fits ``max_bytes``."""
+        used = indexed_bytes(db)
+        evicted: list[IndexedFile] = []
+        while used > max_bytes:
+            batch = eviction_order(db, 256)
+            if not batch:
+                break
+            chosen: list[IndexedFile] = []
+            for candidate in batch:
+                if used <= max_bytes:
+                    break
+                chosen.append(candidate)
+                used -= candidate.size
+            if not chosen:
+                break
+            # rows first: a row must never point at a deleted file; a crash between leaves an orphan
+            # file, which the age purge removes in time
+            forget_paths(db, [f.path for f in chosen])
+            for f in chosen:
+                (self.media.directory / f.path).unlink(missing_ok=True)
+            evicted += chosen
+        return used, evicted
+
     def stats(self, db: sqlite3.Connection) -> OutboxStats:
         depth = event_depth(db)
         dead = dead_letter_count(db)
@@ -166,12 +220,29 @@ class _OutboxFile:
         return OutboxStats(**asdict(depth), shed_total=shed_total, dead_letters=dead, counters=counted)
 
 
-def _queue_watch_work(db: sqlite3.Connection, rows: Sequence[EventRow], result: StoreResult) -> None:
-    """Queue the work of the events just stored (not of duplicates or shed ones), once per event."""
+def _queue_watch_work(
+    db: sqlite3.Connection, rows: Sequence[EventRow], result: StoreResult, media: list[IndexedEvent]
+) -> None:
+    """Queue the work of the events just stored (not of duplicates or shed ones), once per event.
+
+    Also collects, into ``media``, the stored events that carry media references (for the index).
+    """
     fresh = set(result.stored)
     for row in rows:
         if row.event_id in fresh:
             fresh.discard(row.event_id)  # the first row of an id is the one that was inserted
+            if row.media:
+                media.append(
+                    IndexedEvent(
+                        row.event_id,
+                        row.kind,
+                        row.severity,
+                        row.device_id,
+                        row.dialect,
+                        row.occurred_at,
+                        row.media,
+                    )
+                )
             if row.watch is not None:
                 enqueue_watch(
                     db, row.watch, event_id=row.event_id, device_id=row.device_id, occurred_at=row.occurred_at
@@ -181,8 +252,18 @@ def _queue_watch_work(db: sqlite3.Connection, rows: Sequence[EventRow], result: 
 class Outbox:
     """The outbox, synchronously: open it (``with Outbox(...)``) and use it from one thread at a time."""
 
-    def __init__(self, path: Path, *, max_bytes: int, dead_letter_keep: int = 10_000) -> None:
-        self._file = _OutboxFile(path, max_bytes=max_bytes, dead_letter_keep=dead_letter_keep)
+    def __init__(
+        self,
+        path: Path,
+        *,
+        max_bytes: int,
+        dead_letter_keep: int = 10_000,
+        fetch_devices: Collection[str] = (),
+    ) -> None:
+        """``fetch_devices``: the devices whose ``device:`` media are queued for download (``media_url``)."""
+        self._file = _OutboxFile(
+            path, max_bytes=max_bytes, dead_letter_keep=dead_letter_keep, fetch_devices=fetch_devices
+        )
         self.path = path
         self.media_dir = self._file.media.directory
         self.max_bytes = max_bytes
@@ -259,7 +340,7 @@ class Outbox:
 
     def purge_media(self, older_than: datetime) -> int:
         """Delete stored pictures older than the retention period (by the time they were written)."""
-        return self._file.media.purge(older_than)
+        return self._file.purge_media(self.db, older_than)
 
     # --- reads -------------------------------------------------------------------------------------
 
@@ -350,9 +431,45 @@ class OutboxReader:
         return await self._thread.call(lambda db: self._file.watch_shed(db, keep, kind, counted_as))
 
     async def purge_media(self, older_than: datetime) -> int:
-        """Delete pictures older than the retention period."""
-        # file I/O, not SQL: it still runs in the outbox's thread, off the event loop
-        return await self._thread.call(lambda _db: self._file.media.purge(older_than))
+        """Delete pictures older than the retention period, and their index rows."""
+        # file I/O as well as SQL: it runs in the outbox's thread, off the event loop
+        return await self._thread.call(lambda db: self._file.purge_media(db, older_than))
+
+    async def evict_media(self, max_bytes: int) -> tuple[int, list[IndexedFile]]:
+        """Keep the indexed media under ``max_bytes``: bytes left, and the files deleted (in order)."""
+        return await self._thread.call(lambda db: self._file.evict(db, max_bytes))
+
+    async def media_bytes(self) -> int:
+        """Bytes of the indexed media files."""
+        return await self._thread.call(indexed_bytes)
+
+    @property
+    def catalog(self) -> MediaCatalog:
+        """The media index as the evidence service reads it (``gateway.evidence_catalog.EvidenceCatalog``)."""
+        return MediaCatalog(self._thread, self._file.media.directory)
+
+    # --- the device fetch queue (gateway/media_fetch.py) ----------------------------------------------
+
+    async def due_fetches(self, limit: int, skip_devices: Collection[str]) -> list[FetchJob]:
+        """Pending fetches due now, of devices not in ``skip_devices``, oldest first."""
+        skip = frozenset(skip_devices)
+        return await self._thread.call(lambda db: due_fetches(db, limit, skip))
+
+    async def pending_fetches(self) -> int:
+        """How many device files wait to be fetched."""
+        return await self._thread.call(pending_fetches)
+
+    async def fetch_done(self, seq: int, stored: FetchedFile) -> None:
+        """Index a fetched file and queue its announcement."""
+        await self._thread.call(lambda db: fetch_done(db, seq, stored))
+
+    async def fetch_retry(self, seq: int, delay_s: float, detail: str) -> None:
+        """Try again later."""
+        await self._thread.call(lambda db: fetch_retry(db, seq, delay_s, detail))
+
+    async def fetch_failed(self, seq: int, detail: str) -> None:
+        """Give up, keeping the reason."""
+        await self._thread.call(lambda db: fetch_failed(db, seq, detail))
 
     async def purge_tombstones(self, settled_before: datetime) -> int:
         """Forget delivered and shed events settled before the cutoff."""

@@ -37,13 +37,19 @@ class MediaStore:
 
     def purge(self, older_than: datetime) -> int:
         """Delete pictures written before ``older_than``; returns how many were deleted."""
+        return len(self.purge_paths(older_than))
+
+    def purge_paths(self, older_than: datetime) -> list[str]:
+        """Delete pictures written before ``older_than``; returns their paths relative to the store."""
         cutoff = older_than.timestamp()
-        removed = 0
+        removed: list[str] = []
         for path in self.directory.glob("*/*"):
+            if path.name.startswith(".tmp-"):
+                continue  # a download or write in progress (its own cleanup removes it)
             try:
                 if path.is_file() and path.stat().st_mtime < cutoff:
                     path.unlink()
-                    removed += 1
+                    removed.append(path.relative_to(self.directory).as_posix())
             except FileNotFoundError:
                 continue  # removed meanwhile (another purge): nothing left to do
         return removed
