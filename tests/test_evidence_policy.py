@@ -151,7 +151,8 @@ def test_unknown_event_is_not_found_only_for_a_role() -> None:
 def test_barrier_windows(device: str, seconds: float, allowed: bool, rule: str) -> None:
     """One vehicle camera of this compound, a window of at most the maximum; faces gates and unknown devices never.
 
-    Broken on purpose: ``length > max_s`` as ``length > max_s + 10`` lets the too-long row through.
+    Broken on purpose: ``length > max_s * 2`` lets the one-second-too-long row through; ``>=`` refuses
+    the exactly-maximal one.
     """
     decision = decide(
         request(window(device, seconds)), event=None, devices=DEVICES, barrier_window_max_s=MAX_WINDOW_S
