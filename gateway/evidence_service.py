@@ -48,7 +48,7 @@ import structlog
 
 from foundation.cancellation import raise_if_cancelling
 from foundation.errors import OutboxError, PayloadRejected, PublishRefusedError
-from foundation.events import utc_now
+from foundation.events import EventKind, utc_now
 from foundation.health import Health, MetricFamilies
 from foundation.logging import worth_logging
 from foundation.sqlite_thread import SqliteBacked, transaction
@@ -147,8 +147,10 @@ class EvidenceAudit(SqliteBacked):
 
         def write(db: sqlite3.Connection) -> bool:
             with transaction(db):
+                # open, or decided within the audit's retention (an open request outlives its rows)
                 known = db.execute(
-                    "SELECT 1 FROM evidence_audit WHERE request_id = ? AND what = 'decided' LIMIT 1",
+                    "SELECT 1 FROM evidence_open WHERE request_id = ?1 UNION ALL"
+                    " SELECT 1 FROM evidence_audit WHERE request_id = ?1 AND what = 'decided' LIMIT 1",
                     (request.request_id,),
                 ).fetchone()
                 if known is not None:
@@ -559,11 +561,14 @@ class EvidenceService:
             media = await self._catalog.event_media(subject.event_id)
             found = [] if media is None else [media]
         else:
-            found = list(
-                await self._catalog.window_media(
+            # the pictures of vehicle passes only, whatever else the camera's events carry
+            found = [
+                m
+                for m in await self._catalog.window_media(
                     subject.device_id, subject.since, subject.until, MAX_ITEMS_PER_ANSWER
                 )
-            )
+                if m.kind is EventKind.VEHICLE_PASS
+            ]
         return _plan_of(found, row.roles)
 
     async def _send_file(self, publish: Publish, media: StoredMedia, request_id: str | None) -> None:

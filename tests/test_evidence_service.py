@@ -33,11 +33,12 @@ from gateway.config import (
     load_config,
 )
 from gateway.evidence_catalog import DeviceFetch, EventMedia, FetchState, Outgoing, StoredMedia
-from gateway.evidence_service import EvidenceAudit, EvidenceService
+from gateway.evidence_service import EvidenceAudit, EvidenceService, OpenRequest
 from gateway.forwarder import MqttUplink
 from gateway.outbox import OutboxReader
 from uplink.config import BrokerConfig
 from uplink.evidence import (
+    AnswerStatus,
     BarrierWindow,
     ChunkHeader,
     EventEvidence,
@@ -446,10 +447,10 @@ async def test_refusals_expiry_and_bad_requests_are_answered_and_audited(
 async def test_barrier_window_sends_plate_and_scene_of_one_camera_in_the_window(
     tmp_path: Path, open_mosquitto: Mosquitto
 ) -> None:
-    """Only the window's events of that camera, only plate and scene.
+    """Only the window's vehicle passes of that camera, only plate and scene.
 
-    Broken on purpose: asking the catalog for ``[since, until]`` with a later ``until`` (or for every
-    device) adds the outside event's files to the exact item set.
+    Broken on purpose: dropping the role filter adds the faces, dropping the kind filter adds the
+    watch hit's plate to the exact item set.
     """
     c = compound(tmp_path, open_mosquitto)
     lpr, anpr = c.device("vz-lpr-mqtt"), c.device("hik-isapi-anpr")
@@ -467,6 +468,11 @@ async def test_barrier_window_sends_plate_and_scene_of_one_camera_in_the_window(
     c.catalog.events[other] = event_media(
         other, EventKind.VEHICLE_PASS, anpr, "hik-isapi-anpr", [media_file(c.files, other, "plate", 500)],
         severity=Severity.INFO, occurred_at=NOW - timedelta(minutes=1),
+    )  # fmt: skip
+    hit = "evt-carhit-000001"  # a watch hit on the same camera: not a vehicle pass
+    c.catalog.events[hit] = event_media(
+        hit, EventKind.VEHICLE_WATCH_HIT, lpr, "vz-lpr-mqtt", [media_file(c.files, hit, "plate", 700)],
+        occurred_at=NOW - timedelta(minutes=2),
     )  # fmt: skip
     request = c.request(BarrierWindow(device_id=lpr, since=NOW - timedelta(minutes=10), until=NOW))
     async with desk(open_mosquitto) as district, gateway(c):
@@ -634,3 +640,24 @@ async def test_alarm_pictures_overtake_request_files_and_open_requests_survive_a
         assert hashlib.sha256(body).hexdigest() == sha_of(media.path)
     assert [a.status for a in district.answers_to(request.request_id)] == ["sending", "sending"]
     assert c.audit_rows("answered") == {(request.request_id, "sending", "alarm_evidence")}
+
+
+async def test_audit_purge_keeps_open_requests_and_forgets_old_rows(tmp_path: Path) -> None:
+    """Rows older than ``audit_keep_days`` go; newer ones and the open requests stay.
+
+    Broken on purpose: ``at > ?`` in ``purge`` deletes the new rows instead (exact sets compared).
+    """
+    c = compound(tmp_path, Mosquitto(tmp_path / "unused"))
+    old, new = (
+        c.request(EventEvidence(event_id="evt-old-00000001")),
+        c.request(EventEvidence(event_id="evt-new-00000001")),
+    )
+    row = OpenRequest(old, False, AnswerStatus.REFUSED, "default_deny", "no", frozenset(), None)
+    async with EvidenceAudit(c.audit_path) as audit:
+        assert await audit.record(old, "refused", row, NOW - timedelta(days=400))
+        assert await audit.record(new, "refused", replace(row, request=new), NOW - timedelta(days=10))
+        assert await audit.purge(NOW - timedelta(days=365)) == 1
+        still_open = {r.request.request_id for r in await audit.open_requests()}
+        assert not await audit.record(new, "refused", replace(row, request=new), NOW)  # still known
+    assert c.audit_rows("decided") == {(new.request_id, "refused", "default_deny")}
+    assert still_open == {old.request_id, new.request_id}
