@@ -54,7 +54,7 @@ from foundation.logging import worth_logging
 from foundation.sqlite_thread import SqliteBacked, transaction
 from gateway.config import EvidenceServiceConfig, GatewayConfig
 from gateway.evidence_catalog import EventMedia, EvidenceCatalog, FetchState, StoredMedia
-from gateway.evidence_policy import NOT_FOUND, RULES, Decision, EventFacts, decide
+from gateway.evidence_policy import ALARM_MEDIA, NOT_FOUND, RULES, Decision, EventFacts, decide
 from uplink.evidence import (
     ANSWER,
     CHUNK,
@@ -81,7 +81,7 @@ log = structlog.get_logger(__name__)
 Publish = Callable[[str, bytes], Awaitable[None]]
 """Publish at QoS 1 on the uplink session; returns after the PUBACK."""
 
-DECISIONS = ("allowed", "refused", "not_found", "expired", "busy", "failed")
+DECISIONS = ("allowed", "refused", "not_found", "expired", "busy")
 """The ``decision`` label values of ``cgw_evidence_requests_total`` (its ``rule``: a policy rule or "none")."""
 RULE_LABELS = (*RULES, "none")
 PURGE_EVERY_S = 6 * 3600.0
@@ -472,6 +472,15 @@ class EvidenceService:
             return
         while pending := await self._catalog.proactive_pending(PROACTIVE_BATCH):
             for outgoing in pending:
+                if outgoing.media.item.role not in ALARM_MEDIA:
+                    # the catalog's choice, checked anyway: only alarm pictures go unasked, never a face
+                    log.error(
+                        "evidence_proactive_not_alarm_media",
+                        event_id=outgoing.media.item.event_id,
+                        role=outgoing.media.item.role,
+                    )
+                    await self._catalog.proactive_sent([outgoing.key])
+                    continue
                 try:
                     await self._send_file(publish, outgoing.media, None)
                 except _Unreadable as exc:

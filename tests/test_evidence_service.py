@@ -22,7 +22,7 @@ from pathlib import Path
 from device_sims.broker import Mosquitto
 from device_sims.inventory import write_sample_config
 from foundation.errors import TransportError
-from foundation.events import EventKind, Severity
+from foundation.events import EbikeShedPayload, Event, EventKind, Provenance, Severity, ShedCondition
 from foundation.health import MetricFamilies
 from foundation.mqtt import MqttSession, SessionOptions
 from gateway.config import (
@@ -35,7 +35,7 @@ from gateway.config import (
 from gateway.evidence_catalog import DeviceFetch, EventMedia, FetchState, Outgoing, StoredMedia
 from gateway.evidence_service import EvidenceAudit, EvidenceService, OpenRequest
 from gateway.forwarder import MqttUplink
-from gateway.outbox import OutboxReader
+from gateway.outbox import EventRow, Outbox, OutboxReader, StoreEvents
 from uplink.config import BrokerConfig
 from uplink.evidence import (
     AnswerStatus,
@@ -54,7 +54,7 @@ from uplink.evidence import (
     evidence_filter,
     request_topic,
 )
-from uplink.protocol import DEFAULT_PREFIX
+from uplink.protocol import DEFAULT_PREFIX, event_topic
 
 CHUNK = 16 * 1024
 NOW = datetime.now(UTC)
@@ -157,13 +157,16 @@ class Desk:
             try:
                 async with MqttSession(options) as session:
                     await session.subscribe(evidence_filter(DEFAULT_PREFIX), qos=1)
+                    await session.subscribe(f"{DEFAULT_PREFIX}/+/+/+", qos=1)  # the events, as ingesters do
                     async for message in session.messages():
                         self._take(message.topic, message.payload)
             except TransportError:
                 await asyncio.sleep(0.1)
 
     def _take(self, topic: str, payload: bytes) -> None:
-        if topic.endswith("/answer"):
+        if "/evidence/" not in topic:
+            self.arrivals.append(("events", None, topic))
+        elif topic.endswith("/answer"):
             answer = decode_answer(payload)
             self.answers.append(answer)
             self.arrivals.append(("answer", answer.request_id, answer.status.value))
@@ -577,22 +580,24 @@ async def test_proactive_files_marked_only_after_every_chunk_and_resent_after_a_
     event_id = "evt-thrown-000004"
     big = media_file(c.files, event_id, "snapshot", 1000 * CHUNK)  # 1000 chunks: the cut lands mid-file
     fetched = media_file(c.files, "evt-fire-00000009", "snapshot", 1000)
+    face = media_file(c.files, event_id, "face", 1000)  # a catalog that got it wrong: never unasked
+    c.catalog.proactive.append(Outgoing(key=6, media=face))
     c.catalog.proactive.append(Outgoing(key=7, media=big))
     c.catalog.manifests.append(Outgoing(key=11, media=fetched))
     async with desk(open_mosquitto) as district, gateway(c) as gw:
         await until(lambda: len(district.chunks) >= 3)
         await asyncio.to_thread(open_mosquitto.stop, kill=True)
         assert district.file(None, big.item) is None
-        assert c.catalog.proactive_marked == []
+        assert c.catalog.proactive_marked == [6]
         await asyncio.to_thread(open_mosquitto.start)
         await until(lambda: district.file(None, big.item) is not None, timeout=60)
-        await until(lambda: c.catalog.proactive_marked == [7])
+        await until(lambda: c.catalog.proactive_marked == [6, 7])
         await until(lambda: c.catalog.manifest_marked == [11])
         files = gw.service.files_sent["proactive"]
     body = district.file(None, big.item)
     assert body is not None
     assert hashlib.sha256(body).hexdigest() == sha_of(big.path)
-    assert {h.request_id for h, _ in district.chunks} == {None}
+    assert {(h.request_id, h.item) for h, _ in district.chunks} == {(None, big.item)}
     assert [m.items for m in district.manifests] == [(fetched.item,)]
     assert files == 1
 
@@ -661,3 +666,41 @@ async def test_audit_purge_keeps_open_requests_and_forgets_old_rows(tmp_path: Pa
         assert not await audit.record(new, "refused", replace(row, request=new), NOW)  # still known
     assert c.audit_rows("decided") == {(new.request_id, "refused", "default_deny")}
     assert still_open == {old.request_id, new.request_id}
+
+
+async def test_alarm_events_are_not_held_back_by_a_file(tmp_path: Path, open_mosquitto: Mosquitto) -> None:
+    """An alarm committed while a large file is going reaches the district before the file's end.
+
+    Broken on purpose: running ``EvidenceService.run`` in the forwarder's place (awaited before
+    ``forwarder.run`` instead of as its own task) holds the alarm until the file is done: it
+    arrives after the last chunk (or never: the service never returns).
+    """
+    c = compound(tmp_path, open_mosquitto)
+    cam = c.device("hightoss-mqtt")
+    event_id = "evt-thrown-000007"
+    big = media_file(c.files, event_id, "clip", 2000 * CHUNK)
+    c.catalog.events[event_id] = event_media(event_id, EventKind.THROWN_OBJECT, cam, "hightoss-mqtt", [big])
+    request = c.request(EventEvidence(event_id=event_id))
+    shed = c.device("shed-mqtt")
+    fire = Event(
+        event_id="evt-fire-alarm-0001",
+        kind=EventKind.EBIKE_SHED,
+        district_id=c.config.compound.district_id,
+        compound_id=c.compound_id,
+        device_id=shed,
+        occurred_at=NOW,
+        received_at=NOW,
+        severity=Severity.CRITICAL,
+        source=Provenance(vendor="test", dialect="shed-mqtt"),
+        payload=EbikeShedPayload(condition=ShedCondition.FIRE_ALARM, temperature_c=80.0),
+    )
+    fire_topic = event_topic(DEFAULT_PREFIX, c.config.compound.district_id, c.compound_id, "ebike_shed")
+    with Outbox(c.config.state.dir / "outbox.db", max_bytes=1 << 24) as outbox:
+        async with desk(open_mosquitto) as district, gateway(c):
+            await c.ask(request)
+            await until(lambda: len(district.chunks) >= 10)
+            await asyncio.to_thread(outbox.commit, [StoreEvents([EventRow.from_event(fire)], ())])
+            await until(lambda: ("events", None, fire_topic) in district.arrivals)
+            chunks_before = sum(1 for what, _, _ in district.arrivals if what == "chunk")
+            await until(lambda: district.file(request.request_id, big.item) is not None, timeout=120)
+    assert chunks_before < 2000
