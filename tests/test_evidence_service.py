@@ -704,3 +704,37 @@ async def test_alarm_events_are_not_held_back_by_a_file(tmp_path: Path, open_mos
             chunks_before = sum(1 for what, _, _ in district.arrivals if what == "chunk")
             await until(lambda: district.file(request.request_id, big.item) is not None, timeout=120)
     assert chunks_before < 2000
+
+
+async def test_waiting_request_expires_and_a_full_queue_answers_busy(
+    tmp_path: Path, open_mosquitto: Mosquitto
+) -> None:
+    """A request still waiting at ``expires_at`` is answered EXPIRED; one over ``max_open_requests`` FAILED (busy).
+
+    Broken on purpose: skipping the expiry check in ``_serve_request`` leaves the first WAITING for
+    ever; dropping the ``max_open_requests`` check answers the second WAITING too.
+    """
+    c = compound(tmp_path, open_mosquitto, max_open_requests=1)
+    shed = c.device("shed-mqtt")
+    event_id = "evt-fire-00000003"
+    pending = (DeviceFetch("snapshot", FetchState.PENDING),)
+    c.catalog.events[event_id] = event_media(
+        event_id, EventKind.EBIKE_SHED, shed, "shed-mqtt", [], fetches=pending
+    )
+    first = c.request(EventEvidence(event_id=event_id), expires_in=timedelta(seconds=2))
+    second = c.request(EventEvidence(event_id=event_id))
+    async with desk(open_mosquitto) as district, gateway(c) as gw:
+        await c.ask(first)
+        await until(lambda: bool(district.answers_to(first.request_id)))
+        await c.ask(second)
+        await until(lambda: bool(district.answers_to(second.request_id)))
+        await until(lambda: len(district.answers_to(first.request_id)) == 2)
+        await until(lambda: gw.service.open == 0)
+    assert [a.status for a in district.answers_to(first.request_id)] == ["waiting", "expired"]
+    assert [(a.status.value, a.detail) for a in district.answers_to(second.request_id)] == [
+        ("failed", "the compound has too many open requests")
+    ]
+    assert c.audit_rows("decided") == {
+        (first.request_id, "allowed", "alarm_evidence"),
+        (second.request_id, "busy", None),
+    }
