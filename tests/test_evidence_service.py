@@ -574,7 +574,7 @@ async def test_proactive_files_marked_only_after_every_chunk_and_resent_after_a_
     only then is it marked. The manifest goes up and is marked.
 
     Broken on purpose: calling ``proactive_sent`` before ``_send_file`` marks it at the cut (the
-    ``proactive_marked == []`` assertion fails) and the file never completes after the restart.
+    ``proactive_marked == [6]`` assertion fails) and the file never completes after the restart.
     """
     c = compound(tmp_path, open_mosquitto)
     event_id = "evt-thrown-000004"
