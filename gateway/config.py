@@ -489,6 +489,27 @@ class EvidenceServiceConfig(ConfigModel):
     barrier_window_max_s: int = Field(
         default=3600, ge=60, le=7 * 24 * 3600, description="longest barrier window one request may ask for"
     )
+    recheck_s: float = Field(
+        default=30.0,
+        ge=0.05,
+        le=3600,
+        description="how often a request waiting for media still being fetched looks again",
+    )
+    poll_s: float = Field(
+        default=2.0,
+        ge=0.01,
+        le=600,
+        description="how often the sender looks for alarm pictures and manifests to send when idle",
+    )
+    max_open_requests: int = Field(
+        default=200,
+        ge=1,
+        le=10_000,
+        description="open requests at most; one more is answered FAILED (busy) instead of queued",
+    )
+    audit_keep_days: int = Field(
+        default=365, ge=1, le=3650, description="how long the compound keeps its record of each request"
+    )
 
 
 class EvidenceConfig(ConfigModel):

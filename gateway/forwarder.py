@@ -29,6 +29,7 @@ from foundation.health import Health
 from foundation.logging import worth_logging
 from foundation.mqtt import MqttSession, SessionOptions, Will
 from gateway.config import DirectUplinkConfig, GatewayConfig, MqttUplinkConfig, Pacing
+from gateway.evidence_service import EvidenceService
 from gateway.outbox import OutboxReader, StoredEvent
 from gateway.rate_limits import TokenBucket
 from gateway.watchlists import WatchListRegistry
@@ -191,9 +192,11 @@ class MqttUplink:
         uplink: MqttUplinkConfig,
         reader: OutboxReader,
         watchlists: WatchListRegistry | None = None,
+        evidence: EvidenceService | None = None,
     ) -> None:
         self._config = config
         self._watchlists = watchlists
+        self._evidence = evidence  # None: no evidence requests are read, no pictures sent
         self._uplink = uplink
         self.forwarder = Forwarder(reader, uplink.pacing())
         self._reader = reader
@@ -206,8 +209,10 @@ class MqttUplink:
         self._connected_once = False
 
     def expose(self, health: Health) -> None:
-        """Its metrics: the forwarder's, and the publishes the broker refused."""
+        """Its metrics: the forwarder's, the evidence service's, and the publishes the broker refused."""
         self.forwarder.expose(health)
+        if self._evidence is not None:
+            self._evidence.expose(health)
         health.expose(
             "cgw_uplink_publish_refused_total",
             "publishes the district broker refused (MQTT v5 reason code), e.g. not authorised",
@@ -274,6 +279,8 @@ class MqttUplink:
                 if self._watchlists is not None:
                     # retained: the current version of every list arrives on each (re)connect
                     await session.subscribe(watchlist_filter(up.topic_prefix, compound.district_id), qos=1)
+                if self._evidence is not None:
+                    await session.subscribe(self._evidence.request_topic, qos=1)
                 await publish(self._status_topic, self._status("online"), retain=True)
                 log.info("uplink_connected", host=broker.host, port=broker.port)
                 self._connected_once = True
@@ -281,6 +288,9 @@ class MqttUplink:
                 try:
                     async with asyncio.TaskGroup() as tg:
                         tg.create_task(self._incoming(session), name="uplink-incoming")
+                        if self._evidence is not None:
+                            # its own task, one publish at a time: files never hold events back
+                            tg.create_task(self._evidence.run(publish), name="uplink-evidence")
                         await self.forwarder.run(send)
                 finally:
                     with contextlib.suppress(TransportError, TimeoutError):
@@ -319,6 +329,9 @@ class MqttUplink:
         # events are sent again after the receipt timeout, and the district store is idempotent.
         # Watch lists are retained: one lost is delivered again on the next connection.
         async for message in session.messages():
+            if self._evidence is not None and message.topic == self._evidence.request_topic:
+                await self._evidence.receive(message.payload)  # judged and recorded; served by its task
+                continue
             list_id = watchlist_id(self._uplink.topic_prefix, message.topic)
             if list_id is not None:
                 await self._apply_watchlist(list_id, message.payload)
@@ -355,7 +368,11 @@ class MqttUplink:
 
 
 class DirectUplink:
-    """Small districts without a broker: the gateway writes straight into the district store."""
+    """Small districts without a broker: the gateway writes straight into the district store.
+
+    No evidence travels this way: the district has no channel to ask the compound, and the
+    compound none to send files, so alarm pictures and fetched media stay in the compound.
+    """
 
     def __init__(self, uplink: DirectUplinkConfig, reader: OutboxReader) -> None:
         self._uplink = uplink
@@ -399,10 +416,11 @@ class UplinkFactory:
     config: GatewayConfig
     reader: OutboxReader
     watchlists: WatchListRegistry | None = None
+    evidence: EvidenceService | None = None
 
     def mqtt(self, uplink: MqttUplinkConfig) -> Uplink:
         """Through the district broker, with receipts and watch lists."""
-        return MqttUplink(self.config, uplink, self.reader, self.watchlists)
+        return MqttUplink(self.config, uplink, self.reader, self.watchlists, self.evidence)
 
     def direct(self, uplink: DirectUplinkConfig) -> Uplink:
         """Straight into the district store."""
