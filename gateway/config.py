@@ -400,6 +400,10 @@ class MqttUplinkConfig(ConfigModel):
         description="alarms without a receipt are sent again sooner (a district broker that lost them)",
     )
 
+    def evidence_prefix(self) -> str | None:
+        """The topic prefix evidence requests arrive under (the district asks over this broker)."""
+        return self.topic_prefix
+
     def build(self, builder: UplinkBuilder[T]) -> T:
         """The uplink this mode names."""
         return builder.mqtt(self)
@@ -427,6 +431,10 @@ class DirectUplinkConfig(ConfigModel):
     batch_max_delay_ms: int = Field(default=500, ge=0, le=60_000)
     replay_rate: float = Field(default=5000.0, gt=0)
     poll_ms: int = Field(default=50, ge=5, le=5000)
+
+    def evidence_prefix(self) -> str | None:
+        """None: the gateway writes straight into a store, nobody can ask it for evidence."""
+        return None
 
     def build(self, builder: UplinkBuilder[T]) -> T:
         """The uplink this mode names."""

@@ -27,6 +27,7 @@ from gateway.broker_drops import BrokerDrops
 from gateway.config import GatewayConfig, load_pseudonym_key
 from gateway.device_secrets import DeviceSecrets, prepare_trust
 from gateway.device_watch import DeviceWatch
+from gateway.evidence_service import EvidenceAudit, EvidenceService
 from gateway.forwarder import UplinkFactory
 from gateway.http_receiver import build_app
 from gateway.media_fetch import MediaFetcher
@@ -95,7 +96,8 @@ async def run_gateway(
                     else:
                         mqtt_up.set()
                     if config.uplink is not None:
-                        uplink = config.uplink.build(UplinkFactory(config, reader, registry))
+                        evidence = await _evidence_service(stack, config, reader, health)
+                        uplink = config.uplink.build(UplinkFactory(config, reader, registry, evidence))
                         uplink.expose(health)
                         transports.create_task(
                             supervise("uplink", uplink.run, Backoff(config.backoff), health=health),
@@ -159,6 +161,19 @@ async def _listen(config: GatewayConfig, runner: web.AppRunner, tls: ssl.SSLCont
                 fix="point these devices at https ([http.tls]) and set [http] plain = false, or switch them to digest",
             )
     return listeners
+
+
+async def _evidence_service(
+    stack: AsyncExitStack, config: GatewayConfig, reader: OutboxReader, health: Health
+) -> EvidenceService | None:
+    """The evidence service of an uplink the district can ask over (MQTT); None otherwise."""
+    prefix = config.uplink.evidence_prefix() if config.uplink is not None else None
+    if prefix is None:
+        return None
+    audit = await stack.enter_async_context(EvidenceAudit(config.state.dir / "evidence.db"))
+    service = EvidenceService(config, prefix, reader.catalog, audit)
+    service.expose(health)
+    return service
 
 
 def _start_upkeep(
