@@ -324,6 +324,10 @@ class EvidenceService:
 
     # --- metrics -------------------------------------------------------------------------------------
 
+    def wake(self) -> None:
+        """Look for files to send now (a fetch finished) instead of at the next poll."""
+        self._wake.set()
+
     def expose(self, health: Health) -> None:
         """Its metrics, written at each scrape."""
         health.writers.append(self.write_metrics)

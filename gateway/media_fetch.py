@@ -28,6 +28,7 @@ import os
 import random
 import tempfile
 from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
@@ -43,6 +44,7 @@ from gateway.config import DeviceConfig, GatewayConfig, MediaFetchConfig
 from gateway.device_secrets import DeviceSecrets
 from gateway.outbox import OutboxReader
 from gateway.outbox.media_index import FetchedFile, FetchJob
+from gateway.pipeline import ItemResult
 
 log = structlog.get_logger(__name__)
 
@@ -141,10 +143,20 @@ class MediaFetcher:
         self._busy: set[str] = set()  # devices with a download in flight
         self._auth: dict[str, aiohttp.DigestAuthMiddleware] = {}
         self._wake = asyncio.Event()
+        self.on_fetched: list[Callable[[], None]] = []  # e.g. the evidence service: alarm pictures to send
         self.outcomes: Counter[str] = Counter()  # fetched, failed, retried
         self.unauthorized = 0
         self.bytes = 0
         self.pending = 0
+
+    def wake(self) -> None:
+        """Look at the queue now (new rows were committed) instead of at the next poll."""
+        self._wake.set()
+
+    def observe(self, results: Sequence[ItemResult]) -> None:
+        """A pipeline observer: wake when a committed batch stored events of a camera we fetch from."""
+        if any(r.stored and r.device in self._devices for r in results):
+            self._wake.set()
 
     def expose(self, health: Health) -> None:
         """Metrics at every scrape."""
@@ -203,6 +215,8 @@ class MediaFetcher:
         else:
             await self._reader.fetch_done(job.seq, stored)
             self.outcomes["fetched"] += 1
+            for notify in self.on_fetched:
+                notify()
             self.bytes += stored.size
             log.info(
                 "media_fetched",

@@ -95,8 +95,8 @@ async def run_gateway(
                         _start_mqtt(config, pipeline, health, transports, mqtt_up)
                     else:
                         mqtt_up.set()
+                    evidence = await _evidence_service(stack, config, reader, health)
                     if config.uplink is not None:
-                        evidence = await _evidence_service(stack, config, reader, health)
                         uplink = config.uplink.build(UplinkFactory(config, reader, registry, evidence))
                         uplink.expose(health)
                         transports.create_task(
@@ -109,7 +109,8 @@ async def run_gateway(
                         ),
                         name="watch-matcher",
                     )
-                    _start_upkeep(transports, config, reader=reader, secrets=secrets, health=health)
+                    _start_upkeep(transports, config, reader=reader, health=health)
+                    _start_fetcher(transports, config, reader, secrets, health, pipeline, evidence)
                     if (interval := watchdog_interval()) is not None:
                         transports.create_task(
                             watchdog(pipeline.ping, interval, failures=(OutboxError,), what="intake worker"),
@@ -181,10 +182,9 @@ def _start_upkeep(
     config: GatewayConfig,
     *,
     reader: OutboxReader,
-    secrets: DeviceSecrets,
     health: Health,
 ) -> None:
-    """Retention, the media byte budget, and the fetcher of device-kept media (when a device has a media_url)."""
+    """Retention and the media byte budget."""
     retention = Retention(config, reader)
     health.writers.append(retention.write_metrics)
     tasks.create_task(
@@ -195,13 +195,33 @@ def _start_upkeep(
         supervise("media-budget", run_forever(retention.run_budget), Backoff(config.backoff), health=health),
         name="media-budget",
     )
-    if any(d.media_url is not None for d in config.devices):
-        fetcher = MediaFetcher(config, reader, secrets)
-        fetcher.expose(health)
-        tasks.create_task(
-            supervise("media-fetch", run_forever(fetcher.run), Backoff(config.backoff), health=health),
-            name="media-fetch",
-        )
+
+
+def _start_fetcher(  # noqa: PLR0917 - the run's parts it connects, from its one call site
+    tasks: asyncio.TaskGroup,
+    config: GatewayConfig,
+    reader: OutboxReader,
+    secrets: DeviceSecrets,
+    health: Health,
+    pipeline: IntakePipeline,
+    evidence: EvidenceService | None,
+) -> None:
+    """The fetcher of device-kept media, when a device has a ``media_url``.
+
+    Woken by each committed batch with events of such a device, and waking the evidence service
+    when a file is fetched, so that an alarm's pictures go up at once instead of at the next poll.
+    """
+    if not any(d.media_url is not None for d in config.devices):
+        return
+    fetcher = MediaFetcher(config, reader, secrets)
+    fetcher.expose(health)
+    pipeline.observers.append(fetcher.observe)
+    if evidence is not None:
+        fetcher.on_fetched.append(evidence.wake)
+    tasks.create_task(
+        supervise("media-fetch", run_forever(fetcher.run), Backoff(config.backoff), health=health),
+        name="media-fetch",
+    )
 
 
 def _watch_devices(config: GatewayConfig, pipeline: IntakePipeline, health: Health) -> None:
