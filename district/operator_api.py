@@ -199,9 +199,6 @@ def _media_operation(error_ref: dict[str, Any], errors: dict[str, Any]) -> dict[
     # the binary route is outside the spec machinery (its answer is bytes, not JSON)
     schema = TypeAdapter(MEDIA_SPEC.request).json_schema()
     parameters = _parameters(MEDIA_SPEC, schema)
-    for parameter in parameters:
-        if "{" + parameter["name"] + "}" in MEDIA_SPEC.route.path:  # Route's pattern misses "sha256"
-            parameter |= {"in": "path", "required": True}
     return {
         "operationId": MEDIA_SPEC.name,
         "summary": MEDIA_SPEC.route.summary,

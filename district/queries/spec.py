@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 Q = TypeVar("Q", bound=BaseModel)
 R = TypeVar("R")
 
-_PATH_FIELD = re.compile(r"\{([a-z_]+)\}")
+_PATH_FIELD = re.compile(r"\{([a-z_][a-z0-9_]*)\}")
 
 
 @dataclass(frozen=True)
