@@ -28,8 +28,15 @@ from datetime import datetime, timedelta
 import structlog
 
 from district.config import DistrictConfig
-from district.evidence_store import ChunkOutcome, EvidenceAccess, RequestRecord, RequestState, Transfers
-from district.operations import OperationsDb
+from district.evidence_store import (
+    OPEN_STATES,
+    ChunkOutcome,
+    EvidenceAccess,
+    RequestRecord,
+    RequestState,
+    Transfers,
+)
+from district.operations import AuditEntry, OperationsDb
 from district.query_backends import QueryBackend
 from district.query_model import AlarmState, Selection
 from foundation.backoff import Backoff, BackoffConfig
@@ -77,6 +84,13 @@ ANSWER_STATES = {
     AnswerStatus.EXPIRED: RequestState.EXPIRED,
     AnswerStatus.FAILED: RequestState.FAILED,
 }
+AUDITED_ANSWERS = {
+    RequestState.REFUSED: 403,
+    RequestState.NOT_FOUND: 404,
+    RequestState.FAILED: 502,
+    RequestState.EXPIRED: 504,
+}
+"""A compound's final "no", audited at the district with the HTTP status it maps to."""
 FILE_OUTCOMES = ("verified", "hash_mismatch", "rejected")
 
 
@@ -381,6 +395,26 @@ class EvidenceDesk:
             rule=answer.rule,
             items=len(answer.items),
         )
+        if updated is not None and record.state in OPEN_STATES and updated.state in AUDITED_ANSWERS:
+            # the compound's "no" belongs in the district's audit log too, beside the request it ends
+            await self._ops.audit(
+                AuditEntry(
+                    actor=record.operator,
+                    role=record.role,
+                    channel="evidence",
+                    client=f"compound:{compound}",
+                    action="evidence_answer",
+                    filters={
+                        "request_id": record.request_id,
+                        "event_id": record.event_id,
+                        "device_id": record.device_id,
+                    },
+                    outcome=updated.state.value,
+                    status=AUDITED_ANSWERS[updated.state],
+                    reason=record.reason,
+                    detail=f"rule {updated.rule}: {updated.detail}" if updated.rule else updated.detail,
+                )
+            )
 
     async def _on_manifest(self, district_id: str, compound: str, payload: bytes) -> None:
         manifest = decode_manifest(payload)

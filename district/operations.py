@@ -91,7 +91,7 @@ class AuditEntry(Model):
 
     actor: str | None
     role: str | None
-    channel: str = Field(description='"api" or "cli"')
+    channel: str = Field(description='"api", "cli", or "evidence" (a compound\'s answer to a request)')
     client: str | None = Field(description="remote address or local user")
     action: str = Field(description='"events", "compare", "alarm_action", "token.create", ...')
     filters: dict[str, Any]

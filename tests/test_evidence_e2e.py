@@ -101,7 +101,7 @@ async def test_thrown_object_evidence_reaches_the_operator(
     """The snapshot and trajectory arrive unasked; the clip on request; a face-gate picture is refused.
 
     Each file's SHA-256 at the district equals the simulator's bytes; the district's audit and the
-    compound's both show who asked and why; the compound refuses a face-gate passer's picture with
+    compound's both show who asked and why, and both record the refusal with its rule; the compound refuses a face-gate passer's picture with
     ``face_gate_never`` and nothing of it reaches the district.
 
     Broken on purpose once: with the service's proactive sending switched off the wait for the two
@@ -170,6 +170,15 @@ async def test_thrown_object_evidence_reaches_the_operator(
             )
             assert (refused["state"], refused["rule"]) == ("refused", "face_gate_never")
             assert (await district.status(face_id))["held"] == []
+            answers = [
+                r.entry
+                for r in await district.ops.audit_records(limit=50)
+                if r.entry.action == "evidence_answer" and r.entry.filters["request_id"] == body["request_id"]
+            ]
+            assert [(a.actor, a.outcome, a.status, a.reason) for a in answers] == [
+                ("operator", "refused", 403, "寻找走失老人 核对")
+            ]
+            assert "face_gate_never" in (answers[0].detail or "")
             refusals = [
                 row for row in await _compound_audit(config.state.dir) if row[0] == body["request_id"]
             ]

@@ -162,6 +162,8 @@ async def test_metric_names_and_types_unchanged(gateway: RunningGateway) -> None
         "cgw_watchlist_version": "gauge",
         "cgw_watchlist_entries": "gauge",
         "cgw_media_purged_total": "counter",
+        "cgw_media_bytes": "gauge",
+        "cgw_media_evicted_total": "counter",
         "cgw_outbox_tombstones_purged_total": "counter",
         "cgw_http_rate_limited_total": "counter",
         "cgw_outbox_pending_events": "gauge",
