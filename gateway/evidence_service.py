@@ -325,7 +325,8 @@ class EvidenceService:
     # --- metrics -------------------------------------------------------------------------------------
 
     def wake(self) -> None:
-        """Look for files to send now (a fetch finished) instead of at the next poll."""
+        """A fetch finished: look for files to send, and at requests waiting for media, now."""
+        self._next_check.clear()
         self._wake.set()
 
     def expose(self, health: Health) -> None:

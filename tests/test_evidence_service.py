@@ -739,3 +739,37 @@ async def test_waiting_request_expires_and_a_full_queue_answers_busy(
         (first.request_id, "allowed", "alarm_evidence"),
         (second.request_id, "busy", None),
     }
+
+
+async def test_a_landed_fetch_serves_a_waiting_request_at_once(
+    tmp_path: Path, open_mosquitto: Mosquitto
+) -> None:
+    """With a 10-minute re-check, ``wake()`` (the fetcher's call when a file lands) sends it now.
+
+    Broken on purpose: ``wake()`` without clearing the re-check times left the request WAITING
+    until the 20 s limit below.
+    """
+    c = compound(tmp_path, open_mosquitto, recheck_s=600)
+    shed = c.device("shed-mqtt")
+    event_id = "evt-fire-00000009"
+    c.catalog.events[event_id] = event_media(
+        event_id,
+        EventKind.EBIKE_SHED,
+        shed,
+        "shed-mqtt",
+        [],
+        fetches=(DeviceFetch("snapshot", FetchState.PENDING),),
+    )
+    request = c.request(EventEvidence(event_id=event_id))
+    async with desk(open_mosquitto) as district, gateway(c) as gw:
+        await c.ask(request)
+        await until(lambda: bool(district.answers_to(request.request_id)))
+        snapshot = media_file(c.files, event_id, "snapshot", 2 * CHUNK)
+        c.catalog.events[event_id] = replace(
+            c.catalog.events[event_id],
+            stored=(snapshot,),
+            fetches=(DeviceFetch("snapshot", FetchState.FETCHED),),
+        )
+        gw.service.wake()
+        await until(lambda: district.file(request.request_id, snapshot.item) is not None, timeout=20)
+        assert [a.status for a in district.answers_to(request.request_id)] == ["waiting", "sending"]
