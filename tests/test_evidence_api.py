@@ -6,21 +6,24 @@ import argparse
 import asyncio
 import hashlib
 import json
+import tracemalloc
 from datetime import timedelta
 from pathlib import Path
 
 import aiohttp
 import pytest
+from aiohttp import web
 
-from device_sims.broker import Mosquitto
+from device_sims.broker import Mosquitto, free_port
 from district.config import DistrictConfig
-from district.evidence_cli import evidence_command
+from district.evidence_cli import _save, evidence_command
 from district.evidence_desk import EvidenceDesk
 from district.evidence_store import EvidenceAccess, EvidenceIndex, MediaFiles
 from district.operations import OperationsDb
 from district.operator_api import openapi_document
 from district.operator_cli import add_operator_commands
 from district.operator_service import Caller, open_operator_service
+from district.queries.evidence import EvidenceStatus, HeldFile
 from district.query_backends import open_query_backend
 from district.query_model import AlarmState
 from foundation.events import utc_now
@@ -348,3 +351,64 @@ async def test_a_request_written_by_another_process_is_sent_by_the_apis_desk(
         done = await district.wait_state(E1, answer.result.request_id, {"complete", "failed"})
         assert done["state"] == "complete"
         assert double.requests[0].subject == EventEvidence(event_id=E1, roles=("snapshot",))
+
+
+async def test_cli_save_streams_a_clip_to_disk_and_leaves_nothing_of_a_corrupt_one(tmp_path: Path) -> None:
+    """``--save`` writes a multi-MB clip without holding it in memory; a corrupt body leaves no file.
+
+    A clip is up to ``MAX_TRANSFER_BYTES`` (64 MB): read whole it cost the CLI that much memory.
+    The API here is a bare aiohttp app serving files from disk (sendfile: no Python copy), so the
+    peak that tracemalloc sees is the CLI's own. Broken on purpose: ``_save`` reading the body with
+    ``response.read()`` (peak 12 MB for the 6 MB clip; the limit is 1.5 MB).
+    """
+    data = b"".join(hashlib.sha256(i.to_bytes(4, "big")).digest() for i in range(6 * 1024 * 1024 // 32))
+    good, bad = tmp_path / "clip.mp4", tmp_path / "bad.mp4"
+    good.write_bytes(data)
+    bad.write_bytes(data[:-1] + b"!")
+    sha = hashlib.sha256(data).hexdigest()
+    sha_bad = hashlib.sha256(b"what the index says").hexdigest()
+    served = {sha: good, sha_bad: bad}
+
+    async def serve(request: web.Request) -> web.FileResponse:
+        return web.FileResponse(served[request.match_info["sha"]])
+
+    app = web.Application()
+    app.router.add_get(f"/evidence/{E1}/media/{{sha}}", serve)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+
+    def held(digest: str) -> HeldFile:
+        return HeldFile(
+            sha256=digest,
+            role="clip",
+            size=len(data),
+            content_type="video/mp4",
+            verified=True,
+            compound_id=C1,
+            received_at=utc_now(),
+            request_id=None,
+        )
+
+    out = tmp_path / "saved"
+    base = f"http://127.0.0.1:{port}/evidence/{E1}"
+    try:
+        async with aiohttp.ClientSession() as http:
+            status = EvidenceStatus(event_id=E1, compound_id=C1, held=[held(sha)], listed=[], requests=[])
+            tracemalloc.start()
+            try:
+                saved = await _save(http, base, status, out, "case 9")
+                _, peak = tracemalloc.get_traced_memory()
+            finally:
+                tracemalloc.stop()
+            assert saved == [out / f"clip-{sha[:12]}.mp4"]
+            assert saved[0].read_bytes() == data
+            assert peak < 1536 * 1024, peak
+            corrupt = EvidenceStatus(
+                event_id=E1, compound_id=C1, held=[held(sha_bad)], listed=[], requests=[]
+            )
+            assert await _save(http, base, corrupt, out, "case 9") is None
+            assert {p.name for p in out.iterdir()} == {saved[0].name}
+    finally:
+        await runner.cleanup()
