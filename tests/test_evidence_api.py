@@ -195,6 +195,11 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def _evidence_args(*flags: str) -> argparse.Namespace:
+    """``query evidence E1 --config x.toml --reason "case 9"`` and ``flags``, parsed."""
+    return _parse(["query", "evidence", E1, "--config", "x.toml", "--reason", "case 9", *flags])
+
+
 async def test_cli_fetches_waits_and_saves_through_the_api(
     tmp_path: Path, district_broker: Mosquitto, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -212,22 +217,7 @@ async def test_cli_fetches_waits_and_saves_through_the_api(
         running_district(config) as district,
         CompoundDouble(C1, district_broker.port, files={E1: files}).online(),
     ):
-        args = _parse(
-            [
-                "query",
-                "evidence",
-                E1,
-                "--config",
-                "x.toml",
-                "--reason",
-                "case 9",
-                "--fetch",
-                "--wait",
-                "20",
-                "--save",
-                str(out),
-            ]
-        )
+        args = _evidence_args("--fetch", "--wait", "20", "--save", str(out))
         status = await evidence_command(config, args, district.tokens["operator"])
         printed = capsys.readouterr()
         assert status == 0, printed.err
@@ -239,25 +229,11 @@ async def test_cli_fetches_waits_and_saves_through_the_api(
         sha = hashlib.sha256(files[0][1]).hexdigest()
         stored = config.evidence_media_dir() / sha[:2] / sha[2:4] / sha
         stored.write_bytes(b"tampered")
-        args = _parse(
-            [
-                "query",
-                "evidence",
-                E1,
-                "--config",
-                "x.toml",
-                "--reason",
-                "case 9",
-                "--save",
-                str(tmp_path / "again"),
-                "--format",
-                "json",
-            ]
-        )
+        args = _evidence_args("--save", str(tmp_path / "again"), "--format", "json")
         assert await evidence_command(config, args, district.tokens["operator"]) == 1
         assert "does not match its SHA-256" in capsys.readouterr().err
         # a viewer sees the status but cannot fetch
-        args = _parse(["query", "evidence", E1, "--config", "x.toml", "--reason", "case 9", "--fetch"])
+        args = _evidence_args("--fetch")
         assert await evidence_command(config, args, district.tokens["viewer"]) == 1
         assert "403 forbidden" in capsys.readouterr().err
 
