@@ -70,7 +70,8 @@ async def test_a_token_of_compound_a_cannot_ask_for_compound_bs_evidence(
     """403 for the request, the status and the file of another compound's event; each refusal audited.
 
     Broken on purpose: ``event_compound`` without its ``ctx.scope`` check (the request was accepted)
-    and ``evidence_media`` without its own (the file was served).
+    and ``evidence_media`` without its own (the file was served); ``evidence_media`` looking for
+    the file before the scope check (a SHA-256 not held was a 404: an existence oracle).
     """
     config = write_config(tmp_path, district_broker.port)
     await seed(config, [alarm(E1, C1), alarm(E_B, C2)])
@@ -102,6 +103,11 @@ async def test_a_token_of_compound_a_cannot_ask_for_compound_bs_evidence(
             "forbidden",
             item.sha256,
         )
+        # a SHA-256 the district does not hold for that event: 403 too, not a 404 that would tell
+        # a token outside the compound's scope which files of its events exist
+        unheld = hashlib.sha256(b"not held").hexdigest()
+        code, _, _ = await fetch_media(district, E_B, unheld, "operator_a", reason="case 2026-114")
+        assert code == 403
 
         # the same token may ask about its own compound's event
         code, body = await district.request(E1, "operator_a")

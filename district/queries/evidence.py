@@ -469,6 +469,9 @@ class EvidenceMediaRequest(Model):
 async def evidence_media(ctx: QueryContext, request: EvidenceMediaRequest) -> MediaFile:
     """The file, if the district holds it verified for this event and the event is in scope."""
     access = _access(ctx)
+    # the scope first (403 for another compound's event whatever the SHA-256), so that a 404 never
+    # tells a token outside the scope which files the district holds of that compound's events
+    await event_compound(ctx, request.event_id, None)
     held = [
         m
         for m in await access.index.media_for_event(request.event_id)
