@@ -394,3 +394,41 @@ async def test_cli_save_streams_a_clip_to_disk_and_leaves_nothing_of_a_corrupt_o
             assert {p.name for p in out.iterdir()} == {saved[0].name}
     finally:
         await runner.cleanup()
+
+
+async def test_a_purge_whose_file_removal_failed_removes_the_files_on_the_next_pass(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file whose removal failed after its rows were purged is removed on the next pass.
+
+    The index rows go in one transaction, the files after it: a failure (or a crash) between
+    must not leave the files on disk for ever, past their retention.
+
+    Broken on purpose: ``purge`` without the ``doomed_files`` table (the second pass found no row
+    of the file any more and the file stayed).
+    """
+    config: DistrictConfig = write_config(tmp_path, 1)
+    await seed(config, [alarm(E2, C1)])
+    now = utc_now()
+    async with (
+        EvidenceIndex(config.evidence_index_path()) as index,
+        OperationsDb(config.api.ops_db) as ops,
+        open_query_backend(config.store) as backend,
+    ):
+        files = MediaFiles(config.evidence_media_dir())
+        access = EvidenceAccess(index, files, 60)
+        sha = await _ingest_file(EvidenceDesk(config, access, backend, ops), E2, "snapshot", picture(42))
+        later = EvidenceDesk(config, access, backend, ops, clock=lambda: now + timedelta(days=40))
+        remove = files.remove
+
+        async def broken(_: object) -> int:
+            raise OSError(5, "I/O error")
+
+        monkeypatch.setattr(files, "remove", broken)
+        with pytest.raises(OSError):
+            await later.purge_once()
+        assert await index.media_for_event(E2) == []
+        assert stored_files(config) == {sha}  # the rows went, the file is still there
+        monkeypatch.setattr(files, "remove", remove)
+        await later.purge_once()
+        assert stored_files(config) == set()
