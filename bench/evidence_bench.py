@@ -45,32 +45,18 @@ from device_sims.demo import expected_event_ids
 from device_sims.devices import CST, HighTossSim, MqttPublish, build_sim
 from device_sims.inventory import DISTRICT_ID, sample_broker_accounts, sample_devices, write_sample_config
 from device_sims.media_server import MediaServer, media_bytes
-from district.config import DistrictConfig, load_district_config
 from district.ingester import run_ingester
 from district.operations import OperationsDb
 from district.operator_cli import serve_api
 from district.query_model import Role
 from foundation.mqtt import MqttSession, SessionOptions
 from gateway.config import GatewayConfig, load_config
+from tests.evidence_double import write_config
 from tests.processes import GatewayProcess
 from uplink.evidence import DEFAULT_CHUNK_BYTES, chunk_spans
 
 POLL_S = 0.01
 ROUND_LIMIT_S = 120
-
-
-def district_config(workdir: Path, broker_port: int) -> DistrictConfig:
-    """The embedded store, the ingester (no HTTP), the API with its desk."""
-    path = workdir / "district.toml"
-    path.write_text(
-        f'district_id = "{DISTRICT_ID}"\n'
-        f'[broker]\nhost = "127.0.0.1"\nport = {broker_port}\n'
-        f'[ingest]\ndead_letter_path = "{workdir}/ingest.db"\nhttp_port = 0\n'
-        f'[api]\nops_db = "{workdir}/operations.db"\nport = {free_port()}\n'
-        f'[store]\ntype = "sqlite"\npath = "{workdir}/district.db"\n',
-        encoding="utf-8",
-    )
-    return load_district_config(path)
 
 
 def gateway_config(workdir: Path, device_port: int, district_port: int, media_url: str) -> Path:
@@ -192,7 +178,7 @@ async def run(rounds: int, clip_bytes: int) -> list[dict[str, float]]:
         district_broker = Mosquitto(workdir / "district-broker").start()
         camera = build_sim(next(d for d in sample_devices() if d.dialect == "hightoss-mqtt"))
         assert isinstance(camera, HighTossSim)
-        district = district_config(workdir / "district", district_broker.port)
+        district = write_config(workdir / "district", district_broker.port, ttl_s=900)
         try:
             async with (
                 MediaServer(camera.device, clip_bytes=clip_bytes) as media,

@@ -30,6 +30,7 @@ from foundation.tables import render_table
 
 EVIDENCE_COMMAND = "evidence"
 POLL_S = 0.5
+READ_BLOCK = 256 * 1024
 REFUSED = 1
 STILL_OPEN = 3
 
@@ -145,26 +146,48 @@ def _print(config: DistrictConfig, document: Any, output: str) -> None:
 async def _save(
     http: aiohttp.ClientSession, base: str, status: EvidenceStatus, directory: Path, reason: str
 ) -> list[Path] | None:
-    """Download each verified file, check its SHA-256, write it; None if one was refused or corrupt."""
+    """Download each verified file, check its SHA-256, write it; None if one was refused or corrupt.
+
+    A clip is megabytes: each body is streamed into ``<name>.partial`` while it is hashed, and
+    renamed only when it matches, so neither a whole clip in memory nor a corrupt file on disk.
+    """
     saved: list[Path] = []
     await asyncio.to_thread(directory.mkdir, parents=True, exist_ok=True)
     for held in status.held:
         if not held.verified:
             continue
+        ext = mimetypes.guess_extension(held.content_type) or ".bin"
+        path = directory / f"{held.role}-{held.sha256[:12]}{ext}"
+        partial = path.with_name(path.name + ".partial")
         async with http.get(f"{base}/media/{held.sha256}", params={"reason": reason}) as response:
             if response.status != 200:
                 _refused(response.status, await response.json(content_type=None))
                 return None
-            data = await response.read()
-        if hashlib.sha256(data).hexdigest() != held.sha256:
+            digest = await _stream_to(response, partial)
+        if digest != held.sha256:
+            await asyncio.to_thread(partial.unlink, missing_ok=True)
             print(
                 f"error: {held.role} file {held.sha256[:12]} does not match its SHA-256; not saved",
                 file=sys.stderr,
             )
             return None
-        ext = mimetypes.guess_extension(held.content_type) or ".bin"
-        path = directory / f"{held.role}-{held.sha256[:12]}{ext}"
-        await asyncio.to_thread(path.write_bytes, data)
+        await asyncio.to_thread(partial.replace, path)
         saved.append(path)
         print(f"saved {path}", file=sys.stderr)
     return saved
+
+
+async def _stream_to(response: aiohttp.ClientResponse, partial: Path) -> str:
+    """Write the body to ``partial`` block by block (removed if the download breaks); its SHA-256."""
+    digest = hashlib.sha256()
+    handle = await asyncio.to_thread(partial.open, "wb")
+    try:
+        async for block in response.content.iter_chunked(READ_BLOCK):
+            digest.update(block)
+            await asyncio.to_thread(handle.write, block)
+    except BaseException:
+        await asyncio.to_thread(handle.close)
+        await asyncio.to_thread(partial.unlink, missing_ok=True)
+        raise
+    await asyncio.to_thread(handle.close)
+    return digest.hexdigest()

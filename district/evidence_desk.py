@@ -493,6 +493,7 @@ class EvidenceDesk:
         )
         rows, orphans, requests = await self._index.purge(media_cutoff, confirmed_cutoff, confirmed)
         files = await self._access.files.remove(orphans)
+        await self._index.files_removed(orphans)
         self.purged.update(rows)
         if files or requests or any(rows.values()):
             log.info("evidence_purged", rows=rows, files=files, requests=requests)

@@ -61,6 +61,7 @@ CREATE TABLE IF NOT EXISTS request_items (
     request_id TEXT NOT NULL, sha256 TEXT NOT NULL, event_id TEXT NOT NULL, role TEXT NOT NULL,
     received INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (request_id, sha256, event_id, role));
 CREATE INDEX IF NOT EXISTS request_items_by_event ON request_items (event_id);
+CREATE TABLE IF NOT EXISTS doomed_files (sha256 TEXT PRIMARY KEY);
 """
 
 
@@ -519,6 +520,9 @@ class EvidenceIndex(SqliteBacked):
     ) -> tuple[dict[str, int], list[str], int]:
         """Delete expired media rows: (rows by class, SHA-256s no row refers to any more, requests deleted).
 
+        The SHA-256s include those of earlier passes whose files were not removed yet; call
+        ``files_removed`` once they are.
+
         Media of ``confirmed`` events go at ``confirmed_cutoff``, the rest at ``media_cutoff``;
         manifests and final requests older than ``media_cutoff`` go too.
         """
@@ -543,11 +547,13 @@ class EvidenceIndex(SqliteBacked):
                     )
                     rows["confirmed_alarm" if kept else "media"] += 1
                     shas.add(sha)
-                orphans = [
-                    sha
-                    for sha in sorted(shas)
-                    if db.execute("SELECT 1 FROM media WHERE sha256 = ?", (sha,)).fetchone() is None
-                ]
+                # files whose rows are gone, kept in the index until they are removed from disk
+                # (``files_removed``): a failure or a crash after this commit retries them on the
+                # next pass instead of leaving them past their retention; one referenced again
+                # (the same picture sent anew) is no orphan any more
+                db.executemany("INSERT OR IGNORE INTO doomed_files VALUES (?)", [(sha,) for sha in shas])
+                db.execute("DELETE FROM doomed_files WHERE sha256 IN (SELECT sha256 FROM media)")
+                orphans = [str(r[0]) for r in db.execute("SELECT sha256 FROM doomed_files ORDER BY sha256")]
                 db.execute("DELETE FROM manifest WHERE seen_at < ?", (media_cutoff.isoformat(),))
                 requests = db.execute(
                     "DELETE FROM requests WHERE created_at < ? AND state NOT IN ('pending', 'waiting', 'sending')",
@@ -559,6 +565,16 @@ class EvidenceIndex(SqliteBacked):
                 return rows, orphans, requests
 
         return await self._file.call(write)
+
+    async def files_removed(self, shas: Sequence[str]) -> None:
+        """The orphans ``purge`` returned are gone from disk."""
+        done = [(sha,) for sha in shas]
+
+        def write(db: sqlite3.Connection) -> None:
+            with transaction(db):
+                db.executemany("DELETE FROM doomed_files WHERE sha256 = ?", done)
+
+        await self._file.call(write)
 
 
 def _insert_manifest(

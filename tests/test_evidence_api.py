@@ -6,21 +6,24 @@ import argparse
 import asyncio
 import hashlib
 import json
+import tracemalloc
 from datetime import timedelta
 from pathlib import Path
 
 import aiohttp
 import pytest
+from aiohttp import web
 
-from device_sims.broker import Mosquitto
+from device_sims.broker import Mosquitto, free_port
 from district.config import DistrictConfig
-from district.evidence_cli import evidence_command
+from district.evidence_cli import _save, evidence_command
 from district.evidence_desk import EvidenceDesk
 from district.evidence_store import EvidenceAccess, EvidenceIndex, MediaFiles
 from district.operations import OperationsDb
 from district.operator_api import openapi_document
 from district.operator_cli import add_operator_commands
 from district.operator_service import Caller, open_operator_service
+from district.queries.evidence import EvidenceStatus, HeldFile
 from district.query_backends import open_query_backend
 from district.query_model import AlarmState
 from foundation.events import utc_now
@@ -67,7 +70,8 @@ async def test_a_token_of_compound_a_cannot_ask_for_compound_bs_evidence(
     """403 for the request, the status and the file of another compound's event; each refusal audited.
 
     Broken on purpose: ``event_compound`` without its ``ctx.scope`` check (the request was accepted)
-    and ``evidence_media`` without its own (the file was served).
+    and ``evidence_media`` without its own (the file was served); ``evidence_media`` looking for
+    the file before the scope check (a SHA-256 not held was a 404: an existence oracle).
     """
     config = write_config(tmp_path, district_broker.port)
     await seed(config, [alarm(E1, C1), alarm(E_B, C2)])
@@ -99,6 +103,11 @@ async def test_a_token_of_compound_a_cannot_ask_for_compound_bs_evidence(
             "forbidden",
             item.sha256,
         )
+        # a SHA-256 the district does not hold for that event: 403 too, not a 404 that would tell
+        # a token outside the compound's scope which files of its events exist
+        unheld = hashlib.sha256(b"not held").hexdigest()
+        code, _, _ = await fetch_media(district, E_B, unheld, "operator_a", reason="case 2026-114")
+        assert code == 403
 
         # the same token may ask about its own compound's event
         code, body = await district.request(E1, "operator_a")
@@ -192,6 +201,11 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def _evidence_args(*flags: str) -> argparse.Namespace:
+    """``query evidence E1 --config x.toml --reason "case 9"`` and ``flags``, parsed."""
+    return _parse(["query", "evidence", E1, "--config", "x.toml", "--reason", "case 9", *flags])
+
+
 async def test_cli_fetches_waits_and_saves_through_the_api(
     tmp_path: Path, district_broker: Mosquitto, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -209,22 +223,7 @@ async def test_cli_fetches_waits_and_saves_through_the_api(
         running_district(config) as district,
         CompoundDouble(C1, district_broker.port, files={E1: files}).online(),
     ):
-        args = _parse(
-            [
-                "query",
-                "evidence",
-                E1,
-                "--config",
-                "x.toml",
-                "--reason",
-                "case 9",
-                "--fetch",
-                "--wait",
-                "20",
-                "--save",
-                str(out),
-            ]
-        )
+        args = _evidence_args("--fetch", "--wait", "20", "--save", str(out))
         status = await evidence_command(config, args, district.tokens["operator"])
         printed = capsys.readouterr()
         assert status == 0, printed.err
@@ -236,25 +235,11 @@ async def test_cli_fetches_waits_and_saves_through_the_api(
         sha = hashlib.sha256(files[0][1]).hexdigest()
         stored = config.evidence_media_dir() / sha[:2] / sha[2:4] / sha
         stored.write_bytes(b"tampered")
-        args = _parse(
-            [
-                "query",
-                "evidence",
-                E1,
-                "--config",
-                "x.toml",
-                "--reason",
-                "case 9",
-                "--save",
-                str(tmp_path / "again"),
-                "--format",
-                "json",
-            ]
-        )
+        args = _evidence_args("--save", str(tmp_path / "again"), "--format", "json")
         assert await evidence_command(config, args, district.tokens["operator"]) == 1
         assert "does not match its SHA-256" in capsys.readouterr().err
         # a viewer sees the status but cannot fetch
-        args = _parse(["query", "evidence", E1, "--config", "x.toml", "--reason", "case 9", "--fetch"])
+        args = _evidence_args("--fetch")
         assert await evidence_command(config, args, district.tokens["viewer"]) == 1
         assert "403 forbidden" in capsys.readouterr().err
 
@@ -348,3 +333,102 @@ async def test_a_request_written_by_another_process_is_sent_by_the_apis_desk(
         done = await district.wait_state(E1, answer.result.request_id, {"complete", "failed"})
         assert done["state"] == "complete"
         assert double.requests[0].subject == EventEvidence(event_id=E1, roles=("snapshot",))
+
+
+async def test_cli_save_streams_a_clip_to_disk_and_leaves_nothing_of_a_corrupt_one(tmp_path: Path) -> None:
+    """``--save`` writes a multi-MB clip without holding it in memory; a corrupt body leaves no file.
+
+    A clip is up to ``MAX_TRANSFER_BYTES`` (64 MB): read whole it cost the CLI that much memory.
+    The API here is a bare aiohttp app serving files from disk (sendfile: no Python copy), so the
+    peak that tracemalloc sees is the CLI's own. Broken on purpose: ``_save`` reading the body with
+    ``response.read()`` (peak 12 MB for the 6 MB clip; the limit is 1.5 MB).
+    """
+    data = b"".join(hashlib.sha256(i.to_bytes(4, "big")).digest() for i in range(6 * 1024 * 1024 // 32))
+    good, bad = tmp_path / "clip.mp4", tmp_path / "bad.mp4"
+    good.write_bytes(data)
+    bad.write_bytes(data[:-1] + b"!")
+    sha = hashlib.sha256(data).hexdigest()
+    sha_bad = hashlib.sha256(b"what the index says").hexdigest()
+    served = {sha: good, sha_bad: bad}
+
+    async def serve(request: web.Request) -> web.FileResponse:
+        return web.FileResponse(served[request.match_info["sha"]])
+
+    app = web.Application()
+    app.router.add_get(f"/evidence/{E1}/media/{{sha}}", serve)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+
+    def held(digest: str) -> HeldFile:
+        return HeldFile(
+            sha256=digest,
+            role="clip",
+            size=len(data),
+            content_type="video/mp4",
+            verified=True,
+            compound_id=C1,
+            received_at=utc_now(),
+            request_id=None,
+        )
+
+    out = tmp_path / "saved"
+    base = f"http://127.0.0.1:{port}/evidence/{E1}"
+    try:
+        async with aiohttp.ClientSession() as http:
+            status = EvidenceStatus(event_id=E1, compound_id=C1, held=[held(sha)], listed=[], requests=[])
+            tracemalloc.start()
+            try:
+                saved = await _save(http, base, status, out, "case 9")
+                _, peak = tracemalloc.get_traced_memory()
+            finally:
+                tracemalloc.stop()
+            assert saved == [out / f"clip-{sha[:12]}.mp4"]
+            assert saved[0].read_bytes() == data
+            assert peak < 1536 * 1024, peak
+            corrupt = EvidenceStatus(
+                event_id=E1, compound_id=C1, held=[held(sha_bad)], listed=[], requests=[]
+            )
+            assert await _save(http, base, corrupt, out, "case 9") is None
+            assert {p.name for p in out.iterdir()} == {saved[0].name}
+    finally:
+        await runner.cleanup()
+
+
+async def test_a_purge_whose_file_removal_failed_removes_the_files_on_the_next_pass(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file whose removal failed after its rows were purged is removed on the next pass.
+
+    The index rows go in one transaction, the files after it: a failure (or a crash) between
+    must not leave the files on disk for ever, past their retention.
+
+    Broken on purpose: ``purge`` without the ``doomed_files`` table (the second pass found no row
+    of the file any more and the file stayed).
+    """
+    config: DistrictConfig = write_config(tmp_path, 1)
+    await seed(config, [alarm(E2, C1)])
+    now = utc_now()
+    async with (
+        EvidenceIndex(config.evidence_index_path()) as index,
+        OperationsDb(config.api.ops_db) as ops,
+        open_query_backend(config.store) as backend,
+    ):
+        files = MediaFiles(config.evidence_media_dir())
+        access = EvidenceAccess(index, files, 60)
+        sha = await _ingest_file(EvidenceDesk(config, access, backend, ops), E2, "snapshot", picture(42))
+        later = EvidenceDesk(config, access, backend, ops, clock=lambda: now + timedelta(days=40))
+        remove = files.remove
+
+        async def broken(_: object) -> int:
+            raise OSError(5, "I/O error")
+
+        monkeypatch.setattr(files, "remove", broken)
+        with pytest.raises(OSError):
+            await later.purge_once()
+        assert await index.media_for_event(E2) == []
+        assert stored_files(config) == {sha}  # the rows went, the file is still there
+        monkeypatch.setattr(files, "remove", remove)
+        await later.purge_once()
+        assert stored_files(config) == set()

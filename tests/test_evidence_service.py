@@ -528,6 +528,8 @@ async def test_waiting_then_sending_when_the_fetch_lands(tmp_path: Path, open_mo
             c.catalog.events[failing], fetches=(DeviceFetch("snapshot", FetchState.FAILED, "device offline"),)
         )
         await until(lambda: len(district.answers_to(second.request_id)) == 2)
+        # the answer is recorded after its PUBACK: leaving at once could cut the gateway before that
+        await until(lambda: (second.request_id, "failed", "alarm_evidence") in c.audit_rows("answered"))
     assert [(a.status.value, a.detail) for a in district.answers_to(second.request_id)] == [
         ("waiting", "fetching the media from the device"),
         ("failed", "snapshot: device offline"),

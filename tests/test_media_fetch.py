@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import json
 import random
+import sqlite3
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -31,6 +32,7 @@ from gateway.config import load_config
 from gateway.device_secrets import DeviceSecrets, write_device_secrets
 from gateway.evidence_catalog import FetchState
 from gateway.outbox import OutboxReader
+from gateway.outbox.media_index import FetchedFile
 from tests.conftest import RunningGateway, device_client, gateway_in_process
 from tests.metrics import scrape, value
 
@@ -399,3 +401,32 @@ async def test_inline_pictures_indexed_with_their_event(tmp_path: Path) -> None:
         }
         assert index
         assert query(gateway, "SELECT 1 FROM media_fetch") == []
+
+
+async def test_a_long_content_type_from_a_device_does_not_poison_the_catalog(tmp_path: Path) -> None:
+    """A device's Content-Type longer than the contract's 64 characters is indexed as octet-stream.
+
+    ``MediaItem.content_type`` is a ``Code`` (at most 64): kept as the device sent it, the row made
+    every catalog read of that event, and every manifest and proactive batch behind it, fail
+    forever, so no alarm picture went up any more. Broken on purpose: ``fetch_done`` keeping
+    ``stored.content_type`` as sent (``event_media`` raised a ValidationError).
+    """
+    event_id = "evt-long-ctype-1"
+    async with OutboxReader(tmp_path / "outbox.db", max_bytes=10**9) as reader:
+        with contextlib.closing(sqlite3.connect(tmp_path / "outbox.db")) as db, db:
+            db.execute(
+                "INSERT INTO media_fetch (event_id, role, key, kind, device_id, dialect, severity,"
+                " occurred_at, queued_at) VALUES (?, 'snapshot', 'k/1.jpg', 'thrown_object', ?,"
+                " 'hightoss-mqtt', 'critical', '2026-01-01T00:00:00+00:00', '2026-01-01T00:00:00+00:00')",
+                (event_id, CAM1.id),
+            )
+            [(seq,)] = db.execute("SELECT seq FROM media_fetch").fetchall()
+        sha = hashlib.sha256(b"x").hexdigest()
+        await reader.fetch_done(seq, FetchedFile(f"{sha[:2]}/{sha}.bin", sha, 1, "image/" + "x" * 80))
+        media = await reader.catalog.event_media(event_id)
+        assert media is not None
+        assert [(s.item.role, s.item.content_type) for s in media.stored] == [
+            ("snapshot", "application/octet-stream")
+        ]
+        assert [o.media.item.sha256 for o in await reader.catalog.manifest_pending(10)] == [sha]
+        assert [o.media.item.sha256 for o in await reader.catalog.proactive_pending(10)] == [sha]

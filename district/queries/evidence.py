@@ -17,7 +17,7 @@ import sqlite3
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import AwareDatetime, Field, StringConstraints, model_validator
 
@@ -346,8 +346,24 @@ def _new_request_id() -> str:
     return "er_" + secrets.token_urlsafe(12)
 
 
-async def _write_request(ctx: QueryContext, record: RequestRecord) -> RequestView:
+async def _write_request(
+    ctx: QueryContext, compound: str, kind: str, reason: str, **subject: Any
+) -> RequestView:
+    """Write the operator's pending request to ``compound`` (the desk publishes it); ``subject``: its fields."""
     access = _access(ctx)
+    now = ctx.clock()
+    record = RequestRecord(
+        request_id=_new_request_id(),
+        kind=kind,
+        district_id=_district_of(ctx, compound),
+        compound_id=compound,
+        operator=ctx.principal.name,
+        role=ctx.principal.role.value,
+        reason=reason,
+        created_at=now,
+        expires_at=now + timedelta(seconds=access.request_ttl_s),
+        **subject,
+    )
     await access.index.create_request(record)
     access.new_request.set()
     return request_view(record)
@@ -361,21 +377,9 @@ def _district_of(ctx: QueryContext, compound: str) -> str:
 async def evidence_request(ctx: QueryContext, request: EvidenceRequestRequest) -> RequestView:
     """Write a pending request; the desk sends it to the compound (now, or when the broker answers)."""
     compound = await event_compound(ctx, request.event_id, request.compound)
-    now = ctx.clock()
-    record = RequestRecord(
-        request_id=_new_request_id(),
-        kind="event",
-        district_id=_district_of(ctx, compound),
-        compound_id=compound,
-        operator=ctx.principal.name,
-        role=ctx.principal.role.value,
-        reason=request.reason,
-        created_at=now,
-        expires_at=now + timedelta(seconds=_access(ctx).request_ttl_s),
-        event_id=request.event_id,
-        roles=tuple(request.roles),
+    return await _write_request(
+        ctx, compound, "event", request.reason, event_id=request.event_id, roles=tuple(request.roles)
     )
-    return await _write_request(ctx, record)
 
 
 def _one(_: RequestView) -> int:
@@ -426,22 +430,15 @@ class EvidenceBarrierRequest(Model):
 async def evidence_barrier(ctx: QueryContext, request: EvidenceBarrierRequest) -> RequestView:
     """Write a pending barrier-window request for the device's compound."""
     compound = await device_compound(ctx, request.device, request.since, request.compound)
-    now = ctx.clock()
-    record = RequestRecord(
-        request_id=_new_request_id(),
-        kind="barrier_window",
-        district_id=_district_of(ctx, compound),
-        compound_id=compound,
-        operator=ctx.principal.name,
-        role=ctx.principal.role.value,
-        reason=request.reason,
-        created_at=now,
-        expires_at=now + timedelta(seconds=_access(ctx).request_ttl_s),
+    return await _write_request(
+        ctx,
+        compound,
+        "barrier_window",
+        request.reason,
         device_id=request.device,
         since=request.since,
         until=request.until,
     )
-    return await _write_request(ctx, record)
 
 
 BARRIER_SPEC = QuerySpec(
@@ -472,6 +469,9 @@ class EvidenceMediaRequest(Model):
 async def evidence_media(ctx: QueryContext, request: EvidenceMediaRequest) -> MediaFile:
     """The file, if the district holds it verified for this event and the event is in scope."""
     access = _access(ctx)
+    # the scope first (403 for another compound's event whatever the SHA-256), so that a 404 never
+    # tells a token outside the scope which files the district holds of that compound's events
+    await event_compound(ctx, request.event_id, None)
     held = [
         m
         for m in await access.index.media_for_event(request.event_id)

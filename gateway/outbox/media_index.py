@@ -85,6 +85,10 @@ CREATE TABLE IF NOT EXISTS media_proactive (
 """
 
 PROACTIVE_ROLES = frozenset({"snapshot", "trajectory"})
+MAX_CONTENT_TYPE = (
+    64  # ``MediaItem.content_type`` is a ``Code``: a longer one would fail every read of its row
+)
+UNKNOWN_CONTENT_TYPE = "application/octet-stream"
 PROACTIVE_KINDS = frozenset({EventKind.THROWN_OBJECT.value, EventKind.EBIKE_SHED.value})
 """Thrown objects and the fire-type kinds (e-bike shed smoke and fire alarms)."""
 
@@ -249,7 +253,11 @@ def fetch_done(db: sqlite3.Connection, seq: int, stored: FetchedFile) -> None:
                 stored.path,
                 stored.sha256,
                 stored.size,
-                stored.content_type,
+                # what the device said, within the contract: a row the catalog cannot read would
+                # stop every manifest and alarm picture queued behind it
+                stored.content_type
+                if 0 < len(stored.content_type) <= MAX_CONTENT_TYPE
+                else UNKNOWN_CONTENT_TYPE,
                 kind,
                 device_id,
                 dialect,
