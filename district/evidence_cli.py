@@ -18,6 +18,7 @@ import mimetypes
 import sys
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 from zoneinfo import ZoneInfo
 
 import aiohttp
@@ -90,7 +91,7 @@ async def evidence_command(config: DistrictConfig, args: argparse.Namespace, tok
     if (args.fetch or args.save) and not args.reason:
         print("error: --fetch and --save need --reason (kept in the audit log)", file=sys.stderr)
         return 2
-    base = f"{_base_url(config, args.api)}/api/v1/evidence/{args.event_id}"
+    base = f"{_base_url(config, args.api)}/api/v1/evidence/{quote(args.event_id, safe='')}"
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     extra = {"compound": args.compound} if args.compound else {}
     async with aiohttp.ClientSession(headers=headers) as http:

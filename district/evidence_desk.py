@@ -92,6 +92,8 @@ AUDITED_ANSWERS = {
 }
 """A compound's final "no", audited at the district with the HTTP status it maps to."""
 FILE_OUTCOMES = ("verified", "hash_mismatch", "rejected")
+UNASKED_ROLES = frozenset({"snapshot", "trajectory"})
+"""What a compound may send without a request: a critical alarm's pictures (docs/privacy.md)."""
 
 
 def _ns(moment: datetime) -> int:
@@ -427,6 +429,11 @@ class EvidenceDesk:
         await self._check_items(district_id, compound, (item,))
         if header.request_id is not None:
             await self._own_request(compound, header.request_id)
+        elif item.role not in UNASKED_ROLES:
+            # the compound's policy sends only these unasked; anything else is not kept on its word
+            raise PayloadRejected(
+                "unasked_role", f"a {item.role} file sent without a request is not kept", field="item.role"
+            )
         if await self._access.files.exists(item.sha256):
             # held already (verified when it was kept): a redelivered chunk, or the same file again
             await self._index.add_media(item, compound, header.request_id, self._clock())

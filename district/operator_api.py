@@ -119,6 +119,9 @@ async def _evidence_media(request: web.Request) -> web.StreamResponse:
         "X-Content-SHA256": media.sha256,
         "X-Evidence-Role": media.role,
         "Cache-Control": "no-store",
+        # the type is the compound's word: a browser must save the file, never render it as a page
+        "X-Content-Type-Options": "nosniff",
+        "Content-Disposition": f'attachment; filename="{media.role}-{media.sha256[:16]}"',
     }
     return web.FileResponse(media.path, headers=headers)
 

@@ -145,7 +145,7 @@ async def test_files_are_served_with_a_reason_and_audited(tmp_path: Path, distri
     await seed(config, [alarm(E1, C1)])
     data = picture(21)
     async with running_district(config) as district, CompoundDouble(C1, district_broker.port).online() as c1:
-        item = item_of(E1, "scene", data)
+        item = item_of(E1, "snapshot", data)
         await c1.send_file(item, data, None)
         await district.wait_held(E1, 1)
         assert (await fetch_media(district, E1, item.sha256, "operator"))[0] == 400

@@ -20,6 +20,7 @@ from tests.evidence_double import (
     E_B,
     CompoundDouble,
     alarm,
+    chunks,
     item_of,
     partial_files,
     picture,
@@ -253,3 +254,29 @@ async def test_the_api_serves_while_the_broker_is_down_and_publishes_once_it_is_
                 assert done["published"] is True
         finally:
             broker.stop()
+
+
+async def test_only_an_alarms_pictures_are_kept_unasked(tmp_path: Path, district_broker: Mosquitto) -> None:
+    """A clip or a face sent without a request is refused at the district too, whatever the compound.
+
+    The compound's policy sends only snapshot and trajectory pictures unasked; the district does not
+    keep anything else on a compound's word. Broken on purpose: the ``UNASKED_ROLES`` check removed
+    (the face and the clip were held).
+    """
+    config = write_config(tmp_path, district_broker.port)
+    await seed(config, [alarm(E1, C1)])
+    face, clip, snapshot = picture(11), picture(12, 9000), picture(13)
+    async with running_district(config) as district, CompoundDouble(C1, district_broker.port).online() as c1:
+        await c1.send_file(item_of(E1, "face", face), face, None)
+        await c1.send_file(item_of(E1, "clip", clip, "video/mp4"), clip, None)
+        await c1.send_file(item_of(E1, "snapshot", snapshot), snapshot, None)
+        held = await district.wait_held(E1, 1)
+        assert [(f["role"], f["sha256"]) for f in held] == [
+            ("snapshot", item_of(E1, "snapshot", snapshot).sha256)
+        ]
+        assert stored_files(config) == {item_of(E1, "snapshot", snapshot).sha256}
+        text = await district.metrics()
+        refused_chunks = len(chunks(item_of(E1, "face", face), face, None)) + len(
+            chunks(item_of(E1, "clip", clip, "video/mp4"), clip, None)
+        )
+        assert metric(text, "cgw_district_evidence_rejected_total", reason="unasked_role") == refused_chunks
