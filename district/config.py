@@ -179,7 +179,11 @@ class EvidenceConfig(ConfigModel):
         default=900, ge=1, le=7 * 24 * 3600, description="a request not answered by then is expired"
     )
     max_transfers: int = Field(
-        default=16, ge=1, le=1000, description="files being received at once; chunks of more are refused"
+        default=128,
+        ge=1,
+        le=10_000,
+        description="files received at once (partial files on disk, not memory); chunks of more are"
+        " refused and that file is lost until asked for again: size it for an alarm storm across compounds",
     )
     transfer_stale_s: int = Field(
         default=600, ge=10, description="a partial file without a chunk for this long is discarded"
