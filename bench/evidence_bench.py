@@ -264,7 +264,7 @@ def write(results: list[dict[str, float]], rounds: int, clip_bytes: int) -> list
     ratio = clip[0] / baseline[0]
     mib = clip_bytes / 2**20
     return [
-        "## Evidence to the operator (issue 14)",
+        f"## Evidence to the operator, {mib:g} MiB clip (issue 14)",
         "",
         f"Command: `.venv/bin/python bench/evidence_bench.py --rounds {rounds} --clip-mib {mib:g}`, run {datetime.now(UTC):%Y-%m-%d %H:%M} UTC.",
         f"Machine: {machine()}. Everything on this machine: both Mosquittos, the gateway process, the ingester",
