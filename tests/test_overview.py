@@ -26,6 +26,7 @@ from device_sims.inventory import DISTRICT_ID, compound_id, compound_name
 from district.config import DistrictConfig, load_district_config
 from district.operations import OperationsDb
 from district.operator_service import Caller, OperatorService, open_operator_service
+from district.queries import overview as overview_module
 from district.queries.overview import Overview
 from district.query_model import AlarmState, Role
 from foundation.errors import OperatorError
@@ -42,6 +43,7 @@ from foundation.events import (
     utc_now,
 )
 from tests.district_data import OTHER_COMPOUND, OTHER_DISTRICT, district_toml, serving_operator_api
+from uplink.lineprotocol import point_time_ns
 from uplink.stores.sqlite import SqliteStore, SqliteStoreConfig
 
 CST = ZoneInfo("Asia/Shanghai")
@@ -244,10 +246,14 @@ async def district(tmp_path: Path) -> AsyncIterator[District]:
     store_config = SqliteStoreConfig(path=tmp_path / "district.db")
     path = tmp_path / "district.toml"
     store = f'type = "sqlite"\npath = "{store_config.path}"'
-    path.write_text(district_toml(tmp_path, store=store, api="device_silent_after_s = 3600"), "utf-8")
+    path.write_text(
+        district_toml(tmp_path, store=store, api="device_silent_after_s = 3600\nmax_page = 10"), "utf-8"
+    )
     config = load_district_config(path)
     async with SqliteStore(store_config) as sqlite, OperationsDb(config.api.ops_db) as ops:
         seeded = await seed(sqlite, ops)
+        # pages of ten: the open alarms are read over several pages of the store
+        assert sum(e.severity is Severity.CRITICAL for e in seeded.events) > 2 * config.api.max_page
         tokens = {"viewer": await ops.create_token("district-viewer", Role.VIEWER, DISTRICT_ID, (), "test")}
         tokens["c1"] = await ops.create_token("c1", Role.VIEWER, DISTRICT_ID, (C1,), "test")
     async with open_operator_service(config) as service:
@@ -281,6 +287,28 @@ async def test_each_compound_and_the_district_totals(district: District) -> None
     assert figures(three.district) == seeded.expected({C1, C2}, days=3)
     refused = await district.ask_refused("viewer", days=32)
     assert (refused.status, refused.field) == (400, "days")
+
+
+async def test_open_alarms_past_the_read_bound_are_a_lower_bound_and_said_so(
+    district: District, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Reading one page of ten critical events only: the open alarms among those ten, flagged incomplete.
+
+    Broken on purpose: returning ``True`` after the loop (as if every page was read) failed here.
+    """
+    monkeypatch.setattr(overview_module, "MAX_ALARM_PAGES", 1)
+    seeded = district.seeded
+    window = set(seeded.days(7))
+    critical = sorted(
+        (e for e in seeded.events if e.severity is Severity.CRITICAL and seeded.local_day(e) in window),
+        key=point_time_ns,
+        reverse=True,
+    )
+    newest = critical[: district.config.api.max_page]
+    expected = sum(seeded.states.get(e.event_id, AlarmState.NEW) in OPEN for e in newest)
+    answer = await district.ask("viewer")
+    assert not answer.open_alarms_complete
+    assert answer.district.open_alarms == expected < seeded.expected({C1, C2})["open_alarms"]
 
 
 async def test_a_scoped_token_sees_its_compound_and_its_own_totals(district: District) -> None:
