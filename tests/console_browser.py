@@ -1,0 +1,229 @@
+"""The console browser tests' district and browser: ``serve_api`` in the test's loop, headless Chromium.
+
+The district runs for real (``serve_api`` on a free port, an embedded SQLite store seeded with
+events, the operations database); the browser is Debian's ``chromium`` driven through Selenium and
+``chromedriver``. Selenium blocks, so tests run their browser steps in a thread
+(``asyncio.to_thread``) while the server answers in the test's event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import aiohttp
+from selenium import webdriver
+from selenium.webdriver.chrome.options import Options
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.remote.webdriver import WebDriver
+from selenium.webdriver.support import expected_conditions
+from selenium.webdriver.support.ui import WebDriverWait
+
+from device_sims.broker import free_port
+from device_sims.inventory import DISTRICT_ID, compound_id
+from district.config import DistrictConfig, load_district_config
+from district.operations import AuditRecord, OperationsDb
+from district.operator_cli import serve_api
+from district.query_model import Role
+from foundation.events import (
+    DeviceState,
+    DeviceStatusPayload,
+    Event,
+    Provenance,
+    Severity,
+    ThrownObjectPayload,
+    utc_now,
+)
+from uplink.stores.sqlite import SqliteStore, SqliteStoreConfig
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+SCREENSHOTS = Path(__file__).resolve().parents[1] / "docs" / "console"
+WAIT_S = 30  # generous: a loaded CI machine
+C1, C2 = compound_id(1), compound_id(2)
+ONLINE = "36010400011320000001"  # reported a minute ago
+REPORTED_OFFLINE = "36010400011320000002"  # its last word: "offline"
+SILENT = "36010400011320000003"  # nothing for three hours
+XSS = "<script>window.__xss=1;alert(1)</script>"
+"""A dialect name a compound could send: the console must show it as text."""
+LOGIN_ATTEMPTS = 3
+
+
+def _event(
+    event_id: str, compound: str, device: str, at: datetime, payload: object, *, dialect: str
+) -> Event:
+    return Event.model_validate(
+        {
+            "event_id": event_id,
+            "kind": payload.kind,  # type: ignore[attr-defined]
+            "district_id": DISTRICT_ID,
+            "compound_id": compound,
+            "device_id": device,
+            "occurred_at": at,
+            "received_at": at,
+            "severity": Severity.INFO,
+            "source": Provenance(vendor="test", dialect=dialect),
+            "payload": payload,
+        }
+    )
+
+
+def seeded_events() -> list[Event]:
+    """Three devices: one online, one that reported itself offline, one silent (offline by silence)."""
+    now = utc_now()
+    return [
+        _event("console-online", C1, ONLINE, now - timedelta(minutes=1), ThrownObjectPayload(), dialect=XSS),
+        _event(
+            "console-offline",
+            C1,
+            REPORTED_OFFLINE,
+            now - timedelta(minutes=5),
+            DeviceStatusPayload(state=DeviceState.OFFLINE, reason="断电"),
+            dialect="hik_isapi",
+        ),
+        _event(
+            "console-silent",
+            C2,
+            SILENT,
+            now - timedelta(hours=3),
+            ThrownObjectPayload(),
+            dialect="dahua_http",
+        ),
+    ]
+
+
+def write_config(workdir: Path) -> DistrictConfig:
+    """A district: embedded SQLite store, no broker (the evidence desk off), a low login limit."""
+    path = workdir / "district.toml"
+    registry = "\n".join(
+        f'[[compounds]]\nid = "{c}"\nname = "青云小区{i}"\n' for i, c in enumerate((C1, C2), 1)
+    )
+    path.write_text(
+        f'district_id = "{DISTRICT_ID}"\n'
+        f'[api]\nops_db = "{workdir}/operations.db"\nport = {free_port()}\n'
+        f'timezone = "Asia/Shanghai"\nconsole_login_attempts = {LOGIN_ATTEMPTS}\n'
+        "[evidence]\nenabled = false\n"
+        f'[store]\ntype = "sqlite"\npath = "{workdir}/district.db"\n\n{registry}',
+        encoding="utf-8",
+    )
+    return load_district_config(path)
+
+
+@dataclass
+class District:
+    """The running API and console, tokens by name, and the operations database."""
+
+    config: DistrictConfig
+    url: str
+    tokens: dict[str, str]
+    ops: OperationsDb
+
+    async def audit(self, action: str) -> list[AuditRecord]:
+        """The audit entries of one action, oldest first."""
+        return [r for r in reversed(await self.ops.audit_records(limit=1000)) if r.entry.action == action]
+
+    async def request(
+        self, method: str, path: str, session_id: str | None, *, data: dict[str, str] | None = None
+    ) -> tuple[int, str, str | None]:
+        """One request outside the browser (a forged one): (status, body, Location)."""
+        headers = {"Cookie": f"cgw_console={session_id}"} if session_id else {}
+        async with (
+            aiohttp.ClientSession() as http,
+            http.request(
+                method, self.url + path, data=data, headers=headers, allow_redirects=False
+            ) as response,
+        ):
+            return response.status, await response.text(), response.headers.get("Location")
+
+
+@contextlib.asynccontextmanager
+async def running_district(workdir: Path) -> AsyncIterator[District]:
+    """``serve_api`` in this loop on a seeded store, with a token per role (named after it)."""
+    config = write_config(workdir)
+    assert isinstance(config.store, SqliteStoreConfig)
+    async with SqliteStore(config.store) as store:
+        await store.write(seeded_events())
+    async with OperationsDb(config.api.ops_db) as ops:
+        tokens = {
+            role.value: await ops.create_token(role.value, role, DISTRICT_ID, (), "test") for role in Role
+        }
+        ready = asyncio.Event()
+        task = asyncio.create_task(serve_api(config, ready=ready), name="operator-api")
+        try:
+            async with asyncio.timeout(WAIT_S):
+                await ready.wait()
+            yield District(config, f"http://127.0.0.1:{config.api.port}", tokens, ops)
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+
+def start_browser() -> WebDriver:
+    """Headless Chromium at 1366x768 (the smallest screen the console is made for)."""
+    options = Options()
+    options.binary_location = str(CHROMIUM)
+    for argument in (
+        "--headless=new",
+        "--no-sandbox",  # CI containers run as root, where Chromium's sandbox cannot start
+        "--disable-dev-shm-usage",
+        "--window-size=1366,768",
+        "--lang=zh-CN",
+        "--no-first-run",
+        "--disable-extensions",
+    ):
+        options.add_argument(argument)
+    driver = webdriver.Chrome(options=options, service=Service(str(CHROMEDRIVER)))
+    driver.set_page_load_timeout(WAIT_S)
+    # record alerts instead of blocking on them: a script that ran would leave its trace here
+    driver.execute_cdp_cmd(
+        "Page.addScriptToEvaluateOnNewDocument",
+        {"source": "window.__alerts = []; window.alert = (m) => window.__alerts.push(String(m));"},
+    )
+    return driver
+
+
+@contextlib.contextmanager
+def browser() -> Iterator[WebDriver]:
+    """A browser for the block."""
+    driver = start_browser()
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def wait_for(driver: WebDriver, css: str) -> str:
+    """The text of the first element matching ``css``, once it is there."""
+    element = WebDriverWait(driver, WAIT_S).until(
+        expected_conditions.presence_of_element_located((By.CSS_SELECTOR, css))
+    )
+    return str(element.text)
+
+
+def log_in(driver: WebDriver, url: str, token: str) -> None:
+    """Fill in the login form and send it."""
+    driver.get(f"{url}/console/login")
+    wait_for(driver, "#token")
+    driver.find_element(By.ID, "token").send_keys(token)
+    driver.find_element(By.ID, "login").click()
+
+
+def session_cookie(driver: WebDriver) -> dict[str, object]:
+    """The console's session cookie as the browser keeps it."""
+    cookie = driver.get_cookie("cgw_console")
+    assert cookie is not None, "no session cookie"
+    return dict(cookie)
+
+
+def screenshot(driver: WebDriver, name: str) -> None:
+    """Save the page to ``docs/console/<name>.png`` when ``CGW_CONSOLE_SCREENSHOTS=1``."""
+    if os.environ.get("CGW_CONSOLE_SCREENSHOTS") == "1":
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        driver.save_screenshot(str(SCREENSHOTS / f"{name}.png"))

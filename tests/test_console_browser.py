@@ -1,0 +1,304 @@
+"""The district console in a real browser: Debian's headless Chromium through Selenium and chromedriver.
+
+The district runs for real (``serve_api``: the operator API with the console inside it, an embedded
+SQLite store seeded with events, the operations database); see ``tests/console_browser.py``.
+``CGW_CONSOLE_SCREENSHOTS=1`` saves the pages to ``docs/console/`` (``docs/console.md`` shows them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from pathlib import Path
+
+import pytest
+from selenium.common.exceptions import NoAlertPresentException
+from selenium.webdriver.common.by import By
+from selenium.webdriver.remote.webdriver import WebDriver
+
+from district.console import registry
+from district.console.page import ConsoleAction, ConsolePage, PageContext
+from district.console.sessions import csrf_token
+from district.query_model import Role
+from tests.console_browser import (
+    CHROMEDRIVER,
+    CHROMIUM,
+    LOGIN_ATTEMPTS,
+    ONLINE,
+    REPORTED_OFFLINE,
+    SILENT,
+    XSS,
+    browser,
+    log_in,
+    running_district,
+    screenshot,
+    session_cookie,
+    start_browser,
+    wait_for,
+)
+
+pytestmark = pytest.mark.skipif(
+    not (CHROMIUM.exists() and CHROMEDRIVER.exists()),
+    reason="needs Debian's chromium and chromium-driver (scripts/dev test installs them)",
+)
+
+
+def _rows(driver: WebDriver) -> list[tuple[str, str, str]]:
+    # (device, status text, dialect) of each row, top to bottom
+    rows = driver.find_elements(By.CSS_SELECTOR, "#devices tbody tr[data-device]")
+    return [
+        (
+            str(r.get_attribute("data-device")),
+            r.find_element(By.CSS_SELECTOR, ".badge").text,
+            r.find_element(By.CSS_SELECTOR, ".dialect").text,
+        )
+        for r in rows
+    ]
+
+
+async def test_login_then_devices_offline_first(tmp_path: Path) -> None:
+    """A valid token opens a session (HttpOnly, SameSite=Strict cookie on /console); 设备 lists the seeded devices, offline first.
+
+    Broken on purpose: sorting the page's rows by compound and device only (offline not first)
+    put the online device of compound 1 above the silent device of compound 2, and this failed.
+    """
+    async with running_district(tmp_path) as district:
+
+        def steps() -> tuple[list[tuple[str, str, str]], dict[str, object], str, str]:
+            with browser() as driver:
+                driver.get(f"{district.url}/")
+                wait_for(driver, "#token")  # / -> /console/ -> the login page
+                screenshot(driver, "login")
+                log_in(driver, district.url, district.tokens["operator"])
+                heading = wait_for(driver, "main h1")
+                screenshot(driver, "devices")
+                return (
+                    _rows(driver),
+                    session_cookie(driver),
+                    heading,
+                    driver.find_element(By.TAG_NAME, "html").get_attribute("lang") or "",
+                )
+
+        rows, cookie, heading, lang = await asyncio.to_thread(steps)
+        assert heading == "设备"
+        assert lang == "zh-CN"
+        assert [(device, status) for device, status, _ in rows] == [
+            (REPORTED_OFFLINE, "离线"),
+            (SILENT, "离线"),
+            (ONLINE, "在线"),
+        ]
+        assert (cookie["httpOnly"], cookie["sameSite"], cookie["path"], cookie["secure"]) == (
+            True,
+            "Strict",
+            "/console",
+            False,  # plain HTTP here; Secure when the request came over TLS
+        )
+        logins = await district.audit("console.login")
+        assert [(r.entry.actor, r.entry.outcome, r.entry.channel) for r in logins] == [
+            ("operator", "ok", "console")
+        ]
+        # the page read the data through the operator service: audited as the devices action
+        reads = await district.audit("devices")
+        assert [(r.entry.actor, r.entry.channel, r.entry.rows) for r in reads] == [("operator", "console", 3)]
+
+
+async def test_wrong_token_refused_and_rate_limited(tmp_path: Path) -> None:
+    """A wrong token is refused and counted; past the limit even a valid token is refused (429), all audited.
+
+    Broken on purpose: not calling ``limiter.failed`` on a refused login let the valid token in
+    after three wrong ones, and this failed.
+    """
+    async with running_district(tmp_path) as district:
+
+        def steps() -> tuple[list[str], str, object]:
+            messages = []
+            with browser() as driver:
+                for attempt in range(LOGIN_ATTEMPTS):
+                    log_in(driver, district.url, f"cgw_wrong{attempt}")
+                    messages.append(wait_for(driver, "#login-error"))
+                log_in(driver, district.url, district.tokens["admin"])
+                return messages, wait_for(driver, "#login-error"), driver.get_cookie("cgw_console")
+
+        messages, last, cookie = await asyncio.to_thread(steps)
+        assert messages == ["令牌无效或已吊销"] * LOGIN_ATTEMPTS
+        assert "次数过多" in last
+        assert cookie is None
+        logins = await district.audit("console.login")
+        assert [(r.entry.outcome, r.entry.status) for r in logins] == [
+            ("unauthenticated", 401)
+        ] * LOGIN_ATTEMPTS + [("rate_limited", 429)]
+
+
+async def test_script_in_a_device_field_renders_as_text(tmp_path: Path) -> None:
+    """A dialect name carrying ``<script>`` is shown as text: it runs nothing and reads as typed.
+
+    Broken on purpose: ``autoescape=False`` in the console's jinja2 environment made the script an
+    element (the page's policy still kept it from running), the cell's text was empty, and this failed.
+    """
+    async with running_district(tmp_path) as district:
+
+        def steps() -> tuple[str, list[object], object]:
+            with browser() as driver:
+                log_in(driver, district.url, district.tokens["viewer"])
+                wait_for(driver, "#devices")
+                cell = driver.find_element(By.CSS_SELECTOR, f'tr[data-device="{ONLINE}"] .dialect').text
+                try:
+                    alert: object = driver.switch_to.alert.text
+                except NoAlertPresentException:
+                    alert = None
+                traces = driver.execute_script("return [window.__xss, window.__alerts];")
+                return cell, list(traces), alert
+
+        cell, traces, alert = await asyncio.to_thread(steps)
+        assert cell == XSS
+        assert (traces, alert) == ([None, []], None)
+
+
+async def test_post_without_csrf_token_refused_and_audited(tmp_path: Path) -> None:
+    """A state-changing request without the session's CSRF token is refused (403), audited, and changes nothing.
+
+    Broken on purpose: making ``_csrf_ok`` return True logged the session out on the forged
+    request, and this failed.
+    """
+    async with running_district(tmp_path) as district:
+
+        def steps() -> str:
+            with browser() as driver:
+                log_in(driver, district.url, district.tokens["operator"])
+                wait_for(driver, "#devices")
+                return str(session_cookie(driver)["value"])
+
+        session_id = await asyncio.to_thread(steps)
+        status, body, _ = await district.request("POST", "/console/logout", session_id)
+        assert status == 403
+        assert "CSRF" in body
+        status, _, _ = await district.request(
+            "POST", "/console/logout", session_id, data={"csrf_token": "0" * 64}
+        )
+        assert status == 403
+        refused = await district.audit("console.csrf")
+        assert [(r.entry.actor, r.entry.status) for r in refused] == [("operator", 403)] * 2
+        status, body, _ = await district.request("GET", "/console/devices", session_id)
+        assert status == 200, "the session must survive a refused forgery"
+        assert await district.audit("console.logout") == []
+
+
+async def _dummy_load(ctx: PageContext) -> Mapping[str, object]:
+    return {}
+
+
+async def _dummy_run(ctx: PageContext, fields: Mapping[str, str]) -> str:
+    return "已执行"
+
+
+ADMIN_PAGE = ConsolePage(
+    name="dummy-admin",
+    path="/dummy-admin",
+    title="测试管理页",
+    role=Role.ADMIN,
+    order=99,
+    template="base.html",
+    load=_dummy_load,
+    actions=(ConsoleAction("act", Role.ADMIN, _dummy_run),),
+)
+
+
+async def test_viewer_sees_no_admin_entry_and_forged_admin_requests_are_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The navigation shows a viewer only its pages; an admin page and action are refused (403, audited) anyway.
+
+    Broken on purpose: dropping the ``authorise_role`` checks of the page and action handlers let
+    the viewer's forged GET and POST through (200), and this failed; listing every page in the
+    navigation showed the viewer the admin entry, and this failed too.
+    """
+    monkeypatch.setitem(registry.PAGES, ADMIN_PAGE.name, ADMIN_PAGE)
+    async with running_district(tmp_path) as district:
+
+        def steps(token: str) -> tuple[list[str], bool, str]:
+            with browser() as driver:
+                log_in(driver, district.url, token)
+                wait_for(driver, "#devices")
+                nav = [
+                    str(a.get_attribute("data-page")) for a in driver.find_elements(By.CSS_SELECTOR, ".nav a")
+                ]
+                has_logout = bool(driver.find_elements(By.CSS_SELECTOR, "form.logout button"))
+                return nav, has_logout, str(session_cookie(driver)["value"])
+
+        nav, has_logout, viewer_session = await asyncio.to_thread(steps, district.tokens["viewer"])
+        assert (nav, has_logout) == (["devices"], True)
+        admin_nav, _, _ = await asyncio.to_thread(steps, district.tokens["admin"])
+        assert admin_nav == ["devices", "dummy-admin"]  # the entry exists: the viewer's was hidden
+
+        status, body, _ = await district.request("GET", "/console/dummy-admin", viewer_session)
+        assert status == 403
+        assert "admin" in body
+        status, _, _ = await district.request(
+            "POST",
+            "/console/dummy-admin/act",
+            viewer_session,
+            data={"csrf_token": csrf_token(viewer_session)},
+        )
+        assert status == 403
+        refused = [
+            (r.entry.action, r.entry.actor, r.entry.status)
+            for r in await district.ops.audit_records(limit=100)
+        ]
+        assert ("console.dummy-admin", "viewer", 403) in refused
+        assert ("console.dummy-admin.act", "viewer", 403) in refused
+
+
+async def test_logout_ends_the_session(tmp_path: Path) -> None:
+    """Logging out deletes the session: the old cookie opens nothing; the logout is audited.
+
+    Broken on purpose: leaving out ``end_session`` in the logout handler kept the old cookie
+    working (200 on the devices page), and this failed.
+    """
+    async with running_district(tmp_path) as district:
+
+        def steps() -> tuple[str, str, object]:
+            with browser() as driver:
+                log_in(driver, district.url, district.tokens["viewer"])
+                wait_for(driver, "#devices")
+                session_id = str(session_cookie(driver)["value"])
+                driver.find_element(By.ID, "logout").click()
+                wait_for(driver, "#token")
+                return session_id, str(driver.current_url), driver.get_cookie("cgw_console")
+
+        session_id, where, cookie = await asyncio.to_thread(steps)
+        assert where.endswith("/console/login")
+        assert cookie is None
+        status, _, location = await district.request("GET", "/console/devices", session_id)
+        assert (status, location) == (303, "/console/login")
+        assert [r.entry.actor for r in await district.audit("console.logout")] == ["viewer"]
+        assert await district.ops.session_count() == 0
+
+
+async def test_revoking_the_token_ends_its_session(tmp_path: Path) -> None:
+    """A revoked token's session ends at its next request (back to the login page), audited as revoked.
+
+    Broken on purpose: ``touch_session`` without the join on live tokens kept the page open after
+    the revocation, and this failed.
+    """
+    async with running_district(tmp_path) as district:
+
+        def first() -> WebDriver:
+            driver = start_browser()
+            log_in(driver, district.url, district.tokens["operator"])
+            wait_for(driver, "#devices")
+            return driver
+
+        driver = await asyncio.to_thread(first)
+        try:
+            assert await district.ops.revoke_token("operator")
+
+            def again() -> str:
+                driver.get(f"{district.url}/console/devices")
+                wait_for(driver, "#token")
+                return str(driver.current_url)
+
+            assert (await asyncio.to_thread(again)).endswith("/console/login")
+        finally:
+            await asyncio.to_thread(driver.quit)
+        ended = await district.audit("console.session_end")
+        assert [(r.entry.actor, r.entry.outcome) for r in ended] == [("operator", "revoked")]
