@@ -10,13 +10,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import os
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import aiohttp
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from selenium import webdriver
 from selenium.webdriver.chrome.options import Options
 from selenium.webdriver.chrome.service import Service
@@ -98,7 +103,7 @@ def seeded_events() -> list[Event]:
     ]
 
 
-def write_config(workdir: Path) -> DistrictConfig:
+def write_config(workdir: Path, *, tls: str = "") -> DistrictConfig:
     """A district: embedded SQLite store, no broker (the evidence desk off), a low login limit."""
     path = workdir / "district.toml"
     registry = "\n".join(
@@ -108,7 +113,7 @@ def write_config(workdir: Path) -> DistrictConfig:
         f'district_id = "{DISTRICT_ID}"\n'
         f'[api]\nops_db = "{workdir}/operations.db"\nport = {free_port()}\n'
         f'timezone = "Asia/Shanghai"\nconsole_login_attempts = {LOGIN_ATTEMPTS}\n'
-        "[evidence]\nenabled = false\n"
+        f"{tls}\n[evidence]\nenabled = false\n"
         f'[store]\ntype = "sqlite"\npath = "{workdir}/district.db"\n\n{registry}',
         encoding="utf-8",
     )
@@ -143,9 +148,12 @@ class District:
 
 
 @contextlib.asynccontextmanager
-async def running_district(workdir: Path) -> AsyncIterator[District]:
-    """``serve_api`` in this loop on a seeded store, with a token per role (named after it)."""
-    config = write_config(workdir)
+async def running_district(workdir: Path, *, tls: str = "") -> AsyncIterator[District]:
+    """``serve_api`` in this loop on a seeded store, with a token per role (named after it).
+
+    ``tls``: an ``[api.tls]`` section (the API then serves HTTPS).
+    """
+    config = write_config(workdir, tls=tls)
     assert isinstance(config.store, SqliteStoreConfig)
     async with SqliteStore(config.store) as store:
         await store.write(seeded_events())
@@ -158,7 +166,8 @@ async def running_district(workdir: Path) -> AsyncIterator[District]:
         try:
             async with asyncio.timeout(WAIT_S):
                 await ready.wait()
-            yield District(config, f"http://127.0.0.1:{config.api.port}", tokens, ops)
+            scheme = "https" if tls else "http"
+            yield District(config, f"{scheme}://127.0.0.1:{config.api.port}", tokens, ops)
         finally:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -181,12 +190,45 @@ def start_browser() -> WebDriver:
         options.add_argument(argument)
     driver = webdriver.Chrome(options=options, service=Service(str(CHROMEDRIVER)))
     driver.set_page_load_timeout(WAIT_S)
+    # the page itself 1366x768 (the window size includes the browser's frame)
+    driver.execute_cdp_cmd(
+        "Emulation.setDeviceMetricsOverride",
+        {"width": 1366, "height": 768, "deviceScaleFactor": 1, "mobile": False},
+    )
     # record alerts instead of blocking on them: a script that ran would leave its trace here
     driver.execute_cdp_cmd(
         "Page.addScriptToEvaluateOnNewDocument",
         {"source": "window.__alerts = []; window.alert = (m) => window.__alerts.push(String(m));"},
     )
     return driver
+
+
+def self_signed(workdir: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 and its key (PEM files)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.now(UTC)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False
+        )
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = workdir / "api.crt", workdir / "api.key"
+    cert_file.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    return cert_file, key_file
 
 
 @contextlib.contextmanager

@@ -8,9 +8,11 @@ SQLite store seeded with events, the operations database); see ``tests/console_b
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import Mapping
 from pathlib import Path
 
+import aiohttp
 import pytest
 from selenium.common.exceptions import NoAlertPresentException
 from selenium.webdriver.common.by import By
@@ -32,6 +34,7 @@ from tests.console_browser import (
     log_in,
     running_district,
     screenshot,
+    self_signed,
     session_cookie,
     start_browser,
     wait_for,
@@ -70,7 +73,8 @@ async def test_login_then_devices_offline_first(tmp_path: Path) -> None:
                 wait_for(driver, "#token")  # / -> /console/ -> the login page
                 screenshot(driver, "login")
                 log_in(driver, district.url, district.tokens["operator"])
-                heading = wait_for(driver, "main h1")
+                wait_for(driver, "#devices")  # the login page has a heading too: wait for the table
+                heading = driver.find_element(By.CSS_SELECTOR, "main h1").text
                 screenshot(driver, "devices")
                 return (
                     _rows(driver),
@@ -277,8 +281,10 @@ async def test_logout_ends_the_session(tmp_path: Path) -> None:
 async def test_revoking_the_token_ends_its_session(tmp_path: Path) -> None:
     """A revoked token's session ends at its next request (back to the login page), audited as revoked.
 
-    Broken on purpose: ``touch_session`` without the join on live tokens kept the page open after
-    the revocation, and this failed.
+    Two locks: ``touch_session`` ends a session whose token is revoked, and the token the session
+    opens is looked up live (``OperationsDb.principal``) on every request. Broken on purpose: with
+    both removed the page stayed open after the revocation, and this failed; with one removed it
+    still ended (the other held).
     """
     async with running_district(tmp_path) as district:
 
@@ -302,3 +308,47 @@ async def test_revoking_the_token_ends_its_session(tmp_path: Path) -> None:
             await asyncio.to_thread(driver.quit)
         ended = await district.audit("console.session_end")
         assert [(r.entry.actor, r.entry.outcome) for r in ended] == [("operator", "revoked")]
+
+
+async def test_the_api_serves_https_and_the_session_cookie_is_secure_over_it(tmp_path: Path) -> None:
+    """With ``[api.tls]`` the API and console answer over HTTPS and the session cookie is ``Secure``.
+
+    Broken on purpose: ``secure=False`` in the login's ``set_cookie`` sent the cookie without
+    ``Secure`` over TLS, and this failed.
+    """
+    cert_file, key_file = self_signed(tmp_path)
+    tls = f'[api.tls]\ncert_file = "{cert_file}"\nkey_file = "{key_file}"\n'
+    async with running_district(tmp_path, tls=tls) as district:
+        assert district.url.startswith("https://")
+        trust = ssl.create_default_context(cafile=str(cert_file))
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(
+                f"{district.url}/console/login",
+                data={"token": district.tokens["viewer"]},
+                ssl=trust,
+                allow_redirects=False,
+            ) as response,
+        ):
+            assert response.status == 303
+            cookie = response.cookies["cgw_console"]
+            assert (bool(cookie["secure"]), bool(cookie["httponly"]), cookie["samesite"], cookie["path"]) == (
+                True,
+                True,
+                "Strict",
+                "/console",
+            )
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(
+                f"{district.url}/api/v1/devices",
+                ssl=trust,
+                headers={"Authorization": f"Bearer {district.tokens['viewer']}"},
+            ) as answer,
+        ):
+            assert answer.status == 200
+            assert {d["device_id"] for d in (await answer.json())["devices"]} == {
+                ONLINE,
+                REPORTED_OFFLINE,
+                SILENT,
+            }
