@@ -151,8 +151,9 @@ def build_api(
         app.router.add_route(spec.route.method, API_PREFIX + spec.route.path, _handler(spec))
     app.router.add_get(API_PREFIX + MEDIA_SPEC.route.path, _evidence_media)
     app.router.add_get(API_PREFIX + "/openapi.json", _openapi)
-    add_operator_api_health(app, health or Health(), service)
-    mount_console(app, service, api or OperatorApiConfig())
+    health = health or Health()
+    add_operator_api_health(app, health, service)
+    mount_console(app, service, api or OperatorApiConfig(), health)
     return app
 
 

@@ -16,7 +16,9 @@ import aiohttp
 import pytest
 from selenium.common.exceptions import NoAlertPresentException
 from selenium.webdriver.common.by import By
+from selenium.webdriver.remote.command import Command
 from selenium.webdriver.remote.webdriver import WebDriver
+from selenium.webdriver.support.ui import WebDriverWait
 
 from district.console import registry
 from district.console.page import ConsoleAction, ConsolePage, PageContext
@@ -25,12 +27,15 @@ from district.query_model import Role
 from tests.console_browser import (
     CHROMEDRIVER,
     CHROMIUM,
+    LATE,
     LOGIN_ATTEMPTS,
     ONLINE,
     REPORTED_OFFLINE,
     SILENT,
+    WAIT_S,
     XSS,
     browser,
+    late_event,
     log_in,
     running_district,
     screenshot,
@@ -39,6 +44,7 @@ from tests.console_browser import (
     start_browser,
     wait_for,
 )
+from uplink.stores.sqlite import SqliteStore, SqliteStoreConfig
 
 pytestmark = pytest.mark.skipif(
     not (CHROMIUM.exists() and CHROMEDRIVER.exists()),
@@ -67,7 +73,7 @@ async def test_login_then_devices_offline_first(tmp_path: Path) -> None:
     """
     async with running_district(tmp_path) as district:
 
-        def steps() -> tuple[list[tuple[str, str, str]], dict[str, object], str, str]:
+        def steps() -> tuple[list[tuple[str, str, str]], dict[str, object], str, str, object, list[object]]:
             with browser() as driver:
                 driver.get(f"{district.url}/")
                 wait_for(driver, "#token")  # / -> /console/ -> the login page
@@ -76,16 +82,29 @@ async def test_login_then_devices_offline_first(tmp_path: Path) -> None:
                 wait_for(driver, "#devices")  # the login page has a heading too: wait for the table
                 heading = driver.find_element(By.CSS_SELECTOR, "main h1").text
                 screenshot(driver, "devices")
+                # the vendored scripts loaded under the page's policy (no CSP violation, no 404)
+                WebDriverWait(driver, WAIT_S).until(lambda d: d.execute_script("return !!window.htmx;"))
+                htmx = driver.execute_script("return [htmx.version, typeof htmx.createEventSource];")
+                # chromium's get_log, which selenium leaves untyped
+                logged = driver.execute(Command.GET_LOG, {"type": "browser"})["value"]
+                problems = [e for e in logged if e.get("level") == "SEVERE"]
                 return (
                     _rows(driver),
                     session_cookie(driver),
                     heading,
                     driver.find_element(By.TAG_NAME, "html").get_attribute("lang") or "",
+                    htmx,
+                    problems,
                 )
 
-        rows, cookie, heading, lang = await asyncio.to_thread(steps)
+        rows, cookie, heading, lang, htmx, problems = await asyncio.to_thread(steps)
         assert heading == "设备"
         assert lang == "zh-CN"
+        assert htmx == [
+            "2.0.11",
+            "function",
+        ]  # htmx 2 and its SSE extension (which defines createEventSource)
+        assert problems == []
         assert [(device, status) for device, status, _ in rows] == [
             (REPORTED_OFFLINE, "离线"),
             (SILENT, "离线"),
@@ -131,6 +150,13 @@ async def test_wrong_token_refused_and_rate_limited(tmp_path: Path) -> None:
         assert [(r.entry.outcome, r.entry.status) for r in logins] == [
             ("unauthenticated", 401)
         ] * LOGIN_ATTEMPTS + [("rate_limited", 429)]
+        async with aiohttp.ClientSession() as http, http.get(f"{district.url}/metrics") as response:
+            metrics = await response.text()
+        assert (
+            f'cgw_console_requests_total{{action="console.login",outcome="unauthenticated"}} {LOGIN_ATTEMPTS}.0'
+            in metrics
+        )
+        assert 'cgw_console_requests_total{action="console.login",outcome="rate_limited"} 1.0' in metrics
 
 
 async def test_script_in_a_device_field_renders_as_text(tmp_path: Path) -> None:
@@ -162,7 +188,7 @@ async def test_post_without_csrf_token_refused_and_audited(tmp_path: Path) -> No
     """A state-changing request without the session's CSRF token is refused (403), audited, and changes nothing.
 
     Broken on purpose: making ``_csrf_ok`` return True logged the session out on the forged
-    request, and this failed.
+    request, and this failed; making ``_same_origin`` return True let the cross-site login in.
     """
     async with running_district(tmp_path) as district:
 
@@ -185,6 +211,20 @@ async def test_post_without_csrf_token_refused_and_audited(tmp_path: Path) -> No
         status, body, _ = await district.request("GET", "/console/devices", session_id)
         assert status == 200, "the session must survive a refused forgery"
         assert await district.audit("console.logout") == []
+        # the login has no session to hold a token yet: a login posted from another site is refused by its Origin
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(
+                f"{district.url}/console/login",
+                data={"token": district.tokens["admin"]},
+                headers={"Origin": "http://attacker.example"},
+                allow_redirects=False,
+            ) as response,
+        ):
+            assert (response.status, response.cookies.get("cgw_console")) == (403, None)
+        assert [(r.entry.detail, r.entry.status) for r in await district.audit("console.csrf")][2:] == [
+            ("a login from another origin", 403)
+        ]
 
 
 async def _dummy_load(ctx: PageContext) -> Mapping[str, object]:
@@ -352,3 +392,50 @@ async def test_the_api_serves_https_and_the_session_cookie_is_secure_over_it(tmp
                 REPORTED_OFFLINE,
                 SILENT,
             }
+
+
+async def test_the_devices_view_refreshes_in_place_and_a_revoked_session_leaves_it(tmp_path: Path) -> None:
+    """The device list reloads in place through htmx (no page reload) with a new device; after revocation it goes to the login.
+
+    Broken on purpose: ``hx-select="#devices-view"`` (a typo: nothing to select) left the list
+    unchanged, and this failed; answering htmx's request with a plain 303 to the login page instead of
+    ``HX-Redirect`` let htmx follow it inside the page, the browser never reached the login page,
+    and this failed too.
+    """
+    async with running_district(tmp_path) as district:
+        driver = await asyncio.to_thread(start_browser)
+        try:
+
+            def first() -> None:
+                log_in(driver, district.url, district.tokens["viewer"])
+                wait_for(driver, "#devices")
+                driver.execute_script("window.__sameDocument = true;")
+
+            await asyncio.to_thread(first)
+            assert isinstance(district.config.store, SqliteStoreConfig)
+            async with SqliteStore(district.config.store) as store:
+                await store.write([late_event()])
+
+            def refreshed() -> tuple[list[str], object]:
+                WebDriverWait(driver, WAIT_S).until(lambda d: d.execute_script("return !!window.htmx;"))
+                driver.execute_script("htmx.trigger('#device-view', 'refresh');")
+                WebDriverWait(driver, WAIT_S).until(
+                    lambda d: d.find_elements(By.CSS_SELECTOR, f'tr[data-device="{LATE}"]')
+                )
+                return [device for device, _, _ in _rows(driver)], driver.execute_script(
+                    "return window.__sameDocument;"
+                )
+
+            devices, same_document = await asyncio.to_thread(refreshed)
+            assert set(devices) == {ONLINE, REPORTED_OFFLINE, SILENT, LATE}
+            assert same_document is True
+            assert await district.ops.revoke_token("viewer")
+
+            def after_revocation() -> str:
+                driver.execute_script("htmx.trigger('#device-view', 'refresh');")
+                wait_for(driver, "#token")
+                return str(driver.current_url)
+
+            assert (await asyncio.to_thread(after_revocation)).endswith("/console/login")
+        finally:
+            await asyncio.to_thread(driver.quit)

@@ -9,11 +9,13 @@ must carry the session's CSRF token (403, audited, without it).
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import structlog
 from aiohttp import web
@@ -38,6 +40,7 @@ from district.operations import AuditEntry, Principal
 from district.operator_service import Caller, OperatorService
 from district.queries.context import authorise_role
 from foundation.errors import ForbiddenError, OperatorError
+from foundation.health import Health
 
 log = structlog.get_logger(__name__)
 
@@ -62,8 +65,19 @@ class Session:
     principal: Principal
 
 
+def _same_origin(request: web.Request) -> bool:
+    # browsers send Origin with every POST; a request without one (a script, curl) is not a browser's CSRF
+    origin = request.headers.get("Origin")
+    return origin is None or urlsplit(origin).netloc == request.host
+
+
 def _redirect(location: str, status: int = 303) -> web.Response:
     return web.Response(status=status, headers={"Location": location, "Cache-Control": "no-store"})
+
+
+async def _no_icon(request: web.Request) -> web.Response:
+    # browsers ask for it whatever the page says; an empty answer rather than a logged 404
+    return web.Response(status=204, headers={"Cache-Control": "max-age=86400"})
 
 
 def _local_time(value: datetime, zone: Any) -> str:
@@ -79,6 +93,8 @@ class Console:
         self._lifetime = timedelta(hours=api.console_session_hours)
         self._idle = timedelta(minutes=api.console_idle_minutes)
         self.limiter = LoginLimiter(api.console_login_attempts)
+        self.outcomes: Counter[tuple[str, str]] = Counter()
+        """Console entries audited (logins, logouts, refusals, ended sessions) by (action, outcome)."""
         self._env = Environment(
             loader=PackageLoader("district.console", "templates"),
             autoescape=True,  # everything from devices and events is text, never markup
@@ -147,6 +163,7 @@ class Console:
                 detail=detail,
             )
         )
+        self.outcomes[(action, outcome)] += 1
         log.info("console_request", action=action, outcome=outcome, status=status)
 
     # ---- sessions -------------------------------------------------------------------------
@@ -211,8 +228,10 @@ class Console:
         session = await self.session(request)
         if session is None:
             return self._to_login(request)
-        allowed = self._frame(session, None)["nav"]
-        return _redirect(PREFIX + allowed[0].path if allowed else f"{PREFIX}/login", 302)
+        frame = self._frame(session, None)
+        if not frame["nav"]:  # not to the login page: it would send a live session straight back here
+            return self.render("error.html", 403, message="您的角色没有可打开的页面", **frame)
+        return _redirect(PREFIX + frame["nav"][0].path, 302)
 
     async def login_form(self, request: web.Request) -> web.Response:
         """The login page."""
@@ -223,6 +242,17 @@ class Console:
     async def login(self, request: web.Request) -> web.Response:
         """Exchange a token for a session (rate-limited per client address, audited either way)."""
         client = request.remote or "unknown"
+        if not _same_origin(request):
+            # no session yet, so no CSRF token: a login posted from another site is refused by its Origin
+            await self.audit(
+                request,
+                "console.csrf",
+                None,
+                status=403,
+                outcome="forbidden",
+                detail="a login from another origin",
+            )
+            return self.render("login.html", 403, prefix=PREFIX, error="请从控制台登录页登录")
         if self.limiter.blocked(client):
             await self.audit(
                 request,
@@ -348,11 +378,25 @@ class Console:
         )
 
 
-def mount_console(app: web.Application, service: OperatorService, api: OperatorApiConfig) -> Console:
-    """Add the console's routes (and ``/`` -> ``/console/``) to the operator API's application."""
+def mount_console(
+    app: web.Application, service: OperatorService, api: OperatorApiConfig, health: Health
+) -> Console:
+    """Add the console's routes (and ``/`` -> ``/console/``) to the operator API's application.
+
+    ``/metrics`` gains ``cgw_console_requests_total`` (logins, logouts, refusals and ended sessions
+    by action and outcome; the pages' data reads are in ``cgw_api_requests_total``).
+    """
     console = Console(service, api)
+    health.writers.append(
+        lambda families: families.counter(
+            "cgw_console_requests_total",
+            "console logins, logouts, refusals and ended sessions, by action and outcome",
+            [({"action": a, "outcome": o}, n) for (a, o), n in sorted(console.outcomes.items())],
+        )
+    )
     app.router.add_get("/", console.root)
     app.router.add_get(PREFIX, console.root)
+    app.router.add_get("/favicon.ico", _no_icon)
     app.router.add_get(f"{PREFIX}/", console.start)
     app.router.add_get(f"{PREFIX}/login", console.login_form)
     app.router.add_post(f"{PREFIX}/login", console.login)
