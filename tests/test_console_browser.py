@@ -69,11 +69,14 @@ async def test_login_then_devices_offline_first(tmp_path: Path) -> None:
     """A valid token opens a session (HttpOnly, SameSite=Strict cookie on /console); 设备 lists the seeded devices, offline first.
 
     Broken on purpose: sorting the page's rows by compound and device only (offline not first)
-    put the online device of compound 1 above the silent device of compound 2, and this failed.
+    put the online device of compound 1 above the silent device of compound 2, and this failed;
+    ``offline_reasons`` answering ``{}`` lost the device's own reason ("断电"), and this failed.
     """
     async with running_district(tmp_path) as district:
 
-        def steps() -> tuple[list[tuple[str, str, str]], dict[str, object], str, str, object, list[object]]:
+        def steps() -> tuple[
+            list[tuple[str, str, str]], dict[str, object], str, str, object, list[object], dict[str, str]
+        ]:
             with browser() as driver:
                 driver.get(f"{district.url}/")
                 wait_for(driver, "#token")  # / -> /console/ -> the login page
@@ -82,6 +85,10 @@ async def test_login_then_devices_offline_first(tmp_path: Path) -> None:
                 wait_for(driver, "#devices")  # the login page has a heading too: wait for the table
                 heading = driver.find_element(By.CSS_SELECTOR, "main h1").text
                 screenshot(driver, "devices")
+                whys = {
+                    str(r.get_attribute("data-device")): r.find_element(By.CSS_SELECTOR, ".why").text
+                    for r in driver.find_elements(By.CSS_SELECTOR, "#devices tbody tr[data-device]")
+                }
                 # the vendored scripts loaded under the page's policy (no CSP violation, no 404)
                 WebDriverWait(driver, WAIT_S).until(lambda d: d.execute_script("return !!window.htmx;"))
                 htmx = driver.execute_script("return [htmx.version, typeof htmx.createEventSource];")
@@ -95,9 +102,14 @@ async def test_login_then_devices_offline_first(tmp_path: Path) -> None:
                     driver.find_element(By.TAG_NAME, "html").get_attribute("lang") or "",
                     htmx,
                     problems,
+                    whys,
                 )
 
-        rows, cookie, heading, lang, htmx, problems = await asyncio.to_thread(steps)
+        rows, cookie, heading, lang, htmx, problems, whys = await asyncio.to_thread(steps)
+        # why: the device's own words where it gave them (its status event's reason), else the silence
+        assert whys.keys() == {REPORTED_OFFLINE, SILENT, ONLINE}
+        assert (whys[REPORTED_OFFLINE], whys[ONLINE]) == ("设备上报离线：断电", "正常上报")
+        assert whys[SILENT].startswith("静默 3 h ")  # silent for three hours (and the minutes the test took)
         assert heading == "设备"
         assert lang == "zh-CN"
         assert htmx == [
