@@ -6,12 +6,14 @@ every error with its file, field and fix.
 
 from __future__ import annotations
 
+import ssl
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
 from foundation.config_types import ConfigModel, Port, ZoneName
+from foundation.credentials import CredentialName, credential_path
 from foundation.events import GbId
 from foundation.toml_config import load_toml_model
 from uplink.config import BrokerConfig, TlsConfig
@@ -58,6 +60,43 @@ class CompoundEntry(ConfigModel):
     district_id: GbId | None = Field(default=None, description="default: the config's district_id")
 
 
+class ApiTlsConfig(ConfigModel):
+    """HTTPS for the operator API and console (none: plain HTTP, e.g. behind a TLS-terminating proxy).
+
+    The key is read from ``key_file``, inside ``cert_file``, or, under systemd, from the credential
+    ``key_credential`` names (``LoadCredential=``), so the daemon's user need not read it on disk.
+    """
+
+    cert_file: Path = Field(description="the server certificate chain (PEM)")
+    key_file: Path | None = Field(
+        default=None, description="the server key; none: it is in cert_file (or key_credential names it)"
+    )
+    key_credential: CredentialName | None = Field(
+        default=None,
+        description="systemd credential holding the server key ($CREDENTIALS_DIRECTORY/<name>); instead of key_file",
+    )
+
+    @model_validator(mode="after")
+    def _one_key_source(self) -> Self:
+        if self.key_credential is not None and self.key_file is not None:
+            raise ValueError("key_file and key_credential both name the server key; keep one")
+        return self
+
+    def server_context(self) -> ssl.SSLContext:
+        """A TLS server context (TLS 1.2 at least); raises ``ConfigError`` or ``OSError`` if it does not load."""
+        key = self.key_file
+        if self.key_credential is not None:
+            key = credential_path(
+                self.key_credential,
+                "the API's TLS key",
+                f"/etc/compound-district/credentials/{self.key_credential}",
+            )
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.load_cert_chain(str(self.cert_file), str(key) if key is not None else None)
+        return context
+
+
 class OperatorApiConfig(ConfigModel):
     """The operators' query API and CLI (``compound-gateway api`` / ``compound-gateway query``)."""
 
@@ -79,6 +118,18 @@ class OperatorApiConfig(ConfigModel):
         default=30, ge=1, le=366, description="devices that reported within this period are listed"
     )
     timeout_s: float = Field(default=30.0, gt=0, description="longest a query may take")
+    console_session_hours: float = Field(
+        default=8.0, gt=0, le=24 * 7, description="a console login lasts at most this long (a working shift)"
+    )
+    console_idle_minutes: float = Field(
+        default=60.0, gt=0, le=24 * 60, description="a console session unused this long ends"
+    )
+    console_login_attempts: int = Field(
+        default=10, ge=1, le=1000, description="failed console logins per client address per 15 minutes"
+    )
+    tls: ApiTlsConfig | None = Field(
+        default=None, description="serve HTTPS with this certificate; none: plain HTTP (or behind a proxy)"
+    )
 
 
 HIT_CROPS_DAYS = 30

@@ -7,6 +7,8 @@ One SQLite file (WAL, synchronous=FULL) owned by one thread.
 * The audit log is append-only twice over: triggers refuse UPDATE and DELETE, and every entry
   carries the SHA-256 of its predecessor's hash and its own content, so ``verify_audit`` finds a
   row edited or removed behind SQLite's back.
+* Console sessions are stored by the SHA-256 of their random id (the cookie); the row holds the
+  token sealed with a key only the cookie yields, so the database alone opens no session.
 * Alarm actions are append-only too; an alarm's state is its last action's. A transition is checked
   and recorded in one ``BEGIN IMMEDIATE`` transaction, so two operators cannot both acknowledge.
 """
@@ -19,9 +21,9 @@ import secrets
 import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field
 
@@ -56,6 +58,10 @@ CREATE TRIGGER IF NOT EXISTS alarm_actions_no_update BEFORE UPDATE ON alarm_acti
     BEGIN SELECT RAISE(ABORT, 'alarm history is append-only'); END;
 CREATE TRIGGER IF NOT EXISTS alarm_actions_no_delete BEFORE DELETE ON alarm_actions
     BEGIN SELECT RAISE(ABORT, 'alarm history is append-only'); END;
+CREATE TABLE IF NOT EXISTS console_sessions (
+    id_sha256 TEXT PRIMARY KEY, token_sha256 TEXT NOT NULL, sealed_token BLOB NOT NULL,
+    created_at TEXT NOT NULL, last_seen TEXT NOT NULL, expires_at TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS console_sessions_by_expiry ON console_sessions (expires_at);
 """
 
 
@@ -84,6 +90,18 @@ class TokenInfo:
     created_at: str
     created_by: str
     revoked_at: str | None
+
+
+SessionState = Literal["live", "unknown", "expired", "idle", "revoked"]
+
+
+@dataclass(frozen=True)
+class ConsoleSession:
+    """A console session as looked up: its state and, when live, the token's name and the sealed token."""
+
+    state: SessionState
+    token_name: str | None = None
+    sealed_token: bytes = b""
 
 
 class AuditEntry(Model):
@@ -225,6 +243,96 @@ class OperationsDb(SqliteBacked):
             TokenInfo(n, r, d, tuple(json.loads(c)), at, by, rev)
             for n, r, d, c, at, by, rev in await self._file.call(listing)
         ]
+
+    # ---- console sessions ----------------------------------------------------------------
+
+    async def open_session(
+        self, id_sha256: str, token: str, sealed_token: bytes, lifetime: timedelta, *, max_sessions: int
+    ) -> bool:
+        """Store a session of a live token (False if the token is unknown or revoked).
+
+        Ended sessions are deleted on the way, and the oldest beyond ``max_sessions`` too, so the
+        table stays bounded however many logins there are.
+        """
+        now = utc_now()
+        row = (id_sha256, hash_token(token), sealed_token, now.isoformat(), now.isoformat())
+        expires = (now + lifetime).isoformat()
+
+        def insert(db: sqlite3.Connection) -> bool:
+            with transaction(db):
+                live = db.execute(
+                    "SELECT 1 FROM tokens WHERE token_sha256 = ? AND revoked_at IS NULL", (row[1],)
+                ).fetchone()
+                if live is None:
+                    return False
+                db.execute("DELETE FROM console_sessions WHERE expires_at <= ?", (now.isoformat(),))
+                db.execute(
+                    "DELETE FROM console_sessions WHERE id_sha256 IN (SELECT id_sha256 FROM console_sessions"
+                    " ORDER BY last_seen DESC LIMIT -1 OFFSET ?)",
+                    (max_sessions - 1,),
+                )
+                db.execute(
+                    "INSERT INTO console_sessions (id_sha256, token_sha256, sealed_token, created_at,"
+                    " last_seen, expires_at) VALUES (?,?,?,?,?,?)",
+                    (*row, expires),
+                )
+                return True
+
+        return await self._file.call(insert)
+
+    async def touch_session(self, id_sha256: str, idle: timedelta) -> ConsoleSession:
+        """Look a session up and mark it used; one that expired, idled or lost its token is deleted.
+
+        The token is checked on every call, so revoking it ends its sessions at their next request.
+        """
+        now = utc_now()
+
+        def touch(db: sqlite3.Connection) -> ConsoleSession:
+            with transaction(db):
+                row = db.execute(
+                    "SELECT s.sealed_token, s.last_seen, s.expires_at, t.name, t.revoked_at"
+                    " FROM console_sessions s LEFT JOIN tokens t ON t.token_sha256 = s.token_sha256"
+                    " WHERE s.id_sha256 = ?",
+                    (id_sha256,),
+                ).fetchone()
+                if row is None:
+                    return ConsoleSession("unknown")
+                sealed, last_seen, expires_at, name, revoked_at = row
+                state: SessionState = "live"
+                if name is None or revoked_at is not None:
+                    state = "revoked"
+                elif datetime.fromisoformat(expires_at) <= now:
+                    state = "expired"
+                elif now - datetime.fromisoformat(last_seen) > idle:
+                    state = "idle"
+                if state != "live":
+                    db.execute("DELETE FROM console_sessions WHERE id_sha256 = ?", (id_sha256,))
+                    return ConsoleSession(state, name)
+                db.execute(
+                    "UPDATE console_sessions SET last_seen = ? WHERE id_sha256 = ?",
+                    (now.isoformat(), id_sha256),
+                )
+                return ConsoleSession("live", name, bytes(sealed))
+
+        return await self._file.call(touch)
+
+    async def end_session(self, id_sha256: str) -> bool:
+        """Delete a session (logout); False if there was none."""
+
+        def delete(db: sqlite3.Connection) -> bool:
+            with transaction(db):
+                cursor = db.execute("DELETE FROM console_sessions WHERE id_sha256 = ?", (id_sha256,))
+                return cursor.rowcount == 1
+
+        return await self._file.call(delete)
+
+    async def session_count(self) -> int:
+        """How many sessions are stored (live or not yet swept)."""
+
+        def count(db: sqlite3.Connection) -> int:
+            return int(db.execute("SELECT count(*) FROM console_sessions").fetchone()[0])
+
+        return await self._file.call(count)
 
     # ---- audit ---------------------------------------------------------------------------
 

@@ -6,6 +6,7 @@ takes the request's fields as query parameters, a POST as a JSON body; ``{name}`
 are request fields too. Tokens travel as ``Authorization: Bearer <token>``. List filters accept
 repeated parameters or comma-separated values. Errors are JSON
 ``{"error": code, "message": ..., "field": ...}`` with the status the error maps to.
+The operators' web console (``district.console``) is mounted into the same application.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from aiohttp import web
 from pydantic import TypeAdapter
 from pydantic.json_schema import JsonSchemaMode
 
+from district.config import OperatorApiConfig
+from district.console.app import mount_console
 from district.health_server import add_operator_api_health
 from district.operator_service import Caller, OperatorService
 from district.queries.evidence import MEDIA_SPEC, MediaFile
@@ -134,15 +137,23 @@ async def _openapi(request: web.Request) -> web.Response:
     return web.json_response(openapi_document(), dumps=_dumps)
 
 
-def build_api(service: OperatorService, health: Health | None = None) -> web.Application:
-    """The operator API: one route per spec in the registry, with ``/healthz``, ``/readyz`` and ``/metrics``."""
+def build_api(
+    service: OperatorService, health: Health | None = None, api: OperatorApiConfig | None = None
+) -> web.Application:
+    """The operator API: one route per spec in the registry, with ``/healthz``, ``/readyz`` and ``/metrics``.
+
+    The web console (``/console/``, ``district.console``) is served beside it, on the same service:
+    the same tokens, roles, scopes and audit log; ``api`` gives its session settings.
+    """
     app = web.Application(client_max_size=MAX_BODY)
     app[SERVICE_KEY] = service
     for spec in QUERIES.values():
         app.router.add_route(spec.route.method, API_PREFIX + spec.route.path, _handler(spec))
     app.router.add_get(API_PREFIX + MEDIA_SPEC.route.path, _evidence_media)
     app.router.add_get(API_PREFIX + "/openapi.json", _openapi)
-    add_operator_api_health(app, health or Health(), service)
+    health = health or Health()
+    add_operator_api_health(app, health, service)
+    mount_console(app, service, api or OperatorApiConfig(), health)
     return app
 
 

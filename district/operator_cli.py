@@ -15,6 +15,7 @@ import json
 import os
 import re
 import socket
+import ssl
 import sys
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -33,7 +34,7 @@ from district.operator_service import Answer, Caller, OperatorService, open_oper
 from district.queries.registry import QUERIES
 from district.queries.spec import QuerySpec, cli_flag
 from district.query_model import AlarmAction, Role
-from foundation.errors import OperatorError
+from foundation.errors import ConfigError, OperatorError
 from foundation.events import utc_now
 from foundation.health import Health
 from foundation.tables import render_csv, render_table
@@ -347,6 +348,16 @@ async def _verify(config: DistrictConfig) -> int:
     return 0
 
 
+def _api_tls(config: DistrictConfig) -> ssl.SSLContext | None:
+    # a certificate that does not load stops the start with the field and the fix
+    if config.api.tls is None:
+        return None
+    try:
+        return config.api.tls.server_context()
+    except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+        raise ConfigError(f"api.tls: the certificate or key does not load: {exc}") from exc
+
+
 async def serve_api(config: DistrictConfig, *, ready: asyncio.Event | None = None) -> None:
     """Serve the operator HTTP API until cancelled, with the evidence desk beside it (``[evidence]``).
 
@@ -358,11 +369,14 @@ async def serve_api(config: DistrictConfig, *, ready: asyncio.Event | None = Non
         if config.evidence.enabled and service.evidence is not None:
             desk = EvidenceDesk(config, service.evidence, service.backend, service.operations)
             desk.expose(health)
-        runner = web.AppRunner(build_api(service, health), access_log=None)
+        tls = _api_tls(config)
+        runner = web.AppRunner(build_api(service, health, config.api), access_log=None)
         await runner.setup()
         try:
-            await web.TCPSite(runner, config.api.host, config.api.port).start()
-            print(f"operator API on http://{config.api.host}:{config.api.port}/api/v1", file=sys.stderr)
+            await web.TCPSite(runner, config.api.host, config.api.port, ssl_context=tls).start()
+            scheme = "https" if tls else "http"
+            where = f"{scheme}://{config.api.host}:{config.api.port}"
+            print(f"operator API on {where}/api/v1, console on {where}/console/", file=sys.stderr)
             async with asyncio.TaskGroup() as tg:
                 if desk is not None:
                     tg.create_task(desk.run(health), name="evidence-desk")

@@ -1,0 +1,93 @@
+"""设备 (Devices): every device of the compounds in scope, offline first, with why and last seen."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import timedelta
+from typing import Any
+
+from district.console.page import ConsolePage, PageContext
+from district.queries.devices import DeviceReport
+from district.query_model import EventPage, Role
+from foundation.errors import OperatorError
+from foundation.events import DeviceStatusPayload, EventKind, utc_now
+
+MAX_REASONS = 200  # devices whose reason one page load looks up (the events request's device limit)
+
+WHY_ZH = {
+    "reported online": "设备上报在线",
+    "reported offline": "设备上报离线",
+    "reporting": "正常上报",
+}
+
+
+def why_zh(why: str) -> str:
+    """The devices query's reason in Chinese ("silent for 2 h 5 min" -> "静默 2 h 5 min")."""
+    if why in WHY_ZH:
+        return WHY_ZH[why]
+    if why.startswith("silent for "):
+        return "静默 " + why.removeprefix("silent for ")
+    return why
+
+
+async def offline_reasons(ctx: PageContext, report: DeviceReport) -> dict[str, str]:
+    """What the devices that reported themselves offline said (their last status event's reason).
+
+    One ``events`` request (audited like any) over the span of those reports; best effort: when it
+    is refused (a span longer than the allowed range) the page shows the reasons it has, none.
+    """
+    reported = [d for d in report.devices if d.why == "reported offline"][:MAX_REASONS]
+    if not reported:
+        return {}
+    params = {
+        "kinds": [EventKind.DEVICE_STATUS.value],
+        "devices": sorted({d.device_id for d in reported}),
+        "start": (min(d.last_seen for d in reported) - timedelta(seconds=1)).isoformat(),
+        "end": (max(d.last_seen for d in reported) + timedelta(seconds=1)).isoformat(),
+        "limit": MAX_REASONS,
+    }
+    try:
+        page: EventPage = await ctx.ask("events", params)
+    except OperatorError:
+        return {}
+    reasons: dict[str, str] = {}
+    for event in page.events:  # newest first: the first of a device is its last word
+        payload = event.payload
+        if isinstance(payload, DeviceStatusPayload) and payload.reason:
+            reasons.setdefault(event.device_id, payload.reason)
+    return reasons
+
+
+async def load(ctx: PageContext) -> Mapping[str, Any]:
+    """The ``devices`` action's answer, offline devices first, then by compound and device."""
+    report: DeviceReport = await ctx.ask("devices", {})
+    reasons = await offline_reasons(ctx, report)
+    rows = sorted(report.devices, key=lambda d: (d.status != "offline", d.compound_id, d.device_id))
+    return {
+        "devices": [
+            {
+                "compound": ctx.service.compound_name(d.compound_id),
+                "device_id": d.device_id,
+                "dialect": d.dialect,
+                "online": d.status == "online",
+                "why": why_zh(d.why),
+                "reason": reasons.get(d.device_id) if d.status == "offline" else None,
+                "last_seen": ctx.local(d.last_seen),
+            }
+            for d in rows
+        ],
+        "compounds": report.compounds,
+        "offline": sum(d.status == "offline" for d in rows),
+        "now": utc_now(),
+    }
+
+
+PAGE = ConsolePage(
+    name="devices",
+    path="/devices",
+    title="设备",
+    role=Role.VIEWER,
+    order=10,
+    template="devices.html",
+    load=load,
+)
