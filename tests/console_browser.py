@@ -103,7 +103,7 @@ def seeded_events() -> list[Event]:
     ]
 
 
-def write_config(workdir: Path, *, tls: str = "") -> DistrictConfig:
+def write_config(workdir: Path, *, tls: str = "", api: str = "") -> DistrictConfig:
     """A district: embedded SQLite store, no broker (the evidence desk off), a low login limit."""
     path = workdir / "district.toml"
     registry = "\n".join(
@@ -112,7 +112,7 @@ def write_config(workdir: Path, *, tls: str = "") -> DistrictConfig:
     path.write_text(
         f'district_id = "{DISTRICT_ID}"\n'
         f'[api]\nops_db = "{workdir}/operations.db"\nport = {free_port()}\n'
-        f'timezone = "Asia/Shanghai"\nconsole_login_attempts = {LOGIN_ATTEMPTS}\n'
+        f'timezone = "Asia/Shanghai"\nconsole_login_attempts = {LOGIN_ATTEMPTS}\n{api}\n'
         f"{tls}\n[evidence]\nenabled = false\n"
         f'[store]\ntype = "sqlite"\npath = "{workdir}/district.db"\n\n{registry}',
         encoding="utf-8",
@@ -133,6 +133,15 @@ class District:
         """The audit entries of one action, oldest first."""
         return [r for r in reversed(await self.ops.audit_records(limit=1000)) if r.entry.action == action]
 
+    async def login(self, token: str) -> str | None:
+        """Log in without a browser: the session id the console set, or None if refused."""
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(f"{self.url}/console/login", data={"token": token}, allow_redirects=False) as response,
+        ):
+            cookie = response.cookies.get("cgw_console")
+            return cookie.value if cookie is not None and response.status == 303 else None
+
     async def request(
         self, method: str, path: str, session_id: str | None, *, data: dict[str, str] | None = None
     ) -> tuple[int, str, str | None]:
@@ -148,12 +157,12 @@ class District:
 
 
 @contextlib.asynccontextmanager
-async def running_district(workdir: Path, *, tls: str = "") -> AsyncIterator[District]:
+async def running_district(workdir: Path, *, tls: str = "", api: str = "") -> AsyncIterator[District]:
     """``serve_api`` in this loop on a seeded store, with a token per role (named after it).
 
-    ``tls``: an ``[api.tls]`` section (the API then serves HTTPS).
+    ``tls``: an ``[api.tls]`` section (the API then serves HTTPS); ``api``: more ``[api]`` lines.
     """
-    config = write_config(workdir, tls=tls)
+    config = write_config(workdir, tls=tls, api=api)
     assert isinstance(config.store, SqliteStoreConfig)
     async with SqliteStore(config.store) as store:
         await store.write(seeded_events())

@@ -17,6 +17,7 @@ import pytest
 from selenium.common.exceptions import NoAlertPresentException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
+from selenium.webdriver.support.ui import WebDriverWait
 
 from district.console import registry
 from district.console.page import ConsoleAction, ConsolePage, PageContext
@@ -29,6 +30,7 @@ from tests.console_browser import (
     ONLINE,
     REPORTED_OFFLINE,
     SILENT,
+    WAIT_S,
     XSS,
     browser,
     log_in,
@@ -67,7 +69,7 @@ async def test_login_then_devices_offline_first(tmp_path: Path) -> None:
     """
     async with running_district(tmp_path) as district:
 
-        def steps() -> tuple[list[tuple[str, str, str]], dict[str, object], str, str]:
+        def steps() -> tuple[list[tuple[str, str, str]], dict[str, object], str, str, object, list[object]]:
             with browser() as driver:
                 driver.get(f"{district.url}/")
                 wait_for(driver, "#token")  # / -> /console/ -> the login page
@@ -76,16 +78,27 @@ async def test_login_then_devices_offline_first(tmp_path: Path) -> None:
                 wait_for(driver, "#devices")  # the login page has a heading too: wait for the table
                 heading = driver.find_element(By.CSS_SELECTOR, "main h1").text
                 screenshot(driver, "devices")
+                # the vendored scripts loaded under the page's policy (no CSP violation, no 404)
+                WebDriverWait(driver, WAIT_S).until(lambda d: d.execute_script("return !!window.htmx;"))
+                htmx = driver.execute_script("return [htmx.version, typeof htmx.createEventSource];")
+                problems = [e for e in driver.get_log("browser") if e.get("level") == "SEVERE"]
                 return (
                     _rows(driver),
                     session_cookie(driver),
                     heading,
                     driver.find_element(By.TAG_NAME, "html").get_attribute("lang") or "",
+                    htmx,
+                    problems,
                 )
 
-        rows, cookie, heading, lang = await asyncio.to_thread(steps)
+        rows, cookie, heading, lang, htmx, problems = await asyncio.to_thread(steps)
         assert heading == "设备"
         assert lang == "zh-CN"
+        assert htmx == [
+            "2.0.11",
+            "function",
+        ]  # htmx 2 and its SSE extension (which defines createEventSource)
+        assert problems == []
         assert [(device, status) for device, status, _ in rows] == [
             (REPORTED_OFFLINE, "离线"),
             (SILENT, "离线"),
