@@ -16,6 +16,7 @@ import aiohttp
 import pytest
 from selenium.common.exceptions import NoAlertPresentException
 from selenium.webdriver.common.by import By
+from selenium.webdriver.remote.command import Command
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import WebDriverWait
 
@@ -81,7 +82,9 @@ async def test_login_then_devices_offline_first(tmp_path: Path) -> None:
                 # the vendored scripts loaded under the page's policy (no CSP violation, no 404)
                 WebDriverWait(driver, WAIT_S).until(lambda d: d.execute_script("return !!window.htmx;"))
                 htmx = driver.execute_script("return [htmx.version, typeof htmx.createEventSource];")
-                problems = [e for e in driver.get_log("browser") if e.get("level") == "SEVERE"]
+                # chromium's get_log, which selenium leaves untyped
+                logged = driver.execute(Command.GET_LOG, {"type": "browser"})["value"]
+                problems = [e for e in logged if e.get("level") == "SEVERE"]
                 return (
                     _rows(driver),
                     session_cookie(driver),
