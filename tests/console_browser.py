@@ -55,6 +55,7 @@ C1, C2 = compound_id(1), compound_id(2)
 ONLINE = "36010400011320000001"  # reported a minute ago
 REPORTED_OFFLINE = "36010400011320000002"  # its last word: "offline"
 SILENT = "36010400011320000003"  # nothing for three hours
+LATE = "36010400011320000004"  # first reports while the page is open
 XSS = "<script>window.__xss=1;alert(1)</script>"
 """A dialect name a compound could send: the console must show it as text."""
 LOGIN_ATTEMPTS = 3
@@ -101,6 +102,11 @@ def seeded_events() -> list[Event]:
             dialect="dahua_http",
         ),
     ]
+
+
+def late_event() -> Event:
+    """A fourth device's first event (written while a browser shows the page)."""
+    return _event("console-late", C2, LATE, utc_now(), ThrownObjectPayload(), dialect="hik_isapi")
 
 
 def write_config(workdir: Path, *, tls: str = "", api: str = "") -> DistrictConfig:

@@ -27,6 +27,7 @@ from district.query_model import Role
 from tests.console_browser import (
     CHROMEDRIVER,
     CHROMIUM,
+    LATE,
     LOGIN_ATTEMPTS,
     ONLINE,
     REPORTED_OFFLINE,
@@ -34,6 +35,7 @@ from tests.console_browser import (
     WAIT_S,
     XSS,
     browser,
+    late_event,
     log_in,
     running_district,
     screenshot,
@@ -42,6 +44,7 @@ from tests.console_browser import (
     start_browser,
     wait_for,
 )
+from uplink.stores.sqlite import SqliteStore, SqliteStoreConfig
 
 pytestmark = pytest.mark.skipif(
     not (CHROMIUM.exists() and CHROMEDRIVER.exists()),
@@ -364,7 +367,54 @@ async def test_the_api_serves_https_and_the_session_cookie_is_secure_over_it(tmp
         ):
             assert answer.status == 200
             assert {d["device_id"] for d in (await answer.json())["devices"]} == {
+                LATE,
                 ONLINE,
                 REPORTED_OFFLINE,
                 SILENT,
             }
+
+
+async def test_the_devices_view_refreshes_in_place_and_a_revoked_session_leaves_it(tmp_path: Path) -> None:
+    """htmx reloads the device list in place (no page reload) with a new device; after revocation it goes to the login.
+
+    Broken on purpose: ``hx-select="#devices-view"`` (a typo: nothing to select) left the list
+    unchanged, and this failed; answering htmx's request with a plain 303 to the login page instead of
+    ``HX-Redirect`` swapped the login form into the device list, and this failed too.
+    """
+    async with running_district(tmp_path) as district:
+        driver = await asyncio.to_thread(start_browser)
+        try:
+
+            def first() -> None:
+                log_in(driver, district.url, district.tokens["viewer"])
+                wait_for(driver, "#devices")
+                driver.execute_script("window.__sameDocument = true;")
+
+            await asyncio.to_thread(first)
+            assert isinstance(district.config.store, SqliteStoreConfig)
+            async with SqliteStore(district.config.store) as store:
+                await store.write([late_event()])
+
+            def refreshed() -> tuple[list[str], object]:
+                WebDriverWait(driver, WAIT_S).until(lambda d: d.execute_script("return !!window.htmx;"))
+                driver.execute_script("htmx.trigger('#device-view', 'refresh');")
+                WebDriverWait(driver, WAIT_S).until(
+                    lambda d: d.find_elements(By.CSS_SELECTOR, f'tr[data-device="{LATE}"]')
+                )
+                return [device for device, _, _ in _rows(driver)], driver.execute_script(
+                    "return window.__sameDocument;"
+                )
+
+            devices, same_document = await asyncio.to_thread(refreshed)
+            assert set(devices) == {ONLINE, REPORTED_OFFLINE, SILENT, LATE}
+            assert same_document is True
+            assert await district.ops.revoke_token("viewer")
+
+            def after_revocation() -> str:
+                driver.execute_script("htmx.trigger('#device-view', 'refresh');")
+                wait_for(driver, "#token")
+                return str(driver.current_url)
+
+            assert (await asyncio.to_thread(after_revocation)).endswith("/console/login")
+        finally:
+            await asyncio.to_thread(driver.quit)

@@ -216,8 +216,10 @@ class Console:
         session = await self.session(request)
         if session is None:
             return self._to_login(request)
-        allowed = self._frame(session, None)["nav"]
-        return _redirect(PREFIX + allowed[0].path if allowed else f"{PREFIX}/login", 302)
+        frame = self._frame(session, None)
+        if not frame["nav"]:  # not to the login page: it would send a live session straight back here
+            return self.render("error.html", 403, message="您的角色没有可打开的页面", **frame)
+        return _redirect(PREFIX + frame["nav"][0].path, 302)
 
     async def login_form(self, request: web.Request) -> web.Response:
         """The login page."""

@@ -8,6 +8,7 @@ from typing import Any
 from district.console.page import ConsolePage, PageContext
 from district.queries.devices import DeviceReport
 from district.query_model import Role
+from foundation.events import utc_now
 
 WHY_ZH = {
     "reported online": "设备上报在线",
@@ -43,6 +44,7 @@ async def load(ctx: PageContext) -> Mapping[str, Any]:
         ],
         "compounds": report.compounds,
         "offline": sum(d.status == "offline" for d in rows),
+        "now": utc_now(),
     }
 
 
