@@ -183,9 +183,9 @@ def event_ids(driver: WebDriver) -> set[str]:
 async def test_overview_shows_the_seeded_numbers(tmp_path: Path) -> None:
     """总览 is the first page; compound 1's row and the district's totals are the numbers worked out here.
 
-    Broken on purpose: counting only ``thrown_object`` in the page's today cells (``today[kind]``
-    read as ``today["thrown_object"]``) showed compound 1's 车辆通行 as 2, not 3, and this failed;
-    dropping the zero-filled days' bars (``if d.count``) left 3 bars, not 7, and this failed too.
+    Broken on purpose: the template's today cells reading ``f.today["thrown_object"]`` instead of
+    ``f.today[kind]`` showed one number in every kind column, and this failed; drawing bars only
+    for days with events (zero days dropped) left fewer than 7 bars, and this failed too.
     """
     async with running_district(tmp_path) as district:
         events = await add_events(district)
@@ -220,7 +220,7 @@ async def test_events_filter_by_kind_and_fields_render_as_text(tmp_path: Path) -
 
     Broken on purpose: not passing the form's kind on (``"kinds": None``) listed the thrown objects
     and the shed event too, and this failed; marking the source cell ``| safe`` in the template
-    ran the seeded ``<script>`` (and dropped its text), and this failed too.
+    made the seeded ``<script>`` markup (its text gone from the cell), and this failed too.
     """
     async with running_district(tmp_path) as district:
         events = await add_events(district)
@@ -252,8 +252,8 @@ async def test_events_filter_by_kind_and_fields_render_as_text(tmp_path: Path) -
 async def test_plate_lookup_needs_a_reason(tmp_path: Path) -> None:
     """A plate lookup without a reason is refused (Chinese message, audited as refused); with one it answers.
 
-    Broken on purpose: leaving the empty reason field out of the refusal mapping (``exc.field ==
-    "reasons"``) showed the generic "查询条件有误" without the words 查询事由, and this failed.
+    Broken on purpose: the refusal mapping testing ``exc.field == "reasons"`` (a typo) showed the
+    generic "查询条件有误" without the words 查询事由, and this failed.
     """
     async with running_district(tmp_path) as district:
         events = await add_events(district)
@@ -336,9 +336,9 @@ async def test_csv_export_is_excel_utf8_with_the_formula_guard(tmp_path: Path) -
 async def test_barrier_window_lists_the_passes_and_a_viewer_has_no_requests(tmp_path: Path) -> None:
     """道闸查询 of the last hour lists compound 1's barrier passes in time order; a viewer has no lookups or requests.
 
-    Broken on purpose: sorting the passes newest first (``newest_first=True`` is the events page's
-    rule, not this one's) reversed the plates and this failed; giving the page ``Role.VIEWER``
-    showed 道闸查询 and its request button to the viewer, and this failed too.
+    Broken on purpose: listing the page's passes reversed (newest first, the events page's order)
+    failed the order check; giving the page ``Role.VIEWER`` put 道闸查询 in the viewer's navigation
+    and let the viewer open it, and this failed too.
     """
     async with running_district(tmp_path) as district:
         events = await add_events(district)
