@@ -23,6 +23,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 
 from device_sims.inventory import DISTRICT_ID
+from district.console.sessions import CSRF_FIELD, csrf_token
 from foundation.events import (
     BarrierAction,
     DeviceState,
@@ -338,13 +339,15 @@ async def test_barrier_window_lists_the_passes_and_a_viewer_has_no_requests(tmp_
 
     Broken on purpose: listing the page's passes reversed (newest first, the events page's order)
     failed the order check; giving the page ``Role.VIEWER`` put 道闸查询 in the viewer's navigation
-    and let the viewer open it, and this failed too.
+    and let the viewer open it, and this failed too; answering a refused picture request with the
+    service's English message only (no ``refusal_zh``) failed the check for 事由; dropping the form's
+    ``hx-post`` left the answer on a page of its own (no ``#request-result``), and this failed.
     """
     async with running_district(tmp_path) as district:
         events = await add_events(district)
         since = utc_now() - timedelta(hours=1)
 
-        def operator() -> tuple[list[tuple[str, str, str]], bool]:
+        def operator() -> tuple[list[tuple[str, str, str]], list[str], str]:
             with browser() as driver:
                 log_in(driver, district.url, district.tokens["operator"])
                 wait_for(driver, "#overview-table")
@@ -354,7 +357,6 @@ async def test_barrier_window_lists_the_passes_and_a_viewer_has_no_requests(tmp_
                 driver.find_element(By.ID, "reason").send_keys("业主报案车辆刮擦")
                 driver.find_element(By.ID, "search").click()
                 wait_for(driver, "#passes")
-                screenshot(driver, "barrier")
                 rows = [
                     (
                         str(r.get_attribute("data-event")),
@@ -363,7 +365,18 @@ async def test_barrier_window_lists_the_passes_and_a_viewer_has_no_requests(tmp_
                     )
                     for r in driver.find_elements(By.CSS_SELECTOR, "#passes tr[data-event]")
                 ]
-                return rows, bool(driver.find_elements(By.ID, "request-pictures"))
+                # the pictures held (none: nothing was requested yet), one evidence lookup per pass
+                driver.find_element(By.ID, "show-pictures").click()
+                wait_for(driver, "#request-pictures")
+                held = [
+                    c.text
+                    for c in driver.find_elements(By.CSS_SELECTOR, "#passes tr[data-event] td:last-child")
+                ]
+                driver.find_element(By.ID, "request-pictures").click()
+                # htmx posts it (with the CSRF header) and shows the answer in the page
+                requested = wait_for(driver, "#request-result .message")
+                screenshot(driver, "barrier")
+                return rows, held, requested
 
         def viewer() -> tuple[list[str], int, int, str]:
             with browser() as driver:
@@ -379,7 +392,7 @@ async def test_barrier_window_lists_the_passes_and_a_viewer_has_no_requests(tmp_
                 driver.get(f"{district.url}/console/barrier")
                 return nav, lookups, requests, wait_for(driver, "#error-message")
 
-        rows, has_request = await asyncio.to_thread(operator)
+        rows, held, requested = await asyncio.to_thread(operator)
         passes = sorted(
             (
                 e
@@ -390,11 +403,41 @@ async def test_barrier_window_lists_the_passes_and_a_viewer_has_no_requests(tmp_
         )
         assert [r[0] for r in rows] == [e.event_id for e in passes]
         assert [(r[1], r[2]) for r in rows] == [(PLATE, "入"), ("赣B54321", "出"), ("未识别：京?12 34", "入")]
-        assert has_request
+        assert held == ["未调取"] * 3
+        assert "请求编号" in requested
         reads = await district.audit("barrier")
         assert [(r.entry.actor, r.entry.outcome, r.entry.reason, r.entry.rows) for r in reads] == [
-            ("operator", "ok", "业主报案车辆刮擦", 3)
+            ("operator", "ok", "业主报案车辆刮擦", 3),
+            ("operator", "ok", "业主报案车辆刮擦", 3),
         ]
+        evidence_reads = await district.audit("evidence")
+        assert sorted(r.entry.filters["event_id"] for r in evidence_reads) == sorted(
+            e.event_id for e in passes
+        )
+        asked = await district.audit("evidence_barrier")
+        assert [
+            (r.entry.actor, r.entry.outcome, r.entry.reason, r.entry.filters["device"]) for r in asked
+        ] == [("operator", "ok", "业主报案车辆刮擦", BARRIER)]
+        # a request without a reason (the form requires one; a forged POST) is refused, in Chinese
+        session_id = await district.login(district.tokens["operator"])
+        assert session_id is not None
+        status, body, _ = await district.request(
+            "POST",
+            "/console/barrier/request",
+            session_id,
+            data={
+                CSRF_FIELD: csrf_token(session_id),
+                "device": BARRIER,
+                "since": since.isoformat(),
+                "until": utc_now().isoformat(),
+                "reason": "",
+            },
+        )
+        assert status == 200
+        assert "未能调取" in body
+        assert "事由" in body
+        asked = await district.audit("evidence_barrier")
+        assert [r.entry.outcome for r in asked] == ["ok", "invalid_query"]
         nav, lookups, requests, refusal = await asyncio.to_thread(viewer)
         assert nav == ["overview", "devices", "events"]  # no 道闸查询
         assert (lookups, requests) == (0, 0)

@@ -3,8 +3,9 @@
 The passes are the ``barrier`` action (operator role and a reason, audited). Pictures: the district
 holds vehicle pictures only after an evidence request for a barrier window, so the page offers
 "request the pictures of this window" (the ``evidence_barrier`` action, a POST with a reason) and,
-where the evidence desk runs, lists per pass the files held (the ``evidence`` action), linked to the
-JSON API's media route (the console has no media route of its own yet).
+on 显示已调取的图片 (``pictures=1``: one audited ``evidence`` action per pass, so not by default)
+lists per pass the verified files held, linked to the JSON API's media route (the console has no
+media route of its own yet).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from district.console.page import ConsoleAction, ConsolePage, PageContext
 from district.console.pages.events import DIRECTION_ZH, form_time, form_value, refusal_zh, vehicle_text
 from district.queries.evidence import EvidenceStatus, RequestView
 from district.query_model import EventPage, Role
-from foundation.errors import InvalidQueryError, OperatorError
+from foundation.errors import OperatorError
 from foundation.events import VehiclePassPayload, utc_now
 
 LIMIT = 1000
@@ -82,7 +83,8 @@ async def load(ctx: PageContext) -> Mapping[str, Any]:
     except OperatorError as exc:  # audited by the service
         variables["error"] = refusal_zh(exc).replace("按车牌或人员查询", "道闸查询")
         return variables
-    pictures = ctx.service.evidence is not None
+    # one audited ``evidence`` request per pass: only when the operator asks to see the pictures
+    pictures = ctx.service.evidence is not None and q.get("pictures") == "1"
     for i, e in enumerate(page.events):
         p = e.payload
         if not isinstance(p, VehiclePassPayload):
@@ -107,16 +109,18 @@ async def load(ctx: PageContext) -> Mapping[str, Any]:
         )
     variables["more"] = page.next_cursor is not None
     variables["pictures_on"] = pictures
+    variables["evidence_on"] = ctx.service.evidence is not None
     return variables
 
 
 async def request_pictures(ctx: PageContext, fields: Mapping[str, str]) -> str:
-    """Ask the barrier's compound for its pictures of the window (``evidence_barrier``, audited)."""
-    device = fields.get("device", "").strip()
-    if not device:
-        raise InvalidQueryError("请先选择道闸设备", field="device")
+    """Ask the barrier's compound for its pictures of the window (``evidence_barrier``, audited).
+
+    A refusal of the service (already audited) is the answer's text, in Chinese: htmx swaps only
+    successful answers into the page, and the operator must see why nothing was requested.
+    """
     params = {
-        "device": device,
+        "device": fields.get("device", "").strip(),
         "since": fields.get("since", ""),
         "until": fields.get("until", ""),
         "reason": fields.get("reason", "").strip(),
@@ -124,8 +128,9 @@ async def request_pictures(ctx: PageContext, fields: Mapping[str, str]) -> str:
     try:
         view: RequestView = await ctx.ask("evidence_barrier", params)
     except OperatorError as exc:
-        raise type(exc)(refusal_zh(exc).replace("按车牌或人员查询", "调取图片"), field=exc.field) from None
-    return f"已向小区 {ctx.service.compound_name(view.compound_id)} 请求该时段的车辆图片（请求编号 {view.request_id}），到达后显示在本页。"
+        return "未能调取：" + refusal_zh(exc).replace("按车牌或人员查询", "调取图片")
+    name = ctx.service.compound_name(view.compound_id)
+    return f"已向{name}请求该时段的车辆图片（请求编号 {view.request_id}），图片到达后可在本页显示。"
 
 
 PAGE = ConsolePage(
