@@ -272,6 +272,13 @@ def log_in(driver: WebDriver, url: str, token: str) -> None:
     driver.find_element(By.ID, "login").click()
 
 
+def log_in_to(driver: WebDriver, url: str, token: str, path: str = "/devices") -> None:
+    """Log in, then open one page (the login itself lands on the first page of the navigation)."""
+    log_in(driver, url, token)
+    WebDriverWait(driver, WAIT_S).until(lambda d: d.get_cookie("cgw_console") is not None)
+    driver.get(f"{url}/console{path}")
+
+
 def session_cookie(driver: WebDriver) -> dict[str, object]:
     """The console's session cookie as the browser keeps it."""
     cookie = driver.get_cookie("cgw_console")

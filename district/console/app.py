@@ -15,14 +15,14 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import structlog
 from aiohttp import web
 from jinja2 import Environment, PackageLoader, StrictUndefined
 
 from district.config import OperatorApiConfig
-from district.console.page import ConsoleAction, ConsolePage, PageContext
+from district.console.page import ConsoleAction, ConsoleDownload, ConsolePage, PageContext
 from district.console.registry import PAGES
 from district.console.sessions import (
     COOKIE,
@@ -367,6 +367,42 @@ class Console:
 
         return handle
 
+    def download_handler(
+        self, page: ConsolePage, download: ConsoleDownload
+    ) -> Callable[[web.Request], Awaitable[web.Response]]:
+        """The GET handler of one page download (an attachment; refusals as the page shows them)."""
+
+        async def handle(request: web.Request) -> web.Response:
+            session = await self.session(request)
+            if session is None:
+                return self._to_login(request)
+            what = f"console.{page.name}.{download.name}"
+            try:
+                authorise_role(session.principal, page.role, f"the {page.name} page")
+                authorise_role(session.principal, download.role, what)
+                filename, content_type, body = await download.run(self._context(request, session))
+            except OperatorError as exc:
+                if isinstance(exc, ForbiddenError):
+                    await self.audit(
+                        request, what, session.principal, status=403, outcome=exc.code, detail=exc.message
+                    )
+                return self.render(
+                    "error.html", exc.status, message=exc.message, **self._frame(session, page.name)
+                )
+            return web.Response(
+                body=body,
+                headers={
+                    "Content-Type": content_type,
+                    # RFC 6266/5987: a UTF-8 name (Chinese) with an ASCII fallback
+                    "Content-Disposition": f'attachment; filename="{download.name}";'
+                    f" filename*=UTF-8''{quote(filename)}",
+                    "Cache-Control": "no-store",
+                    "X-Content-Type-Options": "nosniff",
+                },
+            )
+
+        return handle
+
     def _context(self, request: web.Request, session: Session) -> PageContext:
         return PageContext(
             self._service,
@@ -405,5 +441,9 @@ def mount_console(
         app.router.add_get(PREFIX + page.path, console.page_handler(page))
         for action in page.actions:
             app.router.add_post(f"{PREFIX}{page.path}/{action.name}", console.action_handler(page, action))
+        for download in page.downloads:
+            app.router.add_get(
+                f"{PREFIX}{page.path}/{download.name}", console.download_handler(page, download)
+            )
     app.router.add_static(f"{PREFIX}/static/", STATIC, append_version=False)
     return console

@@ -53,6 +53,19 @@ class ConsoleAction:
     run: Callable[[PageContext, Mapping[str, str]], Awaitable[str]]
 
 
+@dataclass(frozen=True)
+class ConsoleDownload:
+    """A file a page offers: ``GET /console<page path>/<name>`` (the page's query string passed on).
+
+    ``run`` answers with (file name, content type, body); it reads through ``PageContext.ask``
+    (audited) like the page itself.
+    """
+
+    name: str
+    role: Role
+    run: Callable[[PageContext], Awaitable[tuple[str, str, bytes]]]
+
+
 @dataclass(frozen=True, kw_only=True)
 class ConsolePage:
     """One page of the console.
@@ -66,6 +79,7 @@ class ConsolePage:
         template: the jinja2 template under ``district/console/templates``.
         load: the template's variables.
         actions: the page's state-changing requests (each with its own least role).
+        downloads: the files the page offers (each with its own least role).
     """
 
     name: str
@@ -76,6 +90,7 @@ class ConsolePage:
     template: str
     load: PageLoader
     actions: tuple[ConsoleAction, ...] = field(default=())
+    downloads: tuple[ConsoleDownload, ...] = field(default=())
 
     def __post_init__(self) -> None:
         if not self.path.startswith("/") or self.path.endswith("/") or self.path.count("/") != 1:
