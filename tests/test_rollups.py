@@ -7,17 +7,19 @@ and compares the roll-ups with the distinct events per (compound, kind, severity
 Teeth, each broken once on purpose and seen failing:
 
 * SQLite, counted on INSERT attempts instead of inserted rows: the trigger made ``BEFORE INSERT``
-  (it fires for an ``INSERT OR IGNORE`` that then ignores the row) -> every re-sent event counted
-  twice, ``test_sqlite_rollups_count_each_event_once`` failed on the first comparison.
-* SQLite retention decrementing roll-ups: an ``AFTER DELETE`` trigger subtracting the deleted row
-  -> ``test_sqlite_retention_keeps_rollups`` failed (the purged hours vanished from the roll-ups).
-* SQLite counts query: ``rollups_serve`` made to require ``selection.devices`` (never true) -> the
-  roll-up path never taken, ``test_sqlite_counts_from_rollups`` failed on the counts that must
-  outlive the purged events.
-* InfluxDB, the continuous query grouped by ``device_id`` too (one series per device): the roll-up
-  query still summed right, but the created statement no longer matched the expected text, and
-  the rebuild after the late backlog was skipped (``rebuild_rollups`` call removed) -> the late
-  backlog's hours were missing and ``test_influx_rollups_equal_distinct_raw`` failed.
+  (it fires for an ``INSERT OR IGNORE`` that then ignores the row) -> re-sent events counted again:
+  ``test_sqlite_rollups_count_each_event_once`` and ``test_sqlite_counts_from_rollups`` failed.
+* SQLite retention decrementing roll-ups: an ``AFTER DELETE`` trigger subtracting each deleted
+  event -> ``test_sqlite_retention_keeps_rollups`` and ``test_sqlite_counts_from_rollups`` failed.
+* The counts query never taking the roll-ups: ``rollups_serve`` made to require
+  ``selection.devices`` -> both ``*_counts_from_rollups`` failed on the counts that must outlive
+  the purged events / dropped shards.
+* InfluxDB roll-ups per device (``device_id`` added to ``ROLLUP_TAGS``: sums still right, series
+  cardinality x8) -> ``test_influx_rollups_equal_distinct_raw`` failed on the statement and, with
+  that assertion disabled, on the roll-up series' tag keys.
+* InfluxDB re-sends as new points (``CGW_FAULT_SWITCHES=influx_dedup_off``: a random point time per
+  write) -> both InfluxDB tests failed: roll-ups count what the raw points count, so their
+  once-only counting rests on ``uplink.lineprotocol.point_time_ns``.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import sqlite3
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 from zoneinfo import ZoneInfo
 
 from device_sims.influx import InfluxServer
@@ -208,17 +211,17 @@ async def test_sqlite_counts_from_rollups(tmp_path: Path) -> None:
         answers = {}
         for interval in ("hour", "day"):
             for zone in (CST, ZoneInfo("UTC")):
-                args = {"interval": interval, "group_by": ("compound", "kind"), "zone": zone}
-                answers[interval, zone.key] = await rolled.count(window, **args)  # type: ignore[arg-type]
-                assert answers[interval, zone.key] == await raw.count(window, **args)  # type: ignore[arg-type]
+                args: dict[str, Any] = {"interval": interval, "group_by": ("compound", "kind"), "zone": zone}
+                answers[interval, zone.key] = await rolled.count(window, **args)
+                assert answers[interval, zone.key] == await raw.count(window, **args)
                 assert answers[interval, zone.key] == expected_rows(everything, interval=interval, zone=zone)
         critical = selection(DAY0 - timedelta(days=5), DAY0 + timedelta(days=2), severity="critical")
         args = {"interval": "day", "group_by": ("kind",), "zone": CST}
-        assert await rolled.count(critical, **args) == await raw.count(critical, **args)  # type: ignore[arg-type]
+        assert await rolled.count(critical, **args) == await raw.count(critical, **args)
         # a range not on whole hours falls back to raw events (and still agrees)
         odd = selection(DAY0 + timedelta(minutes=30), DAY0 + timedelta(hours=20))
         args = {"interval": "hour", "group_by": ("compound",), "zone": CST}
-        assert await rolled.count(odd, **args) == await raw.count(odd, **args)  # type: ignore[arg-type]
+        assert await rolled.count(odd, **args) == await raw.count(odd, **args)
         # every event purged: raw counts are empty, roll-up counts are what they were
         await store.enforce_retention(
             RetentionRules(events_days=1, hit_crops_days=1, batch_rows=100),
@@ -226,8 +229,8 @@ async def test_sqlite_counts_from_rollups(tmp_path: Path) -> None:
             RetentionCounts(),
         )
         args = {"interval": "day", "group_by": ("compound", "kind"), "zone": CST}
-        assert await raw.count(window, **args) == []  # type: ignore[arg-type]
-        assert await rolled.count(window, **args) == answers["day", "Asia/Shanghai"]  # type: ignore[arg-type]
+        assert await raw.count(window, **args) == []
+        assert await rolled.count(window, **args) == answers["day", "Asia/Shanghai"]
 
 
 async def influx_rollup_counts(store: InfluxV1Store) -> Counter[Key]:
@@ -256,20 +259,26 @@ async def test_influx_rollups_equal_distinct_raw(influx: InfluxServer) -> None:
         await store.write(resent)
         assert not await store.rollups_backfilled()
         done = await store.enforce_retention(rules, datetime.now(UTC), RetentionCounts())
-        assert done.rollups is not None and done.rollups.action == "created"
+        assert done.rollups is not None
+        assert done.rollups.action == "created"
         assert await store.rollups_backfilled()
         assert await influx_rollup_counts(store) == distinct_counts(events)
         (result,) = await store.query("SHOW CONTINUOUS QUERIES")
         (cq,) = [row for s in result["series"] if s["name"] == "district" for row in s.get("values", [])]
         assert "RESAMPLE EVERY 1h FOR 1w" in cq[1]
-        assert "GROUP BY time(1h), district_id, compound_id, severity" in cq[1]
-        assert "INTO district.event_rollups.:MEASUREMENT FROM district.autogen./.*/" in cq[1]
+        assert cq[1].endswith("GROUP BY time(1h), district_id, compound_id, severity END")
+        # the roll-up series are per compound and severity only (never per device: cardinality)
+        (result,) = await store.query('SELECT count("events") FROM "event_rollups"./.*/ GROUP BY *')
+        tagged = {(key, bool(value)) for series in result["series"] for key, value in series["tags"].items()}
+        assert {key for key, present in tagged if present} == {"compound_id", "district_id", "severity"}
         (result,) = await store.query('SHOW RETENTION POLICIES ON "district"')
         policies = {row[0]: (row[1], row[4]) for row in result["series"][0]["values"]}
         assert policies["event_rollups"] == ("9600h0m0s", False)  # 400 days, not the default
-        # a late backlog (3-4 days before, beyond what a run at "now" resamples): rebuilt for its range
+        # a late backlog (3-4 days before): its compound's hours are recounted as it is written
         await store.write(backlog)
         await store.write(backlog[::3] + resent)
+        assert await influx_rollup_counts(store) == distinct_counts(events + backlog)
+        # the repair tool recounts a range the same (and again: idempotent)
         start = int((DAY0 - timedelta(days=6)).timestamp()) * 10**9
         assert await store.rebuild_rollups(start, int(NOW.timestamp()) * 10**9) > 0
         assert await store.rebuild_rollups(start, int(NOW.timestamp()) * 10**9) > 0  # idempotent
@@ -277,7 +286,8 @@ async def test_influx_rollups_equal_distinct_raw(influx: InfluxServer) -> None:
         # a second start finds the policy and the query as they are: nothing recreated or recounted
         store._policy_checked = False
         again = await store.enforce_retention(rules, datetime.now(UTC), RetentionCounts())
-        assert again.rollups is not None and again.rollups.action == "matches"
+        assert again.rollups is not None
+        assert again.rollups.action == "matches"
         assert await influx_rollup_counts(store) == distinct_counts(events + backlog)
 
 
@@ -290,29 +300,29 @@ async def test_influx_counts_from_rollups(influx: InfluxServer) -> None:
         await store.write(events + backlog)
         await store.write(resent)
 
-        async def run(query: str, params: dict[str, str | int]) -> list[dict[str, object]]:
+        async def run(query: str, params: dict[str, str | int]) -> list[dict[str, Any]]:
             return await store.query(query, method="POST", params=params, epoch="ns")
 
         # "now" is in the middle of the data: the last 2 hours before it come from raw events
         now_ns = int((DAY0 + timedelta(hours=20, minutes=10)).timestamp()) * 10**9
         where = InfluxRollups(**{**vars(influx_rollups(config)), "recheck_s": 0.0})
-        rolled = InfluxQueries(run, store.ping, where, now_ns=lambda: now_ns)  # type: ignore[arg-type]
-        raw = InfluxQueries(run, store.ping)  # type: ignore[arg-type]
+        rolled = InfluxQueries(run, store.ping, where, now_ns=lambda: now_ns)
+        raw = InfluxQueries(run, store.ping)
         window = selection(DAY0 - timedelta(days=5), DAY0 + timedelta(days=2))
-        args = {"interval": "day", "group_by": ("compound", "kind"), "zone": CST}
+        args: dict[str, Any] = {"interval": "day", "group_by": ("compound", "kind"), "zone": CST}
         assert not await rolled.rollups_ready()  # no roll-ups yet: raw counts, same answer
-        assert await rolled.count(window, **args) == await raw.count(window, **args)  # type: ignore[arg-type]
+        assert await rolled.count(window, **args) == await raw.count(window, **args)
         await store.ensure_rollups(400, alter=False)
         assert await rolled.rollups_ready()
         answers = {}
         for interval in ("hour", "day"):
             args = {"interval": interval, "group_by": ("compound", "kind"), "zone": CST}
-            answers[interval] = await rolled.count(window, **args)  # type: ignore[arg-type]
-            assert answers[interval] == await raw.count(window, **args)  # type: ignore[arg-type]
+            answers[interval] = await rolled.count(window, **args)
+            assert answers[interval] == await raw.count(window, **args)
             assert answers[interval] == expected_rows(everything, interval=interval, zone=CST)
         critical = selection(DAY0 - timedelta(days=5), DAY0 + timedelta(days=2), severity="critical")
         args = {"interval": "hour", "group_by": ("compound",), "zone": CST}
-        assert await rolled.count(critical, **args) == await raw.count(critical, **args)  # type: ignore[arg-type]
+        assert await rolled.count(critical, **args) == await raw.count(critical, **args)
         # the events policy drops its shards (what influxd's retention does; DELETE would reach
         # into every policy): raw counts are gone, roll-up counts stay
         (result,) = await store.query("SHOW SHARDS")
@@ -325,7 +335,7 @@ async def test_influx_counts_from_rollups(influx: InfluxServer) -> None:
                 await store.query(f"DROP SHARD {int(shard['id'])}", method="POST")
                 dropped += 1
         assert dropped >= 1
-        later = InfluxQueries(run, store.ping, where, now_ns=lambda: now_ns + 10 * 24 * HOUR_NS)  # type: ignore[arg-type]
+        later = InfluxQueries(run, store.ping, where, now_ns=lambda: now_ns + 10 * 24 * HOUR_NS)
         args = {"interval": "hour", "group_by": ("compound", "kind"), "zone": CST}
-        assert await raw.count(window, **args) == []  # type: ignore[arg-type]
-        assert await later.count(window, **args) == answers["hour"]  # type: ignore[arg-type]
+        assert await raw.count(window, **args) == []
+        assert await later.count(window, **args) == answers["hour"]

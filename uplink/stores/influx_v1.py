@@ -4,7 +4,9 @@ Roll-ups: a continuous query counts the events of every kind per hour, district,
 severity into a retention policy of their own (``rollup_policy``, kept ``rollup_days``), one
 measurement per kind, field ``events``. It re-counts the last ``rollup_resample_days`` every hour
 (``RESAMPLE EVERY 1h FOR ...``), so a backlog that arrives late within that window is absorbed at the
-next run; older backlogs need ``rebuild_rollups`` (``compound-gateway ingest --backfill-rollups``). A
+next run. Sooner: a write holding events older than the last two hours recounts their compound's
+hours itself (``recount_rollups``), so a backlog of any age is counted as it is stored;
+``rebuild_rollups`` recounts a range (repair). A
 count is written as a point per series and hour, and InfluxDB keeps one point per series and time,
 so a re-count overwrites: re-sent events (one point, see ``uplink.lineprotocol``) count once.
 """
@@ -17,7 +19,7 @@ import io
 import json
 import re
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import datetime
 from types import TracebackType
 from typing import Any, Literal, Self
@@ -27,7 +29,7 @@ from pydantic import AnyHttpUrl, Field, SecretStr
 
 from foundation.config_types import ConfigModel
 from foundation.events import Event
-from uplink.lineprotocol import point_line, to_lines
+from uplink.lineprotocol import point_line, point_time_ns, to_lines
 from uplink.stores.base import (
     HIT_CROP_FIELD,
     HIT_CROP_KIND,
@@ -205,6 +207,8 @@ class InfluxV1Store:
         self._config = config
         self._session: aiohttp.ClientSession | None = None
         self._policy_checked = False
+        self._rollups_known = False
+        self._rollups_asked = float("-inf")
 
     @property
     def _headers(self) -> dict[str, str]:
@@ -236,8 +240,50 @@ class InfluxV1Store:
         return self._session
 
     async def write(self, events: Sequence[Event]) -> None:
-        """POST the points; 204 is the only confirmation."""
+        """POST the points; 204 is the only confirmation. Then recount the roll-ups of late events' hours.
+
+        A late event (its hour older than the last two, which the query layer counts from raw
+        events) would wait for the hourly continuous query, or beyond its window for ever: its
+        compound's hours are recounted at once (``recount_rollups``), so counts stay exact. Live
+        traffic has none; a backlog batch (one compound) a few hours.
+        """
         await self.write_lines(to_lines(events))
+        fresh_ns = (time.time_ns() // HOUR_NS - 1) * HOUR_NS
+        late = {
+            (event.compound_id, point_time_ns(event) // HOUR_NS * HOUR_NS)
+            for event in events
+            if point_time_ns(event) < fresh_ns
+        }
+        if late and await self._rollups_on():
+            await self.recount_rollups(late)
+
+    async def _rollups_on(self) -> bool:
+        # asked at most once a minute until the roll-ups exist, then never again
+        if not self._rollups_known and time.monotonic() - self._rollups_asked >= 60:
+            self._rollups_asked = time.monotonic()
+            self._rollups_known = await self.rollups_backfilled()
+        return self._rollups_known
+
+    async def recount_rollups(self, hours: Iterable[tuple[str, int]]) -> None:
+        """Recount the roll-ups of these (compound, hour start in ns): a statement per run of hours.
+
+        The points written overwrite that compound's roll-up points of those hours only (its
+        series are its own). InfluxQL 1.x cannot OR time ranges: consecutive hours go together.
+        """
+        cfg = self._config
+        select, group_by = rollup_select(cfg.database, cfg.retention_policy, cfg.rollup_policy)
+        runs: list[tuple[str, int, int]] = []
+        for compound, hour in sorted(set(hours)):
+            if runs and runs[-1][0] == compound and runs[-1][2] == hour:
+                runs[-1] = (compound, runs[-1][1], hour + HOUR_NS)
+            else:
+                runs.append((compound, hour, hour + HOUR_NS))
+        for compound, start, end in runs:
+            await self.query(
+                f"{select} WHERE compound_id = $compound AND time >= $start AND time < $end {group_by}",
+                method="POST",
+                params={"compound": compound, "start": start, "end": end},
+            )
 
     async def write_lines(self, lines: bytes) -> None:
         """POST line protocol to the database (and retention policy) the store writes to."""
@@ -362,6 +408,7 @@ class InfluxV1Store:
         if not await self.rollups_backfilled():
             await self.rebuild_rollups(0, 2**62, expiring=True)
             await self._write_marker()
+        self._rollups_known = True
         return check
 
     async def _write_marker(self) -> None:
