@@ -97,7 +97,7 @@ class QueryBackend(Protocol):
         ...
 
 
-def rollups_serve(selection: Selection, *, interval: str, group_by: Sequence[str], zone: ZoneInfo) -> bool:
+def rollups_serve(selection: Selection, *, group_by: Sequence[str], zone: ZoneInfo) -> bool:
     """Whether hourly roll-ups can answer this count exactly.
 
     They hold counts per district, compound, kind, severity and UTC hour: the range must be whole
@@ -110,11 +110,11 @@ def rollups_serve(selection: Selection, *, interval: str, group_by: Sequence[str
         return False
     if selection.start_ns % HOUR_NS or selection.end_ns % HOUR_NS:
         return False
-    if interval != "hour":
-        for at in (selection.start_ns, selection.end_ns):
-            offset = datetime.fromtimestamp(at / NS, tz=zone).utcoffset() or timedelta()
-            if offset.total_seconds() % 3600:
-                return False
+    # a zone at half or quarter hours (Asia/Kolkata) starts its hours and days inside UTC hours
+    for at in (selection.start_ns, selection.end_ns):
+        offset = datetime.fromtimestamp(at / NS, tz=zone).utcoffset() or timedelta()
+        if offset.total_seconds() % 3600:
+            return False
     return True
 
 
@@ -203,7 +203,7 @@ class SqliteQueries:
         start = datetime.fromtimestamp(selection.start_ns / NS, tz=zone)
         offset = int((start.utcoffset() or timedelta()).total_seconds()) * NS
         columns = [GROUP_COLUMNS[g] for g in group_by]
-        if self.use_rollups and rollups_serve(selection, interval=interval, group_by=group_by, zone=zone):
+        if self.use_rollups and rollups_serve(selection, group_by=group_by, zone=zone):
             # the roll-up table has the filtered columns under the same names, hours as hour_ns
             where = where.replace("time_ns", "hour_ns")
             time_column, table, total = "hour_ns", "event_rollups", "sum(events)"
@@ -400,7 +400,7 @@ class InfluxQueries:
         rollups = self._rollups
         if (
             rollups is not None
-            and rollups_serve(selection, interval=interval, group_by=group_by, zone=zone)
+            and rollups_serve(selection, group_by=group_by, zone=zone)
             and await self.rollups_ready()
         ):
             # roll-ups up to the fresh hours, raw events after: both grouped alike, summed by key
