@@ -468,8 +468,13 @@ async def run(
                         repeat,
                     ),
                 ]
-                t0 = time.perf_counter()
+                # the ingester created the roll-ups at its start and counted the month as it
+                # wrote it (every event was late); an existing database's first backfill is this:
                 await store.ensure_rollups(400, alter=False)
+                t0 = time.perf_counter()
+                size["backfill_points"] = await store.rebuild_rollups(
+                    int(month.start.timestamp()) * 10**9, int(now.timestamp()) * 10**9, expiring=True
+                )
                 size["backfill_s"] = time.perf_counter() - t0
                 rolled = OperatorService(
                     config,
@@ -566,8 +571,12 @@ def main() -> int:
         f" found all {len(month.offline_devices)} sheds that reported power loss, and {size['silent']} more devices"
         " silent for over 6 hours (the configured threshold; random gaps in the generated traffic).",
         "",
-        "Roll-ups (issue 15): creating the roll-up policy and continuous query and backfilling the"
-        f' month took {size["backfill_s"]:.1f} s. The "to the hour" rows ask for whole hours (30 days'
+        "Roll-ups (issue 15): the ingester created the roll-up policy and continuous query at its start"
+        " and, every event of the month being late, recounted each batch's compound-hours as it wrote"
+        " them (the write time above includes that). Recounting the whole month again, as the first"
+        f" backfill of an existing database does: {size['backfill_s']:.1f} s"
+        f" ({size['backfill_points']:,} roll-up points)."
+        ' The "to the hour" rows ask for whole hours (30 days'
         " up to the end of the current hour), once counted from raw events and once from the roll-ups"
         " (raw events for the last 2 hours, which the hourly continuous query may not have counted yet);"
         " the two answers were checked equal row for row.",
