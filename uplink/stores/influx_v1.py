@@ -326,7 +326,16 @@ class InfluxV1Store:
         policy = rollups = None
         if not self._policy_checked:
             policy = await self.ensure_retention(rules.events_days, alter=rules.alter_policy)
-            rollups = await self.ensure_rollups(rules.rollup_days, alter=rules.alter_policy)
+            try:
+                rollups = await self.ensure_rollups(rules.rollup_days, alter=rules.alter_policy)
+            except StoreError as exc:
+                if exc.retryable:
+                    raise
+                # refused (a user without the right to create policies or continuous queries):
+                # counts keep coming from raw events, and the crops below must still go
+                rollups = RetentionPolicyCheck(
+                    self._config.rollup_policy, "missing", influx_duration(rules.rollup_days), str(exc)[:200]
+                )
             self._policy_checked = True
 
         async def select(statement: str, params: dict[str, str | int]) -> list[dict[str, Any]]:
