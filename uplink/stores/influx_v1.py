@@ -67,8 +67,8 @@ class InfluxV1StoreConfig(ConfigModel):
         default=7,
         ge=1,
         le=31,
-        description="the roll-up continuous query re-counts this many past days every hour: events"
-        " arriving later than that (a gateway offline longer) need `ingest --backfill-rollups`",
+        description="the roll-up continuous query re-counts this many past days every hour (late"
+        " events of older hours are recounted by the write that stores them)",
     )
 
     def build(self) -> InfluxV1Store:

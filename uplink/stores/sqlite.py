@@ -144,7 +144,7 @@ class SqliteStore(SqliteBacked):
     async def rebuild_rollups(self, start_ns: int, end_ns: int) -> int:
         """Recount the roll-ups of the hours from ``start_ns`` to ``end_ns`` from the events still stored.
 
-        A repair tool (``compound-gateway ingest --backfill-rollups``): the trigger keeps the roll-ups
+        A repair tool (no command wires it yet): the trigger keeps the roll-ups
         exact as events arrive. Hours whose events retention already deleted would be recounted
         from what is left, so the range is cut at the oldest hour that still has all its events:
         give ranges within ``events_days``. Returns the roll-up rows written.
