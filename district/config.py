@@ -202,6 +202,14 @@ class RetentionConfig(ConfigModel):
             )
         return self
 
+    rollup_days: int = Field(
+        default=400,
+        ge=1,
+        le=36_500,
+        description="hourly roll-ups (event counts per compound, kind, severity and hour: no personal"
+        " data) older than this many days are deleted; kept longer than events for a year of statistics",
+    )
+
 
 class EvidenceConfig(ConfigModel):
     """The evidence desk: the operator API's own session to the district broker, its files and index.

@@ -328,6 +328,7 @@ class Ingester:
             hit_crops_days=retention.hit_crops_days,
             batch_rows=retention.purge_batch_rows,
             alter_policy=retention.influx_alter_policy,
+            rollup_days=retention.rollup_days,
         )
         backoff = Backoff(RETENTION_RETRY)
         failures = 0

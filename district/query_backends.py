@@ -2,6 +2,11 @@
 
 InfluxQL serves InfluxDB 1.x, and 2.x/3.x through their v1-compatible ``/query`` endpoint.
 
+Counts come from the stores' hourly roll-ups (``event_rollups``: per compound, kind, severity and
+UTC hour) when the request allows it (``rollups_serve``: whole-hour range, zone at whole hours, no
+device or plate/person filter, not grouped by device); otherwise, and on InfluxDB for the last two
+hours (the continuous query runs hourly), from the raw events. Both give the same numbers.
+
 Both take a validated ``Selection`` and answer the same three questions: events in time order,
 counts per interval, and what each device last did. A query that needs another question of the
 store brings it as a ``StoreQuery``: one method per backend, in the query's own module, which the
@@ -14,8 +19,10 @@ parameter names we number).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import re
 import sqlite3
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any, Protocol, TypeVar, assert_never
@@ -31,7 +38,9 @@ from uplink.stores import (
     SqliteStore,
     SqliteStoreConfig,
     StoreConfig,
+    StoreError,
 )
+from uplink.stores.influx_v1 import ROLLUP_FIELD, ROLLUP_MARKER
 
 NS = 1_000_000_000
 HOUR_NS = 3600 * NS
@@ -88,6 +97,27 @@ class QueryBackend(Protocol):
         ...
 
 
+def rollups_serve(selection: Selection, *, group_by: Sequence[str], zone: ZoneInfo) -> bool:
+    """Whether hourly roll-ups can answer this count exactly.
+
+    They hold counts per district, compound, kind, severity and UTC hour: the range must be whole
+    UTC hours, the zone's offset whole hours at both ends (day buckets are sums of hours), and the
+    filters and groups only what they keep.
+    """
+    if selection.devices or "device" in group_by:
+        return False
+    if any(column != "severity" for column, _ in selection.equal_to()):
+        return False
+    if selection.start_ns % HOUR_NS or selection.end_ns % HOUR_NS:
+        return False
+    # a zone at half or quarter hours (Asia/Kolkata) starts its hours and days inside UTC hours
+    for at in (selection.start_ns, selection.end_ns):
+        offset = datetime.fromtimestamp(at / NS, tz=zone).utcoffset() or timedelta()
+        if offset.total_seconds() % 3600:
+            return False
+    return True
+
+
 def _bucket_time(bucket_ns: int, zone: ZoneInfo) -> datetime:
     return datetime.fromtimestamp(bucket_ns / NS, tz=zone)
 
@@ -126,10 +156,14 @@ def sqlite_where(selection: Selection) -> tuple[str, list[str | int]]:
 
 
 class SqliteQueries:
-    """Queries on the embedded store (its own reading thread, the store file in WAL mode)."""
+    """Queries on the embedded store (its own reading thread, the store file in WAL mode).
 
-    def __init__(self, store: SqliteStore) -> None:
+    ``use_rollups=False`` counts from the raw events always (tests and benchmarks compare).
+    """
+
+    def __init__(self, store: SqliteStore, *, use_rollups: bool = True) -> None:
         self._store = store
+        self.use_rollups = use_rollups
 
     async def ping(self) -> None:
         """The store file answers."""
@@ -169,10 +203,16 @@ class SqliteQueries:
         start = datetime.fromtimestamp(selection.start_ns / NS, tz=zone)
         offset = int((start.utcoffset() or timedelta()).total_seconds()) * NS
         columns = [GROUP_COLUMNS[g] for g in group_by]
-        bucket = f"((time_ns + {offset}) / {width}) * {width} - {offset}"
-        select = ", ".join([bucket, *columns, "count(*)"])
+        if self.use_rollups and rollups_serve(selection, group_by=group_by, zone=zone):
+            # the roll-up table has the filtered columns under the same names, hours as hour_ns
+            where = where.replace("time_ns", "hour_ns")
+            time_column, table, total = "hour_ns", "event_rollups", "sum(events)"
+        else:
+            time_column, table, total = "time_ns", "events", "count(*)"
+        bucket = f"(({time_column} + {offset}) / {width}) * {width} - {offset}"
+        select = ", ".join([bucket, *columns, total])
         groups = ", ".join(["1", *[str(i + 2) for i in range(len(columns))]])
-        sql = f"SELECT {select} FROM events WHERE {where} GROUP BY {groups} ORDER BY {groups}"  # noqa: S608 - our columns, placeholders
+        sql = f"SELECT {select} FROM {table} WHERE {where} GROUP BY {groups} ORDER BY {groups}"  # noqa: S608 - our columns, placeholders
 
         def run(db: sqlite3.Connection) -> list[tuple[Any, ...]]:
             return db.execute(sql, params).fetchall()
@@ -268,12 +308,54 @@ def series_of(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [series for result in results for series in result.get("series", [])]
 
 
+@dataclasses.dataclass(frozen=True)
+class InfluxRollups:
+    """Where InfluxDB keeps the hourly roll-ups (``uplink.stores.influx_v1``) and how fresh they are.
+
+    ``fresh_hours``: the last hours counted from raw events instead (the continuous query runs
+    once an hour, at the hour: the current and the previous hour may not be counted yet).
+    """
+
+    policy: str
+    marker: str
+    field: str
+    fresh_hours: int = 2
+    recheck_s: float = 60.0
+
+
 class InfluxQueries:
     """Queries on InfluxDB through InfluxQL with bound parameters."""
 
-    def __init__(self, run: InfluxRunner, ping: Callable[[], Awaitable[None]]) -> None:
+    def __init__(
+        self,
+        run: InfluxRunner,
+        ping: Callable[[], Awaitable[None]],
+        rollups: InfluxRollups | None = None,
+        now_ns: Callable[[], int] = time.time_ns,
+    ) -> None:
         self._run = run
         self._ping = ping
+        self._rollups = rollups
+        self._now_ns = now_ns
+        self._rollups_ready = False
+        self._rollups_checked = float("-inf")
+
+    async def rollups_ready(self) -> bool:
+        """Whether the roll-ups cover every stored event (their backfill marker is there).
+
+        Asked again at most every ``recheck_s`` until it is; then never again.
+        """
+        rollups = self._rollups
+        if rollups is None:
+            return False
+        if not self._rollups_ready and time.monotonic() - self._rollups_checked >= rollups.recheck_s:
+            self._rollups_checked = time.monotonic()
+            query = f'SELECT count("done") FROM "{rollups.policy}"."{rollups.marker}"'  # noqa: S608 - our identifiers
+            try:
+                self._rollups_ready = bool(series_of(await self._run(query, {})))
+            except StoreError:
+                self._rollups_ready = False  # no roll-up policy yet: raw counts until there is
+        return self._rollups_ready
 
     async def ping(self) -> None:
         """The server answers ``/ping``."""
@@ -311,26 +393,58 @@ class InfluxQueries:
         """``count(event_id)`` grouped by time (in ``zone``) and tags; kinds are measurements."""
         if not _ZONE_NAME.match(zone.key):
             raise ValueError(f"time zone name {zone.key!r} is not safe to quote")
-        where, params = influx_where(selection)
         tags = [GROUP_COLUMNS[g] for g in group_by if g != "kind"]
         by = ", ".join([f"time({'1h' if interval == 'hour' else '1d'})", *tags])
-        query = (
-            f"SELECT count(event_id) FROM {measurements(selection)} WHERE {where}"  # noqa: S608 - bound parameters
-            f" GROUP BY {by} fill(none) tz('{zone.key}')"
-        )
         totals: dict[tuple[int, str | None, str | None, str | None], int] = {}
-        for series in series_of(await self._run(query, params)):
-            series_tags = series.get("tags") or {}
-            kind = series["name"] if "kind" in group_by else None
-            for at, count in series["values"]:
-                key = (at, series_tags.get("compound_id"), kind, series_tags.get("device_id"))
-                totals[key] = totals.get(key, 0) + int(count)
+        raw = selection
+        rollups = self._rollups
+        if (
+            rollups is not None
+            and rollups_serve(selection, group_by=group_by, zone=zone)
+            and await self.rollups_ready()
+        ):
+            # roll-ups up to the fresh hours, raw events after: both grouped alike, summed by key
+            fresh_ns = (self._now_ns() // HOUR_NS - rollups.fresh_hours + 1) * HOUR_NS
+            split = min(max(fresh_ns, selection.start_ns), selection.end_ns)
+            if split > selection.start_ns:
+                counted = dataclasses.replace(selection, end_ns=split)
+                where, params = influx_where(counted)
+                sources = ",".join(f'"{rollups.policy}".{m}' for m in measurements(counted).split(","))
+                query = (
+                    f'SELECT sum("{rollups.field}") FROM {sources} WHERE {where}'  # noqa: S608 - bound parameters
+                    f" GROUP BY {by} fill(none) tz('{zone.key}')"
+                )
+                await self._add_counts(totals, query, params, group_by)
+            raw = dataclasses.replace(selection, start_ns=split)
+        if raw.start_ns < raw.end_ns:
+            where, params = influx_where(raw)
+            query = (
+                f"SELECT count(event_id) FROM {measurements(raw)} WHERE {where}"  # noqa: S608 - bound parameters
+                f" GROUP BY {by} fill(none) tz('{zone.key}')"
+            )
+            await self._add_counts(totals, query, params, group_by)
         return [
             CountRow(
                 bucket=_bucket_time(at, zone), count=n, compound_id=compound, kind=kind, device_id=device
             )
             for (at, compound, kind, device), n in sorted(totals.items(), key=lambda kv: _order(kv[0]))
         ]
+
+    async def _add_counts(
+        self,
+        totals: dict[tuple[int, str | None, str | None, str | None], int],
+        query: str,
+        params: dict[str, str | int],
+        group_by: Sequence[str],
+    ) -> None:
+        for series in series_of(await self._run(query, params)):
+            series_tags = series.get("tags") or {}
+            kind = series["name"] if "kind" in group_by else None
+            for at, count in series["values"]:
+                if not count:  # a roll-up hour recounted to nothing: no bucket, as in raw counts
+                    continue
+                key = (at, series_tags.get("compound_id"), kind, series_tags.get("device_id"))
+                totals[key] = totals.get(key, 0) + int(count)
 
     async def device_activity(self, selection: Selection) -> list[DeviceActivity]:
         """``last()`` per device over every kind, and per device and state over status reports."""
@@ -373,6 +487,11 @@ def _order(key: tuple[int, str | None, str | None, str | None]) -> tuple[int, st
     return at, compound or "", kind or "", device or ""
 
 
+def influx_rollups(config: InfluxV1StoreConfig) -> InfluxRollups:
+    """Where an InfluxDB 1.x store keeps its roll-ups (2.x has none: its counts scan raw events)."""
+    return InfluxRollups(policy=config.rollup_policy, marker=ROLLUP_MARKER, field=ROLLUP_FIELD)
+
+
 @contextlib.asynccontextmanager
 async def open_query_backend(config: StoreConfig) -> AsyncIterator[QueryBackend]:
     """The backend for the configured store, open for the block.
@@ -390,7 +509,7 @@ async def open_query_backend(config: StoreConfig) -> AsyncIterator[QueryBackend]
                 async def run_v1(query: str, params: dict[str, str | int]) -> list[dict[str, Any]]:
                     return await v1.query(query, method="POST", params=params, epoch="ns")
 
-                yield InfluxQueries(run_v1, v1.ping)
+                yield InfluxQueries(run_v1, v1.ping, influx_rollups(config))
         case InfluxV2StoreConfig():
             async with InfluxV2Store(config) as v2:
 

@@ -41,6 +41,8 @@ class RetentionRules:
     hit_crops_days: int
     batch_rows: int
     alter_policy: bool = False
+    rollup_days: int = 400
+    """Hourly roll-ups (event counts) are kept this long: longer than events, they hold counts only."""
 
     def cutoff_ns(self, days: int, now: datetime) -> int:
         """The point time (``uplink.lineprotocol.point_time_ns``) ``days`` before ``now``: older is expired."""
@@ -89,6 +91,8 @@ class RetentionPass:
     """
 
     policy: RetentionPolicyCheck | None = None
+    rollups: RetentionPolicyCheck | None = None
+    """InfluxDB 1.x: the roll-up retention policy, checked with ``policy``."""
 
 
 class EventStore(Protocol):

@@ -1,11 +1,25 @@
-"""InfluxDB through the 1.x HTTP API (``/write`` line protocol, ``/query`` InfluxQL): tested against 1.6.7."""
+"""InfluxDB through the 1.x HTTP API (``/write`` line protocol, ``/query`` InfluxQL): tested against 1.6.7.
+
+Roll-ups: a continuous query counts the events of every kind per hour, district, compound and
+severity into a retention policy of their own (``rollup_policy``, kept ``rollup_days``), one
+measurement per kind, field ``events``. It re-counts the last ``rollup_resample_days`` every hour
+(``RESAMPLE EVERY 1h FOR ...``), so a backlog that arrives late within that window is absorbed at the
+next run. Sooner: a write holding events older than the last two hours recounts their compound's
+hours itself (``recount_rollups``), so a backlog of any age is counted as it is stored;
+``rebuild_rollups`` recounts a range (repair). A
+count is written as a point per series and hour, and InfluxDB keeps one point per series and time,
+so a re-count overwrites: re-sent events (one point, see ``uplink.lineprotocol``) count once.
+"""
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 import json
-from collections.abc import Awaitable, Callable, Sequence
+import re
+import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import datetime
 from types import TracebackType
 from typing import Any, Literal, Self
@@ -15,7 +29,7 @@ from pydantic import AnyHttpUrl, Field, SecretStr
 
 from foundation.config_types import ConfigModel
 from foundation.events import Event
-from uplink.lineprotocol import point_line, to_lines
+from uplink.lineprotocol import point_line, point_time_ns, to_lines
 from uplink.stores.base import (
     HIT_CROP_FIELD,
     HIT_CROP_KIND,
@@ -44,6 +58,18 @@ class InfluxV1StoreConfig(ConfigModel):
     password: SecretStr | None = None
     create_database: bool = True
     timeout_s: float = Field(default=10.0, gt=0)
+    rollup_policy: str = Field(
+        default="event_rollups",
+        pattern=r"^[A-Za-z0-9_\-]{1,64}$",
+        description="retention policy of the hourly roll-ups (created by the store, never the default)",
+    )
+    rollup_resample_days: int = Field(
+        default=7,
+        ge=1,
+        le=31,
+        description="the roll-up continuous query re-counts this many past days every hour (late"
+        " events of older hours are recounted by the write that stores them)",
+    )
 
     def build(self) -> InfluxV1Store:
         """The store this config names (enter it with ``async with``)."""
@@ -57,6 +83,13 @@ def query_results(body: dict[str, Any]) -> list[dict[str, Any]]:
         if "error" in result:
             raise StoreError(f"influxdb query error: {result['error']}", retryable=False)
     return results
+
+
+def series_values(results: list[dict[str, Any]]) -> list[list[Any]]:
+    """Every row of every series of an InfluxQL answer."""
+    return [
+        row for result in results for series in result.get("series", []) for row in series.get("values", [])
+    ]
 
 
 def influx_shard_duration(days: int) -> str:
@@ -137,6 +170,31 @@ async def strip_influx_hit_crops(
             return
 
 
+ROLLUP_FIELD = "events"
+ROLLUP_TAGS = ("district_id", "compound_id", "severity")
+ROLLUP_MARKER = "rollups_backfilled"
+"""A measurement in the roll-up policy: its point says the roll-ups cover every stored event.
+
+Written once the first backfill is done; the query layer uses the roll-ups only when it is there."""
+ROLLUP_CQ_PREFIX = "event_rollups_"
+HOUR_NS = 3_600_000_000_000
+DAY_NS = 24 * HOUR_NS
+
+
+def rollup_select(database: str, source_policy: str | None, rollup_policy: str) -> tuple[str, str]:
+    """The roll-up ``SELECT ... INTO ... FROM`` and its ``GROUP BY`` (a range goes between them).
+
+    Events counted per hour and ``ROLLUP_TAGS``, one measurement per kind (``:MEASUREMENT``).
+    """
+    source = f"{influx_name(database)}.{influx_name(source_policy) if source_policy else ''}"
+    tags = ", ".join(influx_name(tag) for tag in ROLLUP_TAGS)
+    return (
+        f'SELECT count("event_id") AS {influx_name(ROLLUP_FIELD)}'  # noqa: S608 - our identifiers
+        f" INTO {influx_name(database)}.{influx_name(rollup_policy)}.:MEASUREMENT"
+        f" FROM {source}./.*/"
+    ), f"GROUP BY time(1h), {tags}"
+
+
 def influx_duration(days: int) -> str:
     """A duration of whole days as ``SHOW RETENTION POLICIES`` prints it (``24h0m0s``; ``0s`` is infinite)."""
     return f"{days * 24}h0m0s"
@@ -149,6 +207,8 @@ class InfluxV1Store:
         self._config = config
         self._session: aiohttp.ClientSession | None = None
         self._policy_checked = False
+        self._rollups_known = False
+        self._rollups_asked = float("-inf")
 
     @property
     def _headers(self) -> dict[str, str]:
@@ -180,14 +240,59 @@ class InfluxV1Store:
         return self._session
 
     async def write(self, events: Sequence[Event]) -> None:
-        """POST the points; 204 is the only confirmation."""
+        """POST the points; 204 is the only confirmation. Then recount the roll-ups of late events' hours.
+
+        A late event (its hour older than the last two, which the query layer counts from raw
+        events) would wait for the hourly continuous query, or beyond its window for ever: its
+        compound's hours are recounted at once (``recount_rollups``), so counts stay exact. Live
+        traffic has none; a backlog batch (one compound) a few hours.
+        """
         await self.write_lines(to_lines(events))
+        fresh_ns = (time.time_ns() // HOUR_NS - 1) * HOUR_NS
+        late = {
+            (event.compound_id, point_time_ns(event) // HOUR_NS * HOUR_NS)
+            for event in events
+            if point_time_ns(event) < fresh_ns
+        }
+        if late and await self._rollups_on():
+            await self.recount_rollups(late)
+
+    async def _rollups_on(self) -> bool:
+        # asked at most once a minute until the roll-ups exist, then never again
+        if not self._rollups_known and time.monotonic() - self._rollups_asked >= 60:
+            self._rollups_asked = time.monotonic()
+            self._rollups_known = await self.rollups_backfilled()
+        return self._rollups_known
+
+    async def recount_rollups(self, hours: Iterable[tuple[str, int]]) -> None:
+        """Recount the roll-ups of these (compound, hour start in ns): a statement per run of hours.
+
+        The points written overwrite that compound's roll-up points of those hours only (its
+        series are its own). InfluxQL 1.x cannot OR time ranges: consecutive hours go together.
+        """
+        cfg = self._config
+        select, group_by = rollup_select(cfg.database, cfg.retention_policy, cfg.rollup_policy)
+        runs: list[tuple[str, int, int]] = []
+        for compound, hour in sorted(set(hours)):
+            if runs and runs[-1][0] == compound and runs[-1][2] == hour:
+                runs[-1] = (compound, runs[-1][1], hour + HOUR_NS)
+            else:
+                runs.append((compound, hour, hour + HOUR_NS))
+        for compound, start, end in runs:
+            await self.query(
+                f"{select} WHERE compound_id = $compound AND time >= $start AND time < $end {group_by}",
+                method="POST",
+                params={"compound": compound, "start": start, "end": end},
+            )
 
     async def write_lines(self, lines: bytes) -> None:
         """POST line protocol to the database (and retention policy) the store writes to."""
         params = {"db": self._config.database, "precision": "ns"}
         if self._config.retention_policy:
             params["rp"] = self._config.retention_policy
+        await self._post_write(lines, params)
+
+    async def _post_write(self, lines: bytes, params: dict[str, str]) -> None:
         # a stream, not raw bytes: large batches are sent without holding the event loop
         body = io.BytesIO(lines)
         try:
@@ -218,9 +323,19 @@ class InfluxV1Store:
         policy is checked until a pass gets an answer, then not again (an operator's change is
         seen at the next start). Hit crops: ``strip_influx_hit_crops``.
         """
-        policy = None
+        policy = rollups = None
         if not self._policy_checked:
             policy = await self.ensure_retention(rules.events_days, alter=rules.alter_policy)
+            try:
+                rollups = await self.ensure_rollups(rules.rollup_days, alter=rules.alter_policy)
+            except StoreError as exc:
+                if exc.retryable:
+                    raise
+                # refused (a user without the right to create policies or continuous queries):
+                # counts keep coming from raw events, and the crops below must still go
+                rollups = RetentionPolicyCheck(
+                    self._config.rollup_policy, "missing", influx_duration(rules.rollup_days), str(exc)[:200]
+                )
             self._policy_checked = True
 
         async def select(statement: str, params: dict[str, str | int]) -> list[dict[str, Any]]:
@@ -233,7 +348,152 @@ class InfluxV1Store:
             batch_rows=min(rules.batch_rows, HIT_CROPS_BATCH_MAX),
             tally=tally,
         )
-        return RetentionPass(policy)
+        return RetentionPass(policy, rollups)
+
+    async def _policies(self) -> list[dict[str, Any]]:
+        results = await self.query(f"SHOW RETENTION POLICIES ON {influx_name(self._config.database)}")
+        series = results[0].get("series", []) if results else []
+        return [
+            dict(zip(s["columns"], values, strict=True)) for s in series for values in s.get("values", [])
+        ]
+
+    def _rollup_cq(self) -> tuple[str, str]:
+        """The roll-up continuous query's name and statement; the name carries a digest of the text."""
+        cfg = self._config
+        select, group_by = rollup_select(cfg.database, cfg.retention_policy, cfg.rollup_policy)
+        resample = f"RESAMPLE EVERY 1h FOR {cfg.rollup_resample_days * 24}h"
+        body = f"{resample} BEGIN {select} {group_by} END"
+        name = ROLLUP_CQ_PREFIX + hashlib.sha256(body.encode()).hexdigest()[:12]
+        return name, f"CREATE CONTINUOUS QUERY {influx_name(name)} ON {influx_name(cfg.database)} {body}"
+
+    async def ensure_rollups(self, days: int, *, alter: bool) -> RetentionPolicyCheck:
+        """The roll-up retention policy (``days``) and continuous query, created where missing.
+
+        The policy is created as the database's non-default policy (InfluxQL without ``rp`` still
+        reads the events); an existing one with another duration is changed only if ``alter`` (as
+        the events policy). The continuous query's name carries a digest of its statement: one of
+        another definition (another resample window, another source policy) is dropped and
+        replaced. A new query is followed by a backfill of every stored event (``rebuild_rollups``)
+        and then the marker point the query layer waits for; a backfill cut short is redone at
+        the next start (the marker is still missing).
+        """
+        cfg = self._config
+        wanted = influx_duration(days)
+        found = next((r for r in await self._policies() if r["name"] == cfg.rollup_policy), None)
+        if found is None:
+            await self.query(
+                f"CREATE RETENTION POLICY {influx_name(cfg.rollup_policy)} ON {influx_name(cfg.database)}"
+                f" DURATION {days * 24}h REPLICATION 1 SHARD DURATION {influx_shard_duration(days)}",
+                method="POST",
+            )
+            check = RetentionPolicyCheck(cfg.rollup_policy, "created", wanted)
+        elif found["duration"] == wanted:
+            check = RetentionPolicyCheck(cfg.rollup_policy, "matches", wanted, str(found["duration"]))
+        elif not alter:
+            check = RetentionPolicyCheck(cfg.rollup_policy, "differs", wanted, str(found["duration"]))
+        else:
+            await self.query(
+                f"ALTER RETENTION POLICY {influx_name(cfg.rollup_policy)} ON {influx_name(cfg.database)}"
+                f" DURATION {days * 24}h SHARD DURATION {influx_shard_duration(days)}",
+                method="POST",
+            )
+            check = RetentionPolicyCheck(cfg.rollup_policy, "altered", wanted, str(found["duration"]))
+        name, create = self._rollup_cq()
+        existing = [
+            str(row[0])
+            for result in await self.query("SHOW CONTINUOUS QUERIES")
+            for series in result.get("series", [])
+            if series.get("name") == cfg.database
+            for row in series.get("values", [])
+        ]
+        for other in existing:
+            if other.startswith(ROLLUP_CQ_PREFIX) and other != name:
+                await self.query(
+                    f"DROP CONTINUOUS QUERY {influx_name(other)} ON {influx_name(cfg.database)}",
+                    method="POST",
+                )
+        if name not in existing:
+            await self.query(create, method="POST")
+        if not await self.rollups_backfilled():
+            await self.rebuild_rollups(0, 2**62, expiring=True)
+            await self._write_marker()
+        self._rollups_known = True
+        return check
+
+    async def _write_marker(self) -> None:
+        cfg = self._config
+        # stamped now: a point older than the policy's duration is refused (and this one expires
+        # with it after rollup_days; the next backfill then starts at the oldest stored event)
+        line = f"{ROLLUP_MARKER} done=true {time.time_ns()}".encode()
+        params = {"db": cfg.database, "rp": cfg.rollup_policy, "precision": "ns"}
+        await self._post_write(line, params)
+
+    async def _events_policy_ns(self) -> int:
+        """How long the events' policy keeps points, in ns (0: forever or no policy found)."""
+        cfg = self._config
+        rows = await self._policies()
+        if cfg.retention_policy is not None:
+            found = next((r for r in rows if r["name"] == cfg.retention_policy), None)
+        else:
+            found = next((r for r in rows if r["default"]), None)
+        if found is None:
+            return 0
+        match = re.fullmatch(r"(\d+)h(\d+)m(\d+)s", str(found["duration"]))
+        if match is None:
+            return 0
+        hours, minutes, seconds = (int(g) for g in match.groups())
+        return ((hours * 60 + minutes) * 60 + seconds) * 1_000_000_000
+
+    async def rollups_backfilled(self) -> bool:
+        """Whether the roll-ups cover every stored event (their first backfill finished)."""
+        cfg = self._config
+        try:
+            results = await self.query(
+                f"SELECT count(done) FROM {influx_name(cfg.rollup_policy)}.{ROLLUP_MARKER}"  # noqa: S608 - our identifiers
+            )
+        except StoreError:
+            return False
+        return bool(series_values(results))
+
+    async def rebuild_rollups(self, start_ns: int, end_ns: int, *, expiring: bool = False) -> int:
+        """Recount the roll-ups of the hours from ``start_ns`` to ``end_ns`` (rounded out), a day at a time.
+
+        The same ``SELECT ... INTO`` as the continuous query over an explicit range: recounted
+        hours overwrite their points, so it is idempotent. Hours older than the events policy's
+        duration are left alone (influxd may have dropped their shard: a recount would lower the
+        roll-ups to what is left), unless ``expiring`` (the first backfill: no roll-up holds more).
+        Returns the roll-up points written.
+        """
+        cfg = self._config
+        start = start_ns // HOUR_NS * HOUR_NS
+        end = -(-end_ns // HOUR_NS) * HOUR_NS
+        if not expiring:
+            kept_ns = await self._events_policy_ns()
+            if kept_ns:
+                start = max(start, -(-(time.time_ns() - kept_ns) // HOUR_NS) * HOUR_NS)
+        bounds = [
+            int(row[0])
+            for statement in ('SELECT first("event_id") FROM /.*/', 'SELECT last("event_id") FROM /.*/')
+            for row in series_values(await self.query(statement, method="POST", epoch="ns"))
+        ]
+        if not bounds:
+            return 0
+        # only the hours that hold events (a range of years is not walked day by day)
+        start = max(start, min(bounds) // HOUR_NS * HOUR_NS)
+        end = min(end, (max(bounds) // HOUR_NS + 1) * HOUR_NS)
+        select, group_by = rollup_select(cfg.database, cfg.retention_policy, cfg.rollup_policy)
+        written = 0
+        at = start
+        while at < end:
+            until = min(at + DAY_NS, end)
+            results = await self.query(
+                f"{select} WHERE time >= $start AND time < $end {group_by}",
+                method="POST",
+                params={"start": at, "end": until},
+            )
+            written += sum(int(row[1]) for row in series_values(results))
+            at = until
+        return written
 
     async def ensure_retention(self, days: int, *, alter: bool) -> RetentionPolicyCheck:
         """Check the retention policy the store writes to against a duration of ``days``.

@@ -1,4 +1,12 @@
-"""The embedded store (no server needed): one SQLite table, unique by event id."""
+"""The embedded store (no server needed): one SQLite table, unique by event id, and its hourly roll-ups.
+
+``event_rollups`` holds event counts per district, compound, kind, severity and UTC hour (by point
+time, i.e. occurred_at). A trigger adds each event to its hour in the transaction that inserts it,
+and fires only for rows actually inserted (``INSERT OR IGNORE`` of a re-sent event id inserts
+nothing), so a re-sent event counts once and a late backlog adds to its own, older hours. Deleting
+events (retention) does not touch the roll-ups: they are purged by their own, longer
+``rollup_days``.
+"""
 
 from __future__ import annotations
 
@@ -106,6 +114,51 @@ class SqliteStore(SqliteBacked):
             if deleted < batch_rows:
                 return purged
 
+    async def purge_rollups_before(self, cutoff_ns: int, batch_rows: int) -> int:
+        """Delete the roll-up rows of hours before ``cutoff_ns``, ``batch_rows`` at a time; returns how many.
+
+        Only whole hours go: an hour that starts before the cutoff is kept until it ends before it,
+        so a day summed from hours is never half purged at the cutoff's own hour.
+        """
+        # the hour holding the cutoff starts before it: keep it (drop only hours fully before)
+        cutoff_hour = cutoff_ns // HOUR_NS * HOUR_NS
+
+        def delete_batch(db: sqlite3.Connection) -> int:
+            with transaction(db):
+                return db.execute(
+                    "DELETE FROM event_rollups WHERE rowid IN"
+                    " (SELECT rowid FROM event_rollups WHERE hour_ns < ? LIMIT ?)",
+                    (cutoff_hour, batch_rows),
+                ).rowcount
+
+        purged = 0
+        try:
+            while True:
+                deleted = await self._file.call(delete_batch)
+                purged += deleted
+                if deleted < batch_rows:
+                    return purged
+        except (sqlite3.Error, OSError) as exc:
+            raise StoreError(f"sqlite store {self.path}: {exc}", retryable=True) from exc
+
+    async def rebuild_rollups(self, start_ns: int, end_ns: int) -> int:
+        """Recount the roll-ups of the hours from ``start_ns`` to ``end_ns`` from the events still stored.
+
+        A repair tool (no command wires it yet): the trigger keeps the roll-ups
+        exact as events arrive. Hours whose events retention already deleted would be recounted
+        from what is left, so the range is cut at the oldest hour that still has all its events:
+        give ranges within ``events_days``. Returns the roll-up rows written.
+        """
+
+        def rebuild(db: sqlite3.Connection) -> int:
+            with transaction(db):
+                return rebuild_rollup_hours(db, start_ns, end_ns)
+
+        try:
+            return await self._file.call(rebuild)
+        except (sqlite3.Error, OSError) as exc:
+            raise StoreError(f"sqlite store {self.path}: {exc}", retryable=True) from exc
+
     async def strip_hit_crops_batch(self, cutoff_ns: int, batch_rows: int) -> int:
         """Set the face crop of up to ``batch_rows`` watch-list hits before ``cutoff_ns`` to null, in one transaction.
 
@@ -142,6 +195,7 @@ class SqliteStore(SqliteBacked):
             tally.events_purged += deleted
 
         await self.purge_before(rules.cutoff_ns(rules.events_days, now), rules.batch_rows, on_batch=purged)
+        await self.purge_rollups_before(rules.cutoff_ns(rules.rollup_days, now), rules.batch_rows)
         cutoff_ns = rules.cutoff_ns(rules.hit_crops_days, now)
         batch_rows = min(rules.batch_rows, HIT_CROPS_BATCH_MAX)
         while True:
@@ -177,6 +231,33 @@ SQLITE_QUERY_COLUMNS = (("time_ns", "INTEGER"), ("plate", "TEXT"), ("person_ref"
 SQLITE_INSERT = (
     "INSERT OR IGNORE INTO events (event_id, kind, district_id, compound_id, device_id, severity,"
     " occurred_at, received_at, body, time_ns, plate, person_ref) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)"
+)
+HOUR_NS = 3600 * 1_000_000_000  # spelled out in the SQL below (3600000000000)
+# Roll-ups: event counts per UTC hour. rowid table (the primary key is the unique index) so that
+# retention can delete in rowid batches. The hour is the point time's (occurred_at's: the point time
+# adds under a millisecond to it, never crossing an hour). One UPSERT per inserted event, in the
+# insert's own transaction; an ignored INSERT fires no AFTER INSERT trigger.
+SQLITE_ROLLUPS = """
+CREATE TABLE IF NOT EXISTS event_rollups (
+    compound_id TEXT NOT NULL,
+    hour_ns     INTEGER NOT NULL,
+    kind        TEXT NOT NULL,
+    severity    TEXT NOT NULL,
+    district_id TEXT NOT NULL,
+    events      INTEGER NOT NULL,
+    PRIMARY KEY (compound_id, hour_ns, kind, severity, district_id)
+);
+CREATE INDEX IF NOT EXISTS event_rollups_by_hour ON event_rollups (hour_ns);
+CREATE TRIGGER IF NOT EXISTS events_rollup AFTER INSERT ON events BEGIN
+    INSERT INTO event_rollups (compound_id, hour_ns, kind, severity, district_id, events)
+    VALUES (NEW.compound_id, NEW.time_ns / 3600000000000 * 3600000000000, NEW.kind, NEW.severity, NEW.district_id, 1)
+    ON CONFLICT (compound_id, hour_ns, kind, severity, district_id) DO UPDATE SET events = events + 1;
+END;
+"""
+ROLLUP_FROM_EVENTS = (
+    "INSERT INTO event_rollups (compound_id, hour_ns, kind, severity, district_id, events)"
+    " SELECT compound_id, time_ns / 3600000000000 * 3600000000000, kind, severity, district_id, count(*)"
+    " FROM events WHERE time_ns >= ? AND time_ns < ? GROUP BY 1, 2, 3, 4, 5"
 )
 # A watch-list hit still carrying its face crop. The partial index below holds exactly these rows,
 # so the hourly retention pass finds the expired crops without reading every stored hit's body; a
@@ -236,6 +317,52 @@ def migrate_sqlite_store(db: sqlite3.Connection) -> None:
                 ],
             )
     db.executescript(SQLITE_INDEXES)
+    if not _has_table(db, "event_rollups"):
+        with transaction(db):
+            # checked again under the write lock: of ingesters opening the file together, one
+            # creates and back-fills, the others find the table (each event counted once)
+            if not _has_table(db, "event_rollups"):
+                for statement in _statements(SQLITE_ROLLUPS):
+                    db.execute(statement)
+                db.execute(ROLLUP_FROM_EVENTS, (-(2**63), 2**63 - 1))
+
+
+def _has_table(db: sqlite3.Connection, name: str) -> bool:
+    return (
+        db.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name=?", (name,)).fetchone()
+        is not None
+    )
+
+
+def _statements(script: str) -> list[str]:
+    """The statements of a schema script (``executescript`` would COMMIT the open transaction)."""
+    statements: list[str] = []
+    pending = ""
+    for line in script.strip().splitlines(keepends=True):
+        pending += line
+        if sqlite3.complete_statement(pending):
+            statements.append(pending.strip())
+            pending = ""
+    return statements
+
+
+def rebuild_rollup_hours(db: sqlite3.Connection, start_ns: int, end_ns: int) -> int:
+    """Recount the roll-ups of the whole hours from ``start_ns`` to ``end_ns`` (rounded out) from ``events``.
+
+    Run it inside a transaction. The start is moved up to the first hour whose events are all
+    still stored (after the oldest stored event's hour), so hours thinned by retention keep the
+    counts they had.
+    """
+    start = start_ns // HOUR_NS * HOUR_NS
+    end = -(-end_ns // HOUR_NS) * HOUR_NS
+    oldest = db.execute("SELECT min(time_ns) FROM events").fetchone()[0]
+    if oldest is None:
+        return 0
+    start = max(start, (oldest // HOUR_NS + 1) * HOUR_NS)
+    if start >= end:
+        return 0
+    db.execute("DELETE FROM event_rollups WHERE hour_ns >= ? AND hour_ns < ?", (start, end))
+    return db.execute(ROLLUP_FROM_EVENTS, (start, end)).rowcount
 
 
 def sqlite_event_ids(path: Path) -> list[str]:

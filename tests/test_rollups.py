@@ -1,0 +1,344 @@
+"""Hourly roll-ups (issue 15): real SQLite and a real InfluxDB 1.6.7, checked against distinct raw events.
+
+Every test writes events of two compounds, two kinds and two severities over several hours, then
+the same events again (re-sent batches), then a late backlog (events of days before, written last),
+and compares the roll-ups with the distinct events per (compound, kind, severity, hour), as sets.
+
+Teeth, each broken once on purpose and seen failing:
+
+* SQLite, counted on INSERT attempts instead of inserted rows: the trigger made ``BEFORE INSERT``
+  (it fires for an ``INSERT OR IGNORE`` that then ignores the row) -> re-sent events counted again:
+  ``test_sqlite_rollups_count_each_event_once`` and ``test_sqlite_counts_from_rollups`` failed.
+* SQLite retention decrementing roll-ups: an ``AFTER DELETE`` trigger subtracting each deleted
+  event -> ``test_sqlite_retention_keeps_rollups`` and ``test_sqlite_counts_from_rollups`` failed.
+* The counts query never taking the roll-ups: ``rollups_serve`` made to require
+  ``selection.devices`` -> both ``*_counts_from_rollups`` failed on the counts that must outlive
+  the purged events / dropped shards.
+* InfluxDB roll-ups per device (``device_id`` added to ``ROLLUP_TAGS``: sums still right, series
+  cardinality x8) -> ``test_influx_rollups_equal_distinct_raw`` failed on the statement and, with
+  that assertion disabled, on the roll-up series' tag keys.
+* InfluxDB re-sends as new points (``CGW_FAULT_SWITCHES=influx_dedup_off``: a random point time per
+  write) -> both InfluxDB tests failed: roll-ups count what the raw points count, so their
+  once-only counting rests on ``uplink.lineprotocol.point_time_ns``.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from device_sims.influx import InfluxServer
+from district.query_backends import InfluxQueries, InfluxRollups, SqliteQueries, influx_rollups
+from district.query_model import CountRow, Selection
+from foundation.events import DeviceState, DeviceStatusPayload, Event, EventKind, Severity
+from foundation.identity import event_id
+from tests.test_uplink_protocol import DISTRICT, thrown
+from uplink.lineprotocol import point_time_ns
+from uplink.stores import (
+    InfluxV1Store,
+    InfluxV1StoreConfig,
+    RetentionCounts,
+    RetentionRules,
+    SqliteStore,
+    SqliteStoreConfig,
+)
+from uplink.stores.sqlite import SQLITE_INSERT, SQLITE_SCHEMA, migrate_sqlite_store, sqlite_row
+
+HOUR_NS = 3_600_000_000_000
+CST = ZoneInfo("Asia/Shanghai")
+C1, C2 = "36010400012160000101", "36010400012160000102"
+DAY0 = datetime(2026, 6, 10, 0, 0, tzinfo=UTC)
+NOW = DAY0 + timedelta(days=2)
+Key = tuple[str, str, str, int]  # compound, kind, severity, UTC hour (ns)
+
+
+def status(n: int, at: datetime, compound: str) -> Event:
+    """A device status report (kind device_status, severity warning)."""
+    base = thrown(n, at=at, compound=compound)
+    return base.model_copy(
+        update={
+            "event_id": event_id("36010400011340000001", "s", str(n)),
+            "kind": EventKind.DEVICE_STATUS,
+            "device_id": "36010400011340000001",
+            "severity": Severity.WARNING,
+            "payload": DeviceStatusPayload(state=DeviceState.OFFLINE, reason="power lost"),
+        }
+    )
+
+
+def scenario() -> tuple[list[Event], list[Event], list[Event]]:
+    """(first writes, re-sends, late backlog): 2 compounds x 2 kinds x 2 severities over 30 hours."""
+    events: list[Event] = []
+    for n in range(240):
+        at = DAY0 + timedelta(minutes=7 * n, seconds=n % 60)
+        compound = C1 if n % 3 else C2
+        event = thrown(n, at=at, compound=compound) if n % 4 else status(n, at, compound)
+        if n % 5 == 0 and event.kind is EventKind.THROWN_OBJECT:
+            event = event.model_copy(update={"severity": Severity.WARNING})
+        events.append(event)
+    resent = events[10:90] + events[200:]
+    # a gateway back after days offline: events of 3 and 4 days before DAY0, on hours already seen
+    backlog = [
+        thrown(1000 + n, at=DAY0 - timedelta(days=3 + n % 2, minutes=11 * n), compound=C1) for n in range(60)
+    ]
+    return events, resent, backlog
+
+
+def distinct_counts(events: list[Event]) -> Counter[Key]:
+    """The oracle: distinct events per (compound, kind, severity, UTC hour of occurrence)."""
+    unique = {e.event_id: e for e in events}
+    return Counter(
+        (e.compound_id, e.kind.value, e.severity.value, point_time_ns(e) // HOUR_NS * HOUR_NS)
+        for e in unique.values()
+    )
+
+
+def sqlite_rollups(path: Path) -> Counter[Key]:
+    with sqlite3.connect(path) as db:
+        return Counter(
+            {
+                (compound, kind, severity, hour): n
+                for compound, kind, severity, hour, n in db.execute(
+                    "SELECT compound_id, kind, severity, hour_ns, events FROM event_rollups"
+                )
+            }
+        )
+
+
+def selection(start: datetime, end: datetime, **filters: object) -> Selection:
+    def ns(at: datetime) -> int:
+        return int(at.timestamp()) * 1_000_000_000
+
+    return Selection(district_id=DISTRICT, compounds=None, start_ns=ns(start), end_ns=ns(end), **filters)  # type: ignore[arg-type]
+
+
+def expected_rows(events: list[Event], *, interval: str, zone: ZoneInfo) -> list[CountRow]:
+    """Counts per compound and kind per local hour or day, from distinct events (the raw oracle)."""
+    tally: Counter[tuple[datetime, str, str]] = Counter()
+    for e in {e.event_id: e for e in events}.values():
+        local = e.occurred_at.astimezone(zone).replace(minute=0, second=0, microsecond=0)
+        bucket = local if interval == "hour" else local.replace(hour=0)
+        tally[(bucket, e.compound_id, e.kind.value)] += 1
+    return [
+        CountRow(bucket=bucket, count=n, compound_id=compound, kind=kind)
+        for (bucket, compound, kind), n in sorted(
+            tally.items(), key=lambda kv: (kv[0][0].timestamp(), kv[0][1], kv[0][2])
+        )
+    ]
+
+
+async def test_sqlite_rollups_count_each_event_once(tmp_path: Path) -> None:
+    """Roll-ups == distinct raw counts per (compound, kind, severity, hour) after re-sends and a late backlog."""
+    path = tmp_path / "store.db"
+    events, resent, backlog = scenario()
+    async with SqliteStore(SqliteStoreConfig(path=path)) as store:
+        await store.write(events)
+        await store.write(resent)
+        await store.write(events[:5] + events[:5])  # one batch carrying an event twice
+        assert sqlite_rollups(path) == distinct_counts(events)
+        await store.write(backlog)
+        await store.write(backlog[::2])
+        everything = events + backlog
+        assert sqlite_rollups(path) == distinct_counts(everything)
+        assert sum(sqlite_rollups(path).values()) == len({e.event_id for e in everything}) == 300
+        # the backlog went to its own, older hours (3 and 4 days before)
+        assert (
+            min(hour for *_, hour in sqlite_rollups(path))
+            < int((DAY0 - timedelta(days=3)).timestamp()) * 10**9
+        )
+
+
+async def test_sqlite_retention_keeps_rollups(tmp_path: Path) -> None:
+    """Purging expired events leaves their roll-ups; roll-ups go only after rollup_days, whole hours."""
+    path = tmp_path / "store.db"
+    events, _, backlog = scenario()
+    async with SqliteStore(SqliteStoreConfig(path=path)) as store:
+        await store.write(events + backlog)
+        before = sqlite_rollups(path)
+        tally = RetentionCounts()
+        # events older than 1 day before NOW go (the backlog and DAY0's first day); roll-ups stay
+        await store.enforce_retention(
+            RetentionRules(events_days=1, hit_crops_days=1, batch_rows=7, rollup_days=400), NOW, tally
+        )
+        cutoff = NOW - timedelta(days=1)
+        kept = [e for e in events + backlog if e.occurred_at >= cutoff]
+        assert tally.events_purged == len(events) + len(backlog) - len(kept) > 60
+        with sqlite3.connect(path) as db:
+            assert {row[0] for row in db.execute("SELECT event_id FROM events")} == {e.event_id for e in kept}
+        assert sqlite_rollups(path) == before
+        # roll-ups older than rollup_days go, whole hours only: the backlog's (3 and 4 days back)
+        await store.enforce_retention(
+            RetentionRules(events_days=1, hit_crops_days=1, batch_rows=7, rollup_days=3), NOW, tally
+        )
+        rollup_cutoff = int((NOW - timedelta(days=3)).timestamp()) * 10**9
+        assert sqlite_rollups(path) == Counter({k: n for k, n in before.items() if k[3] >= rollup_cutoff})
+        assert sqlite_rollups(path) != before
+
+
+async def test_sqlite_backfill_on_upgrade(tmp_path: Path) -> None:
+    """A store file from before roll-ups gets them from its events once, when opened (twice: no double count)."""
+    path = tmp_path / "old.db"
+    events, _, backlog = scenario()
+    with sqlite3.connect(path) as db:
+        db.executescript(SQLITE_SCHEMA)
+        migrate_sqlite_store(db)
+        db.execute("DROP TRIGGER events_rollup")
+        db.execute("DROP TABLE event_rollups")
+        db.executemany(SQLITE_INSERT, [sqlite_row(e) for e in events + backlog])
+    for _ in range(2):
+        async with SqliteStore(SqliteStoreConfig(path=path)):
+            assert sqlite_rollups(path) == distinct_counts(events + backlog)
+    async with SqliteStore(SqliteStoreConfig(path=path)) as store:
+        # the repair tool: recounting a range from the events gives the same counts
+        assert await store.rebuild_rollups(0, 2**62) > 0
+        assert sqlite_rollups(path) == distinct_counts(events + backlog)
+
+
+async def test_sqlite_counts_from_rollups(tmp_path: Path) -> None:
+    """The counts query answers the same rows from roll-ups as from raw events, and from roll-ups alone after a purge."""
+    path = tmp_path / "store.db"
+    events, resent, backlog = scenario()
+    everything = events + backlog
+    async with SqliteStore(SqliteStoreConfig(path=path)) as store:
+        await store.write(events)
+        await store.write(resent + backlog)
+        rolled, raw = SqliteQueries(store), SqliteQueries(store, use_rollups=False)
+        window = selection(DAY0 - timedelta(days=5), DAY0 + timedelta(days=2))
+        answers = {}
+        for interval in ("hour", "day"):
+            for zone in (CST, ZoneInfo("UTC")):
+                args: dict[str, Any] = {"interval": interval, "group_by": ("compound", "kind"), "zone": zone}
+                answers[interval, zone.key] = await rolled.count(window, **args)
+                assert answers[interval, zone.key] == await raw.count(window, **args)
+                assert answers[interval, zone.key] == expected_rows(everything, interval=interval, zone=zone)
+        critical = selection(DAY0 - timedelta(days=5), DAY0 + timedelta(days=2), severity="critical")
+        args = {"interval": "day", "group_by": ("kind",), "zone": CST}
+        assert await rolled.count(critical, **args) == await raw.count(critical, **args)
+        # a zone at half hours: its hours are not UTC hours, raw events answer (and agree)
+        args = {"interval": "hour", "group_by": ("compound",), "zone": ZoneInfo("Asia/Kolkata")}
+        assert await rolled.count(window, **args) == await raw.count(window, **args)
+        # a range not on whole hours falls back to raw events (and still agrees)
+        odd = selection(DAY0 + timedelta(minutes=30), DAY0 + timedelta(hours=20))
+        args = {"interval": "hour", "group_by": ("compound",), "zone": CST}
+        assert await rolled.count(odd, **args) == await raw.count(odd, **args)
+        # every event purged: raw counts are empty, roll-up counts are what they were
+        await store.enforce_retention(
+            RetentionRules(events_days=1, hit_crops_days=1, batch_rows=100),
+            NOW + timedelta(days=30),
+            RetentionCounts(),
+        )
+        args = {"interval": "day", "group_by": ("compound", "kind"), "zone": CST}
+        assert await raw.count(window, **args) == []
+        assert await rolled.count(window, **args) == answers["day", "Asia/Shanghai"]
+
+
+async def influx_rollup_counts(store: InfluxV1Store) -> Counter[Key]:
+    results = await store.query(
+        'SELECT "events" FROM "event_rollups"./.*/ GROUP BY "compound_id", "severity"', epoch="ns"
+    )
+    counts: Counter[Key] = Counter()
+    for result in results:
+        for series in result.get("series", []):
+            if series["name"] == "rollups_backfilled":
+                continue
+            tags = series["tags"]
+            for at, n in series["values"]:
+                if n:
+                    counts[(tags["compound_id"], series["name"], tags["severity"], int(at))] += int(n)
+    return counts
+
+
+async def test_influx_rollups_equal_distinct_raw(influx: InfluxServer) -> None:
+    """The continuous query exists; backfill and rebuild give distinct raw counts, re-sends and a late backlog included."""
+    config = InfluxV1StoreConfig(url=influx.url, database="district")
+    events, resent, backlog = scenario()
+    rules = RetentionRules(events_days=3650, hit_crops_days=30, batch_rows=100, rollup_days=400)
+    async with InfluxV1Store(config) as store:
+        await store.write(events)
+        await store.write(resent)
+        assert not await store.rollups_backfilled()
+        done = await store.enforce_retention(rules, datetime.now(UTC), RetentionCounts())
+        assert done.rollups is not None
+        assert done.rollups.action == "created"
+        assert await store.rollups_backfilled()
+        assert await influx_rollup_counts(store) == distinct_counts(events)
+        (result,) = await store.query("SHOW CONTINUOUS QUERIES")
+        (cq,) = [row for s in result["series"] if s["name"] == "district" for row in s.get("values", [])]
+        assert "RESAMPLE EVERY 1h FOR 1w" in cq[1]
+        assert cq[1].endswith("GROUP BY time(1h), district_id, compound_id, severity END")
+        # the roll-up series are per compound and severity only (never per device: cardinality)
+        (result,) = await store.query('SELECT count("events") FROM "event_rollups"./.*/ GROUP BY *')
+        tagged = {(key, bool(value)) for series in result["series"] for key, value in series["tags"].items()}
+        assert {key for key, present in tagged if present} == {"compound_id", "district_id", "severity"}
+        (result,) = await store.query('SHOW RETENTION POLICIES ON "district"')
+        policies = {row[0]: (row[1], row[4]) for row in result["series"][0]["values"]}
+        assert policies["event_rollups"] == ("9600h0m0s", False)  # 400 days, not the default
+        # a late backlog (3-4 days before): its compound's hours are recounted as it is written
+        await store.write(backlog)
+        await store.write(backlog[::3] + resent)
+        assert await influx_rollup_counts(store) == distinct_counts(events + backlog)
+        # the repair tool recounts a range the same (and again: idempotent)
+        start = int((DAY0 - timedelta(days=6)).timestamp()) * 10**9
+        assert await store.rebuild_rollups(start, int(NOW.timestamp()) * 10**9) > 0
+        assert await store.rebuild_rollups(start, int(NOW.timestamp()) * 10**9) > 0  # idempotent
+        assert await influx_rollup_counts(store) == distinct_counts(events + backlog)
+        # a second start finds the policy and the query as they are: nothing recreated or recounted
+        store._policy_checked = False
+        again = await store.enforce_retention(rules, datetime.now(UTC), RetentionCounts())
+        assert again.rollups is not None
+        assert again.rollups.action == "matches"
+        assert await influx_rollup_counts(store) == distinct_counts(events + backlog)
+
+
+async def test_influx_counts_from_rollups(influx: InfluxServer) -> None:
+    """The counts query answers the same rows from roll-ups as from raw events, and after the raw events are gone."""
+    config = InfluxV1StoreConfig(url=influx.url, database="district")
+    events, resent, backlog = scenario()
+    everything = events + backlog
+    async with InfluxV1Store(config) as store:
+        await store.write(events + backlog)
+        await store.write(resent)
+
+        async def run(query: str, params: dict[str, str | int]) -> list[dict[str, Any]]:
+            return await store.query(query, method="POST", params=params, epoch="ns")
+
+        # "now" is in the middle of the data: the last 2 hours before it come from raw events
+        now_ns = int((DAY0 + timedelta(hours=20, minutes=10)).timestamp()) * 10**9
+        where = InfluxRollups(**{**vars(influx_rollups(config)), "recheck_s": 0.0})
+        rolled = InfluxQueries(run, store.ping, where, now_ns=lambda: now_ns)
+        raw = InfluxQueries(run, store.ping)
+        window = selection(DAY0 - timedelta(days=5), DAY0 + timedelta(days=2))
+        args: dict[str, Any] = {"interval": "day", "group_by": ("compound", "kind"), "zone": CST}
+        assert not await rolled.rollups_ready()  # no roll-ups yet: raw counts, same answer
+        assert await rolled.count(window, **args) == await raw.count(window, **args)
+        await store.ensure_rollups(400, alter=False)
+        assert await rolled.rollups_ready()
+        answers = {}
+        for interval in ("hour", "day"):
+            args = {"interval": interval, "group_by": ("compound", "kind"), "zone": CST}
+            answers[interval] = await rolled.count(window, **args)
+            assert answers[interval] == await raw.count(window, **args)
+            assert answers[interval] == expected_rows(everything, interval=interval, zone=CST)
+        critical = selection(DAY0 - timedelta(days=5), DAY0 + timedelta(days=2), severity="critical")
+        args = {"interval": "hour", "group_by": ("compound",), "zone": CST}
+        assert await rolled.count(critical, **args) == await raw.count(critical, **args)
+        # the events policy drops its shards (what influxd's retention does; DELETE would reach
+        # into every policy): raw counts are gone, roll-up counts stay
+        (result,) = await store.query("SHOW SHARDS")
+        (shards,) = [series for series in result["series"] if series["name"] == "district"]
+        columns = shards["columns"]
+        dropped = 0
+        for row in shards["values"]:
+            shard = dict(zip(columns, row, strict=True))
+            if shard["retention_policy"] == "autogen":
+                await store.query(f"DROP SHARD {int(shard['id'])}", method="POST")
+                dropped += 1
+        assert dropped >= 1
+        later = InfluxQueries(run, store.ping, where, now_ns=lambda: now_ns + 10 * 24 * HOUR_NS)
+        args = {"interval": "hour", "group_by": ("compound", "kind"), "zone": CST}
+        assert await raw.count(window, **args) == []
+        assert await later.count(window, **args) == answers["hour"]
