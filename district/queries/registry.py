@@ -20,6 +20,7 @@ from district.queries import (
     devices,
     events,
     evidence,
+    overview,
 )
 from district.queries.spec import QuerySpec
 
@@ -52,6 +53,7 @@ QUERIES: dict[str, QuerySpec[Any, Any]] = index(
         alarm_action.SPEC,
         audit.SPEC,
         *evidence.SPECS,
+        overview.SPEC,
     ]
 )
 """Action name -> spec. Tests may add a spec for their duration (``monkeypatch.setitem``)."""
