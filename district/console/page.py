@@ -8,8 +8,11 @@ from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from aiohttp import web
+
 from district.operations import Principal
 from district.operator_service import Caller, OperatorService
+from district.queries.spec import QuerySpec
 from district.query_model import Role
 
 
@@ -24,12 +27,15 @@ class PageContext:
     zone: ZoneInfo
     query: Mapping[str, str]
 
-    async def ask(self, action: str, params: Mapping[str, Any]) -> Any:
+    async def ask(
+        self, action: str, params: Mapping[str, Any], *, spec: QuerySpec[Any, Any] | None = None
+    ) -> Any:
         """Run an operator action through the service (scope, role and audit apply); its result.
 
-        Raises the service's ``OperatorError`` (already audited) when refused.
+        ``spec``: an action outside the registry (the binary ``evidence_media``). Raises the
+        service's ``OperatorError`` (already audited) when refused.
         """
-        answer = await self.service.handle(self.token, action, params, self.caller)
+        answer = await self.service.handle(self.token, action, params, self.caller, spec=spec)
         return answer.result
 
     def local(self, moment: datetime) -> datetime:
@@ -53,6 +59,35 @@ class ConsoleAction:
     run: Callable[[PageContext, Mapping[str, str]], Awaitable[str]]
 
 
+@dataclass(frozen=True)
+class RouteView:
+    """What a page's extra route gets: the request, its context, and the console's rendering.
+
+    ``fragment`` renders a template to text (the console's jinja2 environment, autoescaped);
+    ``page`` renders a whole page inside the console's frame; ``alive`` asks again whether the
+    session still stands (a long-lived stream ends when it does not).
+    """
+
+    request: web.Request
+    ctx: PageContext
+    fragment: Callable[..., str]
+    page: Callable[..., web.Response]
+    alive: Callable[[], Awaitable[bool]]
+
+
+@dataclass(frozen=True)
+class ConsoleRoute:
+    """A further GET of a page: ``GET /console<page path>/<name>`` (a detail page, a media file, a stream).
+
+    The console resolves the session and checks the page's and this route's least role first
+    (403, audited); ``OperatorError`` raised by ``handle`` is shown as the error page.
+    """
+
+    name: str
+    role: Role
+    handle: Callable[[RouteView], Awaitable[web.StreamResponse]]
+
+
 @dataclass(frozen=True, kw_only=True)
 class ConsolePage:
     """One page of the console.
@@ -66,6 +101,7 @@ class ConsolePage:
         template: the jinja2 template under ``district/console/templates``.
         load: the template's variables.
         actions: the page's state-changing requests (each with its own least role).
+        routes: the page's further GETs (detail pages, media, server-sent event streams).
     """
 
     name: str
@@ -76,6 +112,7 @@ class ConsolePage:
     template: str
     load: PageLoader
     actions: tuple[ConsoleAction, ...] = field(default=())
+    routes: tuple[ConsoleRoute, ...] = field(default=())
 
     def __post_init__(self) -> None:
         if not self.path.startswith("/") or self.path.endswith("/") or self.path.count("/") != 1:
