@@ -26,6 +26,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import WebDriverWait
@@ -112,7 +113,11 @@ def thrown(event_id: str, at: datetime, *, building: str, trajectory: bool = Fal
 
 def until(driver: WebDriver, check: Callable[[WebDriver], Any], what: str) -> Any:
     """Wait (generously) for ``check`` to return something true."""
-    return WebDriverWait(driver, WAIT_S, poll_frequency=0.2).until(check, message=what)
+    # the queue is swapped in place (a reload after an action): an element read may go stale
+    wait = WebDriverWait(
+        driver, WAIT_S, poll_frequency=0.2, ignored_exceptions=(StaleElementReferenceException,)
+    )
+    return wait.until(check, message=what)
 
 
 def log_in(driver: WebDriver, url: str, token: str) -> None:
@@ -299,7 +304,9 @@ async def test_alarm_queue_live_actions_and_evidence(
                 )
 
                 # the alarm's page: media only after a reason, the trajectory over the frame
-                driver.get(f"{district.url}/console/alarms/alarm?id={EVIDENCE_ALARM}")
+                driver.get(f"{district.url}/console/alarms")
+                until(driver, lambda d: row_of(d, EVIDENCE_ALARM), "the queue")
+                row_of(driver, EVIDENCE_ALARM).find_element(By.CSS_SELECTOR, "a.detail").click()
                 until(driver, lambda d: d.find_elements(By.ID, "reason-form"), "the reason form")
                 assert driver.find_elements(By.ID, "snapshot") == []
                 driver.find_element(By.ID, "reason").send_keys("核查7幢抛物 楼层")
@@ -320,8 +327,12 @@ async def test_alarm_queue_live_actions_and_evidence(
                 driver.find_element(By.ID, "request-clip").click()
                 until(
                     driver,
-                    lambda d: "已向小区调取录像" in d.find_element(By.ID, "alarm-message").text,
-                    "asked",
+                    lambda d: [
+                        r.text
+                        for r in d.find_elements(By.CSS_SELECTOR, "#requests tbody tr")
+                        if "operator" in r.text
+                    ],
+                    "the clip request listed after the page reloaded",
                 )
                 screenshot(driver, "alarm-detail")
 

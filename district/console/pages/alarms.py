@@ -84,6 +84,7 @@ def row(event: Event, state: AlarmState, ctx: PageContext) -> dict[str, Any]:
     return {
         "event_id": event.event_id,
         "at": event.occurred_at,
+        "at_iso": event.occurred_at.isoformat(),
         "compound": ctx.service.compound_name(event.compound_id),
         "device": event.device_id,
         "kind": KIND_ZH.get(event.kind, event.kind.value),
@@ -237,12 +238,18 @@ async def _send(
 
 
 async def _one(ctx: PageContext, event_id: str) -> AlarmRow:
-    now = utc_now()
+    # the queue's link carries the alarm's time: the alarms of the minutes around it are read
+    try:
+        at = datetime.fromisoformat(ctx.query.get("at", ""))
+    except ValueError:
+        raise InvalidQueryError("the alarm's link lacks its time (at)", field="at") from None
+    if at.tzinfo is None:
+        raise InvalidQueryError("the alarm's time (at) needs its offset", field="at")
     page: AlarmPage = await ctx.ask(
         "alarms",
         {
-            "start": (now - timedelta(days=366)).isoformat(),
-            "end": (now + timedelta(hours=1)).isoformat(),
+            "start": (at - timedelta(minutes=1)).isoformat(),
+            "end": (at + timedelta(minutes=1)).isoformat(),
             "limit": 1000,
         },
     )
