@@ -35,6 +35,7 @@ from device_sims.broker import Mosquitto
 from device_sims.demo import expected_event_ids
 from device_sims.devices import CST, MqttPublish, ShedSim, build_sim
 from device_sims.inventory import DISTRICT_ID, sample_devices
+from district.console.pages import alarms as alarms_page
 from district.console.sessions import CSRF_FIELD, csrf_token
 from district.ingester import run_ingester
 from district.operations import AuditRecord
@@ -204,7 +205,7 @@ async def test_alarm_queue_live_actions_and_evidence(
       count goes up by exactly one; the audit log holds both steps with their notes;
     * the alarm page: history, the snapshot shown (through ``evidence_media``) only after a
       reason, with the trajectory's polyline, and the clip requested with a reason (audited);
-    * a viewer sees no action buttons and a forged acknowledge (valid session and CSRF token) is
+    * a viewer sees no action buttons and a forged resolve of the confirmed fire (valid session and CSRF token) is
       refused 403 and audited; the alarm's state does not change.
 
     Broken on purpose once each: with ``autoescape=False`` in the console's environment the XSS
@@ -241,7 +242,7 @@ async def test_alarm_queue_live_actions_and_evidence(
         def in_loop(coroutine: Any) -> Any:
             return asyncio.run_coroutine_threadsafe(coroutine, loop).result(WAIT_S * 2)
 
-        def operator_steps() -> None:
+        def operator_steps() -> str:
             with browser() as driver:
                 driver.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": SHIM})
                 log_in(driver, district.url, district.tokens["operator"])
@@ -257,7 +258,7 @@ async def test_alarm_queue_live_actions_and_evidence(
                 in_loop(_publish(mosquitto, shed, fire))
                 critical = in_loop(_critical_stored(store_path, fire_ids))
                 assert critical, "the fire stored no alarm"
-                fire_id = critical[0]
+                fire_id = str(critical[0])
                 for event_id in critical:
                     new = until(driver, _row_there(event_id), "the fire's row, inserted live")
                     assert new.find_element(By.CSS_SELECTOR, ".kind").text == "电动车棚火警"
@@ -335,8 +336,9 @@ async def test_alarm_queue_live_actions_and_evidence(
                     "the clip request listed after the page reloaded",
                 )
                 screenshot(driver, "alarm-detail")
+                return fire_id
 
-        await asyncio.to_thread(operator_steps)
+        fire_id = await asyncio.to_thread(operator_steps)
 
         steps = [
             (r.entry.actor, r.entry.reason, r.entry.outcome) for r in await audit(district, "alarm_action")
@@ -364,12 +366,12 @@ async def test_alarm_queue_live_actions_and_evidence(
         viewer = await session_of(district.url, district.tokens["viewer"])
         status, _ = await post(
             district.url,
-            "/console/alarms/acknowledge",
+            "/console/alarms/resolve",
             viewer,
-            {CSRF_FIELD: csrf_token(viewer), "event_id": XSS_ALARM, "note": "伪造的接警请求"},
+            {CSRF_FIELD: csrf_token(viewer), "event_id": fire_id, "note": "伪造的处置完毕请求"},
         )
         assert status == 403
-        refused = await audit(district, "console.alarms.acknowledge")
+        refused = await audit(district, "console.alarms.resolve")
         assert [(r.entry.actor, r.entry.status) for r in refused] == [("viewer", 403)]
         assert [r.entry.reason for r in await audit(district, "alarm_action")] == [
             "值班员已到场查看",
@@ -398,3 +400,39 @@ async def _critical_stored(store_path: Path, event_ids: set[str]) -> list[str]:
 async def _publish(broker: Mosquitto, sim: ShedSim, message: MqttPublish) -> None:
     async with device_client(broker.port, sim.device) as client:
         await client.publish(message.topic, message.payload, qos=1)
+
+
+async def test_alarm_stream_ends_with_the_session(
+    tmp_path: Path, district_broker: Mosquitto, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The SSE stream refuses a request without a session, and ends (saying so) when the token is revoked.
+
+    Heartbeat comments arrive while nothing happens; after ``revoke_token`` the next heartbeat's
+    session check ends the stream with an ``ended`` event and the connection closes.
+
+    Broken on purpose once: with the ``alive()`` check removed from the heartbeat branch the
+    stream kept sending heartbeats after the revocation and the wait for its end timed out.
+    """
+    monkeypatch.setattr(alarms_page, "HEARTBEAT_S", 0.3)
+    config_dir = tmp_path / "district"
+    config_dir.mkdir()
+    district_config = write_config(config_dir, district_broker.port)
+    async with running_district(district_config) as district:
+        url = f"{district.url}/console/alarms/stream"
+        async with aiohttp.ClientSession() as http, http.get(url, allow_redirects=False) as response:
+            assert response.status == 303
+            assert response.headers["Location"] == "/console/login"
+        session_id = await session_of(district.url, district.tokens["viewer"])
+        headers = {"Cookie": f"cgw_console={session_id}"}
+        async with aiohttp.ClientSession() as http, http.get(url, headers=headers) as response:
+            assert response.status == 200
+            assert response.headers["Content-Type"].startswith("text/event-stream")
+            seen: list[bytes] = []
+            async with asyncio.timeout(WAIT_S):
+                while b": heartbeat\n" not in seen:
+                    seen.append(await response.content.readline())
+                assert await district.ops.revoke_token("viewer")
+                rest = await response.content.read()  # to the end: the server closes the stream
+            assert rest.endswith(b"event: ended\ndata: \n\n")
+        ended = await audit(district, "console.session_end")
+        assert [(r.entry.actor, r.entry.outcome) for r in ended] == [("viewer", "revoked")]
