@@ -73,7 +73,7 @@ window.Notification = RecordedNotification;
 """
 
 
-def png(width: int = 64, height: int = 48) -> bytes:
+def png(width: int = 480, height: int = 270) -> bytes:
     """A small grey PNG (a snapshot the browser can decode)."""
     raw = b"".join(b"\x00" + bytes([128] * width * 3) for _ in range(height))
 
@@ -318,7 +318,7 @@ async def test_alarm_queue_live_actions_and_evidence(
                         d.execute_script(
                             "const i = document.getElementById('snapshot'); return i && i.complete && i.naturalWidth"
                         )
-                        == 64
+                        == 480
                     ),
                     "the snapshot decoded",
                 )
