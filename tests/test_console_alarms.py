@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import random
 import sqlite3
 import struct
@@ -56,6 +57,7 @@ from tests.evidence_double import C2, CompoundDouble, District, item_of, running
 from tests.test_evidence_e2e import _gateway_config
 
 WAIT_S = 60  # generous: the suite shares two cores
+CLIP = b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 40  # bytes standing for a clip
 XSS_BUILDING = "<script>window.__xss=1</script>"
 EVIDENCE_ALARM = "console-alarm-evidence-0001"
 XSS_ALARM = "console-alarm-xss-0001"
@@ -232,6 +234,7 @@ async def test_alarm_queue_live_actions_and_evidence(
         CompoundDouble(C2, district_broker.port).online() as compound,
     ):
         await compound.send_file(item_of(EVIDENCE_ALARM, "snapshot", snapshot, "image/png"), snapshot, None)
+        compound.files[EVIDENCE_ALARM] = [("clip", CLIP)]  # what the compound sends when asked
         await district.wait_held(EVIDENCE_ALARM, 1, timeout=WAIT_S)
         fire = shed.alarm(datetime.now(CST), random.Random(3))
         assert isinstance(fire, MqttPublish)
@@ -335,6 +338,16 @@ async def test_alarm_queue_live_actions_and_evidence(
                     ],
                     "the clip request listed after the page reloaded",
                 )
+
+                def clip_shown(d: WebDriver) -> Any:
+                    if d.find_elements(By.ID, "clip"):
+                        return d.find_element(By.ID, "clip").get_attribute("src")
+                    d.refresh()
+                    return None
+
+                clip_src = until(driver, clip_shown, "the clip, once the compound sent it")
+                assert f"sha={hashlib.sha256(CLIP).hexdigest()}" in clip_src
+                assert driver.find_elements(By.ID, "request-clip") == []  # held: nothing to ask for
                 screenshot(driver, "alarm-detail")
                 return fire_id
 
@@ -347,9 +360,18 @@ async def test_alarm_queue_live_actions_and_evidence(
             ("operator", "值班员已到场查看", "ok"),
             ("operator", "确认起火 已通知消防", "ok"),
         ]
+        # the media route without a reason: refused by evidence_media, and audited
+        operator = await session_of(district.url, district.tokens["operator"])
+        no_reason = f"/console/alarms/media?id={EVIDENCE_ALARM}&sha={hashlib.sha256(snapshot).hexdigest()}"
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(district.url + no_reason, headers={"Cookie": f"cgw_console={operator}"}) as response,
+        ):
+            assert response.status == 400
         media = await audit(district, "evidence_media")
         assert {(r.entry.actor, r.entry.reason, r.entry.outcome) for r in media} == {
-            ("operator", "核查7幢抛物 楼层", "ok")
+            ("operator", "核查7幢抛物 楼层", "ok"),
+            ("operator", None, "invalid_query"),
         }
         asked = [(r.entry.actor, r.entry.reason) for r in await audit(district, "evidence_request")]
         assert asked == [("operator", "调取录像 核查抛物")]
