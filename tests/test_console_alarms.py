@@ -214,7 +214,11 @@ async def test_alarm_queue_live_actions_and_evidence(
     assertion failed (``window.__xss`` was 1); with the feed task not started in ``serve_api`` the
     wait for the fire's row timed out; with ``announce`` not called in alarms.js the sound and
     notification lists were empty; with the viewer given the operator's ``steps`` in ``row`` the
-    button assertion failed, and with the action's role set to viewer the forged POST answered 200.
+    button assertion failed; with the action's role set to viewer the forged resolve reached
+    ``alarm_action`` and the audit assertion failed (a first version forged it on a malformed
+    event id and got 400 for the wrong reason: it now uses the fire's real id); with the media
+    shown without the reason form (``{% if true %}`` in alarm.html) the "no snapshot before a
+    reason" assertion failed.
     """
     config_dir = tmp_path / "district"
     config_dir.mkdir()
