@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import random
+import re
 import sqlite3
 import struct
 import zlib
@@ -36,6 +38,8 @@ from device_sims.broker import Mosquitto
 from device_sims.demo import expected_event_ids
 from device_sims.devices import CST, MqttPublish, ShedSim, build_sim
 from device_sims.inventory import DISTRICT_ID, sample_devices
+from district import operator_cli
+from district.alarm_feed import AlarmFeed
 from district.console.pages import alarms as alarms_page
 from district.console.sessions import CSRF_FIELD, csrf_token
 from district.ingester import run_ingester
@@ -462,3 +466,61 @@ async def test_alarm_stream_ends_with_the_session(
             assert rest.endswith(b"event: ended\ndata: \n\n")
         ended = await audit(district, "console.session_end")
         assert [(r.entry.actor, r.entry.outcome) for r in ended] == [("viewer", "revoked")]
+
+
+async def test_a_stalled_queue_is_told_what_it_missed_and_filters_apply(
+    tmp_path: Path, district_broker: Mosquitto, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Alarms dropped from a full per-connection queue arrive as a ``missed`` count; the filters narrow the queue.
+
+    The feed's per-connection queue holds one alarm here: three alarms in one poll leave the newest
+    and a ``missed`` of 2 before it (the page reloads the queue on it). The page's filters by
+    state, kind and compound give exactly the matching rows; an unknown compound is refused (400).
+
+    Broken on purpose once: without the ``missed`` write in the stream the first event read was
+    the alarm itself and the assertion on ``event: missed`` failed.
+    """
+    monkeypatch.setattr(operator_cli, "AlarmFeed", functools.partial(AlarmFeed, queue_size=1, poll_s=0.2))
+    config_dir = tmp_path / "district"
+    config_dir.mkdir()
+    district_config = write_config(config_dir, district_broker.port)
+    async with running_district(district_config) as district:
+        session_id = await session_of(district.url, district.tokens["viewer"])
+        headers = {"Cookie": f"cgw_console={session_id}"}
+        now = utc_now()
+        burst = [
+            thrown(f"console-burst-000{i}", now + timedelta(seconds=i), building=f"{i}幢") for i in (1, 2, 3)
+        ]
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(f"{district.url}/console/alarms/stream", headers=headers) as response,
+        ):
+            assert await response.content.readuntil(b"\n\n") == b": connected\n\n"
+            await seed(district_config, burst)
+            events: list[tuple[str, str]] = []
+            async with asyncio.timeout(WAIT_S):
+                while len(events) < 2:
+                    block = (await response.content.readuntil(b"\n\n")).decode()
+                    if block.startswith(":"):
+                        continue
+                    name = block.split("\n", 1)[0].removeprefix("event: ")
+                    events.append((name, block))
+        assert [name for name, _ in events] == ["missed", "alarm"]
+        assert "data: 2\n" in events[0][1]
+        assert 'data-event="console-burst-0003"' in events[1][1]
+
+        async def rows(query: str) -> tuple[int, set[str]]:
+            async with (
+                aiohttp.ClientSession() as http,
+                http.get(f"{district.url}/console/alarms?{query}", headers=headers) as response,
+            ):
+                body = await response.text()
+            return response.status, set(re.findall(r'data-event="([^"]+)"', body))
+
+        everything = {e.event_id for e in burst}
+        assert await rows("") == (200, everything)
+        assert await rows("state=new") == (200, everything)
+        assert await rows("state=confirmed") == (200, set())
+        assert await rows("kind=ebike_shed") == (200, set())
+        assert await rows(f"kind=thrown_object&compound={C2}") == (200, everything)
+        assert (await rows("compound=36010400012160009999"))[0] == 400
