@@ -69,6 +69,11 @@
     const form = evt.detail.elt && evt.detail.elt.closest ? evt.detail.elt.closest("form.alarm-action") : null;
     if (!form) { return; }
     if (evt.detail.successful) { reloadQueue(); }
-    else { live("操作未完成（" + evt.detail.xhr.status + "）"); }
+    else {
+      // htmx does not swap an error answer: show the server's reason (as text) on the status line
+      const page = new DOMParser().parseFromString(evt.detail.xhr.responseText || "", "text/html");
+      const reason = page.getElementById("error-message");
+      live("操作未完成（" + evt.detail.xhr.status + "）" + (reason ? "：" + reason.textContent : ""));
+    }
   });
 })();
