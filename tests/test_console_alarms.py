@@ -207,6 +207,7 @@ async def test_alarm_queue_live_actions_and_evidence(
       device, after the click that asked for permission;
     * a thrown-object alarm whose building is ``<script>`` arrives through the stream as text: no
       script element in the queue, the script never ran;
+    * a note too short is refused and the reason shown on the status line (audited);
     * acknowledge then confirm with notes: the row's state follows and the month's confirmed
       count goes up by exactly one; the audit log holds both steps with their notes;
     * the alarm page: history, the snapshot shown (through ``evidence_media``) only after a
@@ -305,6 +306,14 @@ async def test_alarm_queue_live_actions_and_evidence(
                 assert XSS_BUILDING in hostile_note
 
                 # acknowledge, then confirm: the state follows, the month's count goes up by one
+                act(driver, fire_id, "acknowledge", "短")  # a note too short
+                until(
+                    driver,
+                    lambda d: "操作未完成（400）" in d.find_element(By.ID, "live-state").text,
+                    "the refusal's reason shown",
+                )
+                assert "note" in driver.find_element(By.ID, "live-state").text
+                assert state_of(driver, fire_id) == "新告警"
                 act(driver, fire_id, "acknowledge", "值班员已到场查看")
                 until(driver, lambda d: state_of(d, fire_id) == "已接警", "acknowledged")
                 act(driver, fire_id, "confirm", "确认起火 已通知消防")
@@ -365,6 +374,7 @@ async def test_alarm_queue_live_actions_and_evidence(
             (r.entry.actor, r.entry.reason, r.entry.outcome) for r in await audit(district, "alarm_action")
         ]
         assert steps == [
+            ("operator", "短", "invalid_query"),
             ("operator", "值班员已到场查看", "ok"),
             ("operator", "确认起火 已通知消防", "ok"),
         ]
@@ -404,6 +414,7 @@ async def test_alarm_queue_live_actions_and_evidence(
         refused = await audit(district, "console.alarms.resolve")
         assert [(r.entry.actor, r.entry.status) for r in refused] == [("viewer", 403)]
         assert [r.entry.reason for r in await audit(district, "alarm_action")] == [
+            "短",
             "值班员已到场查看",
             "确认起火 已通知消防",
         ]
