@@ -24,7 +24,9 @@ from zoneinfo import ZoneInfo
 
 from aiohttp import web
 
+from district.alarm_feed import AlarmFeed
 from district.config import DistrictConfig, load_district_config
+from district.console.pages.alarms import FEED as ALARM_FEED
 from district.evidence_cli import EVIDENCE_COMMAND, add_evidence_command, evidence_command
 from district.evidence_desk import EvidenceDesk
 from district.operations import AuditEntry, OperationsDb
@@ -370,7 +372,11 @@ async def serve_api(config: DistrictConfig, *, ready: asyncio.Event | None = Non
             desk = EvidenceDesk(config, service.evidence, service.backend, service.operations)
             desk.expose(health)
         tls = _api_tls(config)
-        runner = web.AppRunner(build_api(service, health, config.api), access_log=None)
+        # one poller of new alarms for every console left open (the alarm queue's live updates)
+        feed = AlarmFeed(service.backend, config.district_id)
+        app = build_api(service, health, config.api)
+        app[ALARM_FEED] = feed
+        runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         try:
             await web.TCPSite(runner, config.api.host, config.api.port, ssl_context=tls).start()
@@ -380,6 +386,7 @@ async def serve_api(config: DistrictConfig, *, ready: asyncio.Event | None = Non
             async with asyncio.TaskGroup() as tg:
                 if desk is not None:
                     tg.create_task(desk.run(health), name="evidence-desk")
+                tg.create_task(feed.run(), name="alarm-feed")
                 if ready is not None:
                     ready.set()
                 await asyncio.Event().wait()

@@ -33,6 +33,7 @@ from selenium.webdriver.support.ui import WebDriverWait
 from device_sims.broker import free_port
 from device_sims.inventory import DISTRICT_ID, compound_id
 from district.config import DistrictConfig, load_district_config
+from district.console import registry as console_registry
 from district.operations import AuditRecord, OperationsDb
 from district.operator_cli import serve_api
 from district.query_model import Role
@@ -277,6 +278,13 @@ def log_in_to(driver: WebDriver, url: str, token: str, path: str = "/devices") -
     log_in(driver, url, token)
     WebDriverWait(driver, WAIT_S).until(lambda d: d.get_cookie("cgw_console") is not None)
     driver.get(f"{url}/console{path}")
+
+
+def pages_for(role: Role) -> list[str]:
+    """The navigation a role should see: the registry's pages it may open, in their order."""
+    return [
+        p.name for p in sorted(console_registry.PAGES.values(), key=lambda p: p.order) if role.allows(p.role)
+    ]
 
 
 def session_cookie(driver: WebDriver) -> dict[str, object]:

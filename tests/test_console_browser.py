@@ -38,6 +38,7 @@ from tests.console_browser import (
     late_event,
     log_in,
     log_in_to,
+    pages_for,
     running_district,
     screenshot,
     self_signed,
@@ -258,11 +259,6 @@ ADMIN_PAGE = ConsolePage(
     load=_dummy_load,
     actions=(ConsoleAction("act", Role.ADMIN, _dummy_run),),
 )
-
-
-def pages_for(role: Role) -> list[str]:
-    """The navigation a role should see: the registry's pages it may open, in their order."""
-    return [p.name for p in sorted(registry.PAGES.values(), key=lambda p: p.order) if role.allows(p.role)]
 
 
 async def test_viewer_sees_no_admin_entry_and_forged_admin_requests_are_refused(

@@ -24,6 +24,7 @@ from selenium.webdriver.remote.webdriver import WebDriver
 
 from device_sims.inventory import DISTRICT_ID
 from district.console.sessions import CSRF_FIELD, csrf_token
+from district.query_model import Role
 from foundation.events import (
     BarrierAction,
     DeviceState,
@@ -51,6 +52,7 @@ from tests.console_browser import (
     District,
     browser,
     log_in,
+    pages_for,
     running_district,
     screenshot,
     seeded_events,
@@ -439,7 +441,8 @@ async def test_barrier_window_lists_the_passes_and_a_viewer_has_no_requests(tmp_
         asked = await district.audit("evidence_barrier")
         assert [r.entry.outcome for r in asked] == ["ok", "invalid_query"]
         nav, lookups, requests, refusal = await asyncio.to_thread(viewer)
-        assert nav == ["overview", "devices", "events"]  # no 道闸查询
+        assert nav == pages_for(Role.VIEWER)
+        assert "barrier" not in nav  # no 道闸查询
         assert (lookups, requests) == (0, 0)
         assert (
             "operator" in refusal

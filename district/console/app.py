@@ -15,14 +15,14 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import urlsplit
 
 import structlog
 from aiohttp import web
 from jinja2 import Environment, PackageLoader, StrictUndefined
 
 from district.config import OperatorApiConfig
-from district.console.page import ConsoleAction, ConsoleDownload, ConsolePage, PageContext
+from district.console.page import ConsoleAction, ConsolePage, ConsoleRoute, PageContext, RouteView
 from district.console.registry import PAGES
 from district.console.sessions import (
     COOKIE,
@@ -367,39 +367,38 @@ class Console:
 
         return handle
 
-    def download_handler(
-        self, page: ConsolePage, download: ConsoleDownload
-    ) -> Callable[[web.Request], Awaitable[web.Response]]:
-        """The GET handler of one page download (an attachment; refusals as the page shows them)."""
+    def route_handler(
+        self, page: ConsolePage, route: ConsoleRoute
+    ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+        """The GET handler of one further route of a page (role checked first, as for the page)."""
 
-        async def handle(request: web.Request) -> web.Response:
+        async def handle(request: web.Request) -> web.StreamResponse:
             session = await self.session(request)
             if session is None:
                 return self._to_login(request)
-            what = f"console.{page.name}.{download.name}"
+            frame = self._frame(session, page.name)
+            what = f"console.{page.name}.{route.name}"
+
+            def whole(template: str, status: int = 200, **variables: Any) -> web.Response:
+                return self.render(template, status, page=page, **frame, **variables)
+
+            def fragment(template: str, **variables: Any) -> str:
+                return self._templates[template].render(prefix=PREFIX, **variables)
+
+            async def alive() -> bool:
+                return await self.session(request) is not None
+
             try:
                 authorise_role(session.principal, page.role, f"the {page.name} page")
-                authorise_role(session.principal, download.role, what)
-                filename, content_type, body = await download.run(self._context(request, session))
+                authorise_role(session.principal, route.role, what)
+                view = RouteView(request, self._context(request, session), fragment, whole, alive)
+                return await route.handle(view)
             except OperatorError as exc:
                 if isinstance(exc, ForbiddenError):
                     await self.audit(
                         request, what, session.principal, status=403, outcome=exc.code, detail=exc.message
                     )
-                return self.render(
-                    "error.html", exc.status, message=exc.message, **self._frame(session, page.name)
-                )
-            return web.Response(
-                body=body,
-                headers={
-                    "Content-Type": content_type,
-                    # RFC 6266/5987: a UTF-8 name (Chinese) with an ASCII fallback
-                    "Content-Disposition": f'attachment; filename="{download.name}";'
-                    f" filename*=UTF-8''{quote(filename)}",
-                    "Cache-Control": "no-store",
-                    "X-Content-Type-Options": "nosniff",
-                },
-            )
+                return self.render("error.html", exc.status, message=exc.message, **frame)
 
         return handle
 
@@ -441,9 +440,7 @@ def mount_console(
         app.router.add_get(PREFIX + page.path, console.page_handler(page))
         for action in page.actions:
             app.router.add_post(f"{PREFIX}{page.path}/{action.name}", console.action_handler(page, action))
-        for download in page.downloads:
-            app.router.add_get(
-                f"{PREFIX}{page.path}/{download.name}", console.download_handler(page, download)
-            )
+        for route in page.routes:
+            app.router.add_get(f"{PREFIX}{page.path}/{route.name}", console.route_handler(page, route))
     app.router.add_static(f"{PREFIX}/static/", STATIC, append_version=False)
     return console

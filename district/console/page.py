@@ -6,10 +6,14 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
+from urllib.parse import quote
 from zoneinfo import ZoneInfo
+
+from aiohttp import web
 
 from district.operations import Principal
 from district.operator_service import Caller, OperatorService
+from district.queries.spec import QuerySpec
 from district.query_model import Role
 
 
@@ -24,12 +28,15 @@ class PageContext:
     zone: ZoneInfo
     query: Mapping[str, str]
 
-    async def ask(self, action: str, params: Mapping[str, Any]) -> Any:
+    async def ask(
+        self, action: str, params: Mapping[str, Any], *, spec: QuerySpec[Any, Any] | None = None
+    ) -> Any:
         """Run an operator action through the service (scope, role and audit apply); its result.
 
-        Raises the service's ``OperatorError`` (already audited) when refused.
+        ``spec``: an action outside the registry (the binary ``evidence_media``). Raises the
+        service's ``OperatorError`` (already audited) when refused.
         """
-        answer = await self.service.handle(self.token, action, params, self.caller)
+        answer = await self.service.handle(self.token, action, params, self.caller, spec=spec)
         return answer.result
 
     def local(self, moment: datetime) -> datetime:
@@ -54,16 +61,47 @@ class ConsoleAction:
 
 
 @dataclass(frozen=True)
-class ConsoleDownload:
-    """A file a page offers: ``GET /console<page path>/<name>`` (the page's query string passed on).
+class RouteView:
+    """What a page's extra route gets: the request, its context, and the console's rendering.
 
-    ``run`` answers with (file name, content type, body); it reads through ``PageContext.ask``
-    (audited) like the page itself.
+    ``fragment`` renders a template to text (the console's jinja2 environment, autoescaped);
+    ``page`` renders a whole page inside the console's frame; ``alive`` asks again whether the
+    session still stands (a long-lived stream ends when it does not).
+    """
+
+    request: web.Request
+    ctx: PageContext
+    fragment: Callable[..., str]
+    page: Callable[..., web.Response]
+    alive: Callable[[], Awaitable[bool]]
+
+
+@dataclass(frozen=True)
+class ConsoleRoute:
+    """A further GET of a page: ``GET /console<page path>/<name>`` (a detail page, a file, a stream).
+
+    The console resolves the session and checks the page's and this route's least role first
+    (403, audited); ``OperatorError`` raised by ``handle`` is shown as the error page.
     """
 
     name: str
     role: Role
-    run: Callable[[PageContext], Awaitable[tuple[str, str, bytes]]]
+    handle: Callable[[RouteView], Awaitable[web.StreamResponse]]
+
+
+def attachment(filename: str, content_type: str, body: bytes) -> web.Response:
+    """A file the browser saves (never renders), named in UTF-8 (Chinese) with an ASCII fallback."""
+    ascii_name = filename.encode("ascii", "replace").decode().replace("?", "_").replace('"', "_")
+    return web.Response(
+        body=body,
+        headers={
+            "Content-Type": content_type,
+            # RFC 6266/5987
+            "Content-Disposition": f"attachment; filename=\"{ascii_name}\"; filename*=UTF-8''{quote(filename)}",
+            "Cache-Control": "no-store",
+            "X-Content-Type-Options": "nosniff",
+        },
+    )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -79,7 +117,7 @@ class ConsolePage:
         template: the jinja2 template under ``district/console/templates``.
         load: the template's variables.
         actions: the page's state-changing requests (each with its own least role).
-        downloads: the files the page offers (each with its own least role).
+        routes: the page's further GETs (detail pages, files, server-sent event streams).
     """
 
     name: str
@@ -90,7 +128,7 @@ class ConsolePage:
     template: str
     load: PageLoader
     actions: tuple[ConsoleAction, ...] = field(default=())
-    downloads: tuple[ConsoleDownload, ...] = field(default=())
+    routes: tuple[ConsoleRoute, ...] = field(default=())
 
     def __post_init__(self) -> None:
         if not self.path.startswith("/") or self.path.endswith("/") or self.path.count("/") != 1:

@@ -14,7 +14,9 @@ from datetime import datetime, timedelta
 from typing import Any
 from urllib.parse import urlencode
 
-from district.console.page import ConsoleDownload, ConsolePage, PageContext
+from aiohttp import web
+
+from district.console.page import ConsolePage, ConsoleRoute, PageContext, RouteView, attachment
 from district.console.pages.overview import KIND_ZH
 from district.operator_output import event_summary
 from district.query_model import EventPage, Role
@@ -187,6 +189,10 @@ async def load(ctx: PageContext) -> Mapping[str, Any]:
     return variables
 
 
+async def _export_route(view: RouteView) -> web.StreamResponse:
+    return attachment(*await export(view.ctx))
+
+
 async def export(ctx: PageContext) -> tuple[str, str, bytes]:
     """Every event of the search (at most ``CSV_PAGES`` full pages) as CSV for Excel."""
     search = Search(ctx)
@@ -213,5 +219,5 @@ PAGE = ConsolePage(
     order=20,
     template="events.html",
     load=load,
-    downloads=(ConsoleDownload("export.csv", Role.VIEWER, export),),
+    routes=(ConsoleRoute("export.csv", Role.VIEWER, _export_route),),
 )
