@@ -57,8 +57,10 @@ E2 = "evt-c1-alarm-0002"
 E_B = "evt-c2-alarm-0001"  # compound 2's
 
 
-def alarm(event_id: str, compound: str, at: datetime | None = None) -> Event:
-    """A critical thrown-object event of one compound."""
+def alarm(
+    event_id: str, compound: str, at: datetime | None = None, severity: Severity = Severity.CRITICAL
+) -> Event:
+    """A thrown-object event of one compound, critical unless ``severity`` says otherwise."""
     moment = at or utc_now() - timedelta(hours=1)
     return Event(
         event_id=event_id,
@@ -68,7 +70,7 @@ def alarm(event_id: str, compound: str, at: datetime | None = None) -> Event:
         device_id=DEVICE,
         occurred_at=moment,
         received_at=moment,
-        severity=Severity.CRITICAL,
+        severity=severity,
         source=Provenance(vendor="test", dialect="test"),
         payload=ThrownObjectPayload(),
     )

@@ -8,26 +8,9 @@ from pathlib import Path
 from device_sims.inventory import DISTRICT_ID
 from district.alarm_feed import AlarmFeed, alarms_of
 from district.query_backends import open_query_backend
-from foundation.events import Event, EventKind, Provenance, Severity, ThrownObjectPayload, utc_now
-from tests.evidence_double import C1, C2, DEVICE, alarm
+from foundation.events import Severity, utc_now
+from tests.evidence_double import C1, C2, alarm
 from uplink.stores.sqlite import SqliteStore, SqliteStoreConfig
-
-
-def routine(event_id: str, compound: str) -> Event:
-    """A non-critical event (never an alarm)."""
-    moment = utc_now() - timedelta(minutes=5)
-    return Event(
-        event_id=event_id,
-        kind=EventKind.THROWN_OBJECT,
-        district_id=DISTRICT_ID,
-        compound_id=compound,
-        device_id=DEVICE,
-        occurred_at=moment,
-        received_at=moment,
-        severity=Severity.INFO,
-        source=Provenance(vendor="test", dialect="test"),
-        payload=ThrownObjectPayload(),
-    )
 
 
 async def test_new_alarms_reach_the_listeners_in_scope_once(tmp_path: Path) -> None:
@@ -49,7 +32,7 @@ async def test_new_alarms_reach_the_listeners_in_scope_once(tmp_path: Path) -> N
         ):
             new = alarm("evt-new-alarm-0001", C1)
             late = alarm("evt-late-alarm-001", C1, at=utc_now() - timedelta(hours=3))
-            await store.write([new, routine("evt-routine-00001", C1)])
+            await store.write([new, alarm("evt-routine-00001", C1, severity=Severity.INFO)])
             assert [e.event_id for e in await feed.poll_once()] == [new.event_id]
             await store.write([new, late])  # the new one re-sent, the late one arrives
             assert [e.event_id for e in await feed.poll_once()] == [late.event_id]
