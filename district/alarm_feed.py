@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -54,6 +54,11 @@ class Listener:
                 self.queue.get_nowait()
                 self.missed += 1
         self.queue.put_nowait(event)
+
+    def take_missed(self) -> int:
+        """How many alarms were dropped since the last call (the count starts again at zero)."""
+        missed, self.missed = self.missed, 0
+        return missed
 
 
 @dataclass
@@ -127,11 +132,3 @@ class AlarmFeed:
         stale = [event_id for event_id, at in self.announced.items() if at < start_ns]
         for event_id in stale:
             del self.announced[event_id]
-
-
-async def alarms_of(listener: Listener) -> AsyncIterator[tuple[Event, int]]:
-    """The listener's alarms as they come, each with how many were dropped before it."""
-    while True:
-        event = await listener.queue.get()
-        missed, listener.missed = listener.missed, 0
-        yield event, missed

@@ -225,8 +225,7 @@ async def _send(
                 continue
             if not await view.alive():
                 break
-            missed, listener.missed = listener.missed, 0
-            if missed:
+            if missed := listener.take_missed():
                 await response.write(_sse("missed", str(missed)))
             fragment = view.fragment("alarm_row.html", r=row(event, AlarmState.NEW, ctx))
             await response.write(_sse("alarm", fragment))
