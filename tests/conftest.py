@@ -140,6 +140,23 @@ def sample_config(tmp_path: Path, broker_port: int, **overrides: str) -> Path:
     return path
 
 
+async def until_quiet(
+    client: aiomqtt.Client, quiet_s: float, count: int | None = None, limit_s: float = 60
+) -> list[tuple[str, bytes]]:
+    """(topic, payload) of the messages that arrive until ``quiet_s`` passes without one.
+
+    At most ``count`` of them (None: no limit) and for at most ``limit_s`` in all.
+    """
+    got: list[tuple[str, bytes]] = []
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(limit_s):
+            while count is None or len(got) < count:
+                async with asyncio.timeout(quiet_s):
+                    message = await anext(aiter(client.messages))
+                got.append((str(message.topic), bytes(message.payload)))
+    return got
+
+
 def device_client(port: int, device: SimDevice, **kwargs: Any) -> aiomqtt.Client:
     """An MQTT client logged in with ``device``'s own account on the compound broker (``mosquitto``)."""
     kwargs.setdefault("identifier", f"device-{device.username}")

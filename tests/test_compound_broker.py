@@ -35,6 +35,7 @@ from gateway.broker_credentials import write_broker_credentials
 from gateway.broker_drops import DROPPED_TOPIC, drop_counter_user
 from gateway.config import load_config
 from gateway.device_secrets import GATEWAY_BROKER_USER, load_device_secrets
+from tests.conftest import until_quiet
 
 DEVICE, OTHER = "860812045678901", "860812045678902"  # the sample's shed sensor, and a second one
 OTHER_ID = "36010400011340000009"
@@ -171,14 +172,8 @@ def gateway_session(broker: Broker) -> aiomqtt.Client:
 
 
 async def receive(client: aiomqtt.Client, count: int, quiet_s: float) -> list[bytes]:
-    got: list[bytes] = []
-    with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(60):
-            while len(got) < count:
-                async with asyncio.timeout(quiet_s):
-                    message = await anext(aiter(client.messages))
-                got.append(bytes(message.payload))
-    return got
+    """The payloads of up to ``count`` messages, until ``quiet_s`` passes without one."""
+    return [payload for _, payload in await until_quiet(client, quiet_s, count)]
 
 
 async def dropped(broker: Broker) -> int:
@@ -310,7 +305,7 @@ async def test_a_device_reads_only_its_own_commands(
         for ref in (DEVICE, OTHER):
             await gateway.publish(f"shed/{ref}/cmd/req", f"open {ref}".encode(), qos=1)
         for ref, client in ((DEVICE, device), (OTHER, other)):
-            got[ref] = set(await receive_messages(client, 2, quiet_s=1.5))
+            got[ref] = set(await until_quiet(client, 1.5, 2))
     assert got == {
         DEVICE: {(f"shed/{DEVICE}/cmd/req", f"open {DEVICE}".encode())},
         OTHER: {(f"shed/{OTHER}/cmd/req", f"open {OTHER}".encode())},
@@ -354,17 +349,6 @@ async def test_strangers_are_refused_and_the_gateway_reads_the_drop_counter(
         with pytest.raises(aiomqtt.MqttError, match=r"Not authorized|not authorised|code:5\b|code:135"):
             async with aiomqtt.Client("127.0.0.1", broker.port, timeout=5, **login):  # type: ignore[arg-type]
                 pass
-
-
-async def receive_messages(client: aiomqtt.Client, count: int, quiet_s: float) -> list[tuple[str, bytes]]:
-    """Up to ``count`` (topic, payload) pairs, until ``quiet_s`` passes without one."""
-    got: list[tuple[str, bytes]] = []
-    with contextlib.suppress(TimeoutError):
-        while len(got) < count:
-            async with asyncio.timeout(quiet_s):
-                message = await anext(aiter(client.messages))
-            got.append((str(message.topic), bytes(message.payload)))
-    return got
 
 
 async def test_the_benchmarks_local_run_of_the_shipped_file_keeps_its_queue_and_persistence(

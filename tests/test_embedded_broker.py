@@ -22,6 +22,7 @@ from device_sims.inventory import sample_broker_accounts, sample_devices
 from foundation.errors import PublishRefusedError, TransportError
 from foundation.mqtt import MqttSession, SessionOptions
 from gateway.device_secrets import GATEWAY_BROKER_USER
+from tests.conftest import until_quiet
 
 
 def v5_persistent() -> Properties:
@@ -193,13 +194,7 @@ def client_of(port: int, device: SimDevice | None, identifier: str, *, persisten
 
 async def received(client: aiomqtt.Client, quiet_s: float = 0.7) -> list[bytes]:
     """The payloads that arrive until ``quiet_s`` passes without one."""
-    got: list[bytes] = []
-    with contextlib.suppress(TimeoutError):
-        while True:
-            async with asyncio.timeout(quiet_s):
-                message = await anext(aiter(client.messages))
-            got.append(bytes(message.payload))
-    return got
+    return [payload for _, payload in await until_quiet(client, quiet_s)]
 
 
 @pytest.mark.parametrize(
