@@ -231,6 +231,8 @@ class CompoundDouble:
     compound: str
     port: int
     files: dict[str, list[tuple[str, bytes]]] = field(default_factory=dict)  # event id -> (role, bytes)
+    # the vehicle pictures a barrier window request gets: event id -> (role, bytes, content type)
+    barrier_files: dict[str, list[tuple[str, bytes, str]]] = field(default_factory=dict)
     policy: Policy = allow
     corrupt_index: int | None = None
     repeat: bool = False  # every chunk twice, the file's chunks in reverse order, then all again
@@ -276,11 +278,8 @@ class CompoundDouble:
         assert self.session is not None
         if self.gate_answer is not None:
             await self.gate_answer.wait()
-        if isinstance(request.subject, BarrierWindow):  # this double keeps no barrier pictures
-            answer = EvidenceAnswer(
-                request_id=request.request_id, status=AnswerStatus.NOT_FOUND, answered_at=utc_now()
-            )
-            await self.session.publish(self.topic(ANSWER), encode_json(answer), qos=1)
+        if isinstance(request.subject, BarrierWindow):
+            await self._answer_window(request)
             return
         status, rule = self.policy(request)
         assert isinstance(request.subject, EventEvidence)
@@ -300,6 +299,24 @@ class CompoundDouble:
         if self.gate_chunks is not None:
             await self.gate_chunks.wait()
         for item, (_, data) in zip(items, files, strict=True):
+            await self.send_file(item, data, request.request_id)
+
+    async def _answer_window(self, request: EvidenceRequest) -> None:
+        # every barrier picture this double keeps (the test keeps only the window's), or not found
+        assert self.session is not None
+        pictures = [
+            (item_of(event_id, role, data, content_type), data)
+            for event_id, files in self.barrier_files.items()
+            for role, data, content_type in files
+        ]
+        answer = EvidenceAnswer(
+            request_id=request.request_id,
+            status=AnswerStatus.SENDING if pictures else AnswerStatus.NOT_FOUND,
+            items=tuple(item for item, _ in pictures),
+            answered_at=utc_now(),
+        )
+        await self.session.publish(self.topic(ANSWER), encode_json(answer), qos=1)
+        for item, data in pictures:
             await self.send_file(item, data, request.request_id)
 
     async def send_file(self, item: MediaItem, data: bytes, request_id: str | None) -> None:

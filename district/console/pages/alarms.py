@@ -29,10 +29,11 @@ import structlog
 from aiohttp import web
 
 from district.alarm_feed import AlarmFeed
+from district.console.evidence_file import evidence_file
 from district.console.page import ConsoleAction, ConsolePage, ConsoleRoute, PageContext, RouteView
 from district.operator_output import event_summary
 from district.queries.alarms import AlarmPage, AlarmRow
-from district.queries.evidence import MEDIA_SPEC, EvidenceStatus, MediaFile
+from district.queries.evidence import EvidenceStatus
 from district.query_model import AlarmState, Role
 from foundation.errors import InvalidQueryError, NotFoundError, OperatorError
 from foundation.events import Event, EventKind, ThrownObjectPayload, utc_now
@@ -303,28 +304,6 @@ async def detail(view: RouteView) -> web.StreamResponse:
     )
 
 
-async def media(view: RouteView) -> web.StreamResponse:
-    """One evidence file through ``evidence_media`` (operator role, a reason, the event in scope; audited)."""
-    ctx = view.ctx
-    params = {
-        "event_id": ctx.query.get("id", ""),
-        "sha256": ctx.query.get("sha", ""),
-        "reason": ctx.query.get("reason", ""),
-    }
-    found: MediaFile = await ctx.ask(MEDIA_SPEC.name, params, spec=MEDIA_SPEC)
-    inline = found.content_type in {"image/jpeg", "image/png", "video/mp4", "video/webm"}
-    return web.FileResponse(
-        found.path,
-        headers={
-            # only types a browser shows as media inline; anything else is saved, never rendered
-            "Content-Type": found.content_type if inline else "application/octet-stream",
-            "Content-Disposition": "inline" if inline else "attachment",
-            "X-Content-Type-Options": "nosniff",
-            "Cache-Control": "no-store",
-        },
-    )
-
-
 PAGE = ConsolePage(
     name="alarms",
     path="/alarms",
@@ -340,6 +319,6 @@ PAGE = ConsolePage(
     routes=(
         ConsoleRoute(name="stream", role=Role.VIEWER, handle=stream),
         ConsoleRoute(name="alarm", role=Role.VIEWER, handle=detail),
-        ConsoleRoute(name="media", role=Role.OPERATOR, handle=media),
+        ConsoleRoute(name="media", role=Role.OPERATOR, handle=evidence_file),
     ),
 )

@@ -4,8 +4,8 @@ The passes are the ``barrier`` action (operator role and a reason, audited). Pic
 holds vehicle pictures only after an evidence request for a barrier window, so the page offers
 "request the pictures of this window" (the ``evidence_barrier`` action, a POST with a reason) and,
 on 显示已调取的图片 (``pictures=1``: one audited ``evidence`` action per pass, so not by default)
-lists per pass the verified files held, linked to the JSON API's media route (the console has no
-media route of its own yet).
+lists per pass the verified files held, shown through the page's own ``media`` route
+(``evidence_media``: operator role, the form's reason, audited per file).
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
-from district.console.page import ConsoleAction, ConsolePage, PageContext
+from district.console.evidence_file import evidence_file, media_query
+from district.console.page import ConsoleAction, ConsolePage, ConsoleRoute, PageContext
 from district.console.pages.events import DIRECTION_ZH, form_time, form_value, refusal_zh, vehicle_text
 from district.queries.evidence import EvidenceStatus, RequestView
 from district.query_model import EventPage, Role
@@ -43,10 +44,15 @@ def _window(ctx: PageContext) -> tuple[datetime, datetime]:
     return form_time(ctx, "start", now - timedelta(hours=1)), form_time(ctx, "end", now)
 
 
-async def _pictures(ctx: PageContext, event_id: str) -> list[dict[str, str]]:
+async def _pictures(ctx: PageContext, event_id: str, reason: str) -> list[dict[str, str]]:
     status: EvidenceStatus = await ctx.ask("evidence", {"event_id": event_id})
     return [
-        {"role": f.role, "href": f"/api/v1/evidence/{event_id}/media/{f.sha256}", "sha": f.sha256[:12]}
+        {
+            "role": f.role,
+            "query": media_query(event_id, f.sha256, reason),
+            "sha": f.sha256[:12],
+            "image": str(f.content_type in {"image/jpeg", "image/png"}),
+        }
         for f in status.held
         if f.verified
     ]
@@ -92,7 +98,7 @@ async def load(ctx: PageContext) -> Mapping[str, Any]:
         held: list[dict[str, str]] = []
         if pictures and i < PICTURE_LOOKUPS:
             try:
-                held = await _pictures(ctx, e.event_id)
+                held = await _pictures(ctx, e.event_id, reason)
             except OperatorError:
                 held = []
         variables["rows"].append(
@@ -142,4 +148,5 @@ PAGE = ConsolePage(
     template="barrier.html",
     load=load,
     actions=(ConsoleAction("request", Role.OPERATOR, request_pictures),),
+    routes=(ConsoleRoute("media", Role.OPERATOR, evidence_file),),
 )
