@@ -365,6 +365,8 @@ async def test_alarm_queue_live_actions_and_evidence(
                 clip_src = until(driver, clip_shown, "the clip, once the compound sent it")
                 assert f"sha={hashlib.sha256(CLIP).hexdigest()}" in clip_src
                 assert driver.find_elements(By.ID, "request-clip") == []  # held: nothing to ask for
+                states = [c.text for c in driver.find_elements(By.CSS_SELECTOR, "#requests .request-state")]
+                assert states == ["已到达"]  # the request's state in the operators' words
                 screenshot(driver, "alarm-detail")
                 return fire_id
 

@@ -31,6 +31,7 @@ from aiohttp import web
 from district.alarm_feed import AlarmFeed
 from district.console.evidence_file import evidence_file
 from district.console.page import ConsoleAction, ConsolePage, ConsoleRoute, PageContext, RouteView
+from district.evidence_store import OPEN_STATES, RequestState
 from district.operator_output import event_summary
 from district.queries.alarms import AlarmPage, AlarmRow
 from district.queries.evidence import EvidenceStatus
@@ -63,6 +64,17 @@ STATE_ZH = {
     AlarmState.FALSE_ALARM: "误报",
     AlarmState.RESOLVED: "已处置",
 }
+REQUEST_ZH = {
+    RequestState.PENDING: "待小区应答",
+    RequestState.WAITING: "小区取证中",
+    RequestState.SENDING: "传输中",
+    RequestState.COMPLETE: "已到达",
+    RequestState.REFUSED: "小区拒绝",
+    RequestState.NOT_FOUND: "小区无此证据",
+    RequestState.FAILED: "失败",
+    RequestState.EXPIRED: "已过期",
+}
+"""Evidence request states as operators read them (the English value stays in the row's title)."""
 OPEN = frozenset({AlarmState.NEW, AlarmState.ACKNOWLEDGED})
 # the buttons of each state: (action name, label); the service checks the transition again (409)
 STEPS: dict[AlarmState, tuple[tuple[str, str], ...]] = {
@@ -282,11 +294,7 @@ async def detail(view: RouteView) -> web.StreamResponse:
         evidence_error = exc.message
     held = {f.role: f for f in evidence.held if f.verified} if evidence else {}
     operator = ctx.principal.role.allows(Role.OPERATOR)
-    pending = (
-        any(r.state.value in {"pending", "waiting", "sending"} for r in evidence.requests)
-        if evidence
-        else False
-    )
+    pending = any(r.state in OPEN_STATES for r in evidence.requests) if evidence else False
     return view.page(
         "alarm.html",
         a=row(alarm.event, alarm.state, ctx),
@@ -301,6 +309,7 @@ async def detail(view: RouteView) -> web.StreamResponse:
         operator=operator,
         can_request=operator and "clip" not in held and not pending,
         pending=pending,
+        request_zh={state.value: zh for state, zh in REQUEST_ZH.items()},
     )
 
 
