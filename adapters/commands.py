@@ -18,46 +18,43 @@ in ``gateway/``, not here.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import TYPE_CHECKING, Annotated, Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field
 
+# the vocabulary both ends of the uplink share lives in foundation; re-exported for the dialects
+from foundation.commands import (
+    EXPECTED_STATE,
+    ID_PATTERN,
+    ActuatorState,
+    CommandAction,
+    CommandId,
+    is_valid_id,
+)
 from foundation.errors import GatewayError
 
 if TYPE_CHECKING:
     from adapters.base import RawMessage
 
-ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,63}$"
-CommandId = Annotated[str, StringConstraints(pattern=ID_PATTERN)]
-"""Chosen by the issuer, unique per command; safe in JSON, XML, URLs and MQTT topics."""
-_ID = re.compile(ID_PATTERN)
-
-
-class CommandAction(StrEnum):
-    """What a command asks a device to do (the canonical vocabulary; dialects map it to theirs)."""
-
-    BARRIER_OPEN = "barrier_open"
-    BARRIER_CLOSE = "barrier_close"
-    DOOR_OPEN = "door_open"
-
-
-class ActuatorState(StrEnum):
-    """The state a device reports for its barrier or door."""
-
-    OPEN = "open"
-    CLOSED = "closed"
-    MOVING = "moving"
-    UNKNOWN = "unknown"  # no signal from the position sensor, or the device would not say
-
-
-EXPECTED_STATE: dict[CommandAction, ActuatorState] = {
-    CommandAction.BARRIER_OPEN: ActuatorState.OPEN,
-    CommandAction.BARRIER_CLOSE: ActuatorState.CLOSED,
-    CommandAction.DOOR_OPEN: ActuatorState.OPEN,
-}
+__all__ = [
+    "EXPECTED_STATE",
+    "ID_PATTERN",
+    "ActuatorState",
+    "Command",
+    "CommandAction",
+    "CommandEncoder",
+    "CommandId",
+    "CommandNotSupportedError",
+    "CommandReply",
+    "DeviceRequest",
+    "HttpRequest",
+    "MqttRequest",
+    "ReplyStatus",
+    "StateReading",
+    "is_valid_id",
+]
 
 
 class Command(BaseModel):
@@ -174,11 +171,6 @@ class CommandNotSupportedError(GatewayError):
         super().__init__(f"{dialect} cannot send this command: {reason}")
         self.dialect = dialect
         self.reason = reason
-
-
-def is_valid_id(value: str) -> bool:
-    """Whether a command or query id has the shape every dialect can carry."""
-    return _ID.fullmatch(value) is not None
 
 
 class CommandEncoder(Protocol):
