@@ -12,6 +12,13 @@ import functools
 import json
 import re
 from collections.abc import Callable
+from typing import TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+from foundation.errors import PayloadRejected
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
 
 _SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
@@ -37,3 +44,20 @@ def loads(document: bytes | str, *, parse_constant: Callable[[str], object] | No
         except UnicodeEncodeError:
             raise json.JSONDecodeError("lone UTF-16 surrogate escape", text, match.start()) from None
     return value
+
+
+def decode_model(model: type[ModelT], body: bytes) -> ModelT:
+    """A peer's JSON message as ``model``, or ``PayloadRejected`` naming the first bad field.
+
+    The uplink's own protocols (evidence, commands) read every message through this.
+    """
+    try:
+        document = loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
+        raise PayloadRejected("malformed_json", f"{model.__name__} is not JSON") from None
+    try:
+        return model.model_validate(document)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise PayloadRejected("bad_field", f"{model.__name__}: {first['msg']}", field=where or None) from None

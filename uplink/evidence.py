@@ -27,13 +27,12 @@ receiver checks the SHA-256 of the whole before it keeps anything.
 
 from __future__ import annotations
 
-import json
 import struct
 from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Literal, TypeVar
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
 
 from foundation import strict_json
 from foundation.errors import PayloadRejected
@@ -203,17 +202,17 @@ def encode_json(message: EvidenceRequest | EvidenceAnswer | MediaManifest) -> by
 
 def decode_request(body: bytes) -> EvidenceRequest:
     """A request, or ``PayloadRejected`` naming the field."""
-    return _decode(EvidenceRequest, body)
+    return strict_json.decode_model(EvidenceRequest, body)
 
 
 def decode_answer(body: bytes) -> EvidenceAnswer:
     """An answer, or ``PayloadRejected`` naming the field."""
-    return _decode(EvidenceAnswer, body)
+    return strict_json.decode_model(EvidenceAnswer, body)
 
 
 def decode_manifest(body: bytes) -> MediaManifest:
     """A manifest, or ``PayloadRejected`` naming the field."""
-    return _decode(MediaManifest, body)
+    return strict_json.decode_model(MediaManifest, body)
 
 
 def encode_chunk(header: ChunkHeader, data: bytes) -> bytes:
@@ -230,7 +229,7 @@ def decode_chunk(body: bytes) -> tuple[ChunkHeader, bytes]:
     if not 2 <= length <= MAX_HEADER_BYTES or len(body) < _HEADER_LENGTH.size + length:
         raise PayloadRejected("bad_chunk", f"header length {length} does not fit the message")
     start = _HEADER_LENGTH.size
-    header = _decode(ChunkHeader, body[start : start + length])
+    header = strict_json.decode_model(ChunkHeader, body[start : start + length])
     data = body[start + length :]
     if len(data) > MAX_CHUNK_BYTES:
         raise PayloadRejected("bad_chunk", f"{len(data)} bytes in one chunk (at most {MAX_CHUNK_BYTES})")
@@ -248,19 +247,6 @@ def chunk_spans(size: int, chunk_bytes: int = DEFAULT_CHUNK_BYTES) -> list[tuple
     if size == 0:
         return [(0, 0)]
     return [(offset, min(chunk_bytes, size - offset)) for offset in range(0, size, chunk_bytes)]
-
-
-def _decode(model: type[M], body: bytes) -> M:
-    try:
-        document = strict_json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
-        raise PayloadRejected("malformed_json", f"{model.__name__} is not JSON") from None
-    try:
-        return model.model_validate(document)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise PayloadRejected("bad_field", f"{model.__name__}: {first['msg']}", field=where or None) from None
 
 
 def is_expired(request: EvidenceRequest, now: datetime) -> bool:
