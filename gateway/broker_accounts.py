@@ -5,7 +5,9 @@ secret as password, and may write only its own topics and read only its own comm
 its dialect names them (``adapters.base.DeviceTopics``). The gateway's account reads every
 inventory device's topics and writes every device's command requests; its second session, the
 ``<gateway user>-sys`` account with the same password, reads only the broker's drop counter
-(``gateway/broker_drops.py``). Nobody else has an account, the shipped configuration refuses
+(``gateway/broker_drops.py``); its third, ``<gateway user>-cmd``, sends devices their commands
+(``gateway/command_executor.py``): it writes command requests and reads the devices' topics, where
+their answers arrive. Nobody else has an account, the shipped configuration refuses
 anonymous clients, and it binds every session to its account (``use_username_as_clientid``): no
 login can take over the gateway's persistent session, or another device's, by its client id.
 
@@ -31,6 +33,7 @@ from adapters.base import Transport
 from foundation.errors import ConfigError
 from foundation.mqtt import topic_matches
 from gateway.broker_drops import DROPPED_TOPIC, drop_counter_user
+from gateway.command_executor import command_user
 from gateway.config import GatewayConfig
 from gateway.device_secrets import GATEWAY_BROKER_USER, DeviceSecrets
 
@@ -130,10 +133,12 @@ def build_broker_accounts(config: GatewayConfig, secrets_: DeviceSecrets) -> Bro
     """
     gateway_user = config.mqtt.username or GATEWAY_BROKER_USER
     sys_user = drop_counter_user(gateway_user)
+    cmd_user = command_user(gateway_user)
     gateway_password = config.mqtt.password or secrets_.gateway
     owners: dict[str, str] = {
         gateway_user: "the gateway ([mqtt] username)",
         sys_user: "the gateway's drop counter reader ([mqtt] username + -sys)",
+        cmd_user: "the gateway's command sender ([mqtt] username + -cmd)",
     }
     passwords: dict[str, SecretStr] = {}
     device_rules: list[AclRule] = []
@@ -142,7 +147,7 @@ def build_broker_accounts(config: GatewayConfig, secrets_: DeviceSecrets) -> Bro
     if gateway_password is None:
         problems.append("  gateway: no secret for the gateway's broker account -> fix: add one")
     else:
-        passwords[gateway_user] = passwords[sys_user] = gateway_password
+        passwords[gateway_user] = passwords[sys_user] = passwords[cmd_user] = gateway_password
     for device in config.devices:
         dialect = DIALECTS[device.dialect]
         if dialect.transport is not Transport.MQTT or dialect.device_topics is None or device.ref is None:
@@ -169,6 +174,8 @@ def build_broker_accounts(config: GatewayConfig, secrets_: DeviceSecrets) -> Bro
         # the gateway's commands (and whatever local rules will publish) go to command requests only
         gateway_rules += [AclRule(gateway_user, "read", t) for t in topics.publishes]
         gateway_rules += [AclRule(gateway_user, "write", t) for t in topics.subscribes]
+        gateway_rules += [AclRule(cmd_user, "read", t) for t in topics.publishes]
+        gateway_rules += [AclRule(cmd_user, "write", t) for t in topics.subscribes]
     if problems:
         raise ConfigError(
             "\n".join(

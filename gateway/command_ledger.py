@@ -153,8 +153,29 @@ class CommandLedger(SqliteBacked):
     def __init__(self, path: Path) -> None:
         super().__init__(path, SCHEMA, "command-ledger")
 
-    async def admit(self, order: CommandOrder, origin: CommandOrigin, now: datetime) -> Admission:
-        """Record a new order (queued, or expired if it arrived too late); a known id changes nothing."""
+    async def known(self, command_id: str) -> CommandState | None:
+        """The state of a command id seen before, or None."""
+
+        def read(db: sqlite3.Connection) -> CommandState | None:
+            row = db.execute("SELECT state FROM commands WHERE command_id = ?", (command_id,)).fetchone()
+            return None if row is None else CommandState(row[0])
+
+        return await self._file.call(read)
+
+    async def admit(
+        self,
+        order: CommandOrder,
+        origin: CommandOrigin,
+        now: datetime,
+        *,
+        refused: tuple[str, str] | None = None,
+    ) -> Admission:
+        """Record a new order; a known id changes nothing.
+
+        It is ``queued``, or ``expired`` if it arrived too late, or ``refused`` with ``refused`` =
+        (rule, reason) as judged by the caller: in one transaction, so a restart never finds a
+        refused command queued.
+        """
 
         def write(db: sqlite3.Connection) -> Admission:
             with transaction(db):
@@ -163,13 +184,14 @@ class CommandLedger(SqliteBacked):
                 ).fetchone()
                 if known is not None:
                     return Admission(new=False, state=CommandState(known[0]))
-                late = order.expired(now)
-                state = CommandState.EXPIRED if late else CommandState.QUEUED
-                detail = (
-                    f"arrived at {now.isoformat()}, after its expiry {order.expires_at.isoformat()}"
-                    if late
-                    else None
-                )
+                rule: str | None = None
+                detail: str | None = None
+                state = CommandState.QUEUED
+                if order.expired(now):
+                    state = CommandState.EXPIRED
+                    detail = f"arrived at {now.isoformat()}, after its expiry {order.expires_at.isoformat()}"
+                elif refused is not None:
+                    state, (rule, detail) = CommandState.REFUSED, refused
                 db.execute(
                     f"INSERT INTO commands ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",  # noqa: S608 - our columns
                     (
@@ -187,10 +209,10 @@ class CommandLedger(SqliteBacked):
                         now.isoformat(),
                         now.isoformat(),
                         detail,
-                        None,
+                        rule,
                     ),
                 )
-                _append_report(db, _report(order, origin, state, now, detail=detail))
+                _append_report(db, _report(order, origin, state, now, detail=detail, rule=rule))
                 return Admission(new=True, state=state)
 
         return await self._file.call(write)
@@ -311,6 +333,18 @@ class CommandLedger(SqliteBacked):
                 return queued, interrupted
 
         return await self._file.call(write)
+
+    async def queued(self, limit: int = 1000) -> list[LedgerEntry]:
+        """Commands accepted and not yet claimed, oldest first (the sweep's backlog)."""
+
+        def read(db: sqlite3.Connection) -> list[LedgerEntry]:
+            rows = db.execute(
+                f"SELECT {_COLUMNS} FROM commands WHERE state = ? ORDER BY received_at LIMIT ?",  # noqa: S608 - our columns
+                (CommandState.QUEUED.value, limit),
+            ).fetchall()
+            return [_entry_of(row) for row in rows]
+
+        return await self._file.call(read)
 
     async def entry(self, command_id: str) -> LedgerEntry | None:
         """One command as the ledger holds it."""

@@ -23,7 +23,7 @@ from pydantic import (
     model_validator,
 )
 
-from adapters import DIALECTS
+from adapters import COMMAND_ENCODERS, DIALECTS
 from adapters.base import MQTT_REF_PATTERN, Transport
 from foundation.backoff import BackoffConfig
 from foundation.config_types import ConfigModel, Port, ZoneName
@@ -31,6 +31,7 @@ from foundation.credentials import CredentialName, credential_path
 from foundation.errors import ConfigError
 from foundation.events import GbId, Location
 from foundation.toml_config import load_toml_model
+from gateway.command_policy import CommandsConfig
 from uplink.config import BrokerConfig, TlsConfig
 from uplink.protocol import DEFAULT_PREFIX
 from uplink.stores import StoreConfig
@@ -300,6 +301,18 @@ class DeviceConfig(ConfigModel):
         pattern=r'^[^":\\]+$',
         description="the user name the gateway presents to the device's download API",
     )
+    control_url: HttpUrl | None = Field(
+        default=None,
+        description="HTTP devices that take commands (Hikvision ISAPI): the device's base URL, e.g."
+        " http://192.168.1.64; requests carry HTTP digest with control_username and the device's secret",
+    )
+    control_username: str = Field(
+        default="gateway",
+        min_length=1,
+        max_length=64,
+        pattern=r'^[^":\\]+$',
+        description="the user name the gateway presents when it sends the device commands",
+    )
 
     @property
     def http_username(self) -> str:
@@ -545,6 +558,7 @@ class GatewayConfig(ConfigModel):
     backoff: BackoffConfig = BackoffConfig()
     trust: TrustConfig = TrustConfig()
     evidence: EvidenceConfig = EvidenceConfig()
+    commands: CommandsConfig = CommandsConfig()
     platforms: dict[str, PlatformConfig] = Field(
         default_factory=dict, description="per vendor platform dialect: how it authenticates its pushes"
     )
@@ -567,6 +581,24 @@ class GatewayConfig(ConfigModel):
                 if key in seen_refs:
                     raise ValueError(f"two {device.dialect} devices share ref {device.ref!r}")
                 seen_refs.add(key)
+        return self
+
+    @model_validator(mode="after")
+    def _command_policy_devices(self) -> GatewayConfig:
+        known = {d.id: d for d in self.devices}
+        for rule in self.commands.policy:
+            for device_id in rule.devices:
+                device = known.get(device_id)
+                if device is None:
+                    raise ValueError(
+                        f"[[commands.policy]] {rule.name}: device {device_id} is not in [[devices]];"
+                        " remove it or add the device"
+                    )
+                encoder = COMMAND_ENCODERS.get(device.dialect)
+                if encoder is None:
+                    raise ValueError(
+                        f"[[commands.policy]] {rule.name}: device {device_id} ({device.dialect}) takes no commands"
+                    )
         return self
 
     @model_validator(mode="after")

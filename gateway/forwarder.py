@@ -28,6 +28,7 @@ from foundation.events import Event, utc_now
 from foundation.health import Health
 from foundation.logging import worth_logging
 from foundation.mqtt import MqttSession, SessionOptions, Will
+from gateway.command_service import CommandService
 from gateway.config import DirectUplinkConfig, GatewayConfig, MqttUplinkConfig, Pacing
 from gateway.evidence_service import EvidenceService
 from gateway.outbox import OutboxReader, StoredEvent
@@ -191,10 +192,13 @@ class MqttUplink:
         config: GatewayConfig,
         uplink: MqttUplinkConfig,
         reader: OutboxReader,
+        *,
         watchlists: WatchListRegistry | None = None,
         evidence: EvidenceService | None = None,
+        commands: CommandService | None = None,
     ) -> None:
         self._config = config
+        self._commands = commands  # None: no device takes commands, no orders are read
         self._watchlists = watchlists
         self._evidence = evidence  # None: no evidence requests are read, no pictures sent
         self._uplink = uplink
@@ -274,13 +278,7 @@ class MqttUplink:
 
         try:
             async with session:
-                if up.receipts:
-                    await session.subscribe(self._receipt_topic, qos=1)
-                if self._watchlists is not None:
-                    # retained: the current version of every list arrives on each (re)connect
-                    await session.subscribe(watchlist_filter(up.topic_prefix, compound.district_id), qos=1)
-                if self._evidence is not None:
-                    await session.subscribe(self._evidence.request_topic, qos=1)
+                await self._subscribe(session)
                 await publish(self._status_topic, self._status("online"), retain=True)
                 log.info("uplink_connected", host=broker.host, port=broker.port)
                 self._connected_once = True
@@ -291,6 +289,8 @@ class MqttUplink:
                         if self._evidence is not None:
                             # its own task, one publish at a time: files never hold events back
                             tg.create_task(self._evidence.run(publish), name="uplink-evidence")
+                        if self._commands is not None:
+                            tg.create_task(self._commands.run_reports(publish), name="uplink-command-reports")
                         await self.forwarder.run(send)
                 finally:
                     with contextlib.suppress(TransportError, TimeoutError):
@@ -313,6 +313,21 @@ class MqttUplink:
                 f"district broker {broker.host}:{broker.port}: {group.exceptions[0]}{hint}"
             ) from group
 
+    async def _subscribe(self, session: MqttSession) -> None:
+        """What the district sends this compound: receipts, watch lists, evidence requests, command orders."""
+        up = self._uplink
+        if up.receipts:
+            await session.subscribe(self._receipt_topic, qos=1)
+        if self._watchlists is not None:
+            # retained: the current version of every list arrives on each (re)connect
+            await session.subscribe(
+                watchlist_filter(up.topic_prefix, self._config.compound.district_id), qos=1
+            )
+        if self._evidence is not None:
+            await session.subscribe(self._evidence.request_topic, qos=1)
+        if self._commands is not None:
+            await session.subscribe(self._commands.order_topic, qos=1)
+
     def _refusal_hint(self) -> str:
         compound = self._config.compound.compound_id
         tls = self._uplink.broker.tls
@@ -331,6 +346,11 @@ class MqttUplink:
         async for message in session.messages():
             if self._evidence is not None and message.topic == self._evidence.request_topic:
                 await self._evidence.receive(message.payload)  # judged and recorded; served by its task
+                continue
+            if self._commands is not None and message.topic == self._commands.order_topic:
+                await self._commands.receive(
+                    message.payload
+                )  # admitted to the ledger; executed by its workers
                 continue
             list_id = watchlist_id(self._uplink.topic_prefix, message.topic)
             if list_id is not None:
@@ -417,10 +437,18 @@ class UplinkFactory:
     reader: OutboxReader
     watchlists: WatchListRegistry | None = None
     evidence: EvidenceService | None = None
+    commands: CommandService | None = None
 
     def mqtt(self, uplink: MqttUplinkConfig) -> Uplink:
-        """Through the district broker, with receipts and watch lists."""
-        return MqttUplink(self.config, uplink, self.reader, self.watchlists, self.evidence)
+        """Through the district broker, with receipts, watch lists, evidence and commands."""
+        return MqttUplink(
+            self.config,
+            uplink,
+            self.reader,
+            watchlists=self.watchlists,
+            evidence=self.evidence,
+            commands=self.commands,
+        )
 
     def direct(self, uplink: DirectUplinkConfig) -> Uplink:
         """Straight into the district store."""

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+from collections.abc import Callable
 from contextlib import AsyncExitStack
 from pathlib import Path
 
 import structlog
 from aiohttp import web
 
-from adapters import DIALECTS
+from adapters import COMMAND_ENCODERS, DIALECTS
 from adapters.base import Transport
 from foundation.backoff import Backoff
 from foundation.errors import OutboxError
@@ -24,6 +25,15 @@ from foundation.health import Health, MetricFamilies
 from foundation.supervision import run_forever, supervise
 from foundation.systemd import sd_notify, watchdog, watchdog_interval
 from gateway.broker_drops import BrokerDrops
+from gateway.command_executor import (
+    CommandExecutor,
+    Exchanges,
+    HttpExchange,
+    MqttExchange,
+    command_session_options,
+)
+from gateway.command_ledger import CommandLedger
+from gateway.command_service import CommandService
 from gateway.config import GatewayConfig, load_pseudonym_key
 from gateway.device_secrets import DeviceSecrets, prepare_trust
 from gateway.device_watch import DeviceWatch
@@ -38,6 +48,7 @@ from gateway.push_auth import PushAuthenticator
 from gateway.retention import Retention
 from gateway.watch_matcher import WatchMatcher
 from gateway.watchlists import WatchListRegistry
+from uplink.protocol import DEFAULT_PREFIX
 
 log = structlog.get_logger(__name__)
 
@@ -96,13 +107,13 @@ async def run_gateway(
                     else:
                         mqtt_up.set()
                     evidence = await _evidence_service(stack, config, reader, health)
-                    if config.uplink is not None:
-                        uplink = config.uplink.build(UplinkFactory(config, reader, registry, evidence))
-                        uplink.expose(health)
-                        transports.create_task(
-                            supervise("uplink", uplink.run, Backoff(config.backoff), health=health),
-                            name="uplink",
-                        )
+                    commands = await _command_service(stack, config, secrets, health, transports)
+                    _start_uplink(
+                        transports,
+                        config,
+                        UplinkFactory(config, reader, registry, evidence, commands),
+                        health,
+                    )
                     transports.create_task(
                         supervise(
                             "watch-matcher", run_forever(matcher.run), Backoff(config.backoff), health=health
@@ -174,6 +185,54 @@ async def _evidence_service(
     audit = await stack.enter_async_context(EvidenceAudit(config.state.dir / "evidence.db"))
     service = EvidenceService(config, prefix, reader.catalog, audit)
     service.expose(health)
+    return service
+
+
+def _start_uplink(
+    tasks: asyncio.TaskGroup, config: GatewayConfig, factory: UplinkFactory, health: Health
+) -> None:
+    """The configured uplink, if any, kept connected."""
+    if config.uplink is None:
+        return
+    uplink = config.uplink.build(factory)
+    uplink.expose(health)
+    tasks.create_task(supervise("uplink", uplink.run, Backoff(config.backoff), health=health), name="uplink")
+
+
+async def _command_service(
+    stack: AsyncExitStack,
+    config: GatewayConfig,
+    secrets: DeviceSecrets,
+    health: Health,
+    tasks: asyncio.TaskGroup,
+) -> CommandService | None:
+    """The command service, its ledger, transports and workers, when a device takes commands; else None.
+
+    It runs whether or not an uplink is configured or reachable: orders come over the district
+    broker (the evidence prefix's uplink), and the compound's own rules command devices without it.
+    """
+    if not any(d.dialect in COMMAND_ENCODERS for d in config.devices):
+        return None
+    ledger = await stack.enter_async_context(CommandLedger(config.state.dir / "commands.db"))
+    http = await stack.enter_async_context(HttpExchange(secrets).running())
+    mqtt = MqttExchange(command_session_options(config))
+
+    async def command_session(on_connected: Callable[[], None]) -> None:
+        async with mqtt.running():
+            on_connected()
+            await asyncio.Future()  # until the session fails (TransportError) or we are cancelled
+
+    tasks.create_task(
+        supervise("command-session", command_session, Backoff(config.backoff), health=health),
+        name="command-session",
+    )
+    prefix = (config.uplink.evidence_prefix() if config.uplink is not None else None) or DEFAULT_PREFIX
+    service = CommandService(config, prefix, ledger, CommandExecutor(config, ledger, Exchanges(mqtt, http)))
+    service.expose(health)
+    tasks.create_task(
+        supervise("commands", run_forever(service.run), Backoff(config.backoff), health=health),
+        name="commands",
+    )
     return service
 
 

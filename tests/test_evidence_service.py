@@ -288,7 +288,7 @@ async def gateway(c: Compound) -> AsyncIterator[Running]:
         EvidenceAudit(c.audit_path) as audit,
     ):
         service = EvidenceService(c.config, c.uplink.topic_prefix, c.catalog, audit)
-        uplink = MqttUplink(c.config, c.uplink, reader, None, service)
+        uplink = MqttUplink(c.config, c.uplink, reader, evidence=service)
         connected = asyncio.Event()
 
         async def supervised() -> None:
