@@ -26,7 +26,11 @@ from gateway.device_secrets import installed_secrets_file, load_device_secrets
 
 ROOT = Path(__file__).resolve().parents[1]
 REFS = {"UF20231107A01", "e2e0c7a4-5f0d4a1b", "6J0C5A2PAZ0001", "860812045678901"}
-GATEWAY_USERS = {"compound-gateway", "compound-gateway-sys"}  # the intake's, and the drop counter's
+GATEWAY_USERS = {
+    "compound-gateway",
+    "compound-gateway-sys",
+    "compound-gateway-cmd",
+}  # intake, drop counter, commands
 
 
 def config_without_secrets(tmp_path: Path) -> tuple[Path, Path]:
@@ -109,6 +113,16 @@ def test_the_acl_grants_exactly_the_dialects_topics(tmp_path: Path) -> None:
     # counter, nothing else
     drop_counter = acl.split("user compound-gateway-sys\n", 1)[1].split("\n\n", 1)[0].splitlines()
     assert drop_counter == ["topic read $SYS/broker/publish/messages/dropped"]
+    # the command session's account: the devices' command requests and their answers, no $SYS
+    commands = acl.split("user compound-gateway-cmd\n", 1)[1].split("\n\n", 1)[0].splitlines()
+    assert {line for line in commands if "860812045678901" in line} == {
+        "topic read shed/860812045678901/+",
+        "topic read shed/860812045678901/cmd/resp",
+        "topic read shed/860812045678901/state/resp",
+        "topic write shed/860812045678901/cmd/req",
+        "topic write shed/860812045678901/state/req",
+    }
+    assert not [line for line in commands if "$SYS" in line]
     assert "pattern" not in acl
     assert {line.split()[1] for line in acl.splitlines() if line.startswith("user ")} == {
         *GATEWAY_USERS,

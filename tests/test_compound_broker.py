@@ -33,6 +33,7 @@ from device_sims.inventory import sample_broker_accounts, sample_devices, write_
 from gateway.broker_accounts import BrokerAccounts
 from gateway.broker_credentials import write_broker_credentials
 from gateway.broker_drops import DROPPED_TOPIC, drop_counter_user
+from gateway.command_executor import command_user
 from gateway.config import load_config
 from gateway.device_secrets import GATEWAY_BROKER_USER, load_device_secrets
 from tests.conftest import until_quiet
@@ -41,6 +42,7 @@ DEVICE, OTHER = "860812045678901", "860812045678902"  # the sample's shed sensor
 OTHER_ID = "36010400011340000009"
 SHED = next(d for d in sample_devices() if d.ref == DEVICE)
 BURST = 5000  # five times Mosquitto's default queue
+CMD_USER = command_user(GATEWAY_BROKER_USER)  # its third: commands to the devices
 SYS_USER = drop_counter_user(GATEWAY_BROKER_USER)  # the gateway's second session: the $SYS drop counter
 GATEWAY_CLIENT_ID = "cgw-36010400012160000101"  # what the sample gateway sends (config.mqtt_client_id)
 
@@ -67,7 +69,7 @@ def compound_with_two_sheds(directory: Path) -> dict[str, str]:
         d.ref: s.get_secret_value() for d in config.devices if d.ref and (s := secrets_.devices.get(d.id))
     }
     assert secrets_.gateway is not None
-    users = {user: secrets_.gateway.get_secret_value() for user in (GATEWAY_BROKER_USER, SYS_USER)}
+    users = {user: secrets_.gateway.get_secret_value() for user in (GATEWAY_BROKER_USER, SYS_USER, CMD_USER)}
     users.update({ref: by_device[ref] for ref in written.accounts.passwords if ref not in users})
     return users
 
