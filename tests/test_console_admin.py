@@ -9,6 +9,7 @@ is read back from it. Face photos are the shared fixtures (``tests/face_fixtures
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import re
 import sqlite3
@@ -440,3 +441,48 @@ async def test_viewers_and_operators_neither_see_nor_use_the_admin_page(tmp_path
         assert not [
             r for r in await _all_audit(district) if r.entry.action.startswith(("token_", "watchlist"))
         ]
+
+
+async def test_an_upload_that_is_no_picture_or_too_big_is_refused_in_chinese(tmp_path: Path) -> None:
+    """Uploads that are no picture or too big are refused in Chinese and enrol nothing.
+
+    Not a picture: 400, audited ``not_a_picture``; over 8 MB: 400 before the service is asked.
+
+    Broken on purpose: an ``upload_limit`` of 0 on the enrol action read the form with the API's
+    16 KiB body limit, and even the small text upload was refused with 413, failing this.
+    """
+    async with running_district(tmp_path) as district:
+        session = await district.login(district.tokens["admin"])
+        assert session is not None
+
+        async def enrol(data: bytes) -> tuple[int, str]:
+            upload = aiohttp.FormData()
+            fields = {CSRF_FIELD: csrf_token(session), "list_id": "key-persons", "subject_id": "A-1"}
+            for key, value in (fields | {"reason": "测试：录入"}).items():
+                upload.add_field(key, value)
+            # a stream: aiohttp refuses to serialise a large bytes value in a form
+            upload.add_field("photo", io.BytesIO(data), filename="photo.jpg", content_type="image/jpeg")
+            async with (
+                aiohttp.ClientSession() as http,
+                http.post(
+                    f"{district.url}/console/admin/enroll",
+                    data=upload,
+                    headers={"Cookie": f"cgw_console={session}"},
+                    allow_redirects=False,
+                ) as response,
+            ):
+                return response.status, await response.text()
+
+        status, body = await enrol(b"not a picture at all" * 2000)
+        assert status == 400
+        assert "无法读取该照片" in body
+        status, body = await enrol(b"\xff" * (9 * 1024 * 1024))
+        assert status == 400
+        assert "上传内容超过 8 MB" in body
+        outcomes = [
+            r.entry.outcome for r in await _all_audit(district) if r.entry.action == "watchlist_enroll"
+        ]
+        assert outcomes == ["not_a_picture"]
+        status, body, _ = await district.request("GET", "/console/admin?tab=lists", session)
+        assert status == 200
+        assert 'data-list="key-persons"' not in body
