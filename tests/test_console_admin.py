@@ -183,7 +183,7 @@ async def test_tokens_issue_once_render_names_as_text_and_revocation_ends_sessio
         # the secret is in no audit entry and nowhere in the operations database's files
         records = await _all_audit(district)
         assert all(secret not in r.model_dump_json() for r in records)
-        created = [r.entry for r in records if r.entry.action == "token_create"]
+        created = [r.entry for r in records if r.entry.action == "token.create"]
         assert [(e.actor, e.outcome, e.reason, e.filters["name"], e.filters["role"]) for e in created] == [
             ("admin", "ok", REASON, name, "operator")
         ]
@@ -226,7 +226,7 @@ async def test_tokens_issue_once_render_names_as_text_and_revocation_ends_sessio
         revoked = [
             (r.entry.outcome, r.entry.reason)
             for r in await _all_audit(district)
-            if r.entry.action == "token_revoke"
+            if r.entry.action == "token.revoke"
         ]
         assert revoked == [("invalid_query", None), ("ok", "测试：离职收回")]
 
@@ -345,18 +345,18 @@ async def test_watch_lists_enrol_from_an_upload_list_plates_and_publish(
             if r.entry.action.startswith("watchlist")
         ]
         assert changes == [
-            ("watchlist_enroll", "ok", "测试：布控录入"),
-            ("watchlist_enroll", "face_count", "测试：布控录入"),
-            ("watchlist_plate", "ok", "测试：车辆布控"),
-            ("watchlist_plate", "ok", "测试：车辆布控"),
-            ("watchlist_remove", "ok", "测试：解除布控"),
+            ("watchlist.enroll", "ok", "测试：布控录入"),
+            ("watchlist.enroll", "face_count", "测试：布控录入"),
+            ("watchlist.add_plate", "ok", "测试：车辆布控"),
+            ("watchlist.add_plate", "ok", "测试：车辆布控"),
+            ("watchlist.remove", "ok", "测试：解除布控"),
+            ("watchlist.published", "ok", "测试：发布名单"),
             ("watchlist.publish", "ok", "测试：发布名单"),
-            ("watchlist_publish", "ok", "测试：发布名单"),
         ]
-        enrol = next(r.entry for r in records if r.entry.action == "watchlist_enroll")
+        enrol = next(r.entry for r in records if r.entry.action == "watchlist.enroll")
         assert enrol.filters["photo"] == f"<{len(data)} bytes>"
         assert json.dumps(enrol.filters).count("bytes") == 1
-        published_entry = next(r.entry for r in records if r.entry.action == "watchlist.publish")
+        published_entry = next(r.entry for r in records if r.entry.action == "watchlist.published")
         assert (published_entry.filters["list"], published_entry.filters["version"]) == ("key-persons", 1)
 
 
@@ -439,7 +439,7 @@ async def test_viewers_and_operators_neither_see_nor_use_the_admin_page(tmp_path
                 ("console.admin.enroll", name, 403),
             } <= refused
         assert not [
-            r for r in await _all_audit(district) if r.entry.action.startswith(("token_", "watchlist"))
+            r for r in await _all_audit(district) if r.entry.action.startswith(("token.", "watchlist"))
         ]
 
 
@@ -480,7 +480,7 @@ async def test_an_upload_that_is_no_picture_or_too_big_is_refused_in_chinese(tmp
         assert status == 400
         assert "上传内容超过 8 MB" in body
         outcomes = [
-            r.entry.outcome for r in await _all_audit(district) if r.entry.action == "watchlist_enroll"
+            r.entry.outcome for r in await _all_audit(district) if r.entry.action == "watchlist.enroll"
         ]
         assert outcomes == ["not_a_picture"]
         status, body, _ = await district.request("GET", "/console/admin?tab=lists", session)

@@ -7,7 +7,9 @@ not offer them. Issuing tokens and changing watch lists stay local (``compound-g
 CSRF token and an admin token; a bearer token alone never mints another token. Their ``route`` is
 nominal (the spec requires one); the console calls them with ``ctx.ask(..., spec=...)``.
 
-Every change needs a reason (at least 4 characters, the audit log's ``reason``): issuing or revoking
+The actions carry the names the CLI audits its token and watch list changes under
+(``token.create``, ``watchlist.publish``, ...), so one filter finds a change whichever way it
+was made. Every change needs a reason (at least 4 characters, the audit log's ``reason``): issuing or revoking
 access and changing who is watched are security actions, like a plate lookup. The CLI's local admin
 does not ask for one (whoever runs it is at the district's console already).
 
@@ -315,14 +317,15 @@ async def watchlist_publish(ctx: QueryContext, request: PublishRequest) -> Publi
     except TransportError as exc:
         raise StoreUnavailableError(f"the district broker did not take the list: {exc}") from None
     _, _, watch_list = documents[0]
-    # the published version, in the form the CLI audits it
+    # what was retained (list, version, entries), in the form the CLI's ``watchlist.publish`` entry
+    # records it; the request's own entry (reason, outcome) is the service's
     await ctx.operations.audit(
         AuditEntry(
             actor=ctx.principal.name,
             role=ctx.principal.role.value,
             channel="console",
             client=None,
-            action="watchlist.publish",
+            action="watchlist.published",
             filters=describe(watch_list),
             outcome="ok",
             status=200,
@@ -381,9 +384,9 @@ STATE = _spec(
 VERIFY = _spec(
     "audit_verify", AuditVerifyRequest, ChainStatus, audit_verify, "Walk the audit chain", change=False
 )
-TOKEN_CREATE = _spec("token_create", TokenCreateRequest, IssuedToken, token_create, "Issue a token")
-TOKEN_REVOKE = _spec("token_revoke", TokenRevokeRequest, TokenRow, token_revoke, "Revoke a token")
-ENROLL = _spec("watchlist_enroll", EnrollRequest, ListEntryRow, watchlist_enroll, "Enrol a face")
-PLATE = _spec("watchlist_plate", PlateRequest, ListEntryRow, watchlist_plate, "List a plate")
-REMOVE = _spec("watchlist_remove", RemoveRequest, int, watchlist_remove, "Take an entry off", rows=int)
-PUBLISH = _spec("watchlist_publish", PublishRequest, Published, watchlist_publish, "Publish a list")
+TOKEN_CREATE = _spec("token.create", TokenCreateRequest, IssuedToken, token_create, "Issue a token")
+TOKEN_REVOKE = _spec("token.revoke", TokenRevokeRequest, TokenRow, token_revoke, "Revoke a token")
+ENROLL = _spec("watchlist.enroll", EnrollRequest, ListEntryRow, watchlist_enroll, "Enrol a face")
+PLATE = _spec("watchlist.add_plate", PlateRequest, ListEntryRow, watchlist_plate, "List a plate")
+REMOVE = _spec("watchlist.remove", RemoveRequest, int, watchlist_remove, "Take an entry off", rows=int)
+PUBLISH = _spec("watchlist.publish", PublishRequest, Published, watchlist_publish, "Publish a list")
