@@ -21,7 +21,7 @@ import secrets
 import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
@@ -369,17 +369,33 @@ class OperationsDb(SqliteBacked):
         return await self._file.call(append)
 
     async def audit_records(
-        self, *, limit: int, before_seq: int | None = None, actor: str | None = None
+        self,
+        *,
+        limit: int,
+        before_seq: int | None = None,
+        actor: str | None = None,
+        action: str | None = None,
+        outcome: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
     ) -> list[AuditRecord]:
-        """Audit entries, newest first."""
+        """Audit entries, newest first; each given filter narrows them (``since`` <= at < ``until``)."""
         clauses: list[str] = ["1=1"]
         params: list[str | int] = []
-        if before_seq is not None:
-            clauses.append("seq < ?")
-            params.append(before_seq)
-        if actor is not None:
-            clauses.append("actor = ?")
-            params.append(actor)
+        # entries are appended in time order, so seq order is time order; ``at`` is UTC ISO text,
+        # which compares as it sorts
+        given: list[tuple[str, str | int | None]] = [
+            ("seq < ?", before_seq),
+            ("actor = ?", actor),
+            ("action = ?", action),
+            ("outcome = ?", outcome),
+            ("at >= ?", since.astimezone(UTC).isoformat() if since else None),
+            ("at < ?", until.astimezone(UTC).isoformat() if until else None),
+        ]
+        for clause, value in given:
+            if value is not None:
+                clauses.append(clause)
+                params.append(value)
         sql = f"SELECT {AUDIT_COLUMNS} FROM audit WHERE {' AND '.join(clauses)} ORDER BY seq DESC LIMIT ?"  # noqa: S608 - placeholders only
 
         def read(db: sqlite3.Connection) -> list[tuple[Any, ...]]:

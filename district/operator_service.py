@@ -79,6 +79,9 @@ def _loggable(params: Mapping[str, Any], reason_field: str | None) -> dict[str, 
     for key, value in list(params.items())[:40]:
         if key in {"reason", "note", reason_field}:
             continue
+        if isinstance(value, bytes | bytearray):  # an uploaded photo: its size, never its content
+            kept[str(key)[:64]] = f"<{len(value)} bytes>"
+            continue
         text = value if isinstance(value, str | int | float | bool | None) else str(value)
         kept[str(key)[:64]] = text[:200] if isinstance(text, str) else text
     return kept

@@ -50,6 +50,33 @@ class ListSummary:
     published_at: str | None
 
 
+@dataclass(frozen=True)
+class ListEntry:
+    """One subject (``faces``: how many embeddings) or plate (``faces`` 1) of a list."""
+
+    ref: str
+    label: str | None
+    faces: int
+
+
+def face_embedding(name: str, data: bytes) -> str:
+    """The encoded embedding of the one face on a photo (CPU-heavy: call it off the event loop).
+
+    Raises ``InvalidQueryError`` (field ``photo``) for an unreadable picture (code
+    ``not_a_picture``) or a photo without exactly one face (``face_count``).
+    """
+    try:
+        faces = analyse_bytes(data)
+    except PictureError as exc:
+        raise InvalidQueryError(f"{name}: {exc}", field="photo", code="not_a_picture") from None
+    if len(faces) != 1:
+        what = "no face" if not faces else f"{len(faces)} faces"
+        raise InvalidQueryError(
+            f"{name}: found {what}; enrol from a photo of the subject alone", field="photo", code="face_count"
+        )
+    return encode_embedding(faces[0].vector())
+
+
 class WatchListDb:
     """The district's lists (synchronous: used by the CLI, one command at a time)."""
 
@@ -87,15 +114,21 @@ class WatchListDb:
         embeddings: list[tuple[str, str]] = []
         for photo in photos:
             try:
-                faces = analyse_bytes(photo.read_bytes())
-            except (PictureError, OSError) as exc:
+                data = photo.read_bytes()
+            except OSError as exc:
                 raise InvalidQueryError(f"{photo}: {exc}", field="photo") from None
-            if len(faces) != 1:
-                what = "no face" if not faces else f"{len(faces)} faces"
-                raise InvalidQueryError(
-                    f"{photo}: found {what}; enrol from a photo of the subject alone", field="photo"
-                )
-            embeddings.append((encode_embedding(faces[0].vector()), photo.name))
+            embeddings.append((face_embedding(str(photo), data), photo.name))
+        return self.enroll_embeddings(list_id, subject_id, embeddings, label, threshold)
+
+    def enroll_embeddings(
+        self,
+        list_id: str,
+        subject_id: str,
+        embeddings: Sequence[tuple[str, str]],
+        label: str | None,
+        threshold: float | None,
+    ) -> int:
+        """Add computed embeddings (each with the name of the photo it came from) to the subject."""
         with self._db:
             self._db.execute("BEGIN IMMEDIATE")
             self._ensure(list_id, "face", threshold)
@@ -138,6 +171,16 @@ class WatchListDb:
             " FROM watchlists w ORDER BY w.list_id"
         ).fetchall()
         return [ListSummary(r[0], r[1], r[2], r[5], r[3], r[4]) for r in rows]
+
+    def entries(self, list_id: str, limit: int) -> list[ListEntry]:
+        """A list's subjects (with how many faces each) or plates, at most ``limit``, by reference."""
+        rows = self._db.execute(
+            "SELECT subject_id, max(label), count(*) FROM watchlist_faces WHERE list_id = ?"
+            " GROUP BY subject_id UNION ALL SELECT plate, label, 1 FROM watchlist_plates WHERE list_id = ?"
+            " ORDER BY 1 LIMIT ?",
+            (list_id, list_id, limit),
+        ).fetchall()
+        return [ListEntry(r[0], r[1], r[2]) for r in rows]
 
     def next_version(self, list_id: str, district_id: str) -> WatchList:
         """The list's content as a new version (recorded as published)."""

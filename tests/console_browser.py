@@ -110,8 +110,11 @@ def late_event() -> Event:
     return _event("console-late", C2, LATE, utc_now(), ThrownObjectPayload(), dialect="hik_isapi")
 
 
-def write_config(workdir: Path, *, tls: str = "", api: str = "") -> DistrictConfig:
-    """A district: embedded SQLite store, no broker (the evidence desk off), a low login limit."""
+def write_config(workdir: Path, *, tls: str = "", api: str = "", sections: str = "") -> DistrictConfig:
+    """A district: embedded SQLite store, no broker (the evidence desk off), a low login limit.
+
+    ``sections``: more TOML sections (a ``[broker]`` to publish watch lists to).
+    """
     path = workdir / "district.toml"
     registry = "\n".join(
         f'[[compounds]]\nid = "{c}"\nname = "青云小区{i}"\n' for i, c in enumerate((C1, C2), 1)
@@ -121,7 +124,7 @@ def write_config(workdir: Path, *, tls: str = "", api: str = "") -> DistrictConf
         f'[api]\nops_db = "{workdir}/operations.db"\nport = {free_port()}\n'
         f'timezone = "Asia/Shanghai"\nconsole_login_attempts = {LOGIN_ATTEMPTS}\n{api}\n'
         f"{tls}\n[evidence]\nenabled = false\n"
-        f'[store]\ntype = "sqlite"\npath = "{workdir}/district.db"\n\n{registry}',
+        f'[store]\ntype = "sqlite"\npath = "{workdir}/district.db"\n{sections}\n\n{registry}',
         encoding="utf-8",
     )
     return load_district_config(path)
@@ -164,12 +167,15 @@ class District:
 
 
 @contextlib.asynccontextmanager
-async def running_district(workdir: Path, *, tls: str = "", api: str = "") -> AsyncIterator[District]:
+async def running_district(
+    workdir: Path, *, tls: str = "", api: str = "", sections: str = ""
+) -> AsyncIterator[District]:
     """``serve_api`` in this loop on a seeded store, with a token per role (named after it).
 
-    ``tls``: an ``[api.tls]`` section (the API then serves HTTPS); ``api``: more ``[api]`` lines.
+    ``tls``: an ``[api.tls]`` section (the API then serves HTTPS); ``api``: more ``[api]`` lines;
+    ``sections``: more TOML sections.
     """
-    config = write_config(workdir, tls=tls, api=api)
+    config = write_config(workdir, tls=tls, api=api, sections=sections)
     assert isinstance(config.store, SqliteStoreConfig)
     async with SqliteStore(config.store) as store:
         await store.write(seeded_events())

@@ -18,7 +18,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import structlog
-from aiohttp import web
+from aiohttp import BodyPartReader, web
 from jinja2 import Environment, PackageLoader, StrictUndefined
 
 from district.config import OperatorApiConfig
@@ -39,7 +39,7 @@ from district.console.sessions import (
 from district.operations import AuditEntry, Principal
 from district.operator_service import Caller, OperatorService
 from district.queries.context import authorise_role
-from foundation.errors import ForbiddenError, OperatorError
+from foundation.errors import ForbiddenError, InvalidQueryError, OperatorError
 from foundation.health import Health
 
 log = structlog.get_logger(__name__)
@@ -48,6 +48,7 @@ PREFIX = "/console"
 STATIC = Path(__file__).parent / "static"
 MAX_SESSIONS = 10_000
 TOKEN_MAX = 200
+MAX_PARTS = 20  # fields of one upload form
 # htmx's indicator styles are inline; the policy forbids inline style and script (htmx-config turns them off)
 CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self';"
@@ -347,16 +348,19 @@ class Console:
             session = await self.session(request)
             if session is None:
                 return self._to_login(request)
-            form = await request.post()
             frame = self._frame(session, page.name)
+            try:
+                form, files = await _read_form(request, action.upload_limit)
+            except OperatorError as exc:
+                return self.render("error.html", exc.status, message=exc.message, **frame)
             if not await self._csrf_ok(request, session, form):
                 return self.render("error.html", 403, message="请求缺少安全令牌（CSRF），已拒绝", **frame)
             what = f"console.{page.name}.{action.name}"
             try:
                 authorise_role(session.principal, page.role, f"the {page.name} page")
                 authorise_role(session.principal, action.role, what)
-                fields = {k: v for k, v in form.items() if isinstance(v, str) and k != CSRF_FIELD}
-                message = await action.run(self._context(request, session), fields)
+                fields = {k: v for k, v in form.items() if k != CSRF_FIELD}
+                message = await action.run(self._context(request, session, files), fields)
             except OperatorError as exc:
                 if isinstance(exc, ForbiddenError):
                     await self.audit(
@@ -402,7 +406,9 @@ class Console:
 
         return handle
 
-    def _context(self, request: web.Request, session: Session) -> PageContext:
+    def _context(
+        self, request: web.Request, session: Session, files: Mapping[str, tuple[str, bytes]] | None = None
+    ) -> PageContext:
         return PageContext(
             self._service,
             session.token,
@@ -410,7 +416,46 @@ class Console:
             Caller("console", request.remote),
             self._service.zone,
             request.query,
+            files or {},
         )
+
+
+async def _read_form(
+    request: web.Request, upload_limit: int
+) -> tuple[dict[str, str], dict[str, tuple[str, bytes]]]:
+    """A POST's text fields and, for an upload action, its files (``InvalidQueryError`` when too big).
+
+    The application's body limit is small (JSON requests); an upload action reads its multipart
+    form part by part up to its own limit instead.
+    """
+    if upload_limit <= 0 or request.content_type != "multipart/form-data":
+        posted = await request.post()
+        return {k: v for k, v in posted.items() if isinstance(v, str)}, {}
+    fields: dict[str, str] = {}
+    files: dict[str, tuple[str, bytes]] = {}
+    total = 0
+    reader = await request.multipart()
+    for _ in range(MAX_PARTS):
+        part = await reader.next()
+        if part is None:
+            break
+        if not isinstance(part, BodyPartReader):
+            raise InvalidQueryError("表单格式不对（嵌套的 multipart）", field="form")
+        data = bytearray()
+        while chunk := await part.read_chunk(64 * 1024):
+            total += len(chunk)
+            if total > upload_limit:
+                raise InvalidQueryError(
+                    f"上传内容超过 {upload_limit // (1024 * 1024)} MB，已拒绝", field="photo"
+                )
+            data += chunk
+        if part.filename is not None:
+            files[part.name or ""] = (part.filename, bytes(data))
+        else:
+            fields[part.name or ""] = data.decode("utf-8", "replace")
+    else:
+        raise InvalidQueryError("表单字段过多", field="form")
+    return fields, files
 
 
 def mount_console(

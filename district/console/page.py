@@ -27,6 +27,8 @@ class PageContext:
     caller: Caller
     zone: ZoneInfo
     query: Mapping[str, str]
+    files: Mapping[str, tuple[str, bytes]] = field(default_factory=dict)
+    """An upload action's files by field: (the name the browser gave, the bytes)."""
 
     async def ask(
         self, action: str, params: Mapping[str, Any], *, spec: QuerySpec[Any, Any] | None = None
@@ -52,12 +54,15 @@ PageLoader = Callable[[PageContext], Awaitable[Mapping[str, Any]]]
 class ConsoleAction:
     """A state-changing request of a page: ``POST /console<page path>/<name>``, CSRF-checked.
 
-    ``run`` answers with a short zh-CN message shown to the operator.
+    ``run`` answers with a short zh-CN message shown to the operator. ``upload_limit`` > 0: the
+    action takes a ``multipart/form-data`` form with files (in ``PageContext.files``) of up to that
+    many bytes in all; other actions take ordinary forms within the API's small body limit.
     """
 
     name: str
     role: Role
     run: Callable[[PageContext, Mapping[str, str]], Awaitable[str]]
+    upload_limit: int = 0
 
 
 @dataclass(frozen=True)
