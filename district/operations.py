@@ -57,7 +57,7 @@ CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit
 CREATE TABLE IF NOT EXISTS alarm_actions (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, event_id TEXT NOT NULL, compound_id TEXT NOT NULL,
     from_state TEXT NOT NULL, to_state TEXT NOT NULL, actor TEXT NOT NULL, at TEXT NOT NULL,
-    note TEXT NOT NULL);
+    note TEXT NOT NULL, kind TEXT, occurred_at TEXT);
 CREATE INDEX IF NOT EXISTS alarm_actions_by_event ON alarm_actions (event_id, seq);
 CREATE TRIGGER IF NOT EXISTS alarm_actions_no_update BEFORE UPDATE ON alarm_actions
     BEGIN SELECT RAISE(ABORT, 'alarm history is append-only'); END;
@@ -69,7 +69,7 @@ CREATE TABLE IF NOT EXISTS console_sessions (
 CREATE INDEX IF NOT EXISTS console_sessions_by_expiry ON console_sessions (expires_at);
 """
 # Columns added to alarm_actions for the statistics (``migrate_operations_db`` adds them to older
-# files); the index is created after them, since an older file's table lacks the column at first.
+# files); their index is created there, after them: an older file's table lacks the column at first.
 ALARM_FACT_COLUMNS = (("kind", "TEXT"), ("occurred_at", "TEXT"))
 ALARM_FACT_INDEX = (
     "CREATE INDEX IF NOT EXISTS alarm_actions_by_occurrence ON alarm_actions (occurred_at, event_id)"
