@@ -1,6 +1,7 @@
 """Statistics from roll-ups and the alarm actions (issue 15): ``counts`` by month and ``alarm_counts``.
 
-Real embedded SQLite store and operations database behind the real operator service; events over
+Real stores (embedded SQLite, and InfluxDB 1.6.7 with its roll-ups) and operations database
+behind the real operator service; events over
 the three local months before the current one, written straight into the store, and alarm steps
 recorded through the ``alarm_action`` action (the path operators take). Every expected number is
 recounted here from the generated events and the steps this file took, never from the code under
@@ -32,6 +33,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from device_sims.influx import InfluxServer
 from device_sims.inventory import DISTRICT_ID, compound_id
 from district.config import DistrictConfig, load_district_config
 from district.operations import OperationsDb
@@ -49,6 +51,7 @@ from foundation.events import (
     utc_now,
 )
 from tests.district_data import OTHER_COMPOUND, OTHER_DISTRICT, district_toml
+from uplink.stores import InfluxV1Store, InfluxV1StoreConfig, RetentionCounts, RetentionRules
 from uplink.stores.sqlite import SqliteStore, SqliteStoreConfig
 
 CST = ZoneInfo("Asia/Shanghai")
@@ -147,18 +150,35 @@ class District:
         return midnight(add_months(self.months[-1], 1))
 
 
-@pytest.fixture
-async def district(tmp_path: Path) -> AsyncIterator[District]:
+async def write_store(kind: str, tmp_path: Path, request: pytest.FixtureRequest, events: list[Event]) -> str:
+    """Write the events into a real store of this kind (with its roll-ups); its ``[store]`` text."""
+    if kind == "sqlite":
+        sqlite_config = SqliteStoreConfig(path=tmp_path / "district.db")
+        async with SqliteStore(sqlite_config) as sqlite:
+            await sqlite.write(events)
+        return f'type = "sqlite"\npath = "{sqlite_config.path}"'
+    influx: InfluxServer = request.getfixturevalue("influx")
+    influx_config = InfluxV1StoreConfig(url=influx.url, database="district")
+    rules = RetentionRules(events_days=3650, hit_crops_days=30, batch_rows=1000, rollup_days=400)
+    async with InfluxV1Store(influx_config) as store:
+        await store.write(events)
+        # the roll-up policy, continuous query and backfill, as the ingester's retention pass makes them
+        await store.enforce_retention(rules, utc_now(), RetentionCounts())
+        assert await store.rollups_backfilled()
+    return f'type = "influx_v1"\nurl = "{influx.url}"\ndatabase = "district"'
+
+
+@pytest.fixture(params=["sqlite", "influx"])
+async def district(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[District]:
     """The three local months before the current one, in a real store behind the real service."""
     this_month = utc_now().astimezone(CST).date().replace(day=1)
     months = [add_months(this_month, n) for n in (-3, -2, -1)]
     events = generate(months)
-    store_config = SqliteStoreConfig(path=tmp_path / "district.db")
+    store = await write_store(request.param, tmp_path, request, events)
     path = tmp_path / "district.toml"
-    path.write_text(district_toml(tmp_path, store=f'type = "sqlite"\npath = "{store_config.path}"'), "utf-8")
+    path.write_text(district_toml(tmp_path, store=store), "utf-8")
     config = load_district_config(path)
-    async with SqliteStore(store_config) as sqlite, OperationsDb(config.api.ops_db) as ops:
-        await sqlite.write(events)
+    async with OperationsDb(config.api.ops_db) as ops:
         tokens = {
             "viewer": await ops.create_token("viewer", Role.VIEWER, DISTRICT_ID, (), "test"),
             "operator": await ops.create_token("operator", Role.OPERATOR, DISTRICT_ID, (), "test"),
