@@ -11,6 +11,11 @@ One SQLite file (WAL, synchronous=FULL) owned by one thread.
   token sealed with a key only the cookie yields, so the database alone opens no session.
 * Alarm actions are append-only too; an alarm's state is its last action's. A transition is checked
   and recorded in one ``BEGIN IMMEDIATE`` transaction, so two operators cannot both acknowledge.
+  Each action also carries its alarm's kind and time (``kind``, ``occurred_at`` in UTC), so
+  outcomes per local day or month come from this table alone (``alarm_outcomes``), never from
+  reading the alarms back from the event store. Rows written before those columns existed have
+  them NULL (the table refuses UPDATE, so they are never filled in); such an alarm counts by the
+  time of its first action and under no kind, unless a later action of it carries them.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
 from pydantic import Field
 
@@ -52,7 +57,7 @@ CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit
 CREATE TABLE IF NOT EXISTS alarm_actions (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, event_id TEXT NOT NULL, compound_id TEXT NOT NULL,
     from_state TEXT NOT NULL, to_state TEXT NOT NULL, actor TEXT NOT NULL, at TEXT NOT NULL,
-    note TEXT NOT NULL);
+    note TEXT NOT NULL, kind TEXT, occurred_at TEXT);
 CREATE INDEX IF NOT EXISTS alarm_actions_by_event ON alarm_actions (event_id, seq);
 CREATE TRIGGER IF NOT EXISTS alarm_actions_no_update BEFORE UPDATE ON alarm_actions
     BEGIN SELECT RAISE(ABORT, 'alarm history is append-only'); END;
@@ -63,6 +68,52 @@ CREATE TABLE IF NOT EXISTS console_sessions (
     created_at TEXT NOT NULL, last_seen TEXT NOT NULL, expires_at TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS console_sessions_by_expiry ON console_sessions (expires_at);
 """
+# Columns added to alarm_actions for the statistics (``migrate_operations_db`` adds them to older
+# files); their index is created there, after them: an older file's table lacks the column at first.
+ALARM_FACT_COLUMNS = (("kind", "TEXT"), ("occurred_at", "TEXT"))
+ALARM_FACT_INDEX = (
+    "CREATE INDEX IF NOT EXISTS alarm_actions_by_occurrence ON alarm_actions (occurred_at, event_id)"
+)
+
+
+def migrate_operations_db(db: sqlite3.Connection) -> None:
+    """Bring an operations file to the current schema (alarm actions gain ``kind`` and ``occurred_at``)."""
+
+    def missing() -> list[tuple[str, str]]:
+        present = {row[1] for row in db.execute("PRAGMA table_info(alarm_actions)")}
+        return [(name, kind) for name, kind in ALARM_FACT_COLUMNS if name not in present]
+
+    if missing():
+        with transaction(db):
+            # read again under the write lock: two services opening an old file together
+            for name, kind in missing():
+                db.execute(f"ALTER TABLE alarm_actions ADD COLUMN {name} {kind}")
+    db.execute(ALARM_FACT_INDEX)
+
+
+def utc_text(moment: datetime) -> str:
+    """A time as ``alarm_actions.occurred_at`` holds it: UTC, microseconds always written.
+
+    One fixed width, so the text sorts as the times do and range filters compare text.
+    """
+    return moment.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+@dataclass(frozen=True)
+class AlarmOutcome:
+    """One alarm as its recorded actions tell it (``alarm_outcomes``).
+
+    ``occurred_at`` is the alarm's time, or its first action's for an alarm recorded before the
+    actions carried it; ``kind`` is ``None`` then.
+    """
+
+    event_id: str
+    compound_id: str
+    kind: str | None
+    occurred_at: datetime
+    confirmed: bool
+    false_alarm: bool
+    resolved: bool
 
 
 @dataclass(frozen=True)
@@ -166,6 +217,11 @@ class OperationsDb(SqliteBacked):
 
     def __init__(self, path: Path) -> None:
         super().__init__(path, OPS_SCHEMA, "operations-db")
+
+    async def __aenter__(self) -> Self:
+        await super().__aenter__()
+        await self._file.call(migrate_operations_db)
+        return self
 
     # ---- tokens --------------------------------------------------------------------------
 
@@ -443,11 +499,64 @@ class OperationsDb(SqliteBacked):
             )
         return histories
 
+    async def alarm_outcomes(
+        self, compounds: Sequence[str] | None, start: datetime, end: datetime
+    ) -> list[AlarmOutcome]:
+        """The alarms of ``[start, end)`` (by their time) that have actions, of ``compounds`` (None: all).
+
+        Reads the actions of the range's alarms through the ``occurred_at`` index, plus those
+        recorded without it (older files), which are placed by their first action's time.
+        """
+        bounds = (utc_text(start), utc_text(end))
+        where = ""
+        params: list[str] = [*bounds]
+        if compounds is not None:
+            where = f" AND compound_id IN ({','.join('?' * len(compounds))})"
+            params += compounds
+        sql = (
+            "SELECT event_id, min(compound_id), max(kind), coalesce(max(occurred_at), min(at)) AS occurred,"  # noqa: S608 - placeholders only
+            " max(to_state = 'confirmed'), max(to_state = 'false_alarm'), max(to_state = 'resolved')"
+            " FROM alarm_actions WHERE event_id IN (SELECT event_id FROM alarm_actions"
+            " WHERE (occurred_at >= ? AND occurred_at < ?) OR occurred_at IS NULL)"
+            f"{where} GROUP BY event_id HAVING occurred >= ? AND occurred < ?"
+        )
+        params += bounds
+
+        def read(db: sqlite3.Connection) -> list[tuple[Any, ...]]:
+            return db.execute(sql, params).fetchall()
+
+        return [
+            AlarmOutcome(
+                event_id=event_id,
+                compound_id=compound,
+                kind=kind,
+                occurred_at=datetime.fromisoformat(occurred),
+                confirmed=bool(confirmed),
+                false_alarm=bool(false_alarm),
+                resolved=bool(resolved),
+            )
+            for event_id, compound, kind, occurred, confirmed, false_alarm, resolved in await self._file.call(
+                read
+            )
+        ]
+
     async def move_alarm(
-        self, event_id: str, compound_id: str, to: AlarmState, actor: str, note: str
+        self,
+        event_id: str,
+        compound_id: str,
+        to: AlarmState,
+        actor: str,
+        note: str,
+        *,
+        kind: str,
+        occurred_at: datetime,
     ) -> AlarmAction:
-        """Record a lifecycle step if the alarm's current state allows it (``ConflictError`` if not)."""
+        """Record a lifecycle step if the alarm's current state allows it (``ConflictError`` if not).
+
+        ``kind`` and ``occurred_at``: the alarm's own, kept with the step for the statistics.
+        """
         at = utc_now()
+        facts = (kind, utc_text(occurred_at))
 
         def move(db: sqlite3.Connection) -> AlarmAction:
             with transaction(db):
@@ -463,9 +572,9 @@ class OperationsDb(SqliteBacked):
                         field="to",
                     )
                 db.execute(
-                    "INSERT INTO alarm_actions (event_id, compound_id, from_state, to_state, actor, at, note)"
-                    " VALUES (?,?,?,?,?,?,?)",
-                    (event_id, compound_id, current.value, to.value, actor, at.isoformat(), note),
+                    "INSERT INTO alarm_actions (event_id, compound_id, from_state, to_state, actor, at, note,"
+                    " kind, occurred_at) VALUES (?,?,?,?,?,?,?,?,?)",
+                    (event_id, compound_id, current.value, to.value, actor, at.isoformat(), note, *facts),
                 )
             return AlarmAction(state=to, actor=actor, at=at, note=note)
 

@@ -190,6 +190,16 @@ async def post(url: str, path: str, session_id: str, data: dict[str, str]) -> tu
         return response.status, await response.text()
 
 
+def month_confirmed(driver: WebDriver, url: str) -> tuple[int, int]:
+    """The statistics page's confirmed alarms of this month: (headline, the month table's total)."""
+    driver.get(f"{url}/console/statistics")
+    until(driver, lambda d: d.find_elements(By.ID, "stat-table"), "the statistics page")
+    return (
+        int(driver.find_element(By.ID, "confirmed-this-month").text),
+        int(driver.find_element(By.CSS_SELECTOR, "#stat-table tfoot .confirmed").text),
+    )
+
+
 def _shed() -> ShedSim:
     sim = build_sim(next(d for d in sample_devices() if d.dialect == "shed-mqtt"))
     assert isinstance(sim, ShedSim)
@@ -209,7 +219,8 @@ async def test_alarm_queue_live_actions_and_evidence(
       script element in the queue, the script never ran;
     * a note too short is refused and the reason shown on the status line (audited);
     * acknowledge then confirm with notes: the row's state follows and the month's confirmed
-      count goes up by exactly one; the audit log holds both steps with their notes;
+      count goes up by exactly one, on the alarms page and on the statistics page (its headline
+      and its month table); the audit log holds both steps with their notes;
     * the alarm page: history, the snapshot shown (through ``evidence_media``) only after a
       reason, with the trajectory's polyline, and the clip requested with a reason (audited);
     * a viewer sees no action buttons and a forged resolve of the confirmed fire (valid session and CSRF token) is
@@ -223,7 +234,8 @@ async def test_alarm_queue_live_actions_and_evidence(
     ``alarm_action`` and the audit assertion failed (a first version forged it on a malformed
     event id and got 400 for the wrong reason: it now uses the fire's real id); with the media
     shown without the reason form (``{% if true %}`` in alarm.html) the "no snapshot before a
-    reason" assertion failed.
+    reason" assertion failed. With the statistics page's month rows not adding the confirmed
+    alarms, the statistics assertion failed ((1, 0) against (1, 1)).
     """
     config_dir = tmp_path / "district"
     config_dir.mkdir()
@@ -258,6 +270,7 @@ async def test_alarm_queue_live_actions_and_evidence(
             with browser() as driver:
                 driver.execute_cdp_cmd("Page.addScriptToEvaluateOnNewDocument", {"source": SHIM})
                 log_in(driver, district.url, district.tokens["operator"])
+                stats_before = month_confirmed(driver, district.url)
                 driver.get(f"{district.url}/console/alarms")
                 until(driver, lambda d: row_of(d, EVIDENCE_ALARM), "the seeded alarm in the queue")
                 until(driver, lambda d: "正常" in d.find_element(By.ID, "live-state").text, "the stream open")
@@ -323,6 +336,8 @@ async def test_alarm_queue_live_actions_and_evidence(
                     lambda d: d.find_element(By.ID, "confirmed-month").text == str(confirmed_before + 1),
                     "the month's confirmed count up by one",
                 )
+                # the statistics page too: this month's confirmed alarms, headline and table, one more
+                assert month_confirmed(driver, district.url) == (stats_before[0] + 1, stats_before[1] + 1)
 
                 # the alarm's page: media only after a reason, the trajectory over the frame
                 driver.get(f"{district.url}/console/alarms")

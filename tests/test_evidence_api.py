@@ -26,7 +26,7 @@ from district.operator_service import Caller, open_operator_service
 from district.queries.evidence import EvidenceStatus, HeldFile
 from district.query_backends import open_query_backend
 from district.query_model import AlarmState
-from foundation.events import utc_now
+from foundation.events import EventKind, utc_now
 from foundation.health import Health
 from tests.evidence_double import (
     C1,
@@ -274,8 +274,9 @@ async def test_retention_deletes_expired_media_and_keeps_confirmed_alarms_longer
         assert await _ingest_file(desk, E2, "snapshot", shared) == sha_shared
         sha_e2 = await _ingest_file(desk, E2, "trajectory", only_e2)
         assert stored_files(config) == {sha_shared, sha_e2}
-        await ops.move_alarm(E1, C1, AlarmState.ACKNOWLEDGED, "op", "looking")
-        await ops.move_alarm(E1, C1, AlarmState.CONFIRMED, "op", "real")
+        kind, at = EventKind.THROWN_OBJECT.value, now - timedelta(hours=1)  # the seeded alarm's
+        await ops.move_alarm(E1, C1, AlarmState.ACKNOWLEDGED, "op", "looking", kind=kind, occurred_at=at)
+        await ops.move_alarm(E1, C1, AlarmState.CONFIRMED, "op", "real", kind=kind, occurred_at=at)
 
         health = Health()
         later = EvidenceDesk(config, access, backend, ops, clock=lambda: now + timedelta(days=40))

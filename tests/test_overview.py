@@ -213,7 +213,16 @@ async def seed(store: SqliteStore, ops: OperationsDb, seed_: int = 15) -> Seeded
     by_id = {e.event_id: e for e in events}
     for n, alarm_id in enumerate(alarm_ids):
         for step in paths[n % 5]:
-            await ops.move_alarm(alarm_id, by_id[alarm_id].compound_id, step, "tester", "seeded")
+            alarm = by_id[alarm_id]
+            await ops.move_alarm(
+                alarm_id,
+                alarm.compound_id,
+                step,
+                "tester",
+                "seeded",
+                kind=alarm.kind.value,
+                occurred_at=alarm.occurred_at,
+            )
             states[alarm_id] = step
     assert set(states.values()) >= {AlarmState.CONFIRMED, AlarmState.ACKNOWLEDGED}
     return Seeded(now=now, today=today, events=events, states=states)

@@ -46,8 +46,15 @@ async def alarm_action(ctx: QueryContext, request: AlarmActionRequest) -> AlarmA
         raise NotFoundError(
             f"no alarm {request.event_id} in the scope of token {ctx.principal.name!r}", field="event_id"
         )
+    alarm = found[0]
     return await ctx.operations.move_alarm(
-        request.event_id, found[0].compound_id, request.to, ctx.principal.name, request.note
+        request.event_id,
+        alarm.compound_id,
+        request.to,
+        ctx.principal.name,
+        request.note,
+        kind=alarm.kind.value,
+        occurred_at=alarm.occurred_at,
     )
 
 

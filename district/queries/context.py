@@ -89,9 +89,14 @@ class QueryContext:
                 f"limit {limit} is above the {self.api.max_page} rows of one page", field="limit"
             )
 
-    def selection(self, request: Ranged, *, limit: int | None = None, **filters: Any) -> Selection:
-        """The store selection of a ranged request: span and page checked, compounds scoped."""
-        request.check_span(self.api.max_range_days)
+    def selection(
+        self, request: Ranged, *, limit: int | None = None, max_days: int | None = None, **filters: Any
+    ) -> Selection:
+        """The store selection of a ranged request: span and page checked, compounds scoped.
+
+        ``max_days``: the longest span of this request (default ``max_range_days``).
+        """
+        request.check_span(max_days or self.api.max_range_days)
         if limit is not None:
             self.check_limit(limit)
         return Selection(

@@ -122,14 +122,11 @@ def _month_start(ctx: PageContext, now: datetime) -> datetime:
 
 async def confirmed_this_month(ctx: PageContext) -> int:
     """Alarms of this local month confirmed (the ``alarm_counts`` action, by month)."""
-    now = utc_now()
+    start = _month_start(ctx, utc_now())
+    # the whole local month: whole hours, which the roll-ups answer
+    end = (start + timedelta(days=32)).replace(day=1)
     counts = await ctx.ask(
-        "alarm_counts",
-        {
-            "start": _month_start(ctx, now).isoformat(),
-            "end": (now + timedelta(hours=1)).isoformat(),
-            "interval": "month",
-        },
+        "alarm_counts", {"start": start.isoformat(), "end": end.isoformat(), "interval": "month"}
     )
     return sum(c.confirmed for c in counts)
 
