@@ -186,4 +186,10 @@ async def test_metric_names_and_types_unchanged(gateway: RunningGateway) -> None
         "cgw_device_sequence_restarts_total": "counter",
         "cgw_device_broker_dropped_messages": "gauge",
         "cgw_http_auth_refused_total": "counter",
+        # commands (gateway/command_service.py): the sample compound's barrier camera takes them
+        "cgw_command_bad_orders_total": "counter",
+        "cgw_command_duplicate_orders_total": "counter",
+        "cgw_command_queue_overflow_total": "counter",
+        "cgw_command_queue_depth": "gauge",
+        "cgw_commands_total": "counter",
     }
