@@ -381,9 +381,9 @@ class CommandLedger(SqliteBacked):
 
         await self._file.call(write)
 
-    async def purge(self, now: datetime) -> int:
-        """Forget final commands received more than ``KEEP_IDS`` ago, and their sent reports."""
-        before = (now - KEEP_IDS).isoformat()
+    async def purge(self, now: datetime, keep: timedelta = KEEP_IDS) -> int:
+        """Forget final commands received more than ``keep`` ago (never less than ``KEEP_IDS``), and their sent reports."""
+        before = (now - max(keep, KEEP_IDS)).isoformat()
         finals = [s.value for s in FINAL_STATES]
 
         def write(db: sqlite3.Connection) -> int:

@@ -83,6 +83,13 @@ class CommandsConfig(ConfigModel):
     queue_size: int = Field(
         default=256, ge=1, le=100_000, description="accepted commands waiting for a worker"
     )
+    keep_days: int = Field(
+        default=180,
+        ge=2,
+        le=3650,
+        description="how long the compound's command ledger keeps each command (who ordered what, why, how it"
+        " ended); ids are kept at least a day longer than any order may live either way",
+    )
     policy: tuple[CommandPolicyRule, ...] = ()
 
     @model_validator(mode="after")

@@ -199,7 +199,7 @@ class CommandService:
                 self._enqueue(entry.order.command_id)
             if self._clock() - last_purge >= PURGE_EVERY:
                 last_purge = self._clock()
-                gone = await self._ledger.purge(last_purge)
+                gone = await self._ledger.purge(last_purge, timedelta(days=self._config.commands.keep_days))
                 log.info("command_ledger_purged", commands=gone)
 
     # --- reports up --------------------------------------------------------------------------------------
