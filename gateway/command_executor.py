@@ -42,7 +42,7 @@ from adapters.commands import (
 from foundation.errors import PayloadRejected, TransportError
 from foundation.events import utc_now
 from foundation.mqtt import MqttSession, SessionOptions
-from gateway.command_ledger import CommandLedger, LedgerEntry
+from gateway.command_ledger import CommandLedger, LedgerEntry, Step
 from gateway.command_policy import CommandsConfig
 from gateway.config import DeviceConfig, GatewayConfig
 from gateway.device_secrets import DeviceSecrets
@@ -228,15 +228,6 @@ class Exchanges:
         return await transport.exchange(device, request, matches, timeout_s)
 
 
-@dataclass(frozen=True)
-class Outcome:
-    """How one command ended (also in the ledger)."""
-
-    state: CommandState
-    detail: str | None = None
-    observed: ActuatorState | None = None
-
-
 class CommandExecutor:
     """Executes claimed commands, one at a time per device; every step recorded in the ledger."""
 
@@ -256,14 +247,12 @@ class CommandExecutor:
         self._locks: dict[str, asyncio.Lock] = {d.id: asyncio.Lock() for d in config.devices}
         self._queries = 0
 
-    async def execute(self, entry: LedgerEntry) -> Outcome:
+    async def execute(self, entry: LedgerEntry) -> Step:
         """Carry a claimed (``sent``) command through to its final state."""
         order = entry.order
         async with self._locks[order.device_id]:
             outcome = await self._run(entry)
-        await self._ledger.advance(
-            order.command_id, outcome.state, self._clock(), detail=outcome.detail, observed=outcome.observed
-        )
+        await self._ledger.advance(order.command_id, outcome, self._clock())
         log.info(
             "command_done",
             command_id=order.command_id,
@@ -274,7 +263,7 @@ class CommandExecutor:
         )
         return outcome
 
-    async def _run(self, entry: LedgerEntry) -> Outcome:
+    async def _run(self, entry: LedgerEntry) -> Step:
         order = entry.order
         device = self._devices[order.device_id]
         encoder = COMMAND_ENCODERS[device.dialect]
@@ -286,24 +275,22 @@ class CommandExecutor:
             raw = await exchange.exchange(device, request, _echoes(encoder, order.command_id), timeout)
             reply = encoder.decode_reply(raw)
         except CommandNotSupportedError as exc:
-            return Outcome(CommandState.FAILED, exc.reason)
+            return Step(CommandState.FAILED, exc.reason)
         except DeviceUnreachableError as exc:
-            return Outcome(CommandState.FAILED, str(exc))
+            return Step(CommandState.FAILED, str(exc))
         except PayloadRejected as exc:
-            return Outcome(CommandState.FAILED, f"the device's answer is unreadable: {exc}")
+            return Step(CommandState.FAILED, f"the device's answer is unreadable: {exc}")
         if reply.status is ReplyStatus.REFUSED:
             code = f" ({reply.device_code})" if reply.device_code else ""
-            return Outcome(
-                CommandState.FAILED, f"the device refused{code}: {reply.reason or 'no reason given'}"
-            )
+            return Step(CommandState.FAILED, f"the device refused{code}: {reply.reason or 'no reason given'}")
         await self._ledger.advance(
-            order.command_id, CommandState.ACKNOWLEDGED, self._clock(), device_code=reply.device_code
+            order.command_id, Step(CommandState.ACKNOWLEDGED, device_code=reply.device_code), self._clock()
         )
         return await self._read_back(device, encoder, command, exchange)
 
     async def _read_back(
         self, device: DeviceConfig, encoder: CommandEncoder, command: Command, exchange: DeviceExchange
-    ) -> Outcome:
+    ) -> Step:
         expected = command.expected_state
         deadline = time.monotonic() + self._settings.settle(command.action)
         seen: ActuatorState | None = None
@@ -319,13 +306,13 @@ class CommandExecutor:
                 reading = encoder.decode_state(raw)
                 seen = reading.state
                 if seen is expected:
-                    return Outcome(CommandState.VERIFIED, observed=seen)
+                    return Step(CommandState.VERIFIED, observed=seen)
                 problem = f"reports {seen.value}" + (f" ({reading.detail})" if reading.detail else "")
             except (DeviceUnreachableError, PayloadRejected, CommandNotSupportedError) as exc:
                 problem = f"the state read-back failed: {exc}"
             if time.monotonic() >= deadline:
                 settle = self._settings.settle(command.action)
-                return Outcome(
+                return Step(
                     CommandState.FAILED,
                     f"the device answered OK but {problem} {settle:g} s later, not {expected.value}",
                     observed=seen,

@@ -56,6 +56,25 @@ CREATE INDEX IF NOT EXISTS command_reports_unsent ON command_reports (reported, 
 
 
 @dataclass(frozen=True)
+class Step:
+    """A state a command reached, with what is known about it.
+
+    Attributes:
+        state: the state.
+        detail: why it failed, expired or was refused.
+        rule: the compound's policy rule that refused it.
+        device_code: the vendor's status code, when the device gave one.
+        observed: the state read back from the device.
+    """
+
+    state: CommandState
+    detail: str | None = None
+    rule: str | None = None
+    device_code: str | None = None
+    observed: ActuatorState | None = None
+
+
+@dataclass(frozen=True)
 class Admission:
     """What admitting an order did.
 
@@ -81,29 +100,19 @@ class LedgerEntry:
     rule: str | None
 
 
-def _report(
-    order: CommandOrder,
-    origin: CommandOrigin,
-    state: CommandState,
-    at: datetime,
-    *,
-    detail: str | None = None,
-    rule: str | None = None,
-    device_code: str | None = None,
-    observed: ActuatorState | None = None,
-) -> CommandReport:
+def _report(order: CommandOrder, origin: CommandOrigin, step: Step, at: datetime) -> CommandReport:
     return CommandReport(
         command_id=order.command_id,
         device_id=order.device_id,
         action=order.action,
-        state=state,
+        state=step.state,
         at=at,
         origin=origin,
         issued_by=order.issued_by,
-        reason=detail[:256] if detail else None,
-        rule=rule,
-        device_code=device_code,
-        observed=observed,
+        reason=step.detail[:256] if step.detail else None,
+        rule=step.rule,
+        device_code=step.device_code,
+        observed=step.observed,
     )
 
 
@@ -212,7 +221,7 @@ class CommandLedger(SqliteBacked):
                         rule,
                     ),
                 )
-                _append_report(db, _report(order, origin, state, now, detail=detail, rule=rule))
+                _append_report(db, _report(order, origin, Step(state, detail, rule), now))
                 return Admission(new=True, state=state)
 
         return await self._file.call(write)
@@ -235,26 +244,16 @@ class CommandLedger(SqliteBacked):
                 entry = _entry_of(row)
                 if entry.order.expired(now):
                     detail = f"its expiry {entry.order.expires_at.isoformat()} passed while it waited"
-                    self._move(db, entry, CommandState.EXPIRED, now, detail=detail)
+                    self._move(db, entry, Step(CommandState.EXPIRED, detail), now)
                     return None
-                self._move(db, entry, CommandState.SENT, now)
+                self._move(db, entry, Step(CommandState.SENT), now)
                 return LedgerEntry(
                     entry.order, entry.origin, CommandState.SENT, entry.received_at, now, None, None
                 )
 
         return await self._file.call(write)
 
-    async def advance(
-        self,
-        command_id: str,
-        state: CommandState,
-        now: datetime,
-        *,
-        detail: str | None = None,
-        rule: str | None = None,
-        device_code: str | None = None,
-        observed: ActuatorState | None = None,
-    ) -> bool:
+    async def advance(self, command_id: str, step: Step, now: datetime) -> bool:
         """Record the next state of a command that is not final yet; False if it was final or unknown."""
 
         def write(db: sqlite3.Connection) -> bool:
@@ -265,49 +264,18 @@ class CommandLedger(SqliteBacked):
                 ).fetchone()
                 if row is None or CommandState(row[10]) in FINAL_STATES:
                     return False
-                self._move(
-                    db,
-                    _entry_of(row),
-                    state,
-                    now,
-                    detail=detail,
-                    rule=rule,
-                    device_code=device_code,
-                    observed=observed,
-                )
+                self._move(db, _entry_of(row), step, now)
                 return True
 
         return await self._file.call(write)
 
     @staticmethod
-    def _move(
-        db: sqlite3.Connection,
-        entry: LedgerEntry,
-        state: CommandState,
-        now: datetime,
-        *,
-        detail: str | None = None,
-        rule: str | None = None,
-        device_code: str | None = None,
-        observed: ActuatorState | None = None,
-    ) -> None:
+    def _move(db: sqlite3.Connection, entry: LedgerEntry, step: Step, now: datetime) -> None:
         db.execute(
             "UPDATE commands SET state = ?, updated_at = ?, detail = ?, rule = ? WHERE command_id = ?",
-            (state.value, now.isoformat(), detail, rule, entry.order.command_id),
+            (step.state.value, now.isoformat(), step.detail, step.rule, entry.order.command_id),
         )
-        _append_report(
-            db,
-            _report(
-                entry.order,
-                entry.origin,
-                state,
-                now,
-                detail=detail,
-                rule=rule,
-                device_code=device_code,
-                observed=observed,
-            ),
-        )
+        _append_report(db, _report(entry.order, entry.origin, step, now))
 
     async def recover(self, now: datetime) -> tuple[list[LedgerEntry], int]:
         """On start: the queued commands to execute (oldest first), and how many in-flight ones were failed.
@@ -328,7 +296,7 @@ class CommandLedger(SqliteBacked):
                     if entry.state is CommandState.QUEUED:
                         queued.append(entry)
                     else:
-                        self._move(db, entry, CommandState.FAILED, now, detail=INTERRUPTED)
+                        self._move(db, entry, Step(CommandState.FAILED, INTERRUPTED), now)
                         interrupted += 1
                 return queued, interrupted
 

@@ -19,6 +19,7 @@ from pydantic import (
     Field,
     HttpUrl,
     SecretStr,
+    StringConstraints,
     field_validator,
     model_validator,
 )
@@ -262,6 +263,10 @@ class PlatformConfig(ConfigModel):
     )
 
 
+HttpUserName = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r'^[^":\\]+$')]
+"""A user name in HTTP basic or digest (no quote, colon or backslash: they would break the header)."""
+
+
 class DeviceConfig(ConfigModel):
     """One device in the compound's inventory."""
 
@@ -279,11 +284,8 @@ class DeviceConfig(ConfigModel):
         default="digest",
         description="HTTP push devices: how they authenticate (Hikvision: MD5digest or basic in the HTTP host)",
     )
-    push_username: str | None = Field(
+    push_username: HttpUserName | None = Field(
         default=None,
-        min_length=1,
-        max_length=64,
-        pattern=r'^[^":\\]+$',
         description="HTTP push devices: the user name they send; default: the device id",
     )
     allowed_sources: tuple[SourceNetwork, ...] = Field(
@@ -294,11 +296,8 @@ class DeviceConfig(ConfigModel):
         description="cameras keeping pictures and clips on the device: the base URL of our download API"
         " (GET <media_url>/<key>, digest with the device's secret; docs/evidence.md); none: not fetched",
     )
-    media_username: str = Field(
+    media_username: HttpUserName = Field(
         default="gateway",
-        min_length=1,
-        max_length=64,
-        pattern=r'^[^":\\]+$',
         description="the user name the gateway presents to the device's download API",
     )
     control_url: HttpUrl | None = Field(
@@ -306,11 +305,8 @@ class DeviceConfig(ConfigModel):
         description="HTTP devices that take commands (Hikvision ISAPI): the device's base URL, e.g."
         " http://192.168.1.64; requests carry HTTP digest with control_username and the device's secret",
     )
-    control_username: str = Field(
+    control_username: HttpUserName = Field(
         default="gateway",
-        min_length=1,
-        max_length=64,
-        pattern=r'^[^":\\]+$',
         description="the user name the gateway presents when it sends the device commands",
     )
 

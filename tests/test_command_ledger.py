@@ -5,26 +5,16 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from foundation.commands import ActuatorState, CommandAction
+from foundation.commands import ActuatorState
 from foundation.events import utc_now
-from gateway.command_ledger import INTERRUPTED, KEEP_IDS, CommandLedger
+from gateway.command_ledger import INTERRUPTED, KEEP_IDS, CommandLedger, Step
+from tests.command_orders import barrier_open
 from uplink.commands import CommandOrder, CommandOrigin, CommandState
-
-BARRIER = "36010400011320000021"
 
 
 def order(command_id: str, issued: datetime, lifetime: timedelta = timedelta(minutes=1)) -> CommandOrder:
     """A barrier open issued at ``issued``."""
-    return CommandOrder(
-        command_id=command_id,
-        device_id=BARRIER,
-        action=CommandAction.BARRIER_OPEN,
-        issued_by="op-wang",
-        role="operator",
-        reason="救护车进入小区",
-        issued_at=issued,
-        expires_at=issued + lifetime,
-    )
+    return barrier_open(command_id, issued=issued, lifetime=lifetime)
 
 
 async def states_reported(ledger: CommandLedger) -> list[tuple[str, CommandState]]:
@@ -107,9 +97,9 @@ async def test_a_queued_command_survives_a_restart_and_states_end_final(tmp_path
         assert queued[0].origin is CommandOrigin.RULE
         claimed = await ledger.claim("cmd-q", now)
         assert claimed is not None
-        assert await ledger.advance("cmd-q", CommandState.ACKNOWLEDGED, now, device_code="200")
-        assert await ledger.advance("cmd-q", CommandState.VERIFIED, now, observed=ActuatorState.OPEN)
-        assert not await ledger.advance("cmd-q", CommandState.FAILED, now, detail="too late to change")
+        assert await ledger.advance("cmd-q", Step(CommandState.ACKNOWLEDGED, device_code="200"), now)
+        assert await ledger.advance("cmd-q", Step(CommandState.VERIFIED, observed=ActuatorState.OPEN), now)
+        assert not await ledger.advance("cmd-q", Step(CommandState.FAILED, "too late to change"), now)
         reports = await ledger.unreported()
         assert [r.state for _, r in reports] == [
             CommandState.QUEUED,
@@ -133,7 +123,7 @@ async def test_a_redelivery_after_the_id_was_forgotten_is_expired_not_run(tmp_pa
     async with CommandLedger(tmp_path / "commands.db") as ledger:
         await ledger.admit(old, CommandOrigin.DISTRICT, issued)
         assert await ledger.claim("cmd-old", issued) is not None
-        await ledger.advance("cmd-old", CommandState.VERIFIED, issued)
+        await ledger.advance("cmd-old", Step(CommandState.VERIFIED), issued)
         await ledger.admit(order("cmd-new", now), CommandOrigin.DISTRICT, now)
         await ledger.mark_reported([seq for seq, _ in await ledger.unreported()])
         assert await ledger.purge(now) == 1

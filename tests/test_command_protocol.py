@@ -18,6 +18,7 @@ from device_sims.inventory import DISTRICT_ID
 from foundation.commands import ActuatorState, CommandAction
 from foundation.errors import PayloadRejected
 from foundation.events import utc_now
+from tests.command_orders import BARRIER, barrier_open
 from tests.test_district_tls import C1, C2, ROOT, District, district, make_certs, received
 from tests.test_evidence_acl import _reload_acl
 from uplink.commands import (
@@ -38,22 +39,11 @@ __all__ = ["district"]  # the fixture, imported for pytest
 
 PREFIX = "cgw/v1"
 DESK = "district-commands"
-BARRIER = "36010400011320000021"
 
 
 def order(command_id: str = "cmd-0001", *, lifetime: timedelta = timedelta(seconds=60)) -> CommandOrder:
     """A barrier open from the district."""
-    now = utc_now()
-    return CommandOrder(
-        command_id=command_id,
-        device_id=BARRIER,
-        action=CommandAction.BARRIER_OPEN,
-        issued_by="op-wang",
-        role="operator",
-        reason="救护车进入小区",
-        issued_at=now,
-        expires_at=now + lifetime,
-    )
+    return barrier_open(command_id, lifetime=lifetime)
 
 
 def test_an_order_and_a_report_survive_the_wire() -> None:

@@ -13,7 +13,7 @@ import contextlib
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 import aiomqtt
@@ -24,6 +24,7 @@ from foundation.commands import ActuatorState, CommandAction
 from foundation.events import utc_now
 from gateway.config import GatewayConfig, load_config
 from gateway.runtime import run_gateway
+from tests.command_orders import BARRIER, barrier_open
 from tests.district_data import running
 from tests.test_commands import camera, camera_online
 from uplink.commands import (
@@ -38,7 +39,6 @@ from uplink.commands import (
 from uplink.protocol import DEFAULT_PREFIX, status_topic
 
 COMPOUND = compound_id(1)
-BARRIER = "36010400011210000002"  # the sample compound's vz-lpr-mqtt barrier camera
 WAIT_S = 30
 
 
@@ -62,21 +62,9 @@ def gateway_config(
     return load_config(path)
 
 
-def order(
-    command_id: str, *, lifetime: timedelta = timedelta(minutes=2), issued: datetime | None = None
-) -> CommandOrder:
+def order(command_id: str, *, lifetime: timedelta = timedelta(minutes=2)) -> CommandOrder:
     """A remote barrier open, as the district issues it."""
-    at = issued or utc_now()
-    return CommandOrder(
-        command_id=command_id,
-        device_id=BARRIER,
-        action=CommandAction.BARRIER_OPEN,
-        issued_by="op-wang",
-        role="operator",
-        reason="救护车进入小区",
-        issued_at=at,
-        expires_at=at + lifetime,
-    )
+    return barrier_open(command_id, lifetime=lifetime)
 
 
 @dataclass
