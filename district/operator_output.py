@@ -18,6 +18,7 @@ from foundation.events import (
     EbikeShedPayload,
     Event,
     FaceAccessPayload,
+    RuleFiredPayload,
     ThrownObjectPayload,
     VehiclePassPayload,
     VehicleWatchHitPayload,
@@ -47,6 +48,8 @@ def event_summary(event: Event) -> str:
         return (
             f"watch list {p.list_id}: {p.plate} {p.direction.value}{' (' + p.label + ')' if p.label else ''}"
         )
+    if isinstance(p, RuleFiredPayload):
+        return f"rule {p.rule} {p.phase.value} ({len(p.actions)} actions)"
     return f"{p.state.value}{' (' + p.reason + ')' if p.reason else ''}"
 
 

@@ -13,6 +13,7 @@ import ssl
 from contextlib import AsyncExitStack
 from pathlib import Path
 
+import aiohttp
 import structlog
 from aiohttp import web
 
@@ -30,6 +31,9 @@ from gateway.device_watch import DeviceWatch
 from gateway.evidence_service import EvidenceAudit, EvidenceService
 from gateway.forwarder import UplinkFactory
 from gateway.http_receiver import build_app
+from gateway.local_rules.actions import ActionRunner, CommandPort, MqttPublisher, NotWiredCommandPort
+from gateway.local_rules.service import LocalRules
+from gateway.local_rules.store import RuleStore
 from gateway.media_fetch import MediaFetcher
 from gateway.mqtt_intake import MqttIntake
 from gateway.outbox import OutboxReader
@@ -56,11 +60,13 @@ async def run_gateway(
     ready: asyncio.Event | None = None,
     secrets: DeviceSecrets | None = None,
     source: Path | None = None,
+    commands: CommandPort | None = None,
 ) -> None:
     """Run until cancelled.
 
     ``secrets`` as ``prepare_trust`` returned them (with the config it returned); None: loaded and
-    checked here, errors naming ``source`` (the config file).
+    checked here, errors naming ``source`` (the config file). ``commands``: where the local rules'
+    command actions go (None: ``NotWiredCommandPort``, until the command plumbing exists).
     """
     if secrets is None:
         config, secrets = prepare_trust(config, source or Path("the gateway config"))
@@ -80,7 +86,7 @@ async def run_gateway(
         await asyncio.to_thread(registry.load_persisted)
         matcher = WatchMatcher(config, registry, pipeline, reader)
         health.writers.append(matcher.write_metrics)
-        _watch_devices(config, pipeline, health)
+        rules = await _follow_commits(stack, config, pipeline, reader, health, commands)
         app = build_app(config, pipeline, health, reader.stats, PushAuthenticator(config, secrets))
         runner = web.AppRunner(app, shutdown_timeout=HTTP_SHUTDOWN_TIMEOUT_S)
         await runner.setup()
@@ -109,7 +115,7 @@ async def run_gateway(
                         ),
                         name="watch-matcher",
                     )
-                    _start_upkeep(transports, config, reader=reader, health=health)
+                    _start_upkeep(transports, config, reader=reader, health=health, rules=rules)
                     _start_fetcher(transports, config, reader, secrets, health, pipeline, evidence)
                     if (interval := watchdog_interval()) is not None:
                         transports.create_task(
@@ -177,14 +183,58 @@ async def _evidence_service(
     return service
 
 
+async def _follow_commits(  # noqa: PLR0917 - the run's parts it connects, from its one call site
+    stack: AsyncExitStack,
+    config: GatewayConfig,
+    pipeline: IntakePipeline,
+    reader: OutboxReader,
+    health: Health,
+    commands: CommandPort | None,
+) -> tuple[LocalRules, ActionRunner] | None:
+    """What follows committed batches: the device watch, and the local rules (if enabled).
+
+    The rules come with their action runner (docs/local-rules.md); None without enabled rules.
+    """
+    _watch_devices(config, pipeline, health)
+    if not any(rule.enabled for rule in config.rules):
+        return None
+    store = await stack.enter_async_context(RuleStore(config.state.dir / "rules.db"))
+    http = await stack.enter_async_context(aiohttp.ClientSession())
+    publisher = MqttPublisher.for_config(config)
+    stack.push_async_callback(publisher.close)
+    runner = ActionRunner(config, commands or NotWiredCommandPort(), publisher, http, store.record)
+    rules = LocalRules(config, pipeline, reader, store, runner)
+    pipeline.observers.append(rules.observe)
+    health.writers.append(rules.write_metrics)
+    return rules, runner
+
+
+def _start_rules(
+    tasks: asyncio.TaskGroup, config: GatewayConfig, rules: tuple[LocalRules, ActionRunner], health: Health
+) -> None:
+    """The rules task and the action workers, each restarted on its own if it fails."""
+    engine, runner = rules
+    tasks.create_task(
+        supervise("local-rules", run_forever(engine.run), Backoff(config.backoff), health=health),
+        name="local-rules",
+    )
+    tasks.create_task(
+        supervise("rule-actions", run_forever(runner.run), Backoff(config.backoff), health=health),
+        name="rule-actions",
+    )
+
+
 def _start_upkeep(
     tasks: asyncio.TaskGroup,
     config: GatewayConfig,
     *,
     reader: OutboxReader,
     health: Health,
+    rules: tuple[LocalRules, ActionRunner] | None = None,
 ) -> None:
-    """Retention and the media byte budget."""
+    """Retention, the media byte budget and the local rules (if any)."""
+    if rules is not None:
+        _start_rules(tasks, config, rules, health)
     retention = Retention(config, reader)
     health.writers.append(retention.write_metrics)
     tasks.create_task(
