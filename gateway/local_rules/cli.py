@@ -82,7 +82,11 @@ def run_rules_command(args: argparse.Namespace) -> int:
 
 
 def dry_run(config: GatewayConfig, events: list[Event]) -> list[dict[str, Any]]:
-    """Per event, per rule: ``fires``, ``clears``, ``matches`` (debounce not reached) or ``no match``."""
+    """Per event, per rule: what the rule does with it.
+
+    ``fires``, ``clears``, ``matches`` (debounce not reached yet), ``suppressed`` (it fired on an
+    earlier event of the same file: cooldown or latch) or ``no match``.
+    """
     engine = Engine(config.rules)
     verdicts = []
     for event in events:
@@ -96,16 +100,24 @@ def dry_run(config: GatewayConfig, events: list[Event]) -> list[dict[str, Any]]:
                 verdict, detail = "fires", _actions(rule.actions, "fired")
             elif (rule.name, "cleared") in firings:
                 verdict, detail = "clears", _actions(rule.actions, "cleared")
-            elif (
-                matches(rule.match, event, payload) and state is not None and state.window_opened is not None
-            ):
+            elif not matches(rule.match, event, payload) or state is None:
+                verdict, detail = "no match", ""
+            elif state.latched:
+                verdict, detail = (
+                    "suppressed",
+                    "it fired before in this file and waits for its clear condition",
+                )
+            elif state.window_opened is None:
+                verdict, detail = (
+                    "suppressed",
+                    f"it fired before in this file (cooldown {rule.cooldown_s:g} s)",
+                )
+            else:
                 verdict = "matches"
                 detail = (
                     f"{state.window_count} of {debounce.events} events within {debounce.within_s:g} s,"
                     f" held {debounce.hold_s:g} s: fires when the debounce is reached"
                 )
-            else:
-                verdict, detail = "no match", ""
             rows.append({"rule": rule.name, "verdict": verdict, "detail": detail})
         verdicts.append(
             {
