@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import sqlite3
 from collections.abc import AsyncIterator, Iterator
@@ -27,6 +28,7 @@ from adapters.commands import Command, CommandAction
 from cli.main import main
 from device_sims.broker import Mosquitto, free_port
 from device_sims.inventory import sample_device_secrets, sample_devices
+from district.ingester import run_ingester
 from foundation.events import (
     EbikeShedPayload,
     Event,
@@ -46,6 +48,9 @@ from gateway.local_rules.engine import Engine
 from gateway.outbox import Outbox
 from gateway.runtime import run_gateway
 from tests.conftest import device_client, sample_config
+from tests.delivery import sqlite_ids
+from tests.district_data import running
+from tests.test_uplink_e2e import district_config
 
 SHED = "36010400011340000001"  # shed-mqtt, ref 860812045678901
 SHED_TOPIC = "shed/860812045678901/up"
@@ -123,7 +128,7 @@ def test_debounce_counts_events_within_the_window() -> None:
 def test_debounce_hold_fires_by_timer_and_a_clear_cancels_it() -> None:
     """``hold_s = 10``: the rule fires 10 s after the first report even if no other comes; a clear first stops it.
 
-    Broken on purpose (``due`` ignoring the hold): it fired at once, at 5 s.
+    Broken on purpose (``_matched`` ignoring ``hold_s``): it fired at once, on the first report.
     """
     engine = Engine(
         (
@@ -485,12 +490,14 @@ def started(broker: Mosquitto) -> Iterator[Mosquitto]:
 async def test_shed_fire_runs_actions_and_its_firing_enters_the_outbox(tmp_path: Path, port: int) -> None:
     """A shed fire report runs the rule's three actions and its firing waits in the outbox.
 
-    The siren topic gets the rendered payload (through the rules' own broker account), the office's real HTTP server gets the rendered body, the barrier command goes to the command port,
-    and one ``rule_fired`` event naming the trigger waits in the outbox (no uplink configured: it goes up
-    when one is). Without a command port the same command is recorded failed, "not wired".
+    The siren topic gets the rendered payload (through the rules' own broker account), the office's
+    real HTTP server gets the rendered body, the barrier command goes to the command port (a test
+    double), and one ``rule_fired`` event naming the trigger waits in the outbox (no uplink is
+    configured: it goes up when one is). Every action's outcome is recorded in rules.db.
 
     Broken on purpose: without ``await self._commit(firings)`` no rule_fired event appeared; without
-    the ``-rules`` account in the broker's ACL the publish was refused and recorded failed.
+    the ``-rules`` account in the broker's ACL the broker refused the publish and the siren topic
+    stayed silent (deadline).
     """
     async with office_server() as (office, bodies):
         rules = (
@@ -654,3 +661,46 @@ payload = "{{{{ payload.condition }}}}"
         ("shed-battery", "mqtt", 1, "published 11 bytes"),
         ("shed-fire-office", "command", 0, NOT_WIRED),
     }
+
+
+async def test_rules_fire_with_the_district_away_and_the_firing_goes_up_later(
+    tmp_path: Path, port: int
+) -> None:
+    """With the district broker down the fire still sounds the siren at once; the rule_fired event
+    waits in the outbox and reaches the district's store once its broker and ingester are back.
+
+    Broken on purpose (``_commit`` skipped: firings never enter the outbox): the siren sounded, the
+    fire reached the district, the firing never did (deadline).
+    """
+    district_port = free_port()
+    path = write_config(tmp_path, port, FIRE_RULE)
+    with path.open("a", encoding="utf-8") as handle:
+        handle.write(
+            '\n[backoff]\ninitial_s = 0.05\nmax_s = 0.5\n\n[uplink]\nmode = "mqtt"\nbatch_max_delay_ms = 20\n'
+            f'[uplink.broker]\nhost = "127.0.0.1"\nport = {district_port}\n'
+        )
+    store = tmp_path / "district.db"
+    with started(broker_for(path, tmp_path, port)):
+        async with watcher(port) as watch, shed_client(port) as shed:
+            await watch.subscribe("siren/#", qos=1)
+            async with gateway_running(path) as config:
+                await shed.publish(SHED_TOPIC, shed_report(41, alert=1), qos=1)
+                topic, _ = await next_message(watch)
+                await until(
+                    lambda: len(outbox_events(config, EventKind.RULE_FIRED)) == 1, "the firing queued"
+                )
+                [firing] = outbox_events(config, EventKind.RULE_FIRED)
+                [fire] = outbox_events(config, EventKind.EBIKE_SHED)
+                with started(Mosquitto(tmp_path / "district-broker", district_port)):
+                    district = district_config(
+                        tmp_path,
+                        Mosquitto(tmp_path / "unused", district_port),
+                        f'type = "sqlite"\npath = "{store}"',
+                    )
+                    async with running(functools.partial(run_ingester, district), "ingester"):
+                        await until(
+                            lambda: firing.event_id in sqlite_ids(store), "the firing in the district store"
+                        )
+                        stored = set(sqlite_ids(store))
+    assert topic == "siren/shed-1/set"
+    assert {firing.event_id, fire.event_id} <= stored
