@@ -666,8 +666,10 @@ payload = "{{{{ payload.condition }}}}"
 async def test_rules_fire_with_the_district_away_and_the_firing_goes_up_later(
     tmp_path: Path, port: int
 ) -> None:
-    """With the district broker down the fire still sounds the siren at once; the rule_fired event
-    waits in the outbox and reaches the district's store once its broker and ingester are back.
+    """With the district down the siren sounds at once; the firing goes up once the district is back.
+
+    The rule_fired event waits in the outbox and reaches the district's store once its broker and
+    ingester are back.
 
     Broken on purpose (``_commit`` skipped: firings never enter the outbox): the siren sounded, the
     fire reached the district, the firing never did (deadline).
