@@ -109,7 +109,6 @@ class LocalRules:
         self.stale = 0
         self.unreadable = 0
         self.firings_committed = 0
-        self.caught_up = asyncio.Event()  # set whenever the rules have read everything committed
 
     def observe(self, results: Sequence[ItemResult]) -> None:
         """An intake batch was committed: look for new events (never blocks the intake)."""
@@ -155,11 +154,8 @@ class LocalRules:
                 saved_cursor, saved_at = self.cursor, now
             for firing in firings:
                 self._act(firing)
-            if len(rows) == limit:
-                continue  # a backlog: read on without waiting
-            self.caught_up.set()
-            await self._sleep()
-            self.caught_up.clear()
+            if len(rows) < limit:  # else a backlog: read on without waiting
+                await self._sleep()
 
     async def _sleep(self) -> None:
         timeout = POLL_S
