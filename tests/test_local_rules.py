@@ -302,6 +302,15 @@ body = "{{{{ os.system('id') }}}}"
     )
 
 
+def test_documented_example_passes_check_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The example of docs/local-rules.md is a valid config (with the sample compound's devices)."""
+    text = (Path(__file__).resolve().parents[1] / "docs" / "local-rules.md").read_text(encoding="utf-8")
+    example = text.split("```toml\n", 1)[1].split("```", 1)[0]
+    path = write_config(tmp_path, 1883, example)
+    assert main(["check-config", str(path)]) == 0
+    assert capsys.readouterr().out.rstrip().endswith("; 1 local rules")
+
+
 def shed_report(seq: int, alert: int) -> bytes:
     """A shed-mqtt report (alert bit 0: smoke/fire, bit 2: low battery, 0: recovery)."""
     return json.dumps(
