@@ -103,17 +103,30 @@ class MqttPublisher:
         )
 
     async def publish(self, topic: str, payload: bytes, *, qos: int, retain: bool, timeout_s: float) -> None:
-        """Publish, connecting first if needed; ``TransportError`` or ``PublishRefusedError`` on failure."""
-        async with self._lock:  # one connect at a time; publishes themselves interleave on the session
-            if self._session is None:
-                session = MqttSession(self._options)
-                await session.__aenter__()
-                self._session = session
-            session = self._session
+        """Publish within ``timeout_s``, connecting first if needed.
+
+        Raises:
+            TransportError: no connection, or no acknowledgement in time (the session is dropped:
+                the next publish connects afresh instead of waiting on a dead one).
+            PublishRefusedError: the broker refused the topic (the ACL).
+        """
+        session: MqttSession | None = None
         try:
-            await session.publish(topic, payload, qos=qos, retain=retain, timeout_s=timeout_s)
-        except TransportError:
-            await self._drop(session)
+            async with asyncio.timeout(timeout_s):
+                async with self._lock:  # one connect at a time; publishes interleave on the session
+                    if self._session is None:
+                        connecting = MqttSession(self._options)
+                        await connecting.__aenter__()
+                        self._session = connecting
+                    session = self._session
+                await session.publish(topic, payload, qos=qos, retain=retain, timeout_s=timeout_s)
+        except (TransportError, TimeoutError) as exc:
+            if session is not None:
+                await self._drop(session)
+            if isinstance(exc, TimeoutError):
+                raise TransportError(
+                    f"publish to {topic}: no acknowledgement within {timeout_s:g} s"
+                ) from None
             raise
 
     async def _drop(self, session: MqttSession) -> None:
@@ -230,11 +243,13 @@ class ActionRunner:
             context = template_context(job.rule, job.phase, job.trigger)
             if isinstance(action, MqttActionConfig):
                 body = render(action.payload, context).encode()
-                limit = self._engine.mqtt_timeout_s
-                async with asyncio.timeout(limit):
-                    await self._mqtt.publish(
-                        action.topic, body, qos=action.qos, retain=action.retain, timeout_s=limit
-                    )
+                await self._mqtt.publish(
+                    action.topic,
+                    body,
+                    qos=action.qos,
+                    retain=action.retain,
+                    timeout_s=self._engine.mqtt_timeout_s,
+                )
                 return Outcome(True, f"published {len(body)} bytes")
             return await self._call(action, context)
         except TimeoutError:
