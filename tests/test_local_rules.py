@@ -45,6 +45,7 @@ from gateway.device_secrets import prepare_trust
 from gateway.local_rules.actions import NOT_WIRED, Outcome, render, template_context
 from gateway.local_rules.config import RuleConfig
 from gateway.local_rules.engine import Engine
+from gateway.local_rules.service import firing_event
 from gateway.outbox import Outbox
 from gateway.runtime import run_gateway
 from tests.conftest import device_client, sample_config
@@ -309,6 +310,44 @@ def test_documented_example_passes_check_config(tmp_path: Path, capsys: pytest.C
     path = write_config(tmp_path, 1883, example)
     assert main(["check-config", str(path)]) == 0
     assert capsys.readouterr().out.rstrip().endswith("; 1 local rules")
+
+
+def test_firing_events_name_their_phase_actions_and_severity(tmp_path: Path) -> None:
+    """A firing goes up with the rule's severity and its actions; a clear with the recovery's severity.
+
+    The clear's event lists only the cleared actions and is no alarm.
+
+    Broken on purpose (the rule's severity for clears too): the cleared event was a warning.
+    """
+    rules = (
+        FIRE_RULE.replace("cooldown_s = 3600", 'cooldown_s = 3600\nseverity = "warning"')
+        + """
+[rules.clear]
+kind = "ebike_shed"
+[[rules.clear.conditions]]
+field = "condition"
+equals = "recovery"
+[[rules.actions]]
+type = "mqtt"
+on = "cleared"
+topic = "siren/shed-1/off"
+payload = "off"
+"""
+    )
+    config = load_config(write_config(tmp_path, 1883, rules))
+    engine = Engine(config.rules)
+    [fire] = engine.evaluate(shed_event(1), 0)
+    [clear] = engine.evaluate(shed_event(2, ShedCondition.RECOVERY), 10)
+    fired_event, cleared_event = firing_event(config, fire), firing_event(config, clear)
+    assert isinstance(fired_event.payload, RuleFiredPayload)
+    assert isinstance(cleared_event.payload, RuleFiredPayload)
+    assert (fired_event.severity, fired_event.payload.phase.value) == (Severity.WARNING, "fired")
+    assert (cleared_event.severity, cleared_event.payload.phase.value) == (Severity.INFO, "cleared")
+    assert [a.target for a in fired_event.payload.actions] == ["siren/shed-1/set"]
+    assert [a.target for a in cleared_event.payload.actions] == ["siren/shed-1/off"]
+    assert cleared_event.payload.trigger_event_id == "shed-event-0002"
+    assert fired_event.event_id != cleared_event.event_id
+    assert fired_event.location == Location(building="1号车棚")
 
 
 def shed_report(seq: int, alert: int) -> bytes:

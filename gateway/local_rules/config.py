@@ -271,7 +271,8 @@ class RuleConfig(ConfigModel):
         default=None, description="events that re-arm the rule (a fired rule stays latched until one)"
     )
     severity: Severity | None = Field(
-        default=None, description="of the rule_fired event; none: the trigger's"
+        default=None,
+        description="of its rule_fired events when it fires (a clear: the clearing event's); none: the trigger's",
     )
     actions: tuple[ActionConfig, ...] = Field(default=(), max_length=16)
 

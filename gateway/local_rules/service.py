@@ -66,7 +66,8 @@ def firing_event(config: GatewayConfig, firing: Firing) -> Event:
         device_id=trigger.device_id,
         occurred_at=datetime.fromtimestamp(firing.at, UTC),
         received_at=utc_now(),
-        severity=rule.severity or trigger.severity,
+        # a rule's severity is its alarm's; a clear goes up as the clearing event came (a recovery is no alarm)
+        severity=(rule.severity if firing.phase == RulePhase.FIRED.value else None) or trigger.severity,
         source=Provenance(vendor="compound-gateway", dialect=RULES_DIALECT, event_code=rule.name),
         location=trigger.location,
         payload=RuleFiredPayload(
