@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import aiomqtt
 import pytest
 from aiohttp import web
@@ -573,6 +574,7 @@ action = "barrier_open"
                     [fire] = outbox_events(config, EventKind.EBIKE_SHED)
                     [firing] = outbox_events(config, EventKind.RULE_FIRED)
                     results = action_results(config)
+                    metrics = await scrape(config)
     assert (topic, json.loads(body)) == (
         "siren/shed-1/set",
         {"on": True, "rule": "shed-fire", "trigger": fire.event_id},
@@ -596,6 +598,9 @@ action = "barrier_open"
         ("command", LPR),
     ]
     assert (firing.device_id, firing.severity, firing.compound_id) == (SHED, Severity.CRITICAL, COMPOUND)
+    assert "cgw_rules_fired_total 1.0" in metrics
+    for kind in ("mqtt", "http", "command"):
+        assert f'cgw_rules_actions_total{{outcome="ok",rule="shed-fire",type="{kind}"}} 1.0' in metrics
     assert set(results) == {
         ("shed-fire", "mqtt", 1, f"published {len(body)} bytes"),
         ("shed-fire", "http", 1, "HTTP 200"),
@@ -626,6 +631,15 @@ async def test_cooldown_survives_a_gateway_restart(tmp_path: Path, port: int) ->
             quiet = await quiet_messages(watch)
     assert len(outbox_events(config, EventKind.RULE_FIRED)) == 1
     assert quiet == []
+
+
+async def scrape(config: GatewayConfig) -> str:
+    """The gateway's /metrics."""
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"http://127.0.0.1:{config.http.port}/metrics") as response,
+    ):
+        return await response.text()
 
 
 def evaluated(config: GatewayConfig, event_id: str) -> bool:

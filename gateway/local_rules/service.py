@@ -109,7 +109,6 @@ class LocalRules:
         self.cursor = 0
         self.stale = 0
         self.unreadable = 0
-        self.firings_committed = 0
 
     def observe(self, results: Sequence[ItemResult]) -> None:
         """An intake batch was committed: look for new events (never blocks the intake)."""
@@ -175,7 +174,6 @@ class LocalRules:
             if result.rejection is not None:  # our own event refused: a bug, kept as a dead letter
                 log.error("rule_event_refused", rule=firing.rule.name, reason=result.rejection.reason)
                 continue
-            self.firings_committed += 1
             log.warning(
                 "rule_fired" if firing.phase == RulePhase.FIRED.value else "rule_cleared",
                 rule=firing.rule.name,
@@ -206,6 +204,11 @@ class LocalRules:
             ),
             ("cgw_rules_suppressed_latched_total", "matches ignored until a clear", c.suppressed_latched),
             ("cgw_rules_events_stale_total", "events too old to evaluate (max_event_age_s)", self.stale),
+            (
+                "cgw_rules_events_unreadable_total",
+                "stored events this gateway could not read",
+                self.unreadable,
+            ),
             (
                 "cgw_rules_actions_dropped_total",
                 "actions failed because the queue was full",
