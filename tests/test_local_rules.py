@@ -192,7 +192,10 @@ def test_states_are_per_device() -> None:
 
 
 def test_templates_are_sandboxed() -> None:
-    """A template reads the event's fields; it cannot reach Python internals."""
+    """A template reads the event's fields; it cannot reach Python internals.
+
+    Broken on purpose (a plain ``jinja2.Environment``): ``event.__class__.__mro__`` rendered.
+    """
     context = template_context("shed-fire", "fired", shed_event(1))
     assert render('{"c": {{ payload.condition | tojson }}, "r": "{{ rule }}"}', context) == (
         '{"c": "fire_alarm", "r": "shed-fire"}'
