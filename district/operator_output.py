@@ -49,7 +49,9 @@ def event_summary(event: Event) -> str:
             f"watch list {p.list_id}: {p.plate} {p.direction.value}{' (' + p.label + ')' if p.label else ''}"
         )
     if isinstance(p, RuleFiredPayload):
-        return f"rule {p.rule} {p.phase.value} ({len(p.actions)} actions)"
+        return (
+            f"rule {p.rule} {p.phase.value}, actions: {', '.join(a.kind.value for a in p.actions) or 'none'}"
+        )
     return f"{p.state.value}{' (' + p.reason + ')' if p.reason else ''}"
 
 

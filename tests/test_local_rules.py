@@ -30,6 +30,7 @@ from cli.main import main
 from device_sims.broker import Mosquitto, free_port
 from device_sims.inventory import sample_device_secrets, sample_devices
 from district.ingester import run_ingester
+from district.operator_output import event_summary
 from foundation.events import (
     EbikeShedPayload,
     Event,
@@ -352,6 +353,9 @@ payload = "off"
     assert cleared_event.payload.trigger_event_id == "shed-event-0002"
     assert fired_event.event_id != cleared_event.event_id
     assert fired_event.location == Location(building="1号车棚")
+    # what the district's queries and console show for it
+    assert event_summary(fired_event) == "rule shed-fire fired, actions: mqtt"
+    assert event_summary(cleared_event) == "rule shed-fire cleared, actions: mqtt"
 
 
 def shed_report(seq: int, alert: int) -> bytes:
