@@ -44,10 +44,19 @@ from foundation.events import (
 from gateway.broker_accounts import AclRule, BrokerAccounts, build_broker_accounts
 from gateway.config import GatewayConfig, load_config
 from gateway.device_secrets import prepare_trust
-from gateway.local_rules.actions import NOT_WIRED, Outcome, render, template_context
+from gateway.local_rules.actions import (
+    NOT_WIRED,
+    ActionJob,
+    ActionRunner,
+    MqttPublisher,
+    Outcome,
+    render,
+    template_context,
+)
 from gateway.local_rules.config import RuleConfig
 from gateway.local_rules.engine import Engine
 from gateway.local_rules.service import firing_event
+from gateway.local_rules.store import ActionResult
 from gateway.outbox import Outbox
 from gateway.runtime import run_gateway
 from tests.conftest import device_client, sample_config
@@ -205,6 +214,26 @@ def test_templates_are_sandboxed() -> None:
         render("{{ event.__class__.__mro__ }}", context)
     with pytest.raises(UndefinedError):
         render("{{ payload.flames }}", context)
+
+
+async def test_a_full_action_queue_fails_new_actions_at_once(tmp_path: Path) -> None:
+    """Overflow policy: beyond ``action_queue`` waiting actions, a new one fails at once (counted), never waits.
+
+    Broken on purpose (an unbounded queue): nothing was dropped.
+    """
+    config = load_config(write_config(tmp_path, 1883, FIRE_RULE, engine="action_queue = 2"))
+    runner = ActionRunner(
+        config, RecordingCommandPort(), MqttPublisher.for_config(config), None, record_nothing
+    )
+    [action] = config.rules[0].actions
+    for index in range(3):  # no worker runs: the first two wait, the third finds the queue full
+        runner.submit(ActionJob(f"firing-{index}", "shed-fire", "fired", 0, action, shed_event(index)))
+    assert runner.dropped == 1
+    assert runner.outcomes == {("shed-fire", "mqtt", False): 1}
+
+
+async def record_nothing(result: ActionResult) -> None:
+    """An action record that goes nowhere (the queue test runs no action)."""
 
 
 # --- config and CLI ----------------------------------------------------------------------------------

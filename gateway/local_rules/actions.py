@@ -191,9 +191,6 @@ class ActionRunner:
         self._queue: asyncio.Queue[ActionJob] = asyncio.Queue(maxsize=config.rule_engine.action_queue)
         self.outcomes: Counter[tuple[str, str, bool]] = Counter()  # (rule, type, ok)
         self.dropped = 0
-        self.idle = asyncio.Event()
-        self.idle.set()
-        self._busy = 0
 
     def submit(self, job: ActionJob) -> None:
         """Queue an action; a full queue fails it at once (never waits)."""
@@ -214,7 +211,6 @@ class ActionRunner:
                 firing=job.firing_id,
             )
             return
-        self.idle.clear()
 
     async def run(self) -> None:
         """The workers, until cancelled."""
@@ -225,15 +221,7 @@ class ActionRunner:
     async def _work(self) -> None:
         while True:
             job = await self._queue.get()
-            self._busy += 1
-            try:
-                outcome = await self._perform(job)
-                await self._finish(job, outcome)
-            finally:
-                self._busy -= 1
-                self._queue.task_done()
-                if self._queue.empty() and self._busy == 0:
-                    self.idle.set()
+            await self._finish(job, await self._perform(job))
 
     async def _perform(self, job: ActionJob) -> Outcome:
         action = job.action
