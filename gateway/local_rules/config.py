@@ -60,7 +60,9 @@ def _compiles(value: str) -> str:
         tree = env.parse(value)
     except TemplateSyntaxError as exc:
         raise ValueError(f"template does not compile: {exc.message} (line {exc.lineno})") from None
-    unknown = {n.name for n in tree.find_all(nodes.Name) if n.ctx == "load"} - TEMPLATE_NAMES
+    names = list(tree.find_all(nodes.Name))
+    own = {n.name for n in names if n.ctx in {"store", "param"}}  # {% set %}, loop variables
+    unknown = {n.name for n in names if n.ctx == "load"} - TEMPLATE_NAMES - own
     if unknown:
         raise ValueError(
             f"template refers to {', '.join(sorted(unknown))}; use only {', '.join(sorted(TEMPLATE_NAMES))}"
