@@ -80,12 +80,12 @@ def timed(sim: VzLprSim, actuated: list[float]) -> None:
     sim.answer_command = answer  # type: ignore[method-assign]
 
 
-async def bare_hop(port: int, rounds: int, **login: str) -> list[float]:
+async def bare_hop(port: int, rounds: int) -> list[float]:
     """Seconds of one QoS 1 publish to a subscriber on the broker at ``port``, ``rounds`` times."""
     seconds: list[float] = []
     async with (
-        aiomqtt.Client("127.0.0.1", port, identifier="bench-sub", **login) as sub,
-        aiomqtt.Client("127.0.0.1", port, identifier="bench-pub", **login) as pub,
+        aiomqtt.Client("127.0.0.1", port, identifier="bench-sub") as sub,
+        aiomqtt.Client("127.0.0.1", port, identifier="bench-pub") as pub,
     ):
         await sub.subscribe("bench/hop", qos=1)
         for _ in range(rounds):
@@ -171,7 +171,7 @@ async def run(commands: int) -> dict[str, list[float]]:
                         results["actuation"].append(actuated[-1] - start)
                         results["verified"].append(verified[order.command_id] - start)
             finally:
-                await gateway.stop()
+                gateway.stop()
             district_hop = await bare_hop(district_broker.port, commands)
             results["baseline"] = district_hop
             return results

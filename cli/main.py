@@ -35,6 +35,7 @@ from foundation.logging import configure_logging
 from gateway.broker_credentials import add_device_commands, run_devices_command
 from gateway.config import GatewayConfig, load_config
 from gateway.device_secrets import load_device_secrets, prepare_trust
+from gateway.local_rules.cli import add_rules_commands, run_rules_command
 from gateway.outbox import Outbox
 from gateway.runtime import run_gateway
 from gateway.watchlist_check import add_watchlist_check_commands, run_watchlist_check
@@ -108,6 +109,7 @@ def _parser() -> argparse.ArgumentParser:
     outbox.add_argument("--config", type=Path, required=True)
     outbox.add_argument("--limit", type=int, default=20)
     add_device_commands(sub)
+    add_rules_commands(sub)
     add_operator_commands(sub)
     add_watchlist_check_commands(add_watchlist_commands(sub))
     return parser
@@ -145,6 +147,8 @@ def main(argv: list[str] | None = None) -> int:
                 return _outbox(args)
             case "devices":
                 return run_devices_command(args)
+            case "rules":
+                return run_rules_command(args)
             case "query" | "alarm" | "token" | "audit-verify":
                 return run_operator_command(args)
             case "watchlist" if args.action in {"check", "loaded"}:
@@ -221,9 +225,11 @@ def _check_config(path: Path) -> int:
     key = _check_key(config.uplink_tls, path, "uplink.broker.tls")
     trust = _check_trust(config, path)
     https = _check_https(config, path)
+    rules = sum(1 for rule in config.rules if rule.enabled)
     print(
         f"{path}: ok: compound {config.compound.compound_id} ({config.compound.name}), {len(config.devices)} devices, "
-        f"dialects: {', '.join(sorted({d.dialect for d in config.devices}))}; uplink: {uplink}{key}; {trust}{https}"
+        f"dialects: {', '.join(sorted({d.dialect for d in config.devices}))}; uplink: {uplink}{key}; {trust}{https}; "
+        f"{rules} local rules"
     )
     return 0
 

@@ -18,6 +18,7 @@ from foundation.events import (
     EbikeShedPayload,
     Event,
     FaceAccessPayload,
+    RuleFiredPayload,
     ThrownObjectPayload,
     VehiclePassPayload,
     VehicleWatchHitPayload,
@@ -46,6 +47,10 @@ def event_summary(event: Event) -> str:
     if isinstance(p, VehicleWatchHitPayload):
         return (
             f"watch list {p.list_id}: {p.plate} {p.direction.value}{' (' + p.label + ')' if p.label else ''}"
+        )
+    if isinstance(p, RuleFiredPayload):
+        return (
+            f"rule {p.rule} {p.phase.value}, actions: {', '.join(a.kind.value for a in p.actions) or 'none'}"
         )
     return f"{p.state.value}{' (' + p.reason + ')' if p.reason else ''}"
 

@@ -15,9 +15,10 @@ from typing import Annotated, Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
-SCHEMA_VERSION: Literal["1.2"] = "1.2"
-"""1.2 added the plate class and the raw plate text of vehicle passes, 1.1 the watch-list hit kinds;
-1.0 and 1.1 events (without them) are still read."""
+SCHEMA_VERSION: Literal["1.3"] = "1.3"
+"""1.3 added the ``rule_fired`` kind (the compound's local rules), 1.2 the plate class and the raw
+plate text of vehicle passes, 1.1 the watch-list hit kinds; 1.0 to 1.2 events (without them) are
+still read."""
 
 GbId = Annotated[str, StringConstraints(pattern=r"^[0-9]{20}$")]
 """A 20-digit GB/T 28181 style identifier (centre code 8, industry 2, type 3, network 1, serial 6)."""
@@ -137,6 +138,7 @@ class EventKind(StrEnum):
     DEVICE_STATUS = "device_status"
     WATCHLIST_HIT = "watchlist_hit"
     VEHICLE_WATCH_HIT = "vehicle_watch_hit"
+    RULE_FIRED = "rule_fired"
 
 
 class Severity(StrEnum):
@@ -432,6 +434,51 @@ class VehicleWatchHitPayload(_Model):
     source_event_id: str = Field(min_length=8, max_length=64, description="the vehicle_pass event matched")
 
 
+# --- local rules (decided inside the compound) -----------------------------------------------------
+
+
+class RulePhase(StrEnum):
+    """Which edge of a rule fired: its match, or its clear condition."""
+
+    FIRED = "fired"
+    CLEARED = "cleared"
+
+
+class RuleActionKind(StrEnum):
+    """What a rule's action does."""
+
+    COMMAND = "command"
+    MQTT = "mqtt"
+    HTTP = "http"
+
+
+class RuleActionRef(_Model):
+    """One action a firing started: what, and where (a device id, a topic or a URL without query)."""
+
+    kind: RuleActionKind
+    target: Text
+
+
+class RuleFiredPayload(_Model):
+    """A local rule of the compound fired (or cleared) on an event, without waiting for the district.
+
+    The envelope's device and location are the triggering event's; the actions' outcomes are logged
+    and counted by the gateway (a command's own states come from the command plumbing).
+    """
+
+    kind: Literal[EventKind.RULE_FIRED] = EventKind.RULE_FIRED
+    rule: str = Field(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$", description="the rule's name in the config"
+    )
+    phase: RulePhase
+    trigger_event_id: str = Field(min_length=8, max_length=64, description="the event that fired it")
+    trigger_kind: EventKind
+    matched_events: int = Field(
+        ge=1, description="matching events counted by the debounce, this one included"
+    )
+    actions: tuple[RuleActionRef, ...] = Field(default=(), max_length=16)
+
+
 Payload = Annotated[
     FaceAccessPayload
     | VehiclePassPayload
@@ -439,7 +486,8 @@ Payload = Annotated[
     | EbikeShedPayload
     | DeviceStatusPayload
     | WatchlistHitPayload
-    | VehicleWatchHitPayload,
+    | VehicleWatchHitPayload
+    | RuleFiredPayload,
     Field(discriminator="kind"),
 ]
 
@@ -478,7 +526,7 @@ class Location(_Model):
 class Event(_Model):
     """The canonical event: one envelope, one payload."""
 
-    schema_version: Literal["1.0", "1.1", "1.2"] = SCHEMA_VERSION
+    schema_version: Literal["1.0", "1.1", "1.2", "1.3"] = SCHEMA_VERSION
     event_id: str = Field(min_length=8, max_length=64)
     kind: EventKind
     district_id: GbId

@@ -7,7 +7,8 @@ inventory device's topics and writes every device's command requests; its second
 ``<gateway user>-sys`` account with the same password, reads only the broker's drop counter
 (``gateway/broker_drops.py``); its third, ``<gateway user>-cmd``, sends devices their commands
 (``gateway/command_executor.py``): it writes command requests and reads the devices' topics, where
-their answers arrive. Nobody else has an account, the shipped configuration refuses
+their answers arrive; the ``<gateway user>-rules`` account, same password, writes only the topics
+of the local rules' MQTT actions (``gateway/local_rules/``). Nobody else has an account, the shipped configuration refuses
 anonymous clients, and it binds every session to its account (``use_username_as_clientid``): no
 login can take over the gateway's persistent session, or another device's, by its client id.
 
@@ -36,6 +37,8 @@ from gateway.broker_drops import DROPPED_TOPIC, drop_counter_user
 from gateway.command_executor import command_user
 from gateway.config import GatewayConfig
 from gateway.device_secrets import GATEWAY_BROKER_USER, DeviceSecrets
+from gateway.local_rules.actions import rules_publisher_user
+from gateway.local_rules.config import MqttActionConfig
 
 Access = Literal["read", "write"]
 
@@ -187,7 +190,33 @@ def build_broker_accounts(config: GatewayConfig, secrets_: DeviceSecrets) -> Bro
             )
         )
     sys_rules = [AclRule(sys_user, "read", DROPPED_TOPIC)]
-    return BrokerAccounts(passwords, tuple(_unique([*gateway_rules, *sys_rules, *device_rules])), owners)
+    rules_rules = _local_rules_account(config, gateway_user, gateway_password, passwords, owners)
+    return BrokerAccounts(
+        passwords, tuple(_unique([*gateway_rules, *sys_rules, *rules_rules, *device_rules])), owners
+    )
+
+
+def _local_rules_account(
+    config: GatewayConfig,
+    gateway_user: str,
+    password: SecretStr | None,
+    passwords: dict[str, SecretStr],
+    owners: dict[str, str],
+) -> list[AclRule]:
+    """The local rules' publishing account (docs/local-rules.md): writes exactly its rules' topics."""
+    topics = [
+        action.topic
+        for rule in config.rules
+        if rule.enabled
+        for action in rule.actions
+        if isinstance(action, MqttActionConfig)
+    ]
+    if not topics or password is None:
+        return []
+    user = rules_publisher_user(gateway_user)
+    passwords[user] = password
+    owners[user] = "the gateway's local rules ([mqtt] username + -rules)"
+    return [AclRule(user, "write", topic) for topic in topics]
 
 
 def _unique(rules: Iterable[AclRule]) -> list[AclRule]:

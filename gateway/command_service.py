@@ -29,13 +29,15 @@ from typing import NoReturn
 import structlog
 
 from adapters import COMMAND_ENCODERS
+from adapters.commands import Command
 from foundation.errors import PayloadRejected
 from foundation.events import utc_now
 from foundation.health import Health, MetricFamilies
 from gateway.command_executor import CommandExecutor
-from gateway.command_ledger import Admission, CommandLedger
+from gateway.command_ledger import Admission, CommandLedger, Step
 from gateway.command_policy import CommandGate, Refusal
 from gateway.config import GatewayConfig
+from gateway.local_rules.actions import Outcome
 from uplink.commands import (
     CommandOrder,
     CommandOrigin,
@@ -85,6 +87,7 @@ class CommandService:
         self.duplicates = 0
         self.overflowed = 0
         self.outcomes: Counter[tuple[str, str]] = Counter()  # (state, rule or "") of final states here
+        self._finals: dict[str, asyncio.Future[Step]] = {}  # what a local rule waits for, by command id
 
     # --- orders in ---------------------------------------------------------------------------------
 
@@ -184,10 +187,14 @@ class CommandService:
             entry = await self._ledger.claim(command_id, self._clock())
             self._reports_due.set()
             if entry is None:  # expired while it waited, or already taken (the sweep queued it twice)
+                await self._settle_waiter(command_id)
                 continue
             outcome = await self._executor.execute(entry)
             self.outcomes[(outcome.state.value, "")] += 1
             self._reports_due.set()
+            waiting = self._finals.pop(command_id, None)
+            if waiting is not None and not waiting.done():
+                waiting.set_result(outcome)
 
     async def _sweep(self) -> NoReturn:
         last_purge = self._clock()
@@ -201,6 +208,30 @@ class CommandService:
                 last_purge = self._clock()
                 gone = await self._ledger.purge(last_purge, timedelta(days=self._config.commands.keep_days))
                 log.info("command_ledger_purged", commands=gone)
+
+    async def _settle_waiter(self, command_id: str) -> None:
+        waiting = self._finals.pop(command_id, None)
+        if waiting is not None and not waiting.done():
+            entry = await self._ledger.entry(command_id)
+            state = entry.state if entry is not None else CommandState.FAILED
+            waiting.set_result(Step(state, entry.detail if entry is not None else "not in the ledger"))
+
+    async def execute_local(self, order: CommandOrder, timeout_s: float) -> Step:
+        """A local rule's command: admitted like any order (origin ``rule``), then its final state.
+
+        The same id again (a firing replayed after a crash) is not executed again: its state now.
+        """
+        waiting: asyncio.Future[Step] = asyncio.get_running_loop().create_future()
+        self._finals[order.command_id] = waiting
+        try:
+            admitted = await self.submit(order, CommandOrigin.RULE)
+            if admitted.state is not CommandState.QUEUED:
+                entry = await self._ledger.entry(order.command_id)
+                return Step(admitted.state, entry.detail if entry is not None else None)
+            async with asyncio.timeout(timeout_s):
+                return await waiting
+        finally:
+            self._finals.pop(order.command_id, None)
 
     # --- reports up --------------------------------------------------------------------------------------
 
@@ -247,3 +278,41 @@ class CommandService:
         families.gauge(
             "cgw_command_queue_depth", "accepted commands waiting for a worker", self._queue.qsize()
         )
+
+
+class RuleCommands:
+    """The local rules' command port: their commands go through this service like the district's.
+
+    Same ledger (at most once per id: a replayed firing asks for the same id), same policy (rules
+    naming ``origins = ["rule"]`` refuse them), same read-back; an action is ok only once verified.
+    """
+
+    def __init__(
+        self, service: CommandService, lifetime: timedelta, clock: Callable[[], datetime] = utc_now
+    ) -> None:
+        self._service = service
+        self._lifetime = lifetime
+        self._clock = clock
+
+    async def send(self, device_id: str, command: Command, rule: str) -> Outcome:
+        """Execute the rule's command; ok when the device's state was read back as commanded."""
+        now = self._clock()
+        order = CommandOrder(
+            command_id=command.command_id,
+            device_id=device_id,
+            action=command.action,
+            channel=command.channel,
+            issued_by=rule[:64],
+            role="rule",
+            reason=f"local rule {rule}"[:256],
+            issued_at=now,
+            expires_at=now + self._lifetime,
+        )
+        try:
+            step = await self._service.execute_local(order, self._lifetime.total_seconds())
+        except TimeoutError:
+            return Outcome(False, f"command {command.command_id}: no final state within {self._lifetime}")
+        detail = f"command {command.command_id} {step.state.value}" + (
+            f": {step.detail}" if step.detail else ""
+        )
+        return Outcome(step.state is CommandState.VERIFIED, detail[:256])

@@ -20,6 +20,7 @@ from pydantic import (
     HttpUrl,
     SecretStr,
     StringConstraints,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -33,6 +34,7 @@ from foundation.errors import ConfigError
 from foundation.events import GbId, Location
 from foundation.toml_config import load_toml_model
 from gateway.command_policy import CommandsConfig
+from gateway.local_rules.config import RuleConfig, RuleEngineConfig, check_rules
 from uplink.config import BrokerConfig, TlsConfig
 from uplink.protocol import DEFAULT_PREFIX
 from uplink.stores import StoreConfig
@@ -563,6 +565,23 @@ class GatewayConfig(ConfigModel):
     )
     log_format: Literal["auto", "json", "console"] = "auto"
     devices: tuple[DeviceConfig, ...] = Field(min_length=1)
+    rule_engine: RuleEngineConfig = RuleEngineConfig()
+    rules: tuple[RuleConfig, ...] = Field(
+        default=(), description="local rules: reactions inside the compound (docs/local-rules.md)"
+    )
+
+    @field_validator("rules")
+    @classmethod
+    def _rules_fit_inventory(
+        cls, rules: tuple[RuleConfig, ...], info: ValidationInfo
+    ) -> tuple[RuleConfig, ...]:
+        devices: tuple[DeviceConfig, ...] | None = info.data.get("devices")
+        if devices is None:
+            return rules  # the inventory itself is wrong: that error is reported instead
+        problems = check_rules(rules, {d.id: d.dialect for d in devices})
+        if problems:
+            raise ValueError("; ".join(problems))
+        return rules
 
     @model_validator(mode="after")
     def _unique_devices(self) -> GatewayConfig:

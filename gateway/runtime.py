@@ -12,8 +12,11 @@ import asyncio
 import ssl
 from collections.abc import Callable
 from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
+import aiohttp
 import structlog
 from aiohttp import web
 
@@ -33,13 +36,16 @@ from gateway.command_executor import (
     command_session_options,
 )
 from gateway.command_ledger import CommandLedger
-from gateway.command_service import CommandService
+from gateway.command_service import CommandService, RuleCommands
 from gateway.config import GatewayConfig, load_pseudonym_key
 from gateway.device_secrets import DeviceSecrets, prepare_trust
 from gateway.device_watch import DeviceWatch
 from gateway.evidence_service import EvidenceAudit, EvidenceService
 from gateway.forwarder import UplinkFactory
 from gateway.http_receiver import build_app
+from gateway.local_rules.actions import ActionRunner, CommandPort, MqttPublisher, NotWiredCommandPort
+from gateway.local_rules.service import LocalRules
+from gateway.local_rules.store import RuleStore
 from gateway.media_fetch import MediaFetcher
 from gateway.mqtt_intake import MqttIntake
 from gateway.outbox import OutboxReader
@@ -67,11 +73,14 @@ async def run_gateway(
     ready: asyncio.Event | None = None,
     secrets: DeviceSecrets | None = None,
     source: Path | None = None,
+    commands: CommandPort | None = None,
 ) -> None:
     """Run until cancelled.
 
     ``secrets`` as ``prepare_trust`` returned them (with the config it returned); None: loaded and
-    checked here, errors naming ``source`` (the config file).
+    checked here, errors naming ``source`` (the config file). ``commands``: where the local rules'
+    command actions go (None: the command service's, or ``NotWiredCommandPort`` when no device takes
+    commands; tests pass a double).
     """
     if secrets is None:
         config, secrets = prepare_trust(config, source or Path("the gateway config"))
@@ -91,7 +100,9 @@ async def run_gateway(
         await asyncio.to_thread(registry.load_persisted)
         matcher = WatchMatcher(config, registry, pipeline, reader)
         health.writers.append(matcher.write_metrics)
-        _watch_devices(config, pipeline, health)
+        plumbing = await _command_plumbing(stack, config, secrets, health)
+        port = commands or (plumbing.rule_port(config) if plumbing is not None else None)
+        rules = await _follow_commits(stack, config, pipeline, reader, health, port)
         app = build_app(config, pipeline, health, reader.stats, PushAuthenticator(config, secrets))
         runner = web.AppRunner(app, shutdown_timeout=HTTP_SHUTDOWN_TIMEOUT_S)
         await runner.setup()
@@ -107,12 +118,9 @@ async def run_gateway(
                     else:
                         mqtt_up.set()
                     evidence = await _evidence_service(stack, config, reader, health)
-                    commands = await _command_service(stack, config, secrets, health, transports)
+                    service = plumbing.start(transports, config, health) if plumbing is not None else None
                     _start_uplink(
-                        transports,
-                        config,
-                        UplinkFactory(config, reader, registry, evidence, commands),
-                        health,
+                        transports, config, UplinkFactory(config, reader, registry, evidence, service), health
                     )
                     transports.create_task(
                         supervise(
@@ -120,7 +128,7 @@ async def run_gateway(
                         ),
                         name="watch-matcher",
                     )
-                    _start_upkeep(transports, config, reader=reader, health=health)
+                    _start_upkeep(transports, config, reader=reader, health=health, rules=rules)
                     _start_fetcher(transports, config, reader, secrets, health, pipeline, evidence)
                     if (interval := watchdog_interval()) is not None:
                         transports.create_task(
@@ -199,14 +207,42 @@ def _start_uplink(
     tasks.create_task(supervise("uplink", uplink.run, Backoff(config.backoff), health=health), name="uplink")
 
 
-async def _command_service(
-    stack: AsyncExitStack,
-    config: GatewayConfig,
-    secrets: DeviceSecrets,
-    health: Health,
-    tasks: asyncio.TaskGroup,
-) -> CommandService | None:
-    """The command service, its ledger, transports and workers, when a device takes commands; else None.
+@dataclass(frozen=True)
+class _CommandPlumbing:
+    """The command service and its session to the compound broker, built before the rules that use it."""
+
+    service: CommandService
+    session: MqttExchange
+
+    def rule_port(self, config: GatewayConfig) -> RuleCommands:
+        """The local rules' command port (a rule's command lives as long as a settled barrier takes, and more)."""
+        settle = max(config.commands.settle_s.values(), default=5.0)
+        return RuleCommands(self.service, timedelta(seconds=settle + 4 * config.commands.reply_timeout_s))
+
+    def start(self, tasks: asyncio.TaskGroup, config: GatewayConfig, health: Health) -> CommandService:
+        """The session (kept connected) and the service's workers; the service, for the uplink."""
+        session = self.session
+
+        async def command_session(on_connected: Callable[[], None]) -> None:
+            async with session.running():
+                on_connected()
+                await asyncio.Future()  # until the session fails (TransportError) or we are cancelled
+
+        tasks.create_task(
+            supervise("command-session", command_session, Backoff(config.backoff), health=health),
+            name="command-session",
+        )
+        tasks.create_task(
+            supervise("commands", run_forever(self.service.run), Backoff(config.backoff), health=health),
+            name="commands",
+        )
+        return self.service
+
+
+async def _command_plumbing(
+    stack: AsyncExitStack, config: GatewayConfig, secrets: DeviceSecrets, health: Health
+) -> _CommandPlumbing | None:
+    """The command service, its ledger and transports, when a device takes commands; else None.
 
     It runs whether or not an uplink is configured or reachable: orders come over the district
     broker (the evidence prefix's uplink), and the compound's own rules command devices without it.
@@ -215,25 +251,54 @@ async def _command_service(
         return None
     ledger = await stack.enter_async_context(CommandLedger(config.state.dir / "commands.db"))
     http = await stack.enter_async_context(HttpExchange(secrets).running())
-    mqtt = MqttExchange(command_session_options(config))
-
-    async def command_session(on_connected: Callable[[], None]) -> None:
-        async with mqtt.running():
-            on_connected()
-            await asyncio.Future()  # until the session fails (TransportError) or we are cancelled
-
-    tasks.create_task(
-        supervise("command-session", command_session, Backoff(config.backoff), health=health),
-        name="command-session",
-    )
+    session = MqttExchange(command_session_options(config))
     prefix = (config.uplink.evidence_prefix() if config.uplink is not None else None) or DEFAULT_PREFIX
-    service = CommandService(config, prefix, ledger, CommandExecutor(config, ledger, Exchanges(mqtt, http)))
-    service.expose(health)
-    tasks.create_task(
-        supervise("commands", run_forever(service.run), Backoff(config.backoff), health=health),
-        name="commands",
+    service = CommandService(
+        config, prefix, ledger, CommandExecutor(config, ledger, Exchanges(session, http))
     )
-    return service
+    service.expose(health)
+    return _CommandPlumbing(service, session)
+
+
+async def _follow_commits(  # noqa: PLR0917 - the run's parts it connects, from its one call site
+    stack: AsyncExitStack,
+    config: GatewayConfig,
+    pipeline: IntakePipeline,
+    reader: OutboxReader,
+    health: Health,
+    commands: CommandPort | None,
+) -> tuple[LocalRules, ActionRunner] | None:
+    """What follows committed batches: the device watch, and the local rules (if enabled).
+
+    The rules come with their action runner (docs/local-rules.md); None without enabled rules.
+    """
+    _watch_devices(config, pipeline, health)
+    if not any(rule.enabled for rule in config.rules):
+        return None
+    store = await stack.enter_async_context(RuleStore(config.state.dir / "rules.db"))
+    http = await stack.enter_async_context(aiohttp.ClientSession())
+    publisher = MqttPublisher.for_config(config)
+    stack.push_async_callback(publisher.close)
+    runner = ActionRunner(config, commands or NotWiredCommandPort(), publisher, http, store.record)
+    rules = LocalRules(config, pipeline, reader, store, runner)
+    pipeline.observers.append(rules.observe)
+    health.writers.append(rules.write_metrics)
+    return rules, runner
+
+
+def _start_rules(
+    tasks: asyncio.TaskGroup, config: GatewayConfig, rules: tuple[LocalRules, ActionRunner], health: Health
+) -> None:
+    """The rules task and the action workers, each restarted on its own if it fails."""
+    engine, runner = rules
+    tasks.create_task(
+        supervise("local-rules", run_forever(engine.run), Backoff(config.backoff), health=health),
+        name="local-rules",
+    )
+    tasks.create_task(
+        supervise("rule-actions", run_forever(runner.run), Backoff(config.backoff), health=health),
+        name="rule-actions",
+    )
 
 
 def _start_upkeep(
@@ -242,8 +307,11 @@ def _start_upkeep(
     *,
     reader: OutboxReader,
     health: Health,
+    rules: tuple[LocalRules, ActionRunner] | None = None,
 ) -> None:
-    """Retention and the media byte budget."""
+    """Retention, the media byte budget and the local rules (if any)."""
+    if rules is not None:
+        _start_rules(tasks, config, rules, health)
     retention = Retention(config, reader)
     health.writers.append(retention.write_metrics)
     tasks.create_task(

@@ -43,6 +43,7 @@ EXPECTED_FOR_OPERATOR = {
     **{(EventKind.VEHICLE_PASS, s): "default_deny" for s in Severity},
     **{(EventKind.VEHICLE_WATCH_HIT, s): "default_deny" for s in Severity},
     **{(EventKind.DEVICE_STATUS, s): "default_deny" for s in Severity},
+    **{(EventKind.RULE_FIRED, s): "default_deny" for s in Severity},
 }
 
 

@@ -32,6 +32,7 @@ from foundation.events import (
     EbikeShedPayload,
     Event,
     FaceAccessPayload,
+    RuleFiredPayload,
     ThrownObjectPayload,
     VehiclePassPayload,
     VehicleWatchHitPayload,
@@ -116,6 +117,7 @@ PAYLOAD_COLUMNS: Mapping[type[BaseModel], tuple[tuple[str, ...], tuple[str, ...]
         DeviceStatusPayload: (("state",), ("reason",)),
         WatchlistHitPayload: (("list_id",), ("person_ref", "distance", "list_version", "source_event_id")),
         VehicleWatchHitPayload: (("list_id", "direction"), ("plate", "list_version", "source_event_id")),
+        RuleFiredPayload: (("rule", "phase"), ("trigger_event_id", "trigger_kind", "matched_events")),
     }
 )
 

@@ -20,7 +20,7 @@ import json
 import sqlite3
 import uuid
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Literal
@@ -326,6 +326,37 @@ def pending_events(
         StoredEvent(seq, eid, kind, bool(alarm), received, bytes(body))
         for seq, eid, kind, alarm, received, body in rows
     ]
+
+
+def events_after(
+    db: sqlite3.Connection, after: int, kinds: Collection[str], limit: int
+) -> tuple[int, list[StoredEvent]]:
+    """Events of ``kinds`` committed after sequence ``after``, and the sequence to continue after.
+
+    For a reader that follows the outbox in commit order (the local rules); only events that still
+    have their body (not yet delivered or shed).
+    One read snapshot: a row committed between the two queries can neither be skipped nor read twice.
+    With fewer than ``limit`` rows the cursor moves to the newest committed row, past events of
+    other kinds.
+    """
+    kinds = list(kinds)
+    marks = ",".join("?" * len(kinds))
+    db.execute("BEGIN")
+    try:
+        (newest,) = db.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()
+        rows = db.execute(
+            f"SELECT seq, event_id, kind, alarm, received_at, body FROM events"  # noqa: S608 - placeholders
+            f" WHERE seq > ? AND seq <= ? AND kind IN ({marks}) AND body IS NOT NULL ORDER BY seq LIMIT ?",
+            (after, newest, *kinds, limit),
+        ).fetchall()
+    finally:
+        db.execute("COMMIT")
+    found = [
+        StoredEvent(seq, eid, kind, bool(alarm), received, bytes(body))
+        for seq, eid, kind, alarm, received, body in rows
+    ]
+    cursor = found[-1].seq if len(found) == limit else max(after, newest)
+    return cursor, found
 
 
 def event_ids_in(db: sqlite3.Connection, state: EventState) -> list[str]:

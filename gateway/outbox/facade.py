@@ -45,6 +45,7 @@ from gateway.outbox.event_states import (
     StoreResult,
     event_depth,
     event_ids_in,
+    events_after,
     pending_events,
     store_events,
 )
@@ -396,6 +397,13 @@ class OutboxReader:
     async def pending(self, limit: int, *, after: tuple[int, int] = (0, 0)) -> list[StoredEvent]:
         """Alarms first, then oldest first; ``after``: only alarms / routine events past these seqs."""
         return await self._thread.call(lambda db: pending_events(db, limit, after=after))
+
+    async def events_after(
+        self, after: int, kinds: Collection[str], limit: int
+    ) -> tuple[int, list[StoredEvent]]:
+        """Events of ``kinds`` committed after ``after``, in commit order, and where to continue."""
+        wanted = frozenset(kinds)
+        return await self._thread.call(lambda db: events_after(db, after, wanted, limit))
 
     async def delivered(self, event_ids: Sequence[str]) -> int:
         """Confirmed by the district: tombstone them."""

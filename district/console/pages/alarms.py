@@ -56,6 +56,7 @@ KIND_ZH = {
     EventKind.DEVICE_STATUS: "设备状态",
     EventKind.WATCHLIST_HIT: "重点人员布控",
     EventKind.VEHICLE_WATCH_HIT: "重点车辆布控",
+    EventKind.RULE_FIRED: "本地联动",
 }
 STATE_ZH = {
     AlarmState.NEW: "新告警",

@@ -23,6 +23,7 @@ KIND_ZH: dict[str, str] = {
     EventKind.DEVICE_STATUS.value: "设备状态",
     EventKind.WATCHLIST_HIT.value: "重点人员",
     EventKind.VEHICLE_WATCH_HIT.value: "布控车辆",
+    EventKind.RULE_FIRED.value: "本地联动",
 }
 """Event kinds as operators name them."""
 
