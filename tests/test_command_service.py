@@ -27,6 +27,7 @@ from gateway.runtime import run_gateway
 from tests.command_orders import BARRIER, barrier_open
 from tests.district_data import running
 from tests.test_commands import camera, camera_online
+from tests.test_local_rules import SHED, SHED_TOPIC, action_results, shed_client, shed_report
 from uplink.commands import (
     CommandOrder,
     CommandReport,
@@ -43,7 +44,12 @@ WAIT_S = 30
 
 
 def gateway_config(
-    tmp_path: Path, device_broker: Mosquitto, district_broker: Mosquitto, commands: str = ""
+    tmp_path: Path,
+    device_broker: Mosquitto,
+    district_broker: Mosquitto,
+    commands: str = "",
+    *,
+    rules: str = "",
 ) -> GatewayConfig:
     """The sample compound with an MQTT uplink, fast backoff and ``commands`` as its ``[commands]`` lines."""
     path = write_sample_config(
@@ -58,6 +64,7 @@ def gateway_config(
             f"\n[commands]\nsettle_s = {{ barrier = 2.0 }}\npoll_s = 0.1\n{commands}\n"
             '\n[uplink]\nmode = "mqtt"\nbatch_max_delay_ms = 20\n'
             f'[uplink.broker]\nhost = "127.0.0.1"\nport = {district_broker.port}\n'
+            f"\n{rules}"
         )
     return load_config(path)
 
@@ -295,3 +302,50 @@ def test_reports_are_json_the_district_can_read() -> None:
         observed=ActuatorState.OPEN,
     )
     assert json.loads(encode_json(report))["state"] == "verified"
+
+
+async def test_a_local_rule_opens_the_barrier_with_the_district_unreachable(
+    tmp_path: Path, mosquitto: Mosquitto
+) -> None:
+    """A shed fire fires a rule whose command opens the barrier while no district broker is up.
+
+    The command goes through the same service (ledger, policy, read-back): the rule's action is
+    recorded ok once the barrier reads back open; the command's states reach the district once
+    its broker is up.
+
+    Broken on purpose once: with ``run_gateway`` giving the rules ``NotWiredCommandPort`` (as before
+    the command service existed) the action was recorded failed and the camera never moved.
+    """
+    sim = camera()
+    rules = (
+        '[[rules]]\nname = "shed-fire-open-gate"\n[rules.match]\nkind = "ebike_shed"\n'
+        f'devices = ["{SHED}"]\n[[rules.match.conditions]]\nfield = "condition"\nequals = "fire_alarm"\n'
+        f'[[rules.actions]]\ntype = "command"\ndevice = "{BARRIER}"\naction = "barrier_open"\n'
+    )
+    later = Mosquitto(tmp_path / "district-broker", free_port())  # not started yet: the district is away
+    config = gateway_config(tmp_path, mosquitto, later, rules=rules)
+    async with (
+        camera_online(mosquitto, sim),
+        running(lambda ready: run_gateway(config, ready=ready), "gateway"),
+    ):
+        async with shed_client(mosquitto.port) as shed:
+            await shed.publish(SHED_TOPIC, shed_report(41, alert=1), qos=1)
+        async with asyncio.timeout(WAIT_S):
+            while not action_results(config):
+                await asyncio.sleep(0.05)
+        results = action_results(config)
+        later.start()
+        try:
+            async with desk(later) as district:
+                async with asyncio.timeout(WAIT_S):
+                    while not [r for r in district.reports if r.state is CommandState.VERIFIED]:
+                        district.arrived.clear()
+                        with contextlib.suppress(TimeoutError):
+                            async with asyncio.timeout(1):
+                                await district.arrived.wait()
+        finally:
+            later.stop()
+    assert [(rule, kind, ok) for rule, kind, ok, _ in results] == [("shed-fire-open-gate", "command", 1)]
+    assert (sim.commands_executed, sim.gate_open) == (1, True)
+    verified = [r for r in district.reports if r.state is CommandState.VERIFIED]
+    assert [(r.origin.value, r.issued_by) for r in verified] == [("rule", "shed-fire-open-gate")]
