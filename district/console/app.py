@@ -22,7 +22,7 @@ from aiohttp import BodyPartReader, web
 from jinja2 import Environment, PackageLoader, StrictUndefined
 
 from district.config import OperatorApiConfig
-from district.console.page import ConsoleAction, ConsolePage, ConsoleRoute, PageContext, RouteView
+from district.console.page import ConsoleAction, ConsolePage, ConsoleRoute, PageContext, Reply, RouteView
 from district.console.registry import PAGES
 from district.console.sessions import (
     COOKIE,
@@ -367,6 +367,8 @@ class Console:
                         request, what, session.principal, status=403, outcome=exc.code, detail=exc.message
                     )
                 return self.render("error.html", exc.status, message=exc.message, **frame)
+            if isinstance(message, Reply):
+                return self.render(message.template, message=message.message, **message.variables, **frame)
             return self.render("message.html", message=message, **frame)
 
         return handle

@@ -51,17 +51,30 @@ PageLoader = Callable[[PageContext], Awaitable[Mapping[str, Any]]]
 
 
 @dataclass(frozen=True)
+class Reply:
+    """An action's answer that is more than a message: ``template`` rendered with ``variables`` and ``message``.
+
+    (A command's answer carries its state, which the page then follows live.)
+    """
+
+    message: str
+    template: str
+    variables: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class ConsoleAction:
     """A state-changing request of a page: ``POST /console<page path>/<name>``, CSRF-checked.
 
-    ``run`` answers with a short zh-CN message shown to the operator. ``upload_limit`` > 0: the
+    ``run`` answers with a short zh-CN message shown to the operator, or a ``Reply`` (a fragment of
+    its own). ``upload_limit`` > 0: the
     action takes a ``multipart/form-data`` form with files (in ``PageContext.files``) of up to that
     many bytes in all; other actions take ordinary forms within the API's small body limit.
     """
 
     name: str
     role: Role
-    run: Callable[[PageContext, Mapping[str, str]], Awaitable[str]]
+    run: Callable[[PageContext, Mapping[str, str]], Awaitable[str | Reply]]
     upload_limit: int = 0
 
 
