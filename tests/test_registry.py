@@ -11,7 +11,7 @@ from adapters.base import Transport
 from adapters.commands import CommandAction
 from device_sims.devices import SIMULATORS
 
-HELPER_MODULES = {"base", "commands", "multipart", "pictures", "plates"}
+HELPER_MODULES = {"base", "commands", "isapi", "multipart", "pictures", "plates"}
 
 
 def test_every_adapter_module_is_registered_and_simulated() -> None:
@@ -45,13 +45,17 @@ def test_mqtt_dialects_have_distinct_topic_prefixes() -> None:
 
 
 def test_registry_names_exactly_the_dialects_that_take_commands() -> None:
-    """Only the MQTT LPR camera has a command encoder so far; every other dialect says ``commands is None``."""
-    assert set(COMMAND_ENCODERS) == {"vz-lpr-mqtt"}
+    """The barriers and doors take commands; every other dialect says ``commands is None``."""
+    assert set(COMMAND_ENCODERS) == {"vz-lpr-mqtt", "hik-isapi-anpr", "hik-isapi-acs", "uface-mqtt"}
     for name, dialect in DIALECTS.items():
         assert (dialect.commands is not None) == (name in COMMAND_ENCODERS)
         if dialect.commands is not None:
             assert COMMAND_ENCODERS[name] is dialect.commands
-    assert COMMAND_ENCODERS["vz-lpr-mqtt"].actions == {
-        CommandAction.BARRIER_OPEN,
-        CommandAction.BARRIER_CLOSE,
+    barrier = {CommandAction.BARRIER_OPEN, CommandAction.BARRIER_CLOSE}
+    assert COMMAND_ENCODERS["vz-lpr-mqtt"].actions == barrier
+    assert COMMAND_ENCODERS["hik-isapi-anpr"].actions == barrier | {
+        CommandAction.BARRIER_HOLD_OPEN,
+        CommandAction.BARRIER_RELEASE,
     }
+    assert COMMAND_ENCODERS["hik-isapi-acs"].actions == {CommandAction.DOOR_OPEN}
+    assert COMMAND_ENCODERS["uface-mqtt"].actions == {CommandAction.DOOR_OPEN}

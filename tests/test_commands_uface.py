@@ -1,0 +1,192 @@
+"""Door commands of the MQTT face terminal: the encoder against the simulated terminal through Mosquitto.
+
+The terminal's clock is moved by hand, so its hold time passes without sleeping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import aiomqtt
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from adapters import COMMAND_ENCODERS, DIALECTS
+from adapters.base import RawMessage
+from adapters.commands import (
+    ID_PATTERN,
+    ActuatorState,
+    Command,
+    CommandAction,
+    CommandEncoder,
+    CommandNotSupportedError,
+    MqttRequest,
+    ReplyStatus,
+    StateReading,
+)
+from device_sims.broker import Mosquitto
+from device_sims.devices import MqttPublish, SimDevice, UfaceSim
+from device_sims.embedded_broker import topic_matches
+from foundation.errors import PayloadRejected
+from tests.conftest import device_client, gateway_client
+from tests.test_commands_isapi import ManualClock
+
+SN = "UF20231107A01"  # the sample compound's face terminal: its account on the test broker
+ENCODER: CommandEncoder = COMMAND_ENCODERS["uface-mqtt"]
+SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+REPLY_TIMEOUT_S = 10
+
+
+def terminal(clock: ManualClock, sn: str = SN) -> UfaceSim:
+    return UfaceSim(SimDevice(id="36010400011240000003", dialect="uface-mqtt", ref=sn), clock=clock)
+
+
+@dataclass
+class Controller:
+    client: aiomqtt.Client
+    answers: asyncio.Queue[RawMessage]
+
+    async def exchange(self, request: MqttRequest) -> RawMessage:
+        await self.client.publish(request.topic, request.payload, qos=request.qos)
+        async with asyncio.timeout(REPLY_TIMEOUT_S):
+            answer = await self.answers.get()
+        assert answer.topic == request.reply_topic
+        return answer
+
+    async def read_back(self, query_id: str) -> StateReading:
+        query = ENCODER.state_request(query_id, 1, SN)
+        assert isinstance(query, MqttRequest)
+        reading = ENCODER.decode_state(await self.exchange(query))
+        assert (reading.query_id, reading.channel) == (query_id, 1)
+        return reading
+
+
+@contextlib.asynccontextmanager
+async def wired(broker: Mosquitto, sim: UfaceSim) -> AsyncIterator[Controller]:
+    """The terminal on its own account answering its request topics; a controller on the gateway's."""
+    async with (
+        device_client(broker.port, sim.device) as device,
+        gateway_client(broker.port, identifier="commander") as gateway,
+    ):
+        for topic in sim.request_topics:
+            await device.subscribe(topic, qos=1)
+        await gateway.subscribe(f"uface/{SN}/+/resp", qos=1)
+        answers: asyncio.Queue[RawMessage] = asyncio.Queue()
+
+        async def serve() -> None:
+            async for message in device.messages:
+                answer = sim.handle(MqttPublish(message.topic.value, bytes(message.payload)))
+                if answer is not None:
+                    await device.publish(answer.topic, answer.payload, qos=answer.qos)
+
+        async def take() -> None:
+            async for message in gateway.messages:
+                answers.put_nowait(RawMessage(bytes(message.payload), topic=message.topic.value))
+
+        tasks = [asyncio.create_task(serve()), asyncio.create_task(take())]
+        try:
+            yield Controller(gateway, answers)
+        finally:
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+
+async def test_door_opens_for_its_hold_time(mosquitto: Mosquitto) -> None:
+    """Open: OK under its own id, the relay reads open, then closed once the hold time has passed."""
+    clock = ManualClock()
+    sim = terminal(clock)
+    command = Command(command_id="visitor-7", action=CommandAction.DOOR_OPEN)
+    async with wired(mosquitto, sim) as ctl:
+        assert (await ctl.read_back("q-before")).state is ActuatorState.CLOSED
+        request = ENCODER.request(command, SN)
+        assert isinstance(request, MqttRequest)
+        reply = ENCODER.decode_reply(await ctl.exchange(request))
+        assert (reply.command_id, reply.status, reply.device_code) == ("visitor-7", ReplyStatus.OK, "0")
+        assert (await ctl.read_back("q-during")).state is command.expected_state
+        clock.advance(sim.hold_s)
+        assert (await ctl.read_back("q-after")).state is ActuatorState.CLOSED
+    assert sim.commands_executed == 1
+
+
+async def test_refusal_and_garbled_answers(mosquitto: Mosquitto) -> None:
+    """Remote opening turned off is refused with the terminal's words; garbled answers name the field."""
+    sim = terminal(ManualClock())
+    sim.remote_disabled = True
+    async with wired(mosquitto, sim) as ctl:
+        request = ENCODER.request(Command(command_id="no-remote", action=CommandAction.DOOR_OPEN), SN)
+        assert isinstance(request, MqttRequest)
+        reply = ENCODER.decode_reply(await ctl.exchange(request))
+        assert (reply.status, reply.reason, reply.device_code) == (
+            ReplyStatus.REFUSED,
+            "remote open disabled",
+            "1001",
+        )
+        assert (await ctl.read_back("q-refused")).state is ActuatorState.CLOSED
+        sim.garbled_replies = True
+        garbled_reply = await ctl.exchange(request)
+        query = ENCODER.state_request("q-garbled", 1, SN)
+        assert isinstance(query, MqttRequest)
+        garbled_state = await ctl.exchange(query)
+    with pytest.raises(PayloadRejected) as reply_error:
+        ENCODER.decode_reply(garbled_reply)
+    assert (reply_error.value.rejection.reason, reply_error.value.rejection.field) == (
+        "bad_field",
+        "data.code",
+    )
+    with pytest.raises(PayloadRejected) as state_error:
+        ENCODER.decode_state(garbled_state)
+    assert state_error.value.rejection.field == "data.code"
+    assert sim.commands_executed == 0
+
+
+@SETTINGS
+@given(command_id=st.from_regex(ID_PATTERN, fullmatch=True), channel=st.integers(1, 64))
+def test_any_door_command_round_trips_through_the_terminal(command_id: str, channel: int) -> None:
+    """Every door command reaches the terminal's topic, is answered under its own id, and is read back."""
+    sim = terminal(ManualClock())
+    command = Command(command_id=command_id, action=CommandAction.DOOR_OPEN, channel=channel)
+    request = ENCODER.request(command, SN)
+    assert isinstance(request, MqttRequest)
+    answer = sim.handle(MqttPublish(request.topic, request.payload))
+    assert answer is not None
+    assert answer.topic == request.reply_topic
+    reply = ENCODER.decode_reply(RawMessage(answer.payload, topic=answer.topic))
+    assert reply.command_id == command_id
+    assert reply.status is (ReplyStatus.OK if channel == 1 else ReplyStatus.REFUSED)
+    query = ENCODER.state_request("q1", 1, SN)
+    assert isinstance(query, MqttRequest)
+    state = sim.handle(MqttPublish(query.topic, query.payload))
+    assert state is not None
+    reading = ENCODER.decode_state(RawMessage(state.payload, topic=state.topic))
+    assert reading.state is (ActuatorState.OPEN if channel == 1 else ActuatorState.CLOSED)
+
+
+def test_wrong_answers_and_impossible_commands_are_refused() -> None:
+    """Answers off the reply topic or for another request are rejected; a barrier command is not sent."""
+    state_answer = json.dumps(
+        {"msgId": "q1", "sn": SN, "type": "door_state_ack", "data": {"code": 0, "doorNo": 1, "relay": 1}}
+    ).encode()
+    with pytest.raises(PayloadRejected) as wrong_kind:
+        ENCODER.decode_reply(RawMessage(state_answer, topic=f"uface/{SN}/cmd/resp"))
+    assert wrong_kind.value.rejection.field == "type"
+    with pytest.raises(PayloadRejected) as wrong_topic:
+        ENCODER.decode_state(RawMessage(state_answer, topic=f"uface/{SN}/event"))
+    assert wrong_topic.value.rejection.reason == "bad_topic"
+    with pytest.raises(CommandNotSupportedError, match="barrier_open"):
+        ENCODER.request(Command(command_id="b1", action=CommandAction.BARRIER_OPEN), SN)
+    with pytest.raises(CommandNotSupportedError, match="MQTT topic"):
+        ENCODER.request(Command(command_id="d1", action=CommandAction.DOOR_OPEN), "a/b")
+    event_filter = DIALECTS["uface-mqtt"].topic_filter
+    assert event_filter is not None
+    request = ENCODER.request(Command(command_id="d1", action=CommandAction.DOOR_OPEN), SN)
+    assert isinstance(request, MqttRequest)
+    assert not topic_matches(event_filter, request.topic)
+    assert not topic_matches(event_filter, request.reply_topic)
