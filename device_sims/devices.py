@@ -888,6 +888,140 @@ class ShedSim(_MqttJsonSim):
         )
 
 
+class SirenSim(_MqttJsonSim):
+    """Alarm output (siren / broadcast speaker) on MQTT: sounds on command and reports what it does.
+
+    ``alarm_on``, ``alarm_off`` and ``play`` (a preset clip 1..``clips``) on ``siren/<sn>/cmd/req``
+    are answered on ``.../cmd/resp``; ``get_output`` on ``.../state/req`` on ``.../state/resp``
+    (``mode`` idle / alarm / clip). It stops by itself after ``max_sound_s`` seconds of ``clock``.
+    Every change is reported on ``siren/<sn>/report`` (``sounding``, ``silent``; take them with
+    ``take_reports``). Faults to switch on: ``speaker_fault`` (refuses to sound, ret 3, and its
+    alarm is the fault report), ``garbled_replies``.
+    """
+
+    prefix = "siren"
+    event_channel = "report"
+
+    def __init__(self, device: SimDevice, *, clock: Clock = time.monotonic) -> None:
+        super().__init__(device)
+        self.clock = clock
+        self.clips = 8
+        self.max_sound_s = 180.0
+        self.speaker_fault = False
+        self.garbled_replies = False
+        self.commands_executed = 0
+        self.mode = "idle"
+        self.clip: int | None = None
+        self._until = float("-inf")
+        self._reports: list[tuple[str, dict[str, object]]] = []
+
+    @property
+    def request_topics(self) -> tuple[str, str]:
+        """Where the device listens for commands and state queries."""
+        return self.topic("cmd/req"), self.topic("state/req")
+
+    def _timed_out(self) -> None:
+        if self.mode != "idle" and self.clock() >= self._until:
+            self._set("idle", None, "timeout")
+
+    def _set(self, mode: str, clip: int | None, cause: str) -> None:
+        if (mode, clip) == (self.mode, self.clip):
+            return
+        self.mode, self.clip = mode, clip
+        if mode == "idle":
+            self._reports.append(("silent", {"cause": cause}))
+        else:
+            self._until = self.clock() + self.max_sound_s
+            self._reports.append(("sounding", {"cause": cause} | ({"clip": clip} if clip else {})))
+
+    def handle(self, message: MqttPublish) -> MqttPublish | None:
+        """The device's answer to a message on one of its request topics (None for other topics)."""
+        self._timed_out()
+        if message.topic == self.topic("cmd/req"):
+            return MqttPublish(self.topic("cmd/resp"), self._command(message.payload))
+        if message.topic == self.topic("state/req"):
+            return MqttPublish(self.topic("state/resp"), self._state(message.payload))
+        return None
+
+    @staticmethod
+    def _request(body: bytes) -> tuple[dict[str, object], str]:
+        try:
+            doc = json.loads(body)
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            return {}, ""
+        if not isinstance(doc, dict):
+            return {}, ""
+        echoed = doc.get("id")
+        return doc, echoed if isinstance(echoed, str) else ""
+
+    def _command(self, body: bytes) -> bytes:
+        doc, echoed = self._request(body)
+        op = doc.get("op")
+        answer: dict[str, object] = {"id": echoed, "op": op}
+        if self.garbled_replies:
+            return _json(answer | {"ret": "ok"})
+        if op not in {"alarm_on", "alarm_off", "play"} or not echoed:
+            return _json(answer | {"ret": 1, "msg": "bad request"})
+        if doc.get("output") != 1:  # one output on this device
+            return _json(answer | {"ret": 2, "msg": "no such output"})
+        clip = doc.get("clip")
+        if op == "play" and not (isinstance(clip, int) and 1 <= clip <= self.clips):
+            return _json(answer | {"ret": 2, "msg": f"no such clip {clip!r}"})
+        if self.speaker_fault and op != "alarm_off":
+            return _json(answer | {"ret": 3, "msg": "speaker open circuit"})
+        self.commands_executed += 1
+        if op == "alarm_off":
+            self._set("idle", None, "remote")
+        else:
+            chosen = clip if op == "play" and isinstance(clip, int) else None
+            self._set("clip" if chosen else "alarm", chosen, "remote")
+        return _json(answer | {"ret": 0, "msg": ""})
+
+    def _state(self, body: bytes) -> bytes:
+        doc, echoed = self._request(body)
+        answer: dict[str, object] = {"id": echoed, "op": "get_output", "output": 1}
+        if self.garbled_replies:
+            return _json(answer | {"ret": 0, "mode": "LOUD"})
+        if doc.get("op") != "get_output" or not echoed:
+            return _json(answer | {"ret": 1, "msg": "bad request"})
+        if doc.get("output") != 1:
+            return _json(answer | {"ret": 2, "msg": "no such output", "output": doc.get("output")})
+        return _json(answer | {"ret": 0, "mode": self.mode})
+
+    def report(self, at: datetime, event: str, **fields: object) -> MqttPublish:
+        """One report on ``siren/<sn>/report``."""
+        self.seq += 1
+        doc: dict[str, object] = {"sn": self.ref, "seq": self.seq, "ts": int(at.timestamp() * 1000)}
+        return MqttPublish(self.topic("report"), _json(doc | {"event": event, "output": 1} | fields))
+
+    def take_reports(self, at: datetime) -> list[MqttPublish]:
+        """The reports of what changed since the last call, in order."""
+        self._timed_out()
+        reports, self._reports = self._reports, []
+        return [self.report(at, event, **fields) for event, fields in reports]
+
+    def routine(self, at: datetime, rng: random.Random) -> Outgoing:
+        """A heartbeat."""
+        return self.report(at, "heartbeat", mode=self.mode)
+
+    def alarm(self, at: datetime, rng: random.Random) -> Outgoing:
+        """The speaker's circuit broke: a fault report."""
+        return self.report(
+            at, "fault", fault="speaker_open", detail=f"impedance {rng.randint(900, 5000)} ohm"
+        )
+
+    def malformed(self, rng: random.Random) -> list[Outgoing]:
+        """Broken reports: the common ones, an unknown event, a fault without its cause."""
+        good = json.loads(
+            self.report(datetime(2026, 6, 1, 8, 0, tzinfo=CST), "fault", fault="amp_overheat").payload
+        )
+        return [
+            *super().malformed(rng),
+            MqttPublish(self.topic("report"), _json(good | {"event": "explode"})),
+            MqttPublish(self.topic("report"), _json({k: v for k, v in good.items() if k != "fault"})),
+        ]
+
+
 class CtwingSim:
     """An IoT platform pushing NB-IoT smoke alarm reports for one device."""
 
@@ -968,6 +1102,7 @@ SIMULATORS: dict[
     | type[VzLprSim]
     | type[HighTossSim]
     | type[ShedSim]
+    | type[SirenSim]
     | type[CtwingSim],
 ] = {
     "hik-isapi-acs": HikAcsSim,
@@ -976,6 +1111,7 @@ SIMULATORS: dict[
     "vz-lpr-mqtt": VzLprSim,
     "hightoss-mqtt": HighTossSim,
     "shed-mqtt": ShedSim,
+    "siren-mqtt": SirenSim,
     "ctwing-smoke": CtwingSim,
 }
 

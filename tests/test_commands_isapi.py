@@ -41,6 +41,7 @@ from device_sims.isapi_server import IsapiServer
 from foundation.errors import PayloadRejected
 from foundation.events import AccessResult, FaceAccessPayload, VerifyMode
 from foundation.identity import Pseudonymizer
+from tests.device_commands import ManualClock
 
 ANPR: CommandEncoder = COMMAND_ENCODERS["hik-isapi-anpr"]
 ACS: CommandEncoder = COMMAND_ENCODERS["hik-isapi-acs"]
@@ -48,19 +49,6 @@ SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[Heal
 REQUEST_TIMEOUT = aiohttp.ClientTimeout(total=10)
 
 command_ids = st.from_regex(ID_PATTERN, fullmatch=True)
-
-
-class ManualClock:
-    """A device's clock that moves only when told."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 def barrier_camera(clock: ManualClock) -> HikAnprSim:

@@ -5,13 +5,8 @@ The terminal's clock is moved by hand, so its hold time passes without sleeping.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
 
-import aiomqtt
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -27,76 +22,20 @@ from adapters.commands import (
     CommandNotSupportedError,
     MqttRequest,
     ReplyStatus,
-    StateReading,
 )
 from device_sims.broker import Mosquitto
 from device_sims.devices import MqttPublish, SimDevice, UfaceSim
 from device_sims.embedded_broker import topic_matches
 from foundation.errors import PayloadRejected
-from tests.conftest import device_client, gateway_client
-from tests.test_commands_isapi import ManualClock
+from tests.device_commands import ManualClock, wired
 
 SN = "UF20231107A01"  # the sample compound's face terminal: its account on the test broker
 ENCODER: CommandEncoder = COMMAND_ENCODERS["uface-mqtt"]
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-REPLY_TIMEOUT_S = 10
 
 
 def terminal(clock: ManualClock, sn: str = SN) -> UfaceSim:
     return UfaceSim(SimDevice(id="36010400011240000003", dialect="uface-mqtt", ref=sn), clock=clock)
-
-
-@dataclass
-class Controller:
-    client: aiomqtt.Client
-    answers: asyncio.Queue[RawMessage]
-
-    async def exchange(self, request: MqttRequest) -> RawMessage:
-        await self.client.publish(request.topic, request.payload, qos=request.qos)
-        async with asyncio.timeout(REPLY_TIMEOUT_S):
-            answer = await self.answers.get()
-        assert answer.topic == request.reply_topic
-        return answer
-
-    async def read_back(self, query_id: str) -> StateReading:
-        query = ENCODER.state_request(query_id, 1, SN)
-        assert isinstance(query, MqttRequest)
-        reading = ENCODER.decode_state(await self.exchange(query))
-        assert (reading.query_id, reading.channel) == (query_id, 1)
-        return reading
-
-
-@contextlib.asynccontextmanager
-async def wired(broker: Mosquitto, sim: UfaceSim) -> AsyncIterator[Controller]:
-    """The terminal on its own account answering its request topics; a controller on the gateway's."""
-    async with (
-        device_client(broker.port, sim.device) as device,
-        gateway_client(broker.port, identifier="commander") as gateway,
-    ):
-        for topic in sim.request_topics:
-            await device.subscribe(topic, qos=1)
-        await gateway.subscribe(f"uface/{SN}/+/resp", qos=1)
-        answers: asyncio.Queue[RawMessage] = asyncio.Queue()
-
-        async def serve() -> None:
-            async for message in device.messages:
-                answer = sim.handle(MqttPublish(message.topic.value, bytes(message.payload)))
-                if answer is not None:
-                    await device.publish(answer.topic, answer.payload, qos=answer.qos)
-
-        async def take() -> None:
-            async for message in gateway.messages:
-                answers.put_nowait(RawMessage(bytes(message.payload), topic=message.topic.value))
-
-        tasks = [asyncio.create_task(serve()), asyncio.create_task(take())]
-        try:
-            yield Controller(gateway, answers)
-        finally:
-            for task in tasks:
-                task.cancel()
-            for task in tasks:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
 
 
 async def test_door_opens_for_its_hold_time(mosquitto: Mosquitto) -> None:
@@ -104,7 +43,7 @@ async def test_door_opens_for_its_hold_time(mosquitto: Mosquitto) -> None:
     clock = ManualClock()
     sim = terminal(clock)
     command = Command(command_id="visitor-7", action=CommandAction.DOOR_OPEN)
-    async with wired(mosquitto, sim) as ctl:
+    async with wired(mosquitto, sim, ENCODER) as ctl:
         assert (await ctl.read_back("q-before")).state is ActuatorState.CLOSED
         request = ENCODER.request(command, SN)
         assert isinstance(request, MqttRequest)
@@ -120,7 +59,7 @@ async def test_refusal_and_garbled_answers(mosquitto: Mosquitto) -> None:
     """Remote opening turned off is refused with the terminal's words; garbled answers name the field."""
     sim = terminal(ManualClock())
     sim.remote_disabled = True
-    async with wired(mosquitto, sim) as ctl:
+    async with wired(mosquitto, sim, ENCODER) as ctl:
         request = ENCODER.request(Command(command_id="no-remote", action=CommandAction.DOOR_OPEN), SN)
         assert isinstance(request, MqttRequest)
         reply = ENCODER.decode_reply(await ctl.exchange(request))
