@@ -174,7 +174,10 @@ class VzBarrierCommands:
         )
 
     def decode_reply(self, raw: RawMessage, sent: DeviceRequest | None = None) -> CommandReply:
-        """``state_code`` 200 is OK; any other code is a refusal with ``err_msg`` as the reason."""
+        """``state_code`` 200 is OK; any other code is a refusal with ``err_msg`` as the reason.
+
+        ``sent`` is not needed: the answer echoes the command id.
+        """
         doc, echoed = _doc(raw, "cmd", GATE_CTRL)
         code = doc.integer("state_code", lo=0, hi=999)
         if code == STATE_OK:

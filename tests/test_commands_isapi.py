@@ -152,7 +152,10 @@ async def test_held_barrier_says_ok_to_close_and_stays_open_until_released() -> 
 
 
 async def test_stuck_barrier_answers_ok_but_the_read_back_says_closed() -> None:
-    """A stuck barrier acknowledges the open; only the read-back shows it did not move."""
+    """A stuck barrier acknowledges the open; only the read-back shows it did not move.
+
+    Broken on purpose once: with ``barrierGateStatus`` 1 decoded as open, this test failed.
+    """
     clock = ManualClock()
     sim = barrier_camera(clock)
     sim.stuck = True
@@ -168,7 +171,11 @@ async def test_stuck_barrier_answers_ok_but_the_read_back_says_closed() -> None:
 
 
 async def test_barrier_refusals_decode_with_the_cameras_reason() -> None:
-    """Camera control and a second channel are refused with the camera's status words and codes."""
+    """Camera control and a second channel are refused with the camera's status words and codes.
+
+    Broken on purpose once: with every ``statusCode`` decoded as OK, this test (and the door's, the
+    round trip's and the status code property) failed.
+    """
     clock = ManualClock()
     sim = barrier_camera(clock)
     async with online(sim, ANPR) as (client, _):
