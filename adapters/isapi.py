@@ -119,14 +119,22 @@ def is_json(raw: RawMessage) -> bool:
     return "json" in ctype or (not ctype and raw.body.lstrip()[:1] == b"{")
 
 
+def _words(doc: Fields, key: str, max_len: int) -> str | None:
+    """An optional text of the device; blank counts as absent (firmware pad empty fields), as in XML."""
+    value = doc.raw(key)
+    if isinstance(value, str) and not value.strip():
+        return None
+    return doc.opt_text(key, max_len=max_len)
+
+
 def response_status(raw: RawMessage, sent: HttpRequest) -> CommandReply:
     """An ISAPI ``ResponseStatus`` (XML or JSON) as the reply to ``sent``: OK, or refused with the cause."""
     if is_json(raw):
         doc = Fields(load_json_object(raw.body, what="ResponseStatus"))
         code = doc.integer("statusCode", lo=0, hi=99)
-        status_string = doc.opt_text("statusString", max_len=120)
-        sub_status = doc.opt_text("subStatusCode", max_len=120)
-        detail = doc.opt_text("errorMsg", max_len=200)
+        status_string = _words(doc, "statusString", 120)
+        sub_status = _words(doc, "subStatusCode", 120)
+        detail = _words(doc, "errorMsg", 200)
     else:
         root = parse_xml(raw.body, what="ResponseStatus")
         if root.tag != "ResponseStatus":

@@ -104,6 +104,10 @@ def _answer(raw: RawMessage, channel: str, ops: set[str]) -> tuple[Fields, str]:
 
 
 def _reason(doc: Fields, ret: int) -> str:
+    """The device's ``msg``; a blank one (firmware pad it) falls back to the code."""
+    message = doc.raw("msg")
+    if isinstance(message, str) and not message.strip():
+        return f"ret {ret}"
     return doc.opt_text("msg", max_len=200) or f"ret {ret}"
 
 

@@ -107,6 +107,14 @@ def _answer(raw: RawMessage, channel: str, request_type: str) -> tuple[Fields, F
     return doc, doc.sub("data"), echoed
 
 
+def _reason(data: Fields, code: int) -> str:
+    """The terminal's ``msg``; a blank one (firmware pad it) falls back to the code."""
+    message = data.raw("msg")
+    if isinstance(message, str) and not message.strip():
+        return f"code {code}"
+    return data.opt_text("msg", max_len=200) or f"code {code}"
+
+
 @dataclass(frozen=True)
 class UfaceDoorCommands:
     """Opens the terminal's door and reads its relay back, over the terminal's MQTT link."""
@@ -140,8 +148,7 @@ class UfaceDoorCommands:
         code = data.integer("code", lo=0, hi=99_999)
         if code == CODE_OK:
             return CommandReply(echoed, ReplyStatus.OK, device_code=str(code))
-        reason = data.opt_text("msg", max_len=200) or f"code {code}"
-        return CommandReply(echoed, ReplyStatus.REFUSED, reason=reason, device_code=str(code))
+        return CommandReply(echoed, ReplyStatus.REFUSED, reason=_reason(data, code), device_code=str(code))
 
     def state_request(self, query_id: str, channel: int, device_ref: str) -> MqttRequest:
         """``door_state`` on ``uface/<sn>/state/req``; the answer comes on ``.../state/resp``."""
@@ -157,10 +164,8 @@ class UfaceDoorCommands:
         code = data.integer("code", lo=0, hi=99_999)
         door = data.integer("doorNo", lo=1, hi=64)
         if code != CODE_OK:
-            reason = data.opt_text("msg", max_len=200) or f"code {code}"
-            return StateReading(
-                echoed, door, ActuatorState.UNKNOWN, f"the terminal refused the query: {reason}"
-            )
+            detail = f"the terminal refused the query: {_reason(data, code)}"
+            return StateReading(echoed, door, ActuatorState.UNKNOWN, detail)
         relay = data.integer("relay", lo=0, hi=99)
         state = RELAY_STATES.get(relay)
         if state is None:

@@ -195,3 +195,21 @@ def test_the_sample_compound_has_a_siren_on_its_own_account() -> None:
     assert accounts.allows(SN, "read", f"siren/{SN}/cmd/req")
     assert not accounts.allows(SN, "read", "siren/OTHER/cmd/req")
     assert accounts.allows(SN, "write", f"siren/{SN}/report")
+
+
+@SETTINGS
+@given(
+    command_id=st.from_regex(ID_PATTERN, fullmatch=True),
+    ret=st.integers(0, 99_999),
+    msg=st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0xD7FF), max_size=40)
+    | st.sampled_from(["", "  "]),
+)
+def test_reply_codes_decode_as_ok_only_for_ret_0(command_id: str, ret: int, msg: str) -> None:
+    """``ret`` 0 is the only OK; a refusal carries ``msg`` (or the code when it is blank) and the code."""
+    body = json.dumps({"id": command_id, "op": "alarm_on", "ret": ret, "msg": msg}).encode()
+    reply = ENCODER.decode_reply(RawMessage(body, topic=f"siren/{SN}/cmd/resp"))
+    assert (reply.command_id, reply.device_code) == (command_id, str(ret))
+    if ret == 0:
+        assert (reply.status, reply.reason) == (ReplyStatus.OK, None)
+    else:
+        assert (reply.status, reply.reason) == (ReplyStatus.REFUSED, msg.strip() or f"ret {ret}")

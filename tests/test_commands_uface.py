@@ -129,3 +129,43 @@ def test_wrong_answers_and_impossible_commands_are_refused() -> None:
     assert isinstance(request, MqttRequest)
     assert not topic_matches(event_filter, request.topic)
     assert not topic_matches(event_filter, request.reply_topic)
+
+
+hostile = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**70), 2**70)
+    | st.text(max_size=20)
+    | st.sampled_from(["remote_open_ack", "door_state_ack", " ", "x" * 300]),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+    max_leaves=6,
+)
+answers = st.fixed_dictionaries(
+    {},
+    optional={
+        "msgId": st.from_regex(ID_PATTERN, fullmatch=True) | hostile,
+        "type": st.sampled_from(["remote_open_ack", "door_state_ack"]) | hostile,
+        "data": st.fixed_dictionaries(
+            {},
+            optional={
+                "code": st.sampled_from([0, 1001, "0"]) | hostile,
+                "msg": hostile,
+                "doorNo": st.sampled_from([1, 2]) | hostile,
+                "relay": st.integers(0, 3) | hostile,
+            },
+        )
+        | hostile,
+    },
+)
+
+
+@SETTINGS
+@given(doc=answers, channel=st.sampled_from(["cmd", "state"]))
+def test_hostile_answers_decode_or_are_rejected(doc: dict[str, object], channel: str) -> None:
+    """Any answer document decodes or raises PayloadRejected naming a reason; nothing else escapes."""
+    raw = RawMessage(json.dumps(doc).encode(), topic=f"uface/{SN}/{channel}/resp")
+    decode = ENCODER.decode_reply if channel == "cmd" else ENCODER.decode_state
+    try:
+        decode(raw)
+    except PayloadRejected as exc:
+        assert exc.rejection.reason in {"bad_field", "missing_field", "out_of_range"}
