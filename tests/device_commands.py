@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -55,6 +55,13 @@ class Controller:
     ref: str
     others: list[RawMessage]  # what else the device published (its reports)
 
+    async def reports(self, count: int) -> list[RawMessage]:
+        """The device's first ``count`` other messages, once they have arrived."""
+        async with asyncio.timeout(REPLY_TIMEOUT_S):
+            while len(self.others) < count:
+                await asyncio.sleep(0.01)
+        return self.others[:count]
+
     async def exchange(self, request: MqttRequest) -> RawMessage:
         """Publish the request; the next message on its reply topic."""
         await self.client.publish(request.topic, request.payload, qos=request.qos)
@@ -73,8 +80,16 @@ class Controller:
 
 
 @contextlib.asynccontextmanager
-async def wired(broker: Mosquitto, sim: ActingMqttSim, encoder: CommandEncoder) -> AsyncIterator[Controller]:
-    """The device on its own account answering its request topics; a controller on the gateway's."""
+async def wired(
+    broker: Mosquitto,
+    sim: ActingMqttSim,
+    encoder: CommandEncoder,
+    reports: Callable[[], list[MqttPublish]] | None = None,
+) -> AsyncIterator[Controller]:
+    """The device on its own account answering its request topics; a controller on the gateway's.
+
+    ``reports``: what the device publishes of its own after each request it handled (its reports).
+    """
     async with (
         device_client(broker.port, sim.device) as device,
         gateway_client(broker.port, identifier="commander") as gateway,
@@ -91,6 +106,8 @@ async def wired(broker: Mosquitto, sim: ActingMqttSim, encoder: CommandEncoder) 
                 answer = sim.handle(MqttPublish(message.topic.value, bytes(message.payload)))
                 if answer is not None:
                     await device.publish(answer.topic, answer.payload, qos=answer.qos)
+                for report in reports() if reports is not None else ():
+                    await device.publish(report.topic, report.payload, qos=report.qos)
 
         async def take() -> None:
             async for message in gateway.messages:

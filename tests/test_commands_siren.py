@@ -69,25 +69,28 @@ async def command(ctl: Controller, command: Command) -> tuple[ReplyStatus, str |
 
 
 async def test_siren_sounds_broadcasts_and_falls_silent(mosquitto: Mosquitto) -> None:
-    """On: sounding; a clip: sounding; off: silent; each read back, and each change reported by the device."""
+    """On: sounding; a clip: sounding; off: silent; each read back, and each change reported over the broker."""
     clock = ManualClock()
     sim = siren(clock)
     on = Command(command_id="fire-1", action=CommandAction.SIREN_ON)
     clip = Command(command_id="fire-2", action=CommandAction.BROADCAST, clip=3)
     off = Command(command_id="fire-3", action=CommandAction.SIREN_OFF)
-    async with wired(mosquitto, sim, ENCODER) as ctl:
+    async with wired(mosquitto, sim, ENCODER, lambda: sim.take_reports(AT)) as ctl:
         assert (await ctl.read_back("q-0")).state is ActuatorState.SILENT
         for number, sent in enumerate((on, clip, off), 1):
             assert await command(ctl, sent) == (ReplyStatus.OK, None)
             assert (await ctl.read_back(f"q-{number}")).state is sent.expected_state
             assert sim.mode == ("alarm", "clip", "idle")[number - 1]
-    reports = [json.loads(p.payload) for p in sim.take_reports(AT)]
-    assert [(r["event"], r.get("clip"), r["cause"]) for r in reports] == [
+        reports = await ctl.reports(3)
+    assert {r.topic for r in reports} == {f"siren/{SN}/report"}
+    documents = [json.loads(r.body) for r in reports]
+    assert [(d["event"], d.get("clip"), d["cause"]) for d in documents] == [
         ("sounding", None, "remote"),
         ("sounding", 3, "remote"),
         ("silent", None, "remote"),
     ]
-    assert all(parse(p) == [] for p in sim.take_reports(AT))  # reports of sounding are no events
+    assert [d["seq"] for d in documents] == [1, 2, 3]
+    assert all(parse(r) == [] for r in reports)  # reports of sounding are no events
     assert sim.commands_executed == 3
 
 
