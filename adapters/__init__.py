@@ -15,6 +15,7 @@ from adapters import (
     hik_isapi_acs,
     hik_isapi_anpr,
     shed_mqtt,
+    siren_mqtt,
     uface_mqtt,
     vz_lpr_mqtt,
 )
@@ -30,6 +31,7 @@ _ALL: tuple[Dialect, ...] = (
     hightoss_mqtt.DIALECT,
     ctwing_smoke.DIALECT,
     shed_mqtt.DIALECT,
+    siren_mqtt.DIALECT,
 )
 
 DIALECTS: MappingProxyType[str, Dialect] = MappingProxyType({dialect.name: dialect for dialect in _ALL})

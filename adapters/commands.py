@@ -12,6 +12,11 @@ an encoder is a pure translator with no I/O:
   locked or stuck barrier answers OK and does not move), so whoever sends a command compares
   ``Command.expected_state`` with what the device reports afterwards.
 
+MQTT answers are paired with their requests by the id the device echoes. HTTP devices echo no id
+and may not name the barrier or door either: the HTTP exchange pairs answer and request, and the
+plumbing hands the decoders the request it sent (``sent``), whose ``correlation_id`` and
+``channel`` the answer is then reported under.
+
 Delivery, correlation by id, timeouts, expiry, at-most-once and audit belong to the command plumbing
 in ``gateway/``, not here.
 """
@@ -22,7 +27,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING, Literal, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 # the vocabulary both ends of the uplink share lives in foundation; re-exported for the dialects
 from foundation.commands import (
@@ -56,6 +61,10 @@ __all__ = [
     "is_valid_id",
 ]
 
+MAX_CLIP = 255
+"""Broadcast clips are presets stored on the speaker, numbered 1..255; free text is never sent, so a
+command cannot make a public loudspeaker say whatever was typed into it."""
+
 
 class Command(BaseModel):
     """One command to one device, as the issuer stated it.
@@ -63,8 +72,9 @@ class Command(BaseModel):
     Attributes:
         command_id: chosen by the issuer; the device echoes it, and the plumbing executes each id once.
         action: what to do.
-        channel: which barrier or door of the device, counted from 1 as installers label them
-            (a dialect that counts from 0 converts inside its encoder).
+        channel: which barrier, door or output of the device, counted from 1 as installers label
+            them (a dialect that counts from 0 converts inside its encoder).
+        clip: ``BROADCAST`` only (and required there): the preset clip to play, 1..255.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -72,6 +82,13 @@ class Command(BaseModel):
     command_id: CommandId
     action: CommandAction
     channel: int = Field(default=1, ge=1, le=64)
+    clip: int | None = Field(default=None, ge=1, le=MAX_CLIP)
+
+    @model_validator(mode="after")
+    def _clip_with_broadcast(self) -> Command:
+        if (self.action is CommandAction.BROADCAST) != (self.clip is not None):
+            raise ValueError("a broadcast names its preset clip, and only a broadcast has one")
+        return self
 
     @property
     def expected_state(self) -> ActuatorState:
@@ -102,15 +119,22 @@ class MqttRequest:
 class HttpRequest:
     """An HTTP request to the device's own address (scheme, host and authentication are the plumbing's).
 
+    The device's answer carries neither id nor, always, the channel: pass this request as ``sent``
+    when decoding it.
+
     Attributes:
         method: HTTP method.
         path: path and query, starting with ``/``.
+        correlation_id: the command or query id the answer is reported under.
+        channel: the barrier, door or output it is about, counted from 1.
         body: the exact bytes (empty for GET).
         content_type: of the body, if there is one.
     """
 
     method: Literal["GET", "PUT", "POST"]
     path: str
+    correlation_id: str
+    channel: int = 1
     body: bytes = b""
     content_type: str | None = None
 
@@ -130,7 +154,7 @@ class CommandReply:
     """The device's answer to a command.
 
     Attributes:
-        command_id: the id the device echoed.
+        command_id: the id the device echoed (HTTP: the id of the request it answers).
         status: accepted or refused.
         reason: the device's own words when it refused.
         device_code: the vendor's status code, for the audit trail.
@@ -147,8 +171,8 @@ class StateReading:
     """The device's answer to a state query.
 
     Attributes:
-        query_id: the id the device echoed.
-        channel: which barrier or door, counted from 1.
+        query_id: the id the device echoed (HTTP: the id of the request it answers).
+        channel: which barrier, door or output, counted from 1.
         state: what it reports.
         detail: why the state is unknown, when the device said.
     """
@@ -194,8 +218,13 @@ class CommandEncoder(Protocol):
         """
         ...
 
-    def decode_reply(self, raw: RawMessage) -> CommandReply:
+    def decode_reply(self, raw: RawMessage, sent: DeviceRequest | None = None) -> CommandReply:
         """The device's answer to a command.
+
+        Args:
+            raw: the answer as it arrived.
+            sent: the request it answers; required by HTTP dialects (their answers carry no id),
+                ignored by MQTT dialects (the answer echoes the id).
 
         Raises:
             PayloadRejected: the answer is unreadable; the rejection names the field and why.
@@ -210,8 +239,8 @@ class CommandEncoder(Protocol):
         """
         ...
 
-    def decode_state(self, raw: RawMessage) -> StateReading:
-        """The device's answer to a state query.
+    def decode_state(self, raw: RawMessage, sent: DeviceRequest | None = None) -> StateReading:
+        """The device's answer to a state query (``sent`` as for ``decode_reply``).
 
         Raises:
             PayloadRejected: the answer is unreadable; the rejection names the field and why.

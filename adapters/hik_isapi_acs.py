@@ -5,6 +5,20 @@ named ``event_log`` and, when picture upload is on, a picture part whose name va
 Some firmware post a bare ``application/json`` body. Only verification events (major type 5 with a
 verification minor code) become canonical events; door-state posts and heartbeats are acknowledged
 and produce nothing, since one passage makes several posts.
+
+Door commands (``HikDoorCommands``):
+
+- ``PUT /ISAPI/AccessControl/RemoteControl/door/<n>`` with ``<RemoteControlDoor><cmd>open</cmd>
+  </RemoteControlDoor>`` (``shared/reference/downlink-console-scale.md``): the controller unlocks
+  door n for its configured hold time, then locks it again. The answer is an ISAPI
+  ``ResponseStatus`` (``adapters/isapi.py``). The other ``cmd`` values (``alwaysOpen``,
+  ``alwaysClose``...) change the door's mode for good and are not offered.
+- Read-back: ``GET /ISAPI/AccessControl/AcsWorkStatus?format=json`` -> ``{"AcsWorkStatus":
+  {"doorLockStatus": [1, 0], ...}}``, one entry per door, 0 = locked (closed), 1 = unlocked (open),
+  2..4 = short-circuit, broken-circuit or exception alarm of the lock. The reference does not
+  describe this resource: it is modelled on public descriptions of the access-control ISAPI, not
+  taken from a device. The lock, not the door contact (``magneticStatus``), is what the command
+  moves: an unlocked door that nobody pushes stays shut.
 """
 
 from __future__ import annotations
@@ -23,6 +37,18 @@ from adapters.base import (
     parse_iso_time,
     sequence_at,
 )
+from adapters.commands import (
+    ActuatorState,
+    Command,
+    CommandAction,
+    CommandNotSupportedError,
+    CommandReply,
+    DeviceRequest,
+    HttpRequest,
+    StateReading,
+    is_valid_id,
+)
+from adapters.isapi import is_json, response_status, sent_http, xml_document
 from adapters.multipart import Part, split_multipart
 from adapters.pictures import MAX_PICTURE_BYTES, check_picture
 from foundation.errors import PayloadRejected
@@ -70,6 +96,74 @@ MASK = {"yes": True, "no": False}
 READER_DIRECTION = {1: Direction.IN, 2: Direction.OUT}
 IGNORED_EVENT_TYPES = {"heartbeat", "heartBeat"}
 
+# --- door commands ---------------------------------------------------------------------------------
+
+NAME = "hik-isapi-acs"
+WORK_STATUS_PATH = "/ISAPI/AccessControl/AcsWorkStatus?format=json"
+LOCK_STATES = {0: ActuatorState.CLOSED, 1: ActuatorState.OPEN}
+LOCK_ALARMS = {2: "lock short-circuit alarm", 3: "lock broken-circuit alarm", 4: "lock exception alarm"}
+
+
+@dataclass(frozen=True)
+class HikDoorCommands:
+    """Opens a door of the access controller over ISAPI and reads its lock back (digest: the plumbing's)."""
+
+    actions: frozenset[CommandAction] = frozenset({CommandAction.DOOR_OPEN})
+
+    def request(self, command: Command, device_ref: str) -> HttpRequest:
+        """``PUT .../RemoteControl/door/<n>`` with ``cmd`` open; the controller is addressed by host."""
+        if command.action not in self.actions:
+            raise CommandNotSupportedError(NAME, f"the controller has no {command.action.value}")
+        return HttpRequest(
+            "PUT",
+            f"/ISAPI/AccessControl/RemoteControl/door/{command.channel}",
+            correlation_id=command.command_id,
+            channel=command.channel,
+            body=xml_document("RemoteControlDoor", {"cmd": "open"}),
+            content_type="application/xml",
+        )
+
+    def decode_reply(self, raw: RawMessage, sent: DeviceRequest | None = None) -> CommandReply:
+        """The ``ResponseStatus``: ``statusCode`` 1 is OK, anything else a refusal with the device's words."""
+        return response_status(raw, sent_http(NAME, sent))
+
+    def state_request(self, query_id: str, channel: int, device_ref: str) -> HttpRequest:
+        """``GET AcsWorkStatus`` (all doors at once; ``channel`` picks one from the answer)."""
+        if not is_valid_id(query_id):
+            raise CommandNotSupportedError(NAME, f"query id {query_id[:70]!r} is not a valid id")
+        if not 1 <= channel <= 64:
+            raise CommandNotSupportedError(NAME, f"channel {channel} is outside 1..64")
+        return HttpRequest("GET", WORK_STATUS_PATH, correlation_id=query_id, channel=channel)
+
+    def decode_state(self, raw: RawMessage, sent: DeviceRequest | None = None) -> StateReading:
+        """Door n's ``doorLockStatus``: open / closed, or unknown with the lock alarm or the refusal."""
+        request = sent_http(NAME, sent)
+        query, door = request.correlation_id, request.channel
+        document = Fields(load_json_object(raw.body, what="AcsWorkStatus")) if is_json(raw) else None
+        if document is None or not document.has("AcsWorkStatus"):
+            refused = response_status(raw, request)  # a ResponseStatus instead: the device said why not
+            detail = f"the controller refused the query: {refused.reason or 'no reason given'}"
+            return StateReading(query, door, ActuatorState.UNKNOWN, detail)
+        status = document.sub("AcsWorkStatus")
+        locks = status.raw("doorLockStatus")
+        where = status.path("doorLockStatus")
+        if not isinstance(locks, list) or len(locks) > 64:
+            raise PayloadRejected("bad_field", "expected a list of at most 64 lock states", field=where)
+        if door > len(locks):
+            return StateReading(query, door, ActuatorState.UNKNOWN, f"the controller has {len(locks)} doors")
+        value = locks[door - 1]
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 99:
+            raise PayloadRejected(
+                "bad_field",
+                f"expected a lock state 0..99, got {repr(value)[:40]}",
+                field=f"{where}[{door - 1}]",
+            )
+        state = LOCK_STATES.get(value)
+        if state is None:
+            detail = LOCK_ALARMS.get(value, f"unknown doorLockStatus {value}")
+            return StateReading(query, door, ActuatorState.UNKNOWN, detail)
+        return StateReading(query, door, state)
+
 
 @dataclass(frozen=True)
 class AcsSerialNumbers:
@@ -103,7 +197,7 @@ class HikIsapiAcs:
     )
     topic_filter: str | None = None
     device_topics: None = None  # not an MQTT dialect
-    commands: None = None  # its devices take no commands
+    commands: HikDoorCommands = field(default_factory=HikDoorCommands)
     sequence: AcsSerialNumbers = field(default_factory=AcsSerialNumbers)
 
     def device_ref(self, raw: RawMessage) -> str:

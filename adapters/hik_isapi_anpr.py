@@ -3,16 +3,26 @@
 The camera POSTs ``multipart/form-data`` to ``/push/<device id>``: an XML part (``anpr.xml``) and the
 pictures it lists in ``pictureInfoList`` (``detectionPicture.jpg``, ``licensePlatePicture.jpg``). Some
 firmware post the XML alone. The namespace is either isapi.org's or hikvision.com's; we ignore it.
-XML is parsed with defusedxml (no entities, no external references).
+XML is parsed with defusedxml (no entities, no external references; ``adapters/isapi.py``).
+
+Barrier commands (``HikBarrierCommands``, ``shared/reference/downlink-console-scale.md``):
+
+- ``PUT /ISAPI/Parking/channels/<n>/barrierGate`` with ``<BarrierGate><ctrlMode>open</ctrlMode>
+  </BarrierGate>``; ``ctrlMode`` ``open``, ``close``, ``lock`` (keep the arm open: 常开) or
+  ``unlock`` (release the hold). The camera answers a ``ResponseStatus`` (``statusCode`` 1 = OK).
+  A camera whose barrier mode is "by camera" may refuse platform commands; a locked or stuck
+  unit has been seen answering 1 without moving the relay: read the state back.
+- ``GET /ISAPI/Parking/channels/<n>/barrierGate/barrierGateStatus`` -> ``<BarrierGateStatus>
+  <channelID>n</channelID><barrierGateStatus>2</barrierGateStatus></BarrierGateStatus>``,
+  ``barrierGateStatus`` 0 = no signal, 1 = closed, 2 = open (the reference's codes; the document's
+  shape around them is our model, not taken from a device). There is no "moving" code: a barrier
+  in travel touches neither limit switch and reads 0, unknown.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from xml.etree.ElementTree import Element
-
-from defusedxml import DefusedXmlException
-from defusedxml.ElementTree import ParseError, fromstring
 
 from adapters.base import (
     DeviceContext,
@@ -22,6 +32,27 @@ from adapters.base import (
     Transport,
     build_event,
     parse_iso_time,
+)
+from adapters.commands import (
+    ActuatorState,
+    Command,
+    CommandAction,
+    CommandNotSupportedError,
+    CommandReply,
+    DeviceRequest,
+    HttpRequest,
+    StateReading,
+    is_valid_id,
+)
+from adapters.isapi import (
+    MAX_XML_BYTES,
+    is_json,
+    parse_xml,
+    response_status,
+    sent_http,
+    xml_document,
+    xml_int,
+    xml_text,
 )
 from adapters.multipart import Part, split_multipart
 from adapters.pictures import MAX_PICTURE_BYTES, check_picture
@@ -37,8 +68,6 @@ from foundation.events import (
     VehiclePassPayload,
     VehicleType,
 )
-
-MAX_XML_BYTES = 256 * 1024
 
 PLATE_COLORS = {
     "blue": PlateColor.BLUE,
@@ -82,36 +111,76 @@ LIST_TYPES = {
 PICTURE_ROLES = {"detectionpicture": "scene", "licenseplatepicture": "plate"}
 
 
-def _strip_namespaces(root: Element) -> Element:
-    for element in root.iter():
-        if "}" in element.tag:
-            element.tag = element.tag.split("}", 1)[1]
-    return root
+# --- barrier commands ------------------------------------------------------------------------------
+
+NAME = "hik-isapi-anpr"
+CTRL_MODES = {
+    CommandAction.BARRIER_OPEN: "open",
+    CommandAction.BARRIER_CLOSE: "close",
+    CommandAction.BARRIER_HOLD_OPEN: "lock",
+    CommandAction.BARRIER_RELEASE: "unlock",
+}
+GATE_STATES = {0: ActuatorState.UNKNOWN, 1: ActuatorState.CLOSED, 2: ActuatorState.OPEN}
 
 
-def _text(root: Element, path: str, *, required: bool = False, max_len: int = 128) -> str | None:
-    node = root.find(path)
-    value = (node.text or "").strip() if node is not None else ""
-    if not value:
-        if required:
-            raise PayloadRejected("missing_field", "required element is missing or empty", field=path)
-        return None
-    if len(value) > max_len or any(ord(c) < 0x20 for c in value):
-        raise PayloadRejected("bad_field", f"not a short printable text (max {max_len})", field=path)
-    return value
+def _checked(query_id: str, channel: int) -> None:
+    if not is_valid_id(query_id):
+        raise CommandNotSupportedError(NAME, f"query id {query_id[:70]!r} is not a valid id")
+    if not 1 <= channel <= 64:
+        raise CommandNotSupportedError(NAME, f"channel {channel} is outside 1..64")
 
 
-def _int(root: Element, path: str, lo: int, hi: int) -> int | None:
-    value = _text(root, path, max_len=12)
-    if value is None:
-        return None
-    try:
-        number = int(value)
-    except ValueError:
-        raise PayloadRejected("bad_field", f"expected an integer, got {value!r}", field=path) from None
-    if not lo <= number <= hi:
-        raise PayloadRejected("out_of_range", f"{number} is outside {lo}..{hi}", field=path)
-    return number
+@dataclass(frozen=True)
+class HikBarrierCommands:
+    """Drives the camera's barrier over ISAPI and reads ``barrierGateStatus`` back (digest auth: the plumbing's)."""
+
+    actions: frozenset[CommandAction] = frozenset(CTRL_MODES)
+
+    def request(self, command: Command, device_ref: str) -> HttpRequest:
+        """``PUT .../barrierGate`` with the action's ``ctrlMode``; the camera is addressed by host, not ref."""
+        mode = CTRL_MODES.get(command.action)
+        if mode is None:
+            raise CommandNotSupportedError(NAME, f"the camera has no {command.action.value}")
+        return HttpRequest(
+            "PUT",
+            f"/ISAPI/Parking/channels/{command.channel}/barrierGate",
+            correlation_id=command.command_id,
+            channel=command.channel,
+            body=xml_document("BarrierGate", {"ctrlMode": mode}),
+            content_type="application/xml",
+        )
+
+    def decode_reply(self, raw: RawMessage, sent: DeviceRequest | None = None) -> CommandReply:
+        """The ``ResponseStatus``: ``statusCode`` 1 is OK, anything else a refusal with the camera's words."""
+        return response_status(raw, sent_http(NAME, sent))
+
+    def state_request(self, query_id: str, channel: int, device_ref: str) -> HttpRequest:
+        """``GET .../barrierGate/barrierGateStatus`` of one channel."""
+        _checked(query_id, channel)
+        path = f"/ISAPI/Parking/channels/{channel}/barrierGate/barrierGateStatus"
+        return HttpRequest("GET", path, correlation_id=query_id, channel=channel)
+
+    def decode_state(self, raw: RawMessage, sent: DeviceRequest | None = None) -> StateReading:
+        """``barrierGateStatus`` as open / closed / unknown; a ``ResponseStatus`` instead reads unknown."""
+        request = sent_http(NAME, sent)
+        if not is_json(raw):
+            root = parse_xml(raw.body, what="barrierGateStatus")
+            if root.tag == "BarrierGateStatus":
+                channel = xml_int(root, "channelID", 1, 64, required=True) or 0
+                value = xml_int(root, "barrierGateStatus", 0, 99, required=True) or 0
+                state = GATE_STATES.get(value)
+                if state is None:
+                    unknown = f"unknown barrierGateStatus {value}"
+                    return StateReading(request.correlation_id, channel, ActuatorState.UNKNOWN, unknown)
+                detail = "no signal from the limit switches (moving, or not wired)" if value == 0 else None
+                return StateReading(request.correlation_id, channel, state, detail)
+        refused = response_status(raw, request)  # the camera would not tell: say why
+        return StateReading(
+            request.correlation_id,
+            request.channel,
+            ActuatorState.UNKNOWN,
+            f"the camera refused the query: {refused.reason or 'no reason given'}",
+        )
 
 
 @dataclass(frozen=True)
@@ -127,18 +196,18 @@ class HikIsapiAnpr:
     )
     topic_filter: str | None = None
     device_topics: None = None  # not an MQTT dialect
-    commands: None = None  # its devices take no commands
+    commands: HikBarrierCommands = field(default_factory=HikBarrierCommands)
     sequence: None = None  # no per-device message sequence: only their silence shows a loss
 
     def device_ref(self, raw: RawMessage) -> str:
         """The MAC address the camera reports."""
         root, _ = self._document(raw)
-        return _text(root, "macAddress", required=True) or ""
+        return xml_text(root, "macAddress", required=True) or ""
 
     def parse(self, raw: RawMessage, ctx: DeviceContext) -> ParseResult:
         """One ANPR post -> one vehicle_pass event (heartbeats -> none)."""
         root, pictures = self._document(raw)
-        event_type = _text(root, "eventType", required=True)
+        event_type = xml_text(root, "eventType", required=True)
         if event_type is not None and event_type.lower() in {"heartbeat", "videoloss"}:
             return ParseResult(events=())
         if event_type != "ANPR":
@@ -148,22 +217,24 @@ class HikIsapiAnpr:
         anpr = root.find("ANPR")
         if anpr is None:
             raise PayloadRejected("missing_field", "ANPR block is missing", field="ANPR")
-        occurred_at = parse_iso_time(_text(root, "dateTime", required=True) or "", "dateTime", ctx.local_tz)
-        read = normalize_plate(_text(anpr, "licensePlate", max_len=32), "ANPR.licensePlate")
-        color_token = (_text(anpr, "plateColor") or "unknown").lower()
+        occurred_at = parse_iso_time(
+            xml_text(root, "dateTime", required=True) or "", "dateTime", ctx.local_tz
+        )
+        read = normalize_plate(xml_text(anpr, "licensePlate", max_len=32), "ANPR.licensePlate")
+        color_token = (xml_text(anpr, "plateColor") or "unknown").lower()
         plate_color = PLATE_COLORS.get(color_token, PlateColor.OTHER)
-        vehicle_token = (_text(anpr, "vehicleType") or "unknown").lower()
-        list_type = LIST_TYPES.get((_text(anpr, "listType") or "").lower(), ListType.UNKNOWN)
-        confidence = _int(anpr, "confidenceLevel", 0, 100)
-        direction_token = (_text(anpr, "direction") or "").lower()
+        vehicle_token = (xml_text(anpr, "vehicleType") or "unknown").lower()
+        list_type = LIST_TYPES.get((xml_text(anpr, "listType") or "").lower(), ListType.UNKNOWN)
+        confidence = xml_int(anpr, "confidenceLevel", 0, 100)
+        direction_token = (xml_text(anpr, "direction") or "").lower()
         if direction_token in {"forward", "reverse"}:
             forward = direction_token == "forward"
             direction = Direction.IN if forward == ctx.forward_is_in else Direction.OUT
         else:
             direction = Direction.UNKNOWN
-        barrier = _barrier_action(list_type, _int(anpr, "barrierGateCtrlType", 0, 9))
-        mac = _text(root, "macAddress", max_len=32)
-        uuid = _text(root, "UUID", max_len=64)
+        barrier = _barrier_action(list_type, xml_int(anpr, "barrierGateCtrlType", 0, 9))
+        mac = xml_text(root, "macAddress", max_len=32)
+        uuid = xml_text(root, "UUID", max_len=64)
         media = tuple(
             MediaBlob(
                 PICTURE_ROLES.get(
@@ -187,7 +258,7 @@ class HikIsapiAnpr:
             barrier_action=barrier,
             list_type=list_type,
             confidence=None if confidence is None else confidence / 100,
-            lane=_int(anpr, "line", 0, 64),
+            lane=xml_int(anpr, "line", 0, 64),
         )
         event = build_event(
             ctx,
@@ -219,17 +290,7 @@ class HikIsapiAnpr:
             xml, pictures = raw.body, []
         if len(xml) > MAX_XML_BYTES:
             raise PayloadRejected("payload_too_large", f"XML part is {len(xml)} bytes > {MAX_XML_BYTES}")
-        try:
-            root = fromstring(xml, forbid_dtd=True)
-        except DefusedXmlException as exc:
-            raise PayloadRejected(
-                "forbidden_xml", f"XML uses a forbidden construct: {type(exc).__name__}"
-            ) from None
-        except ParseError as exc:
-            raise PayloadRejected("malformed_xml", f"XML does not parse: {exc}") from None
-        except (LookupError, ValueError) as exc:  # an unknown encoding in the XML declaration, for one
-            raise PayloadRejected("malformed_xml", f"XML cannot be decoded: {exc}") from None
-        root = _strip_namespaces(root)
+        root = parse_xml(xml)
         if root.tag != "EventNotificationAlert":
             raise PayloadRejected(
                 "unsupported_event", f"root element is {root.tag!r}, not EventNotificationAlert"

@@ -49,6 +49,7 @@ from adapters.commands import (
     CommandAction,
     CommandNotSupportedError,
     CommandReply,
+    DeviceRequest,
     MqttRequest,
     ReplyStatus,
     StateReading,
@@ -172,8 +173,11 @@ class VzBarrierCommands:
             correlation_id=command.command_id,
         )
 
-    def decode_reply(self, raw: RawMessage) -> CommandReply:
-        """``state_code`` 200 is OK; any other code is a refusal with ``err_msg`` as the reason."""
+    def decode_reply(self, raw: RawMessage, sent: DeviceRequest | None = None) -> CommandReply:
+        """``state_code`` 200 is OK; any other code is a refusal with ``err_msg`` as the reason.
+
+        ``sent`` is not needed: the answer echoes the command id.
+        """
         doc, echoed = _doc(raw, "cmd", GATE_CTRL)
         code = doc.integer("state_code", lo=0, hi=999)
         if code == STATE_OK:
@@ -197,7 +201,7 @@ class VzBarrierCommands:
             correlation_id=query_id,
         )
 
-    def decode_state(self, raw: RawMessage) -> StateReading:
+    def decode_state(self, raw: RawMessage, sent: DeviceRequest | None = None) -> StateReading:
         """``gate_state`` mapped to open / closed / moving / unknown; a refused query reads unknown."""
         doc, echoed = _doc(raw, "state", GET_GATE_STATE)
         code = doc.integer("state_code", lo=0, hi=999)

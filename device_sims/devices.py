@@ -12,12 +12,17 @@ import base64
 import hashlib
 import json
 import random
+import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta, timezone
 from importlib import resources
 from typing import ClassVar, Literal, Protocol
+from xml.etree.ElementTree import Element
+
+from defusedxml import DefusedXmlException
+from defusedxml.ElementTree import ParseError, fromstring
 
 CST = timezone(timedelta(hours=8))
 PROVINCES = "浙京沪粤苏赣鄂湘川"
@@ -150,15 +155,137 @@ def _json(obj: object) -> bytes:
     return json.dumps(obj, ensure_ascii=False).encode()
 
 
+Clock = Callable[[], float]
+"""Seconds on a monotonic clock; acting simulators take one so tests can move time on by hand."""
+
+
+@dataclass(frozen=True)
+class HttpAnswer:
+    """An ISAPI device's answer: HTTP status, content type and the exact bytes."""
+
+    status: int
+    content_type: str
+    body: bytes
+
+
+ISAPI_XMLNS = "http://www.isapi.org/ver20/XMLSchema"
+
+
+def isapi_status(
+    url: str, code: int, text: str, sub: str, *, http_status: int | None = None, json_form: bool = False
+) -> HttpAnswer:
+    """A ``ResponseStatus`` as ISAPI devices answer commands (``statusCode`` 1 = OK)."""
+    status = http_status or (200 if code == 1 else 400)
+    if json_form:
+        doc = {"requestURL": url, "statusCode": code, "statusString": text, "subStatusCode": sub}
+        return HttpAnswer(status, "application/json", _json(doc))
+    xml = (
+        f'<?xml version="1.0" encoding="UTF-8"?>\n<ResponseStatus version="2.0" xmlns="{ISAPI_XMLNS}">'
+        f"<requestURL>{url}</requestURL><statusCode>{code}</statusCode>"
+        f"<statusString>{text}</statusString><subStatusCode>{sub}</subStatusCode></ResponseStatus>"
+    )
+    return HttpAnswer(status, "application/xml", xml.encode())
+
+
+def _isapi_xml(body: bytes) -> Element | None:
+    """A request's XML root (namespaces dropped), or None when it does not parse or is not allowed."""
+    try:
+        root = fromstring(body, forbid_dtd=True)
+    except (DefusedXmlException, ParseError, LookupError, ValueError):
+        return None
+    for element in root.iter():
+        element.tag = element.tag.rsplit("}", 1)[-1]
+    return root
+
+
 class HikAcsSim:
-    """Face gate posting ISAPI AccessControllerEvent multipart pushes."""
+    """Face gate posting ISAPI AccessControllerEvent multipart pushes, with doors that open on command.
+
+    The doors (``doors`` of them): ``PUT /ISAPI/AccessControl/RemoteControl/door/<n>`` with
+    ``<cmd>open</cmd>`` unlocks door n for ``hold_s`` seconds of ``clock``, then it locks again;
+    ``GET /ISAPI/AccessControl/AcsWorkStatus?format=json`` reports ``doorLockStatus`` per door
+    (1 unlocked, 0 locked). Each opening is reported as the controller does: a remote-open event
+    (minor 0x400) when it unlocks and a door-locked event (minor 0x16) when the hold ends, taken
+    with ``door_reports``. Faults to switch on: ``remote_disabled`` (refuses remote opening,
+    statusCode 4), ``garbled_replies`` (unreadable answers). ``answer`` is plain logic (request in,
+    answer out); ``device_sims.isapi_server`` serves it over HTTP with digest authentication.
+    """
 
     transport = "http"
 
-    def __init__(self, device: SimDevice) -> None:
+    def __init__(self, device: SimDevice, *, clock: Clock = time.monotonic) -> None:
         self.device = device
         self.mac = _mac_for(device.id, "a4:d5:c2")
         self.serial = 100
+        self.clock = clock
+        self.doors = 2
+        self.hold_s = 5.0
+        self.remote_disabled = False
+        self.garbled_replies = False
+        self.commands_executed = 0  # how often a lock was actually driven
+        self._unlocked_until: dict[int, float] = {}
+        self._reports: list[int] = []  # minor codes still to post, in order
+
+    def _locked_again(self) -> None:
+        """Doors whose hold ended lock, and the lock is reported."""
+        now = self.clock()
+        for door, until in sorted(self._unlocked_until.items()):
+            if now >= until:
+                del self._unlocked_until[door]
+                self._reports.append(0x16)
+
+    def door_unlocked(self, door: int) -> bool:
+        """Whether door n's lock is open now."""
+        self._locked_again()
+        return door in self._unlocked_until
+
+    def answer(self, method: str, path: str, body: bytes) -> HttpAnswer:
+        """The controller's answer to one ISAPI request (authentication already checked)."""
+        self._locked_again()
+        if method == "GET" and path == "/ISAPI/AccessControl/AcsWorkStatus?format=json":
+            return self._work_status(path)
+        prefix = "/ISAPI/AccessControl/RemoteControl/door/"
+        if method != "PUT" or not path.startswith(prefix):
+            return isapi_status(path, 4, "Invalid Operation", "notSupport", http_status=404)
+        if self.garbled_replies:
+            return HttpAnswer(
+                200, "application/xml", b"<ResponseStatus><statusCode>OK</statusCode></ResponseStatus>"
+            )
+        number = path.removeprefix(prefix)
+        door = int(number) if number.isdigit() and len(number) < 3 else 0
+        root = _isapi_xml(body)
+        if root is None or root.tag != "RemoteControlDoor":
+            return isapi_status(path, 5, "Invalid XML Format", "badXmlFormat")
+        if not 1 <= door <= self.doors:
+            return isapi_status(path, 6, "Invalid XML Content", "badParameters")
+        if root.findtext("cmd") != "open":
+            return isapi_status(path, 6, "Invalid XML Content", "badXmlContent")
+        if self.remote_disabled:
+            return isapi_status(path, 4, "Invalid Operation", "remoteOpenDoorDisabled", http_status=403)
+        self._unlocked_until[door] = self.clock() + self.hold_s
+        self.commands_executed += 1
+        self._reports.append(0x400)
+        return isapi_status(path, 1, "OK", "ok")
+
+    def _work_status(self, path: str) -> HttpAnswer:
+        if self.garbled_replies:
+            return HttpAnswer(200, "application/json", _json({"AcsWorkStatus": {"doorLockStatus": ["open"]}}))
+        locks = [1 if door in self._unlocked_until else 0 for door in range(1, self.doors + 1)]
+        doc = {
+            "AcsWorkStatus": {
+                "doorLockStatus": locks,
+                "doorStatus": [4] * self.doors,  # normal mode (not remain-open / remain-closed)
+                "magneticStatus": [0] * self.doors,  # nobody pushed the door: its contact stays closed
+                "antiSneakStatus": "close",
+            }
+        }
+        return HttpAnswer(200, "application/json", _json(doc))
+
+    def door_reports(self, at: datetime, rng: random.Random) -> list[HttpPost]:
+        """The event posts of openings and lockings since the last call, in order."""
+        self._locked_again()
+        reports, self._reports = self._reports, []
+        return [self._post(at, minor, None, rng, picture=False) for minor in reports]
 
     def _post(
         self,
@@ -255,13 +382,87 @@ class HikAcsSim:
 
 
 class HikAnprSim:
-    """Barrier camera posting ISAPI ANPR EventNotificationAlert XML with pictures."""
+    """Barrier camera posting ISAPI ANPR EventNotificationAlert XML with pictures, and a barrier that moves.
+
+    The barrier (channel 1): ``PUT /ISAPI/Parking/channels/1/barrierGate`` with ``ctrlMode`` open,
+    close, lock (hold open) or unlock (release, the arm comes down) starts the arm moving; it gets
+    there ``travel_s`` seconds of ``clock`` later. ``GET .../barrierGate/barrierGateStatus``
+    reports 1 closed, 2 open, and 0 (no signal) while the arm is between its limit switches.
+    While held open the camera answers open and close with statusCode 1 and does not move, as the
+    reference reports of a locked unit. Faults to switch on: ``stuck`` (answers OK, never moves),
+    ``camera_control`` (barrier mode "by camera": refuses platform commands), ``garbled_replies``.
+    ``answer`` is plain logic; ``device_sims.isapi_server`` serves it with digest authentication.
+    """
 
     transport = "http"
 
-    def __init__(self, device: SimDevice) -> None:
+    def __init__(self, device: SimDevice, *, clock: Clock = time.monotonic) -> None:
         self.device = device
         self.mac = _mac_for(device.id, "44:a6:42")
+        self.clock = clock
+        self.travel_s = 3.0
+        self.stuck = False
+        self.camera_control = False
+        self.garbled_replies = False
+        self.held = False
+        self.commands_executed = 0  # how often the arm was actually driven
+        self._open = False  # where the arm is going (or is)
+        self._arrives = 0.0  # when it gets there
+
+    def _drive(self, open_arm: bool) -> None:
+        if open_arm != self._open:
+            self._open = open_arm
+            self._arrives = self.clock() + self.travel_s
+        self.commands_executed += 1
+
+    def barrier_status(self) -> int:
+        """``barrierGateStatus``: 0 moving (no limit switch), 1 closed, 2 open."""
+        if self.clock() < self._arrives:
+            return 0
+        return 2 if self._open else 1
+
+    def answer(self, method: str, path: str, body: bytes) -> HttpAnswer:
+        """The camera's answer to one ISAPI request (authentication already checked)."""
+        base = "/ISAPI/Parking/channels/1/barrierGate"
+        if method == "GET" and path == f"{base}/barrierGateStatus":
+            if self.garbled_replies:
+                text = "<BarrierGateStatus><channelID>1</channelID><barrierGateStatus>up</barrierGateStatus></BarrierGateStatus>"
+                return HttpAnswer(200, "application/xml", text.encode())
+            xml = (
+                f'<?xml version="1.0" encoding="UTF-8"?>\n<BarrierGateStatus version="2.0" xmlns="{ISAPI_XMLNS}">'
+                f"<channelID>1</channelID><barrierGateStatus>{self.barrier_status()}</barrierGateStatus>"
+                "</BarrierGateStatus>"
+            )
+            return HttpAnswer(200, "application/xml", xml.encode())
+        if method == "GET" and path.endswith("/barrierGate/barrierGateStatus"):
+            return isapi_status(path, 4, "Invalid Operation", "invalidChannel")
+        if method != "PUT" or not path.endswith("/barrierGate"):
+            return isapi_status(path, 4, "Invalid Operation", "notSupport", http_status=404)
+        if self.garbled_replies:
+            return HttpAnswer(
+                200, "application/xml", b"<ResponseStatus><statusCode>OK</statusCode></ResponseStatus>"
+            )
+        root = _isapi_xml(body)
+        if root is None or root.tag != "BarrierGate":
+            return isapi_status(path, 5, "Invalid XML Format", "badXmlFormat")
+        if path != base:
+            return isapi_status(path, 4, "Invalid Operation", "invalidChannel")
+        mode = root.findtext("ctrlMode")
+        if mode not in {"open", "close", "lock", "unlock"}:
+            return isapi_status(path, 6, "Invalid XML Content", "badXmlContent")
+        if self.camera_control:
+            return isapi_status(path, 4, "Invalid Operation", "barrierControlledByCamera", http_status=403)
+        if self.stuck:
+            return isapi_status(path, 1, "OK", "ok")
+        if mode == "lock":
+            self.held = True
+            self._drive(True)
+        elif mode == "unlock":
+            self.held = False
+            self._drive(False)
+        elif not self.held:  # a held barrier says OK to open and close and stays where it is
+            self._drive(mode == "open")
+        return isapi_status(path, 1, "OK", "ok")
 
     def plate_seen(self, at: datetime, rng: random.Random, plate: str) -> Outgoing:
         """A given plate at the barrier (an allowed car)."""
@@ -362,10 +563,65 @@ class _MqttJsonSim:
 
 
 class UfaceSim(_MqttJsonSim):
-    """Face terminal publishing recognition records over MQTT."""
+    """Face terminal publishing recognition records over MQTT, with a door relay that opens on command.
+
+    ``remote_open`` on ``uface/<sn>/cmd/req`` unlocks the door (``doorNo`` 1) for ``hold_s``
+    seconds of ``clock``, answered on ``.../cmd/resp``; ``door_state`` on ``.../state/req`` is
+    answered on ``.../state/resp`` with ``relay`` 1 (unlocked) or 0. Faults to switch on:
+    ``remote_disabled`` (code 1001, as when remote opening is turned off in the terminal's
+    settings), ``garbled_replies``. The logic is plain methods; tests wire them to a broker.
+    """
 
     prefix = "uface"
     event_channel = "event"
+
+    def __init__(self, device: SimDevice, *, clock: Clock = time.monotonic) -> None:
+        super().__init__(device)
+        self.clock = clock
+        self.hold_s = 5.0
+        self.remote_disabled = False
+        self.garbled_replies = False
+        self.commands_executed = 0
+        self._unlocked_until = float("-inf")
+
+    @property
+    def request_topics(self) -> tuple[str, str]:
+        """Where the terminal listens for commands and state queries."""
+        return self.topic("cmd/req"), self.topic("state/req")
+
+    def handle(self, message: MqttPublish) -> MqttPublish | None:
+        """The terminal's answer to a message on one of its request topics (None for other topics)."""
+        if message.topic == self.topic("cmd/req"):
+            return MqttPublish(self.topic("cmd/resp"), self._answer(message.payload, "remote_open"))
+        if message.topic == self.topic("state/req"):
+            return MqttPublish(self.topic("state/resp"), self._answer(message.payload, "door_state"))
+        return None
+
+    def _answer(self, body: bytes, kind: str) -> bytes:
+        try:
+            doc = json.loads(body)
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            doc = {}
+        doc = doc if isinstance(doc, dict) else {}
+        msg_id = doc.get("msgId") if isinstance(doc.get("msgId"), str) else ""
+        data = doc.get("data")
+        data = data if isinstance(data, dict) else {}
+        answer: dict[str, object] = {"msgId": msg_id, "sn": self.ref, "type": f"{kind}_ack"}
+        if self.garbled_replies:
+            return _json(answer | {"data": {"code": "success", "doorNo": 1, "relay": "on"}})
+        if doc.get("type") != kind or not msg_id:
+            return _json(answer | {"data": {"code": 400, "msg": "bad request"}})
+        if data.get("doorNo") != 1:  # this terminal drives one door
+            return _json(answer | {"data": {"code": 1002, "msg": "no such door", "doorNo": 1}})
+        now = self.clock()
+        if kind == "door_state":
+            relay = 1 if now < self._unlocked_until else 0
+            return _json(answer | {"data": {"code": 0, "doorNo": 1, "relay": relay}})
+        if self.remote_disabled:
+            return _json(answer | {"data": {"code": 1001, "msg": "remote open disabled"}})
+        self._unlocked_until = now + self.hold_s
+        self.commands_executed += 1
+        return _json(answer | {"data": {"code": 0, "msg": "success"}})
 
     def _record(
         self, at: datetime, result: int, person: str | None, rng: random.Random, photo: bytes | None = None
@@ -632,6 +888,140 @@ class ShedSim(_MqttJsonSim):
         )
 
 
+class SirenSim(_MqttJsonSim):
+    """Alarm output (siren / broadcast speaker) on MQTT: sounds on command and reports what it does.
+
+    ``alarm_on``, ``alarm_off`` and ``play`` (a preset clip 1..``clips``) on ``siren/<sn>/cmd/req``
+    are answered on ``.../cmd/resp``; ``get_output`` on ``.../state/req`` on ``.../state/resp``
+    (``mode`` idle / alarm / clip). It stops by itself after ``max_sound_s`` seconds of ``clock``.
+    Every change is reported on ``siren/<sn>/report`` (``sounding``, ``silent``; take them with
+    ``take_reports``). Faults to switch on: ``speaker_fault`` (refuses to sound, ret 3, and its
+    alarm is the fault report), ``garbled_replies``.
+    """
+
+    prefix = "siren"
+    event_channel = "report"
+
+    def __init__(self, device: SimDevice, *, clock: Clock = time.monotonic) -> None:
+        super().__init__(device)
+        self.clock = clock
+        self.clips = 8
+        self.max_sound_s = 180.0
+        self.speaker_fault = False
+        self.garbled_replies = False
+        self.commands_executed = 0
+        self.mode = "idle"
+        self.clip: int | None = None
+        self._until = float("-inf")
+        self._reports: list[tuple[str, dict[str, object]]] = []
+
+    @property
+    def request_topics(self) -> tuple[str, str]:
+        """Where the device listens for commands and state queries."""
+        return self.topic("cmd/req"), self.topic("state/req")
+
+    def _timed_out(self) -> None:
+        if self.mode != "idle" and self.clock() >= self._until:
+            self._set("idle", None, "timeout")
+
+    def _set(self, mode: str, clip: int | None, cause: str) -> None:
+        if (mode, clip) == (self.mode, self.clip):
+            return
+        self.mode, self.clip = mode, clip
+        if mode == "idle":
+            self._reports.append(("silent", {"cause": cause}))
+        else:
+            self._until = self.clock() + self.max_sound_s
+            self._reports.append(("sounding", {"cause": cause} | ({"clip": clip} if clip else {})))
+
+    def handle(self, message: MqttPublish) -> MqttPublish | None:
+        """The device's answer to a message on one of its request topics (None for other topics)."""
+        self._timed_out()
+        if message.topic == self.topic("cmd/req"):
+            return MqttPublish(self.topic("cmd/resp"), self._command(message.payload))
+        if message.topic == self.topic("state/req"):
+            return MqttPublish(self.topic("state/resp"), self._state(message.payload))
+        return None
+
+    @staticmethod
+    def _request(body: bytes) -> tuple[dict[str, object], str]:
+        try:
+            doc = json.loads(body)
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            return {}, ""
+        if not isinstance(doc, dict):
+            return {}, ""
+        echoed = doc.get("id")
+        return doc, echoed if isinstance(echoed, str) else ""
+
+    def _command(self, body: bytes) -> bytes:
+        doc, echoed = self._request(body)
+        op = doc.get("op")
+        answer: dict[str, object] = {"id": echoed, "op": op}
+        if self.garbled_replies:
+            return _json(answer | {"ret": "ok"})
+        if op not in {"alarm_on", "alarm_off", "play"} or not echoed:
+            return _json(answer | {"ret": 1, "msg": "bad request"})
+        if doc.get("output") != 1:  # one output on this device
+            return _json(answer | {"ret": 2, "msg": "no such output"})
+        clip = doc.get("clip")
+        if op == "play" and not (isinstance(clip, int) and 1 <= clip <= self.clips):
+            return _json(answer | {"ret": 2, "msg": f"no such clip {clip!r}"})
+        if self.speaker_fault and op != "alarm_off":
+            return _json(answer | {"ret": 3, "msg": "speaker open circuit"})
+        self.commands_executed += 1
+        if op == "alarm_off":
+            self._set("idle", None, "remote")
+        else:
+            chosen = clip if op == "play" and isinstance(clip, int) else None
+            self._set("clip" if chosen else "alarm", chosen, "remote")
+        return _json(answer | {"ret": 0, "msg": ""})
+
+    def _state(self, body: bytes) -> bytes:
+        doc, echoed = self._request(body)
+        answer: dict[str, object] = {"id": echoed, "op": "get_output", "output": 1}
+        if self.garbled_replies:
+            return _json(answer | {"ret": 0, "mode": "LOUD"})
+        if doc.get("op") != "get_output" or not echoed:
+            return _json(answer | {"ret": 1, "msg": "bad request"})
+        if doc.get("output") != 1:
+            return _json(answer | {"ret": 2, "msg": "no such output", "output": doc.get("output")})
+        return _json(answer | {"ret": 0, "mode": self.mode})
+
+    def report(self, at: datetime, event: str, **fields: object) -> MqttPublish:
+        """One report on ``siren/<sn>/report``."""
+        self.seq += 1
+        doc: dict[str, object] = {"sn": self.ref, "seq": self.seq, "ts": int(at.timestamp() * 1000)}
+        return MqttPublish(self.topic("report"), _json(doc | {"event": event, "output": 1} | fields))
+
+    def take_reports(self, at: datetime) -> list[MqttPublish]:
+        """The reports of what changed since the last call, in order."""
+        self._timed_out()
+        reports, self._reports = self._reports, []
+        return [self.report(at, event, **fields) for event, fields in reports]
+
+    def routine(self, at: datetime, rng: random.Random) -> Outgoing:
+        """A heartbeat."""
+        return self.report(at, "heartbeat", mode=self.mode)
+
+    def alarm(self, at: datetime, rng: random.Random) -> Outgoing:
+        """The speaker's circuit broke: a fault report."""
+        return self.report(
+            at, "fault", fault="speaker_open", detail=f"impedance {rng.randint(900, 5000)} ohm"
+        )
+
+    def malformed(self, rng: random.Random) -> list[Outgoing]:
+        """Broken reports: the common ones, an unknown event, a fault without its cause."""
+        good = json.loads(
+            self.report(datetime(2026, 6, 1, 8, 0, tzinfo=CST), "fault", fault="amp_overheat").payload
+        )
+        return [
+            *super().malformed(rng),
+            MqttPublish(self.topic("report"), _json(good | {"event": "explode"})),
+            MqttPublish(self.topic("report"), _json({k: v for k, v in good.items() if k != "fault"})),
+        ]
+
+
 class CtwingSim:
     """An IoT platform pushing NB-IoT smoke alarm reports for one device."""
 
@@ -712,6 +1102,7 @@ SIMULATORS: dict[
     | type[VzLprSim]
     | type[HighTossSim]
     | type[ShedSim]
+    | type[SirenSim]
     | type[CtwingSim],
 ] = {
     "hik-isapi-acs": HikAcsSim,
@@ -720,6 +1111,7 @@ SIMULATORS: dict[
     "vz-lpr-mqtt": VzLprSim,
     "hightoss-mqtt": HighTossSim,
     "shed-mqtt": ShedSim,
+    "siren-mqtt": SirenSim,
     "ctwing-smoke": CtwingSim,
 }
 

@@ -18,7 +18,8 @@ PLATFORM_DIALECTS = ("ctwing-smoke",)
 DISTRICT_ID = "36010400005000000001"  # 南昌市青云谱区 (GB/T 2260 code 360104), district platform (type 500)
 COMPOUND_ID = "36010400012160000101"  # compound as a virtual organisation (type 216)
 
-# (id, dialect, ref, name, building/gate) — type codes 124 person gate, 121 tollgate, 132 camera, 134 sensor
+# (id, dialect, ref, name, building/gate) — type codes 124 person gate, 121 tollgate, 132 camera,
+# 134 sensor (alarm input), 135 alarm output
 SAMPLE_DEVICES: tuple[tuple[str, str, str | None, str, str], ...] = (
     ("36010400011240000001", "hik-isapi-acs", None, "东门人脸门禁1", "东门"),
     ("36010400011240000002", "hik-isapi-acs", None, "东门人脸门禁2", "东门"),
@@ -28,6 +29,7 @@ SAMPLE_DEVICES: tuple[tuple[str, str, str | None, str, str], ...] = (
     ("36010400011320000001", "hightoss-mqtt", "6J0C5A2PAZ0001", "7幢南立面高空抛物", "7幢"),
     ("36010400011340000001", "shed-mqtt", "860812045678901", "1号电瓶车棚烟感", "1号车棚"),
     ("36010400011340000002", "ctwing-smoke", "10009305", "2号电瓶车棚烟感", "2号车棚"),
+    ("36010400011350000001", "siren-mqtt", "SR2026A0101", "1号电瓶车棚声光报警器", "1号车棚"),
 )
 
 

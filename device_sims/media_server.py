@@ -18,7 +18,6 @@ import contextlib
 import hashlib
 import io
 import random
-import secrets
 from functools import lru_cache
 from types import TracebackType
 from typing import Self
@@ -28,6 +27,7 @@ from PIL import Image
 
 from device_sims.broker import free_port
 from device_sims.devices import SimDevice
+from device_sims.digest import DigestGuard
 
 DEFAULT_CLIP_BYTES = 4 * 1024 * 1024
 REALM = "hightoss-camera"
@@ -84,8 +84,7 @@ class MediaServer:
         self.truncate: set[str] = set()
         self.unsized: set[str] = set()
         self.requests: list[str] = []
-        self.unauthorized = 0
-        self._nonces: set[str] = set()
+        self.guard = DigestGuard(REALM, username, device.secret)
         self._runner: web.AppRunner | None = None
         self._closing = asyncio.Event()  # ends a delay early when the server stops
 
@@ -109,38 +108,14 @@ class MediaServer:
         if self._runner is not None:
             await self._runner.cleanup()
 
-    def _challenge(self) -> web.Response:
-        nonce = secrets.token_hex(16)
-        self._nonces.add(nonce)
-        header = f'Digest realm="{REALM}", qop="auth", nonce="{nonce}", algorithm=MD5'
-        return web.Response(status=401, headers={"WWW-Authenticate": header})
-
-    def _authorized(self, request: web.Request) -> bool:
-        header = request.headers.get("Authorization", "")
-        if not header.startswith("Digest "):
-            return False
-        fields: dict[str, str] = {}
-        for part in _split_params(header[len("Digest ") :]):
-            name, _, value = part.partition("=")
-            fields[name.strip().lower()] = value.strip().strip('"')
-        if fields.get("nonce") not in self._nonces or fields.get("username") != self.username:
-            return False
-
-        def md5(text: str) -> str:
-            return hashlib.md5(text.encode()).hexdigest()  # noqa: S324 - RFC 7616 MD5 digest, as cameras do
-
-        ha1 = md5(f"{self.username}:{REALM}:{self.device.secret}")
-        ha2 = md5(f"GET:{fields.get('uri', '')}")
-        expected = md5(
-            f"{ha1}:{fields['nonce']}:{fields.get('nc', '')}:{fields.get('cnonce', '')}:{fields.get('qop', '')}:{ha2}"
-        )
-        return secrets.compare_digest(expected, fields.get("response", ""))
+    @property
+    def unauthorized(self) -> int:
+        """Requests that came with credentials and were refused."""
+        return self.guard.rejected
 
     async def _serve(self, request: web.Request) -> web.StreamResponse:
-        if not self._authorized(request):
-            if "Authorization" in request.headers:
-                self.unauthorized += 1
-            return self._challenge()
+        if not self.guard.authorized(request):
+            return self.guard.challenge()
         key = request.match_info["key"]
         self.requests.append(key)
         if self.delay_s:
@@ -170,21 +145,3 @@ class MediaServer:
             await response.write(data[offset : offset + _WRITE_CHUNK])
         await response.write_eof()
         return response
-
-
-def _split_params(text: str) -> list[str]:
-    """``a="x, y", b=z`` -> ``['a="x, y"', 'b=z']`` (commas inside quotes stay)."""
-    parts: list[str] = []
-    current = ""
-    quoted = False
-    for char in text:
-        if char == '"':
-            quoted = not quoted
-        if char == "," and not quoted:
-            parts.append(current)
-            current = ""
-        else:
-            current += char
-    if current.strip():
-        parts.append(current)
-    return [p.strip() for p in parts]

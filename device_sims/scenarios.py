@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Literal
 
-from device_sims.devices import CST, CtwingSim, DeviceSim, HighTossSim, Outgoing, ShedSim
+from device_sims.devices import CST, CtwingSim, DeviceSim, HighTossSim, Outgoing, ShedSim, SirenSim
 
 Expect = Literal["accept", "reject", "duplicate", "none"]
 SCENARIOS = (
@@ -132,7 +132,9 @@ def offline(sims: Sequence[DeviceSim], rng: random.Random, start: datetime | Non
     mqtt = [sim for sim in sims if sim.transport == "mqtt"]
     at = _clock(start)
     return [
-        Step(sim, sim.routine(at, rng), expect="none" if isinstance(sim, HighTossSim) else "accept")
+        Step(
+            sim, sim.routine(at, rng), expect="none" if isinstance(sim, HighTossSim | SirenSim) else "accept"
+        )
         for sim in mqtt
     ] + [Step(sim, None, action="drop_connection") for sim in mqtt]
 

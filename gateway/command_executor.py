@@ -267,13 +267,17 @@ class CommandExecutor:
         order = entry.order
         device = self._devices[order.device_id]
         encoder = COMMAND_ENCODERS[device.dialect]
-        command = Command(command_id=order.command_id, action=order.action, channel=order.channel)
+        command = Command(
+            command_id=order.command_id, action=order.action, channel=order.channel, clip=order.clip
+        )
         timeout = self._settings.reply_timeout_s
         exchange = self._exchanges
         try:
             request = encoder.request(command, device.ref or device.id)
-            raw = await exchange.exchange(device, request, _echoes(encoder, order.command_id), timeout)
-            reply = encoder.decode_reply(raw)
+            raw = await exchange.exchange(
+                device, request, _echoes(encoder, order.command_id, request), timeout
+            )
+            reply = encoder.decode_reply(raw, request)
         except CommandNotSupportedError as exc:
             return Step(CommandState.FAILED, exc.reason)
         except DeviceUnreachableError as exc:
@@ -301,9 +305,9 @@ class CommandExecutor:
             try:
                 request = encoder.state_request(query_id, command.channel, device.ref or device.id)
                 raw = await exchange.exchange(
-                    device, request, _echoes_query(encoder, query_id), self._settings.reply_timeout_s
+                    device, request, _echoes_query(encoder, query_id, request), self._settings.reply_timeout_s
                 )
-                reading = encoder.decode_state(raw)
+                reading = encoder.decode_state(raw, request)
                 seen = reading.state
                 if seen is expected:
                     return Step(CommandState.VERIFIED, observed=seen)
@@ -320,20 +324,20 @@ class CommandExecutor:
             await asyncio.sleep(self._settings.poll_s)
 
 
-def _echoes(encoder: CommandEncoder, command_id: str) -> Matches:
+def _echoes(encoder: CommandEncoder, command_id: str, sent: DeviceRequest) -> Matches:
     def matches(raw: RawMessage) -> bool:
         try:
-            return encoder.decode_reply(raw).command_id == command_id
+            return encoder.decode_reply(raw, sent).command_id == command_id
         except PayloadRejected:
             return True  # unreadable: it is this request's answer as far as anyone can tell
 
     return matches
 
 
-def _echoes_query(encoder: CommandEncoder, query_id: str) -> Matches:
+def _echoes_query(encoder: CommandEncoder, query_id: str, sent: DeviceRequest) -> Matches:
     def matches(raw: RawMessage) -> bool:
         try:
-            return encoder.decode_state(raw).query_id == query_id
+            return encoder.decode_state(raw, sent).query_id == query_id
         except PayloadRejected:
             return True
 

@@ -43,7 +43,7 @@ INTERRUPTED = "interrupted by a gateway restart before the device's answer; not 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS commands (
     command_id TEXT PRIMARY KEY, device_id TEXT NOT NULL, action TEXT NOT NULL,
-    channel INTEGER NOT NULL, origin TEXT NOT NULL, issued_by TEXT NOT NULL, role TEXT NOT NULL,
+    channel INTEGER NOT NULL, clip INTEGER, origin TEXT NOT NULL, issued_by TEXT NOT NULL, role TEXT NOT NULL,
     reason TEXT NOT NULL,
     issued_at TEXT NOT NULL, expires_at TEXT NOT NULL, received_at TEXT NOT NULL,
     state TEXT NOT NULL, updated_at TEXT NOT NULL, detail TEXT, rule TEXT);
@@ -124,12 +124,13 @@ def _append_report(db: sqlite3.Connection, report: CommandReport) -> None:
 
 
 def _order_of(row: Sequence[Any]) -> CommandOrder:
-    command_id, device_id, action, channel, _, issued_by, role, reason, issued_at, expires_at = row[:10]
+    command_id, device_id, action, channel, clip, _, issued_by, role, reason, issued_at, expires_at = row[:11]
     return CommandOrder(
         command_id=command_id,
         device_id=device_id,
         action=CommandAction(action),
         channel=channel,
+        clip=clip,
         issued_by=issued_by,
         role=role,
         reason=reason,
@@ -139,7 +140,7 @@ def _order_of(row: Sequence[Any]) -> CommandOrder:
 
 
 _COLUMNS = (
-    "command_id, device_id, action, channel, origin, issued_by, role, reason, issued_at, expires_at,"
+    "command_id, device_id, action, channel, clip, origin, issued_by, role, reason, issued_at, expires_at,"
     " state, received_at, updated_at, detail, rule"
 )
 
@@ -147,12 +148,12 @@ _COLUMNS = (
 def _entry_of(row: Sequence[Any]) -> LedgerEntry:
     return LedgerEntry(
         order=_order_of(row),
-        origin=CommandOrigin(row[4]),
-        state=CommandState(row[10]),
-        received_at=datetime.fromisoformat(row[11]),
-        updated_at=datetime.fromisoformat(row[12]),
-        detail=row[13],
-        rule=row[14],
+        origin=CommandOrigin(row[5]),
+        state=CommandState(row[11]),
+        received_at=datetime.fromisoformat(row[12]),
+        updated_at=datetime.fromisoformat(row[13]),
+        detail=row[14],
+        rule=row[15],
     )
 
 
@@ -202,12 +203,13 @@ class CommandLedger(SqliteBacked):
                 elif refused is not None:
                     state, (rule, detail) = CommandState.REFUSED, refused
                 db.execute(
-                    f"INSERT INTO commands ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",  # noqa: S608 - our columns
+                    f"INSERT INTO commands ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",  # noqa: S608 - our columns
                     (
                         order.command_id,
                         order.device_id,
                         order.action.value,
                         order.channel,
+                        order.clip,
                         origin.value,
                         order.issued_by,
                         order.role,
@@ -239,7 +241,7 @@ class CommandLedger(SqliteBacked):
                     f"SELECT {_COLUMNS} FROM commands WHERE command_id = ?",  # noqa: S608 - our columns
                     (command_id,),
                 ).fetchone()
-                if row is None or row[10] != CommandState.QUEUED.value:
+                if row is None or row[11] != CommandState.QUEUED.value:
                     return None
                 entry = _entry_of(row)
                 if entry.order.expired(now):
@@ -262,7 +264,7 @@ class CommandLedger(SqliteBacked):
                     f"SELECT {_COLUMNS} FROM commands WHERE command_id = ?",  # noqa: S608 - our columns
                     (command_id,),
                 ).fetchone()
-                if row is None or CommandState(row[10]) in FINAL_STATES:
+                if row is None or CommandState(row[11]) in FINAL_STATES:
                     return False
                 self._move(db, _entry_of(row), step, now)
                 return True

@@ -302,6 +302,7 @@ class RuleCommands:
             device_id=device_id,
             action=command.action,
             channel=command.channel,
+            clip=command.clip,
             issued_by=rule[:64],
             role="rule",
             reason=f"local rule {rule}"[:256],

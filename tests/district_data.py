@@ -196,8 +196,8 @@ async def produce(workdir: Path, influx: InfluxServer) -> DistrictData:
                 events = _stored(sqlite_path)
                 stored = {e.event_id for e in events}
                 in_influx = await _influx_count(influx, database)
-                # compound 2's four MQTT devices lose power: their wills must have arrived too
-                if expected <= stored and in_influx == len(stored) and len(_offline_devices(events)) == 4:
+                # compound 2's five MQTT devices lose power: their wills must have arrived too
+                if expected <= stored and in_influx == len(stored) and len(_offline_devices(events)) == 5:
                     break
                 assert asyncio.get_running_loop().time() < deadline, (
                     f"stores incomplete: sqlite {len(stored & expected)}/{len(expected)}, influx {in_influx}"

@@ -25,7 +25,7 @@ from gateway.config import load_config
 from gateway.device_secrets import installed_secrets_file, load_device_secrets
 
 ROOT = Path(__file__).resolve().parents[1]
-REFS = {"UF20231107A01", "e2e0c7a4-5f0d4a1b", "6J0C5A2PAZ0001", "860812045678901"}
+REFS = {"UF20231107A01", "e2e0c7a4-5f0d4a1b", "6J0C5A2PAZ0001", "860812045678901", "SR2026A0101"}
 GATEWAY_USERS = {
     "compound-gateway",
     "compound-gateway-sys",
@@ -70,9 +70,10 @@ def test_generate_missing_round_trip(tmp_path: Path, capsys: pytest.CaptureFixtu
         "36010400011210000002",
         "36010400011320000001",
         "36010400011340000001",
+        "36010400011350000001",
     }  # not the NB-IoT sensor (36010400011340000002): its platform authenticates for it
     assert set(secrets["platforms"]) == {"ctwing-smoke"}
-    assert "generated 9 new secret(s)" in first.out
+    assert "generated 10 new secret(s)" in first.out
     assert set(users_of(out / "passwd")) == {*GATEWAY_USERS, *REFS}
     acl, passwd = (out / "acl").read_text(encoding="utf-8"), (out / "passwd").read_text(encoding="utf-8")
 
@@ -204,7 +205,7 @@ def test_without_a_secrets_file_the_unit_s_credential_file_is_used(
     assert stat.S_IMODE(written.stat().st_mode) == 0o600
     summary = capsys.readouterr().out
     assert f"device secrets: {written} ([trust] secrets_file is not set" in summary
-    assert "generated 9 new secret(s)" in summary
+    assert "generated 10 new secret(s)" in summary
     assert set(users_of(out / "passwd")) == {*GATEWAY_USERS, *REFS}
 
     elsewhere = tmp_path / "elsewhere" / "secrets.toml"

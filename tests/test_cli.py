@@ -59,7 +59,7 @@ def test_check_config_ok(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     """The sample config is valid."""
     path = write_sample_config(tmp_path / "g.toml", state_dir=tmp_path / "s", http_port=8480, mqtt_port=1883)
     assert main(["check-config", str(path)]) == 0
-    assert "8 devices" in capsys.readouterr().out
+    assert "9 devices" in capsys.readouterr().out
 
 
 def test_check_config_names_file_field_and_fix(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -113,7 +113,7 @@ def test_example_config_is_valid(capsys: pytest.CaptureFixture[str]) -> None:
     """docs/gateway.example.toml, which installers copy, passes check-config."""
     example = Path(__file__).resolve().parents[1] / "docs" / "gateway.example.toml"
     assert main(["check-config", str(example)]) == 0
-    assert "7 devices" in capsys.readouterr().out
+    assert "8 devices" in capsys.readouterr().out
 
 
 def test_example_district_config_is_valid() -> None:

@@ -242,7 +242,8 @@ def test_any_command_round_trips_through_the_camera(
 @given(
     command_id=command_ids,
     code=st.integers(0, 999),
-    err_msg=st.text(alphabet=st.characters(min_codepoint=0x20), max_size=40) | st.sampled_from(["", "  "]),
+    err_msg=st.text(alphabet=st.characters(min_codepoint=0x20, max_codepoint=0xD7FF), max_size=40)
+    | st.sampled_from(["", "  "]),
 )
 def test_reply_codes_decode_as_ok_only_for_200(command_id: str, code: int, err_msg: str) -> None:
     """state_code 200 is the only OK; a refusal carries err_msg (or the code's meaning) and the code."""
@@ -349,3 +350,35 @@ def test_command_traffic_stays_out_of_the_event_subscription() -> None:
     assert len(topics) == 4
     assert not any(topic_matches(event_filter, topic) for topic in topics)
     assert topic_matches(event_filter, sim.topic("result"))
+
+
+def test_broadcasts_name_a_preset_clip_and_nothing_else_does() -> None:
+    """A broadcast needs a clip 1..255 (no free text); other actions refuse one; each action has its state."""
+    assert (
+        Command(command_id="b1", action=CommandAction.BROADCAST, clip=3).expected_state
+        is ActuatorState.SOUNDING
+    )
+    for bad in (
+        {"action": CommandAction.BROADCAST},
+        {"action": CommandAction.BROADCAST, "clip": 0},
+        {"action": CommandAction.BROADCAST, "clip": 256},
+        {"action": CommandAction.BROADCAST, "clip": "请勿滞留"},
+        {"action": CommandAction.SIREN_ON, "clip": 1},
+    ):
+        with pytest.raises(ValidationError):
+            Command.model_validate({"command_id": "b1", **bad})
+    assert {
+        action: Command(
+            command_id="c", action=action, clip=1 if action is CommandAction.BROADCAST else None
+        ).expected_state
+        for action in CommandAction
+    } == {
+        CommandAction.BARRIER_OPEN: ActuatorState.OPEN,
+        CommandAction.BARRIER_CLOSE: ActuatorState.CLOSED,
+        CommandAction.BARRIER_HOLD_OPEN: ActuatorState.OPEN,
+        CommandAction.BARRIER_RELEASE: ActuatorState.CLOSED,
+        CommandAction.DOOR_OPEN: ActuatorState.OPEN,
+        CommandAction.SIREN_ON: ActuatorState.SOUNDING,
+        CommandAction.SIREN_OFF: ActuatorState.SILENT,
+        CommandAction.BROADCAST: ActuatorState.SOUNDING,
+    }

@@ -31,7 +31,9 @@ def test_demo_loses_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str], 
     assert summary["lost"] == 0
     assert summary["duplicates"] == 0
     assert summary["stored"] == summary["generated"] > 60
-    assert summary["resends_suppressed"] >= 15
+    # 20 messages are re-sent; the thrown-object camera's and the siren's heartbeats among them carry
+    # no event, so fewer than 20 are duplicates to suppress
+    assert summary["resends_suppressed"] >= 10
     assert set(summary["by_kind"]) == {
         "face_access",
         "vehicle_pass",
@@ -46,11 +48,13 @@ def test_demo_loses_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str], 
     assert summary["sample_query"]["rows"]
     # the operator's view of the same store, through the query service
     view = summary["operator_view"]
-    assert view["devices"] == 8
+    assert view["devices"] == 9
     # the last phase cuts the MQTT devices' power (their wills say offline); the HTTP devices' last
     # events are from the simulated day before yesterday, silent for longer than the hour that counts as offline
     assert view["devices_online"] == 0
-    assert view["alarms"] == 5  # the newest five of the thrown-object and shed-fire alarms
+    # the thrown-object and shed-fire phases raise four critical alarms, the random everyday traffic
+    # perhaps more; the query returns the newest five at most
+    assert 4 <= view["alarms"] <= 5
     _assert_evidence(summary["evidence"], tmp_path / "work")
 
 

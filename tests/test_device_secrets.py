@@ -111,7 +111,7 @@ def test_the_sample_config_passes_and_no_secret_is_printed(
     path = sample(tmp_path)
     assert main(["check-config", str(path)]) == 0
     captured = capsys.readouterr()
-    assert "device secrets: 7 devices, 1 platforms" in captured.out
+    assert "device secrets: 8 devices, 1 platforms" in captured.out
     for secret in every_secret():
         assert secret not in captured.out + captured.err
 

@@ -267,8 +267,8 @@ async def test_devices_status_and_online_rate(district: District) -> None:
     assert silent
     assert all(d.status == "offline" for d in silent)
     rates = {c.compound_id: (c.devices, c.online) for c in report.compounds}
-    assert rates[C1] == (8, len(reported_online))
-    assert rates[C2] == (8, 0)
+    assert rates[C1] == (9, len(reported_online))
+    assert rates[C2] == (9, 0)
     offline_only = await district.ask("viewer", "devices", only_offline=True, compounds=[C2])
     assert {d.device_id for d in offline_only.devices} == {d for d, r in by_id.items() if r.compound_id == C2}
 

@@ -11,7 +11,7 @@ from adapters.base import Transport
 from adapters.commands import CommandAction
 from device_sims.devices import SIMULATORS
 
-HELPER_MODULES = {"base", "commands", "multipart", "pictures", "plates"}
+HELPER_MODULES = {"base", "commands", "isapi", "multipart", "pictures", "plates"}
 
 
 def test_every_adapter_module_is_registered_and_simulated() -> None:
@@ -28,7 +28,7 @@ def test_every_adapter_module_is_registered_and_simulated() -> None:
 
 
 def test_issue_dialect_coverage() -> None:
-    """Two face gates (HTTP + MQTT), two barriers (HTTP XML + MQTT), a thrown-object camera, two shed sensors."""
+    """Two face gates (HTTP + MQTT), two barriers (HTTP XML + MQTT), a thrown-object camera, two shed sensors, a siren."""
     by_kind: dict[str, set[Transport]] = {}
     for dialect in DIALECTS.values():
         by_kind.setdefault(dialect.kind.value, set()).add(dialect.transport)
@@ -36,6 +36,7 @@ def test_issue_dialect_coverage() -> None:
     assert by_kind["vehicle_pass"] == {Transport.HTTP_DEVICE, Transport.MQTT}
     assert by_kind["thrown_object"] == {Transport.MQTT}
     assert by_kind["ebike_shed"] == {Transport.HTTP_PLATFORM, Transport.MQTT}
+    assert by_kind["device_status"] == {Transport.MQTT}  # the alarm output reports only its faults
 
 
 def test_mqtt_dialects_have_distinct_topic_prefixes() -> None:
@@ -45,13 +46,30 @@ def test_mqtt_dialects_have_distinct_topic_prefixes() -> None:
 
 
 def test_registry_names_exactly_the_dialects_that_take_commands() -> None:
-    """Only the MQTT LPR camera has a command encoder so far; every other dialect says ``commands is None``."""
-    assert set(COMMAND_ENCODERS) == {"vz-lpr-mqtt"}
+    """Barriers, doors and the alarm output take commands; every other dialect says ``commands is None``."""
+    assert set(COMMAND_ENCODERS) == {
+        "vz-lpr-mqtt",
+        "hik-isapi-anpr",
+        "hik-isapi-acs",
+        "uface-mqtt",
+        "siren-mqtt",
+    }
     for name, dialect in DIALECTS.items():
         assert (dialect.commands is not None) == (name in COMMAND_ENCODERS)
         if dialect.commands is not None:
             assert COMMAND_ENCODERS[name] is dialect.commands
-    assert COMMAND_ENCODERS["vz-lpr-mqtt"].actions == {
-        CommandAction.BARRIER_OPEN,
-        CommandAction.BARRIER_CLOSE,
+    barrier = {CommandAction.BARRIER_OPEN, CommandAction.BARRIER_CLOSE}
+    assert COMMAND_ENCODERS["vz-lpr-mqtt"].actions == barrier
+    assert COMMAND_ENCODERS["hik-isapi-anpr"].actions == barrier | {
+        CommandAction.BARRIER_HOLD_OPEN,
+        CommandAction.BARRIER_RELEASE,
     }
+    assert COMMAND_ENCODERS["hik-isapi-acs"].actions == {CommandAction.DOOR_OPEN}
+    assert COMMAND_ENCODERS["uface-mqtt"].actions == {CommandAction.DOOR_OPEN}
+    assert COMMAND_ENCODERS["siren-mqtt"].actions == {
+        CommandAction.SIREN_ON,
+        CommandAction.SIREN_OFF,
+        CommandAction.BROADCAST,
+    }
+    # every action is spoken by some device
+    assert set().union(*(encoder.actions for encoder in COMMAND_ENCODERS.values())) == set(CommandAction)

@@ -156,7 +156,7 @@ def test_a_restart_loses_nothing_and_later_losses_are_still_counted(
 # --- where the dialects keep the number -------------------------------------------------------------
 
 AT = datetime(2026, 6, 1, 8, 0, tzinfo=UTC)
-NUMBERED = {"shed-mqtt", "vz-lpr-mqtt", "hik-isapi-acs"}
+NUMBERED = {"shed-mqtt", "vz-lpr-mqtt", "hik-isapi-acs", "siren-mqtt"}
 
 
 def test_exactly_the_numbering_dialects_have_a_sequence() -> None:

@@ -76,6 +76,7 @@ class CommandOrder(_Message):
         device_id: the device's GB/T 28181 id in the compound's inventory.
         action: what to do (``foundation.commands.CommandAction``).
         channel: which barrier or door, counted from 1 as installers label them.
+        clip: a broadcast's preset clip on the speaker (never free text).
         issued_by: the operator (token name) or the rule.
         role: the issuer's role at the district.
         reason: why (kept in both audit logs).
@@ -88,6 +89,9 @@ class CommandOrder(_Message):
     device_id: GbId
     action: CommandAction
     channel: int = Field(default=1, ge=1, le=64)
+    clip: int | None = Field(
+        default=None, ge=1, le=255, description="broadcast only: the speaker's preset clip"
+    )
     issued_by: Code
     role: Code
     reason: Text = Field(min_length=1)
@@ -96,6 +100,8 @@ class CommandOrder(_Message):
 
     @model_validator(mode="after")
     def _lifetime(self) -> Self:
+        if (self.action is CommandAction.BROADCAST) != (self.clip is not None):
+            raise ValueError("a broadcast names its preset clip (clip), and only a broadcast has one")
         if self.expires_at <= self.issued_at:
             raise ValueError("expires_at must be after issued_at")
         if self.expires_at - self.issued_at > MAX_LIFETIME:

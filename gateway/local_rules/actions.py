@@ -253,7 +253,10 @@ class ActionRunner:
         # deterministic: the same firing (replayed after a crash) asks for the same command id,
         # which the plumbing executes at most once
         command = Command(
-            command_id=f"rule-{job.firing_id[:36]}-{job.index}", action=action.action, channel=action.channel
+            command_id=f"rule-{job.firing_id[:36]}-{job.index}",
+            action=action.action,
+            channel=action.channel,
+            clip=action.clip,
         )
         return await self._commands.send(action.device, command, job.rule)
 

@@ -198,6 +198,17 @@ class CommandActionConfig(ConfigModel):
     device: GbId
     action: CommandAction
     channel: int = Field(default=1, ge=1, le=64)
+    clip: int | None = Field(
+        default=None, ge=1, le=255, description="broadcast only: the speaker's preset clip"
+    )
+
+    @model_validator(mode="after")
+    def _clip_with_broadcast(self) -> CommandActionConfig:
+        if (self.action is CommandAction.BROADCAST) != (self.clip is not None):
+            raise ValueError(
+                "a broadcast names its preset clip (clip = 1..255), and only a broadcast has one"
+            )
+        return self
 
     @property
     def target(self) -> str:
