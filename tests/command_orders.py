@@ -12,13 +12,17 @@ BARRIER = "36010400011210000002"  # the sample compound's vz-lpr-mqtt barrier ca
 
 
 def barrier_open(
-    command_id: str, *, issued: datetime | None = None, lifetime: timedelta = timedelta(minutes=2)
+    command_id: str,
+    *,
+    issued: datetime | None = None,
+    lifetime: timedelta = timedelta(minutes=2),
+    device: str = BARRIER,
 ) -> CommandOrder:
     """A remote barrier open by an operator, issued at ``issued`` (default: now)."""
     at = issued or utc_now()
     return CommandOrder(
         command_id=command_id,
-        device_id=BARRIER,
+        device_id=device,
         action=CommandAction.BARRIER_OPEN,
         issued_by="op-wang",
         role="operator",

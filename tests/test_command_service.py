@@ -19,7 +19,9 @@ from pathlib import Path
 import aiomqtt
 
 from device_sims.broker import Mosquitto, free_port
-from device_sims.inventory import DISTRICT_ID, compound_id, write_sample_config
+from device_sims.devices import HikAnprSim, SirenSim, build_sim
+from device_sims.inventory import DISTRICT_ID, compound_id, sample_devices, write_sample_config
+from device_sims.isapi_server import IsapiServer
 from foundation.commands import ActuatorState, CommandAction
 from foundation.events import utc_now
 from gateway.config import GatewayConfig, load_config
@@ -50,19 +52,28 @@ def gateway_config(
     commands: str = "",
     *,
     rules: str = "",
+    control: dict[str, str] | None = None,
 ) -> GatewayConfig:
-    """The sample compound with an MQTT uplink, fast backoff and ``commands`` as its ``[commands]`` lines."""
+    """The sample compound with an MQTT uplink and fast backoff.
+
+    ``commands``: ``[commands]`` lines; ``rules`` appended; ``control``: device id -> its ``control_url``.
+    """
     path = write_sample_config(
         tmp_path / "gateway.toml",
         state_dir=tmp_path / "state",
         http_port=free_port(),
         mqtt_port=device_broker.port,
     )
+    text = path.read_text(encoding="utf-8")
+    for device_id, url in (control or {}).items():  # where the gateway reaches an HTTP device's commands
+        text = text.replace(f'id = "{device_id}"\n', f'id = "{device_id}"\ncontrol_url = "{url}"\n', 1)
+    path.write_text(text, encoding="utf-8")
     with path.open("a", encoding="utf-8") as handle:
         handle.write(
             "\n[backoff]\ninitial_s = 0.05\nmax_s = 0.5\n"
-            f"\n[commands]\nsettle_s = {{ barrier = 2.0 }}\npoll_s = 0.1\n{commands}\n"
-            '\n[uplink]\nmode = "mqtt"\nbatch_max_delay_ms = 20\n'
+            f"\n[commands]\npoll_s = 0.1\n{commands}\n"
+            + ("" if "settle_s" in commands else "settle_s = { barrier = 2.0 }\n")
+            + '\n[uplink]\nmode = "mqtt"\nbatch_max_delay_ms = 20\n'
             f'[uplink.broker]\nhost = "127.0.0.1"\nport = {district_broker.port}\n'
             f"\n{rules}"
         )
@@ -349,3 +360,69 @@ async def test_a_local_rule_opens_the_barrier_with_the_district_unreachable(
     assert (sim.commands_executed, sim.gate_open) == (1, True)
     verified = [r for r in district.reports if r.state is CommandState.VERIFIED]
     assert [(r.origin.value, r.issued_by) for r in verified] == [("rule", "shed-fire-open-gate")]
+
+
+SIREN = "36010400011350000001"  # the sample compound's shed siren (siren-mqtt)
+ANPR = "36010400011210000001"  # the east gate's ISAPI barrier camera (hik-isapi-anpr)
+
+
+async def test_a_shed_fire_sounds_the_siren_with_the_district_broker_stopped(
+    tmp_path: Path, mosquitto: Mosquitto, district_broker: Mosquitto
+) -> None:
+    """The district broker goes down; a shed fire fires the rule; the simulated siren sounds (read back).
+
+    Broken on purpose once: with the rule's action ``siren_off`` instead of ``siren_on`` the siren
+    stayed idle and the action was recorded failed (the read-back said silent, not sounding).
+    """
+    siren = build_sim(next(d for d in sample_devices() if d.id == SIREN))
+    assert isinstance(siren, SirenSim)
+    rules = (
+        '[[rules]]\nname = "shed-fire-siren"\n[rules.match]\nkind = "ebike_shed"\n'
+        f'devices = ["{SHED}"]\n[[rules.match.conditions]]\nfield = "condition"\nequals = "fire_alarm"\n'
+        f'[[rules.actions]]\ntype = "command"\ndevice = "{SIREN}"\naction = "siren_on"\n'
+    )
+    config = gateway_config(tmp_path, mosquitto, district_broker, rules=rules)
+    async with (
+        camera_online(mosquitto, siren),
+        running(lambda ready: run_gateway(config, ready=ready), "gateway"),
+    ):
+        async with desk(district_broker) as district:
+            await district.online()  # the uplink was up; now the district broker goes away
+        district_broker.stop()
+        async with shed_client(mosquitto.port) as shed:
+            await shed.publish(SHED_TOPIC, shed_report(51, alert=1), qos=1)
+        async with asyncio.timeout(WAIT_S):
+            while not action_results(config):
+                await asyncio.sleep(0.05)
+        results = action_results(config)
+    assert [(rule, kind, ok) for rule, kind, ok, _ in results] == [("shed-fire-siren", "command", 1)]
+    assert (siren.mode, siren.commands_executed) == ("alarm", 1)
+
+
+async def test_an_isapi_barrier_opens_over_http_digest_and_reads_back_after_its_travel(
+    tmp_path: Path, mosquitto: Mosquitto, district_broker: Mosquitto
+) -> None:
+    """The district opens the Hikvision barrier: a PUT with digest, then the arm travels, then open.
+
+    The read-back sees the arm between its switches first (unknown, "moving") and keeps reading
+    until open. Broken on purpose once: with the gateway's ``control_username`` wrong, the camera
+    answered 401 to every request and the command ended failed.
+    """
+    anpr = build_sim(next(d for d in sample_devices() if d.id == ANPR))
+    assert isinstance(anpr, HikAnprSim)
+    anpr.travel_s = 1.0
+    async with IsapiServer(anpr, username="gateway") as camera_http:
+        config = gateway_config(
+            tmp_path,
+            mosquitto,
+            district_broker,
+            "settle_s = { barrier = 6.0 }\n",
+            control={ANPR: camera_http.url},
+        )
+        async with desk(district_broker) as district, gateway(config, district):
+            await district.send(barrier_open("cmd-isapi", device=ANPR))
+            final = await district.final("cmd-isapi")
+    assert final.state is CommandState.VERIFIED, final.reason
+    assert final.observed is ActuatorState.OPEN
+    assert anpr.commands_executed == 1
+    assert [m for m, _ in camera_http.requests].count("PUT") == 1

@@ -38,6 +38,7 @@ from device_sims.devices import MqttPublish, SimDevice, VzLprSim
 from device_sims.embedded_broker import topic_matches
 from foundation.errors import PayloadRejected
 from tests.conftest import device_client, gateway_client
+from tests.device_commands import ActingMqttSim
 
 SERIAL = "e2e0c7a4-5f0d4a1b"  # the sample compound's barrier camera: its account on the test broker
 ENCODER: CommandEncoder = COMMAND_ENCODERS["vz-lpr-mqtt"]
@@ -64,8 +65,8 @@ def in_memory(sim: VzLprSim, request: MqttRequest) -> RawMessage:
 
 
 @contextlib.asynccontextmanager
-async def camera_online(broker: Mosquitto, sim: VzLprSim) -> AsyncIterator[None]:
-    """The simulated camera connected to the broker, answering on its reply topics."""
+async def camera_online(broker: Mosquitto, sim: ActingMqttSim) -> AsyncIterator[None]:
+    """The simulated camera (or any acting MQTT device) connected to the broker, answering on its reply topics."""
     async with device_client(broker.port, sim.device) as client:
         for topic in sim.request_topics:
             await client.subscribe(topic, qos=1)
