@@ -25,6 +25,7 @@ from zoneinfo import ZoneInfo
 from aiohttp import web
 
 from district.alarm_feed import AlarmFeed
+from district.command_desk import CommandDesk
 from district.config import DistrictConfig, load_district_config
 from district.console.pages.alarms import FEED as ALARM_FEED
 from district.evidence_cli import EVIDENCE_COMMAND, add_evidence_command, evidence_command
@@ -361,7 +362,7 @@ def _api_tls(config: DistrictConfig) -> ssl.SSLContext | None:
 
 
 async def serve_api(config: DistrictConfig, *, ready: asyncio.Event | None = None) -> None:
-    """Serve the operator HTTP API until cancelled, with the evidence desk beside it (``[evidence]``).
+    """Serve the operator HTTP API until cancelled, with the evidence and command desks beside it.
 
     The API answers whether or not the district broker does: the desk reconnects on its own.
     """
@@ -371,6 +372,10 @@ async def serve_api(config: DistrictConfig, *, ready: asyncio.Event | None = Non
         if config.evidence.enabled and service.evidence is not None:
             desk = EvidenceDesk(config, service.evidence, service.backend, service.operations)
             desk.expose(health)
+        commands = None
+        if config.commands.enabled and service.commands is not None:
+            commands = CommandDesk(config, service.commands)
+            commands.expose(health)
         tls = _api_tls(config)
         # one poller of new alarms for every console left open (the alarm queue's live updates)
         feed = AlarmFeed(service.backend, config.district_id)
@@ -386,6 +391,8 @@ async def serve_api(config: DistrictConfig, *, ready: asyncio.Event | None = Non
             async with asyncio.TaskGroup() as tg:
                 if desk is not None:
                     tg.create_task(desk.run(health), name="evidence-desk")
+                if commands is not None:
+                    tg.create_task(commands.run(health), name="command-desk")
                 tg.create_task(feed.run(), name="alarm-feed")
                 if ready is not None:
                     ready.set()
