@@ -1,4 +1,4 @@
-"""District operator commands: ``query``, ``alarm``, ``token``, ``audit-verify`` and ``api``.
+"""District operator commands: ``query``, ``alarm``, ``command``, ``token``, ``audit-verify`` and ``api``.
 
 ``query`` and ``alarm`` go through the same ``OperatorService.handle`` as the HTTP API: the token
 (from ``CGW_TOKEN`` or ``--token-file``, never a command-line argument that ``ps`` would show)
@@ -25,6 +25,7 @@ from zoneinfo import ZoneInfo
 from aiohttp import web
 
 from district.alarm_feed import AlarmFeed
+from district.command_cli import add_command_commands, command_command
 from district.command_desk import CommandDesk
 from district.config import DistrictConfig, load_district_config
 from district.console.pages.alarms import FEED as ALARM_FEED
@@ -64,6 +65,7 @@ def add_operator_commands(sub: Any) -> None:
         if spec.cli:
             _add_query(queries, spec)
     add_evidence_command(queries)
+    add_command_commands(sub)
 
     alarm = sub.add_parser("alarm", help="move an alarm along its lifecycle")
     alarm.add_argument("step", choices=list(ALARM_STEPS))
@@ -135,6 +137,8 @@ def run_operator_command(args: argparse.Namespace) -> int:
             return asyncio.run(evidence_command(config, args, _token_from(args)))
         case "query":
             return asyncio.run(_query(config, args))
+        case "command":
+            return asyncio.run(command_command(config, args, _token_from(args)))
         case "alarm":
             return asyncio.run(_alarm(config, args))
         case "token":
