@@ -10,7 +10,8 @@ the command desk and its MQTT session live in that process, and the API audits e
 
 The target and verb come from ``CLI_VERBS`` (derived from ``foundation.commands.CommandAction``:
 ``barrier_open`` is ``barrier open``), so a new action is a new enum member, and an action whose
-name does not split that way is one line in ``RENAMED``. ``--wait S`` polls until the command is
+name does not split that way is one line in ``RENAMED``. The CLI picks the ``command_id`` (``cli_...``)
+when ``--id`` is not given, so the audit entry of the call names the command. ``--wait S`` polls until the command is
 final (verified, failed, expired, refused) or shown ``no_answer``; the exit status is 0 for
 verified, 1 for refused or ended otherwise, 3 still open when the wait ran out.
 """
@@ -20,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import secrets
 import sys
 from pathlib import Path
 from typing import Any
@@ -117,13 +119,14 @@ async def command_command(config: DistrictConfig, args: argparse.Namespace, toke
             command_id = args.command_id
         else:
             body: dict[str, Any] = {
+                # an id chosen here is in the audit entry of the call, beside the reason
+                "command_id": args.command_id or f"cli_{secrets.token_urlsafe(12)}",
                 "device": args.device,
                 "action": CLI_VERBS[args.target, args.verb].value,
                 "reason": args.reason,
                 "channel": args.channel,
             }
             for name, value in (
-                ("command_id", args.command_id),
                 ("lifetime_s", args.lifetime),
                 ("compound", args.compound),
             ):

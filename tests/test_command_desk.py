@@ -244,7 +244,7 @@ async def test_refusals_are_audited_and_never_reach_the_compound(
 
     A viewer scoped to exactly the barrier's compound (property staff) may order. Only that one
     order reaches the compound. Broken on purpose once: with ``_authorise`` accepting every
-    principal, the district-wide viewer's order was 200 and the compound received two orders.
+    principal, the district-wide viewer's order was 200, not 403.
     """
     config = district_config(tmp_path, district_broker)
     double = CompoundDouble(C1, district_broker.port)
@@ -315,8 +315,7 @@ async def test_the_per_token_rate_limit_refuses_a_burst(tmp_path: Path, district
 async def test_the_same_id_again_returns_the_same_command(tmp_path: Path, district_broker: Mosquitto) -> None:
     """The same id and content: the command already there (one order sent); other content: 409.
 
-    Broken on purpose once: with ``same_order`` always false the retry was 409; with ``issue``
-    not looking for the id, the retry failed on the primary key (503).
+    Broken on purpose once: with ``same_order`` always false the retry was 409.
     """
     config = district_config(tmp_path, district_broker)
     double = CompoundDouble(C1, district_broker.port)
@@ -342,7 +341,8 @@ async def test_reports_are_kept_once_and_states_never_go_back(
     """Each (command, state) once however often reported; a late ``sent`` after ``verified`` is history only.
 
     Broken on purpose once: with the rank check removed from ``apply_report`` the command ended
-    ``sent``; with ``ON CONFLICT DO NOTHING`` made an upsert the duplicates counted as applied.
+    ``sent``; with ``ON CONFLICT DO NOTHING`` made an upsert no report counted as a duplicate (the
+    wait for three timed out).
     """
     config = district_config(tmp_path, district_broker)
     double = CompoundDouble(C1, district_broker.port)
@@ -377,7 +377,7 @@ async def test_a_report_from_the_wrong_compound_is_ignored(
 
     The command stays where compound 1's own report put it; each refusal is counted by reason.
     Broken on purpose once: with the compound check removed from ``_on_report`` compound 2's
-    ``failed`` ended the command.
+    ``failed`` ended the command (the wait for ``queued`` timed out).
     """
     config = district_config(tmp_path, district_broker)
     c1, c2 = CompoundDouble(C1, district_broker.port), CompoundDouble(C2, district_broker.port)
@@ -409,8 +409,8 @@ async def test_orders_issued_while_the_broker_is_down_go_when_it_is_back(
     """The API answers with the broker stopped; the order waits (pending, unpublished) and goes once it is back.
 
     An order whose lifetime ran out meanwhile is never sent: it ends ``expired`` at the district.
-    Broken on purpose once: with ``unpublished`` ignoring the expiry the short-lived order reached
-    the compound too.
+    Broken on purpose once: with ``unpublished`` ignoring the expiry the short-lived order was
+    published once the broker was back and never ended ``expired`` (the wait timed out).
     """
     config = district_config(tmp_path, district_broker, "no_answer_grace_s = 0")
     double = CompoundDouble(C1, district_broker.port)
