@@ -22,9 +22,8 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 from collections import Counter
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
-from typing import Any
 
 import structlog
 
@@ -37,7 +36,7 @@ from foundation.events import utc_now
 from foundation.health import Health, MetricFamilies
 from foundation.logging import worth_logging
 from foundation.mqtt import MqttSession, SessionOptions
-from foundation.supervision import supervise
+from foundation.supervision import supervise, until_first_ends
 from uplink.commands import (
     REPORT,
     CommandOrder,
@@ -83,28 +82,6 @@ def _report_address(prefix: str, topic: str) -> tuple[str, str]:
     if len(parts) != len(head) + 2 + len(tail) or parts[: len(head)] != head or parts[-len(tail) :] != tail:
         raise PayloadRejected("bad_topic", f"not a command report topic: {topic[:200]}")
     return parts[len(head)], parts[len(head) + 1]
-
-
-async def _first_to_end(*work: Coroutine[Any, Any, None]) -> None:
-    """Run ``work`` side by side until one ends; cancel the rest; raise what ended it.
-
-    Not a ``TaskGroup``: on Python 3.11 a group whose task fails while the group waits to exit
-    leaves a cancellation request on the caller's task (it never calls ``uncancel``), and
-    ``supervise``'s ``raise_if_cancelling`` then ends the session for good after its first
-    disconnect instead of reconnecting.
-    """
-    tasks = [asyncio.create_task(w) for w in work]
-    try:
-        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in tasks:
-            task.cancel()
-        # waits without raising the tasks' CancelledError (a cancel of this task still raises)
-        await asyncio.wait(tasks)
-    for task in done:
-        if not task.cancelled() and (exc := task.exception()) is not None:
-            raise exc
-    raise TransportError("the session's work ended")
 
 
 class CommandDesk:
@@ -219,7 +196,7 @@ class CommandDesk:
                 await session.subscribe(report_filter(self._commands.topic_prefix), qos=1)
                 log.info("command_desk_connected", host=broker.host, port=broker.port)
                 connected()
-                await _first_to_end(self._publish_orders(session), self._receive(session))
+                await until_first_ends(self._publish_orders(session), self._receive(session))
         except TransportError as exc:
             raise TransportError(f"command desk, {broker.host}:{broker.port}: {exc}") from exc
         except sqlite3.Error as exc:

@@ -21,14 +21,17 @@ from pathlib import Path
 from typing import Any
 
 import aiomqtt
+import pytest
 
 from device_sims.broker import Mosquitto
 from device_sims.inventory import DISTRICT_ID
 from district.config import DistrictConfig
 from district.query_model import Role
 from foundation.commands import ActuatorState, CommandAction
+from foundation.errors import TransportError
 from foundation.events import utc_now
 from foundation.mqtt import MqttSession, SessionOptions
+from foundation.supervision import until_first_ends
 from gateway.runtime import run_gateway
 from tests.district_data import running
 from tests.evidence_double import C1, C2, District, alarm, running_district, seed, write_config
@@ -409,6 +412,8 @@ async def test_orders_issued_while_the_broker_is_down_go_when_it_is_back(
     """The API answers with the broker stopped; the order waits (pending, unpublished) and goes once it is back.
 
     An order whose lifetime ran out meanwhile is never sent: it ends ``expired`` at the district.
+    Both desks reconnect: with their sessions' loops in a ``TaskGroup`` (as the evidence desk had
+    them) neither came back after the restart (see ``test_the_session_loops_leave_no_cancel_request``).
     Broken on purpose once: with ``unpublished`` ignoring the expiry the short-lived order was
     published once the broker was back and never ended ``expired`` (the wait timed out).
     """
@@ -430,10 +435,39 @@ async def test_orders_issued_while_the_broker_is_down_go_when_it_is_back(
             orders = await double.received(1)
             await asyncio.sleep(0.5)
         later = await status(district, "cmd-later-1")
+        async with asyncio.timeout(DEADLINE_S):  # the evidence desk reconnected too
+            while 'cgw_transport_up{transport="evidence_desk"} 1.0' not in await district.metrics():
+                await asyncio.sleep(0.1)
     assert [o.command_id for o in orders] == ["cmd-later-1"]
     assert later["command"]["published"] is True
     assert expired["command"]["published"] is False
     assert "never sent" in expired["command"]["detail"]
+
+
+async def test_the_session_loops_leave_no_cancel_request() -> None:
+    """``until_first_ends``: the loop that failed is raised, the other cancelled, and the caller not.
+
+    Broken on purpose once: the same two loops in an ``asyncio.TaskGroup`` (Python 3.11.7) left
+    ``cancelling() == 1`` on the caller, which ``supervise`` takes as "stop" (no reconnect).
+    """
+    cancelled = asyncio.Event()
+
+    async def waits() -> None:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    async def fails() -> None:
+        await asyncio.sleep(0.01)
+        raise TransportError("disconnected")
+
+    with pytest.raises(TransportError, match="disconnected"):
+        await until_first_ends(waits(), fails())
+    task = asyncio.current_task()
+    assert task is not None
+    assert (task.cancelling(), cancelled.is_set()) == (0, True)
 
 
 # ---- the CLI ---------------------------------------------------------------------------------
