@@ -25,6 +25,7 @@ import pytest
 
 from device_sims.broker import Mosquitto
 from device_sims.inventory import DISTRICT_ID
+from district.command_book import BookState, CommandBook, CommandRecord, Limits, ListFilter, Reported
 from district.config import DistrictConfig
 from district.query_model import Role
 from foundation.commands import ActuatorState, CommandAction
@@ -538,3 +539,116 @@ async def test_lifetimes_are_bounded_and_defaulted(tmp_path: Path, district_brok
     lifetime = datetime.fromisoformat(issued["expires_at"]) - datetime.fromisoformat(issued["issued_at"])
     assert lifetime == timedelta(seconds=45)
     assert (too_long, body["field"]) == (400, "lifetime_s")
+
+
+async def test_a_scoped_token_sees_only_its_compounds_commands(
+    tmp_path: Path, district_broker: Mosquitto
+) -> None:
+    """``commands`` lists the token's scope only; another compound's command is 404 in ``command_status``.
+
+    Broken on purpose once: with ``command_status`` skipping the ``covers`` check, operator_c2 read
+    compound 1's command (200).
+    """
+    config = district_config(tmp_path, district_broker)
+    async with district_up(config) as district:
+        assert (await order(district, command_id="cmd-scope-c1"))[0] == 200
+        code, body = await order(
+            district, command_id="cmd-scope-c2", device="36010400011210000077", compound=C2
+        )
+        assert code == 200, body
+        mine = await district.call("GET", "/commands", "operator_c2")
+        everything = await district.call("GET", "/commands", "operator")
+        theirs = await district.call("GET", "/commands/cmd-scope-c1", "operator_c2")
+        asked = await district.call("GET", "/commands", "operator_c2", compound=C1)
+    assert [c["command_id"] for c in mine[1]["commands"]] == ["cmd-scope-c2"]
+    assert [c["command_id"] for c in everything[1]["commands"]] == ["cmd-scope-c2", "cmd-scope-c1"]
+    assert (theirs[0], theirs[1]["error"]) == (404, "not_found")
+    assert asked[0] == 403
+
+
+async def test_the_book_filters_pages_and_purges(tmp_path: Path) -> None:
+    """The book alone: state filters (``no_answer`` read from the expiry), device, paging by row, retention.
+
+    Broken on purpose once: with the ``expires_at > ?`` condition dropped from an open state's filter,
+    ``state=pending`` also listed the overdue command.
+    """
+    now = utc_now()
+    grace = timedelta(seconds=30)
+
+    def record(
+        command_id: str, *, device: str = BARRIER, age: timedelta = timedelta(0), life: int = 60
+    ) -> CommandRecord:
+        issued = now - age
+        return CommandRecord(
+            command_id=command_id,
+            district_id=DISTRICT_ID,
+            compound_id=C1,
+            device_id=device,
+            action=CommandAction.BARRIER_OPEN,
+            channel=1,
+            issued_by="operator",
+            role="operator",
+            reason=REASON,
+            issued_at=issued,
+            expires_at=issued + timedelta(seconds=life),
+        )
+
+    limits = Limits(per_token=100, per_compound=100)
+    async with CommandBook(tmp_path / "commands.db") as book:
+        await book.issue(record("old", age=timedelta(days=400)), limits)
+        await book.issue(record("overdue", age=timedelta(minutes=5)), limits)
+        await book.issue(record("fresh-1"), limits)
+        await book.issue(record("fresh-2", device="36010400011210000077"), limits)
+        await book.issue(record("done", age=timedelta(minutes=5)), limits)
+        report = CommandReport(
+            command_id="done",
+            device_id=BARRIER,
+            action=CommandAction.BARRIER_OPEN,
+            state=CommandState.VERIFIED,
+            at=now,
+            issued_by="operator",
+        )
+        assert await book.apply_report(report, now) is Reported.APPLIED
+
+        async def ids(**which: Any) -> list[str]:
+            before = which.pop("before", None)
+            limit = which.pop("limit", 10)
+            found = await book.find(ListFilter(**which), now=now, grace=grace, before=before, limit=limit)
+            return [r.command_id for r in found]
+
+        assert await ids(state=BookState.NO_ANSWER) == ["overdue", "old"]
+        assert await ids(state=BookState.PENDING) == ["fresh-2", "fresh-1"]
+        assert await ids(state=BookState.VERIFIED) == ["done"]
+        assert await ids(device_id="36010400011210000077") == ["fresh-2"]
+        assert await ids(compounds=(C2,)) == []
+        first = await book.find(ListFilter(), now=now, grace=grace, before=None, limit=2)
+        rest = await ids(before=first[-1].seq)
+        assert [r.command_id for r in first] + rest == ["done", "fresh-2", "fresh-1", "overdue", "old"]
+        assert await book.purge(now - timedelta(days=365)) == 1
+        assert await book.command("old") is None
+        assert await book.reports("done") != []
+
+
+async def test_the_per_compound_rate_limit_counts_every_token(
+    tmp_path: Path, district_broker: Mosquitto
+) -> None:
+    """With 2 commands per compound and minute, a third from another token is 429; another compound still gets one.
+
+    Broken on purpose once: with ``issue`` skipping the per-compound count, the third was 200.
+    """
+    config = district_config(
+        tmp_path, district_broker, "per_token_per_minute = 10\nper_compound_per_minute = 2"
+    )
+    async with district_up(config) as district:
+        codes = [
+            (await order(district, "operator", command_id="cmd-c-1"))[0],
+            (await order(district, "staff_c1", command_id="cmd-c-2"))[0],
+        ]
+        third, body = await order(district, "operator_a", command_id="cmd-c-3")
+        elsewhere, _ = await order(
+            district, command_id="cmd-c2-1", device="36010400011210000077", compound=C2
+        )
+    assert codes == [200, 200]
+    assert (third, body["error"]) == (429, "rate_limited")
+    assert C1 in body["message"]
+    assert elsewhere == 200
