@@ -424,6 +424,11 @@ class CommandBook(SqliteBacked):
                 ).rowcount
                 if not inserted:
                     return Reported.DUPLICATE
+                # a report proves delivery, also when it beat the desk's record of the PUBACK
+                db.execute(
+                    "UPDATE commands SET published_at = ? WHERE command_id = ? AND published_at IS NULL",
+                    (_iso(now), report.command_id),
+                )
                 current = _read(db, report.command_id)
                 if current is None or _RANK[state] <= _RANK[current.state]:
                     return Reported.RECORDED

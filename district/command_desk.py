@@ -8,7 +8,7 @@ once it is back, unless they expired meanwhile (those end ``expired`` at the dis
 
 Trust: the ACL lets a compound write only its own ``command/status``, and the desk checks each
 report against the topic's compound: it is kept only for a command the book holds, that was
-ordered of that compound (and published), and of the device the command named. Anything else is
+ordered of that compound, and of the device the command named. Anything else is
 refused, counted (``cgw_district_command_reports_total{outcome}``) and logged; nothing a compound
 sends can crash the desk. Reports of the compound's own local rules (``origin = rule``) are
 counted and left: the rule's firing reaches the district as an event.
@@ -279,8 +279,9 @@ class CommandDesk:
         record = await self._book.command(report.command_id)
         if record is None:
             raise PayloadRejected("unknown_command", f"no command {report.command_id}", field="command_id")
-        if (record.district_id, record.compound_id) != (district, compound) or record.published_at is None:
-            # another compound's command (or one never sent to this one): not this sender's to report
+        if (record.district_id, record.compound_id) != (district, compound):
+            # another compound's command: not this sender's to report. (Not also "published": the
+            # compound may answer before the desk has recorded the broker's PUBACK.)
             raise PayloadRejected(
                 "foreign_command",
                 f"command {report.command_id} was not sent to compound {compound}",
