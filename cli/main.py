@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
                 return run_devices_command(args)
             case "rules":
                 return run_rules_command(args)
-            case "query" | "alarm" | "token" | "audit-verify":
+            case "query" | "alarm" | "token" | "audit-verify" | "command":
                 return run_operator_command(args)
             case "watchlist" if args.action in {"check", "loaded"}:
                 return run_watchlist_check(args)

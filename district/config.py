@@ -16,6 +16,7 @@ from foundation.config_types import ConfigModel, Port, ZoneName
 from foundation.credentials import CredentialName, credential_path
 from foundation.events import GbId
 from foundation.toml_config import load_toml_model
+from uplink.commands import MAX_LIFETIME
 from uplink.config import BrokerConfig, TlsConfig
 from uplink.protocol import DEFAULT_PREFIX
 from uplink.stores import StoreConfig
@@ -202,6 +203,13 @@ class RetentionConfig(ConfigModel):
             )
         return self
 
+    commands_days: int = Field(
+        default=365,
+        ge=1,
+        le=36_500,
+        description="commands (who ordered which device to do what, why, and its reports) issued more"
+        " than this many days ago are deleted from the command book; the audit log keeps the request",
+    )
     rollup_days: int = Field(
         default=400,
         ge=1,
@@ -249,6 +257,67 @@ class EvidenceConfig(ConfigModel):
     )
 
 
+MAX_LIFETIME_S = int(MAX_LIFETIME.total_seconds())
+
+
+class CommandsConfig(ConfigModel):
+    """The command desk: the operator API's session that orders compounds' devices (``docs/commands.md``).
+
+    The session uses ``[broker]`` unless overridden here; its user is ``district-commands`` in the
+    shipped ACL (writes every compound's orders, reads their reports). Rate limits count the
+    commands in the command book over the last minute, so they hold across API restarts.
+    """
+
+    enabled: bool = Field(default=True, description="run the desk inside `compound-gateway api`")
+    client_id: str = Field(
+        default="district-commands",
+        pattern=r"^[A-Za-z0-9_\-]{1,64}$",
+        description="the desk's MQTT client id (stable: its session is persistent)",
+    )
+    username: str | None = Field(default=None, description="default: [broker] username")
+    password: SecretStr | None = Field(default=None, description="default: [broker] password")
+    tls: TlsConfig | None = Field(default=None, description="default: [broker] tls")
+    topic_prefix: str = DEFAULT_PREFIX
+    book_path: Path | None = Field(
+        default=None, description="the command book (SQLite; default: commands.db beside [api] ops_db)"
+    )
+    lifetime_s: int = Field(
+        default=60,
+        ge=1,
+        le=MAX_LIFETIME_S,
+        description="a command not executed within this long after its issue is never executed",
+    )
+    max_lifetime_s: int = Field(
+        default=600,
+        ge=1,
+        le=MAX_LIFETIME_S,
+        description=f"the longest lifetime an issuer may ask for (at most {MAX_LIFETIME_S} s, the uplink's bound)",
+    )
+    per_token_per_minute: int = Field(
+        default=10, ge=1, le=10_000, description="commands one token may issue in any minute"
+    )
+    per_compound_per_minute: int = Field(
+        default=30,
+        ge=1,
+        le=10_000,
+        description="commands all tokens together may issue to one compound in any minute",
+    )
+    no_answer_grace_s: int = Field(
+        default=60,
+        ge=0,
+        le=24 * 3600,
+        description="a command with no final report this long after its expiry is shown as no_answer",
+    )
+
+    @model_validator(mode="after")
+    def _default_within_max(self) -> Self:
+        if self.lifetime_s > self.max_lifetime_s:
+            raise ValueError(
+                f"lifetime_s ({self.lifetime_s}) must be at most max_lifetime_s ({self.max_lifetime_s})"
+            )
+        return self
+
+
 class DistrictConfig(ConfigModel):
     """The district's configuration: ingester, store, compound registry and operator API."""
 
@@ -259,6 +328,7 @@ class DistrictConfig(ConfigModel):
     api: OperatorApiConfig = OperatorApiConfig()
     retention: RetentionConfig = RetentionConfig()
     evidence: EvidenceConfig = EvidenceConfig()
+    commands: CommandsConfig = CommandsConfig()
     compounds: tuple[CompoundEntry, ...] = ()
     log_format: Literal["auto", "json", "console"] = "auto"
 
@@ -279,6 +349,10 @@ class DistrictConfig(ConfigModel):
     def evidence_index_path(self) -> Path:
         """The evidence index file."""
         return self.evidence.index_path or self.api.ops_db.parent / "evidence.db"
+
+    def command_book_path(self) -> Path:
+        """The command book file."""
+        return self.commands.book_path or self.api.ops_db.parent / "commands.db"
 
     def compound_district(self, entry: CompoundEntry) -> str:
         """The district a registered compound belongs to."""

@@ -62,14 +62,16 @@ def add_evidence_command(queries: Any) -> None:
     command.add_argument("--save", type=Path, metavar="DIR", help="write the verified files here")
 
 
-def _base_url(config: DistrictConfig, given: str | None) -> str:
+def api_base_url(config: DistrictConfig, given: str | None) -> str:
+    """The operator API's base URL: ``given``, else from ``[api] host`` and ``port``."""
     if given:
         return given.rstrip("/")
     host = "127.0.0.1" if config.api.host in {"0.0.0.0", "::"} else config.api.host  # noqa: S104 - a wildcard bind is reached locally
     return f"http://{host}:{config.api.port}"
 
 
-def _refused(status: int, body: Any) -> int:
+def print_refused(status: int, body: Any) -> int:
+    """Print the API's refusal on stderr; returns the exit status of a refusal."""
     if isinstance(body, dict):
         where = f" ({body.get('field')})" if body.get("field") else ""
         print(f"refused [{status} {body.get('error')}]{where}: {body.get('message')}", file=sys.stderr)
@@ -78,7 +80,8 @@ def _refused(status: int, body: Any) -> int:
     return REFUSED
 
 
-async def _json(response: aiohttp.ClientResponse) -> tuple[int, Any]:
+async def json_answer(response: aiohttp.ClientResponse) -> tuple[int, Any]:
+    """The response's status and JSON body (None when it has none)."""
     async with response:
         try:
             return response.status, await response.json(content_type=None)
@@ -91,25 +94,25 @@ async def evidence_command(config: DistrictConfig, args: argparse.Namespace, tok
     if (args.fetch or args.save) and not args.reason:
         print("error: --fetch and --save need --reason (kept in the audit log)", file=sys.stderr)
         return 2
-    base = f"{_base_url(config, args.api)}/api/v1/evidence/{quote(args.event_id, safe='')}"
+    base = f"{api_base_url(config, args.api)}/api/v1/evidence/{quote(args.event_id, safe='')}"
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     extra = {"compound": args.compound} if args.compound else {}
     async with aiohttp.ClientSession(headers=headers) as http:
         request_id: str | None = None
         if args.fetch:
             body = {"reason": args.reason, "roles": args.roles, **extra}
-            status, answer = await _json(await http.post(f"{base}/requests", json=body))
+            status, answer = await json_answer(await http.post(f"{base}/requests", json=body))
             if status != 200:
-                return _refused(status, answer)
+                return print_refused(status, answer)
             request_id = answer["request_id"]
             print(f"request {request_id}: {answer['state']}", file=sys.stderr)
         query = {**extra, **({"reason": args.reason} if args.reason else {})}
         loop = asyncio.get_running_loop()
         deadline = loop.time() + (args.wait or 0)
         while True:
-            status, document = await _json(await http.get(base, params=query))
+            status, document = await json_answer(await http.get(base, params=query))
             if status != 200:
-                return _refused(status, document)
+                return print_refused(status, document)
             state = _state_of(document, request_id)
             if request_id is None or state not in {s.value for s in OPEN_STATES} or loop.time() >= deadline:
                 break
@@ -162,7 +165,7 @@ async def _save(
         partial = path.with_name(path.name + ".partial")
         async with http.get(f"{base}/media/{held.sha256}", params={"reason": reason}) as response:
             if response.status != 200:
-                _refused(response.status, await response.json(content_type=None))
+                print_refused(response.status, await response.json(content_type=None))
                 return None
             digest = await _stream_to(response, partial)
         if digest != held.sha256:

@@ -46,7 +46,7 @@ from foundation.events import utc_now
 from foundation.health import Health, MetricFamilies
 from foundation.logging import worth_logging
 from foundation.mqtt import MqttSession, SessionOptions
-from foundation.supervision import supervise
+from foundation.supervision import supervise, until_first_ends
 from uplink.evidence import (
     ANSWER,
     CHUNK,
@@ -234,16 +234,13 @@ class EvidenceDesk:
                 await session.subscribe(evidence_filter(self._evidence.topic_prefix), qos=1)
                 log.info("evidence_desk_connected", host=broker.host, port=broker.port)
                 connected()
-                async with asyncio.TaskGroup() as tg:
-                    tg.create_task(self._publish_requests(session), name="evidence-publish")
-                    tg.create_task(self._receive(session), name="evidence-receive")
-        except* TransportError as group:
-            raise TransportError(
-                f"evidence desk, {broker.host}:{broker.port}: {group.exceptions[0]}"
-            ) from group
-        except* (sqlite3.Error, OSError) as group:
+                # not a TaskGroup: it would leave a cancel request that stops the reconnecting
+                await until_first_ends(self._publish_requests(session), self._receive(session))
+        except TransportError as exc:
+            raise TransportError(f"evidence desk, {broker.host}:{broker.port}: {exc}") from exc
+        except (sqlite3.Error, OSError) as exc:
             # the index or the media directory failed: reconnect later; unacknowledged messages come again
-            raise TransportError(f"evidence desk storage: {group.exceptions[0]}") from group
+            raise TransportError(f"evidence desk storage: {exc}") from exc
 
     async def _publish_requests(self, session: MqttSession) -> None:
         while True:

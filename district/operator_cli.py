@@ -1,4 +1,4 @@
-"""District operator commands: ``query``, ``alarm``, ``token``, ``audit-verify`` and ``api``.
+"""District operator commands: ``query``, ``alarm``, ``command``, ``token``, ``audit-verify`` and ``api``.
 
 ``query`` and ``alarm`` go through the same ``OperatorService.handle`` as the HTTP API: the token
 (from ``CGW_TOKEN`` or ``--token-file``, never a command-line argument that ``ps`` would show)
@@ -25,6 +25,8 @@ from zoneinfo import ZoneInfo
 from aiohttp import web
 
 from district.alarm_feed import AlarmFeed
+from district.command_cli import add_command_commands, command_command
+from district.command_desk import CommandDesk
 from district.config import DistrictConfig, load_district_config
 from district.console.pages.alarms import FEED as ALARM_FEED
 from district.evidence_cli import EVIDENCE_COMMAND, add_evidence_command, evidence_command
@@ -63,6 +65,7 @@ def add_operator_commands(sub: Any) -> None:
         if spec.cli:
             _add_query(queries, spec)
     add_evidence_command(queries)
+    add_command_commands(sub)
 
     alarm = sub.add_parser("alarm", help="move an alarm along its lifecycle")
     alarm.add_argument("step", choices=list(ALARM_STEPS))
@@ -134,6 +137,8 @@ def run_operator_command(args: argparse.Namespace) -> int:
             return asyncio.run(evidence_command(config, args, _token_from(args)))
         case "query":
             return asyncio.run(_query(config, args))
+        case "command":
+            return asyncio.run(command_command(config, args, _token_from(args)))
         case "alarm":
             return asyncio.run(_alarm(config, args))
         case "token":
@@ -361,7 +366,7 @@ def _api_tls(config: DistrictConfig) -> ssl.SSLContext | None:
 
 
 async def serve_api(config: DistrictConfig, *, ready: asyncio.Event | None = None) -> None:
-    """Serve the operator HTTP API until cancelled, with the evidence desk beside it (``[evidence]``).
+    """Serve the operator HTTP API until cancelled, with the evidence and command desks beside it.
 
     The API answers whether or not the district broker does: the desk reconnects on its own.
     """
@@ -371,6 +376,10 @@ async def serve_api(config: DistrictConfig, *, ready: asyncio.Event | None = Non
         if config.evidence.enabled and service.evidence is not None:
             desk = EvidenceDesk(config, service.evidence, service.backend, service.operations)
             desk.expose(health)
+        commands = None
+        if config.commands.enabled and service.commands is not None:
+            commands = CommandDesk(config, service.commands)
+            commands.expose(health)
         tls = _api_tls(config)
         # one poller of new alarms for every console left open (the alarm queue's live updates)
         feed = AlarmFeed(service.backend, config.district_id)
@@ -386,6 +395,8 @@ async def serve_api(config: DistrictConfig, *, ready: asyncio.Event | None = Non
             async with asyncio.TaskGroup() as tg:
                 if desk is not None:
                     tg.create_task(desk.run(health), name="evidence-desk")
+                if commands is not None:
+                    tg.create_task(commands.run(health), name="command-desk")
                 tg.create_task(feed.run(), name="alarm-feed")
                 if ready is not None:
                     ready.set()

@@ -22,11 +22,12 @@ from zoneinfo import ZoneInfo
 import structlog
 from pydantic import ValidationError
 
+from district.command_book import CommandAccess, CommandBook
 from district.config import CompoundEntry, DistrictConfig
 from district.evidence_store import EvidenceAccess, EvidenceIndex, MediaFiles
 from district.operations import AuditEntry, OperationsDb, Principal
+from district.queries.commands import CommandContext
 from district.queries.context import authorise_role
-from district.queries.evidence import EvidenceContext
 from district.queries.registry import QUERIES
 from district.queries.spec import QuerySpec
 from district.query_backends import QueryBackend, open_query_backend
@@ -97,6 +98,8 @@ class OperatorService:
         operations: OperationsDb,
         clock: Callable[[], datetime] = utc_now,
         evidence: EvidenceAccess | None = None,
+        *,
+        commands: CommandAccess | None = None,
     ) -> None:
         self._config = config
         self._api = config.api
@@ -104,6 +107,8 @@ class OperatorService:
         self._ops = operations
         self.evidence = evidence
         """The evidence index and files (None: evidence actions answer 503)."""
+        self.commands = commands
+        """The command book (None: command actions answer 503)."""
         self._clock = clock
         self.zone = ZoneInfo(config.api.timezone)
         self.registry: dict[str, CompoundEntry] = {c.id: c for c in config.compounds}
@@ -159,7 +164,7 @@ class OperatorService:
                     raise InvalidQueryError(
                         f"a {spec.reason_field} is required for {rule.what}", field=spec.reason_field
                     )
-            context = EvidenceContext(
+            context = CommandContext(
                 principal,
                 self._backend,
                 self._ops,
@@ -168,6 +173,7 @@ class OperatorService:
                 self.zone,
                 self._clock,
                 evidence=self.evidence,
+                commands=self.commands,
             )
             async with asyncio.timeout(self._api.timeout_s):
                 result = await spec.run(context, request)
@@ -179,7 +185,7 @@ class OperatorService:
         except StoreError as exc:
             error = StoreUnavailableError(f"the district store did not answer: {exc}")
         except sqlite3.Error as exc:
-            error = StoreUnavailableError(f"the evidence index did not answer: {exc}")
+            error = StoreUnavailableError(f"the evidence index or command book did not answer: {exc}")
         else:
             await self._audit(principal, action, spec, params, caller, rows=answer.rows)
             return answer
@@ -249,6 +255,7 @@ async def open_operator_service(config: DistrictConfig) -> AsyncIterator[Operato
         OperationsDb(config.api.ops_db) as operations,
         open_query_backend(config.store) as backend,
         EvidenceIndex(config.evidence_index_path()) as index,
+        CommandBook(config.command_book_path()) as book,
     ):
         access = EvidenceAccess(index, MediaFiles(config.evidence_media_dir()), config.evidence.request_ttl_s)
-        yield OperatorService(config, backend, operations, evidence=access)
+        yield OperatorService(config, backend, operations, evidence=access, commands=CommandAccess(book))

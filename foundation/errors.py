@@ -80,7 +80,7 @@ class OperatorError(GatewayError):
 
     Attributes:
         status: 400 invalid, 401 unauthenticated, 403 forbidden, 404 not found, 409 conflict,
-            503 store unavailable.
+            429 rate limited, 503 store unavailable.
         code: stable snake_case code for clients and the audit log.
         field: the request field to blame, if one is.
     """
@@ -129,6 +129,13 @@ class ConflictError(OperatorError):
 
     status = 409
     code = "conflict"
+
+
+class RateLimitedError(OperatorError):
+    """The caller (or the target) has had its share of this action for now; try again later."""
+
+    status = 429
+    code = "rate_limited"
 
 
 class StoreUnavailableError(OperatorError):

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
 
 import structlog
 
@@ -68,3 +69,26 @@ def run_forever(run: Callable[[], Awaitable[None]]) -> Callable[[Callable[[], No
         await run()
 
     return once
+
+
+async def until_first_ends(*work: Coroutine[Any, Any, None]) -> None:
+    """Run ``work`` side by side until one ends; cancel the rest; raise what ended it.
+
+    For a supervised session's parallel loops (publish and receive) instead of a ``TaskGroup``:
+    on Python 3.11 a group whose task fails while the group waits to exit leaves a cancellation
+    request on the caller's task (it never calls ``uncancel``), so ``supervise``'s
+    ``raise_if_cancelling`` ended the session for good at its first disconnect instead of
+    reconnecting. A loop that returns raises ``TransportError``.
+    """
+    tasks = [asyncio.create_task(w) for w in work]
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        # waits without raising the tasks' CancelledError (a cancel of this task still raises)
+        await asyncio.wait(tasks)
+    for task in done:
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            raise exc
+    raise TransportError("a session loop ended")

@@ -15,6 +15,7 @@ from district.queries import (
     alarms,
     audit,
     barrier,
+    commands,
     compare,
     counts,
     devices,
@@ -53,6 +54,7 @@ QUERIES: dict[str, QuerySpec[Any, Any]] = index(
         alarm_action.SPEC,
         audit.SPEC,
         *evidence.SPECS,
+        *commands.SPECS,
         overview.SPEC,
     ]
 )
