@@ -106,20 +106,20 @@ class MqttExchange:
         self._subscribed: set[str] = set()
         self._waiting: dict[str, tuple[Matches, asyncio.Future[RawMessage]]] = {}
 
-    @contextlib.asynccontextmanager
-    async def running(self) -> AsyncIterator[MqttExchange]:
-        """Connected for the block, its answers routed to the waiting requests."""
-        async with MqttSession(self._options) as session:
-            self._session = session
-            reader = asyncio.create_task(self._read(session), name="command-replies")
-            try:
-                yield self
-            finally:
-                reader.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await reader
-                self._session = None
-                self._subscribed.clear()
+    async def run(self, on_connected: Callable[[], None]) -> None:
+        """One connection: route answers to the waiting requests until it fails (``TransportError``).
+
+        ``supervise`` calls it again after a jittered backoff; meanwhile requests fail at once
+        ("not connected") rather than waiting for a session that is not there.
+        """
+        try:
+            async with MqttSession(self._options) as session:
+                self._session = session
+                on_connected()
+                await self._read(session)
+        finally:
+            self._session = None
+            self._subscribed.clear()
 
     async def _read(self, session: MqttSession) -> None:
         async for message in session.messages():

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from collections.abc import Callable
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from datetime import timedelta
@@ -221,15 +220,8 @@ class _CommandPlumbing:
 
     def start(self, tasks: asyncio.TaskGroup, config: GatewayConfig, health: Health) -> CommandService:
         """The session (kept connected) and the service's workers; the service, for the uplink."""
-        session = self.session
-
-        async def command_session(on_connected: Callable[[], None]) -> None:
-            async with session.running():
-                on_connected()
-                await asyncio.Future()  # until the session fails (TransportError) or we are cancelled
-
         tasks.create_task(
-            supervise("command-session", command_session, Backoff(config.backoff), health=health),
+            supervise("command-session", self.session.run, Backoff(config.backoff), health=health),
             name="command-session",
         )
         tasks.create_task(

@@ -426,3 +426,28 @@ async def test_an_isapi_barrier_opens_over_http_digest_and_reads_back_after_its_
     assert final.observed is ActuatorState.OPEN
     assert anpr.commands_executed == 1
     assert [m for m, _ in camera_http.requests].count("PUT") == 1
+
+
+async def test_commands_go_on_after_the_compound_broker_restarts(
+    tmp_path: Path, mosquitto: Mosquitto, district_broker: Mosquitto
+) -> None:
+    """The gateway's command session reconnects by itself: a command after a broker restart is verified.
+
+    Broken on purpose once: with the command session's connection held open by an endless wait (the
+    first version, which never noticed its reader failing) the second command was never verified
+    (the wait timed out).
+    """
+    sim = camera()
+    config = gateway_config(tmp_path, mosquitto, district_broker)
+    async with desk(district_broker) as district, gateway(config, district):
+        async with camera_online(mosquitto, sim):
+            await district.send(order("cmd-before"))
+            assert (await district.final("cmd-before")).state is CommandState.VERIFIED
+        mosquitto.stop()
+        mosquitto.start()
+        async with camera_online(mosquitto, sim):
+            await asyncio.sleep(2.0)  # the gateway's sessions come back (backoff at most 0.5 s)
+            await district.send(order("cmd-after-restart"))
+            final = await district.final("cmd-after-restart")
+    assert final.state is CommandState.VERIFIED, final.reason
+    assert sim.commands_executed == 2
