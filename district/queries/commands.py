@@ -238,6 +238,12 @@ async def issue_command(ctx: QueryContext, request: CommandRequest) -> CommandVi
     """Write the command into the book; the desk sends it (now, or when the broker answers)."""
     access = _access(ctx)
     settings = ctx.config.commands
+    if request.action is CommandAction.BROADCAST:
+        # a broadcast needs a preset clip, which the district's command book does not carry yet
+        raise InvalidQueryError(
+            "a broadcast is not issued from the district yet; the compound's local rules can broadcast",
+            field="action",
+        )
     now = ctx.clock()
     compound = await device_compound(ctx, request.device, now, request.compound)  # 404, 403 outside scope
     _authorise(ctx, compound)

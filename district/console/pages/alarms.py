@@ -29,6 +29,7 @@ import structlog
 from aiohttp import web
 
 from district.alarm_feed import AlarmFeed
+from district.console.device_commands import command_parts, panel
 from district.console.evidence_file import evidence_file
 from district.console.page import ConsoleAction, ConsolePage, ConsoleRoute, PageContext, RouteView
 from district.evidence_store import OPEN_STATES, RequestState
@@ -293,8 +294,11 @@ async def detail(view: RouteView) -> web.StreamResponse:
     held = {f.role: f for f in evidence.held if f.verified} if evidence else {}
     operator = ctx.principal.role.allows(Role.OPERATOR)
     pending = any(r.state in OPEN_STATES for r in evidence.requests) if evidence else False
+    # the alarm's compound's devices that take commands (a siren to sound, a gate to open)
+    commands = panel(ctx, (await ctx.ask("devices", {"compounds": [alarm.event.compound_id]})).devices)
     return view.page(
         "alarm.html",
+        **commands,
         a=row(alarm.event, alarm.state, ctx),
         event=alarm.event,
         history=[(STATE_ZH[h.state], h.actor, h.at, h.note) for h in alarm.history],
@@ -311,6 +315,8 @@ async def detail(view: RouteView) -> web.StreamResponse:
     )
 
 
+COMMAND_ACTION, COMMAND_STATE = command_parts("/alarms")
+
 PAGE = ConsolePage(
     name="alarms",
     path="/alarms",
@@ -322,10 +328,12 @@ PAGE = ConsolePage(
     actions=(
         *(_action(name) for name in ACTION_STATE),
         ConsoleAction(name="request_clip", role=Role.OPERATOR, run=request_clip),
+        COMMAND_ACTION,
     ),
     routes=(
         ConsoleRoute(name="stream", role=Role.VIEWER, handle=stream),
         ConsoleRoute(name="alarm", role=Role.VIEWER, handle=detail),
         ConsoleRoute(name="media", role=Role.OPERATOR, handle=evidence_file),
+        COMMAND_STATE,
     ),
 )

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
 
+from district.console.device_commands import command_parts, panel
 from district.console.page import ConsolePage, PageContext
 from district.queries.devices import DeviceReport
 from district.query_model import EventPage, Role
@@ -79,8 +80,11 @@ async def load(ctx: PageContext) -> Mapping[str, Any]:
         "compounds": report.compounds,
         "offline": sum(d.status == "offline" for d in rows),
         "now": utc_now(),
+        **panel(ctx, rows),
     }
 
+
+COMMAND_ACTION, COMMAND_STATE = command_parts("/devices")
 
 PAGE = ConsolePage(
     name="devices",
@@ -90,4 +94,6 @@ PAGE = ConsolePage(
     order=10,
     template="devices.html",
     load=load,
+    actions=(COMMAND_ACTION,),
+    routes=(COMMAND_STATE,),
 )
