@@ -29,7 +29,7 @@ from typing import Literal
 
 from pydantic import SecretStr
 
-from adapters import DIALECTS
+from adapters import COMMAND_ENCODERS, DIALECTS
 from adapters.base import Transport
 from foundation.errors import ConfigError
 from foundation.mqtt import topic_matches
@@ -137,6 +137,7 @@ def build_broker_accounts(config: GatewayConfig, secrets_: DeviceSecrets) -> Bro
     gateway_user = config.mqtt.username or GATEWAY_BROKER_USER
     sys_user = drop_counter_user(gateway_user)
     cmd_user = command_user(gateway_user)
+    commanded = any(d.dialect in COMMAND_ENCODERS for d in config.devices)
     gateway_password = config.mqtt.password or secrets_.gateway
     owners: dict[str, str] = {
         gateway_user: "the gateway ([mqtt] username)",
@@ -150,7 +151,9 @@ def build_broker_accounts(config: GatewayConfig, secrets_: DeviceSecrets) -> Bro
     if gateway_password is None:
         problems.append("  gateway: no secret for the gateway's broker account -> fix: add one")
     else:
-        passwords[gateway_user] = passwords[sys_user] = passwords[cmd_user] = gateway_password
+        passwords[gateway_user] = passwords[sys_user] = gateway_password
+        if commanded:  # the command session's account exists only where a device takes commands
+            passwords[cmd_user] = gateway_password
     for device in config.devices:
         dialect = DIALECTS[device.dialect]
         if dialect.transport is not Transport.MQTT or dialect.device_topics is None or device.ref is None:
@@ -177,8 +180,9 @@ def build_broker_accounts(config: GatewayConfig, secrets_: DeviceSecrets) -> Bro
         # the gateway's commands (and whatever local rules will publish) go to command requests only
         gateway_rules += [AclRule(gateway_user, "read", t) for t in topics.publishes]
         gateway_rules += [AclRule(gateway_user, "write", t) for t in topics.subscribes]
-        gateway_rules += [AclRule(cmd_user, "read", t) for t in topics.publishes]
-        gateway_rules += [AclRule(cmd_user, "write", t) for t in topics.subscribes]
+        if device.dialect in COMMAND_ENCODERS:
+            gateway_rules += [AclRule(cmd_user, "read", t) for t in topics.publishes]
+            gateway_rules += [AclRule(cmd_user, "write", t) for t in topics.subscribes]
     if problems:
         raise ConfigError(
             "\n".join(
