@@ -34,7 +34,7 @@ from district.command_book import FINAL, BookState
 from district.config import DistrictConfig
 from district.evidence_cli import api_base_url, json_answer, print_refused
 from district.operator_output import Presenter
-from district.queries.commands import LIST_SPEC, STATUS_SPEC, CommandPage, CommandStatus
+from district.queries.commands import DISTRICT_ACTIONS, LIST_SPEC, STATUS_SPEC, CommandPage, CommandStatus
 from foundation.commands import CommandAction
 from foundation.tables import render_table
 
@@ -50,7 +50,7 @@ RENAMED: dict[CommandAction, tuple[str, str]] = {}
 
 def _verbs() -> dict[tuple[str, str], CommandAction]:
     table: dict[tuple[str, str], CommandAction] = {}
-    for action in CommandAction:
+    for action in sorted(DISTRICT_ACTIONS):
         target, _, verb = action.value.partition("_")
         table[RENAMED.get(action, (target, verb or "run"))] = action
     return table

@@ -19,7 +19,7 @@ from aiohttp import web
 from adapters import COMMAND_ENCODERS
 from district.command_book import FINAL, BookState
 from district.console.page import ConsoleAction, ConsoleRoute, PageContext, Reply, RouteView
-from district.queries.commands import CommandStatus, CommandView
+from district.queries.commands import DISTRICT_ACTIONS, CommandStatus, CommandView
 from district.queries.devices import DeviceRow
 from district.query_model import Role
 from foundation.commands import CommandAction
@@ -49,8 +49,6 @@ STATE_ZH: dict[BookState, str] = {
 }
 """Command states as operators read them."""
 
-FROM_DISTRICT = frozenset(CommandAction) - {CommandAction.BROADCAST}  # a broadcast needs its preset clip
-
 
 def may_command(ctx: PageContext) -> bool:
     """Whether the session's token may issue commands at all (the service decides each one)."""
@@ -66,7 +64,7 @@ def panel(ctx: PageContext, devices: Iterable[DeviceRow]) -> dict[str, Any]:
         if encoder is None:
             continue
         actions = [
-            (a.value, ACTION_ZH[a]) for a in CommandAction if a in encoder.actions and a in FROM_DISTRICT
+            (a.value, ACTION_ZH[a]) for a in CommandAction if a in encoder.actions and a in DISTRICT_ACTIONS
         ]
         if actions:
             label = f"{ctx.service.compound_name(d.compound_id)} · {d.device_id} ({d.dialect})"

@@ -214,6 +214,10 @@ class CommandRequest(Model):
     )
 
 
+DISTRICT_ACTIONS = frozenset(CommandAction) - {CommandAction.BROADCAST}
+"""What the district may order (a broadcast needs its preset clip, which the book does not carry yet)."""
+
+
 def _new_command_id() -> str:
     return "cmd_" + secrets.token_urlsafe(12)
 
@@ -238,7 +242,7 @@ async def issue_command(ctx: QueryContext, request: CommandRequest) -> CommandVi
     """Write the command into the book; the desk sends it (now, or when the broker answers)."""
     access = _access(ctx)
     settings = ctx.config.commands
-    if request.action is CommandAction.BROADCAST:
+    if request.action not in DISTRICT_ACTIONS:
         # a broadcast needs a preset clip, which the district's command book does not carry yet
         raise InvalidQueryError(
             "a broadcast is not issued from the district yet; the compound's local rules can broadcast",
