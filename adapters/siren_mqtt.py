@@ -93,7 +93,8 @@ def _answer(raw: RawMessage, channel: str, ops: set[str]) -> tuple[Fields, str]:
     if len(parts) != 4 or parts[0] != PREFIX or not parts[1] or parts[2:] != [channel, "resp"]:
         raise PayloadRejected("bad_topic", f"expected {PREFIX}/<sn>/{channel}/resp, got {raw.topic!r}")
     doc = Fields(load_json_object(raw.body, what="answer"))
-    if doc.raw("op") not in ops:
+    op = doc.raw("op")
+    if not isinstance(op, str) or op not in ops:
         raise PayloadRejected(
             "bad_field", f"expected one of {sorted(ops)}, got {doc.raw('op')!r}", field="op"
         )

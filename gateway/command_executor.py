@@ -51,6 +51,8 @@ from uplink.commands import CommandState
 log = structlog.get_logger(__name__)
 
 CMD_USER_SUFFIX = "-cmd"
+MAX_ANSWER_BYTES = 64 * 1024
+"""The most of a device's HTTP answer read (status documents are a few hundred bytes)."""
 
 Matches = Callable[[RawMessage], bool]
 """Whether a message on the reply topic answers this request (MQTT: the echoed id)."""
@@ -125,7 +127,14 @@ class MqttExchange:
         async for message in session.messages():
             waiting = self._waiting.get(message.topic)
             raw = RawMessage(message.payload, topic=message.topic)
-            if waiting is not None and not waiting[1].done() and waiting[0](raw):
+            if waiting is None or waiting[1].done():
+                continue
+            try:
+                ours = waiting[0](raw)
+            except Exception:  # a device's garbage must not end the session every command shares
+                log.exception("command_answer_unreadable", topic=message.topic)
+                continue
+            if ours:
                 waiting[1].set_result(raw)
 
     async def exchange(
@@ -152,6 +161,8 @@ class MqttExchange:
             raise DeviceUnreachableError(
                 f"device {device.id} did not answer within {timeout_s:g} s"
             ) from None
+        except TransportError as exc:  # refused by the broker's ACL, or the session broke meanwhile
+            raise DeviceUnreachableError(f"device {device.id}: the compound broker: {exc}") from None
         finally:
             self._waiting.pop(request.reply_topic, None)
 
@@ -204,8 +215,13 @@ class HttpExchange:
                 headers=headers,
                 middlewares=(auth,),
                 timeout=aiohttp.ClientTimeout(total=timeout_s),
+                allow_redirects=False,  # digest answers go to the device we asked, nowhere else
             ) as response:
-                body = await response.read()
+                body = await response.content.read(MAX_ANSWER_BYTES + 1)
+                if len(body) > MAX_ANSWER_BYTES:
+                    raise DeviceUnreachableError(
+                        f"device {device.id}: an answer over {MAX_ANSWER_BYTES} bytes"
+                    )
                 return RawMessage(body, content_type=response.content_type)
         except (aiohttp.ClientError, TimeoutError) as exc:
             raise DeviceUnreachableError(
@@ -247,11 +263,27 @@ class CommandExecutor:
         self._locks: dict[str, asyncio.Lock] = {d.id: asyncio.Lock() for d in config.devices}
         self._queries = 0
 
+    def takes(self, device_id: str) -> bool:
+        """Whether the device is in this gateway's inventory with a dialect that takes commands."""
+        device = self._devices.get(device_id)
+        return device is not None and device.dialect in COMMAND_ENCODERS
+
+    def device_lock(self, device_id: str) -> asyncio.Lock:
+        """The lock that keeps one command at a time on a device (hold it from the claim to the end)."""
+        return self._locks[device_id]
+
     async def execute(self, entry: LedgerEntry) -> Step:
-        """Carry a claimed (``sent``) command through to its final state."""
+        """Carry a claimed (``sent``) command through to its final state (the caller holds the device's lock).
+
+        Never raises for what a device or the broker does: anything unexpected ends the command
+        ``failed`` ("internal error"), logged with its traceback, and the worker goes on.
+        """
         order = entry.order
-        async with self._locks[order.device_id]:
+        try:
             outcome = await self._run(entry)
+        except Exception as exc:  # a bug or a library error: this command fails, the others go on
+            log.exception("command_crashed", command_id=order.command_id, device=order.device_id)
+            outcome = Step(CommandState.FAILED, f"internal error: {type(exc).__name__}: {exc}"[:200])
         await self._ledger.advance(order.command_id, outcome, self._clock())
         log.info(
             "command_done",

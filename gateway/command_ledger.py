@@ -110,8 +110,8 @@ def _report(order: CommandOrder, origin: CommandOrigin, step: Step, at: datetime
         origin=origin,
         issued_by=order.issued_by,
         reason=step.detail[:256] if step.detail else None,
-        rule=step.rule,
-        device_code=step.device_code,
+        rule=step.rule[:64] if step.rule else None,
+        device_code=step.device_code[:64] if step.device_code else None,
         observed=step.observed,
     )
 

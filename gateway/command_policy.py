@@ -118,10 +118,8 @@ class CommandGate:
     def __init__(self, config: CommandsConfig, clock: Callable[[], float] = time.monotonic) -> None:
         self._config = config
         self._clock = clock
-        self._compound = TokenBucket(
-            config.per_compound_per_minute / 60, config.per_compound_per_minute, clock
-        )
-        self._devices: dict[str, TokenBucket] = {}
+        self._compound: dict[CommandOrigin, TokenBucket] = {}
+        self._devices: dict[tuple[CommandOrigin, str], TokenBucket] = {}
 
     def judge(self, order: CommandOrder, origin: CommandOrigin) -> Refusal | None:
         """None: accepted (and counted against the limits); otherwise why not."""
@@ -133,17 +131,28 @@ class CommandGate:
             if rule.matches(order, origin):
                 told = f": {rule.reason}" if rule.reason else ""
                 return Refusal(rule.name, f"refused by the compound's policy rule {rule.name!r}{told}")
+        # each origin its own buckets: a burst from the district (a stolen token) must not use up
+        # what the compound's own fire rule needs to sound its siren
         per_minute = self._config.per_device_per_minute
-        device = self._devices.get(order.device_id)
+        device = self._devices.get((origin, order.device_id))
         if device is None:
-            device = self._devices[order.device_id] = TokenBucket(per_minute / 60, per_minute, self._clock)
+            device = self._devices[(origin, order.device_id)] = TokenBucket(
+                per_minute / 60, per_minute, self._clock
+            )
+        compound = self._compound.get(origin)
+        if compound is None:
+            limit = self._config.per_compound_per_minute
+            compound = self._compound[origin] = TokenBucket(limit / 60, limit, self._clock)
         if device.available() < 1:
             return Refusal(
-                RATE_LIMIT_RULE, f"device {order.device_id} accepts {per_minute:g} commands a minute"
+                RATE_LIMIT_RULE,
+                f"device {order.device_id} accepts {per_minute:g} commands a minute from the {origin.value}",
             )
-        if self._compound.available() < 1:
+        if compound.available() < 1:
             limit = self._config.per_compound_per_minute
-            return Refusal(RATE_LIMIT_RULE, f"this compound accepts {limit:g} commands a minute")
+            return Refusal(
+                RATE_LIMIT_RULE, f"this compound accepts {limit:g} commands a minute from the {origin.value}"
+            )
         device.take(1)
-        self._compound.take(1)
+        compound.take(1)
         return None

@@ -39,6 +39,7 @@ from gateway.command_policy import CommandGate, Refusal
 from gateway.config import GatewayConfig
 from gateway.local_rules.actions import Outcome
 from uplink.commands import (
+    FINAL_STATES,
     CommandOrder,
     CommandOrigin,
     CommandState,
@@ -56,6 +57,8 @@ Publish = Callable[[str, bytes], Awaitable[None]]
 SWEEP_S = 15.0
 PURGE_EVERY = timedelta(hours=6)
 REPORT_POLL_S = 0.5
+MAX_CLOCK_SKEW = timedelta(minutes=5)
+"""How far ahead of the compound's clock an order's issue time may lie."""
 
 
 class CommandService:
@@ -114,7 +117,7 @@ class CommandService:
             log.info("command_duplicate", command_id=order.command_id, state=known.value)
             return Admission(new=False, state=known)
         now = self._clock()
-        refusal = None if order.expired(now) else self._judge(order, origin)
+        refusal = None if order.expired(now) else self._judge(order, origin, now)
         admitted = await self._ledger.admit(
             order, origin, now, refused=(refusal.rule, refusal.reason) if refusal else None
         )
@@ -139,7 +142,13 @@ class CommandService:
             self.outcomes[(admitted.state.value, refusal.rule if refusal else "")] += 1
         return admitted
 
-    def _judge(self, order: CommandOrder, origin: CommandOrigin) -> Refusal | None:
+    def _judge(self, order: CommandOrder, origin: CommandOrigin, now: datetime) -> Refusal | None:
+        if order.issued_at > now + MAX_CLOCK_SKEW:
+            # an order from the future would outlive its id in the ledger; the clocks disagree
+            return Refusal(
+                "clock_skew",
+                f"issued at {order.issued_at.isoformat()}, after this compound's {now.isoformat()}",
+            )
         device = self._devices.get(order.device_id)
         if device is None:
             return Refusal("unknown_device", f"device {order.device_id} is not in this compound's inventory")
@@ -184,12 +193,25 @@ class CommandService:
         while True:
             command_id = await self._queue.get()
             self._in_queue.discard(command_id)
-            entry = await self._ledger.claim(command_id, self._clock())
-            self._reports_due.set()
-            if entry is None:  # expired while it waited, or already taken (the sweep queued it twice)
+            entry = await self._ledger.entry(command_id)
+            if entry is None or entry.state is not CommandState.QUEUED:
                 await self._settle_waiter(command_id)
                 continue
-            outcome = await self._executor.execute(entry)
+            if not self._executor.takes(entry.order.device_id):  # removed from the config since
+                gone = Step(
+                    CommandState.FAILED, f"device {entry.order.device_id} is no longer in the inventory"
+                )
+                await self._ledger.advance(command_id, gone, self._clock())
+                await self._settle_waiter(command_id)
+                continue
+            # the device's lock before the claim: the expiry is checked when it is really its turn
+            async with self._executor.device_lock(entry.order.device_id):
+                claimed = await self._ledger.claim(command_id, self._clock())
+                self._reports_due.set()
+                if claimed is None:  # expired while it waited, or taken by another worker
+                    await self._settle_waiter(command_id)
+                    continue
+                outcome = await self._executor.execute(claimed)
             self.outcomes[(outcome.state.value, "")] += 1
             self._reports_due.set()
             waiting = self._finals.pop(command_id, None)
@@ -210,11 +232,15 @@ class CommandService:
                 log.info("command_ledger_purged", commands=gone)
 
     async def _settle_waiter(self, command_id: str) -> None:
-        waiting = self._finals.pop(command_id, None)
-        if waiting is not None and not waiting.done():
-            entry = await self._ledger.entry(command_id)
-            state = entry.state if entry is not None else CommandState.FAILED
-            waiting.set_result(Step(state, entry.detail if entry is not None else "not in the ledger"))
+        # only a final state answers a local rule (another worker may still be executing it)
+        waiting = self._finals.get(command_id)
+        if waiting is None or waiting.done():
+            return
+        entry = await self._ledger.entry(command_id)
+        if entry is None:
+            waiting.set_result(Step(CommandState.FAILED, "not in the ledger"))
+        elif entry.state in FINAL_STATES:
+            waiting.set_result(Step(entry.state, entry.detail))
 
     async def execute_local(self, order: CommandOrder, timeout_s: float) -> Step:
         """A local rule's command: admitted like any order (origin ``rule``), then its final state.

@@ -71,8 +71,9 @@ def gateway_config(
     with path.open("a", encoding="utf-8") as handle:
         handle.write(
             "\n[backoff]\ninitial_s = 0.05\nmax_s = 0.5\n"
-            f"\n[commands]\npoll_s = 0.1\n{commands}\n"
+            "\n[commands]\npoll_s = 0.1\n"
             + ("" if "settle_s" in commands else "settle_s = { barrier = 2.0 }\n")
+            + f"{commands}\n"
             + '\n[uplink]\nmode = "mqtt"\nbatch_max_delay_ms = 20\n'
             f'[uplink.broker]\nhost = "127.0.0.1"\nport = {district_broker.port}\n'
             f"\n{rules}"

@@ -216,3 +216,16 @@ def test_reply_codes_decode_as_ok_only_for_ret_0(command_id: str, ret: int, msg:
         assert (reply.status, reply.reason) == (ReplyStatus.OK, None)
     else:
         assert (reply.status, reply.reason) == (ReplyStatus.REFUSED, msg.strip() or f"ret {ret}")
+
+
+def test_an_answer_whose_op_is_not_text_is_rejected_naming_the_field() -> None:
+    """``"op": []`` is refused as ``PayloadRejected`` on ``op``, not a ``TypeError`` that ends the session.
+
+    (Found in review: a list is unhashable, so ``op not in ops`` raised.)
+    """
+    ops: list[object] = [[], {}, 7, None]
+    for op in ops:
+        body = json.dumps({"id": "a", "op": op, "ret": 0}).encode()
+        with pytest.raises(PayloadRejected) as caught:
+            ENCODER.decode_reply(RawMessage(body, topic=f"siren/{SN}/cmd/resp"))
+        assert caught.value.rejection.field == "op"

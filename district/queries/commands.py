@@ -276,9 +276,11 @@ async def issue_command(ctx: QueryContext, request: CommandRequest) -> CommandVi
         case Issued.EXISTING:
             return command_view(ctx, held, repeated=True)
         case Issued.CONFLICT:
+            # what it was is told only to whoever may see that compound's commands
+            seen = ctx.principal.covers(held.district_id, held.compound_id)
+            what = f" ({held.action.value} of device {held.device_id} by {held.issued_by})" if seen else ""
             raise ConflictError(
-                f"command {record.command_id} was issued before for something else"
-                f" ({held.action.value} of device {held.device_id} by {held.issued_by}); choose another id",
+                f"command {record.command_id} was issued before for something else{what}; choose another id",
                 field="command_id",
             )
         case Issued.TOKEN_LIMIT:

@@ -295,7 +295,10 @@ async def detail(view: RouteView) -> web.StreamResponse:
     operator = ctx.principal.role.allows(Role.OPERATOR)
     pending = any(r.state in OPEN_STATES for r in evidence.requests) if evidence else False
     # the alarm's compound's devices that take commands (a siren to sound, a gate to open)
-    commands = panel(ctx, (await ctx.ask("devices", {"compounds": [alarm.event.compound_id]})).devices)
+    try:
+        commands = panel(ctx, (await ctx.ask("devices", {"compounds": [alarm.event.compound_id]})).devices)
+    except OperatorError:  # the alarm still shows, without the command panel
+        commands = panel(ctx, ())
     return view.page(
         "alarm.html",
         **commands,
