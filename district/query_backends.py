@@ -118,6 +118,11 @@ def rollups_serve(selection: Selection, *, group_by: Sequence[str], zone: ZoneIn
     return True
 
 
+def summary_serves(selection: Selection) -> bool:
+    """Whether a per-device summary (every kind, every event) can answer this device activity question."""
+    return not (selection.kinds or selection.devices or selection.equal_to())
+
+
 def _bucket_time(bucket_ns: int, zone: ZoneInfo) -> datetime:
     return datetime.fromtimestamp(bucket_ns / NS, tz=zone)
 
@@ -234,7 +239,53 @@ class SqliteQueries:
         )
 
     async def device_activity(self, selection: Selection) -> list[DeviceActivity]:
-        """Last event and last status report per device."""
+        """Last event and last status report per device: from the ``device_activity`` summary when it can.
+
+        The summary holds each device's last event ever; it answers a range that ends after them
+        (the inventory's does: it ends in the future). A device with a later one (a clock far ahead)
+        sends the question to the events.
+        """
+        if self.use_rollups and summary_serves(selection):
+            answer = await self._summary_activity(selection)
+            if answer is not None:
+                return answer
+        return await self._raw_activity(selection)
+
+    async def _summary_activity(self, selection: Selection) -> list[DeviceActivity] | None:
+        if selection.compounds is None:
+            scope, params = "district_id = ?", [selection.district_id]
+        else:
+            scope = f"compound_id IN ({','.join('?' * len(selection.compounds))})"
+            params = list(selection.compounds)
+        sql = (
+            "SELECT compound_id, device_id, dialect, last_ns, status_state, status_ns"  # noqa: S608 - placeholders only
+            f" FROM device_activity WHERE {scope} AND last_ns >= ?"
+        )
+
+        def run(db: sqlite3.Connection) -> list[tuple[Any, ...]]:
+            return db.execute(sql, [*params, selection.start_ns]).fetchall()
+
+        rows = await self._store.call(run)
+        if any(last >= selection.end_ns or (at or 0) >= selection.end_ns for _, _, _, last, _, at in rows):
+            return None
+        # a device's last status report over the compounds in scope, as the events' query groups it
+        last_status: dict[str, tuple[int, str]] = {}
+        for _, device, _, _, state, at in rows:
+            if at is not None and at >= selection.start_ns and at > last_status.get(device, (-1, ""))[0]:
+                last_status[device] = (at, state)
+        return [
+            DeviceActivity(
+                compound_id=compound,
+                device_id=device,
+                dialect=dialect,
+                last_seen_ns=last,
+                status_state=last_status[device][1] if device in last_status else None,
+                status_ns=last_status[device][0] if device in last_status else None,
+            )
+            for compound, device, dialect, last, _, _ in rows
+        ]
+
+    async def _raw_activity(self, selection: Selection) -> list[DeviceActivity]:
         where, params = sqlite_where(selection)
         seen_sql = (
             "SELECT compound_id, device_id, json_extract(body, '$.source.dialect'), max(time_ns)"  # noqa: S608 - placeholders only

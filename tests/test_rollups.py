@@ -24,6 +24,7 @@ Teeth, each broken once on purpose and seen failing:
 
 from __future__ import annotations
 
+import dataclasses
 import sqlite3
 from collections import Counter
 from datetime import UTC, datetime, timedelta
@@ -33,7 +34,7 @@ from zoneinfo import ZoneInfo
 
 from device_sims.influx import InfluxServer
 from district.query_backends import InfluxQueries, InfluxRollups, SqliteQueries, influx_rollups
-from district.query_model import CountRow, Selection
+from district.query_model import CountRow, DeviceActivity, Selection
 from foundation.events import DeviceState, DeviceStatusPayload, Event, EventKind, Severity
 from foundation.identity import event_id
 from tests.test_uplink_protocol import DISTRICT, thrown
@@ -342,3 +343,96 @@ async def test_influx_counts_from_rollups(influx: InfluxServer) -> None:
         args = {"interval": "hour", "group_by": ("compound", "kind"), "zone": CST}
         assert await raw.count(window, **args) == []
         assert await later.count(window, **args) == answers["hour"]
+
+
+def activity_key(a: DeviceActivity) -> tuple[str, str]:
+    return a.compound_id, a.device_id
+
+
+async def activity_pair(
+    store: SqliteStore, where: Selection
+) -> tuple[list[DeviceActivity], list[DeviceActivity]]:
+    """(from the summary, from the events) for one selection, each sorted by compound and device."""
+    summary = await SqliteQueries(store).device_activity(where)
+    raw = await SqliteQueries(store, use_rollups=False).device_activity(where)
+    return sorted(summary, key=activity_key), sorted(raw, key=activity_key)
+
+
+def moved(event: Event, n: int, at: datetime, dialect: str) -> Event:
+    """The event as another, later or earlier one of the same device (another id, time and dialect)."""
+    source = event.source.model_copy(update={"dialect": dialect})
+    return event.model_copy(
+        update={"event_id": f"{event.event_id}-{n}", "occurred_at": at, "received_at": at, "source": source}
+    )
+
+
+async def test_sqlite_device_activity_summary_equals_events(tmp_path: Path) -> None:
+    """The per-device summary answers what the events answer: after re-sends, a late backlog, retention, a scope.
+
+    Teeth: the trigger made to take every event as the newest (``dialect``/``last_ns`` set from
+    ``excluded`` unconditionally) -> the late backlog (older events, another dialect) written last
+    moved the devices' last seen back, and this test failed on the first comparison after it.
+    """
+    path = tmp_path / "store.db"
+    events, resent, backlog = scenario()
+    # the backlog's device speaks another dialect: a summary taking late events as newest shows it
+    backlog = [moved(e, 0, e.occurred_at, "old-firmware") for e in backlog]
+    last = moved(events[-1], 1, events[-1].occurred_at + timedelta(minutes=1), "new-firmware")
+    everywhere = selection(DAY0 - timedelta(days=5), NOW + timedelta(minutes=5))
+    async with SqliteStore(SqliteStoreConfig(path=path)) as store:
+        await store.write(events)
+        await store.write([*resent, last])
+        summary, raw = await activity_pair(store, everywhere)
+        assert summary == raw
+        assert {(a.compound_id, a.device_id) for a in raw} == {(e.compound_id, e.device_id) for e in events}
+        assert any(a.dialect == "new-firmware" for a in summary)
+        assert any(a.status_state == "offline" for a in summary)
+        await store.write(backlog)
+        await store.write(backlog[::2] + resent)
+        assert await activity_pair(store, everywhere) == (summary, raw)
+        assert all(a.dialect != "old-firmware" for a in summary)
+        # one compound in scope; a range starting after the last status reports (statuses none)
+        scoped = dataclasses.replace(everywhere, compounds=(C1,))
+        pair = await activity_pair(store, scoped)
+        assert pair[0] == pair[1]
+        assert {a.compound_id for a in pair[0]} == {C1}
+        last_status = max(point_time_ns(e) for e in events if e.kind is EventKind.DEVICE_STATUS)
+        late_start = dataclasses.replace(everywhere, start_ns=last_status + 1)
+        pair = await activity_pair(store, late_start)
+        assert pair[0] == pair[1]
+        assert pair[0]
+        assert all(a.status_state is None for a in pair[0])
+        # a range ending before the last events: the summary cannot say, the events answer
+        early = dataclasses.replace(everywhere, end_ns=point_time_ns(events[100]))
+        pair = await activity_pair(store, early)
+        assert pair[0] == pair[1]
+        assert pair[0]
+        # every event purged by retention: the summary forgets what it knew of them
+        await store.enforce_retention(
+            RetentionRules(events_days=1, hit_crops_days=1, batch_rows=50),
+            NOW + timedelta(hours=12),
+            RetentionCounts(),
+        )
+        assert await activity_pair(store, everywhere) == ([], [])
+
+
+async def test_sqlite_device_activity_backfilled_and_rebuilt(tmp_path: Path) -> None:
+    """A file from before the summary gets it from its events when opened; the rebuild gives the same."""
+    path = tmp_path / "old.db"
+    events, _, backlog = scenario()
+    with sqlite3.connect(path) as db:
+        db.executescript(SQLITE_SCHEMA)
+        migrate_sqlite_store(db)
+        db.execute("DROP TRIGGER events_device_activity")
+        db.execute("DROP TABLE device_activity")
+        db.executemany(SQLITE_INSERT, [sqlite_row(e) for e in events + backlog])
+    everywhere = selection(DAY0 - timedelta(days=5), NOW + timedelta(minutes=5))
+    async with SqliteStore(SqliteStoreConfig(path=path)) as store:
+        summary, raw = await activity_pair(store, everywhere)
+        assert summary == raw
+        assert len(raw) == 4
+        rollup_rows, devices = await store.rebuild_summaries()
+        assert devices == 4
+        assert rollup_rows > 100  # every hour but the oldest (kept: its events may be thinned)
+        assert await activity_pair(store, everywhere) == (summary, raw)
+        assert sqlite_rollups(path) == distinct_counts(events + backlog)

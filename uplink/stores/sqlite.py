@@ -6,6 +6,11 @@ and fires only for rows actually inserted (``INSERT OR IGNORE`` of a re-sent eve
 nothing), so a re-sent event counts once and a late backlog adds to its own, older hours. Deleting
 events (retention) does not touch the roll-ups: they are purged by their own, longer
 ``rollup_days``.
+
+``device_activity`` holds per district, compound and device its last event (time and dialect) and
+its last status report (time and state), kept by a second trigger as events arrive (an event that
+is not newer changes nothing, so re-sent and late events leave it exact). It answers the device
+inventory without reading a month of events; retention removes what it says about purged events.
 """
 
 from __future__ import annotations
@@ -141,6 +146,42 @@ class SqliteStore(SqliteBacked):
         except (sqlite3.Error, OSError) as exc:
             raise StoreError(f"sqlite store {self.path}: {exc}", retryable=True) from exc
 
+    async def forget_activity_before(self, cutoff_ns: int) -> None:
+        """Drop from ``device_activity`` what it says about events older than ``cutoff_ns`` (purged ones).
+
+        A device whose last event is older goes; a last status report that is older is forgotten.
+        The summary then says what the stored events say.
+        """
+
+        def forget(db: sqlite3.Connection) -> None:
+            with transaction(db):
+                db.execute("DELETE FROM device_activity WHERE last_ns < ?", (cutoff_ns,))
+                db.execute(
+                    "UPDATE device_activity SET status_state = NULL, status_ns = NULL WHERE status_ns < ?",
+                    (cutoff_ns,),
+                )
+
+        try:
+            await self._file.call(forget)
+        except (sqlite3.Error, OSError) as exc:
+            raise StoreError(f"sqlite store {self.path}: {exc}", retryable=True) from exc
+
+    async def rebuild_summaries(self) -> tuple[int, int]:
+        """Recount the hourly roll-ups of every hour whose events are all stored, and rebuild ``device_activity``.
+
+        The repair and first-fill tool behind ``compound-gateway rollups rebuild``; the triggers keep
+        both exact as events arrive. Returns (roll-up rows written, devices summarised).
+        """
+
+        def rebuild(db: sqlite3.Connection) -> tuple[int, int]:
+            with transaction(db):
+                return rebuild_rollup_hours(db, -(2**62), 2**62), rebuild_device_activity(db)
+
+        try:
+            return await self._file.call(rebuild)
+        except (sqlite3.Error, OSError) as exc:
+            raise StoreError(f"sqlite store {self.path}: {exc}", retryable=True) from exc
+
     async def rebuild_rollups(self, start_ns: int, end_ns: int) -> int:
         """Recount the roll-ups of the hours from ``start_ns`` to ``end_ns`` from the events still stored.
 
@@ -194,7 +235,9 @@ class SqliteStore(SqliteBacked):
         def purged(deleted: int) -> None:
             tally.events_purged += deleted
 
-        await self.purge_before(rules.cutoff_ns(rules.events_days, now), rules.batch_rows, on_batch=purged)
+        events_cutoff = rules.cutoff_ns(rules.events_days, now)
+        await self.purge_before(events_cutoff, rules.batch_rows, on_batch=purged)
+        await self.forget_activity_before(events_cutoff)
         await self.purge_rollups_before(rules.cutoff_ns(rules.rollup_days, now), rules.batch_rows)
         cutoff_ns = rules.cutoff_ns(rules.hit_crops_days, now)
         batch_rows = min(rules.batch_rows, HIT_CROPS_BATCH_MAX)
@@ -252,6 +295,32 @@ CREATE TRIGGER IF NOT EXISTS events_rollup AFTER INSERT ON events BEGIN
     INSERT INTO event_rollups (compound_id, hour_ns, kind, severity, district_id, events)
     VALUES (NEW.compound_id, NEW.time_ns / 3600000000000 * 3600000000000, NEW.kind, NEW.severity, NEW.district_id, 1)
     ON CONFLICT (compound_id, hour_ns, kind, severity, district_id) DO UPDATE SET events = events + 1;
+END;
+"""
+# Device activity: one row per district, compound and device. Every SET expression of an UPSERT
+# reads the row as it was, so the last event's dialect and time change together, and only for a
+# newer event (a re-sent or late one changes nothing).
+SQLITE_DEVICE_ACTIVITY = """
+CREATE TABLE IF NOT EXISTS device_activity (
+    district_id  TEXT NOT NULL,
+    compound_id  TEXT NOT NULL,
+    device_id    TEXT NOT NULL,
+    dialect      TEXT,
+    last_ns      INTEGER NOT NULL,
+    status_state TEXT,
+    status_ns    INTEGER,
+    PRIMARY KEY (district_id, compound_id, device_id)
+);
+CREATE TRIGGER IF NOT EXISTS events_device_activity AFTER INSERT ON events BEGIN
+    INSERT INTO device_activity (district_id, compound_id, device_id, dialect, last_ns, status_state, status_ns)
+    VALUES (NEW.district_id, NEW.compound_id, NEW.device_id, json_extract(NEW.body, '$.source.dialect'), NEW.time_ns,
+            CASE WHEN NEW.kind = 'device_status' THEN json_extract(NEW.body, '$.payload.state') END,
+            CASE WHEN NEW.kind = 'device_status' THEN NEW.time_ns END)
+    ON CONFLICT (district_id, compound_id, device_id) DO UPDATE SET
+        dialect = CASE WHEN excluded.last_ns > last_ns THEN excluded.dialect ELSE dialect END,
+        last_ns = max(last_ns, excluded.last_ns),
+        status_state = CASE WHEN excluded.status_ns > coalesce(status_ns, -1) THEN excluded.status_state ELSE status_state END,
+        status_ns = CASE WHEN excluded.status_ns > coalesce(status_ns, -1) THEN excluded.status_ns ELSE status_ns END;
 END;
 """
 ROLLUP_FROM_EVENTS = (
@@ -325,6 +394,12 @@ def migrate_sqlite_store(db: sqlite3.Connection) -> None:
                 for statement in _statements(SQLITE_ROLLUPS):
                     db.execute(statement)
                 db.execute(ROLLUP_FROM_EVENTS, (-(2**63), 2**63 - 1))
+    if not _has_table(db, "device_activity"):
+        with transaction(db):
+            if not _has_table(db, "device_activity"):  # again under the write lock, as above
+                for statement in _statements(SQLITE_DEVICE_ACTIVITY):
+                    db.execute(statement)
+                rebuild_device_activity(db)
 
 
 def _has_table(db: sqlite3.Connection, name: str) -> bool:
@@ -363,6 +438,29 @@ def rebuild_rollup_hours(db: sqlite3.Connection, start_ns: int, end_ns: int) -> 
         return 0
     db.execute("DELETE FROM event_rollups WHERE hour_ns >= ? AND hour_ns < ?", (start, end))
     return db.execute(ROLLUP_FROM_EVENTS, (start, end)).rowcount
+
+
+def rebuild_device_activity(db: sqlite3.Connection) -> int:
+    """Fill ``device_activity`` again from the stored events (run it inside a transaction); returns its rows.
+
+    SQLite takes a bare column of a ``max()`` query from the row holding the maximum.
+    """
+    db.execute("DELETE FROM device_activity")
+    db.execute(
+        "INSERT INTO device_activity (district_id, compound_id, device_id, dialect, last_ns)"
+        " SELECT district_id, compound_id, device_id, json_extract(body, '$.source.dialect'), max(time_ns)"
+        " FROM events GROUP BY district_id, compound_id, device_id"
+    )
+    statuses = db.execute(
+        "SELECT json_extract(body, '$.payload.state'), max(time_ns), district_id, compound_id, device_id"
+        " FROM events WHERE kind = 'device_status' GROUP BY district_id, compound_id, device_id"
+    ).fetchall()
+    db.executemany(
+        "UPDATE device_activity SET status_state = ?, status_ns = ?"
+        " WHERE district_id = ? AND compound_id = ? AND device_id = ?",
+        statuses,
+    )
+    return int(db.execute("SELECT count(*) FROM device_activity").fetchone()[0])
 
 
 def sqlite_event_ids(path: Path) -> list[str]:
