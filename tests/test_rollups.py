@@ -24,6 +24,7 @@ Teeth, each broken once on purpose and seen failing:
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import sqlite3
 from collections import Counter
@@ -32,6 +33,9 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import pytest
+
+from cli.main import main
 from device_sims.influx import InfluxServer
 from district.query_backends import InfluxQueries, InfluxRollups, SqliteQueries, influx_rollups
 from district.query_model import CountRow, DeviceActivity, Selection
@@ -436,3 +440,60 @@ async def test_sqlite_device_activity_backfilled_and_rebuilt(tmp_path: Path) -> 
         assert rollup_rows > 100  # every hour but the oldest (kept: its events may be thinned)
         assert await activity_pair(store, everywhere) == (summary, raw)
         assert sqlite_rollups(path) == distinct_counts(events + backlog)
+
+
+def district_toml(tmp_path: Path, store: str) -> Path:
+    path = tmp_path / "district.toml"
+    path.write_text(f'district_id = "{DISTRICT}"\n[store]\n{store}\n', encoding="utf-8")
+    return path
+
+
+async def test_cli_backfill_rollups_sqlite(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``ingest --backfill-rollups`` puts damaged roll-ups and device summary back to what the events say.
+
+    Teeth: the command made to return before rebuilding -> the damaged counts stayed, this failed.
+    """
+    path = tmp_path / "store.db"
+    events, resent, backlog = scenario()
+    async with SqliteStore(SqliteStoreConfig(path=path)) as store:
+        await store.write(events + backlog)
+        await store.write(resent)
+        everywhere = selection(DAY0 - timedelta(days=5), NOW + timedelta(minutes=5))
+        good = await activity_pair(store, everywhere)
+    with sqlite3.connect(path) as db:  # an operator's mistake, a restored half backup
+        db.execute("UPDATE event_rollups SET events = events + 5")
+        db.execute("DELETE FROM device_activity WHERE rowid % 2 = 0")
+    assert sqlite_rollups(path) != distinct_counts(events + backlog)
+    config = district_toml(tmp_path, f'type = "sqlite"\npath = "{path}"')
+    assert await asyncio.to_thread(main, ["ingest", "--config", str(config), "--backfill-rollups"]) == 0
+    assert "rollups rebuilt" in capsys.readouterr().out
+    # every hour but the oldest (its events may be thinned by retention: it keeps its count)
+    oldest = min(hour for *_, hour in distinct_counts(events + backlog))
+    assert Counter({k: n for k, n in sqlite_rollups(path).items() if k[3] != oldest}) == Counter(
+        {k: n for k, n in distinct_counts(events + backlog).items() if k[3] != oldest}
+    )
+    async with SqliteStore(SqliteStoreConfig(path=path)) as store:
+        assert await activity_pair(store, everywhere) == good
+
+
+async def test_cli_backfill_rollups_influx(
+    influx: InfluxServer, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """On InfluxDB 1.x the command creates the roll-ups of a store that has none and counts every event."""
+    config = InfluxV1StoreConfig(url=influx.url, database="district")
+    events, resent, backlog = scenario()
+    async with InfluxV1Store(config) as store:
+        await store.write(events + backlog)
+        await store.write(resent)
+        assert not await store.rollups_backfilled()
+    path = district_toml(tmp_path, f'type = "influx_v1"\nurl = "{influx.url}"\ndatabase = "district"')
+    assert await asyncio.to_thread(main, ["ingest", "--config", str(path), "--backfill-rollups"]) == 0
+    assert "rollups rebuilt" in capsys.readouterr().out
+    async with InfluxV1Store(config) as store:
+        assert await store.rollups_backfilled()
+        assert await influx_rollup_counts(store) == distinct_counts(events + backlog)
+    v2 = district_toml(
+        tmp_path, f'type = "influx_v2"\nurl = "{influx.url}"\norg = "o"\nbucket = "b"\ntoken = "t"'
+    )
+    assert await asyncio.to_thread(main, ["ingest", "--config", str(v2), "--backfill-rollups"]) == 2
+    assert "not implemented" in capsys.readouterr().err
