@@ -40,7 +40,7 @@ from uplink.stores import (
     StoreConfig,
     StoreError,
 )
-from uplink.stores.influx_v1 import ROLLUP_FIELD, ROLLUP_MARKER
+from uplink.stores.influx_v1 import DEVICE_DAYS, DEVICE_DAYS_MARKER, ROLLUP_FIELD, ROLLUP_MARKER
 
 NS = 1_000_000_000
 HOUR_NS = 3600 * NS
@@ -49,6 +49,7 @@ ALL_KINDS = tuple(kind.value for kind in EventKind)
 GROUP_COLUMNS = {"compound": "compound_id", "kind": "kind", "device": "device_id"}
 _ZONE_NAME = re.compile(r"^[A-Za-z0-9_+\-/]{1,64}$")
 T_co = TypeVar("T_co", covariant=True)
+DEVICES_PER_QUERY = 100  # devices named in one InfluxQL statement (bound parameters, OR-ed)
 
 
 class StoreQuery(Protocol[T_co]):
@@ -370,6 +371,8 @@ class InfluxRollups:
     policy: str
     marker: str
     field: str
+    device_days: str = DEVICE_DAYS
+    device_marker: str = DEVICE_DAYS_MARKER
     fresh_hours: int = 2
     recheck_s: float = 60.0
 
@@ -388,25 +391,31 @@ class InfluxQueries:
         self._ping = ping
         self._rollups = rollups
         self._now_ns = now_ns
-        self._rollups_ready = False
-        self._rollups_checked = float("-inf")
+        self._ready: set[str] = set()
+        self._checked: dict[str, float] = {}
 
-    async def rollups_ready(self) -> bool:
-        """Whether the roll-ups cover every stored event (their backfill marker is there).
+    async def rollups_ready(self, marker: str | None = None) -> bool:
+        """Whether a roll-up level covers every stored event (its backfill marker is there).
 
-        Asked again at most every ``recheck_s`` until it is; then never again.
+        ``marker``: the level's (default: the hourly counts'). Asked again at most every
+        ``recheck_s`` until it is; then never again.
         """
         rollups = self._rollups
         if rollups is None:
             return False
-        if not self._rollups_ready and time.monotonic() - self._rollups_checked >= rollups.recheck_s:
-            self._rollups_checked = time.monotonic()
-            query = f'SELECT count("done") FROM "{rollups.policy}"."{rollups.marker}"'  # noqa: S608 - our identifiers
+        marker = marker or rollups.marker
+        if (
+            marker not in self._ready
+            and time.monotonic() - self._checked.get(marker, float("-inf")) >= rollups.recheck_s
+        ):
+            self._checked[marker] = time.monotonic()
+            query = f'SELECT count("done") FROM "{rollups.policy}"."{marker}"'  # noqa: S608 - our identifiers
             try:
-                self._rollups_ready = bool(series_of(await self._run(query, {})))
+                if series_of(await self._run(query, {})):
+                    self._ready.add(marker)
             except StoreError:
-                self._rollups_ready = False  # no roll-up policy yet: raw counts until there is
-        return self._rollups_ready
+                pass  # no roll-up policy yet: raw events answer until there is
+        return marker in self._ready
 
     async def ping(self) -> None:
         """The server answers ``/ping``."""
@@ -498,22 +507,34 @@ class InfluxQueries:
                 totals[key] = totals.get(key, 0) + int(count)
 
     async def device_activity(self, selection: Selection) -> list[DeviceActivity]:
-        """``last()`` per device over every kind, and per device and state over status reports."""
+        """``last()`` per device over every kind, and per device and state over status reports.
+
+        With the device days rolled up, the last event of each device is read from its last day
+        only: the fresh hours (which the roll-ups may not have counted yet) from raw events for
+        every device, then, for each device not heard in them, the day the device days say it
+        was last heard (one query per such day, its devices named). Status reports are few
+        (a measurement of their own): read as they are.
+        """
         where, params = influx_where(selection)
-        seen_query = (
-            f"SELECT last(event_id) FROM {measurements(selection)} WHERE {where}"  # noqa: S608 - bound parameters
-            " GROUP BY compound_id, device_id, dialect"
-        )
+        last_seen: dict[str, tuple[int, str, str]] = {}
+        rollups = self._rollups
+        if (
+            rollups is not None
+            and summary_serves(selection)
+            and await self.rollups_ready(rollups.device_marker)
+        ):
+            fresh_ns = (self._now_ns() // HOUR_NS - rollups.fresh_hours + 1) * HOUR_NS
+            split = min(max(fresh_ns, selection.start_ns), selection.end_ns)
+            if split < selection.end_ns:
+                await self._last_seen(dataclasses.replace(selection, start_ns=split), last_seen)
+            if split > selection.start_ns:
+                await self._last_seen_from_days(selection, split, rollups, last_seen)
+        else:
+            await self._last_seen(selection, last_seen)
         status_query = (
             f'SELECT last(event_id) FROM "device_status" WHERE {where}'  # noqa: S608 - bound parameters
             " GROUP BY device_id, state"
         )
-        last_seen: dict[str, tuple[int, str, str]] = {}
-        for series in series_of(await self._run(seen_query, params)):
-            tags = series["tags"]
-            at = int(series["values"][0][0])
-            if at > last_seen.get(tags["device_id"], (-1, "", ""))[0]:
-                last_seen[tags["device_id"]] = (at, tags["compound_id"], tags.get("dialect", ""))
         last_status: dict[str, tuple[int, str]] = {}
         for series in series_of(await self._run(status_query, params)):
             tags = series["tags"]
@@ -531,6 +552,52 @@ class InfluxQueries:
             )
             for device, (at, compound, dialect) in last_seen.items()
         ]
+
+    async def _last_seen(self, selection: Selection, last_seen: dict[str, tuple[int, str, str]]) -> None:
+        """Each device's last event in the selection, into ``last_seen`` where later than what it holds."""
+        where, params = influx_where(selection)
+        seen_query = (
+            f"SELECT last(event_id) FROM {measurements(selection)} WHERE {where}"  # noqa: S608 - bound parameters
+            " GROUP BY compound_id, device_id, dialect"
+        )
+        for series in series_of(await self._run(seen_query, params)):
+            tags = series["tags"]
+            at = int(series["values"][0][0])
+            if at > last_seen.get(tags["device_id"], (-1, "", ""))[0]:
+                last_seen[tags["device_id"]] = (at, tags["compound_id"], tags.get("dialect", ""))
+
+    async def _last_seen_from_days(
+        self,
+        selection: Selection,
+        split: int,
+        rollups: InfluxRollups,
+        last_seen: dict[str, tuple[int, str, str]],
+    ) -> None:
+        """Before ``split``: the devices not in ``last_seen``, each read on its last day with events."""
+        days = dataclasses.replace(selection, start_ns=selection.start_ns // DAY_NS * DAY_NS, end_ns=split)
+        where, params = influx_where(days)
+        query = (
+            f'SELECT last("{rollups.field}") FROM "{rollups.policy}"."{rollups.device_days}"'  # noqa: S608 - our identifiers, bound parameters
+            f" WHERE {where} GROUP BY compound_id, device_id"
+        )
+        last_day: dict[str, int] = {}
+        for series in series_of(await self._run(query, params)):
+            device = series["tags"]["device_id"]
+            if device not in last_seen:
+                last_day[device] = max(last_day.get(device, 0), int(series["values"][0][0]))
+        by_day: dict[int, list[str]] = {}
+        for device, day in sorted(last_day.items()):
+            by_day.setdefault(day, []).append(device)
+        for day, devices in sorted(by_day.items()):
+            for i in range(0, len(devices), DEVICES_PER_QUERY):
+                window = dataclasses.replace(
+                    selection,
+                    start_ns=max(day, selection.start_ns),
+                    end_ns=min(day + DAY_NS, split),
+                    devices=tuple(devices[i : i + DEVICES_PER_QUERY]),
+                )
+                if window.start_ns < window.end_ns:
+                    await self._last_seen(window, last_seen)
 
 
 def _order(key: tuple[int, str | None, str | None, str | None]) -> tuple[int, str, str, str]:

@@ -248,8 +248,8 @@ async def influx_rollup_counts(store: InfluxV1Store) -> Counter[Key]:
     counts: Counter[Key] = Counter()
     for result in results:
         for series in result.get("series", []):
-            if series["name"] == "rollups_backfilled":
-                continue
+            if series["name"] in {"rollups_backfilled", "device_days_backfilled", "device_days"}:
+                continue  # the markers, and the device days (a level of their own)
             tags = series["tags"]
             for at, n in series["values"]:
                 if n:
@@ -272,13 +272,29 @@ async def test_influx_rollups_equal_distinct_raw(influx: InfluxServer) -> None:
         assert await store.rollups_backfilled()
         assert await influx_rollup_counts(store) == distinct_counts(events)
         (result,) = await store.query("SHOW CONTINUOUS QUERIES")
-        (cq,) = [row for s in result["series"] if s["name"] == "district" for row in s.get("values", [])]
+        queries = [row for s in result["series"] if s["name"] == "district" for row in s.get("values", [])]
+        assert len(queries) == 2  # the counts' and the device days'
+        (cq,) = [row for row in queries if row[0].startswith("event_rollups_")]
         assert "RESAMPLE EVERY 1h FOR 1w" in cq[1]
         assert cq[1].endswith("GROUP BY time(1h), district_id, compound_id, severity END")
         # the roll-up series are per compound and severity only (never per device: cardinality)
         (result,) = await store.query('SELECT count("events") FROM "event_rollups"./.*/ GROUP BY *')
-        tagged = {(key, bool(value)) for series in result["series"] for key, value in series["tags"].items()}
-        assert {key for key, present in tagged if present} == {"compound_id", "district_id", "severity"}
+        tagged = {
+            (series["name"] == "device_days", key, bool(value))
+            for series in result["series"]
+            for key, value in series["tags"].items()
+        }
+        assert {key for days, key, present in tagged if present and not days} == {
+            "compound_id",
+            "district_id",
+            "severity",
+        }
+        # the device days: a series per device (as the events have), nothing finer
+        assert {key for days, key, present in tagged if present and days} == {
+            "compound_id",
+            "district_id",
+            "device_id",
+        }
         (result,) = await store.query('SHOW RETENTION POLICIES ON "district"')
         policies = {row[0]: (row[1], row[4]) for row in result["series"][0]["values"]}
         assert policies["event_rollups"] == ("9600h0m0s", False)  # 400 days, not the default
@@ -497,3 +513,54 @@ async def test_cli_backfill_rollups_influx(
     )
     assert await asyncio.to_thread(main, ["ingest", "--config", str(v2), "--backfill-rollups"]) == 2
     assert "not implemented" in capsys.readouterr().err
+
+
+async def test_influx_device_activity_from_device_days(influx: InfluxServer) -> None:
+    """The device inventory from device days + the last day's events equals the raw answer.
+
+    Fresh hours split the data ("now" in its middle) or follow it; re-sends; a late backlog holding
+    a device heard nowhere else (written after the roll-ups exist: its days are recounted by the
+    write). Teeth: the device-days recount dropped from ``recount_rollups`` -> the backlog-only
+    device was missing from the answer and this test failed at the "backlog" comparison.
+    """
+    config = InfluxV1StoreConfig(url=influx.url, database="district")
+    events, resent, backlog = scenario()
+    backlog = [
+        e.model_copy(update={"device_id": "36010400011320000077"}) if n % 2 else e
+        for n, e in enumerate(backlog)
+    ]
+    async with InfluxV1Store(config) as store:
+        await store.write(events)
+        await store.write(resent)
+
+        async def run(query: str, params: dict[str, str | int]) -> list[dict[str, Any]]:
+            return await store.query(query, method="POST", params=params, epoch="ns")
+
+        where = InfluxRollups(**{**vars(influx_rollups(config)), "recheck_s": 0.0})
+        raw = InfluxQueries(run, store.ping)
+        middle = int((DAY0 + timedelta(hours=20, minutes=10)).timestamp()) * 10**9
+        after = int((NOW + timedelta(days=1)).timestamp()) * 10**9
+        everywhere = selection(DAY0 - timedelta(days=5), NOW + timedelta(minutes=5))
+        windows = [
+            everywhere,
+            dataclasses.replace(everywhere, compounds=(C1,)),
+            dataclasses.replace(everywhere, start_ns=int((DAY0 + timedelta(hours=9)).timestamp()) * 10**9),
+        ]
+
+        async def compare(now_ns: int) -> None:
+            rolled = InfluxQueries(run, store.ping, where, now_ns=lambda: now_ns)
+            for window in windows:
+                expected = sorted(await raw.device_activity(window), key=activity_key)
+                assert expected
+                assert sorted(await rolled.device_activity(window), key=activity_key) == expected
+
+        await store.ensure_rollups(400, alter=False)
+        assert await store.rollups_backfilled("device_days_backfilled")
+        for now_ns in (middle, after):
+            await compare(now_ns)
+        await store.write(backlog)  # late: its compound's hours and days are recounted
+        await store.write(backlog[::3] + resent)
+        heard = {a.device_id for a in await raw.device_activity(everywhere)}
+        assert "36010400011320000077" in heard  # backlog
+        for now_ns in (middle, after):
+            await compare(now_ns)
