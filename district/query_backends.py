@@ -119,6 +119,24 @@ def rollups_serve(selection: Selection, *, group_by: Sequence[str], zone: ZoneIn
     return True
 
 
+def days_serve(selection: Selection, zone: ZoneInfo, offset_ns: int | None) -> bool:
+    """Whether daily roll-ups kept at UTC offset ``offset_ns`` hold this range's local days of ``zone``.
+
+    The range must run from a local midnight to a local midnight, and the zone be at that offset
+    at every midnight between (a zone with summer time is not, for half the year: hours answer).
+    Check ``rollups_serve`` too: days hold what hours hold.
+    """
+    if offset_ns is None:
+        return False
+    if (selection.start_ns + offset_ns) % DAY_NS or (selection.end_ns + offset_ns) % DAY_NS:
+        return False
+    for at in range(selection.start_ns, selection.end_ns + 1, DAY_NS):
+        offset = datetime.fromtimestamp(at / NS, tz=zone).utcoffset() or timedelta()
+        if int(offset.total_seconds()) * NS != offset_ns:
+            return False
+    return True
+
+
 def summary_serves(selection: Selection) -> bool:
     """Whether a per-device summary (every kind, every event) can answer this device activity question."""
     return not (selection.kinds or selection.devices or selection.equal_to())
@@ -209,7 +227,16 @@ class SqliteQueries:
         start = datetime.fromtimestamp(selection.start_ns / NS, tz=zone)
         offset = int((start.utcoffset() or timedelta()).total_seconds()) * NS
         columns = [GROUP_COLUMNS[g] for g in group_by]
-        if self.use_rollups and rollups_serve(selection, group_by=group_by, zone=zone):
+        if (
+            self.use_rollups
+            and interval == "day"
+            and rollups_serve(selection, group_by=group_by, zone=zone)
+            and days_serve(selection, zone, self._store.day_offset_ns)
+        ):
+            # the daily roll-ups: the zone's days are the table's (same columns, days as day_ns)
+            where = where.replace("time_ns", "day_ns")
+            time_column, table, total = "day_ns", "event_rollups_daily", "sum(events)"
+        elif self.use_rollups and rollups_serve(selection, group_by=group_by, zone=zone):
             # the roll-up table has the filtered columns under the same names, hours as hour_ns
             where = where.replace("time_ns", "hour_ns")
             time_column, table, total = "hour_ns", "event_rollups", "sum(events)"

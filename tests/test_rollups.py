@@ -564,3 +564,84 @@ async def test_influx_device_activity_from_device_days(influx: InfluxServer) -> 
         assert "36010400011320000077" in heard  # backlog
         for now_ns in (middle, after):
             await compare(now_ns)
+
+
+def sqlite_days(path: Path) -> Counter[Key]:
+    with sqlite3.connect(path) as db:
+        return Counter(
+            {
+                (compound, kind, severity, day): n
+                for compound, kind, severity, day, n in db.execute(
+                    "SELECT compound_id, kind, severity, day_ns, events FROM event_rollups_daily"
+                )
+            }
+        )
+
+
+def distinct_days(events: list[Event], offset_hours: int) -> Counter[Key]:
+    """The oracle: distinct events per (compound, kind, severity, local day start at that UTC offset)."""
+    offset = offset_hours * HOUR_NS
+    day = 24 * HOUR_NS
+    unique = {e.event_id: e for e in events}
+    return Counter(
+        (e.compound_id, e.kind.value, e.severity.value, (point_time_ns(e) + offset) // day * day - offset)
+        for e in unique.values()
+    )
+
+
+async def test_sqlite_daily_rollups(tmp_path: Path) -> None:
+    """Daily roll-ups (local days of UTC+8) == distinct raw counts; day counts read them and agree with raw.
+
+    Teeth: the daily rows altered by hand -> the day count changed with them (so the query reads
+    the daily level, and its equality with raw answers is the daily level's); the daily trigger
+    made to fire ``BEFORE INSERT`` (counting ignored re-sends) -> the first comparison failed.
+    """
+    path = tmp_path / "store.db"
+    events, resent, backlog = scenario()
+    everything = events + backlog
+    async with SqliteStore(SqliteStoreConfig(path=path)) as store:
+        await store.write(events)
+        await store.write(resent + backlog)
+        await store.write(backlog[::2])
+        assert sqlite_days(path) == distinct_days(everything, 8)
+        rolled, raw = SqliteQueries(store), SqliteQueries(store, use_rollups=False)
+        cst_midnight = datetime(2026, 6, 4, 16, 0, tzinfo=UTC)  # 2026-06-05 00:00 in Asia/Shanghai
+        window = selection(cst_midnight, cst_midnight + timedelta(days=8))
+        for group_by in (("compound", "kind"), ("kind",), ("compound",)):
+            args: dict[str, Any] = {"interval": "day", "group_by": group_by, "zone": CST}
+            assert await rolled.count(window, **args) == await raw.count(window, **args)
+        args = {"interval": "day", "group_by": ("compound", "kind"), "zone": CST}
+        expected = expected_rows(everything, interval="day", zone=CST)
+        assert await rolled.count(window, **args) == expected
+        critical = dataclasses.replace(window, severity="critical")
+        assert await rolled.count(critical, **args) == await raw.count(critical, **args)
+        with sqlite3.connect(path) as db:
+            db.execute("UPDATE event_rollups_daily SET events = events + 1000")
+        assert await rolled.count(window, **args) != expected  # the daily level answered
+        await store.rebuild_summaries()
+        assert await rolled.count(window, **args) == expected
+        # a zone at another offset (UTC): its days are not these; hours answer, and agree
+        utc_window = selection(DAY0 - timedelta(days=5), DAY0 + timedelta(days=2))
+        utc_args: dict[str, Any] = {"interval": "day", "group_by": ("kind",), "zone": ZoneInfo("UTC")}
+        assert await rolled.count(utc_window, **utc_args) == await raw.count(utc_window, **utc_args)
+        # retention: whole local days before the cutoff go, with their hours
+        await store.enforce_retention(
+            RetentionRules(events_days=1, hit_crops_days=1, batch_rows=7, rollup_days=3),
+            NOW,
+            RetentionCounts(),
+        )
+        cutoff = int((NOW - timedelta(days=3)).timestamp()) * 10**9
+        kept = Counter(
+            {k: n for k, n in distinct_days(everything, 8).items() if k[3] + 24 * HOUR_NS > cutoff}
+        )
+        assert sqlite_days(path) == kept
+        assert kept != distinct_days(everything, 8)  # the backlog's days went
+    # the district moves to another zone (UTC): the next opening rebuilds the days from the hours
+    async with SqliteStore(SqliteStoreConfig(path=path, rollup_day_offset_hours=0)):
+        kept_hours = sqlite_rollups(path)
+        by_day: Counter[Key] = Counter()
+        for (compound, kind, severity, hour), n in kept_hours.items():
+            by_day[(compound, kind, severity, hour // (24 * HOUR_NS) * 24 * HOUR_NS)] += n
+        assert sqlite_days(path) == by_day
+    async with SqliteStore(SqliteStoreConfig(path=path, rollup_day_offset_hours=None)):
+        assert sqlite_days(path) == Counter()

@@ -21,6 +21,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Literal, Self, TypeVar
 
+from pydantic import Field
+
 from foundation.config_types import ConfigModel
 from foundation.events import Event
 from foundation.sqlite_thread import SqliteBacked, transaction
@@ -43,6 +45,13 @@ class SqliteStoreConfig(ConfigModel):
 
     type: Literal["sqlite"] = "sqlite"
     path: Path
+    rollup_day_offset_hours: int | None = Field(
+        default=8,
+        ge=-12,
+        le=14,
+        description="UTC offset (whole hours) of the district's local day for the daily roll-ups:"
+        " [api] timezone's (Asia/Shanghai: 8); none: no daily level (day counts sum hours)",
+    )
 
     def build(self) -> SqliteStore:
         """The store this config names (enter it with ``async with``)."""
@@ -54,10 +63,14 @@ class SqliteStore(SqliteBacked):
 
     def __init__(self, config: SqliteStoreConfig) -> None:
         super().__init__(config.path, SQLITE_SCHEMA, "sqlite-store")
+        hours = config.rollup_day_offset_hours
+        self.day_offset_ns: int | None = None if hours is None else hours * HOUR_NS
+        """The daily roll-ups' local day: its UTC offset in ns (None: no daily level)."""
 
     async def __aenter__(self) -> Self:
         await super().__aenter__()
-        await self._file.call(migrate_sqlite_store)
+        offset = self.day_offset_ns
+        await self._file.call(lambda db: migrate_sqlite_store(db, day_offset_ns=offset))
         return self
 
     async def call(self, function: Callable[[sqlite3.Connection], T]) -> T:
@@ -130,11 +143,18 @@ class SqliteStore(SqliteBacked):
 
         def delete_batch(db: sqlite3.Connection) -> int:
             with transaction(db):
-                return db.execute(
+                hours = db.execute(
                     "DELETE FROM event_rollups WHERE rowid IN"
                     " (SELECT rowid FROM event_rollups WHERE hour_ns < ? LIMIT ?)",
                     (cutoff_hour, batch_rows),
                 ).rowcount
+                # days go whole too: only those that ended before the cutoff's hour
+                days = db.execute(
+                    "DELETE FROM event_rollups_daily WHERE rowid IN"
+                    " (SELECT rowid FROM event_rollups_daily WHERE day_ns + ? <= ? LIMIT ?)",
+                    (DAY_NS, cutoff_hour, batch_rows),
+                ).rowcount
+                return max(hours, days)
 
         purged = 0
         try:
@@ -167,15 +187,18 @@ class SqliteStore(SqliteBacked):
             raise StoreError(f"sqlite store {self.path}: {exc}", retryable=True) from exc
 
     async def rebuild_summaries(self) -> tuple[int, int]:
-        """Recount the hourly roll-ups of every hour whose events are all stored, and rebuild ``device_activity``.
+        """Recount the hourly roll-ups of every hour whose events are all stored; rebuild the days and ``device_activity``.
 
-        The repair and first-fill tool behind ``compound-gateway rollups rebuild``; the triggers keep
-        both exact as events arrive. Returns (roll-up rows written, devices summarised).
+        The repair tool behind ``compound-gateway ingest --backfill-rollups``; the triggers keep
+        them exact as events arrive. Returns (hourly roll-up rows written, devices summarised).
         """
+        offset = self.day_offset_ns
 
         def rebuild(db: sqlite3.Connection) -> tuple[int, int]:
             with transaction(db):
-                return rebuild_rollup_hours(db, -(2**62), 2**62), rebuild_device_activity(db)
+                hours = rebuild_rollup_hours(db, -(2**62), 2**62)
+                rebuild_rollup_days(db, offset)
+                return hours, rebuild_device_activity(db)
 
         try:
             return await self._file.call(rebuild)
@@ -323,6 +346,37 @@ CREATE TRIGGER IF NOT EXISTS events_device_activity AFTER INSERT ON events BEGIN
         status_ns = CASE WHEN excluded.status_ns > coalesce(status_ns, -1) THEN excluded.status_ns ELSE status_ns END;
 END;
 """
+# Daily roll-ups: the hourly ones summed per local day of the district (a fixed UTC offset in
+# whole hours, so a local day is exactly 24 UTC hours). Kept by a trigger built for the offset; the
+# offset the table was built for is kept beside it, and another one rebuilds it from the hours.
+DAY_NS = 24 * HOUR_NS
+SQLITE_ROLLUP_DAYS = """
+CREATE TABLE IF NOT EXISTS event_rollups_daily (
+    compound_id TEXT NOT NULL,
+    day_ns      INTEGER NOT NULL,
+    kind        TEXT NOT NULL,
+    severity    TEXT NOT NULL,
+    district_id TEXT NOT NULL,
+    events      INTEGER NOT NULL,
+    PRIMARY KEY (compound_id, day_ns, kind, severity, district_id)
+);
+CREATE INDEX IF NOT EXISTS event_rollups_daily_by_day ON event_rollups_daily (day_ns);
+CREATE TABLE IF NOT EXISTS event_rollups_daily_offset (offset_ns INTEGER);
+"""
+
+
+def rollup_day_trigger(offset_ns: int) -> str:
+    """The trigger adding each inserted event to its local day (day start = UTC midnight - offset)."""
+    day = f"(NEW.time_ns + {int(offset_ns)}) / {DAY_NS} * {DAY_NS} - {int(offset_ns)}"  # integers only
+    return (
+        "CREATE TRIGGER events_rollup_daily AFTER INSERT ON events BEGIN"  # noqa: S608 - integers only
+        " INSERT INTO event_rollups_daily (compound_id, day_ns, kind, severity, district_id, events)"
+        f" VALUES (NEW.compound_id, {day}, NEW.kind, NEW.severity, NEW.district_id, 1)"
+        " ON CONFLICT (compound_id, day_ns, kind, severity, district_id) DO UPDATE SET events = events + 1;"
+        " END"
+    )
+
+
 ROLLUP_FROM_EVENTS = (
     "INSERT INTO event_rollups (compound_id, hour_ns, kind, severity, district_id, events)"
     " SELECT compound_id, time_ns / 3600000000000 * 3600000000000, kind, severity, district_id, count(*)"
@@ -363,8 +417,11 @@ def sqlite_row(event: Event) -> tuple[str | int | None, ...]:
     )
 
 
-def migrate_sqlite_store(db: sqlite3.Connection) -> None:
-    """Bring an embedded store file to the current schema (adds and back-fills the query columns)."""
+def migrate_sqlite_store(db: sqlite3.Connection, *, day_offset_ns: int | None = 8 * HOUR_NS) -> None:
+    """Bring an embedded store file to the current schema (adds and back-fills the query columns).
+
+    ``day_offset_ns``: the local day of the daily roll-ups (None: none kept).
+    """
 
     def missing_columns() -> list[tuple[str, str]]:
         present = {row[1] for row in db.execute("PRAGMA table_info(events)")}
@@ -394,12 +451,48 @@ def migrate_sqlite_store(db: sqlite3.Connection) -> None:
                 for statement in _statements(SQLITE_ROLLUPS):
                     db.execute(statement)
                 db.execute(ROLLUP_FROM_EVENTS, (-(2**63), 2**63 - 1))
+    if _day_offset(db) != (day_offset_ns, True):
+        with transaction(db):
+            if _day_offset(db) != (day_offset_ns, True):  # again under the write lock, as above
+                for statement in _statements(SQLITE_ROLLUP_DAYS):
+                    db.execute(statement)
+                db.execute("DROP TRIGGER IF EXISTS events_rollup_daily")
+                if day_offset_ns is not None:
+                    db.execute(rollup_day_trigger(day_offset_ns))
+                rebuild_rollup_days(db, day_offset_ns)
+                db.execute("DELETE FROM event_rollups_daily_offset")
+                db.execute("INSERT INTO event_rollups_daily_offset (offset_ns) VALUES (?)", (day_offset_ns,))
     if not _has_table(db, "device_activity"):
         with transaction(db):
             if not _has_table(db, "device_activity"):  # again under the write lock, as above
                 for statement in _statements(SQLITE_DEVICE_ACTIVITY):
                     db.execute(statement)
                 rebuild_device_activity(db)
+
+
+def _day_offset(db: sqlite3.Connection) -> tuple[int | None, bool]:
+    """The offset the daily roll-ups were built for, and whether they were built at all."""
+    if not _has_table(db, "event_rollups_daily_offset"):
+        return None, False
+    row = db.execute("SELECT offset_ns FROM event_rollups_daily_offset").fetchone()
+    return (row[0], True) if row is not None else (None, False)
+
+
+def rebuild_rollup_days(db: sqlite3.Connection, offset_ns: int | None) -> int:
+    """Fill the daily roll-ups again from the hourly ones (run it inside a transaction); returns rows.
+
+    A local day at a whole-hour offset is exactly 24 hourly rows, so the sums are exact and reach
+    as far back as the hours do (beyond the stored events).
+    """
+    db.execute("DELETE FROM event_rollups_daily")
+    if offset_ns is None:
+        return 0
+    return db.execute(
+        "INSERT INTO event_rollups_daily (compound_id, day_ns, kind, severity, district_id, events)"
+        " SELECT compound_id, (hour_ns + ?) / ? * ? - ?, kind, severity, district_id, sum(events)"
+        " FROM event_rollups GROUP BY 1, 2, 3, 4, 5",
+        (offset_ns, DAY_NS, DAY_NS, offset_ns),
+    ).rowcount
 
 
 def _has_table(db: sqlite3.Connection, name: str) -> bool:
