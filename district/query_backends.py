@@ -40,7 +40,13 @@ from uplink.stores import (
     StoreConfig,
     StoreError,
 )
-from uplink.stores.influx_v1 import DEVICE_DAYS, DEVICE_DAYS_MARKER, ROLLUP_FIELD, ROLLUP_MARKER
+from uplink.stores.influx_v1 import (
+    DAILY_MARKER,
+    DEVICE_DAYS,
+    DEVICE_DAYS_MARKER,
+    ROLLUP_FIELD,
+    ROLLUP_MARKER,
+)
 
 NS = 1_000_000_000
 HOUR_NS = 3600 * NS
@@ -400,6 +406,9 @@ class InfluxRollups:
     field: str
     device_days: str = DEVICE_DAYS
     device_marker: str = DEVICE_DAYS_MARKER
+    daily_policy: str | None = None
+    day_offset_ns: int | None = None
+    daily_marker: str = DAILY_MARKER
     fresh_hours: int = 2
     recheck_s: float = 60.0
 
@@ -421,28 +430,30 @@ class InfluxQueries:
         self._ready: set[str] = set()
         self._checked: dict[str, float] = {}
 
-    async def rollups_ready(self, marker: str | None = None) -> bool:
+    async def rollups_ready(self, marker: str | None = None, policy: str | None = None) -> bool:
         """Whether a roll-up level covers every stored event (its backfill marker is there).
 
-        ``marker``: the level's (default: the hourly counts'). Asked again at most every
-        ``recheck_s`` until it is; then never again.
+        ``marker``: the level's (default: the hourly counts'); ``policy``: the daily level's marker
+        names its policy. Asked again at most every ``recheck_s`` until it is; then never again.
         """
         rollups = self._rollups
         if rollups is None:
             return False
         marker = marker or rollups.marker
+        key = f"{marker}/{policy or ''}"
         if (
-            marker not in self._ready
-            and time.monotonic() - self._checked.get(marker, float("-inf")) >= rollups.recheck_s
+            key not in self._ready
+            and time.monotonic() - self._checked.get(key, float("-inf")) >= rollups.recheck_s
         ):
-            self._checked[marker] = time.monotonic()
-            query = f'SELECT count("done") FROM "{rollups.policy}"."{marker}"'  # noqa: S608 - our identifiers
+            self._checked[key] = time.monotonic()
+            where = ' WHERE "policy" = $policy' if policy else ""
+            query = f'SELECT count("done") FROM "{rollups.policy}"."{marker}"{where}'  # noqa: S608 - our identifiers
             try:
-                if series_of(await self._run(query, {})):
-                    self._ready.add(marker)
+                if series_of(await self._run(query, {"policy": policy} if policy else {})):
+                    self._ready.add(key)
             except StoreError:
                 pass  # no roll-up policy yet: raw events answer until there is
-        return marker in self._ready
+        return key in self._ready
 
     async def ping(self) -> None:
         """The server answers ``/ping``."""
@@ -490,18 +501,43 @@ class InfluxQueries:
             and rollups_serve(selection, group_by=group_by, zone=zone)
             and await self.rollups_ready()
         ):
-            # roll-ups up to the fresh hours, raw events after: both grouped alike, summed by key
+            # daily roll-ups for the whole local days before the fresh hours (when kept at the
+            # zone's offset), hourly ones up to the fresh hours, raw events after: all grouped
+            # alike, summed by key
             fresh_ns = (self._now_ns() // HOUR_NS - rollups.fresh_hours + 1) * HOUR_NS
             split = min(max(fresh_ns, selection.start_ns), selection.end_ns)
-            if split > selection.start_ns:
-                counted = dataclasses.replace(selection, end_ns=split)
-                where, params = influx_where(counted)
-                sources = ",".join(f'"{rollups.policy}".{m}' for m in measurements(counted).split(","))
-                query = (
-                    f'SELECT sum("{rollups.field}") FROM {sources} WHERE {where}'  # noqa: S608 - bound parameters
-                    f" GROUP BY {by} fill(none) tz('{zone.key}')"
+            hours_from = selection.start_ns
+            offset = rollups.day_offset_ns
+            if (
+                interval == "day"
+                and rollups.daily_policy is not None
+                and offset is not None
+                and days_serve(selection, zone, offset)
+                and await self.rollups_ready(rollups.daily_marker, rollups.daily_policy)
+            ):
+                hours_from = max(selection.start_ns, (split + offset) // DAY_NS * DAY_NS - offset)
+                if hours_from > selection.start_ns:
+                    counted = dataclasses.replace(selection, end_ns=hours_from)
+                    await self._add_rollups(
+                        totals,
+                        counted,
+                        policy=rollups.daily_policy,
+                        rollups=rollups,
+                        by=by,
+                        zone=zone,
+                        group_by=group_by,
+                    )
+            if split > hours_from:
+                counted = dataclasses.replace(selection, start_ns=hours_from, end_ns=split)
+                await self._add_rollups(
+                    totals,
+                    counted,
+                    policy=rollups.policy,
+                    rollups=rollups,
+                    by=by,
+                    zone=zone,
+                    group_by=group_by,
                 )
-                await self._add_counts(totals, query, params, group_by)
             raw = dataclasses.replace(selection, start_ns=split)
         if raw.start_ns < raw.end_ns:
             where, params = influx_where(raw)
@@ -516,6 +552,26 @@ class InfluxQueries:
             )
             for (at, compound, kind, device), n in sorted(totals.items(), key=lambda kv: _order(kv[0]))
         ]
+
+    async def _add_rollups(
+        self,
+        totals: dict[tuple[int, str | None, str | None, str | None], int],
+        counted: Selection,
+        *,
+        policy: str,
+        rollups: InfluxRollups,
+        by: str,
+        zone: ZoneInfo,
+        group_by: Sequence[str],
+    ) -> None:
+        """Sum one roll-up level's points of the selection into ``totals``."""
+        where, params = influx_where(counted)
+        sources = ",".join(f'"{policy}".{m}' for m in measurements(counted).split(","))
+        query = (
+            f'SELECT sum("{rollups.field}") FROM {sources} WHERE {where}'  # noqa: S608 - bound parameters
+            f" GROUP BY {by} fill(none) tz('{zone.key}')"
+        )
+        await self._add_counts(totals, query, params, group_by)
 
     async def _add_counts(
         self,
@@ -634,7 +690,14 @@ def _order(key: tuple[int, str | None, str | None, str | None]) -> tuple[int, st
 
 def influx_rollups(config: InfluxV1StoreConfig) -> InfluxRollups:
     """Where an InfluxDB 1.x store keeps its roll-ups (2.x has none: its counts scan raw events)."""
-    return InfluxRollups(policy=config.rollup_policy, marker=ROLLUP_MARKER, field=ROLLUP_FIELD)
+    hours = config.rollup_day_offset_hours
+    return InfluxRollups(
+        policy=config.rollup_policy,
+        marker=ROLLUP_MARKER,
+        field=ROLLUP_FIELD,
+        daily_policy=config.daily_policy(),
+        day_offset_ns=None if hours is None else hours * HOUR_NS,
+    )
 
 
 @contextlib.asynccontextmanager

@@ -273,8 +273,12 @@ async def test_influx_rollups_equal_distinct_raw(influx: InfluxServer) -> None:
         assert await influx_rollup_counts(store) == distinct_counts(events)
         (result,) = await store.query("SHOW CONTINUOUS QUERIES")
         queries = [row for s in result["series"] if s["name"] == "district" for row in s.get("values", [])]
-        assert len(queries) == 2  # the counts' and the device days'
+        assert len(queries) == 3  # the hourly counts', the device days' and the daily counts'
         (cq,) = [row for row in queries if row[0].startswith("event_rollups_")]
+        (daily_cq,) = [row for row in queries if row[0].startswith("daily_rollups_")]
+        # local days of UTC+8 start at 16:00 UTC; into a policy of their own (named for the offset)
+        assert daily_cq[1].endswith("GROUP BY time(1d, 16h), district_id, compound_id, severity END")
+        assert "INTO district.event_rollups_dayp8.:MEASUREMENT" in daily_cq[1]
         assert "RESAMPLE EVERY 1h FOR 1w" in cq[1]
         assert cq[1].endswith("GROUP BY time(1h), district_id, compound_id, severity END")
         # the roll-up series are per compound and severity only (never per device: cardinality)
@@ -298,6 +302,7 @@ async def test_influx_rollups_equal_distinct_raw(influx: InfluxServer) -> None:
         (result,) = await store.query('SHOW RETENTION POLICIES ON "district"')
         policies = {row[0]: (row[1], row[4]) for row in result["series"][0]["values"]}
         assert policies["event_rollups"] == ("9600h0m0s", False)  # 400 days, not the default
+        assert policies["event_rollups_dayp8"] == ("9600h0m0s", False)
         # a late backlog (3-4 days before): its compound's hours are recounted as it is written
         await store.write(backlog)
         await store.write(backlog[::3] + resent)
@@ -645,3 +650,59 @@ async def test_sqlite_daily_rollups(tmp_path: Path) -> None:
         assert sqlite_days(path) == by_day
     async with SqliteStore(SqliteStoreConfig(path=path, rollup_day_offset_hours=None)):
         assert sqlite_days(path) == Counter()
+
+
+async def test_influx_daily_rollups(influx: InfluxServer) -> None:
+    """Day counts over whole Asia/Shanghai days from daily + hourly roll-ups + raw events equal raw answers.
+
+    "now" in the middle of the data (days before it, the hours of its day up to the fresh hours,
+    raw events after) and after it; a late backlog written after the roll-ups exist. Teeth: a
+    daily point overwritten with a wrong count -> the answer changed with it (the daily level is
+    read); ``rebuild_rollups`` put it back. The late-write recount of local days dropped -> the
+    comparison after the backlog failed.
+    """
+    config = InfluxV1StoreConfig(url=influx.url, database="district")
+    events, resent, backlog = scenario()
+    everything = events + backlog
+    async with InfluxV1Store(config) as store:
+        await store.write(events)
+        await store.write(resent)
+
+        async def run(query: str, params: dict[str, str | int]) -> list[dict[str, Any]]:
+            return await store.query(query, method="POST", params=params, epoch="ns")
+
+        where = InfluxRollups(**{**vars(influx_rollups(config)), "recheck_s": 0.0})
+        raw = InfluxQueries(run, store.ping)
+        cst_midnight = datetime(2026, 6, 4, 16, 0, tzinfo=UTC)  # 2026-06-05 00:00 in Asia/Shanghai
+        window = selection(cst_midnight, cst_midnight + timedelta(days=8))
+        await store.ensure_rollups(400, alter=False)
+        assert await store.rollups_backfilled("daily_rollups_backfilled", "event_rollups_dayp8")
+        await store.write(backlog)  # late: its compound's hours and local days are recounted
+        await store.write(backlog[::3] + resent)
+        middle = int((DAY0 + timedelta(hours=20, minutes=10)).timestamp()) * 10**9
+        after = int((NOW + timedelta(days=1)).timestamp()) * 10**9
+        args: dict[str, Any] = {"interval": "day", "group_by": ("compound", "kind"), "zone": CST}
+        expected = expected_rows(everything, interval="day", zone=CST)
+        for now_ns in (middle, after):
+            rolled = InfluxQueries(run, store.ping, where, now_ns=lambda now_ns=now_ns: now_ns)  # type: ignore[misc]
+            assert await rolled.count(window, **args) == expected
+            for group_by in (("kind",), ("compound",)):
+                by = {**args, "group_by": group_by}
+                assert await rolled.count(window, **by) == await raw.count(window, **by)
+            critical = dataclasses.replace(window, severity="critical")
+            assert await rolled.count(critical, **args) == await raw.count(critical, **args)
+        # one daily point made wrong: the answer follows it, the rebuild mends it
+        rolled = InfluxQueries(run, store.ping, where, now_ns=lambda: after)
+        thrown_c1 = next(
+            e
+            for e in events
+            if e.compound_id == C1 and e.kind is EventKind.THROWN_OBJECT and e.severity is Severity.CRITICAL
+        )
+        day = (point_time_ns(thrown_c1) + 8 * HOUR_NS) // (24 * HOUR_NS) * (24 * HOUR_NS) - 8 * HOUR_NS
+        line = f"thrown_object,compound_id={C1},district_id={DISTRICT},severity=critical events=100000i {day}"
+        await store._post_write(
+            line.encode(), {"db": "district", "rp": "event_rollups_dayp8", "precision": "ns"}
+        )
+        assert await rolled.count(window, **args) != expected
+        await store.rebuild_rollups(0, 2**62, expiring=True, levels=("days",))
+        assert await rolled.count(window, **args) == expected
