@@ -5,7 +5,10 @@ InfluxQL serves InfluxDB 1.x, and 2.x/3.x through their v1-compatible ``/query``
 Counts come from the stores' hourly roll-ups (``event_rollups``: per compound, kind, severity and
 UTC hour) when the request allows it (``rollups_serve``: whole-hour range, zone at whole hours, no
 device or plate/person filter, not grouped by device); otherwise, and on InfluxDB for the last two
-hours (the continuous query runs hourly), from the raw events. Both give the same numbers.
+hours (the continuous query runs hourly), from the raw events. Both give the same numbers. Day
+counts from a local midnight to a local midnight take whole days from the daily roll-ups when the
+store keeps them at the zone's offset (``days_serve``). The device inventory reads the stores'
+per-device summaries (``summary_serves``).
 
 Both take a validated ``Selection`` and answer the same three questions: events in time order,
 counts per interval, and what each device last did. A query that needs another question of the

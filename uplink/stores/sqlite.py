@@ -7,6 +7,10 @@ nothing), so a re-sent event counts once and a late backlog adds to its own, old
 events (retention) does not touch the roll-ups: they are purged by their own, longer
 ``rollup_days``.
 
+``event_rollups_daily`` holds the same counts per local day of the district (a fixed UTC offset in
+whole hours, ``rollup_day_offset_hours``), kept by its own trigger and rebuilt from the hours when
+the offset changes.
+
 ``device_activity`` holds per district, compound and device its last event (time and dialect) and
 its last status report (time and state), kept by a second trigger as events arrive (an event that
 is not newer changes nothing, so re-sent and late events leave it exact). It answers the device
