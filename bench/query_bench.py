@@ -30,7 +30,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -99,7 +99,7 @@ class Month:
     offline_devices: set[str] = field(default_factory=set)
 
 
-def _event(
+def event_dict(
     rng: random.Random, c: int, d: int, at: datetime, payload: dict[str, Any], severity: str = "info"
 ) -> dict[str, Any]:
     _, dialect, vendor, kind = DEVICES[d]
@@ -135,7 +135,7 @@ def compound_day(
     for _ in range(faces):
         person = f"p1:{rng.getrandbits(96):024x}"
         events.append(
-            _event(
+            event_dict(
                 rng,
                 c,
                 rng.randrange(3),
@@ -154,7 +154,7 @@ def compound_day(
         )
     for _ in range(month.per_day * 28 // 100):
         events.append(
-            _event(
+            event_dict(
                 rng,
                 c,
                 3 + rng.randrange(2),
@@ -175,7 +175,7 @@ def compound_day(
     for hour in range(seconds // 3600):
         for d in (6, 7):
             events.append(
-                _event(
+                event_dict(
                     rng,
                     c,
                     d,
@@ -191,11 +191,13 @@ def compound_day(
             )
     for d in (2, 4, 5, 6):
         events.append(
-            _event(rng, c, d, day + timedelta(seconds=30 + d), {"kind": "device_status", "state": "online"})
+            event_dict(
+                rng, c, d, day + timedelta(seconds=30 + d), {"kind": "device_status", "state": "online"}
+            )
         )
     if rng.random() < 0.1:
         events.append(
-            _event(
+            event_dict(
                 rng,
                 c,
                 5,
@@ -211,7 +213,7 @@ def compound_day(
         )
     if rng.random() < 0.03:
         events.append(
-            _event(
+            event_dict(
                 rng,
                 c,
                 6,
@@ -228,7 +230,7 @@ def compound_day(
     if c % 25 == 0 and day + timedelta(days=7) > month.end:  # the target plate's week, through 8 compounds
         for _ in range(2):
             events.append(
-                _event(
+                event_dict(
                     rng,
                     c,
                     3,
@@ -249,7 +251,7 @@ def compound_day(
             month.target_passages += 1
     if c % 50 == 7 and day + timedelta(days=1) >= month.end:  # a few sheds lost power today
         events.append(
-            _event(
+            event_dict(
                 rng,
                 c,
                 6,
@@ -262,11 +264,23 @@ def compound_day(
     return events
 
 
-async def write_month(month: Month, broker_port: int, *, lag: int = 200_000) -> float:
-    """Publish the month as uplink batches; returns seconds until the ingester confirmed every event."""
+def month_days(month: Month) -> Iterator[tuple[datetime, int, list[dict[str, Any]]]]:
+    """The month's events, day by day and compound by compound: (day, compound number, events).
+
+    Always the same month for the same ``Month`` (a fixed seed): the console bench writes it again.
+    """
     rng = random.Random(4)
     visitors = [plate(rng) for _ in range(20_000)]
     residents = {c: [plate(rng) for _ in range(80)] for c in range(month.compounds)}
+    day = month.start
+    while day < month.end:
+        for c in range(month.compounds):
+            yield day, c, compound_day(month, rng, c, day, residents[c], visitors)
+        day += timedelta(days=1)
+
+
+async def write_month(month: Month, broker_port: int, *, lag: int = 200_000) -> float:
+    """Publish the month as uplink batches; returns seconds until the ingester confirmed every event."""
     stored = 0
     published = 0
     t0 = time.perf_counter()
@@ -284,27 +298,24 @@ async def write_month(month: Month, broker_port: int, *, lag: int = 200_000) -> 
                 stored += len(decode_receipt(bytes(message.payload)))
 
         counter = asyncio.create_task(count_receipts(), name="receipts")
-        day = month.start
-        while day < month.end:
-            for c in range(month.compounds):
-                by_kind: dict[str, list[bytes]] = {}
-                for event in compound_day(month, rng, c, day, residents[c], visitors):
-                    by_kind.setdefault(event["kind"], []).append(
-                        json.dumps(event, ensure_ascii=False).encode()
-                    )
-                for kind, bodies in by_kind.items():
-                    for i in range(0, len(bodies), 500):
-                        chunk = bodies[i : i + 500]
-                        topic = event_topic(PREFIX, DISTRICT_ID, compound(c), kind)
-                        await client.publish(topic, encode_batch(DISTRICT_ID, compound(c), chunk), qos=1)
-                        published += len(chunk)
-                while published - stored > lag:
-                    await asyncio.sleep(0.2)
-            day += timedelta(days=1)
-            print(
-                f"  {day:%m-%d}: published {published:,}, stored {stored:,} ({time.perf_counter() - t0:.0f} s)",
-                flush=True,
-            )
+        for day, c, events in month_days(month):
+            by_kind: dict[str, list[bytes]] = {}
+            for event in events:
+                by_kind.setdefault(event["kind"], []).append(json.dumps(event, ensure_ascii=False).encode())
+            for kind, bodies in by_kind.items():
+                for i in range(0, len(bodies), 500):
+                    chunk = bodies[i : i + 500]
+                    topic = event_topic(PREFIX, DISTRICT_ID, compound(c), kind)
+                    await client.publish(topic, encode_batch(DISTRICT_ID, compound(c), chunk), qos=1)
+                    published += len(chunk)
+            while published - stored > lag:
+                await asyncio.sleep(0.2)
+            if c == month.compounds - 1:
+                print(
+                    f"  {day + timedelta(days=1):%m-%d}: published {published:,}, stored {stored:,}"
+                    f" ({time.perf_counter() - t0:.0f} s)",
+                    flush=True,
+                )
         month.total = published
         deadline = time.monotonic() + 300
         while stored < published:

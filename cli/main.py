@@ -27,6 +27,7 @@ from district.config import load_district_config
 from district.ingester import run_ingester
 from district.operator_api import openapi_document
 from district.operator_cli import add_operator_commands, run_operator_command, serve_api
+from district.rollup_backfill import backfill_rollups
 from district.watchlist_cli import add_watchlist_commands, run_watchlist_command
 from foundation.errors import ConfigError, PayloadRejected
 from foundation.events import event_json_schema, utc_now
@@ -100,6 +101,11 @@ def _parser() -> argparse.ArgumentParser:
 
     ingest = sub.add_parser("ingest", help="run a district ingester (uplink -> district store)")
     ingest.add_argument("--config", type=Path, required=True, help="the district TOML config")
+    ingest.add_argument(
+        "--backfill-rollups",
+        action="store_true",
+        help="rebuild the store's roll-ups and summaries from its stored events, then exit (repair)",
+    )
 
     schema = sub.add_parser("schema", help="print (or write) the canonical event JSON Schema")
     schema.add_argument("--output", type=Path)
@@ -139,6 +145,8 @@ def main(argv: list[str] | None = None) -> int:
                     store=args.store,
                     broker=args.broker,
                 )
+            case "ingest" if args.backfill_rollups:
+                return asyncio.run(backfill_rollups(load_district_config(args.config)))
             case "ingest":
                 return _ingest(args.config)
             case "schema":

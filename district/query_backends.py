@@ -5,7 +5,10 @@ InfluxQL serves InfluxDB 1.x, and 2.x/3.x through their v1-compatible ``/query``
 Counts come from the stores' hourly roll-ups (``event_rollups``: per compound, kind, severity and
 UTC hour) when the request allows it (``rollups_serve``: whole-hour range, zone at whole hours, no
 device or plate/person filter, not grouped by device); otherwise, and on InfluxDB for the last two
-hours (the continuous query runs hourly), from the raw events. Both give the same numbers.
+hours (the continuous query runs hourly), from the raw events. Both give the same numbers. Day
+counts from a local midnight to a local midnight take whole days from the daily roll-ups when the
+store keeps them at the zone's offset (``days_serve``). The device inventory reads the stores'
+per-device summaries (``summary_serves``).
 
 Both take a validated ``Selection`` and answer the same three questions: events in time order,
 counts per interval, and what each device last did. A query that needs another question of the
@@ -40,7 +43,13 @@ from uplink.stores import (
     StoreConfig,
     StoreError,
 )
-from uplink.stores.influx_v1 import ROLLUP_FIELD, ROLLUP_MARKER
+from uplink.stores.influx_v1 import (
+    DAILY_MARKER,
+    DEVICE_DAYS,
+    DEVICE_DAYS_MARKER,
+    ROLLUP_FIELD,
+    ROLLUP_MARKER,
+)
 
 NS = 1_000_000_000
 HOUR_NS = 3600 * NS
@@ -49,6 +58,7 @@ ALL_KINDS = tuple(kind.value for kind in EventKind)
 GROUP_COLUMNS = {"compound": "compound_id", "kind": "kind", "device": "device_id"}
 _ZONE_NAME = re.compile(r"^[A-Za-z0-9_+\-/]{1,64}$")
 T_co = TypeVar("T_co", covariant=True)
+DEVICES_PER_QUERY = 100  # devices named in one InfluxQL statement (bound parameters, OR-ed)
 
 
 class StoreQuery(Protocol[T_co]):
@@ -116,6 +126,29 @@ def rollups_serve(selection: Selection, *, group_by: Sequence[str], zone: ZoneIn
         if offset.total_seconds() % 3600:
             return False
     return True
+
+
+def days_serve(selection: Selection, zone: ZoneInfo, offset_ns: int | None) -> bool:
+    """Whether daily roll-ups kept at UTC offset ``offset_ns`` hold this range's local days of ``zone``.
+
+    The range must run from a local midnight to a local midnight, and the zone be at that offset
+    at every midnight between (a zone with summer time is not, for half the year: hours answer).
+    Check ``rollups_serve`` too: days hold what hours hold.
+    """
+    if offset_ns is None:
+        return False
+    if (selection.start_ns + offset_ns) % DAY_NS or (selection.end_ns + offset_ns) % DAY_NS:
+        return False
+    for at in range(selection.start_ns, selection.end_ns + 1, DAY_NS):
+        offset = datetime.fromtimestamp(at / NS, tz=zone).utcoffset() or timedelta()
+        if int(offset.total_seconds()) * NS != offset_ns:
+            return False
+    return True
+
+
+def summary_serves(selection: Selection) -> bool:
+    """Whether a per-device summary (every kind, every event) can answer this device activity question."""
+    return not (selection.kinds or selection.devices or selection.equal_to())
 
 
 def _bucket_time(bucket_ns: int, zone: ZoneInfo) -> datetime:
@@ -203,7 +236,16 @@ class SqliteQueries:
         start = datetime.fromtimestamp(selection.start_ns / NS, tz=zone)
         offset = int((start.utcoffset() or timedelta()).total_seconds()) * NS
         columns = [GROUP_COLUMNS[g] for g in group_by]
-        if self.use_rollups and rollups_serve(selection, group_by=group_by, zone=zone):
+        if (
+            self.use_rollups
+            and interval == "day"
+            and rollups_serve(selection, group_by=group_by, zone=zone)
+            and days_serve(selection, zone, self._store.day_offset_ns)
+        ):
+            # the daily roll-ups: the zone's days are the table's (same columns, days as day_ns)
+            where = where.replace("time_ns", "day_ns")
+            time_column, table, total = "day_ns", "event_rollups_daily", "sum(events)"
+        elif self.use_rollups and rollups_serve(selection, group_by=group_by, zone=zone):
             # the roll-up table has the filtered columns under the same names, hours as hour_ns
             where = where.replace("time_ns", "hour_ns")
             time_column, table, total = "hour_ns", "event_rollups", "sum(events)"
@@ -234,7 +276,53 @@ class SqliteQueries:
         )
 
     async def device_activity(self, selection: Selection) -> list[DeviceActivity]:
-        """Last event and last status report per device."""
+        """Last event and last status report per device: from the ``device_activity`` summary when it can.
+
+        The summary holds each device's last event ever; it answers a range that ends after them
+        (the inventory's does: it ends in the future). A device with a later one (a clock far ahead)
+        sends the question to the events.
+        """
+        if self.use_rollups and summary_serves(selection):
+            answer = await self._summary_activity(selection)
+            if answer is not None:
+                return answer
+        return await self._raw_activity(selection)
+
+    async def _summary_activity(self, selection: Selection) -> list[DeviceActivity] | None:
+        if selection.compounds is None:
+            scope, params = "district_id = ?", [selection.district_id]
+        else:
+            scope = f"compound_id IN ({','.join('?' * len(selection.compounds))})"
+            params = list(selection.compounds)
+        sql = (
+            "SELECT compound_id, device_id, dialect, last_ns, status_state, status_ns"  # noqa: S608 - placeholders only
+            f" FROM device_activity WHERE {scope} AND last_ns >= ?"
+        )
+
+        def run(db: sqlite3.Connection) -> list[tuple[Any, ...]]:
+            return db.execute(sql, [*params, selection.start_ns]).fetchall()
+
+        rows = await self._store.call(run)
+        if any(last >= selection.end_ns or (at or 0) >= selection.end_ns for _, _, _, last, _, at in rows):
+            return None
+        # a device's last status report over the compounds in scope, as the events' query groups it
+        last_status: dict[str, tuple[int, str]] = {}
+        for _, device, _, _, state, at in rows:
+            if at is not None and at >= selection.start_ns and at > last_status.get(device, (-1, ""))[0]:
+                last_status[device] = (at, state)
+        return [
+            DeviceActivity(
+                compound_id=compound,
+                device_id=device,
+                dialect=dialect,
+                last_seen_ns=last,
+                status_state=last_status[device][1] if device in last_status else None,
+                status_ns=last_status[device][0] if device in last_status else None,
+            )
+            for compound, device, dialect, last, _, _ in rows
+        ]
+
+    async def _raw_activity(self, selection: Selection) -> list[DeviceActivity]:
         where, params = sqlite_where(selection)
         seen_sql = (
             "SELECT compound_id, device_id, json_extract(body, '$.source.dialect'), max(time_ns)"  # noqa: S608 - placeholders only
@@ -319,6 +407,11 @@ class InfluxRollups:
     policy: str
     marker: str
     field: str
+    device_days: str = DEVICE_DAYS
+    device_marker: str = DEVICE_DAYS_MARKER
+    daily_policy: str | None = None
+    day_offset_ns: int | None = None
+    daily_marker: str = DAILY_MARKER
     fresh_hours: int = 2
     recheck_s: float = 60.0
 
@@ -337,25 +430,33 @@ class InfluxQueries:
         self._ping = ping
         self._rollups = rollups
         self._now_ns = now_ns
-        self._rollups_ready = False
-        self._rollups_checked = float("-inf")
+        self._ready: set[str] = set()
+        self._checked: dict[str, float] = {}
 
-    async def rollups_ready(self) -> bool:
-        """Whether the roll-ups cover every stored event (their backfill marker is there).
+    async def rollups_ready(self, marker: str | None = None, policy: str | None = None) -> bool:
+        """Whether a roll-up level covers every stored event (its backfill marker is there).
 
-        Asked again at most every ``recheck_s`` until it is; then never again.
+        ``marker``: the level's (default: the hourly counts'); ``policy``: the daily level's marker
+        names its policy. Asked again at most every ``recheck_s`` until it is; then never again.
         """
         rollups = self._rollups
         if rollups is None:
             return False
-        if not self._rollups_ready and time.monotonic() - self._rollups_checked >= rollups.recheck_s:
-            self._rollups_checked = time.monotonic()
-            query = f'SELECT count("done") FROM "{rollups.policy}"."{rollups.marker}"'  # noqa: S608 - our identifiers
+        marker = marker or rollups.marker
+        key = f"{marker}/{policy or ''}"
+        if (
+            key not in self._ready
+            and time.monotonic() - self._checked.get(key, float("-inf")) >= rollups.recheck_s
+        ):
+            self._checked[key] = time.monotonic()
+            where = ' WHERE "policy" = $policy' if policy else ""
+            query = f'SELECT count("done") FROM "{rollups.policy}"."{marker}"{where}'  # noqa: S608 - our identifiers
             try:
-                self._rollups_ready = bool(series_of(await self._run(query, {})))
+                if series_of(await self._run(query, {"policy": policy} if policy else {})):
+                    self._ready.add(key)
             except StoreError:
-                self._rollups_ready = False  # no roll-up policy yet: raw counts until there is
-        return self._rollups_ready
+                pass  # no roll-up policy yet: raw events answer until there is
+        return key in self._ready
 
     async def ping(self) -> None:
         """The server answers ``/ping``."""
@@ -403,18 +504,43 @@ class InfluxQueries:
             and rollups_serve(selection, group_by=group_by, zone=zone)
             and await self.rollups_ready()
         ):
-            # roll-ups up to the fresh hours, raw events after: both grouped alike, summed by key
+            # daily roll-ups for the whole local days before the fresh hours (when kept at the
+            # zone's offset), hourly ones up to the fresh hours, raw events after: all grouped
+            # alike, summed by key
             fresh_ns = (self._now_ns() // HOUR_NS - rollups.fresh_hours + 1) * HOUR_NS
             split = min(max(fresh_ns, selection.start_ns), selection.end_ns)
-            if split > selection.start_ns:
-                counted = dataclasses.replace(selection, end_ns=split)
-                where, params = influx_where(counted)
-                sources = ",".join(f'"{rollups.policy}".{m}' for m in measurements(counted).split(","))
-                query = (
-                    f'SELECT sum("{rollups.field}") FROM {sources} WHERE {where}'  # noqa: S608 - bound parameters
-                    f" GROUP BY {by} fill(none) tz('{zone.key}')"
+            hours_from = selection.start_ns
+            offset = rollups.day_offset_ns
+            if (
+                interval == "day"
+                and rollups.daily_policy is not None
+                and offset is not None
+                and days_serve(selection, zone, offset)
+                and await self.rollups_ready(rollups.daily_marker, rollups.daily_policy)
+            ):
+                hours_from = max(selection.start_ns, (split + offset) // DAY_NS * DAY_NS - offset)
+                if hours_from > selection.start_ns:
+                    counted = dataclasses.replace(selection, end_ns=hours_from)
+                    await self._add_rollups(
+                        totals,
+                        counted,
+                        policy=rollups.daily_policy,
+                        rollups=rollups,
+                        by=by,
+                        zone=zone,
+                        group_by=group_by,
+                    )
+            if split > hours_from:
+                counted = dataclasses.replace(selection, start_ns=hours_from, end_ns=split)
+                await self._add_rollups(
+                    totals,
+                    counted,
+                    policy=rollups.policy,
+                    rollups=rollups,
+                    by=by,
+                    zone=zone,
+                    group_by=group_by,
                 )
-                await self._add_counts(totals, query, params, group_by)
             raw = dataclasses.replace(selection, start_ns=split)
         if raw.start_ns < raw.end_ns:
             where, params = influx_where(raw)
@@ -429,6 +555,26 @@ class InfluxQueries:
             )
             for (at, compound, kind, device), n in sorted(totals.items(), key=lambda kv: _order(kv[0]))
         ]
+
+    async def _add_rollups(
+        self,
+        totals: dict[tuple[int, str | None, str | None, str | None], int],
+        counted: Selection,
+        *,
+        policy: str,
+        rollups: InfluxRollups,
+        by: str,
+        zone: ZoneInfo,
+        group_by: Sequence[str],
+    ) -> None:
+        """Sum one roll-up level's points of the selection into ``totals``."""
+        where, params = influx_where(counted)
+        sources = ",".join(f'"{policy}".{m}' for m in measurements(counted).split(","))
+        query = (
+            f'SELECT sum("{rollups.field}") FROM {sources} WHERE {where}'  # noqa: S608 - bound parameters
+            f" GROUP BY {by} fill(none) tz('{zone.key}')"
+        )
+        await self._add_counts(totals, query, params, group_by)
 
     async def _add_counts(
         self,
@@ -447,22 +593,34 @@ class InfluxQueries:
                 totals[key] = totals.get(key, 0) + int(count)
 
     async def device_activity(self, selection: Selection) -> list[DeviceActivity]:
-        """``last()`` per device over every kind, and per device and state over status reports."""
+        """``last()`` per device over every kind, and per device and state over status reports.
+
+        With the device days rolled up, the last event of each device is read from its last day
+        only: the fresh hours (which the roll-ups may not have counted yet) from raw events for
+        every device, then, for each device not heard in them, the day the device days say it
+        was last heard (one query per such day, its devices named). Status reports are few
+        (a measurement of their own): read as they are.
+        """
         where, params = influx_where(selection)
-        seen_query = (
-            f"SELECT last(event_id) FROM {measurements(selection)} WHERE {where}"  # noqa: S608 - bound parameters
-            " GROUP BY compound_id, device_id, dialect"
-        )
+        last_seen: dict[str, tuple[int, str, str]] = {}
+        rollups = self._rollups
+        if (
+            rollups is not None
+            and summary_serves(selection)
+            and await self.rollups_ready(rollups.device_marker)
+        ):
+            fresh_ns = (self._now_ns() // HOUR_NS - rollups.fresh_hours + 1) * HOUR_NS
+            split = min(max(fresh_ns, selection.start_ns), selection.end_ns)
+            if split < selection.end_ns:
+                await self._last_seen(dataclasses.replace(selection, start_ns=split), last_seen)
+            if split > selection.start_ns:
+                await self._last_seen_from_days(selection, split, rollups, last_seen)
+        else:
+            await self._last_seen(selection, last_seen)
         status_query = (
             f'SELECT last(event_id) FROM "device_status" WHERE {where}'  # noqa: S608 - bound parameters
             " GROUP BY device_id, state"
         )
-        last_seen: dict[str, tuple[int, str, str]] = {}
-        for series in series_of(await self._run(seen_query, params)):
-            tags = series["tags"]
-            at = int(series["values"][0][0])
-            if at > last_seen.get(tags["device_id"], (-1, "", ""))[0]:
-                last_seen[tags["device_id"]] = (at, tags["compound_id"], tags.get("dialect", ""))
         last_status: dict[str, tuple[int, str]] = {}
         for series in series_of(await self._run(status_query, params)):
             tags = series["tags"]
@@ -481,6 +639,52 @@ class InfluxQueries:
             for device, (at, compound, dialect) in last_seen.items()
         ]
 
+    async def _last_seen(self, selection: Selection, last_seen: dict[str, tuple[int, str, str]]) -> None:
+        """Each device's last event in the selection, into ``last_seen`` where later than what it holds."""
+        where, params = influx_where(selection)
+        seen_query = (
+            f"SELECT last(event_id) FROM {measurements(selection)} WHERE {where}"  # noqa: S608 - bound parameters
+            " GROUP BY compound_id, device_id, dialect"
+        )
+        for series in series_of(await self._run(seen_query, params)):
+            tags = series["tags"]
+            at = int(series["values"][0][0])
+            if at > last_seen.get(tags["device_id"], (-1, "", ""))[0]:
+                last_seen[tags["device_id"]] = (at, tags["compound_id"], tags.get("dialect", ""))
+
+    async def _last_seen_from_days(
+        self,
+        selection: Selection,
+        split: int,
+        rollups: InfluxRollups,
+        last_seen: dict[str, tuple[int, str, str]],
+    ) -> None:
+        """Before ``split``: the devices not in ``last_seen``, each read on its last day with events."""
+        days = dataclasses.replace(selection, start_ns=selection.start_ns // DAY_NS * DAY_NS, end_ns=split)
+        where, params = influx_where(days)
+        query = (
+            f'SELECT last("{rollups.field}") FROM "{rollups.policy}"."{rollups.device_days}"'  # noqa: S608 - our identifiers, bound parameters
+            f" WHERE {where} GROUP BY compound_id, device_id"
+        )
+        last_day: dict[str, int] = {}
+        for series in series_of(await self._run(query, params)):
+            device = series["tags"]["device_id"]
+            if device not in last_seen:
+                last_day[device] = max(last_day.get(device, 0), int(series["values"][0][0]))
+        by_day: dict[int, list[str]] = {}
+        for device, day in sorted(last_day.items()):
+            by_day.setdefault(day, []).append(device)
+        for day, devices in sorted(by_day.items()):
+            for i in range(0, len(devices), DEVICES_PER_QUERY):
+                window = dataclasses.replace(
+                    selection,
+                    start_ns=max(day, selection.start_ns),
+                    end_ns=min(day + DAY_NS, split),
+                    devices=tuple(devices[i : i + DEVICES_PER_QUERY]),
+                )
+                if window.start_ns < window.end_ns:
+                    await self._last_seen(window, last_seen)
+
 
 def _order(key: tuple[int, str | None, str | None, str | None]) -> tuple[int, str, str, str]:
     at, compound, kind, device = key
@@ -489,7 +693,14 @@ def _order(key: tuple[int, str | None, str | None, str | None]) -> tuple[int, st
 
 def influx_rollups(config: InfluxV1StoreConfig) -> InfluxRollups:
     """Where an InfluxDB 1.x store keeps its roll-ups (2.x has none: its counts scan raw events)."""
-    return InfluxRollups(policy=config.rollup_policy, marker=ROLLUP_MARKER, field=ROLLUP_FIELD)
+    hours = config.rollup_day_offset_hours
+    return InfluxRollups(
+        policy=config.rollup_policy,
+        marker=ROLLUP_MARKER,
+        field=ROLLUP_FIELD,
+        daily_policy=config.daily_policy(),
+        day_offset_ns=None if hours is None else hours * HOUR_NS,
+    )
 
 
 @contextlib.asynccontextmanager

@@ -9,6 +9,12 @@ hours itself (``recount_rollups``), so a backlog of any age is counted as it is 
 ``rebuild_rollups`` recounts a range (repair). A
 count is written as a point per series and hour, and InfluxDB keeps one point per series and time,
 so a re-count overwrites: re-sent events (one point, see ``uplink.lineprotocol``) count once.
+
+Device days (the device inventory's roll-up): a second continuous query, same window, writes a
+point per district, compound, device and UTC day into ``device_days`` in the same policy when the
+device sent anything that day. The inventory reads each device's last event from its last day
+only, instead of a month of events. Late writes recount their compound's days too; a store whose
+counts were rolled up before this level existed is backfilled once (its own marker).
 """
 
 from __future__ import annotations
@@ -70,6 +76,21 @@ class InfluxV1StoreConfig(ConfigModel):
         description="the roll-up continuous query re-counts this many past days every hour (late"
         " events of older hours are recounted by the write that stores them)",
     )
+
+    rollup_day_offset_hours: int | None = Field(
+        default=8,
+        ge=-12,
+        le=14,
+        description="UTC offset (whole hours) of the district's local day for the daily roll-ups:"
+        " [api] timezone's (Asia/Shanghai: 8); none: no daily level (day counts sum hours)",
+    )
+
+    def daily_policy(self) -> str | None:
+        """The daily roll-ups' retention policy: named after the offset (another offset, other days)."""
+        hours = self.rollup_day_offset_hours
+        if hours is None:
+            return None
+        return f"{self.rollup_policy}_day{'p' if hours >= 0 else 'm'}{abs(hours)}"
 
     def build(self) -> InfluxV1Store:
         """The store this config names (enter it with ``async with``)."""
@@ -177,6 +198,16 @@ ROLLUP_MARKER = "rollups_backfilled"
 
 Written once the first backfill is done; the query layer uses the roll-ups only when it is there."""
 ROLLUP_CQ_PREFIX = "event_rollups_"
+DEVICE_DAYS = "device_days"
+"""A measurement in the roll-up policy: per district, compound, device and UTC day, a point when the
+device sent anything that day (its value: some kind's count). The device inventory reads it to know
+which day holds each device's last event, then reads only that day's events."""
+DEVICE_DAYS_MARKER = "device_days_backfilled"
+DEVICE_DAYS_CQ_PREFIX = "device_days_"
+DEVICE_DAYS_TAGS = ("district_id", "compound_id", "device_id")
+DAILY_MARKER = "daily_rollups_backfilled"
+"""In the roll-up policy, one per daily policy (tag ``policy``): that level covers every stored event."""
+DAILY_CQ_PREFIX = "daily_rollups_"
 HOUR_NS = 3_600_000_000_000
 DAY_NS = 24 * HOUR_NS
 
@@ -193,6 +224,43 @@ def rollup_select(database: str, source_policy: str | None, rollup_policy: str) 
         f" INTO {influx_name(database)}.{influx_name(rollup_policy)}.:MEASUREMENT"
         f" FROM {source}./.*/"
     ), f"GROUP BY time(1h), {tags}"
+
+
+def device_days_select(database: str, source_policy: str | None, rollup_policy: str) -> tuple[str, str]:
+    """The device-days ``SELECT ... INTO ... FROM`` and its ``GROUP BY`` (a range goes between them).
+
+    Every kind goes into the one measurement: points of one device and day overwrite each other,
+    and any of them says the device was heard that day.
+    """
+    source = f"{influx_name(database)}.{influx_name(source_policy) if source_policy else ''}"
+    tags = ", ".join(influx_name(tag) for tag in DEVICE_DAYS_TAGS)
+    return (
+        f'SELECT count("event_id") AS {influx_name(ROLLUP_FIELD)}'  # noqa: S608 - our identifiers
+        f" INTO {influx_name(database)}.{influx_name(rollup_policy)}.{influx_name(DEVICE_DAYS)}"
+        f" FROM {source}./.*/"
+    ), f"GROUP BY time(1d), {tags}"
+
+
+def daily_select(
+    database: str, source_policy: str | None, daily_policy: str, offset_hours: int
+) -> tuple[str, str]:
+    """The daily roll-ups' ``SELECT ... INTO ... FROM`` and ``GROUP BY``: the hourly ones' per local day.
+
+    ``time(1d, <shift>)`` starts the days at the zone's midnight (UTC+8: 16:00 UTC).
+    """
+    source = f"{influx_name(database)}.{influx_name(source_policy) if source_policy else ''}"
+    tags = ", ".join(influx_name(tag) for tag in ROLLUP_TAGS)
+    return (
+        f'SELECT count("event_id") AS {influx_name(ROLLUP_FIELD)}'  # noqa: S608 - our identifiers
+        f" INTO {influx_name(database)}.{influx_name(daily_policy)}.:MEASUREMENT"
+        f" FROM {source}./.*/"
+    ), f"GROUP BY time(1d, {(-offset_hours) % 24}h), {tags}"
+
+
+def local_day_start(at_ns: int, offset_hours: int) -> int:
+    """The start (ns) of the local day at UTC offset ``offset_hours`` holding ``at_ns``."""
+    offset = offset_hours * HOUR_NS
+    return (at_ns + offset) // DAY_NS * DAY_NS - offset
 
 
 def influx_duration(days: int) -> str:
@@ -273,7 +341,8 @@ class InfluxV1Store:
         cfg = self._config
         select, group_by = rollup_select(cfg.database, cfg.retention_policy, cfg.rollup_policy)
         runs: list[tuple[str, int, int]] = []
-        for compound, hour in sorted(set(hours)):
+        hours_seen = set(hours)
+        for compound, hour in sorted(hours_seen):
             if runs and runs[-1][0] == compound and runs[-1][2] == hour:
                 runs[-1] = (compound, runs[-1][1], hour + HOUR_NS)
             else:
@@ -283,6 +352,25 @@ class InfluxV1Store:
                 f"{select} WHERE compound_id = $compound AND time >= $start AND time < $end {group_by}",
                 method="POST",
                 params={"compound": compound, "start": start, "end": end},
+            )
+        # the local days of those hours, whole
+        daily = cfg.daily_policy()
+        if daily is not None and cfg.rollup_day_offset_hours is not None:
+            offset = cfg.rollup_day_offset_hours
+            day_select, day_group = daily_select(cfg.database, cfg.retention_policy, daily, offset)
+            for compound, day in sorted({(c, local_day_start(hour, offset)) for c, hour in hours_seen}):
+                await self.query(
+                    f"{day_select} WHERE compound_id = $compound AND time >= $start AND time < $end {day_group}",
+                    method="POST",
+                    params={"compound": compound, "start": day, "end": day + DAY_NS},
+                )
+        # the device days of those hours: whole UTC days, recounted alike
+        days_select, days_group = device_days_select(cfg.database, cfg.retention_policy, cfg.rollup_policy)
+        for compound, day in sorted({(compound, hour // DAY_NS * DAY_NS) for compound, hour in hours_seen}):
+            await self.query(
+                f"{days_select} WHERE compound_id = $compound AND time >= $start AND time < $end {days_group}",
+                method="POST",
+                params={"compound": compound, "start": day, "end": day + DAY_NS},
             )
 
     async def write_lines(self, lines: bytes) -> None:
@@ -366,6 +454,51 @@ class InfluxV1Store:
         name = ROLLUP_CQ_PREFIX + hashlib.sha256(body.encode()).hexdigest()[:12]
         return name, f"CREATE CONTINUOUS QUERY {influx_name(name)} ON {influx_name(cfg.database)} {body}"
 
+    def _device_days_cq(self) -> tuple[str, str]:
+        """The device-days continuous query's name and statement (same resample window as the counts')."""
+        cfg = self._config
+        select, group_by = device_days_select(cfg.database, cfg.retention_policy, cfg.rollup_policy)
+        resample = f"RESAMPLE EVERY 1h FOR {cfg.rollup_resample_days * 24}h"
+        body = f"{resample} BEGIN {select} {group_by} END"
+        name = DEVICE_DAYS_CQ_PREFIX + hashlib.sha256(body.encode()).hexdigest()[:12]
+        return name, f"CREATE CONTINUOUS QUERY {influx_name(name)} ON {influx_name(cfg.database)} {body}"
+
+    def _daily_cq(self) -> tuple[str, str] | None:
+        """The daily roll-ups' continuous query (name with a digest, statement), if kept."""
+        cfg = self._config
+        daily = cfg.daily_policy()
+        if daily is None or cfg.rollup_day_offset_hours is None:
+            return None
+        select, group_by = daily_select(
+            cfg.database, cfg.retention_policy, daily, cfg.rollup_day_offset_hours
+        )
+        body = f"RESAMPLE EVERY 1h FOR {cfg.rollup_resample_days * 24}h BEGIN {select} {group_by} END"
+        name = DAILY_CQ_PREFIX + hashlib.sha256(body.encode()).hexdigest()[:12]
+        return name, f"CREATE CONTINUOUS QUERY {influx_name(name)} ON {influx_name(cfg.database)} {body}"
+
+    async def _ensure_policy(self, name: str, days: int, *, alter: bool) -> RetentionPolicyCheck:
+        """A roll-up retention policy of ``days``, created where missing (never the default)."""
+        cfg = self._config
+        wanted = influx_duration(days)
+        found = next((r for r in await self._policies() if r["name"] == name), None)
+        if found is None:
+            await self.query(
+                f"CREATE RETENTION POLICY {influx_name(name)} ON {influx_name(cfg.database)}"
+                f" DURATION {days * 24}h REPLICATION 1 SHARD DURATION {influx_shard_duration(days)}",
+                method="POST",
+            )
+            return RetentionPolicyCheck(name, "created", wanted)
+        if found["duration"] == wanted:
+            return RetentionPolicyCheck(name, "matches", wanted, str(found["duration"]))
+        if not alter:
+            return RetentionPolicyCheck(name, "differs", wanted, str(found["duration"]))
+        await self.query(
+            f"ALTER RETENTION POLICY {influx_name(name)} ON {influx_name(cfg.database)}"
+            f" DURATION {days * 24}h SHARD DURATION {influx_shard_duration(days)}",
+            method="POST",
+        )
+        return RetentionPolicyCheck(name, "altered", wanted, str(found["duration"]))
+
     async def ensure_rollups(self, days: int, *, alter: bool) -> RetentionPolicyCheck:
         """The roll-up retention policy (``days``) and continuous query, created where missing.
 
@@ -378,27 +511,10 @@ class InfluxV1Store:
         the next start (the marker is still missing).
         """
         cfg = self._config
-        wanted = influx_duration(days)
-        found = next((r for r in await self._policies() if r["name"] == cfg.rollup_policy), None)
-        if found is None:
-            await self.query(
-                f"CREATE RETENTION POLICY {influx_name(cfg.rollup_policy)} ON {influx_name(cfg.database)}"
-                f" DURATION {days * 24}h REPLICATION 1 SHARD DURATION {influx_shard_duration(days)}",
-                method="POST",
-            )
-            check = RetentionPolicyCheck(cfg.rollup_policy, "created", wanted)
-        elif found["duration"] == wanted:
-            check = RetentionPolicyCheck(cfg.rollup_policy, "matches", wanted, str(found["duration"]))
-        elif not alter:
-            check = RetentionPolicyCheck(cfg.rollup_policy, "differs", wanted, str(found["duration"]))
-        else:
-            await self.query(
-                f"ALTER RETENTION POLICY {influx_name(cfg.rollup_policy)} ON {influx_name(cfg.database)}"
-                f" DURATION {days * 24}h SHARD DURATION {influx_shard_duration(days)}",
-                method="POST",
-            )
-            check = RetentionPolicyCheck(cfg.rollup_policy, "altered", wanted, str(found["duration"]))
-        name, create = self._rollup_cq()
+        check = await self._ensure_policy(cfg.rollup_policy, days, alter=alter)
+        daily = cfg.daily_policy()
+        if daily is not None:
+            await self._ensure_policy(daily, days, alter=alter)
         existing = [
             str(row[0])
             for result in await self.query("SHOW CONTINUOUS QUERIES")
@@ -406,25 +522,43 @@ class InfluxV1Store:
             if series.get("name") == cfg.database
             for row in series.get("values", [])
         ]
-        for other in existing:
-            if other.startswith(ROLLUP_CQ_PREFIX) and other != name:
-                await self.query(
-                    f"DROP CONTINUOUS QUERY {influx_name(other)} ON {influx_name(cfg.database)}",
-                    method="POST",
-                )
-        if name not in existing:
-            await self.query(create, method="POST")
+        for prefix, wanted_cq in (
+            (ROLLUP_CQ_PREFIX, self._rollup_cq()),
+            (DEVICE_DAYS_CQ_PREFIX, self._device_days_cq()),
+            (DAILY_CQ_PREFIX, self._daily_cq()),
+        ):
+            name = wanted_cq[0] if wanted_cq is not None else None
+            for other in existing:
+                if other.startswith(prefix) and other != name:
+                    await self.query(
+                        f"DROP CONTINUOUS QUERY {influx_name(other)} ON {influx_name(cfg.database)}",
+                        method="POST",
+                    )
+            if wanted_cq is not None and wanted_cq[0] not in existing:
+                await self.query(wanted_cq[1], method="POST")
         if not await self.rollups_backfilled():
             await self.rebuild_rollups(0, 2**62, expiring=True)
-            await self._write_marker()
+            await self._write_marker(ROLLUP_MARKER)
+            await self._write_marker(DEVICE_DAYS_MARKER)
+            if daily is not None:
+                await self._write_marker(DAILY_MARKER, daily)
+        else:
+            # levels that came after the store's counts were first rolled up
+            if not await self.rollups_backfilled(DEVICE_DAYS_MARKER):
+                await self.rebuild_rollups(0, 2**62, expiring=True, levels=("device_days",))
+                await self._write_marker(DEVICE_DAYS_MARKER)
+            if daily is not None and not await self.rollups_backfilled(DAILY_MARKER, daily):
+                await self.rebuild_rollups(0, 2**62, expiring=True, levels=("days",))
+                await self._write_marker(DAILY_MARKER, daily)
         self._rollups_known = True
         return check
 
-    async def _write_marker(self) -> None:
+    async def _write_marker(self, marker: str, policy: str | None = None) -> None:
         cfg = self._config
         # stamped now: a point older than the policy's duration is refused (and this one expires
         # with it after rollup_days; the next backfill then starts at the oldest stored event)
-        line = f"{ROLLUP_MARKER} done=true {time.time_ns()}".encode()
+        tag = f",policy={policy}" if policy else ""
+        line = f"{marker}{tag} done=true {time.time_ns()}".encode()
         params = {"db": cfg.database, "rp": cfg.rollup_policy, "precision": "ns"}
         await self._post_write(line, params)
 
@@ -444,19 +578,34 @@ class InfluxV1Store:
         hours, minutes, seconds = (int(g) for g in match.groups())
         return ((hours * 60 + minutes) * 60 + seconds) * 1_000_000_000
 
-    async def rollups_backfilled(self) -> bool:
-        """Whether the roll-ups cover every stored event (their first backfill finished)."""
+    async def rollups_backfilled(self, marker: str = ROLLUP_MARKER, policy: str | None = None) -> bool:
+        """Whether a roll-up level covers every stored event (its first backfill finished).
+
+        ``policy``: the daily level's marker names its policy (one per offset).
+        """
         cfg = self._config
+        where = ' WHERE "policy" = $policy' if policy else ""
         try:
             results = await self.query(
-                f"SELECT count(done) FROM {influx_name(cfg.rollup_policy)}.{ROLLUP_MARKER}"  # noqa: S608 - our identifiers
+                f"SELECT count(done) FROM {influx_name(cfg.rollup_policy)}.{influx_name(marker)}{where}",  # noqa: S608 - our identifiers
+                params={"policy": policy} if policy else None,
             )
         except StoreError:
             return False
         return bool(series_values(results))
 
-    async def rebuild_rollups(self, start_ns: int, end_ns: int, *, expiring: bool = False) -> int:
+    async def rebuild_rollups(
+        self,
+        start_ns: int,
+        end_ns: int,
+        *,
+        expiring: bool = False,
+        levels: Sequence[str] = ("hours", "device_days", "days"),
+    ) -> int:
         """Recount the roll-ups of the hours from ``start_ns`` to ``end_ns`` (rounded out), a day at a time.
+
+        ``levels``: the hourly counts (``hours``), the device days (``device_days``, whole UTC days)
+        and the daily counts (``days``, whole local days, when kept).
 
         The same ``SELECT ... INTO`` as the continuous query over an explicit range: recounted
         hours overwrite their points, so it is idempotent. Hours older than the events policy's
@@ -481,18 +630,42 @@ class InfluxV1Store:
         # only the hours that hold events (a range of years is not walked day by day)
         start = max(start, min(bounds) // HOUR_NS * HOUR_NS)
         end = min(end, (max(bounds) // HOUR_NS + 1) * HOUR_NS)
-        select, group_by = rollup_select(cfg.database, cfg.retention_policy, cfg.rollup_policy)
+        hours = rollup_select(cfg.database, cfg.retention_policy, cfg.rollup_policy)
+        device_days = device_days_select(cfg.database, cfg.retention_policy, cfg.rollup_policy)
         written = 0
-        at = start
-        while at < end:
-            until = min(at + DAY_NS, end)
-            results = await self.query(
-                f"{select} WHERE time >= $start AND time < $end {group_by}",
-                method="POST",
-                params={"start": at, "end": until},
-            )
-            written += sum(int(row[1]) for row in series_values(results))
-            at = until
+        # day by day, UTC days: the hours of the range, and the device days whole (a recount of
+        # part of a day only adds points: a device heard in the rest of it keeps its point)
+        day = start // DAY_NS * DAY_NS
+        while day < end:
+            work = []
+            if "hours" in levels:
+                work.append((hours, max(day, start), min(day + DAY_NS, end)))
+            if "device_days" in levels:
+                work.append((device_days, max(day, start), day + DAY_NS))
+            for (select, group_by), at, until in work:
+                results = await self.query(
+                    f"{select} WHERE time >= $start AND time < $end {group_by}",
+                    method="POST",
+                    params={"start": at, "end": until},
+                )
+                written += sum(int(row[1]) for row in series_values(results))
+            day += DAY_NS
+        daily, offset = cfg.daily_policy(), cfg.rollup_day_offset_hours
+        if "days" in levels and daily is not None and offset is not None:
+            # whole local days only: a recount of part of one would overwrite its count with less;
+            # a day whose start the range cuts is left as it is, but for the first backfill
+            local = local_day_start(start, offset)
+            if local < start and not expiring:
+                local += DAY_NS
+            select, group_by = daily_select(cfg.database, cfg.retention_policy, daily, offset)
+            while local < end:
+                results = await self.query(
+                    f"{select} WHERE time >= $start AND time < $end {group_by}",
+                    method="POST",
+                    params={"start": local, "end": local + DAY_NS},
+                )
+                written += sum(int(row[1]) for row in series_values(results))
+                local += DAY_NS
         return written
 
     async def ensure_retention(self, days: int, *, alter: bool) -> RetentionPolicyCheck:

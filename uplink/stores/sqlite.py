@@ -6,6 +6,15 @@ and fires only for rows actually inserted (``INSERT OR IGNORE`` of a re-sent eve
 nothing), so a re-sent event counts once and a late backlog adds to its own, older hours. Deleting
 events (retention) does not touch the roll-ups: they are purged by their own, longer
 ``rollup_days``.
+
+``event_rollups_daily`` holds the same counts per local day of the district (a fixed UTC offset in
+whole hours, ``rollup_day_offset_hours``), kept by its own trigger and rebuilt from the hours when
+the offset changes.
+
+``device_activity`` holds per district, compound and device its last event (time and dialect) and
+its last status report (time and state), kept by a second trigger as events arrive (an event that
+is not newer changes nothing, so re-sent and late events leave it exact). It answers the device
+inventory without reading a month of events; retention removes what it says about purged events.
 """
 
 from __future__ import annotations
@@ -15,6 +24,8 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Literal, Self, TypeVar
+
+from pydantic import Field
 
 from foundation.config_types import ConfigModel
 from foundation.events import Event
@@ -38,6 +49,13 @@ class SqliteStoreConfig(ConfigModel):
 
     type: Literal["sqlite"] = "sqlite"
     path: Path
+    rollup_day_offset_hours: int | None = Field(
+        default=8,
+        ge=-12,
+        le=14,
+        description="UTC offset (whole hours) of the district's local day for the daily roll-ups:"
+        " [api] timezone's (Asia/Shanghai: 8); none: no daily level (day counts sum hours)",
+    )
 
     def build(self) -> SqliteStore:
         """The store this config names (enter it with ``async with``)."""
@@ -49,10 +67,14 @@ class SqliteStore(SqliteBacked):
 
     def __init__(self, config: SqliteStoreConfig) -> None:
         super().__init__(config.path, SQLITE_SCHEMA, "sqlite-store")
+        hours = config.rollup_day_offset_hours
+        self.day_offset_ns: int | None = None if hours is None else hours * HOUR_NS
+        """The daily roll-ups' local day: its UTC offset in ns (None: no daily level)."""
 
     async def __aenter__(self) -> Self:
         await super().__aenter__()
-        await self._file.call(migrate_sqlite_store)
+        offset = self.day_offset_ns
+        await self._file.call(lambda db: migrate_sqlite_store(db, day_offset_ns=offset))
         return self
 
     async def call(self, function: Callable[[sqlite3.Connection], T]) -> T:
@@ -125,11 +147,18 @@ class SqliteStore(SqliteBacked):
 
         def delete_batch(db: sqlite3.Connection) -> int:
             with transaction(db):
-                return db.execute(
+                hours = db.execute(
                     "DELETE FROM event_rollups WHERE rowid IN"
                     " (SELECT rowid FROM event_rollups WHERE hour_ns < ? LIMIT ?)",
                     (cutoff_hour, batch_rows),
                 ).rowcount
+                # days go whole too: only those that ended before the cutoff's hour
+                days = db.execute(
+                    "DELETE FROM event_rollups_daily WHERE rowid IN"
+                    " (SELECT rowid FROM event_rollups_daily WHERE day_ns + ? <= ? LIMIT ?)",
+                    (DAY_NS, cutoff_hour, batch_rows),
+                ).rowcount
+                return max(hours, days)
 
         purged = 0
         try:
@@ -138,6 +167,45 @@ class SqliteStore(SqliteBacked):
                 purged += deleted
                 if deleted < batch_rows:
                     return purged
+        except (sqlite3.Error, OSError) as exc:
+            raise StoreError(f"sqlite store {self.path}: {exc}", retryable=True) from exc
+
+    async def forget_activity_before(self, cutoff_ns: int) -> None:
+        """Drop from ``device_activity`` what it says about events older than ``cutoff_ns`` (purged ones).
+
+        A device whose last event is older goes; a last status report that is older is forgotten.
+        The summary then says what the stored events say.
+        """
+
+        def forget(db: sqlite3.Connection) -> None:
+            with transaction(db):
+                db.execute("DELETE FROM device_activity WHERE last_ns < ?", (cutoff_ns,))
+                db.execute(
+                    "UPDATE device_activity SET status_state = NULL, status_ns = NULL WHERE status_ns < ?",
+                    (cutoff_ns,),
+                )
+
+        try:
+            await self._file.call(forget)
+        except (sqlite3.Error, OSError) as exc:
+            raise StoreError(f"sqlite store {self.path}: {exc}", retryable=True) from exc
+
+    async def rebuild_summaries(self) -> tuple[int, int]:
+        """Recount the hourly roll-ups of every hour whose events are all stored; rebuild the days and ``device_activity``.
+
+        The repair tool behind ``compound-gateway ingest --backfill-rollups``; the triggers keep
+        them exact as events arrive. Returns (hourly roll-up rows written, devices summarised).
+        """
+        offset = self.day_offset_ns
+
+        def rebuild(db: sqlite3.Connection) -> tuple[int, int]:
+            with transaction(db):
+                hours = rebuild_rollup_hours(db, -(2**62), 2**62)
+                rebuild_rollup_days(db, offset)
+                return hours, rebuild_device_activity(db)
+
+        try:
+            return await self._file.call(rebuild)
         except (sqlite3.Error, OSError) as exc:
             raise StoreError(f"sqlite store {self.path}: {exc}", retryable=True) from exc
 
@@ -194,7 +262,9 @@ class SqliteStore(SqliteBacked):
         def purged(deleted: int) -> None:
             tally.events_purged += deleted
 
-        await self.purge_before(rules.cutoff_ns(rules.events_days, now), rules.batch_rows, on_batch=purged)
+        events_cutoff = rules.cutoff_ns(rules.events_days, now)
+        await self.purge_before(events_cutoff, rules.batch_rows, on_batch=purged)
+        await self.forget_activity_before(events_cutoff)
         await self.purge_rollups_before(rules.cutoff_ns(rules.rollup_days, now), rules.batch_rows)
         cutoff_ns = rules.cutoff_ns(rules.hit_crops_days, now)
         batch_rows = min(rules.batch_rows, HIT_CROPS_BATCH_MAX)
@@ -254,6 +324,63 @@ CREATE TRIGGER IF NOT EXISTS events_rollup AFTER INSERT ON events BEGIN
     ON CONFLICT (compound_id, hour_ns, kind, severity, district_id) DO UPDATE SET events = events + 1;
 END;
 """
+# Device activity: one row per district, compound and device. Every SET expression of an UPSERT
+# reads the row as it was, so the last event's dialect and time change together, and only for a
+# newer event (a re-sent or late one changes nothing).
+SQLITE_DEVICE_ACTIVITY = """
+CREATE TABLE IF NOT EXISTS device_activity (
+    district_id  TEXT NOT NULL,
+    compound_id  TEXT NOT NULL,
+    device_id    TEXT NOT NULL,
+    dialect      TEXT,
+    last_ns      INTEGER NOT NULL,
+    status_state TEXT,
+    status_ns    INTEGER,
+    PRIMARY KEY (district_id, compound_id, device_id)
+);
+CREATE TRIGGER IF NOT EXISTS events_device_activity AFTER INSERT ON events BEGIN
+    INSERT INTO device_activity (district_id, compound_id, device_id, dialect, last_ns, status_state, status_ns)
+    VALUES (NEW.district_id, NEW.compound_id, NEW.device_id, json_extract(NEW.body, '$.source.dialect'), NEW.time_ns,
+            CASE WHEN NEW.kind = 'device_status' THEN json_extract(NEW.body, '$.payload.state') END,
+            CASE WHEN NEW.kind = 'device_status' THEN NEW.time_ns END)
+    ON CONFLICT (district_id, compound_id, device_id) DO UPDATE SET
+        dialect = CASE WHEN excluded.last_ns > last_ns THEN excluded.dialect ELSE dialect END,
+        last_ns = max(last_ns, excluded.last_ns),
+        status_state = CASE WHEN excluded.status_ns > coalesce(status_ns, -1) THEN excluded.status_state ELSE status_state END,
+        status_ns = CASE WHEN excluded.status_ns > coalesce(status_ns, -1) THEN excluded.status_ns ELSE status_ns END;
+END;
+"""
+# Daily roll-ups: the hourly ones summed per local day of the district (a fixed UTC offset in
+# whole hours, so a local day is exactly 24 UTC hours). Kept by a trigger built for the offset; the
+# offset the table was built for is kept beside it, and another one rebuilds it from the hours.
+DAY_NS = 24 * HOUR_NS
+SQLITE_ROLLUP_DAYS = """
+CREATE TABLE IF NOT EXISTS event_rollups_daily (
+    compound_id TEXT NOT NULL,
+    day_ns      INTEGER NOT NULL,
+    kind        TEXT NOT NULL,
+    severity    TEXT NOT NULL,
+    district_id TEXT NOT NULL,
+    events      INTEGER NOT NULL,
+    PRIMARY KEY (compound_id, day_ns, kind, severity, district_id)
+);
+CREATE INDEX IF NOT EXISTS event_rollups_daily_by_day ON event_rollups_daily (day_ns);
+CREATE TABLE IF NOT EXISTS event_rollups_daily_offset (offset_ns INTEGER);
+"""
+
+
+def rollup_day_trigger(offset_ns: int) -> str:
+    """The trigger adding each inserted event to its local day (day start = UTC midnight - offset)."""
+    day = f"(NEW.time_ns + {int(offset_ns)}) / {DAY_NS} * {DAY_NS} - {int(offset_ns)}"  # integers only
+    return (
+        "CREATE TRIGGER events_rollup_daily AFTER INSERT ON events BEGIN"  # noqa: S608 - integers only
+        " INSERT INTO event_rollups_daily (compound_id, day_ns, kind, severity, district_id, events)"
+        f" VALUES (NEW.compound_id, {day}, NEW.kind, NEW.severity, NEW.district_id, 1)"
+        " ON CONFLICT (compound_id, day_ns, kind, severity, district_id) DO UPDATE SET events = events + 1;"
+        " END"
+    )
+
+
 ROLLUP_FROM_EVENTS = (
     "INSERT INTO event_rollups (compound_id, hour_ns, kind, severity, district_id, events)"
     " SELECT compound_id, time_ns / 3600000000000 * 3600000000000, kind, severity, district_id, count(*)"
@@ -294,8 +421,11 @@ def sqlite_row(event: Event) -> tuple[str | int | None, ...]:
     )
 
 
-def migrate_sqlite_store(db: sqlite3.Connection) -> None:
-    """Bring an embedded store file to the current schema (adds and back-fills the query columns)."""
+def migrate_sqlite_store(db: sqlite3.Connection, *, day_offset_ns: int | None = 8 * HOUR_NS) -> None:
+    """Bring an embedded store file to the current schema (adds and back-fills the query columns).
+
+    ``day_offset_ns``: the local day of the daily roll-ups (None: none kept).
+    """
 
     def missing_columns() -> list[tuple[str, str]]:
         present = {row[1] for row in db.execute("PRAGMA table_info(events)")}
@@ -325,6 +455,48 @@ def migrate_sqlite_store(db: sqlite3.Connection) -> None:
                 for statement in _statements(SQLITE_ROLLUPS):
                     db.execute(statement)
                 db.execute(ROLLUP_FROM_EVENTS, (-(2**63), 2**63 - 1))
+    if _day_offset(db) != (day_offset_ns, True):
+        with transaction(db):
+            if _day_offset(db) != (day_offset_ns, True):  # again under the write lock, as above
+                for statement in _statements(SQLITE_ROLLUP_DAYS):
+                    db.execute(statement)
+                db.execute("DROP TRIGGER IF EXISTS events_rollup_daily")
+                if day_offset_ns is not None:
+                    db.execute(rollup_day_trigger(day_offset_ns))
+                rebuild_rollup_days(db, day_offset_ns)
+                db.execute("DELETE FROM event_rollups_daily_offset")
+                db.execute("INSERT INTO event_rollups_daily_offset (offset_ns) VALUES (?)", (day_offset_ns,))
+    if not _has_table(db, "device_activity"):
+        with transaction(db):
+            if not _has_table(db, "device_activity"):  # again under the write lock, as above
+                for statement in _statements(SQLITE_DEVICE_ACTIVITY):
+                    db.execute(statement)
+                rebuild_device_activity(db)
+
+
+def _day_offset(db: sqlite3.Connection) -> tuple[int | None, bool]:
+    """The offset the daily roll-ups were built for, and whether they were built at all."""
+    if not _has_table(db, "event_rollups_daily_offset"):
+        return None, False
+    row = db.execute("SELECT offset_ns FROM event_rollups_daily_offset").fetchone()
+    return (row[0], True) if row is not None else (None, False)
+
+
+def rebuild_rollup_days(db: sqlite3.Connection, offset_ns: int | None) -> int:
+    """Fill the daily roll-ups again from the hourly ones (run it inside a transaction); returns rows.
+
+    A local day at a whole-hour offset is exactly 24 hourly rows, so the sums are exact and reach
+    as far back as the hours do (beyond the stored events).
+    """
+    db.execute("DELETE FROM event_rollups_daily")
+    if offset_ns is None:
+        return 0
+    return db.execute(
+        "INSERT INTO event_rollups_daily (compound_id, day_ns, kind, severity, district_id, events)"
+        " SELECT compound_id, (hour_ns + ?) / ? * ? - ?, kind, severity, district_id, sum(events)"
+        " FROM event_rollups GROUP BY 1, 2, 3, 4, 5",
+        (offset_ns, DAY_NS, DAY_NS, offset_ns),
+    ).rowcount
 
 
 def _has_table(db: sqlite3.Connection, name: str) -> bool:
@@ -363,6 +535,29 @@ def rebuild_rollup_hours(db: sqlite3.Connection, start_ns: int, end_ns: int) -> 
         return 0
     db.execute("DELETE FROM event_rollups WHERE hour_ns >= ? AND hour_ns < ?", (start, end))
     return db.execute(ROLLUP_FROM_EVENTS, (start, end)).rowcount
+
+
+def rebuild_device_activity(db: sqlite3.Connection) -> int:
+    """Fill ``device_activity`` again from the stored events (run it inside a transaction); returns its rows.
+
+    SQLite takes a bare column of a ``max()`` query from the row holding the maximum.
+    """
+    db.execute("DELETE FROM device_activity")
+    db.execute(
+        "INSERT INTO device_activity (district_id, compound_id, device_id, dialect, last_ns)"
+        " SELECT district_id, compound_id, device_id, json_extract(body, '$.source.dialect'), max(time_ns)"
+        " FROM events GROUP BY district_id, compound_id, device_id"
+    )
+    statuses = db.execute(
+        "SELECT json_extract(body, '$.payload.state'), max(time_ns), district_id, compound_id, device_id"
+        " FROM events WHERE kind = 'device_status' GROUP BY district_id, compound_id, device_id"
+    ).fetchall()
+    db.executemany(
+        "UPDATE device_activity SET status_state = ?, status_ns = ?"
+        " WHERE district_id = ? AND compound_id = ? AND device_id = ?",
+        statuses,
+    )
+    return int(db.execute("SELECT count(*) FROM device_activity").fetchone()[0])
 
 
 def sqlite_event_ids(path: Path) -> list[str]:
