@@ -128,6 +128,13 @@ class OperatorApiConfig(ConfigModel):
     console_login_attempts: int = Field(
         default=10, ge=1, le=1000, description="failed console logins per client address per 15 minutes"
     )
+    alarm_poll_s: float = Field(
+        default=0.5,
+        gt=0,
+        le=10,
+        description="how often the console's live alarm queue looks for new alarms in the store"
+        " (an alarm reaches the screen within about this, plus the store's own delay)",
+    )
     tls: ApiTlsConfig | None = Field(
         default=None, description="serve HTTPS with this certificate; none: plain HTTP (or behind a proxy)"
     )

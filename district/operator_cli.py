@@ -382,7 +382,7 @@ async def serve_api(config: DistrictConfig, *, ready: asyncio.Event | None = Non
             commands.expose(health)
         tls = _api_tls(config)
         # one poller of new alarms for every console left open (the alarm queue's live updates)
-        feed = AlarmFeed(service.backend, config.district_id)
+        feed = AlarmFeed(service.backend, config.district_id, poll_s=config.api.alarm_poll_s)
         app = build_api(service, health, config.api)
         app[ALARM_FEED] = feed
         runner = web.AppRunner(app, access_log=None)
