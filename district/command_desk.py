@@ -108,22 +108,7 @@ class CommandDesk:
 
     def session_options(self) -> SessionOptions:
         """The desk's persistent session (``[commands]`` overrides of ``[broker]``)."""
-        broker, commands = self._config.broker, self._commands
-        tls = commands.tls or broker.tls
-        password = commands.password or broker.password
-        return SessionOptions(
-            host=broker.host,
-            port=broker.port,
-            client_id=commands.client_id,
-            clean_start=False,
-            session_expiry_s=broker.session_expiry_s,
-            keepalive_s=broker.keepalive_s,
-            tls_context=tls.context() if tls else None,
-            username=commands.username or broker.username,
-            password=password.get_secret_value() if password else None,
-            receive_maximum=RECEIVE_MAXIMUM,
-            manual_ack=True,
-        )
+        return self._commands.session_options(self._config.broker, RECEIVE_MAXIMUM)
 
     def expose(self, health: Health) -> None:
         """The desk's figures on the API's ``/metrics``."""

@@ -15,6 +15,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from foundation.config_types import ConfigModel, Port, ZoneName
 from foundation.credentials import CredentialName, credential_path
 from foundation.events import GbId
+from foundation.mqtt import SessionOptions
 from foundation.toml_config import load_toml_model
 from uplink.commands import MAX_LIFETIME
 from uplink.config import BrokerConfig, TlsConfig
@@ -226,16 +227,14 @@ class RetentionConfig(ConfigModel):
     )
 
 
-class EvidenceConfig(ConfigModel):
-    """The evidence desk: the operator API's own session to the district broker, its files and index.
+class DeskConfig(ConfigModel):
+    """What every desk of the operator API (evidence, commands) has: its own persistent session.
 
-    The session uses ``[broker]`` (host, port, TLS, credentials) unless overridden here; its user is
-    ``district-evidence`` in the shipped ACL (asks compounds, reads their evidence topics).
+    The session uses ``[broker]`` (host, port, TLS, credentials) unless overridden in the desk's section.
     """
 
     enabled: bool = Field(default=True, description="run the desk inside `compound-gateway api`")
     client_id: str = Field(
-        default="district-evidence",
         pattern=r"^[A-Za-z0-9_\-]{1,64}$",
         description="the desk's MQTT client id (stable: its session is persistent)",
     )
@@ -243,6 +242,38 @@ class EvidenceConfig(ConfigModel):
     password: SecretStr | None = Field(default=None, description="default: [broker] password")
     tls: TlsConfig | None = Field(default=None, description="default: [broker] tls")
     topic_prefix: str = DEFAULT_PREFIX
+
+    def session_options(self, broker: BrokerConfig, receive_maximum: int) -> SessionOptions:
+        """The desk's persistent, manually acknowledged session (this section's overrides of ``[broker]``)."""
+        tls = self.tls or broker.tls
+        password = self.password or broker.password
+        return SessionOptions(
+            host=broker.host,
+            port=broker.port,
+            client_id=self.client_id,
+            clean_start=False,
+            session_expiry_s=broker.session_expiry_s,
+            keepalive_s=broker.keepalive_s,
+            tls_context=tls.context() if tls else None,
+            username=self.username or broker.username,
+            password=password.get_secret_value() if password else None,
+            receive_maximum=receive_maximum,
+            manual_ack=True,
+        )
+
+
+class EvidenceConfig(DeskConfig):
+    """The evidence desk: the operator API's own session to the district broker, its files and index.
+
+    The session uses ``[broker]`` (host, port, TLS, credentials) unless overridden here; its user is
+    ``district-evidence`` in the shipped ACL (asks compounds, reads their evidence topics).
+    """
+
+    client_id: str = Field(
+        default="district-evidence",
+        pattern=r"^[A-Za-z0-9_\-]{1,64}$",
+        description="the desk's MQTT client id (stable: its session is persistent)",
+    )
     media_dir: Path | None = Field(
         default=None, description="content-addressed evidence files (default: evidence/ beside [api] ops_db)"
     )
@@ -267,7 +298,7 @@ class EvidenceConfig(ConfigModel):
 MAX_LIFETIME_S = int(MAX_LIFETIME.total_seconds())
 
 
-class CommandsConfig(ConfigModel):
+class CommandsConfig(DeskConfig):
     """The command desk: the operator API's session that orders compounds' devices (``docs/commands.md``).
 
     The session uses ``[broker]`` unless overridden here; its user is ``district-commands`` in the
@@ -275,16 +306,11 @@ class CommandsConfig(ConfigModel):
     commands in the command book over the last minute, so they hold across API restarts.
     """
 
-    enabled: bool = Field(default=True, description="run the desk inside `compound-gateway api`")
     client_id: str = Field(
         default="district-commands",
         pattern=r"^[A-Za-z0-9_\-]{1,64}$",
         description="the desk's MQTT client id (stable: its session is persistent)",
     )
-    username: str | None = Field(default=None, description="default: [broker] username")
-    password: SecretStr | None = Field(default=None, description="default: [broker] password")
-    tls: TlsConfig | None = Field(default=None, description="default: [broker] tls")
-    topic_prefix: str = DEFAULT_PREFIX
     book_path: Path | None = Field(
         default=None, description="the command book (SQLite; default: commands.db beside [api] ops_db)"
     )
