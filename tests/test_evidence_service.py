@@ -621,7 +621,9 @@ async def test_alarm_pictures_overtake_request_files_and_open_requests_survive_a
     # the alarm must turn up while the first file is going: long enough that a test loop starved by
     # a busy machine still sees it going (40 chunks were sent before the test looked, once, in CI)
     first = media_file(c.files, event_id, "scene", 1000 * CHUNK)
-    second = media_file(c.files, event_id, "snapshot", 3000 * CHUNK)
+    second = media_file(
+        c.files, event_id, "snapshot", 8000 * CHUNK
+    )  # 3000 finished before the stop once, under load
     alarm = media_file(c.files, "evt-thrown-000006", "snapshot", 2 * CHUNK)
     c.catalog.events[event_id] = event_media(
         event_id, EventKind.THROWN_OBJECT, cam, "hightoss-mqtt", [first, second]
@@ -635,7 +637,7 @@ async def test_alarm_pictures_overtake_request_files_and_open_requests_survive_a
             await until(lambda: c.catalog.proactive_marked == [1])
             # the gateway's own count: the desk lags behind what the broker already acknowledged
             await until(lambda: gw.service.bytes_sent >= first.item.size + alarm.item.size + 5 * CHUNK)
-        # stopped mid-way through the second file (3000 chunks)
+        # stopped mid-way through the second file (8000 chunks)
         assert district.file(request.request_id, second.item) is None
         order = [sha for what, _, sha in district.arrivals if what == "chunk"]
         assert order.index(alarm.item.sha256) > order.index(first.item.sha256)
