@@ -637,7 +637,7 @@ async def test_alarm_pictures_overtake_request_files_and_open_requests_survive_a
             await until(lambda: c.catalog.proactive_marked == [1])
             # the gateway's own count: the desk lags behind what the broker already acknowledged
             await until(lambda: gw.service.bytes_sent >= first.item.size + alarm.item.size + 5 * CHUNK)
-        # stopped mid-way through the second file (8000 chunks)
+        # stopped mid-way through the second file (4000 chunks)
         assert district.file(request.request_id, second.item) is None
         order = [sha for what, _, sha in district.arrivals if what == "chunk"]
         assert order.index(alarm.item.sha256) > order.index(first.item.sha256)
