@@ -211,7 +211,7 @@ async def test_overview_shows_the_seeded_numbers(tmp_path: Path) -> None:
         assert titles[0] == "总览"
         assert c1 == expected(events, {C1})
         assert total == expected(events, {C1, C2})
-        assert c1["today"]["vehicle_pass"] >= 3  # the figures are not all zero
+        assert sum(c1["trend"]) >= 3  # the figures are not all zero (whatever the local hour: not "today")
         reads = await district.audit("overview")
         assert [(r.entry.actor, r.entry.channel, r.entry.outcome) for r in reads] == [
             ("viewer", "console", "ok")
