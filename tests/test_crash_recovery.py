@@ -71,6 +71,8 @@ SOAK_EVENTS = 10_000
 BURST_DIALECTS = {"hik-isapi-acs", "hik-isapi-anpr", "ctwing-smoke", "uface-mqtt", "vz-lpr-mqtt", "shed-mqtt"}
 HOOK_LIMIT_S = 60  # waiting for an observable state; exceeded only if the state never comes
 PAUSED_SCRAPE_S = 3  # a /metrics answer slower than this with the worker paused is stuck behind it
+COMMIT_WAIT_S = 5  # a let-go worker commits the batch it holds in milliseconds; this is slack for CI
+CONFIRM_GAP_S = 0.1  # time for the main process to read an answer the worker sent before its pause
 
 
 class NotExactError(AssertionError):
@@ -174,7 +176,7 @@ class KillTest:
         if self.moment == "uncommitted":
             await self._pause_worker_with_batch_in_flight(worker)
         else:
-            await self._pause_gateway_after_a_commit()
+            await self._pause_gateway_after_a_commit(worker)
         self.evidence.acked_by_devices_at_kill = len(self.runner.report.acked)
         self.kill_landed = True  # decided and about to happen: the load may end after a last stretch
         if self.mode == "worker":
@@ -190,7 +192,15 @@ class KillTest:
             await self._wait_for(lambda: not _alive(worker), "the worker to die with its group")
         self.recovery_s = await self.gateway.start_gateway(self.config)
 
-    async def _pause_worker_with_batch_in_flight(self, worker: psutil.Process) -> None:
+    async def _pause_worker_with_batch_in_flight(
+        self, worker: psutil.Process, confirmations: int = 1
+    ) -> None:
+        """Leave the worker paused while /metrics shows a batch handed to it and not answered.
+
+        With ``confirmations`` above one, the batch must still be in flight ``CONFIRM_GAP_S``
+        later: by then the main process has read any answer the worker sent before its pause, so
+        the batch in flight is one the paused worker holds.
+        """
         deadline = time.monotonic() + HOOK_LIMIT_S
         while True:
             worker.suspend()  # SIGSTOP: whatever it was doing, it now stays half-done
@@ -198,6 +208,9 @@ class KillTest:
             try:
                 async with asyncio.timeout(PAUSED_SCRAPE_S):
                     text = await self._metrics_when(_batch_in_flight_after_acks, "a batch in flight")
+                    for _ in range(confirmations - 1):
+                        await asyncio.sleep(CONFIRM_GAP_S)
+                        text = await self._metrics_when(_batch_in_flight_after_acks, "a batch in flight")
             except TimeoutError:
                 # /metrics reads the outbox through the gateway's one reader thread, which may be
                 # waiting (up to SQLite's busy timeout) for a write lock the paused worker holds:
@@ -210,26 +223,33 @@ class KillTest:
             self.evidence.gateway_acked_before = value(text, "cgw_mqtt_intake_acked_total")
             return
 
-    async def _pause_gateway_after_a_commit(self) -> None:
+    async def _pause_gateway_after_a_commit(self, worker: psutil.Process) -> None:
+        """Leave the main process paused with a batch committed by the worker and not acknowledged.
+
+        Deterministic, not a race against the commit: the worker is paused holding a batch (seen in
+        flight twice, so the main process has read every answer already sent), then the main
+        process is paused, then the worker is let go and commits the batch it holds. A worker
+        paused between its commit and its answer commits nothing new: then both go on and the
+        hook tries again.
+        """
         assert self.gateway.process is not None
         main = psutil.Process(self.gateway.process.pid)
         deadline = time.monotonic() + HOOK_LIMIT_S
         while True:
-            text = await self._metrics_when(_batch_in_flight_after_acks, "a batch in flight")
-            self.evidence.gateway_acked_before = value(text, "cgw_mqtt_intake_acked_total")
-            self.evidence.in_flight_at_kill = value(text, "cgw_intake_batches_in_flight")
+            await self._pause_worker_with_batch_in_flight(worker, confirmations=2)
             main.suspend()
-            self.evidence.pauses += 1
             # counted after the pause: whatever is committed from now on, the gateway cannot have
             # acknowledged (acknowledging needs the paused main process)
             before = await asyncio.to_thread(_row_count, self.db_path)
-            for _ in range(100):
+            worker.resume()
+            commit_deadline = time.monotonic() + COMMIT_WAIT_S
+            while time.monotonic() < commit_deadline:
                 now = await asyncio.to_thread(_row_count, self.db_path)
                 if now > before:
                     self.evidence.committed_while_paused = now - before
                     return  # killed while still paused
                 await asyncio.sleep(0.02)
-            main.resume()  # the batch seen in flight was answered before the pause: try again
+            main.resume()  # the held batch had been committed before the pause: try again
             assert time.monotonic() < deadline, "never caught a commit while the gateway was paused"
 
     async def _metrics_when(self, ready: Callable[[str], bool], what: str) -> str:
