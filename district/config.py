@@ -12,6 +12,7 @@ from typing import Any, Literal, Self
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
+from district.city.config import CityConfig
 from foundation.config_types import ConfigModel, Port, ZoneName
 from foundation.credentials import CredentialName, credential_path
 from foundation.events import GbId
@@ -363,6 +364,7 @@ class DistrictConfig(ConfigModel):
     evidence: EvidenceConfig = EvidenceConfig()
     commands: CommandsConfig = CommandsConfig()
     compounds: tuple[CompoundEntry, ...] = ()
+    city: CityConfig | None = Field(default=None, description="the GA/T 1400 link to the city platform")
     log_format: Literal["auto", "json", "console"] = "auto"
 
     @field_validator("compounds")
