@@ -21,6 +21,7 @@ from datetime import datetime
 from typing import Protocol
 
 import structlog
+from pydantic import ValidationError
 
 from foundation.cancellation import raise_if_cancelling
 from foundation.errors import PayloadRejected, PublishRefusedError, TransportError, UplinkError
@@ -327,7 +328,12 @@ class MqttUplink:
         (a district ACL without the inventory rule) is logged and counted, never fatal: events
         must flow whether or not the district keeps a registry.
         """
-        body = encode_inventory(configured_inventory(self._config))
+        try:
+            body = encode_inventory(configured_inventory(self._config))
+        except ValidationError:
+            # a bug (the config passed its own checks): the events must still flow
+            log.exception("uplink_inventory_invalid")
+            return
         try:
             await session.publish(self._inventory_topic, body, qos=1, retain=True)
         except PublishRefusedError as exc:

@@ -33,7 +33,7 @@ INVENTORY = "registry/inventory"
 MAX_DEVICES = 5_000
 """The most devices one compound's inventory may list (a large compound has a few hundred)."""
 
-Token = Annotated[str, StringConstraints(pattern=r"^[a-z0-9_]{1,64}$")]
+Token = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_.\-]{0,63}$")]
 Version = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{16,64}$")]
 
 
