@@ -36,6 +36,7 @@ from district.config import DistrictConfig, load_district_config
 from district.ingester import run_ingester
 from district.operations import OperationsDb
 from district.operator_cli import serve_api
+from district.queries.devices import registry_with_status
 from district.query_model import Role
 from foundation.events import DeviceState, DeviceStatusPayload, Event, utc_now
 from gateway.config import GatewayConfig, load_config
@@ -184,7 +185,7 @@ def _console_rows(url: str, token: str) -> tuple[dict[str, tuple[str, str, str]]
 async def test_registered_devices_never_reported_removed_and_renamed(tmp_path: Path) -> None:
     """Never-reported devices are offline "never reported" in the API, CLI and console; the rate is over the registry.
 
-    Then the gateway restarts with one of them removed and another device renamed: the removed one
+    The city link's ``registry_with_status`` gives the same devices and states. Then the gateway restarts with one of them removed and another device renamed: the removed one
     leaves the list and the registry's history records the removal and the rename with their time.
 
     Broken on purpose, each once: ``device_rows`` ignoring the registry (``registry = None`` at its
@@ -259,6 +260,13 @@ async def test_registered_devices_never_reported_removed_and_renamed(tmp_path: P
         renamed = next(c for c in latest if c["change"] == "changed")
         assert renamed["fields"] == {"name": ["东门人脸门禁1", NEW_NAME]}
         assert sorted(c["device_id"] for c in changes if c["change"] == "added") == sorted(configured)
+
+        # the city link's APE list: every registered device with the same online status
+        city = await registry_with_status(config)
+        assert {(d.device_id, d.online) for d in city} == {
+            (d, r["status"] == "online") for d, r in rows.items()
+        }
+        assert {(d.compound_id, d.kind) for d in city if d.device_id == NEVER_B} == {(C1, "smoke_detector")}
 
         # the CLI, from the same stores
         config_path = tmp_path / "district.toml"
