@@ -249,6 +249,10 @@ async def test_registered_devices_never_reported_removed_and_renamed(tmp_path: P
         assert rows[RENAMED]["name"] == NEW_NAME
         [summary] = [c for c in answer["compounds"] if c["compound_id"] == C1]
         assert summary["devices"] == len(configured) - 1
+        # the overview's online rate is the same figure
+        overview = await api.get("/overview")
+        [row] = [c for c in overview["compounds"] if c["compound_id"] == C1]
+        assert (row["devices"], row["online"]) == (summary["devices"], summary["online"])
         changes = (await api.get("/device-changes"))["changes"]
         latest = [c for c in changes if datetime.fromisoformat(c["at"]) >= before_restart]
         assert sorted((c["device_id"], c["change"]) for c in latest) == [

@@ -72,6 +72,8 @@ async def load(ctx: PageContext) -> Mapping[str, Any]:
     report: DeviceReport = await ctx.ask("devices", {})
     reasons = await offline_reasons(ctx, report)
     rows = sorted(report.devices, key=lambda d: (d.status != "offline", d.compound_id, d.device_id))
+    # "未登记" only where the compound has a registry to be missing from
+    with_registry = {c.compound_id for c in report.compounds if c.from_registry}
     return {
         "devices": [
             {
@@ -81,7 +83,7 @@ async def load(ctx: PageContext) -> Mapping[str, Any]:
                 "name": d.name,
                 "kind": d.kind,
                 "place": d.place,
-                "registered": d.registered,
+                "unregistered": not d.registered and d.compound_id in with_registry,
                 "online": d.status == "online",
                 "why": why_zh(d.why),
                 "reason": reasons.get(d.device_id) if d.status == "offline" else None,
