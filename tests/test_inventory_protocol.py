@@ -17,6 +17,7 @@ import pytest
 from device_sims.broker import free_port
 from device_sims.inventory import DISTRICT_ID, compound_id
 from district.device_registry import Applied, Change, DeviceRegistry
+from district.query_model import Role
 from foundation.errors import PayloadRejected
 from foundation.events import Location, utc_now
 from gateway.config import load_config
@@ -178,3 +179,71 @@ async def test_the_registry_keeps_the_history(tmp_path: Path) -> None:
         (SIREN, Change.ADDED),
     ]
     assert removals == {(C1, SIREN): later}
+
+
+async def test_devices_lists_the_registry_and_what_still_reports(tmp_path: Path) -> None:
+    """The ``devices`` rule on a real store and registry: who is listed, why, and what the rate counts.
+
+    Compound 1 has a registry: a reporting device (online), a silent one registered today (never
+    reported), one registered 40 days ago and silent since (silent for over 30 d), a removed device
+    silent since its removal (not listed), a removed one that reports after its removal and one
+    never registered (both listed, unregistered, outside the rate). Compound 2 has none: its
+    reporting device is listed and counted, as before the registry.
+
+    Broken on purpose: dropping the ``last_seen <= removed_at`` check listed the removed, silent
+    device, and the exact set comparison failed.
+    """
+    from district.operator_service import Caller, open_operator_service  # noqa: PLC0415
+    from foundation.events import ThrownObjectPayload  # noqa: PLC0415
+    from tests.console_browser import _event, write_config  # noqa: PLC0415
+    from uplink.stores.sqlite import SqliteStore  # noqa: PLC0415
+
+    config = write_config(tmp_path)
+    now = utc_now()
+    reporting, fresh, old, gone, back, stranger = (f"360104000113200002{i:02d}" for i in range(6))
+    c2 = compound_id(2)
+    c2_device = "36010400021320000299"
+    async with DeviceRegistry(config.device_registry_path()) as registry:
+        with_old = Inventory.of(DISTRICT_ID, C1, (_device(old, "老设备"),), now - timedelta(days=41))
+        await registry.apply(with_old, now - timedelta(days=40))
+        full = Inventory.of(
+            DISTRICT_ID,
+            C1,
+            tuple(_device(d, f"设备{d[-2:]}") for d in (reporting, fresh, old, gone, back)),
+            now - timedelta(hours=2),
+        )
+        await registry.apply(full, now - timedelta(hours=2))
+        kept = tuple(_device(d, f"设备{d[-2:]}") for d in (reporting, fresh, old))
+        await registry.apply(
+            Inventory.of(DISTRICT_ID, C1, kept, now - timedelta(hours=1)), now - timedelta(hours=1)
+        )
+    minutes = timedelta(minutes=1)
+    events = [
+        _event("reg-reporting", C1, reporting, now - minutes, ThrownObjectPayload(), dialect="hightoss-mqtt"),
+        _event("reg-gone-01", C1, gone, now - 90 * minutes, ThrownObjectPayload(), dialect="hightoss-mqtt"),
+        _event("reg-back-01", C1, back, now - 5 * minutes, ThrownObjectPayload(), dialect="hightoss-mqtt"),
+        _event(
+            "reg-stranger", C1, stranger, now - 2 * minutes, ThrownObjectPayload(), dialect="hightoss-mqtt"
+        ),
+        _event(
+            "reg-c2-0001", c2, c2_device, now - 3 * minutes, ThrownObjectPayload(), dialect="hightoss-mqtt"
+        ),
+    ]
+    async with SqliteStore(config.store) as store:  # type: ignore[arg-type]
+        await store.write(events)
+    async with open_operator_service(config) as service:
+        token = await service.operations.create_token("viewer", Role.VIEWER, DISTRICT_ID, (), "test")
+        answer = await service.handle(token, "devices", {}, Caller("cli", "test"))
+    rows = {(d.device_id, d.registered, d.status, d.why) for d in answer.result.devices}
+    assert rows == {
+        (reporting, True, "online", "reporting"),
+        (fresh, True, "offline", "never reported"),
+        (old, True, "offline", "silent for over 30 d"),
+        (back, False, "online", "reporting"),
+        (stranger, False, "online", "reporting"),
+        (c2_device, False, "online", "reporting"),
+    }
+    summary = {
+        c.compound_id: (c.devices, c.online, c.from_registry, c.unregistered) for c in answer.result.compounds
+    }
+    assert summary == {C1: (3, 1, True, 2), c2: (1, 1, False, 0)}
