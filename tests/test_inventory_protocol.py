@@ -247,3 +247,28 @@ async def test_devices_lists_the_registry_and_what_still_reports(tmp_path: Path)
         c.compound_id: (c.devices, c.online, c.from_registry, c.unregistered) for c in answer.result.compounds
     }
     assert summary == {C1: (3, 1, True, 2), c2: (1, 1, False, 0)}
+
+
+async def test_the_desk_refuses_what_does_not_match_its_topic(tmp_path: Path) -> None:
+    """An inventory under another compound's topic, another district's, or not JSON is refused and counted; the registry keeps nothing of it.
+
+    Broken on purpose: without the compound check in ``RegistryDesk._read`` C1's document under
+    C2's topic was applied (``handle`` answered updated) and the first assertion failed.
+    """
+    from district.registry_desk import RegistryDesk  # noqa: PLC0415
+    from tests.console_browser import write_config  # noqa: PLC0415
+
+    config = write_config(tmp_path)
+    body = encode_inventory(_inventory(_device(GATE, "东门")))
+    other = "36010300005000000001"
+    async with DeviceRegistry(config.device_registry_path()) as registry:
+        desk = RegistryDesk(config, registry)
+        assert await desk.handle(inventory_topic("cgw/v1", DISTRICT_ID, compound_id(2)), body) is None
+        assert await desk.handle(inventory_topic("cgw/v1", other, C1), body) is None
+        assert await desk.handle(inventory_topic("cgw/v1", DISTRICT_ID, C1), b"{not json") is None
+        assert await desk.handle(inventory_topic("cgw/v1", DISTRICT_ID, C1), b"") is None  # a cleared retain
+        assert await registry.registered_compounds(DISTRICT_ID) == set()
+        assert await desk.handle(inventory_topic("cgw/v1", DISTRICT_ID, C1), body) is Applied.UPDATED
+        assert await desk.handle(inventory_topic("cgw/v1", DISTRICT_ID, C1), body) is Applied.UNCHANGED
+    assert dict(desk.rejected) == {"identity_mismatch": 1, "foreign_district": 1, "malformed_json": 1}
+    assert dict(desk.inventories) == {"updated": 1, "unchanged": 1, "stale": 0, "rejected": 3}
