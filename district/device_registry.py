@@ -8,8 +8,10 @@ device, the silent ones included, and ``device_changes`` reads the history.
 Applying an inventory is one transaction: the compound's devices become exactly the inventory's,
 and each difference is one history row with the district's time: ``added``, ``changed`` (with the
 fields that changed, old and new) or ``removed``. The same version again changes nothing (a
-gateway restarted with an unchanged config, a redelivery); an inventory generated before the one
-held is ignored (a stale redelivery must not undo a newer config). History rows older than
+gateway restarted with an unchanged config, a redelivery). Inventories are applied in the order
+they arrive, never by the gateway's ``generated_at``: a gateway whose clock was reset would
+otherwise have its new config ignored, and the broker's retained copy, sent again on every
+subscription, is the newest anyway. History rows older than
 ``[retention] device_changes_days`` are deleted; the current devices stay as long as listed.
 """
 
@@ -61,7 +63,6 @@ class Applied(StrEnum):
 
     UPDATED = "updated"  # a new version: the differences are in the history
     UNCHANGED = "unchanged"  # the version held already
-    STALE = "stale"  # generated before the version held: ignored
 
 
 def _iso(moment: datetime) -> str:
@@ -268,14 +269,9 @@ def _apply(db: sqlite3.Connection, inventory: Inventory, received_at: datetime) 
     compound = inventory.compound_id
     at = _iso(received_at)
     with transaction(db):
-        held = db.execute(
-            "SELECT version, generated_at FROM inventories WHERE compound_id = ?", (compound,)
-        ).fetchone()
-        if held is not None:
-            if held[0] == inventory.version:
-                return Outcome(Applied.UNCHANGED)
-            if datetime.fromisoformat(held[1]) > inventory.generated_at:
-                return Outcome(Applied.STALE)
+        held = db.execute("SELECT version FROM inventories WHERE compound_id = ?", (compound,)).fetchone()
+        if held is not None and held[0] == inventory.version:
+            return Outcome(Applied.UNCHANGED)
         stored = {
             r[0]: _stored_values(r[1:])
             for r in db.execute(

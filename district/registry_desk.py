@@ -42,7 +42,7 @@ REGISTRY_TRANSPORT = "registry_desk"
 RECONNECT = BackoffConfig(initial_s=0.5, max_s=30.0)
 RETRY = BackoffConfig(initial_s=1.0, max_s=60.0)
 RECEIVE_MAXIMUM = 32
-OUTCOMES = ("updated", "unchanged", "stale", "rejected")
+OUTCOMES = ("updated", "unchanged", "rejected")
 
 
 class RegistryDesk:
@@ -71,7 +71,7 @@ class RegistryDesk:
         def write(families: MetricFamilies) -> None:
             families.counter(
                 "cgw_district_inventories_total",
-                "compound inventories received, by outcome (updated, unchanged, stale, rejected)",
+                "compound inventories received, by outcome (updated, unchanged, rejected)",
                 [({"outcome": o}, n) for o, n in sorted(self.inventories.items())],
             )
             families.counter(
@@ -146,8 +146,6 @@ class RegistryDesk:
                 changed=outcome.changed,
                 removed=outcome.removed,
             )
-        elif outcome.applied is Applied.STALE:
-            log.warning("registry_inventory_stale", compound=compound, version=inventory.version)
         return outcome.applied
 
     def _read(self, topic: str, payload: bytes) -> tuple[str, Inventory]:

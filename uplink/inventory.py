@@ -109,7 +109,7 @@ class Inventory(_Message):
         district_id: the compound's district (must match the topic).
         compound_id: the compound (must match the topic).
         version: ``devices_version(devices)``; checked on decoding.
-        generated_at: when the gateway built it (the district ignores one older than what it holds).
+        generated_at: when the gateway built it (by the gateway's clock: shown, never used to order).
         devices: every configured device, each id once.
     """
 
