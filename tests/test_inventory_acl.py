@@ -14,15 +14,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+from pathlib import Path
 
 import aiomqtt
 import pytest
 
+from device_sims.broker import Mosquitto
 from device_sims.inventory import DISTRICT_ID
-from foundation.events import utc_now
+from foundation.events import EventKind, utc_now
+from gateway.config import load_config
+from tests.processes import GatewayProcess
 from tests.test_district_tls import C1, C2, ROOT, District, district, make_certs, received
 from tests.test_evidence_acl import _reload_acl
+from tests.test_uplink_e2e import play
 from uplink.inventory import Inventory, InventoryDevice, encode_inventory, inventory_filter, inventory_topic
+from uplink.protocol import decode_batch, parse_topic
 
 __all__ = ["district"]  # the fixture, imported for pytest
 
@@ -91,3 +98,48 @@ def test_the_shipped_acl_names_the_registry_desk() -> None:
     section = acl.split(f"user {DESK}\n", 1)[1].split("\n\n", 1)[0].strip().splitlines()
     assert section == ["topic read cgw/v1/+/+/registry/inventory"]
     assert "pattern write cgw/v1/+/%u/registry/inventory" in acl.splitlines()
+
+
+async def test_a_refused_inventory_never_holds_back_the_events(
+    district: District, tmp_path: Path, mosquitto: Mosquitto
+) -> None:
+    """A district ACL from before the registry refuses the inventory: the gateway says so once and every event arrives.
+
+    Broken on purpose: letting ``_publish_inventory`` raise the refusal (as the other publishes
+    do) kept the uplink reconnecting, no event reached the district, and the wait timed out.
+    """
+    shipped = (district.certs / "acl").read_text(encoding="utf-8")
+    older = "\n".join(line for line in shipped.splitlines() if "registry/inventory" not in line)
+    await _reload_acl(district, older + "\n")
+    config_path = district.gateway_config(tmp_path, mosquitto, certificate=C1)
+    config = load_config(config_path)
+    gateway = GatewayProcess(config_path, tmp_path / "gateway.log")
+    arrived: set[str] = set()
+    own: set[str] = set()
+    async with district.client("ingester") as ingester:
+        await ingester.subscribe("$share/district-ingesters/cgw/v1/+/+/+", qos=1)
+        await gateway.start_gateway(config)
+        try:
+            sent = await play(config, mosquitto, seed=43, count=40)
+            assert sent.expected
+            async with asyncio.timeout(60):
+                async for message in ingester.messages:
+                    address = parse_topic("cgw/v1", message.topic.value)
+                    if address.channel == "status":
+                        continue
+                    for event in decode_batch(address, bytes(message.payload)).events:
+                        arrived.add(event.event_id)
+                        if event.kind is EventKind.DEVICE_STATUS:
+                            own.add(event.event_id)
+                    if arrived >= sent.expected:
+                        break
+        finally:
+            gateway.stop()
+    assert arrived - (own - sent.expected) == sent.expected
+    log = [
+        json.loads(line)
+        for line in gateway.log_path.read_text(encoding="utf-8").splitlines()
+        if line.startswith("{")
+    ]
+    refused = [entry for entry in log if entry.get("event") == "uplink_inventory_refused"]
+    assert [(r["level"], r["reason"]) for r in refused] == [("error", "Not authorized")]
