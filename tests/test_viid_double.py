@@ -7,6 +7,7 @@ rather than silently agreeing with our own client.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -17,7 +18,7 @@ import pytest
 from aiohttp import web
 
 from tests.digest_by_hand import digest_authorization
-from tests.viid_double import LowerPlatform, Outage, ViidDouble
+from tests.viid_double import LowerPlatform, Outage, ViidDouble, ViidDoubleConfig
 from tests.viid_double import samples as s
 from tests.viid_double.upper import parse_digest
 from tests.viid_double.validation import subscribe_reasons
@@ -495,8 +496,9 @@ class LowerStub:
         return web.json_response({"ResponseStatusObject": status})
 
 
-async def test_subscribe_and_cancel_on_a_lower_platform(viid_double: ViidDouble) -> None:
-    """``subscribe`` POSTs a valid SubscribeObject (digest answered); both cancel forms are sent."""
+@pytest.fixture
+async def lower() -> AsyncIterator[tuple[LowerStub, LowerPlatform]]:
+    """A lower platform stub listening on a free port, and how the city reaches it."""
     stub = LowerStub()
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", stub.handle)
@@ -506,13 +508,20 @@ async def test_subscribe_and_cancel_on_a_lower_platform(viid_double: ViidDouble)
     await site.start()
     try:
         port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        lower = LowerPlatform(f"http://127.0.0.1:{port}", "city", stub.password)
-        sid, answer = await viid_double.subscribe(lower, resource_uri=ME)
-        assert (answer.status, answer.challenged) == (200, True)
-        assert (await viid_double.cancel_subscription(lower, sid)).status == 200
-        assert (await viid_double.cancel_subscription(lower, sid, via="DELETE")).status == 200
+        yield stub, LowerPlatform(f"http://127.0.0.1:{port}", "city", stub.password)
     finally:
         await runner.cleanup()
+
+
+async def test_subscribe_and_cancel_on_a_lower_platform(
+    viid_double: ViidDouble, lower: tuple[LowerStub, LowerPlatform]
+) -> None:
+    """``subscribe`` POSTs a valid SubscribeObject (digest answered); both cancel forms are sent."""
+    stub, platform = lower
+    sid, answer = await viid_double.subscribe(platform, resource_uri=ME)
+    assert (answer.status, answer.challenged) == (200, True)
+    assert (await viid_double.cancel_subscription(platform, sid)).status == 200
+    assert (await viid_double.cancel_subscription(platform, sid, via="DELETE")).status == 200
     (post, put, delete) = stub.seen
     obj = post[2]["SubscribeListObject"]["SubscribeObject"][0]
     assert (post[0], post[1], post[3]) == ("POST", "/VIID/Subscribes", viid_double.config.server_id)
@@ -525,3 +534,84 @@ async def test_subscribe_and_cancel_on_a_lower_platform(viid_double: ViidDouble)
     assert (put[0], put[1], put[2]["SubscribeObject"]["OperateType"]) == ("PUT", f"/VIID/Subscribes/{sid}", 1)
     assert (delete[0], delete[1]) == ("DELETE", f"/VIID/Subscribes?IDList={sid}")
     assert viid_double.cancelled == {sid}
+
+
+async def test_known_subscriptions_only(lower: tuple[LowerStub, LowerPlatform]) -> None:
+    """With ``known_subscriptions_only``, notifications count only for our own, uncancelled subscriptions."""
+    async with (
+        ViidDouble(ViidDoubleConfig(known_subscriptions_only=True)) as city,
+        aiohttp.ClientSession() as session,
+    ):
+        client = HandClient(session, city.url)
+        await client.register()
+        sid, _answer = await city.subscribe(lower[1], resource_uri=ME)
+
+        async def notify(seq: int, subscribe_id: str) -> str:
+            body = {
+                "SubscribeNotificationListObject": {
+                    "SubscribeNotificationObject": [s.notification(seq, subscribe_id)]
+                }
+            }
+            ((code, _text),) = statuses(
+                await client.call("POST", "/VIID/SubscribeNotifications", body)
+            ).values()
+            return str(code)
+
+        assert await notify(1, SUBSCRIBE_ID) == "8"  # well-formed, but not ours
+        assert await notify(2, sid) == "0"
+        await city.cancel_subscription(lower[1], sid)
+        assert await notify(3, sid) == "8"
+        assert set(city.notifications) == {s.notification(2, sid)["NotificationID"]}
+
+
+# ---- configuration ------------------------------------------------------------------------------
+
+
+async def test_deployment_rules_are_stricter() -> None:
+    """The §5.10 rules refuse what the standard alone accepts: no tollgate, a face without pictures."""
+    vehicle, face = s.motor_vehicle(), s.face()
+    del vehicle["TollgateID"]
+    del face["SubImageList"]
+    codes = {}
+    for strict in (False, True):
+        async with (
+            ViidDouble(ViidDoubleConfig(deployment_rules=strict)) as city,
+            aiohttp.ClientSession() as session,
+        ):
+            client = HandClient(session, city.url)
+            await client.register()
+            codes[strict] = (
+                statuses(await client.upload(VEHICLES, [vehicle]))[vehicle["MotorVehicleID"]][0],
+                statuses(await client.upload(FACES, [face]))[face["FaceID"]][0],
+                statuses(await client.upload(APES, [s.ape()]))[s.FACE_DEVICE][0],
+            )
+    assert codes == {False: ("0", "0", "0"), True: ("8", "8", "0")}
+
+
+async def test_opaque_must_come_back() -> None:
+    """With ``opaque`` set, the challenge carries it and an answer without it is refused."""
+    async with ViidDouble(ViidDoubleConfig(opaque="xyz")) as city, aiohttp.ClientSession() as session:
+        client = HandClient(session, city.url)
+        challenge = await client.challenge()
+        assert challenge["opaque"] == "xyz"
+        assert (await client.register_with(client.authorization(challenge["nonce"]))).status == 401
+        nonce = (await client.challenge())["nonce"]
+        with_opaque = digest_authorization(
+            USER, PASSWORD, nonce, "/VIID/System/Register", 1, realm=REALM, opaque="xyz"
+        )
+        assert (await client.register_with(with_opaque)).status == 200
+
+
+async def test_wait_for_and_what_a_post_records(viid_double: ViidDouble, client: HandClient) -> None:
+    """``wait_for`` returns once the condition holds; each Post keeps the caller, ids and Content-Type."""
+    await client.register()
+    waiting = asyncio.create_task(
+        viid_double.wait_for(lambda city: len(city.accepted["Face"]) == 2), name="wait"
+    )
+    await client.upload(FACES, [s.face(1)])
+    assert not waiting.done()
+    await client.upload(FACES, [s.face(2)])
+    await waiting
+    (first, _second) = viid_double.posts_to(FACES)
+    assert (first.client_id, first.object_ids, first.status) == (ME, (s.face(1)["FaceID"],), 200)
+    assert first.content_type.startswith("application/json")  # what aiohttp's json= sends

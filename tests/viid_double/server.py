@@ -26,6 +26,7 @@ import asyncio
 import enum
 import hashlib
 import json
+import re
 import secrets
 import socket
 import time
@@ -51,7 +52,6 @@ from tests.viid_double.upper import (
 from tests.viid_double.validation import Obj
 
 UTC8 = timedelta(hours=8)
-JSON_TYPE = "application/VIID+JSON"
 
 # GA/T 1400.4 ResponseStatusObject.StatusCode (the reference does not list them; these are the
 # standard's: 0 正常, 1 其他未知错误, 2 设备忙, 4 无效操作, 7 JSON格式无效, 8 JSON内容无效)
@@ -88,6 +88,8 @@ class ViidDoubleConfig(BaseModel):
     opaque: str | None = None  # sent in challenges when set; then it must come back
     deployment_rules: bool = False  # also apply the §5.10 city validator's rules
     known_subscriptions_only: bool = False  # refuse notifications for ids subscribe() did not create
+    # real platforms answer application/VIID+JSON or application/json; a client must take both
+    answer_content_type: str = "application/VIID+JSON"
 
 
 class Outage(enum.Enum):
@@ -118,6 +120,7 @@ class Post:
     object_ids: tuple[str, ...]
     body: Any
     outage: Outage | None  # HTTP_503 / LOST_ANSWER when that switch shaped the answer
+    content_type: str  # the request's Content-Type header as sent ("" if none)
 
 
 @dataclass(frozen=True)
@@ -434,16 +437,21 @@ class ViidDouble:
         }
 
     def _answer(self, status: Obj, http_status: int = 200) -> web.Response:
-        return web.json_response({"ResponseStatusObject": status}, status=http_status, content_type=JSON_TYPE)
+        return web.json_response(
+            {"ResponseStatusObject": status}, status=http_status, content_type=self.config.answer_content_type
+        )
 
     def _list_answer(self, statuses: list[Obj]) -> web.Response:
         body = {"ResponseStatusListObject": {"ResponseStatusObject": statuses}}
-        return web.json_response(body, content_type=JSON_TYPE)
+        return web.json_response(body, content_type=self.config.answer_content_type)
 
     def _record(self, request: web.Request, status: int, ids: Iterable[str] = (), body: Any = None) -> None:
         outage = request.get(OUTAGE_KEY)  # as the middleware saw it: a one-request outage is over by now
         identify = request.headers.get("User-Identify")
-        self.posts.append(Post(request.method, request.path, identify, status, tuple(ids), body, outage))
+        content_type = request.headers.get("Content-Type", "")
+        self.posts.append(
+            Post(request.method, request.path, identify, status, tuple(ids), body, outage, content_type)
+        )
 
     @web.middleware
     async def _middleware(
@@ -496,7 +504,10 @@ class ViidDouble:
             request.headers.get("User-Identify", ""), request.path, INVALID_OPERATION, reason
         )
         return web.json_response(
-            {"ResponseStatusObject": status}, status=401, headers=headers, content_type=JSON_TYPE
+            {"ResponseStatusObject": status},
+            status=401,
+            headers=headers,
+            content_type=self.config.answer_content_type,
         )
 
     def _identified(self, request: web.Request) -> str | None:
@@ -525,6 +536,8 @@ class ViidDouble:
             return None, "realm or uri does not match", False
         if fields.get("qop") != "auth" or fields.get("algorithm", "MD5").upper() != "MD5":
             return None, "qop must be auth and algorithm MD5", False
+        if not re.fullmatch(r"[0-9a-fA-F]{8}", fields.get("nc", "")) or not fields.get("cnonce"):
+            return None, "nc must be 8 hex digits and cnonce non-empty (qop=auth)", False
         if self.config.opaque is not None and fields.get("opaque") != self.config.opaque:
             return None, "opaque does not match", False
         ha1 = _md5(f"{creds.username}:{self.config.realm}:{creds.password}")
@@ -598,7 +611,7 @@ class ViidDouble:
                 "TimeZone": "UTC+8",
             }
         }
-        return web.json_response(body, content_type=JSON_TYPE)
+        return web.json_response(body, content_type=self.config.answer_content_type)
 
     # ---- collections and notifications ----------------------------------------------------------
 

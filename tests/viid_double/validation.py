@@ -194,6 +194,8 @@ def sub_image_reasons(image: object, index: int) -> Reasons:
         return [f"{where} must be an object"]
     reasons = [f"{where}.{r}" for r in base_id_reasons("ImageID", image.get("ImageID"))]
     reasons += [f"{where}.{r}" for r in device_id_reasons("DeviceID", image.get("DeviceID"))]
+    if isinstance(image.get("ImageID"), str) and image["ImageID"][:20] != image.get("DeviceID"):
+        reasons.append(f"{where}.ImageID chars 1-20 must equal its DeviceID")
     reasons += [f"{where}.{r}" for r in _in_table(image, "Type", IMAGE_TYPES, required=True)]
     fmt = image.get("FileFormat")
     if fmt not in FILE_FORMATS:
@@ -293,7 +295,7 @@ def face_reasons(obj: Obj, *, deployment_rules: bool = False) -> Reasons:
     images, image_reasons = _images(obj)
     reasons += image_reasons
     types = set(_types(images))
-    if images and IMAGE_FACE not in types:
+    if (images or deployment_rules) and IMAGE_FACE not in types:
         reasons.append("a face with pictures must include the Type 11 face crop")
     reasons += _source_matches_scene(obj, images, IMAGE_SCENE)
     if deployment_rules and IMAGE_SCENE not in types:
