@@ -420,7 +420,10 @@ async def test_outage_lost_answer(viid_double: ViidDouble, client: HandClient) -
     """
     await client.register()
     face = s.face()
-    await viid_double.set_outage(Outage.LOST_ANSWER, requests=1)
+    await viid_double.set_outage(Outage.LOST_ANSWER, requests=1, paths={FACES})
+    assert (
+        await client.call("POST", "/VIID/System/Keepalive", {"KeepaliveObject": {"DeviceID": ME}})
+    ).status == 200
     with pytest.raises(aiohttp.ServerDisconnectedError):
         await client.upload(FACES, [face])
     assert set(viid_double.accepted["Face"]) == {face["FaceID"]}

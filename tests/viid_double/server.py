@@ -198,8 +198,8 @@ class ViidDouble:
       (ApeID, object) for each APE sent again (an update, not a duplicate), ``notifications``
       (NotificationID -> notification), ``notified[category][id]`` (the objects inside them).
 
-    Switches (see each method): ``refuse()``, ``set_outage()`` / ``restore()``, ``advance()``,
-    ``clock_offset``, ``drop_registration()``.
+    Switches (see each method): ``refuse()`` / ``clear_refusals()``, ``set_outage()`` / ``restore()``,
+    ``advance()``, ``clock_offset``, ``drop_registration()``.
     """
 
     def __init__(self, config: ViidDoubleConfig | None = None) -> None:
@@ -222,6 +222,7 @@ class ViidDouble:
         self.rules: list[RefusalRule] = []
         self.outage: Outage | None = None
         self._outage_left: int | None = None
+        self._outage_paths: frozenset[str] | None = None
         self._advanced = 0.0
         self._subscribe_seq = 0
         self._nonces: dict[str, float] = {}  # issued, not yet used -> issued at
@@ -290,7 +291,7 @@ class ViidDouble:
         ``match`` is an id, a collection of ids, or a predicate ``(category, id, object) -> bool``.
         Applies to valid objects only (an invalid one is refused anyway) in collections and in
         notifications (there the id is the NotificationID). Returns the rule; ``rule.seen`` counts
-        refusals per id. Rules stay until ``restore()``.
+        refusals per id. Rules stay until ``clear_refusals()``.
         """
         if callable(match):
             matches = match
@@ -304,8 +305,13 @@ class ViidDouble:
         self.rules.append(rule)
         return rule
 
-    async def set_outage(self, mode: Outage, *, requests: int | None = None) -> None:
-        """Start an outage. For HTTP_503 and LOST_ANSWER, ``requests`` limits it to that many requests.
+    async def set_outage(
+        self, mode: Outage, *, requests: int | None = None, paths: Iterable[str] | None = None
+    ) -> None:
+        """Start an outage (until ``restore()``, or ``requests`` affected requests).
+
+        For HTTP_503 and LOST_ANSWER, ``requests`` limits it to that many requests and ``paths`` to
+        requests for those paths (e.g. ``{"/VIID/Faces"}``: keepalives are still answered).
 
         REFUSE_CONNECTIONS stops listening (connect() is refused) and closes open connections; the
         port is kept for ``restore()``. HTTP_503 answers every request 503 without looking at it.
@@ -313,15 +319,19 @@ class ViidDouble:
         an answer (the client cannot know whether its objects arrived).
         """
         self.outage, self._outage_left = mode, requests
+        self._outage_paths = None if paths is None else frozenset(paths)
         if mode is Outage.REFUSE_CONNECTIONS:
             await self._stop_listening()
 
     async def restore(self) -> None:
-        """End any outage and forget ``refuse()`` rules; listen again on the same port."""
-        self.outage, self._outage_left = None, None
-        self.rules.clear()
+        """End any outage; listen again on the same port (``refuse()`` rules stay: ``clear_refusals()``)."""
+        self.outage, self._outage_left, self._outage_paths = None, None, None
         if self._runner is None:
             await self._listen()
+
+    def clear_refusals(self) -> None:
+        """Forget every ``refuse()`` rule (each also ends by itself once it has refused ``times``)."""
+        self.rules.clear()
 
     def advance(self, seconds: float) -> None:
         """Move the double's monotonic clock: nonces and keepalives age by ``seconds`` at once."""
@@ -458,10 +468,12 @@ class ViidDouble:
         self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
         mode = self.outage
-        if self._outage_left is not None:
+        if self._outage_paths is not None and request.path not in self._outage_paths:
+            mode = None
+        elif self._outage_left is not None:
             self._outage_left -= 1
             if self._outage_left <= 0:
-                self.outage, self._outage_left = None, None
+                self.outage, self._outage_left, self._outage_paths = None, None, None
         if mode is not None:
             request[OUTAGE_KEY] = mode
         try:
