@@ -273,6 +273,11 @@ def _broken_faces() -> dict[str, tuple[dict[str, Any], str]]:
     flag["IsVictim"] = 5
     fmt = s.face(10)
     fmt["SubImageList"]["SubImageInfoObject"][0]["FileFormat"] = "jpg"
+    manual = s.face(12)
+    manual["InfoKind"] = 2  # 人工采集: IsSuspiciousPerson is mandatory
+    del manual["IsSuspiciousPerson"]
+    stranger = s.face(13)
+    stranger["SubImageList"]["SubImageInfoObject"][1]["DeviceID"] = s.ANPR_DEVICE
     return {
         "short FaceID": (short, "FaceID"),
         "InfoKind": (kind, "InfoKind"),
@@ -283,6 +288,8 @@ def _broken_faces() -> dict[str, tuple[dict[str, Any], str]]:
         "subtype": (subtype, "subtype 06"),
         "flag": (flag, "IsVictim"),
         "format": (fmt, "FileFormat"),
+        "manual": (manual, "IsSuspiciousPerson"),
+        "image device": (stranger, "ImageID chars 1-20"),
     }
 
 
@@ -307,21 +314,34 @@ async def test_a_bad_face_batch_is_answered_per_object(viid_double: ViidDouble, 
 
 
 async def test_bad_vehicles_and_apes_are_refused(viid_double: ViidDouble, client: HandClient) -> None:
-    """Plate codes, tollgate and APE type codes, HasPlate without PlateNo, a missing Name are refused."""
+    """Bad vehicles and APEs are refused, each naming its field.
+
+    Plate colour and class codes, a 119 as TollgateID, HasPlate without PlateNo, a big picture that
+    is not the SourceID; an APE id of type 121, an APE without Name.
+    """
     await client.register()
     color, klass, gate, plate = s.motor_vehicle(2), s.motor_vehicle(3), s.motor_vehicle(4), s.motor_vehicle(5)
     color["PlateColor"] = "0"
     klass["PlateClass"] = "00"
     gate["TollgateID"] = s.ANPR_DEVICE  # a 119, not a 121
     plate["PlateNo"] = ""
-    answer = await client.upload(VEHICLES, [s.motor_vehicle(1), color, klass, gate, plate])
-    assert {i: c for i, (c, _) in statuses(answer).items()} == {
+    big = s.motor_vehicle(6)
+    big["SubImageList"]["SubImageInfoObject"][0]["ImageID"] = s.image_id(s.ANPR_DEVICE, 99)
+    answer = await client.upload(VEHICLES, [s.motor_vehicle(1), color, klass, gate, plate, big])
+    got = statuses(answer)
+    assert {i: c for i, (c, _) in got.items()} == {
         s.motor_vehicle(1)["MotorVehicleID"]: "0",
         color["MotorVehicleID"]: "8",
         klass["MotorVehicleID"]: "8",
         gate["MotorVehicleID"]: "8",
         plate["MotorVehicleID"]: "8",
+        big["MotorVehicleID"]: "8",
     }
+    assert "PlateColor" in got[color["MotorVehicleID"]][1]
+    assert "PlateClass" in got[klass["MotorVehicleID"]][1]
+    assert "type 121" in got[gate["MotorVehicleID"]][1]
+    assert "PlateNo" in got[plate["MotorVehicleID"]][1]
+    assert "Type 01" in got[big["MotorVehicleID"]][1]
     tollgate_ape = s.ape(s.TOLLGATE)
     nameless = s.ape("33010600011190000002")
     del nameless["Name"]
