@@ -5,13 +5,26 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import uuid
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from device_sims.inventory import COMPOUND_ID
 from district.city.model import Category, CityObject, LinkState, ObjectResult, Outcome
-from district.city.objects import event_objects
+from district.city.objects import DeviceForCity, ape_object, event_objects
 from district.city.queue import CityQueue
-from tests.city_events import ZONE, city_config, face_access, image_ids_of, jpeg, vehicle_pass, watchlist_hit
+from tests.city_events import (
+    BARRIER,
+    CITY_APE,
+    FACE_GATE,
+    ZONE,
+    city_config,
+    face_access,
+    image_ids_of,
+    jpeg,
+    vehicle_pass,
+    watchlist_hit,
+)
 
 CITY = city_config()
 START = datetime(2026, 12, 6, 8, 0, tzinfo=UTC)
@@ -291,3 +304,34 @@ async def test_two_writers_on_one_file_queue_each_object_once(tmp_path: Path) ->
         assert sum(added) == 200
         assert (await one.counts()).backlog == {"MotorVehicle": 200}
         assert set(await all_due(two, START)) == {o.object_id for o in objects}
+
+
+async def test_each_change_of_a_device_state_is_queued_once_in_order(tmp_path: Path) -> None:
+    """APEs: online, online again, offline, online: three objects queued in that order; others apart.
+
+    An APE claims no image id, so it is never renumbered.
+
+    Broken on purpose once: with APEs unique by source like events, the device's return to online
+    (the first state's source) was not added again (the fourth add returned 0).
+    """
+    barrier = DeviceForCity(
+        BARRIER, COMPOUND_ID, "南门车辆道闸", "lpr_camera", "vz-lpr-mqtt", "南门", online=True
+    )
+    offline = replace(barrier, online=False)
+    gate = DeviceForCity(
+        FACE_GATE, COMPOUND_ID, "东门人脸门禁1", "face_gate", "hik-isapi-acs", None, online=True
+    )
+    async with CityQueue(tmp_path / "q.db") as queue:
+        added = [
+            await queue.add([ape_object(state, CITY, ZONE)]) for state in (barrier, barrier, offline, barrier)
+        ]
+        assert added == [1, 0, 1, 1]
+        assert await queue.add([ape_object(gate, CITY, ZONE), ape_object(barrier, CITY, ZONE)]) == 1
+        taken = await queue.take(Category.APE, 10, START)
+        assert [(q.obj.object_id, q.obj.body["IsOnline"]) for q in taken] == [
+            (CITY_APE, "1"),
+            (CITY_APE, "0"),
+            (CITY_APE, "1"),
+            (FACE_GATE, "1"),
+        ]
+        assert (await queue.counts()).backlog == {"APE": 4}

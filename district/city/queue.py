@@ -11,7 +11,12 @@ A face or vehicle object claims 41-character image ids (its ``SourceID`` and the
 sub-image it carries); no two sources may claim one image id. ``event_objects`` derives the ids from
 the event alone, so a clash means two events of one device in one second whose hashed serials meet:
 the later one added is renumbered (``objects.renumbered``: its serials moved on by one, then two, ...)
-until its ids are free, and is stored so. Every transaction is one short call in the file's thread;
+until its ids are free, and is stored so.
+
+An APE object's source names the device's state (``device:<id>@<hash>``), and a device may go
+back to a state it had (online, offline, online again): an APE is added when its source differs
+from the latest APE queued for the same ``ApeID``, so each change is queued once, in order, and
+the same state again is not. Every transaction is one short call in the file's thread;
 several processes wait on each other's write lock (30 s) rather than fail.
 """
 
@@ -34,11 +39,14 @@ CREATE TABLE IF NOT EXISTS objects (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, category TEXT NOT NULL, source TEXT NOT NULL,
     object_id TEXT NOT NULL, body TEXT NOT NULL, occurred_at TEXT NOT NULL, queued_at TEXT NOT NULL,
     state TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, due_at TEXT,
-    reason TEXT, refused_at TEXT, accepted_at TEXT, UNIQUE (category, source));
+    reason TEXT, refused_at TEXT, accepted_at TEXT);
+CREATE UNIQUE INDEX IF NOT EXISTS objects_by_source ON objects (category, source) WHERE category != 'APE';
+CREATE INDEX IF NOT EXISTS objects_ape_states ON objects (object_id, seq) WHERE category = 'APE';
 CREATE INDEX IF NOT EXISTS objects_by_state ON objects (category, state, seq);
 CREATE INDEX IF NOT EXISTS objects_pending_age ON objects (state, occurred_at);
 CREATE INDEX IF NOT EXISTS objects_accepted ON objects (state, accepted_at);
 CREATE INDEX IF NOT EXISTS objects_refused ON objects (refused_at) WHERE refused_at IS NOT NULL;
+CREATE INDEX IF NOT EXISTS objects_counts ON objects (state, category, refused_at);
 CREATE TABLE IF NOT EXISTS image_ids (image_id TEXT PRIMARY KEY, seq INTEGER NOT NULL);
 CREATE INDEX IF NOT EXISTS image_ids_by_seq ON image_ids (seq);
 CREATE TABLE IF NOT EXISTS accepted_counts (category TEXT PRIMARY KEY, n INTEGER NOT NULL);
@@ -120,14 +128,26 @@ def _free_ids(db: sqlite3.Connection, obj: CityObject) -> CityObject:
     raise ObjectBuildError(f"no free image serial left for {obj.source} ({obj.object_id[:36]})")
 
 
+def _known(db: sqlite3.Connection, obj: CityObject) -> bool:
+    if obj.category is Category.APE:
+        latest = db.execute(
+            "SELECT source FROM objects WHERE category = 'APE' AND object_id = ? ORDER BY seq DESC LIMIT 1",
+            (obj.object_id,),
+        ).fetchone()
+        return latest is not None and latest[0] == obj.source
+    # "category != 'APE'" lets SQLite use the partial unique index
+    known = db.execute(
+        "SELECT 1 FROM objects WHERE category = ? AND source = ? AND category != 'APE'",
+        (obj.category.value, obj.source),
+    ).fetchone()
+    return known is not None
+
+
 def _add(db: sqlite3.Connection, objects: Sequence[CityObject], now: str) -> int:
     added = 0
     with transaction(db):
         for obj in objects:
-            known = db.execute(
-                "SELECT 1 FROM objects WHERE category = ? AND source = ?", (obj.category.value, obj.source)
-            ).fetchone()
-            if known is not None:
+            if _known(db, obj):
                 continue
             stored = _free_ids(db, obj) if image_ids(obj) else obj
             cursor = db.execute(
@@ -178,6 +198,8 @@ class CityQueue(SqliteBacked):
 
     async def add(self, objects: Sequence[CityObject]) -> int:
         """Add objects not yet queued (unique by category and source); returns how many were new.
+
+        An APE is new when its source differs from the latest one queued for its ``ApeID``.
 
         One transaction for the batch: the objects of a round are all queued or none is (the
         ingester then leaves the round unacknowledged and gets it again).
@@ -280,14 +302,18 @@ class CityQueue(SqliteBacked):
             backlog: dict[str, int] = {}
             refused: dict[str, int] = {}
             parked: dict[str, int] = {}
-            for category, state, total, with_reason in db.execute(
-                "SELECT category, state, COUNT(*), COUNT(reason) FROM objects WHERE state IN (?, ?)"
-                " GROUP BY category, state",
+            # each from an index alone: an outage's backlog may be a million rows
+            for category, state, total in db.execute(
+                "SELECT category, state, COUNT(*) FROM objects WHERE state IN (?, ?) GROUP BY category, state",
                 (_PENDING, _PARKED),
             ):
                 (backlog if state == _PENDING else parked)[category] = total
-                if with_reason:
-                    refused[category] = refused.get(category, 0) + with_reason
+            for category, total in db.execute(
+                "SELECT category, COUNT(*) FROM objects WHERE refused_at IS NOT NULL AND state IN (?, ?)"
+                " GROUP BY category",
+                (_PENDING, _PARKED),
+            ):
+                refused[category] = total
             accepted = dict(db.execute("SELECT category, n FROM accepted_counts WHERE n > 0").fetchall())
             oldest = db.execute(
                 "SELECT MIN(occurred_at) FROM objects WHERE state = ?", (_PENDING,)
