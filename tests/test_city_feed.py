@@ -218,3 +218,22 @@ async def test_a_round_is_acknowledged_only_after_the_city_queue_has_its_objects
         if locked:
             blocker.execute("ROLLBACK")
         blocker.close()
+
+
+async def test_an_ingester_with_the_city_link_disabled_queues_nothing(
+    tmp_path: Path, district_broker: Mosquitto
+) -> None:
+    """``[city] enabled = false``: the events are stored and confirmed, no queue file is even made.
+
+    Broken on purpose once: with the queue opened whenever ``[city]`` is present, the queue file
+    existed after the run.
+    """
+    config = feed_config(tmp_path, district_broker)
+    assert config.city is not None
+    config = config.model_copy(update={"city": config.city.model_copy(update={"enabled": False})})
+    now = datetime.now(UTC) - timedelta(minutes=1)
+    events = [vehicle_pass(now - timedelta(seconds=n)) for n in range(5)]
+    async with running(partial(run_ingester, config), "ingester"):
+        await uplink(district_broker, [events])
+    assert {e.event_id for e in stored_events(tmp_path / "district.db")} == {e.event_id for e in events}
+    assert not config.city.queue_path.exists()
