@@ -230,10 +230,11 @@ async def test_an_ingester_with_the_city_link_disabled_queues_nothing(
     """
     config = feed_config(tmp_path, district_broker)
     assert config.city is not None
-    config = config.model_copy(update={"city": config.city.model_copy(update={"enabled": False})})
+    disabled = config.city.model_copy(update={"enabled": False})
+    config = config.model_copy(update={"city": disabled})
     now = datetime.now(UTC) - timedelta(minutes=1)
     events = [vehicle_pass(now - timedelta(seconds=n)) for n in range(5)]
     async with running(partial(run_ingester, config), "ingester"):
         await uplink(district_broker, [events])
     assert {e.event_id for e in stored_events(tmp_path / "district.db")} == {e.event_id for e in events}
-    assert not config.city.queue_path.exists()
+    assert not disabled.queue_path.exists()
