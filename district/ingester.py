@@ -10,8 +10,9 @@ it takes (nothing is acknowledged meanwhile, and the read throttle stops taking 
 refuses a batch as malformed is bisected: the good events are written, the bad one is dead-lettered
 with the store's reason.
 
-With ``[city]`` enabled, the objects the city gets of the stored events (``district.city.objects``)
-go into the city queue in the same commit, after the store and before the acknowledgement: an
+With ``[city]`` enabled, the objects the city gets of the events (``district.city.objects``, built
+in the decoder's thread) go into the city queue in the same commit, after the store confirmed the
+events and before the acknowledgement, the store's refusals left out: an
 event the district holds is queued for the city too, whatever its age; a redelivered one adds
 nothing. An event that cannot become an object is logged and counted, and skipped for the city
 only (it is stored all the same).
@@ -84,6 +85,8 @@ class Round:
     letters: list[IngestLetter] = field(default_factory=list)
     statuses: list[tuple[str, str, str | None]] = field(default_factory=list)
     messages: Sequence[Message] = ()
+    # with [city]: each event's objects for the city, built with the decoding (off the event loop)
+    city_objects: dict[str, list[CityObject]] = field(default_factory=dict)
 
 
 INGEST_STATE_SCHEMA = """
@@ -233,6 +236,11 @@ class Ingester:
         decoded = Round(messages=batch)
         for message in batch:
             decode_message(self._config, message.topic, message.payload, decoded)
+        city = self._config.city
+        if self._city_queue is not None and city is not None:
+            decoded.city_objects = {
+                event.event_id: self._city_objects(event, city) for event in decoded.events
+            }
         return decoded
 
     def _acknowledged(self, batch: Sequence[Message]) -> None:
@@ -281,20 +289,22 @@ class Ingester:
         for event in events:
             if event.event_id not in refused:
                 stored.setdefault(event.compound_id, []).append(event.event_id)
-        if self._city_queue is not None and self._config.city is not None:
-            kept = [event for event in events if event.event_id not in refused]
-            await self._queue_for_city(self._city_queue, self._config.city, kept)
+        if self._city_queue is not None:
+            objects = [
+                obj
+                for event_id, built in decoded.city_objects.items()
+                if event_id not in refused
+                for obj in built
+            ]
+            await self._queue_for_city(self._city_queue, objects)
         return stored
 
-    async def _queue_for_city(self, queue: CityQueue, city: CityConfig, events: Sequence[Event]) -> None:
+    async def _queue_for_city(self, queue: CityQueue, objects: list[CityObject]) -> None:
         """The city's objects of stored events into its queue, retried until the queue takes them.
 
         Before the round is acknowledged: a queue that cannot be written holds the round back (the
         broker redelivers it; the store ignores the copies), as a failing store does.
         """
-        objects: list[CityObject] = []
-        for event in events:
-            objects += self._city_objects(event, city)
         backoff = Backoff(CITY_QUEUE_RETRY)
         failures = 0
         while True:
@@ -313,6 +323,7 @@ class Ingester:
             return
 
     def _city_objects(self, event: Event, city: CityConfig) -> list[CityObject]:
+        """The objects of one event; none (counted, logged) if it cannot be built. In the decoder's thread."""
         try:
             return event_objects(event, city, self._zone)
         except ObjectBuildError as exc:
