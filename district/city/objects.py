@@ -68,14 +68,9 @@ _IS_FLAGS = (
     "IsVictim",
     "IsSuspiciousPerson",
 )
-# FunctionType of an APE: 1 车辆设备, 2 人脸设备 (the registry's kind names and the event kinds)
-_FUNCTION_TYPES = {
-    "face_gate": "2",
-    "face_access": "2",
-    "lpr_camera": "1",
-    "barrier_camera": "1",
-    "vehicle_pass": "1",
-}
+# FunctionType of an APE: 1 车辆设备, 2 人脸设备, by the registry's device kind (adapters'
+# DEVICE_KINDS); other kinds (sensors, the thrown-object camera) have no code and go without one
+_FUNCTION_TYPES = {"face_gate": "2", "lpr_camera": "1"}
 
 
 class ObjectBuildError(GatewayError):
