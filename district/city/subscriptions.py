@@ -327,8 +327,8 @@ class SubscriptionService:
 
     def _answer(self, statuses: list[dict[str, Any]], status: int = 200, **headers: str) -> web.Response:
         body = {"ResponseStatusListObject": {"ResponseStatusObject": statuses}}
-        return web.json_response(
-            body, status=status, headers={**headers, "Content-Type": VIID_JSON}, dumps=_dumps
+        return web.Response(
+            body=_dumps(body).encode(), status=status, headers={**headers, "Content-Type": VIID_JSON}
         )
 
     def _refuse(self, reason: str) -> None:
