@@ -27,7 +27,7 @@ async def load(ctx: PageContext) -> Mapping[str, Any]:
     """The ``city_status`` action's answer, in the district's zone and in Chinese names."""
     status: CityStatus = await ctx.ask("city_status", {})
     return {
-        "status": status,
+        "link": status,
         "categories": [
             {"zh": CATEGORY_ZH.get(c.category, c.category), "figures": c} for c in status.categories
         ],
@@ -40,6 +40,7 @@ async def load(ctx: PageContext) -> Mapping[str, Any]:
             }
             for s in status.subscriptions
         ],
+        "category_zh": CATEGORY_ZH,
         "now": utc_now(),
     }
 
