@@ -34,9 +34,8 @@ async def all_due(queue: CityQueue, now: datetime, category: Category = Category
 async def test_adding_is_idempotent_by_source_and_an_object_is_sent_as_first_stored(tmp_path: Path) -> None:
     """The same events added again, also rebuilt, add nothing; what is taken is what was first stored.
 
-    Broken on purpose once: with the ``(category, source)`` check left out of ``_add`` the second
-    add inserted nothing (the UNIQUE constraint) but raised IntegrityError, and without the
-    constraint as well it returned 5 and the backlog was 10.
+    Broken on purpose once: with the ``(category, source)`` check left out of ``_add``, the second
+    add raised IntegrityError (UNIQUE objects.category, objects.source) instead of adding nothing.
     """
     objects = vehicles(5)
     async with CityQueue(tmp_path / "q.db") as queue:
@@ -57,7 +56,7 @@ async def test_settling_accepted_refused_and_unanswered(tmp_path: Path) -> None:
     """Accepted never again; refused kept with its reason and due after the retry; unanswered at once.
 
     Broken on purpose once: with ``settle`` treating UNANSWERED like REFUSED, the unanswered object
-    was missing from the take right after (and ``attempts`` was 1).
+    was missing from the take right after.
     """
     objects = vehicles(4)
     now = START + timedelta(hours=1)
@@ -137,8 +136,8 @@ async def test_an_object_refused_max_attempts_times_is_parked(tmp_path: Path) ->
 async def test_the_queue_survives_a_reopen(tmp_path: Path) -> None:
     """Closed and opened again: the same objects due with the same ids, settlements and link state kept.
 
-    Broken on purpose once: with the link state kept in the object instead of the file, the
-    reopened queue answered an empty ``LinkState``.
+    Broken on purpose once: with ``save_link_state`` writing nothing, the reopened queue answered an
+    empty ``LinkState``.
     """
     objects = vehicles(3)
     path = tmp_path / "q.db"
@@ -171,8 +170,8 @@ async def test_two_events_whose_ids_meet_get_distinct_ids(tmp_path: Path) -> Non
 
     Both are queued, their image and object ids differ, and each keeps its id when redelivered.
     A watch-list hit's crop id meeting another hit's SourceID is moved on too. Broken on purpose
-    once: with ``_free_ids`` returning ``obj`` unchanged the second object kept the first one's
-    MotorVehicleID.
+    once: with ``_add`` storing every object as built (no renumbering), the batch failed on the
+    UNIQUE image id (IntegrityError) and nothing was queued.
     """
     second = START.replace(microsecond=0)
     ids = _colliding_event_ids("scene")
@@ -240,8 +239,8 @@ def _crossing_event_ids() -> tuple[str, str]:
 async def test_objects_after_a_cursor_and_the_purge_of_old_accepted_objects(tmp_path: Path) -> None:
     """``objects_after`` lists by queue order whatever the state; ``purge`` deletes only old accepted ones.
 
-    Broken on purpose once: with purge's ``state = accepted`` condition left out, the pending
-    object went too and the count was 3.
+    Broken on purpose once: with purge's ``state = accepted`` and ``accepted_at`` conditions
+    loosened to take unaccepted rows, it deleted 3 instead of 1.
     """
     cars = vehicles(3)
     gate = event_objects(face_access(START), CITY, ZONE)
@@ -274,8 +273,8 @@ async def test_objects_after_a_cursor_and_the_purge_of_old_accepted_objects(tmp_
 async def test_two_writers_on_one_file_queue_each_object_once(tmp_path: Path) -> None:
     """Two queue connections (two ingesters of one host) adding overlapping rounds at once: each once.
 
-    Broken on purpose once: with the existence check outside the transaction (two calls), the
-    writers raced and one round failed on the UNIQUE constraint.
+    Broken on purpose once: with ``_add`` outside a transaction (each statement on its own), the
+    writers raced and a round failed on the UNIQUE (category, source) constraint (3 runs of 3).
     """
     objects = [
         obj
