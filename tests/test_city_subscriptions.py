@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 from aiohttp import web
 
 from device_sims.broker import free_port
@@ -42,6 +43,9 @@ from tests.city_events import (
     vehicle_pass,
     watchlist_hit,
 )
+from tests.viid_double import ViidDouble, ViidDoubleConfig
+from tests.viid_double.server import Credentials
+from tests.viid_double.upper import LowerPlatform
 
 UPPER_ID = "36000000005030000001"  # the city's view library (its User-Identify)
 PLATFORM_ID = "36010400005030000001"  # ours
@@ -352,8 +356,8 @@ async def test_a_receive_address_not_configured_is_refused_and_never_called(tmp_
     The configured address written differently (upper-case host, explicit default port, trailing
     slash) is the same address, and the notification goes to the configured spelling.
 
-    Broken on purpose: ``parse_subscription`` keeping the subscriber's ReceiveAddr unchecked made the
-    listener at the unconfigured address receive the notification, and this failed.
+    Broken on purpose: ``parse_subscription`` keeping the subscriber's ReceiveAddr unchecked accepted
+    the subscriptions naming the other listener (StatusCode 0), and this failed.
     """
     async with receiver() as got, receiver() as elsewhere:
         configured = f"{got.url}/VIID/SubscribeNotifications"
@@ -593,3 +597,69 @@ async def test_invalid_subscriptions_are_refused_with_a_reason(tmp_path: Path) -
             assert await service.book.all() == []
             status, _ = await upper.call("POST", "/VIID/Subscribes", {"nothing": 1})
             assert status == 400
+
+
+@pytest.fixture
+def viid_double_config() -> ViidDoubleConfig:
+    """The city double as our upper platform: its id, and our platform as its registered client."""
+    return ViidDoubleConfig(
+        server_id=UPPER_ID,
+        clients={PLATFORM_ID: Credentials(username=USER, password=PASSWORD)},
+        known_subscriptions_only=True,  # a notification must name a subscription it made and did not cancel
+    )
+
+
+async def test_the_city_double_subscribes_is_notified_and_cancels(
+    tmp_path: Path, viid_double: ViidDouble
+) -> None:
+    """The city double subscribes over digest and gets exactly the new faces and vehicles, then nothing.
+
+    The double (written from the standard) finds every notification valid; the pictures are
+    stripped as it declared (-1); after its cancel (DELETE) nothing more is sent.
+
+    Broken on purpose: NotificationIDs built from the platform id instead of ``org_code`` (35
+    characters) were refused by the double as invalid, the cursor stayed, and this failed.
+    """
+    city = viid_double
+    address = f"{city.url}/VIID/SubscribeNotifications"
+    config = district_config(tmp_path, [address])
+    assert config.city is not None
+    assert config.city.subscriptions is not None
+    async with district(config) as (queue, service, upper):
+        # the city service's session registers us with the city (notifications need a registered caller)
+        registrar = Upper(city.url, identify=PLATFORM_ID)
+        status, _ = await registrar.call(
+            "POST", "/VIID/System/Register", {"RegisterObject": {"DeviceID": PLATFORM_ID}}
+        )
+        assert status == 200
+        lower = LowerPlatform(upper.url, USER, PASSWORD)
+        sid, answer = await city.subscribe(lower, resource_uri=PLATFORM_ID, detail="12,13")
+        assert answer.status == 200
+        assert answer.challenged
+        assert [s["StatusCode"] for s in answer.body["ResponseStatusListObject"]["ResponseStatusObject"]] == [
+            "0"
+        ]
+
+        objects = objects_of(
+            config,
+            [vehicle_pass(utc_now(), plate=f"赣A5555{i}") for i in range(4)]
+            + [face_access(utc_now()), watchlist_hit(utc_now(), crop=jpeg(80, 100))],
+        )
+        await queue.add([*objects, ape(config, online=True)])
+        await service.notifier.round()
+        assert city.refusals == []
+        notified = set(city.notified["Face"]) | set(city.notified["MotorVehicle"])
+        assert notified == {o.object_id for o in objects}
+        assert city.notified["APE"] == {}
+        assert all("SubImageList" not in face for face in city.notified["Face"].values())
+        assert {n["SubscribeID"] for n in city.notifications.values()} == {sid}
+        assert sum(city.resends.values()) == 0
+
+        cancelled = await city.cancel_subscription(lower, sid, via="DELETE")
+        assert cancelled.status == 200
+        posts = len(city.posts_to("/VIID/SubscribeNotifications"))
+        await queue.add(objects_of(config, [vehicle_pass(utc_now(), plate="赣A66666")]))
+        await service.notifier.round()
+        assert len(city.posts_to("/VIID/SubscribeNotifications")) == posts
+        (kept,) = await service.book.all()
+        assert kept.state is SubscriptionState.CANCELLED
