@@ -184,7 +184,7 @@ def _motor_vehicle(event: Event, payload: VehiclePassPayload, city: CityConfig, 
         "DeviceID": device,
     }
     # No tollgate configured: the field is left out rather than invented (a made-up 121 id names no
-    # tollgate of the city's registry); docs/city.md asks for one per barrier camera.
+    # tollgate of the city's registry); docs/privacy.md asks for one per barrier camera.
     if entry.tollgate_id is not None:
         body["TollgateID"] = entry.tollgate_id
     lane = payload.lane if payload.lane is not None else entry.lane
