@@ -35,6 +35,7 @@ from district.city.subscription_book import SubscriptionState
 from district.city.subscriptions import SubscriptionService
 from district.config import DistrictConfig
 from foundation.events import utc_now
+from foundation.health import MetricFamilies
 from tests.city_events import (
     FACE_GATE,
     ORG_CODE,
@@ -567,6 +568,16 @@ async def test_a_refused_notification_is_sent_again_and_the_cursor_waits(tmp_pat
             (kept,) = await service.book.all()
             assert kept.cursor > 0
             assert kept.notified == 1
+            families = MetricFamilies()
+            await service.write_metrics(families)
+            samples = {
+                (m.name, tuple(sorted(s.labels.items()))): s.value
+                for m in families.metrics
+                for s in m.samples
+            }
+            assert samples[("cgw_city_notifications", (("outcome", "ok"),))] == 1
+            assert samples[("cgw_city_notifications", (("outcome", "failed"),))] == 1
+            assert samples[("cgw_city_subscriptions", (("state", "active"),))] == 1
     finally:
         await runner.cleanup()
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -137,6 +138,8 @@ class Notifier:
         self._pending: dict[str, _Pending] = {}
         self._backoff: dict[str, Backoff] = {}
         self._not_before: dict[str, float] = {}
+        self.sent: Counter[str] = Counter()
+        """Notifications by outcome: ``ok`` (the receiver accepted) or ``failed``."""
 
     def wake(self) -> None:
         """Look at the subscriptions now (one was created or cancelled)."""
@@ -174,6 +177,7 @@ class Notifier:
             last_seq = batch[-1].seq
             if chosen:
                 delivery = await self._send(subscription, chosen, last_seq)
+                self.sent["ok" if delivery.accepted else "failed"] += 1
                 if not delivery.accepted:
                     await self._failed(subscription, delivery.detail)
                     return

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from types import TracebackType
@@ -52,6 +53,7 @@ from district.config import DistrictConfig
 from foundation.credentials import credential_path
 from foundation.errors import ConfigError
 from foundation.events import utc_now
+from foundation.health import MetricFamilies
 from foundation.strict_json import loads as strict_loads
 
 log = structlog.get_logger(__name__)
@@ -313,6 +315,25 @@ class SubscriptionService:
     async def run(self) -> None:
         """Send notifications until cancelled (the server answers meanwhile)."""
         await self.notifier.run()
+
+    async def write_metrics(self, families: MetricFamilies) -> None:
+        """Requests refused at the door by reason; subscriptions by state; notifications sent and failed."""
+        families.counter(
+            "cgw_city_subscription_requests_refused_total",
+            "requests to /VIID/Subscribes refused before they were read (wrong platform, digest)",
+            [({"reason": reason}, n) for reason, n in sorted(self.refused.items())],
+        )
+        states = Counter(s.state.value for s in await self.book.all())
+        families.gauge(
+            "cgw_city_subscriptions",
+            "the upper platform's subscriptions by state",
+            [({"state": state.value}, states.get(state.value, 0)) for state in SubscriptionState],
+        )
+        families.counter(
+            "cgw_city_notifications_total",
+            "notifications the receivers accepted (ok) or did not (failed)",
+            [({"outcome": o}, n) for o, n in sorted(self.notifier.sent.items())],
+        )
 
     # -- the door ------------------------------------------------------------------------------
 
