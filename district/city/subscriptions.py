@@ -226,6 +226,8 @@ def subscriptions_password(settings: CitySubscriptionsConfig) -> str:
 class SubscriptionService:
     """The subscriptions server and its notifier, on the city queue; open with ``async with``, then ``run``.
 
+    The caller runs it only when ``[city.subscriptions] enabled`` (else ``ConfigError``).
+
     ``session``: the HTTP client notifications go out on (default: one of its own).
     ``poll_s``: how often the queue is looked at for new objects.
     """
@@ -241,6 +243,8 @@ class SubscriptionService:
     ) -> None:
         if config.city is None or config.city.subscriptions is None:
             raise ConfigError("no [city.subscriptions] in the district config")
+        if not config.city.subscriptions.enabled:
+            raise ConfigError("[city.subscriptions] enabled = false: the subscriptions endpoint is off")
         self._city = config.city
         self._settings = config.city.subscriptions
         self._zone = ZoneInfo(config.api.timezone)
