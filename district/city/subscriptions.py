@@ -54,6 +54,7 @@ from foundation.credentials import credential_path
 from foundation.errors import ConfigError
 from foundation.events import utc_now
 from foundation.health import MetricFamilies
+from foundation.logging import worth_logging
 from foundation.strict_json import loads as strict_loads
 
 log = structlog.get_logger(__name__)
@@ -356,8 +357,11 @@ class SubscriptionService:
             body=_dumps(body).encode(), status=status, headers={**headers, "Content-Type": VIID_JSON}
         )
 
-    def _refuse(self, reason: str) -> None:
-        self.refused[reason] = self.refused.get(reason, 0) + 1
+    def _refuse(self, reason: str, remote: str | None) -> None:
+        count = self.refused[reason] = self.refused.get(reason, 0) + 1
+        # every digest client's first request is unauthenticated, and a nonce used up is routine
+        if reason not in {"no_credentials", "stale_nonce"} and worth_logging(count):
+            log.warning("city_subscription_refused", reason=reason, remote=remote, count=count)
 
     @web.middleware
     async def _door(
@@ -365,15 +369,12 @@ class SubscriptionService:
     ) -> web.StreamResponse:
         identity = request.headers.get("User-Identify", "")
         if identity != self._settings.upper_platform_id:
-            self._refuse("unknown_platform")
-            log.warning("city_subscription_refused", reason="unknown_platform", remote=request.remote)
+            self._refuse("unknown_platform", request.remote)
             text = "User-Identify is not the configured upper platform"
             return self._answer([self._status(request, identity[:40], INVALID_OPERATION, text)], 403)
         reason = self._guard.check(request.method, request.raw_path, request.headers.get("Authorization"))
         if reason is not None:
-            self._refuse(reason)
-            if reason not in {"no_credentials", "stale_nonce"}:
-                log.warning("city_subscription_refused", reason=reason, remote=request.remote)
+            self._refuse(reason, request.remote)
             challenge = self._guard.challenge(stale=reason == "stale_nonce")
             status = self._status(request, identity, INVALID_OPERATION, f"unauthorised: {reason}")
             return self._answer([status], 401, **{"WWW-Authenticate": challenge})
