@@ -15,6 +15,7 @@ from district.queries import (
     alarms,
     audit,
     barrier,
+    city_status,
     commands,
     compare,
     counts,
@@ -58,6 +59,7 @@ QUERIES: dict[str, QuerySpec[Any, Any]] = index(
         *evidence.SPECS,
         *commands.SPECS,
         overview.SPEC,
+        city_status.SPEC,
     ]
 )
 """Action name -> spec. Tests may add a spec for their duration (``monkeypatch.setitem``)."""

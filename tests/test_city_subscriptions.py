@@ -1,0 +1,771 @@
+"""The upper platform's subscriptions: accepted only from it, notified only to configured addresses.
+
+The district side runs for real (``SubscriptionService`` on a real ``CityQueue`` file, fed with
+objects built from events by ``district.city.objects``); the upper platform is played here by a
+hand-written client whose digest answers are computed from RFC 7616 in this file (never by the code
+under test), and the receiver by a small aiohttp server that challenges with its own digest and
+records every request that reaches it. Notifier rounds are run by the test (``notifier.round()``),
+so "nothing was sent" is a fact after the round, not a wait.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import secrets
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from device_sims.broker import free_port
+from device_sims.inventory import DISTRICT_ID
+from district.city.digest import DigestGuard
+from district.city.model import Category, CityObject
+from district.city.objects import DeviceForCity, ape_object, event_objects
+from district.city.queue import CityQueue
+from district.city.subscription_book import SubscriptionState
+from district.city.subscriptions import SubscriptionService
+from district.config import DistrictConfig
+from foundation.events import utc_now
+from foundation.health import MetricFamilies
+from tests.city_events import (
+    FACE_GATE,
+    ORG_CODE,
+    ZONE,
+    face_access,
+    jpeg,
+    vehicle_pass,
+    watchlist_hit,
+)
+from tests.viid_double import ViidDouble, ViidDoubleConfig
+from tests.viid_double.server import Credentials
+from tests.viid_double.upper import LowerPlatform
+
+UPPER_ID = "36000000005030000001"  # the city's view library (its User-Identify)
+PLATFORM_ID = "36010400005030000001"  # ours
+USER, PASSWORD = "city-viid", "up-secret-4711"
+CITY_ORG = "360000000000"
+
+
+def _md5(text: str) -> str:
+    return hashlib.md5(text.encode()).hexdigest()  # noqa: S324 - the protocol's hash
+
+
+def digest_header(challenge: str, method: str, uri: str, username: str, password: str) -> str:
+    """RFC 7616 qop=auth MD5, by hand."""
+    fields = dict(
+        part.strip().split("=", 1) for part in challenge.removeprefix("Digest ").split(",") if "=" in part
+    )
+    fields = {k.strip(): v.strip().strip('"') for k, v in fields.items()}
+    cnonce = secrets.token_hex(8)
+    ha1 = _md5(f"{username}:{fields['realm']}:{password}")
+    ha2 = _md5(f"{method}:{uri}")
+    response = _md5(f"{ha1}:{fields['nonce']}:00000001:{cnonce}:auth:{ha2}")
+    return (
+        f'Digest username="{username}", realm="{fields["realm"]}", nonce="{fields["nonce"]}", uri="{uri}",'
+        f' qop=auth, nc=00000001, cnonce="{cnonce}", response="{response}", algorithm=MD5'
+    )
+
+
+@dataclass
+class Upper:
+    """The upper platform calling the district's subscriptions endpoint."""
+
+    url: str
+    identify: str = UPPER_ID
+    username: str = USER
+    password: str = PASSWORD
+
+    async def call(self, method: str, path_qs: str, body: Any = None) -> tuple[int, Any]:
+        """One request, answering one digest challenge; (status, JSON answer)."""
+        headers = {"User-Identify": self.identify, "Content-Type": "application/VIID+JSON;charset=UTF-8"}
+        data = json.dumps(body, ensure_ascii=False).encode() if body is not None else None
+        async with aiohttp.ClientSession() as http:
+            for _ in range(2):
+                async with http.request(method, self.url + path_qs, data=data, headers=headers) as response:
+                    answer = await response.json(content_type=None)
+                    challenge = response.headers.get("WWW-Authenticate")
+                    if response.status != 401 or challenge is None or "Authorization" in headers:
+                        return response.status, answer
+                headers["Authorization"] = digest_header(
+                    challenge, method, path_qs, self.username, self.password
+                )
+        raise AssertionError("unreachable")
+
+    async def subscribe(self, *objects: dict[str, Any]) -> tuple[int, list[dict[str, Any]]]:
+        """POST /VIID/Subscribes; (status, the ResponseStatusObjects)."""
+        status, answer = await self.call(
+            "POST", "/VIID/Subscribes", {"SubscribeListObject": {"SubscribeObject": list(objects)}}
+        )
+        return status, answer["ResponseStatusListObject"]["ResponseStatusObject"]
+
+
+def subscribe_id(seq: int) -> str:
+    return f"{CITY_ORG}03{utc_now().astimezone(ZONE):%Y%m%d%H%M%S}{seq:05d}"
+
+
+def subscription(
+    seq: int, receive_addr: str, begin: datetime, *, detail: str = "12,13", image_declare: str | None = None
+) -> dict[str, Any]:
+    """A SubscribeObject of the whole view library (ResourceClass 4)."""
+    obj: dict[str, Any] = {
+        "SubscribeID": subscribe_id(seq),
+        "Title": "市级视图库订阅",
+        "SubscribeDetail": detail,
+        "ResourceURI": PLATFORM_ID,
+        "ApplicantName": "市局视图库",
+        "ApplicantOrg": "市公安局",
+        "BeginTime": f"{begin.astimezone(ZONE):%Y%m%d%H%M%S}",
+        "EndTime": f"{(begin + timedelta(days=30)).astimezone(ZONE):%Y%m%d%H%M%S}",
+        "ReceiveAddr": receive_addr,
+        "ReportInterval": 0,
+        "Reason": "测试订阅",
+        "OperateType": 0,
+        "SubscribeStatus": 0,
+        "ResourceClass": 4,
+    }
+    if image_declare is not None:
+        obj["ResultImageDeclare"] = image_declare
+    return obj
+
+
+@dataclass
+class Receiver:
+    """An upper platform's notification receiver: challenges with digest, records what reaches it."""
+
+    url: str
+    requests: list[tuple[str, str]] = field(default_factory=list)  # (method, path) of every request
+    notifications: list[dict[str, Any]] = field(default_factory=list)  # accepted SubscribeNotificationObjects
+    nonces: set[str] = field(default_factory=set)
+
+    def info_ids(self, subscribe_id: str | None = None) -> list[str]:
+        """Every InfoID notified (of one subscription), in order, duplicates kept."""
+        return [
+            i
+            for n in self.notifications
+            if subscribe_id is None or n["SubscribeID"] == subscribe_id
+            for i in n["InfoIDs"].split(",")
+        ]
+
+    def objects(self, list_name: str, object_name: str) -> list[dict[str, Any]]:
+        """Every object of one list notified."""
+        return [o for n in self.notifications for o in n.get(list_name, {}).get(object_name, [])]
+
+
+@contextlib.asynccontextmanager
+async def receiver(*, realm: str = "city-receiver") -> AsyncIterator[Receiver]:
+    """A receiver on a free port; digest with the upper platform's credentials, checked by hand."""
+    port = free_port()
+    got = Receiver(f"http://127.0.0.1:{port}")
+
+    async def handle(request: web.Request) -> web.Response:
+        got.requests.append((request.method, request.path))
+        auth = request.headers.get("Authorization", "")
+        fields = {
+            k.strip(): v.strip().strip('"')
+            for k, v in (p.split("=", 1) for p in auth.removeprefix("Digest ").split(",") if "=" in p)
+        }
+        if fields.get("nonce") not in got.nonces or request.headers.get("User-Identify") != PLATFORM_ID:
+            nonce = secrets.token_hex(12)
+            got.nonces.add(nonce)
+            return web.Response(
+                status=401,
+                headers={"WWW-Authenticate": f'Digest realm="{realm}", qop="auth", nonce="{nonce}"'},
+            )
+        got.nonces.discard(fields["nonce"])
+        ha1 = _md5(f"{USER}:{realm}:{PASSWORD}")
+        ha2 = _md5(f"POST:{fields['uri']}")
+        expected = _md5(f"{ha1}:{fields['nonce']}:{fields['nc']}:{fields['cnonce']}:auth:{ha2}")
+        if fields.get("response") != expected or fields.get("username") != USER:
+            return web.Response(status=401)
+        body = await request.json()
+        statuses = []
+        for n in body["SubscribeNotificationListObject"]["SubscribeNotificationObject"]:
+            got.notifications.append(n)
+            statuses.append({"Id": n["NotificationID"], "StatusCode": "0", "StatusString": "OK"})
+        return web.json_response({"ResponseStatusListObject": {"ResponseStatusObject": statuses}})
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        yield got
+    finally:
+        await runner.cleanup()
+
+
+def district_config(
+    tmp_path: Path, receive_addresses: list[str], *, port: int | None = None
+) -> DistrictConfig:
+    """A district with ``[city]`` and ``[city.subscriptions]`` (the queue in ``tmp_path``)."""
+    return DistrictConfig.model_validate(
+        {
+            "district_id": DISTRICT_ID,
+            "store": {"type": "sqlite", "path": str(tmp_path / "district.db")},
+            "api": {"timezone": "Asia/Shanghai", "ops_db": str(tmp_path / "operations.db")},
+            "city": {
+                "server_url": "http://127.0.0.1:9",
+                "platform_id": PLATFORM_ID,
+                "org_code": ORG_CODE,
+                "password": "secret",
+                "queue_path": str(tmp_path / "city" / "city-queue.db"),
+                "batch_max": 3,  # several notifications per subscription: the cursor moves in steps
+                "retry_initial_s": 0.01,
+                "retry_max_s": 0.01,
+                "privacy": {"face_passes": "records", "watchlist_hits": "crop"},
+                "subscriptions": {
+                    "enabled": True,
+                    "listen_port": port or free_port(),
+                    "upper_platform_id": UPPER_ID,
+                    "username": USER,
+                    "password": PASSWORD,
+                    "receive_addresses": receive_addresses,
+                },
+            },
+        }
+    )
+
+
+def objects_of(config: DistrictConfig, events: list[Any]) -> list[CityObject]:
+    """The objects the ingester would queue for these events (the privacy policy applied)."""
+    assert config.city is not None
+    return [o for e in events for o in event_objects(e, config.city, ZONE)]
+
+
+def ape(config: DistrictConfig, online: bool) -> CityObject:
+    assert config.city is not None
+    device = DeviceForCity(FACE_GATE, "c", "东门人脸门禁", "face_gate", "test", "东门", online)
+    return ape_object(device, config.city, ZONE)
+
+
+@contextlib.asynccontextmanager
+async def district(config: DistrictConfig) -> AsyncIterator[tuple[CityQueue, SubscriptionService, Upper]]:
+    """The queue and the subscription service (server listening; rounds run by the test)."""
+    assert config.city is not None
+    assert config.city.subscriptions is not None
+    async with (
+        CityQueue(config.city.queue_path) as queue,
+        SubscriptionService(config, queue, poll_s=3600) as service,
+    ):
+        yield queue, service, Upper(f"http://127.0.0.1:{config.city.subscriptions.listen_port}")
+
+
+async def test_a_subscription_gets_exactly_the_new_objects_of_its_categories(tmp_path: Path) -> None:
+    """Faces and vehicles captured from BeginTime on are notified, each once; older ones and APEs are not.
+
+    Broken on purpose: ``wanted`` without its time window notified the two objects captured before
+    BeginTime, and the exact-set assertion failed.
+    """
+    now = utc_now().replace(microsecond=0)
+    begin = now - timedelta(minutes=10)
+    async with receiver() as got:
+        config = district_config(tmp_path, [f"{got.url}/VIID/SubscribeNotifications"])
+        async with district(config) as (queue, service, upper):
+            old = objects_of(
+                config, [vehicle_pass(begin - timedelta(hours=1)), face_access(begin - timedelta(hours=1))]
+            )
+            await queue.add(old)
+            status, answers = await upper.subscribe(
+                subscription(1, f"{got.url}/VIID/SubscribeNotifications", begin)
+            )
+            assert status == 200
+            assert [(a["StatusCode"], a["Id"]) for a in answers] == [("0", subscribe_id(1))]
+            new = objects_of(
+                config,
+                [vehicle_pass(now - timedelta(minutes=i), plate=f"赣A1234{i}") for i in range(4)]
+                + [face_access(now - timedelta(minutes=5)), watchlist_hit(now, crop=jpeg(80, 100))],
+            )
+            await queue.add([*new, ape(config, online=True)])
+            await service.notifier.round()
+
+            expected = {o.object_id for o in new}
+            assert len(expected) == 6
+            notified = got.info_ids(subscribe_id(1))
+            assert set(notified) == expected
+            assert len(notified) == len(expected)  # each once
+            assert got.objects("DeviceList", "APEObject") == []
+            for n in got.notifications:
+                assert len(n["NotificationID"]) == 33
+                assert n["NotificationID"].startswith(ORG_CODE + "04")
+                assert n["ExecuteOperation"] == 1
+                assert len(n["TriggerTime"]) == 14
+            assert len({n["NotificationID"] for n in got.notifications}) == len(got.notifications) >= 2
+            vehicles = {
+                o["MotorVehicleID"] for o in got.objects("MotorVehicleObjectList", "MotorVehicleObject")
+            }
+            faces = {o["FaceID"] for o in got.objects("FaceObjectList", "FaceObject")}
+            assert vehicles | faces == expected
+
+            # nothing new: a further round sends nothing
+            before = len(got.requests)
+            await service.notifier.round()
+            assert len(got.requests) == before
+            (kept,) = await service.book.all()
+            subscribed = {Category.FACE, Category.MOTOR_VEHICLE}
+            assert kept.cursor == max(item.seq for item in await queue.objects_after(0, subscribed, 100))
+
+
+async def test_an_unknown_platform_is_refused(tmp_path: Path) -> None:
+    """Another User-Identify (403, no challenge) and wrong credentials (401 again) create nothing.
+
+    Broken on purpose: the door without its User-Identify check let the stranger's subscription in
+    (answered StatusCode 0), and this failed.
+    """
+    async with receiver() as got:
+        address = f"{got.url}/VIID/SubscribeNotifications"
+        config = district_config(tmp_path, [address])
+        async with district(config) as (queue, service, upper):
+            begin = utc_now() - timedelta(minutes=1)
+            stranger = Upper(upper.url, identify="36000000005030000099")
+            status, answer = await stranger.call(
+                "POST",
+                "/VIID/Subscribes",
+                {"SubscribeListObject": {"SubscribeObject": [subscription(1, address, begin)]}},
+            )
+            assert status == 403
+            assert answer["ResponseStatusListObject"]["ResponseStatusObject"][0]["StatusCode"] != "0"
+            wrong = Upper(upper.url, password="guessed")
+            status, _ = await wrong.call(
+                "POST",
+                "/VIID/Subscribes",
+                {"SubscribeListObject": {"SubscribeObject": [subscription(2, address, begin)]}},
+            )
+            assert status == 401
+            wrong_user = Upper(upper.url, username="someone")
+            status, _ = await wrong_user.call("DELETE", f"/VIID/Subscribes?IDList={subscribe_id(3)}")
+            assert status == 401
+            assert await service.book.all() == []
+            assert service.refused.get("unknown_platform") == 1
+            assert service.refused.get("bad_credentials") == 2
+            await queue.add(objects_of(config, [vehicle_pass(utc_now())]))
+            await service.notifier.round()
+            assert got.requests == []
+
+
+async def test_a_receive_address_not_configured_is_refused_and_never_called(tmp_path: Path) -> None:
+    """ReceiveAddr must be a configured address: another is refused, and nothing ever reaches it.
+
+    The configured address written differently (upper-case host, explicit default port, trailing
+    slash) is the same address, and the notification goes to the configured spelling.
+
+    Broken on purpose: ``parse_subscription`` keeping the subscriber's ReceiveAddr unchecked accepted
+    the subscriptions naming the other listener (StatusCode 0), and this failed.
+    """
+    async with receiver() as got, receiver() as elsewhere:
+        configured = f"{got.url}/VIID/SubscribeNotifications"
+        config = district_config(tmp_path, [configured])
+        async with district(config) as (queue, service, upper):
+            begin = utc_now() - timedelta(minutes=1)
+            port = got.url.rsplit(":", 1)[1]
+            status, answers = await upper.subscribe(
+                subscription(1, f"{elsewhere.url}/VIID/SubscribeNotifications", begin),
+                subscription(2, f"{elsewhere.url}/", begin),
+                subscription(3, f"{configured}?next=http://evil.example/", begin),
+                subscription(4, f"HTTP://LOCALHOST:{port}/VIID/SubscribeNotifications", begin),
+                subscription(5, f"http://127.0.0.1:{port}/VIID/SubscribeNotifications/", begin),
+            )
+            assert status == 200
+            codes = {a["Id"]: a["StatusCode"] for a in answers}
+            assert codes == {
+                subscribe_id(1): "4",
+                subscribe_id(2): "4",
+                subscribe_id(3): "4",
+                subscribe_id(4): "4",  # localhost is another host name than 127.0.0.1: not ours
+                subscribe_id(5): "0",
+            }
+            assert all("ReceiveAddr" in a["StatusString"] for a in answers if a["StatusCode"] != "0")
+            kept = await service.book.all()
+            assert [(s.subscribe_id, s.receive_addr) for s in kept] == [(subscribe_id(5), configured)]
+            vehicles = objects_of(config, [vehicle_pass(utc_now())])
+            await queue.add(vehicles)
+            await service.notifier.round()
+            assert elsewhere.requests == []
+            assert got.info_ids() == [vehicles[0].object_id]
+            assert {path for _, path in got.requests} == {"/VIID/SubscribeNotifications"}
+
+
+async def test_a_cancelled_subscription_receives_nothing_more(tmp_path: Path) -> None:
+    """Cancelled by PUT (OperateType 1) or DELETE (IDList): later objects go to neither; a third goes on.
+
+    Broken on purpose: the notifier taking every subscription (not only active ones) sent the
+    later vehicle to both cancelled subscriptions, and this failed.
+    """
+    async with receiver() as got:
+        address = f"{got.url}/VIID/SubscribeNotifications"
+        config = district_config(tmp_path, [address])
+        async with district(config) as (queue, service, upper):
+            begin = utc_now() - timedelta(minutes=1)
+            status, answers = await upper.subscribe(
+                *(subscription(i, address, begin, detail="13") for i in (1, 2, 3))
+            )
+            assert [a["StatusCode"] for a in answers] == ["0", "0", "0"]
+            first = objects_of(config, [vehicle_pass(utc_now(), plate="赣A00001")])
+            await queue.add(first)
+            await service.notifier.round()
+            for i in (1, 2, 3):
+                assert got.info_ids(subscribe_id(i)) == [first[0].object_id]
+
+            status, answer = await upper.call(
+                "PUT",
+                f"/VIID/Subscribes/{subscribe_id(1)}",
+                {"SubscribeObject": {"OperateType": 1, "SubscribeStatus": 1}},
+            )
+            assert status == 200
+            assert answer["ResponseStatusListObject"]["ResponseStatusObject"][0]["StatusCode"] == "0"
+            status, answer = await upper.call("DELETE", f"/VIID/Subscribes?IDList={subscribe_id(2)}")
+            assert status == 200
+            assert answer["ResponseStatusListObject"]["ResponseStatusObject"][0]["StatusCode"] == "0"
+
+            later = objects_of(config, [vehicle_pass(utc_now(), plate="赣A00002")])
+            await queue.add(later)
+            await service.notifier.round()
+            assert got.info_ids(subscribe_id(1)) == [first[0].object_id]
+            assert got.info_ids(subscribe_id(2)) == [first[0].object_id]
+            assert got.info_ids(subscribe_id(3)) == [first[0].object_id, later[0].object_id]
+            states = {s.subscribe_id: s.state for s in await service.book.all()}
+            assert states == {
+                subscribe_id(1): SubscriptionState.CANCELLED,
+                subscribe_id(2): SubscriptionState.CANCELLED,
+                subscribe_id(3): SubscriptionState.ACTIVE,
+            }
+
+
+async def test_face_images_leave_only_as_the_queue_holds_them_and_as_declared(tmp_path: Path) -> None:
+    """A face pass has no picture (records policy); a hit carries its crop unless ResultImageDeclare is -1.
+
+    Broken on purpose: ``with_images`` returning the body unchanged sent the hit's crop to the
+    subscription that declared -1, and this failed.
+    """
+    async with receiver() as with_pictures, receiver() as without:
+        addresses = [
+            f"{with_pictures.url}/VIID/SubscribeNotifications",
+            f"{without.url}/VIID/SubscribeNotifications",
+        ]
+        config = district_config(tmp_path, addresses)
+        async with district(config) as (queue, service, upper):
+            begin = utc_now() - timedelta(minutes=1)
+            _status, answers = await upper.subscribe(
+                subscription(1, addresses[0], begin, detail="12"),
+                subscription(2, addresses[1], begin, detail="12", image_declare="-1"),
+            )
+            assert [a["StatusCode"] for a in answers] == ["0", "0"]
+            passing, hit = (
+                objects_of(config, [face_access(utc_now())]),
+                objects_of(config, [watchlist_hit(utc_now(), crop=jpeg(80, 100))]),
+            )
+            assert "SubImageList" not in passing[0].body
+            assert "SubImageList" in hit[0].body  # the policy lets the crop leave: the queue holds it
+            await queue.add([*passing, *hit])
+            await service.notifier.round()
+
+            faces = {f["FaceID"]: f for f in with_pictures.objects("FaceObjectList", "FaceObject")}
+            assert set(faces) == {passing[0].object_id, hit[0].object_id}
+            assert "SubImageList" not in faces[passing[0].object_id]
+            assert faces[hit[0].object_id]["SubImageList"] == hit[0].body["SubImageList"]
+            types = {i["Type"] for i in faces[hit[0].object_id]["SubImageList"]["SubImageInfoObject"]}
+            assert types == {"11"}  # the crop; never a scene
+            stripped = without.objects("FaceObjectList", "FaceObject")
+            assert {f["FaceID"] for f in stripped} == {passing[0].object_id, hit[0].object_id}
+            assert all("SubImageList" not in f for f in stripped)
+            assert "Data" not in json.dumps(without.notifications)
+
+
+async def test_subscriptions_and_their_cursors_survive_a_restart(tmp_path: Path) -> None:
+    """After a restart the subscription is still active and only objects queued since are notified.
+
+    Broken on purpose: the book kept in ``:memory:`` lost the subscription on restart (nothing was
+    notified after it), and this failed.
+    """
+    async with receiver() as got:
+        address = f"{got.url}/VIID/SubscribeNotifications"
+        config = district_config(tmp_path, [address])
+        begin = utc_now() - timedelta(minutes=1)
+        async with district(config) as (queue, service, upper):
+            _, answers = await upper.subscribe(subscription(1, address, begin, detail="3,12,13"))
+            assert answers[0]["StatusCode"] == "0"
+            before = [
+                *objects_of(config, [vehicle_pass(utc_now(), plate="赣A00001")]),
+                ape(config, online=True),
+            ]
+            await queue.add(before)
+            await service.notifier.round()
+            assert set(got.info_ids()) == {o.object_id for o in before}
+        async with district(config) as (queue, service, upper):
+            (kept,) = await service.book.all()
+            assert (kept.subscribe_id, kept.state, kept.details) == (
+                subscribe_id(1),
+                SubscriptionState.ACTIVE,
+                (3, 12, 13),
+            )
+            after = [*objects_of(config, [face_access(utc_now())]), ape(config, online=False)]
+            await queue.add(after)
+            await service.notifier.round()
+            assert sorted(got.info_ids()) == sorted(o.object_id for o in [*before, *after])
+            assert {a["ApeID"] for a in got.objects("DeviceList", "APEObject")} == {FACE_GATE}
+            assert [a["IsOnline"] for a in got.objects("DeviceList", "APEObject")] == ["1", "0"]
+
+
+async def test_a_refused_notification_is_sent_again_and_the_cursor_waits(tmp_path: Path) -> None:
+    """A receiver that refuses (StatusCode 1) leaves the cursor; the same batch goes again, same NotificationID.
+
+    Broken on purpose: advancing the cursor whatever the answer lost the refused batch (the second
+    round sent nothing), and this failed.
+    """
+    port = free_port()
+    seen: list[dict[str, Any]] = []
+    refuse = [True]
+
+    async def handle(request: web.Request) -> web.Response:
+        (n,) = (await request.json())["SubscribeNotificationListObject"]["SubscribeNotificationObject"]
+        seen.append(n)
+        code = "1" if refuse[0] else "0"
+        return web.json_response(
+            {
+                "ResponseStatusListObject": {
+                    "ResponseStatusObject": [{"Id": n["NotificationID"], "StatusCode": code}]
+                }
+            }
+        )
+
+    app = web.Application()
+    app.router.add_post("/VIID/SubscribeNotifications", handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        address = (
+            f"http://127.0.0.1:{port}"  # a bare address: notifications go to its /VIID/SubscribeNotifications
+        )
+        config = district_config(tmp_path, [address])
+        async with district(config) as (queue, service, upper):
+            _, answers = await upper.subscribe(
+                subscription(1, address, utc_now() - timedelta(minutes=1), detail="13")
+            )
+            assert answers[0]["StatusCode"] == "0"
+            vehicles = objects_of(config, [vehicle_pass(utc_now())])
+            await queue.add(vehicles)
+            await service.notifier.round()
+            assert len(seen) == 1
+            (kept,) = await service.book.all()
+            assert kept.cursor == 0
+            assert kept.last_error is not None
+            assert "StatusCode 1" in kept.last_error
+            refuse[0] = False
+            await asyncio.sleep(0.05)  # past the (10 ms) backoff of this config
+            await service.notifier.round()
+            assert [n["InfoIDs"] for n in seen] == [vehicles[0].object_id] * 2
+            assert seen[0]["NotificationID"] == seen[1]["NotificationID"]
+            (kept,) = await service.book.all()
+            assert kept.cursor > 0
+            assert kept.notified == 1
+            families = MetricFamilies()
+            await service.write_metrics(families)
+            samples = {
+                (m.name, tuple(sorted(s.labels.items()))): s.value
+                for m in families.metrics
+                for s in m.samples
+            }
+            assert samples[("cgw_city_notifications", (("outcome", "ok"),))] == 1
+            assert samples[("cgw_city_notifications", (("outcome", "failed"),))] == 1
+            assert samples[("cgw_city_subscriptions", (("state", "active"),))] == 1
+    finally:
+        await runner.cleanup()
+
+
+async def test_invalid_subscriptions_are_refused_with_a_reason(tmp_path: Path) -> None:
+    """Bad ids, times, codes the district does not serve, a lapsed EndTime: refused, each saying why."""
+    async with receiver() as got:
+        address = f"{got.url}/VIID/SubscribeNotifications"
+        config = district_config(tmp_path, [address])
+        async with district(config) as (_queue, service, upper):
+            begin = utc_now() - timedelta(minutes=1)
+            short_id = {**subscription(1, address, begin), "SubscribeID": "12345"}
+            bad_time = {**subscription(2, address, begin), "BeginTime": "2026-12-06 10:00"}
+            unserved = subscription(3, address, begin, detail="1,12")
+            lapsed = {
+                **subscription(4, address, begin),
+                "EndTime": f"{begin - timedelta(days=1):%Y%m%d%H%M%S}",
+            }
+            other_library = {**subscription(5, address, begin), "ResourceURI": "36000000005030000042"}
+            status, answers = await upper.subscribe(short_id, bad_time, unserved, lapsed, other_library)
+            assert status == 200
+            reasons = [a["StatusString"] for a in answers]
+            assert [a["StatusCode"] for a in answers] == ["8", "8", "4", "8", "4"]
+            assert "SubscribeID" in reasons[0]
+            assert "BeginTime" in reasons[1]
+            assert "serves 3, 4" in reasons[2]
+            assert "EndTime" in reasons[3]
+            assert "view library" in reasons[4]
+            assert await service.book.all() == []
+            status, _ = await upper.call("POST", "/VIID/Subscribes", {"nothing": 1})
+            assert status == 400
+
+
+@pytest.fixture
+def viid_double_config() -> ViidDoubleConfig:
+    """The city double as our upper platform: its id, and our platform as its registered client."""
+    return ViidDoubleConfig(
+        server_id=UPPER_ID,
+        clients={PLATFORM_ID: Credentials(username=USER, password=PASSWORD)},
+        known_subscriptions_only=True,  # a notification must name a subscription it made and did not cancel
+    )
+
+
+async def test_the_city_double_subscribes_is_notified_and_cancels(
+    tmp_path: Path, viid_double: ViidDouble
+) -> None:
+    """The city double subscribes over digest and gets exactly the new faces and vehicles, then nothing.
+
+    The double (written from the standard) finds every notification valid; the pictures are
+    stripped as it declared (-1); after its cancel (DELETE) nothing more is sent.
+
+    Broken on purpose: NotificationIDs built from the platform id instead of ``org_code`` (35
+    characters) were refused by the double as invalid, the cursor stayed, and this failed.
+    """
+    city = viid_double
+    address = f"{city.url}/VIID/SubscribeNotifications"
+    config = district_config(tmp_path, [address])
+    assert config.city is not None
+    assert config.city.subscriptions is not None
+    async with district(config) as (queue, service, upper):
+        # the city service's session registers us with the city (notifications need a registered caller)
+        registrar = Upper(city.url, identify=PLATFORM_ID)
+        status, _ = await registrar.call(
+            "POST", "/VIID/System/Register", {"RegisterObject": {"DeviceID": PLATFORM_ID}}
+        )
+        assert status == 200
+        lower = LowerPlatform(upper.url, USER, PASSWORD)
+        sid, answer = await city.subscribe(lower, resource_uri=PLATFORM_ID, detail="12,13")
+        assert answer.status == 200
+        assert answer.challenged
+        assert [s["StatusCode"] for s in answer.body["ResponseStatusListObject"]["ResponseStatusObject"]] == [
+            "0"
+        ]
+
+        objects = objects_of(
+            config,
+            [vehicle_pass(utc_now(), plate=f"赣A5555{i}") for i in range(4)]
+            + [face_access(utc_now()), watchlist_hit(utc_now(), crop=jpeg(80, 100))],
+        )
+        await queue.add([*objects, ape(config, online=True)])
+        await service.notifier.round()
+        assert city.refusals == []
+        notified = set(city.notified["Face"]) | set(city.notified["MotorVehicle"])
+        assert notified == {o.object_id for o in objects}
+        assert city.notified["APE"] == {}
+        assert all("SubImageList" not in face for face in city.notified["Face"].values())
+        assert {n["SubscribeID"] for n in city.notifications.values()} == {sid}
+        assert sum(city.resends.values()) == 0
+
+        cancelled = await city.cancel_subscription(lower, sid, via="DELETE")
+        assert cancelled.status == 200
+        posts = len(city.posts_to("/VIID/SubscribeNotifications"))
+        await queue.add(objects_of(config, [vehicle_pass(utc_now(), plate="赣A66666")]))
+        await service.notifier.round()
+        assert len(city.posts_to("/VIID/SubscribeNotifications")) == posts
+        (kept,) = await service.book.all()
+        assert kept.state is SubscriptionState.CANCELLED
+
+
+async def test_running_notifier_is_woken_and_polls(tmp_path: Path) -> None:
+    """``run``: a new subscription is looked at at once, and objects queued later arrive by the poll."""
+    async with receiver() as got:
+        address = f"{got.url}/VIID/SubscribeNotifications"
+        config = district_config(tmp_path, [address])
+        assert config.city is not None
+        async with (
+            CityQueue(config.city.queue_path) as queue,
+            SubscriptionService(config, queue, poll_s=0.05) as service,
+        ):
+            first = objects_of(config, [vehicle_pass(utc_now(), plate="赣A70001")])
+            await queue.add(first)
+            task = asyncio.create_task(service.run(), name="city-subscriptions")
+            try:
+                upper = Upper(f"http://127.0.0.1:{config.city.subscriptions.listen_port}")  # type: ignore[union-attr]
+                _, answers = await upper.subscribe(
+                    subscription(1, address, utc_now() - timedelta(minutes=5), detail="13")
+                )
+                assert answers[0]["StatusCode"] == "0"
+                later = objects_of(config, [vehicle_pass(utc_now(), plate="赣A70002")])
+                await queue.add(later)
+                async with asyncio.timeout(30):
+                    while len(got.info_ids()) < 2:
+                        await asyncio.sleep(0.02)
+                assert got.info_ids() == [first[0].object_id, later[0].object_id]
+            finally:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+
+async def test_a_subscription_past_its_end_time_expires_and_gets_nothing(tmp_path: Path) -> None:
+    """Once EndTime has passed the subscription is ``expired`` and nothing more is sent to it.
+
+    Broken on purpose: without ``book.expire`` in the round the vehicle was notified after the end,
+    and this failed.
+    """
+    now = [utc_now()]
+    async with receiver() as got:
+        address = f"{got.url}/VIID/SubscribeNotifications"
+        config = district_config(tmp_path, [address])
+        assert config.city is not None
+        async with (
+            CityQueue(config.city.queue_path) as queue,
+            SubscriptionService(config, queue, poll_s=3600, clock=lambda: now[0]) as service,
+        ):
+            upper = Upper(f"http://127.0.0.1:{config.city.subscriptions.listen_port}")  # type: ignore[union-attr]
+            obj = subscription(1, address, now[0] - timedelta(minutes=5), detail="13")
+            obj["EndTime"] = f"{(now[0] + timedelta(hours=1)).astimezone(ZONE):%Y%m%d%H%M%S}"
+            _, answers = await upper.subscribe(obj)
+            assert answers[0]["StatusCode"] == "0"
+            now[0] += timedelta(hours=2)
+            await queue.add(objects_of(config, [vehicle_pass(now[0] - timedelta(hours=1, minutes=30))]))
+            await service.notifier.round()
+            assert got.requests == []
+            (kept,) = await service.book.all()
+            assert kept.state is SubscriptionState.EXPIRED
+
+
+async def test_a_replayed_request_and_an_expired_nonce_are_challenged_again(tmp_path: Path) -> None:
+    """Our nonces are good once and for five minutes: the same Authorization a second time is refused.
+
+    Broken on purpose: ``DigestGuard.check`` reading the nonce with ``get`` instead of ``pop`` let the
+    replayed DELETE through (200), and this failed.
+    """
+    async with receiver() as got:
+        config = district_config(tmp_path, [f"{got.url}/VIID/SubscribeNotifications"])
+        async with district(config) as (_queue, service, upper):
+            target = f"/VIID/Subscribes?IDList={subscribe_id(1)}"
+            headers = {"User-Identify": UPPER_ID}
+            async with aiohttp.ClientSession() as http:
+                async with http.delete(upper.url + target, headers=headers) as first:
+                    assert first.status == 401
+                    challenge = first.headers["WWW-Authenticate"]
+                headers["Authorization"] = digest_header(challenge, "DELETE", target, USER, PASSWORD)
+                async with http.delete(upper.url + target, headers=headers) as answered:
+                    assert answered.status == 200  # admitted (there is no such subscription: StatusCode 4)
+                async with http.delete(upper.url + target, headers=headers) as replayed:
+                    assert replayed.status == 401
+                    assert "stale=true" in replayed.headers["WWW-Authenticate"]
+            assert service.refused.get("stale_nonce") == 1
+
+    moment = [0.0]
+    guard = DigestGuard("realm", USER, PASSWORD, lifetime_s=300, clock=lambda: moment[0])
+    challenge = guard.challenge()
+    moment[0] = 301.0
+    late = digest_header(challenge, "POST", "/VIID/Subscribes", USER, PASSWORD)
+    assert guard.check("POST", "/VIID/Subscribes", late) == "stale_nonce"
+    fresh = digest_header(guard.challenge(), "POST", "/VIID/Subscribes", USER, PASSWORD)
+    assert guard.check("POST", "/VIID/Subscribes?x", fresh) == "wrong_uri"
+    fresh = digest_header(guard.challenge(), "POST", "/VIID/Subscribes", USER, PASSWORD)
+    assert guard.check("POST", "/VIID/Subscribes", fresh) is None
