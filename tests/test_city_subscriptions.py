@@ -51,7 +51,8 @@ from tests.viid_double.upper import LowerPlatform
 
 UPPER_ID = "36000000005030000001"  # the city's view library (its User-Identify)
 PLATFORM_ID = "36010400005030000001"  # ours
-USER, PASSWORD = "city-viid", "up-secret-4711"
+USER, PASSWORD = "city-viid", "up-secret-4711"  # the upper platform's login at our endpoint
+NOTIFY_USER, NOTIFY_PASSWORD = "district-notify", "notify-secret-0815"  # ours at its receivers
 CITY_ORG = "360000000000"
 
 
@@ -181,10 +182,10 @@ async def receiver(*, realm: str = "city-receiver") -> AsyncIterator[Receiver]:
                 headers={"WWW-Authenticate": f'Digest realm="{realm}", qop="auth", nonce="{nonce}"'},
             )
         got.nonces.discard(fields["nonce"])
-        ha1 = _md5(f"{USER}:{realm}:{PASSWORD}")
+        ha1 = _md5(f"{NOTIFY_USER}:{realm}:{NOTIFY_PASSWORD}")
         ha2 = _md5(f"POST:{fields['uri']}")
         expected = _md5(f"{ha1}:{fields['nonce']}:{fields['nc']}:{fields['cnonce']}:auth:{ha2}")
-        if fields.get("response") != expected or fields.get("username") != USER:
+        if fields.get("response") != expected or fields.get("username") != NOTIFY_USER:
             return web.Response(status=401)
         body = await request.json()
         statuses = []
@@ -205,9 +206,20 @@ async def receiver(*, realm: str = "city-receiver") -> AsyncIterator[Receiver]:
 
 
 def district_config(
-    tmp_path: Path, receive_addresses: list[str], *, port: int | None = None
+    tmp_path: Path, receive_addresses: list[str], *, port: int | None = None, **subscriptions: Any
 ) -> DistrictConfig:
     """A district with ``[city]`` and ``[city.subscriptions]`` (the queue in ``tmp_path``)."""
+    settings = {
+        "enabled": True,
+        "listen_port": port or free_port(),
+        "upper_platform_id": UPPER_ID,
+        "username": USER,
+        "password": PASSWORD,
+        "receive_addresses": receive_addresses,
+        "notify_username": NOTIFY_USER,
+        "notify_password": NOTIFY_PASSWORD,
+        **subscriptions,
+    }
     return DistrictConfig.model_validate(
         {
             "district_id": DISTRICT_ID,
@@ -223,14 +235,7 @@ def district_config(
                 "retry_initial_s": 0.01,
                 "retry_max_s": 0.01,
                 "privacy": {"face_passes": "records", "watchlist_hits": "crop"},
-                "subscriptions": {
-                    "enabled": True,
-                    "listen_port": port or free_port(),
-                    "upper_platform_id": UPPER_ID,
-                    "username": USER,
-                    "password": PASSWORD,
-                    "receive_addresses": receive_addresses,
-                },
+                "subscriptions": {k: v for k, v in settings.items() if v is not None},
             },
         }
     )
@@ -616,7 +621,7 @@ def viid_double_config() -> ViidDoubleConfig:
     """The city double as our upper platform: its id, and our platform as its registered client."""
     return ViidDoubleConfig(
         server_id=UPPER_ID,
-        clients={PLATFORM_ID: Credentials(username=USER, password=PASSWORD)},
+        clients={PLATFORM_ID: Credentials(username=NOTIFY_USER, password=NOTIFY_PASSWORD)},
         known_subscriptions_only=True,  # a notification must name a subscription it made and did not cancel
     )
 
@@ -639,7 +644,7 @@ async def test_the_city_double_subscribes_is_notified_and_cancels(
     assert config.city.subscriptions is not None
     async with district(config) as (queue, service, upper):
         # the city service's session registers us with the city (notifications need a registered caller)
-        registrar = Upper(city.url, identify=PLATFORM_ID)
+        registrar = Upper(city.url, identify=PLATFORM_ID, username=NOTIFY_USER, password=NOTIFY_PASSWORD)
         status, _ = await registrar.call(
             "POST", "/VIID/System/Register", {"RegisterObject": {"DeviceID": PLATFORM_ID}}
         )

@@ -21,6 +21,23 @@ from foundation.events import GbId
 HTTP_URL = r"^https?://[^\s/?#]+(/[^\s?#]*)?$"
 
 
+def checked_http_url(address: str) -> str:
+    """``address`` if it is a plain http(s) URL without user info, else ``ValueError`` saying why.
+
+    A password in a URL ends up in logs, the console and process listings, and would be sent to
+    whoever the URL names: credentials go in the config's password fields, never in a URL.
+    """
+    if not re.match(HTTP_URL, address):
+        raise ValueError(f"{address!r} is not an http(s) URL (scheme://host[:port][/path], no query)")
+    authority = address.split("://", 1)[1].split("/", 1)[0]
+    if "@" in authority:
+        raise ValueError(
+            f"{address.split('://', 1)[0]}://...@{authority.rsplit('@', 1)[1]}: user info (user:password@)"
+            " is not allowed in a URL; put the credentials in the password settings"
+        )
+    return address
+
+
 class FacePolicy(StrEnum):
     """What of a face event may go to the city."""
 
@@ -83,19 +100,45 @@ class CitySubscriptionsConfig(ConfigModel):
         default=(),
         description="the only URLs notifications are sent to (a subscription naming another is refused)",
     )
+    notify_username: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=64,
+        description="user name for a receiver's digest challenge (never the upper platform's own login)",
+    )
+    notify_password: SecretStr | None = Field(default=None, description="password for that challenge")
+    notify_password_credential: CredentialName | None = Field(
+        default=None, description="systemd credential holding notify_password, instead of it"
+    )
+    max_subscriptions: int = Field(
+        default=16, ge=1, le=1000, description="active subscriptions at most (a further one is refused)"
+    )
+    ended_keep_days: int = Field(
+        default=30, ge=1, le=366, description="cancelled and expired subscriptions are kept this long"
+    )
+    batches_per_round: int = Field(
+        default=4,
+        ge=1,
+        le=1000,
+        description="notifications one subscription may send per round (a catch-up holds up no other)",
+    )
 
     @field_validator("receive_addresses")
     @classmethod
     def _urls(cls, addresses: tuple[str, ...]) -> tuple[str, ...]:
         for address in addresses:
-            if not re.match(HTTP_URL, address):
-                raise ValueError(f"{address!r} is not an http(s) URL")
+            checked_http_url(address)
         return addresses
 
     @model_validator(mode="after")
     def _one_password(self) -> Self:
         if (self.password is None) == (self.password_credential is None):
             raise ValueError("set exactly one of password and password_credential")
+        if self.notify_password is not None and self.notify_password_credential is not None:
+            raise ValueError("notify_password and notify_password_credential both set; keep one")
+        has_password = self.notify_password is not None or self.notify_password_credential is not None
+        if has_password != (self.notify_username is not None):
+            raise ValueError("notify_username and notify_password (or its credential) go together")
         return self
 
 
@@ -105,9 +148,7 @@ class CityConfig(ConfigModel):
     enabled: bool = Field(
         default=True, description="feed the queue (ingester) and run `compound-gateway city`"
     )
-    server_url: str = Field(
-        pattern=HTTP_URL, description="the city VIID's base URL, e.g. http://10.0.0.5:8080"
-    )
+    server_url: str = Field(description="the city VIID's base URL, e.g. http://10.0.0.5:8080")
     platform_id: GbId = Field(
         description="the district VIID's own id (RegisterObject DeviceID, User-Identify)"
     )
@@ -152,6 +193,11 @@ class CityConfig(ConfigModel):
     devices: tuple[CityDeviceEntry, ...] = Field(default=(), description="ids the city knows devices by")
     privacy: CityPrivacyConfig = CityPrivacyConfig()
     subscriptions: CitySubscriptionsConfig | None = None
+
+    @field_validator("server_url")
+    @classmethod
+    def _server_url(cls, url: str) -> str:
+        return checked_http_url(url)
 
     @model_validator(mode="after")
     def _one_password(self) -> Self:

@@ -1,10 +1,16 @@
 """HTTP digest (RFC 7616, ``qop=auth``, MD5) as GA/T 1400 uses it: our server side, and one answer.
 
 The server side guards the subscriptions endpoint: one configured peer (the upper platform), its
-user name and password; nonces are ours, random, good for ``lifetime_s`` and for ONE request (a
-used nonce is forgotten, so a replayed request is answered with a new challenge, ``stale=true``).
-The table of issued nonces is bounded: past ``max_nonces`` the oldest are forgotten (a client
-holding one simply takes the next challenge).
+user name and password; nonces are ours, good for ``lifetime_s`` and for ONE request (a replayed
+request is answered with a new challenge, ``stale=true``).
+
+A challenge costs no memory: a nonce is its issue time, random bytes and an HMAC of both under a
+key of this process, so anyone may ask for as many as they like (the upper platform's
+``User-Identify`` is public) without pushing out the nonce the real platform holds. What is kept
+is the set of nonces *used* (one per request that presented a genuine, unexpired nonce), each only
+until it would have expired anyway; it never forgets an unexpired one to make room. If it holds
+``max_used`` nonces, further requests are refused as ``busy`` (503) until some expire: a flood
+can delay the upper platform, never let a replay through.
 
 Written here rather than shared with ``gateway.push_auth`` (which the district may not import):
 that one checks many devices' secrets against stateless signed nonces with a replay window, for
@@ -15,9 +21,11 @@ and one-time nonces held in memory are the simpler, stricter rule for it. The cl
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import secrets
+import struct
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -30,6 +38,7 @@ REFUSAL_REASONS = frozenset(
         "stale_nonce",  # not a nonce we hold (expired, used, forgotten, or made up): a new challenge
         "bad_credentials",  # another user name, or a wrong password
         "wrong_uri",  # the answer was computed for another request target
+        "busy",  # the table of used nonces is full (a flood): 503, try again later
     }
 )
 
@@ -59,7 +68,7 @@ def parse_digest(header: str) -> dict[str, str] | None:
 
 
 class DigestGuard:
-    """Admits requests of one user name and password; issues one-time, expiring nonces."""
+    """Admits requests of one user name and password; issues signed, expiring, one-time nonces."""
 
     def __init__(
         self,
@@ -68,25 +77,50 @@ class DigestGuard:
         password: str,
         *,
         lifetime_s: float = 300.0,
-        max_nonces: int = 1024,
+        max_used: int = 65536,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.realm = realm
         self._username = username
         self._password = password
         self._lifetime_s = lifetime_s
-        self._max_nonces = max_nonces
+        self._max_used = max_used
         self._clock = clock
-        self._nonces: OrderedDict[str, float] = OrderedDict()
+        self._key = secrets.token_bytes(32)
+        self._used: OrderedDict[str, float] = OrderedDict()  # nonce -> its issue time, oldest first
+
+    def _sign(self, body: bytes) -> bytes:
+        return hmac.new(self._key, body, hashlib.sha256).digest()[:16]
 
     def challenge(self, *, stale: bool = False) -> str:
-        """A ``WWW-Authenticate`` value with a fresh nonce."""
-        nonce = secrets.token_urlsafe(24)
-        self._nonces[nonce] = self._clock()
-        while len(self._nonces) > self._max_nonces:
-            self._nonces.popitem(last=False)
+        """A ``WWW-Authenticate`` value with a fresh nonce (nothing is stored)."""
+        body = struct.pack(">d", self._clock()) + secrets.token_bytes(12)
+        nonce = base64.urlsafe_b64encode(body + self._sign(body)).decode()
         extra = ", stale=true" if stale else ""
         return f'Digest realm="{self.realm}", qop="auth", algorithm=MD5, nonce="{nonce}"{extra}'
+
+    def _issued(self, nonce: str) -> float | None:
+        """When one of our nonces was issued; None for anything we did not sign."""
+        try:
+            raw = base64.urlsafe_b64decode(nonce.encode("ascii"))
+        except (ValueError, UnicodeEncodeError):
+            return None
+        if len(raw) != 36 or not hmac.compare_digest(raw[20:], self._sign(raw[:20])):
+            return None
+        issued: float = struct.unpack(">d", raw[:8])[0]
+        return issued
+
+    def _use(self, nonce: str, issued: float) -> str | None:
+        """Mark a genuine, unexpired nonce used: None, or the reason it may not be."""
+        now = self._clock()
+        while self._used and now - next(iter(self._used.values())) > self._lifetime_s:
+            self._used.popitem(last=False)  # expired: its nonce is refused by its time anyway
+        if nonce in self._used:
+            return "stale_nonce"
+        if len(self._used) >= self._max_used:
+            return "busy"
+        self._used[nonce] = issued
+        return None
 
     def check(self, method: str, target: str, authorization: str | None) -> str | None:
         """None if ``authorization`` answers one of our nonces for ``method target``, else the reason.
@@ -106,9 +140,12 @@ class DigestGuard:
             or fields.get("algorithm", "MD5").upper() != "MD5"
         ):
             return "malformed_credentials"
-        issued = self._nonces.pop(fields["nonce"], None)
-        if issued is None or self._clock() - issued > self._lifetime_s:
+        issued = self._issued(fields["nonce"])
+        if issued is None or not 0 <= self._clock() - issued <= self._lifetime_s:
             return "stale_nonce"
+        refused = self._use(fields["nonce"], issued)
+        if refused is not None:
+            return refused
         expected = _response(self._username, self.realm, self._password, method, fields)
         name_ok = hmac.compare_digest(fields["username"].encode(), self._username.encode())
         if not (name_ok and hmac.compare_digest(fields["response"].lower().encode(), expected.encode())):

@@ -8,16 +8,26 @@ policy lets leave the district; ``ResultImageDeclare`` may take more away (-1: n
 never add. The cursor moves only when the receiver answers StatusCode 0 for the notification;
 otherwise the same batch (with the same NotificationID) is sent again after a jittered, capped
 backoff. Redirects are never followed: the district calls the configured URL and nothing else.
+
+A subscription to the device directory (3/4) is first sent each device's latest APE, whatever its
+time, then the changes. Each round gives every subscription at most ``batches_per_round``
+notifications (one catching up holds up no other; the next round follows at once), and reads the
+subscription again before each one (a cancel or a renewal during a catch-up stops it). A receiver's
+digest challenge is answered with the separate ``notify_username`` / ``notify_password``, never
+the upper platform's own login (an http:// receiver could be a man in the middle choosing the
+challenge to crack it); without them a challenge is a failure, logged. A database error ends
+no round for good: it is logged, backed off, and the next round tries again.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -32,6 +42,7 @@ from district.city.queue import CityQueue
 from district.city.subscription_book import Subscription, SubscriptionBook, SubscriptionState
 from foundation.backoff import Backoff, BackoffConfig
 from foundation.events import utc_now
+from foundation.logging import worth_logging
 
 log = structlog.get_logger(__name__)
 
@@ -78,12 +89,20 @@ def with_images(body: dict[str, Any], declare: str) -> dict[str, Any]:
     return kept
 
 
-def wanted(subscription: Subscription, item: QueuedObject) -> bool:
-    """Whether a queued object belongs to the subscription: its categories, window and resources."""
+def wanted(subscription: Subscription, item: QueuedObject, *, directory: bool = False) -> bool:
+    """Whether a queued object belongs to the subscription: its categories, window and resources.
+
+    An APE is a device's state, built when it changed: any queued after the subscription's start
+    is a change it wants whatever its build time, and with ``directory`` (the first round's list)
+    so is each device's latest, however old.
+    """
     obj = item.obj
     if obj.category not in subscription.categories:
         return False
-    if not subscription.begin_at <= obj.occurred_at <= subscription.end_at:
+    if obj.category is Category.APE:
+        if not directory and obj.occurred_at > subscription.end_at:
+            return False
+    elif not subscription.begin_at <= obj.occurred_at <= subscription.end_at:
         return False
     match subscription.resource_class:
         case 1:  # devices: by the capturing device (an APE by its own id)
@@ -119,7 +138,7 @@ class Notifier:
         queue: CityQueue,
         book: SubscriptionBook,
         session: aiohttp.ClientSession,
-        password: str,
+        credentials: tuple[str, str] | None,
         poll_s: float = 1.0,
         clock: Callable[[], datetime] = utc_now,
     ) -> None:
@@ -131,68 +150,140 @@ class Notifier:
         self._queue = queue
         self._book = book
         self._session = session
-        self._password = password
+        self._credentials = credentials
         self._poll_s = poll_s
         self._clock = clock
         self._wake = asyncio.Event()
         self._pending: dict[str, _Pending] = {}
         self._backoff: dict[str, Backoff] = {}
         self._not_before: dict[str, float] = {}
+        self._db_backoff = Backoff(BackoffConfig(initial_s=city.retry_initial_s, max_s=city.retry_max_s))
         self.sent: Counter[str] = Counter()
         """Notifications by outcome: ``ok`` (the receiver accepted) or ``failed``."""
+        self.db_errors = 0
+        """Rounds ended by a database error (each logged sparsely, then backed off)."""
 
     def wake(self) -> None:
         """Look at the subscriptions now (one was created or cancelled)."""
         self._wake.set()
 
     async def run(self) -> None:
-        """Notify forever: a round, then until woken or ``poll_s`` has passed."""
+        """Notify forever: a round, then (unless work is left) until woken or ``poll_s`` has passed.
+
+        A database error (a locked file, a full disk) ends the round, not the notifier: it is
+        logged (sparsely) and the next round comes after a backoff.
+        """
         while True:
-            await self.round()
             self._wake.clear()
+            try:
+                more = await self.round()
+            except sqlite3.Error as exc:
+                self.db_errors += 1
+                delay = self._db_backoff.next_delay()
+                if worth_logging(self.db_errors):
+                    log.warning(
+                        "city_notifier_db_error",
+                        error=str(exc),
+                        count=self.db_errors,
+                        retry_s=round(delay, 3),
+                    )
+                await asyncio.sleep(delay)
+                continue
+            self._db_backoff.reset()
+            if more:
+                await asyncio.sleep(0)  # let the server answer between rounds
+                continue
             try:
                 async with asyncio.timeout(self._poll_s):
                     await self._wake.wait()
             except TimeoutError:
                 pass
 
-    async def round(self) -> None:
-        """Expire what ended, then bring each active subscription up to date (as far as it is let)."""
+    async def round(self) -> bool:
+        """Expire and purge what ended, then bring each active subscription up to date, a bounded step each.
+
+        True if some subscription has more to send now (the caller goes round again at once).
+        """
         now = self._clock()
         for expired in await self._book.expire(now):
             log.info("city_subscription_expired", subscribe_id=expired)
+        for purged in await self._book.purge_ended(now - timedelta(days=self._subs.ended_keep_days)):
+            log.info("city_subscription_purged", subscribe_id=purged)
+            for table in (self._pending, self._backoff, self._not_before):
+                table.pop(purged, None)
         loop_now = asyncio.get_running_loop().time()
+        more = False
         for subscription in await self._book.all([SubscriptionState.ACTIVE]):
             if subscription.begin_at > now or self._not_before.get(subscription.subscribe_id, 0) > loop_now:
                 continue
-            await self._bring_up_to_date(subscription)
+            more |= await self._bring_up_to_date(subscription)
+        return more
 
-    async def _bring_up_to_date(self, subscription: Subscription) -> None:
+    async def _current(self, subscription: Subscription) -> bool:
+        """Whether the subscription is still as read (not cancelled, expired or renewed meanwhile)."""
+        now = await self._book.get(subscription.subscribe_id)
+        return (
+            now is not None
+            and now.state is SubscriptionState.ACTIVE
+            and now.updated_at == subscription.updated_at
+            and now.end_at > self._clock()
+        )
+
+    async def _deliver(self, subscription: Subscription, chosen: list[QueuedObject], last_seq: int) -> bool:
+        """Send one batch (if the subscription is still as read); whether the receiver accepted it."""
+        if not await self._current(subscription):
+            return False
+        delivery = await self._send(subscription, chosen, last_seq)
+        self.sent["ok" if delivery.accepted else "failed"] += 1
+        if not delivery.accepted:
+            await self._failed(subscription, delivery.detail)
+            return False
+        self._backoff.pop(subscription.subscribe_id, None)
+        self._not_before.pop(subscription.subscribe_id, None)
+        log.info(
+            "city_notification_accepted",
+            subscribe_id=subscription.subscribe_id,
+            objects=len(chosen),
+            last_seq=last_seq,
+        )
+        return True
+
+    async def _bring_up_to_date(self, subscription: Subscription) -> bool:
+        """At most ``batches_per_round`` notifications; True if there is more to send."""
+        budget = self._subs.batches_per_round
+        directory = await self._book.directory(subscription.subscribe_id)
+        if directory is not None:
+            upto, after = directory
+            while True:
+                batch = await self._queue.latest_apes(upto, after, self._city.batch_max)
+                chosen = [item for item in batch if wanted(subscription, item, directory=True)]
+                if not batch:
+                    await self._book.directory_done(subscription.subscribe_id)
+                    break
+                if budget == 0:
+                    return True
+                if chosen:
+                    budget -= 1
+                    if not await self._deliver(subscription, chosen, -batch[-1].seq):
+                        return False
+                after = batch[-1].seq
+                await self._book.directory_sent(subscription.subscribe_id, after, len(chosen), self._clock())
         cursor = subscription.cursor
         while True:
             batch = await self._queue.objects_after(cursor, subscription.categories, self._city.batch_max)
             if not batch:
-                return
+                return False
+            if budget == 0:
+                return True
+            budget -= 1
             chosen = [item for item in batch if wanted(subscription, item)]
             last_seq = batch[-1].seq
-            if chosen:
-                delivery = await self._send(subscription, chosen, last_seq)
-                self.sent["ok" if delivery.accepted else "failed"] += 1
-                if not delivery.accepted:
-                    await self._failed(subscription, delivery.detail)
-                    return
-                self._backoff.pop(subscription.subscribe_id, None)
-                self._not_before.pop(subscription.subscribe_id, None)
-                log.info(
-                    "city_notification_accepted",
-                    subscribe_id=subscription.subscribe_id,
-                    objects=len(chosen),
-                    last_seq=last_seq,
-                )
+            if chosen and not await self._deliver(subscription, chosen, last_seq):
+                return False
             await self._book.advance(subscription.subscribe_id, last_seq, len(chosen), self._clock())
             cursor = last_seq
             if len(batch) < self._city.batch_max:
-                return
+                return False
 
     async def _failed(self, subscription: Subscription, detail: str) -> None:
         backoff = self._backoff.setdefault(
@@ -258,12 +349,17 @@ class Notifier:
                 ) as response:
                     text = await response.text(errors="replace")
                     if response.status == 401 and "Authorization" not in headers:
+                        if self._credentials is None:
+                            return Delivery(
+                                False,
+                                "401: the receiver asks for digest credentials and none are configured"
+                                " ([city.subscriptions] notify_username, notify_password)",
+                            )
                         answer = authorization(
                             response.headers.get("WWW-Authenticate", ""),
                             "POST",
                             target,
-                            self._subs.username,
-                            self._password,
+                            *self._credentials,
                         )
                         if answer is None:
                             return Delivery(False, "401 with a challenge we cannot answer")
@@ -292,9 +388,11 @@ def _verdict(status: int, text: str, notification_id: str) -> Delivery:
         elif isinstance(answer.get("ResponseStatusObject"), dict):
             statuses = [answer["ResponseStatusObject"]]
     statuses = [s for s in statuses if isinstance(s, dict)]
-    mine = [s for s in statuses if s.get("Id") == notification_id] or statuses[:1]
+    mine = [s for s in statuses if s.get("Id") == notification_id]
+    if not mine and len(statuses) == 1 and not statuses[0].get("Id"):
+        mine = statuses  # one status naming no Id: it can only be about this notification
     if not mine:
-        return Delivery(False, "no ResponseStatusObject in the answer")
+        return Delivery(False, f"no ResponseStatusObject for notification {notification_id} in the answer")
     code = str(mine[0].get("StatusCode", ""))
     if code == "0":
         return Delivery(True, "accepted")

@@ -389,8 +389,12 @@ class CityQueue(SqliteBacked):
 
         def chunk(db: sqlite3.Connection) -> int:
             with transaction(db):
+                # a device's latest APE stays however old: it is the device's current state, which
+                # a new directory subscription is sent first (``latest_apes``)
                 rows = db.execute(
-                    "SELECT seq, category FROM objects WHERE state = ? AND accepted_at < ? LIMIT ?",
+                    "SELECT seq, category FROM objects WHERE state = ? AND accepted_at < ? AND NOT ("
+                    " category = 'APE' AND seq = (SELECT MAX(seq) FROM objects AS later"
+                    " WHERE later.category = 'APE' AND later.object_id = objects.object_id)) LIMIT ?",
                     (_ACCEPTED, before, _PURGE_CHUNK),
                 ).fetchall()
                 if not rows:
@@ -411,3 +415,48 @@ class CityQueue(SqliteBacked):
         while deleted := await self._file.call(chunk):
             total += deleted
         return total
+
+    async def first_seq_at_or_after(self, moment: datetime) -> int:
+        """The first seq queued at or after ``moment`` (or past the last one): where a new subscription starts.
+
+        A binary search over seq (queue order is time order), a few dozen index reads, not a scan.
+        """
+        at = _iso(moment)
+
+        def read(db: sqlite3.Connection) -> int:
+            def first_from(seq: int) -> tuple[int, str]:
+                # the first seq at or after ``seq`` (one exists: ``top`` does), and its queue time
+                row = db.execute(
+                    "SELECT seq, queued_at FROM objects WHERE seq >= ? ORDER BY seq LIMIT 1", (seq,)
+                ).fetchone()
+                return row[0], row[1]
+
+            (top,) = db.execute("SELECT MAX(seq) FROM objects").fetchone()
+            if top is None:
+                return 1
+            if first_from(top)[1] < at:
+                return int(top) + 1
+            low, high = 1, top  # the smallest x whose first seq from x was queued at or after ``at``
+            while low < high:
+                middle = (low + high) // 2
+                if first_from(middle)[1] >= at:
+                    high = middle
+                else:
+                    low = middle + 1
+            return first_from(low)[0]
+
+        return await self._file.call(read)
+
+    async def latest_apes(self, upto: int, after: int, limit: int) -> list[QueuedObject]:
+        """Each device's latest APE queued at or before ``upto`` (whatever its state), after ``after``, by seq."""
+
+        def read(db: sqlite3.Connection) -> list[QueuedObject]:
+            rows = db.execute(
+                f"SELECT {_OBJECT_COLUMNS} FROM objects WHERE category = 'APE' AND seq > ? AND seq <= ?"  # noqa: S608 - constant columns
+                " AND seq = (SELECT MAX(seq) FROM objects AS later WHERE later.category = 'APE'"
+                " AND later.object_id = objects.object_id AND later.seq <= ?) ORDER BY seq LIMIT ?",
+                (after, upto, upto, limit),
+            ).fetchall()
+            return [_queued(row) for row in rows]
+
+        return await self._file.call(read)

@@ -7,7 +7,9 @@ own schema and writers; a subscription only reads the queue (``CityQueue.objects
 its cursor here.
 
 A subscription's ``cursor`` is the queue seq it has been notified up to: it only moves when the
-receiver accepted a notification (or past objects the subscription does not want).
+receiver accepted a notification (or past objects the subscription does not want). A new one starts
+at the queue's first object queued at or after its BeginTime; one asking for the device directory
+(3/4) is first sent each device's latest APE (``directories``), then follows the changes.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from enum import StrEnum
 from pathlib import Path
 
 from district.city.model import Category
+from foundation.errors import GatewayError
 from foundation.sqlite_thread import SqliteBacked, transaction
 
 SCHEMA = """
@@ -44,6 +47,10 @@ CREATE TABLE IF NOT EXISTS subscriptions (
     last_error TEXT
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+-- a new directory subscription (SubscribeDetail 3/4) is first sent each device's latest APE queued
+-- up to ``upto`` (its starting cursor), ``after`` being how far that went; the row goes when done
+CREATE TABLE IF NOT EXISTS directories (
+    subscribe_id TEXT PRIMARY KEY, upto INTEGER NOT NULL, after INTEGER NOT NULL DEFAULT 0);
 """
 
 
@@ -97,6 +104,10 @@ class Subscription:
         return frozenset(DETAIL_CATEGORIES[d] for d in self.details if d in DETAIL_CATEGORIES)
 
 
+class TooManySubscriptionsError(GatewayError):
+    """A new subscription past ``max_subscriptions`` active ones."""
+
+
 def _dt(text: str | None) -> datetime | None:
     return datetime.fromisoformat(text) if text else None
 
@@ -134,14 +145,34 @@ class SubscriptionBook(SqliteBacked):
     def __init__(self, path: Path) -> None:
         super().__init__(path, SCHEMA, "city-subscriptions")
 
-    async def put(self, subscription: Subscription) -> bool:
-        """Create a subscription, or renew one of the same id (its cursor kept); True if it is new."""
+    async def put(self, subscription: Subscription, *, max_active: int | None = None) -> bool:
+        """Create a subscription, or renew one of the same id (its cursor kept); True if it is new.
+
+        A new one (or a cancelled or expired one made active again) past ``max_active`` active
+        subscriptions raises ``TooManySubscriptionsError``. A new one asking for APEs is first sent
+        the directory (each device's latest APE up to its cursor).
+        """
 
         def write(db: sqlite3.Connection) -> bool:
             with transaction(db):
                 known = db.execute(
-                    "SELECT cursor FROM subscriptions WHERE subscribe_id = ?", (subscription.subscribe_id,)
+                    "SELECT state FROM subscriptions WHERE subscribe_id = ?", (subscription.subscribe_id,)
                 ).fetchone()
+                if max_active is not None and (known is None or known[0] != SubscriptionState.ACTIVE.value):
+                    (active,) = db.execute(
+                        "SELECT COUNT(*) FROM subscriptions WHERE state = ?",
+                        (SubscriptionState.ACTIVE.value,),
+                    ).fetchone()
+                    if active >= max_active:
+                        raise TooManySubscriptionsError(
+                            f"{active} subscriptions are active, the most allowed"
+                            " ([city.subscriptions] max_subscriptions); cancel one first"
+                        )
+                if known is None and Category.APE in subscription.categories:
+                    db.execute(
+                        "INSERT OR REPLACE INTO directories (subscribe_id, upto) VALUES (?, ?)",
+                        (subscription.subscribe_id, subscription.cursor),
+                    )
                 db.execute(
                     "INSERT INTO subscriptions (subscribe_id, title, details, resource_class, resources,"
                     " begin_at, end_at, receive_addr, image_declare, body, state, cursor, created_at,"
@@ -246,6 +277,62 @@ class SubscriptionBook(SqliteBacked):
             )
 
         await self._file.call(write)
+
+    async def directory(self, subscribe_id: str) -> tuple[int, int] | None:
+        """(upto, after) of a directory still to send to the subscription, or None."""
+
+        def read(db: sqlite3.Connection) -> tuple[int, int] | None:
+            row = db.execute(
+                "SELECT upto, after FROM directories WHERE subscribe_id = ?", (subscribe_id,)
+            ).fetchone()
+            return None if row is None else (row[0], row[1])
+
+        return await self._file.call(read)
+
+    async def directory_sent(self, subscribe_id: str, after: int, notified: int, now: datetime) -> None:
+        """The receiver accepted the directory up to seq ``after`` (the row goes once it is all sent)."""
+
+        def write(db: sqlite3.Connection) -> None:
+            with transaction(db):
+                db.execute(
+                    "UPDATE directories SET after = MAX(after, ?) WHERE subscribe_id = ?",
+                    (after, subscribe_id),
+                )
+                db.execute(
+                    "UPDATE subscriptions SET notified = notified + ?, last_error = NULL,"
+                    " last_notified_at = CASE WHEN ? > 0 THEN ? ELSE last_notified_at END"
+                    " WHERE subscribe_id = ?",
+                    (notified, notified, now.isoformat(), subscribe_id),
+                )
+
+        await self._file.call(write)
+
+    async def directory_done(self, subscribe_id: str) -> None:
+        """The whole directory went: the subscription follows the changes from here."""
+
+        def write(db: sqlite3.Connection) -> None:
+            db.execute("DELETE FROM directories WHERE subscribe_id = ?", (subscribe_id,))
+
+        await self._file.call(write)
+
+    async def purge_ended(self, before: datetime) -> list[str]:
+        """Delete cancelled and expired subscriptions that ended before ``before``; returns their ids."""
+
+        def write(db: sqlite3.Connection) -> list[str]:
+            with transaction(db):
+                ids = [
+                    r[0]
+                    for r in db.execute(
+                        "SELECT subscribe_id, updated_at FROM subscriptions WHERE state != ?",
+                        (SubscriptionState.ACTIVE.value,),
+                    )
+                    if datetime.fromisoformat(r[1]) < before
+                ]
+                db.executemany("DELETE FROM subscriptions WHERE subscribe_id = ?", [(i,) for i in ids])
+                db.executemany("DELETE FROM directories WHERE subscribe_id = ?", [(i,) for i in ids])
+                return ids
+
+        return await self._file.call(write)
 
     async def next_notification_seq(self) -> int:
         """A number for the next NotificationID (1..99999, then round again), durable across restarts."""

@@ -10,7 +10,9 @@ An aiohttp server on ``[city.subscriptions] listen_host:listen_port`` takes
 each answered with a ``ResponseStatusListObject`` (one ``ResponseStatusObject`` per subscription).
 Only the configured upper platform gets in: ``User-Identify`` must be its ``upper_platform_id``
 (anything else: 403, before any challenge), and the request must answer our digest challenge
-(``district.city.digest``: one-time nonces) with its user name and password.
+(``district.city.digest``: signed one-time nonces; 503 while a flood has filled the used-nonce
+table) with its user name and password. At most ``max_subscriptions`` are active (a further new
+one is refused); a new one starts at the queue's first object queued at or after its BeginTime.
 
 A subscription is checked field by field (ids, codes, times) and refused with a StatusString
 saying what is wrong; above all, its ``ReceiveAddr`` must be one of ``receive_addresses``
@@ -24,6 +26,7 @@ The city service runs it: ``async with SubscriptionService(config, queue) as sub
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from collections import Counter
@@ -47,6 +50,7 @@ from district.city.subscription_book import (
     Subscription,
     SubscriptionBook,
     SubscriptionState,
+    TooManySubscriptionsError,
     book_path,
 )
 from district.config import DistrictConfig
@@ -224,6 +228,25 @@ def subscriptions_password(settings: CitySubscriptionsConfig) -> str:
     return path.read_text(encoding="utf-8").strip()
 
 
+def notify_credentials(settings: CitySubscriptionsConfig) -> tuple[str, str] | None:
+    """(user name, password) for receivers' digest challenges, or None when none are configured.
+
+    Never the upper platform's own login: that one only ever checks the upper platform's answers.
+    """
+    if settings.notify_username is None:
+        return None
+    if settings.notify_password is not None:
+        return settings.notify_username, settings.notify_password.get_secret_value()
+    if settings.notify_password_credential is None:  # the config's validator makes this unreachable
+        raise ConfigError("[city.subscriptions]: set notify_password or notify_password_credential")
+    path = credential_path(
+        settings.notify_password_credential,
+        "the notification receivers' digest password",
+        "/etc/compound-gateway",
+    )
+    return settings.notify_username, path.read_text(encoding="utf-8").strip()
+
+
 class SubscriptionService:
     """The subscriptions server and its notifier, on the city queue; open with ``async with``, then ``run``.
 
@@ -257,7 +280,7 @@ class SubscriptionService:
         self._runner: web.AppRunner | None = None
         self.book = SubscriptionBook(book_path(config.city.queue_path))
         password = subscriptions_password(self._settings)
-        self._password = password
+        self._notify_credentials = notify_credentials(self._settings)
         self._guard = DigestGuard(config.city.platform_id, self._settings.username, password)
         self._notifier: Notifier | None = None
         self.refused: dict[str, int] = {}
@@ -273,7 +296,7 @@ class SubscriptionService:
                 queue=self._queue,
                 book=self.book,
                 session=self._session,
-                password=self._password,
+                credentials=self._notify_credentials,
                 poll_s=self._poll_s,
                 clock=self._clock,
             )
@@ -373,6 +396,12 @@ class SubscriptionService:
             text = "User-Identify is not the configured upper platform"
             return self._answer([self._status(request, identity[:40], INVALID_OPERATION, text)], 403)
         reason = self._guard.check(request.method, request.raw_path, request.headers.get("Authorization"))
+        if reason == "busy":
+            self._refuse(reason, request.remote)
+            text = "too many requests: try again in a few minutes"
+            return self._answer(
+                [self._status(request, identity, INVALID_OPERATION, text)], 503, **{"Retry-After": "60"}
+            )
         if reason is not None:
             self._refuse(reason, request.remote)
             challenge = self._guard.challenge(stale=reason == "stale_nonce")
@@ -413,7 +442,16 @@ class SubscriptionService:
         except SubscriptionRefusedError as refused:
             log.warning("city_subscription_invalid", subscribe_id=raw_id[:40], reason=refused.text)
             return self._status(request, raw_id[:40], refused.code, refused.text)
-        new = await self.book.put(subscription)
+        # a new one starts at BeginTime, not at the queue's first object (a renewal keeps its cursor)
+        start = await self._queue.first_seq_at_or_after(subscription.begin_at)
+        subscription = dataclasses.replace(subscription, cursor=start - 1)
+        try:
+            new = await self.book.put(subscription, max_active=self._settings.max_subscriptions)
+        except TooManySubscriptionsError as refused:
+            log.warning(
+                "city_subscription_invalid", subscribe_id=subscription.subscribe_id, reason=str(refused)
+            )
+            return self._status(request, subscription.subscribe_id, INVALID_OPERATION, str(refused))
         log.info(
             "city_subscription_created" if new else "city_subscription_renewed",
             subscribe_id=subscription.subscribe_id,
