@@ -15,7 +15,8 @@ import contextlib
 import hashlib
 import json
 import secrets
-from collections.abc import AsyncIterator
+import sqlite3
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -28,15 +29,16 @@ from aiohttp import web
 from device_sims.broker import free_port
 from device_sims.inventory import DISTRICT_ID
 from district.city.digest import DigestGuard
-from district.city.model import Category, CityObject
+from district.city.model import Category, CityObject, ObjectResult, Outcome
 from district.city.objects import DeviceForCity, ape_object, event_objects
 from district.city.queue import CityQueue
-from district.city.subscription_book import SubscriptionState
+from district.city.subscription_book import SubscriptionState, book_path
 from district.city.subscriptions import SubscriptionService
 from district.config import DistrictConfig
 from foundation.events import utc_now
 from foundation.health import MetricFamilies
 from tests.city_events import (
+    BARRIER,
     FACE_GATE,
     ORG_CODE,
     ZONE,
@@ -683,24 +685,44 @@ async def test_the_city_double_subscribes_is_notified_and_cancels(
 
 
 async def test_running_notifier_is_woken_and_polls(tmp_path: Path) -> None:
-    """``run``: a new subscription is looked at at once, and objects queued later arrive by the poll."""
+    """``run``: a new subscription is looked at at once (woken: the poll is an hour), later objects come by the poll.
+
+    Broken on purpose: with ``wake`` doing nothing the first vehicle never came (the run waited
+    for its hour-long poll) and the 30 s guard failed this.
+    """
     async with receiver() as got:
         address = f"{got.url}/VIID/SubscribeNotifications"
         config = district_config(tmp_path, [address])
         assert config.city is not None
+        upper = Upper(f"http://127.0.0.1:{config.city.subscriptions.listen_port}")  # type: ignore[union-attr]
+        first = objects_of(config, [vehicle_pass(utc_now(), plate="赣A70001")])
         async with (
             CityQueue(config.city.queue_path) as queue,
-            SubscriptionService(config, queue, poll_s=0.05) as service,
+            SubscriptionService(config, queue, poll_s=3600) as service,
         ):
-            first = objects_of(config, [vehicle_pass(utc_now(), plate="赣A70001")])
             await queue.add(first)
             task = asyncio.create_task(service.run(), name="city-subscriptions")
             try:
-                upper = Upper(f"http://127.0.0.1:{config.city.subscriptions.listen_port}")  # type: ignore[union-attr]
+                await asyncio.sleep(0.1)  # the run's first round is over: it waits for its poll
                 _, answers = await upper.subscribe(
                     subscription(1, address, utc_now() - timedelta(minutes=5), detail="13")
                 )
                 assert answers[0]["StatusCode"] == "0"
+                async with asyncio.timeout(30):
+                    while not got.info_ids():
+                        await asyncio.sleep(0.02)
+                assert got.info_ids() == [first[0].object_id]
+            finally:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        async with (
+            CityQueue(config.city.queue_path) as queue,
+            SubscriptionService(config, queue, poll_s=0.05) as service,
+        ):
+            task = asyncio.create_task(service.run(), name="city-subscriptions")
+            try:
+                await asyncio.sleep(0.1)
                 later = objects_of(config, [vehicle_pass(utc_now(), plate="赣A70002")])
                 await queue.add(later)
                 async with asyncio.timeout(30):
@@ -774,3 +796,397 @@ async def test_a_replayed_request_and_an_expired_nonce_are_challenged_again(tmp_
     assert guard.check("POST", "/VIID/Subscribes?x", fresh) == "wrong_uri"
     fresh = digest_header(guard.challenge(), "POST", "/VIID/Subscribes", USER, PASSWORD)
     assert guard.check("POST", "/VIID/Subscribes", fresh) is None
+
+
+# -- review fixes ------------------------------------------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def answering(
+    answer: Callable[[web.Request], Awaitable[web.Response]],
+) -> AsyncIterator[str]:
+    """A server on a free port answering every request with ``answer``; yields its base URL."""
+    port = free_port()
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", answer)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        await runner.cleanup()
+
+
+def ahead(seconds: float) -> datetime:
+    """A whole second at least ``seconds`` from now (a BeginTime after everything queued so far)."""
+    return (utc_now() + timedelta(seconds=seconds + 1)).replace(microsecond=0)
+
+
+def device_ape(config: DistrictConfig, device_id: str, online: bool) -> CityObject:
+    assert config.city is not None
+    device = DeviceForCity(device_id, "c", f"设备{device_id[-2:]}", "face_gate", "test", "东门", online)
+    return ape_object(device, config.city, ZONE)
+
+
+async def test_a_directory_subscription_gets_each_devices_latest_state_then_the_changes(
+    tmp_path: Path,
+) -> None:
+    """SubscribeDetail 3,4: each device's latest APE first, however old (even past keep_days), then changes.
+
+    Broken on purpose: (a) without the directory (the cursor starting at BeginTime) nothing of the
+    two devices was sent in the first round; (b) ``purge`` without sparing each device's latest APE
+    deleted both, the directory was empty, and this failed both times.
+    """
+    now = [utc_now()]
+    async with receiver() as got:
+        address = f"{got.url}/VIID/SubscribeNotifications"
+        config = district_config(tmp_path, [address])
+        assert config.city is not None
+        async with (
+            CityQueue(config.city.queue_path) as queue,
+            SubscriptionService(config, queue, poll_s=3600, clock=lambda: now[0]) as service,
+        ):
+            gate_online = device_ape(config, FACE_GATE, True)
+            gate_offline = device_ape(config, FACE_GATE, False)
+            barrier_online = device_ape(config, BARRIER, True)
+            vehicle = objects_of(config, [vehicle_pass(utc_now())])
+            await queue.add([gate_online, gate_offline, barrier_online, *vehicle])
+            queued = await queue.objects_after(0, set(Category), 100)
+            await queue.settle([ObjectResult(q.seq, Outcome.ACCEPTED) for q in queued], utc_now())
+            purged = await queue.purge(utc_now() + timedelta(days=40))  # all accepted long ago
+            assert purged == 2  # the gate's older state and the vehicle; each device's latest stays
+
+            begin = ahead(1)
+            now[0] = begin + timedelta(seconds=5)
+            upper = Upper(f"http://127.0.0.1:{config.city.subscriptions.listen_port}")  # type: ignore[union-attr]
+            _, answers = await upper.subscribe(subscription(1, address, begin, detail="3,4"))
+            assert answers[0]["StatusCode"] == "0"
+            await service.notifier.round()
+            states = [(o["ApeID"], o["IsOnline"]) for o in got.objects("DeviceList", "APEObject")]
+            assert states == [(FACE_GATE, "0"), (BARRIER, "1")]
+
+            await queue.add([device_ape(config, FACE_GATE, True)])  # a change, built before BeginTime
+            await service.notifier.round()
+            await service.notifier.round()  # the directory is not sent again
+            states = [(o["ApeID"], o["IsOnline"]) for o in got.objects("DeviceList", "APEObject")]
+            assert states == [(FACE_GATE, "0"), (BARRIER, "1"), (FACE_GATE, "1")]
+            (kept,) = await service.book.all()
+            assert kept.notified == 3
+
+
+def test_a_flood_of_challenges_does_not_lock_out_the_upper_platform() -> None:
+    """Thousands of challenges (anyone may ask) leave the upper platform's nonce good; a full used-set refuses.
+
+    Broken on purpose: with the old table of 1024 issued nonces (oldest evicted), the upper
+    platform's nonce was gone after the flood (``stale_nonce``), and this failed.
+    """
+    moment = [0.0]
+    guard = DigestGuard("realm", USER, PASSWORD, lifetime_s=300, max_used=3, clock=lambda: moment[0])
+    real = guard.challenge()
+    for _ in range(5000):
+        guard.challenge()
+    assert (
+        guard.check(
+            "POST", "/VIID/Subscribes", digest_header(real, "POST", "/VIID/Subscribes", USER, PASSWORD)
+        )
+        is None
+    )
+
+    # requests with genuine nonces and wrong passwords fill the used-set: refused, nothing evicted
+    wrong = [digest_header(guard.challenge(), "POST", "/x", USER, "guess") for _ in range(3)]
+    assert [guard.check("POST", "/x", w) for w in wrong] == ["bad_credentials", "bad_credentials", "busy"]
+    assert guard.check("POST", "/x", wrong[0]) == "stale_nonce"  # still known as used: no replay
+    moment[0] = 301.0  # the used ones have expired: room again
+    fresh = digest_header(guard.challenge(), "POST", "/x", USER, PASSWORD)
+    assert guard.check("POST", "/x", fresh) is None
+    forged = digest_header(real.replace('nonce="', 'nonce="A'), "POST", "/x", USER, PASSWORD)
+    assert guard.check("POST", "/x", forged) == "stale_nonce"
+
+
+async def test_active_subscriptions_are_capped_and_ended_ones_purged(tmp_path: Path) -> None:
+    """``max_subscriptions`` active at most (a renewal still goes); cancelled ones go after ``ended_keep_days``.
+
+    Broken on purpose: ``put`` without ``max_active`` kept the third subscription (StatusCode 0),
+    and this failed; the round without ``purge_ended`` kept the cancelled one.
+    """
+    now = [utc_now()]
+    async with receiver() as got:
+        address = f"{got.url}/VIID/SubscribeNotifications"
+        config = district_config(tmp_path, [address], max_subscriptions=2, ended_keep_days=1)
+        assert config.city is not None
+        async with (
+            CityQueue(config.city.queue_path) as queue,
+            SubscriptionService(config, queue, poll_s=3600, clock=lambda: now[0]) as service,
+        ):
+            upper = Upper(f"http://127.0.0.1:{config.city.subscriptions.listen_port}")  # type: ignore[union-attr]
+            begin = utc_now() - timedelta(minutes=1)
+            _, answers = await upper.subscribe(
+                *(subscription(i, address, begin, detail="13") for i in (1, 2, 3))
+            )
+            assert [a["StatusCode"] for a in answers] == ["0", "0", "4"]
+            assert "max_subscriptions" in answers[2]["StatusString"]
+            _, answers = await upper.subscribe(subscription(1, address, begin, detail="12,13"))  # a renewal
+            assert [a["StatusCode"] for a in answers] == ["0"]
+            status, _ = await upper.call("DELETE", f"/VIID/Subscribes?IDList={subscribe_id(1)}")
+            assert status == 200
+            _, answers = await upper.subscribe(subscription(3, address, begin, detail="13"))
+            assert [a["StatusCode"] for a in answers] == ["0"]
+            assert {s.subscribe_id for s in await service.book.all()} == {subscribe_id(i) for i in (1, 2, 3)}
+
+            now[0] += timedelta(hours=23)
+            await service.notifier.round()
+            assert {s.subscribe_id for s in await service.book.all()} == {subscribe_id(i) for i in (1, 2, 3)}
+            now[0] += timedelta(hours=2)
+            await service.notifier.round()
+            assert {s.subscribe_id for s in await service.book.all()} == {subscribe_id(2), subscribe_id(3)}
+
+
+async def test_a_new_subscription_starts_at_its_begin_time_not_at_the_queue_start(tmp_path: Path) -> None:
+    """The cursor of a new subscription is the last seq queued before BeginTime, not 0.
+
+    Broken on purpose: with ``cursor=0`` kept from ``parse_subscription`` the cursor was 0 and the
+    first round paged through the 12 older objects, and this failed.
+    """
+    now = [utc_now()]
+    async with receiver() as got:
+        address = f"{got.url}/VIID/SubscribeNotifications"
+        config = district_config(tmp_path, [address])
+        assert config.city is not None
+        async with (
+            CityQueue(config.city.queue_path) as queue,
+            SubscriptionService(config, queue, poll_s=3600, clock=lambda: now[0]) as service,
+        ):
+            older = objects_of(config, [vehicle_pass(utc_now(), plate=f"赣A8{i:04d}") for i in range(12)])
+            await queue.add(older)
+            last_old = max(q.seq for q in await queue.objects_after(0, {Category.MOTOR_VEHICLE}, 100))
+            begin = ahead(1)
+            now[0] = begin + timedelta(seconds=5)
+            upper = Upper(f"http://127.0.0.1:{config.city.subscriptions.listen_port}")  # type: ignore[union-attr]
+            _, answers = await upper.subscribe(subscription(1, address, begin, detail="13"))
+            assert answers[0]["StatusCode"] == "0"
+            (kept,) = await service.book.all()
+            assert kept.cursor == last_old
+            later = objects_of(config, [vehicle_pass(begin + timedelta(seconds=1), plate="赣A89999")])
+            await queue.add(later)
+            await service.notifier.round()
+            assert got.info_ids() == [later[0].object_id]
+
+
+async def test_a_catch_up_is_bounded_per_round_and_holds_up_no_other_subscription(tmp_path: Path) -> None:
+    """Each round gives a subscription ``batches_per_round`` notifications at most; ``round`` says more is left.
+
+    Broken on purpose: without the budget the first round sent all 8 batches of the vehicles
+    subscription, and this failed.
+    """
+    async with receiver() as got:
+        address = f"{got.url}/VIID/SubscribeNotifications"
+        config = district_config(tmp_path, [address], batches_per_round=2)
+        async with district(config) as (queue, service, upper):
+            begin = utc_now() - timedelta(minutes=1)
+            _, answers = await upper.subscribe(
+                subscription(1, address, begin, detail="13"), subscription(2, address, begin, detail="12")
+            )
+            assert [a["StatusCode"] for a in answers] == ["0", "0"]
+            vehicles = objects_of(config, [vehicle_pass(utc_now(), plate=f"赣B{i:05d}") for i in range(24)])
+            face = objects_of(config, [face_access(utc_now())])
+            await queue.add([*vehicles, *face])
+            assert await service.notifier.round() is True
+            assert len(got.info_ids(subscribe_id(1))) == 6  # 2 batches of batch_max 3
+            assert got.info_ids(subscribe_id(2)) == [face[0].object_id]
+            rounds = 1
+            more = True
+            while more:
+                more = await service.notifier.round()
+                rounds += 1
+            assert rounds == 4  # 8 batches, 2 a round
+            assert got.info_ids(subscribe_id(1)) == [v.object_id for v in vehicles]
+
+
+async def test_a_subscription_cancelled_or_renewed_during_a_catch_up_is_not_notified_as_it_was(
+    tmp_path: Path,
+) -> None:
+    """The state is read again before each notification: a cancel stops the catch-up, a renewal restarts it.
+
+    Broken on purpose: without ``_current`` before each send, the cancelled subscription got all
+    three batches of the round, and this failed.
+    """
+    seen: dict[str, int] = {}
+    upper_box: list[Upper] = []
+
+    async def answer(request: web.Request) -> web.Response:
+        (n,) = (await request.json())["SubscribeNotificationListObject"]["SubscribeNotificationObject"]
+        sid = n["SubscribeID"]
+        seen[sid] = seen.get(sid, 0) + len(n["InfoIDs"].split(","))
+        if seen[sid] == 3:  # the first notification: the upper platform cancels or renews meanwhile
+            if sid == subscribe_id(1):
+                status, _ = await upper_box[0].call("DELETE", f"/VIID/Subscribes?IDList={sid}")
+            else:
+                status, _ = await upper_box[0].subscribe(subscription(2, url, begin, detail="13"))
+            assert status == 200
+        statuses = [{"Id": n["NotificationID"], "StatusCode": "0"}]
+        return web.json_response({"ResponseStatusListObject": {"ResponseStatusObject": statuses}})
+
+    begin = utc_now() - timedelta(minutes=1)
+    async with answering(answer) as url:
+        config = district_config(tmp_path, [url])
+        async with district(config) as (queue, service, upper):
+            upper_box.append(upper)
+            _, answers = await upper.subscribe(
+                subscription(1, url, begin, detail="13"), subscription(2, url, begin, detail="13")
+            )
+            assert [a["StatusCode"] for a in answers] == ["0", "0"]
+            await queue.add(
+                objects_of(config, [vehicle_pass(utc_now(), plate=f"赣C{i:05d}") for i in range(9)])
+            )
+            await service.notifier.round()
+            assert seen == {subscribe_id(1): 3, subscribe_id(2): 3}
+            await service.notifier.round()
+            assert seen == {subscribe_id(1): 3, subscribe_id(2): 9}  # the renewed one goes on from its cursor
+
+
+async def test_receivers_challenges_are_answered_only_with_the_notify_credentials(tmp_path: Path) -> None:
+    """Without ``notify_username``/``notify_password`` a challenge is a clear failure; never the inbound login.
+
+    The receiver of these tests checks the notify credentials (other tests pass with them), so the
+    upper platform's inbound password would not do either. Broken on purpose: answering with
+    ``username``/``password`` (the inbound login) sent an Authorization here, and this failed.
+    """
+    async with receiver() as got:
+        address = f"{got.url}/VIID/SubscribeNotifications"
+        config = district_config(tmp_path, [address], notify_username=None, notify_password=None)
+        async with district(config) as (queue, service, upper):
+            await upper.subscribe(subscription(1, address, utc_now() - timedelta(minutes=1), detail="13"))
+            await queue.add(objects_of(config, [vehicle_pass(utc_now())]))
+            await service.notifier.round()
+            assert got.requests == [("POST", "/VIID/SubscribeNotifications")]  # challenged, not answered
+            assert got.notifications == []
+            (kept,) = await service.book.all()
+            assert kept.last_error is not None
+            assert "notify_username" in kept.last_error
+
+
+async def test_an_acceptance_for_another_notification_is_not_an_acceptance(tmp_path: Path) -> None:
+    """StatusCode 0 for another Id (alone or beside others) leaves the cursor; one without an Id is taken.
+
+    Broken on purpose: with the old fallback to the first status, the other Id's StatusCode 0
+    moved the cursor, and this failed.
+    """
+    shapes = [
+        [{"Id": "another", "StatusCode": "0"}],
+        [{"Id": "another", "StatusCode": "0"}, {"Id": "a third", "StatusCode": "0"}],
+        [{"StatusCode": "0"}],
+    ]
+
+    async def answer(request: web.Request) -> web.Response:
+        await request.read()
+        return web.json_response({"ResponseStatusListObject": {"ResponseStatusObject": shapes[0]}})
+
+    async with answering(answer) as url:
+        config = district_config(tmp_path, [url])
+        async with district(config) as (queue, service, upper):
+            await upper.subscribe(subscription(1, url, utc_now() - timedelta(minutes=1), detail="13"))
+            await queue.add(objects_of(config, [vehicle_pass(utc_now())]))
+            for expected_cursor in (0, 0):
+                await service.notifier.round()
+                (kept,) = await service.book.all()
+                assert kept.cursor == expected_cursor
+                assert kept.last_error is not None
+                assert "no ResponseStatusObject for notification" in kept.last_error
+                shapes.pop(0)
+                await asyncio.sleep(0.05)  # past the (10 ms) backoff
+            await service.notifier.round()
+            (kept,) = await service.book.all()
+            assert kept.cursor > 0
+
+
+async def test_a_database_error_ends_a_round_not_the_notifier(tmp_path: Path) -> None:
+    """With the subscriptions table gone for a while, ``run`` logs, backs off and goes on afterwards.
+
+    Broken on purpose: without the ``except sqlite3.Error`` in ``run`` the task ended with
+    ``OperationalError: no such table``, and this failed.
+    """
+    async with receiver() as got:
+        address = f"{got.url}/VIID/SubscribeNotifications"
+        config = district_config(tmp_path, [address])
+        assert config.city is not None
+        async with (
+            CityQueue(config.city.queue_path) as queue,
+            SubscriptionService(config, queue, poll_s=0.02) as service,
+        ):
+            upper = Upper(f"http://127.0.0.1:{config.city.subscriptions.listen_port}")  # type: ignore[union-attr]
+            await upper.subscribe(subscription(1, address, utc_now() - timedelta(minutes=1), detail="13"))
+            book_file = book_path(config.city.queue_path)
+            with contextlib.closing(sqlite3.connect(book_file)) as db:
+                db.execute("ALTER TABLE subscriptions RENAME TO away")
+                db.commit()
+            task = asyncio.create_task(service.run(), name="city-subscriptions")
+            try:
+                async with asyncio.timeout(30):
+                    while service.notifier.db_errors < 2:
+                        await asyncio.sleep(0.02)
+                assert not task.done()
+                with contextlib.closing(sqlite3.connect(book_file)) as db:
+                    db.execute("ALTER TABLE away RENAME TO subscriptions")
+                    db.commit()
+                vehicles = objects_of(config, [vehicle_pass(utc_now())])
+                await queue.add(vehicles)
+                async with asyncio.timeout(30):
+                    while not got.info_ids():
+                        await asyncio.sleep(0.02)
+                assert got.info_ids() == [vehicles[0].object_id]
+            finally:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            assert task.cancelled()  # the cancel went through: not swallowed
+
+
+def test_urls_with_user_info_are_refused(tmp_path: Path) -> None:
+    """``user:pass@`` in ``server_url`` or a receive address is a config error that says so.
+
+    Broken on purpose: with the old pattern (``@`` allowed) both configs were accepted, and this failed.
+    """
+    with pytest.raises(ValueError, match="user info"):
+        district_config(tmp_path, ["http://user:secret@10.0.0.5:8080/VIID/SubscribeNotifications"])
+    good = district_config(tmp_path, ["http://10.0.0.5:8080/VIID/SubscribeNotifications"])
+    raw = good.model_dump(mode="json")
+    raw["city"]["server_url"] = "http://viid:secret@10.0.0.5:8080"
+    raw["city"]["password"] = "secret"
+    raw["city"]["subscriptions"]["password"] = PASSWORD
+    raw["city"]["subscriptions"]["notify_password"] = NOTIFY_PASSWORD
+    with pytest.raises(ValueError, match="user info"):
+        DistrictConfig.model_validate(raw)
+
+
+async def test_a_receiver_answering_a_redirect_is_not_followed(tmp_path: Path) -> None:
+    """A 302 is a failed notification; nothing reaches the address it points to.
+
+    Broken on purpose: ``allow_redirects=True`` in ``_send`` delivered to the redirect target, and
+    this failed.
+    """
+    reached: list[str] = []
+
+    async def target(request: web.Request) -> web.Response:
+        reached.append(request.path)
+        (n,) = (await request.json())["SubscribeNotificationListObject"]["SubscribeNotificationObject"]
+        statuses = [{"Id": n["NotificationID"], "StatusCode": "0"}]
+        return web.json_response({"ResponseStatusListObject": {"ResponseStatusObject": statuses}})
+
+    async with answering(target) as elsewhere:
+
+        async def redirect(request: web.Request) -> web.Response:
+            await request.read()
+            raise web.HTTPFound(f"{elsewhere}/VIID/SubscribeNotifications")
+
+        async with answering(redirect) as url:
+            config = district_config(tmp_path, [url])
+            async with district(config) as (queue, service, upper):
+                await upper.subscribe(subscription(1, url, utc_now() - timedelta(minutes=1), detail="13"))
+                await queue.add(objects_of(config, [vehicle_pass(utc_now())]))
+                await service.notifier.round()
+                assert reached == []
+                (kept,) = await service.book.all()
+                assert kept.cursor == 0
+                assert kept.last_error is not None
+                assert "HTTP 302" in kept.last_error
