@@ -1123,7 +1123,7 @@ async def test_a_database_error_ends_a_round_not_the_notifier(tmp_path: Path) ->
             task = asyncio.create_task(service.run(), name="city-subscriptions")
             try:
                 async with asyncio.timeout(30):
-                    while service.notifier.db_errors < 2:
+                    while service.notifier.db_errors < 2 and not task.done():
                         await asyncio.sleep(0.02)
                 assert not task.done()
                 with contextlib.closing(sqlite3.connect(book_file)) as db:
@@ -1190,3 +1190,30 @@ async def test_a_receiver_answering_a_redirect_is_not_followed(tmp_path: Path) -
                 assert kept.cursor == 0
                 assert kept.last_error is not None
                 assert "HTTP 302" in kept.last_error
+
+
+async def test_the_queue_finds_the_first_seq_at_or_after_a_time_across_gaps(tmp_path: Path) -> None:
+    """``CityQueue.first_seq_at_or_after`` agrees with a scan of the file, with purged gaps in seq.
+
+    Broken on purpose: ``high = middle - 1`` in the search answered one seq too early for some
+    moments, and this failed.
+    """
+    config = district_config(tmp_path, ["http://127.0.0.1:9/VIID/SubscribeNotifications"])
+    assert config.city is not None
+    async with CityQueue(config.city.queue_path) as queue:
+        assert await queue.first_seq_at_or_after(utc_now()) == 1  # empty: the first seq to come
+        for round_ in range(5):
+            await queue.add(
+                objects_of(config, [vehicle_pass(utc_now(), plate=f"赣D{round_}{i:04d}") for i in range(4)])
+            )
+        queued = await queue.objects_after(0, {Category.MOTOR_VEHICLE}, 100)
+        gone = [q.seq for q in queued if q.seq % 3 == 0]
+        await queue.settle([ObjectResult(seq, Outcome.ACCEPTED) for seq in gone], utc_now())
+        assert await queue.purge(utc_now() + timedelta(days=1)) == len(gone)
+        with contextlib.closing(sqlite3.connect(config.city.queue_path)) as db:
+            rows = db.execute("SELECT seq, queued_at FROM objects ORDER BY seq").fetchall()
+        times = sorted({datetime.fromisoformat(t) for _, t in rows})
+        moments = [times[0] - timedelta(seconds=1), *times, *(t + timedelta(microseconds=1) for t in times)]
+        for moment in moments:
+            expected = next((seq for seq, t in rows if datetime.fromisoformat(t) >= moment), rows[-1][0] + 1)
+            assert await queue.first_seq_at_or_after(moment) == expected
