@@ -1217,3 +1217,33 @@ async def test_the_queue_finds_the_first_seq_at_or_after_a_time_across_gaps(tmp_
         for moment in moments:
             expected = next((seq for seq, t in rows if datetime.fromisoformat(t) >= moment), rows[-1][0] + 1)
             assert await queue.first_seq_at_or_after(moment) == expected
+
+
+async def test_a_full_used_nonce_table_is_answered_503_not_with_a_challenge(tmp_path: Path) -> None:
+    """Past ``max_used`` used nonces the door answers 503 with Retry-After (a flood delays, never replays).
+
+    Broken on purpose: with ``busy`` going down the 401 path the answer was a new challenge, and
+    this failed.
+    """
+    async with receiver() as got:
+        config = district_config(tmp_path, [f"{got.url}/VIID/SubscribeNotifications"])
+        async with district(config) as (_queue, service, upper):
+            service._guard = DigestGuard(PLATFORM_ID, USER, PASSWORD, max_used=1)  # a table of one
+            target = f"/VIID/Subscribes?IDList={subscribe_id(1)}"
+            status, _ = await upper.call("DELETE", target)
+            assert status == 200  # admitted: its nonce is the one the table holds
+            status, answer = await upper.call("DELETE", target)
+            assert status == 503
+            assert answer["ResponseStatusListObject"]["ResponseStatusObject"][0]["StatusCode"] == "4"
+            assert service.refused.get("busy") == 1
+
+
+def test_notify_credentials_go_together(tmp_path: Path) -> None:
+    """A notify user name without a password (or the reverse) is a config error."""
+    address = ["http://10.0.0.5:8080/VIID/SubscribeNotifications"]
+    with pytest.raises(ValueError, match="go together"):
+        district_config(tmp_path, address, notify_password=None)
+    with pytest.raises(ValueError, match="go together"):
+        district_config(tmp_path, address, notify_username=None)
+    with pytest.raises(ValueError, match="keep one"):
+        district_config(tmp_path, address, notify_password_credential="city-notify-password")
