@@ -1247,3 +1247,36 @@ def test_notify_credentials_go_together(tmp_path: Path) -> None:
         district_config(tmp_path, address, notify_username=None)
     with pytest.raises(ValueError, match="keep one"):
         district_config(tmp_path, address, notify_password_credential="city-notify-password")
+
+
+async def test_no_directory_leaves_when_devices_are_withheld(tmp_path: Path) -> None:
+    """``[city.privacy] devices = false``: a directory subscription is sent no APE, queued before or after.
+
+    Broken on purpose: without the privacy check before the directory the gate's APE was sent, and
+    this failed; so did the change when ``categories`` kept APE.
+    """
+    now = [utc_now()]
+    async with receiver() as got:
+        address = f"{got.url}/VIID/SubscribeNotifications"
+        raw = district_config(tmp_path, [address]).model_dump(mode="json")
+        raw["city"]["privacy"]["devices"] = False
+        raw["city"]["password"] = "secret"
+        raw["city"]["subscriptions"]["password"] = PASSWORD
+        raw["city"]["subscriptions"]["notify_password"] = NOTIFY_PASSWORD
+        config = DistrictConfig.model_validate(raw)
+        assert config.city is not None
+        async with (
+            CityQueue(config.city.queue_path) as queue,
+            SubscriptionService(config, queue, poll_s=3600, clock=lambda: now[0]) as service,
+        ):
+            await queue.add([device_ape(config, FACE_GATE, True)])  # queued while devices were allowed
+            begin = ahead(1)
+            now[0] = begin + timedelta(seconds=5)
+            upper = Upper(f"http://127.0.0.1:{config.city.subscriptions.listen_port}")  # type: ignore[union-attr]
+            _, answers = await upper.subscribe(subscription(1, address, begin, detail="3"))
+            assert answers[0]["StatusCode"] == "0"
+            await service.notifier.round()
+            await queue.add([device_ape(config, FACE_GATE, False)])  # nor a change queued after
+            await service.notifier.round()
+            assert got.requests == []
+            assert await service.book.directory(subscribe_id(1)) is None

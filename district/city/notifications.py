@@ -252,6 +252,10 @@ class Notifier:
         """At most ``batches_per_round`` notifications; True if there is more to send."""
         budget = self._subs.batches_per_round
         directory = await self._book.directory(subscription.subscribe_id)
+        if directory is not None and not self._city.privacy.devices:
+            # no device leaves the district ([city.privacy] devices = false): there is no directory
+            await self._book.directory_done(subscription.subscribe_id)
+            directory = None
         if directory is not None:
             upto, after = directory
             while True:
@@ -269,8 +273,11 @@ class Notifier:
                 after = batch[-1].seq
                 await self._book.directory_sent(subscription.subscribe_id, after, len(chosen), self._clock())
         cursor = subscription.cursor
+        categories = subscription.categories
+        if not self._city.privacy.devices:  # APEs queued before the policy changed stay here too
+            categories -= {Category.APE}
         while True:
-            batch = await self._queue.objects_after(cursor, subscription.categories, self._city.batch_max)
+            batch = await self._queue.objects_after(cursor, categories, self._city.batch_max)
             if not batch:
                 return False
             if budget == 0:
