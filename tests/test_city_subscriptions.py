@@ -111,8 +111,13 @@ class Upper:
         return status, answer["ResponseStatusListObject"]["ResponseStatusObject"]
 
 
+_SUBSCRIBED_AT = f"{utc_now().astimezone(ZONE):%Y%m%d%H%M%S}"
+
+
 def subscribe_id(seq: int) -> str:
-    return f"{CITY_ORG}03{utc_now().astimezone(ZONE):%Y%m%d%H%M%S}{seq:05d}"
+    # one time for the whole module: an id computed again later (to compare) is the same id even
+    # when a second has ticked meanwhile (each test has its own subscriptions file)
+    return f"{CITY_ORG}03{_SUBSCRIBED_AT}{seq:05d}"
 
 
 def subscription(
