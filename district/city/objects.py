@@ -147,10 +147,13 @@ def renumbered(obj: CityObject, shift: int) -> CityObject:
 
 
 def _wire_time(moment: datetime, zone: ZoneInfo) -> str:
-    local = moment.astimezone(zone)
+    try:
+        local = moment.astimezone(zone)
+    except OverflowError:  # 9999-12-31 late in UTC is year 10000 east of it
+        local = None
     # strftime("%Y") gives fewer than 4 digits before year 1000: the ids would be 40/47 characters
-    if not 1000 <= local.year <= 9999:
-        raise ObjectBuildError(f"{local.isoformat()} is outside the years 1000-9999 a GA/T 1400 time can say")
+    if local is None or not 1000 <= local.year <= 9999:
+        raise ObjectBuildError(f"{moment.isoformat()} is outside the years 1000-9999 a GA/T 1400 time can say")
     return local.strftime(TIME_FORMAT)
 
 

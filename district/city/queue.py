@@ -16,7 +16,8 @@ until its ids are free, and is stored so.
 An APE object's source names the device's state (``device:<id>@<hash>``), and a device may go
 back to a state it had (online, offline, online again): an APE is added when its source differs
 from the latest APE queued for the same ``ApeID``, so each change is queued once, in order, and
-the same state again is not. Every transaction is one short call in the file's thread;
+the same state again is not. Deleted and rewritten rows are overwritten on disk (``secure_delete``):
+a face crop stripped or purged is gone from the file, not only from the table. Every transaction is one short call in the file's thread;
 several processes wait on each other's write lock (30 s) rather than fail.
 """
 
@@ -42,6 +43,7 @@ from foundation.sqlite_thread import SqliteBacked, transaction
 log = structlog.get_logger(__name__)
 
 SCHEMA = """
+PRAGMA secure_delete = ON;
 CREATE TABLE IF NOT EXISTS objects (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, category TEXT NOT NULL, source TEXT NOT NULL,
     object_id TEXT NOT NULL, body TEXT NOT NULL, occurred_at TEXT NOT NULL, queued_at TEXT NOT NULL,
@@ -301,21 +303,20 @@ async def read_status(path: Path, refusal_limit: int) -> QueueStatus | None:
     """The link state, counts and latest refusals of the queue at ``path``; ``None`` if there is none.
 
     For readers that may not write (the operator API): the file is opened read-only (SQLite URI
-    ``mode=ro``), never created, its schema never run. A WAL file whose writers have all closed has
-    no ``-shm`` left, which a read-only connection cannot create in a directory it may not write;
-    it is then read as ``immutable`` (no writer holds it open, so nothing changes under the read; a
-    writer starting just then may make this one read fail, which the caller reports).
+    ``mode=ro``), never created, its schema never run. When no writer has it open (no ``-wal``
+    beside it: the last writer to close checkpoints and removes it) it is read as ``immutable``, so
+    that no ``-wal``/``-shm`` is made either (a reader that may not write the directory could not);
+    a writer opening it during that read may make the read fail, which the caller reports.
     """
 
     def read() -> QueueStatus | None:
         if not path.exists():
             return None
         uri = path.absolute().as_uri()
-        try:
-            db = sqlite3.connect(f"{uri}?mode=ro", uri=True, timeout=30)
-            db.execute("SELECT 1 FROM objects LIMIT 1").fetchall()
-        except sqlite3.OperationalError:
-            db = sqlite3.connect(f"{uri}?mode=ro&immutable=1", uri=True)
+        wal = path.with_name(path.name + "-wal")
+        db = sqlite3.connect(
+            f"{uri}?mode=ro" if wal.exists() else f"{uri}?mode=ro&immutable=1", uri=True, timeout=30
+        )
         try:
             return QueueStatus(
                 link=_saved_link_state(db), counts=_counts(db), refusals=_refusals(db, refusal_limit)
