@@ -153,7 +153,9 @@ def _wire_time(moment: datetime, zone: ZoneInfo) -> str:
         local = None
     # strftime("%Y") gives fewer than 4 digits before year 1000: the ids would be 40/47 characters
     if local is None or not 1000 <= local.year <= 9999:
-        raise ObjectBuildError(f"{moment.isoformat()} is outside the years 1000-9999 a GA/T 1400 time can say")
+        raise ObjectBuildError(
+            f"{moment.isoformat()} is outside the years 1000-9999 a GA/T 1400 time can say"
+        )
     return local.strftime(TIME_FORMAT)
 
 
