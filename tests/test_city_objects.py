@@ -335,8 +335,9 @@ def _claimed_size(data: bytes, width: int, height: int) -> bytes:
 def test_a_time_outside_the_years_1000_to_9999_cannot_be_built(at: datetime) -> None:
     """strftime("%Y") gives 3 digits for year 999: the ids would be 40 and 47 characters.
 
-    Broken on purpose once: without the year check, the pass of year 999 was built with an image
-    id of 40 characters (and the one of year 10000 raised OverflowError, no ObjectBuildError).
+    Broken on purpose once: without the year check, both passes of year 999 were built (with ids
+    of 40 and 47 characters); year 10000 in the zone overflows ``astimezone``, caught as the same
+    error.
     """
     with pytest.raises(ObjectBuildError, match="years 1000-9999"):
         event_objects(vehicle_pass(at), city_config(), ZONE)

@@ -369,7 +369,9 @@ async def test_purge_strips_the_crops_older_than_hit_crops_days_whatever_their_s
     Hits before the cutoff lose their ``SubImageList`` (the record stays, the file no longer holds
     the picture); a hit after it keeps its crop. Broken on purpose once: with ``purge`` ignoring
     ``strip_crops_before`` (as before: only accepted objects deleted after keep_days), the pending
-    and parked hits kept their crops and the crop's bytes were still in the file.
+    and parked hits kept their crops. And once with ``PRAGMA secure_delete = OFF`` in the schema
+    (this Python's SQLite has it on by default, others do not): the stripped crop's bytes were
+    still in the file.
     """
     old_crop, new_crop = _noise_jpeg(96, 128), _noise_jpeg(64, 80)
     cutoff = START + timedelta(days=1)
@@ -411,7 +413,7 @@ async def test_a_stricter_policy_applies_to_objects_queued_before_it(tmp_path: P
     queue opened with the new policy hand out no vehicle, no face pass and no crop (before any
     ``apply_policy``); ``apply_policy`` deletes the withheld objects (an accepted one too, leaving
     the tally) and strips the crop from the file. Broken on purpose once: with ``_enforce``
-    returning its input unchanged, take handed out the two vehicles and the hit with its crop.
+    keeping every object unchanged, take handed out the pending vehicle.
     """
     crop = _noise_jpeg(96, 128)
     cars = vehicles(2)
@@ -452,8 +454,8 @@ async def test_a_stricter_policy_applies_to_objects_queued_before_it(tmp_path: P
 async def test_apply_policy_rewrites_a_queue_filled_under_a_laxer_policy(tmp_path: Path) -> None:
     """``apply_policy`` alone (the service's and the ingester's start): nothing disallowed stays.
 
-    Broken on purpose once: with the stripping left out of ``_enforce`` (withheld rows deleted
-    only), the hit kept its crop in the file and ``apply_policy`` returned (3, 0).
+    Broken on purpose once: with ``under_policy`` never stripping (withheld objects still
+    deleted), the hit was taken with its crop.
     """
     crop = _noise_jpeg(96, 128)
     [gate] = event_objects(face_access(START), CITY, ZONE)
@@ -476,8 +478,7 @@ async def test_an_older_refused_ape_state_never_follows_a_newer_one(tmp_path: Pa
     """A refused APE state is superseded by the next one: never sent again, counted nowhere.
 
     Broken on purpose once: without the superseding UPDATE in ``_add``, the refused online state
-    was due again after its retry time (after the offline state had been accepted) and was
-    listed in the refusals and the backlog.
+    was due again beside the newer offline one (two APEs taken where one was expected).
     """
     barrier = DeviceForCity(
         BARRIER, COMPOUND_ID, "南门车辆道闸", "lpr_camera", "vz-lpr-mqtt", None, online=True

@@ -210,11 +210,12 @@ def _drop(db: sqlite3.Connection, seqs: Sequence[int]) -> None:
 
 def _enforce(
     db: sqlite3.Connection, queued: Sequence[QueuedObject], privacy: CityPrivacyConfig, *, write: bool
-) -> list[QueuedObject]:
+) -> tuple[list[QueuedObject], int, int]:
     """``queued`` as ``privacy`` lets them leave now: withheld ones left out, images stripped.
 
     With ``write``, the file is made to match in one transaction (withheld rows deleted, stripped
-    bodies stored), so what the policy no longer allows does not stay on disk either.
+    bodies stored), so what the policy no longer allows does not stay on disk either. Returns
+    what is kept, and how many were withheld and stripped.
     """
     kept: list[QueuedObject] = []
     dropped: list[int] = []
@@ -233,7 +234,7 @@ def _enforce(
         with transaction(db):
             _drop(db, dropped)
             db.executemany("UPDATE objects SET body = ? WHERE seq = ?", stripped)
-    return kept
+    return kept, len(dropped), len(stripped)
 
 
 def _counts(db: sqlite3.Connection) -> QueueCounts:
@@ -406,7 +407,7 @@ class CityQueue(SqliteBacked):
                 if not rows:
                     break
                 page = [_queued(row) for row in rows]
-                taken += _enforce(db, page, privacy, write=True)
+                taken += _enforce(db, page, privacy, write=True)[0]
                 after = page[-1].seq
             return taken
 
@@ -483,7 +484,7 @@ class CityQueue(SqliteBacked):
                 if not rows:
                     break
                 page = [_queued(row) for row in rows]
-                found += _enforce(db, page, privacy, write=False)
+                found += _enforce(db, page, privacy, write=False)[0]
                 after = page[-1].seq
             return found
 
@@ -516,8 +517,8 @@ class CityQueue(SqliteBacked):
             if not rows:
                 return after, 0, 0
             page = [_queued(row) for row in rows]
-            kept = _enforce(db, page, privacy, write=True)
-            return page[-1].seq, len(page) - len(kept), len(kept)
+            _, gone, changed = _enforce(db, page, privacy, write=True)
+            return page[-1].seq, gone, changed
 
         deleted = stripped = 0
         after = 0
