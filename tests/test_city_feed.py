@@ -113,8 +113,11 @@ async def test_the_stored_events_are_queued_for_the_city_exactly_once(
     """Stored vehicle and face events == queued sources; a redelivery adds nothing; a bad event is skipped.
 
     A simulated day (a late backlog: yesterday), a pass from 200 days ago, watch-list hits with a
-    crop, without one, and with a PNG crop that cannot become an object: that one is stored, counted
-    as a build failure and not queued; everything else of the city's kinds is queued once, valid.
+    crop, without one, older than ``[retention] hit_crops_days`` with one (queued without it), and
+    with a PNG crop that cannot become an object: that one is stored, counted as a build failure
+    and not queued; everything else of the city's kinds is queued once, valid. Broken on purpose
+    once more: with the ingester calling ``event_objects`` without ``crops_after``, the late hit
+    was queued with its crop.
     Broken on purpose once: with the builder's ObjectBuildError no longer caught in the ingester,
     the PNG hit failed its round's commit over and over (reconnect, redelivery) and the receipts
     never came (the test's 60 s wait ran out).
@@ -126,6 +129,8 @@ async def test_the_stored_events_are_queued_for_the_city_exactly_once(
     hits = [
         watchlist_hit(now, jpeg(64, 80)),
         watchlist_hit(now - timedelta(seconds=1), None),
+        # a late hit older than [retention] hit_crops_days: the store strips its crop, so does the queue
+        watchlist_hit(now - timedelta(days=config.retention.hit_crops_days, seconds=1), jpeg(64, 80)),
     ]
     broken = watchlist_hit(now - timedelta(seconds=2), png())
     old = vehicle_pass(now - timedelta(days=200), plate=None)
