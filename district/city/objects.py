@@ -237,9 +237,10 @@ def policy_kinds(privacy: CityPrivacyConfig) -> tuple[frozenset[str], frozenset[
         (KIND_FACE_ACCESS, privacy.face_passes),
         (KIND_WATCHLIST_HIT, privacy.watchlist_hits),
     ):
-        if policy is FacePolicy.OFF:
+        # == rather than is: a config copied with a plain string (model_copy) judges alike
+        if policy == FacePolicy.OFF:
             withheld.add(kind)
-        elif policy is FacePolicy.RECORDS:
+        elif policy == FacePolicy.RECORDS:
             records_only.add(kind)
     return frozenset(withheld), frozenset(records_only)
 
