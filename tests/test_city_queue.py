@@ -6,7 +6,9 @@ import asyncio
 import base64
 import hashlib
 import io
+import json
 import os
+import sqlite3
 import uuid
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -527,3 +529,43 @@ async def test_the_status_is_read_without_creating_or_writing_the_file(tmp_path:
     assert found is not None
     assert found.counts.backlog == {"MotorVehicle": 3}
     assert {p.name: p.read_bytes() for p in path.parent.iterdir()} == before
+
+
+async def test_a_queue_file_from_before_the_kind_column_is_migrated(tmp_path: Path) -> None:
+    """A file whose objects have no ``kind`` opens, each row gets the kind it was built from.
+
+    Broken on purpose once: without ``_migrate`` the open failed (no such column: kind).
+    """
+    path = tmp_path / "q.db"
+    [car] = vehicles(1)
+    [gate] = event_objects(face_access(START), CITY, ZONE)
+    [hit] = event_objects(watchlist_hit(START, jpeg(40, 50)), CITY, ZONE)
+    barrier = DeviceForCity(
+        BARRIER, COMPOUND_ID, "南门车辆道闸", "lpr_camera", "vz-lpr-mqtt", None, online=True
+    )
+    ape = ape_object(barrier, CITY, ZONE)
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute(
+        "CREATE TABLE objects (seq INTEGER PRIMARY KEY AUTOINCREMENT, category TEXT NOT NULL,"
+        " source TEXT NOT NULL, object_id TEXT NOT NULL, body TEXT NOT NULL, occurred_at TEXT NOT NULL,"
+        " queued_at TEXT NOT NULL, state TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, due_at TEXT,"
+        " reason TEXT, refused_at TEXT, accepted_at TEXT)"
+    )
+    for obj in (car, gate, hit, ape):
+        db.execute(
+            "INSERT INTO objects (category, source, object_id, body, occurred_at, queued_at, state)"
+            " VALUES (?,?,?,?,?,?,'pending')",
+            (
+                obj.category.value,
+                obj.source,
+                obj.object_id,
+                json.dumps(obj.body),
+                obj.occurred_at.isoformat(),
+                "x",
+            ),
+        )
+    db.close()
+    async with CityQueue(path) as queue:
+        found = await queue.objects_after(0, list(Category), 10)
+    assert [q.obj.kind for q in found] == ["vehicle_pass", "face_access", "watchlist_hit", "device"]
+    assert [q.obj.body for q in found] == [car.body, gate.body, hit.body, ape.body]

@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass, fields
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import structlog
 
@@ -58,7 +58,6 @@ CREATE INDEX IF NOT EXISTS objects_refused ON objects (refused_at) WHERE refused
 CREATE INDEX IF NOT EXISTS objects_counts ON objects (state, category, refused_at);
 CREATE INDEX IF NOT EXISTS objects_crops ON objects (occurred_at)
     WHERE category = 'Face' AND instr(body, '"SubImageList"') > 0;
-CREATE INDEX IF NOT EXISTS objects_by_kind ON objects (kind, seq);
 CREATE TABLE IF NOT EXISTS image_ids (image_id TEXT PRIMARY KEY, seq INTEGER NOT NULL);
 CREATE INDEX IF NOT EXISTS image_ids_by_seq ON image_ids (seq);
 CREATE TABLE IF NOT EXISTS accepted_counts (category TEXT PRIMARY KEY, n INTEGER NOT NULL);
@@ -197,6 +196,25 @@ def _add(db: sqlite3.Connection, *, objects: Sequence[CityObject], now: str) -> 
             )
             added += 1
     return added
+
+
+def _migrate(db: sqlite3.Connection) -> None:
+    """A queue file from before ``kind`` was kept gets the column, derived from what each row is.
+
+    A MotorVehicle is a vehicle pass, an APE a device, a Face with a crop a watch-list hit (a pass
+    never has one); a Face without a crop is taken for a face pass, the stricter reading where a
+    policy withholds passes but not hits.
+    """
+    columns = {row[1] for row in db.execute("PRAGMA table_info(objects)")}
+    if "kind" not in columns:
+        with transaction(db):
+            db.execute("ALTER TABLE objects ADD COLUMN kind TEXT NOT NULL DEFAULT ''")
+            db.execute(
+                "UPDATE objects SET kind = CASE"
+                " WHEN category = 'MotorVehicle' THEN 'vehicle_pass' WHEN category = 'APE' THEN 'device'"
+                " WHEN instr(body, '\"SubImageList\"') > 0 THEN 'watchlist_hit' ELSE 'face_access' END"
+            )
+    db.execute("CREATE INDEX IF NOT EXISTS objects_by_kind ON objects (kind, seq)")
 
 
 def _drop(db: sqlite3.Connection, seqs: Sequence[int]) -> None:
@@ -366,6 +384,11 @@ class CityQueue(SqliteBacked):
         self._refused_retry = timedelta(seconds=refused_retry_s)
         self._refused_max_attempts = refused_max_attempts
         self._privacy = privacy if privacy is not None else CityPrivacyConfig()
+
+    async def __aenter__(self) -> Self:
+        await super().__aenter__()
+        await self._file.call(_migrate)
+        return self
 
     async def add(self, objects: Sequence[CityObject]) -> int:
         """Add objects not yet queued (unique by category and source); returns how many were new.
