@@ -6,7 +6,11 @@ the district holds is in the queue too (a redelivered event adds nothing: an obj
 category and source, and keeps the id it was given first). The city service takes due objects,
 sends them, and settles each one by the city's answer; the API reads counts and the link state.
 
-Each object is stored once, as built (its JSON body with its id), and sent as stored however often.
+Each object is stored once, as built (its JSON body with its id and the kind of what it was built
+from), and sent as stored however often, with two exceptions for privacy: what the ``[city.privacy]``
+in force withholds is deleted, and what it allows as a record only loses its images
+(``apply_policy``, and the same check at ``take`` and ``objects_after``); a Face's crop is stripped
+once older than ``[retention] hit_crops_days`` (``purge``).
 A face or vehicle object claims 41-character image ids (its ``SourceID`` and the ``ImageID`` of each
 sub-image it carries); no two sources may claim one image id. ``event_objects`` derives the ids from
 the event alone, so a clash means two events of one device in one second whose hashed serials meet:
