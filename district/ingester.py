@@ -28,7 +28,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -238,8 +238,10 @@ class Ingester:
             decode_message(self._config, message.topic, message.payload, decoded)
         city = self._config.city
         if self._city_queue is not None and city is not None:
+            # a hit older than [retention] hit_crops_days is stored without its crop: queued so too
+            crops_after = utc_now() - timedelta(days=self._config.retention.hit_crops_days)
             decoded.city_objects = {
-                event.event_id: self._city_objects(event, city) for event in decoded.events
+                event.event_id: self._city_objects(event, city, crops_after) for event in decoded.events
             }
         return decoded
 
@@ -322,10 +324,10 @@ class Ingester:
             self.city_objects_queued += added
             return
 
-    def _city_objects(self, event: Event, city: CityConfig) -> list[CityObject]:
+    def _city_objects(self, event: Event, city: CityConfig, crops_after: datetime) -> list[CityObject]:
         """The objects of one event; none (counted, logged) if it cannot be built. In the decoder's thread."""
         try:
-            return event_objects(event, city, self._zone)
+            return event_objects(event, city, self._zone, crops_after=crops_after)
         except ObjectBuildError as exc:
             self._count_build_failure(event, str(exc))
         except Exception as exc:
@@ -593,8 +595,13 @@ async def run_ingester(config: DistrictConfig, *, ready: asyncio.Event | None = 
                     city.queue_path,
                     refused_retry_s=city.refused_retry_s,
                     refused_max_attempts=city.refused_max_attempts,
+                    privacy=city.privacy,
                 )
             )
+            # a [city.privacy] made stricter applies to what was queued before (docs/privacy.md)
+            deleted, stripped = await city_queue.apply_policy(city.privacy)
+            if deleted or stripped:
+                log.info("city_queue_policy_applied", deleted=deleted, stripped=stripped)
         ingester = Ingester(config, store, state, decoder, city_queue)
         health.expose(
             "cgw_district_city_objects_queued_total",

@@ -7,6 +7,7 @@ store; the city queue it fills is then read back and compared, as sets, with wha
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import io
 import sqlite3
@@ -20,7 +21,9 @@ from PIL import Image
 
 from device_sims.broker import Mosquitto, free_port
 from device_sims.inventory import COMPOUND_ID, DISTRICT_ID
+from district.city.config import FacePolicy
 from district.city.model import Category
+from district.city.objects import event_objects
 from district.city.queue import CityQueue
 from district.config import DistrictConfig, load_district_config
 from district.ingester import run_ingester
@@ -30,8 +33,10 @@ from tests.city_events import (
     CITY_APE,
     ORG_CODE,
     TOLLGATE,
+    ZONE,
     check_face,
     check_motor_vehicle,
+    face_access,
     jpeg,
     vehicle_pass,
     watchlist_hit,
@@ -113,8 +118,11 @@ async def test_the_stored_events_are_queued_for_the_city_exactly_once(
     """Stored vehicle and face events == queued sources; a redelivery adds nothing; a bad event is skipped.
 
     A simulated day (a late backlog: yesterday), a pass from 200 days ago, watch-list hits with a
-    crop, without one, and with a PNG crop that cannot become an object: that one is stored, counted
-    as a build failure and not queued; everything else of the city's kinds is queued once, valid.
+    crop, without one, older than ``[retention] hit_crops_days`` with one (queued without it), and
+    with a PNG crop that cannot become an object: that one is stored, counted as a build failure
+    and not queued; everything else of the city's kinds is queued once, valid. Broken on purpose
+    once more: with the ingester calling ``event_objects`` without ``crops_after``, the late hit
+    was queued with its crop.
     Broken on purpose once: with the builder's ObjectBuildError no longer caught in the ingester,
     the PNG hit failed its round's commit over and over (reconnect, redelivery) and the receipts
     never came (the test's 60 s wait ran out).
@@ -126,6 +134,8 @@ async def test_the_stored_events_are_queued_for_the_city_exactly_once(
     hits = [
         watchlist_hit(now, jpeg(64, 80)),
         watchlist_hit(now - timedelta(seconds=1), None),
+        # a late hit older than [retention] hit_crops_days: the store strips its crop, so does the queue
+        watchlist_hit(now - timedelta(days=config.retention.hit_crops_days, seconds=1), jpeg(64, 80)),
     ]
     broken = watchlist_hit(now - timedelta(seconds=2), png())
     old = vehicle_pass(now - timedelta(days=200), plate=None)
@@ -293,3 +303,43 @@ async def test_an_ingester_killed_between_the_store_and_the_queue_loses_nothing_
         queued = [q.obj.source for q in await queue.objects_after(0, [Category.MOTOR_VEHICLE], 1000)]
     assert len(queued) == len(set(queued))
     assert set(queued) == stored == {e.event_id for e in first + second}
+
+
+async def test_an_ingester_applies_a_stricter_privacy_policy_to_what_was_queued_before(
+    tmp_path: Path, district_broker: Mosquitto
+) -> None:
+    """A queue filled under the default policy; an ingester started under a stricter one rewrites it.
+
+    ``face_passes = "off"`` and ``watchlist_hits = "records"``: after the ingester's start the face
+    pass is gone from the queue and the hit has no crop, in the file too; its own new hit is queued
+    without one. Broken on purpose once: with the ``apply_policy`` call left out of
+    ``run_ingester``, the face pass queued before was still there.
+    """
+    config = feed_config(tmp_path, district_broker)
+    assert config.city is not None
+    now = datetime.now(UTC) - timedelta(minutes=1)
+    crop = jpeg(64, 80)
+    lax = config.city
+    gate, hit = face_access(now), watchlist_hit(now, crop)
+    async with CityQueue(lax.queue_path) as queue:
+        queued = [*event_objects(gate, lax, ZONE), *event_objects(hit, lax, ZONE)]
+        assert await queue.add(queued) == 2
+        assert "SubImageList" in queued[1].body
+    strict = lax.model_copy(
+        update={
+            "privacy": lax.privacy.model_copy(
+                update={"face_passes": FacePolicy.OFF, "watchlist_hits": FacePolicy.RECORDS}
+            )
+        }
+    )
+    config = config.model_copy(update={"city": strict})
+    later = watchlist_hit(now + timedelta(seconds=1), crop)
+    async with running(partial(run_ingester, config), "ingester"):
+        await uplink(district_broker, [[later]])
+    async with CityQueue(lax.queue_path) as queue:
+        left = await queue.objects_after(0, list(Category), 100)
+    assert {(q.obj.source, "SubImageList" in q.obj.body) for q in left} == {
+        (hit.event_id, False),
+        (later.event_id, False),
+    }
+    assert base64.b64encode(crop)[-200:-100] not in lax.queue_path.read_bytes()

@@ -200,3 +200,37 @@ def test_the_embedded_store_drop_in_keeps_the_sandbox(tmp_path: Path) -> None:
         encoding="utf-8",
     )
     assert_exposure_at_most_two(analyze, combined)
+
+
+def test_the_city_queue_directory_is_shared_through_a_group_never_a_state_directory() -> None:
+    """The ingesters write the city queue, the API reads it: one fixed setgid directory, one group.
+
+    The directory of ``[city] queue_path``'s default is made by the shipped tmpfiles.d entry
+    (2770 root:compound-district, the group from sysusers.d); no unit lists it as its
+    ``StateDirectory=`` (systemd would move it under /var/lib/private for one dynamic user); the
+    ingesters may write it (``ReadWritePaths=``, group, ``UMask=0007`` so the other writers can
+    write their files), the API only reads it (the group, nothing writable). Checked to fail: with
+    the ingester's ``UMask=0077`` as before, and with ``StateDirectory=compound-district-city``
+    added to the ingester.
+    """
+    from district.city.config import CityConfig  # noqa: PLC0415
+
+    default = CityConfig.model_fields["queue_path"].default
+    shared = default.parent
+    tmpfiles = (SYSTEMD / "tmpfiles.d" / "compound-district-city.conf").read_text(encoding="utf-8")
+    entries = [line.split() for line in tmpfiles.splitlines() if line and not line.startswith("#")]
+    assert entries == [["d", str(shared), "2770", "root", "compound-district", "-"]]
+    sysusers = (SYSTEMD / "sysusers.d" / "compound-district.conf").read_text(encoding="utf-8")
+    assert [line.split() for line in sysusers.splitlines() if line and not line.startswith("#")] == [
+        ["g", "compound-district", "-"]
+    ]
+    for _, _, dirs in deployments()["shipped"]:
+        assert shared.relative_to("/var/lib").as_posix() not in dirs
+    ingester = settings((SYSTEMD / "compound-district-ingester@.service").read_text(encoding="utf-8"))
+    assert ingester["SupplementaryGroups"] == ["compound-district"]
+    assert ingester["ReadWritePaths"] == [f"-{shared}"]
+    assert ingester["UMask"] == ["0007"]
+    api = settings((SYSTEMD / "compound-district-api.service").read_text(encoding="utf-8"))
+    assert api["SupplementaryGroups"] == ["compound-district"]
+    assert "ReadWritePaths" not in api
+    assert api["ProtectSystem"] == ["strict"]

@@ -19,6 +19,8 @@ from foundation.credentials import CredentialName
 from foundation.events import GbId
 
 HTTP_URL = r"^https?://[^\s/?#]+(/[^\s?#]*)?$"
+APE_TYPE = "119"  # GB/T 28181 type code (digits 11-13) of a 采集设备 in GA/T 1400 (device-protocols §6)
+TOLLGATE_TYPE = "121"  # and of a 卡口
 
 
 def checked_http_url(address: str) -> str:
@@ -60,6 +62,14 @@ class CityPrivacyConfig(ConfigModel):
         description="watch-list hits (watchlist_hit): with their face crop by default",
     )
 
+    max_crop_px: int = Field(
+        default=320,
+        ge=16,
+        le=4096,
+        description="a face crop wider or taller than this goes without its picture (a crop, never the"
+        " frame); the gateway's crops are at most 160 px",
+    )
+
     @field_validator("face_passes")
     @classmethod
     def _passes_carry_no_image(cls, value: FacePolicy) -> FacePolicy:
@@ -82,6 +92,26 @@ class CityDeviceEntry(ConfigModel):
         default=None, description="the tollgate (卡口) a barrier camera belongs to"
     )
     lane: int | None = Field(default=None, ge=0, le=99, description="its lane number (LaneNo)")
+
+    @field_validator("ape_id")
+    @classmethod
+    def _ape_type(cls, value: str | None) -> str | None:
+        if value is not None and value[10:13] != APE_TYPE:
+            raise ValueError(
+                f"ape_id {value} has type {value[10:13]}; a GA/T 1400 APE id has type {APE_TYPE}"
+                " (digits 11-13, GB/T 28181 type code)"
+            )
+        return value
+
+    @field_validator("tollgate_id")
+    @classmethod
+    def _tollgate_type(cls, value: str | None) -> str | None:
+        if value is not None and value[10:13] != TOLLGATE_TYPE:
+            raise ValueError(
+                f"tollgate_id {value} has type {value[10:13]}; a GA/T 1400 tollgate id has type"
+                f" {TOLLGATE_TYPE} (digits 11-13, GB/T 28181 type code)"
+            )
+        return value
 
 
 class CitySubscriptionsConfig(ConfigModel):
@@ -210,6 +240,17 @@ class CityConfig(ConfigModel):
             if entry.device_id in seen:
                 raise ValueError(f"device {entry.device_id} is listed twice in [[city.devices]]")
             seen.add(entry.device_id)
+        # two devices under one ApeID would be one APE to the city: their states would overwrite
+        # each other and their objects would claim each other's image ids
+        ape_ids: dict[str, str] = {}
+        for entry in self.devices:
+            ape_id = entry.ape_id or entry.device_id
+            if ape_id in ape_ids:
+                raise ValueError(
+                    f"devices {ape_ids[ape_id]} and {entry.device_id} in [[city.devices]] both go up as"
+                    f" APE {ape_id}; give each its own ape_id"
+                )
+            ape_ids[ape_id] = entry.device_id
         return self
 
     def device_entry(self, device_id: str) -> CityDeviceEntry:

@@ -15,7 +15,7 @@ from datetime import datetime
 from pydantic import Field
 
 from district.city.model import Category
-from district.city.queue import CityQueue
+from district.city.queue import read_status
 from district.city.subscription_book import SubscriptionBook, book_path
 from district.operator_output import Presenter, Table
 from district.queries.context import QueryContext
@@ -106,14 +106,11 @@ async def city_status(ctx: QueryContext, _request: CityStatusRequest) -> CitySta
         platform_id=city.platform_id,
         subscriptions_enabled=city.subscriptions is not None and city.subscriptions.enabled,
     )
-    if not city.queue_path.exists():  # opening would create it: this process only reads
+    # read-only, never created, no schema run: the API may read the city's files, never write them
+    found = await read_status(city.queue_path, MAX_REFUSALS)
+    if found is None:  # the city service and the ingesters never ran
         return base
-    async with CityQueue(
-        city.queue_path, refused_retry_s=city.refused_retry_s, refused_max_attempts=city.refused_max_attempts
-    ) as queue:
-        state = await queue.link_state()
-        counts = await queue.counts()
-        refusals = await queue.refusals(MAX_REFUSALS)
+    state, counts, refusals = found.link, found.counts, found.refusals
     subscriptions: list[SubscriptionView] = []
     path = book_path(city.queue_path)
     if path.exists():
