@@ -32,7 +32,7 @@ from district.city.digest import DigestGuard
 from district.city.model import Category, CityObject, ObjectResult, Outcome
 from district.city.objects import DeviceForCity, ape_object, event_objects
 from district.city.queue import CityQueue
-from district.city.subscription_book import SubscriptionState, book_path
+from district.city.subscription_book import SubscriptionState, book_path, read_subscriptions
 from district.city.subscriptions import SubscriptionService
 from district.config import DistrictConfig
 from foundation.events import utc_now
@@ -525,6 +525,30 @@ async def test_subscriptions_and_their_cursors_survive_a_restart(tmp_path: Path)
             assert sorted(got.info_ids()) == sorted(o.object_id for o in [*before, *after])
             assert {a["ApeID"] for a in got.objects("DeviceList", "APEObject")} == {FACE_GATE}
             assert [a["IsOnline"] for a in got.objects("DeviceList", "APEObject")] == ["1", "0"]
+
+
+async def test_the_api_reads_the_book_without_creating_or_writing_it(tmp_path: Path) -> None:
+    """``read_subscriptions`` (the operator API's city page) reads the book read-only.
+
+    No book: nothing, and none is made. After the service closed it: the subscription, with the
+    directory and the files byte for byte as they were (the API's user may not write there).
+    Broken on purpose once: reading through ``SubscriptionBook`` (read-write, schema run) made the
+    book file where none was, and this failed.
+    """
+    async with receiver() as got:
+        address = f"{got.url}/VIID/SubscribeNotifications"
+        config = district_config(tmp_path, [address])
+        assert config.city is not None
+        path = book_path(config.city.queue_path)
+        assert await read_subscriptions(path) == []
+        assert not path.exists()
+        async with district(config) as (_queue, _service, upper):
+            _, answers = await upper.subscribe(subscription(1, address, utc_now(), detail="12"))
+            assert answers[0]["StatusCode"] == "0"
+        before = {p.name: p.read_bytes() for p in path.parent.iterdir()}
+        (found,) = await read_subscriptions(path)
+        assert (found.subscribe_id, found.state) == (subscribe_id(1), SubscriptionState.ACTIVE)
+        assert {p.name: p.read_bytes() for p in path.parent.iterdir()} == before
 
 
 async def test_a_refused_notification_is_sent_again_and_the_cursor_waits(tmp_path: Path) -> None:

@@ -322,6 +322,15 @@ class QueueStatus:
     refusals: list[Refusal]
 
 
+def open_read_only(path: Path) -> sqlite3.Connection:
+    """A read-only connection to a city file that exists (see ``read_status``); blocking: call it in a thread."""
+    uri = path.absolute().as_uri()
+    wal = path.with_name(path.name + "-wal")
+    return sqlite3.connect(
+        f"{uri}?mode=ro" if wal.exists() else f"{uri}?mode=ro&immutable=1", uri=True, timeout=30
+    )
+
+
 async def read_status(path: Path, refusal_limit: int) -> QueueStatus | None:
     """The link state, counts and latest refusals of the queue at ``path``; ``None`` if there is none.
 
@@ -335,11 +344,7 @@ async def read_status(path: Path, refusal_limit: int) -> QueueStatus | None:
     def read() -> QueueStatus | None:
         if not path.exists():
             return None
-        uri = path.absolute().as_uri()
-        wal = path.with_name(path.name + "-wal")
-        db = sqlite3.connect(
-            f"{uri}?mode=ro" if wal.exists() else f"{uri}?mode=ro&immutable=1", uri=True, timeout=30
-        )
+        db = open_read_only(path)
         try:
             return QueueStatus(
                 link=_saved_link_state(db), counts=_counts(db), refusals=_refusals(db, refusal_limit)

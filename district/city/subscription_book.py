@@ -14,15 +14,18 @@ at the queue's first object queued at or after its BeginTime; one asking for the
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
+from functools import partial
 from pathlib import Path
 
 from district.city.model import Category
+from district.city.queue import open_read_only
 from foundation.errors import GatewayError
 from foundation.sqlite_thread import SqliteBacked, transaction
 
@@ -239,17 +242,7 @@ class SubscriptionBook(SqliteBacked):
 
     async def all(self, states: Sequence[SubscriptionState] | None = None) -> list[Subscription]:
         """Subscriptions (of ``states``, default every one), newest first."""
-
-        def read(db: sqlite3.Connection) -> list[Subscription]:
-            db.row_factory = sqlite3.Row
-            try:
-                rows = db.execute("SELECT * FROM subscriptions ORDER BY created_at DESC").fetchall()
-            finally:
-                db.row_factory = None
-            found = [_row(r) for r in rows]
-            return [s for s in found if states is None or s.state in states]
-
-        return await self._file.call(read)
+        return await self._file.call(partial(_all_subscriptions, states=states))
 
     async def get(self, subscribe_id: str) -> Subscription | None:
         """One subscription, or None."""
@@ -354,3 +347,33 @@ class SubscriptionBook(SqliteBacked):
 def utc(moment: datetime) -> datetime:
     """``moment`` in UTC (what the file keeps)."""
     return moment.astimezone(UTC)
+
+
+def _all_subscriptions(
+    db: sqlite3.Connection, states: Sequence[SubscriptionState] | None
+) -> list[Subscription]:
+    db.row_factory = sqlite3.Row
+    try:
+        rows = db.execute("SELECT * FROM subscriptions ORDER BY created_at DESC").fetchall()
+    finally:
+        db.row_factory = None
+    found = [_row(r) for r in rows]
+    return [s for s in found if states is None or s.state in states]
+
+
+async def read_subscriptions(path: Path) -> list[Subscription]:
+    """Every subscription in the book at ``path``, newest first, read-only (``queue.open_read_only``).
+
+    For the operator API, which may read the city's files but not write them; none if no book exists.
+    """
+
+    def read() -> list[Subscription]:
+        if not path.exists():
+            return []
+        db = open_read_only(path)
+        try:
+            return _all_subscriptions(db, None)
+        finally:
+            db.close()
+
+    return await asyncio.to_thread(read)

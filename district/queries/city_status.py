@@ -16,7 +16,7 @@ from pydantic import Field
 
 from district.city.model import Category
 from district.city.queue import read_status
-from district.city.subscription_book import SubscriptionBook, book_path
+from district.city.subscription_book import book_path, read_subscriptions
 from district.operator_output import Presenter, Table
 from district.queries.context import QueryContext
 from district.queries.spec import QuerySpec, Route
@@ -111,25 +111,21 @@ async def city_status(ctx: QueryContext, _request: CityStatusRequest) -> CitySta
     if found is None:  # the city service and the ingesters never ran
         return base
     state, counts, refusals = found.link, found.counts, found.refusals
-    subscriptions: list[SubscriptionView] = []
-    path = book_path(city.queue_path)
-    if path.exists():
-        async with SubscriptionBook(path) as book:
-            subscriptions = [
-                SubscriptionView(
-                    subscribe_id=s.subscribe_id,
-                    title=s.title,
-                    details=list(s.details),
-                    state=s.state.value,
-                    receive_addr=s.receive_addr,
-                    begin_at=s.begin_at,
-                    end_at=s.end_at,
-                    notified=s.notified,
-                    last_notified_at=s.last_notified_at,
-                    last_error=s.last_error,
-                )
-                for s in await book.all()
-            ]
+    subscriptions = [
+        SubscriptionView(
+            subscribe_id=s.subscribe_id,
+            title=s.title,
+            details=list(s.details),
+            state=s.state.value,
+            receive_addr=s.receive_addr,
+            begin_at=s.begin_at,
+            end_at=s.end_at,
+            notified=s.notified,
+            last_notified_at=s.last_notified_at,
+            last_error=s.last_error,
+        )
+        for s in await read_subscriptions(book_path(city.queue_path))
+    ]
     categories = [
         CategoryFigures(
             category=c.value,
