@@ -19,6 +19,7 @@ def test_there_are_units() -> None:
         "compound-gateway.service",
         "compound-district-ingester@.service",
         "compound-district-api.service",
+        "compound-district-city.service",
     }
 
 
@@ -121,7 +122,11 @@ def test_units_with_different_users_share_no_state_directory(deployment: str) ->
 
 
 def test_the_config_defaults_live_in_the_units_state_directories() -> None:
-    """The district's default files (and the example's) are in the directory of the unit that writes them."""
+    """The district's default files (and the example's) are in the directory of the unit that writes them.
+
+    Checked to fail: without ``compound-district-city`` in the ingester unit's StateDirectory= (the
+    ingesters could not write the city queue), this names the queue's directory.
+    """
     from district.config import IngestConfig, OperatorApiConfig  # noqa: PLC0415
 
     state = {name: dirs for name, _, dirs in deployments()["shipped"]}
@@ -137,6 +142,14 @@ def test_the_config_defaults_live_in_the_units_state_directories() -> None:
     assert directory(example["ingest"]["dead_letter_path"]) in ingester
     assert directory(OperatorApiConfig().ops_db) in api
     assert directory(example["api"]["ops_db"]) in api
+    # the city queue: the city service drains it, the ingesters feed it (one user, both list it)
+    from district.city.config import CityConfig  # noqa: PLC0415
+
+    city = state["compound-district-city.service"]
+    queue_default = CityConfig.model_fields["queue_path"].default
+    for queue_path in (queue_default, example["city"]["queue_path"]):
+        assert directory(queue_path) in city
+        assert directory(queue_path) in ingester
     gateway = state["compound-gateway.service"]
     from gateway.config import StateConfig  # noqa: PLC0415
 
@@ -200,3 +213,27 @@ def test_the_embedded_store_drop_in_keeps_the_sandbox(tmp_path: Path) -> None:
         encoding="utf-8",
     )
     assert_exposure_at_most_two(analyze, combined)
+
+
+def test_the_city_password_reaches_the_city_service_as_a_credential() -> None:
+    """The city unit loads ``city-password`` (placeholder when missing) and the example config reads it.
+
+    Checked to fail: the example config's ``password_credential = "city-pass"`` breaks the pairing.
+    """
+    from foundation.credentials import CREDENTIAL_PLACEHOLDER  # noqa: PLC0415
+
+    found = settings((SYSTEMD / "compound-district-city.service").read_text(encoding="utf-8"))
+    assert dict(v.split(":", 1) for v in found["LoadCredential"]) == {
+        "city-password": "/etc/compound-district/credentials/city-password"
+    }
+    assert dict(v.split(":", 1) for v in found["SetCredential"]) == {
+        "city-password": CREDENTIAL_PLACEHOLDER.decode()
+    }
+    example = tomllib.loads(
+        (Path(__file__).resolve().parents[1] / "docs" / "district.example.toml").read_text("utf-8")
+    )
+    assert example["city"]["password_credential"] == "city-password"
+    assert "password" not in example["city"]
+    # the city service and the ingesters share the queue file: one user
+    ingester = settings((SYSTEMD / "compound-district-ingester@.service").read_text(encoding="utf-8"))
+    assert found["User"] == ingester["User"]
