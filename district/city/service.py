@@ -15,7 +15,6 @@ import contextlib
 import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
-from dataclasses import replace
 from datetime import timedelta
 from zoneinfo import ZoneInfo
 
@@ -104,11 +103,15 @@ class CityService:
             updated_at=utc_now(),
         )
 
+    async def save_state(self) -> None:
+        """Save the link state now (for ``city status`` and the console)."""
+        await self.queue.save_link_state(await self.link_state())
+
     async def write_state(self) -> None:
         """Save the link state every ``STATE_EVERY_S`` until cancelled."""
         while True:
             raise_if_cancelling()
-            await self.queue.save_link_state(await self.link_state())
+            await self.save_state()
             await asyncio.sleep(STATE_EVERY_S)
 
     async def purge(self) -> None:
@@ -247,16 +250,11 @@ async def run_city(
                 refused_max_attempts=city.refused_max_attempts,
             )
         )
-        # the last state is written after the session's UnRegister (stack order: last in, first out)
-        stack.push_async_callback(_save_final_state, queue)
         client = await stack.enter_async_context(ViidClient(city, password))
-        session = await stack.enter_async_context(CitySession(city, client, zone))
+        session = CitySession(city, client, zone)
         service = CityService(config, city, queue, session, device_source=device_source)
+        # the last state is saved after the session's UnRegister (the stack unwinds last in, first out)
+        stack.push_async_callback(service.save_state)
+        await stack.enter_async_context(session)
         await stack.enter_async_context(serve_city_health(city, health, service))
         await service.run(ready)
-
-
-async def _save_final_state(queue: CityQueue) -> None:
-    # stopped: not registered any more (the rest of the last saved state stays as it was)
-    state = await queue.link_state()
-    await queue.save_link_state(replace(state, registered=False, updated_at=utc_now()))
