@@ -115,7 +115,8 @@ def image_ids(obj: CityObject) -> tuple[str, ...]:
         return ()
     claimed = [str(obj.body["SourceID"])]
     claimed += [str(image["ImageID"]) for image in _sub_images(obj.body)]
-    return tuple(claimed)
+    # the SourceID is the scene picture's ImageID when the scene is sent too (§5.3): claimed once
+    return tuple(dict.fromkeys(claimed))
 
 
 def _sub_images(body: dict[str, object]) -> list[dict[str, object]]:
