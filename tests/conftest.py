@@ -34,6 +34,7 @@ from gateway.device_secrets import GATEWAY_BROKER_USER
 from gateway.outbox import Outbox
 from gateway.runtime import run_gateway
 from tests.district_data import DistrictData, produce
+from tests.viid_double import ViidDouble, ViidDoubleConfig
 
 PARSE_CONTEXT = DeviceContext(
     district_id="36010400005000000001",
@@ -280,3 +281,16 @@ def district_data(tmp_path_factory: pytest.TempPathFactory, session_influx: Infl
     # its own thread and loop: a session fixture must not borrow a test's event loop
     with ThreadPoolExecutor(1) as pool:
         return pool.submit(asyncio.run, produce(workdir, session_influx)).result()
+
+
+@pytest.fixture
+def viid_double_config() -> ViidDoubleConfig:
+    """The city VIID double's config; override this fixture in a test module to change it."""
+    return ViidDoubleConfig()
+
+
+@pytest.fixture
+async def viid_double(viid_double_config: ViidDoubleConfig) -> AsyncIterator[ViidDouble]:
+    """The city platform (GA/T 1400 upper VIID, ``tests/viid_double``) listening on ``viid_double.url``."""
+    async with ViidDouble(viid_double_config) as city:
+        yield city
