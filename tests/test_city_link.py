@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
+import signal
 import sys
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -26,6 +28,7 @@ from district.city.objects import DeviceForCity
 from district.city.queue import CityQueue
 from district.city.service import run_city
 from district.config import DistrictConfig, load_district_config
+from tests.test_operations import NotifyListener
 from tests.viid_double import Outage, ViidDouble
 from tests.viid_double import samples as s
 
@@ -37,7 +40,7 @@ OUTAGE_S = 60.0
 
 
 def write_config(tmp_path: Path, city_url: str, **city: object) -> Path:
-    """A district config whose [city] points at the double, with short timers for tests."""
+    """A district config whose [city] points at the double, with short timers for tests (None: leave out)."""
     settings: dict[str, object] = {
         "server_url": city_url,
         "platform_id": PLATFORM,
@@ -63,7 +66,7 @@ def write_config(tmp_path: Path, city_url: str, **city: object) -> Path:
         'type = "sqlite"',
         f'path = "{tmp_path / "events.db"}"',
         "[city]",
-        *(f"{key} = {json.dumps(value)}" for key, value in settings.items() if key != "privacy"),
+        *(f"{key} = {json.dumps(value)}" for key, value in settings.items() if value is not None),
         "[city.privacy]",
         "devices = false",
     ]
@@ -372,3 +375,76 @@ async def test_a_city_outage_loses_nothing(tmp_path: Path, viid_double: ViidDoub
 async def _counts(queue_path: Path) -> dict[str, int]:
     async with CityQueue(queue_path) as queue:
         return (await queue.counts()).accepted
+
+
+async def test_the_command_runs_under_systemd_and_stops_cleanly(
+    tmp_path: Path, viid_double: ViidDouble
+) -> None:
+    """``compound-gateway city`` as its unit runs it: password from the credential, READY and watchdog pings.
+
+    READY comes while the city refuses connections (an outage must not keep the unit from starting)
+    and the pings go on through it; once the city is back the service registers; SIGTERM ends it
+    with UnRegister and exit status 0. Checked to fail: without the watchdog task in ``CityService.run``
+    no WATCHDOG=1 arrives.
+    """
+    credentials = tmp_path / "credentials"
+    credentials.mkdir()
+    (credentials / "city-password").write_text("district-secret\n", encoding="utf-8")
+    path = write_config(tmp_path, viid_double.url, password=None, password_credential="city-password")
+    listener = NotifyListener(tmp_path / "notify.sock")
+    await viid_double.set_outage(Outage.REFUSE_CONNECTIONS)
+    env = {
+        **os.environ,
+        "NOTIFY_SOCKET": str(listener.path),
+        "WATCHDOG_USEC": "400000",
+        "CREDENTIALS_DIRECTORY": str(credentials),
+    }
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "cli.main",
+        "city",
+        "--config",
+        str(path),
+        env=env,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        async with asyncio.timeout(30):
+            while len(listener.times("WATCHDOG=1")) < 3:
+                await asyncio.sleep(0.05)
+        assert listener.times("READY=1")
+        assert viid_double.registrations == []
+        await viid_double.restore()
+        await viid_double.wait_for(lambda c: len(c.registrations) == 1, timeout=30)
+        process.send_signal(signal.SIGTERM)
+        async with asyncio.timeout(30):
+            _, err = await process.communicate()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+        listener.close()
+    assert process.returncode == 0, err.decode()
+    assert viid_double.unregistrations == [PLATFORM]
+
+
+async def test_city_status_before_the_service_ever_ran(tmp_path: Path) -> None:
+    """No queue file yet: ``city status`` says so and exits 1, and creates no file (it would be root's)."""
+    path = write_config(tmp_path, "http://127.0.0.1:9")
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "cli.main",
+        "city",
+        "status",
+        "--config",
+        str(path),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await process.communicate()
+    assert (process.returncode, out) == (1, b"")
+    assert "the city service has not run yet" in err.decode()
+    assert not (tmp_path / "city-queue.db").exists()
