@@ -122,3 +122,19 @@ def test_no_statuses_leave_every_object_unanswered() -> None:
     """A 200 with no status list settles nothing as done: every object is sent again."""
     batch = [_queued(1, ID_A), _queued(2, ID_B)]
     assert {r.outcome for r in match_answers(batch, [])} == {Outcome.UNANSWERED}
+
+
+def test_a_single_refusal_for_the_whole_request_refuses_every_object() -> None:
+    """One non-zero status naming none of the objects (the envelope refused): each object refused with it.
+
+    Left unanswered, such a batch would go again and again and hold up the objects queued behind
+    it. Checked to fail: without the whole-request rule both objects come back unanswered.
+    """
+    batch = [_queued(1, ID_A), _queued(2, ID_B)]
+    answers = [StatusAnswer("", "8", "body must be MotorVehicleListObject")]
+    assert match_answers(batch, answers) == [
+        ObjectResult(1, Outcome.REFUSED, "8 body must be MotorVehicleListObject"),
+        ObjectResult(2, Outcome.REFUSED, "8 body must be MotorVehicleListObject"),
+    ]
+    # a status of 0 for the request as a whole says nothing of each object: sent again
+    assert {r.outcome for r in match_answers(batch, [StatusAnswer("", "0", "OK")])} == {Outcome.UNANSWERED}

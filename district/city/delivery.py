@@ -58,10 +58,18 @@ def match_answers(batch: Sequence[QueuedObject], answers: Sequence[StatusAnswer]
     """Each object's outcome, by the ``Id`` of its status: accepted (0), refused (other), or unanswered.
 
     A status naming no object of the batch is ignored; an object named twice takes its first status.
+    An answer whose statuses name none of the objects and all say no (a single
+    ``ResponseStatusObject`` for the whole request, e.g. an envelope the city cannot read) refuses
+    every object with its reason: unanswered, the batch would be sent again and again, and block
+    the objects behind it.
     """
     by_id: dict[str, StatusAnswer] = {}
     for answer in answers:
         by_id.setdefault(answer.object_id, answer)
+    batch_ids = {queued.obj.object_id for queued in batch}
+    if answers and not batch_ids & by_id.keys() and not any(answer.ok for answer in answers):
+        reason = answers[0].reason or "refused"
+        return [ObjectResult(queued.seq, Outcome.REFUSED, reason) for queued in batch]
     results: list[ObjectResult] = []
     for queued in batch:
         found = by_id.get(queued.obj.object_id)
