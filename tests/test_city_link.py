@@ -216,7 +216,7 @@ async def test_keepalive_loss_leads_to_registering_again(tmp_path: Path, viid_do
     )
     async with city_service(config):
         await viid_double.wait_for(lambda c: len(c.keepalives) >= 1)
-        await viid_double.set_outage(Outage.HTTP_503, requests=2)
+        await viid_double.set_outage(Outage.HTTP_503, requests=2, paths={KEEPALIVE})
         await viid_double.wait_for(lambda c: len(c.registrations) == 2)
     statuses = [(p.path, p.status) for p in viid_double.posts if p.path in {REGISTER, KEEPALIVE}]
     second_register = [i for i, entry in enumerate(statuses) if entry == (REGISTER, 200)][1]
