@@ -448,3 +448,21 @@ async def test_city_status_before_the_service_ever_ran(tmp_path: Path) -> None:
     assert (process.returncode, out) == (1, b"")
     assert "the city service has not run yet" in err.decode()
     assert not (tmp_path / "city-queue.db").exists()
+
+
+async def test_a_large_batch_is_answered_in_full(tmp_path: Path, viid_double: ViidDouble) -> None:
+    """600 objects with ``batch_max`` 500: two POSTs, the long status list read whole, each object settled once.
+
+    Checked to fail: with ``batch_max`` ignored (a take of 1000) one POST carried all 600. (The answer
+    is read to its end, not with one ``content.read(limit)``, which may stop at a chunk's end; on
+    the loopback the 90 kB list came in one piece, so this test did not see that difference.)
+    """
+    config = load_district_config(write_config(tmp_path, viid_double.url, batch_max=500))
+    queued = vehicles(1, 600)
+    async with CityQueue(queue_path(config)) as feeder, city_service(config):
+        await viid_double.wait_for(lambda c: bool(c.posts_to(TIME)))
+        await feeder.add(queued)
+        await until(lambda: _backlog_is(feeder, 0))
+    assert [len(ids) for ids in vehicle_posts(viid_double)] == [500, 100]
+    assert set(viid_double.accepted["MotorVehicle"]) == {obj.object_id for obj in queued}
+    assert viid_double.resends == Counter()

@@ -253,11 +253,11 @@ class ViidClient:
             async with self._session.request(
                 method, url, data=data, headers=headers, allow_redirects=False
             ) as response:
-                raw = await response.content.read(MAX_ANSWER_BYTES + 1)
+                raw = await _read_answer(response)
                 status = response.status
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             raise CityUnavailableError(f"{method} {path}: {exc or type(exc).__name__}") from None
-        if len(raw) > MAX_ANSWER_BYTES:
+        if raw is None:
             raise CityUnavailableError(f"{method} {path}: an answer over {MAX_ANSWER_BYTES} bytes")
         document = _json_object(raw)
         if status == 401:
@@ -276,6 +276,18 @@ class ViidClient:
                 raise CityUnavailableError(f"{method} {path}: HTTP {status} with an answer that is not JSON")
             return {}
         return document
+
+
+async def _read_answer(response: aiohttp.ClientResponse) -> bytes | None:
+    """The whole body, or None past ``MAX_ANSWER_BYTES`` (``read(n)`` alone may stop at a chunk's end)."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.content.iter_chunked(64 * 1024):
+        size += len(chunk)
+        if size > MAX_ANSWER_BYTES:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _json_object(raw: bytes) -> JsonObject | None:
