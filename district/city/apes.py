@@ -28,7 +28,6 @@ from district.query_model import Role
 from foundation.cancellation import raise_if_cancelling
 from foundation.errors import GatewayError
 from foundation.events import utc_now
-from uplink.stores import StoreError
 
 log = structlog.get_logger(__name__)
 
@@ -113,6 +112,6 @@ class ApeRefresher:
             raise_if_cancelling()
             try:
                 await self.refresh()
-            except (StoreError, GatewayError, sqlite3.OperationalError) as exc:
+            except (GatewayError, sqlite3.OperationalError) as exc:  # the store's errors are ours
                 log.warning("city_apes_refresh_failed", error=str(exc))
             await asyncio.sleep(self._city.ape_refresh_s)
