@@ -23,6 +23,7 @@ from pathlib import Path
 import aiohttp
 
 from device_sims.broker import free_port
+from district.city.apes import DeviceSource
 from district.city.model import Category, CityObject
 from district.city.objects import DeviceForCity
 from district.city.queue import CityQueue
@@ -39,7 +40,7 @@ OUTAGE_S = 60.0
 """The city outage the issue asks to survive in CI: a minute."""
 
 
-def write_config(tmp_path: Path, city_url: str, **city: object) -> Path:
+def write_config(tmp_path: Path, city_url: str, *, send_devices: bool = False, **city: object) -> Path:
     """A district config whose [city] points at the double, with short timers for tests (None: leave out)."""
     settings: dict[str, object] = {
         "server_url": city_url,
@@ -68,7 +69,7 @@ def write_config(tmp_path: Path, city_url: str, **city: object) -> Path:
         "[city]",
         *(f"{key} = {json.dumps(value)}" for key, value in settings.items() if value is not None),
         "[city.privacy]",
-        "devices = false",
+        f"devices = {'true' if send_devices else 'false'}",
     ]
     path = tmp_path / "district.toml"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
@@ -87,11 +88,13 @@ async def no_devices(_config: DistrictConfig) -> list[DeviceForCity]:
 
 
 @contextlib.asynccontextmanager
-async def city_service(config: DistrictConfig) -> AsyncIterator[asyncio.Task[None]]:
+async def city_service(
+    config: DistrictConfig, device_source: DeviceSource = no_devices
+) -> AsyncIterator[asyncio.Task[None]]:
     """``run_city`` for the block (started: its tasks run); cancelled at the end, as SIGTERM does."""
     ready = asyncio.Event()
     task = asyncio.create_task(
-        run_city(config, ready=ready, device_source=no_devices), name="city-under-test"
+        run_city(config, ready=ready, device_source=device_source), name="city-under-test"
     )
     waiting = asyncio.create_task(ready.wait())
     await asyncio.wait({task, waiting}, return_when=asyncio.FIRST_COMPLETED)
@@ -466,3 +469,44 @@ async def test_a_large_batch_is_answered_in_full(tmp_path: Path, viid_double: Vi
     assert [len(ids) for ids in vehicle_posts(viid_double)] == [500, 100]
     assert set(viid_double.accepted["MotorVehicle"]) == {obj.object_id for obj in queued}
     assert viid_double.resends == Counter()
+
+
+async def test_the_device_list_goes_up_and_again_only_when_a_status_changes(
+    tmp_path: Path, viid_double: ViidDouble
+) -> None:
+    """The APE list at start, then at every refresh only what changed: the gate going offline.
+
+    Checked to fail: with the APE's source naming the refresh rather than the state sent (every
+    refresh a new object), the unchanged gate went up at every refresh.
+    """
+    online = True
+    reads = 0
+
+    async def registry(_config: DistrictConfig) -> list[DeviceForCity]:
+        nonlocal reads
+        reads += 1
+        gate = DeviceForCity(
+            s.FACE_DEVICE, "33010600012160000101", "东门人脸门禁1", "face_gate", "hik", "东门", online
+        )
+        return [gate]
+
+    config = load_district_config(
+        write_config(tmp_path, viid_double.url, send_devices=True, ape_refresh_s=0.1)
+    )
+    async with city_service(config, registry):
+        await viid_double.wait_for(lambda c: s.FACE_DEVICE in c.accepted["APE"])
+        assert viid_double.accepted["APE"][s.FACE_DEVICE]["IsOnline"] == "1"
+        seen = reads
+        await until(lambda: _at_least(lambda: reads, seen + 3))
+        assert len(viid_double.posts_to("/VIID/APEs")) == 1  # unchanged: not sent again
+        online = False
+        await viid_double.wait_for(lambda c: len(c.ape_updates) == 1)
+        seen = reads
+        await until(lambda: _at_least(lambda: reads, seen + 3))
+    assert [(ape_id, obj["IsOnline"]) for ape_id, obj in viid_double.ape_updates] == [(s.FACE_DEVICE, "0")]
+    assert len(viid_double.posts_to("/VIID/APEs")) == 2
+    assert viid_double.refusals == []
+
+
+async def _at_least(read: Callable[[], int], count: int) -> bool:
+    return read() >= count
