@@ -42,6 +42,31 @@ COMMAND_ENCODERS: MappingProxyType[str, CommandEncoder] = MappingProxyType(
 """The dialects whose devices take commands, by name (derived from ``Dialect.commands``)."""
 
 
+DEVICE_KINDS: MappingProxyType[str, str] = MappingProxyType(
+    {
+        hik_isapi_acs.DIALECT.name: "face_gate",
+        uface_mqtt.DIALECT.name: "face_gate",
+        hik_isapi_anpr.DIALECT.name: "lpr_camera",
+        vz_lpr_mqtt.DIALECT.name: "lpr_camera",
+        hightoss_mqtt.DIALECT.name: "thrown_object_camera",
+        ctwing_smoke.DIALECT.name: "smoke_detector",
+        shed_mqtt.DIALECT.name: "shed_sensor",
+        siren_mqtt.DIALECT.name: "siren",
+    }
+)
+"""What a dialect's devices are (the device registry's ``kind``), by dialect name.
+
+A dialect's ``kind`` is the event kind its payloads carry, not what the device is (a siren
+reports device_status; two shed dialects are a smoke alarm and a sensor), hence this table.
+Every dialect is in it (``tests/test_registry.py`` checks).
+"""
+
+
+def device_kind(dialect: str) -> str:
+    """What a device of this dialect is (face_gate, lpr_camera, ...)."""
+    return DEVICE_KINDS[dialect]
+
+
 def dialect_named(name: str) -> Dialect:
     """The dialect with this name; KeyError lists the known ones."""
     try:

@@ -226,6 +226,13 @@ class RetentionConfig(ConfigModel):
         description="hourly roll-ups (event counts per compound, kind, severity and hour: no personal"
         " data) older than this many days are deleted; kept longer than events for a year of statistics",
     )
+    device_changes_days: int = Field(
+        default=400,
+        ge=1,
+        le=36_500,
+        description="the device registry's history (devices added, changed, removed) older than this"
+        " many days is deleted; the current devices are kept as long as their compound lists them",
+    )
 
 
 class DeskConfig(ConfigModel):
@@ -352,6 +359,24 @@ class CommandsConfig(DeskConfig):
         return self
 
 
+class RegistryConfig(DeskConfig):
+    """The registry desk: keeps every compound's configured devices (``district/device_registry.py``).
+
+    The session uses ``[broker]`` unless overridden here; its user is ``district-registry`` in the
+    shipped ACL (reads every compound's retained ``registry/inventory``). Its subscription is not
+    shared: a shared subscription never receives the retained inventories.
+    """
+
+    client_id: str = Field(
+        default="district-registry",
+        pattern=r"^[A-Za-z0-9_\-]{1,64}$",
+        description="the desk's MQTT client id (stable: its session is persistent)",
+    )
+    db_path: Path | None = Field(
+        default=None, description="the device registry (SQLite; default: registry.db beside [api] ops_db)"
+    )
+
+
 class DistrictConfig(ConfigModel):
     """The district's configuration: ingester, store, compound registry and operator API."""
 
@@ -363,6 +388,7 @@ class DistrictConfig(ConfigModel):
     retention: RetentionConfig = RetentionConfig()
     evidence: EvidenceConfig = EvidenceConfig()
     commands: CommandsConfig = CommandsConfig()
+    registry: RegistryConfig = RegistryConfig()
     compounds: tuple[CompoundEntry, ...] = ()
     city: CityConfig | None = Field(default=None, description="the GA/T 1400 link to the city platform")
     log_format: Literal["auto", "json", "console"] = "auto"
@@ -388,6 +414,10 @@ class DistrictConfig(ConfigModel):
     def command_book_path(self) -> Path:
         """The command book file."""
         return self.commands.book_path or self.api.ops_db.parent / "commands.db"
+
+    def device_registry_path(self) -> Path:
+        """The device registry file."""
+        return self.registry.db_path or self.api.ops_db.parent / "registry.db"
 
     def compound_district(self, entry: CompoundEntry) -> str:
         """The district a registered compound belongs to."""

@@ -9,6 +9,13 @@ A store that is down, slow, or refusing credentials is retried with capped backo
 it takes (nothing is acknowledged meanwhile, and the read throttle stops taking more). A store that
 refuses a batch as malformed is bisected: the good events are written, the bad one is dead-lettered
 with the store's reason.
+
+With ``[city]`` enabled, the objects the city gets of the events (``district.city.objects``, built
+in the decoder's thread) go into the city queue in the same commit, after the store confirmed the
+events and before the acknowledgement, the store's refusals left out: an
+event the district holds is queued for the city too, whatever its age; a redelivered one adds
+nothing. An event that cannot become an object is logged and counted, and skipped for the city
+only (it is stored all the same).
 """
 
 from __future__ import annotations
@@ -21,11 +28,16 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import structlog
 
+from district.city.config import CityConfig
+from district.city.model import CityObject
+from district.city.objects import ObjectBuildError, event_objects
+from district.city.queue import CityQueue
 from district.config import DistrictConfig
 from district.health_server import INGESTER_TRANSPORT, serve_ingester_health
 from foundation import strict_json
@@ -49,6 +61,7 @@ MESSAGES_PER_ROUND = 256
 RECEIPT_MAX_IDS = 2000
 STORE_RETRY = BackoffConfig(initial_s=0.2, max_s=10.0)
 RETENTION_RETRY = BackoffConfig(initial_s=1.0, max_s=60.0)
+CITY_QUEUE_RETRY = BackoffConfig(initial_s=0.2, max_s=10.0)
 
 
 @dataclass(frozen=True)
@@ -72,6 +85,8 @@ class Round:
     letters: list[IngestLetter] = field(default_factory=list)
     statuses: list[tuple[str, str, str | None]] = field(default_factory=list)
     messages: Sequence[Message] = ()
+    # with [city]: each event's objects for the city, built with the decoding (off the event loop)
+    city_objects: dict[str, list[CityObject]] = field(default_factory=dict)
 
 
 INGEST_STATE_SCHEMA = """
@@ -125,12 +140,21 @@ class Ingester:
     """One ingester: a shared subscription, the store, the dead letters."""
 
     def __init__(
-        self, config: DistrictConfig, store: EventStore, state: IngestState, decoder: Executor
+        self,
+        config: DistrictConfig,
+        store: EventStore,
+        state: IngestState,
+        decoder: Executor,
+        city_queue: CityQueue | None = None,
     ) -> None:
         self._config = config
         self._store = store
         self._state = state
         self._decoder = decoder
+        self._city_queue = city_queue
+        self._zone = ZoneInfo(config.api.timezone)
+        self.city_objects_queued = 0  # new objects this ingester put into the city queue
+        self.city_build_failures = 0  # stored events that could not become an object for the city
         self.events_written = 0
         self.messages_acked = 0
         self.messages_received = 0
@@ -212,6 +236,13 @@ class Ingester:
         decoded = Round(messages=batch)
         for message in batch:
             decode_message(self._config, message.topic, message.payload, decoded)
+        city = self._config.city
+        if self._city_queue is not None and city is not None:
+            # a hit older than [retention] hit_crops_days is stored without its crop: queued so too
+            crops_after = utc_now() - timedelta(days=self._config.retention.hit_crops_days)
+            decoded.city_objects = {
+                event.event_id: self._city_objects(event, city, crops_after) for event in decoded.events
+            }
         return decoded
 
     def _acknowledged(self, batch: Sequence[Message]) -> None:
@@ -260,7 +291,77 @@ class Ingester:
         for event in events:
             if event.event_id not in refused:
                 stored.setdefault(event.compound_id, []).append(event.event_id)
+        if self._city_queue is not None:
+            objects = [
+                obj
+                for event_id, built in decoded.city_objects.items()
+                if event_id not in refused
+                for obj in built
+            ]
+            await self._queue_for_city(self._city_queue, objects)
         return stored
+
+    async def _queue_for_city(self, queue: CityQueue, objects: list[CityObject]) -> None:
+        """The city's objects of stored events into its queue, retried until the queue takes them.
+
+        Before the round is acknowledged: a queue that cannot be written holds the round back (the
+        broker redelivers it; the store ignores the copies), as a failing store does.
+        """
+        backoff = Backoff(CITY_QUEUE_RETRY)
+        failures = 0
+        while True:
+            try:
+                added = await self._add_to_city_queue(queue, objects)
+            except sqlite3.Error as exc:
+                raise_if_cancelling()
+                failures += 1
+                if worth_logging(failures, first=1, every=10):
+                    log.error("city_queue_write_failed", error=str(exc), objects=len(objects), count=failures)
+                await asyncio.sleep(backoff.next_delay())
+                continue
+            if failures:
+                log.info("city_queue_write_recovered", objects=len(objects))
+            self.city_objects_queued += added
+            return
+
+    def _city_objects(self, event: Event, city: CityConfig, crops_after: datetime) -> list[CityObject]:
+        """The objects of one event; none (counted, logged) if it cannot be built. In the decoder's thread."""
+        try:
+            return event_objects(event, city, self._zone, crops_after=crops_after)
+        except ObjectBuildError as exc:
+            self._count_build_failure(event, str(exc))
+        except Exception as exc:
+            # a builder bug costs the city one object, never the ingester (the event is stored)
+            log.exception("city_object_builder_error", event_id=event.event_id, kind=event.kind.value)
+            self._count_build_failure(event, f"{type(exc).__name__} while building")
+        return []
+
+    def _count_build_failure(self, event: Event, reason: str) -> None:
+        self.city_build_failures += 1
+        if worth_logging(self.city_build_failures, first=10, every=100):
+            log.warning(
+                "city_object_build_failed",
+                event_id=event.event_id,
+                kind=event.kind.value,
+                compound=event.compound_id,
+                reason=reason,
+                count=self.city_build_failures,
+            )
+
+    async def _add_to_city_queue(self, queue: CityQueue, objects: list[CityObject]) -> int:
+        try:
+            return await queue.add(objects)
+        except ObjectBuildError:
+            # an object whose ids found no free serial (the queue refused the round for it): the
+            # others one by one, that one counted as not built
+            added = 0
+            for obj in objects:
+                try:
+                    added += await queue.add([obj])
+                except ObjectBuildError as exc:
+                    self.city_build_failures += 1
+                    log.warning("city_object_build_failed", source=obj.source, reason=str(exc))
+            return added
 
     async def _send_receipts(self, session: MqttSession, stored: dict[str, list[str]]) -> None:
         # Before the source messages are acknowledged: if a receipt is lost, the gateway sends the
@@ -486,7 +587,32 @@ async def run_ingester(config: DistrictConfig, *, ready: asyncio.Event | None = 
         )
         # one thread: rounds are decoded one at a time, in arrival order
         decoder = stack.enter_context(ThreadPoolExecutor(1, thread_name_prefix="ingest-decode"))
-        ingester = Ingester(config, store, state, decoder)
+        city = config.city
+        city_queue = None
+        if city is not None and city.enabled:
+            city_queue = await stack.enter_async_context(
+                CityQueue(
+                    city.queue_path,
+                    refused_retry_s=city.refused_retry_s,
+                    refused_max_attempts=city.refused_max_attempts,
+                    privacy=city.privacy,
+                )
+            )
+            # a [city.privacy] made stricter applies to what was queued before (docs/privacy.md)
+            deleted, stripped = await city_queue.apply_policy(city.privacy)
+            if deleted or stripped:
+                log.info("city_queue_policy_applied", deleted=deleted, stripped=stripped)
+        ingester = Ingester(config, store, state, decoder, city_queue)
+        health.expose(
+            "cgw_district_city_objects_queued_total",
+            "objects of stored events this ingester added to the city queue (a redelivered event adds none)",
+            lambda: ingester.city_objects_queued,
+        )
+        health.expose(
+            "cgw_district_city_build_failures_total",
+            "stored events that could not become a GA/T 1400 object (skipped for the city, kept in the store)",
+            lambda: ingester.city_build_failures,
+        )
         health.expose(
             "cgw_district_hit_crops_purged_total",
             "watch-list hits whose face crop this ingester's retention removed as older than"

@@ -38,6 +38,7 @@ from district.operator_service import Answer, Caller, OperatorService, open_oper
 from district.queries.registry import QUERIES
 from district.queries.spec import QuerySpec, cli_flag
 from district.query_model import AlarmAction, Role
+from district.registry_desk import RegistryDesk
 from foundation.errors import ConfigError, OperatorError
 from foundation.events import utc_now
 from foundation.health import Health
@@ -366,7 +367,7 @@ def _api_tls(config: DistrictConfig) -> ssl.SSLContext | None:
 
 
 async def serve_api(config: DistrictConfig, *, ready: asyncio.Event | None = None) -> None:
-    """Serve the operator HTTP API until cancelled, with the evidence and command desks beside it.
+    """Serve the operator HTTP API until cancelled, with the evidence, command and registry desks beside it.
 
     The API answers whether or not the district broker does: the desk reconnects on its own.
     """
@@ -380,6 +381,10 @@ async def serve_api(config: DistrictConfig, *, ready: asyncio.Event | None = Non
         if config.commands.enabled and service.commands is not None:
             commands = CommandDesk(config, service.commands)
             commands.expose(health)
+        registry = None
+        if config.registry.enabled and service.device_registry is not None:
+            registry = RegistryDesk(config, service.device_registry)
+            registry.expose(health)
         tls = _api_tls(config)
         # one poller of new alarms for every console left open (the alarm queue's live updates)
         feed = AlarmFeed(service.backend, config.district_id, poll_s=config.api.alarm_poll_s)
@@ -397,6 +402,8 @@ async def serve_api(config: DistrictConfig, *, ready: asyncio.Event | None = Non
                     tg.create_task(desk.run(health), name="evidence-desk")
                 if commands is not None:
                     tg.create_task(commands.run(health), name="command-desk")
+                if registry is not None:
+                    tg.create_task(registry.run(health), name="registry-desk")
                 tg.create_task(feed.run(), name="alarm-feed")
                 if ready is not None:
                     ready.set()

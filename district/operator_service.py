@@ -24,6 +24,7 @@ from pydantic import ValidationError
 
 from district.command_book import CommandAccess, CommandBook
 from district.config import CompoundEntry, DistrictConfig
+from district.device_registry import DeviceRegistry
 from district.evidence_store import EvidenceAccess, EvidenceIndex, MediaFiles
 from district.operations import AuditEntry, OperationsDb, Principal
 from district.queries.commands import CommandContext
@@ -100,6 +101,7 @@ class OperatorService:
         evidence: EvidenceAccess | None = None,
         *,
         commands: CommandAccess | None = None,
+        device_registry: DeviceRegistry | None = None,
     ) -> None:
         self._config = config
         self._api = config.api
@@ -109,6 +111,8 @@ class OperatorService:
         """The evidence index and files (None: evidence actions answer 503)."""
         self.commands = commands
         """The command book (None: command actions answer 503)."""
+        self.device_registry = device_registry
+        """The device registry (None: ``devices`` lists what reported; ``device_changes`` answers 503)."""
         self._clock = clock
         self.zone = ZoneInfo(config.api.timezone)
         self.registry: dict[str, CompoundEntry] = {c.id: c for c in config.compounds}
@@ -172,6 +176,7 @@ class OperatorService:
                 self.registry,
                 self.zone,
                 self._clock,
+                device_registry=self.device_registry,
                 evidence=self.evidence,
                 commands=self.commands,
             )
@@ -185,7 +190,9 @@ class OperatorService:
         except StoreError as exc:
             error = StoreUnavailableError(f"the district store did not answer: {exc}")
         except sqlite3.Error as exc:
-            error = StoreUnavailableError(f"the evidence index or command book did not answer: {exc}")
+            error = StoreUnavailableError(
+                f"the evidence index, command book or device registry did not answer: {exc}"
+            )
         else:
             await self._audit(principal, action, spec, params, caller, rows=answer.rows)
             return answer
@@ -256,6 +263,14 @@ async def open_operator_service(config: DistrictConfig) -> AsyncIterator[Operato
         open_query_backend(config.store) as backend,
         EvidenceIndex(config.evidence_index_path()) as index,
         CommandBook(config.command_book_path()) as book,
+        DeviceRegistry(config.device_registry_path()) as registry,
     ):
         access = EvidenceAccess(index, MediaFiles(config.evidence_media_dir()), config.evidence.request_ttl_s)
-        yield OperatorService(config, backend, operations, evidence=access, commands=CommandAccess(book))
+        yield OperatorService(
+            config,
+            backend,
+            operations,
+            evidence=access,
+            commands=CommandAccess(book),
+            device_registry=registry,
+        )

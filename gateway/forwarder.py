@@ -21,6 +21,7 @@ from datetime import datetime
 from typing import Protocol
 
 import structlog
+from pydantic import ValidationError
 
 from foundation.cancellation import raise_if_cancelling
 from foundation.errors import PayloadRejected, PublishRefusedError, TransportError, UplinkError
@@ -31,9 +32,11 @@ from foundation.mqtt import MqttSession, SessionOptions, Will
 from gateway.command_service import CommandService
 from gateway.config import DirectUplinkConfig, GatewayConfig, MqttUplinkConfig, Pacing
 from gateway.evidence_service import EvidenceService
+from gateway.inventory import configured_inventory
 from gateway.outbox import OutboxReader, StoredEvent
 from gateway.rate_limits import TokenBucket
 from gateway.watchlists import WatchListRegistry
+from uplink.inventory import encode_inventory, inventory_topic
 from uplink.protocol import (
     decode_receipt,
     encode_batch,
@@ -207,6 +210,9 @@ class MqttUplink:
         compound = config.compound
         self._status_topic = status_topic(uplink.topic_prefix, compound.district_id, compound.compound_id)
         self._receipt_topic = receipt_topic(uplink.topic_prefix, compound.district_id, compound.compound_id)
+        self._inventory_topic = inventory_topic(
+            uplink.topic_prefix, compound.district_id, compound.compound_id
+        )
         self.confirmed = 0
         self.refused_publishes = 0  # the broker answered with a failure code (v5), e.g. not authorised
         self.bad_receipts = 0
@@ -280,6 +286,7 @@ class MqttUplink:
             async with session:
                 await self._subscribe(session)
                 await publish(self._status_topic, self._status("online"), retain=True)
+                await self._publish_inventory(session)
                 log.info("uplink_connected", host=broker.host, port=broker.port)
                 self._connected_once = True
                 on_connected()
@@ -312,6 +319,34 @@ class MqttUplink:
             raise TransportError(
                 f"district broker {broker.host}:{broker.port}: {group.exceptions[0]}{hint}"
             ) from group
+
+    async def _publish_inventory(self, session: MqttSession) -> None:
+        """Retain the configured devices for the district's registry, on every connection.
+
+        Every connection, not only the first: a gateway restarted with a changed config replaces
+        what the broker holds, and a broker that lost its retained store gets it back. A refusal
+        (a district ACL without the inventory rule) is logged and counted, never fatal: events
+        must flow whether or not the district keeps a registry.
+        """
+        try:
+            body = encode_inventory(configured_inventory(self._config))
+        except ValidationError:
+            # a bug (the config passed its own checks): the events must still flow
+            log.exception("uplink_inventory_invalid")
+            return
+        try:
+            await session.publish(self._inventory_topic, body, qos=1, retain=True)
+        except PublishRefusedError as exc:
+            self.refused_publishes += 1
+            log.error(
+                "uplink_inventory_refused",
+                topic=exc.topic,
+                reason=exc.reason,
+                hint=f"the district broker's ACL must let compound {self._config.compound.compound_id}"
+                f" write {self._inventory_topic}",
+            )
+            return
+        log.info("uplink_inventory_published", devices=len(self._config.devices), bytes=len(body))
 
     async def _subscribe(self, session: MqttSession) -> None:
         """What the district sends this compound: receipts, watch lists, evidence requests, command orders."""

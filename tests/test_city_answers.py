@@ -96,7 +96,9 @@ def test_an_unreadable_clock_is_no_answer(document: object) -> None:
 def _queued(seq: int, object_id: str) -> QueuedObject:
     body: dict[str, object] = {"MotorVehicleID": object_id}
     at = datetime(2025, 6, 12, tzinfo=UTC) + timedelta(seconds=seq)
-    return QueuedObject(seq, 0, CityObject(Category.MOTOR_VEHICLE, object_id, f"event-{seq}", body, at))
+    return QueuedObject(
+        seq, 0, CityObject(Category.MOTOR_VEHICLE, object_id, f"event-{seq}", body, at, "vehicle_pass")
+    )
 
 
 def test_each_object_gets_the_status_naming_its_id() -> None:

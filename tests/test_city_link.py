@@ -115,7 +115,11 @@ def vehicles(first: int, count: int) -> list[CityObject]:
     for seq in range(first, first + count):
         body = s.motor_vehicle(seq)
         at = datetime(2025, 6, 12, tzinfo=UTC) + timedelta(seconds=seq)
-        objects.append(CityObject(Category.MOTOR_VEHICLE, body["MotorVehicleID"], f"event-{seq}", body, at))
+        objects.append(
+            CityObject(
+                Category.MOTOR_VEHICLE, body["MotorVehicleID"], f"event-{seq}", body, at, "vehicle_pass"
+            )
+        )
     return objects
 
 

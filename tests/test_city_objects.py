@@ -5,12 +5,13 @@ from __future__ import annotations
 import io
 import json
 import random
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 from PIL import Image
+from pydantic import ValidationError
 
 from adapters.base import RawMessage
 from device_sims.broker import free_port
@@ -19,7 +20,7 @@ from device_sims.inventory import COMPOUND_ID, sample_devices
 from device_sims.scenarios import morning_rush, normal_day
 from district.city.config import CityConfig
 from district.city.model import Category
-from district.city.objects import DeviceForCity, ObjectBuildError, ape_object, event_objects
+from district.city.objects import DeviceForCity, ObjectBuildError, ape_id_warnings, ape_object, event_objects
 from foundation.events import Event, EventKind
 from foundation.identity import Pseudonymizer
 from gateway.config import load_config
@@ -265,3 +266,114 @@ def test_the_ape_object_and_its_source_per_state() -> None:
         zone,
     )
     assert "FunctionType" not in shed.body
+
+
+def test_a_hit_older_than_hit_crops_days_goes_without_its_crop() -> None:
+    """A late hit the store keeps without its crop (``[retention] hit_crops_days``) is built without it.
+
+    A hit younger than the cutoff keeps its crop. Broken on purpose once: with the ``crops_after``
+    check left out of ``event_objects``, the hit of the day before the cutoff carried its crop.
+    """
+    cutoff = datetime(2026, 12, 6, 0, 0, tzinfo=ZONE)
+    city = city_config()
+    crop = jpeg(96, 128)
+    late = watchlist_hit(cutoff - timedelta(days=1), crop)
+    [old] = event_objects(late, city, ZONE, crops_after=cutoff)
+    [new] = event_objects(watchlist_hit(cutoff + timedelta(hours=1), crop), city, ZONE, crops_after=cutoff)
+    assert "SubImageList" not in old.body
+    check_face(old.body, late)
+    listed: Any = new.body["SubImageList"]
+    assert [i["Type"] for i in listed["SubImageInfoObject"]] == ["11"]
+
+
+def test_a_crop_larger_than_max_crop_px_goes_as_a_record_and_a_bomb_is_no_crop() -> None:
+    """A crop, never the frame: a 1920x1080 "crop" leaves its record without the picture.
+
+    The gateway's crops (at most 160 px, ``foundation.faces.crop_face``) and the limit itself pass;
+    one pixel more does not. A JPEG header claiming 65000x65000 pixels (PIL's
+    DecompressionBombError, no OSError) is an ObjectBuildError, not an error of the ingester.
+    Broken on purpose once: without the size check the 1920x1080 frame went up as a Type 11
+    picture; with the old ``except (binascii.Error, UnidentifiedImageError, OSError)`` the bomb
+    raised DecompressionBombError out of ``event_objects``.
+    """
+    at = datetime(2026, 12, 6, 9, 15, 42, tzinfo=ZONE)
+    city = city_config()
+    assert city.privacy.max_crop_px == 320
+
+    def sizes(width: int, height: int) -> list[tuple[int, int]]:
+        [face] = event_objects(watchlist_hit(at, jpeg(width, height)), city, ZONE)
+        listed: Any = face.body.get("SubImageList", {})
+        return [(i["Width"], i["Height"]) for i in listed.get("SubImageInfoObject", [])]
+
+    assert sizes(160, 160) == [(160, 160)]
+    assert sizes(320, 240) == [(320, 240)]
+    assert sizes(321, 100) == []
+    assert sizes(100, 321) == []
+    assert sizes(1920, 1080) == []
+    small = city.model_copy(update={"privacy": city.privacy.model_copy(update={"max_crop_px": 100})})
+    [face] = event_objects(watchlist_hit(at, jpeg(160, 160)), small, ZONE)
+    assert "SubImageList" not in face.body
+    with pytest.raises(ObjectBuildError, match="no readable JPEG"):
+        event_objects(watchlist_hit(at, _claimed_size(jpeg(8, 8), 65000, 65000)), city, ZONE)
+
+
+def _claimed_size(data: bytes, width: int, height: int) -> bytes:
+    """The JPEG with its SOF0 header claiming another size (the data stays 8x8)."""
+    start = data.index(b"\xff\xc0")
+    # marker (2), length (2), precision (1), height (2), width (2)
+    return data[: start + 5] + height.to_bytes(2, "big") + width.to_bytes(2, "big") + data[start + 9 :]
+
+
+@pytest.mark.parametrize(
+    "at",
+    [
+        datetime(999, 6, 1, 12, 0, tzinfo=UTC),
+        datetime(999, 12, 31, 15, 0, tzinfo=UTC),  # still 999 in the district's zone
+        datetime(9999, 12, 31, 23, 0, tzinfo=UTC),  # year 10000 in the district's zone
+    ],
+)
+def test_a_time_outside_the_years_1000_to_9999_cannot_be_built(at: datetime) -> None:
+    """strftime("%Y") gives 3 digits for year 999: the ids would be 40 and 47 characters.
+
+    Broken on purpose once: without the year check, both passes of year 999 were built (with ids
+    of 40 and 47 characters); year 10000 in the zone overflows ``astimezone``, caught as the same
+    error.
+    """
+    with pytest.raises(ObjectBuildError, match="years 1000-9999"):
+        event_objects(vehicle_pass(at), city_config(), ZONE)
+    # the first and last moments that are years 1000 and 9999 in the district's zone still go
+    for edge in (datetime(999, 12, 31, 20, 0, tzinfo=UTC), datetime(9999, 12, 31, 12, 0, tzinfo=UTC)):
+        [first] = event_objects(vehicle_pass(edge), city_config(), ZONE)
+        assert len(first.object_id) == 48
+
+
+def test_ape_and_tollgate_ids_have_their_types_and_an_ape_id_is_given_once() -> None:
+    """``ape_id`` must be of type 119, ``tollgate_id`` of type 121; two devices never share an ApeID.
+
+    ``ape_id_warnings`` names each device going up under an id not of type 119 (by default its
+    own). Broken on purpose once: without the type validators, a 124 ape_id was accepted; without
+    the duplicate check, two barriers under one ApeID were accepted.
+    """
+    base = city_config().model_dump(mode="json")
+    base["password"] = "secret"
+
+    def with_devices(*devices: dict[str, str]) -> dict[str, Any]:
+        return {**base, "devices": list(devices)}
+
+    with pytest.raises(ValidationError, match="has type 124; a GA/T 1400 APE id has type 119"):
+        CityConfig.model_validate(with_devices({"device_id": BARRIER, "ape_id": FACE_GATE}))
+    with pytest.raises(ValidationError, match="has type 119; a GA/T 1400 tollgate id has type 121"):
+        CityConfig.model_validate(with_devices({"device_id": BARRIER, "tollgate_id": CITY_APE}))
+    with pytest.raises(ValidationError, match=f"both go up as APE {CITY_APE}"):
+        CityConfig.model_validate(
+            with_devices(
+                {"device_id": BARRIER, "ape_id": CITY_APE}, {"device_id": FACE_GATE, "ape_id": CITY_APE}
+            )
+        )
+    city = CityConfig.model_validate(
+        with_devices({"device_id": BARRIER, "ape_id": CITY_APE, "tollgate_id": TOLLGATE})
+    )
+    warnings = ape_id_warnings(city, [BARRIER, FACE_GATE, FACE_GATE])
+    assert len(warnings) == 1
+    assert FACE_GATE in warnings[0]
+    assert "type 124" in warnings[0]

@@ -3,15 +3,35 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
+import io
+import json
+import os
+import sqlite3
 import uuid
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from PIL import Image
+
+from device_sims.inventory import COMPOUND_ID
 from district.city.model import Category, CityObject, LinkState, ObjectResult, Outcome
-from district.city.objects import event_objects
-from district.city.queue import CityQueue
-from tests.city_events import ZONE, city_config, face_access, image_ids_of, jpeg, vehicle_pass, watchlist_hit
+from district.city.objects import DeviceForCity, ape_object, event_objects
+from district.city.queue import CityQueue, read_status
+from tests.city_events import (
+    BARRIER,
+    CITY_APE,
+    FACE_GATE,
+    ZONE,
+    city_config,
+    face_access,
+    image_ids_of,
+    jpeg,
+    vehicle_pass,
+    watchlist_hit,
+)
 
 CITY = city_config()
 START = datetime(2026, 12, 6, 8, 0, tzinfo=UTC)
@@ -291,3 +311,261 @@ async def test_two_writers_on_one_file_queue_each_object_once(tmp_path: Path) ->
         assert sum(added) == 200
         assert (await one.counts()).backlog == {"MotorVehicle": 200}
         assert set(await all_due(two, START)) == {o.object_id for o in objects}
+
+
+async def test_each_change_of_a_device_state_is_queued_once_in_order(tmp_path: Path) -> None:
+    """APEs: online, online again, offline, online: three objects queued in that order; others apart.
+
+    Only the newest state of an APE not yet accepted is due (the older ones are superseded).
+
+    An APE claims no image id, so it is never renumbered.
+
+    Broken on purpose once: with APEs unique by source like events, the device's return to online
+    (the first state's source) was not added again (the fourth add returned 0).
+    """
+    barrier = DeviceForCity(
+        BARRIER, COMPOUND_ID, "南门车辆道闸", "lpr_camera", "vz-lpr-mqtt", "南门", online=True
+    )
+    offline = replace(barrier, online=False)
+    gate = DeviceForCity(
+        FACE_GATE, COMPOUND_ID, "东门人脸门禁1", "face_gate", "hik-isapi-acs", None, online=True
+    )
+    async with CityQueue(tmp_path / "q.db") as queue:
+        added = [
+            await queue.add([ape_object(state, CITY, ZONE)]) for state in (barrier, barrier, offline, barrier)
+        ]
+        assert added == [1, 0, 1, 1]
+        assert await queue.add([ape_object(gate, CITY, ZONE), ape_object(barrier, CITY, ZONE)]) == 1
+        # each change was queued, in order; the older states not yet sent are superseded by the newest
+        after = await queue.objects_after(0, [Category.APE], 10)
+        assert [(q.obj.object_id, q.obj.body["IsOnline"]) for q in after] == [
+            (CITY_APE, "1"),
+            (CITY_APE, "0"),
+            (CITY_APE, "1"),
+            (FACE_GATE, "1"),
+        ]
+        taken = await queue.take(Category.APE, 10, START)
+        assert [(q.obj.object_id, q.obj.body["IsOnline"]) for q in taken] == [
+            (CITY_APE, "1"),
+            (FACE_GATE, "1"),
+        ]
+        assert (await queue.counts()).backlog == {"APE": 2}
+
+
+def _noise_jpeg(width: int, height: int) -> bytes:
+    """A JPEG of random pixels: its coded data is found nowhere else."""
+    out = io.BytesIO()
+    Image.frombytes("RGB", (width, height), os.urandom(width * height * 3)).save(out, "JPEG")
+    return out.getvalue()
+
+
+def _crop_text(crop: bytes) -> bytes:
+    """A stretch of the crop's base64 from its coded data (past the headers every JPEG shares)."""
+    text = base64.b64encode(crop)
+    return text[len(text) // 2 : len(text) // 2 + 80]
+
+
+async def test_purge_strips_the_crops_older_than_hit_crops_days_whatever_their_state(tmp_path: Path) -> None:
+    """A face crop stays in the queue no longer than in the store: pending, parked or accepted.
+
+    Hits before the cutoff lose their ``SubImageList`` (the record stays, the file no longer holds
+    the picture); a hit after it keeps its crop. Broken on purpose once: with ``purge`` ignoring
+    ``strip_crops_before`` (as before: only accepted objects deleted after keep_days), the pending
+    and parked hits kept their crops. And once with ``PRAGMA secure_delete = OFF`` in the schema
+    (this Python's SQLite has it on by default, others do not): the stripped crop's bytes were
+    still in the file.
+    """
+    old_crop, new_crop = _noise_jpeg(96, 128), _noise_jpeg(64, 80)
+    cutoff = START + timedelta(days=1)
+    old = [
+        obj
+        for n in range(3)
+        for obj in event_objects(watchlist_hit(START + timedelta(minutes=n), old_crop), CITY, ZONE)
+    ]
+    [new] = event_objects(watchlist_hit(cutoff + timedelta(minutes=1), new_crop), CITY, ZONE)
+    path = tmp_path / "q.db"
+    async with CityQueue(path, refused_max_attempts=1) as queue:
+        assert await queue.add([*old, new]) == 4
+        accepted, parked, _pending, _ = await queue.take(Category.FACE, 10, cutoff)
+        await queue.settle(
+            [
+                ObjectResult(accepted.seq, Outcome.ACCEPTED),
+                ObjectResult(parked.seq, Outcome.REFUSED, "1: no"),
+            ],
+            cutoff,
+        )
+        assert (await queue.counts()).parked == {"Face": 1}
+        assert await queue.purge(START - timedelta(days=30), strip_crops_before=cutoff) == 0
+        faces = await queue.objects_after(0, [Category.FACE], 10)
+        assert {q.obj.source: "SubImageList" in q.obj.body for q in faces} == {
+            **{obj.source: False for obj in old},
+            new.source: True,
+        }
+        assert [q.obj.object_id for q in faces] == [obj.object_id for obj in [*old, new]]
+    stored = path.read_bytes()
+    assert _crop_text(old_crop) not in stored
+    assert _crop_text(new_crop) in stored
+
+
+async def test_a_stricter_policy_applies_to_objects_queued_before_it(tmp_path: Path) -> None:
+    """Objects queued under a laxer ``[city.privacy]`` leave only as the policy in force allows.
+
+    Queued under the defaults (vehicles, face pass records, hits with crops, devices); then the
+    policy says no vehicles, no face passes, hits as records. ``take`` and ``objects_after`` of a
+    queue opened with the new policy hand out no vehicle, no face pass and no crop (before any
+    ``apply_policy``); ``apply_policy`` deletes the withheld objects (an accepted one too, leaving
+    the tally) and strips the crop from the file. Broken on purpose once: with ``_enforce``
+    keeping every object unchanged, take handed out the pending vehicle.
+    """
+    crop = _noise_jpeg(96, 128)
+    cars = vehicles(2)
+    [gate] = event_objects(face_access(START), CITY, ZONE)
+    [hit] = event_objects(watchlist_hit(START, crop), CITY, ZONE)
+    assert "SubImageList" in hit.body
+    barrier = DeviceForCity(
+        BARRIER, COMPOUND_ID, "南门车辆道闸", "lpr_camera", "vz-lpr-mqtt", None, online=True
+    )
+    ape = ape_object(barrier, CITY, ZONE)
+    strict = city_config(motor_vehicles=False, face_passes="off", watchlist_hits="records").privacy
+    every = [Category.MOTOR_VEHICLE, Category.FACE, Category.APE]
+    path = tmp_path / "q.db"
+    async with CityQueue(path) as lax:
+        assert await lax.add([*cars, gate, hit, ape]) == 5
+        [first, *_] = await lax.take(Category.MOTOR_VEHICLE, 1, START)
+        await lax.settle([ObjectResult(first.seq, Outcome.ACCEPTED)], START)
+    async with CityQueue(path, privacy=strict) as queue:
+        assert await queue.take(Category.MOTOR_VEHICLE, 10, START) == []
+        faces = await queue.take(Category.FACE, 10, START)
+        assert [(q.obj.source, "SubImageList" in q.obj.body) for q in faces] == [(hit.source, False)]
+        after = await queue.objects_after(0, every, 10)
+        assert {(q.obj.source, "SubImageList" in q.obj.body) for q in after} == {
+            (hit.source, False),
+            (ape.source, False),
+        }
+    async with CityQueue(path) as queue:
+        # take deleted what it withheld (the pending car, the pass); the accepted car is still here
+        assert await queue.apply_policy(strict) == (1, 0)
+        assert await queue.apply_policy(strict) == (0, 0)
+        assert (await queue.counts()).accepted == {}
+        left = await queue.objects_after(0, every, 10)
+        assert {q.obj.source for q in left} == {hit.source, ape.source}
+        assert all("SubImageList" not in q.obj.body for q in left)
+    assert _crop_text(crop) not in path.read_bytes()
+
+
+async def test_apply_policy_rewrites_a_queue_filled_under_a_laxer_policy(tmp_path: Path) -> None:
+    """``apply_policy`` alone (the service's and the ingester's start): nothing disallowed stays.
+
+    Broken on purpose once: with ``under_policy`` never stripping (withheld objects still
+    deleted), the hit was taken with its crop.
+    """
+    crop = _noise_jpeg(96, 128)
+    [gate] = event_objects(face_access(START), CITY, ZONE)
+    [hit] = event_objects(watchlist_hit(START, crop), CITY, ZONE)
+    strict = city_config(motor_vehicles=False, face_passes="off", watchlist_hits="records").privacy
+    path = tmp_path / "q.db"
+    async with CityQueue(path) as queue:
+        assert await queue.add([*vehicles(2), gate, hit]) == 4
+        assert await queue.apply_policy(strict) == (3, 1)
+        # the default policy of this connection would let them all go: the file no longer has them
+        assert await all_due(queue, START) == []
+        [left] = await queue.take(Category.FACE, 10, START)
+        assert left.obj.source == hit.source
+        assert "SubImageList" not in left.obj.body
+        assert (await queue.counts()).backlog == {"Face": 1}
+    assert _crop_text(crop) not in path.read_bytes()
+
+
+async def test_an_older_refused_ape_state_never_follows_a_newer_one(tmp_path: Path) -> None:
+    """A refused APE state is superseded by the next one: never sent again, counted nowhere.
+
+    Broken on purpose once: without the superseding UPDATE in ``_add``, the refused online state
+    was due again beside the newer offline one (two APEs taken where one was expected).
+    """
+    barrier = DeviceForCity(
+        BARRIER, COMPOUND_ID, "南门车辆道闸", "lpr_camera", "vz-lpr-mqtt", None, online=True
+    )
+    offline = replace(barrier, online=False)
+    async with CityQueue(tmp_path / "q.db", refused_retry_s=60) as queue:
+        await queue.add([ape_object(barrier, CITY, ZONE)])
+        [online] = await queue.take(Category.APE, 10, START)
+        await queue.settle([ObjectResult(online.seq, Outcome.REFUSED, "4: bad")], START)
+        assert len(await queue.refusals()) == 1
+        await queue.add([ape_object(offline, CITY, ZONE)])
+        [newer] = await queue.take(Category.APE, 10, START + timedelta(hours=1))
+        assert newer.obj.body["IsOnline"] == "0"
+        await queue.settle([ObjectResult(newer.seq, Outcome.ACCEPTED)], START + timedelta(hours=1))
+        assert await queue.take(Category.APE, 10, START + timedelta(days=1)) == []
+        counts = await queue.counts()
+        assert (counts.backlog, counts.refused, counts.parked) == ({}, {}, {})
+        assert await queue.refusals() == []
+
+
+async def test_the_status_is_read_without_creating_or_writing_the_file(tmp_path: Path) -> None:
+    """``read_status`` (the operator API) opens the queue read-only: no file made, none changed.
+
+    Missing: ``None``, and still missing after. While a writer holds it open: the current counts.
+    After the writers closed (no ``-wal``/``-shm`` left): the same, with the directory and the file
+    byte for byte as they were. Broken on purpose once: without the existence check, reading a
+    missing queue raised sqlite3.OperationalError instead of answering "never ran".
+    """
+    path = tmp_path / "city" / "q.db"
+    assert await read_status(path, 10) is None
+    assert not path.parent.exists()
+    path.parent.mkdir()
+    async with CityQueue(path) as queue:
+        await queue.add(vehicles(3))
+        await queue.save_link_state(LinkState(registered=True, last_error="none"))
+        found = await read_status(path, 10)
+        assert found is not None
+        assert (found.counts.backlog, found.link.registered, found.refusals) == (
+            {"MotorVehicle": 3},
+            True,
+            [],
+        )
+    before = {p.name: p.read_bytes() for p in path.parent.iterdir()}
+    assert set(before) == {"q.db"}
+    found = await read_status(path, 10)
+    assert found is not None
+    assert found.counts.backlog == {"MotorVehicle": 3}
+    assert {p.name: p.read_bytes() for p in path.parent.iterdir()} == before
+
+
+async def test_a_queue_file_from_before_the_kind_column_is_migrated(tmp_path: Path) -> None:
+    """A file whose objects have no ``kind`` opens, each row gets the kind it was built from.
+
+    Broken on purpose once: without ``_migrate`` the open failed (no such column: kind).
+    """
+    path = tmp_path / "q.db"
+    [car] = vehicles(1)
+    [gate] = event_objects(face_access(START), CITY, ZONE)
+    [hit] = event_objects(watchlist_hit(START, jpeg(40, 50)), CITY, ZONE)
+    barrier = DeviceForCity(
+        BARRIER, COMPOUND_ID, "南门车辆道闸", "lpr_camera", "vz-lpr-mqtt", None, online=True
+    )
+    ape = ape_object(barrier, CITY, ZONE)
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute(
+        "CREATE TABLE objects (seq INTEGER PRIMARY KEY AUTOINCREMENT, category TEXT NOT NULL,"
+        " source TEXT NOT NULL, object_id TEXT NOT NULL, body TEXT NOT NULL, occurred_at TEXT NOT NULL,"
+        " queued_at TEXT NOT NULL, state TEXT NOT NULL, attempts INTEGER NOT NULL DEFAULT 0, due_at TEXT,"
+        " reason TEXT, refused_at TEXT, accepted_at TEXT)"
+    )
+    for obj in (car, gate, hit, ape):
+        db.execute(
+            "INSERT INTO objects (category, source, object_id, body, occurred_at, queued_at, state)"
+            " VALUES (?,?,?,?,?,?,'pending')",
+            (
+                obj.category.value,
+                obj.source,
+                obj.object_id,
+                json.dumps(obj.body),
+                obj.occurred_at.isoformat(),
+                "x",
+            ),
+        )
+    db.close()
+    async with CityQueue(path) as queue:
+        found = await queue.objects_after(0, list(Category), 10)
+    assert [q.obj.kind for q in found] == ["vehicle_pass", "face_access", "watchlist_hit", "device"]
+    assert [q.obj.body for q in found] == [car.body, gate.body, hit.body, ape.body]

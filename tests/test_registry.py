@@ -6,7 +6,7 @@ import importlib
 import pkgutil
 
 import adapters
-from adapters import COMMAND_ENCODERS, DIALECTS
+from adapters import COMMAND_ENCODERS, DEVICE_KINDS, DIALECTS
 from adapters.base import Transport
 from adapters.commands import CommandAction
 from device_sims.devices import SIMULATORS
@@ -73,3 +73,16 @@ def test_registry_names_exactly_the_dialects_that_take_commands() -> None:
     }
     # every action is spoken by some device
     assert set().union(*(encoder.actions for encoder in COMMAND_ENCODERS.values())) == set(CommandAction)
+
+
+def test_every_dialect_has_a_device_kind() -> None:
+    """The device registry's kind table names every dialect, and nothing else (a new dialect without one fails)."""
+    assert set(DEVICE_KINDS) == set(DIALECTS)
+    assert set(DEVICE_KINDS.values()) == {
+        "face_gate",
+        "lpr_camera",
+        "thrown_object_camera",
+        "smoke_detector",
+        "shed_sensor",
+        "siren",
+    }

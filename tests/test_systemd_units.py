@@ -122,11 +122,7 @@ def test_units_with_different_users_share_no_state_directory(deployment: str) ->
 
 
 def test_the_config_defaults_live_in_the_units_state_directories() -> None:
-    """The district's default files (and the example's) are in the directory of the unit that writes them.
-
-    Checked to fail: without ``compound-district-city`` in the ingester unit's StateDirectory= (the
-    ingesters could not write the city queue), this names the queue's directory.
-    """
+    """The district's default files (and the example's) are in the directory of the unit that writes them."""
     from district.config import IngestConfig, OperatorApiConfig  # noqa: PLC0415
 
     state = {name: dirs for name, _, dirs in deployments()["shipped"]}
@@ -142,14 +138,6 @@ def test_the_config_defaults_live_in_the_units_state_directories() -> None:
     assert directory(example["ingest"]["dead_letter_path"]) in ingester
     assert directory(OperatorApiConfig().ops_db) in api
     assert directory(example["api"]["ops_db"]) in api
-    # the city queue: the city service drains it, the ingesters feed it (one user, both list it)
-    from district.city.config import CityConfig  # noqa: PLC0415
-
-    city = state["compound-district-city.service"]
-    queue_default = CityConfig.model_fields["queue_path"].default
-    for queue_path in (queue_default, example["city"]["queue_path"]):
-        assert directory(queue_path) in city
-        assert directory(queue_path) in ingester
     gateway = state["compound-gateway.service"]
     from gateway.config import StateConfig  # noqa: PLC0415
 
@@ -223,17 +211,57 @@ def test_the_city_password_reaches_the_city_service_as_a_credential() -> None:
     from foundation.credentials import CREDENTIAL_PLACEHOLDER  # noqa: PLC0415
 
     found = settings((SYSTEMD / "compound-district-city.service").read_text(encoding="utf-8"))
+    names = ("city-password", "city-subscriptions-password", "city-notify-password")
     assert dict(v.split(":", 1) for v in found["LoadCredential"]) == {
-        "city-password": "/etc/compound-district/credentials/city-password"
+        name: f"/etc/compound-district/credentials/{name}" for name in names
     }
-    assert dict(v.split(":", 1) for v in found["SetCredential"]) == {
-        "city-password": CREDENTIAL_PLACEHOLDER.decode()
-    }
+    assert dict(v.split(":", 1) for v in found["SetCredential"]) == dict.fromkeys(
+        names, CREDENTIAL_PLACEHOLDER.decode()
+    )
     example = tomllib.loads(
         (Path(__file__).resolve().parents[1] / "docs" / "district.example.toml").read_text("utf-8")
     )
     assert example["city"]["password_credential"] == "city-password"
     assert "password" not in example["city"]
-    # the city service and the ingesters share the queue file: one user
+    # it writes the shared queue directory (the group, as the ingesters do), never as its own
+    # StateDirectory=; it runs as the ingesters' user so that it can read the embedded store's devices
     ingester = settings((SYSTEMD / "compound-district-ingester@.service").read_text(encoding="utf-8"))
     assert found["User"] == ingester["User"]
+    assert found["SupplementaryGroups"] == ["compound-district"]
+    assert found["ReadWritePaths"] == ingester["ReadWritePaths"] == ["-/var/lib/compound-district-city"]
+    assert found["UMask"] == ["0007"]
+    assert example["city"]["queue_path"].startswith("/var/lib/compound-district-city/")
+
+
+def test_the_city_queue_directory_is_shared_through_a_group_never_a_state_directory() -> None:
+    """The ingesters write the city queue, the API reads it: one fixed setgid directory, one group.
+
+    The directory of ``[city] queue_path``'s default is made by the shipped tmpfiles.d entry
+    (2770 root:compound-district, the group from sysusers.d); no unit lists it as its
+    ``StateDirectory=`` (systemd would move it under /var/lib/private for one dynamic user); the
+    ingesters may write it (``ReadWritePaths=``, group, ``UMask=0007`` so the other writers can
+    write their files), the API only reads it (the group, nothing writable). Checked to fail: with
+    the ingester's ``UMask=0077`` as before, and with ``StateDirectory=compound-district-city``
+    added to the ingester.
+    """
+    from district.city.config import CityConfig  # noqa: PLC0415
+
+    default = CityConfig.model_fields["queue_path"].default
+    shared = default.parent
+    tmpfiles = (SYSTEMD / "tmpfiles.d" / "compound-district-city.conf").read_text(encoding="utf-8")
+    entries = [line.split() for line in tmpfiles.splitlines() if line and not line.startswith("#")]
+    assert entries == [["d", str(shared), "2770", "root", "compound-district", "-"]]
+    sysusers = (SYSTEMD / "sysusers.d" / "compound-district.conf").read_text(encoding="utf-8")
+    assert [line.split() for line in sysusers.splitlines() if line and not line.startswith("#")] == [
+        ["g", "compound-district", "-"]
+    ]
+    for _, _, dirs in deployments()["shipped"]:
+        assert shared.relative_to("/var/lib").as_posix() not in dirs
+    ingester = settings((SYSTEMD / "compound-district-ingester@.service").read_text(encoding="utf-8"))
+    assert ingester["SupplementaryGroups"] == ["compound-district"]
+    assert ingester["ReadWritePaths"] == [f"-{shared}"]
+    assert ingester["UMask"] == ["0007"]
+    api = settings((SYSTEMD / "compound-district-api.service").read_text(encoding="utf-8"))
+    assert api["SupplementaryGroups"] == ["compound-district"]
+    assert "ReadWritePaths" not in api
+    assert api["ProtectSystem"] == ["strict"]

@@ -2,7 +2,8 @@
 
 ``city status`` does not ask the service: it reads what the service last saved to the queue file
 (registration, last keepalive, clock skew, last error) and the queue's own counts and refusals, so it
-answers with the service stopped too, and says how old the saved state is.
+answers with the service stopped too, and says how old the saved state is. It opens the file
+read-only (``read_status``): it never creates it nor writes beside it.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from zoneinfo import ZoneInfo
 
 from district.city.config import CityConfig
 from district.city.model import Category, LinkState
-from district.city.queue import CityQueue, QueueCounts, Refusal
+from district.city.queue import QueueCounts, Refusal, read_status
 from district.config import DistrictConfig, load_district_config
 from foundation.errors import ConfigError
 from foundation.events import utc_now
@@ -51,23 +52,17 @@ def run_city_status(args: argparse.Namespace) -> int:
     """Print the link's status; 1 when the queue file does not exist yet (the service never ran)."""
     config = load_district_config(args.config)
     city = city_section(config)
-    if not city.queue_path.exists():
+    # read-only: the operator may not (and must not) write the service's file
+    status = asyncio.run(read_status(city.queue_path, args.refusals))
+    if status is None:
         print(f"no queue file at {city.queue_path}: the city service has not run yet", file=sys.stderr)
         return 1
-    state, counts, refusals = asyncio.run(_read(city, args.refusals))
-    report = status_report(city, state, counts, refusals, now=utc_now())
+    report = status_report(city, status.link, status.counts, status.refusals, now=utc_now())
     if args.json:
         sys.stdout.write(json.dumps(report, ensure_ascii=False, indent=2) + "\n")
     else:
         sys.stdout.write(format_status(report, ZoneInfo(config.api.timezone)))
     return 0
-
-
-async def _read(city: CityConfig, limit: int) -> tuple[LinkState, QueueCounts, list[Refusal]]:
-    async with CityQueue(
-        city.queue_path, refused_retry_s=city.refused_retry_s, refused_max_attempts=city.refused_max_attempts
-    ) as queue:
-        return await queue.link_state(), await queue.counts(), await queue.refusals(limit)
 
 
 def _iso(moment: datetime | None) -> str | None:

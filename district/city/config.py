@@ -19,6 +19,25 @@ from foundation.credentials import CredentialName
 from foundation.events import GbId
 
 HTTP_URL = r"^https?://[^\s/?#]+(/[^\s?#]*)?$"
+APE_TYPE = "119"  # GB/T 28181 type code (digits 11-13) of a 采集设备 in GA/T 1400 (device-protocols §6)
+TOLLGATE_TYPE = "121"  # and of a 卡口
+
+
+def checked_http_url(address: str) -> str:
+    """``address`` if it is a plain http(s) URL without user info, else ``ValueError`` saying why.
+
+    A password in a URL ends up in logs, the console and process listings, and would be sent to
+    whoever the URL names: credentials go in the config's password fields, never in a URL.
+    """
+    if not re.match(HTTP_URL, address):
+        raise ValueError(f"{address!r} is not an http(s) URL (scheme://host[:port][/path], no query)")
+    authority = address.split("://", 1)[1].split("/", 1)[0]
+    if "@" in authority:
+        raise ValueError(
+            f"{address.split('://', 1)[0]}://...@{authority.rsplit('@', 1)[1]}: user info (user:password@)"
+            " is not allowed in a URL; put the credentials in the password settings"
+        )
+    return address
 
 
 class FacePolicy(StrEnum):
@@ -41,6 +60,14 @@ class CityPrivacyConfig(ConfigModel):
     watchlist_hits: FacePolicy = Field(
         default=FacePolicy.CROP,
         description="watch-list hits (watchlist_hit): with their face crop by default",
+    )
+
+    max_crop_px: int = Field(
+        default=320,
+        ge=16,
+        le=4096,
+        description="a face crop wider or taller than this goes without its picture (a crop, never the"
+        " frame); the gateway's crops are at most 160 px",
     )
 
     @field_validator("face_passes")
@@ -66,6 +93,26 @@ class CityDeviceEntry(ConfigModel):
     )
     lane: int | None = Field(default=None, ge=0, le=99, description="its lane number (LaneNo)")
 
+    @field_validator("ape_id")
+    @classmethod
+    def _ape_type(cls, value: str | None) -> str | None:
+        if value is not None and value[10:13] != APE_TYPE:
+            raise ValueError(
+                f"ape_id {value} has type {value[10:13]}; a GA/T 1400 APE id has type {APE_TYPE}"
+                " (digits 11-13, GB/T 28181 type code)"
+            )
+        return value
+
+    @field_validator("tollgate_id")
+    @classmethod
+    def _tollgate_type(cls, value: str | None) -> str | None:
+        if value is not None and value[10:13] != TOLLGATE_TYPE:
+            raise ValueError(
+                f"tollgate_id {value} has type {value[10:13]}; a GA/T 1400 tollgate id has type"
+                f" {TOLLGATE_TYPE} (digits 11-13, GB/T 28181 type code)"
+            )
+        return value
+
 
 class CitySubscriptionsConfig(ConfigModel):
     """The upper platform's subscriptions (``/VIID/Subscribes``) and where their notifications may go."""
@@ -83,19 +130,45 @@ class CitySubscriptionsConfig(ConfigModel):
         default=(),
         description="the only URLs notifications are sent to (a subscription naming another is refused)",
     )
+    notify_username: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=64,
+        description="user name for a receiver's digest challenge (never the upper platform's own login)",
+    )
+    notify_password: SecretStr | None = Field(default=None, description="password for that challenge")
+    notify_password_credential: CredentialName | None = Field(
+        default=None, description="systemd credential holding notify_password, instead of it"
+    )
+    max_subscriptions: int = Field(
+        default=16, ge=1, le=1000, description="active subscriptions at most (a further one is refused)"
+    )
+    ended_keep_days: int = Field(
+        default=30, ge=1, le=366, description="cancelled and expired subscriptions are kept this long"
+    )
+    batches_per_round: int = Field(
+        default=4,
+        ge=1,
+        le=1000,
+        description="notifications one subscription may send per round (a catch-up holds up no other)",
+    )
 
     @field_validator("receive_addresses")
     @classmethod
     def _urls(cls, addresses: tuple[str, ...]) -> tuple[str, ...]:
         for address in addresses:
-            if not re.match(HTTP_URL, address):
-                raise ValueError(f"{address!r} is not an http(s) URL")
+            checked_http_url(address)
         return addresses
 
     @model_validator(mode="after")
     def _one_password(self) -> Self:
         if (self.password is None) == (self.password_credential is None):
             raise ValueError("set exactly one of password and password_credential")
+        if self.notify_password is not None and self.notify_password_credential is not None:
+            raise ValueError("notify_password and notify_password_credential both set; keep one")
+        has_password = self.notify_password is not None or self.notify_password_credential is not None
+        if has_password != (self.notify_username is not None):
+            raise ValueError("notify_username and notify_password (or its credential) go together")
         return self
 
 
@@ -105,9 +178,7 @@ class CityConfig(ConfigModel):
     enabled: bool = Field(
         default=True, description="feed the queue (ingester) and run `compound-gateway city`"
     )
-    server_url: str = Field(
-        pattern=HTTP_URL, description="the city VIID's base URL, e.g. http://10.0.0.5:8080"
-    )
+    server_url: str = Field(description="the city VIID's base URL, e.g. http://10.0.0.5:8080")
     platform_id: GbId = Field(
         description="the district VIID's own id (RegisterObject DeviceID, User-Identify)"
     )
@@ -153,6 +224,11 @@ class CityConfig(ConfigModel):
     privacy: CityPrivacyConfig = CityPrivacyConfig()
     subscriptions: CitySubscriptionsConfig | None = None
 
+    @field_validator("server_url")
+    @classmethod
+    def _server_url(cls, url: str) -> str:
+        return checked_http_url(url)
+
     @model_validator(mode="after")
     def _one_password(self) -> Self:
         if self.password is not None and self.password_credential is not None:
@@ -164,6 +240,17 @@ class CityConfig(ConfigModel):
             if entry.device_id in seen:
                 raise ValueError(f"device {entry.device_id} is listed twice in [[city.devices]]")
             seen.add(entry.device_id)
+        # two devices under one ApeID would be one APE to the city: their states would overwrite
+        # each other and their objects would claim each other's image ids
+        ape_ids: dict[str, str] = {}
+        for entry in self.devices:
+            ape_id = entry.ape_id or entry.device_id
+            if ape_id in ape_ids:
+                raise ValueError(
+                    f"devices {ape_ids[ape_id]} and {entry.device_id} in [[city.devices]] both go up as"
+                    f" APE {ape_id}; give each its own ape_id"
+                )
+            ape_ids[ape_id] = entry.device_id
         return self
 
     def device_entry(self, device_id: str) -> CityDeviceEntry:

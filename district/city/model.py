@@ -38,7 +38,9 @@ class CityObject:
     """One GA/T 1400 object, built once (its id is fixed then) and sent as built, however often.
 
     ``source`` says what it was built from: an event id, or ``device:<id>@<registry version>`` for an
-    APE. ``body`` is the JSON object as the standard names its fields.
+    APE. ``body`` is the JSON object as the standard names its fields. ``kind`` is what it was built
+    from (an event kind: ``face_access``, ``watchlist_hit``, ``vehicle_pass``; ``device`` for an
+    APE): the queue judges a queued object by the ``[city.privacy]`` in force when it is taken.
     """
 
     category: Category
@@ -46,6 +48,7 @@ class CityObject:
     source: str
     body: dict[str, object]
     occurred_at: datetime
+    kind: str
 
 
 @dataclass(frozen=True)

@@ -18,17 +18,18 @@ send, and no sent picture carries that id.
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 import io
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
-from PIL import Image, UnidentifiedImageError
+import structlog
+from PIL import Image
 
-from district.city.config import CityConfig, FacePolicy
+from district.city.config import APE_TYPE, CityConfig, CityPrivacyConfig, FacePolicy
 from district.city.model import Category, CityObject
 from foundation.errors import GatewayError
 from foundation.events import (
@@ -39,6 +40,8 @@ from foundation.events import (
     VehicleType,
     WatchlistHitPayload,
 )
+
+log = structlog.get_logger(__name__)
 
 IMAGE_ID_LENGTH = 41
 OBJECT_ID_LENGTH = 48
@@ -68,14 +71,15 @@ _IS_FLAGS = (
     "IsVictim",
     "IsSuspiciousPerson",
 )
-# FunctionType of an APE: 1 车辆设备, 2 人脸设备 (the registry's kind names and the event kinds)
-_FUNCTION_TYPES = {
-    "face_gate": "2",
-    "face_access": "2",
-    "lpr_camera": "1",
-    "barrier_camera": "1",
-    "vehicle_pass": "1",
-}
+# FunctionType of an APE: 1 车辆设备, 2 人脸设备, by the registry's device kind (adapters'
+# DEVICE_KINDS); other kinds (sensors, the thrown-object camera) have no code and go without one
+_FUNCTION_TYPES = {"face_gate": "2", "lpr_camera": "1"}
+# ``kind`` of an object: the event kind it was built from, or this for an APE
+KIND_DEVICE = "device"
+KIND_FACE_ACCESS = "face_access"
+KIND_WATCHLIST_HIT = "watchlist_hit"
+KIND_VEHICLE_PASS = "vehicle_pass"
+KINDS = frozenset({KIND_DEVICE, KIND_FACE_ACCESS, KIND_WATCHLIST_HIT, KIND_VEHICLE_PASS})
 
 
 class ObjectBuildError(GatewayError):
@@ -143,33 +147,107 @@ def renumbered(obj: CityObject, shift: int) -> CityObject:
 
 
 def _wire_time(moment: datetime, zone: ZoneInfo) -> str:
-    return moment.astimezone(zone).strftime(TIME_FORMAT)
+    try:
+        local = moment.astimezone(zone)
+    except OverflowError:  # 9999-12-31 late in UTC is year 10000 east of it
+        local = None
+    # strftime("%Y") gives fewer than 4 digits before year 1000: the ids would be 40/47 characters
+    if local is None or not 1000 <= local.year <= 9999:
+        raise ObjectBuildError(
+            f"{moment.isoformat()} is outside the years 1000-9999 a GA/T 1400 time can say"
+        )
+    return local.strftime(TIME_FORMAT)
 
 
-def event_objects(event: Event, city: CityConfig, zone: ZoneInfo) -> list[CityObject]:
+def event_objects(
+    event: Event, city: CityConfig, zone: ZoneInfo, *, crops_after: datetime | None = None
+) -> list[CityObject]:
     """The objects one stored event becomes under the privacy policy (often none).
 
     vehicle_pass: a MotorVehicle; face_access: a Face record without images (if allowed);
-    watchlist_hit: a Face with its crop (if allowed). Ids are derived from the event alone, so an
-    event built twice gives the same objects. Raises ``ObjectBuildError`` for an event that cannot
-    be built (a crop that is no readable JPEG).
+    watchlist_hit: a Face with its crop (if allowed, if the event occurred after ``crops_after``,
+    and if the crop is no larger than ``[city.privacy] max_crop_px``; else a record without it). The
+    ingester passes now minus ``[retention] hit_crops_days``: a late hit the store keeps without
+    its crop goes up without it too; ``None`` sets no age limit. Ids are derived from the event
+    alone, so an event built twice gives the same objects. Raises ``ObjectBuildError`` for an event
+    that cannot be built (a crop that is no readable JPEG, a time outside the years 1000-9999).
     """
     privacy = city.privacy
     payload = event.payload
     if isinstance(payload, VehiclePassPayload):
         return [_motor_vehicle(event, payload, city, zone)] if privacy.motor_vehicles else []
     if isinstance(payload, FaceAccessPayload):
-        return [] if privacy.face_passes is FacePolicy.OFF else [_face(event, city, zone, crop=None)]
+        if privacy.face_passes is FacePolicy.OFF:
+            return []
+        return [_face(event, city, zone, crop=None, kind=KIND_FACE_ACCESS)]
     if isinstance(payload, WatchlistHitPayload):
         if privacy.watchlist_hits is FacePolicy.OFF:
             return []
         crop = payload.snapshot_jpeg_b64 if privacy.watchlist_hits is FacePolicy.CROP else None
-        return [_face(event, city, zone, crop=crop)]
+        if crops_after is not None and event.occurred_at <= crops_after:
+            crop = None  # older than [retention] hit_crops_days: the store has stripped it too
+        return [_face(event, city, zone, crop=crop, kind=KIND_WATCHLIST_HIT)]
     return []
 
 
 def _ape_id(city: CityConfig, device_id: str) -> str:
     return city.device_entry(device_id).ape_id or device_id
+
+
+def ape_id_warnings(city: CityConfig, device_ids: Iterable[str]) -> list[str]:
+    """One warning per device whose effective ApeID is not of type 119 (GA/T 1400's APE type).
+
+    By default a device goes up under its own id (a gate's 124, a barrier camera's 121 ...), which a
+    strict city registry refuses; ``[[city.devices]] ape_id`` gives it the 119 id the city knows.
+    """
+    warnings = []
+    for device_id in dict.fromkeys(device_ids):
+        ape_id = _ape_id(city, device_id)
+        if ape_id[10:13] != APE_TYPE:
+            warnings.append(
+                f"device {device_id} goes up to the city as APE {ape_id} of type {ape_id[10:13]}, not"
+                f" {APE_TYPE}: give it the city's id in [[city.devices]] ape_id"
+            )
+    return warnings
+
+
+def under_policy(obj: CityObject, privacy: CityPrivacyConfig) -> CityObject | None:
+    """``obj`` as ``privacy`` lets it leave now: unchanged, without its images, or ``None`` (withheld).
+
+    For objects built under an earlier, laxer policy: the queue applies the policy in force when
+    they are taken, not the one they were built under. An unknown kind is withheld.
+    """
+    withheld, records_only = policy_kinds(privacy)
+    if obj.kind in withheld or obj.kind not in KINDS:
+        return None
+    if obj.kind in records_only and "SubImageList" in obj.body:
+        return without_images(obj)
+    return obj
+
+
+def policy_kinds(privacy: CityPrivacyConfig) -> tuple[frozenset[str], frozenset[str]]:
+    """The object kinds ``privacy`` withholds, and those it lets leave only as records (no image)."""
+    withheld = set()
+    records_only = set()
+    if not privacy.motor_vehicles:
+        withheld.add(KIND_VEHICLE_PASS)
+    if not privacy.devices:
+        withheld.add(KIND_DEVICE)
+    for kind, policy in (
+        (KIND_FACE_ACCESS, privacy.face_passes),
+        (KIND_WATCHLIST_HIT, privacy.watchlist_hits),
+    ):
+        # == rather than is: a config copied with a plain string (model_copy) judges alike
+        if policy == FacePolicy.OFF:
+            withheld.add(kind)
+        elif policy == FacePolicy.RECORDS:
+            records_only.add(kind)
+    return frozenset(withheld), frozenset(records_only)
+
+
+def without_images(obj: CityObject) -> CityObject:
+    """The object without its ``SubImageList`` (its record only)."""
+    return replace(obj, body={key: value for key, value in obj.body.items() if key != "SubImageList"})
 
 
 def _motor_vehicle(event: Event, payload: VehiclePassPayload, city: CityConfig, zone: ZoneInfo) -> CityObject:
@@ -185,7 +263,7 @@ def _motor_vehicle(event: Event, payload: VehiclePassPayload, city: CityConfig, 
         "DeviceID": device,
     }
     # No tollgate configured: the field is left out rather than invented (a made-up 121 id names no
-    # tollgate of the city's registry); docs/city.md asks for one per barrier camera.
+    # tollgate of the city's registry); docs/privacy.md asks for one per barrier camera.
     if entry.tollgate_id is not None:
         body["TollgateID"] = entry.tollgate_id
     lane = payload.lane if payload.lane is not None else entry.lane
@@ -210,10 +288,11 @@ def _motor_vehicle(event: Event, payload: VehiclePassPayload, city: CityConfig, 
         source=event.event_id,
         body=body,
         occurred_at=event.occurred_at,
+        kind=KIND_VEHICLE_PASS,
     )
 
 
-def _face(event: Event, city: CityConfig, zone: ZoneInfo, *, crop: str | None) -> CityObject:
+def _face(event: Event, city: CityConfig, zone: ZoneInfo, *, crop: str | None, kind: str) -> CityObject:
     device = _ape_id(city, event.device_id)
     shot = _wire_time(event.occurred_at, zone)
     scene_serial = _serial(event.event_id, "scene")
@@ -229,11 +308,25 @@ def _face(event: Event, city: CityConfig, zone: ZoneInfo, *, crop: str | None) -
         "FaceDisAppearTime": shot,
         **dict.fromkeys(_IS_FLAGS, UNCERTAIN),
     }
-    if crop is not None:
+    picture = _jpeg(crop, event.event_id) if crop is not None else None
+    if picture is not None:
+        data, width, height = picture
+        if max(width, height) > city.privacy.max_crop_px:
+            # a crop, never the frame: a compound sending the scene as its "crop" gets the record up
+            # without the picture rather than nothing
+            log.warning(
+                "city_crop_oversized",
+                event_id=event.event_id,
+                width=width,
+                height=height,
+                max_crop_px=city.privacy.max_crop_px,
+            )
+            picture = None
+    if picture is not None:
+        data, width, height = picture
         crop_serial = _serial(event.event_id, "crop")
         if crop_serial == scene_serial:
             crop_serial += 1
-        data, width, height = _jpeg(crop, event.event_id)
         body["SubImageList"] = {
             "SubImageInfoObject": [
                 {
@@ -256,6 +349,7 @@ def _face(event: Event, city: CityConfig, zone: ZoneInfo, *, crop: str | None) -
         source=event.event_id,
         body=body,
         occurred_at=event.occurred_at,
+        kind=kind,
     )
 
 
@@ -264,11 +358,13 @@ def _jpeg(encoded: str, event_id: str) -> tuple[str, int, int]:
     try:
         raw = base64.b64decode(encoded, validate=True)
         with Image.open(io.BytesIO(raw)) as picture:
-            if picture.format != "JPEG":
-                raise ObjectBuildError(f"{event_id}: the face crop is {picture.format}, not a JPEG")
-            width, height = picture.size
-    except (binascii.Error, UnidentifiedImageError, OSError) as error:
+            found, (width, height) = picture.format, picture.size
+    except Exception as error:
+        # any PIL error is a bad crop: UnidentifiedImageError, OSError, SyntaxError, and the
+        # DecompressionBombError of a header claiming a gigapixel image (no OSError)
         raise ObjectBuildError(f"{event_id}: the face crop is no readable JPEG ({error})") from error
+    if found != "JPEG":
+        raise ObjectBuildError(f"{event_id}: the face crop is {found}, not a JPEG")
     return base64.b64encode(raw).decode(), width, height
 
 
@@ -298,4 +394,5 @@ def ape_object(device: DeviceForCity, city: CityConfig, zone: ZoneInfo) -> CityO
         source=f"device:{device.device_id}@{state}",
         body=body,
         occurred_at=datetime.now(UTC),
+        kind=KIND_DEVICE,
     )

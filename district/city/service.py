@@ -3,7 +3,9 @@
 One ``AsyncExitStack`` (the queue file, the HTTP client, the session that UnRegisters on a clean
 stop, the health server) and one ``TaskGroup`` of named tasks: ``session`` (register, keepalive,
 time), ``deliver[<Category>]`` per collection the privacy policy lets out, ``apes`` (the device list
-every ``ape_refresh_s``), ``purge`` (accepted objects older than ``keep_days``), ``state`` (the
+every ``ape_refresh_s``), ``purge`` (accepted objects older than ``keep_days``; face crops older
+than ``[retention] hit_crops_days``), ``subscriptions`` (with ``[city.subscriptions] enabled``:
+``docs/city-subscriptions.md``), ``state`` (the
 link's state saved to the queue file every few seconds for ``city status`` and the console) and,
 under systemd, ``watchdog``.
 """
@@ -27,6 +29,7 @@ from district.city.delivery import Deliverer, DeliveryFigures
 from district.city.model import Category, LinkState
 from district.city.queue import CityQueue
 from district.city.session import CitySession, ViidClient, city_password
+from district.city.subscriptions import serve_subscriptions
 from district.config import DistrictConfig
 from district.health_server import add_health_routes, ping_probe, serve
 from foundation.cancellation import raise_if_cancelling
@@ -118,7 +121,12 @@ class CityService:
         """Delete accepted objects older than ``keep_days``, hourly, until cancelled."""
         while True:
             raise_if_cancelling()
-            self.purged += await self.queue.purge(utc_now() - timedelta(days=self.city.keep_days))
+            now = utc_now()
+            self.purged += await self.queue.purge(
+                now - timedelta(days=self.city.keep_days),
+                # a face crop stays no longer in the queue than in the store
+                strip_crops_before=now - timedelta(days=self.config.retention.hit_crops_days),
+            )
             await asyncio.sleep(PURGE_EVERY_S)
 
     async def run(self, ready: asyncio.Event | None) -> None:
@@ -139,6 +147,8 @@ class CityService:
             if self.apes is not None:
                 tg.create_task(self.apes.run(), name="apes")
             tg.create_task(self.purge(), name="purge")
+            if self.city.subscriptions is not None and self.city.subscriptions.enabled:
+                tg.create_task(serve_subscriptions(self.config, self.queue), name="subscriptions")
             tg.create_task(self.write_state(), name="state")
             sd_notify("READY=1")
             log.info(
@@ -248,8 +258,13 @@ async def run_city(
                 city.queue_path,
                 refused_retry_s=city.refused_retry_s,
                 refused_max_attempts=city.refused_max_attempts,
+                privacy=city.privacy,
             )
         )
+        # a stricter [city.privacy] than the one objects were queued under applies to them now
+        deleted, stripped = await queue.apply_policy(city.privacy)
+        if deleted or stripped:
+            log.info("city_queue_policy_applied", deleted=deleted, stripped=stripped)
         client = await stack.enter_async_context(ViidClient(city, password))
         session = CitySession(city, client, zone)
         service = CityService(config, city, queue, session, device_source=device_source)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from district.console.page import ConsolePage
-from district.console.pages import admin, alarms, barrier, devices, events, overview, statistics
+from district.console.pages import admin, alarms, barrier, city, devices, events, overview, statistics
 
 
 def index(pages: Iterable[ConsolePage]) -> dict[str, ConsolePage]:
@@ -26,6 +26,15 @@ def index(pages: Iterable[ConsolePage]) -> dict[str, ConsolePage]:
 
 
 PAGES: dict[str, ConsolePage] = index(
-    [overview.PAGE, alarms.PAGE, devices.PAGE, events.PAGE, barrier.PAGE, statistics.PAGE, admin.PAGE]
+    [
+        overview.PAGE,
+        alarms.PAGE,
+        devices.PAGE,
+        events.PAGE,
+        barrier.PAGE,
+        statistics.PAGE,
+        city.PAGE,
+        admin.PAGE,
+    ]
 )
 """Page name -> page. Tests may add a page for their duration (``monkeypatch.setitem``) before the app is built."""

@@ -14,6 +14,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from district.config import CompoundEntry, DistrictConfig, OperatorApiConfig
+from district.device_registry import DeviceRegistry
 from district.operations import OperationsDb, Principal
 from district.query_backends import QueryBackend
 from district.query_model import EventPage, Ranged, Role, Selection
@@ -46,6 +47,8 @@ class QueryContext:
     registry: Mapping[str, CompoundEntry]
     zone: ZoneInfo
     clock: Callable[[], datetime]
+    device_registry: DeviceRegistry | None = None
+    """The device registry (None where it is not open: ``devices`` lists what reported, as before)."""
 
     @property
     def api(self) -> OperatorApiConfig:

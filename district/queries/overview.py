@@ -57,7 +57,10 @@ class DayCount(Model):
 class Figures(Model):
     """The overview's figures of one compound or of the district."""
 
-    devices: int = Field(description="devices that reported within inventory_lookback_days")
+    devices: int = Field(
+        description="registered devices (a compound without a registry: those that reported within"
+        " inventory_lookback_days); the devices query's count"
+    )
     online: int = Field(description="of those, online by the devices query's rule")
     today: list[KindCount] = Field(description="today's events per kind (local day), every kind listed")
     open_alarms: int = Field(description="critical events of the trend range still new or acknowledged")

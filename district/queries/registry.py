@@ -15,9 +15,11 @@ from district.queries import (
     alarms,
     audit,
     barrier,
+    city_status,
     commands,
     compare,
     counts,
+    device_changes,
     devices,
     events,
     evidence,
@@ -49,6 +51,7 @@ QUERIES: dict[str, QuerySpec[Any, Any]] = index(
         compare.SPEC,
         barrier.SPEC,
         devices.SPEC,
+        device_changes.SPEC,
         alarms.SPEC,
         alarm_counts.SPEC,
         alarm_action.SPEC,
@@ -56,6 +59,7 @@ QUERIES: dict[str, QuerySpec[Any, Any]] = index(
         *evidence.SPECS,
         *commands.SPECS,
         overview.SPEC,
+        city_status.SPEC,
     ]
 )
 """Action name -> spec. Tests may add a spec for their duration (``monkeypatch.setitem``)."""
