@@ -30,7 +30,7 @@ from district.city.queue import CityQueue
 from district.city.service import run_city
 from district.config import DistrictConfig, load_district_config
 from tests.test_operations import NotifyListener
-from tests.viid_double import Outage, ViidDouble
+from tests.viid_double import LowerPlatform, Outage, ViidDouble
 from tests.viid_double import samples as s
 
 PLATFORM = s.DISTRICT_ID
@@ -40,7 +40,9 @@ OUTAGE_S = 60.0
 """The city outage the issue asks to survive in CI: a minute."""
 
 
-def write_config(tmp_path: Path, city_url: str, *, send_devices: bool = False, **city: object) -> Path:
+def write_config(
+    tmp_path: Path, city_url: str, *, send_devices: bool = False, tail: str = "", **city: object
+) -> Path:
     """A district config whose [city] points at the double, with short timers for tests (None: leave out)."""
     settings: dict[str, object] = {
         "server_url": city_url,
@@ -72,7 +74,7 @@ def write_config(tmp_path: Path, city_url: str, *, send_devices: bool = False, *
         f"devices = {'true' if send_devices else 'false'}",
     ]
     path = tmp_path / "district.toml"
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    path.write_text("\n".join(lines) + "\n" + tail, encoding="utf-8")
     return path
 
 
@@ -109,12 +111,12 @@ async def city_service(
             await task
 
 
-def vehicles(first: int, count: int) -> list[CityObject]:
+def vehicles(first: int, count: int, start: datetime | None = None) -> list[CityObject]:
     """``count`` valid MotorVehicle objects (the double's samples), sources ``event-<n>``."""
     objects = []
     for seq in range(first, first + count):
         body = s.motor_vehicle(seq)
-        at = datetime(2025, 6, 12, tzinfo=UTC) + timedelta(seconds=seq)
+        at = (start or datetime(2025, 6, 12, tzinfo=UTC)) + timedelta(seconds=seq)
         objects.append(
             CityObject(
                 Category.MOTOR_VEHICLE, body["MotorVehicleID"], f"event-{seq}", body, at, "vehicle_pass"
@@ -514,3 +516,45 @@ async def test_the_device_list_goes_up_and_again_only_when_a_status_changes(
 
 async def _at_least(read: Callable[[], int], count: int) -> bool:
     return read() >= count
+
+
+async def test_the_service_answers_the_city_s_subscriptions(tmp_path: Path, viid_double: ViidDouble) -> None:
+    """With ``[city.subscriptions] enabled`` the service also takes the city's subscription and notifies it.
+
+    The double subscribes (its digest, its User-Identify) to the vehicles of our view library; the
+    passes queued afterwards reach its ``/VIID/SubscribeNotifications``. Checked to fail: without the
+    ``subscriptions`` task in ``CityService.run`` nothing listens (the wait for the port times out).
+    """
+    port = free_port()
+    receiver = f"{viid_double.url}/VIID/SubscribeNotifications"
+    tail = (
+        "[city.subscriptions]\n"
+        "enabled = true\n"
+        f"listen_port = {port}\n"
+        f'upper_platform_id = "{viid_double.config.server_id}"\n'
+        'username = "city-viid"\n'
+        'password = "city-secret"\n'
+        f'receive_addresses = ["{receiver}"]\n'
+    )
+    config = load_district_config(write_config(tmp_path, viid_double.url, tail=tail))
+    queued = vehicles(1, 3, start=datetime.now(UTC))  # within the subscription's BeginTime..EndTime
+    async with CityQueue(queue_path(config)) as feeder, city_service(config):
+        await viid_double.wait_for(lambda c: bool(c.posts_to(TIME)))
+        await until(lambda: _listening(port))
+        lower = LowerPlatform(f"http://127.0.0.1:{port}", "city-viid", "city-secret")
+        _, answer = await viid_double.subscribe(lower, resource_uri=PLATFORM, detail="13")
+        assert answer.status == 200, answer.body
+        await feeder.add(queued)
+        ids = {obj.object_id for obj in queued}
+        await viid_double.wait_for(lambda c: set(c.notified["MotorVehicle"]) == ids, timeout=30)
+    assert set(viid_double.accepted["MotorVehicle"]) == ids  # pushed as well, as ever
+
+
+async def _listening(port: int) -> bool:
+    try:
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+    except OSError:
+        return False
+    writer.close()
+    await writer.wait_closed()
+    return True
