@@ -120,6 +120,14 @@ async def test_a_day_of_passages_arrives_with_every_id_and_code_valid(
                 timeout=60,
             )
             await viid_double.wait_for(lambda c: CITY_APE in c.accepted["APE"], timeout=30)
+            refused_at_the_double = sum(r.category == "APE" for r in viid_double.refusals)
+
+            async def settled() -> bool:  # the double records before it answers: wait for the queue
+                return (await queue.counts()).refused.get("APE", 0) == refused_at_the_double
+
+            async with asyncio.timeout(20):
+                while not await settled():
+                    await asyncio.sleep(0.05)
             refusals = await queue.refusals()
     assert [r for r in viid_double.refusals if r.category != "APE"] == []
     assert set(viid_double.accepted["MotorVehicle"]) == {
