@@ -23,6 +23,8 @@ from device_sims.demo import run_demo
 from device_sims.devices import SimDevice, build_sim
 from device_sims.runner import Runner
 from device_sims.scenarios import build
+from district.city.cli import add_city_commands, run_city_status
+from district.city.service import run_city
 from district.config import load_district_config
 from district.ingester import run_ingester
 from district.operator_api import openapi_document
@@ -114,6 +116,7 @@ def _parser() -> argparse.ArgumentParser:
     outbox.add_argument("what", choices=["stats", "dead-letters", "pending"])
     outbox.add_argument("--config", type=Path, required=True)
     outbox.add_argument("--limit", type=int, default=20)
+    add_city_commands(sub)
     add_device_commands(sub)
     add_rules_commands(sub)
     add_operator_commands(sub)
@@ -149,6 +152,10 @@ def main(argv: list[str] | None = None) -> int:
                 return asyncio.run(backfill_rollups(load_district_config(args.config)))
             case "ingest":
                 return _ingest(args.config)
+            case "city" if args.action == "status":
+                return run_city_status(args)
+            case "city":
+                return _city(args.config)
             case "schema":
                 return _write_document(event_json_schema(), args.output)
             case "outbox":
@@ -210,6 +217,12 @@ def _ingest(config_path: Path) -> int:
     check_client_key(config.broker.tls, config_path, "broker.tls")
     configure_logging(config.log_format)
     return _serve(run_ingester(config))
+
+
+def _city(config_path: Path) -> int:
+    config = load_district_config(config_path)
+    configure_logging(config.log_format)
+    return _serve(run_city(config))
 
 
 def _check_config(path: Path) -> int:

@@ -19,6 +19,7 @@ def test_there_are_units() -> None:
         "compound-gateway.service",
         "compound-district-ingester@.service",
         "compound-district-api.service",
+        "compound-district-city.service",
     }
 
 
@@ -200,6 +201,36 @@ def test_the_embedded_store_drop_in_keeps_the_sandbox(tmp_path: Path) -> None:
         encoding="utf-8",
     )
     assert_exposure_at_most_two(analyze, combined)
+
+
+def test_the_city_password_reaches_the_city_service_as_a_credential() -> None:
+    """The city unit loads ``city-password`` (placeholder when missing) and the example config reads it.
+
+    Checked to fail: the example config's ``password_credential = "city-pass"`` breaks the pairing.
+    """
+    from foundation.credentials import CREDENTIAL_PLACEHOLDER  # noqa: PLC0415
+
+    found = settings((SYSTEMD / "compound-district-city.service").read_text(encoding="utf-8"))
+    names = ("city-password", "city-subscriptions-password", "city-notify-password")
+    assert dict(v.split(":", 1) for v in found["LoadCredential"]) == {
+        name: f"/etc/compound-district/credentials/{name}" for name in names
+    }
+    assert dict(v.split(":", 1) for v in found["SetCredential"]) == dict.fromkeys(
+        names, CREDENTIAL_PLACEHOLDER.decode()
+    )
+    example = tomllib.loads(
+        (Path(__file__).resolve().parents[1] / "docs" / "district.example.toml").read_text("utf-8")
+    )
+    assert example["city"]["password_credential"] == "city-password"
+    assert "password" not in example["city"]
+    # it writes the shared queue directory (the group, as the ingesters do), never as its own
+    # StateDirectory=; it runs as the ingesters' user so that it can read the embedded store's devices
+    ingester = settings((SYSTEMD / "compound-district-ingester@.service").read_text(encoding="utf-8"))
+    assert found["User"] == ingester["User"]
+    assert found["SupplementaryGroups"] == ["compound-district"]
+    assert found["ReadWritePaths"] == ingester["ReadWritePaths"] == ["-/var/lib/compound-district-city"]
+    assert found["UMask"] == ["0007"]
+    assert example["city"]["queue_path"].startswith("/var/lib/compound-district-city/")
 
 
 def test_the_city_queue_directory_is_shared_through_a_group_never_a_state_directory() -> None:
