@@ -101,6 +101,8 @@ district_id = "36010400005000000001"
 [store]
 type = "sqlite"
 path = "{workdir / "events.db"}"
+[api]
+ops_db = "{workdir / "ops.db"}"
 [city]
 server_url = "{url}"
 platform_id = "{PLATFORM}"

@@ -3,7 +3,7 @@
 The events are the sample compound's day as the gateway reads them (``tests/test_city_objects.py``),
 stored in a real SQLite district store; each stored event's objects are queued as the ingester
 queues them at commit (``event_objects`` then ``CityQueue.add``); the service runs in-process with
-its real device list (``devices_for_city`` over that store) and the double checks every object's
+its real device list (``devices_for_city``: the device registry, filled from the sample gateway's inventory) and the double checks every object's
 ids, codes and times as the standard says (``tests/viid_double/validation.py``).
 """
 
@@ -17,13 +17,18 @@ from pathlib import Path
 
 import pytest
 
+from device_sims.broker import free_port
 from district.city.model import Category
 from district.city.objects import event_objects
 from district.city.queue import CityQueue
 from district.city.service import run_city
 from district.config import DistrictConfig, load_district_config
-from foundation.events import Event, EventKind
+from district.device_registry import DeviceRegistry
+from foundation.events import Event, utc_now
+from gateway.config import load_config
+from gateway.inventory import configured_inventory
 from tests.city_events import BARRIER, CITY_APE, ORG_CODE, TOLLGATE, ZONE
+from tests.conftest import sample_config
 from tests.test_city_objects import simulated_day
 from tests.viid_double import Credentials, ViidDouble, ViidDoubleConfig
 from uplink.stores.sqlite import SqliteStore, SqliteStoreConfig
@@ -46,6 +51,8 @@ district_id = "36010400005000000001"
 [store]
 type = "sqlite"
 path = "{tmp_path / "events.db"}"
+[api]
+ops_db = "{tmp_path / "ops.db"}"
 [city]
 server_url = "{url}"
 platform_id = "{PLATFORM}"
@@ -93,8 +100,8 @@ async def test_a_day_of_passages_arrives_with_every_id_and_code_valid(
     """Every vehicle and face pass of the day is accepted by the double's per-object checks; nothing refused.
 
     Each passage arrives once (no re-send: ``resends`` empty), the set accepted equals the set
-    queued, and the APE list carries the store's devices, the barrier under the id the city's
-    registry gave it. Checked to fail: with the wire time written with dashes (objects.py) the double
+    queued, and the APE list is the device registry's (the gateway's inventory) exactly, the
+    barrier under the id the city's registry gave it. Checked to fail: with the wire time written with dashes (objects.py) the double
     gave 550 refusals ("PassTime must be yyyyMMddHHmmss", ids no longer 41/48 digits).
     """
     config = load_district_config(district_toml(tmp_path, viid_double.url))
@@ -109,6 +116,12 @@ async def test_a_day_of_passages_arrives_with_every_id_and_code_valid(
     assert by_category[Category.MOTOR_VEHICLE] > 100
     assert by_category[Category.FACE] > 100
     passages = {o.object_id for o in objects}
+    # the compound's gateway has published its inventory: the registry lists every configured device
+    gateway = load_config(sample_config(tmp_path / "gateway", free_port()))
+    inventory = configured_inventory(gateway)
+    async with DeviceRegistry(config.device_registry_path()) as registry:
+        await registry.apply(inventory, utc_now())
+    registered = {d.device_id for d in inventory.devices}
     async with CityQueue(config.city.queue_path) as queue:
         assert await queue.add(objects) == len(objects)
         async with running(config):
@@ -135,14 +148,11 @@ async def test_a_day_of_passages_arrives_with_every_id_and_code_valid(
     }
     assert set(viid_double.accepted["Face"]) == {o.object_id for o in objects if o.category is Category.FACE}
     assert viid_double.resends == Counter()
-    # the APE list: the store's devices; the barrier under the id the city's registry gave it
-    devices = {e.device_id for e in events if e.kind in {EventKind.VEHICLE_PASS, EventKind.FACE_ACCESS}}
+    # the APE list: the registry's devices, exactly; the barrier under the id the city's registry gave it
     apes = set(viid_double.accepted["APE"]) | {
         r.object_id or "" for r in viid_double.refusals if r.category == "APE"
     }
-    assert CITY_APE in apes
-    assert BARRIER not in apes
-    assert devices - {BARRIER} <= apes
+    assert apes == (registered - {BARRIER}) | {CITY_APE}
     # the day is over: every device silent since, so offline
     assert {ape["IsOnline"] for ape in viid_double.accepted["APE"].values()} == {"0"}
     # A device listed under its own id is an APE to the city only if that id is of type 119 (§5.10):

@@ -68,6 +68,8 @@ def write_config(
         "[store]",
         'type = "sqlite"',
         f'path = "{tmp_path / "events.db"}"',
+        "[api]",
+        f'ops_db = "{tmp_path / "ops.db"}"',  # the device registry lives beside it
         "[city]",
         *(f"{key} = {json.dumps(value)}" for key, value in settings.items() if value is not None),
         "[city.privacy]",

@@ -1,9 +1,9 @@
-"""The APE list (采集设备) for the city: the district's devices with their online status, queued as objects.
+"""The APE list (采集设备) for the city: the district's registered devices with their online status.
 
-``devices_for_city`` is the one place that knows where the device list comes from. Until the
-district has a device registry it is the operator ``devices`` query (devices that reported within
-``[api] inventory_lookback_days``, online by their last report or their silence); with the registry,
-only that function changes.
+``devices_for_city`` is the one place that knows where the device list comes from: the district's
+device registry (what each gateway says it has, ``district/device_registry.py``) with the
+``devices`` query's online rule (``registry_with_status``). A configured device that never reported
+goes up as offline; a device removed from its gateway's config is no longer listed.
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 from collections.abc import Awaitable, Callable
-from typing import cast
 from zoneinfo import ZoneInfo
 
 import structlog
@@ -20,53 +19,16 @@ from district.city.model import CityObject
 from district.city.objects import DeviceForCity, ape_object
 from district.city.queue import CityQueue
 from district.config import DistrictConfig
-from district.operations import OperationsDb, Principal
-from district.queries.context import QueryContext
-from district.queries.devices import DevicesRequest, devices
-from district.query_backends import open_query_backend
-from district.query_model import Role
+from district.queries.devices import registry_with_status
 from foundation.cancellation import raise_if_cancelling
 from foundation.errors import GatewayError
-from foundation.events import utc_now
 
 log = structlog.get_logger(__name__)
 
-CITY_PRINCIPAL = "city-link"
-"""The name the city service's device-list reading runs under (it holds no token)."""
-
 
 async def devices_for_city(config: DistrictConfig) -> list[DeviceForCity]:
-    """Every device of the district with its online status, as the APE list needs it.
-
-    Today: the ``devices`` query over the store (a device that never reported is not listed). The
-    query reads neither tokens nor the audit log, so it runs without the operations database.
-    """
-    zone = ZoneInfo(config.api.timezone)
-    principal = Principal(name=CITY_PRINCIPAL, role=Role.VIEWER, district_id=config.district_id)
-    async with open_query_backend(config.store) as backend:
-        context = QueryContext(
-            principal=principal,
-            backend=backend,
-            # the devices query never touches the operations database (tokens, audit): none is opened
-            operations=cast("OperationsDb", None),
-            config=config,
-            registry={c.id: c for c in config.compounds},
-            zone=zone,
-            clock=utc_now,
-        )
-        report = await devices(context, DevicesRequest())
-    return [
-        DeviceForCity(
-            device_id=row.device_id,
-            compound_id=row.compound_id,
-            name=row.device_id,  # the store knows no device names; the registry will
-            kind=row.dialect,  # nor kinds: the dialect says what the device is
-            dialect=row.dialect,
-            place=None,
-            online=row.status == "online",
-        )
-        for row in report.devices
-    ]
+    """Every registered device of the district with its online status, as the APE list needs it."""
+    return await registry_with_status(config)
 
 
 DeviceSource = Callable[[DistrictConfig], Awaitable[list[DeviceForCity]]]
