@@ -240,7 +240,8 @@ def test_the_city_queue_directory_is_shared_through_a_group_never_a_state_direct
     (2770 root:compound-district, the group from sysusers.d); no unit lists it as its
     ``StateDirectory=`` (systemd would move it under /var/lib/private for one dynamic user); the
     ingesters may write it (``ReadWritePaths=``, group, ``UMask=0007`` so the other writers can
-    write their files), the API only reads it (the group, nothing writable). Checked to fail: with
+    write their files), and so may the API, whose registry desk keeps the device registry there
+    when the city link reads it (``[registry] db_path``, docs/city.md). Checked to fail: with
     the ingester's ``UMask=0077`` as before, and with ``StateDirectory=compound-district-city``
     added to the ingester.
     """
@@ -263,5 +264,6 @@ def test_the_city_queue_directory_is_shared_through_a_group_never_a_state_direct
     assert ingester["UMask"] == ["0007"]
     api = settings((SYSTEMD / "compound-district-api.service").read_text(encoding="utf-8"))
     assert api["SupplementaryGroups"] == ["compound-district"]
-    assert "ReadWritePaths" not in api
+    assert api["ReadWritePaths"] == [f"-{shared}"]
+    assert api["UMask"] == ["0007"]
     assert api["ProtectSystem"] == ["strict"]
