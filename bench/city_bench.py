@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import sys
 import tempfile
 import threading
@@ -33,6 +34,8 @@ from concurrent.futures import Future
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TypeVar
+
+import aiohttp
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -148,6 +151,27 @@ async def until_drained(queue: CityQueue) -> float:
     return time.monotonic() - began
 
 
+async def bare_push(url: str, objects: list[CityObject], batch: int) -> float:
+    """Seconds to POST ``objects`` to the double in batches, each answer read; every one must be accepted."""
+    headers = {"User-Identify": PLATFORM, "Content-Type": "application/VIID+JSON;charset=UTF-8"}
+    began = time.monotonic()
+    async with aiohttp.ClientSession(headers=headers) as session:
+        for start in range(0, len(objects), batch):
+            body = {
+                "MotorVehicleListObject": {
+                    "MotorVehicleObject": [o.body for o in objects[start : start + batch]]
+                }
+            }
+            async with session.post(
+                f"{url}/VIID/MotorVehicles", data=json.dumps(body, ensure_ascii=False)
+            ) as answer:
+                document = await answer.json(content_type=None)
+            statuses = document["ResponseStatusListObject"]["ResponseStatusObject"]
+            if {s["StatusCode"] for s in statuses} != {"0"}:
+                raise SystemExit(f"the baseline's batch was refused: {statuses[:2]}")
+    return time.monotonic() - began
+
+
 async def bench(objects: int, outage_s: float, rate: float) -> dict[str, float]:
     """Both phases; the figures for the report."""
     figures: dict[str, float] = {}
@@ -184,12 +208,18 @@ async def bench(objects: int, outage_s: float, rate: float) -> dict[str, float]:
                 await threads.run(double.restore)
                 figures["drain_s"] = await until_drained(queue)
                 figures["registered_again"] = len(double.registrations) - registrations
+                # baseline, same run, same double: the same number of objects POSTed straight to it
+                # in batches of batch_max by a bare client (no queue, no settling, no digest)
+                bare = passes(next_id, objects, config)
+                figures["bare_s"] = await bare_push(double.url, bare, config.city.batch_max)
+                figures["bare_per_s"] = len(bare) / figures["bare_s"]
             finally:
                 service.cancel()
                 await asyncio.gather(service, return_exceptions=True)
             counts = await queue.counts()
         queued = objects + fed
-        accepted = len(double.accepted["MotorVehicle"])
+        accepted = len(double.accepted["MotorVehicle"]) - objects  # less the baseline's
+        figures["ratio"] = figures["objects_per_s"] / figures["bare_per_s"]
         if accepted != queued or sum(counts.accepted.values()) != queued or double.resends or double.refusals:
             raise SystemExit(
                 f"lost or doubled: queued {queued}, the double accepted {accepted}, resends"
@@ -213,6 +243,9 @@ def report(figures: dict[str, float], objects: int, outage_s: float, rate: float
         "|---|---:|",
         f"| backlog of {int(figures['objects'])} objects pushed (registration -> backlog 0) |"
         f" {figures['throughput_s']:.1f} s, **{figures['objects_per_s']:.0f} objects/s** |",
+        f"| baseline, same run: as many objects POSTed straight to the double by a bare client, batches of"
+        f" 100, no queue | {figures['bare_s']:.1f} s, {figures['bare_per_s']:.0f} objects/s |",
+        f"| the service against the bare client | **{figures['ratio']:.2f}x** |",
         f"| city down {outage_s:g} s (connections refused), passes queued meanwhile at {rate:g}/s |"
         f" backlog {int(figures['outage_backlog'])} |",
         f"| city back -> backlog 0 (the first retry waits out its jittered backoff, at most retry_max_s 60 s;"
