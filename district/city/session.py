@@ -156,7 +156,11 @@ def _zone_of(name: object, default: ZoneInfo) -> timezone | ZoneInfo:
     match = _OFFSET.match(name.strip())
     if match:
         sign = -1 if match[1] == "-" else 1
-        return timezone(sign * timedelta(hours=int(match[2]), minutes=int(match[3] or 0)))
+        try:
+            return timezone(sign * timedelta(hours=int(match[2]), minutes=int(match[3] or 0)))
+        except ValueError:
+            # "UTC+24": an offset no clock has; guessing a zone would report a false skew
+            raise CityUnavailableError(f"the time answer's TimeZone {name!r} is no offset") from None
     try:
         return ZoneInfo(name.strip())
     except (ValueError, KeyError, OSError):
@@ -179,17 +183,19 @@ def parse_system_time(document: object, zone: ZoneInfo) -> datetime:
     if not isinstance(holder, dict):
         raise CityUnavailableError("the time answer holds no SystemTimeObject")
     local = holder.get("LocalTime")
-    if isinstance(local, int | float) and not isinstance(local, bool):
-        return datetime.fromtimestamp(local / 1000, UTC)
-    if isinstance(local, str) and local.isascii() and local.isdigit():
-        if len(local) == 14:
-            try:
+    try:
+        if isinstance(local, int | float) and not isinstance(local, bool):
+            return datetime.fromtimestamp(local / 1000, UTC)
+        if isinstance(local, str) and local.isascii() and local.isdigit():
+            if len(local) == 14:
                 naive = datetime.strptime(local, "%Y%m%d%H%M%S")
-            except ValueError:
-                raise CityUnavailableError(f"the time answer's LocalTime {local!r} is no date") from None
-            return naive.replace(tzinfo=_zone_of(holder.get("TimeZone"), zone))
-        if len(local) == 13:
-            return datetime.fromtimestamp(int(local) / 1000, UTC)
+                return naive.replace(tzinfo=_zone_of(holder.get("TimeZone"), zone))
+            if len(local) == 13:
+                return datetime.fromtimestamp(int(local) / 1000, UTC)
+    except (ValueError, OverflowError, OSError):
+        # an impossible date, or epoch ms past what a datetime holds (10**20, NaN, inf): no time;
+        # left to escape, it would end the keeper and with it the service
+        raise CityUnavailableError(f"the time answer's LocalTime {local!r} is no time") from None
     raise CityUnavailableError(
         f"the time answer's LocalTime {local!r} is neither yyyyMMddHHmmss nor epoch ms"
     )
