@@ -21,6 +21,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import aiohttp
+import pytest
 
 from device_sims.broker import free_port
 from district.city.apes import DeviceSource
@@ -30,7 +31,7 @@ from district.city.queue import CityQueue
 from district.city.service import run_city
 from district.config import DistrictConfig, load_district_config
 from tests.test_operations import NotifyListener
-from tests.viid_double import LowerPlatform, Outage, ViidDouble
+from tests.viid_double import LowerPlatform, Outage, Poison, ViidDouble
 from tests.viid_double import samples as s
 
 PLATFORM = s.DISTRICT_ID
@@ -324,6 +325,72 @@ async def test_a_partly_refused_batch_is_retried_only_for_the_refused_objects(
     assert "registered     yes" in text
     assert f"{stubborn}  attempt 3, parked: 4 PlateNo 不在号牌库" in text
     assert "MotorVehicle          0        1       1         9" in text
+
+
+@pytest.mark.parametrize("mode", [Poison.HTTP_503, Poison.DROP], ids=["503", "dropped"])
+async def test_an_object_the_city_never_answers_does_not_block_its_collection(
+    tmp_path: Path, viid_double: ViidDouble, mode: Poison
+) -> None:
+    """Any batch holding X is answered 503 (or its connection dropped), every time; keepalives are answered.
+
+    Every other object is accepted, X is refused "no answer" and parked after
+    ``refused_max_attempts``. Checked to fail: with the strikes never counted (``_unanswered``
+    without ``self._strikes += 1``) the batch holding X is sent again forever and nothing behind X
+    is accepted (the wait times out).
+    """
+    path = write_config(
+        tmp_path, viid_double.url, batch_max=4, keepalive_s=0.1, refused_max_attempts=2, retry_max_s=0.1
+    )
+    config = load_district_config(path)
+    queued = vehicles(1, 10)
+    ids = [obj.object_id for obj in queued]
+    culprit = ids[1]
+    viid_double.poison(culprit, mode)
+    async with CityQueue(queue_path(config)) as feeder, city_service(config):
+        await viid_double.wait_for(lambda c: bool(c.posts_to(TIME)))
+        await feeder.add(queued)
+        await until(lambda: _parked_is(feeder, 1), timeout=60)
+        await until(lambda: _backlog_is(feeder, 0))
+        refusals = await feeder.refusals()
+    assert set(viid_double.accepted["MotorVehicle"]) == set(ids) - {culprit}
+    assert viid_double.resends == Counter()
+    assert [(r.object_id, r.reason, r.attempts, r.parked) for r in refusals] == [
+        (culprit, "no answer", 2, True)
+    ]
+    # X went alone at last, and only batches holding X went unanswered
+    assert (culprit,) in vehicle_posts(viid_double)
+    assert {p.poisoned for p in viid_double.posts_to(VEHICLES) if culprit in p.object_ids} == {True}
+    assert {p.poisoned for p in viid_double.posts_to(VEHICLES) if culprit not in p.object_ids} == {False}
+
+
+async def test_a_batch_refused_as_a_whole_parks_only_its_culprit(
+    tmp_path: Path, viid_double: ViidDouble
+) -> None:
+    """Any batch holding X is refused as a whole (400, one status naming no object): only X takes refusals.
+
+    The batch is halved (no attempt counted) until X goes alone. Checked to fail: with a whole-batch
+    refusal settled against every object (``_refused_whole`` without the halving), the objects
+    sent with X are refused too and parked beside it (the accepted set lacks them).
+    """
+    path = write_config(tmp_path, viid_double.url, batch_max=4, refused_max_attempts=2)
+    config = load_district_config(path)
+    queued = vehicles(1, 10)
+    ids = [obj.object_id for obj in queued]
+    culprit = ids[5]
+    viid_double.poison(culprit, Poison.REFUSE_BATCH)
+    async with CityQueue(queue_path(config)) as feeder, city_service(config):
+        await viid_double.wait_for(lambda c: bool(c.posts_to(TIME)))
+        await feeder.add(queued)
+        await until(lambda: _parked_is(feeder, 1), timeout=60)
+        await until(lambda: _backlog_is(feeder, 0))
+        refusals = await feeder.refusals()
+        counts = await feeder.counts()
+    assert set(viid_double.accepted["MotorVehicle"]) == set(ids) - {culprit}
+    assert [(r.object_id, r.reason, r.attempts, r.parked) for r in refusals] == [
+        (culprit, "8 the batch is refused (poisoned by the test)", 2, True)
+    ]
+    assert counts.accepted == {"MotorVehicle": 9}
+    assert vehicle_posts(viid_double).count((culprit,)) == 2
 
 
 async def _parked_is(queue: CityQueue, count: int) -> bool:

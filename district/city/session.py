@@ -332,6 +332,11 @@ class CitySession:
         self.clock_skew_s: float | None = None
         self.registrations = 0
         self.requests_failed = 0
+        self.answered_at: float | None = None
+        """When (monotonic) the city last answered any call readably (a refusal is an answer too).
+
+        The deliverers tell an object the city chokes on from an outage by it: while other calls
+        are answered, a batch that never is holds a culprit."""
 
     async def __aenter__(self) -> Self:
         return self
@@ -359,6 +364,7 @@ class CitySession:
             raise
         except CityRefusedError as exc:
             self.requests_failed += 1
+            self.answered_at = time.monotonic()
             statuses = parse_statuses(exc.document)
             if statuses:
                 return statuses
@@ -366,6 +372,7 @@ class CitySession:
         except CityLinkError:
             self.requests_failed += 1
             raise
+        self.answered_at = time.monotonic()
         return parse_statuses(answer)
 
     async def register(self) -> None:
@@ -434,10 +441,12 @@ class CitySession:
 
     async def _call(self, method: str, path: str, body: Mapping[str, object] | None = None) -> JsonObject:
         try:
-            return await self._client.call(method, path, body)
+            answer = await self._client.call(method, path, body)
         except CityLinkError:
             self.requests_failed += 1
             raise
+        self.answered_at = time.monotonic()
+        return answer
 
     # ---- the keeper ------------------------------------------------------------------------
 
