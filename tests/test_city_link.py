@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import signal
 import sys
 from collections import Counter
@@ -165,8 +166,10 @@ async def test_registers_with_digest_and_identifies_every_call(
     """Register answers the digest challenge; every call carries User-Identify and the VIID content type.
 
     Then the keepalive, the time check (the double's clock 30 s ahead: the skew is measured and
-    exported) and, at a clean stop, UnRegister. Checked to fail: without the digest middleware the
-    double never registers us (401 "no digest credentials" forever).
+    exported) and, at a clean stop, UnRegister. Digest goes with Register only (the standard's
+    User-Identify identifies every later call). Checked to fail: without the digest middleware the
+    double never registers us (401 "no digest credentials" forever); with the middleware on the
+    whole client session (as before) every keepalive carried an Authorization header.
     """
     viid_double.clock_offset = timedelta(seconds=30)
     port = free_port()
@@ -180,6 +183,9 @@ async def test_registers_with_digest_and_identifies_every_call(
     assert [r.client_id for r in viid_double.registrations] == [PLATFORM]
     assert viid_double.auth_failures[0] == (REGISTER, "no digest credentials")
     assert [path for path, _ in viid_double.auth_failures] == [REGISTER]  # only the first challenge
+    assert {p.path for p in viid_double.posts if p.authorization} == {REGISTER}
+    assert [p.status for p in viid_double.posts_to(REGISTER)] == [401, 200]
+    assert not viid_double.posts_to(REGISTER)[0].authorization  # a fresh Register starts with none
     assert {post.client_id for post in viid_double.posts} == {PLATFORM}
     assert {p.content_type for p in viid_double.posts if p.method == "POST"} == {
         "application/VIID+JSON;charset=UTF-8"
@@ -199,22 +205,43 @@ async def test_registers_with_digest_and_identifies_every_call(
 async def test_a_replayed_nonce_is_refused_and_a_fresh_one_answers(
     tmp_path: Path, viid_double: ViidDouble
 ) -> None:
-    """Registering again, the client first offers its last (used) nonce: refused, it answers the fresh one.
+    """A captured Register, replayed, is refused; registering again, the client answers a fresh challenge.
 
-    The double answers a nonce once; our digest sends the last nonce pre-emptively, so the second
-    Register meets "nonce replayed", then registers with the challenge's new nonce. Checked to fail:
-    with the digest not sent pre-emptively (``preemptive=False``) no used nonce is offered, and the
-    recorded failures lack "nonce replayed"; the test exists to show that path is taken and cured.
+    The double answers a nonce once: the client's own Authorization header, sent again by a bare
+    client, meets "nonce replayed". When the double then forgets us, the client registers again
+    with a middleware of its own for that Register: no credentials first, then the new challenge's
+    nonce. Checked to fail: with one digest middleware kept across Registers (pre-emptive, as
+    before), the second Register offered the used nonce and the failures read "nonce replayed"
+    where "no digest credentials" was expected.
     """
     config = load_district_config(write_config(tmp_path, viid_double.url, keepalive_s=0.2))
     async with city_service(config):
         await viid_double.wait_for(lambda c: len(c.keepalives) >= 1)
+        first = next(p for p in viid_double.posts_to(REGISTER) if p.status == 200)
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(
+                viid_double.url + REGISTER,
+                json=first.body,
+                headers={"Authorization": first.authorization, "User-Identify": PLATFORM},
+            ) as replay,
+        ):
+            assert replay.status == 401
         viid_double.drop_registration(PLATFORM)
         await viid_double.wait_for(lambda c: len(c.registrations) == 2)
         await viid_double.wait_for(lambda c: c.keepalives[-1][1] > c.registrations[-1].at)
     failures = [reason for path, reason in viid_double.auth_failures if path == REGISTER]
-    assert failures == ["no digest credentials", "nonce replayed"]
+    assert failures == ["no digest credentials", "nonce replayed", "no digest credentials"]
+    accepted = [p.authorization for p in viid_double.posts_to(REGISTER) if p.status == 200]
+    assert len(accepted) == 2
+    assert _nonce(accepted[0]) != _nonce(accepted[1])
     assert (KEEPALIVE, "User-Identify is not a registered client") in viid_double.auth_failures
+
+
+def _nonce(authorization: str) -> str:
+    found = re.search(r'nonce="([^"]+)"', authorization)
+    assert found is not None, authorization
+    return found[1]
 
 
 async def test_keepalive_loss_leads_to_registering_again(tmp_path: Path, viid_double: ViidDouble) -> None:
@@ -233,7 +260,7 @@ async def test_keepalive_loss_leads_to_registering_again(tmp_path: Path, viid_do
     statuses = [(p.path, p.status) for p in viid_double.posts if p.path in {REGISTER, KEEPALIVE}]
     second_register = [i for i, entry in enumerate(statuses) if entry == (REGISTER, 200)][1]
     # the two keepalives the outage answered 503 came right before registering again (whose first
-    # attempt offers the used nonce: 401, then 200)
+    # attempt carries no credentials, a fresh Register: 401 and a challenge, then 200)
     assert statuses[second_register - 3 : second_register + 1] == [
         (KEEPALIVE, 503),
         (KEEPALIVE, 503),
@@ -446,7 +473,8 @@ async def test_a_city_outage_loses_nothing(tmp_path: Path, viid_double: ViidDoub
     assert backlog > 0  # the outage held objects back
     assert set(viid_double.accepted["MotorVehicle"]) == {obj.object_id for obj in queued}
     assert viid_double.resends == Counter()
-    assert len(viid_double.registrations) >= 2  # registered again after the outage
+    # registered at the start, then by the restarted service (in the outage: once it is over)
+    assert len(viid_double.registrations) == 2
     assert (await _counts(tmp_path / "city-queue.db")) == {"MotorVehicle": len(queued)}
 
 

@@ -6,11 +6,13 @@ call, HTTP digest answered with ``qop=auth``/MD5) and turns every aiohttp and so
 ``CityLinkError`` family, so the rest of the link only sees "no answer", "not registered" and
 "refused".
 
-Digest is aiohttp's ``DigestAuthMiddleware`` (RFC 7616): it answers a 401 challenge once with the
-challenge's nonce, counts ``nc`` per nonce, and sends the last nonce pre-emptively on later calls.
-A nonce the city no longer takes (expired, one-time: ``401 stale=true``) is answered by its
-challenge's fresh nonce on the same request; a 401 that survives that retry means the city does
-not know us (any more), and the session registers again.
+Digest is aiohttp's ``DigestAuthMiddleware`` (RFC 7616), on Register only: the standard
+authenticates Register with digest and every later call by ``User-Identify``. Each Register gets a
+fresh middleware (per-request ``middlewares=``): it meets the city's challenge, answers it once with
+that nonce, and no nonce outlives the Register (a city with one-time nonces would refuse a replay;
+a 401 without a challenge leaves nothing stale behind; no ``nc`` state is shared between tasks). A
+401 that survives the challenge, or a 401 to any other call, means the city does not know us (any
+more), and the session registers again.
 
 ``CitySession`` keeps the registration: Register (digest), a Keepalive every ``keepalive_s``
 (``keepalive_failures`` in a row, or any 401, and it registers again), the city's clock read every
@@ -221,12 +223,12 @@ class ViidClient:
     def __init__(self, city: CityConfig, password: str) -> None:
         self._city = city
         self._base = city.server_url.rstrip("/")
-        self._auth = aiohttp.DigestAuthMiddleware(city.username or city.platform_id, password)
+        self._login = city.username or city.platform_id
+        self._password = password
         self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> Self:
         self._session = aiohttp.ClientSession(
-            middlewares=(self._auth,),
             timeout=aiohttp.ClientTimeout(total=self._city.request_timeout_s),
             headers={"User-Identify": self._city.platform_id, "Accept": "application/json"},
         )
@@ -239,8 +241,12 @@ class ViidClient:
             await self._session.close()
             self._session = None
 
-    async def call(self, method: str, path: str, body: Mapping[str, object] | None = None) -> JsonObject:
+    async def call(
+        self, method: str, path: str, body: Mapping[str, object] | None = None, *, digest: bool = False
+    ) -> JsonObject:
         """One request; the answer's JSON object (empty for an empty 2xx body).
+
+        ``digest``: answer the city's digest challenge (Register), with a middleware of its own.
 
         Raises:
             CityUnavailableError: no answer, a 5xx/408/429, or a 2xx that is not a JSON object.
@@ -255,9 +261,11 @@ class ViidClient:
             data = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
             headers["Content-Type"] = VIID_CONTENT_TYPE
         url = self._base + path
+        # a fresh middleware per Register: no nonce (and no nc count) survives it or is shared
+        middlewares = (aiohttp.DigestAuthMiddleware(self._login, self._password),) if digest else ()
         try:
             async with self._session.request(
-                method, url, data=data, headers=headers, allow_redirects=False
+                method, url, data=data, headers=headers, allow_redirects=False, middlewares=middlewares
             ) as response:
                 raw = await _read_answer(response)
                 status = response.status
@@ -377,7 +385,9 @@ class CitySession:
 
     async def register(self) -> None:
         """``POST /VIID/System/Register`` with digest; on success the session is registered."""
-        answer = await self._call("POST", REGISTER, {"RegisterObject": {"DeviceID": self._city.platform_id}})
+        answer = await self._call(
+            "POST", REGISTER, {"RegisterObject": {"DeviceID": self._city.platform_id}}, digest=True
+        )
         _system_status(answer, "Register")
         self.registered_at = utc_now()
         self.registrations += 1
@@ -439,9 +449,11 @@ class CitySession:
         self.registered.clear()
         self._lost.set()
 
-    async def _call(self, method: str, path: str, body: Mapping[str, object] | None = None) -> JsonObject:
+    async def _call(
+        self, method: str, path: str, body: Mapping[str, object] | None = None, *, digest: bool = False
+    ) -> JsonObject:
         try:
-            answer = await self._client.call(method, path, body)
+            answer = await self._client.call(method, path, body, digest=digest)
         except CityLinkError:
             self.requests_failed += 1
             raise
