@@ -26,7 +26,7 @@ import pytest
 
 from device_sims.broker import free_port
 from district.city.apes import DeviceSource
-from district.city.model import Category, CityObject
+from district.city.model import Category, CityObject, LinkState
 from district.city.objects import DeviceForCity
 from district.city.queue import CityQueue
 from district.city.service import run_city
@@ -554,6 +554,61 @@ async def test_city_status_before_the_service_ever_ran(tmp_path: Path) -> None:
     assert (process.returncode, out) == (1, b"")
     assert "the city service has not run yet" in err.decode()
     assert not (tmp_path / "city-queue.db").exists()
+
+
+async def _status_process(config_path: Path, *extra: str) -> tuple[int, str, str]:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "cli.main",
+        "city",
+        *extra,
+        "--config",
+        str(config_path),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await process.communicate()
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
+
+
+async def test_city_status_on_a_corrupt_queue_file_says_so_in_one_line(tmp_path: Path) -> None:
+    """A queue file that is not SQLite: one line naming the file, exit 3 (not a traceback, not 1).
+
+    Checked to fail: without the ``sqlite3.Error`` catch in ``run_city_status`` the command died
+    with a traceback (exit 1, the code that means "never ran").
+    """
+    path = write_config(tmp_path, "http://127.0.0.1:9")
+    (tmp_path / "city-queue.db").write_bytes(b"this is not a database, " * 100)
+    code, out, err = await _status_process(path, "status")
+    assert (code, out) == (3, "")
+    assert err.splitlines() == [
+        f"cannot read the city queue file {tmp_path / 'city-queue.db'}: file is not a database"
+    ]
+
+
+async def test_city_status_on_a_stale_state_does_not_claim_a_registration(tmp_path: Path) -> None:
+    """A state saved "registered" an hour ago (the service died): registered is unknown, not yes.
+
+    Checked to fail: reporting the saved ``registered`` as is printed "registered     yes".
+    Also: ``--json``/``--refusals`` without ``status`` and a negative ``--refusals`` are usage errors (2).
+    """
+    path = write_config(tmp_path, "http://127.0.0.1:9")
+    an_hour_ago = datetime.now(UTC) - timedelta(hours=1)
+    async with CityQueue(tmp_path / "city-queue.db") as queue:
+        await queue.save_link_state(
+            LinkState(registered=True, registered_at=an_hour_ago, updated_at=an_hour_ago)
+        )
+    code, out, _ = await _status_process(path, "status", "--json")
+    report = json.loads(out)
+    assert (code, report["registered"], report["state_stale"]) == (0, None, True)
+    code, out, _ = await _status_process(path, "status")
+    assert code == 0
+    assert "registered     unknown (the saved state is stale)" in out.splitlines()
+    assert (await _status_process(path, "--json"))[0] == 2
+    assert (await _status_process(path, "--refusals", "3"))[0] == 2
+    assert (await _status_process(path, "status", "--refusals", "-1"))[0] == 2
 
 
 async def test_a_large_batch_is_answered_in_full(tmp_path: Path, viid_double: ViidDouble) -> None:
