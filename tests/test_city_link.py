@@ -17,9 +17,10 @@ import re
 import signal
 import sys
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import aiohttp
 import pytest
@@ -30,6 +31,7 @@ from district.city.model import Category, CityObject, LinkState
 from district.city.objects import DeviceForCity
 from district.city.queue import CityQueue
 from district.city.service import run_city
+from district.city.session import CitySession, CityUnauthorizedError, ViidClient
 from district.config import DistrictConfig, load_district_config
 from tests.test_operations import NotifyListener
 from tests.viid_double import LowerPlatform, Outage, Poison, ViidDouble
@@ -195,6 +197,7 @@ async def test_registers_with_digest_and_identifies_every_call(
     skew = next(line for line in metrics.splitlines() if line.startswith("cgw_city_clock_skew_seconds "))
     assert 28.5 <= float(skew.split()[1]) <= 31.5  # a 14-character time is whole seconds
     assert 'cgw_city_backlog{category="MotorVehicle"} 0.0' in metrics
+    assert 'cgw_city_objects_unanswered_total{category="MotorVehicle"} 0.0' in metrics
     status = json.loads(await city_status(tmp_path / "district.toml", "--json"))
     assert status["registered"] is False  # stopped: unregistered
     assert status["registered_at"] is not None
@@ -336,7 +339,7 @@ async def test_a_partly_refused_batch_is_retried_only_for_the_refused_objects(
         await feeder.add(queued)
         await until(lambda: _parked_is(feeder, 1))
         await until(lambda: _backlog_is(feeder, 0))
-        await until(lambda: _state_shows_parked(feeder))
+        await until(lambda: _state_saved_registered(feeder))
         text = await city_status(path)
         report = json.loads(await city_status(path, "--json"))
     assert vehicle_posts(viid_double) == [tuple(ids), (stubborn, once), (stubborn,)]
@@ -424,9 +427,9 @@ async def _parked_is(queue: CityQueue, count: int) -> bool:
     return sum((await queue.counts()).parked.values()) == count
 
 
-async def _state_shows_parked(queue: CityQueue) -> bool:
-    state = await queue.link_state()
-    return state.refused.get("MotorVehicle") == 1 and state.registered
+async def _state_saved_registered(queue: CityQueue) -> bool:
+    # the saved state's own counts are refreshed every 30 s only; city status reads counts live
+    return (await queue.link_state()).registered
 
 
 async def test_a_city_outage_loses_nothing(tmp_path: Path, viid_double: ViidDouble) -> None:
@@ -554,6 +557,50 @@ async def test_city_status_before_the_service_ever_ran(tmp_path: Path) -> None:
     assert (process.returncode, out) == (1, b"")
     assert "the city service has not run yet" in err.decode()
     assert not (tmp_path / "city-queue.db").exists()
+
+
+class _HeldClient(ViidClient):
+    """A client whose collection POSTs wait for ``release`` and then meet a 401; Register always succeeds.
+
+    The race it stages (a 401 arriving after the session registered again) cannot be timed against
+    the double from outside; the session's own logic is what is under test here.
+    """
+
+    def __init__(self, config: DistrictConfig) -> None:
+        assert config.city is not None
+        super().__init__(config.city, "unused")
+        self.release = asyncio.Event()
+        self.held = asyncio.Event()
+
+    async def call(
+        self, method: str, path: str, body: Mapping[str, object] | None = None, *, digest: bool = False
+    ) -> dict[str, object]:
+        if path == VEHICLES:
+            self.held.set()
+            await self.release.wait()
+            raise CityUnauthorizedError(f"{method} {path}: 401 (the city does not know us)")
+        return {}
+
+
+async def test_a_late_401_does_not_undo_a_newer_registration(tmp_path: Path) -> None:
+    """A batch sent under registration 1 meets a 401 after registration 2: the session stays registered.
+
+    Checked to fail: with ``post`` calling ``lose()`` on any 401, ``registered`` is cleared and the
+    keeper would register a third time for nothing.
+    """
+    config = load_district_config(write_config(tmp_path, "http://127.0.0.1:9"))
+    assert config.city is not None
+    client = _HeldClient(config)
+    session = CitySession(config.city, client, ZoneInfo("Asia/Shanghai"))
+    await session.register()
+    post = asyncio.create_task(session.post(Category.MOTOR_VEHICLE, [s.motor_vehicle(1)]))
+    await client.held.wait()
+    session.lose("the keeper found us lost")
+    await session.register()  # registration 2, while the batch is still out
+    client.release.set()
+    with pytest.raises(CityUnauthorizedError):
+        await post
+    assert (session.registered.is_set(), session.registrations) == (True, 2)
 
 
 async def _status_process(config_path: Path, *extra: str) -> tuple[int, str, str]:

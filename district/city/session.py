@@ -339,6 +339,7 @@ class CitySession:
         self.last_error: str | None = None
         self.clock_skew_s: float | None = None
         self.registrations = 0
+        """Successful registrations so far: also the registration's generation (a late 401 names its own)."""
         self.requests_failed = 0
         self.answered_at: float | None = None
         """When (monotonic) the city last answered any call readably (a refusal is an answer too).
@@ -364,11 +365,14 @@ class CitySession:
         """
         name = category.value
         document = {f"{name}ListObject": {f"{name}Object": bodies}}
+        generation = self.registrations
         try:
             answer = await self._client.call("POST", category.resource, document)
         except CityUnauthorizedError as exc:
             self.requests_failed += 1
-            self.lose(str(exc))
+            # a 401 to a request sent before we registered again speaks of the old registration
+            if self.registrations == generation:
+                self.lose(str(exc))
             raise
         except CityRefusedError as exc:
             self.requests_failed += 1
