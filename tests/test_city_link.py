@@ -423,6 +423,34 @@ async def test_a_batch_refused_as_a_whole_parks_only_its_culprit(
     assert vehicle_posts(viid_double).count((culprit,)) == 2
 
 
+async def test_an_object_the_answers_never_name_is_refused_after_three_rounds(
+    tmp_path: Path, viid_double: ViidDouble
+) -> None:
+    """Every answer names the other objects of the batch but never X: X is refused "not named in the city's answer".
+
+    Three answered rounds without its status make one refusal; with ``refused_max_attempts`` 1 it
+    parks. Checked to fail: with unnamed objects left unanswered for ever (no per-seq count in
+    ``_answered``), X is sent again and again and never parks (the wait times out).
+    """
+    path = write_config(tmp_path, viid_double.url, batch_max=4, refused_max_attempts=1)
+    config = load_district_config(path)
+    queued = vehicles(1, 6)
+    ids = [obj.object_id for obj in queued]
+    culprit = ids[2]
+    viid_double.poison(culprit, Poison.UNNAMED)
+    async with CityQueue(queue_path(config)) as feeder, city_service(config):
+        await viid_double.wait_for(lambda c: bool(c.posts_to(TIME)))
+        await feeder.add(queued)
+        await until(lambda: _parked_is(feeder, 1))
+        await until(lambda: _backlog_is(feeder, 0))
+        refusals = await feeder.refusals()
+    assert set(viid_double.accepted["MotorVehicle"]) == set(ids) - {culprit}
+    assert [(r.object_id, r.reason, r.attempts, r.parked) for r in refusals] == [
+        (culprit, "not named in the city's answer", 1, True)
+    ]
+    assert sum(culprit in post for post in vehicle_posts(viid_double)) == 3
+
+
 async def _parked_is(queue: CityQueue, count: int) -> bool:
     return sum((await queue.counts()).parked.values()) == count
 

@@ -106,6 +106,7 @@ class Poison(enum.Enum):
     HTTP_503 = "http_503"  # the batch is answered 503
     DROP = "drop"  # the connection is dropped without an answer
     REFUSE_BATCH = "refuse_batch"  # 400 with one ResponseStatusObject naming no object (the whole batch)
+    UNNAMED = "unnamed"  # the batch is processed, but the answer holds no status for (and keeps not) this id
 
 
 @dataclass(frozen=True)
@@ -723,6 +724,8 @@ class ViidDouble:
             reasons = (
                 spec.check(obj, deployment_rules=self.config.deployment_rules) if obj else ["not an object"]
             )
+            if self.poisoned.get(object_id) is Poison.UNNAMED:
+                continue  # not kept, not named: as if the city overlooked it
             code, text = self._verdict(request.path, spec.category, object_id, obj, reasons)
             if code == OK:
                 self._accept(spec.category, object_id, obj)
@@ -735,7 +738,9 @@ class ViidDouble:
     ) -> web.Response | None:
         """The ``poison()`` answer for a batch holding a poisoned id, else None."""
         ids = [str(item.get(spec.id_field, "")) if isinstance(item, dict) else "" for item in items]
-        mode = next((self.poisoned[i] for i in ids if i in self.poisoned), None)
+        mode = next(
+            (self.poisoned[i] for i in ids if self.poisoned.get(i) not in {None, Poison.UNNAMED}), None
+        )
         if mode is None:
             return None
         if mode is Poison.HTTP_503:
