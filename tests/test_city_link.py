@@ -27,6 +27,7 @@ import pytest
 
 from device_sims.broker import free_port
 from district.city.apes import DeviceSource
+from district.city.config import CityPrivacyConfig
 from district.city.model import Category, CityObject, LinkState
 from district.city.objects import DeviceForCity
 from district.city.queue import CityQueue
@@ -449,6 +450,35 @@ async def test_an_object_the_answers_never_name_is_refused_after_three_rounds(
         (culprit, "not named in the city's answer", 1, True)
     ]
     assert sum(culprit in post for post in vehicle_posts(viid_double)) == 3
+
+
+async def test_nothing_is_sent_before_the_privacy_policy_is_applied(
+    tmp_path: Path, viid_double: ViidDouble, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The policy runs after READY (a big file must not hold up the start), the deliverers wait for it.
+
+    The policy pass is held until five keepalives went by (the service registered and running, the
+    objects due all along): no batch reached the double; released, every object goes. Checked to
+    fail: with the deliverers not gated (``may_send`` left set) the objects went before the release.
+    """
+    release = asyncio.Event()
+    original = CityQueue.apply_policy
+
+    async def held(queue: CityQueue, privacy: CityPrivacyConfig) -> tuple[int, int]:
+        await release.wait()
+        return await original(queue, privacy)
+
+    monkeypatch.setattr(CityQueue, "apply_policy", held)
+    config = load_district_config(write_config(tmp_path, viid_double.url, keepalive_s=0.1))
+    queued = vehicles(1, 5)
+    async with CityQueue(queue_path(config)) as feeder:
+        await feeder.add(queued)
+        async with city_service(config):
+            await viid_double.wait_for(lambda c: len(c.keepalives) >= 5)
+            assert vehicle_posts(viid_double) == []
+            release.set()
+            await viid_double.wait_for(lambda c: len(c.accepted["MotorVehicle"]) == 5)
+    assert vehicle_posts(viid_double) == [tuple(obj.object_id for obj in queued)]
 
 
 async def _parked_is(queue: CityQueue, count: int) -> bool:
