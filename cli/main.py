@@ -23,7 +23,7 @@ from device_sims.demo import run_demo
 from device_sims.devices import SimDevice, build_sim
 from device_sims.runner import Runner
 from device_sims.scenarios import build
-from district.city.cli import add_city_commands, run_city_status
+from district.city.cli import add_city_commands, city_usage_error, run_city_status
 from district.city.service import run_city
 from district.config import load_district_config
 from district.ingester import run_ingester
@@ -155,6 +155,9 @@ def main(argv: list[str] | None = None) -> int:
             case "city" if args.action == "status":
                 return run_city_status(args)
             case "city":
+                if (usage := city_usage_error(args)) is not None:
+                    print(f"compound-gateway city: {usage}", file=sys.stderr)
+                    return 2
                 return _city(args.config)
             case "schema":
                 return _write_document(event_json_schema(), args.output)

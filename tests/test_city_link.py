@@ -13,24 +13,29 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import signal
 import sys
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import aiohttp
+import pytest
 
 from device_sims.broker import free_port
 from district.city.apes import DeviceSource
-from district.city.model import Category, CityObject
+from district.city.config import CityPrivacyConfig
+from district.city.model import Category, CityObject, LinkState
 from district.city.objects import DeviceForCity
 from district.city.queue import CityQueue
 from district.city.service import run_city
+from district.city.session import CitySession, CityUnauthorizedError, ViidClient
 from district.config import DistrictConfig, load_district_config
 from tests.test_operations import NotifyListener
-from tests.viid_double import LowerPlatform, Outage, ViidDouble
+from tests.viid_double import LowerPlatform, Outage, Poison, ViidDouble
 from tests.viid_double import samples as s
 
 PLATFORM = s.DISTRICT_ID
@@ -164,8 +169,10 @@ async def test_registers_with_digest_and_identifies_every_call(
     """Register answers the digest challenge; every call carries User-Identify and the VIID content type.
 
     Then the keepalive, the time check (the double's clock 30 s ahead: the skew is measured and
-    exported) and, at a clean stop, UnRegister. Checked to fail: without the digest middleware the
-    double never registers us (401 "no digest credentials" forever).
+    exported) and, at a clean stop, UnRegister. Digest goes with Register only (the standard's
+    User-Identify identifies every later call). Checked to fail: without the digest middleware the
+    double never registers us (401 "no digest credentials" forever); with the middleware on the
+    whole client session (as before) every keepalive carried an Authorization header.
     """
     viid_double.clock_offset = timedelta(seconds=30)
     port = free_port()
@@ -179,6 +186,9 @@ async def test_registers_with_digest_and_identifies_every_call(
     assert [r.client_id for r in viid_double.registrations] == [PLATFORM]
     assert viid_double.auth_failures[0] == (REGISTER, "no digest credentials")
     assert [path for path, _ in viid_double.auth_failures] == [REGISTER]  # only the first challenge
+    assert {p.path for p in viid_double.posts if p.authorization} == {REGISTER}
+    assert [p.status for p in viid_double.posts_to(REGISTER)] == [401, 200]
+    assert not viid_double.posts_to(REGISTER)[0].authorization  # a fresh Register starts with none
     assert {post.client_id for post in viid_double.posts} == {PLATFORM}
     assert {p.content_type for p in viid_double.posts if p.method == "POST"} == {
         "application/VIID+JSON;charset=UTF-8"
@@ -188,6 +198,7 @@ async def test_registers_with_digest_and_identifies_every_call(
     skew = next(line for line in metrics.splitlines() if line.startswith("cgw_city_clock_skew_seconds "))
     assert 28.5 <= float(skew.split()[1]) <= 31.5  # a 14-character time is whole seconds
     assert 'cgw_city_backlog{category="MotorVehicle"} 0.0' in metrics
+    assert 'cgw_city_objects_unanswered_total{category="MotorVehicle"} 0.0' in metrics
     status = json.loads(await city_status(tmp_path / "district.toml", "--json"))
     assert status["registered"] is False  # stopped: unregistered
     assert status["registered_at"] is not None
@@ -198,22 +209,43 @@ async def test_registers_with_digest_and_identifies_every_call(
 async def test_a_replayed_nonce_is_refused_and_a_fresh_one_answers(
     tmp_path: Path, viid_double: ViidDouble
 ) -> None:
-    """Registering again, the client first offers its last (used) nonce: refused, it answers the fresh one.
+    """A captured Register, replayed, is refused; registering again, the client answers a fresh challenge.
 
-    The double answers a nonce once; our digest sends the last nonce pre-emptively, so the second
-    Register meets "nonce replayed", then registers with the challenge's new nonce. Checked to fail:
-    with the digest not sent pre-emptively (``preemptive=False``) no used nonce is offered, and the
-    recorded failures lack "nonce replayed"; the test exists to show that path is taken and cured.
+    The double answers a nonce once: the client's own Authorization header, sent again by a bare
+    client, meets "nonce replayed". When the double then forgets us, the client registers again
+    with a middleware of its own for that Register: no credentials first, then the new challenge's
+    nonce. Checked to fail: with one digest middleware kept across Registers (pre-emptive, as
+    before), the second Register offered the used nonce and the failures read "nonce replayed"
+    where "no digest credentials" was expected.
     """
     config = load_district_config(write_config(tmp_path, viid_double.url, keepalive_s=0.2))
     async with city_service(config):
         await viid_double.wait_for(lambda c: len(c.keepalives) >= 1)
+        first = next(p for p in viid_double.posts_to(REGISTER) if p.status == 200)
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(
+                viid_double.url + REGISTER,
+                json=first.body,
+                headers={"Authorization": first.authorization, "User-Identify": PLATFORM},
+            ) as replay,
+        ):
+            assert replay.status == 401
         viid_double.drop_registration(PLATFORM)
         await viid_double.wait_for(lambda c: len(c.registrations) == 2)
         await viid_double.wait_for(lambda c: c.keepalives[-1][1] > c.registrations[-1].at)
     failures = [reason for path, reason in viid_double.auth_failures if path == REGISTER]
-    assert failures == ["no digest credentials", "nonce replayed"]
+    assert failures == ["no digest credentials", "nonce replayed", "no digest credentials"]
+    accepted = [p.authorization for p in viid_double.posts_to(REGISTER) if p.status == 200]
+    assert len(accepted) == 2
+    assert _nonce(accepted[0]) != _nonce(accepted[1])
     assert (KEEPALIVE, "User-Identify is not a registered client") in viid_double.auth_failures
+
+
+def _nonce(authorization: str) -> str:
+    found = re.search(r'nonce="([^"]+)"', authorization)
+    assert found is not None, authorization
+    return found[1]
 
 
 async def test_keepalive_loss_leads_to_registering_again(tmp_path: Path, viid_double: ViidDouble) -> None:
@@ -232,7 +264,7 @@ async def test_keepalive_loss_leads_to_registering_again(tmp_path: Path, viid_do
     statuses = [(p.path, p.status) for p in viid_double.posts if p.path in {REGISTER, KEEPALIVE}]
     second_register = [i for i, entry in enumerate(statuses) if entry == (REGISTER, 200)][1]
     # the two keepalives the outage answered 503 came right before registering again (whose first
-    # attempt offers the used nonce: 401, then 200)
+    # attempt carries no credentials, a fresh Register: 401 and a challenge, then 200)
     assert statuses[second_register - 3 : second_register + 1] == [
         (KEEPALIVE, 503),
         (KEEPALIVE, 503),
@@ -308,7 +340,7 @@ async def test_a_partly_refused_batch_is_retried_only_for_the_refused_objects(
         await feeder.add(queued)
         await until(lambda: _parked_is(feeder, 1))
         await until(lambda: _backlog_is(feeder, 0))
-        await until(lambda: _state_shows_parked(feeder))
+        await until(lambda: _state_saved_registered(feeder))
         text = await city_status(path)
         report = json.loads(await city_status(path, "--json"))
     assert vehicle_posts(viid_double) == [tuple(ids), (stubborn, once), (stubborn,)]
@@ -326,13 +358,136 @@ async def test_a_partly_refused_batch_is_retried_only_for_the_refused_objects(
     assert "MotorVehicle          0        1       1         9" in text
 
 
+@pytest.mark.parametrize("mode", [Poison.HTTP_503, Poison.DROP], ids=["503", "dropped"])
+async def test_an_object_the_city_never_answers_does_not_block_its_collection(
+    tmp_path: Path, viid_double: ViidDouble, mode: Poison
+) -> None:
+    """Any batch holding X is answered 503 (or its connection dropped), every time; keepalives are answered.
+
+    Every other object is accepted, X is refused "no answer" and parked after
+    ``refused_max_attempts``. Checked to fail: with the strikes never counted (``_unanswered``
+    without ``self._strikes += 1``) the batch holding X is sent again forever and nothing behind X
+    is accepted (the wait times out).
+    """
+    path = write_config(
+        tmp_path, viid_double.url, batch_max=4, keepalive_s=0.1, refused_max_attempts=2, retry_max_s=0.1
+    )
+    config = load_district_config(path)
+    queued = vehicles(1, 10)
+    ids = [obj.object_id for obj in queued]
+    culprit = ids[1]
+    viid_double.poison(culprit, mode)
+    async with CityQueue(queue_path(config)) as feeder, city_service(config):
+        await viid_double.wait_for(lambda c: bool(c.posts_to(TIME)))
+        await feeder.add(queued)
+        await until(lambda: _parked_is(feeder, 1), timeout=60)
+        await until(lambda: _backlog_is(feeder, 0))
+        refusals = await feeder.refusals()
+    assert set(viid_double.accepted["MotorVehicle"]) == set(ids) - {culprit}
+    assert viid_double.resends == Counter()
+    assert [(r.object_id, r.reason, r.attempts, r.parked) for r in refusals] == [
+        (culprit, "no answer", 2, True)
+    ]
+    # X went alone at last, and only batches holding X went unanswered
+    assert (culprit,) in vehicle_posts(viid_double)
+    assert {p.poisoned for p in viid_double.posts_to(VEHICLES) if culprit in p.object_ids} == {True}
+    assert {p.poisoned for p in viid_double.posts_to(VEHICLES) if culprit not in p.object_ids} == {False}
+
+
+async def test_a_batch_refused_as_a_whole_parks_only_its_culprit(
+    tmp_path: Path, viid_double: ViidDouble
+) -> None:
+    """Any batch holding X is refused as a whole (400, one status naming no object): only X takes refusals.
+
+    The batch is halved (no attempt counted) until X goes alone. Checked to fail: with a whole-batch
+    refusal settled against every object (``_refused_whole`` without the halving), the objects
+    sent with X are refused too and parked beside it (the accepted set lacks them).
+    """
+    path = write_config(tmp_path, viid_double.url, batch_max=4, refused_max_attempts=2)
+    config = load_district_config(path)
+    queued = vehicles(1, 10)
+    ids = [obj.object_id for obj in queued]
+    culprit = ids[5]
+    viid_double.poison(culprit, Poison.REFUSE_BATCH)
+    async with CityQueue(queue_path(config)) as feeder, city_service(config):
+        await viid_double.wait_for(lambda c: bool(c.posts_to(TIME)))
+        await feeder.add(queued)
+        await until(lambda: _parked_is(feeder, 1), timeout=60)
+        await until(lambda: _backlog_is(feeder, 0))
+        refusals = await feeder.refusals()
+        counts = await feeder.counts()
+    assert set(viid_double.accepted["MotorVehicle"]) == set(ids) - {culprit}
+    assert [(r.object_id, r.reason, r.attempts, r.parked) for r in refusals] == [
+        (culprit, "8 the batch is refused (poisoned by the test)", 2, True)
+    ]
+    assert counts.accepted == {"MotorVehicle": 9}
+    assert vehicle_posts(viid_double).count((culprit,)) == 2
+
+
+async def test_an_object_the_answers_never_name_is_refused_after_three_rounds(
+    tmp_path: Path, viid_double: ViidDouble
+) -> None:
+    """Every answer names the other objects of the batch but never X: X is refused "not named in the city's answer".
+
+    Three answered rounds without its status make one refusal; with ``refused_max_attempts`` 1 it
+    parks. Checked to fail: with unnamed objects left unanswered for ever (no per-seq count in
+    ``_answered``), X is sent again and again and never parks (the wait times out).
+    """
+    path = write_config(tmp_path, viid_double.url, batch_max=4, refused_max_attempts=1)
+    config = load_district_config(path)
+    queued = vehicles(1, 6)
+    ids = [obj.object_id for obj in queued]
+    culprit = ids[2]
+    viid_double.poison(culprit, Poison.UNNAMED)
+    async with CityQueue(queue_path(config)) as feeder, city_service(config):
+        await viid_double.wait_for(lambda c: bool(c.posts_to(TIME)))
+        await feeder.add(queued)
+        await until(lambda: _parked_is(feeder, 1))
+        await until(lambda: _backlog_is(feeder, 0))
+        refusals = await feeder.refusals()
+    assert set(viid_double.accepted["MotorVehicle"]) == set(ids) - {culprit}
+    assert [(r.object_id, r.reason, r.attempts, r.parked) for r in refusals] == [
+        (culprit, "not named in the city's answer", 1, True)
+    ]
+    assert sum(culprit in post for post in vehicle_posts(viid_double)) == 3
+
+
+async def test_nothing_is_sent_before_the_privacy_policy_is_applied(
+    tmp_path: Path, viid_double: ViidDouble, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The policy runs after READY (a big file must not hold up the start), the deliverers wait for it.
+
+    The policy pass is held until five keepalives went by (the service registered and running, the
+    objects due all along): no batch reached the double; released, every object goes. Checked to
+    fail: with the deliverers not gated (``may_send`` left set) the objects went before the release.
+    """
+    release = asyncio.Event()
+    original = CityQueue.apply_policy
+
+    async def held(queue: CityQueue, privacy: CityPrivacyConfig) -> tuple[int, int]:
+        await release.wait()
+        return await original(queue, privacy)
+
+    monkeypatch.setattr(CityQueue, "apply_policy", held)
+    config = load_district_config(write_config(tmp_path, viid_double.url, keepalive_s=0.1))
+    queued = vehicles(1, 5)
+    async with CityQueue(queue_path(config)) as feeder:
+        await feeder.add(queued)
+        async with city_service(config):
+            await viid_double.wait_for(lambda c: len(c.keepalives) >= 5)
+            assert vehicle_posts(viid_double) == []
+            release.set()
+            await viid_double.wait_for(lambda c: len(c.accepted["MotorVehicle"]) == 5)
+    assert vehicle_posts(viid_double) == [tuple(obj.object_id for obj in queued)]
+
+
 async def _parked_is(queue: CityQueue, count: int) -> bool:
     return sum((await queue.counts()).parked.values()) == count
 
 
-async def _state_shows_parked(queue: CityQueue) -> bool:
-    state = await queue.link_state()
-    return state.refused.get("MotorVehicle") == 1 and state.registered
+async def _state_saved_registered(queue: CityQueue) -> bool:
+    # the saved state's own counts are refreshed every 30 s only; city status reads counts live
+    return (await queue.link_state()).registered
 
 
 async def test_a_city_outage_loses_nothing(tmp_path: Path, viid_double: ViidDouble) -> None:
@@ -379,7 +534,8 @@ async def test_a_city_outage_loses_nothing(tmp_path: Path, viid_double: ViidDoub
     assert backlog > 0  # the outage held objects back
     assert set(viid_double.accepted["MotorVehicle"]) == {obj.object_id for obj in queued}
     assert viid_double.resends == Counter()
-    assert len(viid_double.registrations) >= 2  # registered again after the outage
+    # registered at the start, then by the restarted service (in the outage: once it is over)
+    assert len(viid_double.registrations) == 2
     assert (await _counts(tmp_path / "city-queue.db")) == {"MotorVehicle": len(queued)}
 
 
@@ -459,6 +615,105 @@ async def test_city_status_before_the_service_ever_ran(tmp_path: Path) -> None:
     assert (process.returncode, out) == (1, b"")
     assert "the city service has not run yet" in err.decode()
     assert not (tmp_path / "city-queue.db").exists()
+
+
+class _HeldClient(ViidClient):
+    """A client whose collection POSTs wait for ``release`` and then meet a 401; Register always succeeds.
+
+    The race it stages (a 401 arriving after the session registered again) cannot be timed against
+    the double from outside; the session's own logic is what is under test here.
+    """
+
+    def __init__(self, config: DistrictConfig) -> None:
+        assert config.city is not None
+        super().__init__(config.city, "unused")
+        self.release = asyncio.Event()
+        self.held = asyncio.Event()
+
+    async def call(
+        self, method: str, path: str, body: Mapping[str, object] | None = None, *, digest: bool = False
+    ) -> dict[str, object]:
+        if path == VEHICLES:
+            self.held.set()
+            await self.release.wait()
+            raise CityUnauthorizedError(f"{method} {path}: 401 (the city does not know us)")
+        return {}
+
+
+async def test_a_late_401_does_not_undo_a_newer_registration(tmp_path: Path) -> None:
+    """A batch sent under registration 1 meets a 401 after registration 2: the session stays registered.
+
+    Checked to fail: with ``post`` calling ``lose()`` on any 401, ``registered`` is cleared and the
+    keeper would register a third time for nothing.
+    """
+    config = load_district_config(write_config(tmp_path, "http://127.0.0.1:9"))
+    assert config.city is not None
+    client = _HeldClient(config)
+    session = CitySession(config.city, client, ZoneInfo("Asia/Shanghai"))
+    await session.register()
+    post = asyncio.create_task(session.post(Category.MOTOR_VEHICLE, [s.motor_vehicle(1)]))
+    await client.held.wait()
+    session.lose("the keeper found us lost")
+    await session.register()  # registration 2, while the batch is still out
+    client.release.set()
+    with pytest.raises(CityUnauthorizedError):
+        await post
+    assert (session.registered.is_set(), session.registrations) == (True, 2)
+
+
+async def _status_process(config_path: Path, *extra: str) -> tuple[int, str, str]:
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "cli.main",
+        "city",
+        *extra,
+        "--config",
+        str(config_path),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await process.communicate()
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
+
+
+async def test_city_status_on_a_corrupt_queue_file_says_so_in_one_line(tmp_path: Path) -> None:
+    """A queue file that is not SQLite: one line naming the file, exit 3 (not a traceback, not 1).
+
+    Checked to fail: without the ``sqlite3.Error`` catch in ``run_city_status`` the command died
+    with a traceback (exit 1, the code that means "never ran").
+    """
+    path = write_config(tmp_path, "http://127.0.0.1:9")
+    (tmp_path / "city-queue.db").write_bytes(b"this is not a database, " * 100)
+    code, out, err = await _status_process(path, "status")
+    assert (code, out) == (3, "")
+    assert err.splitlines() == [
+        f"cannot read the city queue file {tmp_path / 'city-queue.db'}: file is not a database"
+    ]
+
+
+async def test_city_status_on_a_stale_state_does_not_claim_a_registration(tmp_path: Path) -> None:
+    """A state saved "registered" an hour ago (the service died): registered is unknown, not yes.
+
+    Checked to fail: reporting the saved ``registered`` as is printed "registered     yes".
+    Also: ``--json``/``--refusals`` without ``status`` and a negative ``--refusals`` are usage errors (2).
+    """
+    path = write_config(tmp_path, "http://127.0.0.1:9")
+    an_hour_ago = datetime.now(UTC) - timedelta(hours=1)
+    async with CityQueue(tmp_path / "city-queue.db") as queue:
+        await queue.save_link_state(
+            LinkState(registered=True, registered_at=an_hour_ago, updated_at=an_hour_ago)
+        )
+    code, out, _ = await _status_process(path, "status", "--json")
+    report = json.loads(out)
+    assert (code, report["registered"], report["state_stale"]) == (0, None, True)
+    code, out, _ = await _status_process(path, "status")
+    assert code == 0
+    assert "registered     unknown (the saved state is stale)" in out.splitlines()
+    assert (await _status_process(path, "--json"))[0] == 2
+    assert (await _status_process(path, "--refusals", "3"))[0] == 2
+    assert (await _status_process(path, "status", "--refusals", "-1"))[0] == 2
 
 
 async def test_a_large_batch_is_answered_in_full(tmp_path: Path, viid_double: ViidDouble) -> None:

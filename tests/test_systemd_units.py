@@ -267,3 +267,14 @@ def test_the_city_queue_directory_is_shared_through_a_group_never_a_state_direct
     assert api["ReadWritePaths"] == [f"-{shared}"]
     assert api["UMask"] == ["0007"]
     assert api["ProtectSystem"] == ["strict"]
+
+
+@pytest.mark.parametrize("unit", UNITS, ids=lambda u: u.name)
+def test_a_config_error_does_not_restart_loop(unit: Path) -> None:
+    """Every unit that restarts on failure leaves exit 2 alone: ``cli.main`` exits 2 on a config error.
+
+    Checked to fail: the city unit without ``RestartPreventExitStatus=2`` (the review's finding).
+    """
+    settings = [line.strip() for line in unit.read_text(encoding="utf-8").splitlines()]
+    assert "Restart=on-failure" in settings
+    assert "RestartPreventExitStatus=2" in settings

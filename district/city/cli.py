@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import sqlite3
 import sys
 from datetime import datetime
 from pathlib import Path
@@ -27,6 +28,9 @@ from foundation.events import utc_now
 STALE_AFTER_S = 30.0
 """A saved state older than this is shown as such: the service has probably stopped."""
 
+UNREADABLE_EXIT = 3
+"""``city status`` exit status when the queue file exists but cannot be read (1: no file yet; 2: config)."""
+
 
 def add_city_commands(sub: Any) -> None:
     """Register ``city`` (run the service) and ``city status``."""
@@ -37,8 +41,24 @@ def add_city_commands(sub: Any) -> None:
     city.add_argument(
         "--config", type=Path, required=True, help="the district TOML config (its [city] section)"
     )
-    city.add_argument("--json", action="store_true", help="status: one JSON object")
-    city.add_argument("--refusals", type=int, default=20, help="status: how many recent refusals to list")
+    city.add_argument("--json", action="store_true", default=None, help="status: one JSON object")
+    city.add_argument(
+        "--refusals", type=_count, default=None, help="status: how many recent refusals to list (20)"
+    )
+
+
+def _count(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} is negative")
+    return value
+
+
+def city_usage_error(args: argparse.Namespace) -> str | None:
+    """Why ``city`` (the service) was given options of ``city status`` only, if it was."""
+    if args.action != "status" and (args.json is not None or args.refusals is not None):
+        return "--json and --refusals go with 'city status' only"
+    return None
 
 
 def city_section(config: DistrictConfig) -> CityConfig:
@@ -49,11 +69,17 @@ def city_section(config: DistrictConfig) -> CityConfig:
 
 
 def run_city_status(args: argparse.Namespace) -> int:
-    """Print the link's status; 1 when the queue file does not exist yet (the service never ran)."""
+    """Print the link's status; exit 1: no queue file yet (never ran), 3: the file cannot be read."""
     config = load_district_config(args.config)
     city = city_section(config)
+    refusals = 20 if args.refusals is None else args.refusals
     # read-only: the operator may not (and must not) write the service's file
-    status = asyncio.run(read_status(city.queue_path, args.refusals))
+    try:
+        status = asyncio.run(read_status(city.queue_path, refusals))
+    except (sqlite3.Error, OSError, ValueError) as exc:
+        # ValueError: a saved state that is not the JSON the service writes
+        print(f"cannot read the city queue file {city.queue_path}: {exc}", file=sys.stderr)
+        return UNREADABLE_EXIT
     if status is None:
         print(f"no queue file at {city.queue_path}: the city service has not run yet", file=sys.stderr)
         return 1
@@ -74,16 +100,18 @@ def status_report(
 ) -> dict[str, Any]:
     """The status as one JSON-ready object (``--json`` prints it as is)."""
     age = (now - state.updated_at).total_seconds() if state.updated_at is not None else None
+    stale = age is None or age > STALE_AFTER_S
     return {
         "server_url": city.server_url,
         "platform_id": city.platform_id,
-        "registered": state.registered,
+        # a stale state cannot say whether the city knows us now (the service may have died registered)
+        "registered": None if stale else state.registered,
         "registered_at": _iso(state.registered_at),
         "last_keepalive_at": _iso(state.last_keepalive_at),
         "last_error": state.last_error,
         "clock_skew_s": state.clock_skew_s,
         "state_saved_at": _iso(state.updated_at),
-        "state_stale": age is None or age > STALE_AFTER_S,
+        "state_stale": stale,
         "backlog": {c.value: counts.backlog.get(c.value, 0) for c in Category},
         "refused": {c.value: counts.refused.get(c.value, 0) for c in Category},
         "parked": {c.value: counts.parked.get(c.value, 0) for c in Category},
@@ -113,7 +141,9 @@ def _when(text: object, zone: ZoneInfo) -> str:
 def format_status(report: dict[str, Any], zone: ZoneInfo) -> str:
     """The status for people: times in the district's zone."""
     lines = [f"city platform  {report['server_url']}  (we are {report['platform_id']})"]
-    if report["registered"]:
+    if report["registered"] is None:
+        lines.append("registered     unknown (the saved state is stale)")
+    elif report["registered"]:
         lines.append(f"registered     yes, since {_when(report['registered_at'], zone)}")
     else:
         lines.append("registered     no")

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
+import time
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
 from datetime import timedelta
@@ -27,7 +28,7 @@ from district.city.apes import ApeRefresher, DeviceSource, devices_for_city
 from district.city.config import CityConfig, FacePolicy
 from district.city.delivery import Deliverer, DeliveryFigures
 from district.city.model import Category, LinkState
-from district.city.queue import CityQueue
+from district.city.queue import CityQueue, QueueCounts
 from district.city.session import CitySession, ViidClient, city_password
 from district.city.subscriptions import serve_subscriptions
 from district.config import DistrictConfig
@@ -41,6 +42,9 @@ from foundation.systemd import sd_notify, watchdog, watchdog_interval
 log = structlog.get_logger(__name__)
 
 STATE_EVERY_S = 2.0
+COUNTS_EVERY_S = 30.0
+"""The saved state's queue counts are refreshed this often (a GROUP BY over the whole backlog, on the
+queue's one SQLite thread); readers take live counts from the file themselves."""
 """How often the link state is saved for ``city status`` and the console."""
 
 PURGE_EVERY_S = 3600.0
@@ -86,13 +90,25 @@ class CityService:
             else None
         )
         self.purged = 0
+        self._counts: QueueCounts | None = None
+        self._counts_at = 0.0  # monotonic
+        self.sending = asyncio.Event()
+        """Set once the queue file matches ``[city.privacy]``: the deliverers send nothing before."""
+        for deliverer in self.deliverers.values():
+            deliverer.may_send = self.sending
 
     def _apes_added(self) -> None:
         self.deliverers[Category.APE].wake.set()
 
-    async def link_state(self) -> LinkState:
-        """The link as it stands: the session's view and the queue's counts."""
-        counts = await self.queue.counts()
+    async def link_state(self, *, fresh_counts: bool = True) -> LinkState:
+        """The link as it stands: the session's view and the queue's counts (read now, or recently).
+
+        Without ``fresh_counts`` the counts may be up to ``COUNTS_EVERY_S`` old.
+        """
+        now = time.monotonic()
+        if fresh_counts or self._counts is None or now - self._counts_at >= COUNTS_EVERY_S:
+            self._counts, self._counts_at = await self.queue.counts(), now
+        counts = self._counts
         session = self.session
         return LinkState(
             registered=session.registered.is_set(),
@@ -114,8 +130,19 @@ class CityService:
         """Save the link state every ``STATE_EVERY_S`` until cancelled."""
         while True:
             raise_if_cancelling()
-            await self.save_state()
+            await self.queue.save_link_state(await self.link_state(fresh_counts=False))
             await asyncio.sleep(STATE_EVERY_S)
+
+    async def apply_policy(self) -> None:
+        """Make the queue file match ``[city.privacy]``, then let the deliverers send.
+
+        A stricter policy applies to what was queued before it. Run after READY: on a big file it
+        may take longer than the unit's start timeout.
+        """
+        deleted, stripped = await self.queue.apply_policy(self.city.privacy)
+        if deleted or stripped:
+            log.info("city_queue_policy_applied", deleted=deleted, stripped=stripped)
+        self.sending.set()
 
     async def purge(self) -> None:
         """Delete accepted objects older than ``keep_days``, hourly, until cancelled."""
@@ -150,6 +177,7 @@ class CityService:
             if self.city.subscriptions is not None and self.city.subscriptions.enabled:
                 tg.create_task(serve_subscriptions(self.config, self.queue), name="subscriptions")
             tg.create_task(self.write_state(), name="state")
+            tg.create_task(self.apply_policy(), name="policy")
             sd_notify("READY=1")
             log.info(
                 "city_service_started",
@@ -179,6 +207,11 @@ def expose_city(health: Health, service: CityService) -> None:
             "cgw_city_objects_refused_total",
             "object refusals (a non-zero StatusCode), by category, since the start; each retry counts",
             [({"category": c.value}, figures.refused[c.value]) for c in service.deliverers],
+        )
+        families.counter(
+            "cgw_city_objects_unanswered_total",
+            "objects sent without an answer for them (no answer, 5xx, 401, not named), since the start",
+            [({"category": c.value}, figures.unanswered[c.value]) for c in service.deliverers],
         )
         families.counter(
             "cgw_city_requests_failed_total",
@@ -261,10 +294,6 @@ async def run_city(
                 privacy=city.privacy,
             )
         )
-        # a stricter [city.privacy] than the one objects were queued under applies to them now
-        deleted, stripped = await queue.apply_policy(city.privacy)
-        if deleted or stripped:
-            log.info("city_queue_policy_applied", deleted=deleted, stripped=stripped)
         client = await stack.enter_async_context(ViidClient(city, password))
         session = CitySession(city, client, zone)
         service = CityService(config, city, queue, session, device_source=device_source)

@@ -6,11 +6,13 @@ call, HTTP digest answered with ``qop=auth``/MD5) and turns every aiohttp and so
 ``CityLinkError`` family, so the rest of the link only sees "no answer", "not registered" and
 "refused".
 
-Digest is aiohttp's ``DigestAuthMiddleware`` (RFC 7616): it answers a 401 challenge once with the
-challenge's nonce, counts ``nc`` per nonce, and sends the last nonce pre-emptively on later calls.
-A nonce the city no longer takes (expired, one-time: ``401 stale=true``) is answered by its
-challenge's fresh nonce on the same request; a 401 that survives that retry means the city does
-not know us (any more), and the session registers again.
+Digest is aiohttp's ``DigestAuthMiddleware`` (RFC 7616), on Register only: the standard
+authenticates Register with digest and every later call by ``User-Identify``. Each Register gets a
+fresh middleware (per-request ``middlewares=``): it meets the city's challenge, answers it once with
+that nonce, and no nonce outlives the Register (a city with one-time nonces would refuse a replay;
+a 401 without a challenge leaves nothing stale behind; no ``nc`` state is shared between tasks). A
+401 that survives the challenge, or a 401 to any other call, means the city does not know us (any
+more), and the session registers again.
 
 ``CitySession`` keeps the registration: Register (digest), a Keepalive every ``keepalive_s``
 (``keepalive_failures`` in a row, or any 401, and it registers again), the city's clock read every
@@ -156,7 +158,11 @@ def _zone_of(name: object, default: ZoneInfo) -> timezone | ZoneInfo:
     match = _OFFSET.match(name.strip())
     if match:
         sign = -1 if match[1] == "-" else 1
-        return timezone(sign * timedelta(hours=int(match[2]), minutes=int(match[3] or 0)))
+        try:
+            return timezone(sign * timedelta(hours=int(match[2]), minutes=int(match[3] or 0)))
+        except ValueError:
+            # "UTC+24": an offset no clock has; guessing a zone would report a false skew
+            raise CityUnavailableError(f"the time answer's TimeZone {name!r} is no offset") from None
     try:
         return ZoneInfo(name.strip())
     except (ValueError, KeyError, OSError):
@@ -179,17 +185,19 @@ def parse_system_time(document: object, zone: ZoneInfo) -> datetime:
     if not isinstance(holder, dict):
         raise CityUnavailableError("the time answer holds no SystemTimeObject")
     local = holder.get("LocalTime")
-    if isinstance(local, int | float) and not isinstance(local, bool):
-        return datetime.fromtimestamp(local / 1000, UTC)
-    if isinstance(local, str) and local.isascii() and local.isdigit():
-        if len(local) == 14:
-            try:
+    try:
+        if isinstance(local, int | float) and not isinstance(local, bool):
+            return datetime.fromtimestamp(local / 1000, UTC)
+        if isinstance(local, str) and local.isascii() and local.isdigit():
+            if len(local) == 14:
                 naive = datetime.strptime(local, "%Y%m%d%H%M%S")
-            except ValueError:
-                raise CityUnavailableError(f"the time answer's LocalTime {local!r} is no date") from None
-            return naive.replace(tzinfo=_zone_of(holder.get("TimeZone"), zone))
-        if len(local) == 13:
-            return datetime.fromtimestamp(int(local) / 1000, UTC)
+                return naive.replace(tzinfo=_zone_of(holder.get("TimeZone"), zone))
+            if len(local) == 13:
+                return datetime.fromtimestamp(int(local) / 1000, UTC)
+    except (ValueError, OverflowError, OSError):
+        # an impossible date, or epoch ms past what a datetime holds (10**20, NaN, inf): no time;
+        # left to escape, it would end the keeper and with it the service
+        raise CityUnavailableError(f"the time answer's LocalTime {local!r} is no time") from None
     raise CityUnavailableError(
         f"the time answer's LocalTime {local!r} is neither yyyyMMddHHmmss nor epoch ms"
     )
@@ -215,12 +223,12 @@ class ViidClient:
     def __init__(self, city: CityConfig, password: str) -> None:
         self._city = city
         self._base = city.server_url.rstrip("/")
-        self._auth = aiohttp.DigestAuthMiddleware(city.username or city.platform_id, password)
+        self._login = city.username or city.platform_id
+        self._password = password
         self._session: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> Self:
         self._session = aiohttp.ClientSession(
-            middlewares=(self._auth,),
             timeout=aiohttp.ClientTimeout(total=self._city.request_timeout_s),
             headers={"User-Identify": self._city.platform_id, "Accept": "application/json"},
         )
@@ -233,8 +241,12 @@ class ViidClient:
             await self._session.close()
             self._session = None
 
-    async def call(self, method: str, path: str, body: Mapping[str, object] | None = None) -> JsonObject:
+    async def call(
+        self, method: str, path: str, body: Mapping[str, object] | None = None, *, digest: bool = False
+    ) -> JsonObject:
         """One request; the answer's JSON object (empty for an empty 2xx body).
+
+        ``digest``: answer the city's digest challenge (Register), with a middleware of its own.
 
         Raises:
             CityUnavailableError: no answer, a 5xx/408/429, or a 2xx that is not a JSON object.
@@ -249,9 +261,11 @@ class ViidClient:
             data = json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
             headers["Content-Type"] = VIID_CONTENT_TYPE
         url = self._base + path
+        # a fresh middleware per Register: no nonce (and no nc count) survives it or is shared
+        middlewares = (aiohttp.DigestAuthMiddleware(self._login, self._password),) if digest else ()
         try:
             async with self._session.request(
-                method, url, data=data, headers=headers, allow_redirects=False
+                method, url, data=data, headers=headers, allow_redirects=False, middlewares=middlewares
             ) as response:
                 raw = await _read_answer(response)
                 status = response.status
@@ -325,7 +339,13 @@ class CitySession:
         self.last_error: str | None = None
         self.clock_skew_s: float | None = None
         self.registrations = 0
+        """Successful registrations so far: also the registration's generation (a late 401 names its own)."""
         self.requests_failed = 0
+        self.answered_at: float | None = None
+        """When (monotonic) the city last answered any call readably (a refusal is an answer too).
+
+        The deliverers tell an object the city chokes on from an outage by it: while other calls
+        are answered, a batch that never is holds a culprit."""
 
     async def __aenter__(self) -> Self:
         return self
@@ -345,14 +365,18 @@ class CitySession:
         """
         name = category.value
         document = {f"{name}ListObject": {f"{name}Object": bodies}}
+        generation = self.registrations
         try:
             answer = await self._client.call("POST", category.resource, document)
         except CityUnauthorizedError as exc:
             self.requests_failed += 1
-            self.lose(str(exc))
+            # a 401 to a request sent before we registered again speaks of the old registration
+            if self.registrations == generation:
+                self.lose(str(exc))
             raise
         except CityRefusedError as exc:
             self.requests_failed += 1
+            self.answered_at = time.monotonic()
             statuses = parse_statuses(exc.document)
             if statuses:
                 return statuses
@@ -360,11 +384,14 @@ class CitySession:
         except CityLinkError:
             self.requests_failed += 1
             raise
+        self.answered_at = time.monotonic()
         return parse_statuses(answer)
 
     async def register(self) -> None:
         """``POST /VIID/System/Register`` with digest; on success the session is registered."""
-        answer = await self._call("POST", REGISTER, {"RegisterObject": {"DeviceID": self._city.platform_id}})
+        answer = await self._call(
+            "POST", REGISTER, {"RegisterObject": {"DeviceID": self._city.platform_id}}, digest=True
+        )
         _system_status(answer, "Register")
         self.registered_at = utc_now()
         self.registrations += 1
@@ -426,12 +453,16 @@ class CitySession:
         self.registered.clear()
         self._lost.set()
 
-    async def _call(self, method: str, path: str, body: Mapping[str, object] | None = None) -> JsonObject:
+    async def _call(
+        self, method: str, path: str, body: Mapping[str, object] | None = None, *, digest: bool = False
+    ) -> JsonObject:
         try:
-            return await self._client.call(method, path, body)
+            answer = await self._client.call(method, path, body, digest=digest)
         except CityLinkError:
             self.requests_failed += 1
             raise
+        self.answered_at = time.monotonic()
+        return answer
 
     # ---- the keeper ------------------------------------------------------------------------
 

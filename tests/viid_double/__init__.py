@@ -10,6 +10,7 @@ lower platform (subscribe, cancel). The pytest fixture ``viid_double`` lives in 
 from tests.viid_double.server import (
     Credentials,
     Outage,
+    Poison,
     Post,
     Refusal,
     Registration,
@@ -22,6 +23,7 @@ __all__ = [
     "Credentials",
     "LowerPlatform",
     "Outage",
+    "Poison",
     "Post",
     "Refusal",
     "Registration",

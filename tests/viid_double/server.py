@@ -100,6 +100,15 @@ class Outage(enum.Enum):
     LOST_ANSWER = "lost_answer"  # the request is processed and recorded, then the connection dropped
 
 
+class Poison(enum.Enum):
+    """What the double does to any batch holding a poisoned id (``poison``): nothing in it is accepted."""
+
+    HTTP_503 = "http_503"  # the batch is answered 503
+    DROP = "drop"  # the connection is dropped without an answer
+    REFUSE_BATCH = "refuse_batch"  # 400 with one ResponseStatusObject naming no object (the whole batch)
+    UNNAMED = "unnamed"  # the batch is processed, but the answer holds no status for (and keeps not) this id
+
+
 @dataclass(frozen=True)
 class Registration:
     """A successful register (digest checked)."""
@@ -121,6 +130,8 @@ class Post:
     body: Any
     outage: Outage | None  # HTTP_503 / LOST_ANSWER when that switch shaped the answer
     content_type: str  # the request's Content-Type header as sent ("" if none)
+    authorization: str = ""  # the request's Authorization header as sent ("" if none)
+    poisoned: bool = False  # a ``poison()`` switch shaped the answer
 
 
 @dataclass(frozen=True)
@@ -198,7 +209,8 @@ class ViidDouble:
       (ApeID, object) for each APE sent again (an update, not a duplicate), ``notifications``
       (NotificationID -> notification), ``notified[category][id]`` (the objects inside them).
 
-    Switches (see each method): ``refuse()`` / ``clear_refusals()``, ``set_outage()`` / ``restore()``,
+    Switches (see each method): ``refuse()`` / ``clear_refusals()``, ``poison()`` / ``cure()``,
+    ``set_outage()`` / ``restore()``,
     ``advance()``, ``clock_offset``, ``drop_registration()``.
     """
 
@@ -220,6 +232,7 @@ class ViidDouble:
         self.subscriptions: dict[str, Obj] = {}  # SubscribeID -> the object subscribe() sent (see upper.py)
         self.cancelled: set[str] = set()  # SubscribeIDs cancel_subscription() cancelled
         self.rules: list[RefusalRule] = []
+        self.poisoned: dict[str, Poison] = {}  # object id -> what a batch holding it meets (poison())
         self.outage: Outage | None = None
         self._outage_left: int | None = None
         self._outage_paths: frozenset[str] | None = None
@@ -328,6 +341,19 @@ class ViidDouble:
         self.outage, self._outage_left, self._outage_paths = None, None, None
         if self._runner is None:
             await self._listen()
+
+    def poison(self, object_ids: str | Iterable[str], mode: Poison = Poison.HTTP_503) -> None:
+        """Answer any collection batch holding one of ``object_ids`` with ``mode``, every time, until ``cure()``.
+
+        Nothing of such a batch is accepted, and no per-object status names the culprit: the
+        client has to find it by sending smaller batches. The request is recorded (``Post.poisoned``).
+        """
+        for object_id in [object_ids] if isinstance(object_ids, str) else object_ids:
+            self.poisoned[object_id] = mode
+
+    def cure(self) -> None:
+        """Forget every ``poison()`` switch."""
+        self.poisoned.clear()
 
     def clear_refusals(self) -> None:
         """Forget every ``refuse()`` rule (each also ends by itself once it has refused ``times``)."""
@@ -455,12 +481,32 @@ class ViidDouble:
         body = {"ResponseStatusListObject": {"ResponseStatusObject": statuses}}
         return web.json_response(body, content_type=self.config.answer_content_type)
 
-    def _record(self, request: web.Request, status: int, ids: Iterable[str] = (), body: Any = None) -> None:
+    def _record(
+        self,
+        request: web.Request,
+        status: int,
+        ids: Iterable[str] = (),
+        body: Any = None,
+        *,
+        poisoned: bool = False,
+    ) -> None:
         outage = request.get(OUTAGE_KEY)  # as the middleware saw it: a one-request outage is over by now
         identify = request.headers.get("User-Identify")
         content_type = request.headers.get("Content-Type", "")
+        authorization = request.headers.get("Authorization", "")
         self.posts.append(
-            Post(request.method, request.path, identify, status, tuple(ids), body, outage, content_type)
+            Post(
+                request.method,
+                request.path,
+                identify,
+                status,
+                tuple(ids),
+                body,
+                outage,
+                content_type,
+                authorization,
+                poisoned,
+            )
         )
 
     @web.middleware
@@ -667,6 +713,9 @@ class ViidDouble:
         items = self._items(body, spec.list_key, spec.object_key)
         if items is None:
             return self._bad_envelope(request, body, spec.category, spec.list_key, spec.object_key)
+        poisoned = self._poisoned(request, spec, items, body)
+        if poisoned is not None:
+            return poisoned
         statuses, ids = [], []
         for item in items:
             obj: Obj = item if isinstance(item, dict) else {}
@@ -675,12 +724,37 @@ class ViidDouble:
             reasons = (
                 spec.check(obj, deployment_rules=self.config.deployment_rules) if obj else ["not an object"]
             )
+            if self.poisoned.get(object_id) is Poison.UNNAMED:
+                continue  # not kept, not named: as if the city overlooked it
             code, text = self._verdict(request.path, spec.category, object_id, obj, reasons)
             if code == OK:
                 self._accept(spec.category, object_id, obj)
             statuses.append(self._status(object_id, request.path, code, text))
         self._record(request, 200, ids, body)
         return self._list_answer(statuses)
+
+    def _poisoned(
+        self, request: web.Request, spec: _Collection, items: list[Any], body: Any
+    ) -> web.Response | None:
+        """The ``poison()`` answer for a batch holding a poisoned id, else None."""
+        ids = [str(item.get(spec.id_field, "")) if isinstance(item, dict) else "" for item in items]
+        mode = next(
+            (self.poisoned[i] for i in ids if self.poisoned.get(i) not in {None, Poison.UNNAMED}), None
+        )
+        if mode is None:
+            return None
+        if mode is Poison.HTTP_503:
+            self._record(request, 503, ids, body, poisoned=True)
+            return web.Response(status=503, text="city platform unavailable (poisoned batch)")
+        if mode is Poison.DROP:
+            self._record(request, 0, ids, body, poisoned=True)
+            if request.transport is not None:
+                request.transport.abort()
+            return web.Response(status=500)  # never written: the transport is closed
+        text = "the batch is refused (poisoned by the test)"
+        self.refusals.append(Refusal(request.path, spec.category, None, INVALID_JSON_CONTENT, text))
+        self._record(request, 400, ids, body, poisoned=True)
+        return self._answer(self._status("", request.path, INVALID_JSON_CONTENT, text), 400)
 
     def _accept(self, category: str, object_id: str, obj: Obj) -> None:
         store = self.accepted[category]
