@@ -128,7 +128,10 @@ def _row_values(device: InventoryDevice) -> dict[str, Any]:
         "name": device.name,
         "kind": device.kind,
         "dialect": device.dialect,
-        "location": device.location.model_dump(mode="json", exclude_none=True) if device.location else None,
+        # an empty location is no location, as stored (NULL): never a change by itself
+        "location": (device.location.model_dump(mode="json", exclude_none=True) or None)
+        if device.location
+        else None,
         "vendor_ref": device.vendor_ref,
     }
 

@@ -42,6 +42,8 @@ REGISTRY_TRANSPORT = "registry_desk"
 RECONNECT = BackoffConfig(initial_s=0.5, max_s=30.0)
 RETRY = BackoffConfig(initial_s=1.0, max_s=60.0)
 RECEIVE_MAXIMUM = 32
+MAX_INVENTORY_BYTES = 4 * 1024 * 1024
+"""Larger inventories are refused unread (5,000 devices with every field take about 3 MB)."""
 OUTCOMES = ("updated", "unchanged", "rejected")
 
 
@@ -55,6 +57,8 @@ class RegistryDesk:
         self._registry = registry
         self._clock = clock
         self._districts = {config.district_id} | {config.compound_district(c) for c in config.compounds}
+        # the district each configured compound belongs to (empty: no [[compounds]], any compound)
+        self._compound_districts = {c.id: config.compound_district(c) for c in config.compounds}
         self.inventories: Counter[str] = Counter(dict.fromkeys(OUTCOMES, 0))
         """Inventories received, by outcome."""
         self.rejected: Counter[str] = Counter()
@@ -122,7 +126,8 @@ class RegistryDesk:
             return None  # a cleared retained message (an operator retiring a compound): nothing to apply
         compound: str | None = None
         try:
-            compound, inventory = self._read(topic, payload)
+            # decoding up to 4 MiB of JSON takes milliseconds to tens of them: off the API's loop
+            compound, inventory = await asyncio.to_thread(self._read, topic, payload)
             outcome = await self._registry.apply(inventory, self._clock())
         except PayloadRejected as exc:
             self._refused(topic, compound, exc)
@@ -156,6 +161,15 @@ class RegistryDesk:
         district, compound = address
         if district not in self._districts:
             raise PayloadRejected("foreign_district", f"district {district} is not ours")
+        listed = self._compound_districts.get(compound)
+        if self._compound_districts and listed != district:
+            # the ACL lets a compound write under any district segment: only its own counts
+            why = "is not in [[compounds]]" if listed is None else f"belongs to district {listed}"
+            raise PayloadRejected("foreign_district", f"compound {compound} {why}, not {district}")
+        if len(payload) > MAX_INVENTORY_BYTES:
+            raise PayloadRejected(
+                "payload_too_large", f"{len(payload)} bytes > {MAX_INVENTORY_BYTES} (read no further)"
+            )
         inventory = decode_inventory(payload)
         for key, value in (("district_id", district), ("compound_id", compound)):
             if getattr(inventory, key) != value:

@@ -24,7 +24,7 @@ def configured_inventory(config: GatewayConfig, generated_at: datetime | None = 
             dialect=device.dialect,
             location=device.location,
             gb28181_id=device.id,
-            vendor_ref=device.ref,
+            vendor_ref=device.ref or None,  # an empty ref is no ref (the wire wants 1+ characters)
         )
         for device in config.devices
     )

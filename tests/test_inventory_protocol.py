@@ -270,3 +270,75 @@ async def test_the_desk_refuses_what_does_not_match_its_topic(tmp_path: Path) ->
         assert await desk.handle(inventory_topic("cgw/v1", DISTRICT_ID, C1), body) is Applied.UNCHANGED
     assert dict(desk.rejected) == {"identity_mismatch": 1, "foreign_district": 1, "malformed_json": 1}
     assert dict(desk.inventories) == {"updated": 1, "unchanged": 1, "rejected": 3}
+
+
+async def test_the_desk_takes_a_compound_only_under_its_own_district_and_no_huge_document(
+    tmp_path: Path,
+) -> None:
+    """The ACL lets a compound write under any district segment: the desk keeps only its own district's copy.
+
+    C1 belongs to the district; its inventory under another district the config also serves is
+    refused, as is a compound not in ``[[compounds]]`` and a document over 4 MiB (refused unread).
+    Broken on purpose once: without the compound's district check C1's document under the other
+    district was applied (``handle`` answered updated).
+    """
+    from district.config import CompoundEntry  # noqa: PLC0415
+    from district.registry_desk import MAX_INVENTORY_BYTES, RegistryDesk  # noqa: PLC0415
+    from tests.console_browser import write_config  # noqa: PLC0415
+
+    other = "36010300005000000001"
+    base = write_config(tmp_path)
+    config = base.model_copy(
+        update={
+            "compounds": (
+                *base.compounds,
+                CompoundEntry(id="36010300005210000001", name="外区", district_id=other),
+            )
+        }
+    )
+    mine = Inventory.of(other, C1, (_device(GATE, "东门"),), utc_now())
+    stranger = Inventory.of(DISTRICT_ID, compound_id(3), (_device(GATE, "东门"),), utc_now())
+    huge = b"{" + b" " * MAX_INVENTORY_BYTES + b"}"
+    async with DeviceRegistry(config.device_registry_path()) as registry:
+        desk = RegistryDesk(config, registry)
+        assert await desk.handle(inventory_topic("cgw/v1", other, C1), encode_inventory(mine)) is None
+        assert (
+            await desk.handle(
+                inventory_topic("cgw/v1", DISTRICT_ID, compound_id(3)), encode_inventory(stranger)
+            )
+            is None
+        )
+        assert await desk.handle(inventory_topic("cgw/v1", DISTRICT_ID, C1), huge) is None
+        assert await registry.registered_compounds(DISTRICT_ID) == set()
+        assert await registry.registered_compounds(other) == set()
+    assert dict(desk.rejected) == {"foreign_district": 2, "payload_too_large": 1}
+
+
+async def test_an_empty_location_is_no_change_and_an_empty_ref_no_ref(tmp_path: Path) -> None:
+    """A device with ``Location()`` (no fields) is not recorded as changed each time another device changes.
+
+    And a gateway device with ``ref = ""`` still gives an inventory (without a vendor ref); the
+    version is the digest of the devices as sent (no ``null`` fields), so an optional field a later
+    release adds does not change it. Broken on purpose once: with ``{}`` stored as NULL and compared
+    as ``{}`` the second apply recorded a location change of the gate.
+    """
+    async with DeviceRegistry(tmp_path / "registry.db") as registry:
+        first = _inventory(_device(GATE, "东门", location=Location()), _device(CAMERA, "南门"))
+        await registry.apply(first, utc_now())
+        renamed = _inventory(_device(GATE, "东门", location=Location()), _device(CAMERA, "南门2"))
+        await registry.apply(renamed, utc_now())
+        changes = await registry.changes(DISTRICT_ID, None, limit=10)
+        assert sorted((c.device_id, c.change.value) for c in changes) == sorted(
+            [(GATE, "added"), (CAMERA, "added"), (CAMERA, "changed")]
+        )
+    config = load_config(sample_config(tmp_path, free_port()))
+    device = config.devices[0].model_copy(update={"ref": ""})
+    inventory = configured_inventory(config.model_copy(update={"devices": (device, *config.devices[1:])}))
+    assert inventory.devices[0].vendor_ref is None
+    sent = json.loads(encode_inventory(inventory))["devices"]
+    import hashlib  # noqa: PLC0415
+
+    wire = json.dumps(
+        sorted(sent, key=lambda d: d["device_id"]), sort_keys=True, separators=(",", ":"), ensure_ascii=False
+    )
+    assert inventory.version == hashlib.sha256(wire.encode()).hexdigest()[:32]

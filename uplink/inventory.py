@@ -94,7 +94,8 @@ class InventoryDevice(_Message):
 def devices_version(devices: tuple[InventoryDevice, ...]) -> str:
     """The digest of a device list (sorted by id): equal lists, equal versions."""
     canonical = json.dumps(
-        [d.model_dump(mode="json") for d in sorted(devices, key=lambda d: d.device_id)],
+        # as sent (``exclude_none``): a release that adds an optional field keeps the same digest
+        [d.model_dump(mode="json", exclude_none=True) for d in sorted(devices, key=lambda d: d.device_id)],
         sort_keys=True,
         separators=(",", ":"),
         ensure_ascii=False,
