@@ -27,13 +27,15 @@ import asyncio
 import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 from foundation.commands import ActuatorState, CommandAction
 from foundation.sqlite_thread import SqliteBacked, transaction
+from foundation.sqlite_thread import sortable_time as _iso
+from foundation.sqlite_thread import time_from_text as _time
 from uplink.commands import FINAL_STATES, CommandReport, CommandState
 
 SCHEMA = """
@@ -77,15 +79,6 @@ _RANK = {
     **dict.fromkeys(FINAL, 4),
 }
 OPEN_STATES = (BookState.PENDING, BookState.QUEUED, BookState.SENT, BookState.ACKNOWLEDGED)
-
-
-def _iso(moment: datetime) -> str:
-    # one fixed form (UTC, microseconds), so that the text order is the time order in SQL
-    return moment.astimezone(UTC).isoformat(timespec="microseconds")
-
-
-def _time(text: str | None) -> datetime | None:
-    return datetime.fromisoformat(text) if text else None
 
 
 @dataclass(frozen=True)

@@ -21,13 +21,14 @@ import json
 import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 from foundation.events import Location
 from foundation.sqlite_thread import SqliteBacked, transaction
+from foundation.sqlite_thread import sortable_time as _iso
 from uplink.inventory import Inventory, InventoryDevice
 
 SCHEMA = """
@@ -63,11 +64,6 @@ class Applied(StrEnum):
 
     UPDATED = "updated"  # a new version: the differences are in the history
     UNCHANGED = "unchanged"  # the version held already
-
-
-def _iso(moment: datetime) -> str:
-    # one fixed form (UTC, microseconds), so that the text order is the time order in SQL
-    return moment.astimezone(UTC).isoformat(timespec="microseconds")
 
 
 def place_text(location: Location | None) -> str | None:

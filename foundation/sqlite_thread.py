@@ -12,11 +12,22 @@ import contextlib
 import sqlite3
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Self, TypeVar
 
 T = TypeVar("T")
+
+
+def sortable_time(moment: datetime) -> str:
+    """A time as stored text: one fixed form (UTC, microseconds), so that text order is time order in SQL."""
+    return moment.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+def time_from_text(text: str | None) -> datetime | None:
+    """A time stored by ``sortable_time`` (or NULL) read back."""
+    return datetime.fromisoformat(text) if text else None
 
 
 def open_durable(path: Path, schema: str) -> sqlite3.Connection:

@@ -43,6 +43,8 @@ from district.city.config import CityPrivacyConfig
 from district.city.model import Category, CityObject, LinkState, ObjectResult, Outcome, QueuedObject
 from district.city.objects import KINDS, ObjectBuildError, image_ids, policy_kinds, renumbered, under_policy
 from foundation.sqlite_thread import SqliteBacked, transaction
+from foundation.sqlite_thread import sortable_time as _iso
+from foundation.sqlite_thread import time_from_text as _time
 
 log = structlog.get_logger(__name__)
 
@@ -75,15 +77,6 @@ _SUPERSEDED = "superseded"  # an APE state not accepted when a newer one was que
 _SERIALS = 100_000  # the 5-digit serial of an image id
 _ADD_CHUNK = 500  # objects added per transaction (about 25 ms)
 _PURGE_CHUNK = 2000  # rows deleted per transaction, so the ingesters' adds never wait long
-
-
-def _iso(moment: datetime) -> str:
-    # one fixed form (UTC, microseconds), so that the text order is the time order in SQL
-    return moment.astimezone(UTC).isoformat(timespec="microseconds")
-
-
-def _time(text: str | None) -> datetime | None:
-    return datetime.fromisoformat(text) if text else None
 
 
 @dataclass(frozen=True)
