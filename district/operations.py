@@ -35,7 +35,7 @@ from pydantic import Field
 from district.query_model import ALARM_TRANSITIONS, AlarmAction, AlarmState, Model, Role
 from foundation.errors import ConflictError, InvalidQueryError
 from foundation.events import utc_now
-from foundation.sqlite_thread import SqliteBacked, transaction
+from foundation.sqlite_thread import SqliteBacked, sortable_time, transaction
 
 TOKEN_PREFIX = "cgw_"
 GENESIS = "0" * 64
@@ -96,7 +96,7 @@ def utc_text(moment: datetime) -> str:
 
     One fixed width, so the text sorts as the times do and range filters compare text.
     """
-    return moment.astimezone(UTC).isoformat(timespec="microseconds")
+    return sortable_time(moment)
 
 
 @dataclass(frozen=True)
